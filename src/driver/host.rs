@@ -1,0 +1,538 @@
+//! The host backend: the VMM rules on Linux memfd + mmap.
+//!
+//! - reservation = `mmap(PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`;
+//! - physical handle = a range of one sparse memfd (offsets are never reused,
+//!   so a handle is identified by its offset);
+//! - map = `mmap(MAP_SHARED | MAP_FIXED)` of that range, with no access until
+//!   `set_access` (as on CUDA);
+//! - unmap = the range goes back to `PROT_NONE` anonymous reservation;
+//! - release = `fallocate(PUNCH_HOLE)` (at the last unmap if still mapped).
+//!
+//! Every call is validated by [`VmState`] first, so the host backend returns
+//! the same [`ErrorKind`]s as the CUDA driver and never touches memory outside
+//! its own reservations. Physical memory is capped by
+//! [`HostConfig::capacity`] to emulate a device's memory.
+//!
+//! Fences complete at once, unless a test holds a stream
+//! ([`HostDriver::hold`]) to emulate a long-running kernel.
+
+use std::sync::Mutex;
+
+use crate::MetaVec;
+use crate::driver::rules::{Refusal, Rights, VmState};
+use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
+use crate::error::{Backend, Call, DriverError, ErrorKind, Reason, Result};
+
+/// Settings of the host backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostConfig {
+    /// Mapping granularity (a power of two, at least the OS page size).
+    /// Default 2 MiB, as on an H100.
+    pub granularity: usize,
+    /// Emulated physical memory: creates beyond it fail with out-of-memory.
+    pub capacity: u64,
+    /// Number of emulated devices (for access lists and peer tests).
+    pub device_count: u32,
+    /// Largest reservation accepted (64 TiB, as on an H100).
+    pub max_reservation: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        HostConfig {
+            granularity: 2 << 20,
+            capacity: default_capacity(),
+            device_count: 1,
+            max_reservation: 64 << 40,
+        }
+    }
+}
+
+/// Half of the machine's RAM, the host backend's default emulated capacity.
+fn default_capacity() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if pages > 0 && page > 0 {
+        (pages as u64 * page as u64) / 2
+    } else {
+        8 << 30
+    }
+}
+
+/// A physical handle of the host backend: its offset in the backing memfd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostHandle(pub u64);
+
+/// A fence of the host backend: a position in an emulated stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HostFence {
+    stream: u64,
+    seq: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct StreamState {
+    live: bool,
+    recorded: u64,
+    completed: u64,
+    held: bool,
+}
+
+struct State {
+    vm: VmState<HostHandle>,
+    next_offset: u64,
+    streams: MetaVec<StreamState>,
+}
+
+/// The host backend (see the module docs).
+pub struct HostDriver {
+    caps: Capabilities,
+    config: HostConfig,
+    fd: libc::c_int,
+    state: Mutex<State>,
+}
+
+impl core::fmt::Debug for HostDriver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("HostDriver")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Size of the sparse backing file: offsets are handed out once and never reused.
+const FILE_SIZE: u64 = 1 << 52;
+
+fn host_err(call: Call, (kind, reason): Refusal) -> DriverError {
+    DriverError::new(Backend::Host, call, kind, reason)
+}
+
+fn os_err(call: Call, kind: ErrorKind) -> DriverError {
+    DriverError {
+        backend: Backend::Host,
+        call,
+        code: crate::error::kind_to_cuda_code(kind),
+        kind,
+        reason: if kind == ErrorKind::OutOfMemory {
+            Some(Reason::Exhausted)
+        } else {
+            None
+        },
+        checked: false,
+    }
+}
+
+impl HostDriver {
+    /// A host backend with default settings (2 MiB granularity, half the RAM).
+    pub fn new() -> Result<Self> {
+        Self::with_config(HostConfig::default())
+    }
+
+    /// A host backend with these settings.
+    pub fn with_config(config: HostConfig) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        if !config.granularity.is_power_of_two() || config.granularity < page {
+            return Err(crate::Error::Config(
+                "host granularity must be a power of two of at least the OS page size",
+            ));
+        }
+        if config.device_count == 0 || config.device_count > 62 {
+            return Err(crate::Error::Config("host device_count must be 1..=62"));
+        }
+        // SAFETY: the name is a NUL-terminated string literal.
+        let fd = unsafe { libc::memfd_create(c"gpu-arena".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(os_err(Call::Init, ErrorKind::Other).into());
+        }
+        // SAFETY: fd is the memfd we just created.
+        if unsafe { libc::ftruncate(fd, FILE_SIZE as libc::off_t) } != 0 {
+            // SAFETY: fd is ours and closed once.
+            unsafe { libc::close(fd) };
+            return Err(os_err(Call::Init, ErrorKind::Other).into());
+        }
+        let caps = Capabilities {
+            backend: Backend::Host,
+            granularity: config.granularity,
+            recommended_granularity: config.granularity,
+            device_count: config.device_count,
+            device_memory: config.capacity,
+            max_reservation: config.max_reservation,
+            cpu_reads_device_memory: true,
+            host_memory: true,
+            peer_access: true,
+            shareable_handles: true,
+        };
+        let mut streams = MetaVec::new_in(std::alloc::System);
+        streams.push(StreamState {
+            live: true,
+            ..Default::default()
+        });
+        Ok(HostDriver {
+            caps,
+            config,
+            fd,
+            state: Mutex::new(State {
+                vm: VmState::new(
+                    config.granularity as u64,
+                    config.device_count,
+                    true,
+                    config.max_reservation,
+                ),
+                next_offset: 0,
+                streams,
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Bytes of physical memory held by live handles.
+    pub fn physical_bytes(&self) -> u64 {
+        self.lock().vm.physical_bytes()
+    }
+
+    /// Whether no reservation, mapping or handle is left.
+    pub fn is_clean(&self) -> bool {
+        self.lock().vm.is_empty()
+    }
+
+    /// Emulates a long-running kernel on `stream`: fences recorded from now on
+    /// stay pending until [`HostDriver::complete`] (or a `wait` on them).
+    pub fn hold(&self, stream: Stream) {
+        let mut st = self.lock();
+        if let Some(s) = st.streams.get_mut(stream.0 as usize) {
+            s.held = true;
+        }
+    }
+
+    /// Completes all work recorded on `stream` and stops holding it.
+    pub fn complete(&self, stream: Stream) {
+        let mut st = self.lock();
+        if let Some(s) = st.streams.get_mut(stream.0 as usize) {
+            s.held = false;
+            s.completed = s.recorded;
+        }
+    }
+
+    fn protect(&self, va: u64, size: u64, rights: Rights) -> core::result::Result<(), ErrorKind> {
+        let (r, w) = rights.any();
+        let prot = match (r, w) {
+            (_, true) => libc::PROT_READ | libc::PROT_WRITE,
+            (true, false) => libc::PROT_READ,
+            _ => libc::PROT_NONE,
+        };
+        // SAFETY: the range is a whole mapping inside one of our reservations
+        // (validated by VmState), so changing its protection touches no other
+        // memory of the process.
+        if unsafe { libc::mprotect(va as *mut libc::c_void, size as usize, prot) } != 0 {
+            return Err(ErrorKind::Other);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for HostDriver {
+    fn drop(&mut self) {
+        // SAFETY: the fd is ours; mappings made from it stay valid after close.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+// SAFETY: (1) reservations come from mmap with a null hint, so the kernel
+// returns fresh address space; (2) ranges are mapped from the memfd and only
+// unmapped by `unmap`; (3) two mappings of one memfd range share pages
+// (MAP_SHARED); (4) VmState validates before any syscall and syscall failures
+// are rolled back; (5) nothing blocks except `wait`, which returns at once.
+unsafe impl Driver for HostDriver {
+    type Handle = HostHandle;
+    type Fence = HostFence;
+
+    fn capabilities(&self) -> &Capabilities {
+        &self.caps
+    }
+
+    fn granularity(&self, location: Location) -> Result<usize> {
+        match location {
+            Location::Device(d) if d >= self.config.device_count => Err(host_err(
+                Call::Granularity,
+                (ErrorKind::InvalidValue, Reason::NoSuchDevice),
+            )
+            .into()),
+            _ => Ok(self.config.granularity),
+        }
+    }
+
+    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+        let mut st = self.lock();
+        st.vm
+            .check_reserve(size as u64, align as u64)
+            .map_err(|r| host_err(Call::Reserve, r))?;
+        let align = align.max(self.config.granularity);
+        let Some(total) = size.checked_add(align) else {
+            return Err(host_err(Call::Reserve, (ErrorKind::OutOfMemory, Reason::Overflow)).into());
+        };
+        // SAFETY: a fresh anonymous PROT_NONE mapping with a null hint touches
+        // no existing memory.
+        let p = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                total,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(os_err(Call::Reserve, ErrorKind::OutOfMemory).into());
+        }
+        let start = p as usize;
+        let base = (start + align - 1) & !(align - 1);
+        let head = base - start;
+        let tail = total - head - size;
+        // SAFETY: head and tail are the parts of our own fresh mapping
+        // outside [base, base + size).
+        unsafe {
+            if head > 0 {
+                libc::munmap(p, head);
+            }
+            if tail > 0 {
+                libc::munmap((base + size) as *mut libc::c_void, tail);
+            }
+        }
+        st.vm.add_reservation(base as u64, size as u64);
+        Ok(base as u64)
+    }
+
+    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+        let mut st = self.lock();
+        st.vm
+            .free_reservation(va, size as u64)
+            .map_err(|r| host_err(Call::FreeReservation, r))?;
+        // SAFETY: VmState confirmed this is exactly one of our reservations
+        // with no mappings left.
+        unsafe { libc::munmap(va as *mut libc::c_void, size) };
+        Ok(())
+    }
+
+    fn create(&self, size: usize, location: Location) -> Result<HostHandle> {
+        let mut st = self.lock();
+        st.vm
+            .check_create(size as u64, location)
+            .map_err(|r| host_err(Call::Create, r))?;
+        if st.vm.physical_bytes() + size as u64 > self.config.capacity {
+            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
+        }
+        let offset = st.next_offset;
+        if offset + size as u64 > FILE_SIZE {
+            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
+        }
+        st.next_offset += size as u64;
+        let h = HostHandle(offset);
+        st.vm.add_handle(h, size as u64, location);
+        Ok(h)
+    }
+
+    fn release(&self, handle: HostHandle) -> Result<()> {
+        let mut st = self.lock();
+        let size = st.vm.handle(handle).map(|s| s.size);
+        let now = st
+            .vm
+            .release(handle)
+            .map_err(|r| host_err(Call::Release, r))?;
+        if let (true, Some(size)) = (now, size) {
+            self.punch(handle.0, size);
+        }
+        Ok(())
+    }
+
+    unsafe fn map(
+        &self,
+        va: DevicePtr,
+        size: usize,
+        offset: usize,
+        handle: HostHandle,
+    ) -> Result<()> {
+        let mut st = self.lock();
+        st.vm
+            .map(va, size as u64, offset as u64, handle)
+            .map_err(|r| host_err(Call::Map, r))?;
+        // SAFETY: VmState confirmed va..va+size is an unmapped range inside
+        // one of our reservations, so MAP_FIXED replaces only our PROT_NONE
+        // placeholder; the file range belongs to this live handle.
+        let p = unsafe {
+            libc::mmap(
+                va as *mut libc::c_void,
+                size,
+                libc::PROT_NONE,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                self.fd,
+                handle.0 as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            // Roll the bookkeeping back: nothing changed in the address space.
+            let _ = st.vm.unmap(va, size as u64, |_, _| {});
+            return Err(os_err(Call::Map, ErrorKind::OutOfMemory).into());
+        }
+        Ok(())
+    }
+
+    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+        let mut st = self.lock();
+        let fd_punch = |h: HostHandle, s: &crate::driver::rules::HandleState| {
+            self.punch(h.0, s.size);
+        };
+        st.vm
+            .unmap(va, size as u64, fd_punch)
+            .map_err(|r| host_err(Call::Unmap, r))?;
+        // SAFETY: VmState confirmed va..va+size is exactly a set of whole
+        // mappings inside our reservation; replacing them with a PROT_NONE
+        // anonymous placeholder keeps the range reserved.
+        unsafe {
+            libc::mmap(
+                va as *mut libc::c_void,
+                size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_FIXED,
+                -1,
+                0,
+            )
+        };
+        Ok(())
+    }
+
+    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+        let mut st = self.lock();
+        let mut failed = false;
+        st.vm
+            .set_access(va, size as u64, access, |m| {
+                failed |= self.protect(m.va, m.size, m.rights).is_err();
+            })
+            .map_err(|r| host_err(Call::SetAccess, r))?;
+        if failed {
+            return Err(os_err(Call::SetAccess, ErrorKind::Other).into());
+        }
+        Ok(())
+    }
+
+    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+        self.lock()
+            .vm
+            .get_access(va, accessor)
+            .map_err(|r| host_err(Call::GetAccess, r).into())
+    }
+
+    fn record(&self, stream: Stream) -> Result<HostFence> {
+        let mut st = self.lock();
+        let Some(s) = st.streams.get_mut(stream.0 as usize).filter(|s| s.live) else {
+            return Err(host_err(
+                Call::Record,
+                (ErrorKind::InvalidHandle, Reason::UnknownHandle),
+            )
+            .into());
+        };
+        s.recorded += 1;
+        if !s.held {
+            s.completed = s.recorded;
+        }
+        Ok(HostFence {
+            stream: stream.0,
+            seq: s.recorded,
+        })
+    }
+
+    fn is_complete(&self, fence: &HostFence) -> Result<bool> {
+        let st = self.lock();
+        Ok(st
+            .streams
+            .get(fence.stream as usize)
+            .is_none_or(|s| s.completed >= fence.seq))
+    }
+
+    fn wait(&self, fence: &HostFence) -> Result<()> {
+        // The emulated kernel finishes when someone waits on it.
+        let mut st = self.lock();
+        if let Some(s) = st.streams.get_mut(fence.stream as usize) {
+            s.completed = s.completed.max(fence.seq);
+        }
+        Ok(())
+    }
+
+    fn drop_fence(&self, _fence: HostFence) {}
+
+    fn create_stream(&self) -> Result<Stream> {
+        let mut st = self.lock();
+        if let Some(i) = st.streams.iter().skip(1).position(|s| !s.live) {
+            st.streams[i + 1] = StreamState {
+                live: true,
+                ..Default::default()
+            };
+            return Ok(Stream(i as u64 + 1));
+        }
+        st.streams.push(StreamState {
+            live: true,
+            ..Default::default()
+        });
+        Ok(Stream(st.streams.len() as u64 - 1))
+    }
+
+    unsafe fn destroy_stream(&self, stream: Stream) -> Result<()> {
+        let mut st = self.lock();
+        match st.streams.get_mut(stream.0 as usize) {
+            Some(s) if s.live && stream.0 != 0 => {
+                s.live = false;
+                Ok(())
+            }
+            _ => Err(host_err(
+                Call::Stream,
+                (ErrorKind::InvalidHandle, Reason::UnknownHandle),
+            )
+            .into()),
+        }
+    }
+
+    unsafe fn copy(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        len: usize,
+        _stream: Stream,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees both ranges are valid, mapped with
+        // access, and do not overlap.
+        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+        Ok(())
+    }
+
+    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, _stream: Stream) -> Result<()> {
+        // SAFETY: the caller guarantees the range is mapped and writable.
+        unsafe { core::ptr::write_bytes(dst as *mut u8, byte, len) };
+        Ok(())
+    }
+}
+
+impl HostDriver {
+    fn punch(&self, offset: u64, size: u64) {
+        // SAFETY: the range belongs to a handle whose last mapping is gone and
+        // which was released; punching frees its pages and touches nothing else.
+        unsafe {
+            libc::fallocate(
+                self.fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset as libc::off_t,
+                size as libc::off_t,
+            )
+        };
+    }
+}

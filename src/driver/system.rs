@@ -1,0 +1,254 @@
+//! Run-time backend selection: CUDA or HIP where a device is found, else the
+//! host backend, with a clear message saying why.
+
+use crate::driver::host::{HostFence, HostHandle};
+use crate::driver::{
+    Access, AccessMode, Capabilities, DevicePtr, Driver, HostDriver, Location, Stream,
+};
+use crate::error::Result;
+
+/// Which backend to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Select {
+    /// A GPU backend if one is usable, else the host backend.
+    #[default]
+    Auto,
+    /// The host backend.
+    Host,
+    /// The CUDA backend (error if unusable).
+    Cuda,
+    /// The HIP backend (error if unusable).
+    Hip,
+}
+
+/// A handle of whichever backend was selected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SystemHandle {
+    /// Host backend handle.
+    Host(HostHandle),
+    /// CUDA handle.
+    #[cfg(feature = "cuda")]
+    Cuda(<crate::driver::cuda::CudaDriver as Driver>::Handle),
+    /// HIP handle.
+    #[cfg(feature = "hip")]
+    Hip(<crate::driver::hip::HipDriver as Driver>::Handle),
+}
+
+/// A fence of whichever backend was selected.
+#[derive(Debug)]
+pub enum SystemFence {
+    /// Host backend fence.
+    Host(HostFence),
+    /// CUDA event.
+    #[cfg(feature = "cuda")]
+    Cuda(<crate::driver::cuda::CudaDriver as Driver>::Fence),
+    /// HIP event.
+    #[cfg(feature = "hip")]
+    Hip(<crate::driver::hip::HipDriver as Driver>::Fence),
+}
+
+/// The driver chosen at run time (see [`SystemDriver::open`]).
+#[derive(Debug)]
+pub enum SystemDriver {
+    /// Host backend.
+    Host(HostDriver),
+    /// CUDA backend.
+    #[cfg(feature = "cuda")]
+    Cuda(crate::driver::cuda::CudaDriver),
+    /// HIP backend.
+    #[cfg(feature = "hip")]
+    Hip(crate::driver::hip::HipDriver),
+}
+
+impl SystemDriver {
+    /// Opens the backend `select` asks for, on `device`.
+    ///
+    /// With [`Select::Auto`], tries CUDA, then HIP (where built), and falls
+    /// back to the host backend; `note` receives one line saying which
+    /// backend was chosen and why the others were not.
+    pub fn open(select: Select, device: u32, mut note: impl FnMut(&str)) -> Result<Self> {
+        let _ = device;
+        match select {
+            Select::Host => Ok(SystemDriver::Host(HostDriver::new()?)),
+            #[cfg(feature = "cuda")]
+            Select::Cuda => Ok(SystemDriver::Cuda(crate::driver::cuda::CudaDriver::new(
+                device,
+            )?)),
+            #[cfg(feature = "hip")]
+            Select::Hip => Ok(SystemDriver::Hip(crate::driver::hip::HipDriver::new(
+                device,
+            )?)),
+            #[allow(unreachable_patterns)]
+            Select::Cuda | Select::Hip => Err(crate::Error::Unsupported(
+                "this build lacks that backend: rebuild with --features cuda or --features hip",
+            )),
+            Select::Auto => {
+                #[cfg(feature = "cuda")]
+                match crate::driver::cuda::CudaDriver::new(device) {
+                    Ok(d) => return Ok(SystemDriver::Cuda(d)),
+                    Err(e) => note(&format!(
+                        "gpu-arena: CUDA backend not used ({e}); trying the next backend"
+                    )),
+                }
+                #[cfg(feature = "hip")]
+                match crate::driver::hip::HipDriver::new(device) {
+                    Ok(d) => return Ok(SystemDriver::Hip(d)),
+                    Err(e) => note(&format!(
+                        "gpu-arena: HIP backend not used ({e}); trying the next backend"
+                    )),
+                }
+                note("gpu-arena: using the host backend (memfd + mmap)");
+                Ok(SystemDriver::Host(HostDriver::new()?))
+            }
+        }
+    }
+}
+
+macro_rules! dispatch {
+    ($self:ident, $d:ident => $e:expr) => {
+        match $self {
+            SystemDriver::Host($d) => $e,
+            #[cfg(feature = "cuda")]
+            SystemDriver::Cuda($d) => $e,
+            #[cfg(feature = "hip")]
+            SystemDriver::Hip($d) => $e,
+        }
+    };
+}
+
+fn mismatch() -> crate::Error {
+    crate::Error::Unsupported("a handle or fence of another backend was passed to this driver")
+}
+
+// SAFETY: every method forwards to the selected backend, which upholds the
+// contract; handles and fences of another backend are refused.
+unsafe impl Driver for SystemDriver {
+    type Handle = SystemHandle;
+    type Fence = SystemFence;
+
+    fn capabilities(&self) -> &Capabilities {
+        dispatch!(self, d => d.capabilities())
+    }
+    fn granularity(&self, location: Location) -> Result<usize> {
+        dispatch!(self, d => d.granularity(location))
+    }
+    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+        dispatch!(self, d => d.reserve(size, align))
+    }
+    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantees.
+        dispatch!(self, d => unsafe { d.free_reservation(va, size) })
+    }
+    fn create(&self, size: usize, location: Location) -> Result<SystemHandle> {
+        match self {
+            SystemDriver::Host(d) => d.create(size, location).map(SystemHandle::Host),
+            #[cfg(feature = "cuda")]
+            SystemDriver::Cuda(d) => d.create(size, location).map(SystemHandle::Cuda),
+            #[cfg(feature = "hip")]
+            SystemDriver::Hip(d) => d.create(size, location).map(SystemHandle::Hip),
+        }
+    }
+    fn release(&self, handle: SystemHandle) -> Result<()> {
+        match (self, handle) {
+            (SystemDriver::Host(d), SystemHandle::Host(h)) => d.release(h),
+            #[cfg(feature = "cuda")]
+            (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => d.release(h),
+            #[cfg(feature = "hip")]
+            (SystemDriver::Hip(d), SystemHandle::Hip(h)) => d.release(h),
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+    unsafe fn map(
+        &self,
+        va: DevicePtr,
+        size: usize,
+        offset: usize,
+        handle: SystemHandle,
+    ) -> Result<()> {
+        // SAFETY (all arms): forwarded under the caller's guarantees.
+        match (self, handle) {
+            (SystemDriver::Host(d), SystemHandle::Host(h)) => unsafe { d.map(va, size, offset, h) },
+            #[cfg(feature = "cuda")]
+            (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => unsafe { d.map(va, size, offset, h) },
+            #[cfg(feature = "hip")]
+            (SystemDriver::Hip(d), SystemHandle::Hip(h)) => unsafe { d.map(va, size, offset, h) },
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantees.
+        dispatch!(self, d => unsafe { d.unmap(va, size) })
+    }
+    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantees.
+        dispatch!(self, d => unsafe { d.set_access(va, size, access) })
+    }
+    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+        dispatch!(self, d => d.get_access(va, accessor))
+    }
+    fn record(&self, stream: Stream) -> Result<SystemFence> {
+        match self {
+            SystemDriver::Host(d) => d.record(stream).map(SystemFence::Host),
+            #[cfg(feature = "cuda")]
+            SystemDriver::Cuda(d) => d.record(stream).map(SystemFence::Cuda),
+            #[cfg(feature = "hip")]
+            SystemDriver::Hip(d) => d.record(stream).map(SystemFence::Hip),
+        }
+    }
+    fn is_complete(&self, fence: &SystemFence) -> Result<bool> {
+        match (self, fence) {
+            (SystemDriver::Host(d), SystemFence::Host(f)) => d.is_complete(f),
+            #[cfg(feature = "cuda")]
+            (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.is_complete(f),
+            #[cfg(feature = "hip")]
+            (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.is_complete(f),
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+    fn wait(&self, fence: &SystemFence) -> Result<()> {
+        match (self, fence) {
+            (SystemDriver::Host(d), SystemFence::Host(f)) => d.wait(f),
+            #[cfg(feature = "cuda")]
+            (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.wait(f),
+            #[cfg(feature = "hip")]
+            (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.wait(f),
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+    fn drop_fence(&self, fence: SystemFence) {
+        match (self, fence) {
+            (SystemDriver::Host(d), SystemFence::Host(f)) => d.drop_fence(f),
+            #[cfg(feature = "cuda")]
+            (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.drop_fence(f),
+            #[cfg(feature = "hip")]
+            (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.drop_fence(f),
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+    fn create_stream(&self) -> Result<Stream> {
+        dispatch!(self, d => d.create_stream())
+    }
+    unsafe fn destroy_stream(&self, stream: Stream) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantees.
+        dispatch!(self, d => unsafe { d.destroy_stream(stream) })
+    }
+    unsafe fn copy(
+        &self,
+        dst: DevicePtr,
+        src: DevicePtr,
+        len: usize,
+        stream: Stream,
+    ) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantees.
+        dispatch!(self, d => unsafe { d.copy(dst, src, len, stream) })
+    }
+    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantees.
+        dispatch!(self, d => unsafe { d.fill(dst, byte, len, stream) })
+    }
+}

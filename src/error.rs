@@ -1,0 +1,607 @@
+//! One error type for the whole crate.
+//!
+//! Errors never allocate: every variant carries numbers and `&'static str`s, so
+//! they can be built and returned on allocator paths (gpu-arena may itself be
+//! the global allocator). Each message says what happened and what to do.
+
+use core::fmt;
+
+/// `Result` with [`Error`] as the default error type.
+pub type Result<T, E = Error> = core::result::Result<T, E>;
+
+/// Which backend produced a driver error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Linux memfd + mmap emulation of the VMM rules (the embedded default).
+    Host,
+    /// NVIDIA CUDA driver API (`cuMem*`).
+    Cuda,
+    /// AMD HIP (`hipMem*`).
+    Hip,
+}
+
+impl Backend {
+    /// Lower-case name (`host`, `cuda`, `hip`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Host => "host",
+            Backend::Cuda => "cuda",
+            Backend::Hip => "hip",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The driver entry point that failed, in the seed's VMM vocabulary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// Loading the runtime library / initializing the driver.
+    Init,
+    /// Querying devices or attributes.
+    Attribute,
+    /// Allocation granularity query.
+    Granularity,
+    /// Virtual address reservation.
+    Reserve,
+    /// Giving a reservation back.
+    FreeReservation,
+    /// Creating a physical handle.
+    Create,
+    /// Releasing a physical handle.
+    Release,
+    /// Mapping a handle into a reservation.
+    Map,
+    /// Unmapping a range.
+    Unmap,
+    /// Setting access rights on a mapped range.
+    SetAccess,
+    /// Reading the access rights of a mapped range.
+    GetAccess,
+    /// Recording a fence (event) on a stream.
+    Record,
+    /// Querying a fence without blocking.
+    QueryFence,
+    /// Waiting on one fence.
+    Wait,
+    /// Copying bytes through the driver.
+    Copy,
+    /// Creating or destroying a stream.
+    Stream,
+    /// Exporting or importing a shareable handle.
+    Share,
+    /// Loading or launching a kernel (tests and benchmarks).
+    Kernel,
+}
+
+impl Call {
+    /// The name of the call on `backend` (e.g. `cuMemMap`), for messages.
+    pub const fn name(self, backend: Backend) -> &'static str {
+        match backend {
+            Backend::Cuda => match self {
+                Call::Init => "cuInit",
+                Call::Attribute => "cuDeviceGetAttribute",
+                Call::Granularity => "cuMemGetAllocationGranularity",
+                Call::Reserve => "cuMemAddressReserve",
+                Call::FreeReservation => "cuMemAddressFree",
+                Call::Create => "cuMemCreate",
+                Call::Release => "cuMemRelease",
+                Call::Map => "cuMemMap",
+                Call::Unmap => "cuMemUnmap",
+                Call::SetAccess => "cuMemSetAccess",
+                Call::GetAccess => "cuMemGetAccess",
+                Call::Record => "cuEventRecord",
+                Call::QueryFence => "cuEventQuery",
+                Call::Wait => "cuEventSynchronize",
+                Call::Copy => "cuMemcpy",
+                Call::Stream => "cuStreamCreate",
+                Call::Share => "cuMemExportToShareableHandle",
+                Call::Kernel => "cuLaunchKernel",
+            },
+            Backend::Hip => match self {
+                Call::Init => "hipInit",
+                Call::Attribute => "hipDeviceGetAttribute",
+                Call::Granularity => "hipMemGetAllocationGranularity",
+                Call::Reserve => "hipMemAddressReserve",
+                Call::FreeReservation => "hipMemAddressFree",
+                Call::Create => "hipMemCreate",
+                Call::Release => "hipMemRelease",
+                Call::Map => "hipMemMap",
+                Call::Unmap => "hipMemUnmap",
+                Call::SetAccess => "hipMemSetAccess",
+                Call::GetAccess => "hipMemGetAccess",
+                Call::Record => "hipEventRecord",
+                Call::QueryFence => "hipEventQuery",
+                Call::Wait => "hipEventSynchronize",
+                Call::Copy => "hipMemcpy",
+                Call::Stream => "hipStreamCreate",
+                Call::Share => "hipMemExportToShareableHandle",
+                Call::Kernel => "hipModuleLaunchKernel",
+            },
+            Backend::Host => match self {
+                Call::Init => "memfd_create",
+                Call::Attribute => "host query",
+                Call::Granularity => "host granularity",
+                Call::Reserve => "mmap(PROT_NONE)",
+                Call::FreeReservation => "munmap",
+                Call::Create => "host create",
+                Call::Release => "fallocate(PUNCH_HOLE)",
+                Call::Map => "mmap(MAP_FIXED)",
+                Call::Unmap => "mmap(PROT_NONE, MAP_FIXED)",
+                Call::SetAccess => "mprotect",
+                Call::GetAccess => "host get access",
+                Call::Record => "host record",
+                Call::QueryFence => "host query fence",
+                Call::Wait => "host wait",
+                Call::Copy => "memcpy",
+                Call::Stream => "host stream",
+                Call::Share => "memfd share",
+                Call::Kernel => "host kernel",
+            },
+        }
+    }
+}
+
+/// What a driver error means, independent of the backend: the layers above
+/// and the property-test models compare these, never raw codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Bad argument (CUDA_ERROR_INVALID_VALUE, hipErrorInvalidValue).
+    InvalidValue,
+    /// Operation not supported in this form (CUDA_ERROR_NOT_SUPPORTED).
+    NotSupported,
+    /// The device or address space is out of memory.
+    OutOfMemory,
+    /// A handle or device ordinal is not valid.
+    InvalidHandle,
+    /// The operation is not permitted in the current state.
+    NotPermitted,
+    /// No device, or the runtime library is missing.
+    NoDevice,
+    /// Anything else (see the raw code).
+    Other,
+}
+
+impl ErrorKind {
+    /// A short lower-case description.
+    pub const fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidValue => "invalid value",
+            ErrorKind::NotSupported => "not supported",
+            ErrorKind::OutOfMemory => "out of memory",
+            ErrorKind::InvalidHandle => "invalid handle",
+            ErrorKind::NotPermitted => "not permitted",
+            ErrorKind::NoDevice => "no device",
+            ErrorKind::Other => "driver error",
+        }
+    }
+}
+
+/// Why the host backend or the `checked` layer refused a call, in words.
+///
+/// GPU drivers only return a code; where gpu-arena knows the reason it says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A size of zero.
+    ZeroSize,
+    /// A size or address not a multiple of the granularity.
+    NotGranular {
+        /// The value that is not aligned.
+        value: u64,
+        /// The granularity it must be a multiple of.
+        granularity: u64,
+    },
+    /// The range is not inside one reservation made by this driver.
+    OutsideReservation,
+    /// The handle is unknown (never created, or already released).
+    UnknownHandle,
+    /// Part of the range is already mapped.
+    AlreadyMapped,
+    /// Part of the range is not mapped.
+    NotMapped,
+    /// The range would cut a mapping in two (partial unmap or partial access).
+    PartialMapping,
+    /// Mapping at a nonzero offset into a handle.
+    NonzeroOffset,
+    /// The mapping size differs from the handle size.
+    SizeMismatch,
+    /// The reservation still has mappings.
+    MappingsRemain,
+    /// The address is not the start of a reservation, or the size differs.
+    NotAReservation,
+    /// The size overflows the address space.
+    Overflow,
+    /// A device ordinal that does not exist.
+    NoSuchDevice,
+    /// The address-space or physical limit was reached.
+    Exhausted,
+    /// A fault injected by the `checked` layer.
+    Injected,
+    /// The operation is not available on this backend.
+    Unavailable,
+}
+
+impl Reason {
+    fn write(self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::ZeroSize => f.write_str("the size is zero; ask for at least one granule"),
+            Reason::NotGranular { value, granularity } => write!(
+                f,
+                "{value:#x} is not a multiple of the granularity {granularity:#x}; round it to the granularity"
+            ),
+            Reason::OutsideReservation => f.write_str(
+                "the range is not inside one reservation of this driver; reserve it first",
+            ),
+            Reason::UnknownHandle => f.write_str(
+                "the handle is unknown (never created or already released); use a live handle",
+            ),
+            Reason::AlreadyMapped => {
+                f.write_str("part of the range is already mapped; unmap it first")
+            }
+            Reason::NotMapped => f.write_str("part of the range is not mapped; map it first"),
+            Reason::PartialMapping => f.write_str(
+                "the range cuts a mapping in two; drivers only unmap or change whole mappings",
+            ),
+            Reason::NonzeroOffset => f.write_str(
+                "mapping at a nonzero offset into a handle is not supported; map from offset 0",
+            ),
+            Reason::SizeMismatch => f.write_str(
+                "the mapping size differs from the handle size; map the whole handle",
+            ),
+            Reason::MappingsRemain => f.write_str(
+                "the reservation still has mappings; unmap everything before freeing it",
+            ),
+            Reason::NotAReservation => f.write_str(
+                "address and size do not name a whole reservation; pass what reserve returned",
+            ),
+            Reason::Overflow => f.write_str("the size overflows the address space"),
+            Reason::NoSuchDevice => f.write_str("no such device ordinal"),
+            Reason::Exhausted => f.write_str(
+                "the physical memory or address space is exhausted; free or trim memory, or lower the request",
+            ),
+            Reason::Injected => f.write_str("fault injected by the checked driver (tests)"),
+            Reason::Unavailable => f.write_str("this backend does not offer the operation"),
+        }
+    }
+}
+
+/// A driver call failed: backend, call, raw code and its meaning.
+///
+/// `Copy` and allocation-free; the code's name is looked up when printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DriverError {
+    /// The backend that failed.
+    pub backend: Backend,
+    /// The call that failed.
+    pub call: Call,
+    /// The raw code (CUresult, hipError_t, or the CUDA-equivalent code for host and checked).
+    pub code: i32,
+    /// What the code means.
+    pub kind: ErrorKind,
+    /// Why, when gpu-arena knows (host backend, `checked` layer).
+    pub reason: Option<Reason>,
+    /// True when the `checked` layer refused the call before it reached the driver.
+    pub checked: bool,
+}
+
+impl DriverError {
+    /// An error for `call` on `backend` with the CUDA-equivalent code of `kind`.
+    pub const fn new(backend: Backend, call: Call, kind: ErrorKind, reason: Reason) -> Self {
+        DriverError {
+            backend,
+            call,
+            code: kind_to_cuda_code(kind),
+            kind,
+            reason: Some(reason),
+            checked: false,
+        }
+    }
+
+    /// The code's symbolic name (`CUDA_ERROR_INVALID_VALUE`, `hipErrorInvalidValue`, …).
+    pub fn code_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Hip => hip_code_name(self.code),
+            Backend::Cuda | Backend::Host => cuda_code_name(self.code),
+        }
+    }
+}
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} failed{}: {} ({}, {})",
+            self.call.name(self.backend),
+            if self.checked {
+                " (refused by the checked driver)"
+            } else {
+                ""
+            },
+            self.kind.describe(),
+            self.code_name(),
+            self.code
+        )?;
+        if let Some(reason) = self.reason {
+            f.write_str(": ")?;
+            reason.write(f)?;
+        } else {
+            match self.kind {
+                ErrorKind::NoDevice => f.write_str(
+                    ": no usable device or runtime library; the host backend works everywhere",
+                )?,
+                ErrorKind::OutOfMemory => {
+                    f.write_str(": the device is out of memory; free or trim memory")?
+                }
+                _ => f.write_str(": check the arguments against the driver rules in DESIGN.md")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The CUDA code that stands for `kind` (used by the host backend and the
+/// checked layer so that all backends report the same codes).
+pub const fn kind_to_cuda_code(kind: ErrorKind) -> i32 {
+    match kind {
+        ErrorKind::InvalidValue => 1,
+        ErrorKind::OutOfMemory => 2,
+        ErrorKind::NoDevice => 100,
+        ErrorKind::InvalidHandle => 400,
+        ErrorKind::NotPermitted => 800,
+        ErrorKind::NotSupported => 801,
+        ErrorKind::Other => 999,
+    }
+}
+
+/// The [`ErrorKind`] of a CUDA driver code.
+pub const fn cuda_code_kind(code: i32) -> ErrorKind {
+    match code {
+        1 | 101 => ErrorKind::InvalidValue,
+        2 => ErrorKind::OutOfMemory,
+        3 | 4 | 34 | 100 => ErrorKind::NoDevice,
+        400 | 201 => ErrorKind::InvalidHandle,
+        800 => ErrorKind::NotPermitted,
+        801 => ErrorKind::NotSupported,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// Symbolic name of a CUDA driver code.
+pub const fn cuda_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "CUDA_SUCCESS",
+        1 => "CUDA_ERROR_INVALID_VALUE",
+        2 => "CUDA_ERROR_OUT_OF_MEMORY",
+        3 => "CUDA_ERROR_NOT_INITIALIZED",
+        4 => "CUDA_ERROR_DEINITIALIZED",
+        34 => "CUDA_ERROR_STUB_LIBRARY",
+        100 => "CUDA_ERROR_NO_DEVICE",
+        101 => "CUDA_ERROR_INVALID_DEVICE",
+        201 => "CUDA_ERROR_INVALID_CONTEXT",
+        400 => "CUDA_ERROR_INVALID_HANDLE",
+        600 => "CUDA_ERROR_NOT_READY",
+        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
+        800 => "CUDA_ERROR_NOT_PERMITTED",
+        801 => "CUDA_ERROR_NOT_SUPPORTED",
+        999 => "CUDA_ERROR_UNKNOWN",
+        _ => "CUDA_ERROR_(other)",
+    }
+}
+
+/// The [`ErrorKind`] of a HIP code. Both `hipErrorInvalidValue` and
+/// `hipErrorMemoryAllocation` for bad reservation sizes map so that the layers
+/// above see the same kinds as on CUDA (see DESIGN.md, HIP specifics).
+pub const fn hip_code_kind(code: i32) -> ErrorKind {
+    match code {
+        1 | 101 => ErrorKind::InvalidValue,
+        2 => ErrorKind::OutOfMemory,
+        3 | 100 | 35 => ErrorKind::NoDevice,
+        400 | 201 => ErrorKind::InvalidHandle,
+        800 => ErrorKind::NotPermitted,
+        801 => ErrorKind::NotSupported,
+        _ => ErrorKind::Other,
+    }
+}
+
+/// Symbolic name of a HIP code.
+pub const fn hip_code_name(code: i32) -> &'static str {
+    match code {
+        0 => "hipSuccess",
+        1 => "hipErrorInvalidValue",
+        2 => "hipErrorOutOfMemory",
+        3 => "hipErrorNotInitialized",
+        35 => "hipErrorInsufficientDriver",
+        100 => "hipErrorNoDevice",
+        101 => "hipErrorInvalidDevice",
+        201 => "hipErrorInvalidContext",
+        400 => "hipErrorInvalidHandle",
+        600 => "hipErrorNotReady",
+        800 => "hipErrorNotPermitted",
+        801 => "hipErrorNotSupported",
+        _ => "hipError(other)",
+    }
+}
+
+/// Which bad pointer was passed to a free.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BadPointer {
+    /// The pointer does not belong to this allocator.
+    Foreign,
+    /// The pointer points inside a live block, not at its start.
+    Interior,
+    /// The block was already freed.
+    DoubleFree,
+    /// The size or alignment passed with the free differs from the allocation's.
+    LayoutMismatch,
+}
+
+/// Out-of-memory figures (no allocation: plain numbers).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+pub struct OomReport {
+    /// Bytes requested.
+    pub requested: u64,
+    /// Bytes live in blocks.
+    pub live: u64,
+    /// Bytes of physical memory committed.
+    pub committed: u64,
+    /// The configured limit on committed bytes (`u64::MAX` when none).
+    pub limit: u64,
+    /// Bytes that could be given back at once (completed decommit candidates).
+    pub reclaimable: u64,
+    /// Bytes waiting behind fences that had not completed.
+    pub pending: u64,
+    /// Fences still pending.
+    pub pending_fences: u64,
+}
+
+/// Every error gpu-arena returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A driver call failed or was refused.
+    #[error("{0}")]
+    Driver(DriverError),
+    /// The arena could not find or commit memory for a request.
+    #[error(
+        "out of memory: requested {} bytes; live {}, committed {}, limit {}, reclaimable {}, pending behind {} fence(s) {}; free memory, call trim(), or raise the limit",
+        .0.requested, .0.live, .0.committed, fmt_limit(.0.limit), .0.reclaimable, .0.pending_fences, .0.pending
+    )]
+    OutOfMemory(OomReport),
+    /// A request of zero bytes where one is not allowed.
+    #[error("zero-size request: ask for at least one byte")]
+    ZeroSize,
+    /// An alignment that is not a power of two, or larger than the arena supports.
+    #[error("alignment {align} is not supported: use a power of two no larger than {max}")]
+    BadAlignment {
+        /// Requested alignment.
+        align: u64,
+        /// Largest supported alignment.
+        max: u64,
+    },
+    /// The size, once rounded, overflows or exceeds what the arena can ever hold.
+    #[error("size {size} is too large: this arena holds at most {max} bytes in one block")]
+    TooLarge {
+        /// Requested size.
+        size: u64,
+        /// Largest possible block.
+        max: u64,
+    },
+    /// A free or resize got a pointer it cannot accept; nothing was changed.
+    #[error("bad pointer {addr:#x} ({}): nothing was freed; pass exactly what alloc returned, once", describe_bad(*.kind))]
+    BadPointer {
+        /// The pointer.
+        addr: u64,
+        /// What is wrong with it.
+        kind: BadPointer,
+    },
+    /// A scratch arena handle was used after a reset invalidated it.
+    #[error(
+        "scratch arena used after reset: generation {used} is stale (now {current}); allocate again after reset()"
+    )]
+    StaleScratch {
+        /// Generation the caller held.
+        used: u64,
+        /// Current generation.
+        current: u64,
+    },
+    /// A growable buffer cannot grow past the maximum it reserved.
+    #[error(
+        "cannot grow to {requested} bytes: the buffer reserved at most {max}; create it with a larger maximum"
+    )]
+    GrowBeyondMax {
+        /// Requested length.
+        requested: u64,
+        /// Reserved maximum.
+        max: u64,
+    },
+    /// A configuration string or value was rejected.
+    #[error("bad configuration: {0}")]
+    Config(&'static str),
+    /// The arena's address space (its reservation) is full.
+    #[error(
+        "the arena's reservation of {reserved} bytes is full (requested {requested}); configure a larger reservation"
+    )]
+    AddressSpace {
+        /// Requested bytes.
+        requested: u64,
+        /// Reserved bytes.
+        reserved: u64,
+    },
+    /// Allocation or free on a tag that is asleep.
+    #[error("tag {tag} is asleep: wake it before allocating or freeing in it")]
+    Asleep {
+        /// The tag's index.
+        tag: u32,
+    },
+    /// This operation does not apply to this memory kind or backend.
+    #[error("unsupported: {0}")]
+    Unsupported(&'static str),
+}
+
+fn describe_bad(kind: BadPointer) -> &'static str {
+    match kind {
+        BadPointer::Foreign => "not allocated by this arena",
+        BadPointer::Interior => "points inside a block, not at its start",
+        BadPointer::DoubleFree => "already freed",
+        BadPointer::LayoutMismatch => "size or alignment differs from the allocation",
+    }
+}
+
+struct Limit(u64);
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == u64::MAX {
+            f.write_str("none")
+        } else {
+            write!(f, "{}", self.0)
+        }
+    }
+}
+fn fmt_limit(limit: u64) -> Limit {
+    Limit(limit)
+}
+
+impl From<DriverError> for Error {
+    fn from(e: DriverError) -> Self {
+        Error::Driver(e)
+    }
+}
+
+impl Error {
+    /// The driver error kind, where this is a driver error.
+    pub fn driver_kind(&self) -> Option<ErrorKind> {
+        match self {
+            Error::Driver(d) => Some(d.kind),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_say_what_and_what_to_do() {
+        let e = Error::Driver(DriverError::new(
+            Backend::Host,
+            Call::Map,
+            ErrorKind::NotSupported,
+            Reason::NonzeroOffset,
+        ));
+        let s = e.to_string();
+        assert!(s.contains("mmap(MAP_FIXED)"), "{s}");
+        assert!(s.contains("CUDA_ERROR_NOT_SUPPORTED"), "{s}");
+        assert!(s.contains("map from offset 0"), "{s}");
+        let oom = Error::OutOfMemory(OomReport {
+            requested: 10,
+            limit: u64::MAX,
+            ..Default::default()
+        });
+        assert!(oom.to_string().contains("limit none"));
+    }
+}

@@ -1,0 +1,17 @@
+#![doc = include_str!("../README.md")]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod driver;
+pub mod error;
+
+pub use error::{
+    Backend, BadPointer, Call, DriverError, Error, ErrorKind, OomReport, Reason, Result,
+};
+
+/// A `Vec` for allocator metadata: always on the system allocator, never on
+/// the global one (gpu-arena may itself be the global allocator).
+pub(crate) type MetaVec<T> = allocator_api2::vec::Vec<T, std::alloc::System>;
+/// A hash map for allocator metadata, on the system allocator.
+pub(crate) type MetaMap<K, V> =
+    hashbrown::HashMap<K, V, hashbrown::DefaultHashBuilder, std::alloc::System>;
