@@ -401,8 +401,8 @@ def sub_cpu(lname, acc):
     out(f"{tag}.set_access", *rc(e), f"descs={acc}")
     try:
         for gl, gt in [("DEVICE0", loc(LT_DEVICE, 0)), ("HOST", loc(LT_HOST, 0))]:
-            r = cu.cuMemGetAccess(gt, p)
-            out(f"{tag}.get_access_{gl}", *rc(r), f"flags={int(r[1]) if len(r) > 1 else None}")
+            g = get_access(p, gt.type, gt.id)
+            out(f"{tag}.get_access_{gl}", *rc(g[0]), g[1])
     except Exception as ex:
         out(f"{tag}.get_access", "PYEXC", -1, repr(ex))
     if acc.startswith("dev") and ok(e):
@@ -681,17 +681,6 @@ def s4():
         return e, f"maps={rc(a)[0]},{rc(b)[0]}"
     scoped("unmap.two_adjacent_mappings_one_call", two)
 
-    def two_same(sc):
-        p = sc.r(4 * G)
-        h = sc.h(2 * G)
-        a = sc.m(p, G, 0, h)
-        b = sc.m(p + G, G, G, h)
-        e = unmap(p, 2 * G)
-        if ok(e):
-            sc.maps.clear()
-        return e, f"two maps of one handle (off 0, off G) contiguous; maps={rc(a)[0]},{rc(b)[0]}"
-    scoped("unmap.two_adjacent_mappings_same_handle_one_call", two_same)
-
     def plus_hole(sc):
         p = sc.r(4 * G)
         h = sc.h(G)
@@ -766,7 +755,8 @@ def s4():
 # ---------------------------------------------------------- 5. set_access
 def get_access(p, lt=LT_DEVICE, lid=0):
     r = cu.cuMemGetAccess(loc(lt, lid), p)
-    return r[0], f"flags={int(r[1]) if len(r) > 1 else None}"
+    fl = r[1] if len(r) > 1 else None
+    return r[0], f"flags={int(fl) if fl is not None else None}"
 
 
 def s5():
@@ -1366,6 +1356,158 @@ def sub_wait_value():
         cu.cuMemFreeHost(hp)
 
 
+# ------------------------------------------------ 13. follow-ups (run 2)
+def free_region(size):
+    """An address whose [a, a+size) was just reserved and freed (so currently free)."""
+    e, q = reserve(size, size)
+    free(q, size)
+    return q
+
+
+def s13():
+    def past_end_verify(sc):
+        q = free_region(8 * G)
+        p = sc.r(4 * G, 0, q)
+        h = sc.h(2 * G)
+        e = sc.m(p + 3 * G, 2 * G, 0, h)
+        x = f"res_at_hint={p == q}"
+        if ok(e):
+            a = rc(setacc(p + 3 * G, 2 * G))
+            m = rc(memset8(p + 3 * G, 0x66, 2 * G))
+            s = rc(sync())
+            e2, b = d2h(p + 5 * G - 8, 8)
+            x += f" set_access={a[0]} memset={m[0]} sync={s[0]} tail(beyond res) DtoH={rc(e2)[0]} {b.hex()}"
+            try:
+                r = cu.cuMemGetAddressRange(p + 4 * G + 100)
+                x += f" cuMemGetAddressRange(beyond)={rc(r)[0]}"
+                if ok(r[0]):
+                    x += f" base={int(r[1]):#x} size={int(r[2]):#x}"
+            except Exception as ex:
+                x += f" GetAddressRange PYEXC {ex!r}"
+            e3, q3 = reserve(G, 0, p + 4 * G)
+            x += f"; reserve(G, hint=res_end)={rc(e3)[0]} got={q3:#x} same_as_hint={q3 == p + 4 * G}"
+            if ok(e3):
+                sc.res.append((q3, G))
+        return e, x
+    scoped("followup.map_runs_past_res_end_verify", past_end_verify)
+
+    def far_past(sc):
+        q = free_region(64 * G)
+        p = sc.r(4 * G, 0, q)
+        h = sc.h(16 * G)
+        return sc.m(p + 3 * G, 16 * G, 0, h), f"res_at_hint={p == q} 4G res, 16G map starting at base+3G"
+    scoped("followup.map_runs_far_past_res_end", far_past)
+
+    def before_start(sc):
+        q = free_region(8 * G)
+        p = sc.r(4 * G, 0, q + 4 * G)
+        h = sc.h(2 * G)
+        return sc.m(p - G, 2 * G, 0, h), f"res_at_hint={p == q + 4 * G} map [base-G, base+G)"
+    scoped("followup.map_starts_before_res", before_start)
+
+    def map_after_free_region(sc):
+        q = free_region(8 * G)
+        h = sc.h(G)
+        return sc.m(q, G, 0, h), "va in a just-freed reservation"
+    scoped("followup.map_into_freed_reservation", map_after_free_region)
+
+    def unmap_past(sc):
+        q = free_region(8 * G)
+        p = sc.r(4 * G, 0, q)
+        return unmap(p + 3 * G, 2 * G), f"res_at_hint={p == q} nothing mapped; range runs past res end"
+    scoped("followup.unmap_unmapped_range_past_res_end", unmap_past)
+
+    def unmap_outside(sc):
+        q = free_region(8 * G)
+        return unmap(q, G), "G-aligned, just-freed (unreserved) region"
+    scoped("followup.unmap_unreserved_high_addr", unmap_outside)
+
+    def unmap_mapped_past(sc):
+        q = free_region(8 * G)
+        p = sc.r(4 * G, 0, q)
+        h = sc.h(G)
+        sc.m(p + 3 * G, G, 0, h)
+        e = unmap(p + 3 * G, 2 * G)
+        if ok(e):
+            sc.maps.clear()
+        return e, "mapping [3G,4G) + range runs G past res end"
+    scoped("followup.unmap_mapping_plus_past_res_end", unmap_mapped_past)
+
+    def setacc_past(sc):
+        q = free_region(8 * G)
+        p = sc.r(4 * G, 0, q)
+        h = sc.h(G)
+        sc.m(p + 3 * G, G, 0, h)
+        return setacc(p + 3 * G, 2 * G), "mapping [3G,4G) + range runs G past res end (unmapped)"
+    scoped("followup.set_access_past_res_end", setacc_past)
+
+    def order_host_first(sc):
+        p = sc.r(2 * G)
+        h = sc.h(2 * G)
+        sc.m(p, 2 * G, 0, h)
+        g0 = get_access(p, LT_HOST, 0)
+        e = setacc(p, 2 * G, [adesc(LT_HOST, 0, RW), adesc(LT_DEVICE, 0, RW)])
+        g = get_access(p)
+        return e, f"host-loc get_access before any set={rc(g0[0])[0]} {g0[1]}; after failed call dev0 get_access={rc(g[0])[0]} {g[1]}"
+    scoped("followup.set_access_device_mem_[HOST,DEV0]", order_host_first)
+
+    def order_dev_first(sc):
+        p = sc.r(2 * G)
+        h = sc.h(2 * G)
+        sc.m(p, 2 * G, 0, h)
+        e = setacc(p, 2 * G, [adesc(LT_DEVICE, 0, RW), adesc(LT_HOST, 0, RW)])
+        g = get_access(p)
+        return e, f"after failed call dev0 get_access={rc(g[0])[0]} {g[1]}"
+    scoped("followup.set_access_device_mem_[DEV0,HOST]", order_dev_first)
+
+    def order_dev1(sc):
+        p = sc.r(2 * G)
+        h = sc.h(2 * G)
+        sc.m(p, 2 * G, 0, h)
+        e = setacc(p, 2 * G, [adesc(LT_DEVICE, 0, RW), adesc(LT_DEVICE, 1, RW)])
+        g = get_access(p)
+        return e, f"after call dev0 get_access={rc(g[0])[0]} {g[1]}"
+    scoped("followup.set_access_[DEV0,DEV1]", order_dev1)
+
+    def ga_host_loc_devmem(sc):
+        p = sc.r(2 * G)
+        h = sc.h(2 * G)
+        sc.m(p, 2 * G, 0, h)
+        g0 = get_access(p, LT_HOST, 0)
+        setacc(p, 2 * G, [adesc(LT_DEVICE, 0, RO)])
+        g1 = get_access(p, LT_HOST, 0)
+        g2 = get_access(p, LT_HOST_NUMA, 0) if LT_HOST_NUMA is not None else ("n/a", "")
+        return g1[0], (f"HOST-loc get_access before={rc(g0[0])[0]} {g0[1]}; after dev0 RO: HOST={g1[1]}"
+                       f" HOST_NUMA={rc(g2[0])[0] if g2[0] != 'n/a' else ''} {g2[1]}")
+    scoped("followup.get_access_HOST_loc_on_device_mem", ga_host_loc_devmem)
+
+    def free_spanning_mapping(sc):
+        q = free_region(8 * G)
+        p1 = sc.r(2 * G, 0, q)
+        p2 = sc.r(2 * G, 0, q + 2 * G)
+        h = sc.h(2 * G)
+        e = sc.m(p1 + G, 2 * G, 0, h)
+        f2 = free(p2, 2 * G)
+        x = f"adjacent={p1 + 2 * G == p2} map spanning={rc(e)[0]}; free(res2) while spanned={rc(f2)[0]}({rc(f2)[1]})"
+        if ok(f2):
+            sc.res = [r for r in sc.res if r[0] != p2]
+        return f2, x
+    scoped("followup.free_res2_under_spanning_mapping", free_spanning_mapping)
+
+    def hint_unreserved_start(sc):
+        q = free_region(16 * G)
+        e, p = reserve(4 * G, 0, q)
+        x = f"hint=start of freed region honored={p == q}"
+        if ok(e):
+            free(p, 4 * G)
+        e, p = reserve(4 * G, 0, q + 4 * G)
+        x += f"; hint=start+4G honored={p == q + 4 * G}"
+        if ok(e):
+            free(p, 4 * G)
+        return e, x
+    scoped("followup.addr_hint_honored", hint_unreserved_start)
+
+
 # ---------------------------------------------------------- subprocesses
 SUBS = {
     "map_released_handle": sub_map_released,
@@ -1430,7 +1572,7 @@ def main():
         print("NVIDIA-SMI failed", ex, flush=True)
     setup()
     info()
-    for i, s in enumerate([s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12], 1):
+    for i, s in enumerate([s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13], 1):
         print(f"===== section {i} ({s.__name__}) =====", flush=True)
         try:
             s()
