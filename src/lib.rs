@@ -15,3 +15,16 @@ pub(crate) type MetaVec<T> = allocator_api2::vec::Vec<T, std::alloc::System>;
 /// A hash map for allocator metadata, on the system allocator.
 pub(crate) type MetaMap<K, V> =
     hashbrown::HashMap<K, V, hashbrown::DefaultHashBuilder, std::alloc::System>;
+
+pub mod arena;
+pub mod commit;
+pub mod policy;
+pub mod stats;
+
+pub use arena::{Arena, ArenaConfig, Kind};
+pub use commit::CommitConfig;
+pub use policy::Policy;
+pub use stats::{Snapshot, Stats};
+pub mod api;
+pub use api::{DeviceBox, DeviceVec, GrowBuffer, Scratch, ScratchPtr, SharedArena};
+pub mod replay;

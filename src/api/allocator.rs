@@ -1,0 +1,139 @@
+//! [`SharedArena`]: an [`Arena`] behind a lock, usable from many threads and
+//! as an `allocator_api2::Allocator` for the kinds the CPU may touch.
+//!
+//! ```
+//! use allocator_api2::vec::Vec;
+//! use gpu_arena::{SharedArena, Kind, ArenaConfig};
+//! use gpu_arena::driver::HostDriver;
+//! let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+//! let mut v: Vec<u64, _> = Vec::new_in(&arena);
+//! v.extend(0..1000);
+//! assert_eq!(v.iter().sum::<u64>(), 499_500);
+//! assert!(arena.stats().live >= 8000);
+//! # Ok::<(), gpu_arena::Error>(())
+//! ```
+
+use core::alloc::Layout;
+use core::ptr::NonNull;
+use std::sync::{Mutex, MutexGuard};
+
+use allocator_api2::alloc::{AllocError, Allocator};
+
+use crate::arena::{Arena, ArenaConfig, Kind};
+use crate::driver::{DevicePtr, Driver, Stream};
+use crate::error::Result;
+use crate::stats::{Snapshot, Stats};
+
+/// An arena shared behind a mutex.
+pub struct SharedArena<D: Driver> {
+    inner: Mutex<Arena<D>>,
+    host_visible: bool,
+    base: DevicePtr,
+    size: u64,
+}
+
+impl<D: Driver> core::fmt::Debug for SharedArena<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("SharedArena")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("size", &self.size)
+            .field("host_visible", &self.host_visible)
+            .finish()
+    }
+}
+
+impl<D: Driver> SharedArena<D> {
+    /// A new arena of `kind` over `driver` (see [`Arena::new`]).
+    pub fn new(driver: D, kind: Kind, config: ArenaConfig) -> Result<Self> {
+        Ok(Self::from_arena(Arena::new(driver, kind, config)?))
+    }
+
+    /// Shares an existing arena.
+    pub fn from_arena(arena: Arena<D>) -> Self {
+        let (base, size) = arena.reservation();
+        SharedArena {
+            host_visible: arena.host_visible(),
+            base,
+            size,
+            inner: Mutex::new(arena),
+        }
+    }
+
+    /// Locks the arena.
+    pub fn lock(&self) -> MutexGuard<'_, Arena<D>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Unwraps the arena.
+    pub fn into_inner(self) -> Arena<D> {
+        self.inner.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the CPU may touch this arena's memory.
+    pub fn host_visible(&self) -> bool {
+        self.host_visible
+    }
+
+    /// Whether `ptr` lies in this arena's reservation (no lock taken).
+    pub fn contains(&self, ptr: DevicePtr) -> bool {
+        ptr.wrapping_sub(self.base) < self.size
+    }
+
+    /// See [`Arena::alloc_on`].
+    pub fn alloc(&self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
+        self.lock().alloc_on(size, align, stream)
+    }
+
+    /// See [`Arena::free_on`].
+    pub fn free(&self, ptr: DevicePtr, stream: Stream) -> Result<()> {
+        self.lock().free_on(ptr, stream)
+    }
+
+    /// See [`Arena::trim`].
+    pub fn trim(&self) -> u64 {
+        self.lock().trim()
+    }
+
+    /// See [`Arena::stats`].
+    pub fn stats(&self) -> Stats {
+        self.lock().stats()
+    }
+
+    /// See [`Arena::snapshot`].
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().snapshot()
+    }
+}
+
+// SAFETY: (1) blocks returned are valid for `layout.size()` bytes, aligned,
+// and host-accessible: allocation is refused unless the arena's memory is
+// host-visible; (2) a block stays valid until deallocated through the same
+// arena, since the arena only decommits pages without live bytes; (3) the
+// arena outlives the reference.
+unsafe impl<D: Driver> Allocator for &SharedArena<D> {
+    fn allocate(&self, layout: Layout) -> core::result::Result<NonNull<[u8]>, AllocError> {
+        if !self.host_visible {
+            return Err(AllocError);
+        }
+        if layout.size() == 0 {
+            let dangling = layout.align() as *mut u8;
+            // SAFETY: the alignment is nonzero, so the pointer is non-null.
+            let p = unsafe { NonNull::new_unchecked(dangling) };
+            return Ok(NonNull::slice_from_raw_parts(p, 0));
+        }
+        let ptr = self
+            .lock()
+            .alloc(layout.size() as u64, layout.align() as u64)
+            .map_err(|_| AllocError)?;
+        let p = NonNull::new(ptr as *mut u8).ok_or(AllocError)?;
+        Ok(NonNull::slice_from_raw_parts(p, layout.size()))
+    }
+
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        if layout.size() == 0 {
+            return;
+        }
+        let r = self.lock().free(ptr.as_ptr() as DevicePtr);
+        debug_assert!(r.is_ok(), "deallocate of a pointer this arena refused: {r:?}");
+    }
+}

@@ -1,0 +1,152 @@
+//! Device memory the CPU cannot touch: [`DeviceBox`] and [`DeviceVec`] own a
+//! block and copy to and from the host through the driver. No host deref.
+//!
+//! ```
+//! use gpu_arena::{SharedArena, DeviceVec, Kind, ArenaConfig};
+//! use gpu_arena::driver::HostDriver;
+//! let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+//! let v = DeviceVec::from_slice(&arena, &[1.0f32, 2.0, 3.0])?;
+//! assert_eq!(v.to_vec()?, vec![1.0, 2.0, 3.0]);
+//! # Ok::<(), gpu_arena::Error>(())
+//! ```
+
+use core::marker::PhantomData;
+
+use crate::api::SharedArena;
+use crate::driver::{DevicePtr, Driver, Stream};
+use crate::error::Result;
+
+/// Plain data that may be copied bytewise to and from a device.
+///
+/// # Safety
+/// Every bit pattern of `size_of::<T>()` bytes must be a valid `T`, and `T`
+/// has no padding, pointers or drop glue.
+pub unsafe trait Pod: Copy + 'static {}
+macro_rules! pod {
+    ($($t:ty),*) => { $(
+        // SAFETY: primitive numbers: any bit pattern is valid, no padding.
+        unsafe impl Pod for $t {}
+    )* };
+}
+pod!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64);
+
+/// A device array of `T`.
+pub struct DeviceVec<'a, T: Pod, D: Driver> {
+    arena: &'a SharedArena<D>,
+    ptr: DevicePtr,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Pod, D: Driver> core::fmt::Debug for DeviceVec<'_, T, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("DeviceVec")
+            .field("ptr", &format_args!("{:#x}", self.ptr))
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
+    /// `len` uninitialized-on-device elements (contents unspecified, zero
+    /// on a fresh commit).
+    pub fn with_len(arena: &'a SharedArena<D>, len: usize) -> Result<Self> {
+        let bytes = (core::mem::size_of::<T>() * len).max(1) as u64;
+        let align = core::mem::align_of::<T>().max(512) as u64;
+        let ptr = arena.alloc(bytes, align, Stream::DEFAULT)?;
+        Ok(DeviceVec {
+            arena,
+            ptr,
+            len,
+            _t: PhantomData,
+        })
+    }
+
+    /// A device copy of `src`.
+    pub fn from_slice(arena: &'a SharedArena<D>, src: &[T]) -> Result<Self> {
+        let v = Self::with_len(arena, src.len())?;
+        v.copy_from_host(src)?;
+        Ok(v)
+    }
+
+    /// Device address of element 0.
+    pub fn as_device_ptr(&self) -> DevicePtr {
+        self.ptr
+    }
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Copies `src` (exactly `len` elements) to the device; done on return.
+    pub fn copy_from_host(&self, src: &[T]) -> Result<()> {
+        assert_eq!(src.len(), self.len, "copy_from_host: length mismatch");
+        let a = self.arena.lock();
+        // SAFETY: the destination is this vector's live block of len Ts; the
+        // source is a host slice of the same size; they cannot overlap.
+        unsafe {
+            a.driver().copy(
+                self.ptr,
+                src.as_ptr() as DevicePtr,
+                core::mem::size_of_val(src),
+                Stream::DEFAULT,
+            )
+        }
+    }
+
+    /// Copies the device contents back to the host.
+    pub fn to_vec(&self) -> Result<Vec<T>> {
+        let mut out: Vec<T> = Vec::with_capacity(self.len);
+        let a = self.arena.lock();
+        // SAFETY: out has capacity for len Ts; the source is this vector's
+        // live block; Pod makes any copied bytes valid Ts.
+        unsafe {
+            a.driver().copy(
+                out.as_mut_ptr() as DevicePtr,
+                self.ptr,
+                self.len * core::mem::size_of::<T>(),
+                Stream::DEFAULT,
+            )?;
+            out.set_len(self.len);
+        }
+        Ok(out)
+    }
+}
+
+impl<T: Pod, D: Driver> Drop for DeviceVec<'_, T, D> {
+    fn drop(&mut self) {
+        let _ = self.arena.free(self.ptr, Stream::DEFAULT);
+    }
+}
+
+/// One `T` in device memory.
+pub struct DeviceBox<'a, T: Pod, D: Driver>(DeviceVec<'a, T, D>);
+
+impl<T: Pod, D: Driver> core::fmt::Debug for DeviceBox<'_, T, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_tuple("DeviceBox").field(&self.0).finish()
+    }
+}
+
+impl<'a, T: Pod, D: Driver> DeviceBox<'a, T, D> {
+    /// A device copy of `val`.
+    pub fn new(arena: &'a SharedArena<D>, val: T) -> Result<Self> {
+        DeviceVec::from_slice(arena, core::slice::from_ref(&val)).map(DeviceBox)
+    }
+    /// Device address.
+    pub fn as_device_ptr(&self) -> DevicePtr {
+        self.0.as_device_ptr()
+    }
+    /// Copies the value back.
+    pub fn get(&self) -> Result<T> {
+        Ok(self.0.to_vec()?[0])
+    }
+    /// Overwrites the value on the device.
+    pub fn set(&self, val: T) -> Result<()> {
+        self.0.copy_from_host(core::slice::from_ref(&val))
+    }
+}

@@ -1,0 +1,138 @@
+//! Growable buffers: the maximum is reserved once, pages are committed at
+//! the end as the buffer grows. No copy, and the base pointer never moves.
+//!
+//! ```
+//! use gpu_arena::{SharedArena, GrowBuffer, Kind, ArenaConfig};
+//! use gpu_arena::driver::HostDriver;
+//! let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+//! let mut buf = GrowBuffer::with_max(&arena, 1 << 30)?;
+//! buf.resize(4 << 20)?;
+//! let base = buf.as_ptr();
+//! buf.resize(64 << 20)?;
+//! assert_eq!(buf.as_ptr(), base);
+//! assert_eq!(arena.stats().committed, 64 << 20);
+//! # Ok::<(), gpu_arena::Error>(())
+//! ```
+
+use crate::api::SharedArena;
+use crate::driver::{DevicePtr, Driver, Stream};
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::policy::grow::{Grow, Resize};
+
+/// A buffer that grows in place up to a reserved maximum.
+pub struct GrowBuffer<'a, D: Driver> {
+    arena: &'a SharedArena<D>,
+    base: DevicePtr,
+    state: Grow,
+    page: u64,
+}
+
+impl<D: Driver> core::fmt::Debug for GrowBuffer<'_, D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("GrowBuffer")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("state", &self.state)
+            .finish()
+    }
+}
+
+impl<'a, D: Driver> GrowBuffer<'a, D> {
+    /// An empty buffer that can grow to `max` bytes (reserves address space only).
+    pub fn with_max(arena: &'a SharedArena<D>, max: u64) -> Result<Self> {
+        let mut a = arena.lock();
+        let page = a.page();
+        let base = a.reserve_buffer(max, Policy::Grow)?;
+        let max = crate::driver::round_up(max, page).unwrap_or(max);
+        Ok(GrowBuffer {
+            arena,
+            base,
+            state: Grow::new(max),
+            page,
+        })
+    }
+
+    /// The base address; stable for the buffer's life.
+    pub fn as_ptr(&self) -> DevicePtr {
+        self.base
+    }
+    /// Current length.
+    pub fn len(&self) -> u64 {
+        self.state.len
+    }
+    /// Whether the length is zero.
+    pub fn is_empty(&self) -> bool {
+        self.state.len == 0
+    }
+    /// Bytes committed (the length rounded up to pages).
+    pub fn committed(&self) -> u64 {
+        self.state.committed
+    }
+    /// The reserved maximum.
+    pub fn max(&self) -> u64 {
+        self.state.max
+    }
+
+    /// Grows or shrinks to `len` bytes: commits pages at the end, or gives
+    /// back whole runs past the end. Contents below `min(old, new)` length
+    /// are kept; new bytes are unspecified. May call the driver.
+    pub fn resize(&mut self, len: u64) -> Result<()> {
+        self.resize_on(len, Stream::DEFAULT)
+    }
+
+    /// [`GrowBuffer::resize`], with the memory last used on `stream`.
+    pub fn resize_on(&mut self, len: u64, stream: Stream) -> Result<()> {
+        let mut a = self.arena.lock();
+        match self.state.plan(len, self.page, 0) {
+            Resize::TooLarge => {
+                return Err(Error::GrowBeyondMax {
+                    requested: len,
+                    max: self.state.max,
+                });
+            }
+            Resize::Commit { from, to } => {
+                a.commit_buffer(self.base, from, to)?;
+                self.state.committed = to;
+            }
+            Resize::Decommit { from, to } => {
+                a.decommit_buffer(self.base, from, to, stream);
+                self.state.committed = from;
+            }
+            Resize::InPlace => {}
+        }
+        a.account_buffer(Policy::Grow, self.state.len, len);
+        self.state.len = len;
+        Ok(())
+    }
+
+    /// The contents as a byte slice (host-visible kinds only).
+    pub fn as_slice(&self) -> Result<&[u8]> {
+        self.host()?;
+        // SAFETY: the first `len` bytes are committed and host-accessible;
+        // they live as long as `self`, and `&self` forbids a resize meanwhile.
+        Ok(unsafe { core::slice::from_raw_parts(self.base as *const u8, self.state.len as usize) })
+    }
+
+    /// The contents as a mutable byte slice (host-visible kinds only).
+    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        self.host()?;
+        // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
+        Ok(unsafe { core::slice::from_raw_parts_mut(self.base as *mut u8, self.state.len as usize) })
+    }
+
+    fn host(&self) -> Result<()> {
+        if self.arena.host_visible() {
+            Ok(())
+        } else {
+            Err(Error::Unsupported("device memory: copy through the driver instead"))
+        }
+    }
+}
+
+impl<D: Driver> Drop for GrowBuffer<'_, D> {
+    fn drop(&mut self) {
+        let mut a = self.arena.lock();
+        a.account_buffer(Policy::Grow, self.state.len, 0);
+        a.free_buffer(self.base, self.state.committed, Policy::Grow, Stream::DEFAULT);
+    }
+}

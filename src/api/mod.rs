@@ -1,0 +1,12 @@
+//! What users hold: a shared arena implementing `allocator_api2::Allocator`,
+//! scratch arenas, growable buffers, and device boxes and vectors.
+
+pub mod allocator;
+pub mod device;
+pub mod grow;
+pub mod scratch;
+
+pub use allocator::SharedArena;
+pub use device::{DeviceBox, DeviceVec};
+pub use grow::GrowBuffer;
+pub use scratch::{Scratch, ScratchPtr};

@@ -1,0 +1,679 @@
+//! One reservation split into regions; offsets ↔ pointers; routing to the
+//! policies.
+//!
+//! ```text
+//! reservation: [ blocks region: slabs + large spans (TLSF, 512 B quantum) | buffers region: scratch arenas, growable buffers ]
+//! ```
+//!
+//! [`Arena`] is the `&mut self` core: single-threaded, no locks. Wrappers in
+//! [`crate::api`] add sharing and implement the allocator traits.
+//!
+//! ```
+//! use gpu_arena::{Arena, ArenaConfig, Kind};
+//! use gpu_arena::driver::HostDriver;
+//! let mut arena = Arena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+//! let p = arena.alloc(1 << 20, 256)?; // committed lazily, 1 MiB
+//! assert!(arena.stats().committed >= 1 << 20);
+//! arena.free(p)?;
+//! arena.trim();
+//! assert_eq!(arena.stats().committed, 0);
+//! # Ok::<(), gpu_arena::Error>(())
+//! ```
+
+use crate::commit::{Commit, CommitConfig};
+use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
+use crate::error::{BadPointer, Error, Result};
+use crate::policy::large::Large;
+use crate::policy::slab::{Freed, Slabs};
+use crate::policy::{Policy, Stamp, classes};
+use crate::stats::{BlockReport, PageReport, PolicyStats, RegionReport, Snapshot, Stats};
+
+/// Which memory an arena hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    /// Memory of the device with this ordinal (on the host backend: host
+    /// memory that behaves like a device's).
+    Device(u32),
+    /// Pinned host memory (VMM host-located) that the CPU and device 0 can
+    /// read and write.
+    PinnedHost,
+}
+
+/// Settings of an arena.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ArenaConfig {
+    /// Bytes of virtual address space to reserve (0: four times the
+    /// device's memory, at most the driver's limit).
+    pub reservation: u64,
+    /// Smallest reservation accepted when the configured one is refused:
+    /// the arena halves and retries down to this, and says so once.
+    pub min_reservation: u64,
+    /// Fraction of the reservation given to the blocks region (slabs and
+    /// large spans); the rest holds scratch arenas and growable buffers.
+    pub blocks_fraction: f64,
+    /// Quantum of large spans (a power of two; PyTorch rounds to 512 bytes).
+    pub quantum: u64,
+    /// Commit settings.
+    pub commit: CommitConfig,
+}
+
+impl Default for ArenaConfig {
+    fn default() -> Self {
+        ArenaConfig {
+            reservation: 0,
+            min_reservation: 1 << 30,
+            blocks_fraction: 0.5,
+            quantum: 512,
+            commit: CommitConfig::default(),
+        }
+    }
+}
+
+/// The largest alignment an arena serves, in pages.
+const MAX_ALIGN_PAGES: u64 = 512;
+
+/// One arena over one reservation (see the module docs).
+pub struct Arena<D: Driver> {
+    commit: Commit<D>,
+    kind: Kind,
+    host_visible: bool,
+    blocks: Large,
+    slabs: Slabs,
+    buffers: Large,
+    blocks_size: u64,
+    live: u64,
+    peak_live: u64,
+    scratch: PolicyStats,
+    grow: PolicyStats,
+    allocs: u64,
+    frees: u64,
+    config: ArenaConfig,
+    /// The reservation fell back to a smaller size than configured.
+    fallback: Option<u64>,
+    /// Policy of each buffer by offset in the buffers region.
+    buffer_kinds: crate::MetaMap<u64, Policy>,
+}
+
+impl<D: Driver> core::fmt::Debug for Arena<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Arena")
+            .field("kind", &self.kind)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reserves `want` bytes, halving on refusal down to `min`. Returns the base,
+/// the size obtained, and whether it fell back.
+fn reserve_with_fallback<D: Driver>(driver: &D, want: u64, min: u64, page: u64) -> Result<(DevicePtr, u64, bool)> {
+    let mut size = want;
+    loop {
+        match driver.reserve(size as usize, page as usize) {
+            Ok(base) => return Ok((base, size, size != want)),
+            Err(e) => {
+                let next = (size / 2) / page * page;
+                if next < min.max(2 * page) || next == 0 {
+                    return Err(e);
+                }
+                size = next;
+            }
+        }
+    }
+}
+
+impl<D: Driver> Arena<D> {
+    /// An arena of `kind` memory over `driver`.
+    ///
+    /// May call the driver (one reservation). Errors if the kind is not
+    /// available on this driver or no reservation of at least
+    /// `config.min_reservation` bytes can be made.
+    pub fn new(driver: D, kind: Kind, config: ArenaConfig) -> Result<Self> {
+        let caps = *driver.capabilities();
+        let page = caps.granularity as u64;
+        if !config.quantum.is_power_of_two() || config.quantum > page {
+            return Err(Error::Config("quantum must be a power of two no larger than the page"));
+        }
+        if !(0.05..=0.95).contains(&config.blocks_fraction) {
+            return Err(Error::Config("blocks_fraction must be between 0.05 and 0.95"));
+        }
+        let (location, access, host_visible) = match kind {
+            Kind::Device(d) => {
+                if d >= caps.device_count {
+                    return Err(Error::Config("no such device ordinal on this driver"));
+                }
+                (
+                    Location::Device(d),
+                    [Access::read_write(Location::Device(d)), Access::read_write(Location::Device(d))],
+                    caps.cpu_reads_device_memory,
+                )
+            }
+            Kind::PinnedHost => {
+                if !caps.host_memory {
+                    return Err(Error::Unsupported("this driver cannot create pinned host memory"));
+                }
+                (
+                    Location::Host,
+                    [Access::read_write(Location::Device(0)), Access::read_write(Location::Host)],
+                    true,
+                )
+            }
+        };
+        let access: &[Access] = if access[0] == access[1] { &access[..1] } else { &access[..] };
+        let want = if config.reservation == 0 {
+            caps.device_memory.saturating_mul(4).clamp(4 * page, caps.max_reservation)
+        } else {
+            config.reservation
+        };
+        let want = want / (2 * page) * (2 * page);
+        if want < 2 * page {
+            return Err(Error::Config("reservation must be at least two pages"));
+        }
+        let (base, size, fell_back) = reserve_with_fallback(&driver, want, config.min_reservation, page)?;
+        if fell_back {
+            eprintln!(
+                "gpu-arena: a reservation of {want} bytes was refused; using {size} bytes (configure `reservation` to choose)"
+            );
+        }
+        let blocks_size = ((size as f64 * config.blocks_fraction) as u64) / page * page;
+        let commit = Commit::new(driver, base, size, location, access, config.commit);
+        Ok(Arena {
+            commit,
+            kind,
+            host_visible,
+            blocks: Large::new(blocks_size, config.quantum),
+            slabs: Slabs::new(),
+            buffers: Large::new(size - blocks_size, page),
+            blocks_size,
+            live: 0,
+            peak_live: 0,
+            scratch: PolicyStats::default(),
+            grow: PolicyStats::default(),
+            allocs: 0,
+            frees: 0,
+            config,
+            fallback: fell_back.then_some(size),
+            buffer_kinds: crate::MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+        })
+    }
+
+    /// The memory kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// Whether the CPU may read and write this arena's memory.
+    pub fn host_visible(&self) -> bool {
+        self.host_visible
+    }
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        self.commit.driver()
+    }
+    /// The page (granularity) size.
+    pub fn page(&self) -> u64 {
+        self.commit.page()
+    }
+    /// Reservation base and size.
+    pub fn reservation(&self) -> (DevicePtr, u64) {
+        (self.commit.base(), self.commit.size())
+    }
+    /// The reservation size obtained when the configured one was refused.
+    pub fn reservation_fallback(&self) -> Option<u64> {
+        self.fallback
+    }
+    /// Settings in force.
+    pub fn config(&self) -> &ArenaConfig {
+        &self.config
+    }
+    /// Changes the commit limit.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.commit.set_limit(limit);
+        self.config.commit.limit = limit;
+    }
+
+    /// Whether `ptr` lies in this arena's reservation.
+    #[inline]
+    pub fn contains(&self, ptr: DevicePtr) -> bool {
+        ptr.wrapping_sub(self.commit.base()) < self.commit.size()
+    }
+
+    fn check_layout(&self, size: u64, align: u64) -> Result<()> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let max = self.page() * MAX_ALIGN_PAGES;
+        if !align.is_power_of_two() || align > max {
+            return Err(Error::BadAlignment { align, max });
+        }
+        if size > self.blocks_size {
+            return Err(Error::TooLarge {
+                size,
+                max: self.blocks_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Allocates `size` bytes aligned to `align` for the default stream.
+    /// See [`Arena::alloc_on`].
+    #[inline]
+    pub fn alloc(&mut self, size: u64, align: u64) -> Result<DevicePtr> {
+        self.alloc_on(size, align, Stream::DEFAULT)
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two) for use on
+    /// `stream`. Memory freed on `stream` is reused at once; memory freed on
+    /// other streams only after their fences completed.
+    ///
+    /// Constant time when a slab or a free span can serve it; may call the
+    /// driver (commit) otherwise.
+    pub fn alloc_on(&mut self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
+        self.check_layout(size, align)?;
+        let slot = self.commit.streams.slot(stream);
+        let (off, bytes, _) = match classes::class_for(size, align) {
+            Some(class) => match self.slabs.alloc(slot, class) {
+                Some(off) => (off, classes::SIZES[class] as u64, Policy::Slab),
+                None => self.alloc_slab_slow(slot, class)?,
+            },
+            None => self.alloc_large(size, align, slot)?,
+        };
+        self.allocs += 1;
+        self.live += bytes;
+        self.peak_live = self.peak_live.max(self.live);
+        Ok(self.commit.base() + off)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slab_slow(&mut self, slot: u16, class: usize) -> Result<(u64, u64, Policy)> {
+        // Objects freed on other streams may have become reusable.
+        self.commit.poll();
+        let mut empty = crate::MetaVec::new_in(std::alloc::System);
+        let streams = &self.commit.streams;
+        self.slabs.drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
+        self.release_slab_spans(empty);
+        if let Some(off) = self.slabs.alloc(slot, class) {
+            return Ok((off, classes::SIZES[class] as u64, Policy::Slab));
+        }
+        let bytes = classes::slab_bytes(class);
+        let span = self.place_span(bytes, bytes, slot)?;
+        self.slabs.add_slab(span, class, slot);
+        let off = self
+            .slabs
+            .alloc(slot, class)
+            .ok_or(Error::Unsupported("a new slab could not serve its class (bug)"))?;
+        Ok((off, classes::SIZES[class] as u64, Policy::Slab))
+    }
+
+    fn alloc_large(&mut self, size: u64, align: u64, slot: u16) -> Result<(u64, u64, Policy)> {
+        let off = self.place_span(size, align, slot)?;
+        let bytes = self.blocks.size_of(off).unwrap_or(size);
+        Ok((off, bytes, Policy::Large))
+    }
+
+    /// Finds a span in the blocks region and commits its pages.
+    fn place_span(&mut self, size: u64, align: u64, slot: u16) -> Result<u64> {
+        let a = self.place(size, align, slot)?;
+        if let Err(e) = self.commit.add_live(a.offset, a.size) {
+            let streams = &self.commit.streams;
+            self.blocks.free(a.offset, Stamp::SAFE, |s| streams.done(s));
+            return Err(e);
+        }
+        Ok(a.offset)
+    }
+
+    fn place(&mut self, size: u64, align: u64, slot: u16) -> Result<crate::policy::large::Allocation> {
+        let skipped = core::cell::Cell::new(Stamp::SAFE);
+        let streams = &self.commit.streams;
+        let accept = |s: Stamp| {
+            let ok = s.is_safe() || s.slot() == slot || streams.done(s);
+            if !ok {
+                skipped.set(s);
+            }
+            ok
+        };
+        if let Some(a) = self.blocks.alloc(size, align, accept) {
+            if !skipped.get().is_safe() {
+                // Make the skipped stream's memory reusable later.
+                let _ = self.commit.ensure_fence(skipped.get());
+            }
+            return Ok(a);
+        }
+        // Region full: fences may have completed since.
+        self.commit.poll();
+        let streams = &self.commit.streams;
+        self.blocks
+            .alloc(size, align, |s| s.is_safe() || s.slot() == slot || streams.done(s))
+            .ok_or(Error::AddressSpace {
+                requested: size,
+                reserved: self.blocks_size,
+            })
+    }
+
+    /// Frees a block on the default stream. See [`Arena::free_on`].
+    #[inline]
+    pub fn free(&mut self, ptr: DevicePtr) -> Result<()> {
+        self.free_on(ptr, Stream::DEFAULT)
+    }
+
+    /// Frees the block at `ptr`, last used on `stream`.
+    ///
+    /// Foreign, interior and already-freed pointers are refused with
+    /// [`Error::BadPointer`] and nothing changes. Constant time; may give
+    /// pages back (driver calls) once their fences completed.
+    pub fn free_on(&mut self, ptr: DevicePtr, stream: Stream) -> Result<()> {
+        self.free_checked(ptr, None, stream)
+    }
+
+    /// Like [`Arena::free_on`], and also checks that `size` is the size the
+    /// block was allocated with (C ABI and PyTorch pass it).
+    pub fn free_sized(&mut self, ptr: DevicePtr, size: u64, stream: Stream) -> Result<()> {
+        self.free_checked(ptr, Some(size), stream)
+    }
+
+    fn bad(ptr: DevicePtr, kind: BadPointer) -> Error {
+        Error::BadPointer { addr: ptr, kind }
+    }
+
+    fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
+        let off = ptr.wrapping_sub(self.commit.base());
+        if off >= self.blocks_size {
+            return Err(Self::bad(ptr, BadPointer::Foreign));
+        }
+        let slot = self.commit.streams.slot(stream);
+        let stamp = self.commit.streams.stamp(slot);
+        if self.slabs.owns(off) {
+            if let (Some(size), Some(have)) = (size, self.slabs.size_of(off)) {
+                if size == 0 || size > have || classes::class_of(size) != classes::class_of(have) {
+                    return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
+                }
+            }
+            let freed = self.slabs.free(off, slot, stamp).map_err(|k| Self::bad(ptr, k))?;
+            let bytes = match freed {
+                Freed::Object { size } => size,
+                Freed::SlabEmpty {
+                    size,
+                    slab,
+                    slab_bytes,
+                    stamp,
+                } => {
+                    let streams = &self.commit.streams;
+                    self.blocks.free(slab, stamp, |s| streams.done(s));
+                    self.commit.sub_live(slab, slab_bytes, stamp);
+                    size
+                }
+            };
+            self.frees += 1;
+            self.live -= bytes;
+            return Ok(());
+        }
+        let Some(have) = self.blocks.size_of(off) else {
+            let kind = if self.blocks.containing(off).is_some() {
+                BadPointer::Interior
+            } else {
+                BadPointer::DoubleFree
+            };
+            return Err(Self::bad(ptr, kind));
+        };
+        if let Some(size) = size {
+            if size == 0 || self.blocks.round(size) != Some(have) {
+                return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
+            }
+        }
+        let streams = &self.commit.streams;
+        self.blocks.free(off, stamp, |s| streams.done(s));
+        self.commit.sub_live(off, have, stamp);
+        self.frees += 1;
+        self.live -= have;
+        Ok(())
+    }
+
+    /// The size of the live block starting at `ptr`, if any.
+    pub fn block_size(&self, ptr: DevicePtr) -> Option<u64> {
+        let off = ptr.wrapping_sub(self.commit.base());
+        if off >= self.blocks_size {
+            return None;
+        }
+        if self.slabs.owns(off) {
+            self.slabs.size_of(off)
+        } else {
+            self.blocks.size_of(off)
+        }
+    }
+
+    /// Gives back every empty page whose fences completed (and empty slabs).
+    /// Never blocks. Returns the bytes given back.
+    pub fn trim(&mut self) -> u64 {
+        self.commit.poll();
+        let mut empty = crate::MetaVec::new_in(std::alloc::System);
+        let streams = &self.commit.streams;
+        self.slabs.drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
+        self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
+        self.release_slab_spans(empty);
+        self.commit.trim()
+    }
+
+    /// Gives emptied slab spans back to the blocks region and the page table.
+    fn release_slab_spans(&mut self, spans: crate::MetaVec<(u64, u64, Stamp)>) {
+        for (o, b, st) in spans {
+            let streams = &self.commit.streams;
+            self.blocks.free(o, st, |s| streams.done(s));
+            self.commit.sub_live(o, b, st);
+        }
+    }
+
+    /// Gives back completed candidates beyond the keep-alive budget. Never
+    /// blocks; cheap when there is nothing to do.
+    pub fn collect(&mut self) -> u64 {
+        self.commit.collect(false)
+    }
+
+    /// Grants or revokes access for every committed page and future commits.
+    ///
+    /// # Safety
+    /// Revoking rights from an accessor that still uses the memory makes its
+    /// accesses fault.
+    pub unsafe fn set_access(&mut self, access: &[Access]) -> Result<()> {
+        self.commit.set_access(access)
+    }
+
+    // ----- buffers region: scratch arenas and growable buffers -----
+
+    /// Reserves `max` bytes (rounded to pages) of the buffers region for a
+    /// scratch arena or growable buffer. Nothing is committed.
+    pub fn reserve_buffer(&mut self, max: u64, policy: Policy) -> Result<DevicePtr> {
+        if max == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let page = self.page();
+        let max = crate::driver::round_up(max, page).ok_or(Error::TooLarge {
+            size: max,
+            max: self.buffers.capacity(),
+        })?;
+        let a = self
+            .buffers
+            .alloc(max, page, |_| true)
+            .ok_or(Error::AddressSpace {
+                requested: max,
+                reserved: self.buffers.capacity(),
+            })?;
+        match policy {
+            Policy::Scratch => self.scratch.blocks += 1,
+            _ => self.grow.blocks += 1,
+        }
+        self.buffer_kinds.insert(a.offset, policy);
+        Ok(self.commit.base() + self.blocks_size + a.offset)
+    }
+
+    /// Commits `from..to` (page-aligned offsets) of the buffer at `base`.
+    pub fn commit_buffer(&mut self, base: DevicePtr, from: u64, to: u64) -> Result<()> {
+        let off = base - self.commit.base() + from;
+        self.commit.pin(off, to - from)
+    }
+
+    /// Gives back `from..to` of the buffer at `base` (once `stream`'s work on it completed).
+    pub fn decommit_buffer(&mut self, base: DevicePtr, from: u64, to: u64, stream: Stream) {
+        let off = base - self.commit.base() + from;
+        let slot = self.commit.streams.slot(stream);
+        let stamp = self.commit.streams.stamp(slot);
+        self.commit.unpin(off, to - from, stamp);
+    }
+
+    /// Releases the buffer at `base` whose committed prefix is `committed` bytes.
+    pub fn free_buffer(&mut self, base: DevicePtr, committed: u64, policy: Policy, stream: Stream) {
+        if committed > 0 {
+            self.decommit_buffer(base, 0, committed, stream);
+        }
+        let off = base - self.commit.base() - self.blocks_size;
+        self.buffers.free(off, Stamp::SAFE, |_| true);
+        self.buffer_kinds.remove(&off);
+        match policy {
+            Policy::Scratch => self.scratch.blocks -= 1,
+            _ => self.grow.blocks -= 1,
+        }
+    }
+
+    /// Accounts live bytes of a buffer policy (scratch bump, grow length).
+    pub fn account_buffer(&mut self, policy: Policy, before: u64, after: u64) {
+        let s = match policy {
+            Policy::Scratch => &mut self.scratch,
+            _ => &mut self.grow,
+        };
+        s.bytes = s.bytes + after - before;
+        self.live = self.live + after - before;
+        self.peak_live = self.peak_live.max(self.live);
+    }
+
+    // ----- reports -----
+
+    /// Counters (cheap).
+    pub fn stats(&self) -> Stats {
+        let slab_bytes = self.slabs.slab_bytes();
+        Stats {
+            reserved: self.commit.size(),
+            committed: self.commit.committed(),
+            live: self.live,
+            peak_committed: self.commit.peak_committed(),
+            peak_live: self.peak_live,
+            pending_decommit: self.commit.candidate_bytes(),
+            reclaimable: self.commit.reclaimable(),
+            pending_fences: self.commit.streams.pending_fences() as u64,
+            handles: self.commit.run_count() as u64,
+            slab: PolicyStats {
+                blocks: self.slabs.live_count(),
+                bytes: self.slabs.live_bytes(),
+            },
+            large: PolicyStats {
+                blocks: self.blocks.live_count() as u64 - self.slab_count(),
+                bytes: self.blocks.live_bytes() - slab_bytes,
+            },
+            scratch: self.scratch,
+            grow: self.grow,
+            driver_calls: self.commit.calls(),
+            allocs: self.allocs,
+            frees: self.frees,
+        }
+    }
+
+    fn slab_count(&self) -> u64 {
+        let mut n = 0;
+        self.slabs.for_each_slab(|_, _, _, _| n += 1);
+        n
+    }
+
+    /// Resets the peaks to the current values.
+    pub fn reset_peaks(&mut self) {
+        self.peak_live = self.live;
+        self.commit.reset_peak();
+    }
+
+    /// A full snapshot: regions, committed pages, live blocks (allocates).
+    pub fn snapshot(&self) -> Snapshot {
+        let mut pages = Vec::new();
+        self.commit.for_each_page(|index, state, live| {
+            pages.push(PageReport {
+                index,
+                state: state.into(),
+                live,
+            })
+        });
+        let mut blocks = Vec::new();
+        let mut slab_spans = std::collections::HashSet::new();
+        self.slabs.for_each_slab(|o, _, _, _| {
+            slab_spans.insert(o);
+        });
+        self.slabs.for_each_object(|offset, size| {
+            blocks.push(BlockReport {
+                offset,
+                size,
+                policy: Policy::Slab,
+            })
+        });
+        self.blocks.for_each_span(|offset, size, allocated| {
+            if allocated && !slab_spans.contains(&offset) {
+                blocks.push(BlockReport {
+                    offset,
+                    size,
+                    policy: Policy::Large,
+                })
+            }
+        });
+        self.buffers.for_each_span(|offset, size, allocated| {
+            if allocated {
+                blocks.push(BlockReport {
+                    offset: self.blocks_size + offset,
+                    size,
+                    policy: self.buffer_kinds.get(&offset).copied().unwrap_or(Policy::Scratch),
+                })
+            }
+        });
+        blocks.sort_by_key(|b| b.offset);
+        Snapshot {
+            backend: self.driver().capabilities().backend.name().to_string(),
+            base: self.commit.base(),
+            page: self.page(),
+            stats: self.stats(),
+            regions: vec![
+                RegionReport {
+                    name: "blocks".into(),
+                    offset: 0,
+                    size: self.blocks_size,
+                    used: self.blocks.top(),
+                },
+                RegionReport {
+                    name: "buffers".into(),
+                    offset: self.blocks_size,
+                    size: self.commit.size() - self.blocks_size,
+                    used: self.buffers.top(),
+                },
+            ],
+            pages,
+            blocks,
+        }
+    }
+
+    /// Full structural check of every layer (tests, proptest, fuzzing).
+    #[cfg(any(test, feature = "invariant-checks"))]
+    pub fn check_invariants(&self) {
+        self.blocks.check_invariants();
+        self.buffers.check_invariants();
+        self.slabs.check_invariants();
+        self.commit.check_invariants();
+        let s = self.stats();
+        assert!(s.committed >= s.live.min(s.committed), "committed >= live");
+        assert_eq!(
+            s.slab.bytes + s.large.bytes + s.scratch.bytes + s.grow.bytes,
+            s.live,
+            "policies add up to live"
+        );
+    }
+}
+
+impl<D: Driver> Drop for Arena<D> {
+    fn drop(&mut self) {
+        self.commit.release_all();
+        let (base, size) = self.reservation();
+        // SAFETY: every run was unmapped above and the arena is going away,
+        // so nothing touches the reservation again.
+        let _ = unsafe { self.commit.driver().free_reservation(base, size as usize) };
+    }
+}

@@ -1,0 +1,745 @@
+//! Physical memory follows live bytes.
+//!
+//! The page table records, for every granularity-sized page of the arena's
+//! reservation, its live bytes and the run (one physical handle) backing it.
+//! Pages are committed on first use in runs; a run whose pages all reach zero
+//! live bytes becomes a decommit candidate, tagged with the stamps of the
+//! frees that emptied it. A candidate is given back (unmap + release) only
+//! once those stamps' fences completed (queried, never waited on), and then
+//! only beyond the keep-alive budget, or at once on [`Commit::trim`].
+//!
+//! Runs never split: drivers cannot unmap part of a mapping. So the commit
+//! plan keeps run lifetimes aligned with block lifetimes: the pages a block
+//! covers wholly form one run (up to [`CommitConfig::max_run`]), and a page it
+//! shares with neighbours is a run of its own. When the block is freed its
+//! run empties and goes back whole.
+//!
+//! Out of memory: trim completed candidates and retry, then wait on the oldest
+//! pending fences only and retry, then [`Error::OutOfMemory`]. A failed commit
+//! unmaps and releases whatever it had done: nothing is left half-mapped.
+
+pub mod streams;
+
+use crate::driver::{Access, DevicePtr, Driver, Location};
+use crate::error::{Error, ErrorKind, OomReport, Result};
+use crate::policy::Stamp;
+use crate::{MetaVec, MetaMap};
+pub use streams::Streams;
+
+const NIL: u32 = u32::MAX;
+/// Pages per page-table chunk (allocated on first touch).
+const CHUNK_PAGES: u64 = 4096;
+
+/// Settings of the commit layer.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct CommitConfig {
+    /// Largest physical handle created at once (bytes; a multiple of the granularity).
+    pub max_run: u64,
+    /// Empty committed bytes always kept for reuse.
+    pub keep_alive: u64,
+    /// Also keep up to this fraction of the live bytes empty-but-committed.
+    pub keep_alive_fraction: f64,
+    /// Most bytes ever committed at once (`u64::MAX`: the device's memory is the limit).
+    pub limit: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_run: 1 << 30,
+            keep_alive: 0,
+            keep_alive_fraction: 1.0 / 64.0,
+            limit: u64::MAX,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Page {
+    /// Live bytes on this page. Invariant: `live > 0` implies `run != NIL`.
+    live: u64,
+    /// The run backing the page, or NIL (uncommitted).
+    run: u32,
+}
+
+struct Run<H> {
+    first: u64,
+    pages: u64,
+    handle: Option<H>,
+    /// Pages of the run with live bytes. Invariant: 0 iff candidate (when used).
+    live_pages: u64,
+    /// Queue ticket while a decommit candidate (0 = not a candidate).
+    ticket: u64,
+    /// Stamps of the frees that emptied pages of this run, one per slot.
+    stamps: MetaVec<Stamp>,
+    used: bool,
+}
+
+/// Driver calls made by the commit layer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DriverCalls {
+    /// `create` calls.
+    pub create: u64,
+    /// `map` calls.
+    pub map: u64,
+    /// `set_access` calls.
+    pub set_access: u64,
+    /// `unmap` calls.
+    pub unmap: u64,
+    /// `release` calls.
+    pub release: u64,
+    /// Fences recorded.
+    pub record: u64,
+    /// Single-fence waits (out-of-memory last resort).
+    pub wait: u64,
+    /// Calls that failed.
+    pub failed: u64,
+}
+
+impl DriverCalls {
+    /// All calls.
+    pub const fn total(&self) -> u64 {
+        self.create + self.map + self.set_access + self.unmap + self.release + self.record + self.wait
+    }
+}
+
+/// State of one page, for snapshots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PageState {
+    /// Not backed by physical memory.
+    Free,
+    /// Backed, with live bytes.
+    Live,
+    /// Backed, empty, waiting to be given back (fence, keep-alive or a
+    /// neighbour page of its run still live).
+    Pending,
+}
+
+/// The page table and runs of one reservation.
+pub struct Commit<D: Driver> {
+    driver: D,
+    base: DevicePtr,
+    size: u64,
+    page: u64,
+    shift: u32,
+    location: Location,
+    access: MetaVec<Access>,
+    dir: MetaVec<Option<allocator_api2::boxed::Box<[Page], std::alloc::System>>>,
+    runs: MetaVec<Run<D::Handle>>,
+    recycled: MetaVec<u32>,
+    queue: MetaVec<(u32, u64)>,
+    queue_head: usize,
+    next_ticket: u64,
+    /// Fence-tracked streams.
+    pub streams: Streams<D::Fence>,
+    config: CommitConfig,
+    committed: u64,
+    peak_committed: u64,
+    live: u64,
+    candidate_bytes: u64,
+    calls: DriverCalls,
+    frees_since_collect: u32,
+    /// Pages pinned by owners that account live bytes themselves (scratch, grow).
+    pinned: MetaMap<u64, u64>,
+}
+
+impl<D: Driver> core::fmt::Debug for Commit<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Commit")
+            .field("base", &format_args!("{:#x}", self.base))
+            .field("size", &self.size)
+            .field("committed", &self.committed)
+            .field("live", &self.live)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<D: Driver> Commit<D> {
+    /// A page table over the reservation `base..base+size` (granularity-aligned),
+    /// committing memory at `location` with `access` for every page.
+    pub fn new(driver: D, base: DevicePtr, size: u64, location: Location, access: &[Access], config: CommitConfig) -> Self {
+        let page = driver.capabilities().granularity as u64;
+        let mut acc = MetaVec::new_in(std::alloc::System);
+        acc.extend_from_slice(access);
+        let max_run = (config.max_run.max(page) / page) * page;
+        Commit {
+            driver,
+            base,
+            size,
+            page,
+            shift: page.trailing_zeros(),
+            location,
+            access: acc,
+            dir: MetaVec::new_in(std::alloc::System),
+            runs: MetaVec::new_in(std::alloc::System),
+            recycled: MetaVec::new_in(std::alloc::System),
+            queue: MetaVec::new_in(std::alloc::System),
+            queue_head: 0,
+            next_ticket: 1,
+            streams: Streams::new(),
+            config: CommitConfig { max_run, ..config },
+            committed: 0,
+            peak_committed: 0,
+            live: 0,
+            candidate_bytes: 0,
+            calls: DriverCalls::default(),
+            frees_since_collect: 0,
+            pinned: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+        }
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+    /// Page size (the driver's granularity).
+    pub fn page(&self) -> u64 {
+        self.page
+    }
+    /// Reservation base.
+    pub fn base(&self) -> DevicePtr {
+        self.base
+    }
+    /// Reservation size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+    /// Bytes committed now.
+    pub fn committed(&self) -> u64 {
+        self.committed
+    }
+    /// Highest `committed` seen.
+    pub fn peak_committed(&self) -> u64 {
+        self.peak_committed
+    }
+    /// Live bytes as the page table counts them.
+    pub fn live(&self) -> u64 {
+        self.live
+    }
+    /// Committed bytes in decommit candidates (empty runs).
+    pub fn candidate_bytes(&self) -> u64 {
+        self.candidate_bytes
+    }
+    /// Driver calls so far.
+    pub fn calls(&self) -> DriverCalls {
+        DriverCalls {
+            record: self.streams.recorded,
+            wait: self.streams.waits,
+            ..self.calls
+        }
+    }
+    /// Settings in force.
+    pub fn config(&self) -> &CommitConfig {
+        &self.config
+    }
+    /// Queries pending fences (never blocks).
+    pub fn poll(&mut self) {
+        self.streams.poll(&self.driver);
+    }
+
+    /// Records a fence covering `stamp` if none was recorded yet.
+    pub fn ensure_fence(&mut self, stamp: Stamp) -> Result<()> {
+        self.streams.ensure_fence(&self.driver, stamp)
+    }
+
+    /// Changes the limit (takes effect for later commits).
+    pub fn set_limit(&mut self, limit: u64) {
+        self.config.limit = limit;
+    }
+    /// Resets the peak to the current value.
+    pub fn reset_peak(&mut self) {
+        self.peak_committed = self.committed;
+    }
+
+    fn page_mut(&mut self, p: u64) -> &mut Page {
+        let (c, i) = ((p / CHUNK_PAGES) as usize, (p % CHUNK_PAGES) as usize);
+        if self.dir.len() <= c {
+            self.dir.resize_with(c + 1, || None);
+        }
+        let chunk = self.dir[c].get_or_insert_with(|| {
+            let mut v = allocator_api2::vec::Vec::with_capacity_in(CHUNK_PAGES as usize, std::alloc::System);
+            v.resize(CHUNK_PAGES as usize, Page { live: 0, run: NIL });
+            v.into_boxed_slice()
+        });
+        &mut chunk[i]
+    }
+
+    fn page_at(&self, p: u64) -> Page {
+        let (c, i) = ((p / CHUNK_PAGES) as usize, (p % CHUNK_PAGES) as usize);
+        match self.dir.get(c) {
+            Some(Some(chunk)) => chunk[i],
+            _ => Page { live: 0, run: NIL },
+        }
+    }
+
+    /// Whether every page of `off..off+len` is committed.
+    pub fn is_committed(&self, off: u64, len: u64) -> bool {
+        if len == 0 {
+            return true;
+        }
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        (a..=b).all(|p| self.page_at(p).run != NIL)
+    }
+
+    /// Adds `len` live bytes at offset `off` (relative to the reservation
+    /// base), committing the pages that need it. On error nothing changed.
+    pub fn add_live(&mut self, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        debug_assert!(off + len <= self.size, "range {off:#x}+{len:#x} outside the reservation");
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        // Fast check: all pages committed already?
+        // An out-of-memory retry inside commit_range may trim empty runs of
+        // this very range: commit until every page is backed.
+        while (a..=b).any(|p| self.page_at(p).run == NIL) {
+            if let Err(e) = self.commit_range(off, len) {
+                self.release_unclaimed(a, b);
+                return Err(e);
+            }
+        }
+        for p in a..=b {
+            let lo = off.max(p << self.shift);
+            let hi = (off + len).min((p + 1) << self.shift);
+            let pg = self.page_mut(p);
+            let was = pg.live;
+            pg.live += hi - lo;
+            let run = pg.run;
+            if was == 0 {
+                self.run_gains_page(run);
+            }
+        }
+        self.live += len;
+        Ok(())
+    }
+
+    fn run_gains_page(&mut self, run: u32) {
+        let r = &mut self.runs[run as usize];
+        r.live_pages += 1;
+        if r.ticket != 0 {
+            r.ticket = 0;
+            self.candidate_bytes -= r.pages << self.shift;
+        }
+    }
+
+    /// Removes `len` live bytes at `off`, freed with `stamp`. Runs that empty
+    /// become decommit candidates; completed ones beyond the keep-alive go back.
+    pub fn sub_live(&mut self, off: u64, len: u64, stamp: Stamp) {
+        if len == 0 {
+            return;
+        }
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        let mut emptied = false;
+        for p in a..=b {
+            let lo = off.max(p << self.shift);
+            let hi = (off + len).min((p + 1) << self.shift);
+            let pg = self.page_mut(p);
+            debug_assert!(pg.live >= hi - lo, "page {p} live {} < {}", pg.live, hi - lo);
+            pg.live -= hi - lo;
+            if pg.live == 0 {
+                let run = pg.run;
+                emptied |= self.run_loses_page(run, stamp);
+            }
+        }
+        self.live -= len;
+        self.frees_since_collect += 1;
+        if emptied || (self.frees_since_collect >= 256 && self.candidate_bytes > 0) {
+            self.collect(false);
+        }
+    }
+
+    /// Returns whether the run became a candidate.
+    fn run_loses_page(&mut self, run: u32, stamp: Stamp) -> bool {
+        let r = &mut self.runs[run as usize];
+        r.live_pages -= 1;
+        if !stamp.is_safe() {
+            match r.stamps.iter_mut().find(|s| s.slot() == stamp.slot()) {
+                Some(s) => *s = Stamp::new(stamp.slot(), s.epoch().max(stamp.epoch())),
+                None => r.stamps.push(stamp),
+            }
+        }
+        if r.live_pages == 0 {
+            r.ticket = self.next_ticket;
+            self.next_ticket += 1;
+            self.candidate_bytes += r.pages << self.shift;
+            self.queue.push((run, r.ticket));
+            true
+        } else {
+            false
+        }
+    }
+
+    fn keep_alive_budget(&self) -> u64 {
+        let frac = (self.live as f64 * self.config.keep_alive_fraction) as u64;
+        self.config.keep_alive.max(frac)
+    }
+
+    /// Gives back completed candidates beyond the keep-alive budget (all
+    /// completed ones when `force`). Never blocks. Returns bytes given back.
+    pub fn collect(&mut self, force: bool) -> u64 {
+        self.frees_since_collect = 0;
+        if self.queue_head >= self.queue.len() {
+            return 0;
+        }
+        // Make sure every candidate's stamps have fences, then poll.
+        for k in self.queue_head..self.queue.len() {
+            let (run, ticket) = self.queue[k];
+            if self.runs[run as usize].ticket != ticket {
+                continue;
+            }
+            for i in 0..self.runs[run as usize].stamps.len() {
+                let s = self.runs[run as usize].stamps[i];
+                if !self.streams.done(s) && self.streams.ensure_fence(&self.driver, s).is_err() {
+                    self.calls.failed += 1;
+                }
+            }
+        }
+        self.streams.poll(&self.driver);
+        let budget = if force { 0 } else { self.keep_alive_budget() };
+        let mut freed = 0;
+        let mut k = self.queue_head;
+        while k < self.queue.len() && self.candidate_bytes > budget {
+            let (run, ticket) = self.queue[k];
+            k += 1;
+            let r = &mut self.runs[run as usize];
+            if r.ticket != ticket {
+                continue;
+            }
+            let streams = &self.streams;
+            r.stamps.retain(|s| !streams.done(*s));
+            if !r.stamps.is_empty() {
+                continue;
+            }
+            freed += self.decommit(run);
+        }
+        // Drop stale and decommitted entries from the front of the queue.
+        while self.queue_head < self.queue.len() {
+            let (run, ticket) = self.queue[self.queue_head];
+            if self.runs[run as usize].used && self.runs[run as usize].ticket == ticket {
+                break;
+            }
+            self.queue_head += 1;
+        }
+        if self.queue_head > 1024 && self.queue_head * 2 > self.queue.len() {
+            self.queue.drain(..self.queue_head);
+            self.queue_head = 0;
+        }
+        freed
+    }
+
+    /// Gives back every completed candidate at once. Returns bytes given back.
+    pub fn trim(&mut self) -> u64 {
+        self.collect(true)
+    }
+
+    fn decommit(&mut self, run: u32) -> u64 {
+        let (first, pages, handle) = {
+            let r = &self.runs[run as usize];
+            (r.first, r.pages, r.handle)
+        };
+        let bytes = pages << self.shift;
+        let va = self.base + (first << self.shift);
+        // SAFETY: the run's pages have no live bytes and every fence of the
+        // frees that emptied them completed, so neither the host nor queued
+        // device work touches the range; it is exactly one whole mapping.
+        match unsafe { self.driver.unmap(va, bytes as usize) } {
+            Ok(()) => self.calls.unmap += 1,
+            Err(_) => {
+                self.calls.failed += 1;
+                return 0;
+            }
+        }
+        if let Some(h) = handle {
+            match self.driver.release(h) {
+                Ok(()) => self.calls.release += 1,
+                Err(_) => self.calls.failed += 1,
+            }
+        }
+        for p in first..first + pages {
+            self.page_mut(p).run = NIL;
+        }
+        let r = &mut self.runs[run as usize];
+        r.used = false;
+        r.ticket = 0;
+        r.handle = None;
+        r.stamps.clear();
+        self.recycled.push(run);
+        self.committed -= bytes;
+        self.candidate_bytes -= bytes;
+        bytes
+    }
+
+    /// Commits the uncommitted pages of `off..off+len` in runs, with the OOM
+    /// ladder. On error, everything this call committed is given back.
+    fn commit_range(&mut self, off: u64, len: u64) -> Result<()> {
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        let head_partial = off & (self.page - 1) != 0 || (b == a && len < self.page);
+        let tail_partial = (off + len) & (self.page - 1) != 0;
+        let max_pages = self.config.max_run >> self.shift;
+        let mut p = a;
+        while p <= b {
+            if self.page_at(p).run != NIL {
+                p += 1;
+                continue;
+            }
+            // A shared boundary page is a run of its own.
+            let mut q = p + 1;
+            let alone = (p == a && head_partial) || (p == b && tail_partial);
+            if !alone {
+                while q <= b
+                    && q - p < max_pages
+                    && self.page_at(q).run == NIL
+                    && !(q == b && tail_partial)
+                {
+                    q += 1;
+                }
+            }
+            self.commit_run_with_retry(p, q - p, len)?;
+            p = q;
+        }
+        Ok(())
+    }
+
+    /// Gives back runs in pages `a..=b` that a failed commit made and nobody
+    /// claimed (no live page, not a candidate): nothing is left behind.
+    fn release_unclaimed(&mut self, a: u64, b: u64) {
+        for p in a..=b {
+            let run = self.page_at(p).run;
+            if run == NIL {
+                continue;
+            }
+            let r = &self.runs[run as usize];
+            if r.live_pages == 0 && r.ticket == 0 {
+                self.runs[run as usize].ticket = u64::MAX;
+                self.candidate_bytes += self.runs[run as usize].pages << self.shift;
+                self.decommit(run);
+            }
+        }
+    }
+
+    fn commit_run_with_retry(&mut self, first: u64, pages: u64, requested: u64) -> Result<u32> {
+        let (mut trimmed, mut waited) = (false, false);
+        loop {
+            match self.commit_run(first, pages) {
+                Ok(run) => return Ok(run),
+                Err(e) if is_oom(&e) => {
+                    if !trimmed {
+                        trimmed = true;
+                        if self.trim() > 0 {
+                            continue;
+                        }
+                    }
+                    if !waited {
+                        waited = true;
+                        if self.streams.wait_oldest(&self.driver)? {
+                            self.trim();
+                            continue;
+                        }
+                    }
+                    return Err(Error::OutOfMemory(self.oom_report(requested)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The figures an out-of-memory error carries.
+    pub fn oom_report(&self, requested: u64) -> OomReport {
+        OomReport {
+            requested,
+            live: self.live,
+            committed: self.committed,
+            limit: self.config.limit,
+            reclaimable: self.reclaimable(),
+            pending: self.candidate_bytes - self.reclaimable(),
+            pending_fences: self.streams.pending_fences() as u64,
+        }
+    }
+
+    /// Candidate bytes whose fences completed (as last polled): given back at
+    /// once by `trim`.
+    pub fn reclaimable(&self) -> u64 {
+        let mut bytes = 0;
+        for &(run, ticket) in &self.queue[self.queue_head..] {
+            let r = &self.runs[run as usize];
+            if r.used && r.ticket == ticket && r.stamps.iter().all(|s| self.streams.done(*s)) {
+                bytes += r.pages << self.shift;
+            }
+        }
+        bytes
+    }
+
+    fn commit_run(&mut self, first: u64, pages: u64) -> Result<u32> {
+        let bytes = pages << self.shift;
+        if self.committed + bytes > self.config.limit {
+            return Err(Error::OutOfMemory(self.oom_report(bytes)));
+        }
+        let va = self.base + (first << self.shift);
+        let h = self.driver.create(bytes as usize, self.location).inspect_err(|_| self.calls.failed += 1)?;
+        self.calls.create += 1;
+        // SAFETY: the pages are inside our reservation and not mapped (their
+        // page-table entries say uncommitted).
+        if let Err(e) = unsafe { self.driver.map(va, bytes as usize, 0, h) } {
+            self.calls.failed += 1;
+            if self.driver.release(h).is_ok() {
+                self.calls.release += 1;
+            }
+            return Err(e);
+        }
+        self.calls.map += 1;
+        // SAFETY: the range is exactly the mapping just made.
+        if let Err(e) = unsafe { self.driver.set_access(va, bytes as usize, &self.access) } {
+            self.calls.failed += 1;
+            // SAFETY: the mapping was just made and nothing uses it.
+            if unsafe { self.driver.unmap(va, bytes as usize) }.is_ok() {
+                self.calls.unmap += 1;
+            }
+            if self.driver.release(h).is_ok() {
+                self.calls.release += 1;
+            }
+            return Err(e);
+        }
+        self.calls.set_access += 1;
+        let run = Run {
+            first,
+            pages,
+            handle: Some(h),
+            live_pages: 0,
+            ticket: 0,
+            stamps: MetaVec::new_in(std::alloc::System),
+            used: true,
+        };
+        let id = if let Some(id) = self.recycled.pop() {
+            self.runs[id as usize] = run;
+            id
+        } else {
+            self.runs.push(run);
+            (self.runs.len() - 1) as u32
+        };
+        for p in first..first + pages {
+            self.page_mut(p).run = id;
+        }
+        self.committed += bytes;
+        self.peak_committed = self.peak_committed.max(self.committed);
+        Ok(id)
+    }
+
+    /// Changes the access list and applies it to every committed run.
+    pub fn set_access(&mut self, access: &[Access]) -> Result<()> {
+        for id in 0..self.runs.len() {
+            let r = &self.runs[id];
+            if !r.used {
+                continue;
+            }
+            let va = self.base + (r.first << self.shift);
+            // SAFETY: the run is one whole mapping of ours; revoking rights is
+            // the caller's documented intent (Arena::set_access).
+            unsafe { self.driver.set_access(va, (r.pages << self.shift) as usize, access) }?;
+            self.calls.set_access += 1;
+        }
+        self.access.clear();
+        self.access.extend_from_slice(access);
+        Ok(())
+    }
+
+    /// The access list applied to new pages.
+    pub fn access(&self) -> &[Access] {
+        &self.access
+    }
+
+    /// Keeps the pages of `off..off+len` committed for an owner that does
+    /// its own accounting (scratch arenas, growable buffers).
+    pub fn pin(&mut self, off: u64, len: u64) -> Result<()> {
+        self.add_live(off, len)?;
+        *self.pinned.entry(off).or_default() += len;
+        Ok(())
+    }
+
+    /// Undoes [`Commit::pin`] of exactly that range.
+    pub fn unpin(&mut self, off: u64, len: u64, stamp: Stamp) {
+        if let Some(v) = self.pinned.get_mut(&off) {
+            *v -= len;
+            if *v == 0 {
+                self.pinned.remove(&off);
+            }
+        }
+        self.sub_live(off, len, stamp);
+    }
+
+    /// Visits every page that is committed or has live bytes: (page index, state, live bytes).
+    pub fn for_each_page(&self, mut f: impl FnMut(u64, PageState, u64)) {
+        for (c, chunk) in self.dir.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for (i, pg) in chunk.iter().enumerate() {
+                if pg.run == NIL {
+                    continue;
+                }
+                let state = if pg.live > 0 { PageState::Live } else { PageState::Pending };
+                f(c as u64 * CHUNK_PAGES + i as u64, state, pg.live);
+            }
+        }
+    }
+
+    /// Runs: (first page, pages, live pages, candidate?).
+    pub fn for_each_run(&self, mut f: impl FnMut(u64, u64, u64, bool)) {
+        for r in self.runs.iter().filter(|r| r.used) {
+            f(r.first, r.pages, r.live_pages, r.ticket != 0);
+        }
+    }
+
+    /// Number of runs (physical handles) held.
+    pub fn run_count(&self) -> usize {
+        self.runs.iter().filter(|r| r.used).count()
+    }
+
+    /// Full structural check (tests, proptest, fuzzing).
+    #[cfg(any(test, feature = "invariant-checks"))]
+    pub fn check_invariants(&self) {
+        let mut committed = 0;
+        let mut cand = 0;
+        let mut live = 0;
+        for (id, r) in self.runs.iter().enumerate().filter(|(_, r)| r.used) {
+            committed += r.pages << self.shift;
+            let mut lp = 0;
+            for p in r.first..r.first + r.pages {
+                let pg = self.page_at(p);
+                assert_eq!(pg.run, id as u32, "page {p} must point at its run");
+                if pg.live > 0 {
+                    lp += 1;
+                }
+            }
+            assert_eq!(lp, r.live_pages, "run {id} live pages");
+            assert_eq!(r.live_pages == 0, r.ticket != 0, "run {id}: candidate iff empty");
+            if r.ticket != 0 {
+                cand += r.pages << self.shift;
+            }
+        }
+        self.for_each_page(|_, _, l| live += l);
+        assert_eq!(committed, self.committed);
+        assert_eq!(cand, self.candidate_bytes);
+        assert_eq!(live, self.live);
+        assert!(self.committed >= self.live);
+    }
+
+    /// Gives every run back and drops the fences (arena teardown). Only call
+    /// when nothing uses the memory any more.
+    pub fn release_all(&mut self) {
+        self.streams.clear(&self.driver);
+        for id in 0..self.runs.len() as u32 {
+            if self.runs[id as usize].used {
+                if self.runs[id as usize].ticket == 0 {
+                    self.runs[id as usize].ticket = u64::MAX;
+                    self.candidate_bytes += self.runs[id as usize].pages << self.shift;
+                }
+                self.decommit(id);
+            }
+        }
+        self.queue.clear();
+        self.queue_head = 0;
+    }
+}
+
+fn is_oom(e: &Error) -> bool {
+    matches!(e, Error::OutOfMemory(_)) || e.driver_kind() == Some(ErrorKind::OutOfMemory)
+}

@@ -1,0 +1,176 @@
+//! Stream slots, epochs and fences: when may memory freed on a stream be
+//! reused elsewhere or given back?
+//!
+//! Each stream the arena sees gets a slot. Frees are stamped with the slot's
+//! open epoch; recording a fence closes the epoch. A stamp `(slot, e)` is done
+//! once the fence that closed `e` completed. Fences are recorded lazily, only
+//! when someone needs a stamp to complete (decommit, cross-stream reuse), so a
+//! single-stream program records one fence per page that empties, not per free.
+//! Completion is only ever *queried* ([`Driver::is_complete`]); the only wait is
+//! [`Streams::wait_oldest`], the last resort before out-of-memory, and it waits
+//! on single fences, never on the device.
+
+use crate::MetaVec;
+use crate::driver::{Driver, Stream};
+use crate::error::Result;
+use crate::policy::Stamp;
+
+struct Slot<F> {
+    stream: Stream,
+    /// Epoch stamped on frees now. Invariant: `completed < open`.
+    open: u64,
+    /// Every epoch `<= completed` is done.
+    completed: u64,
+    /// Fences recorded and not yet seen complete, oldest first: (epoch closed, fence).
+    fences: MetaVec<(u64, F)>,
+}
+
+/// The stream slots of one arena.
+pub struct Streams<F> {
+    slots: MetaVec<Slot<F>>,
+    /// Fences recorded (driver calls), for stats.
+    pub recorded: u64,
+    /// Waits on single fences (OOM last resort), for stats.
+    pub waits: u64,
+}
+
+impl<F> core::fmt::Debug for Streams<F> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Streams")
+            .field("slots", &self.slots.len())
+            .field("pending", &self.pending_fences())
+            .finish()
+    }
+}
+
+impl<F> Default for Streams<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<F> Streams<F> {
+    /// No slots yet.
+    pub fn new() -> Self {
+        Streams {
+            slots: MetaVec::new_in(std::alloc::System),
+            recorded: 0,
+            waits: 0,
+        }
+    }
+
+    /// The slot of `stream` (1-based), registering it on first sight.
+    #[inline]
+    pub fn slot(&mut self, stream: Stream) -> u16 {
+        if let Some(i) = self.slots.iter().position(|s| s.stream == stream) {
+            return i as u16 + 1;
+        }
+        self.slots.push(Slot {
+            stream,
+            open: 1,
+            completed: 0,
+            fences: MetaVec::new_in(std::alloc::System),
+        });
+        self.slots.len() as u16
+    }
+
+    /// The stream of a slot.
+    pub fn stream(&self, slot: u16) -> Option<Stream> {
+        self.slots.get(slot as usize - 1).map(|s| s.stream)
+    }
+
+    /// The stamp a free on `slot` gets now.
+    #[inline]
+    pub fn stamp(&self, slot: u16) -> Stamp {
+        Stamp::new(slot, self.slots[slot as usize - 1].open)
+    }
+
+    /// Whether the work before `stamp` has completed (as last polled).
+    #[inline]
+    pub fn done(&self, stamp: Stamp) -> bool {
+        stamp.is_safe()
+            || self
+                .slots
+                .get(stamp.slot() as usize - 1)
+                .is_none_or(|s| s.completed >= stamp.epoch())
+    }
+
+    /// Fences recorded and not yet seen complete.
+    pub fn pending_fences(&self) -> usize {
+        self.slots.iter().map(|s| s.fences.len()).sum()
+    }
+
+    /// Number of stream slots.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+    /// Whether no stream was seen yet.
+    pub fn is_empty(&self) -> bool {
+        self.slots.is_empty()
+    }
+}
+
+impl<F> Streams<F> {
+    /// Makes sure a fence covering `stamp` was recorded (records one and
+    /// closes the epoch if not).
+    pub fn ensure_fence<D: Driver<Fence = F>>(&mut self, driver: &D, stamp: Stamp) -> Result<()> {
+        if stamp.is_safe() {
+            return Ok(());
+        }
+        let Some(s) = self.slots.get_mut(stamp.slot() as usize - 1) else {
+            return Ok(());
+        };
+        if s.open == stamp.epoch() {
+            let f = driver.record(s.stream)?;
+            self.recorded += 1;
+            s.fences.push((s.open, f));
+            s.open += 1;
+        }
+        Ok(())
+    }
+
+    /// Queries the oldest fences of every slot (never blocks).
+    pub fn poll<D: Driver<Fence = F>>(&mut self, driver: &D) {
+        for s in self.slots.iter_mut() {
+            let mut n = 0;
+            for (epoch, f) in s.fences.iter() {
+                match driver.is_complete(f) {
+                    Ok(true) => {
+                        s.completed = *epoch;
+                        n += 1;
+                    }
+                    _ => break,
+                }
+            }
+            for (_, f) in s.fences.drain(..n) {
+                driver.drop_fence(f);
+            }
+        }
+    }
+
+    /// Waits on the oldest pending fence of each slot (last resort before
+    /// out-of-memory). Returns whether there was anything to wait on.
+    pub fn wait_oldest<D: Driver<Fence = F>>(&mut self, driver: &D) -> Result<bool> {
+        let mut any = false;
+        for s in self.slots.iter_mut() {
+            if let Some((epoch, f)) = s.fences.first() {
+                driver.wait(f)?;
+                self.waits += 1;
+                s.completed = *epoch;
+                let (_, f) = s.fences.remove(0);
+                driver.drop_fence(f);
+                any = true;
+            }
+        }
+        Ok(any)
+    }
+
+    /// Drops every fence (arena teardown).
+    pub fn clear<D: Driver<Fence = F>>(&mut self, driver: &D) {
+        for s in self.slots.iter_mut() {
+            for (_, f) in s.fences.drain(..) {
+                driver.drop_fence(f);
+            }
+        }
+    }
+}

@@ -1,0 +1,456 @@
+//! Slabs: small blocks of one size class carved from a slab span.
+//!
+//! A slab is a span of [`classes::slab_bytes`] bytes (taken from the large
+//! policy, aligned to its size, so neighbouring slabs share pages) cut into
+//! objects of one class. Each slab belongs to the stream slot that carved it:
+//! objects freed on that stream are reusable at once; objects freed on another
+//! stream wait in a deferred list until that stream's fence completed.
+//!
+//! # Time complexity
+//! `alloc` and `free` are O(1) (one hash lookup on free).
+#![deny(unsafe_code, clippy::unwrap_used)]
+
+use crate::error::BadPointer;
+use crate::policy::Stamp;
+use crate::policy::classes::{self, COUNT};
+use crate::{MetaMap, MetaVec};
+
+const NIL: u32 = u32::MAX;
+/// Slabs are found from an offset by their 64 KiB chunk.
+const CHUNK_SHIFT: u32 = 16;
+
+#[derive(Debug)]
+struct Slab {
+    offset: u64,
+    class: u8,
+    slot: u16,
+    nobj: u32,
+    /// Free object indices (a stack). Invariant: exactly the objects whose
+    /// `live` bit is clear and that are not in the deferred list.
+    free: MetaVec<u32>,
+    /// Bit i set iff object i is handed out.
+    live: MetaVec<u64>,
+    live_count: u32,
+    /// Objects freed on another stream, not yet back on `free`.
+    deferred: u32,
+    prev: u32,
+    next: u32,
+    in_list: bool,
+    used: bool,
+    stamp: Stamp,
+}
+
+/// What a free did to its slab.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freed {
+    /// The object went back (or is deferred); the slab still has objects.
+    Object {
+        /// Bytes of the object's class.
+        size: u64,
+    },
+    /// The slab is now empty and was removed: give its span back.
+    SlabEmpty {
+        /// Bytes of the object's class.
+        size: u64,
+        /// Offset of the slab span.
+        slab: u64,
+        /// Bytes of the slab span.
+        slab_bytes: u64,
+        /// Stamp to free the span with.
+        stamp: Stamp,
+    },
+}
+
+/// All slabs of one arena.
+#[derive(Debug)]
+pub struct Slabs {
+    slabs: MetaVec<Slab>,
+    recycled: MetaVec<u32>,
+    chunks: MetaMap<u64, u32>,
+    /// Per stream slot, per class: head of the list of slabs with free objects.
+    partial: MetaVec<[u32; COUNT]>,
+    deferred: MetaVec<(u32, u32, Stamp)>,
+    live_bytes: u64,
+    live_count: u64,
+    slab_bytes: u64,
+}
+
+impl Default for Slabs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Slabs {
+    /// No slabs.
+    pub fn new() -> Self {
+        Slabs {
+            slabs: MetaVec::new_in(std::alloc::System),
+            recycled: MetaVec::new_in(std::alloc::System),
+            chunks: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            partial: MetaVec::new_in(std::alloc::System),
+            deferred: MetaVec::new_in(std::alloc::System),
+            live_bytes: 0,
+            live_count: 0,
+            slab_bytes: 0,
+        }
+    }
+
+    /// Bytes in live objects (class sizes).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+    /// Live objects.
+    pub fn live_count(&self) -> u64 {
+        self.live_count
+    }
+    /// Bytes in slab spans.
+    pub fn slab_bytes(&self) -> u64 {
+        self.slab_bytes
+    }
+    /// Objects waiting for another stream's fence.
+    pub fn deferred_count(&self) -> usize {
+        self.deferred.len()
+    }
+
+    fn heads(&mut self, slot: u16) -> &mut [u32; COUNT] {
+        let s = slot as usize;
+        if self.partial.len() <= s {
+            self.partial.resize(s + 1, [NIL; COUNT]);
+        }
+        &mut self.partial[s]
+    }
+
+    /// Takes an object of class `class` for stream slot `slot`; `None` when
+    /// that slot has no slab of the class with a free object.
+    #[inline(always)]
+    pub fn alloc(&mut self, slot: u16, class: usize) -> Option<u64> {
+        let head = *self.partial.get(slot as usize)?.get(class)?;
+        if head == NIL {
+            return None;
+        }
+        let s = &mut self.slabs[head as usize];
+        let i = s.free.pop()?;
+        s.live[(i / 64) as usize] |= 1 << (i % 64);
+        s.live_count += 1;
+        let size = classes::SIZES[class] as u64;
+        let off = s.offset + i as u64 * size;
+        if s.free.is_empty() {
+            self.unlink(head);
+        }
+        self.live_bytes += size;
+        self.live_count += 1;
+        Some(off)
+    }
+
+    /// Adds a slab span at `offset` (aligned to `slab_bytes(class)`) for `slot`.
+    pub fn add_slab(&mut self, offset: u64, class: usize, slot: u16) {
+        let bytes = classes::slab_bytes(class);
+        debug_assert_eq!(offset % bytes, 0);
+        let nobj = classes::objects(class);
+        let mut free = MetaVec::with_capacity_in(nobj as usize, std::alloc::System);
+        free.extend((0..nobj).rev());
+        let mut live = MetaVec::new_in(std::alloc::System);
+        live.resize(nobj.div_ceil(64) as usize, 0u64);
+        let slab = Slab {
+            offset,
+            class: class as u8,
+            slot,
+            nobj,
+            free,
+            live,
+            live_count: 0,
+            deferred: 0,
+            prev: NIL,
+            next: NIL,
+            in_list: false,
+            used: true,
+            stamp: Stamp::SAFE,
+        };
+        let id = if let Some(id) = self.recycled.pop() {
+            self.slabs[id as usize] = slab;
+            id
+        } else {
+            self.slabs.push(slab);
+            (self.slabs.len() - 1) as u32
+        };
+        for c in 0..bytes >> CHUNK_SHIFT {
+            self.chunks.insert((offset >> CHUNK_SHIFT) + c, id);
+        }
+        self.slab_bytes += bytes;
+        self.link(id);
+    }
+
+    fn link(&mut self, id: u32) {
+        let (slot, class) = {
+            let s = &self.slabs[id as usize];
+            (s.slot, s.class as usize)
+        };
+        let head = self.heads(slot)[class];
+        {
+            let s = &mut self.slabs[id as usize];
+            s.prev = NIL;
+            s.next = head;
+            s.in_list = true;
+        }
+        if head != NIL {
+            self.slabs[head as usize].prev = id;
+        }
+        self.heads(slot)[class] = id;
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let (slot, class, prev, next) = {
+            let s = &self.slabs[id as usize];
+            (s.slot, s.class as usize, s.prev, s.next)
+        };
+        if prev != NIL {
+            self.slabs[prev as usize].next = next;
+        } else {
+            self.heads(slot)[class] = next;
+        }
+        if next != NIL {
+            self.slabs[next as usize].prev = prev;
+        }
+        let s = &mut self.slabs[id as usize];
+        s.in_list = false;
+        s.prev = NIL;
+        s.next = NIL;
+    }
+
+    /// The slab containing `offset`, if any.
+    fn find(&self, offset: u64) -> Option<u32> {
+        self.chunks.get(&(offset >> CHUNK_SHIFT)).copied()
+    }
+
+    /// Whether `offset` lies in a slab span.
+    pub fn owns(&self, offset: u64) -> bool {
+        self.find(offset).is_some()
+    }
+
+    /// Size of the live object starting at `offset`, if any.
+    pub fn size_of(&self, offset: u64) -> Option<u64> {
+        let id = self.find(offset)?;
+        let s = &self.slabs[id as usize];
+        let size = classes::SIZES[s.class as usize] as u64;
+        let rel = offset - s.offset;
+        let i = (rel / size) as u32;
+        (rel % size == 0 && i < s.nobj && s.live[(i / 64) as usize] >> (i % 64) & 1 == 1).then_some(size)
+    }
+
+    /// Frees the object at `offset`, freed on stream slot `slot` with `stamp`.
+    ///
+    /// Errors (nothing changed): `Interior` (not an object start, or past
+    /// the last object), `DoubleFree` (object not live), `Foreign` (no slab).
+    pub fn free(&mut self, offset: u64, slot: u16, stamp: Stamp) -> Result<Freed, BadPointer> {
+        let id = self.find(offset).ok_or(BadPointer::Foreign)?;
+        let s = &mut self.slabs[id as usize];
+        let class = s.class as usize;
+        let size = classes::SIZES[class] as u64;
+        let rel = offset - s.offset;
+        let i = (rel / size) as u32;
+        if rel % size != 0 || i >= s.nobj {
+            return Err(BadPointer::Interior);
+        }
+        let (w, b) = ((i / 64) as usize, i % 64);
+        if s.live[w] >> b & 1 == 0 {
+            return Err(BadPointer::DoubleFree);
+        }
+        s.live[w] &= !(1 << b);
+        s.live_count -= 1;
+        self.live_bytes -= size;
+        self.live_count -= 1;
+        if slot != s.slot && !stamp.is_safe() {
+            s.deferred += 1;
+            self.deferred.push((id, i, stamp));
+            return Ok(Freed::Object { size });
+        }
+        s.stamp = stamp;
+        s.free.push(i);
+        let was_full = !s.in_list;
+        if was_full {
+            self.link(id);
+        }
+        self.maybe_release(id, size)
+    }
+
+    /// Returns the slab if it is empty and another slab of its class can
+    /// serve its stream.
+    fn maybe_release(&mut self, id: u32, size: u64) -> Result<Freed, BadPointer> {
+        let s = &self.slabs[id as usize];
+        if s.live_count != 0 || s.deferred != 0 {
+            return Ok(Freed::Object { size });
+        }
+        // Keep one empty slab per (slot, class) to avoid thrashing.
+        let alone = s.prev == NIL && s.next == NIL;
+        if alone {
+            return Ok(Freed::Object { size });
+        }
+        let (offset, class, stamp) = (s.offset, s.class as usize, s.stamp);
+        self.unlink(id);
+        let bytes = classes::slab_bytes(class);
+        for c in 0..bytes >> CHUNK_SHIFT {
+            self.chunks.remove(&((offset >> CHUNK_SHIFT) + c));
+        }
+        let s = &mut self.slabs[id as usize];
+        s.used = false;
+        s.free = MetaVec::new_in(std::alloc::System);
+        s.live = MetaVec::new_in(std::alloc::System);
+        self.recycled.push(id);
+        self.slab_bytes -= bytes;
+        Ok(Freed::SlabEmpty {
+            size,
+            slab: offset,
+            slab_bytes: bytes,
+            stamp,
+        })
+    }
+
+    /// Moves deferred objects whose stamp is `done` back to their slabs;
+    /// `on_empty(slab_offset, slab_bytes, stamp)` receives slabs that emptied.
+    pub fn drain(&mut self, done: impl Fn(Stamp) -> bool, mut on_empty: impl FnMut(u64, u64, Stamp)) {
+        let mut k = 0;
+        while k < self.deferred.len() {
+            let (id, i, stamp) = self.deferred[k];
+            if !done(stamp) {
+                k += 1;
+                continue;
+            }
+            self.deferred.swap_remove(k);
+            let s = &mut self.slabs[id as usize];
+            s.deferred -= 1;
+            s.free.push(i);
+            let size = classes::SIZES[s.class as usize] as u64;
+            if !s.in_list {
+                self.link(id);
+            }
+            if let Ok(Freed::SlabEmpty {
+                slab,
+                slab_bytes,
+                stamp,
+                ..
+            }) = self.maybe_release(id, size)
+            {
+                on_empty(slab, slab_bytes, stamp);
+            }
+        }
+    }
+
+    /// Releases every empty slab (trim): `on_empty` as in [`Slabs::drain`].
+    pub fn release_empty(&mut self, mut on_empty: impl FnMut(u64, u64, Stamp)) {
+        for id in 0..self.slabs.len() as u32 {
+            let s = &self.slabs[id as usize];
+            if s.used && s.live_count == 0 && s.deferred == 0 {
+                let (offset, class, stamp) = (s.offset, s.class as usize, s.stamp);
+                self.unlink(id);
+                let bytes = classes::slab_bytes(class);
+                for c in 0..bytes >> CHUNK_SHIFT {
+                    self.chunks.remove(&((offset >> CHUNK_SHIFT) + c));
+                }
+                let s = &mut self.slabs[id as usize];
+                s.used = false;
+                s.free = MetaVec::new_in(std::alloc::System);
+                s.live = MetaVec::new_in(std::alloc::System);
+                self.recycled.push(id);
+                self.slab_bytes -= bytes;
+                on_empty(offset, bytes, stamp);
+            }
+        }
+    }
+
+    /// Visits live objects: (offset, size).
+    pub fn for_each_object(&self, mut f: impl FnMut(u64, u64)) {
+        for s in self.slabs.iter().filter(|s| s.used) {
+            let size = classes::SIZES[s.class as usize] as u64;
+            for i in 0..s.nobj {
+                if s.live[(i / 64) as usize] >> (i % 64) & 1 == 1 {
+                    f(s.offset + i as u64 * size, size);
+                }
+            }
+        }
+    }
+
+    /// Visits slabs: (offset, bytes, class size, live objects).
+    pub fn for_each_slab(&self, mut f: impl FnMut(u64, u64, u64, u32)) {
+        for s in self.slabs.iter().filter(|s| s.used) {
+            f(
+                s.offset,
+                classes::slab_bytes(s.class as usize),
+                classes::SIZES[s.class as usize] as u64,
+                s.live_count,
+            );
+        }
+    }
+
+    /// Full structural check (tests, proptest, fuzzing).
+    #[cfg(any(test, feature = "invariant-checks"))]
+    pub fn check_invariants(&self) {
+        let mut live = 0;
+        for (id, s) in self.slabs.iter().enumerate().filter(|(_, s)| s.used) {
+            let ones: u32 = s.live.iter().map(|w| w.count_ones()).sum();
+            assert_eq!(ones, s.live_count, "slab {id}");
+            assert_eq!(
+                s.free.len() as u32 + s.live_count + s.deferred,
+                s.nobj,
+                "slab {id}: free + live + deferred = objects"
+            );
+            assert_eq!(s.in_list, !s.free.is_empty(), "slab {id}: listed iff it has free objects");
+            live += s.live_count as u64 * classes::SIZES[s.class as usize] as u64;
+        }
+        assert_eq!(live, self.live_bytes);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn objects_come_and_go_and_slabs_empty() {
+        let mut s = Slabs::new();
+        let c = classes::class_of(100);
+        assert_eq!(s.alloc(1, c), None);
+        s.add_slab(0, c, 1);
+        let n = classes::objects(c);
+        let offs: std::vec::Vec<u64> = (0..n).map(|_| s.alloc(1, c).unwrap()).collect();
+        assert_eq!(s.alloc(1, c), None, "slab full");
+        s.check_invariants();
+        s.add_slab(64 << 10, c, 1);
+        let extra = s.alloc(1, c).unwrap();
+        assert_eq!(s.free(offs[3] + 1, 1, Stamp::SAFE), Err(BadPointer::Interior));
+        assert_eq!(s.free(offs[3], 1, Stamp::SAFE), Ok(Freed::Object { size: 112 }));
+        assert_eq!(s.free(offs[3], 1, Stamp::SAFE), Err(BadPointer::DoubleFree));
+        s.check_invariants();
+        let mut emptied = 0;
+        for (k, &o) in offs.iter().enumerate() {
+            if k == 3 {
+                continue;
+            }
+            if let Ok(Freed::SlabEmpty { slab, .. }) = s.free(o, 1, Stamp::SAFE) {
+                assert_eq!(slab, 0);
+                emptied += 1;
+            }
+        }
+        assert_eq!(emptied, 1, "the first slab is given back while another serves");
+        assert!(!s.owns(0));
+        s.free(extra, 1, Stamp::SAFE).unwrap();
+        s.check_invariants();
+        assert_eq!(s.live_bytes(), 0);
+    }
+
+    #[test]
+    fn cross_stream_frees_wait_for_their_fence() {
+        let mut s = Slabs::new();
+        let c = classes::class_of(64);
+        s.add_slab(0, c, 1);
+        let a = s.alloc(1, c).unwrap();
+        s.free(a, 2, Stamp::new(2, 7)).unwrap();
+        assert_eq!(s.deferred_count(), 1);
+        s.check_invariants();
+        s.drain(|_| false, |_, _, _| {});
+        assert_eq!(s.deferred_count(), 1);
+        s.drain(|st| st.epoch() <= 7, |_, _, _| {});
+        assert_eq!(s.deferred_count(), 0);
+        s.check_invariants();
+    }
+}

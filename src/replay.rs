@@ -1,0 +1,141 @@
+//! Replaying allocation traces (the format of `shared/traces/README.md`)
+//! through an arena: peak committed / peak live, time per op, driver calls.
+
+use std::io::BufRead;
+use std::path::Path;
+use std::time::Instant;
+
+use crate::arena::Arena;
+use crate::driver::{DevicePtr, Driver, Stream};
+use crate::error::{Error, Result};
+use crate::stats::Stats;
+
+/// One trace event that an allocator replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// `alloc`: a block of `size` bytes known by `addr` until its free.
+    Alloc {
+        /// The traced address (an identity, not an address of ours).
+        addr: u64,
+        /// Bytes.
+        size: u64,
+        /// Traced stream.
+        stream: u64,
+    },
+    /// `free_completed`: the block known by `addr` became reusable.
+    Free {
+        /// The traced address.
+        addr: u64,
+        /// Traced stream.
+        stream: u64,
+    },
+}
+
+#[derive(serde::Deserialize)]
+struct Line {
+    action: String,
+    addr: u64,
+    size: u64,
+    #[serde(default)]
+    stream: u64,
+}
+
+/// Reads a trace (gzip'd JSON lines, or plain JSON lines), keeping `alloc`
+/// and `free_completed` events.
+pub fn read_trace(path: &Path) -> std::io::Result<Vec<Event>> {
+    let file = std::fs::File::open(path)?;
+    let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
+        Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
+    } else {
+        Box::new(std::io::BufReader::new(file))
+    };
+    let mut events = Vec::new();
+    for line in reader.lines() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let l: Line = serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        match l.action.as_str() {
+            "alloc" => events.push(Event::Alloc {
+                addr: l.addr,
+                size: l.size,
+                stream: l.stream,
+            }),
+            "free_completed" => events.push(Event::Free {
+                addr: l.addr,
+                stream: l.stream,
+            }),
+            _ => {}
+        }
+    }
+    Ok(events)
+}
+
+/// What a replay measured.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ReplayResult {
+    /// Events replayed.
+    pub events: u64,
+    /// Allocations replayed.
+    pub allocs: u64,
+    /// Highest sum of live traced sizes.
+    pub peak_requested: u64,
+    /// Arena counters at the end (peaks included).
+    pub stats: Stats,
+    /// Peak committed / peak live.
+    pub ratio: f64,
+    /// Wall time of the replay loop (seconds).
+    pub seconds: f64,
+    /// Operations per second.
+    pub ops_per_sec: f64,
+    /// Blocks live at the end of the trace (never freed there).
+    pub live_at_end: u64,
+}
+
+/// Replays `events` through `arena` (all on the default stream, as traced),
+/// calling `progress(done)` every 4096 events. Blocks still live at the end
+/// are freed afterwards (not timed).
+pub fn replay<D: Driver>(arena: &mut Arena<D>, events: &[Event], mut progress: impl FnMut(u64)) -> Result<ReplayResult> {
+    let mut live: std::collections::HashMap<u64, (DevicePtr, u64)> = std::collections::HashMap::new();
+    let (mut cur, mut peak, mut allocs) = (0u64, 0u64, 0u64);
+    let t = Instant::now();
+    for (i, e) in events.iter().enumerate() {
+        match *e {
+            Event::Alloc { addr, size, .. } => {
+                let p = arena.alloc_on(size.max(1), 512, Stream::DEFAULT)?;
+                live.insert(addr, (p, size));
+                cur += size;
+                peak = peak.max(cur);
+                allocs += 1;
+            }
+            Event::Free { addr, .. } => {
+                let Some((p, size)) = live.remove(&addr) else {
+                    return Err(Error::Config("trace frees a block it never allocated"));
+                };
+                arena.free_on(p, Stream::DEFAULT)?;
+                cur -= size;
+            }
+        }
+        if i % 4096 == 4095 {
+            progress(i as u64 + 1);
+        }
+    }
+    let seconds = t.elapsed().as_secs_f64();
+    progress(events.len() as u64);
+    let stats = arena.stats();
+    let live_at_end = live.len() as u64;
+    for (_, (p, _)) in live {
+        arena.free(p)?;
+    }
+    Ok(ReplayResult {
+        events: events.len() as u64,
+        allocs,
+        peak_requested: peak,
+        ratio: stats.peak_ratio(),
+        stats,
+        seconds,
+        ops_per_sec: events.len() as f64 / seconds.max(1e-9),
+        live_at_end,
+    })
+}
