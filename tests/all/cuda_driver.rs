@@ -341,7 +341,12 @@ fn fences_follow_a_long_kernel_and_wait_on_one_fence_only() {
         "waiting one fence waited all"
     );
 
+    let t = std::time::Instant::now();
     d.wait(&long).unwrap();
+    println!(
+        "cuda: waited {:?} for the rest of the 200 ms kernel",
+        t.elapsed()
+    );
     assert!(d.is_complete(&long).unwrap());
     assert_eq!(read_u32(&d, va), 7);
     d.drop_fence(long);

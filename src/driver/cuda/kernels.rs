@@ -27,25 +27,30 @@ macro_rules! ptx_body {
     () => {
         r#"
 // spin(nanos: u64, flag: u64 ptr or 0, value: u32): busy-waits until
-// %globaltimer has advanced by `nanos`, then stores `value` at `flag`.
+// %globaltimer has advanced by `nanos` (or, should the timer not tick, after
+// `nanos` iterations), then stores `value` at `flag`.
 .visible .entry gpu_arena_spin(
     .param .u64 gpu_arena_spin_nanos,
     .param .u64 gpu_arena_spin_flag,
     .param .u32 gpu_arena_spin_value
 )
 {
-    .reg .pred %p<3>;
+    .reg .pred %p<4>;
     .reg .b32 %r<2>;
-    .reg .b64 %rd<6>;
+    .reg .b64 %rd<7>;
 
     ld.param.u64 %rd1, [gpu_arena_spin_nanos];
     ld.param.u64 %rd2, [gpu_arena_spin_flag];
     ld.param.u32 %r1, [gpu_arena_spin_value];
+    mov.u64 %rd6, 0;
     mov.u64 %rd3, %globaltimer;
 SPIN_LOOP:
+    add.u64 %rd6, %rd6, 1;
     mov.u64 %rd4, %globaltimer;
     sub.u64 %rd5, %rd4, %rd3;
     setp.lt.u64 %p1, %rd5, %rd1;
+    setp.lt.u64 %p3, %rd6, %rd1;
+    and.pred %p1, %p1, %p3;
     @%p1 bra SPIN_LOOP;
     setp.eq.u64 %p2, %rd2, 0;
     @%p2 bra SPIN_DONE;
@@ -250,7 +255,8 @@ impl Kernels {
     }
 
     /// Launches one thread that busy-waits `nanos` nanoseconds of GPU time
-    /// (`%globaltimer`), then writes `value` to the `u32` at `flag` (skipped
+    /// (`%globaltimer`; at most `nanos` loop iterations, should the timer
+    /// not tick), then writes `value` to the `u32` at `flag` (skipped
     /// where `flag` is 0): emulates a long-running kernel on `stream`.
     ///
     /// # Safety
