@@ -166,12 +166,14 @@ unsafe impl Driver for SystemDriver {
         offset: usize,
         handle: SystemHandle,
     ) -> Result<()> {
-        // SAFETY (all arms): forwarded under the caller's guarantees.
         match (self, handle) {
+            // SAFETY: forwarded under the caller's guarantees.
             (SystemDriver::Host(d), SystemHandle::Host(h)) => unsafe { d.map(va, size, offset, h) },
             #[cfg(feature = "cuda")]
+            // SAFETY: forwarded under the caller's guarantees.
             (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => unsafe { d.map(va, size, offset, h) },
             #[cfg(feature = "hip")]
+            // SAFETY: forwarded under the caller's guarantees.
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => unsafe { d.map(va, size, offset, h) },
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),

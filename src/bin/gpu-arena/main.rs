@@ -1,1 +1,3 @@
+//! The gpu-arena command-line tool (placeholder).
+
 fn main() {}

@@ -1,0 +1,392 @@
+//! Test and benchmark kernels: hand-written PTX, JIT-compiled by the driver
+//! (`cuModuleLoadData`, no nvrtc), launched with `cuLaunchKernel`.
+//!
+//! The allocator itself never launches anything; these exist so that tests
+//! and benchmarks can keep a stream busy ([`Kernels::spin`], to show that a
+//! free does not wait for unrelated work) and touch memory from the device
+//! ([`Kernels::add_one`], [`Kernels::check_and_write`], for pinned-host and
+//! stream-ordered reuse tests).
+//!
+//! The PTX targets `sm_52` (`.address_size 64`) so that any VMM-capable GPU
+//! JIT-compiles it; where a driver refuses that target, `sm_75` and then
+//! `sm_90` variants of the same code are tried.
+
+use core::ffi::{CStr, c_void};
+
+use super::result;
+use super::{Context, Raw, cu_stream, sys};
+use crate::driver::{DevicePtr, Stream};
+use crate::error::Result;
+
+/// Threads per block of the element-wise kernels.
+const BLOCK: u32 = 256;
+/// Upper bound on blocks of the element-wise kernels (they loop over the rest).
+const MAX_GRID: u64 = 4096;
+
+macro_rules! ptx_body {
+    () => {
+        r#"
+// spin(nanos: u64, flag: u64 ptr or 0, value: u32): busy-waits until
+// %globaltimer has advanced by `nanos` (or, should the timer not tick, after
+// `nanos` iterations), then stores `value` at `flag`.
+.visible .entry gpu_arena_spin(
+    .param .u64 gpu_arena_spin_nanos,
+    .param .u64 gpu_arena_spin_flag,
+    .param .u32 gpu_arena_spin_value
+)
+{
+    .reg .pred %p<4>;
+    .reg .b32 %r<2>;
+    .reg .b64 %rd<7>;
+
+    ld.param.u64 %rd1, [gpu_arena_spin_nanos];
+    ld.param.u64 %rd2, [gpu_arena_spin_flag];
+    ld.param.u32 %r1, [gpu_arena_spin_value];
+    mov.u64 %rd6, 0;
+    mov.u64 %rd3, %globaltimer;
+SPIN_LOOP:
+    add.u64 %rd6, %rd6, 1;
+    mov.u64 %rd4, %globaltimer;
+    sub.u64 %rd5, %rd4, %rd3;
+    setp.lt.u64 %p1, %rd5, %rd1;
+    setp.lt.u64 %p3, %rd6, %rd1;
+    and.pred %p1, %p1, %p3;
+    @%p1 bra SPIN_LOOP;
+    setp.eq.u64 %p2, %rd2, 0;
+    @%p2 bra SPIN_DONE;
+    st.volatile.u32 [%rd2], %r1;
+    membar.sys;
+SPIN_DONE:
+    ret;
+}
+
+// add_one_u32(ptr: u32*, n: u64): ptr[i] += 1 for i < n (grid-stride loop).
+.visible .entry gpu_arena_add_one_u32(
+    .param .u64 gpu_arena_add_one_ptr,
+    .param .u64 gpu_arena_add_one_n
+)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<6>;
+    .reg .b64 %rd<8>;
+
+    ld.param.u64 %rd1, [gpu_arena_add_one_ptr];
+    ld.param.u64 %rd2, [gpu_arena_add_one_n];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mov.u32 %r4, %nctaid.x;
+    mul.wide.u32 %rd3, %r1, %r2;
+    cvt.u64.u32 %rd4, %r3;
+    add.u64 %rd3, %rd3, %rd4;
+    mul.wide.u32 %rd5, %r4, %r2;
+ADD_LOOP:
+    setp.ge.u64 %p1, %rd3, %rd2;
+    @%p1 bra ADD_DONE;
+    shl.b64 %rd6, %rd3, 2;
+    add.u64 %rd7, %rd1, %rd6;
+    ld.u32 %r5, [%rd7];
+    add.u32 %r5, %r5, 1;
+    st.u32 [%rd7], %r5;
+    add.u64 %rd3, %rd3, %rd5;
+    bra.uni ADD_LOOP;
+ADD_DONE:
+    ret;
+}
+
+// check_and_write_u32(ptr: u32*, n: u64, expect: u32, write: u32, errors: u32*):
+// for i < n: if ptr[i] != expect { atomically errors += 1 }; ptr[i] = write.
+.visible .entry gpu_arena_check_and_write_u32(
+    .param .u64 gpu_arena_cw_ptr,
+    .param .u64 gpu_arena_cw_n,
+    .param .u32 gpu_arena_cw_expect,
+    .param .u32 gpu_arena_cw_write,
+    .param .u64 gpu_arena_cw_errors
+)
+{
+    .reg .pred %p<3>;
+    .reg .b32 %r<10>;
+    .reg .b64 %rd<10>;
+
+    ld.param.u64 %rd1, [gpu_arena_cw_ptr];
+    ld.param.u64 %rd2, [gpu_arena_cw_n];
+    ld.param.u32 %r6, [gpu_arena_cw_expect];
+    ld.param.u32 %r7, [gpu_arena_cw_write];
+    ld.param.u64 %rd8, [gpu_arena_cw_errors];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mov.u32 %r4, %nctaid.x;
+    mul.wide.u32 %rd3, %r1, %r2;
+    cvt.u64.u32 %rd4, %r3;
+    add.u64 %rd3, %rd3, %rd4;
+    mul.wide.u32 %rd5, %r4, %r2;
+CW_LOOP:
+    setp.ge.u64 %p1, %rd3, %rd2;
+    @%p1 bra CW_DONE;
+    shl.b64 %rd6, %rd3, 2;
+    add.u64 %rd7, %rd1, %rd6;
+    ld.u32 %r5, [%rd7];
+    setp.eq.u32 %p2, %r5, %r6;
+    @%p2 bra CW_OK;
+    atom.add.u32 %r8, [%rd8], 1;
+CW_OK:
+    st.u32 [%rd7], %r7;
+    add.u64 %rd3, %rd3, %rd5;
+    bra.uni CW_LOOP;
+CW_DONE:
+    ret;
+}
+"#
+    };
+}
+
+/// A NUL-terminated PTX module for one target, checked at compile time.
+macro_rules! ptx {
+    ($header:literal) => {
+        match CStr::from_bytes_with_nul(concat!($header, ptx_body!(), "\0").as_bytes()) {
+            Ok(s) => s,
+            Err(_) => panic!("PTX image must be NUL-terminated with no interior NUL"),
+        }
+    };
+}
+
+/// The PTX variants tried in order: (target name, image).
+const IMAGES: [(&str, &CStr); 3] = [
+    (
+        "sm_52",
+        ptx!(".version 6.0\n.target sm_52\n.address_size 64\n"),
+    ),
+    (
+        "sm_75",
+        ptx!(".version 6.3\n.target sm_75\n.address_size 64\n"),
+    ),
+    (
+        "sm_90",
+        ptx!(".version 7.8\n.target sm_90\n.address_size 64\n"),
+    ),
+];
+
+/// The loaded test kernels of one [`CudaDriver`](super::CudaDriver)
+/// (see [`CudaDriver::kernels`](super::CudaDriver::kernels)).
+///
+/// Launches are asynchronous in stream order: record a fence on the same
+/// stream and `wait` on it to see their effects. Every launch makes the
+/// driver's primary context current on the calling thread if no context is.
+#[derive(Debug)]
+pub struct Kernels {
+    ctx: Context,
+    module: Raw<sys::CUmod_st>,
+    spin: Raw<sys::CUfunc_st>,
+    add_one: Raw<sys::CUfunc_st>,
+    check_and_write: Raw<sys::CUfunc_st>,
+    target: &'static str,
+}
+
+impl Kernels {
+    /// Loads the module into `ctx` (which the caller made current).
+    ///
+    /// # Safety
+    /// The presence probe passed and `ctx` is a live, current context that
+    /// outlives the returned value (its owner calls [`Kernels::unload`]).
+    pub(super) unsafe fn load(ctx: Context) -> Result<Self> {
+        let mut first_err = None;
+        for (target, image) in IMAGES {
+            // SAFETY: the probe passed and `ctx` is current (caller).
+            match unsafe { result::module_load_data(image) } {
+                Ok(module) => {
+                    // SAFETY: `module` was just loaded; on failure it is
+                    // unloaded before returning.
+                    return match unsafe { Self::functions(module) } {
+                        Ok((spin, add_one, check_and_write)) => Ok(Kernels {
+                            ctx,
+                            module: Raw(module),
+                            spin: Raw(spin),
+                            add_one: Raw(add_one),
+                            check_and_write: Raw(check_and_write),
+                            target,
+                        }),
+                        Err(e) => {
+                            // SAFETY: no function of the module escaped.
+                            let _ = unsafe { result::module_unload(module) };
+                            Err(e.into())
+                        }
+                    };
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err
+            .unwrap_or(result::error(crate::Call::Kernel, 999))
+            .into())
+    }
+
+    /// # Safety
+    /// `module` is a live module loaded from one of [`IMAGES`].
+    unsafe fn functions(
+        module: sys::CUmodule,
+    ) -> result::CuResult<(sys::CUfunction, sys::CUfunction, sys::CUfunction)> {
+        // SAFETY: (all three calls) `module` is live and the names are
+        // NUL-terminated.
+        unsafe {
+            Ok((
+                result::module_get_function(module, c"gpu_arena_spin")?,
+                result::module_get_function(module, c"gpu_arena_add_one_u32")?,
+                result::module_get_function(module, c"gpu_arena_check_and_write_u32")?,
+            ))
+        }
+    }
+
+    /// Unloads the module. Called by the owning driver before it releases
+    /// its context.
+    ///
+    /// # Safety
+    /// The context is still live; no launch of these kernels is used after.
+    pub(super) unsafe fn unload(self) {
+        // SAFETY: the caller guarantees the module is no longer used.
+        let _ = unsafe { result::module_unload(self.module.0) };
+    }
+
+    /// The PTX target the driver accepted (`sm_52`, `sm_75` or `sm_90`).
+    pub fn target(&self) -> &'static str {
+        self.target
+    }
+
+    /// Launches one thread that busy-waits `nanos` nanoseconds of GPU time
+    /// (`%globaltimer`; at most `nanos` loop iterations, should the timer
+    /// not tick), then writes `value` to the `u32` at `flag` (skipped
+    /// where `flag` is 0): emulates a long-running kernel on `stream`.
+    ///
+    /// # Safety
+    /// `stream` is live (or [`Stream::DEFAULT`]); `flag` is 0 or a 4-byte
+    /// aligned address mapped with read-write access for this device (device
+    /// memory, or host-located VMM memory) that stays mapped until the
+    /// kernel has completed.
+    pub unsafe fn spin(
+        &self,
+        stream: Stream,
+        nanos: u64,
+        flag: DevicePtr,
+        value: u32,
+    ) -> Result<()> {
+        let mut nanos = nanos;
+        let mut flag = flag;
+        let mut value = value;
+        let mut params: [*mut c_void; 3] = [
+            (&raw mut nanos).cast(),
+            (&raw mut flag).cast(),
+            (&raw mut value).cast(),
+        ];
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: 1. the probe passed (a Context exists only after it);
+        // 2. `params` points to a u64, a u64 and a u32, the kernel's
+        //    parameters in order, alive for the call (the driver copies them);
+        // 3. the caller guarantees `flag` and `stream`.
+        unsafe { result::launch_kernel(self.spin.0, 1, 1, cu_stream(stream), &mut params) }?;
+        Ok(())
+    }
+
+    /// Adds 1 to each of the `n` `u32`s at `ptr`, in `stream` order.
+    ///
+    /// # Safety
+    /// `stream` is live (or [`Stream::DEFAULT`]); `ptr..ptr + 4 n` is 4-byte
+    /// aligned and mapped read-write for this device until the kernel has
+    /// completed, and nothing else writes it meanwhile.
+    pub unsafe fn add_one(&self, stream: Stream, ptr: DevicePtr, n: u64) -> Result<()> {
+        let mut ptr = ptr;
+        let mut len = n;
+        let mut params: [*mut c_void; 2] = [(&raw mut ptr).cast(), (&raw mut len).cast()];
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: 1. the probe passed; 2. `params` points to two u64s, the
+        // kernel's parameters in order; 3. the caller guarantees the range.
+        unsafe {
+            result::launch_kernel(
+                self.add_one.0,
+                grid(n),
+                BLOCK,
+                cu_stream(stream),
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// For each of the `n` `u32`s at `ptr`: if it is not `expect`, atomically
+    /// adds 1 to the `u32` at `errors`; then writes `write` there. Shows
+    /// whether memory reused in stream order still held what this stream
+    /// last wrote.
+    ///
+    /// # Safety
+    /// As for [`Kernels::add_one`]; `errors` is a 4-byte aligned `u32`
+    /// mapped read-write for this device (device memory: atomics to host
+    /// memory need platform support) until the kernel has completed.
+    pub unsafe fn check_and_write(
+        &self,
+        stream: Stream,
+        ptr: DevicePtr,
+        n: u64,
+        expect: u32,
+        write: u32,
+        errors: DevicePtr,
+    ) -> Result<()> {
+        let mut ptr = ptr;
+        let mut len = n;
+        let mut expect = expect;
+        let mut write = write;
+        let mut errors = errors;
+        let mut params: [*mut c_void; 5] = [
+            (&raw mut ptr).cast(),
+            (&raw mut len).cast(),
+            (&raw mut expect).cast(),
+            (&raw mut write).cast(),
+            (&raw mut errors).cast(),
+        ];
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, u32,
+        // u32, u64: the kernel's parameters in order; 3. the caller
+        // guarantees the ranges and the stream.
+        unsafe {
+            result::launch_kernel(
+                self.check_and_write.0,
+                grid(n),
+                BLOCK,
+                cu_stream(stream),
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
+}
+
+/// Blocks for `n` elements: enough for one element per thread, at most
+/// [`MAX_GRID`] (the kernels loop over the rest), at least one.
+fn grid(n: u64) -> u32 {
+    n.div_ceil(u64::from(BLOCK)).clamp(1, MAX_GRID) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_are_complete_modules() {
+        for (target, image) in IMAGES {
+            let s = image.to_str().unwrap();
+            assert!(s.contains(&format!(".target {target}")), "{s}");
+            assert!(s.contains(".address_size 64"));
+            for entry in [
+                "gpu_arena_spin(",
+                "gpu_arena_add_one_u32(",
+                "gpu_arena_check_and_write_u32(",
+            ] {
+                assert!(s.contains(entry), "{entry} missing");
+            }
+        }
+        assert_eq!(grid(0), 1);
+        assert_eq!(grid(256), 1);
+        assert_eq!(grid(257), 2);
+        assert_eq!(grid(u64::MAX), MAX_GRID as u32);
+    }
+}
