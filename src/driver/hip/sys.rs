@@ -10,7 +10,7 @@
 //! `HIP_PATH`, `ROCM_PATH` or `/opt/rocm`) and adds it to the link line; the
 //! `#[link]` below names the library for our own declarations.
 //!
-//! # ROCm versions (read from the headers; see `docs` in [`super`])
+//! # ROCm versions (read from the headers; summarized in [`super`])
 //!
 //! - `hipMemAllocationProp` changed layout in ROCm 5.3. ROCm 5.2 (Debian's
 //!   `libamdhip64-dev` 5.2.3, the one installed here) declares
