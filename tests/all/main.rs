@@ -1,4 +1,7 @@
 //! The integration suite: one binary, one module per area (faster to link).
 
+#[cfg(feature = "cuda")]
 mod cuda_driver;
+#[cfg(feature = "hip")]
+mod hip_driver;
 mod host_driver;
