@@ -177,6 +177,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
 
     /// Allocates a `T` holding `val` (host-visible kinds only; panics on
     /// out-of-memory like `bumpalo::Bump::alloc`).
+    #[allow(clippy::mut_from_ref)] // each call hands out fresh memory, as bumpalo does
     pub fn alloc<T>(&self, val: T) -> &mut T {
         let p = self.host().alloc_layout(Layout::new::<T>()).cast::<T>();
         // SAFETY: p is fresh, aligned, host-accessible memory for a T that
@@ -188,6 +189,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     }
 
     /// Copies `src` into the scratch arena (host-visible kinds only).
+    #[allow(clippy::mut_from_ref)] // each call hands out fresh memory, as bumpalo does
     pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> &mut [T] {
         let p = self.host().alloc_layout(Layout::for_value(src)).cast::<T>();
         // SAFETY: p is fresh, aligned memory for src.len() Ts; the ranges

@@ -23,7 +23,7 @@ pub mod streams;
 use crate::driver::{Access, DevicePtr, Driver, Location};
 use crate::error::{Error, ErrorKind, OomReport, Result};
 use crate::policy::Stamp;
-use crate::{MetaVec, MetaMap};
+use crate::MetaVec;
 pub use streams::Streams;
 
 const NIL: u32 = u32::MAX;
@@ -140,8 +140,6 @@ pub struct Commit<D: Driver> {
     candidate_bytes: u64,
     calls: DriverCalls,
     frees_since_collect: u32,
-    /// Pages pinned by owners that account live bytes themselves (scratch, grow).
-    pinned: MetaMap<u64, u64>,
 }
 
 impl<D: Driver> core::fmt::Debug for Commit<D> {
@@ -185,7 +183,6 @@ impl<D: Driver> Commit<D> {
             candidate_bytes: 0,
             calls: DriverCalls::default(),
             frees_since_collect: 0,
-            pinned: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
         }
     }
 
@@ -651,19 +648,11 @@ impl<D: Driver> Commit<D> {
     /// Keeps the pages of `off..off+len` committed for an owner that does
     /// its own accounting (scratch arenas, growable buffers).
     pub fn pin(&mut self, off: u64, len: u64) -> Result<()> {
-        self.add_live(off, len)?;
-        *self.pinned.entry(off).or_default() += len;
-        Ok(())
+        self.add_live(off, len)
     }
 
-    /// Undoes [`Commit::pin`] of exactly that range.
+    /// Undoes [`Commit::pin`] of a range that was pinned.
     pub fn unpin(&mut self, off: u64, len: u64, stamp: Stamp) {
-        if let Some(v) = self.pinned.get_mut(&off) {
-            *v -= len;
-            if *v == 0 {
-                self.pinned.remove(&off);
-            }
-        }
         self.sub_live(off, len, stamp);
     }
 

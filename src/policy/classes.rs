@@ -38,7 +38,7 @@ const _: () = assert!(SIZES[0] == 16);
 pub const fn class_of(size: u64) -> usize {
     if size <= 128 {
         let s = if size == 0 { 1 } else { size };
-        ((s + 15) / 16 - 1) as usize
+        (s.div_ceil(16) - 1) as usize
     } else {
         let k = 63 - (size - 1).leading_zeros() as u64;
         let base = 1u64 << k;
@@ -73,6 +73,7 @@ pub const fn objects(c: usize) -> u32 {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -541,6 +541,7 @@ fn merged_stamp(a: Stamp, b: Stamp, done: &impl Fn(Stamp) -> bool) -> Option<Sta
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
