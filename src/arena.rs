@@ -105,7 +105,12 @@ impl<D: Driver> core::fmt::Debug for Arena<D> {
 
 /// Reserves `want` bytes, halving on refusal down to `min`. Returns the base,
 /// the size obtained, and whether it fell back.
-fn reserve_with_fallback<D: Driver>(driver: &D, want: u64, min: u64, page: u64) -> Result<(DevicePtr, u64, bool)> {
+fn reserve_with_fallback<D: Driver>(
+    driver: &D,
+    want: u64,
+    min: u64,
+    page: u64,
+) -> Result<(DevicePtr, u64, bool)> {
     let mut size = want;
     loop {
         match driver.reserve(size as usize, page as usize) {
@@ -131,10 +136,14 @@ impl<D: Driver> Arena<D> {
         let caps = *driver.capabilities();
         let page = caps.granularity as u64;
         if !config.quantum.is_power_of_two() || config.quantum > page {
-            return Err(Error::Config("quantum must be a power of two no larger than the page"));
+            return Err(Error::Config(
+                "quantum must be a power of two no larger than the page",
+            ));
         }
         if !(0.05..=0.95).contains(&config.blocks_fraction) {
-            return Err(Error::Config("blocks_fraction must be between 0.05 and 0.95"));
+            return Err(Error::Config(
+                "blocks_fraction must be between 0.05 and 0.95",
+            ));
         }
         let (location, access, host_visible) = match kind {
             Kind::Device(d) => {
@@ -143,24 +152,38 @@ impl<D: Driver> Arena<D> {
                 }
                 (
                     Location::Device(d),
-                    [Access::read_write(Location::Device(d)), Access::read_write(Location::Device(d))],
+                    [
+                        Access::read_write(Location::Device(d)),
+                        Access::read_write(Location::Device(d)),
+                    ],
                     caps.cpu_reads_device_memory,
                 )
             }
             Kind::PinnedHost => {
                 if !caps.host_memory {
-                    return Err(Error::Unsupported("this driver cannot create pinned host memory"));
+                    return Err(Error::Unsupported(
+                        "this driver cannot create pinned host memory",
+                    ));
                 }
                 (
                     Location::Host,
-                    [Access::read_write(Location::Device(0)), Access::read_write(Location::Host)],
+                    [
+                        Access::read_write(Location::Device(0)),
+                        Access::read_write(Location::Host),
+                    ],
                     true,
                 )
             }
         };
-        let access: &[Access] = if access[0] == access[1] { &access[..1] } else { &access[..] };
+        let access: &[Access] = if access[0] == access[1] {
+            &access[..1]
+        } else {
+            &access[..]
+        };
         let want = if config.reservation == 0 {
-            caps.device_memory.saturating_mul(4).clamp(4 * page, caps.max_reservation)
+            caps.device_memory
+                .saturating_mul(4)
+                .clamp(4 * page, caps.max_reservation)
         } else {
             config.reservation
         };
@@ -168,7 +191,8 @@ impl<D: Driver> Arena<D> {
         if want < 2 * page {
             return Err(Error::Config("reservation must be at least two pages"));
         }
-        let (base, size, fell_back) = reserve_with_fallback(&driver, want, config.min_reservation, page)?;
+        let (base, size, fell_back) =
+            reserve_with_fallback(&driver, want, config.min_reservation, page)?;
         if fell_back {
             eprintln!(
                 "gpu-arena: a reservation of {want} bytes was refused; using {size} bytes (configure `reservation` to choose)"
@@ -289,7 +313,8 @@ impl<D: Driver> Arena<D> {
         self.commit.poll();
         let mut empty = crate::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
-        self.slabs.drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
+        self.slabs
+            .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
         self.release_slab_spans(empty);
         if let Some(off) = self.slabs.alloc(slot, class) {
             return Ok((off, classes::SIZES[class] as u64, Policy::Slab));
@@ -297,10 +322,9 @@ impl<D: Driver> Arena<D> {
         let bytes = classes::slab_bytes(class);
         let span = self.place_span(bytes, bytes, slot)?;
         self.slabs.add_slab(span, class, slot);
-        let off = self
-            .slabs
-            .alloc(slot, class)
-            .ok_or(Error::Unsupported("a new slab could not serve its class (bug)"))?;
+        let off = self.slabs.alloc(slot, class).ok_or(Error::Unsupported(
+            "a new slab could not serve its class (bug)",
+        ))?;
         Ok((off, classes::SIZES[class] as u64, Policy::Slab))
     }
 
@@ -321,7 +345,12 @@ impl<D: Driver> Arena<D> {
         Ok(a.offset)
     }
 
-    fn place(&mut self, size: u64, align: u64, slot: u16) -> Result<crate::policy::large::Allocation> {
+    fn place(
+        &mut self,
+        size: u64,
+        align: u64,
+        slot: u16,
+    ) -> Result<crate::policy::large::Allocation> {
         let skipped = core::cell::Cell::new(Stamp::SAFE);
         let streams = &self.commit.streams;
         let accept = |s: Stamp| {
@@ -342,7 +371,9 @@ impl<D: Driver> Arena<D> {
         self.commit.poll();
         let streams = &self.commit.streams;
         self.blocks
-            .alloc(size, align, |s| s.is_safe() || s.slot() == slot || streams.done(s))
+            .alloc(size, align, |s| {
+                s.is_safe() || s.slot() == slot || streams.done(s)
+            })
             .ok_or(Error::AddressSpace {
                 requested: size,
                 reserved: self.blocks_size,
@@ -387,7 +418,10 @@ impl<D: Driver> Arena<D> {
                     return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
                 }
             }
-            let freed = self.slabs.free(off, slot, stamp).map_err(|k| Self::bad(ptr, k))?;
+            let freed = self
+                .slabs
+                .free(off, slot, stamp)
+                .map_err(|k| Self::bad(ptr, k))?;
             let bytes = match freed {
                 Freed::Object { size } => size,
                 Freed::SlabEmpty {
@@ -446,7 +480,8 @@ impl<D: Driver> Arena<D> {
         self.commit.poll();
         let mut empty = crate::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
-        self.slabs.drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
+        self.slabs
+            .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
         self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
         self.release_slab_spans(empty);
         self.commit.trim()
@@ -622,7 +657,11 @@ impl<D: Driver> Arena<D> {
                 blocks.push(BlockReport {
                     offset: self.blocks_size + offset,
                     size,
-                    policy: self.buffer_kinds.get(&offset).copied().unwrap_or(Policy::Scratch),
+                    policy: self
+                        .buffer_kinds
+                        .get(&offset)
+                        .copied()
+                        .unwrap_or(Policy::Scratch),
                 })
             }
         });

@@ -55,7 +55,8 @@ pub fn read_trace(path: &Path) -> std::io::Result<Vec<Event>> {
         if line.trim().is_empty() {
             continue;
         }
-        let l: Line = serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        let l: Line = serde_json::from_str(&line)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
         match l.action.as_str() {
             "alloc" => events.push(Event::Alloc {
                 addr: l.addr,
@@ -96,8 +97,13 @@ pub struct ReplayResult {
 /// Replays `events` through `arena` (all on the default stream, as traced),
 /// calling `progress(done)` every 4096 events. Blocks still live at the end
 /// are freed afterwards (not timed).
-pub fn replay<D: Driver>(arena: &mut Arena<D>, events: &[Event], mut progress: impl FnMut(u64)) -> Result<ReplayResult> {
-    let mut live: std::collections::HashMap<u64, (DevicePtr, u64)> = std::collections::HashMap::new();
+pub fn replay<D: Driver>(
+    arena: &mut Arena<D>,
+    events: &[Event],
+    mut progress: impl FnMut(u64),
+) -> Result<ReplayResult> {
+    let mut live: std::collections::HashMap<u64, (DevicePtr, u64)> =
+        std::collections::HashMap::new();
     let (mut cur, mut peak, mut allocs) = (0u64, 0u64, 0u64);
     let t = Instant::now();
     for (i, e) in events.iter().enumerate() {

@@ -134,6 +134,9 @@ unsafe impl<D: Driver> Allocator for &SharedArena<D> {
             return;
         }
         let r = self.lock().free(ptr.as_ptr() as DevicePtr);
-        debug_assert!(r.is_ok(), "deallocate of a pointer this arena refused: {r:?}");
+        debug_assert!(
+            r.is_ok(),
+            "deallocate of a pointer this arena refused: {r:?}"
+        );
     }
 }

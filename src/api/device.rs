@@ -28,7 +28,9 @@ macro_rules! pod {
         unsafe impl Pod for $t {}
     )* };
 }
-pod!(u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64);
+pod!(
+    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
+);
 
 /// A device array of `T`.
 pub struct DeviceVec<'a, T: Pod, D: Driver> {

@@ -117,14 +117,18 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
     pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
         self.host()?;
         // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
-        Ok(unsafe { core::slice::from_raw_parts_mut(self.base as *mut u8, self.state.len as usize) })
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut(self.base as *mut u8, self.state.len as usize)
+        })
     }
 
     fn host(&self) -> Result<()> {
         if self.arena.host_visible() {
             Ok(())
         } else {
-            Err(Error::Unsupported("device memory: copy through the driver instead"))
+            Err(Error::Unsupported(
+                "device memory: copy through the driver instead",
+            ))
         }
     }
 }
@@ -133,6 +137,11 @@ impl<D: Driver> Drop for GrowBuffer<'_, D> {
     fn drop(&mut self) {
         let mut a = self.arena.lock();
         a.account_buffer(Policy::Grow, self.state.len, 0);
-        a.free_buffer(self.base, self.state.committed, Policy::Grow, Stream::DEFAULT);
+        a.free_buffer(
+            self.base,
+            self.state.committed,
+            Policy::Grow,
+            Stream::DEFAULT,
+        );
     }
 }

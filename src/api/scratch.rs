@@ -108,7 +108,8 @@ impl<'a, D: Driver> Scratch<'a, D> {
     #[inline(always)]
     pub fn try_alloc_layout(&self, layout: Layout) -> Result<DevicePtr> {
         let mut b = self.bump.get();
-        if let BumpResult::Placed(off) = b.alloc(layout.size().max(1) as u64, layout.align() as u64) {
+        if let BumpResult::Placed(off) = b.alloc(layout.size().max(1) as u64, layout.align() as u64)
+        {
             self.bump.set(b);
             return Ok(self.base + off);
         }
@@ -139,7 +140,9 @@ impl<'a, D: Driver> Scratch<'a, D> {
             BumpResult::Commit(end) => {
                 // Grow geometrically (at least double), in whole pages.
                 let want = end.max(b.committed.saturating_mul(2)).min(b.capacity);
-                let to = crate::driver::round_up(want, self.page).unwrap_or(b.capacity).min(b.capacity);
+                let to = crate::driver::round_up(want, self.page)
+                    .unwrap_or(b.capacity)
+                    .min(b.capacity);
                 let mut a = self.arena.lock();
                 a.commit_buffer(self.base, b.committed, to)?;
                 b.committed = to;
@@ -156,9 +159,11 @@ impl<'a, D: Driver> Scratch<'a, D> {
 
     /// Allocates raw memory (any kind, device memory too), checked against resets.
     pub fn alloc_raw(&self, size: u64, align: u64) -> Result<ScratchPtr> {
-        let layout = Layout::from_size_align(size as usize, align as usize).map_err(|_| Error::BadAlignment {
-            align,
-            max: self.page,
+        let layout = Layout::from_size_align(size as usize, align as usize).map_err(|_| {
+            Error::BadAlignment {
+                align,
+                max: self.page,
+            }
         })?;
         let ptr = self.try_alloc_layout(layout)?;
         Ok(ScratchPtr {

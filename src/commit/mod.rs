@@ -20,10 +20,10 @@
 
 pub mod streams;
 
+use crate::MetaVec;
 use crate::driver::{Access, DevicePtr, Driver, Location};
 use crate::error::{Error, ErrorKind, OomReport, Result};
 use crate::policy::Stamp;
-use crate::MetaVec;
 pub use streams::Streams;
 
 const NIL: u32 = u32::MAX;
@@ -37,7 +37,12 @@ pub struct CommitConfig {
     pub max_run: u64,
     /// Empty committed bytes always kept for reuse.
     pub keep_alive: u64,
-    /// Also keep up to this fraction of the live bytes empty-but-committed.
+    /// Hysteresis: empty pages are kept while committed memory stays within
+    /// `(1 + keep_alive_fraction)` times the peak of live bytes (since the
+    /// last `reset_peak`) or the live bytes plus `keep_alive`. A workload that
+    /// repeats below its peak then recommits nothing, while physical memory
+    /// never exceeds its peak live by more than this fraction (plus the
+    /// unused parts of shared pages).
     pub keep_alive_fraction: f64,
     /// Most bytes ever committed at once (`u64::MAX`: the device's memory is the limit).
     pub limit: u64,
@@ -99,7 +104,13 @@ pub struct DriverCalls {
 impl DriverCalls {
     /// All calls.
     pub const fn total(&self) -> u64 {
-        self.create + self.map + self.set_access + self.unmap + self.release + self.record + self.wait
+        self.create
+            + self.map
+            + self.set_access
+            + self.unmap
+            + self.release
+            + self.record
+            + self.wait
     }
 }
 
@@ -137,6 +148,7 @@ pub struct Commit<D: Driver> {
     committed: u64,
     peak_committed: u64,
     live: u64,
+    peak_live: u64,
     candidate_bytes: u64,
     calls: DriverCalls,
     frees_since_collect: u32,
@@ -156,7 +168,14 @@ impl<D: Driver> core::fmt::Debug for Commit<D> {
 impl<D: Driver> Commit<D> {
     /// A page table over the reservation `base..base+size` (granularity-aligned),
     /// committing memory at `location` with `access` for every page.
-    pub fn new(driver: D, base: DevicePtr, size: u64, location: Location, access: &[Access], config: CommitConfig) -> Self {
+    pub fn new(
+        driver: D,
+        base: DevicePtr,
+        size: u64,
+        location: Location,
+        access: &[Access],
+        config: CommitConfig,
+    ) -> Self {
         let page = driver.capabilities().granularity as u64;
         let mut acc = MetaVec::new_in(std::alloc::System);
         acc.extend_from_slice(access);
@@ -180,6 +199,7 @@ impl<D: Driver> Commit<D> {
             committed: 0,
             peak_committed: 0,
             live: 0,
+            peak_live: 0,
             candidate_bytes: 0,
             calls: DriverCalls::default(),
             frees_since_collect: 0,
@@ -244,9 +264,11 @@ impl<D: Driver> Commit<D> {
     pub fn set_limit(&mut self, limit: u64) {
         self.config.limit = limit;
     }
-    /// Resets the peak to the current value.
+    /// Resets the peaks (committed, and the live peak the keep-alive follows)
+    /// to the current values.
     pub fn reset_peak(&mut self) {
         self.peak_committed = self.committed;
+        self.peak_live = self.live;
     }
 
     fn page_mut(&mut self, p: u64) -> &mut Page {
@@ -255,7 +277,10 @@ impl<D: Driver> Commit<D> {
             self.dir.resize_with(c + 1, || None);
         }
         let chunk = self.dir[c].get_or_insert_with(|| {
-            let mut v = allocator_api2::vec::Vec::with_capacity_in(CHUNK_PAGES as usize, std::alloc::System);
+            let mut v = allocator_api2::vec::Vec::with_capacity_in(
+                CHUNK_PAGES as usize,
+                std::alloc::System,
+            );
             v.resize(CHUNK_PAGES as usize, Page { live: 0, run: NIL });
             v.into_boxed_slice()
         });
@@ -285,11 +310,22 @@ impl<D: Driver> Commit<D> {
         if len == 0 {
             return Ok(());
         }
-        debug_assert!(off + len <= self.size, "range {off:#x}+{len:#x} outside the reservation");
+        debug_assert!(
+            off + len <= self.size,
+            "range {off:#x}+{len:#x} outside the reservation"
+        );
         let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
         // Fast check: all pages committed already?
         // An out-of-memory retry inside commit_range may trim empty runs of
         // this very range: commit until every page is backed.
+        self.split_candidates(off, len);
+        let missing = (a..=b).filter(|&p| self.page_at(p).run == NIL).count() as u64;
+        if missing > 0 {
+            // Make room first, so the peak of committed memory does not
+            // overshoot the keep-alive allowance while old pages wait.
+            let allowed = self.allowed_at(self.live + len);
+            self.release_until(allowed.saturating_sub(missing << self.shift), Some((a, b)));
+        }
         while (a..=b).any(|p| self.page_at(p).run == NIL) {
             if let Err(e) = self.commit_range(off, len) {
                 self.release_unclaimed(a, b);
@@ -308,7 +344,62 @@ impl<D: Driver> Commit<D> {
             }
         }
         self.live += len;
+        self.peak_live = self.peak_live.max(self.live);
         Ok(())
+    }
+
+    /// Empty runs that the new block `off..off+len` would only partly own are
+    /// given back before reuse (when their fences completed): a run cannot be
+    /// split later, so reusing part of it, or putting the block's shared
+    /// boundary page into a multi-page run, would strand pages.
+    fn split_candidates(&mut self, off: u64, len: u64) {
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        let head_shared = off & (self.page - 1) != 0 || len < self.page;
+        let tail_shared = (off + len) & (self.page - 1) != 0;
+        let mut p = a;
+        while p <= b {
+            let run = self.page_at(p).run;
+            if run == NIL {
+                p += 1;
+                continue;
+            }
+            let (first, pages, ticket) = {
+                let r = &self.runs[run as usize];
+                (r.first, r.pages, r.ticket)
+            };
+            p = first + pages;
+            let last = first + pages - 1;
+            let inside = first >= a && last <= b;
+            let shares_boundary =
+                pages > 1 && ((head_shared && first == a) || (tail_shared && last == b));
+            if ticket == 0 || (inside && !shares_boundary) {
+                continue;
+            }
+            if !self.stamps_done(run) {
+                continue;
+            }
+            self.decommit(run);
+        }
+    }
+
+    /// Whether every free that emptied `run` has completed; records the
+    /// fences that are missing and polls once (never blocks).
+    fn stamps_done(&mut self, run: u32) -> bool {
+        let streams = &self.streams;
+        self.runs[run as usize].stamps.retain(|s| !streams.done(*s));
+        if self.runs[run as usize].stamps.is_empty() {
+            return true;
+        }
+        for i in 0..self.runs[run as usize].stamps.len() {
+            let s = self.runs[run as usize].stamps[i];
+            if self.streams.ensure_fence(&self.driver, s).is_err() {
+                self.calls.failed += 1;
+            }
+        }
+        self.streams.poll(&self.driver);
+        let streams = &self.streams;
+        self.runs[run as usize].stamps.retain(|s| !streams.done(*s));
+        self.runs[run as usize].stamps.is_empty()
     }
 
     fn run_gains_page(&mut self, run: u32) {
@@ -332,7 +423,12 @@ impl<D: Driver> Commit<D> {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
             let pg = self.page_mut(p);
-            debug_assert!(pg.live >= hi - lo, "page {p} live {} < {}", pg.live, hi - lo);
+            debug_assert!(
+                pg.live >= hi - lo,
+                "page {p} live {} < {}",
+                pg.live,
+                hi - lo
+            );
             pg.live -= hi - lo;
             if pg.live == 0 {
                 let run = pg.run;
@@ -367,16 +463,31 @@ impl<D: Driver> Commit<D> {
         }
     }
 
-    fn keep_alive_budget(&self) -> u64 {
-        let frac = (self.live as f64 * self.config.keep_alive_fraction) as u64;
-        self.config.keep_alive.max(frac)
+    /// Committed bytes the keep-alive allows (see [`CommitConfig::keep_alive_fraction`]).
+    fn allowed(&self) -> u64 {
+        self.allowed_at(self.live)
+    }
+
+    fn allowed_at(&self, live: u64) -> u64 {
+        let frac = self.config.keep_alive_fraction;
+        let by_peak = (self.peak_live.max(live) as f64 * (1.0 + frac)) as u64;
+        let by_live = live + self.config.keep_alive + (live as f64 * frac) as u64;
+        by_peak.max(by_live)
     }
 
     /// Gives back completed candidates beyond the keep-alive budget (all
     /// completed ones when `force`). Never blocks. Returns bytes given back.
     pub fn collect(&mut self, force: bool) -> u64 {
+        let allowed = if force { 0 } else { self.allowed() };
+        self.release_until(allowed, None)
+    }
+
+    /// Gives back completed candidates, oldest first, until at most `target`
+    /// bytes are committed, sparing runs in pages `spare` (a range about to
+    /// be reused). Never blocks. Returns bytes given back.
+    fn release_until(&mut self, target: u64, spare: Option<(u64, u64)>) -> u64 {
         self.frees_since_collect = 0;
-        if self.queue_head >= self.queue.len() {
+        if self.queue_head >= self.queue.len() || self.committed <= target {
             return 0;
         }
         // Make sure every candidate's stamps have fences, then poll.
@@ -393,15 +504,19 @@ impl<D: Driver> Commit<D> {
             }
         }
         self.streams.poll(&self.driver);
-        let budget = if force { 0 } else { self.keep_alive_budget() };
         let mut freed = 0;
         let mut k = self.queue_head;
-        while k < self.queue.len() && self.candidate_bytes > budget {
+        while k < self.queue.len() && self.candidate_bytes > 0 && self.committed > target {
             let (run, ticket) = self.queue[k];
             k += 1;
             let r = &mut self.runs[run as usize];
             if r.ticket != ticket {
                 continue;
+            }
+            if let Some((a, b)) = spare {
+                if r.first <= b && r.first + r.pages > a {
+                    continue;
+                }
             }
             let streams = &self.streams;
             r.stamps.retain(|s| !streams.done(*s));
@@ -573,7 +688,10 @@ impl<D: Driver> Commit<D> {
             return Err(Error::OutOfMemory(self.oom_report(bytes)));
         }
         let va = self.base + (first << self.shift);
-        let h = self.driver.create(bytes as usize, self.location).inspect_err(|_| self.calls.failed += 1)?;
+        let h = self
+            .driver
+            .create(bytes as usize, self.location)
+            .inspect_err(|_| self.calls.failed += 1)?;
         self.calls.create += 1;
         // SAFETY: the pages are inside our reservation and not mapped (their
         // page-table entries say uncommitted).
@@ -632,7 +750,10 @@ impl<D: Driver> Commit<D> {
             let va = self.base + (r.first << self.shift);
             // SAFETY: the run is one whole mapping of ours; revoking rights is
             // the caller's documented intent (Arena::set_access).
-            unsafe { self.driver.set_access(va, (r.pages << self.shift) as usize, access) }?;
+            unsafe {
+                self.driver
+                    .set_access(va, (r.pages << self.shift) as usize, access)
+            }?;
             self.calls.set_access += 1;
         }
         self.access.clear();
@@ -664,7 +785,11 @@ impl<D: Driver> Commit<D> {
                 if pg.run == NIL {
                     continue;
                 }
-                let state = if pg.live > 0 { PageState::Live } else { PageState::Pending };
+                let state = if pg.live > 0 {
+                    PageState::Live
+                } else {
+                    PageState::Pending
+                };
                 f(c as u64 * CHUNK_PAGES + i as u64, state, pg.live);
             }
         }
@@ -699,7 +824,11 @@ impl<D: Driver> Commit<D> {
                 }
             }
             assert_eq!(lp, r.live_pages, "run {id} live pages");
-            assert_eq!(r.live_pages == 0, r.ticket != 0, "run {id}: candidate iff empty");
+            assert_eq!(
+                r.live_pages == 0,
+                r.ticket != 0,
+                "run {id}: candidate iff empty"
+            );
             if r.ticket != 0 {
                 cand += r.pages << self.shift;
             }

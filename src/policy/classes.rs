@@ -58,7 +58,11 @@ pub const fn class_for(size: u64, align: u64) -> Option<usize> {
         return None;
     }
     let c = class_of(rounded);
-    if SIZES[c] as u64 % align == 0 { Some(c) } else { None }
+    if SIZES[c] as u64 % align == 0 {
+        Some(c)
+    } else {
+        None
+    }
 }
 
 /// Bytes of one slab of class `c` (a power of two, slabs are aligned to it).

@@ -92,7 +92,13 @@ mod tests {
         assert_eq!(g.plan(p + 1, p, 0), Resize::Commit { from: p, to: 2 * p });
         g.committed = 8 * p;
         assert_eq!(g.plan(p, p, 0), Resize::Decommit { from: p, to: 8 * p });
-        assert_eq!(g.plan(p, p, 2 * p), Resize::Decommit { from: 3 * p, to: 8 * p });
+        assert_eq!(
+            g.plan(p, p, 2 * p),
+            Resize::Decommit {
+                from: 3 * p,
+                to: 8 * p
+            }
+        );
         assert_eq!(g.plan(65 << 20, p, 0), Resize::TooLarge);
     }
 }

@@ -235,7 +235,8 @@ impl Slabs {
         let size = classes::SIZES[s.class as usize] as u64;
         let rel = offset - s.offset;
         let i = (rel / size) as u32;
-        (rel % size == 0 && i < s.nobj && s.live[(i / 64) as usize] >> (i % 64) & 1 == 1).then_some(size)
+        (rel % size == 0 && i < s.nobj && s.live[(i / 64) as usize] >> (i % 64) & 1 == 1)
+            .then_some(size)
     }
 
     /// Frees the object at `offset`, freed on stream slot `slot` with `stamp`.
@@ -308,7 +309,11 @@ impl Slabs {
 
     /// Moves deferred objects whose stamp is `done` back to their slabs;
     /// `on_empty(slab_offset, slab_bytes, stamp)` receives slabs that emptied.
-    pub fn drain(&mut self, done: impl Fn(Stamp) -> bool, mut on_empty: impl FnMut(u64, u64, Stamp)) {
+    pub fn drain(
+        &mut self,
+        done: impl Fn(Stamp) -> bool,
+        mut on_empty: impl FnMut(u64, u64, Stamp),
+    ) {
         let mut k = 0;
         while k < self.deferred.len() {
             let (id, i, stamp) = self.deferred[k];
@@ -394,7 +399,11 @@ impl Slabs {
                 s.nobj,
                 "slab {id}: free + live + deferred = objects"
             );
-            assert_eq!(s.in_list, !s.free.is_empty(), "slab {id}: listed iff it has free objects");
+            assert_eq!(
+                s.in_list,
+                !s.free.is_empty(),
+                "slab {id}: listed iff it has free objects"
+            );
             live += s.live_count as u64 * classes::SIZES[s.class as usize] as u64;
         }
         assert_eq!(live, self.live_bytes);
@@ -418,8 +427,14 @@ mod tests {
         s.check_invariants();
         s.add_slab(64 << 10, c, 1);
         let extra = s.alloc(1, c).unwrap();
-        assert_eq!(s.free(offs[3] + 1, 1, Stamp::SAFE), Err(BadPointer::Interior));
-        assert_eq!(s.free(offs[3], 1, Stamp::SAFE), Ok(Freed::Object { size: 112 }));
+        assert_eq!(
+            s.free(offs[3] + 1, 1, Stamp::SAFE),
+            Err(BadPointer::Interior)
+        );
+        assert_eq!(
+            s.free(offs[3], 1, Stamp::SAFE),
+            Ok(Freed::Object { size: 112 })
+        );
         assert_eq!(s.free(offs[3], 1, Stamp::SAFE), Err(BadPointer::DoubleFree));
         s.check_invariants();
         let mut emptied = 0;
@@ -432,7 +447,10 @@ mod tests {
                 emptied += 1;
             }
         }
-        assert_eq!(emptied, 1, "the first slab is given back while another serves");
+        assert_eq!(
+            emptied, 1,
+            "the first slab is given back while another serves"
+        );
         assert!(!s.owns(0));
         s.free(extra, 1, Stamp::SAFE).unwrap();
         s.check_invariants();
