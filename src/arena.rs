@@ -395,17 +395,28 @@ impl<D: Driver> Arena<D> {
         self.free_checked(ptr, None, stream)
     }
 
-    /// Like [`Arena::free_on`], and also checks that `size` is the size the
-    /// block was allocated with (C ABI and PyTorch pass it).
-    pub fn free_sized(&mut self, ptr: DevicePtr, size: u64, stream: Stream) -> Result<()> {
-        self.free_checked(ptr, Some(size), stream)
+    /// Like [`Arena::free_on`], and also checks that `size` and `align` are
+    /// what the block was allocated with (C ABI and PyTorch pass the size).
+    pub fn free_sized(
+        &mut self,
+        ptr: DevicePtr,
+        size: u64,
+        align: u64,
+        stream: Stream,
+    ) -> Result<()> {
+        self.free_checked(ptr, Some((size, align)), stream)
     }
 
     fn bad(ptr: DevicePtr, kind: BadPointer) -> Error {
         Error::BadPointer { addr: ptr, kind }
     }
 
-    fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
+    fn free_checked(
+        &mut self,
+        ptr: DevicePtr,
+        layout: Option<(u64, u64)>,
+        stream: Stream,
+    ) -> Result<()> {
         let off = ptr.wrapping_sub(self.commit.base());
         if off >= self.blocks_size {
             return Err(Self::bad(ptr, BadPointer::Foreign));
@@ -413,8 +424,10 @@ impl<D: Driver> Arena<D> {
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
         if self.slabs.owns(off) {
-            if let (Some(size), Some(have)) = (size, self.slabs.size_of(off)) {
-                if size == 0 || size > have || classes::class_of(size) != classes::class_of(have) {
+            if let (Some((size, align)), Some(have)) = (layout, self.slabs.size_of(off)) {
+                if size == 0
+                    || classes::class_for(size, align.max(1)) != Some(classes::class_of(have))
+                {
                     return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
                 }
             }
@@ -448,7 +461,7 @@ impl<D: Driver> Arena<D> {
             };
             return Err(Self::bad(ptr, kind));
         };
-        if let Some(size) = size {
+        if let Some((size, _)) = layout {
             if size == 0 || self.blocks.round(size) != Some(have) {
                 return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
             }

@@ -521,6 +521,14 @@ pub enum Error {
     /// A configuration string or value was rejected.
     #[error("bad configuration: {0}")]
     Config(&'static str),
+    /// A configuration entry was rejected (the text names it).
+    #[error("bad configuration `{text}`: {what}")]
+    BadConfig {
+        /// What is wrong.
+        what: &'static str,
+        /// The offending text (truncated to 47 bytes).
+        text: ConfigText,
+    },
     /// The arena's address space (its reservation) is full.
     #[error(
         "the arena's reservation of {reserved} bytes is full (requested {requested}); configure a larger reservation"
@@ -540,6 +548,45 @@ pub enum Error {
     /// This operation does not apply to this memory kind or backend.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+}
+
+/// A short piece of configuration text kept inline (errors never allocate).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ConfigText {
+    buf: [u8; 47],
+    len: u8,
+}
+
+impl ConfigText {
+    /// Keeps up to 47 bytes of `s` (cut at a character boundary).
+    pub fn new(s: &str) -> Self {
+        let mut end = s.len().min(47);
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        let mut buf = [0u8; 47];
+        buf[..end].copy_from_slice(&s.as_bytes()[..end]);
+        ConfigText {
+            buf,
+            len: end as u8,
+        }
+    }
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl fmt::Display for ConfigText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Debug for ConfigText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
 }
 
 fn describe_bad(kind: BadPointer) -> &'static str {

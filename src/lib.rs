@@ -27,4 +27,5 @@ pub use policy::Policy;
 pub use stats::{Snapshot, Stats};
 pub mod api;
 pub use api::{DeviceBox, DeviceVec, GrowBuffer, Scratch, ScratchPtr, SharedArena};
+pub mod global;
 pub mod replay;

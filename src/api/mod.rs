@@ -3,6 +3,8 @@
 
 pub mod allocator;
 pub mod device;
+pub mod ffi;
+pub mod global_alloc;
 pub mod grow;
 pub mod scratch;
 

@@ -2,6 +2,7 @@
 
 #[cfg(feature = "cuda")]
 mod cuda_driver;
+mod global_stress;
 #[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;

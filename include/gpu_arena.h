@@ -1,0 +1,56 @@
+/* gpu-arena: a GPU memory allocator over virtual memory management.
+ *
+ * C ABI over the process-wide arenas (one per device). Link with
+ * -lgpu_arena (libgpu_arena.so, built by `cargo build --release`).
+ * No function aborts on bad input: failures return NULL or -1 and set a
+ * thread-local message read with gpu_arena_last_error().
+ *
+ * Configuration: gpu_arena_init("limit:60GiB,keep_alive:256MiB,...") before
+ * the first allocation, or the GPU_ARENA_CONF environment variable. */
+#ifndef GPU_ARENA_H
+#define GPU_ARENA_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Configures the global arenas (conf may be NULL: environment/defaults) and
+ * creates device 0's arena. 0 on success, -1 on error. */
+int gpu_arena_init(const char *conf);
+
+/* size bytes aligned to 512 on `device` for `stream` (a cudaStream_t/
+ * hipStream_t, or NULL for the default stream). NULL on failure. */
+void *gpu_arena_alloc(size_t size, int device, void *stream);
+
+/* Frees ptr (allocated with `size` bytes; 0 = unknown) last used on `stream`.
+ * Foreign, interior and double frees are refused with -1 and change nothing.
+ * 0 on success; freeing NULL does nothing. */
+int gpu_arena_free(void *ptr, size_t size, int device, void *stream);
+
+/* Gives back empty pages whose work completed; returns the bytes given back. */
+uint64_t gpu_arena_trim(int device);
+
+/* Stats of `device` as JSON into buf (cap bytes, NUL-terminated). Returns
+ * the full JSON length (retry with a larger buffer if >= cap), -1 on error. */
+ssize_t gpu_arena_stats_json(int device, char *buf, size_t cap);
+
+/* Peak live and peak committed bytes (either pointer may be NULL). */
+int gpu_arena_peaks(int device, uint64_t *peak_live, uint64_t *peak_committed);
+
+/* The calling thread's last error ("" after a successful call). */
+const char *gpu_arena_last_error(void);
+
+/* PyTorch CUDAPluggableAllocator entry points:
+ *   torch.cuda.memory.CUDAPluggableAllocator("libgpu_arena.so",
+ *       "gpu_arena_torch_alloc", "gpu_arena_torch_free") */
+void *gpu_arena_torch_alloc(ssize_t size, int device, void *stream);
+void gpu_arena_torch_free(void *ptr, ssize_t size, int device, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* GPU_ARENA_H */

@@ -1,0 +1,240 @@
+//! The C ABI (`include/gpu_arena.h`) and the PyTorch `CUDAPluggableAllocator`
+//! entry points, over the process-wide arenas of [`crate::global`].
+//!
+//! No function panics or unwinds across the boundary (`catch_unwind`);
+//! failures return null or a negative status and set a thread-local last
+//! error, read with [`gpu_arena_last_error`].
+
+use core::cell::RefCell;
+use core::ffi::{c_char, c_int, c_void};
+use std::ffi::CStr;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use crate::driver::{DevicePtr, Stream};
+use crate::error::{Error, Result};
+use crate::global::{self, GlobalConfig};
+
+/// Bytes kept of the last error message (including the NUL).
+const ERR_LEN: usize = 512;
+
+thread_local! {
+    static LAST_ERROR: RefCell<[u8; ERR_LEN]> = const { RefCell::new([0; ERR_LEN]) };
+}
+
+struct Buf<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+}
+
+impl core::fmt::Write for Buf<'_> {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        let room = self.buf.len().saturating_sub(1 + self.len);
+        let n = s.len().min(room);
+        self.buf[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+        self.len += n;
+        Ok(())
+    }
+}
+
+fn set_error(e: &dyn core::fmt::Display) {
+    let _ = LAST_ERROR.try_with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            let mut w = Buf {
+                buf: &mut b[..],
+                len: 0,
+            };
+            let _ = core::fmt::write(&mut w, format_args!("{e}"));
+            let end = w.len;
+            b[end] = 0;
+        }
+    });
+}
+
+fn clear_error() {
+    let _ = LAST_ERROR.try_with(|b| {
+        if let Ok(mut b) = b.try_borrow_mut() {
+            b[0] = 0;
+        }
+    });
+}
+
+/// Runs `f`, turning errors and panics into `fail` and a last error.
+fn guard<T>(fail: T, f: impl FnOnce() -> Result<T>) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => {
+            clear_error();
+            v
+        }
+        Ok(Err(e)) => {
+            set_error(&e);
+            fail
+        }
+        Err(_) => {
+            set_error(&"internal panic in gpu-arena (a bug; please report it)");
+            fail
+        }
+    }
+}
+
+fn device(d: c_int) -> Result<u32> {
+    u32::try_from(d).map_err(|_| Error::Config("device ordinal must not be negative"))
+}
+
+/// Configures the global arenas from a `GPU_ARENA_CONF`-style string (NULL:
+/// the environment / defaults). Call before the first allocation.
+/// Returns 0, or -1 with the last error set.
+///
+/// # Safety
+/// `conf` is NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_init(conf: *const c_char) -> c_int {
+    guard(-1, || {
+        let c = if conf.is_null() {
+            GlobalConfig::from_env()?
+        } else {
+            // SAFETY: the caller passes a NUL-terminated string.
+            let s = unsafe { CStr::from_ptr(conf) };
+            GlobalConfig::parse(
+                s.to_str()
+                    .map_err(|_| Error::Config("configuration is not UTF-8"))?,
+            )?
+        };
+        global::configure(c)?;
+        global::arena(0)?;
+        Ok(0)
+    })
+}
+
+/// Allocates `size` bytes (aligned to 512) on `device` for `stream`.
+/// Returns NULL with the last error set on failure (zero size included).
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) -> *mut c_void {
+    guard(core::ptr::null_mut(), || {
+        let a = global::arena(device(dev)?)?;
+        let p = a.alloc(size as u64, 512, Stream(stream as u64))?;
+        Ok(p as *mut c_void)
+    })
+}
+
+/// Frees `ptr` (allocated with `size` bytes on `device`), last used on
+/// `stream`. Foreign, interior and double frees are refused: returns -1 with
+/// the last error set and changes nothing. Returns 0 on success; NULL is a no-op.
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_free(
+    ptr: *mut c_void,
+    size: usize,
+    dev: c_int,
+    stream: *mut c_void,
+) -> c_int {
+    if ptr.is_null() {
+        return 0;
+    }
+    guard(-1, || {
+        let a = global::arena(device(dev)?)?;
+        a.free(
+            ptr as DevicePtr,
+            (size > 0).then_some((size as u64, 512)),
+            Stream(stream as u64),
+        )?;
+        Ok(0)
+    })
+}
+
+/// Gives back every empty page of `device` whose fences completed. Returns
+/// the bytes given back (0 on error, with the last error set).
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_trim(dev: c_int) -> u64 {
+    guard(0, || Ok(global::arena(device(dev)?)?.trim()))
+}
+
+/// Writes the stats of `device` as JSON into `buf` (at most `cap` bytes,
+/// NUL-terminated when `cap > 0`). Returns the length of the whole JSON text
+/// (excluding the NUL), so a caller can retry with a larger buffer; -1 on
+/// error.
+///
+/// # Safety
+/// `buf` is NULL (with `cap == 0`) or valid for `cap` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_stats_json(dev: c_int, buf: *mut c_char, cap: usize) -> isize {
+    guard(-1, || {
+        let json = global::arena(device(dev)?)?.stats_json();
+        if !buf.is_null() && cap > 0 {
+            let n = json.len().min(cap - 1);
+            // SAFETY: the caller guarantees buf is valid for cap bytes; n < cap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(json.as_ptr(), buf as *mut u8, n);
+                *buf.add(n) = 0;
+            }
+        }
+        Ok(json.len() as isize)
+    })
+}
+
+/// Peak live and peak committed bytes of `device` (either pointer may be
+/// NULL). Returns 0, or -1 with the last error set.
+///
+/// # Safety
+/// Non-NULL pointers are valid for one write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_peaks(
+    dev: c_int,
+    peak_live: *mut u64,
+    peak_committed: *mut u64,
+) -> c_int {
+    guard(-1, || {
+        let s = global::arena(device(dev)?)?.stats();
+        // SAFETY: the caller guarantees non-null pointers are writable.
+        unsafe {
+            if !peak_live.is_null() {
+                *peak_live = s.peak_live;
+            }
+            if !peak_committed.is_null() {
+                *peak_committed = s.peak_committed;
+            }
+        }
+        Ok(0)
+    })
+}
+
+/// The calling thread's last error message ("" if the last call succeeded).
+/// Valid until the next gpu-arena call on this thread.
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_last_error() -> *const c_char {
+    LAST_ERROR
+        .try_with(|b| b.as_ptr() as *const c_char)
+        .unwrap_or(c"gpu-arena: thread is exiting".as_ptr())
+}
+
+/// PyTorch `CUDAPluggableAllocator` allocation entry point:
+/// `void* alloc(ssize_t size, int device, cudaStream_t stream)`.
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_torch_alloc(
+    size: isize,
+    dev: c_int,
+    stream: *mut c_void,
+) -> *mut c_void {
+    if size <= 0 {
+        set_error(&Error::ZeroSize);
+        return core::ptr::null_mut();
+    }
+    gpu_arena_alloc(size as usize, dev, stream)
+}
+
+/// PyTorch `CUDAPluggableAllocator` free entry point:
+/// `void free(void* ptr, ssize_t size, int device, cudaStream_t stream)`.
+/// A refused pointer is reported on stderr (PyTorch ignores return values).
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_torch_free(
+    ptr: *mut c_void,
+    size: isize,
+    dev: c_int,
+    stream: *mut c_void,
+) {
+    if gpu_arena_free(ptr, size.max(0) as usize, dev, stream) != 0 {
+        let _ = catch_unwind(|| {
+            // SAFETY: gpu_arena_last_error returns a NUL-terminated buffer.
+            let msg = unsafe { CStr::from_ptr(gpu_arena_last_error()) };
+            eprintln!("gpu-arena: free refused: {}", msg.to_string_lossy());
+        });
+    }
+}

@@ -1,0 +1,118 @@
+//! Many threads allocate, fill, hand blocks to other threads, which check
+//! and free them: thread caches, shards and cross-thread frees under load.
+
+use std::sync::mpsc;
+
+use gpu_arena::driver::Stream;
+use gpu_arena::driver::system::Select;
+use gpu_arena::global::{GlobalArena, GlobalConfig};
+
+fn rng(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn pattern(id: u64, i: usize) -> u8 {
+    (id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ i as u8
+}
+
+#[test]
+fn threads_allocate_and_free_across_threads() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        shards: 4,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 3000;
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS)
+        .map(|_| mpsc::channel::<(u64, usize, u64)>())
+        .unzip();
+    let mut handles = Vec::new();
+    for (t, rx) in rxs.into_iter().enumerate() {
+        let next = txs[(t + 1) % THREADS].clone();
+        handles.push(std::thread::spawn(move || {
+            let mut s = 0x1234_5678 ^ ((t as u64 + 1) * 0x9E37);
+            let mut mine = Vec::new();
+            for r in 0..ROUNDS {
+                let size = match rng(&mut s) % 10 {
+                    0 => 64 << 10,
+                    1 => (rng(&mut s) % (3 << 20)) as usize + 1,
+                    _ => (rng(&mut s) % 2048) as usize + 1,
+                };
+                let id = (t * ROUNDS + r) as u64;
+                let p = arena.alloc(size as u64, 16, Stream::DEFAULT).unwrap();
+                // SAFETY: host backend: the block is host memory of `size` bytes.
+                let bytes = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, size) };
+                for (i, b) in bytes.iter_mut().enumerate().step_by(61) {
+                    *b = pattern(id, i);
+                }
+                if rng(&mut s) % 2 != 0 || next.send((p, size, id)).is_err() {
+                    mine.push((p, size, id));
+                }
+                // Free what other threads handed over, after checking it.
+                while let Ok((p, size, id)) = rx.try_recv() {
+                    mine.push((p, size, id));
+                }
+                if mine.len() > 64 || r == ROUNDS - 1 {
+                    for (p, size, id) in mine.drain(..) {
+                        // SAFETY: as above; nobody else holds the block.
+                        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+                        for (i, b) in bytes.iter().enumerate().step_by(61) {
+                            assert_eq!(*b, pattern(id, i), "block {id} corrupted at {i}");
+                        }
+                        arena
+                            .free(p, Some((size as u64, 16)), Stream::DEFAULT)
+                            .unwrap();
+                    }
+                }
+            }
+            drop(next);
+            // Drain late arrivals.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            while let Ok((p, _, _)) = rx.try_recv() {
+                arena.free(p, None, Stream::DEFAULT).unwrap();
+            }
+        }));
+    }
+    drop(txs);
+    for h in handles {
+        h.join().unwrap();
+    }
+    // Threads exited: their caches were given back. Blocks sent after a
+    // receiver finished draining are freed by nobody; count them.
+    let s = arena.stats();
+    assert!(s.allocs >= (THREADS * ROUNDS) as u64);
+    assert!(s.peak_live > 0 && s.committed >= s.live);
+    let leftover_live = s.live;
+    assert!(
+        leftover_live < 64 << 20,
+        "only blocks sent after the receiver stopped may stay live: {leftover_live}"
+    );
+}
+
+#[test]
+fn bad_pointers_are_refused_by_the_global_arena() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let p = arena.alloc(1 << 20, 512, Stream::DEFAULT).unwrap();
+    let x = 0u64;
+    assert!(
+        arena
+            .free(&x as *const u64 as u64, None, Stream::DEFAULT)
+            .is_err()
+    );
+    assert!(arena.free(p + 512, None, Stream::DEFAULT).is_err());
+    assert!(arena.free(p, Some((4096, 512)), Stream::DEFAULT).is_err());
+    arena
+        .free(p, Some((1 << 20, 512)), Stream::DEFAULT)
+        .unwrap();
+    assert!(arena.free(p, None, Stream::DEFAULT).is_err());
+    assert_eq!(arena.stats().large.blocks, 0);
+}

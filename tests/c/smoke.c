@@ -1,0 +1,48 @@
+/* Drives the C ABI: init, alloc, write, free, bad frees, stats, trim. */
+#include <stdio.h>
+#include <string.h>
+#include "gpu_arena.h"
+
+#define CHECK(c) do { if (!(c)) { fprintf(stderr, "FAIL %s:%d: %s (last error: %s)\n", __FILE__, __LINE__, #c, gpu_arena_last_error()); return 1; } } while (0)
+
+int main(void) {
+    CHECK(gpu_arena_init("backend:host,limit:1GiB,report:1") == 0);
+    char *small = gpu_arena_alloc(100, 0, NULL);
+    char *large = gpu_arena_alloc(3 << 20, 0, NULL);
+    CHECK(small && large);
+    CHECK(((uintptr_t)small % 512) == 0 && ((uintptr_t)large % 512) == 0);
+    memset(small, 0xab, 100); /* host backend: the CPU may touch it */
+    memset(large, 0xcd, 3 << 20);
+    CHECK(small[99] == (char)0xab && large[(3 << 20) - 1] == (char)0xcd);
+
+    /* zero size, foreign, interior and double frees are refused */
+    CHECK(gpu_arena_alloc(0, 0, NULL) == NULL);
+    CHECK(strstr(gpu_arena_last_error(), "zero") != NULL);
+    int local = 0;
+    CHECK(gpu_arena_free(&local, 4, 0, NULL) == -1);
+    CHECK(strstr(gpu_arena_last_error(), "not allocated by this arena") != NULL);
+    CHECK(gpu_arena_free(large + 4096, 0, 0, NULL) == -1);
+    CHECK(strstr(gpu_arena_last_error(), "inside a block") != NULL);
+    CHECK(gpu_arena_free(large, 3 << 20, 0, NULL) == 0);
+    CHECK(gpu_arena_free(large, 3 << 20, 0, NULL) == -1);
+    CHECK(strstr(gpu_arena_last_error(), "already freed") != NULL);
+    CHECK(gpu_arena_free(small, 100, 0, NULL) == 0);
+    CHECK(gpu_arena_free(NULL, 0, 0, NULL) == 0);
+    CHECK(gpu_arena_alloc(1, -1, NULL) == NULL);
+
+    /* PyTorch entry points */
+    void *t = gpu_arena_torch_alloc(1 << 20, 0, NULL);
+    CHECK(t != NULL);
+    gpu_arena_torch_free(t, 1 << 20, 0, NULL);
+
+    char json[4096];
+    ssize_t n = gpu_arena_stats_json(0, json, sizeof json);
+    CHECK(n > 0 && n < (ssize_t)sizeof json);
+    CHECK(strstr(json, "\"peak_live\"") != NULL);
+    uint64_t peak_live = 0, peak_committed = 0;
+    CHECK(gpu_arena_peaks(0, &peak_live, &peak_committed) == 0);
+    CHECK(peak_live >= (3 << 20) && peak_committed >= peak_live);
+    gpu_arena_trim(0);
+    printf("c abi ok: peak live %llu, peak committed %llu\n", (unsigned long long)peak_live, (unsigned long long)peak_committed);
+    return 0;
+}
