@@ -152,6 +152,9 @@ pub struct Commit<D: Driver> {
     candidate_bytes: u64,
     calls: DriverCalls,
     frees_since_collect: u32,
+    /// Every run was given back by `sleep`; pages keep their live bytes.
+    /// Invariant: when false, `live > 0` implies the page has a run.
+    asleep: bool,
 }
 
 impl<D: Driver> core::fmt::Debug for Commit<D> {
@@ -203,6 +206,7 @@ impl<D: Driver> Commit<D> {
             candidate_bytes: 0,
             calls: DriverCalls::default(),
             frees_since_collect: 0,
+            asleep: false,
         }
     }
 
@@ -833,28 +837,118 @@ impl<D: Driver> Commit<D> {
                 cand += r.pages << self.shift;
             }
         }
-        self.for_each_page(|_, _, l| live += l);
+        for (c, chunk) in self.dir.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for (i, pg) in chunk.iter().enumerate() {
+                live += pg.live;
+                if !self.asleep {
+                    assert!(pg.live == 0 || pg.run != NIL, "page {} live without a run", c * CHUNK_PAGES as usize + i);
+                }
+            }
+        }
         assert_eq!(committed, self.committed);
         assert_eq!(cand, self.candidate_bytes);
         assert_eq!(live, self.live);
-        assert!(self.committed >= self.live);
+        assert!(self.asleep || self.committed >= self.live);
     }
 
     /// Gives every run back and drops the fences (arena teardown). Only call
     /// when nothing uses the memory any more.
     pub fn release_all(&mut self) {
         self.streams.clear(&self.driver);
+        self.decommit_everything();
+    }
+
+    /// Decommits a run whatever its state (sleep, teardown, rollback).
+    fn force_decommit(&mut self, id: u32) -> u64 {
+        if self.runs[id as usize].ticket == 0 {
+            self.runs[id as usize].ticket = u64::MAX;
+            self.candidate_bytes += self.runs[id as usize].pages << self.shift;
+        }
+        self.decommit(id)
+    }
+
+    fn decommit_everything(&mut self) -> u64 {
+        let mut bytes = 0;
         for id in 0..self.runs.len() as u32 {
             if self.runs[id as usize].used {
-                if self.runs[id as usize].ticket == 0 {
-                    self.runs[id as usize].ticket = u64::MAX;
-                    self.candidate_bytes += self.runs[id as usize].pages << self.shift;
-                }
-                self.decommit(id);
+                bytes += self.force_decommit(id);
             }
         }
         self.queue.clear();
         self.queue_head = 0;
+        bytes
+    }
+
+    /// Whether the pages are asleep (given back, live bytes kept).
+    pub fn is_asleep(&self) -> bool {
+        self.asleep
+    }
+
+    /// Contiguous ranges of pages with live bytes: (first page, pages).
+    pub fn live_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for (c, chunk) in self.dir.iter().enumerate() {
+            let Some(chunk) = chunk else { continue };
+            for (i, pg) in chunk.iter().enumerate() {
+                if pg.live == 0 {
+                    continue;
+                }
+                let p = c as u64 * CHUNK_PAGES + i as u64;
+                match out.last_mut() {
+                    Some((f, n)) if *f + *n == p => *n += 1,
+                    _ => out.push((p, 1)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Gives back every physical page while keeping the page table's live
+    /// bytes: the addresses stay reserved and the pages read as asleep.
+    /// Callers make sure no work uses the memory (they waited on the fences
+    /// of its streams). Returns the bytes given back.
+    pub fn sleep(&mut self) -> u64 {
+        let bytes = self.decommit_everything();
+        self.asleep = true;
+        bytes
+    }
+
+    /// Recommits every page with live bytes at the same addresses, in runs
+    /// of contiguous pages (up to `max_run`). On failure, gives back what it
+    /// made and stays asleep. Returns the bytes committed.
+    pub fn wake(&mut self) -> Result<u64> {
+        if !self.asleep {
+            return Ok(0);
+        }
+        let max_pages = self.config.max_run >> self.shift;
+        let mut made: Vec<u32> = Vec::new();
+        let mut bytes = 0;
+        for (first, pages) in self.live_ranges() {
+            let mut p = first;
+            while p < first + pages {
+                let n = max_pages.min(first + pages - p);
+                match self.commit_run(p, n) {
+                    Ok(run) => {
+                        self.runs[run as usize].live_pages = n;
+                        made.push(run);
+                        bytes += n << self.shift;
+                    }
+                    Err(e) => {
+                        for run in made {
+                            self.runs[run as usize].live_pages = 0;
+                            self.force_decommit(run);
+                        }
+                        self.queue.clear();
+                        self.queue_head = 0;
+                        return Err(e);
+                    }
+                }
+                p += n;
+            }
+        }
+        self.asleep = false;
+        Ok(bytes)
     }
 }
 
