@@ -269,6 +269,14 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         );
     }
 
+    /// Checks a release without recording it.
+    pub fn check_release(&self, h: H) -> core::result::Result<(), Refusal> {
+        match self.handles.get(&h) {
+            Some(s) if !s.released => Ok(()),
+            _ => Err((ErrorKind::InvalidValue, Reason::UnknownHandle)),
+        }
+    }
+
     /// Checks and records a release. `Ok(true)`: the memory goes back now.
     pub fn release(&mut self, h: H) -> core::result::Result<bool, Refusal> {
         match self.handles.get_mut(&h) {
@@ -401,6 +409,11 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         Ok(first..i)
     }
 
+    /// Checks an unmap without recording it.
+    pub fn check_unmap(&self, va: u64, size: u64) -> core::result::Result<(), Refusal> {
+        self.mappings_within(va, size).map(|_| ())
+    }
+
     /// Checks and records an unmap; `on_freed` is called for each handle whose
     /// memory goes back now (released and no mapping left).
     ///
@@ -435,6 +448,24 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         access: &[Access],
         mut on_changed: impl FnMut(&Mapping<H>),
     ) -> core::result::Result<(), Refusal> {
+        let range = self.check_set_access(va, size, access)?;
+        for m in &mut self.mappings[range] {
+            for a in access {
+                m.rights.apply(a);
+            }
+            on_changed(m);
+        }
+        Ok(())
+    }
+
+    /// Checks an access change without recording it; the indices of the
+    /// mappings it covers.
+    pub fn check_set_access(
+        &self,
+        va: u64,
+        size: u64,
+        access: &[Access],
+    ) -> core::result::Result<core::ops::Range<usize>, Refusal> {
         if access.is_empty() {
             return Err((ErrorKind::InvalidValue, Reason::ZeroSize));
         }
@@ -455,13 +486,7 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         {
             return Err((ErrorKind::NotSupported, Reason::HostAccessToDeviceMemory));
         }
-        for m in &mut self.mappings[range] {
-            for a in access {
-                m.rights.apply(a);
-            }
-            on_changed(m);
-        }
-        Ok(())
+        Ok(range)
     }
 
     /// The rights of `accessor` on the mapping containing `va`.
