@@ -224,6 +224,8 @@ pub enum Reason {
     Injected,
     /// The operation is not available on this backend.
     Unavailable,
+    /// A host (CPU) accessor for device-located memory.
+    HostAccessToDeviceMemory,
 }
 
 impl Reason {
@@ -266,6 +268,9 @@ impl Reason {
             ),
             Reason::Injected => f.write_str("fault injected by the checked driver (tests)"),
             Reason::Unavailable => f.write_str("this backend does not offer the operation"),
+            Reason::HostAccessToDeviceMemory => f.write_str(
+                "device memory cannot be mapped for the CPU; create the handle at Location::Host for CPU access",
+            ),
         }
     }
 }

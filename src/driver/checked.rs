@@ -473,19 +473,15 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         let mut st = self.lock();
         self.pre(&mut st, Op::Release, 0, 0)?;
         let size = st.vm.handle(handle).map_or(0, |s| s.size);
-        let before = st.vm.handle(handle).copied();
-        if let Err(r) = st.vm.release(handle) {
+        if let Err(r) = st.vm.check_release(handle) {
             return Err(self.refuse(&mut st, Op::Release, 0, size, r));
         }
         let r = self.inner.release(handle);
         self.done(&mut st, Op::Release, 0, size, &r);
-        if r.is_err() {
-            if let Some(b) = before {
-                // Undo: the handle is still live as it was.
-                if b.mappings == 0 {
-                    st.vm.add_handle(handle, b.size, b.location);
-                }
-            }
+        // Recorded only once the driver agreed: a failed release leaves the
+        // handle live (and releasable again), mapped or not.
+        if r.is_ok() {
+            let _ = st.vm.release(handle);
         }
         r
     }
@@ -516,24 +512,32 @@ unsafe impl<D: Driver> Driver for Checked<D> {
     unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
         let mut st = self.lock();
         self.pre(&mut st, Op::Unmap, va, size as u64)?;
-        if let Err(r) = st.vm.unmap(va, size as u64, |_, _| {}) {
+        if let Err(r) = st.vm.check_unmap(va, size as u64) {
             return Err(self.refuse(&mut st, Op::Unmap, va, size as u64, r));
         }
         // SAFETY: forwarded under the caller's guarantees, checked above.
         let r = unsafe { self.inner.unmap(va, size) };
         self.done(&mut st, Op::Unmap, va, size as u64, &r);
+        // Recorded only once the driver agreed: after a failed unmap the
+        // mappings (and the handles they keep alive) are still there.
+        if r.is_ok() {
+            let _ = st.vm.unmap(va, size as u64, |_, _| {});
+        }
         r
     }
 
     unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
         let mut st = self.lock();
         self.pre(&mut st, Op::SetAccess, va, size as u64)?;
-        if let Err(r) = st.vm.set_access(va, size as u64, access, |_| {}) {
+        if let Err(r) = st.vm.check_set_access(va, size as u64, access) {
             return Err(self.refuse(&mut st, Op::SetAccess, va, size as u64, r));
         }
         // SAFETY: forwarded under the caller's guarantees, checked above.
         let r = unsafe { self.inner.set_access(va, size, access) };
         self.done(&mut st, Op::SetAccess, va, size as u64, &r);
+        if r.is_ok() {
+            let _ = st.vm.set_access(va, size as u64, access, |_| {});
+        }
         r
     }
 

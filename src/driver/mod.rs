@@ -17,7 +17,8 @@
 //!   are multiples of the granularity and lie inside one reservation that this
 //!   driver returned;
 //! - `map` takes a whole handle at offset 0 into an unmapped range;
-//! - `unmap` and `set_access` cover whole mappings only (no partial unmap);
+//! - `unmap` and `set_access` never cut a mapping in two (no partial unmap);
+//!   `unmap` may cover holes (as on CUDA), `set_access` may not;
 //! - `free_reservation` names a whole reservation with no mappings left.
 //!
 //! Backends return the same [`ErrorKind`](crate::ErrorKind) for the same
@@ -189,7 +190,9 @@ pub unsafe trait Driver: Send + Sync {
         handle: Self::Handle,
     ) -> Result<()>;
 
-    /// Unmaps whole mappings covering exactly `va..va + size`.
+    /// Unmaps every mapping inside `va..va + size`, a range of one
+    /// reservation that cuts no mapping in two. Holes are allowed, and a range
+    /// with nothing mapped is a no-op (as on CUDA).
     ///
     /// # Safety
     /// Callers: nothing (no host reference, no queued device work) will touch

@@ -7,7 +7,26 @@
 //! real driver. It changes nothing when it refuses.
 //!
 //! Order of checks (first failing wins), as observed on CUDA 13 / driver 580:
-//! see `docs/conformance.md` for each rule and the code seen.
+//! see `docs/conformance.md` for each rule and the code seen. The codes were
+//! probed on an H100 (`research/vmm-probe-h100.md`):
+//!
+//! - `map` with a nonzero offset, or a size other than the handle's (smaller,
+//!   larger or not even granular), is NOT_SUPPORTED; everything else it refuses
+//!   (size 0, unaligned address, outside a reservation, over a mapping, a
+//!   stale handle) is INVALID_VALUE;
+//! - `unmap` is lenient: any granular range of one reservation that cuts no
+//!   mapping in two succeeds, holes and already-unmapped ranges included;
+//! - `set_access` is strict (whole mappings only, INVALID_VALUE otherwise),
+//!   and a host accessor on device-located memory is NOT_SUPPORTED;
+//! - `reserve` accepts any power-of-two alignment (below the granularity it
+//!   is the granularity);
+//! - `get_access` for a device that does not exist is an invalid device
+//!   (INVALID_VALUE kind).
+//!
+//! Where the H100 is looser than this (a `map` or `unmap` that starts inside
+//! a reservation and runs past its end succeeds there, and a stale handle
+//! crashes the process), the rules here refuse with INVALID_VALUE: callers
+//! must never rely on either.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use core::hash::Hash;
@@ -178,7 +197,9 @@ impl<H: Copy + Eq + Hash> VmState<H> {
     /// Checks a reservation request.
     pub fn check_reserve(&self, size: u64, align: u64) -> core::result::Result<(), Refusal> {
         self.sized(size)?;
-        if align != 0 && (!align.is_power_of_two() || align % self.granularity != 0) {
+        // Any power of two is accepted (CUDA: 4096 < granularity succeeds and
+        // is rounded up); 3 granules is refused.
+        if align != 0 && !align.is_power_of_two() {
             return Err((
                 ErrorKind::InvalidValue,
                 Reason::NotGranular {
@@ -248,6 +269,14 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         );
     }
 
+    /// Checks a release without recording it.
+    pub fn check_release(&self, h: H) -> core::result::Result<(), Refusal> {
+        match self.handles.get(&h) {
+            Some(s) if !s.released => Ok(()),
+            _ => Err((ErrorKind::InvalidValue, Reason::UnknownHandle)),
+        }
+    }
+
     /// Checks and records a release. `Ok(true)`: the memory goes back now.
     pub fn release(&mut self, h: H) -> core::result::Result<bool, Refusal> {
         match self.handles.get_mut(&h) {
@@ -280,7 +309,11 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         offset: u64,
         h: H,
     ) -> core::result::Result<(), Refusal> {
-        self.sized(size)?;
+        // A nonzero size that is not granular cannot equal the handle's size:
+        // CUDA calls that NOT_SUPPORTED (size mismatch below), not INVALID_VALUE.
+        if size == 0 {
+            return Err((ErrorKind::InvalidValue, Reason::ZeroSize));
+        }
         self.granular(va)?;
         if self.reservation_of(va, size).is_none() {
             return Err((ErrorKind::InvalidValue, Reason::OutsideReservation));
@@ -292,7 +325,7 @@ impl<H: Copy + Eq + Hash> VmState<H> {
             return Err((ErrorKind::NotSupported, Reason::NonzeroOffset));
         }
         if size != state.size {
-            return Err((ErrorKind::InvalidValue, Reason::SizeMismatch));
+            return Err((ErrorKind::NotSupported, Reason::SizeMismatch));
         }
         let end = va + size;
         if self
@@ -316,6 +349,32 @@ impl<H: Copy + Eq + Hash> VmState<H> {
             s.mappings += 1;
         }
         Ok(())
+    }
+
+    /// The indices of the mappings inside `va..va+size`, a granular range of
+    /// one reservation that cuts no mapping in two (holes allowed).
+    fn mappings_within(
+        &self,
+        va: u64,
+        size: u64,
+    ) -> core::result::Result<core::ops::Range<usize>, Refusal> {
+        self.sized(size)?;
+        self.granular(va)?;
+        let end = va
+            .checked_add(size)
+            .ok_or((ErrorKind::InvalidValue, Reason::Overflow))?;
+        if self.reservation_of(va, size).is_none() {
+            return Err((ErrorKind::InvalidValue, Reason::OutsideReservation));
+        }
+        let first = self.mappings.partition_point(|m| m.va + m.size <= va);
+        let last = self.mappings.partition_point(|m| m.va < end);
+        if self.mappings[first..last]
+            .iter()
+            .any(|m| m.va < va || m.va + m.size > end)
+        {
+            return Err((ErrorKind::InvalidValue, Reason::PartialMapping));
+        }
+        Ok(first..last)
     }
 
     /// The indices of the mappings that exactly tile `va..va+size`.
@@ -350,15 +409,23 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         Ok(first..i)
     }
 
+    /// Checks an unmap without recording it.
+    pub fn check_unmap(&self, va: u64, size: u64) -> core::result::Result<(), Refusal> {
+        self.mappings_within(va, size).map(|_| ())
+    }
+
     /// Checks and records an unmap; `on_freed` is called for each handle whose
     /// memory goes back now (released and no mapping left).
+    ///
+    /// Lenient, as on CUDA: the range must lie in one reservation and cut no
+    /// mapping in two; it may hold holes or no mapping at all (a no-op).
     pub fn unmap(
         &mut self,
         va: u64,
         size: u64,
         mut on_freed: impl FnMut(H, &HandleState),
     ) -> core::result::Result<(), Refusal> {
-        let range = self.whole_mappings(va, size)?;
+        let range = self.mappings_within(va, size)?;
         for m in self.mappings.drain(range) {
             if let Some(s) = self.handles.get_mut(&m.handle) {
                 s.mappings -= 1;
@@ -381,6 +448,24 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         access: &[Access],
         mut on_changed: impl FnMut(&Mapping<H>),
     ) -> core::result::Result<(), Refusal> {
+        let range = self.check_set_access(va, size, access)?;
+        for m in &mut self.mappings[range] {
+            for a in access {
+                m.rights.apply(a);
+            }
+            on_changed(m);
+        }
+        Ok(())
+    }
+
+    /// Checks an access change without recording it; the indices of the
+    /// mappings it covers.
+    pub fn check_set_access(
+        &self,
+        va: u64,
+        size: u64,
+        access: &[Access],
+    ) -> core::result::Result<core::ops::Range<usize>, Refusal> {
         if access.is_empty() {
             return Err((ErrorKind::InvalidValue, Reason::ZeroSize));
         }
@@ -391,13 +476,17 @@ impl<H: Copy + Eq + Hash> VmState<H> {
             return Err((ErrorKind::InvalidValue, Reason::NoSuchDevice));
         }
         let range = self.whole_mappings(va, size)?;
-        for m in &mut self.mappings[range] {
-            for a in access {
-                m.rights.apply(a);
-            }
-            on_changed(m);
+        // CUDA: device memory can never be mapped for the CPU.
+        if access.iter().any(|a| a.location == Location::Host)
+            && self.mappings[range.clone()].iter().any(|m| {
+                self.handles
+                    .get(&m.handle)
+                    .is_some_and(|s| s.location != Location::Host)
+            })
+        {
+            return Err((ErrorKind::NotSupported, Reason::HostAccessToDeviceMemory));
         }
-        Ok(())
+        Ok(range)
     }
 
     /// The rights of `accessor` on the mapping containing `va`.
@@ -406,6 +495,9 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         va: u64,
         accessor: Location,
     ) -> core::result::Result<AccessMode, Refusal> {
+        if matches!(accessor, Location::Device(d) if d >= self.device_count) {
+            return Err((ErrorKind::InvalidValue, Reason::NoSuchDevice));
+        }
         self.mapping_at(va)
             .map(|m| m.rights.mode(accessor))
             .ok_or((ErrorKind::InvalidValue, Reason::NotMapped))

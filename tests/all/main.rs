@@ -2,6 +2,7 @@
 
 #[cfg(feature = "cuda")]
 mod cuda_driver;
+mod driver_model;
 mod global_stress;
 #[cfg(feature = "hip")]
 mod hip_driver;
