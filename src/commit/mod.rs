@@ -842,7 +842,11 @@ impl<D: Driver> Commit<D> {
             for (i, pg) in chunk.iter().enumerate() {
                 live += pg.live;
                 if !self.asleep {
-                    assert!(pg.live == 0 || pg.run != NIL, "page {} live without a run", c * CHUNK_PAGES as usize + i);
+                    assert!(
+                        pg.live == 0 || pg.run != NIL,
+                        "page {} live without a run",
+                        c * CHUNK_PAGES as usize + i
+                    );
                 }
             }
         }
