@@ -22,7 +22,7 @@
 
 use crate::commit::{Commit, CommitConfig};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
-use crate::error::{BadPointer, Error, Result};
+use crate::error::{BadPointer, Error, OomReport, PolicyUsage, Result};
 use crate::policy::large::Large;
 use crate::policy::slab::{Freed, Slabs};
 use crate::policy::{Policy, Stamp, classes};
@@ -92,6 +92,68 @@ pub struct Arena<D: Driver> {
     fallback: Option<u64>,
     /// Policy of each buffer by offset in the buffers region.
     buffer_kinds: crate::MetaMap<u64, Policy>,
+    /// Tag index reported in errors.
+    tag: u32,
+    /// Set while asleep: the pages were given back.
+    sleeping: Option<Sleeping<D::Handle>>,
+}
+
+/// How [`Arena::sleep`] treats the contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepMode {
+    /// Contents are dropped; woken pages read as zero on the host backend
+    /// and unspecified on GPUs.
+    Discard,
+    /// Contents are copied to pinned host memory first and restored on wake.
+    Offload,
+}
+
+/// What a sleep or wake did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SleepReport {
+    /// Physical bytes given back (sleep) or recommitted (wake).
+    pub bytes: u64,
+    /// Bytes copied to or from pinned host memory.
+    pub copied: u64,
+    /// Seconds spent copying (including the wait on the copy's fence).
+    pub copy_seconds: f64,
+    /// Seconds spent in driver map/unmap work.
+    pub vmm_seconds: f64,
+}
+
+/// Pinned host memory holding an asleep arena's contents.
+struct Stage<H> {
+    va: DevicePtr,
+    size: u64,
+    handle: H,
+    /// (offset in the reservation, length, offset in the stage)
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+struct Sleeping<H> {
+    mode: SleepMode,
+    stage: Option<Stage<H>>,
+}
+
+/// Exact accounting for engines sizing their caches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Accounting {
+    /// Bytes in live blocks.
+    pub live: u64,
+    /// Physical bytes committed.
+    pub committed: u64,
+    /// Committed bytes that `trim()` would give back now (completed empty runs).
+    pub reclaimable: u64,
+    /// Committed empty bytes still waiting on fences.
+    pub pending: u64,
+    /// The commit limit (`u64::MAX`: none).
+    pub limit: u64,
+    /// The largest block that can be allocated now without committing new
+    /// physical memory (a free span lying on committed pages).
+    pub largest_free_committed: u64,
+    /// Whether the arena is asleep (committed is then 0).
+    pub asleep: bool,
 }
 
 impl<D: Driver> core::fmt::Debug for Arena<D> {
@@ -217,6 +279,8 @@ impl<D: Driver> Arena<D> {
             config,
             fallback: fell_back.then_some(size),
             buffer_kinds: crate::MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            tag: 0,
+            sleeping: None,
         })
     }
 
@@ -292,13 +356,18 @@ impl<D: Driver> Arena<D> {
     /// driver (commit) otherwise.
     pub fn alloc_on(&mut self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         self.check_layout(size, align)?;
+        self.awake()?;
         let slot = self.commit.streams.slot(stream);
         let (off, bytes, _) = match classes::class_for(size, align) {
             Some(class) => match self.slabs.alloc(slot, class) {
                 Some(off) => (off, classes::SIZES[class] as u64, Policy::Slab),
-                None => self.alloc_slab_slow(slot, class)?,
+                None => self
+                    .alloc_slab_slow(slot, class)
+                    .map_err(|e| self.enrich(e))?,
             },
-            None => self.alloc_large(size, align, slot)?,
+            None => self
+                .alloc_large(size, align, slot)
+                .map_err(|e| self.enrich(e))?,
         };
         self.allocs += 1;
         self.live += bytes;
@@ -421,6 +490,7 @@ impl<D: Driver> Arena<D> {
         if off >= self.blocks_size {
             return Err(Self::bad(ptr, BadPointer::Foreign));
         }
+        self.awake()?;
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
         if self.slabs.owns(off) {
@@ -554,12 +624,25 @@ impl<D: Driver> Arena<D> {
 
     /// Commits `from..to` (page-aligned offsets) of the buffer at `base`.
     pub fn commit_buffer(&mut self, base: DevicePtr, from: u64, to: u64) -> Result<()> {
+        self.awake()?;
         let off = base - self.commit.base() + from;
         self.commit.pin(off, to - from)
     }
 
     /// Gives back `from..to` of the buffer at `base` (once `stream`'s work on it completed).
-    pub fn decommit_buffer(&mut self, base: DevicePtr, from: u64, to: u64, stream: Stream) {
+    pub fn decommit_buffer(
+        &mut self,
+        base: DevicePtr,
+        from: u64,
+        to: u64,
+        stream: Stream,
+    ) -> Result<()> {
+        self.awake()?;
+        self.release_buffer_range(base, from, to, stream);
+        Ok(())
+    }
+
+    fn release_buffer_range(&mut self, base: DevicePtr, from: u64, to: u64, stream: Stream) {
         let off = base - self.commit.base() + from;
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
@@ -569,7 +652,8 @@ impl<D: Driver> Arena<D> {
     /// Releases the buffer at `base` whose committed prefix is `committed` bytes.
     pub fn free_buffer(&mut self, base: DevicePtr, committed: u64, policy: Policy, stream: Stream) {
         if committed > 0 {
-            self.decommit_buffer(base, 0, committed, stream);
+            // Allowed while asleep: the buffer's pages just will not be restored.
+            self.release_buffer_range(base, 0, committed, stream);
         }
         let off = base - self.commit.base() - self.blocks_size;
         self.buffers.free(off, Stamp::SAFE, |_| true);
@@ -589,6 +673,246 @@ impl<D: Driver> Arena<D> {
         s.bytes = s.bytes + after - before;
         self.live = self.live + after - before;
         self.peak_live = self.peak_live.max(self.live);
+    }
+
+    // ----- sleep and wake -----
+
+    fn awake(&self) -> Result<()> {
+        match self.sleeping {
+            None => Ok(()),
+            Some(_) => Err(Error::Asleep { tag: self.tag }),
+        }
+    }
+
+    /// The tag index this arena reports in errors.
+    pub fn set_tag(&mut self, tag: u32) {
+        self.tag = tag;
+    }
+
+    /// Whether the arena is asleep.
+    pub fn is_asleep(&self) -> bool {
+        self.sleeping.is_some()
+    }
+
+    /// Gives every physical page back while every address stays reserved and
+    /// every pointer held stays valid for after [`Arena::wake`].
+    ///
+    /// First waits on fences of this arena's streams only (work queued on
+    /// the pages must finish), then, with [`SleepMode::Offload`], copies the
+    /// pages holding live bytes to pinned host memory on `stream` and waits
+    /// on that copy's fence; then unmaps and releases everything. Allocating
+    /// or freeing in an asleep arena is refused with [`Error::Asleep`].
+    pub fn sleep(&mut self, mode: SleepMode, stream: Stream) -> Result<SleepReport> {
+        self.awake()?;
+        self.commit.streams.slot(stream);
+        self.commit.quiesce()?;
+        let mut report = SleepReport::default();
+        let stage = match mode {
+            SleepMode::Discard => None,
+            SleepMode::Offload => {
+                let t = std::time::Instant::now();
+                let stage = self.offload(stream)?;
+                report.copy_seconds = t.elapsed().as_secs_f64();
+                report.copied = stage
+                    .as_ref()
+                    .map_or(0, |s| s.ranges.iter().map(|r| r.1).sum());
+                stage
+            }
+        };
+        let t = std::time::Instant::now();
+        report.bytes = self.commit.sleep();
+        report.vmm_seconds = t.elapsed().as_secs_f64();
+        self.sleeping = Some(Sleeping { mode, stage });
+        Ok(report)
+    }
+
+    /// Copies the live pages to one pinned host handle; `None` when nothing is live.
+    fn offload(&mut self, stream: Stream) -> Result<Option<Stage<D::Handle>>> {
+        let page = self.page();
+        let ranges = self.commit.live_ranges();
+        let total: u64 = ranges.iter().map(|r| r.1 * page).sum();
+        if total == 0 {
+            return Ok(None);
+        }
+        let driver = self.commit.driver();
+        let va = driver.reserve(total as usize, 0)?;
+        let handle = match driver.create(total as usize, Location::Host) {
+            Ok(h) => h,
+            Err(e) => {
+                // SAFETY: the reservation was just made and has no mapping.
+                let _ = unsafe { driver.free_reservation(va, total as usize) };
+                return Err(e);
+            }
+        };
+        let mut stage = Stage {
+            va,
+            size: total,
+            handle,
+            ranges: Vec::with_capacity(ranges.len()),
+        };
+        let access = [
+            Access::read_write(Location::Host),
+            Access::read_write(match self.kind {
+                Kind::Device(d) => Location::Device(d),
+                Kind::PinnedHost => Location::Device(0),
+            }),
+        ];
+        // SAFETY: va..va+total is our fresh reservation, unmapped; then the
+        // mapping just made gets access for the host and this device.
+        let mapped = unsafe {
+            driver
+                .map(va, total as usize, 0, handle)
+                .and_then(|()| driver.set_access(va, total as usize, &access))
+        };
+        if let Err(e) = mapped {
+            self.drop_stage(stage);
+            return Err(e);
+        }
+        let base = self.commit.base();
+        let mut at = 0;
+        for (first, pages) in ranges {
+            let (off, len) = (first * page, pages * page);
+            // SAFETY: the source pages are committed and quiesced; the stage
+            // range is mapped with host and device access; no overlap.
+            if let Err(e) = unsafe { driver.copy(va + at, base + off, len as usize, stream) } {
+                self.drop_stage(stage);
+                return Err(e);
+            }
+            stage.ranges.push((off, len, at));
+            at += len;
+        }
+        let waited = driver.record(stream).and_then(|f| {
+            let r = driver.wait(&f);
+            driver.drop_fence(f);
+            r
+        });
+        if let Err(e) = waited {
+            self.drop_stage(stage);
+            return Err(e);
+        }
+        Ok(Some(stage))
+    }
+
+    fn drop_stage(&self, stage: Stage<D::Handle>) {
+        let d = self.commit.driver();
+        // SAFETY: the stage is ours; its copies completed (or failed) and
+        // nothing else refers to it.
+        unsafe {
+            let _ = d.unmap(stage.va, stage.size as usize);
+            let _ = d.release(stage.handle);
+            let _ = d.free_reservation(stage.va, stage.size as usize);
+        }
+    }
+
+    /// Recommits every page that holds live bytes at its old address (large
+    /// handles, as in commit) and restores offloaded contents on `stream`
+    /// (waiting on that copy's fence). On failure nothing stays mapped and
+    /// the arena stays asleep.
+    pub fn wake(&mut self, stream: Stream) -> Result<SleepReport> {
+        let Some(sleeping) = self.sleeping.take() else {
+            return Ok(SleepReport::default());
+        };
+        let mut report = SleepReport::default();
+        let t = std::time::Instant::now();
+        match self.commit.wake() {
+            Ok(bytes) => report.bytes = bytes,
+            Err(e) => {
+                self.sleeping = Some(sleeping);
+                return Err(e);
+            }
+        }
+        report.vmm_seconds = t.elapsed().as_secs_f64();
+        if let Some(stage) = sleeping.stage {
+            let t = std::time::Instant::now();
+            let base = self.commit.base();
+            let driver = self.commit.driver();
+            let mut r: Result<()> = Ok(());
+            for &(off, len, at) in &stage.ranges {
+                // SAFETY: the pages were just recommitted with access; the
+                // stage is mapped and holds their contents; no overlap.
+                r = unsafe { driver.copy(base + off, stage.va + at, len as usize, stream) };
+                if r.is_err() {
+                    break;
+                }
+                report.copied += len;
+            }
+            let r = r.and_then(|()| {
+                let f = driver.record(stream)?;
+                let w = driver.wait(&f);
+                driver.drop_fence(f);
+                w
+            });
+            if let Err(e) = r {
+                // Back to sleep, contents kept in the stage for a retry.
+                self.commit.sleep();
+                self.sleeping = Some(Sleeping {
+                    mode: sleeping.mode,
+                    stage: Some(stage),
+                });
+                return Err(e);
+            }
+            self.drop_stage(stage);
+            report.copy_seconds = t.elapsed().as_secs_f64();
+        }
+        Ok(report)
+    }
+
+    // ----- accounting -----
+
+    /// Live, committed, reclaimable, pending, limit and the largest block
+    /// that fits in already-committed memory. O(free spans + pages).
+    pub fn accounting(&self) -> Accounting {
+        let page = self.page();
+        let mut largest = 0;
+        self.blocks.for_each_free(|off, size, _| {
+            // Longest sub-range of the span whose pages are all committed.
+            let (mut run_start, mut p) = (off, off);
+            let end = off + size;
+            while p < end {
+                let next = ((p / page) + 1) * page;
+                let chunk_end = next.min(end);
+                if self.commit.is_committed(p, chunk_end - p) {
+                    largest = largest.max(chunk_end - run_start);
+                } else {
+                    run_start = chunk_end;
+                }
+                p = chunk_end;
+            }
+        });
+        let reclaimable = self.commit.reclaimable();
+        Accounting {
+            live: self.live,
+            committed: self.commit.committed(),
+            reclaimable,
+            pending: self.commit.candidate_bytes() - reclaimable,
+            limit: self.commit.config().limit,
+            largest_free_committed: largest,
+            asleep: self.is_asleep(),
+        }
+    }
+
+    /// Fills the policy figures of an out-of-memory error.
+    fn enrich(&self, e: Error) -> Error {
+        match e {
+            Error::OutOfMemory(mut r) => {
+                let s = self.stats();
+                r.live = s.live;
+                r.policies = [s.slab, s.large, s.scratch, s.grow].map(|p| PolicyUsage {
+                    blocks: p.blocks,
+                    live: p.bytes,
+                });
+                Error::OutOfMemory(r)
+            }
+            e => e,
+        }
+    }
+
+    /// The out-of-memory figures this arena would report now.
+    pub fn oom_report(&self, requested: u64) -> OomReport {
+        match self.enrich(Error::OutOfMemory(self.commit.oom_report(requested))) {
+            Error::OutOfMemory(r) => r,
+            _ => OomReport::default(),
+        }
     }
 
     // ----- reports -----
@@ -722,6 +1046,12 @@ impl<D: Driver> Arena<D> {
 
 impl<D: Driver> Drop for Arena<D> {
     fn drop(&mut self) {
+        if let Some(Sleeping {
+            stage: Some(stage), ..
+        }) = self.sleeping.take()
+        {
+            self.drop_stage(stage);
+        }
         self.commit.release_all();
         let (base, size) = self.reservation();
         // SAFETY: every run was unmapped above and the arena is going away,

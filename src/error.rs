@@ -462,6 +462,115 @@ pub struct OomReport {
     pub pending: u64,
     /// Fences still pending.
     pub pending_fences: u64,
+    /// Live bytes and blocks per policy: slab, large, scratch, grow.
+    pub policies: [PolicyUsage; 4],
+    /// The tags with the most committed memory (the requesting one first).
+    pub tags: [TagUsage; 4],
+    /// How many entries of `tags` are filled.
+    pub tag_count: u8,
+}
+
+/// One policy's share in an out-of-memory report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+pub struct PolicyUsage {
+    /// Live blocks.
+    pub blocks: u64,
+    /// Live bytes.
+    pub live: u64,
+}
+
+/// One tag's share in an out-of-memory report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
+pub struct TagUsage {
+    /// Tag name (truncated to 23 bytes).
+    #[serde(serialize_with = "ser_name")]
+    pub name: [u8; 23],
+    /// Live bytes.
+    pub live: u64,
+    /// Committed bytes.
+    pub committed: u64,
+}
+
+fn ser_name<S: serde::Serializer>(name: &[u8; 23], s: S) -> core::result::Result<S::Ok, S::Error> {
+    s.serialize_str(tag_name(name))
+}
+
+fn tag_name(name: &[u8; 23]) -> &str {
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    core::str::from_utf8(&name[..end]).unwrap_or("?")
+}
+
+impl TagUsage {
+    /// A tag's figures.
+    pub fn new(name: &str, live: u64, committed: u64) -> Self {
+        let mut n = [0u8; 23];
+        let mut end = name.len().min(23);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        n[..end].copy_from_slice(&name.as_bytes()[..end]);
+        TagUsage {
+            name: n,
+            live,
+            committed,
+        }
+    }
+    /// The tag's name.
+    pub fn name(&self) -> &str {
+        tag_name(&self.name)
+    }
+}
+
+const POLICY_NAMES: [&str; 4] = ["slab", "large", "scratch", "grow"];
+
+impl OomReport {
+    /// Committed bytes not holding live data.
+    pub const fn fragmentation(&self) -> u64 {
+        self.committed.saturating_sub(self.live)
+    }
+
+    /// One line saying what to change.
+    pub fn hint(&self) -> &'static str {
+        if self.limit != u64::MAX && self.committed.saturating_add(self.requested) > self.limit {
+            "raise the limit (GPU_ARENA_CONF=limit:...) or free memory"
+        } else if self.reclaimable > 0 {
+            "call trim() to give back completed empty pages before retrying"
+        } else if self.pending > 0 {
+            "empty pages still wait on queued work: let the streams finish, or free earlier"
+        } else if self.fragmentation() > self.requested {
+            "memory is fragmented: free long-lived small blocks or lower keep_alive_fraction"
+        } else {
+            "the device is full: free memory, lower the request, or sleep a tag"
+        }
+    }
+}
+
+impl fmt::Display for OomReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "out of memory: requested {} bytes; live {}, committed {}, fragmentation {}, limit {}, reclaimable {}, pending behind {} fence(s) {}",
+            self.requested,
+            self.live,
+            self.committed,
+            self.fragmentation(),
+            fmt_limit(self.limit),
+            self.reclaimable,
+            self.pending_fences,
+            self.pending
+        )?;
+        f.write_str("; by policy:")?;
+        for (name, p) in POLICY_NAMES.iter().zip(self.policies.iter()) {
+            write!(f, " {name} {} in {} block(s)", p.live, p.blocks)?;
+        }
+        if self.tag_count > 0 {
+            f.write_str("; by tag:")?;
+            for t in &self.tags[..self.tag_count as usize] {
+                write!(f, " {} live {} committed {}", t.name(), t.live, t.committed)?;
+            }
+        }
+        write!(f, ". Hint: {}", self.hint())
+    }
 }
 
 /// Every error gpu-arena returns.
@@ -471,10 +580,7 @@ pub enum Error {
     #[error("{0}")]
     Driver(DriverError),
     /// The arena could not find or commit memory for a request.
-    #[error(
-        "out of memory: requested {} bytes; live {}, committed {}, limit {}, reclaimable {}, pending behind {} fence(s) {}; free memory, call trim(), or raise the limit",
-        .0.requested, .0.live, .0.committed, fmt_limit(.0.limit), .0.reclaimable, .0.pending_fences, .0.pending
-    )]
+    #[error("{0}")]
     OutOfMemory(OomReport),
     /// A request of zero bytes where one is not allowed.
     #[error("zero-size request: ask for at least one byte")]
@@ -545,7 +651,7 @@ pub enum Error {
         reserved: u64,
     },
     /// Allocation or free on a tag that is asleep.
-    #[error("tag {tag} is asleep: wake it before allocating or freeing in it")]
+    #[error("tag {tag} is asleep: wake it before allocating, freeing or resizing in it")]
     Asleep {
         /// The tag's index.
         tag: u32,

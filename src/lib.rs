@@ -21,7 +21,7 @@ pub mod commit;
 pub mod policy;
 pub mod stats;
 
-pub use arena::{Arena, ArenaConfig, Kind};
+pub use arena::{Accounting, Arena, ArenaConfig, Kind, SleepMode, SleepReport};
 pub use commit::CommitConfig;
 pub use policy::Policy;
 pub use stats::{Snapshot, Stats};

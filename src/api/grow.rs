@@ -95,7 +95,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
                 self.state.committed = to;
             }
             Resize::Decommit { from, to } => {
-                a.decommit_buffer(self.base, from, to, stream);
+                a.decommit_buffer(self.base, from, to, stream)?;
                 self.state.committed = from;
             }
             Resize::InPlace => {}

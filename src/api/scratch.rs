@@ -227,8 +227,11 @@ impl<'a, D: Driver> Scratch<'a, D> {
             .unwrap_or(b.committed)
             .min(b.committed);
         let mut a = self.arena.lock();
-        if keep < b.committed {
-            a.decommit_buffer(self.base, keep, b.committed, stream);
+        // While the arena is asleep the pages stay as they are (restored on wake).
+        if keep < b.committed
+            && a.decommit_buffer(self.base, keep, b.committed, stream)
+                .is_ok()
+        {
             b.committed = keep;
         }
         a.account_buffer(Policy::Scratch, self.accounted.get(), 0);

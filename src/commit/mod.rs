@@ -259,6 +259,12 @@ impl<D: Driver> Commit<D> {
         self.streams.poll(&self.driver);
     }
 
+    /// Waits until the work queued on every stream this arena has seen
+    /// completed (fences of those streams only). See [`Streams::quiesce`].
+    pub fn quiesce(&mut self) -> Result<()> {
+        self.streams.quiesce(&self.driver)
+    }
+
     /// Records a fence covering `stamp` if none was recorded yet.
     pub fn ensure_fence(&mut self, stamp: Stamp) -> Result<()> {
         self.streams.ensure_fence(&self.driver, stamp)
@@ -434,7 +440,8 @@ impl<D: Driver> Commit<D> {
                 hi - lo
             );
             pg.live -= hi - lo;
-            if pg.live == 0 {
+            // Asleep pages have no run: only their live bytes change.
+            if pg.live == 0 && pg.run != NIL {
                 let run = pg.run;
                 emptied |= self.run_loses_page(run, stamp);
             }
@@ -670,6 +677,7 @@ impl<D: Driver> Commit<D> {
             reclaimable: self.reclaimable(),
             pending: self.candidate_bytes - self.reclaimable(),
             pending_fences: self.streams.pending_fences() as u64,
+            ..Default::default()
         }
     }
 

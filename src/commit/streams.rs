@@ -165,6 +165,26 @@ impl<F> Streams<F> {
         Ok(any)
     }
 
+    /// Records a fence on every slot's stream and waits on each: the work
+    /// queued on this arena's streams so far has completed afterwards. Used
+    /// before giving back pages that live blocks still hold (sleep); it
+    /// waits on those streams' fences only, never on the device.
+    pub fn quiesce<D: Driver<Fence = F>>(&mut self, driver: &D) -> Result<()> {
+        for s in self.slots.iter_mut() {
+            let f = driver.record(s.stream)?;
+            self.recorded += 1;
+            driver.wait(&f)?;
+            self.waits += 1;
+            driver.drop_fence(f);
+            s.completed = s.open;
+            s.open += 1;
+            for (_, f) in s.fences.drain(..) {
+                driver.drop_fence(f);
+            }
+        }
+        Ok(())
+    }
+
     /// Drops every fence (arena teardown).
     pub fn clear<D: Driver<Fence = F>>(&mut self, driver: &D) {
         for s in self.slots.iter_mut() {

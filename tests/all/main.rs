@@ -7,3 +7,4 @@ mod global_stress;
 #[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;
+mod sleep_wake;
