@@ -1,9 +1,6 @@
 #![doc = include_str!("../README.md")]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
-// Errors never allocate (gpu-arena may be the global allocator), so the
-// out-of-memory breakdown is carried inline and `Error` is a few hundred bytes.
-#![allow(clippy::result_large_err)]
 
 pub mod driver;
 pub mod error;
