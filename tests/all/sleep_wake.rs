@@ -243,7 +243,7 @@ fn reservation_falls_back_under_an_address_space_limit() {
         .trim()
         .parse()
         .unwrap();
-    assert!(size < 16 << 30 && size >= 256 << 20, "{size}");
+    assert!((256 << 20..16 << 30).contains(&size), "{size}");
     assert_eq!(
         stderr.matches("was refused; using").count(),
         1,
