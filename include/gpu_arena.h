@@ -44,6 +44,25 @@ int gpu_arena_peaks(int device, uint64_t *peak_live, uint64_t *peak_committed);
 /* The calling thread's last error ("" after a successful call). */
 const char *gpu_arena_last_error(void);
 
+/* Tags: the calling thread's allocations go to its current tag (created on
+ * first use; "default" at start). Returns the previous tag index or -1. */
+int gpu_arena_set_tag(const char *tag);
+
+/* Sleep: give back every physical page of the comma-separated tags while
+ * their addresses stay valid. mode 0 discards contents, 1 offloads them to
+ * pinned host memory. Waits on the tags' own streams only. 0 or -1. */
+int gpu_arena_sleep(int device, const char *tags, int mode, void *stream);
+
+/* Wake: recommit the tags at the same addresses, restoring offloaded data. */
+int gpu_arena_wake(int device, const char *tags, void *stream);
+
+/* Commit limit of one tag (UINT64_MAX: none). */
+int gpu_arena_set_tag_limit(int device, const char *tag, uint64_t limit);
+
+/* Accounting as JSON (total and per tag): live, committed, reclaimable,
+ * pending, limit, largest_free_committed. Same buffer protocol as stats. */
+ssize_t gpu_arena_accounting_json(int device, char *buf, size_t cap);
+
 /* PyTorch CUDAPluggableAllocator entry points:
  *   torch.cuda.memory.CUDAPluggableAllocator("libgpu_arena.so",
  *       "gpu_arena_torch_alloc", "gpu_arena_torch_free") */

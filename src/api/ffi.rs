@@ -238,3 +238,126 @@ pub extern "C" fn gpu_arena_torch_free(
         });
     }
 }
+
+fn cstr<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
+    if p.is_null() {
+        return Err(Error::Config(what));
+    }
+    // SAFETY: the caller passes a NUL-terminated string that outlives the call.
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| Error::Config("string argument is not UTF-8"))
+}
+
+/// Makes `tag` the calling thread's current tag on every device (created on
+/// first use). Later allocations of this thread go to it. Returns the
+/// previous tag's index, or -1 with the last error set.
+///
+/// # Safety
+/// `tag` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_set_tag(tag: *const c_char) -> c_int {
+    guard(-1, || {
+        let name = cstr(tag, "tag must not be NULL")?;
+        let t = global::arena(0)?.tag(name)?;
+        for a in global::arenas() {
+            a.tag(name)?;
+        }
+        Ok(global::set_current_tag(t) as c_int)
+    })
+}
+
+fn tag_list(tags: *const c_char) -> Result<Vec<&'static str>> {
+    let s: &'static str = cstr(tags, "tags must not be NULL")?;
+    Ok(s.split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .collect())
+}
+
+/// Puts the comma-separated `tags` of `device` to sleep: `mode` 0 discards
+/// contents, 1 offloads them to pinned host memory. Addresses stay valid.
+/// Returns 0, or -1 with the last error set.
+///
+/// # Safety
+/// `tags` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_sleep(
+    dev: c_int,
+    tags: *const c_char,
+    mode: c_int,
+    stream: *mut c_void,
+) -> c_int {
+    guard(-1, || {
+        let mode = match mode {
+            0 => crate::SleepMode::Discard,
+            1 => crate::SleepMode::Offload,
+            _ => return Err(Error::Config("mode must be 0 (discard) or 1 (offload)")),
+        };
+        let a = global::arena(device(dev)?)?;
+        a.sleep(&tag_list(tags)?, mode, Stream(stream as u64))?;
+        Ok(0)
+    })
+}
+
+/// Wakes the comma-separated `tags` of `device` at the same addresses,
+/// restoring offloaded contents. Returns 0, or -1 with the last error set
+/// (the failing tag stays asleep).
+///
+/// # Safety
+/// `tags` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_wake(
+    dev: c_int,
+    tags: *const c_char,
+    stream: *mut c_void,
+) -> c_int {
+    guard(-1, || {
+        let a = global::arena(device(dev)?)?;
+        a.wake(&tag_list(tags)?, Stream(stream as u64))?;
+        Ok(0)
+    })
+}
+
+/// Sets the commit limit of `tag` on `device` (bytes; `UINT64_MAX`: none).
+///
+/// # Safety
+/// `tag` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_set_tag_limit(
+    dev: c_int,
+    tag: *const c_char,
+    limit: u64,
+) -> c_int {
+    guard(-1, || {
+        let a = global::arena(device(dev)?)?;
+        a.set_tag_limit(cstr(tag, "tag must not be NULL")?, limit)?;
+        Ok(0)
+    })
+}
+
+/// Writes the accounting of `device` (total and per tag: live, committed,
+/// reclaimable, pending, limit, largest allocation without new physical
+/// memory) as JSON, like [`gpu_arena_stats_json`].
+///
+/// # Safety
+/// `buf` is NULL (with `cap == 0`) or valid for `cap` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_accounting_json(
+    dev: c_int,
+    buf: *mut c_char,
+    cap: usize,
+) -> isize {
+    guard(-1, || {
+        let json = global::arena(device(dev)?)?.accounting_json();
+        if !buf.is_null() && cap > 0 {
+            let n = json.len().min(cap - 1);
+            // SAFETY: the caller guarantees buf is valid for cap bytes; n < cap.
+            unsafe {
+                core::ptr::copy_nonoverlapping(json.as_ptr(), buf as *mut u8, n);
+                *buf.add(n) = 0;
+            }
+        }
+        Ok(json.len() as isize)
+    })
+}

@@ -26,6 +26,7 @@ struct Mag {
 
 struct Cache {
     owner: Option<&'static GlobalArena>,
+    tag: u32,
     stream: Stream,
     bytes: u64,
     mags: [Mag; COUNT],
@@ -35,6 +36,7 @@ impl Cache {
     const fn new() -> Self {
         Cache {
             owner: None,
+            tag: 0,
             stream: Stream::DEFAULT,
             bytes: 0,
             mags: [Mag {
@@ -44,8 +46,10 @@ impl Cache {
         }
     }
 
-    fn is(&self, arena: &'static GlobalArena, stream: Stream) -> bool {
-        self.owner.is_some_and(|o| core::ptr::eq(o, arena)) && self.stream == stream
+    fn is(&self, arena: &'static GlobalArena, tag: u32, stream: Stream) -> bool {
+        self.owner.is_some_and(|o| core::ptr::eq(o, arena))
+            && self.tag == tag
+            && self.stream == stream
     }
 
     /// Gives every cached block back to its arena.
@@ -75,11 +79,16 @@ thread_local! {
 
 /// Pops a cached block of `class` for `stream` (no lock).
 #[inline(always)]
-pub(super) fn pop(arena: &'static GlobalArena, class: usize, stream: Stream) -> Option<DevicePtr> {
+pub(super) fn pop(
+    arena: &'static GlobalArena,
+    tag: u32,
+    class: usize,
+    stream: Stream,
+) -> Option<DevicePtr> {
     CACHE
         .try_with(|c| {
             let mut c = c.try_borrow_mut().ok()?;
-            if !c.is(arena, stream) {
+            if !c.is(arena, tag, stream) || arena.tag_arenas(tag).is_none_or(|t| t.is_asleep()) {
                 return None;
             }
             let m = &mut c.mags[class];
@@ -99,6 +108,7 @@ pub(super) fn pop(arena: &'static GlobalArena, class: usize, stream: Stream) -> 
 #[cold]
 pub(super) fn refill(
     arena: &'static GlobalArena,
+    tag: u32,
     class: usize,
     stream: Stream,
 ) -> Result<DevicePtr> {
@@ -107,14 +117,18 @@ pub(super) fn refill(
         let Ok(mut c) = c.try_borrow_mut() else {
             return None;
         };
-        if !c.is(arena, stream) {
+        if !c.is(arena, tag, stream) {
             c.flush();
             c.owner = Some(arena);
+            c.tag = tag;
             c.stream = stream;
         }
         let room = arena.config.thread_cache.saturating_sub(c.bytes) / size;
         let batch = (room as usize).min(MAG / 2);
-        let shard = arena.my_shard();
+        let shard = match arena.my_shard(tag) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
         let mut a = shard.lock();
         let first = match a.alloc_on(size, 16, stream) {
             Ok(p) => p,

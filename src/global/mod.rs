@@ -25,36 +25,62 @@
 mod cache;
 pub mod config;
 
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::api::SharedArena;
-use crate::arena::Kind;
+use crate::arena::{Accounting, Kind, SleepMode, SleepReport};
 use crate::driver::{DevicePtr, Driver, Stream, SystemDriver};
-use crate::error::{BadPointer, Error, Result};
+use crate::error::{BadPointer, Error, Result, TagUsage};
 use crate::policy::classes;
 use crate::stats::Stats;
 pub use config::GlobalConfig;
 
 /// Devices with a global arena at most.
 pub const MAX_DEVICES: usize = 16;
+/// Tags per device at most (tag 0 is `default`).
+pub const MAX_TAGS: usize = 16;
 
 /// The driver the global arenas use.
 pub type GlobalDriver = Arc<SystemDriver>;
 
+/// The arenas of one tag: its own reservation(s), so its pages are never
+/// shared with another tag and it can sleep alone.
+pub struct TagArenas {
+    name: String,
+    shards: Box<[SharedArena<GlobalDriver>]>,
+    asleep: AtomicBool,
+}
+
+impl TagArenas {
+    /// The tag's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The tag's shards.
+    pub fn shards(&self) -> &[SharedArena<GlobalDriver>] {
+        &self.shards
+    }
+    /// Whether the tag is asleep.
+    pub fn is_asleep(&self) -> bool {
+        self.asleep.load(Ordering::Acquire)
+    }
+}
+
 /// One device's process-wide arena (see the module docs).
 pub struct GlobalArena {
     device: u32,
-    shards: Box<[SharedArena<GlobalDriver>]>,
+    driver: GlobalDriver,
+    tags: [OnceLock<TagArenas>; MAX_TAGS],
+    names: Mutex<Vec<String>>,
     config: GlobalConfig,
-    next_shard: AtomicU32,
 }
 
 impl core::fmt::Debug for GlobalArena {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("GlobalArena")
             .field("device", &self.device)
-            .field("shards", &self.shards.len())
+            .field("tags", &self.names.lock().map(|n| n.len()).unwrap_or(0))
             .finish()
     }
 }
@@ -65,6 +91,29 @@ static ARENAS: [OnceLock<Result<GlobalArena>>; MAX_DEVICES] =
 
 thread_local! {
     static SHARD: core::cell::Cell<u32> = const { core::cell::Cell::new(u32::MAX) };
+    static CURRENT_TAG: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+}
+
+/// The calling thread's current tag (index; 0 = `default`).
+pub fn current_tag() -> u32 {
+    CURRENT_TAG.with(|c| c.get())
+}
+
+/// Sets the calling thread's current tag; returns the previous one.
+pub fn set_current_tag(tag: u32) -> u32 {
+    CURRENT_TAG.with(|c| c.replace(tag))
+}
+
+/// Restores the previous current tag when dropped (see [`GlobalArena::tag_scope`]).
+#[derive(Debug)]
+pub struct TagScope {
+    previous: u32,
+}
+
+impl Drop for TagScope {
+    fn drop(&mut self) {
+        set_current_tag(self.previous);
+    }
 }
 static THREADS: AtomicU32 = AtomicU32::new(0);
 
@@ -140,20 +189,15 @@ impl GlobalArena {
         let driver = Arc::new(SystemDriver::open(config.backend, device, |note| {
             eprintln!("{note}")
         })?);
-        let mut shards = Vec::with_capacity(config.shards as usize);
-        for _ in 0..config.shards.max(1) {
-            shards.push(SharedArena::new(
-                driver.clone(),
-                Kind::Device(device),
-                config.arena,
-            )?);
-        }
-        Ok(GlobalArena {
+        let g = GlobalArena {
             device,
-            shards: shards.into_boxed_slice(),
+            driver,
+            tags: [const { OnceLock::new() }; MAX_TAGS],
+            names: Mutex::new(Vec::new()),
             config,
-            next_shard: AtomicU32::new(0),
-        })
+        };
+        g.tag("default")?;
+        Ok(g)
     }
 
     /// A new arena that lives for the rest of the process (the thread caches
@@ -170,45 +214,132 @@ impl GlobalArena {
     pub fn config(&self) -> &GlobalConfig {
         &self.config
     }
-    /// The shards.
-    pub fn shards(&self) -> &[SharedArena<GlobalDriver>] {
-        &self.shards
+    /// The driver.
+    pub fn driver(&self) -> &GlobalDriver {
+        &self.driver
     }
 
-    fn my_shard(&self) -> &SharedArena<GlobalDriver> {
+    /// The index of tag `name`, creating it (and its arenas) on first use.
+    pub fn tag(&self, name: &str) -> Result<u32> {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = names.iter().position(|n| n == name) {
+            return Ok(i as u32);
+        }
+        if names.len() >= MAX_TAGS {
+            return Err(Error::Config("too many tags (gpu_arena::global::MAX_TAGS)"));
+        }
+        if name.is_empty() || name.len() > 64 || name.contains(',') {
+            return Err(Error::Config("a tag name is 1..=64 bytes without commas"));
+        }
+        let i = names.len();
+        let mut shards = Vec::with_capacity(self.config.shards.max(1) as usize);
+        for _ in 0..self.config.shards.max(1) {
+            let a = SharedArena::new(
+                self.driver.clone(),
+                Kind::Device(self.device),
+                self.config.arena,
+            )?;
+            a.lock().set_tag(i as u32);
+            shards.push(a);
+        }
+        let _ = self.tags[i].set(TagArenas {
+            name: name.to_string(),
+            shards: shards.into_boxed_slice(),
+            asleep: AtomicBool::new(false),
+        });
+        names.push(name.to_string());
+        Ok(i as u32)
+    }
+
+    /// The arenas of tag index `tag`.
+    pub fn tag_arenas(&self, tag: u32) -> Option<&TagArenas> {
+        self.tags.get(tag as usize).and_then(|t| t.get())
+    }
+
+    /// Every tag created so far.
+    pub fn tags(&self) -> impl Iterator<Item = &TagArenas> {
+        self.tags.iter().filter_map(|t| t.get())
+    }
+
+    /// Makes `name` the calling thread's current tag until the guard drops.
+    pub fn tag_scope(&self, name: &str) -> Result<TagScope> {
+        let t = self.tag(name)?;
+        Ok(TagScope {
+            previous: set_current_tag(t),
+        })
+    }
+
+    /// The shards of tag `tag` (all tags: the same shard count).
+    pub fn shards(&self, tag: u32) -> &[SharedArena<GlobalDriver>] {
+        self.tag_arenas(tag).map_or(&[], |t| &t.shards)
+    }
+
+    fn my_shard(&self, tag: u32) -> Result<&SharedArena<GlobalDriver>> {
+        let t = self.tag_arenas(tag).ok_or(Error::Config("no such tag"))?;
+        if t.is_asleep() {
+            return Err(Error::Asleep { tag });
+        }
         let mut s = SHARD.with(|c| c.get());
         if s == u32::MAX {
             s = THREADS.fetch_add(1, Ordering::Relaxed);
             SHARD.with(|c| c.set(s));
         }
-        let _ = &self.next_shard;
-        &self.shards[s as usize % self.shards.len()]
+        Ok(&t.shards[s as usize % t.shards.len()])
     }
 
     fn shard_of(&self, ptr: DevicePtr) -> Option<&SharedArena<GlobalDriver>> {
-        self.shards.iter().find(|s| s.contains(ptr))
+        self.tags()
+            .flat_map(|t| t.shards.iter())
+            .find(|s| s.contains(ptr))
     }
 
-    /// Allocates `size` bytes aligned to `align` for `stream`.
+    /// Allocates `size` bytes aligned to `align` for `stream`, in the calling
+    /// thread's current tag.
     ///
     /// Small blocks come from the calling thread's cache without a lock.
     #[inline]
     pub fn alloc(&'static self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
+        let tag = current_tag();
         if self.config.thread_cache > 0 && size > 0 {
             if let Some(class) = classes::class_for(size, align) {
-                if let Some(p) = cache::pop(self, class, stream) {
+                if let Some(p) = cache::pop(self, tag, class, stream) {
                     return Ok(p);
                 }
-                return cache::refill(self, class, stream);
+                return cache::refill(self, tag, class, stream).map_err(|e| self.enrich(e, tag));
             }
         }
-        self.my_shard().alloc(size, align, stream)
+        self.my_shard(tag)?
+            .alloc(size, align, stream)
+            .map_err(|e| self.enrich(e, tag))
     }
 
-    /// Allocates `size` bytes without the thread cache (for arenas that are
-    /// not `'static`).
+    /// Allocates in the current tag without the thread cache.
     pub fn alloc_uncached(&self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
-        self.my_shard().alloc(size, align, stream)
+        let tag = current_tag();
+        self.my_shard(tag)?
+            .alloc(size, align, stream)
+            .map_err(|e| self.enrich(e, tag))
+    }
+
+    /// Adds the per-tag figures to an out-of-memory error.
+    fn enrich(&self, e: Error, tag: u32) -> Error {
+        let Error::OutOfMemory(mut r) = e else {
+            return e;
+        };
+        let mut usage: Vec<(u32, TagUsage)> = self
+            .tags()
+            .enumerate()
+            .map(|(i, t)| {
+                let s = Self::sum(t.shards.iter().map(|a| a.stats()));
+                (i as u32, TagUsage::new(&t.name, s.live, s.committed))
+            })
+            .collect();
+        usage.sort_by_key(|(i, u)| (*i != tag, u64::MAX - u.committed));
+        r.tag_count = usage.len().min(r.tags.len()) as u8;
+        for (slot, (_, u)) in r.tags.iter_mut().zip(usage) {
+            *slot = u;
+        }
+        Error::OutOfMemory(r)
     }
 
     /// Frees `ptr` (from any thread). `layout`, when given, must be the
@@ -229,14 +360,105 @@ impl GlobalArena {
     /// Gives back every empty page whose fences completed (and this thread's cache).
     pub fn trim(&'static self) -> u64 {
         cache::flush_current(self);
-        self.shards.iter().map(|s| s.trim()).sum()
+        self.tags()
+            .flat_map(|t| t.shards.iter())
+            .map(|s| s.trim())
+            .sum()
     }
 
-    /// Counters summed over the shards (cached blocks count as live).
-    pub fn stats(&self) -> Stats {
+    /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
+    /// their physical memory goes back, their addresses stay. Tags already
+    /// asleep are skipped. On error, the tags slept so far stay asleep.
+    pub fn sleep(
+        &'static self,
+        tags: &[&str],
+        mode: SleepMode,
+        stream: Stream,
+    ) -> Result<SleepReport> {
+        cache::flush_current(self);
+        let mut total = SleepReport::default();
+        for name in tags {
+            let t = self.tag(name)?;
+            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+            if ta.asleep.swap(true, Ordering::AcqRel) {
+                continue;
+            }
+            for shard in ta.shards.iter() {
+                let r = shard.lock().sleep(mode, stream)?;
+                add(&mut total, r);
+            }
+        }
+        Ok(total)
+    }
+
+    /// Wakes the tags named in `tags` at the same addresses. On error the
+    /// failing tag stays asleep.
+    pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
+        let mut total = SleepReport::default();
+        for name in tags {
+            let t = self.tag(name)?;
+            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+            if !ta.is_asleep() {
+                continue;
+            }
+            for shard in ta.shards.iter() {
+                let r = shard.lock().wake(stream)?;
+                add(&mut total, r);
+            }
+            ta.asleep.store(false, Ordering::Release);
+        }
+        Ok(total)
+    }
+
+    /// Sets the commit limit of tag `name` (split evenly over its shards).
+    pub fn set_tag_limit(&self, name: &str, limit: u64) -> Result<()> {
+        let t = self.tag(name)?;
+        let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+        let n = ta.shards.len() as u64;
+        for s in ta.shards.iter() {
+            s.lock()
+                .set_limit(if limit == u64::MAX { limit } else { limit / n });
+        }
+        Ok(())
+    }
+
+    /// Accounting of the whole device (`tag = None`) or of one tag.
+    pub fn accounting(&self, tag: Option<u32>) -> Accounting {
+        let mut t = Accounting::default();
+        let mut limit = 0u64;
+        for (i, ta) in self.tags().enumerate() {
+            if tag.is_some_and(|x| x != i as u32) {
+                continue;
+            }
+            for s in ta.shards.iter() {
+                let a = s.lock().accounting();
+                t.live += a.live;
+                t.committed += a.committed;
+                t.reclaimable += a.reclaimable;
+                t.pending += a.pending;
+                limit = limit.saturating_add(a.limit);
+                t.largest_free_committed = t.largest_free_committed.max(a.largest_free_committed);
+                t.asleep |= a.asleep;
+            }
+        }
+        t.limit = limit;
+        t
+    }
+
+    /// Accounting per tag, as JSON (allocates).
+    pub fn accounting_json(&self) -> String {
+        let tags: Vec<_> = self
+            .tags()
+            .enumerate()
+            .map(|(i, t)| serde_json::json!({"tag": t.name, "accounting": self.accounting(Some(i as u32))}))
+            .collect();
+        serde_json::json!({"device": self.device, "total": self.accounting(None), "tags": tags})
+            .to_string()
+    }
+
+    fn sum(it: impl Iterator<Item = Stats>) -> Stats {
         let mut t = Stats::default();
-        for s in self.shards.iter() {
-            let x = s.stats();
+        for x in it {
             t.reserved += x.reserved;
             t.committed += x.committed;
             t.live += x.live;
@@ -269,16 +491,39 @@ impl GlobalArena {
         t
     }
 
-    /// Stats as a JSON object (allocates).
+    /// Counters summed over every tag and shard (cached blocks count as
+    /// live; peaks are sums of per-arena peaks).
+    pub fn stats(&self) -> Stats {
+        Self::sum(self.tags().flat_map(|t| t.shards.iter()).map(|a| a.stats()))
+    }
+
+    /// Counters of one tag.
+    pub fn tag_stats(&self, tag: u32) -> Stats {
+        Self::sum(self.shards(tag).iter().map(|a| a.stats()))
+    }
+
+    /// Stats as a JSON object, with a per-tag breakdown (allocates).
     pub fn stats_json(&self) -> String {
         let s = self.stats();
+        let tags: Vec<_> = self
+            .tags()
+            .enumerate()
+            .map(|(i, t)| serde_json::json!({"tag": t.name, "asleep": t.is_asleep(), "stats": self.tag_stats(i as u32)}))
+            .collect();
         serde_json::json!({
             "device": self.device,
-            "shards": self.shards.len(),
-            "backend": self.shards[0].lock().driver().capabilities().backend.name(),
+            "backend": self.driver.capabilities().backend.name(),
             "peak_ratio": s.peak_ratio(),
             "stats": s,
+            "tags": tags,
         })
         .to_string()
     }
+}
+
+fn add(t: &mut SleepReport, r: SleepReport) {
+    t.bytes += r.bytes;
+    t.copied += r.copied;
+    t.copy_seconds += r.copy_seconds;
+    t.vmm_seconds += r.vmm_seconds;
 }

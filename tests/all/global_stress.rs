@@ -116,3 +116,90 @@ fn bad_pointers_are_refused_by_the_global_arena() {
     assert!(arena.free(p, None, Stream::DEFAULT).is_err());
     assert_eq!(arena.stats().large.blocks, 0);
 }
+
+#[test]
+fn tags_sleep_and_wake_alone() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let (w, kv) = {
+        let _g = arena.tag_scope("weights").unwrap();
+        let w = arena.alloc(6 << 20, 512, Stream::DEFAULT).unwrap();
+        let small = arena.alloc(200, 16, Stream::DEFAULT).unwrap();
+        // SAFETY: host backend, live blocks.
+        unsafe {
+            std::ptr::write_bytes(w as *mut u8, 0x5a, 6 << 20);
+            std::ptr::write_bytes(small as *mut u8, 0x33, 200);
+        }
+        let _k = arena.tag_scope("kv_cache").unwrap();
+        let kv = arena.alloc(4 << 20, 512, Stream::DEFAULT).unwrap();
+        ((w, small), kv)
+    };
+    let weights = arena.tag("weights").unwrap();
+    let before = arena.tag_stats(weights);
+    assert!(before.live >= 6 << 20);
+    let r = arena
+        .sleep(&["weights"], gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert!(r.bytes >= 6 << 20 && r.copied >= 6 << 20);
+    assert_eq!(arena.tag_stats(weights).committed, 0);
+    assert!(arena.accounting(Some(weights)).asleep);
+    // The other tag is untouched; the sleeping one refuses work.
+    assert!(arena.tag_stats(arena.tag("kv_cache").unwrap()).committed >= 4 << 20);
+    {
+        let _g = arena.tag_scope("weights").unwrap();
+        let e = arena.alloc(100, 16, Stream::DEFAULT).unwrap_err();
+        assert!(e.to_string().contains("asleep"), "{e}");
+    }
+    assert!(arena.free(w.0, None, Stream::DEFAULT).is_err());
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    // SAFETY: awake again, same addresses.
+    unsafe {
+        assert!(
+            std::slice::from_raw_parts(w.0 as *const u8, 6 << 20)
+                .iter()
+                .all(|&b| b == 0x5a)
+        );
+        assert!(
+            std::slice::from_raw_parts(w.1 as *const u8, 200)
+                .iter()
+                .all(|&b| b == 0x33)
+        );
+    }
+    arena.free(w.0, None, Stream::DEFAULT).unwrap();
+    arena.free(w.1, None, Stream::DEFAULT).unwrap();
+    arena.free(kv, None, Stream::DEFAULT).unwrap();
+    let json = arena.accounting_json();
+    assert!(
+        json.contains("\"kv_cache\"") && json.contains("largest_free_committed"),
+        "{json}"
+    );
+}
+
+#[test]
+fn oom_report_names_the_tags() {
+    let mut conf = GlobalConfig {
+        backend: Select::Host,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    conf.arena.commit.limit = 16 << 20;
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let _g = arena.tag_scope("activations").unwrap();
+    let a = arena.alloc(10 << 20, 512, Stream::DEFAULT).unwrap();
+    let e = arena.alloc(10 << 20, 512, Stream::DEFAULT).unwrap_err();
+    let gpu_arena::Error::OutOfMemory(r) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(
+        r.tags[0].name(),
+        "activations",
+        "the requesting tag comes first"
+    );
+    assert!(r.tags[0].live >= 10 << 20);
+    assert!(r.tag_count >= 2);
+    assert!(e.to_string().contains("by tag: activations"), "{e}");
+    arena.free(a, None, Stream::DEFAULT).unwrap();
+}

@@ -35,10 +35,28 @@ int main(void) {
     CHECK(t != NULL);
     gpu_arena_torch_free(t, 1 << 20, 0, NULL);
 
-    char json[4096];
+    /* Tags, sleep and wake at the same address. */
+    CHECK(gpu_arena_set_tag("weights") == 0);
+    unsigned char *w = gpu_arena_alloc(5 << 20, 0, NULL);
+    CHECK(w != NULL);
+    for (int i = 0; i < (5 << 20); i += 4096) w[i] = (unsigned char)(i >> 12);
+    CHECK(gpu_arena_sleep(0, "weights", 1, NULL) == 0);
+    CHECK(gpu_arena_alloc(64, 0, NULL) == NULL);
+    CHECK(strstr(gpu_arena_last_error(), "asleep") != NULL);
+    CHECK(gpu_arena_wake(0, "weights", NULL) == 0);
+    for (int i = 0; i < (5 << 20); i += 4096) CHECK(w[i] == (unsigned char)(i >> 12));
+    CHECK(gpu_arena_free(w, 5 << 20, 0, NULL) == 0);
+    CHECK(gpu_arena_set_tag("default") == 1);
+    CHECK(gpu_arena_sleep(0, "weights", 7, NULL) == -1);
+
+    char json[8192];
     ssize_t n = gpu_arena_stats_json(0, json, sizeof json);
     CHECK(n > 0 && n < (ssize_t)sizeof json);
     CHECK(strstr(json, "\"peak_live\"") != NULL);
+    CHECK(strstr(json, "\"weights\"") != NULL);
+    n = gpu_arena_accounting_json(0, json, sizeof json);
+    CHECK(n > 0 && n < (ssize_t)sizeof json);
+    CHECK(strstr(json, "largest_free_committed") != NULL);
     uint64_t peak_live = 0, peak_committed = 0;
     CHECK(gpu_arena_peaks(0, &peak_live, &peak_committed) == 0);
     CHECK(peak_live >= (3 << 20) && peak_committed >= peak_live);
