@@ -3,6 +3,8 @@
 mod conformance;
 #[cfg(feature = "cuda")]
 mod cuda_driver;
+#[cfg(feature = "cuda")]
+mod gpu_arena;
 #[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;
