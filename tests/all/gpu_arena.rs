@@ -206,10 +206,16 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
             b_given_back_at[i] = Some(launched.elapsed());
         }
     }
+    // The trim in which X goes back, and the fence's state just before it.
+    let mut x_trim: Option<(bool, Duration)> = None;
     loop {
+        let done_before = cuda.is_complete(&kernel).expect("query");
         arena.trim();
         let done = cuda.is_complete(&kernel).expect("query");
         let entries = cuda.take_log();
+        if unmaps_of(&entries, x, BLOCK) > 0 {
+            x_trim = Some((done_before, launched.elapsed()));
+        }
         if done {
             log.extend(entries);
             break;
@@ -231,6 +237,9 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     let last = arena.trim();
     let last_trim = t.elapsed();
     let tail = cuda.take_log();
+    if unmaps_of(&tail, x, BLOCK) > 0 {
+        x_trim = Some((true, launched.elapsed()));
+    }
     let x_unmaps_total = unmaps_of(&log, x, BLOCK) + unmaps_of(&tail, x, BLOCK);
     log.extend(tail);
     println!(
@@ -243,6 +252,13 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
             b_unmapped_while_running[i],
             b_given_back_at[i].map_or(f64::NAN, ms)
         );
+    }
+    match x_trim {
+        Some((done_before, at)) => println!(
+            "ITEM8a X unmapped by the trim() that ended {:.1} ms after launch; kernel fence complete before that trim began: {done_before}",
+            ms(at)
+        ),
+        None => println!("ITEM8a X was never unmapped"),
     }
     println!(
         "ITEM8a trim() after the fence completed: {:.1} µs, gave back {} MiB; unmaps of X in the whole log: {x_unmaps_total}",
@@ -282,8 +298,31 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
         n - 1
     );
 
-    // Anchor, same run: cuMemAlloc + cuMemFree while another stream runs the
-    // same 0.5 s kernel.
+    // Anchor, same run: cuMemAlloc + cuMemFree with the device idle (median
+    // of 5), then while another stream runs the same 0.5 s kernel.
+    make_current(cuda.inner());
+    let (mut idle_alloc, mut idle_free) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let mut p: sys::CUdeviceptr = 0;
+        let t = Instant::now();
+        // SAFETY: context current; valid out-pointer.
+        let ra = unsafe { sys::cuMemAlloc_v2(&mut p, BLOCK as usize) };
+        idle_alloc.push(t.elapsed());
+        assert_eq!(ra, sys::CUresult::CUDA_SUCCESS);
+        let t = Instant::now();
+        // SAFETY: `p` came from cuMemAlloc and nothing uses it.
+        let rf = unsafe { sys::cuMemFree_v2(p) };
+        idle_free.push(t.elapsed());
+        assert_eq!(rf, sys::CUresult::CUDA_SUCCESS);
+    }
+    idle_alloc.sort();
+    idle_free.sort();
+    println!(
+        "ITEM8a anchor cuMemAlloc({} MiB) / cuMemFree with the device idle (median of 5): {:.1} µs / {:.1} µs",
+        BLOCK / MIB,
+        us(idle_alloc[2]),
+        us(idle_free[2])
+    );
     let c = cuda.create_stream().expect("stream C");
     // SAFETY: flag 0: the kernel writes nothing.
     unsafe { k.spin(c, SPIN_NANOS, 0, 0).expect("spin") };
@@ -333,6 +372,7 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
         "X was unmapped before the kernel using it completed"
     );
     assert_eq!(x_unmaps_total, 1, "X is given back once, after the fence");
+    assert!(x_trim.is_some(), "X was given back");
     assert!(
         b_unmapped_while_running.iter().all(|&u| u),
         "blocks freed on the idle stream B were not given back while A ran: {b_unmapped_while_running:?}"
