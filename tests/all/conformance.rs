@@ -31,6 +31,8 @@ struct Rules {
 
 impl Rules {
     fn new(backend: &'static str) -> Self {
+        // Start on a fresh line: libtest prints `test <name> ... ` before it.
+        println!();
         Rules {
             backend,
             failed: Vec::new(),
