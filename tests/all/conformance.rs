@@ -523,6 +523,7 @@ fn latency_table<D: Driver>(d: &D, backend: &str, reps: usize) {
 /// Prints the time to commit `total` bytes (create + map + set_access per
 /// handle) and give them back (unmap + release) in handles of each size:
 /// the median of `reps` repetitions, ms. Printing only.
+#[cfg(feature = "cuda")]
 fn bulk_table<D: Driver>(d: &D, backend: &str, total: usize, reps: usize) {
     let dev = Location::Device(0);
     let rw = [Access::read_write(dev)];
