@@ -1,9 +1,12 @@
 //! The integration suite: one binary, one module per area (faster to link).
 
+mod conformance;
 #[cfg(feature = "cuda")]
 mod cuda_driver;
 mod driver_model;
 mod global_stress;
+#[cfg(feature = "cuda")]
+mod gpu_arena;
 #[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;

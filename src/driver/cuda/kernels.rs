@@ -4,8 +4,8 @@
 //! The allocator itself never launches anything; these exist so that tests
 //! and benchmarks can keep a stream busy ([`Kernels::spin`], to show that a
 //! free does not wait for unrelated work) and touch memory from the device
-//! ([`Kernels::add_one`], [`Kernels::check_and_write`], for pinned-host and
-//! stream-ordered reuse tests).
+//! ([`Kernels::add_one`], [`Kernels::check_and_write`], [`Kernels::add_f32`],
+//! for pinned-host and stream-ordered reuse tests).
 //!
 //! The PTX targets `sm_52` (`.address_size 64`) so that any VMM-capable GPU
 //! JIT-compiles it; where a driver refuses that target, `sm_75` and then
@@ -137,6 +137,43 @@ CW_OK:
 CW_DONE:
     ret;
 }
+// add_f32(ptr: f32*, n: u64, value: f32): ptr[i] += value for i < n
+// (grid-stride loop, round-to-nearest-even).
+.visible .entry gpu_arena_add_f32(
+    .param .u64 gpu_arena_add_f32_ptr,
+    .param .u64 gpu_arena_add_f32_n,
+    .param .f32 gpu_arena_add_f32_value
+)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<5>;
+    .reg .f32 %f<3>;
+    .reg .b64 %rd<8>;
+
+    ld.param.u64 %rd1, [gpu_arena_add_f32_ptr];
+    ld.param.u64 %rd2, [gpu_arena_add_f32_n];
+    ld.param.f32 %f1, [gpu_arena_add_f32_value];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mov.u32 %r4, %nctaid.x;
+    mul.wide.u32 %rd3, %r1, %r2;
+    cvt.u64.u32 %rd4, %r3;
+    add.u64 %rd3, %rd3, %rd4;
+    mul.wide.u32 %rd5, %r4, %r2;
+ADDF_LOOP:
+    setp.ge.u64 %p1, %rd3, %rd2;
+    @%p1 bra ADDF_DONE;
+    shl.b64 %rd6, %rd3, 2;
+    add.u64 %rd7, %rd1, %rd6;
+    ld.f32 %f2, [%rd7];
+    add.rn.f32 %f2, %f2, %f1;
+    st.f32 [%rd7], %f2;
+    add.u64 %rd3, %rd3, %rd5;
+    bra.uni ADDF_LOOP;
+ADDF_DONE:
+    ret;
+}
 "#
     };
 }
@@ -180,6 +217,7 @@ pub struct Kernels {
     spin: Raw<sys::CUfunc_st>,
     add_one: Raw<sys::CUfunc_st>,
     check_and_write: Raw<sys::CUfunc_st>,
+    add_f32: Raw<sys::CUfunc_st>,
     target: &'static str,
 }
 
@@ -198,12 +236,13 @@ impl Kernels {
                     // SAFETY: `module` was just loaded; on failure it is
                     // unloaded before returning.
                     return match unsafe { Self::functions(module) } {
-                        Ok((spin, add_one, check_and_write)) => Ok(Kernels {
+                        Ok((spin, add_one, check_and_write, add_f32)) => Ok(Kernels {
                             ctx,
                             module: Raw(module),
                             spin: Raw(spin),
                             add_one: Raw(add_one),
                             check_and_write: Raw(check_and_write),
+                            add_f32: Raw(add_f32),
                             target,
                         }),
                         Err(e) => {
@@ -227,14 +266,20 @@ impl Kernels {
     /// `module` is a live module loaded from one of [`IMAGES`].
     unsafe fn functions(
         module: sys::CUmodule,
-    ) -> result::CuResult<(sys::CUfunction, sys::CUfunction, sys::CUfunction)> {
-        // SAFETY: (all three calls) `module` is live and the names are
+    ) -> result::CuResult<(
+        sys::CUfunction,
+        sys::CUfunction,
+        sys::CUfunction,
+        sys::CUfunction,
+    )> {
+        // SAFETY: (all four calls) `module` is live and the names are
         // NUL-terminated.
         unsafe {
             Ok((
                 result::module_get_function(module, c"gpu_arena_spin")?,
                 result::module_get_function(module, c"gpu_arena_add_one_u32")?,
                 result::module_get_function(module, c"gpu_arena_check_and_write_u32")?,
+                result::module_get_function(module, c"gpu_arena_add_f32")?,
             ))
         }
     }
@@ -358,6 +403,36 @@ impl Kernels {
         }?;
         Ok(())
     }
+
+    /// Adds `value` to each of the `n` `f32`s at `ptr` (IEEE round to
+    /// nearest even), in `stream` order.
+    ///
+    /// # Safety
+    /// As for [`Kernels::add_one`].
+    pub unsafe fn add_f32(&self, stream: Stream, ptr: DevicePtr, n: u64, value: f32) -> Result<()> {
+        let mut ptr = ptr;
+        let mut len = n;
+        let mut value = value;
+        let mut params: [*mut c_void; 3] = [
+            (&raw mut ptr).cast(),
+            (&raw mut len).cast(),
+            (&raw mut value).cast(),
+        ];
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, f32:
+        // the kernel's parameters in order; 3. the caller guarantees the
+        // range and the stream.
+        unsafe {
+            result::launch_kernel(
+                self.add_f32.0,
+                grid(n),
+                BLOCK,
+                cu_stream(stream),
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
 }
 
 /// Blocks for `n` elements: enough for one element per thread, at most
@@ -380,6 +455,7 @@ mod tests {
                 "gpu_arena_spin(",
                 "gpu_arena_add_one_u32(",
                 "gpu_arena_check_and_write_u32(",
+                "gpu_arena_add_f32(",
             ] {
                 assert!(s.contains(entry), "{entry} missing");
             }
