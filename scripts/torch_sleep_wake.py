@@ -1,0 +1,130 @@
+"""Sleep and wake a PyTorch model's memory with gpu-arena (issue 9, docs/sleep-wake.md).
+
+usage: python3 torch_sleep_wake.py LIBGPU_ARENA.so [WORKLOADS.py]
+
+Loads the gpt2_generate model of ../shared/bench/torch_workloads.py with its
+weights tagged `weights`, generates with a fixed seed, sleeps (weights
+offloaded to pinned host memory, everything else discarded), shows that the
+memory went back to the device, fills a large buffer allocated outside
+gpu-arena (cuMemAlloc), wakes, reseeds and generates again: the outputs must
+be identical. Prints one JSON line with the figures."""
+import ctypes, json, os, subprocess, sys, time
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+import torch  # noqa: E402
+
+so = sys.argv[1]
+lib = ctypes.CDLL(so)
+lib.gpu_arena_last_error.restype = ctypes.c_char_p
+lib.gpu_arena_sleep.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
+lib.gpu_arena_wake.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]
+lib.gpu_arena_set_tag.argtypes = [ctypes.c_char_p]
+lib.gpu_arena_stats_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+lib.gpu_arena_stats_json.restype = ctypes.c_ssize_t
+
+
+def check(rc, what):
+    if rc != 0:
+        raise RuntimeError(f"{what}: {lib.gpu_arena_last_error().decode()}")
+
+
+def arena_stats():
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = lib.gpu_arena_stats_json(0, buf, len(buf))
+    return json.loads(buf.value[:n].decode())
+
+
+def smi_used_mib():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True).stdout.strip().splitlines()
+    return int(out[0]) if out else -1
+
+
+torch.cuda.memory.change_current_allocator(
+    torch.cuda.memory.CUDAPluggableAllocator(so, "gpu_arena_torch_alloc", "gpu_arena_torch_free"))
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+torch.use_deterministic_algorithms(True)
+GiB = 1 << 30
+
+check(0 if lib.gpu_arena_set_tag(b"weights") >= 0 else -1, "set_tag weights")
+torch.manual_seed(0)
+model = GPT2LMHeadModel(GPT2Config(n_layer=8, n_embd=1024, n_head=16, vocab_size=32000, n_positions=2048))
+model = model.to("cuda", torch.float16).eval()
+torch.cuda.synchronize()
+check(0 if lib.gpu_arena_set_tag(b"default") >= 0 else -1, "set_tag default")
+weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def generate():
+    torch.manual_seed(1234)
+    with torch.no_grad():
+        ids = torch.randint(0, 32000, (4, 256), device="cuda")
+        out = model.generate(ids, max_new_tokens=96, min_new_tokens=96, do_sample=True, top_k=50, pad_token_id=0)
+    torch.cuda.synchronize()
+    return out.cpu()
+
+
+first = generate()
+stats_before = arena_stats()
+free_before, total = torch.cuda.mem_get_info()
+smi_before = smi_used_mib()
+
+# Sleep: weights offloaded, everything else discarded.
+torch.cuda.synchronize()
+t0 = time.perf_counter()
+check(lib.gpu_arena_sleep(0, b"weights", 1, None), "sleep weights")
+t1 = time.perf_counter()
+check(lib.gpu_arena_sleep(0, b"default", 0, None), "sleep default")
+t2 = time.perf_counter()
+free_asleep, _ = torch.cuda.mem_get_info()
+smi_asleep = smi_used_mib()
+
+# The gap: a large buffer outside gpu-arena, filled and freed.
+cuda = ctypes.CDLL("libcuda.so.1")
+gap_bytes = int(free_asleep * 0.9) // GiB * GiB
+dptr = ctypes.c_uint64()
+rc = cuda.cuMemAlloc_v2(ctypes.byref(dptr), ctypes.c_size_t(gap_bytes))
+if rc != 0:
+    raise RuntimeError(f"cuMemAlloc of the gap buffer failed: {rc}")
+rc = cuda.cuMemsetD8_v2(dptr, ctypes.c_ubyte(0x5A), ctypes.c_size_t(gap_bytes))
+cuda.cuCtxSynchronize()
+rc2 = cuda.cuMemFree_v2(dptr)
+if rc or rc2:
+    raise RuntimeError(f"gap buffer fill/free failed: {rc} {rc2}")
+
+# Wake at the same addresses and generate again.
+t3 = time.perf_counter()
+check(lib.gpu_arena_wake(0, b"default", None), "wake default")
+t4 = time.perf_counter()
+check(lib.gpu_arena_wake(0, b"weights", None), "wake weights")
+t5 = time.perf_counter()
+free_awake, _ = torch.cuda.mem_get_info()
+second = generate()
+
+# Pinned host <-> device copy bandwidth in the same run (1 GiB each way).
+h = torch.empty(GiB, dtype=torch.uint8, pin_memory=True)
+d = torch.empty(GiB, dtype=torch.uint8, device="cuda")
+for _ in range(2):
+    d.copy_(h, non_blocking=True); torch.cuda.synchronize()
+t = time.perf_counter(); d.copy_(h, non_blocking=True); torch.cuda.synchronize(); h2d = 1 / (time.perf_counter() - t)
+t = time.perf_counter(); h.copy_(d, non_blocking=True); torch.cuda.synchronize(); d2h = 1 / (time.perf_counter() - t)
+del h, d
+
+weights_stats = next(t for t in stats_before["tags"] if t["tag"] == "weights")["stats"]
+default_stats = next(t for t in stats_before["tags"] if t["tag"] == "default")["stats"]
+wgib = weights_stats["committed"] / GiB
+print(json.dumps({
+    "identical_output": bool(torch.equal(first, second)),
+    "output_checksum": int(first.sum()),
+    "weights_param_bytes": weights_bytes,
+    "committed_weights": weights_stats["committed"],
+    "committed_default": default_stats["committed"],
+    "mem_get_info_free_MiB": {"before_sleep": free_before >> 20, "asleep": free_asleep >> 20, "awake": free_awake >> 20},
+    "nvidia_smi_used_MiB": {"before_sleep": smi_before, "asleep": smi_asleep},
+    "gap_buffer_GiB": gap_bytes / GiB,
+    "sleep_weights_offload_s": t1 - t0, "sleep_default_discard_s": t2 - t1,
+    "wake_default_s": t4 - t3, "wake_weights_restore_s": t5 - t4,
+    "offload_GiB_per_s": wgib / (t1 - t0), "restore_GiB_per_s": wgib / (t5 - t4),
+    "pinned_copy_GiB_per_s": {"h2d": h2d, "d2h": d2h},
+}), flush=True)
