@@ -493,35 +493,38 @@ impl<D: Driver> Arena<D> {
         self.awake()?;
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
-        if self.slabs.owns(off) {
-            if let (Some((size, align)), Some(have)) = (layout, self.slabs.size_of(off)) {
-                if size == 0
-                    || classes::class_for(size, align.max(1)) != Some(classes::class_of(have))
-                {
-                    return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
-                }
+        // One lookup: the slab policy says Foreign when no slab holds `off`.
+        let class = match layout {
+            // usize::MAX never matches a class: a size slabs cannot serve.
+            Some((size, align)) => Some(
+                classes::class_for(size, align.max(1))
+                    .filter(|_| size > 0)
+                    .unwrap_or(usize::MAX),
+            ),
+            None => None,
+        };
+        match self.slabs.free(off, slot, stamp, class) {
+            Err(BadPointer::Foreign) => {}
+            Err(k) => return Err(Self::bad(ptr, k)),
+            Ok(freed) => {
+                let bytes = match freed {
+                    Freed::Object { size } => size,
+                    Freed::SlabEmpty {
+                        size,
+                        slab,
+                        slab_bytes,
+                        stamp,
+                    } => {
+                        let streams = &self.commit.streams;
+                        self.blocks.free(slab, stamp, |s| streams.done(s));
+                        self.commit.sub_live(slab, slab_bytes, stamp);
+                        size
+                    }
+                };
+                self.frees += 1;
+                self.live -= bytes;
+                return Ok(());
             }
-            let freed = self
-                .slabs
-                .free(off, slot, stamp)
-                .map_err(|k| Self::bad(ptr, k))?;
-            let bytes = match freed {
-                Freed::Object { size } => size,
-                Freed::SlabEmpty {
-                    size,
-                    slab,
-                    slab_bytes,
-                    stamp,
-                } => {
-                    let streams = &self.commit.streams;
-                    self.blocks.free(slab, stamp, |s| streams.done(s));
-                    self.commit.sub_live(slab, slab_bytes, stamp);
-                    size
-                }
-            };
-            self.frees += 1;
-            self.live -= bytes;
-            return Ok(());
         }
         let Some(have) = self.blocks.size_of(off) else {
             let kind = if self.blocks.containing(off).is_some() {

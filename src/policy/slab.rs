@@ -240,12 +240,21 @@ impl Slabs {
     }
 
     /// Frees the object at `offset`, freed on stream slot `slot` with `stamp`.
+    /// `class`, when given, is the class the caller's size and alignment map to.
     ///
     /// Errors (nothing changed): `Interior` (not an object start, or past
-    /// the last object), `DoubleFree` (object not live), `Foreign` (no slab).
-    pub fn free(&mut self, offset: u64, slot: u16, stamp: Stamp) -> Result<Freed, BadPointer> {
+    /// the last object), `DoubleFree` (object not live), `Foreign` (no slab),
+    /// `LayoutMismatch` (the object is of another class).
+    pub fn free(
+        &mut self,
+        offset: u64,
+        slot: u16,
+        stamp: Stamp,
+        class: Option<usize>,
+    ) -> Result<Freed, BadPointer> {
         let id = self.find(offset).ok_or(BadPointer::Foreign)?;
         let s = &mut self.slabs[id as usize];
+        let expected = class;
         let class = s.class as usize;
         let size = classes::SIZES[class] as u64;
         let rel = offset - s.offset;
@@ -256,6 +265,9 @@ impl Slabs {
         let (w, b) = ((i / 64) as usize, i % 64);
         if s.live[w] >> b & 1 == 0 {
             return Err(BadPointer::DoubleFree);
+        }
+        if expected.is_some_and(|c| c != class) {
+            return Err(BadPointer::LayoutMismatch);
         }
         s.live[w] &= !(1 << b);
         s.live_count -= 1;
@@ -428,21 +440,24 @@ mod tests {
         s.add_slab(64 << 10, c, 1);
         let extra = s.alloc(1, c).unwrap();
         assert_eq!(
-            s.free(offs[3] + 1, 1, Stamp::SAFE),
+            s.free(offs[3] + 1, 1, Stamp::SAFE, None),
             Err(BadPointer::Interior)
         );
         assert_eq!(
-            s.free(offs[3], 1, Stamp::SAFE),
+            s.free(offs[3], 1, Stamp::SAFE, None),
             Ok(Freed::Object { size: 112 })
         );
-        assert_eq!(s.free(offs[3], 1, Stamp::SAFE), Err(BadPointer::DoubleFree));
+        assert_eq!(
+            s.free(offs[3], 1, Stamp::SAFE, None),
+            Err(BadPointer::DoubleFree)
+        );
         s.check_invariants();
         let mut emptied = 0;
         for (k, &o) in offs.iter().enumerate() {
             if k == 3 {
                 continue;
             }
-            if let Ok(Freed::SlabEmpty { slab, .. }) = s.free(o, 1, Stamp::SAFE) {
+            if let Ok(Freed::SlabEmpty { slab, .. }) = s.free(o, 1, Stamp::SAFE, None) {
                 assert_eq!(slab, 0);
                 emptied += 1;
             }
@@ -452,7 +467,7 @@ mod tests {
             "the first slab is given back while another serves"
         );
         assert!(!s.owns(0));
-        s.free(extra, 1, Stamp::SAFE).unwrap();
+        s.free(extra, 1, Stamp::SAFE, None).unwrap();
         s.check_invariants();
         assert_eq!(s.live_bytes(), 0);
     }
@@ -463,7 +478,7 @@ mod tests {
         let c = classes::class_of(64);
         s.add_slab(0, c, 1);
         let a = s.alloc(1, c).unwrap();
-        s.free(a, 2, Stamp::new(2, 7)).unwrap();
+        s.free(a, 2, Stamp::new(2, 7), None).unwrap();
         assert_eq!(s.deferred_count(), 1);
         s.check_invariants();
         s.drain(|_| false, |_, _, _| {});
