@@ -299,8 +299,22 @@ impl Slabs {
         if alone {
             return Ok(Freed::Object { size });
         }
+        let (slab, slab_bytes, stamp) = self.remove_slab(id);
+        Ok(Freed::SlabEmpty {
+            size,
+            slab,
+            slab_bytes,
+            stamp,
+        })
+    }
+
+    /// Removes an empty slab; returns its span (offset, bytes) and stamp.
+    fn remove_slab(&mut self, id: u32) -> (u64, u64, Stamp) {
+        let s = &self.slabs[id as usize];
         let (offset, class, stamp) = (s.offset, s.class as usize, s.stamp);
-        self.unlink(id);
+        if s.in_list {
+            self.unlink(id);
+        }
         let bytes = classes::slab_bytes(class);
         for c in 0..bytes >> CHUNK_SHIFT {
             self.chunks.remove(&((offset >> CHUNK_SHIFT) + c));
@@ -311,12 +325,7 @@ impl Slabs {
         s.live = MetaVec::new_in(std::alloc::System);
         self.recycled.push(id);
         self.slab_bytes -= bytes;
-        Ok(Freed::SlabEmpty {
-            size,
-            slab: offset,
-            slab_bytes: bytes,
-            stamp,
-        })
+        (offset, bytes, stamp)
     }
 
     /// Moves deferred objects whose stamp is `done` back to their slabs;
@@ -358,18 +367,7 @@ impl Slabs {
         for id in 0..self.slabs.len() as u32 {
             let s = &self.slabs[id as usize];
             if s.used && s.live_count == 0 && s.deferred == 0 {
-                let (offset, class, stamp) = (s.offset, s.class as usize, s.stamp);
-                self.unlink(id);
-                let bytes = classes::slab_bytes(class);
-                for c in 0..bytes >> CHUNK_SHIFT {
-                    self.chunks.remove(&((offset >> CHUNK_SHIFT) + c));
-                }
-                let s = &mut self.slabs[id as usize];
-                s.used = false;
-                s.free = MetaVec::new_in(std::alloc::System);
-                s.live = MetaVec::new_in(std::alloc::System);
-                self.recycled.push(id);
-                self.slab_bytes -= bytes;
+                let (offset, bytes, stamp) = self.remove_slab(id);
                 on_empty(offset, bytes, stamp);
             }
         }
