@@ -704,7 +704,7 @@ fn describe_bad(kind: BadPointer) -> &'static str {
     match kind {
         BadPointer::Foreign => "not allocated by this arena",
         BadPointer::Interior => "points inside a block, not at its start",
-        BadPointer::DoubleFree => "already freed",
+        BadPointer::DoubleFree => "already freed (or never allocated at this address)",
         BadPointer::LayoutMismatch => "size or alignment differs from the allocation",
     }
 }

@@ -25,7 +25,7 @@ int main(void) {
     CHECK(strstr(gpu_arena_last_error(), "inside a block") != NULL);
     CHECK(gpu_arena_free(large, 3 << 20, 0, NULL) == 0);
     CHECK(gpu_arena_free(large, 3 << 20, 0, NULL) == -1);
-    CHECK(strstr(gpu_arena_last_error(), "already freed") != NULL);
+    CHECK(strstr(gpu_arena_last_error(), "already freed") != NULL); /* double free */
     CHECK(gpu_arena_free(small, 100, 0, NULL) == 0);
     CHECK(gpu_arena_free(NULL, 0, 0, NULL) == 0);
     CHECK(gpu_arena_alloc(1, -1, NULL) == NULL);
