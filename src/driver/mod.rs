@@ -253,3 +253,91 @@ pub const fn round_up(value: u64, align: u64) -> Option<u64> {
         None => None,
     }
 }
+
+/// Forwards every call of the contract to the driver behind a pointer, so an
+/// arena can borrow or share a driver that its owner keeps inspecting (a
+/// [`Checked`] driver's counts and leaks after the arena is dropped).
+macro_rules! forward_driver {
+    ($($ty:ty),*) => { $(
+        // SAFETY: every method forwards to `D`, which upholds the contract;
+        // the pointer adds no behaviour of its own.
+        unsafe impl<D: Driver> Driver for $ty {
+            type Handle = D::Handle;
+            type Fence = D::Fence;
+            fn capabilities(&self) -> &Capabilities {
+                (**self).capabilities()
+            }
+            fn granularity(&self, location: Location) -> Result<usize> {
+                (**self).granularity(location)
+            }
+            fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+                (**self).reserve(size, align)
+            }
+            unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).free_reservation(va, size) }
+            }
+            fn create(&self, size: usize, location: Location) -> Result<Self::Handle> {
+                (**self).create(size, location)
+            }
+            fn release(&self, handle: Self::Handle) -> Result<()> {
+                (**self).release(handle)
+            }
+            unsafe fn map(
+                &self,
+                va: DevicePtr,
+                size: usize,
+                offset: usize,
+                handle: Self::Handle,
+            ) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).map(va, size, offset, handle) }
+            }
+            unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).unmap(va, size) }
+            }
+            unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).set_access(va, size, access) }
+            }
+            fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+                (**self).get_access(va, accessor)
+            }
+            fn record(&self, stream: Stream) -> Result<Self::Fence> {
+                (**self).record(stream)
+            }
+            fn is_complete(&self, fence: &Self::Fence) -> Result<bool> {
+                (**self).is_complete(fence)
+            }
+            fn wait(&self, fence: &Self::Fence) -> Result<()> {
+                (**self).wait(fence)
+            }
+            fn drop_fence(&self, fence: Self::Fence) {
+                (**self).drop_fence(fence)
+            }
+            fn create_stream(&self) -> Result<Stream> {
+                (**self).create_stream()
+            }
+            unsafe fn destroy_stream(&self, stream: Stream) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).destroy_stream(stream) }
+            }
+            unsafe fn copy(
+                &self,
+                dst: DevicePtr,
+                src: DevicePtr,
+                len: usize,
+                stream: Stream,
+            ) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).copy(dst, src, len, stream) }
+            }
+            unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).fill(dst, byte, len, stream) }
+            }
+        }
+    )* };
+}
+forward_driver!(&D, std::sync::Arc<D>);
