@@ -310,6 +310,7 @@ impl<D: Driver> Arena<D> {
     #[inline(never)]
     fn alloc_slab_slow(&mut self, slot: u16, class: usize) -> Result<(u64, u64, Policy)> {
         // Objects freed on other streams may have become reusable.
+        self.fence_deferred();
         self.commit.poll();
         let mut empty = crate::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
@@ -477,6 +478,7 @@ impl<D: Driver> Arena<D> {
     /// Gives back every empty page whose fences completed (and empty slabs).
     /// Never blocks. Returns the bytes given back.
     pub fn trim(&mut self) -> u64 {
+        self.fence_deferred();
         self.commit.poll();
         let mut empty = crate::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
@@ -485,6 +487,16 @@ impl<D: Driver> Arena<D> {
         self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
         self.release_slab_spans(empty);
         self.commit.trim()
+    }
+
+    /// Records the fences that slab objects freed on another stream wait
+    /// for (once per open epoch): without one, such an object never becomes
+    /// reusable and its slab is never given back.
+    fn fence_deferred(&mut self) {
+        let commit = &mut self.commit;
+        self.slabs.for_each_deferred_stamp(|st| {
+            let _ = commit.ensure_fence(st);
+        });
     }
 
     /// Gives emptied slab spans back to the blocks region and the page table.

@@ -307,6 +307,13 @@ impl Slabs {
         })
     }
 
+    /// Visits the stamps of deferred objects (several per stream epoch).
+    pub fn for_each_deferred_stamp(&self, mut f: impl FnMut(Stamp)) {
+        for &(_, _, stamp) in &self.deferred {
+            f(stamp);
+        }
+    }
+
     /// Moves deferred objects whose stamp is `done` back to their slabs;
     /// `on_empty(slab_offset, slab_bytes, stamp)` receives slabs that emptied.
     pub fn drain(
