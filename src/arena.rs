@@ -415,7 +415,7 @@ impl<D: Driver> Arena<D> {
         let stamp = self.commit.streams.stamp(slot);
         if self.slabs.owns(off) {
             if let (Some(size), Some(have)) = (size, self.slabs.size_of(off)) {
-                if size == 0 || size > have || classes::class_of(size) != classes::class_of(have) {
+                if size == 0 || !classes::may_serve(size, have) {
                     return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
                 }
             }
