@@ -113,7 +113,14 @@ fn reserve_with_fallback<D: Driver>(
 ) -> Result<(DevicePtr, u64, bool)> {
     let mut size = want;
     loop {
-        match driver.reserve(size as usize, page as usize) {
+        // Offsets are aligned within the reservation, so the base must be
+        // aligned as much as the largest alignment served; a driver that
+        // refuses such an alignment gets a page-aligned reservation (and
+        // the arena serves less: see `max_align`).
+        let aligned = driver
+            .reserve(size as usize, (page * MAX_ALIGN_PAGES) as usize)
+            .or_else(|_| driver.reserve(size as usize, page as usize));
+        match aligned {
             Ok(base) => return Ok((base, size, size != want)),
             Err(e) => {
                 let next = (size / 2) / page * page;
@@ -260,11 +267,19 @@ impl<D: Driver> Arena<D> {
         ptr.wrapping_sub(self.commit.base()) < self.commit.size()
     }
 
+    /// The largest alignment served: [`MAX_ALIGN_PAGES`] pages, or less if
+    /// the reservation's base is less aligned (offsets are aligned within
+    /// the reservation, so a pointer is only as aligned as the base).
+    fn max_align(&self) -> u64 {
+        let base = self.commit.base();
+        (self.page() * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63))
+    }
+
     fn check_layout(&self, size: u64, align: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let max = self.page() * MAX_ALIGN_PAGES;
+        let max = self.max_align();
         if !align.is_power_of_two() || align > max {
             return Err(Error::BadAlignment { align, max });
         }
