@@ -356,9 +356,21 @@ impl<D: Driver> Arena<D> {
         if let Err(e) = self.commit.add_live(a.offset, a.size) {
             let streams = &self.commit.streams;
             self.blocks.free(a.offset, Stamp::SAFE, |s| streams.done(s));
-            return Err(e);
+            return Err(self.live_in_report(e));
         }
         Ok(a.offset)
+    }
+
+    /// Out-of-memory figures with the live bytes the stats show (the page
+    /// table counts slab spans and buffer pages whole).
+    fn live_in_report(&self, e: Error) -> Error {
+        match e {
+            Error::OutOfMemory(mut r) => {
+                r.live = self.live;
+                Error::OutOfMemory(r)
+            }
+            e => e,
+        }
     }
 
     fn place(
@@ -569,7 +581,9 @@ impl<D: Driver> Arena<D> {
     /// Commits `from..to` (page-aligned offsets) of the buffer at `base`.
     pub fn commit_buffer(&mut self, base: DevicePtr, from: u64, to: u64) -> Result<()> {
         let off = base - self.commit.base() + from;
-        self.commit.pin(off, to - from)
+        self.commit
+            .pin(off, to - from)
+            .map_err(|e| self.live_in_report(e))
     }
 
     /// Gives back `from..to` of the buffer at `base` (once `stream`'s work on it completed).
