@@ -153,6 +153,12 @@ fn scratch_reset_keeps_retain_and_gives_the_rest_back() {
                 current: 1
             })
         );
+        // An alignment above the page is refused, even where the retained
+        // pages would hold it (the base is only page-aligned).
+        assert!(matches!(
+            scratch.alloc_raw(1, 2 * PAGE),
+            Err(Error::BadAlignment { .. })
+        ));
         // Reuse within the retained pages commits nothing.
         let creates = driver.counts().create;
         let again = scratch.alloc_raw(PAGE, 8).unwrap().get(&scratch).unwrap();
@@ -168,6 +174,7 @@ fn scratch_reset_keeps_retain_and_gives_the_rest_back() {
             scratch.alloc_raw(8, 3),
             Err(Error::BadAlignment { .. })
         ));
+
         assert_eq!(arena.stats(), before);
         arena.lock().check_invariants();
     }
