@@ -207,6 +207,14 @@ fn align() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Scratch alignments: up to 4 KiB, and sometimes above the page (refused).
+fn scratch_align() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        12 => (0u32..=12).prop_map(|k| 1u64 << k),
+        1 => Just(2 * PAGE),
+    ]
+}
+
 fn bad() -> impl Strategy<Value = Bad> {
     prop_oneof![
         Just(Bad::ZeroSize),
@@ -231,7 +239,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<Index>().prop_map(|pick| Op::FreeSized { pick }),
         1 => (1u64..=8 * PAGE, 0u64..=3 * PAGE)
             .prop_map(|(capacity, retain)| Op::ScratchNew { capacity, retain }),
-        4 => (any::<Index>(), 1u64..=(PAGE + PAGE / 2), (0u32..=12).prop_map(|k| 1u64 << k))
+        4 => (any::<Index>(), 1u64..=(PAGE + PAGE / 2), scratch_align())
             .prop_map(|(pick, size, align)| Op::ScratchAlloc { pick, size, align }),
         1 => (any::<Index>(), any::<Index>())
             .prop_map(|(pick, stream)| Op::ScratchReset { pick, stream }),
@@ -424,7 +432,17 @@ impl<'a, 'd> Model<'a, 'd> {
                 let id = self.id();
                 let m = &mut self.scratches[i];
                 let start = round_up(m.cursor, align);
+                let before = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
                 let r = m.scratch.alloc_raw(size, align);
+                if align > PAGE {
+                    assert!(
+                        matches!(r, Err(Error::BadAlignment { .. })),
+                        "scratch alignment above the page: {r:?}"
+                    );
+                    let after = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
+                    assert_eq!(after, before);
+                    return;
+                }
                 if start + size > m.capacity {
                     assert!(
                         matches!(r, Err(Error::TooLarge { .. })),
