@@ -175,7 +175,14 @@ fn reserve_with_fallback<D: Driver>(
 ) -> Result<(DevicePtr, u64, bool)> {
     let mut size = want;
     loop {
-        match driver.reserve(size as usize, page as usize) {
+        // Offsets are aligned within the reservation, so the base must be
+        // aligned as much as the largest alignment served; a driver that
+        // refuses such an alignment gets a page-aligned reservation (and
+        // the arena serves less: see `max_align`).
+        let aligned = driver
+            .reserve(size as usize, (page * MAX_ALIGN_PAGES) as usize)
+            .or_else(|_| driver.reserve(size as usize, page as usize));
+        match aligned {
             Ok(base) => return Ok((base, size, size != want)),
             Err(e) => {
                 let next = (size / 2) / page * page;
@@ -324,11 +331,19 @@ impl<D: Driver> Arena<D> {
         ptr.wrapping_sub(self.commit.base()) < self.commit.size()
     }
 
+    /// The largest alignment served: [`MAX_ALIGN_PAGES`] pages, or less if
+    /// the reservation's base is less aligned (offsets are aligned within
+    /// the reservation, so a pointer is only as aligned as the base).
+    fn max_align(&self) -> u64 {
+        let base = self.commit.base();
+        (self.page() * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63))
+    }
+
     fn check_layout(&self, size: u64, align: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let max = self.page() * MAX_ALIGN_PAGES;
+        let max = self.max_align();
         if !align.is_power_of_two() || align > max {
             return Err(Error::BadAlignment { align, max });
         }
@@ -379,6 +394,7 @@ impl<D: Driver> Arena<D> {
     #[inline(never)]
     fn alloc_slab_slow(&mut self, slot: u16, class: usize) -> Result<(u64, u64, Policy)> {
         // Objects freed on other streams may have become reusable.
+        self.fence_deferred();
         self.commit.poll();
         let mut empty = crate::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
@@ -409,9 +425,21 @@ impl<D: Driver> Arena<D> {
         if let Err(e) = self.commit.add_live(a.offset, a.size) {
             let streams = &self.commit.streams;
             self.blocks.free(a.offset, Stamp::SAFE, |s| streams.done(s));
-            return Err(e);
+            return Err(self.live_in_report(e));
         }
         Ok(a.offset)
+    }
+
+    /// Out-of-memory figures with the live bytes the stats show (the page
+    /// table counts slab spans and buffer pages whole).
+    fn live_in_report(&self, e: Error) -> Error {
+        match e {
+            Error::OutOfMemory(mut r) => {
+                r.live = self.live;
+                Error::OutOfMemory(r)
+            }
+            e => e,
+        }
     }
 
     fn place(
@@ -464,28 +492,18 @@ impl<D: Driver> Arena<D> {
         self.free_checked(ptr, None, stream)
     }
 
-    /// Like [`Arena::free_on`], and also checks that `size` and `align` are
-    /// what the block was allocated with (C ABI and PyTorch pass the size).
-    pub fn free_sized(
-        &mut self,
-        ptr: DevicePtr,
-        size: u64,
-        align: u64,
-        stream: Stream,
-    ) -> Result<()> {
-        self.free_checked(ptr, Some((size, align)), stream)
+    /// Like [`Arena::free_on`], and also checks that `size` is the size the
+    /// block was allocated with (C ABI and PyTorch pass it; an alignment
+    /// that raised a small block's class is allowed for).
+    pub fn free_sized(&mut self, ptr: DevicePtr, size: u64, stream: Stream) -> Result<()> {
+        self.free_checked(ptr, Some(size), stream)
     }
 
     fn bad(ptr: DevicePtr, kind: BadPointer) -> Error {
         Error::BadPointer { addr: ptr, kind }
     }
 
-    fn free_checked(
-        &mut self,
-        ptr: DevicePtr,
-        layout: Option<(u64, u64)>,
-        stream: Stream,
-    ) -> Result<()> {
+    fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
         let off = ptr.wrapping_sub(self.commit.base());
         if off >= self.blocks_size {
             return Err(Self::bad(ptr, BadPointer::Foreign));
@@ -494,16 +512,7 @@ impl<D: Driver> Arena<D> {
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
         // One lookup: the slab policy says Foreign when no slab holds `off`.
-        let class = match layout {
-            // usize::MAX never matches a class: a size slabs cannot serve.
-            Some((size, align)) => Some(
-                classes::class_for(size, align.max(1))
-                    .filter(|_| size > 0)
-                    .unwrap_or(usize::MAX),
-            ),
-            None => None,
-        };
-        match self.slabs.free(off, slot, stamp, class) {
+        match self.slabs.free(off, slot, stamp, size) {
             Err(BadPointer::Foreign) => {}
             Err(k) => return Err(Self::bad(ptr, k)),
             Ok(freed) => {
@@ -534,7 +543,7 @@ impl<D: Driver> Arena<D> {
             };
             return Err(Self::bad(ptr, kind));
         };
-        if let Some((size, _)) = layout {
+        if let Some(size) = size {
             if size == 0 || self.blocks.round(size) != Some(have) {
                 return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
             }
@@ -563,6 +572,7 @@ impl<D: Driver> Arena<D> {
     /// Gives back every empty page whose fences completed (and empty slabs).
     /// Never blocks. Returns the bytes given back.
     pub fn trim(&mut self) -> u64 {
+        self.fence_deferred();
         self.commit.poll();
         let mut empty = crate::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
@@ -571,6 +581,16 @@ impl<D: Driver> Arena<D> {
         self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
         self.release_slab_spans(empty);
         self.commit.trim()
+    }
+
+    /// Records the fences that slab objects freed on another stream wait
+    /// for (once per open epoch): without one, such an object never becomes
+    /// reusable and its slab is never given back.
+    fn fence_deferred(&mut self) {
+        let commit = &mut self.commit;
+        self.slabs.for_each_deferred_stamp(|st| {
+            let _ = commit.ensure_fence(st);
+        });
     }
 
     /// Gives emptied slab spans back to the blocks region and the page table.
@@ -629,7 +649,9 @@ impl<D: Driver> Arena<D> {
     pub fn commit_buffer(&mut self, base: DevicePtr, from: u64, to: u64) -> Result<()> {
         self.awake()?;
         let off = base - self.commit.base() + from;
-        self.commit.pin(off, to - from)
+        self.commit
+            .pin(off, to - from)
+            .map_err(|e| self.live_in_report(e))
     }
 
     /// Gives back `from..to` of the buffer at `base` (once `stream`'s work on it completed).

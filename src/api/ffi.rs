@@ -133,7 +133,7 @@ pub extern "C" fn gpu_arena_free(
         let a = global::arena(device(dev)?)?;
         a.free(
             ptr as DevicePtr,
-            (size > 0).then_some((size as u64, 512)),
+            (size > 0).then_some(size as u64),
             Stream(stream as u64),
         )?;
         Ok(0)

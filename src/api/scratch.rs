@@ -108,10 +108,15 @@ impl<'a, D: Driver> Scratch<'a, D> {
     #[inline(always)]
     pub fn try_alloc_layout(&self, layout: Layout) -> Result<DevicePtr> {
         let mut b = self.bump.get();
-        if let BumpResult::Placed(off) = b.alloc(layout.size().max(1) as u64, layout.align() as u64)
-        {
-            self.bump.set(b);
-            return Ok(self.base + off);
+        // Offsets are aligned within the arena, whose base is page-aligned:
+        // larger alignments go to the slow path, which refuses them.
+        if layout.align() as u64 <= self.page {
+            if let BumpResult::Placed(off) =
+                b.alloc(layout.size().max(1) as u64, layout.align() as u64)
+            {
+                self.bump.set(b);
+                return Ok(self.base + off);
+            }
         }
         self.alloc_layout_slow(layout)
     }

@@ -337,8 +337,13 @@ impl<D: Driver> Commit<D> {
             self.release_until(allowed.saturating_sub(missing << self.shift), Some((a, b)));
         }
         while (a..=b).any(|p| self.page_at(p).run == NIL) {
-            if let Err(e) = self.commit_range(off, len) {
+            if let Err(mut e) = self.commit_range(off, len) {
                 self.release_unclaimed(a, b);
+                if let Error::OutOfMemory(r) = &mut e {
+                    // Report the state the caller sees: without the runs
+                    // this call made and gave back.
+                    *r = self.oom_report(r.requested);
+                }
                 return Err(e);
             }
         }

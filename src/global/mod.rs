@@ -18,7 +18,7 @@
 //! let conf = GlobalConfig { backend: Select::Host, ..GlobalConfig::default() };
 //! let arena: &'static GlobalArena = GlobalArena::leak(0, conf)?;
 //! let p = arena.alloc(4096, 512, Stream::DEFAULT)?;
-//! arena.free(p, Some((4096, 512)), Stream::DEFAULT)?;
+//! arena.free(p, Some(4096), Stream::DEFAULT)?;
 //! # Ok::<(), gpu_arena::Error>(())
 //! ```
 
@@ -342,17 +342,16 @@ impl GlobalArena {
         Error::OutOfMemory(r)
     }
 
-    /// Frees `ptr` (from any thread). `layout`, when given, must be the
-    /// (size, align) it was allocated with. Bad pointers are refused and
-    /// nothing changes.
-    pub fn free(&self, ptr: DevicePtr, layout: Option<(u64, u64)>, stream: Stream) -> Result<()> {
+    /// Frees `ptr` (from any thread). `size`, when given, must be the size
+    /// it was allocated with. Bad pointers are refused and nothing changes.
+    pub fn free(&self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
         let shard = self.shard_of(ptr).ok_or(Error::BadPointer {
             addr: ptr,
             kind: BadPointer::Foreign,
         })?;
         let mut a = shard.lock();
-        match layout {
-            Some((size, align)) => a.free_sized(ptr, size, align, stream),
+        match size {
+            Some(size) => a.free_sized(ptr, size, stream),
             None => a.free_on(ptr, stream),
         }
     }

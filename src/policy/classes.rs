@@ -65,6 +65,24 @@ pub const fn class_for(size: u64, align: u64) -> Option<usize> {
     }
 }
 
+/// Whether an object of class size `have` may have been handed out for a
+/// request of `size` bytes with some alignment: `free_sized` gets the size
+/// but not the alignment, and an alignment can raise the class
+/// (`class_for(20, 64)` is the 64-byte class).
+pub const fn may_serve(size: u64, have: u64) -> bool {
+    let c = class_of(have);
+    let mut align = 1;
+    while align <= 4096 {
+        if let Some(x) = class_for(size, align) {
+            if x == c {
+                return true;
+            }
+        }
+        align *= 2;
+    }
+    false
+}
+
 /// Bytes of one slab of class `c` (a power of two, slabs are aligned to it).
 pub const fn slab_bytes(c: usize) -> u64 {
     let s = SIZES[c] as u64;
@@ -93,6 +111,20 @@ mod tests {
         for w in SIZES.windows(2) {
             assert!(w[0] < w[1]);
         }
+    }
+
+    #[test]
+    fn free_sized_accepts_every_size_an_alignment_could_have_raised() {
+        for align in [1u64, 8, 64, 512, 4096] {
+            for size in (1..=MAX_SMALL).step_by(13) {
+                if let Some(c) = class_for(size, align) {
+                    assert!(may_serve(size, SIZES[c] as u64), "{size} {align}");
+                }
+            }
+        }
+        assert!(may_serve(20, 64));
+        assert!(!may_serve(65, 64), "larger than the object");
+        assert!(!may_serve(16, 48), "no alignment takes 16 bytes to 48");
     }
 
     #[test]

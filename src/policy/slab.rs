@@ -240,7 +240,9 @@ impl Slabs {
     }
 
     /// Frees the object at `offset`, freed on stream slot `slot` with `stamp`.
-    /// `class`, when given, is the class the caller's size and alignment map to.
+    /// `size`, when given, is the size the caller allocated the object with
+    /// (any alignment up to 4096 may have raised its class: see
+    /// [`classes::may_serve`]).
     ///
     /// Errors (nothing changed): `Interior` (not an object start, or past
     /// the last object), `DoubleFree` (object not live), `Foreign` (no slab),
@@ -250,11 +252,11 @@ impl Slabs {
         offset: u64,
         slot: u16,
         stamp: Stamp,
-        class: Option<usize>,
+        size: Option<u64>,
     ) -> Result<Freed, BadPointer> {
         let id = self.find(offset).ok_or(BadPointer::Foreign)?;
         let s = &mut self.slabs[id as usize];
-        let expected = class;
+        let expected = size;
         let class = s.class as usize;
         let size = classes::SIZES[class] as u64;
         let rel = offset - s.offset;
@@ -266,7 +268,7 @@ impl Slabs {
         if s.live[w] >> b & 1 == 0 {
             return Err(BadPointer::DoubleFree);
         }
-        if expected.is_some_and(|c| c != class) {
+        if expected.is_some_and(|n| n == 0 || !classes::may_serve(n, size)) {
             return Err(BadPointer::LayoutMismatch);
         }
         s.live[w] &= !(1 << b);
@@ -326,6 +328,13 @@ impl Slabs {
         self.recycled.push(id);
         self.slab_bytes -= bytes;
         (offset, bytes, stamp)
+    }
+
+    /// Visits the stamps of deferred objects (several per stream epoch).
+    pub fn for_each_deferred_stamp(&self, mut f: impl FnMut(Stamp)) {
+        for &(_, _, stamp) in &self.deferred {
+            f(stamp);
+        }
     }
 
     /// Moves deferred objects whose stamp is `done` back to their slabs;

@@ -64,9 +64,7 @@ fn threads_allocate_and_free_across_threads() {
                         for (i, b) in bytes.iter().enumerate().step_by(61) {
                             assert_eq!(*b, pattern(id, i), "block {id} corrupted at {i}");
                         }
-                        arena
-                            .free(p, Some((size as u64, 16)), Stream::DEFAULT)
-                            .unwrap();
+                        arena.free(p, Some(size as u64), Stream::DEFAULT).unwrap();
                     }
                 }
             }
@@ -109,10 +107,8 @@ fn bad_pointers_are_refused_by_the_global_arena() {
             .is_err()
     );
     assert!(arena.free(p + 512, None, Stream::DEFAULT).is_err());
-    assert!(arena.free(p, Some((4096, 512)), Stream::DEFAULT).is_err());
-    arena
-        .free(p, Some((1 << 20, 512)), Stream::DEFAULT)
-        .unwrap();
+    assert!(arena.free(p, Some(4096), Stream::DEFAULT).is_err());
+    arena.free(p, Some(1 << 20), Stream::DEFAULT).unwrap();
     assert!(arena.free(p, None, Stream::DEFAULT).is_err());
     assert_eq!(arena.stats().large.blocks, 0);
 }

@@ -1,5 +1,7 @@
 //! The integration suite: one binary, one module per area (faster to link).
 
+mod arena_api;
+mod arena_model;
 mod conformance;
 #[cfg(feature = "cuda")]
 mod cuda_driver;

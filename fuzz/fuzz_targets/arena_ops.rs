@@ -1,0 +1,282 @@
+//! Fuzz target: programs of arena operations on the checked host driver
+//! (64 KiB pages), as talc's `Actions`. Fresh memory is filled with a
+//! pattern derived from the block's id and checked when the block is freed
+//! and at the end (overlaps, lost pages); the arena's invariants are checked
+//! after every action; the driver must see everything given back.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
+use gpu_arena::{ArenaConfig, Error, GrowBuffer, Kind, Scratch, ScratchPtr, SharedArena};
+use libfuzzer_sys::fuzz_target;
+
+const PAGE: u64 = 64 << 10;
+const STREAMS: usize = 3;
+
+#[derive(Arbitrary, Debug)]
+enum Action {
+    /// `size` scaled: up to 4 pages; alignment `1 << (align_log % 18)`.
+    Alloc {
+        size: u32,
+        align_log: u8,
+        stream: u8,
+    },
+    /// Frees a live block (index modulo the live count), on its own stream
+    /// or on another one.
+    Free {
+        index: u16,
+        other_stream: bool,
+    },
+    /// Frees a live block with the size it was allocated with.
+    FreeSized {
+        index: u16,
+    },
+    /// A pointer inside a live block, or just freed: must be refused.
+    BadFree {
+        index: u16,
+        delta: u32,
+    },
+    ScratchAlloc {
+        size: u16,
+        align_log: u8,
+    },
+    ScratchReset {
+        stream: u8,
+    },
+    /// Resizes the growable buffer to `len` bytes (scaled, up to 16 pages;
+    /// beyond its maximum must be refused).
+    GrowResize {
+        len: u32,
+        stream: u8,
+    },
+    Trim,
+    Collect,
+    Hold {
+        stream: u8,
+    },
+    Complete {
+        stream: u8,
+    },
+}
+
+fn tag(id: u64) -> u8 {
+    (id % 251) as u8 + 1
+}
+
+/// # Safety
+/// `p..p + len` is live, host-visible memory of the caller.
+unsafe fn fill(p: u64, len: u64, id: u64) {
+    // SAFETY: the caller's range.
+    unsafe { std::ptr::write_bytes(p as *mut u8, tag(id), len as usize) };
+}
+
+/// # Safety
+/// As for [`fill`].
+unsafe fn intact(p: u64, len: u64, id: u64) -> bool {
+    // SAFETY: the caller's range.
+    let s = unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) };
+    s.iter().all(|&b| b == tag(id))
+}
+
+struct Block {
+    ptr: u64,
+    size: u64,
+    given: u64,
+    stream: usize,
+    id: u64,
+}
+
+fuzz_target!(|actions: Vec<Action>| {
+    let driver = Checked::new(
+        HostDriver::with_config(HostConfig {
+            granularity: PAGE as usize,
+            capacity: 64 << 20,
+            ..Default::default()
+        })
+        .expect("host driver"),
+    );
+    let streams: Vec<Stream> = (0..STREAMS)
+        .map(|_| driver.create_stream().expect("stream"))
+        .collect();
+    let config = ArenaConfig {
+        reservation: 64 << 20,
+        min_reservation: 1 << 20,
+        ..Default::default()
+    };
+    {
+        let arena = SharedArena::new(&driver, Kind::Device(0), config).expect("arena");
+        let mut scratch = Scratch::new(&arena, 8 * PAGE, PAGE).expect("scratch");
+        let mut scratch_live: Vec<(ScratchPtr, u64, u64)> = Vec::new();
+        let mut stale: Option<ScratchPtr> = None;
+        let mut grow = GrowBuffer::with_max(&arena, 16 * PAGE).expect("grow buffer");
+        let grow_id = 0;
+        let mut blocks: Vec<Block> = Vec::new();
+        let mut freed: Vec<u64> = Vec::new();
+        let mut next_id = 1u64;
+        for action in actions.iter().take(512) {
+            match *action {
+                Action::Alloc {
+                    size,
+                    align_log,
+                    stream,
+                } => {
+                    let size = 1 + u64::from(size) % (4 * PAGE);
+                    let align = 1u64 << (align_log % 18);
+                    let stream = usize::from(stream) % STREAMS;
+                    let p = arena
+                        .alloc(size, align, streams[stream])
+                        .unwrap_or_else(|e| panic!("alloc({size}, {align}): {e}"));
+                    assert_eq!(p % align, 0);
+                    let given = arena.lock().block_size(p).expect("live");
+                    assert!(given >= size);
+                    for b in &blocks {
+                        assert!(p + given <= b.ptr || b.ptr + b.given <= p, "overlap");
+                    }
+                    next_id += 1;
+                    // SAFETY: a fresh block of `given` bytes.
+                    unsafe { fill(p, given, next_id) };
+                    freed.retain(|&f| f != p);
+                    blocks.push(Block {
+                        ptr: p,
+                        size,
+                        given,
+                        stream,
+                        id: next_id,
+                    });
+                }
+                Action::Free {
+                    index,
+                    other_stream,
+                } => {
+                    if blocks.is_empty() {
+                        continue;
+                    }
+                    let b = blocks.swap_remove(usize::from(index) % blocks.len());
+                    // SAFETY: the block is live.
+                    assert!(unsafe { intact(b.ptr, b.given, b.id) }, "contents kept");
+                    let s = if other_stream {
+                        (b.stream + 1) % STREAMS
+                    } else {
+                        b.stream
+                    };
+                    arena.free(b.ptr, streams[s]).expect("free");
+                    freed.push(b.ptr);
+                }
+                Action::FreeSized { index } => {
+                    if blocks.is_empty() {
+                        continue;
+                    }
+                    let b = blocks.swap_remove(usize::from(index) % blocks.len());
+                    // SAFETY: the block is live.
+                    assert!(unsafe { intact(b.ptr, b.given, b.id) }, "contents kept");
+                    arena
+                        .lock()
+                        .free_sized(b.ptr, b.size, streams[b.stream])
+                        .expect("free_sized with the allocated size");
+                    freed.push(b.ptr);
+                }
+                Action::BadFree { index, delta } => {
+                    let before = arena.stats();
+                    let p = if !blocks.is_empty() && delta % 2 == 0 {
+                        let b = &blocks[usize::from(index) % blocks.len()];
+                        if b.given < 2 {
+                            continue;
+                        }
+                        b.ptr + 1 + u64::from(delta) % (b.given - 1)
+                    } else if let Some(&f) = freed.last() {
+                        if blocks.iter().any(|b| b.ptr == f) {
+                            continue;
+                        }
+                        f
+                    } else {
+                        continue;
+                    };
+                    let r = arena.free(p, streams[0]);
+                    assert!(matches!(r, Err(Error::BadPointer { .. })), "{r:?}");
+                    assert_eq!(arena.stats(), before, "a refused free changes nothing");
+                }
+                Action::ScratchAlloc { size, align_log } => {
+                    let size = 1 + u64::from(size);
+                    let align = 1u64 << (align_log % 13);
+                    match scratch.alloc_raw(size, align) {
+                        Ok(sp) => {
+                            let p = sp.get(&scratch).expect("current");
+                            assert_eq!(p % align, 0);
+                            next_id += 1;
+                            // SAFETY: fresh scratch memory of `size` bytes.
+                            unsafe { fill(p, size, next_id) };
+                            scratch_live.push((sp, size, next_id));
+                        }
+                        Err(Error::TooLarge { .. }) => {}
+                        Err(e) => panic!("scratch alloc: {e}"),
+                    }
+                }
+                Action::ScratchReset { stream } => {
+                    for &(sp, size, id) in &scratch_live {
+                        let p = sp.get(&scratch).expect("current");
+                        // SAFETY: live scratch memory.
+                        assert!(unsafe { intact(p, size, id) }, "scratch contents kept");
+                    }
+                    scratch.reset_on(streams[usize::from(stream) % STREAMS]);
+                    assert!(scratch.committed_bytes() <= PAGE);
+                    stale = scratch_live.drain(..).next().map(|(sp, _, _)| sp).or(stale);
+                    if let Some(sp) = stale {
+                        assert!(matches!(sp.get(&scratch), Err(Error::StaleScratch { .. })));
+                    }
+                }
+                Action::GrowResize { len, stream } => {
+                    let len = u64::from(len) % (17 * PAGE);
+                    let old = grow.len();
+                    let r = grow.resize_on(len, streams[usize::from(stream) % STREAMS]);
+                    if len > grow.max() {
+                        assert!(matches!(r, Err(Error::GrowBeyondMax { .. })), "{r:?}");
+                        continue;
+                    }
+                    r.expect("resize");
+                    assert_eq!(grow.committed(), len.div_ceil(PAGE) * PAGE);
+                    let s = grow.as_mut_slice().expect("host-visible");
+                    let keep = old.min(len) as usize;
+                    assert!(
+                        s[..keep].iter().all(|&b| b == tag(grow_id)),
+                        "grow contents kept"
+                    );
+                    s[keep..].fill(tag(grow_id));
+                }
+                Action::Trim => {
+                    arena.trim();
+                }
+                Action::Collect => {
+                    arena.lock().collect();
+                }
+                Action::Hold { stream } => {
+                    driver.inner().hold(streams[usize::from(stream) % STREAMS])
+                }
+                Action::Complete { stream } => driver
+                    .inner()
+                    .complete(streams[usize::from(stream) % STREAMS]),
+            }
+            let a = arena.lock();
+            a.check_invariants();
+            let s = a.stats();
+            assert!(s.committed >= s.live);
+            assert_eq!(driver.physical_bytes(), s.committed);
+        }
+        for b in blocks.drain(..) {
+            // SAFETY: the block is live.
+            assert!(unsafe { intact(b.ptr, b.given, b.id) }, "contents kept");
+            arena.free(b.ptr, streams[b.stream]).expect("free");
+        }
+        drop(scratch);
+        drop(grow);
+        for &s in &streams {
+            driver.inner().complete(s);
+        }
+        arena.trim();
+        let s = arena.stats();
+        assert_eq!((s.live, s.committed), (0, 0), "{s:?}");
+        arena.lock().check_invariants();
+    }
+    assert!(driver.leaks().is_none(), "{:?}", driver.leaks());
+    let c = driver.counts();
+    assert_eq!((c.create, c.map), (c.release, c.unmap), "{c:?}");
+});

@@ -1,0 +1,510 @@
+//! What users hold, on the host backend: `allocator_api2` collections in a
+//! `SharedArena` and a `Scratch`, growable buffers, device vectors, bad
+//! input, and the shared transformer traces.
+
+use allocator_api2::boxed::Box as ABox;
+use allocator_api2::vec::Vec as AVec;
+use gpu_arena::driver::{Checked, HostDriver, Stream};
+use gpu_arena::{
+    Arena, ArenaConfig, BadPointer, DeviceBox, DeviceVec, Error, GrowBuffer, Kind, Scratch,
+    SharedArena,
+};
+
+use crate::arena_model::{PAGE, TestArena, assert_balanced, config, host};
+
+fn bad_pointer(e: Error) -> BadPointer {
+    match e {
+        Error::BadPointer { kind, .. } => kind,
+        other => panic!("expected a bad pointer error, got {other:?}"),
+    }
+}
+
+// ----- allocator_api2 collections -----
+
+fn collections_in(kind: Kind) {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, kind, config()).unwrap();
+        assert!(arena.host_visible());
+        {
+            let mut v: AVec<u64, _> = AVec::new_in(&arena);
+            v.extend(0..10_000u64);
+            let b = ABox::new_in([7u8; 3000], &arena);
+            let mut m = hashbrown::HashMap::new_in(&arena);
+            for i in 0..2_000u32 {
+                m.insert(i, i.wrapping_mul(2_654_435_761));
+            }
+            for p in [v.as_ptr() as u64, b.as_ptr() as u64] {
+                assert!(arena.contains(p), "{p:#x} lives in the arena");
+            }
+            assert_eq!(v.iter().sum::<u64>(), 49_995_000);
+            assert!(b.iter().all(|&x| x == 7));
+            assert_eq!(m[&1_999], 1_999u32.wrapping_mul(2_654_435_761));
+            let s = arena.stats();
+            assert!(
+                s.live >= 8 * v.capacity() as u64 + 3000 + 8 * m.capacity() as u64,
+                "the stats see the collections: {s:?}"
+            );
+            assert!(s.committed >= s.live);
+            assert!(s.slab.blocks + s.large.blocks >= 3);
+            arena.lock().check_invariants();
+        }
+        assert_eq!(
+            arena.stats().live,
+            0,
+            "dropping the collections freed everything"
+        );
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+        arena.lock().check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+#[test]
+fn collections_in_a_device_arena() {
+    collections_in(Kind::Device(0));
+}
+
+#[test]
+fn collections_in_a_pinned_host_arena() {
+    collections_in(Kind::PinnedHost);
+}
+
+#[test]
+fn collections_in_a_scratch_arena() {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, Kind::PinnedHost, config()).unwrap();
+        let mut scratch = Scratch::new(&arena, 4 << 20, PAGE).unwrap();
+        for round in 0..3u64 {
+            {
+                let mut v: AVec<u64, _> = AVec::new_in(&scratch);
+                v.extend(0..5_000u64);
+                let b = ABox::new_in(round, &scratch);
+                let mut m = hashbrown::HashMap::new_in(&scratch);
+                for i in 0..500u64 {
+                    m.insert(i, i + round);
+                }
+                assert_eq!(v.iter().sum::<u64>(), 12_497_500);
+                assert_eq!((*b, m[&499]), (round, 499 + round));
+                let base = v.as_ptr() as u64;
+                assert!(arena.contains(base));
+                assert!(scratch.allocated_bytes() >= 8 * 5_000);
+                assert!(scratch.committed_bytes() >= scratch.allocated_bytes());
+                assert!(arena.stats().committed >= scratch.committed_bytes());
+            }
+            // Deallocation is a no-op in a bump arena; reset gives it all back.
+            assert!(scratch.allocated_bytes() > 0);
+            scratch.reset();
+            assert_eq!(scratch.allocated_bytes(), 0);
+            assert_eq!(scratch.committed_bytes(), PAGE, "reset keeps `retain`");
+            assert_eq!(arena.stats().scratch.bytes, 0);
+            arena.lock().check_invariants();
+        }
+        drop(scratch);
+        let s = arena.stats();
+        assert_eq!((s.live, s.scratch.blocks), (0, 0));
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+    }
+    assert_balanced(&driver);
+}
+
+// ----- scratch arenas -----
+
+#[test]
+fn scratch_reset_keeps_retain_and_gives_the_rest_back() {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+        // Geometric growth commits runs of 1, 1, 2, 4 pages: a retention of
+        // 2 pages ends on a run boundary, so the rest goes back exactly.
+        let mut scratch = Scratch::new(&arena, 8 * PAGE, 2 * PAGE).unwrap();
+        let first = scratch.alloc_raw(100, 64).unwrap();
+        let first_addr = first.get(&scratch).unwrap();
+        let mut ptrs = vec![first];
+        while scratch.allocated_bytes() + PAGE / 2 <= 8 * PAGE - PAGE {
+            ptrs.push(scratch.alloc_raw(PAGE / 2, 256).unwrap());
+        }
+        for w in ptrs.windows(2) {
+            let (a, b) = (w[0].get(&scratch).unwrap(), w[1].get(&scratch).unwrap());
+            assert!(b > a, "bump order");
+        }
+        assert_eq!(scratch.committed_bytes(), 8 * PAGE);
+        assert_eq!(arena.stats().committed, 8 * PAGE);
+        // The arena's figure follows the bump on slow paths only (the fast
+        // path takes no lock): never ahead of it.
+        let stats = arena.stats();
+        assert!(stats.scratch.bytes > 0 && stats.scratch.bytes <= scratch.allocated_bytes());
+
+        scratch.reset();
+        assert_eq!(scratch.committed_bytes(), 2 * PAGE);
+        assert_eq!(scratch.generation(), 1);
+        arena.trim();
+        let s = arena.stats();
+        assert_eq!(s.committed, 2 * PAGE, "the rest was given back: {s:?}");
+        assert_eq!(s.scratch.bytes, 0);
+        // Stale pointers are refused, with both generations.
+        assert_eq!(
+            first.get(&scratch),
+            Err(Error::StaleScratch {
+                used: 0,
+                current: 1
+            })
+        );
+        // An alignment above the page is refused, even where the retained
+        // pages would hold it (the base is only page-aligned).
+        assert!(matches!(
+            scratch.alloc_raw(1, 2 * PAGE),
+            Err(Error::BadAlignment { .. })
+        ));
+        // Reuse within the retained pages commits nothing.
+        let creates = driver.counts().create;
+        let again = scratch.alloc_raw(PAGE, 8).unwrap().get(&scratch).unwrap();
+        assert_eq!(again, first_addr, "bumping starts over at the base");
+        assert_eq!(driver.counts().create, creates);
+        // Too large for the reservation: refused, nothing changes.
+        let before = arena.stats();
+        assert!(matches!(
+            scratch.alloc_raw(16 * PAGE, 8),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            scratch.alloc_raw(8, 3),
+            Err(Error::BadAlignment { .. })
+        ));
+
+        assert_eq!(arena.stats(), before);
+        arena.lock().check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+// ----- growable buffers -----
+
+#[test]
+fn grow_buffer_grows_in_place_and_shrinks_back() {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+        let mut buf = GrowBuffer::with_max(&arena, 64 * PAGE).unwrap();
+        assert_eq!((buf.len(), buf.committed(), buf.max()), (0, 0, 64 * PAGE));
+        assert_eq!(arena.stats().committed, 0, "only address space reserved");
+        let base = buf.as_ptr();
+        let mut len = 0u64;
+        // 1 page, then 1.5, 2, 2.5 ... 32 pages: each step keeps the contents.
+        for step in 2..=64u64 {
+            let new = step * PAGE / 2;
+            buf.resize(new).unwrap();
+            assert_eq!(buf.as_ptr(), base, "the base never moves");
+            let s = buf.as_mut_slice().unwrap();
+            assert!(
+                s[..len as usize]
+                    .iter()
+                    .enumerate()
+                    .all(|(i, &b)| b == (i % 251) as u8),
+                "contents kept growing to {new}"
+            );
+            for (i, b) in s.iter_mut().enumerate().skip(len as usize) {
+                *b = (i % 251) as u8;
+            }
+            len = new;
+            let committed = new.div_ceil(PAGE) * PAGE;
+            assert_eq!(buf.committed(), committed);
+            assert_eq!(
+                arena.stats().committed,
+                committed,
+                "committed = page-rounded length"
+            );
+            assert_eq!(arena.stats().grow.bytes, new);
+        }
+        // Shrinking gives whole pages past the end back.
+        for new in [20 * PAGE, 8 * PAGE + 1, PAGE] {
+            buf.resize(new).unwrap();
+            arena.trim();
+            let committed = new.div_ceil(PAGE) * PAGE;
+            assert_eq!(buf.committed(), committed);
+            assert_eq!(arena.stats().committed, committed, "shrink to {new}");
+            let s = buf.as_slice().unwrap();
+            assert!(s.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
+        }
+        assert_eq!(
+            buf.resize(64 * PAGE + 1),
+            Err(Error::GrowBeyondMax {
+                requested: 64 * PAGE + 1,
+                max: 64 * PAGE
+            })
+        );
+        assert_eq!(buf.len(), PAGE);
+        arena.lock().check_invariants();
+        drop(buf);
+        arena.trim();
+        let s = arena.stats();
+        assert_eq!((s.committed, s.live, s.grow.blocks), (0, 0, 0));
+    }
+    assert_balanced(&driver);
+}
+
+/// A buffer grown in one step commits one run; a driver cannot unmap part
+/// of it, so a shrink into that step keeps the run (the buffer's own figure
+/// says what it uses) until the buffer grows back, which then commits
+/// nothing, or is dropped.
+#[test]
+fn grow_buffer_shrink_inside_one_step_keeps_the_run() {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+        let mut buf = GrowBuffer::with_max(&arena, 16 * PAGE).unwrap();
+        buf.resize(16 * PAGE).unwrap();
+        buf.resize(4 * PAGE).unwrap();
+        arena.trim();
+        assert_eq!(buf.committed(), 4 * PAGE);
+        assert_eq!(arena.stats().committed, 16 * PAGE);
+        let creates = driver.counts().create;
+        buf.resize(16 * PAGE).unwrap();
+        assert_eq!(
+            driver.counts().create,
+            creates,
+            "growing back commits nothing"
+        );
+        drop(buf);
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+    }
+    assert_balanced(&driver);
+}
+
+// ----- device vectors -----
+
+#[test]
+fn device_vec_and_box_round_trip() {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+        let data: Vec<f32> = (0..50_000).map(|i| i as f32 * 0.5).collect();
+        let v = DeviceVec::from_slice(&arena, &data).unwrap();
+        assert_eq!(v.len(), data.len());
+        assert_eq!(v.as_device_ptr() % 512, 0, "aligned like PyTorch's blocks");
+        assert_eq!(v.to_vec().unwrap(), data);
+        let twice: Vec<f32> = data.iter().map(|x| x * 2.0).collect();
+        v.copy_from_host(&twice).unwrap();
+        assert_eq!(v.to_vec().unwrap(), twice);
+        let b = DeviceBox::new(&arena, 0xDEAD_BEEF_u64).unwrap();
+        assert_eq!(b.get().unwrap(), 0xDEAD_BEEF);
+        b.set(42).unwrap();
+        assert_eq!(b.get().unwrap(), 42);
+        let empty = DeviceVec::<u32, _>::with_len(&arena, 0).unwrap();
+        assert!(empty.is_empty());
+        assert_eq!(empty.to_vec().unwrap(), Vec::<u32>::new());
+        assert!(arena.stats().live >= 4 * 50_000 + 8);
+        drop((v, b, empty));
+        assert_eq!(arena.stats().live, 0);
+        arena.lock().check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+// ----- bad input -----
+
+/// Runs `bad` and checks it was refused with `want`, that nothing changed,
+/// that the invariants hold and that the arena still serves.
+fn refused(
+    arena: &TestArena<'_>,
+    what: &str,
+    bad: impl FnOnce(&TestArena<'_>) -> gpu_arena::Result<()>,
+    want: impl Fn(&Error) -> bool,
+) {
+    let before = arena.stats();
+    match bad(arena) {
+        Err(ref e) if want(e) => {
+            let msg = e.to_string();
+            assert!(!msg.is_empty());
+        }
+        other => panic!("{what}: got {other:?}"),
+    }
+    assert_eq!(arena.stats(), before, "{what} changed the stats");
+    arena.lock().check_invariants();
+    let p = arena.alloc(1000, 8, Stream::DEFAULT).unwrap();
+    arena.free(p, Stream::DEFAULT).unwrap();
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let driver = host(256 << 20);
+    {
+        let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+        let d = Stream::DEFAULT;
+        let (base, _) = arena.lock().reservation();
+        let blocks = arena.snapshot().regions[0].size;
+        let small = arena.alloc(100, 8, d).unwrap();
+        let large = arena.alloc(3 * PAGE + 512, 512, d).unwrap();
+        assert_eq!(arena.lock().block_size(small), Some(112));
+        assert_eq!(arena.lock().block_size(large), Some(3 * PAGE + 512));
+
+        refused(
+            &arena,
+            "zero size",
+            |a| a.alloc(0, 8, d).map(drop),
+            |e| *e == Error::ZeroSize,
+        );
+        for align in [0, 3, 24, 4097] {
+            refused(
+                &arena,
+                "non-power-of-two alignment",
+                |a| a.alloc(64, align, d).map(drop),
+                |e| matches!(e, Error::BadAlignment { .. }),
+            );
+        }
+        refused(
+            &arena,
+            "huge alignment",
+            |a| a.alloc(64, 1024 * PAGE, d).map(drop),
+            |e| matches!(e, Error::BadAlignment { max, .. } if *max == 512 * PAGE),
+        );
+        // Alignments up to 512 pages are served.
+        let aligned = arena.alloc(64, 8 * PAGE, d).unwrap();
+        assert_eq!(aligned % (8 * PAGE), 0);
+        arena.free(aligned, d).unwrap();
+        for size in [u64::MAX, u64::MAX - PAGE, blocks + 1] {
+            refused(
+                &arena,
+                "huge size",
+                |a| a.alloc(size, 8, d).map(drop),
+                |e| matches!(e, Error::TooLarge { max, .. } if *max == blocks),
+            );
+        }
+        refused(
+            &arena,
+            "the whole region at an alignment that cannot fit",
+            |a| a.alloc(blocks, 2 * PAGE, d).map(drop),
+            |e| matches!(e, Error::AddressSpace { .. }),
+        );
+        for p in [
+            0x1000,
+            base - PAGE,
+            base + blocks,
+            base + blocks + PAGE,
+            u64::MAX,
+        ] {
+            refused(
+                &arena,
+                "foreign pointer",
+                |a| a.free(p, d),
+                |e| bad_pointer(*e) == BadPointer::Foreign,
+            );
+        }
+        for p in [
+            small + 1,
+            small + 16,
+            small + 111,
+            large + 1,
+            large + 512,
+            large + 3 * PAGE,
+        ] {
+            refused(
+                &arena,
+                "interior pointer",
+                |a| a.free(p, d),
+                |e| bad_pointer(*e) == BadPointer::Interior,
+            );
+        }
+        for (p, size) in [
+            (small, 113),
+            (small, 0),
+            (small, 4096),
+            (large, 3 * PAGE),
+            (large, 4 * PAGE),
+        ] {
+            refused(
+                &arena,
+                "free_sized with a wrong size",
+                |a| a.lock().free_sized(p, size, d),
+                |e| bad_pointer(*e) == BadPointer::LayoutMismatch,
+            );
+        }
+        // The right sizes (any the block could have been allocated with) pass.
+        let q = arena.alloc(20, 64, d).unwrap();
+        arena.lock().free_sized(q, 20, d).unwrap();
+        let q = arena.alloc(PAGE + 3, 8, d).unwrap();
+        arena.lock().free_sized(q, PAGE + 3, d).unwrap();
+
+        // Double frees, a slab object and a large span. The slab stays (its
+        // neighbours live), the span's place stays free.
+        let keep = arena.alloc(100, 8, d).unwrap();
+        arena.free(small, d).unwrap();
+        arena.free(large, d).unwrap();
+        for p in [small, large] {
+            refused(
+                &arena,
+                "double free",
+                |a| a.free(p, d),
+                |e| bad_pointer(*e) == BadPointer::DoubleFree,
+            );
+        }
+        arena.free(keep, d).unwrap();
+
+        // A scratch pointer used after a reset.
+        let mut scratch = Scratch::new(&arena, 4 * PAGE, 0).unwrap();
+        let sp = scratch.alloc_raw(64, 8).unwrap();
+        scratch.reset();
+        let before = arena.stats();
+        assert_eq!(
+            sp.get(&scratch),
+            Err(Error::StaleScratch {
+                used: 0,
+                current: 1
+            })
+        );
+        assert_eq!(arena.stats(), before);
+        drop(scratch);
+        arena.trim();
+        let s = arena.stats();
+        assert_eq!((s.live, s.committed), (0, 0), "{s:?}");
+        arena.lock().check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+// ----- the shared transformer traces -----
+
+/// Peak committed / peak live of the shared traces on the default host
+/// driver (2 MiB pages), against PyTorch's 1.039 and 3.436. Measured when
+/// written: 1.0170 (gpt2_generate) and 1.0175 (bert_infer); about 1.5 s in
+/// a debug build. `GPU_ARENA_TRACES` overrides the directory.
+#[test]
+fn traces_replay_close_to_live_bytes() {
+    let dir = std::env::var("GPU_ARENA_TRACES")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/traces").to_string());
+    for name in ["gpt2_generate", "bert_infer"] {
+        let path = std::path::Path::new(&dir).join(format!("{name}.trace.jsonl.gz"));
+        if !path.exists() {
+            println!("skipped {name}: {} not found", path.display());
+            continue;
+        }
+        let events = gpu_arena::replay::read_trace(&path).unwrap();
+        let driver = Checked::new(HostDriver::new().unwrap());
+        let r = {
+            let mut arena = Arena::new(&driver, Kind::Device(0), ArenaConfig::default()).unwrap();
+            let r = gpu_arena::replay::replay(&mut arena, &events, |_| {}).unwrap();
+            arena.check_invariants();
+            assert_eq!(arena.stats().live, 0);
+            r
+        };
+        assert_balanced(&driver);
+        println!(
+            "{name}: {} events, peak live {:.1} MiB, peak committed {:.1} MiB, ratio {:.4}, driver calls {}",
+            r.events,
+            r.stats.peak_live as f64 / 1048576.0,
+            r.stats.peak_committed as f64 / 1048576.0,
+            r.ratio,
+            r.stats.driver_calls.total()
+        );
+        assert!(
+            r.ratio <= 1.02,
+            "{name}: peak committed / peak live {:.4} > 1.02",
+            r.ratio
+        );
+        assert!(r.stats.peak_committed >= r.stats.peak_live);
+    }
+}

@@ -1,0 +1,1139 @@
+//! The arena against a shadow model: random programs of operations (alloc,
+//! free, free_sized, scratch alloc / reset, grow-buffer resize, trim,
+//! collect, hold / complete a stream, bad input) run on a checked host
+//! driver, with the model (plain maps of what is live) checked after every op.
+//!
+//! The idea of rlsf's `ShadowAllocator` and talc's fuzz `Actions`, as a
+//! proptest strategy over `Vec<Op>`: indices are taken modulo what is live,
+//! so every generated program is meaningful and shrinks well.
+//!
+//! Cases: 256 by default; `GPU_ARENA_PROPTEST_CASES` overrides.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Op as Call, Stream};
+use gpu_arena::policy::classes;
+use gpu_arena::{
+    Arena, ArenaConfig, BadPointer, Error, GrowBuffer, Kind, Scratch, ScratchPtr, SharedArena,
+    Stats,
+};
+use proptest::prelude::*;
+use proptest::sample::Index;
+
+// ----- shared helpers (also used by `arena_api`) -----
+
+/// The page (granularity) of the small host driver: fast to commit.
+pub(crate) const PAGE: u64 = 64 << 10;
+
+/// A checked host driver with 64 KiB pages and `capacity` bytes of memory.
+pub(crate) fn host(capacity: u64) -> Checked<HostDriver> {
+    Checked::new(
+        HostDriver::with_config(HostConfig {
+            granularity: PAGE as usize,
+            capacity,
+            ..Default::default()
+        })
+        .expect("host driver"),
+    )
+}
+
+/// A 64 MiB arena: 32 MiB of blocks, 32 MiB of scratch arenas and buffers.
+pub(crate) fn config() -> ArenaConfig {
+    ArenaConfig {
+        reservation: 64 << 20,
+        min_reservation: 1 << 20,
+        ..Default::default()
+    }
+}
+
+/// The arena of the tests: shared (scratch arenas and grow buffers need it),
+/// over a borrowed checked driver that the test inspects afterwards.
+pub(crate) type TestArena<'d> = SharedArena<&'d Checked<HostDriver>>;
+
+/// Byte `i` of the pattern of block `id`: the id (little endian) in bytes
+/// 0..8, then a tag derived from the id.
+fn tag(id: u64) -> u8 {
+    (id % 251) as u8 + 1
+}
+
+/// Writes bytes `from..to` of block `id`'s pattern at `base + from..`.
+///
+/// # Safety
+/// `base + from .. base + to` is live, host-visible memory of the caller.
+pub(crate) unsafe fn fill(base: u64, from: u64, to: u64, id: u64) {
+    let head = id.to_le_bytes();
+    for i in from..to.min(8) {
+        // SAFETY: inside the caller's range.
+        unsafe { ((base + i) as *mut u8).write(head[i as usize]) };
+    }
+    let from = from.max(8);
+    if to > from {
+        // SAFETY: as above.
+        unsafe { std::ptr::write_bytes((base + from) as *mut u8, tag(id), (to - from) as usize) };
+    }
+}
+
+/// Whether bytes `from..to` at `base` still hold block `id`'s pattern.
+///
+/// # Safety
+/// As for [`fill`].
+pub(crate) unsafe fn intact(base: u64, from: u64, to: u64, id: u64) -> bool {
+    if to <= from {
+        return true;
+    }
+    // SAFETY: the caller's live range.
+    let s = unsafe { std::slice::from_raw_parts((base + from) as *const u8, (to - from) as usize) };
+    let head = id.to_le_bytes();
+    let split = (8u64.saturating_sub(from) as usize).min(s.len());
+    if s[..split] != head[from as usize..from as usize + split] {
+        return false;
+    }
+    let reference = [tag(id); 4096];
+    s[split..].chunks(4096).all(|c| c == &reference[..c.len()])
+}
+
+/// Asserts that everything the arena got from the driver went back.
+pub(crate) fn assert_balanced(driver: &Checked<HostDriver>) {
+    assert_eq!(driver.leaks(), None, "the driver saw leaks");
+    let c = driver.counts();
+    assert_eq!(c.create, c.release, "create == release: {c:?}");
+    assert_eq!(c.map, c.unmap, "map == unmap: {c:?}");
+    assert_eq!(
+        c.reserve, c.free_reservation,
+        "reserve == free_reservation: {c:?}"
+    );
+    assert_eq!(c.refused, 0, "the arena broke a driver rule: {c:?}");
+}
+
+fn round_up(v: u64, a: u64) -> u64 {
+    v.div_ceil(a) * a
+}
+
+// ----- the program -----
+
+/// One step of a generated program. Indices (`Index`) pick among what is
+/// live when the step runs.
+#[derive(Clone, Debug)]
+enum Op {
+    Alloc {
+        size: u64,
+        align: u64,
+        stream: Index,
+    },
+    /// Frees a live block on its own stream or (`other`) on another one.
+    Free {
+        pick: Index,
+        other: Option<Index>,
+    },
+    /// Frees a live block with the size it was allocated with.
+    FreeSized {
+        pick: Index,
+    },
+    ScratchNew {
+        capacity: u64,
+        retain: u64,
+    },
+    ScratchAlloc {
+        pick: Index,
+        size: u64,
+        align: u64,
+    },
+    ScratchReset {
+        pick: Index,
+        stream: Index,
+    },
+    ScratchDrop {
+        pick: Index,
+    },
+    GrowNew {
+        max: u64,
+    },
+    GrowResize {
+        pick: Index,
+        len: Index,
+        stream: Index,
+    },
+    GrowDrop {
+        pick: Index,
+    },
+    Trim,
+    Collect,
+    /// Emulates a kernel running on a stream: its fences stay pending.
+    Hold {
+        stream: Index,
+    },
+    /// The kernel finishes.
+    Complete {
+        stream: Index,
+    },
+    Bad(Bad),
+}
+
+/// Bad input: refused with the expected error, nothing changes.
+#[derive(Clone, Debug)]
+enum Bad {
+    ZeroSize,
+    Alignment(u64),
+    TooLarge(u64),
+    /// A pointer outside the blocks region (below it, in the buffers region, far away).
+    Foreign(Index),
+    /// A pointer inside a live block, `delta` bytes past its start.
+    Interior {
+        pick: Index,
+        delta: Index,
+    },
+    /// A pointer that was freed (and not handed out again).
+    DoubleFree(Index),
+    /// `free_sized` with one byte more than the block holds.
+    WrongSize(Index),
+    /// A scratch pointer from before a reset.
+    StaleScratch(Index),
+}
+
+fn size() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        5 => 1u64..=512,
+        3 => 513u64..=(32 << 10),
+        2 => (32u64 << 10)..=4 * PAGE,
+        1 => (1u64..=4).prop_map(|n| n * PAGE),
+    ]
+}
+
+fn align() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => (0u32..=12).prop_map(|k| 1u64 << k),
+        1 => Just(PAGE),
+        1 => Just(2 * PAGE),
+    ]
+}
+
+/// Scratch alignments: up to 4 KiB, and sometimes above the page (refused).
+fn scratch_align() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        12 => (0u32..=12).prop_map(|k| 1u64 << k),
+        1 => Just(2 * PAGE),
+    ]
+}
+
+fn bad() -> impl Strategy<Value = Bad> {
+    prop_oneof![
+        Just(Bad::ZeroSize),
+        prop_oneof![Just(3u64), Just(24), Just(PAGE * 1024), Just(1 << 63)]
+            .prop_map(Bad::Alignment),
+        prop_oneof![Just(u64::MAX), Just(u64::MAX - 4096), Just((32 << 20) + 1)]
+            .prop_map(Bad::TooLarge),
+        any::<Index>().prop_map(Bad::Foreign),
+        (any::<Index>(), any::<Index>()).prop_map(|(pick, delta)| Bad::Interior { pick, delta }),
+        any::<Index>().prop_map(Bad::DoubleFree),
+        any::<Index>().prop_map(Bad::WrongSize),
+        any::<Index>().prop_map(Bad::StaleScratch),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        12 => (size(), align(), any::<Index>())
+            .prop_map(|(size, align, stream)| Op::Alloc { size, align, stream }),
+        8 => (any::<Index>(), proptest::option::weighted(0.25, any::<Index>()))
+            .prop_map(|(pick, other)| Op::Free { pick, other }),
+        2 => any::<Index>().prop_map(|pick| Op::FreeSized { pick }),
+        1 => (1u64..=8 * PAGE, 0u64..=3 * PAGE)
+            .prop_map(|(capacity, retain)| Op::ScratchNew { capacity, retain }),
+        4 => (any::<Index>(), 1u64..=(PAGE + PAGE / 2), scratch_align())
+            .prop_map(|(pick, size, align)| Op::ScratchAlloc { pick, size, align }),
+        1 => (any::<Index>(), any::<Index>())
+            .prop_map(|(pick, stream)| Op::ScratchReset { pick, stream }),
+        1 => any::<Index>().prop_map(|pick| Op::ScratchDrop { pick }),
+        1 => (1u64..=16 * PAGE).prop_map(|max| Op::GrowNew { max }),
+        3 => (any::<Index>(), any::<Index>(), any::<Index>())
+            .prop_map(|(pick, len, stream)| Op::GrowResize { pick, len, stream }),
+        1 => any::<Index>().prop_map(|pick| Op::GrowDrop { pick }),
+        1 => Just(Op::Trim),
+        1 => Just(Op::Collect),
+        1 => any::<Index>().prop_map(|stream| Op::Hold { stream }),
+        1 => any::<Index>().prop_map(|stream| Op::Complete { stream }),
+        2 => bad().prop_map(Op::Bad),
+    ]
+}
+
+// ----- the model -----
+
+/// A live block as the model knows it.
+#[derive(Clone, Copy, Debug)]
+struct Block {
+    id: u64,
+    /// Requested size and alignment.
+    size: u64,
+    align: u64,
+    /// Size handed out (`block_size`): the slab class or the 512-byte quantum.
+    given: u64,
+    /// Index into the streams it was allocated on.
+    stream: usize,
+    slab: bool,
+}
+
+struct ScratchModel<'a, 'd> {
+    scratch: Scratch<'a, &'d Checked<HostDriver>>,
+    base: u64,
+    capacity: u64,
+    retain: u64,
+    cursor: u64,
+    used: u64,
+    /// Live allocations since the last reset: (pointer, size, pattern id).
+    live: Vec<(ScratchPtr, u64, u64)>,
+    /// Pointers from earlier generations: (pointer, its generation).
+    stale: Vec<(ScratchPtr, u64)>,
+    /// A reset gave part of the committed range back (see `check_trimmed`).
+    partial: bool,
+}
+
+struct GrowModel<'a, 'd> {
+    buf: GrowBuffer<'a, &'d Checked<HostDriver>>,
+    id: u64,
+    base: u64,
+    partial: bool,
+}
+
+struct Model<'a, 'd> {
+    arena: &'a TestArena<'d>,
+    driver: &'d Checked<HostDriver>,
+    base: u64,
+    blocks_size: u64,
+    streams: Vec<Stream>,
+    held: Vec<bool>,
+    ever_held: bool,
+    next_id: u64,
+    blocks: BTreeMap<u64, Block>,
+    /// Every live range of address space handed out: start -> end.
+    ranges: BTreeMap<u64, u64>,
+    /// Recently freed block starts (double-free candidates).
+    freed: Vec<u64>,
+    scratches: Vec<ScratchModel<'a, 'd>>,
+    grows: Vec<GrowModel<'a, 'd>>,
+    /// The arena's mappings as the driver log shows them: va -> size.
+    mappings: BTreeMap<u64, u64>,
+}
+
+impl<'a, 'd> Model<'a, 'd> {
+    fn new(
+        arena: &'a TestArena<'d>,
+        driver: &'d Checked<HostDriver>,
+        streams: Vec<Stream>,
+    ) -> Self {
+        let (base, size) = arena.lock().reservation();
+        let blocks_size = arena.snapshot().regions[0].size;
+        assert!(blocks_size < size);
+        Model {
+            arena,
+            driver,
+            base,
+            blocks_size,
+            held: vec![false; streams.len()],
+            streams,
+            ever_held: false,
+            next_id: 1,
+            blocks: BTreeMap::new(),
+            ranges: BTreeMap::new(),
+            freed: Vec::new(),
+            scratches: Vec::new(),
+            grows: Vec::new(),
+            mappings: BTreeMap::new(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Records a live range; panics if it overlaps another.
+    fn claim(&mut self, start: u64, end: u64, what: &str) {
+        assert!(end > start);
+        if let Some((&s, &e)) = self.ranges.range(..end).next_back() {
+            assert!(
+                e <= start,
+                "{what} {start:#x}..{end:#x} overlaps live range {s:#x}..{e:#x}"
+            );
+        }
+        self.ranges.insert(start, end);
+    }
+
+    fn unclaim(&mut self, start: u64) {
+        self.ranges.remove(&start).expect("a live range");
+    }
+
+    fn nth_block(&self, pick: &Index) -> Option<(u64, Block)> {
+        if self.blocks.is_empty() {
+            return None;
+        }
+        let i = pick.index(self.blocks.len());
+        self.blocks.iter().nth(i).map(|(&p, &b)| (p, b))
+    }
+
+    fn apply(&mut self, op: &Op) {
+        match op {
+            &Op::Alloc {
+                size,
+                align,
+                ref stream,
+            } => self.alloc(size, align, stream.index(self.streams.len())),
+            Op::Free { pick, other } => {
+                let Some((p, b)) = self.nth_block(pick) else {
+                    return;
+                };
+                let s = match other {
+                    Some(o) => (b.stream + 1 + o.index(self.streams.len())) % self.streams.len(),
+                    None => b.stream,
+                };
+                let stream = self.streams[s];
+                self.free(p, b, |arena, p, _| arena.free(p, stream));
+            }
+            Op::FreeSized { pick } => {
+                let Some((p, b)) = self.nth_block(pick) else {
+                    return;
+                };
+                let stream = self.streams[b.stream];
+                self.free(p, b, |arena, p, b| {
+                    arena.lock().free_sized(p, b.size, stream)
+                });
+            }
+            &Op::ScratchNew { capacity, retain } => {
+                if self.scratches.len() >= 4 {
+                    return;
+                }
+                let scratch = Scratch::new(self.arena, capacity, retain).expect("scratch arena");
+                let base = self.new_buffer(gpu_arena::Policy::Scratch);
+                assert_eq!(scratch.committed_bytes(), 0, "nothing committed up front");
+                let capacity = round_up(capacity, PAGE);
+                assert_eq!(scratch.capacity(), capacity);
+                assert_eq!(base % PAGE, 0, "scratch arenas start on a page");
+                self.claim(base, base + capacity, "scratch arena");
+                self.scratches.push(ScratchModel {
+                    scratch,
+                    base,
+                    capacity,
+                    retain,
+                    cursor: 0,
+                    used: 0,
+                    live: Vec::new(),
+                    stale: Vec::new(),
+                    partial: false,
+                });
+            }
+            &Op::ScratchAlloc {
+                ref pick,
+                size,
+                align,
+            } => {
+                if self.scratches.is_empty() {
+                    return;
+                }
+                let i = pick.index(self.scratches.len());
+                let id = self.id();
+                let m = &mut self.scratches[i];
+                let start = round_up(m.cursor, align);
+                let before = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
+                let r = m.scratch.alloc_raw(size, align);
+                if align > PAGE {
+                    assert!(
+                        matches!(r, Err(Error::BadAlignment { .. })),
+                        "scratch alignment above the page: {r:?}"
+                    );
+                    let after = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
+                    assert_eq!(after, before);
+                    return;
+                }
+                if start + size > m.capacity {
+                    assert!(
+                        matches!(r, Err(Error::TooLarge { .. })),
+                        "a full scratch arena refuses: {r:?}"
+                    );
+                    return;
+                }
+                let sp = r.expect("scratch allocation");
+                let p = sp.get(&m.scratch).expect("current generation");
+                assert_eq!(p, m.base + start, "bump order");
+                assert_eq!(p % align, 0);
+                m.cursor = start + size;
+                m.used += size;
+                assert_eq!(m.scratch.allocated_bytes(), m.used);
+                assert!(m.scratch.committed_bytes() >= m.cursor);
+                assert!(m.scratch.committed_bytes() <= m.capacity);
+                // SAFETY: fresh scratch memory of `size` bytes, host-visible.
+                unsafe { fill(p, 0, size, id) };
+                m.live.push((sp, size, id));
+            }
+            Op::ScratchReset { pick, stream } => {
+                if self.scratches.is_empty() {
+                    return;
+                }
+                let i = pick.index(self.scratches.len());
+                let s = self.streams[stream.index(self.streams.len())];
+                let m = &mut self.scratches[i];
+                Self::verify_scratch(m);
+                let before = m.scratch.committed_bytes();
+                let generation = m.scratch.generation();
+                m.scratch.reset_on(s);
+                let keep = round_up(m.retain, PAGE).min(before);
+                assert_eq!(
+                    m.scratch.committed_bytes(),
+                    keep,
+                    "reset keeps `retain` committed"
+                );
+                m.partial |= keep < before;
+                assert_eq!(m.scratch.generation(), generation + 1);
+                assert_eq!(m.scratch.allocated_bytes(), 0);
+                for (sp, _, _) in m.live.drain(..) {
+                    m.stale.push((sp, generation));
+                }
+                m.stale.truncate(8);
+                m.cursor = 0;
+                m.used = 0;
+            }
+            Op::ScratchDrop { pick } => {
+                if self.scratches.is_empty() {
+                    return;
+                }
+                let m = self.scratches.swap_remove(pick.index(self.scratches.len()));
+                Self::verify_scratch(&m);
+                self.unclaim(m.base);
+            }
+            &Op::GrowNew { max } => {
+                if self.grows.len() >= 4 {
+                    return;
+                }
+                let buf = GrowBuffer::with_max(self.arena, max).expect("grow buffer");
+                let base = buf.as_ptr();
+                assert_eq!(self.new_buffer(gpu_arena::Policy::Grow), base);
+                assert_eq!(buf.max(), round_up(max, PAGE));
+                assert_eq!((buf.len(), buf.committed()), (0, 0));
+                self.claim(base, base + buf.max(), "grow buffer");
+                let id = self.id();
+                self.grows.push(GrowModel {
+                    buf,
+                    id,
+                    base,
+                    partial: false,
+                });
+            }
+            Op::GrowResize { pick, len, stream } => {
+                if self.grows.is_empty() {
+                    return;
+                }
+                let s = self.streams[stream.index(self.streams.len())];
+                let i = pick.index(self.grows.len());
+                let g = &mut self.grows[i];
+                let (old, max, committed) = (g.buf.len(), g.buf.max(), g.buf.committed());
+                let len = len.index((max + PAGE / 2) as usize + 1) as u64;
+                let r = g.buf.resize_on(len, s);
+                if len > max {
+                    assert_eq!(
+                        r,
+                        Err(Error::GrowBeyondMax {
+                            requested: len,
+                            max
+                        })
+                    );
+                    assert_eq!((g.buf.len(), g.buf.committed()), (old, committed));
+                    return;
+                }
+                r.expect("resize within the maximum");
+                assert_eq!(g.buf.as_ptr(), g.base, "the base never moves");
+                assert_eq!(g.buf.len(), len);
+                assert_eq!(g.buf.committed(), round_up(len, PAGE));
+                g.partial |= g.buf.committed() < committed;
+                // SAFETY: `0..len` of the buffer is committed, host-visible memory.
+                unsafe {
+                    assert!(
+                        intact(g.base, 0, old.min(len), g.id),
+                        "grow buffer contents kept across resize {old} -> {len}"
+                    );
+                    fill(g.base, old.min(len), len, g.id);
+                }
+            }
+            Op::GrowDrop { pick } => {
+                if self.grows.is_empty() {
+                    return;
+                }
+                let g = self.grows.swap_remove(pick.index(self.grows.len()));
+                // SAFETY: as above.
+                assert!(unsafe { intact(g.base, 0, g.buf.len(), g.id) });
+                self.unclaim(g.base);
+            }
+            Op::Trim => {
+                self.arena.trim();
+                self.sync_mappings();
+                if !self.held.iter().any(|&h| h) {
+                    self.check_trimmed();
+                }
+            }
+            Op::Collect => {
+                self.arena.lock().collect();
+            }
+            Op::Hold { stream } => {
+                let i = stream.index(self.streams.len());
+                self.driver.inner().hold(self.streams[i]);
+                self.held[i] = true;
+                self.ever_held = true;
+            }
+            Op::Complete { stream } => {
+                let i = stream.index(self.streams.len());
+                self.driver.inner().complete(self.streams[i]);
+                self.held[i] = false;
+            }
+            Op::Bad(bad) => self.bad(bad),
+        }
+    }
+
+    /// The base of the buffer of `policy` that the model does not know yet.
+    fn new_buffer(&self, policy: gpu_arena::Policy) -> u64 {
+        let snap = self.arena.snapshot();
+        let mut fresh = snap
+            .blocks
+            .iter()
+            .filter(|b| b.policy == policy && !self.ranges.contains_key(&(self.base + b.offset)));
+        let b = fresh.next().expect("the new buffer in the snapshot");
+        assert!(fresh.next().is_none());
+        self.base + b.offset
+    }
+
+    fn alloc(&mut self, size: u64, align: u64, stream: usize) {
+        let p = self
+            .arena
+            .alloc(size, align, self.streams[stream])
+            .unwrap_or_else(|e| panic!("alloc({size}, {align}): {e}"));
+        assert_eq!(p % align, 0, "alignment {align} of {p:#x}");
+        assert!(p >= self.base && p + size <= self.base + self.blocks_size);
+        let given = self.arena.lock().block_size(p).expect("a live block");
+        let slab = match classes::class_for(size, align) {
+            Some(c) => {
+                assert_eq!(
+                    given,
+                    classes::SIZES[c] as u64,
+                    "slab class of {size}/{align}"
+                );
+                true
+            }
+            None => {
+                assert_eq!(given, round_up(size, 512), "large span of {size}");
+                false
+            }
+        };
+        let id = self.id();
+        // SAFETY: a fresh block of `given` bytes, host-visible.
+        unsafe { fill(p, 0, given, id) };
+        self.claim(p, p + given, "block");
+        self.freed.retain(|&f| f != p);
+        self.blocks.insert(
+            p,
+            Block {
+                id,
+                size,
+                align,
+                given,
+                stream,
+                slab,
+            },
+        );
+    }
+
+    fn free(
+        &mut self,
+        p: u64,
+        b: Block,
+        f: impl FnOnce(&TestArena<'d>, u64, Block) -> gpu_arena::Result<()>,
+    ) {
+        // SAFETY: the block is live.
+        let kept = unsafe { intact(p, 0, b.given, b.id) };
+        assert!(
+            kept,
+            "block {p:#x} ({b:?}) kept its contents until its free"
+        );
+        f(self.arena, p, b).unwrap_or_else(|e| panic!("free of {p:#x} ({b:?}): {e}"));
+        self.blocks.remove(&p);
+        self.unclaim(p);
+        self.freed.push(p);
+        if self.freed.len() > 16 {
+            self.freed.remove(0);
+        }
+    }
+
+    fn verify_scratch(m: &ScratchModel<'_, '_>) {
+        for &(sp, size, id) in &m.live {
+            let p = sp.get(&m.scratch).expect("current generation");
+            // SAFETY: a live scratch allocation of `size` bytes.
+            assert!(unsafe { intact(p, 0, size, id) }, "scratch {p:#x} kept");
+        }
+    }
+
+    fn verify_all(&self) {
+        for (&p, b) in &self.blocks {
+            // SAFETY: the block is live.
+            let kept = unsafe { intact(p, 0, b.given, b.id) };
+            assert!(kept, "block {p:#x} {b:?} kept");
+        }
+        for m in &self.scratches {
+            Self::verify_scratch(m);
+        }
+        for g in &self.grows {
+            // SAFETY: `0..len` of the buffer is committed.
+            assert!(unsafe { intact(g.base, 0, g.buf.len(), g.id) });
+        }
+    }
+
+    /// Bad input: the expected error, and nothing changes.
+    fn bad(&mut self, bad: &Bad) {
+        let stream = self.streams[0];
+        let before = self.arena.stats();
+        let (r, want): (gpu_arena::Result<()>, fn(&Error) -> bool) = match bad {
+            Bad::ZeroSize => (self.arena.alloc(0, 8, stream).map(drop), |e| {
+                *e == Error::ZeroSize
+            }),
+            &Bad::Alignment(align) => (self.arena.alloc(64, align, stream).map(drop), |e| {
+                matches!(e, Error::BadAlignment { .. })
+            }),
+            &Bad::TooLarge(size) => (self.arena.alloc(size, 8, stream).map(drop), |e| {
+                matches!(e, Error::TooLarge { .. })
+            }),
+            Bad::Foreign(which) => {
+                let p = match which.index(4) {
+                    0 => self.base.wrapping_sub(PAGE),
+                    1 => self.base + self.blocks_size,
+                    2 => 0x1000,
+                    _ => u64::MAX - 7,
+                };
+                (self.arena.free(p, stream), |e| {
+                    matches!(
+                        e,
+                        Error::BadPointer {
+                            kind: BadPointer::Foreign,
+                            ..
+                        }
+                    )
+                })
+            }
+            Bad::Interior { pick, delta } => {
+                let Some((p, b)) = self.nth_block(pick) else {
+                    return;
+                };
+                if b.given < 2 {
+                    return;
+                }
+                let q = p + 1 + delta.index(b.given as usize - 1) as u64;
+                (self.arena.free(q, stream), |e| {
+                    matches!(
+                        e,
+                        Error::BadPointer {
+                            kind: BadPointer::Interior,
+                            ..
+                        }
+                    )
+                })
+            }
+            Bad::DoubleFree(pick) => {
+                if self.freed.is_empty() {
+                    return;
+                }
+                let p = self.freed[pick.index(self.freed.len())];
+                assert!(!self.blocks.contains_key(&p));
+                let inside = self
+                    .blocks
+                    .range(..p)
+                    .next_back()
+                    .is_some_and(|(&s, b)| p < s + b.given);
+                let r = self.arena.free(p, stream);
+                if inside {
+                    (r, |e| {
+                        matches!(
+                            e,
+                            Error::BadPointer {
+                                kind: BadPointer::Interior,
+                                ..
+                            }
+                        )
+                    })
+                } else {
+                    // In a slab span reused by another class, a freed start
+                    // can fall between objects: that is reported as interior.
+                    (r, |e| {
+                        matches!(
+                            e,
+                            Error::BadPointer {
+                                kind: BadPointer::DoubleFree | BadPointer::Interior,
+                                ..
+                            }
+                        )
+                    })
+                }
+            }
+            Bad::WrongSize(pick) => {
+                let Some((p, b)) = self.nth_block(pick) else {
+                    return;
+                };
+                (self.arena.lock().free_sized(p, b.given + 1, stream), |e| {
+                    matches!(
+                        e,
+                        Error::BadPointer {
+                            kind: BadPointer::LayoutMismatch,
+                            ..
+                        }
+                    )
+                })
+            }
+            Bad::StaleScratch(pick) => {
+                let Some(m) = self.scratches.iter().find(|m| !m.stale.is_empty()) else {
+                    return;
+                };
+                let (sp, generation) = m.stale[pick.index(m.stale.len())];
+                assert_eq!(
+                    sp.get(&m.scratch),
+                    Err(Error::StaleScratch {
+                        used: generation,
+                        current: m.scratch.generation()
+                    })
+                );
+                return;
+            }
+        };
+        match r {
+            Err(ref e) if want(e) => {}
+            other => panic!("{bad:?}: got {other:?}"),
+        }
+        assert_eq!(self.arena.stats(), before, "{bad:?} changed the stats");
+    }
+
+    /// Applies the driver log to the model of the arena's mappings.
+    fn sync_mappings(&mut self) {
+        for e in self.driver.take_log() {
+            match (e.op, e.ok) {
+                (Call::Map, true) => {
+                    assert!(self.mappings.insert(e.va, e.size).is_none());
+                }
+                (Call::Unmap, true) => {
+                    assert_eq!(
+                        self.mappings.remove(&e.va),
+                        Some(e.size),
+                        "unmap of a whole mapping"
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Pages (indices from the reservation base) that hold live bytes
+    /// according to the model.
+    fn live_pages(&self) -> BTreeSet<u64> {
+        let mut pages = BTreeSet::new();
+        let mut add = |from: u64, to: u64| {
+            if to > from {
+                for p in (from - self.base) / PAGE..=(to - 1 - self.base) / PAGE {
+                    pages.insert(p);
+                }
+            }
+        };
+        for (&p, b) in &self.blocks {
+            if b.slab {
+                let span = classes::slab_bytes(classes::class_of(b.given));
+                let start = self.base + ((p - self.base) & !(span - 1));
+                add(start, start + span);
+            } else {
+                add(p, p + b.given);
+            }
+        }
+        for m in &self.scratches {
+            add(m.base, m.base + m.scratch.committed_bytes());
+        }
+        for g in &self.grows {
+            add(g.base, g.base + g.buf.committed());
+        }
+        pages
+    }
+
+    /// The bound on committed memory after `trim()` with no stream held.
+    ///
+    /// (A) Always: every physical handle the arena still holds (one per
+    ///     mapping, as the driver log shows them) covers at least one page
+    ///     with live bytes. No empty run survives a trim.
+    /// (B) When no stream was ever held in this program and no live scratch
+    ///     arena or grow buffer gave back part of its committed range (a
+    ///     reset below the committed size, a shrink): every committed page
+    ///     holds live bytes, i.e.
+    ///
+    ///     committed <= PAGE * |live pages|,
+    ///
+    ///     where the live pages are the pages touched by
+    ///     - a live large block: `ptr .. ptr + block_size(ptr)`;
+    ///     - the slab span of a live slab object: the `slab_bytes(class)`
+    ///       bytes aligned to their size (from the reservation base) around it;
+    ///     - the committed prefix of a scratch arena or grow buffer.
+    ///
+    /// Why (B) has exceptions: a driver cannot unmap part of a mapping, so a
+    /// run that a shrink, a reset, or a same-stream reuse while its fence was
+    /// pending left partly live keeps its empty pages until it empties
+    /// completely. (A) still holds then.
+    fn check_trimmed(&self) {
+        let s = self.arena.stats();
+        let pages = self.live_pages();
+        let mut mapped = 0;
+        for (&va, &size) in &self.mappings {
+            mapped += size;
+            let (a, b) = ((va - self.base) / PAGE, (va + size - 1 - self.base) / PAGE);
+            assert!(
+                pages.range(a..=b).next().is_some(),
+                "(A) run {va:#x}+{size:#x} (pages {a}..={b}) holds no live byte after trim: {s:?}"
+            );
+        }
+        assert_eq!(mapped, s.committed);
+        let partial =
+            self.scratches.iter().any(|m| m.partial) || self.grows.iter().any(|g| g.partial);
+        if !self.ever_held && !partial {
+            assert!(
+                s.committed <= PAGE * pages.len() as u64,
+                "(B) committed {} > {} live pages of {PAGE} after trim: {s:?}",
+                s.committed,
+                pages.len()
+            );
+        }
+        assert_eq!(
+            s.pending_decommit, 0,
+            "trim gave back every completed candidate"
+        );
+    }
+
+    /// Checks after every op.
+    fn check(&mut self, full: bool) {
+        self.sync_mappings();
+        let s: Stats = {
+            let a = self.arena.lock();
+            a.check_invariants();
+            for (&p, b) in &self.blocks {
+                assert_eq!(a.block_size(p), Some(b.given), "block {p:#x} size");
+                assert_eq!(p % b.align, 0);
+            }
+            a.stats()
+        };
+        assert!(s.committed >= s.live, "committed >= live: {s:?}");
+        let given: u64 = self.blocks.values().map(|b| b.given).sum();
+        let grown: u64 = self.grows.iter().map(|g| g.buf.len()).sum();
+        let bumped: u64 = self
+            .scratches
+            .iter()
+            .map(|m| m.scratch.allocated_bytes())
+            .sum();
+        let slab = self.blocks.values().filter(|b| b.slab).count() as u64;
+        assert_eq!(s.slab.blocks, slab);
+        assert_eq!(s.large.blocks, self.blocks.len() as u64 - slab);
+        assert_eq!(s.slab.bytes + s.large.bytes, given, "blocks' live bytes");
+        assert_eq!(
+            s.grow.bytes, grown,
+            "grow buffers' live bytes = their lengths"
+        );
+        // Scratch arenas account their bump on slow paths only (the fast
+        // path takes no lock): never more than what was bumped.
+        assert!(
+            s.scratch.bytes <= bumped,
+            "scratch live {} > bumped {bumped}",
+            s.scratch.bytes
+        );
+        assert_eq!(s.live, given + grown + s.scratch.bytes);
+        assert_eq!(s.scratch.blocks, self.scratches.len() as u64);
+        assert_eq!(s.grow.blocks, self.grows.len() as u64);
+        let mapped: u64 = self.mappings.values().sum();
+        assert_eq!(mapped, s.committed, "committed = bytes mapped");
+        assert_eq!(
+            self.driver.physical_bytes(),
+            s.committed,
+            "committed = physical bytes"
+        );
+        assert_eq!(
+            s.handles,
+            self.mappings.len() as u64,
+            "one handle per mapping"
+        );
+        if full {
+            self.verify_all();
+        }
+    }
+
+    /// Frees everything (checking contents), completes every stream, trims.
+    fn finish(mut self) {
+        self.verify_all();
+        for i in 0..self.streams.len() {
+            self.driver.inner().complete(self.streams[i]);
+            self.held[i] = false;
+        }
+        while let Some(m) = self.scratches.pop() {
+            self.unclaim(m.base);
+        }
+        while let Some(g) = self.grows.pop() {
+            self.unclaim(g.base);
+        }
+        while let Some((&p, &b)) = self.blocks.iter().next() {
+            let s = self.streams[b.stream];
+            self.free(p, b, |arena, p, _| arena.free(p, s));
+        }
+        self.check(false);
+        self.arena.trim();
+        self.sync_mappings();
+        let s = self.arena.stats();
+        assert_eq!(
+            (s.live, s.committed, s.handles),
+            (0, 0, 0),
+            "all given back: {s:?}"
+        );
+        assert!(self.mappings.is_empty());
+    }
+}
+
+/// Runs one program on a fresh checked driver, then checks the driver saw
+/// everything given back.
+fn run(kind: Kind, streams: usize, ops: &[Op]) {
+    let driver = host(256 << 20);
+    driver.enable_log();
+    let streams: Vec<Stream> = (0..streams)
+        .map(|_| driver.create_stream().expect("stream"))
+        .collect();
+    {
+        let arena = SharedArena::new(&driver, kind, config()).expect("arena");
+        let mut model = Model::new(&arena, &driver, streams);
+        for (i, op) in ops.iter().enumerate() {
+            model.apply(op);
+            model.check(i % 8 == 7);
+        }
+        model.finish();
+    }
+    assert_balanced(&driver);
+}
+
+fn cases() -> u32 {
+    std::env::var("GPU_ARENA_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn arena_follows_the_model(
+        kind in prop_oneof![Just(Kind::Device(0)), Just(Kind::PinnedHost)],
+        streams in 1usize..=3,
+        ops in proptest::collection::vec(op(), 1..256),
+    ) {
+        run(kind, streams, &ops);
+    }
+}
+
+// ----- stream semantics, step by step -----
+
+fn overlaps(va: u64, size: u64, start: u64, len: u64) -> bool {
+    va < start + len && start < va + size
+}
+
+/// A block freed on stream S while S runs a kernel is reused at once by S
+/// (stream order makes that safe), not by stream T until S's fence
+/// completed; its pages are not unmapped before that fence completed, and
+/// are once it did.
+#[test]
+fn freed_on_a_running_stream_reused_by_that_stream_only_and_unmapped_after_its_fence() {
+    let driver = host(256 << 20);
+    let s = driver.create_stream().unwrap();
+    let t = driver.create_stream().unwrap();
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config()).unwrap();
+        let size = 4 * PAGE;
+        // The first block of the region: page-aligned, one run of 4 pages.
+        let a = arena.alloc_on(size, 512, s).unwrap();
+        assert_eq!(a, arena.reservation().0);
+        let guard = arena.alloc_on(PAGE, 512, s).unwrap();
+        assert_eq!(guard, a + size, "packed");
+        // One slab per stream, placed now (a slab placed while S runs could
+        // take a's pages: S may reuse its own frees at once).
+        let x = arena.alloc_on(100, 8, s).unwrap();
+        let y0 = arena.alloc_on(100, 8, t).unwrap();
+        driver.inner().hold(s);
+        driver.enable_log();
+
+        arena.free_on(a, s).unwrap();
+        let b = arena.alloc_on(size, 512, s).unwrap();
+        assert_eq!(b, a, "S reuses its own free at once");
+        arena.free_on(b, s).unwrap();
+
+        let c = arena.alloc_on(size, 512, t).unwrap();
+        assert!(
+            !overlaps(c, size, a, size),
+            "T must not get S's pending block"
+        );
+        // Small blocks: S's slab object is reused by S at once (LIFO); T
+        // takes one from its own slab.
+        arena.free_on(x, s).unwrap();
+        assert_eq!(arena.alloc_on(100, 8, s).unwrap(), x);
+        let y = arena.alloc_on(100, 8, t).unwrap();
+        assert_ne!(y, x);
+        assert_eq!(arena.stats().slab.blocks, 3);
+
+        arena.trim();
+        arena.collect();
+        let st = arena.stats();
+        assert_eq!(st.pending_decommit, size, "a's pages wait for S's fence");
+        assert_eq!(st.reclaimable, 0);
+        assert!(st.pending_fences >= 1, "{st:?}");
+        let log = driver.take_log();
+        assert!(
+            !log.iter()
+                .any(|e| e.op == Call::Unmap && overlaps(e.va, e.size, a, size)),
+            "nothing of a's range unmapped while S runs: {log:?}"
+        );
+        assert!(
+            !log.iter().any(|e| e.op == Call::Wait),
+            "trim and collect never wait"
+        );
+        // Still pending: T again cannot take it.
+        let d = arena.alloc_on(size, 512, t).unwrap();
+        assert!(!overlaps(d, size, a, size));
+
+        driver.inner().complete(s);
+        arena.trim();
+        let log = driver.take_log();
+        assert!(
+            log.iter()
+                .any(|e| e.op == Call::Unmap && e.ok && e.va == a && e.size == size),
+            "a's run is unmapped once S's fence completed: {log:?}"
+        );
+        assert_eq!(arena.stats().pending_decommit, 0);
+        let e = arena.alloc_on(size, 512, t).unwrap();
+        assert_eq!(e, a, "after the fence, T reuses the lowest fitting span");
+        arena.check_invariants();
+        for p in [guard, c, d, e, x, y, y0] {
+            arena.free(p).unwrap();
+        }
+        arena.check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+/// A small block freed on another stream than the one it was allocated on
+/// waits for that stream's fence, and trim records the fence: the slab
+/// is given back (regression: the fence was never recorded, so the slab
+/// stayed committed forever).
+#[test]
+fn cross_stream_small_frees_are_reclaimed() {
+    let driver = host(256 << 20);
+    let s1 = driver.create_stream().unwrap();
+    let s2 = driver.create_stream().unwrap();
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config()).unwrap();
+        for _ in 0..20_000 {
+            let p = arena.alloc_on(100, 8, s1).unwrap();
+            arena.free_on(p, s2).unwrap();
+        }
+        let st = arena.stats();
+        assert!(st.committed <= 2 * PAGE, "one slab serves the loop: {st:?}");
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+        arena.check_invariants();
+    }
+    assert_balanced(&driver);
+}

@@ -1,0 +1,343 @@
+//! Fault injection and out-of-memory, through the checked driver: a driver
+//! call failing in the middle of a commit leaves nothing half-mapped and the
+//! arena keeps working; the out-of-memory ladder trims, then waits on one
+//! pending fence, then reports figures that match the stats; the configured
+//! limit holds.
+//!
+//! A `harness = false` test (as bumpalo's `try_alloc`): each check runs in
+//! order in one process and prints its name.
+
+use gpu_arena::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
+use gpu_arena::{Arena, ArenaConfig, Call, CommitConfig, Error, ErrorKind, Kind, Stats};
+
+const PAGE: u64 = 64 << 10;
+
+fn host(capacity: u64) -> Checked<HostDriver> {
+    Checked::new(
+        HostDriver::with_config(HostConfig {
+            granularity: PAGE as usize,
+            capacity,
+            ..Default::default()
+        })
+        .expect("host driver"),
+    )
+}
+
+/// A small arena committing runs of at most `max_run` bytes.
+fn config(max_run: u64) -> ArenaConfig {
+    ArenaConfig {
+        reservation: 64 << 20,
+        min_reservation: 1 << 20,
+        commit: CommitConfig {
+            max_run,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+fn assert_balanced(driver: &Checked<HostDriver>) {
+    assert_eq!(driver.leaks(), None);
+    let c = driver.counts();
+    assert_eq!(
+        (c.create, c.map, c.reserve),
+        (c.release, c.unmap, c.free_reservation),
+        "{c:?}"
+    );
+    assert_eq!(c.refused, 0, "{c:?}");
+}
+
+/// The figures a failed call must leave as they were.
+fn shape(s: &Stats) -> [u64; 9] {
+    [
+        s.committed,
+        s.live,
+        s.handles,
+        s.pending_decommit,
+        s.slab.blocks,
+        s.large.blocks,
+        s.large.bytes,
+        s.allocs,
+        s.frees,
+    ]
+}
+
+/// The Nth create / map / set_access of an allocation that commits five runs
+/// fails (out of memory, or an unexpected driver error): the allocation
+/// returns the error, every run it had committed is given back (physical
+/// bytes, mappings and handles as before), and the arena keeps serving.
+fn a_failed_commit_leaves_nothing_behind() {
+    // 7.5 pages from a page boundary, runs of at most 2 pages:
+    // [0,2) [2,4) [4,6) [6,7) and the shared tail page [7] = five runs.
+    let size = 7 * PAGE + PAGE / 2;
+    let runs = 5;
+    for op in [Op::Create, Op::Map, Op::SetAccess] {
+        for kind in [FaultKind::OutOfMemory, FaultKind::DriverError] {
+            let driver = host(256 << 20);
+            {
+                let mut arena = Arena::new(&driver, Kind::Device(0), config(2 * PAGE)).unwrap();
+                // Something live to keep: a slab and a large block.
+                let small = arena.alloc(100, 8).unwrap();
+                let keep = arena.alloc(3 * PAGE, 512).unwrap();
+                let (c0, s0) = (driver.counts(), arena.stats());
+                let creates = c0.create;
+                let probe = arena.alloc(size, PAGE).unwrap();
+                assert_eq!(driver.counts().create - creates, runs, "five runs");
+                arena.free(probe).unwrap();
+                arena.trim();
+                assert_eq!(shape(&arena.stats())[..3], shape(&s0)[..3]);
+
+                for nth in 1..=runs {
+                    let (c0, s0) = (driver.counts(), arena.stats());
+                    let physical = driver.physical_bytes();
+                    assert_eq!(s0.pending_fences, 0);
+                    driver.inject(Fault { op, nth, kind });
+                    let e = arena
+                        .alloc(size, PAGE)
+                        .expect_err("the injected fault fails the allocation");
+                    let (c1, s1) = (driver.counts(), arena.stats());
+                    assert_eq!(c1.injected, c0.injected + 1, "{op:?} #{nth} fired");
+                    match kind {
+                        FaultKind::OutOfMemory => {
+                            let Error::OutOfMemory(r) = e else {
+                                panic!("{op:?} #{nth} {kind:?}: {e:?}")
+                            };
+                            assert_eq!(r.requested, size);
+                            assert_eq!((r.live, r.committed), (s1.live, s1.committed), "{r:?}");
+                            assert_eq!(r.limit, u64::MAX);
+                        }
+                        FaultKind::DriverError => {
+                            let Error::Driver(d) = e else {
+                                panic!("{op:?} #{nth} {kind:?}: {e:?}")
+                            };
+                            let call = match op {
+                                Op::Create => Call::Create,
+                                Op::Map => Call::Map,
+                                _ => Call::SetAccess,
+                            };
+                            assert_eq!((d.call, d.kind), (call, ErrorKind::Other));
+                        }
+                    }
+                    assert_eq!(
+                        shape(&s1),
+                        shape(&s0),
+                        "{op:?} #{nth} {kind:?}: stats as before"
+                    );
+                    assert_eq!(
+                        driver.physical_bytes(),
+                        physical,
+                        "physical bytes as before"
+                    );
+                    assert_eq!(
+                        c1.create - c0.create,
+                        c1.release - c0.release,
+                        "handles as before"
+                    );
+                    assert_eq!(c1.map - c0.map, c1.unmap - c0.unmap, "mappings as before");
+                    assert!(s1.driver_calls.failed > s0.driver_calls.failed);
+                    arena.check_invariants();
+                    // The arena keeps working: the same allocation now succeeds.
+                    let p = arena.alloc(size, PAGE).unwrap();
+                    assert_eq!(p % PAGE, 0);
+                    arena.free(p).unwrap();
+                    arena.trim();
+                    arena.check_invariants();
+                }
+                arena.free(small).unwrap();
+                arena.free(keep).unwrap();
+                arena.check_invariants();
+            }
+            assert_balanced(&driver);
+        }
+    }
+}
+
+/// Memory full; blocks freed on a stream that is still running (held):
+/// their pages wait behind that stream's fence. An allocation on another
+/// stream then trims (nothing completed), waits on that one fence, trims
+/// again and succeeds. With nothing reclaimable, out-of-memory reports
+/// figures that match the stats.
+fn out_of_memory_waits_on_one_fence_then_reports() {
+    let capacity = 16 * PAGE;
+    let driver = host(capacity);
+    {
+        let s = driver.create_stream().unwrap();
+        let t = driver.create_stream().unwrap();
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let blocks: Vec<u64> = (0..8)
+            .map(|_| arena.alloc_on(2 * PAGE, 512, s).unwrap())
+            .collect();
+        assert_eq!(arena.stats().committed, capacity, "memory full");
+        driver.inner().hold(s);
+        arena.free_on(blocks[2], s).unwrap();
+        arena.free_on(blocks[5], s).unwrap();
+        arena.trim();
+        let st = arena.stats();
+        assert_eq!(
+            (st.committed, st.pending_decommit, st.reclaimable),
+            (capacity, 4 * PAGE, 0)
+        );
+
+        let waits = driver.counts().wait;
+        let p = arena
+            .alloc_on(2 * PAGE, 512, t)
+            .expect("the ladder waits and succeeds");
+        let c = driver.counts();
+        assert_eq!(c.wait, waits + 1, "waited on exactly one fence");
+        assert_eq!(arena.stats().driver_calls.wait, 1);
+        assert!(arena.stats().committed <= capacity);
+        arena.check_invariants();
+
+        // Fill what is left; now nothing is reclaimable.
+        let q = arena.alloc_on(2 * PAGE, 512, t).unwrap();
+        assert_eq!(arena.stats().committed, capacity);
+        let e = arena.alloc_on(4 * PAGE, 512, t).expect_err("out of memory");
+        let st = arena.stats();
+        let Error::OutOfMemory(r) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(r.requested, 4 * PAGE);
+        assert_eq!(
+            (r.live, r.committed),
+            (st.live, st.committed),
+            "{r:?} vs {st:?}"
+        );
+        assert_eq!(r.limit, arena.config().commit.limit);
+        assert_eq!((r.reclaimable, r.pending), (0, 0));
+        assert!(e.to_string().contains("out of memory"), "{e}");
+        arena.check_invariants();
+
+        // A commit of several runs that fails half-way reports the state the
+        // caller sees afterwards (the runs it made were given back).
+        arena.free_on(q, t).unwrap();
+        arena.trim();
+        assert_eq!(arena.stats().committed, capacity - 2 * PAGE);
+        arena.set_limit(u64::MAX);
+        let mut small_runs = Arena::new(&driver, Kind::Device(0), config(PAGE)).unwrap();
+        let e = small_runs
+            .alloc(4 * PAGE, 512)
+            .expect_err("two of four pages fit");
+        let st = small_runs.stats();
+        let Error::OutOfMemory(r) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (r.live, r.committed),
+            (st.live, st.committed),
+            "{r:?} vs {st:?}"
+        );
+        assert_eq!(st.committed, 0, "nothing half-committed");
+        small_runs.check_invariants();
+        drop(small_runs);
+
+        driver.inner().complete(s);
+        for b in blocks
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 2 && *i != 5)
+        {
+            arena.free_on(*b.1, s).unwrap();
+        }
+        arena.free_on(p, t).unwrap();
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+        arena.check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+/// `set_limit` caps committed memory: past it, out-of-memory with the limit
+/// in the report; raising it lets the allocation through.
+fn the_configured_limit_holds() {
+    let driver = host(256 << 20);
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        arena.set_limit(4 * PAGE);
+        assert_eq!(arena.config().commit.limit, 4 * PAGE);
+        let a = arena.alloc(3 * PAGE, 512).unwrap();
+        let e = arena.alloc(2 * PAGE, 512).expect_err("beyond the limit");
+        let st = arena.stats();
+        let Error::OutOfMemory(r) = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (r.requested, r.live, r.committed, r.limit),
+            (2 * PAGE, st.live, st.committed, 4 * PAGE)
+        );
+        assert!(
+            e.to_string().contains(&format!("limit {}", 4 * PAGE)),
+            "{e}"
+        );
+        // Within the limit still works.
+        let b = arena.alloc(PAGE, 512).unwrap();
+        assert_eq!(arena.stats().committed, 4 * PAGE);
+        arena.set_limit(6 * PAGE);
+        let c = arena.alloc(2 * PAGE, 512).unwrap();
+        assert_eq!(arena.stats().committed, 6 * PAGE);
+        // Freed memory is reused under the limit.
+        arena.free(a).unwrap();
+        let d = arena.alloc(3 * PAGE, 512).unwrap();
+        assert!(arena.stats().committed <= 6 * PAGE);
+        for p in [b, c, d] {
+            arena.free(p).unwrap();
+        }
+        arena.check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+/// Faults in calls the arena makes outside a commit: a failed fence record
+/// while giving pages back leaves them pending, and a later trim gives them
+/// back.
+fn a_failed_fence_record_defers_the_decommit() {
+    let driver = host(256 << 20);
+    {
+        let s = driver.create_stream().unwrap();
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let p = arena.alloc_on(4 * PAGE, 512, s).unwrap();
+        arena.free_on(p, s).unwrap();
+        driver.inject(Fault {
+            op: Op::Record,
+            nth: 1,
+            kind: FaultKind::DriverError,
+        });
+        arena.trim();
+        assert_eq!(arena.stats().committed, 4 * PAGE, "no fence, no decommit");
+        arena.check_invariants();
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+        let q = arena.alloc_on(PAGE, 512, Stream::DEFAULT).unwrap();
+        arena.free(q).unwrap();
+    }
+    assert_balanced(&driver);
+}
+
+fn main() {
+    let tests: [(&str, fn()); 4] = [
+        (
+            "a_failed_commit_leaves_nothing_behind",
+            a_failed_commit_leaves_nothing_behind,
+        ),
+        (
+            "out_of_memory_waits_on_one_fence_then_reports",
+            out_of_memory_waits_on_one_fence_then_reports,
+        ),
+        ("the_configured_limit_holds", the_configured_limit_holds),
+        (
+            "a_failed_fence_record_defers_the_decommit",
+            a_failed_fence_record_defers_the_decommit,
+        ),
+    ];
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    for (name, test) in tests {
+        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        print!("test {name} ... ");
+        test();
+        println!("ok");
+    }
+}
