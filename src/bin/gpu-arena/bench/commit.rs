@@ -123,8 +123,14 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
         }
         let (raw_commit, raw_undo) = raw(&raw_driver, ctx.device, size, max_run, reps)?;
         let bw = |secs: f64| size as f64 / GIB / secs;
-        let ours = bw(median(commit));
+        let commit = median(commit);
+        let ours = bw(commit);
         let frac = ours / bw(raw_commit);
+        let times = format!(
+            "{} vs {}",
+            crate::fmt_ns(commit * 1e9),
+            crate::fmt_ns(raw_commit * 1e9)
+        );
         s.rows.push(
             Row::new(
                 format!("commit {}", fmt_bytes(size)),
@@ -135,7 +141,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             .target(
                 format!("≥ {:.0} % of raw", TARGET * 100.0),
                 Some(frac >= TARGET),
-                format!("{:.0} % of raw", frac * 100.0),
+                format!("{:.0} % of raw ({times})", frac * 100.0),
             ),
         );
         s.rows.push(Row::new(

@@ -384,11 +384,7 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
     let device_name = match &main {
         #[cfg(feature = "cuda")]
         SystemDriver::Cuda(_) => cu.map(|c| c.device_name()).unwrap_or_default(),
-        _ => format!(
-            "{} backend, {} emulated device memory",
-            caps.backend,
-            fmt_bytes(caps.device_memory)
-        ),
+        _ => format!("{} emulated device memory", fmt_bytes(caps.device_memory)),
     };
     let ctx = Ctx {
         backends: &backends,
