@@ -148,6 +148,15 @@ impl Backends {
     }
 }
 
+/// The next value of a xorshift64 generator (fixed seeds make the
+/// benchmark and demo workloads the same on every run).
+pub fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
+}
+
 /// `1.5 GiB`, `64 MiB`, `512 B`.
 pub fn fmt_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -425,12 +425,7 @@ pub fn render(
 fn demo(driver: SystemDriver, device: u32) -> AnyResult<Snapshot> {
     let shared = SharedArena::new(driver, Kind::Device(device), ArenaConfig::default())?;
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    let mut next = move |m: u64| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x % m
-    };
+    let mut next = move |m: u64| crate::xorshift(&mut x) % m;
     let mut blocks = Vec::new();
     for _ in 0..3000 {
         blocks.push(shared.alloc(64 << next(9), 256, Stream::DEFAULT)?);

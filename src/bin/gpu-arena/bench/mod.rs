@@ -321,6 +321,23 @@ impl Ctx<'_> {
     }
 }
 
+/// One `malloc` + `free` of `layout` through the system allocator (the
+/// anchor of sections a and b).
+pub fn system_pair(layout: std::alloc::Layout) -> AnyResult<()> {
+    use std::alloc::{GlobalAlloc, System};
+    if layout.size() == 0 {
+        return Err("system_pair needs a nonzero size".into());
+    }
+    // SAFETY: the layout has a nonzero size (checked above).
+    let p = unsafe { System.alloc(layout) };
+    if p.is_null() {
+        return Err("malloc returned null".into());
+    }
+    // SAFETY: `p` was allocated just above with the same layout.
+    unsafe { System.dealloc(std::hint::black_box(p), layout) };
+    Ok(())
+}
+
 /// Median of `v` (NaN when empty).
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {

@@ -5,13 +5,13 @@
 //! stream-ordered pool (`cuMemAllocAsync`/`cuMemFreeAsync`, release
 //! threshold `u64::MAX`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+use std::alloc::Layout;
 use std::hint::black_box;
 use std::time::Duration;
 
 use gpu_arena::{Arena, ArenaConfig, Kind};
 
-use super::{Anchor, Ctx, Row, Section, SectionId, Unit, per_call_ns};
+use super::{Anchor, Ctx, Row, Section, SectionId, Unit, per_call_ns, system_pair};
 use crate::{AnyResult, fmt_bytes};
 
 /// Target: a hot pair costs at most this.
@@ -20,19 +20,6 @@ const TARGET_NS: f64 = 30.0;
 const SIZES: [u64; 4] = [256, 64 << 10, 1 << 20, 64 << 20];
 /// Alignment asked of gpu-arena (what `cuMemAlloc` guarantees).
 const ALIGN: u64 = 256;
-
-/// `malloc` + `free` of `size` bytes.
-fn system_pair(size: u64) -> AnyResult<()> {
-    let layout = Layout::from_size_align(size as usize, 16)?;
-    // SAFETY: the layout has a nonzero size.
-    let p = unsafe { System.alloc(layout) };
-    if p.is_null() {
-        return Err("malloc returned null".into());
-    }
-    // SAFETY: `p` was allocated just above with the same layout.
-    unsafe { System.dealloc(black_box(p), layout) };
-    Ok(())
-}
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> AnyResult<Section> {
@@ -71,7 +58,8 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
         })?;
         let per_pair = arena.stats().driver_calls.total() as f64 / pairs as f64;
         let mut anchors = Vec::new();
-        anchors.push(Some(per_call_ns(target, batches, || system_pair(size))?));
+        let layout = Layout::from_size_align(size as usize, 16)?;
+        anchors.push(Some(per_call_ns(target, batches, || system_pair(layout))?));
         #[cfg(feature = "cuda")]
         if let Some(cu) = ctx.cu {
             anchors.push(Some(per_call_ns(target, batches, || {

@@ -18,10 +18,8 @@ fn sizes(n: usize) -> Vec<Layout> {
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..n)
         .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            Layout::from_size_align(8 + (x % 249) as usize, 8).unwrap_or(Layout::new::<u64>())
+            let size = 8 + (crate::xorshift(&mut x) % 249) as usize;
+            Layout::from_size_align(size, 8).unwrap_or(Layout::new::<u64>())
         })
         .collect()
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use gpu_arena::driver::Stream;
 use gpu_arena::{ArenaConfig, Kind, SharedArena};
 
-use super::{Anchor, Ctx, Row, Section, SectionId, Unit, fmt_ratio};
+use super::{Anchor, Ctx, Row, Section, SectionId, Unit, fmt_ratio, system_pair};
 use crate::AnyResult;
 
 const THREADS: [usize; 5] = [1, 2, 4, 8, 16];
@@ -116,23 +116,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             },
             |_| Ok(()),
         )?;
-        let system = scaled(
-            threads,
-            dur,
-            || Ok(()),
-            |_| {
-                use std::alloc::GlobalAlloc;
-                // SAFETY: nonzero size; freed with the same layout below.
-                let p = unsafe { std::alloc::System.alloc(layout) };
-                if p.is_null() {
-                    return Err("malloc returned null".into());
-                }
-                // SAFETY: allocated just above with this layout.
-                unsafe { std::alloc::System.dealloc(black_box(p), layout) };
-                Ok(())
-            },
-            |_| Ok(()),
-        )?;
+        let system = scaled(threads, dur, || Ok(()), |_| system_pair(layout), |_| Ok(()))?;
         let mut anchors = vec![Some(system)];
         #[cfg(feature = "cuda")]
         if let Some(cu) = ctx.cu {
