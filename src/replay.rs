@@ -102,6 +102,20 @@ pub fn replay<D: Driver>(
     events: &[Event],
     mut progress: impl FnMut(u64),
 ) -> Result<ReplayResult> {
+    replay_observed(arena, events, 4096, |done, _| progress(done))
+}
+
+/// [`replay`], calling `observe(done, arena)` every `every` events (`every`
+/// is at least 1) and once after the last event, before the blocks still
+/// live are freed: what the CLI samples to draw committed and live bytes
+/// over time.
+pub fn replay_observed<D: Driver>(
+    arena: &mut Arena<D>,
+    events: &[Event],
+    every: u64,
+    mut observe: impl FnMut(u64, &Arena<D>),
+) -> Result<ReplayResult> {
+    let every = every.max(1);
     let mut live: std::collections::HashMap<u64, (DevicePtr, u64)> =
         std::collections::HashMap::new();
     let (mut cur, mut peak, mut allocs) = (0u64, 0u64, 0u64);
@@ -123,12 +137,12 @@ pub fn replay<D: Driver>(
                 cur -= size;
             }
         }
-        if i % 4096 == 4095 {
-            progress(i as u64 + 1);
+        if (i as u64 + 1) % every == 0 {
+            observe(i as u64 + 1, arena);
         }
     }
     let seconds = t.elapsed().as_secs_f64();
-    progress(events.len() as u64);
+    observe(events.len() as u64, arena);
     let stats = arena.stats();
     let live_at_end = live.len() as u64;
     for (_, (p, _)) in live {

@@ -1,0 +1,183 @@
+//! b. thread scaling: 1/2/4/8/16 threads each allocating and freeing 256 B
+//! in a loop for a fixed time, through one [`SharedArena`] (a mutex around
+//! the arena); million pairs per second over all threads. Anchors: the
+//! system allocator, on CUDA the stream-ordered pool (one stream per
+//! thread), and the fixed reference figures of issue 6 (H100).
+
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use gpu_arena::driver::Stream;
+use gpu_arena::{ArenaConfig, Kind, SharedArena};
+
+use super::{Anchor, Ctx, Row, Section, SectionId, Unit, fmt_ratio, system_pair};
+use crate::AnyResult;
+
+const THREADS: [usize; 5] = [1, 2, 4, 8, 16];
+const SIZE: u64 = 256;
+/// Target: 16 threads give at least this many times the pairs of one.
+const TARGET_SCALING: f64 = 12.0;
+/// Issue 6's figures on the H100 (M pairs/s at 1, 4 and 16 threads).
+const REF_POOL: [(usize, f64); 3] = [(1, 0.30), (4, 0.35), (16, 0.28)];
+const REF_TORCH: [(usize, f64); 3] = [(1, 1.83), (4, 0.31), (16, 0.25)];
+
+fn reference(table: &[(usize, f64)], threads: usize) -> Option<f64> {
+    table.iter().find(|(t, _)| *t == threads).map(|(_, v)| *v)
+}
+
+/// Million pairs per second over `threads` threads, each running `pair` for
+/// `dur` on its own state from `init` (made before the common start),
+/// finished by `fini` (timed: it waits for queued work).
+fn scaled<S>(
+    threads: usize,
+    dur: Duration,
+    init: impl Fn() -> AnyResult<S> + Sync,
+    pair: impl Fn(&mut S) -> AnyResult<()> + Sync,
+    fini: impl Fn(S) -> AnyResult<()> + Sync,
+) -> AnyResult<f64> {
+    let barrier = Barrier::new(threads + 1);
+    let (t0, results) = std::thread::scope(|sc| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                sc.spawn(|| -> Result<(u64, Instant), String> {
+                    let st = init();
+                    barrier.wait();
+                    let mut st = st.map_err(|e| e.to_string())?;
+                    let start = Instant::now();
+                    let mut n = 0u64;
+                    while start.elapsed() < dur {
+                        for _ in 0..64 {
+                            pair(&mut st).map_err(|e| e.to_string())?;
+                        }
+                        n += 64;
+                    }
+                    fini(st).map_err(|e| e.to_string())?;
+                    Ok((n, Instant::now()))
+                })
+            })
+            .collect();
+        barrier.wait();
+        let t0 = Instant::now();
+        let results: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("a benchmark thread panicked".into()))
+            })
+            .collect();
+        (t0, results)
+    });
+    let (mut pairs, mut end) = (0u64, t0);
+    for r in results {
+        let (n, e) = r?;
+        pairs += n;
+        end = end.max(e);
+    }
+    Ok(pairs as f64 / (end - t0).as_secs_f64() / 1e6)
+}
+
+/// Runs the section.
+pub fn run(ctx: &Ctx) -> AnyResult<Section> {
+    let mut anchors = vec![Anchor::measured("System malloc")];
+    if ctx.is_cuda() {
+        anchors.push(Anchor::measured("cuMemAllocAsync pool"));
+    }
+    anchors.push(Anchor::reference("cudaMallocAsync [ref]"));
+    anchors.push(Anchor::reference("PyTorch [ref]"));
+    let mut s = Section::new(
+        SectionId::Threads,
+        format!("b. thread scaling (alloc+free pairs of {SIZE} B, M pairs/s over all threads)"),
+        anchors,
+    );
+    let dur = if ctx.quick {
+        Duration::from_millis(20)
+    } else {
+        Duration::from_millis(300)
+    };
+    let pb = ctx.progress(SectionId::Threads, THREADS.len() as u64);
+    let shared = SharedArena::new(
+        ctx.backends.driver()?,
+        Kind::Device(ctx.device),
+        ArenaConfig::default(),
+    )?;
+    let layout = std::alloc::Layout::from_size_align(SIZE as usize, 16)?;
+    let mut one = None;
+    for threads in THREADS {
+        pb.set_message(format!("{threads} threads"));
+        let ours = scaled(
+            threads,
+            dur,
+            || Ok(()),
+            |_| {
+                let p = shared.alloc(SIZE, 256, Stream::DEFAULT)?;
+                shared.free(black_box(p), Stream::DEFAULT)?;
+                Ok(())
+            },
+            |_| Ok(()),
+        )?;
+        let system = scaled(threads, dur, || Ok(()), |_| system_pair(layout), |_| Ok(()))?;
+        let mut anchors = vec![Some(system)];
+        #[cfg(feature = "cuda")]
+        if let Some(cu) = ctx.cu {
+            use gpu_arena::driver::Driver;
+            let main = ctx.main;
+            anchors.push(Some(scaled(
+                threads,
+                dur,
+                || {
+                    cu.make_current()?;
+                    Ok(main.create_stream()?)
+                },
+                |stream| {
+                    let p = cu.alloc_async(SIZE as usize, *stream)?;
+                    cu.free_async(black_box(p), *stream)
+                },
+                |stream| {
+                    cu.sync(stream)?;
+                    // SAFETY: the stream is idle and not used again.
+                    unsafe { main.destroy_stream(stream) }?;
+                    Ok(())
+                },
+            )?));
+        }
+        anchors.push(reference(&REF_POOL, threads));
+        anchors.push(reference(&REF_TORCH, threads));
+        let base = *one.get_or_insert(ours);
+        let scaling = ours / base;
+        let row = Row::new(
+            format!("{threads} thread{}", if threads == 1 { "" } else { "s" }),
+            Unit::Mpairs,
+            Some(ours),
+            anchors,
+        );
+        let check = format!("{} vs 1 thread", fmt_ratio(scaling));
+        s.rows.push(if threads == 16 {
+            row.target(
+                format!("≥ {TARGET_SCALING}x vs 1 thread"),
+                Some(scaling >= TARGET_SCALING),
+                check,
+            )
+        } else {
+            row.target("—", None, check)
+        });
+        pb.inc(1);
+    }
+    pb.finish_and_clear();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    s.notes.push(format!(
+        "gpu-arena: one SharedArena (a mutex around the arena) for all threads, default stream; {} per case; this machine has {cpus} CPUs",
+        crate::fmt_ns(dur.as_nanos() as f64)
+    ));
+    s.notes.push(
+        "[ref] = reference (issue 6, H100): fixed figures measured on an H100 for issue 6, not in this run; \
+         n/a where the issue gives none"
+            .into(),
+    );
+    if ctx.is_cuda() {
+        s.notes.push(
+            "cuMemAllocAsync pool: default pool, release threshold u64::MAX, one stream per thread, synchronized at the end (timed)".into(),
+        );
+    }
+    Ok(s)
+}

@@ -1,0 +1,184 @@
+//! `gpu-arena info`: the backend, its devices, granularity and memory, the
+//! reservation an arena obtains (and any fallback), and the configuration in
+//! force.
+
+use gpu_arena::driver::{Driver, SystemDriver};
+use gpu_arena::{Arena, ArenaConfig, Kind};
+
+use crate::table::Table;
+use crate::{AnyResult, BackendArg, Backends, fmt_bytes};
+
+/// What a CUDA device adds to the report.
+#[derive(serde::Serialize)]
+struct CudaInfo {
+    name: String,
+    driver_version: i32,
+    host_memory_location: Option<&'static str>,
+}
+
+#[derive(serde::Serialize)]
+struct Reservation {
+    base: u64,
+    size: u64,
+    /// The size obtained where the configured one was refused.
+    fallback: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct Info {
+    note: String,
+    capabilities: gpu_arena::driver::Capabilities,
+    cuda: Option<CudaInfo>,
+    reservation: Reservation,
+    regions: Vec<gpu_arena::stats::RegionReport>,
+    config: ArenaConfig,
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_info(d: &SystemDriver) -> Option<CudaInfo> {
+    match d {
+        SystemDriver::Cuda(c) => Some(CudaInfo {
+            name: crate::cuda::Cu::new(c)
+                .map(|cu| cu.device_name())
+                .unwrap_or_else(|e| format!("unknown ({e})")),
+            driver_version: c.driver_version(),
+            host_memory_location: c.host_kind().map(|k| k.name()),
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_info(_: &SystemDriver) -> Option<CudaInfo> {
+    None
+}
+
+/// Runs `info`.
+pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
+    let (backends, driver) = Backends::open(backend, device)?;
+    let caps = *driver.capabilities();
+    let cuda = cuda_info(&driver);
+    let config = ArenaConfig::default();
+    let arena = Arena::new(driver, Kind::Device(device), config)?;
+    let (base, size) = arena.reservation();
+    let info = Info {
+        note: backends.note,
+        capabilities: caps,
+        cuda,
+        reservation: Reservation {
+            base,
+            size,
+            fallback: arena.reservation_fallback(),
+        },
+        regions: arena.snapshot().regions,
+        config: *arena.config(),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(());
+    }
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let mut t = Table::new(["gpu-arena info", ""]).left();
+    t.row(["backend", caps.backend.name()]);
+    if let Some(c) = &info.cuda {
+        t.row(["device".to_string(), format!("{device}: {}", c.name)]);
+        t.row([
+            "CUDA driver".to_string(),
+            format!(
+                "{}.{} ({})",
+                c.driver_version / 1000,
+                c.driver_version % 1000 / 10,
+                c.driver_version
+            ),
+        ]);
+    }
+    t.row(["devices".to_string(), caps.device_count.to_string()]);
+    t.row([
+        "granularity".to_string(),
+        format!(
+            "{} (recommended {})",
+            fmt_bytes(caps.granularity as u64),
+            fmt_bytes(caps.recommended_granularity as u64)
+        ),
+    ]);
+    let memory = if caps.backend == gpu_arena::Backend::Host {
+        format!(
+            "{} (emulated capacity: half the RAM)",
+            fmt_bytes(caps.device_memory)
+        )
+    } else {
+        fmt_bytes(caps.device_memory)
+    };
+    t.row(["device memory".to_string(), memory]);
+    t.row([
+        "largest reservation".to_string(),
+        fmt_bytes(caps.max_reservation),
+    ]);
+    let fallback = match info.reservation.fallback {
+        Some(s) => format!(
+            ", fell back to {} (the configured size was refused)",
+            fmt_bytes(s)
+        ),
+        None => String::new(),
+    };
+    t.row([
+        "reservation".to_string(),
+        format!("{} at {base:#x}{fallback}", fmt_bytes(size)),
+    ]);
+    for r in &info.regions {
+        t.row([
+            format!("  region {}", r.name),
+            format!("{} at +{:#x}", fmt_bytes(r.size), r.offset),
+        ]);
+    }
+    t.row(["CPU reads device memory", yes(caps.cpu_reads_device_memory)]);
+    let host = match &info.cuda {
+        Some(CudaInfo {
+            host_memory_location: Some(k),
+            ..
+        }) => format!("yes ({k})"),
+        _ => yes(caps.host_memory).to_string(),
+    };
+    t.row(["pinned host memory".to_string(), host]);
+    t.row(["peer access", yes(caps.peer_access)]);
+    t.row(["shareable handles", yes(caps.shareable_handles)]);
+    let c = &info.config;
+    let auto = |v: u64| {
+        if v == 0 {
+            "0 (auto: 4x device memory)".to_string()
+        } else {
+            fmt_bytes(v)
+        }
+    };
+    t.row(["config.reservation".to_string(), auto(c.reservation)]);
+    t.row([
+        "config.min_reservation".to_string(),
+        fmt_bytes(c.min_reservation),
+    ]);
+    t.row([
+        "config.blocks_fraction".to_string(),
+        c.blocks_fraction.to_string(),
+    ]);
+    t.row(["config.quantum".to_string(), fmt_bytes(c.quantum)]);
+    t.row([
+        "config.commit.max_run".to_string(),
+        fmt_bytes(c.commit.max_run),
+    ]);
+    t.row([
+        "config.commit.keep_alive".to_string(),
+        fmt_bytes(c.commit.keep_alive),
+    ]);
+    t.row([
+        "config.commit.keep_alive_fraction".to_string(),
+        format!("{:.4}", c.commit.keep_alive_fraction),
+    ]);
+    let limit = if c.commit.limit == u64::MAX {
+        "none (device memory)".to_string()
+    } else {
+        fmt_bytes(c.commit.limit)
+    };
+    t.row(["config.commit.limit".to_string(), limit]);
+    print!("{}", t.render());
+    println!("config (JSON): {}", serde_json::to_string(&info.config)?);
+    Ok(())
+}

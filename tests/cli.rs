@@ -1,0 +1,180 @@
+//! The `gpu-arena` binary end to end: each subcommand runs, exits 0 and
+//! prints what it should. No assertion on time.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-arena"))
+        .args(args)
+        .output()
+        .expect("the gpu-arena binary runs");
+    assert!(
+        out.status.success(),
+        "gpu-arena {args:?} failed: {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A shared trace, beside the repository (`../shared`) or its worktree
+/// (`../../shared`).
+fn trace(name: &str) -> Option<PathBuf> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    ["../shared/traces", "../../shared/traces"]
+        .iter()
+        .map(|d| root.join(d).join(name))
+        .find(|p| p.exists())
+}
+
+#[test]
+fn info() {
+    let out = run(&["info", "--backend", "host"]);
+    let s = stdout(&out);
+    for heading in [
+        "backend",
+        "granularity",
+        "device memory",
+        "reservation",
+        "config.commit.max_run",
+    ] {
+        assert!(s.contains(heading), "info lacks {heading:?}:\n{s}");
+    }
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("host backend"),
+        "the backend line goes to stderr"
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["info", "--json", "--backend", "host"]).stdout)
+            .expect("info --json is JSON");
+    assert_eq!(json["capabilities"]["backend"], "host");
+    assert!(json["reservation"]["size"].as_u64().unwrap_or(0) > 0);
+    assert!(json["config"]["commit"]["max_run"].as_u64().is_some());
+}
+
+#[test]
+fn bench_quick() {
+    let s = stdout(&run(&["bench", "--quick", "--backend", "host"]));
+    for heading in [
+        "a. alloc+free pair latency",
+        "b. thread scaling",
+        "c. commit bandwidth",
+        "d. free while a",
+        "e. growth",
+        "f. scratch arena vs bumpalo",
+        "System malloc",
+        "reference",
+        "bumpalo::Bump",
+        "target",
+        "ratio",
+    ] {
+        assert!(s.contains(heading), "bench output lacks {heading:?}:\n{s}");
+    }
+}
+
+#[test]
+fn bench_json() {
+    let out = run(&[
+        "bench",
+        "--quick",
+        "--json",
+        "--backend",
+        "host",
+        "--only",
+        "pairs,kernel",
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    let sections = json["sections"].as_array().expect("sections");
+    assert_eq!(sections.len(), 2);
+    assert_eq!(sections[0]["id"], "pairs");
+    let rows = sections[0]["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 4, "one row per size");
+    assert!(
+        rows.iter()
+            .all(|r| r["arena"].as_f64().is_some_and(|v| v > 0.0))
+    );
+    assert_eq!(
+        sections[1]["rows"][0]["arena"],
+        serde_json::Value::Null,
+        "kernel: n/a on host"
+    );
+}
+
+#[test]
+fn replay() {
+    let Some(t) = trace("bert_infer.trace.jsonl.gz") else {
+        println!("skipped: shared/traces/bert_infer.trace.jsonl.gz not found");
+        return;
+    };
+    let t = t.to_string_lossy().into_owned();
+    let s = stdout(&run(&["replay", &t]));
+    for heading in [
+        "bert_infer",
+        "peak live",
+        "peak committed",
+        "ratio",
+        "PyTorch default",
+        "3.436",
+        "driver calls",
+    ] {
+        assert!(s.contains(heading), "replay output lacks {heading:?}:\n{s}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_slice(&run(&["replay", "--json", &t]).stdout).expect("JSON");
+    let r = &json[0]["result"];
+    assert_eq!(r["events"], 96802);
+    assert!(r["ratio"].as_f64().is_some_and(|x| x >= 1.0));
+}
+
+#[test]
+fn map() {
+    let dir = std::env::temp_dir();
+    let svg = dir.join(format!("gpu-arena-cli-{}.svg", std::process::id()));
+    let p = svg.to_string_lossy().into_owned();
+    run(&["map", "-o", &p]);
+    let s = std::fs::read_to_string(&svg).expect("map wrote its file");
+    std::fs::remove_file(&svg).ok();
+    assert!(
+        s.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""),
+        "SVG root: {}",
+        &s[..s.len().min(200)]
+    );
+    assert!(s.trim_end().ends_with("</svg>"));
+    assert!(s.contains("region blocks") && s.contains("slab") && s.contains("grow"));
+
+    let Some(t) = trace("bert_infer.trace.jsonl.gz") else {
+        println!("skipped map --trace: shared/traces/bert_infer.trace.jsonl.gz not found");
+        return;
+    };
+    let html = dir.join(format!("gpu-arena-cli-{}.html", std::process::id()));
+    let h = html.to_string_lossy().into_owned();
+    run(&["map", "--trace", &t.to_string_lossy(), "--html", "-o", &h]);
+    let s = std::fs::read_to_string(&html).expect("map wrote its file");
+    std::fs::remove_file(&html).ok();
+    assert!(s.starts_with("<!DOCTYPE html>") && s.contains("<svg ") && s.contains("</html>"));
+    assert!(
+        s.contains("<polyline"),
+        "the chart of committed and live bytes"
+    );
+}
+
+#[test]
+fn bad_input_fails_cleanly() {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-arena"))
+        .args(["replay", "/nonexistent/trace.jsonl.gz"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read /nonexistent/trace.jsonl.gz"),
+        "{err}"
+    );
+}
