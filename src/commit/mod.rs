@@ -39,7 +39,8 @@ pub struct CommitConfig {
     pub keep_alive: u64,
     /// Hysteresis: empty pages are kept while committed memory stays within
     /// `(1 + keep_alive_fraction)` times the peak of live bytes (since the
-    /// last `reset_peak`) or the live bytes plus `keep_alive`. A workload that
+    /// last `reset_peak`), or within the live bytes plus `keep_alive`,
+    /// whichever is more. A workload that
     /// repeats below its peak then recommits nothing, while physical memory
     /// never exceeds its peak live by more than this fraction (plus the
     /// unused parts of shared pages).
@@ -52,7 +53,7 @@ impl Default for CommitConfig {
     fn default() -> Self {
         CommitConfig {
             max_run: 1 << 30,
-            keep_alive: 0,
+            keep_alive: 4 << 20,
             keep_alive_fraction: 1.0 / 64.0,
             limit: u64::MAX,
         }
@@ -487,7 +488,7 @@ impl<D: Driver> Commit<D> {
     fn allowed_at(&self, live: u64) -> u64 {
         let frac = self.config.keep_alive_fraction;
         let by_peak = (self.peak_live.max(live) as f64 * (1.0 + frac)) as u64;
-        let by_live = live + self.config.keep_alive + (live as f64 * frac) as u64;
+        let by_live = live + self.config.keep_alive;
         by_peak.max(by_live)
     }
 

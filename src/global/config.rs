@@ -14,7 +14,7 @@
 //! |---|---|---|
 //! | `backend` | `auto`, `host`, `cuda`, `hip` | `auto` |
 //! | `limit` | most bytes committed per device | none |
-//! | `keep_alive` | empty committed bytes always kept | 0 |
+//! | `keep_alive` | empty committed bytes always kept | 4MiB |
 //! | `keep_alive_fraction` | hysteresis over the peak of live bytes | 0.015625 |
 //! | `max_run` | largest physical handle | 1GiB |
 //! | `reservation` | address space per shard (0: 4 × device memory) | 0 |

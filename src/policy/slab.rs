@@ -268,7 +268,12 @@ impl Slabs {
         if s.live[w] >> b & 1 == 0 {
             return Err(BadPointer::DoubleFree);
         }
-        if expected.is_some_and(|n| n == 0 || !classes::may_serve(n, size)) {
+        let fits = |n: u64| {
+            n > 0
+                && ((n <= classes::MAX_SMALL && classes::class_of(n) == class)
+                    || classes::may_serve(n, size))
+        };
+        if expected.is_some_and(|n| !fits(n)) {
             return Err(BadPointer::LayoutMismatch);
         }
         s.live[w] &= !(1 << b);

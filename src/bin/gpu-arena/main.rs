@@ -146,6 +146,11 @@ impl Backends {
     pub fn driver(&self) -> AnyResult<SystemDriver> {
         Ok(SystemDriver::open(self.select, self.device, |_| {})?)
     }
+
+    /// The backend selection in force (for arenas that open their own driver).
+    pub fn select(&self) -> Select {
+        self.select
+    }
 }
 
 /// The next value of a xorshift64 generator (fixed seeds make the

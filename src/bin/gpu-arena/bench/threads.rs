@@ -1,6 +1,7 @@
 //! b. thread scaling: 1/2/4/8/16 threads each allocating and freeing 256 B
-//! in a loop for a fixed time, through one [`SharedArena`] (a mutex around
-//! the arena); million pairs per second over all threads. Anchors: the
+//! in a loop for a fixed time, through a global-style arena (per-thread
+//! caches, one shard per thread) and, for comparison, through one
+//! [`SharedArena`] (a single mutex); million pairs per second over all threads. Anchors: the
 //! system allocator, on CUDA the stream-ordered pool (one stream per
 //! thread), and the fixed reference figures of issue 6 (H100).
 
@@ -9,6 +10,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use gpu_arena::driver::Stream;
+use gpu_arena::global::{GlobalArena, GlobalConfig};
 use gpu_arena::{ArenaConfig, Kind, SharedArena};
 
 use super::{Anchor, Ctx, Row, Section, SectionId, Unit, fmt_ratio, system_pair};
@@ -79,7 +81,10 @@ fn scaled<S>(
 
 /// Runs the section.
 pub fn run(ctx: &Ctx) -> AnyResult<Section> {
-    let mut anchors = vec![Anchor::measured("System malloc")];
+    let mut anchors = vec![
+        Anchor::measured("one mutex (SharedArena)"),
+        Anchor::measured("System malloc"),
+    ];
     if ctx.is_cuda() {
         anchors.push(Anchor::measured("cuMemAllocAsync pool"));
     }
@@ -101,11 +106,30 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
         Kind::Device(ctx.device),
         ArenaConfig::default(),
     )?;
+    let global: &'static GlobalArena = GlobalArena::leak(
+        ctx.device,
+        GlobalConfig {
+            backend: ctx.backends.select(),
+            shards: 16,
+            ..GlobalConfig::default()
+        },
+    )?;
     let layout = std::alloc::Layout::from_size_align(SIZE as usize, 16)?;
     let mut one = None;
     for threads in THREADS {
         pb.set_message(format!("{threads} threads"));
         let ours = scaled(
+            threads,
+            dur,
+            || Ok(()),
+            |_| {
+                let p = global.alloc(SIZE, 256, Stream::DEFAULT)?;
+                global.free(black_box(p), Some(SIZE), Stream::DEFAULT)?;
+                Ok(())
+            },
+            |_| Ok(()),
+        )?;
+        let mutex = scaled(
             threads,
             dur,
             || Ok(()),
@@ -117,7 +141,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             |_| Ok(()),
         )?;
         let system = scaled(threads, dur, || Ok(()), |_| system_pair(layout), |_| Ok(()))?;
-        let mut anchors = vec![Some(system)];
+        let mut anchors = vec![Some(mutex), Some(system)];
         #[cfg(feature = "cuda")]
         if let Some(cu) = ctx.cu {
             use gpu_arena::driver::Driver;
