@@ -32,6 +32,13 @@ use crate::policy::scratch::{Bump, BumpResult};
 pub struct Scratch<'a, D: Driver> {
     arena: &'a SharedArena<D>,
     base: DevicePtr,
+    /// Next free address (the fast path's copy of `bump.cursor`, absolute).
+    cursor: Cell<u64>,
+    /// End of the committed prefix (absolute). Invariant: `cursor <= limit`.
+    limit: Cell<u64>,
+    host_visible: bool,
+    /// Capacity, committed bytes and generation; its cursor is synced from
+    /// `cursor` on the slow path.
     bump: Cell<Bump>,
     /// Bytes accounted as live in the arena's stats (updated on slow paths).
     accounted: Cell<u64>,
@@ -80,6 +87,9 @@ impl<'a, D: Driver> Scratch<'a, D> {
         Ok(Scratch {
             arena,
             base,
+            cursor: Cell::new(base),
+            limit: Cell::new(base),
+            host_visible: arena.host_visible(),
             bump: Cell::new(Bump::new(capacity)),
             accounted: Cell::new(0),
             retain,
@@ -95,9 +105,23 @@ impl<'a, D: Driver> Scratch<'a, D> {
     pub fn committed_bytes(&self) -> u64 {
         self.bump.get().committed
     }
-    /// Bytes handed out since the last reset.
+    /// Bytes handed out since the last reset (alignment padding included).
     pub fn allocated_bytes(&self) -> u64 {
-        self.bump.get().used
+        self.cursor.get() - self.base
+    }
+
+    /// The bump state with the fast path's cursor.
+    fn synced(&self) -> Bump {
+        let mut b = self.bump.get();
+        b.cursor = self.cursor.get() - self.base;
+        b.used = b.cursor;
+        b
+    }
+
+    fn store(&self, b: Bump) {
+        self.cursor.set(self.base + b.cursor);
+        self.limit.set(self.base + b.committed);
+        self.bump.set(b);
     }
     /// Resets so far (the generation of [`ScratchPtr`]s).
     pub fn generation(&self) -> u64 {
@@ -107,16 +131,14 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// Allocates `layout`; constant time unless pages must be committed.
     #[inline(always)]
     pub fn try_alloc_layout(&self, layout: Layout) -> Result<DevicePtr> {
-        let mut b = self.bump.get();
-        // Offsets are aligned within the arena, whose base is page-aligned:
-        // larger alignments go to the slow path, which refuses them.
-        if layout.align() as u64 <= self.page {
-            if let BumpResult::Placed(off) =
-                b.alloc(layout.size().max(1) as u64, layout.align() as u64)
-            {
-                self.bump.set(b);
-                return Ok(self.base + off);
-            }
+        let align = layout.align() as u64;
+        let start = (self.cursor.get() + align - 1) & !(align - 1);
+        // Addresses stay below 2^48 and sizes below 2^63: no overflow.
+        let end = start + layout.size().max(1) as u64;
+        // Alignments above a page go to the slow path, which refuses them.
+        if end <= self.limit.get() && align <= self.page {
+            self.cursor.set(end);
+            return Ok(start);
         }
         self.alloc_layout_slow(layout)
     }
@@ -132,10 +154,10 @@ impl<'a, D: Driver> Scratch<'a, D> {
                 max: self.page,
             });
         }
-        let mut b = self.bump.get();
+        let mut b = self.synced();
         match b.alloc(size, align) {
             BumpResult::Placed(off) => {
-                self.bump.set(b);
+                self.store(b);
                 Ok(self.base + off)
             }
             BumpResult::Full => Err(Error::TooLarge {
@@ -154,9 +176,9 @@ impl<'a, D: Driver> Scratch<'a, D> {
                 let BumpResult::Placed(off) = b.alloc(size, align) else {
                     return Err(Error::Unsupported("scratch commit did not make room (bug)"));
                 };
-                a.account_buffer(Policy::Scratch, self.accounted.get(), b.used);
-                self.accounted.set(b.used);
-                self.bump.set(b);
+                a.account_buffer(Policy::Scratch, self.accounted.get(), b.cursor);
+                self.accounted.set(b.cursor);
+                self.store(b);
                 Ok(self.base + off)
             }
         }
@@ -179,7 +201,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
 
     fn host(&self) -> &Self {
         assert!(
-            self.arena.host_visible(),
+            self.host_visible,
             "this scratch arena holds device memory the CPU cannot touch: use alloc_raw"
         );
         self
@@ -211,8 +233,21 @@ impl<'a, D: Driver> Scratch<'a, D> {
     }
 
     /// Allocates `layout` and returns a host pointer (host-visible kinds
-    /// only); panics on out-of-memory.
+    /// only); panics on out-of-memory, like `bumpalo::Bump::alloc_layout`.
+    #[inline(always)]
     pub fn alloc_layout(&self, layout: Layout) -> NonNull<u8> {
+        if self.host_visible {
+            if let Ok(p) = self.try_alloc_layout(layout) {
+                // SAFETY: arena addresses are never 0.
+                return unsafe { NonNull::new_unchecked(p as *mut u8) };
+            }
+        }
+        self.alloc_layout_failed(layout)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_layout_failed(&self, layout: Layout) -> NonNull<u8> {
         match self.host().try_alloc_layout(layout) {
             Ok(p) => NonNull::new(p as *mut u8).unwrap_or(NonNull::dangling()),
             Err(e) => panic!("gpu-arena scratch allocation failed: {e}"),
@@ -242,7 +277,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
         a.account_buffer(Policy::Scratch, self.accounted.get(), 0);
         self.accounted.set(0);
         b.reset();
-        self.bump.set(b);
+        self.store(b);
     }
 }
 
@@ -260,7 +295,7 @@ impl<D: Driver> Drop for Scratch<'_, D> {
 // happen while an `&Scratch` allocator is in use.
 unsafe impl<D: Driver> Allocator for &Scratch<'_, D> {
     fn allocate(&self, layout: Layout) -> core::result::Result<NonNull<[u8]>, AllocError> {
-        if !self.arena.host_visible() {
+        if !self.host_visible {
             return Err(AllocError);
         }
         let p = self.try_alloc_layout(layout).map_err(|_| AllocError)?;

@@ -456,7 +456,11 @@ impl<'a, 'd> Model<'a, 'd> {
                 assert_eq!(p % align, 0);
                 m.cursor = start + size;
                 m.used += size;
-                assert_eq!(m.scratch.allocated_bytes(), m.used);
+                assert_eq!(
+                    m.scratch.allocated_bytes(),
+                    m.cursor,
+                    "bytes bumped, padding included"
+                );
                 assert!(m.scratch.committed_bytes() >= m.cursor);
                 assert!(m.scratch.committed_bytes() <= m.capacity);
                 // SAFETY: fresh scratch memory of `size` bytes, host-visible.
