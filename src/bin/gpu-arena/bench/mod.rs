@@ -12,6 +12,7 @@ mod growth;
 mod kernel;
 mod pairs;
 mod scratch;
+mod sleep;
 mod threads;
 
 use std::time::{Duration, Instant};
@@ -53,6 +54,8 @@ pub enum SectionId {
     Growth,
     /// f. scratch arena vs bumpalo.
     Scratch,
+    /// g. sleep and wake vs per-tensor handles.
+    Sleep,
 }
 
 impl SectionId {
@@ -65,6 +68,7 @@ impl SectionId {
             SectionId::Kernel => "kernel",
             SectionId::Growth => "growth",
             SectionId::Scratch => "scratch",
+            SectionId::Sleep => "sleep",
         }
     }
 }
@@ -429,13 +433,14 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
         );
     }
     type SectionFn = fn(&Ctx) -> AnyResult<Section>;
-    let all: [(SectionId, SectionFn); 6] = [
+    let all: [(SectionId, SectionFn); 7] = [
         (SectionId::Pairs, pairs::run),
         (SectionId::Threads, threads::run),
         (SectionId::Commit, commit::run),
         (SectionId::Kernel, kernel::run),
         (SectionId::Growth, growth::run),
         (SectionId::Scratch, scratch::run),
+        (SectionId::Sleep, sleep::run),
     ];
     let mut sections = Vec::new();
     for (id, f) in all {

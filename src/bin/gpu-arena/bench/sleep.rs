@@ -1,0 +1,240 @@
+//! g. sleep and wake: N tensors of 6 MiB (about 10 GiB on CUDA, 1 GiB on
+//! the host backend) given back and recommitted at the same addresses.
+//! gpu-arena: one arena, [`Arena::sleep`](gpu_arena::Arena::sleep) /
+//! `wake`. Anchor: the per-tensor way engines use today: one physical handle
+//! per tensor, unmapped + released one by one, then created + mapped +
+//! given access one by one, through the crate's driver trait. Offload and
+//! restore bandwidth are shown next to a plain pinned-host copy of the same
+//! bytes in the same run.
+
+use std::time::Instant;
+
+use gpu_arena::driver::{Access, DevicePtr, Driver, Location, Stream};
+use gpu_arena::{ArenaConfig, Kind, SharedArena, SleepMode};
+
+use super::{Anchor, Ctx, Row, Section, SectionId, Unit};
+use crate::{AnyResult, fmt_bytes};
+
+const TENSOR: u64 = 6 << 20;
+/// Targets from issue 9 for 10 GiB: discard sleep ≤ 10 ms, wake ≤ 15 ms,
+/// offload and restore ≥ 80 % of the copy bandwidth.
+const SLEEP_NS_PER_10GIB: f64 = 10e6;
+const WAKE_NS_PER_10GIB: f64 = 15e6;
+
+fn ns(t: Instant) -> f64 {
+    t.elapsed().as_nanos() as f64
+}
+
+/// Sleep and wake through the per-tensor driver sequence: (sleep ns, wake ns).
+fn per_tensor(d: &impl Driver, n: u64, location: Location) -> AnyResult<(f64, f64)> {
+    let va = d.reserve((n * TENSOR) as usize, 0)?;
+    let access = [Access::read_write(location)];
+    let mut handles = Vec::with_capacity(n as usize);
+    let commit = |handles: &mut Vec<_>| -> AnyResult<()> {
+        for i in 0..n {
+            let h = d.create(TENSOR as usize, location)?;
+            let at = va + i * TENSOR;
+            // SAFETY: `at` is an unmapped range of our fresh reservation; the
+            // mapping just made gets access for its device.
+            unsafe {
+                d.map(at, TENSOR as usize, 0, h)?;
+                d.set_access(at, TENSOR as usize, &access)?;
+            }
+            handles.push(h);
+        }
+        Ok(())
+    };
+    commit(&mut handles)?;
+    let t = Instant::now();
+    for (i, h) in handles.drain(..).enumerate() {
+        // SAFETY: each range is one whole mapping of ours that nothing uses.
+        unsafe { d.unmap(va + i as u64 * TENSOR, TENSOR as usize) }?;
+        d.release(h)?;
+    }
+    let sleep = ns(t);
+    let t = Instant::now();
+    commit(&mut handles)?;
+    let wake = ns(t);
+    for (i, h) in handles.drain(..).enumerate() {
+        // SAFETY: as above.
+        unsafe { d.unmap(va + i as u64 * TENSOR, TENSOR as usize) }?;
+        d.release(h)?;
+    }
+    // SAFETY: every mapping of the reservation was removed above.
+    unsafe { d.free_reservation(va, (n * TENSOR) as usize) }?;
+    Ok((sleep, wake))
+}
+
+/// Device → pinned host and back through the driver: (GiB/s down, GiB/s up).
+fn pinned_copy(ctx: &Ctx, dev: DevicePtr, bytes: u64) -> AnyResult<(f64, f64)> {
+    let pinned = SharedArena::new(
+        ctx.backends.driver()?,
+        Kind::PinnedHost,
+        ArenaConfig::default(),
+    )?;
+    let host = pinned.alloc(bytes, 4096, Stream::DEFAULT)?;
+    let gib = bytes as f64 / (1u64 << 30) as f64;
+    let a = pinned.lock();
+    let d = a.driver();
+    let once = |dst: DevicePtr, src: DevicePtr| -> AnyResult<f64> {
+        let t = Instant::now();
+        // SAFETY: both ranges are live blocks of `bytes` bytes; no overlap.
+        unsafe { d.copy(dst, src, bytes as usize, Stream::DEFAULT) }?;
+        Ok(gib / t.elapsed().as_secs_f64())
+    };
+    once(host, dev)?; // warm-up
+    let down = once(host, dev)?;
+    let up = once(dev, host)?;
+    drop(a);
+    pinned.free(host, Stream::DEFAULT)?;
+    Ok((down, up))
+}
+
+/// Runs the section.
+pub fn run(ctx: &Ctx) -> AnyResult<Section> {
+    let n: u64 = match (ctx.is_cuda(), ctx.quick) {
+        (true, false) => 1707, // 10 GiB
+        (true, true) => 171,
+        (false, false) => 171, // 1 GiB
+        (false, true) => 16,
+    }
+    .min(ctx.caps.device_memory / TENSOR / 3);
+    let total = n * TENSOR;
+    let scale = (10u64 << 30) as f64 / total as f64;
+    let mut s = Section::new(
+        SectionId::Sleep,
+        format!(
+            "g. sleep / wake of {} ({n} tensors of 6 MiB)",
+            fmt_bytes(total)
+        ),
+        vec![Anchor::measured("per-tensor handles")],
+    );
+    let pb = ctx.progress(SectionId::Sleep, 4);
+    let location = Location::Device(ctx.device);
+
+    let raw = ctx.backends.driver()?;
+    let (pt_sleep, pt_wake) = per_tensor(&raw, n, location)?;
+    drop(raw);
+    pb.inc(1);
+
+    let shared = SharedArena::new(
+        ctx.backends.driver()?,
+        Kind::Device(ctx.device),
+        ArenaConfig::default(),
+    )?;
+    let blocks: Vec<DevicePtr> = (0..n)
+        .map(|_| shared.alloc(TENSOR, 512, Stream::DEFAULT))
+        .collect::<Result<_, _>>()?;
+    let cycle = |mode: SleepMode| -> AnyResult<(f64, f64, f64, f64)> {
+        let mut a = shared.lock();
+        let t = Instant::now();
+        let r = a.sleep(mode, Stream::DEFAULT)?;
+        let sleep = ns(t);
+        let t = Instant::now();
+        let w = a.wake(Stream::DEFAULT)?;
+        let wake = ns(t);
+        let gib = r.copied as f64 / (1u64 << 30) as f64;
+        let down = if r.copy_seconds > 0.0 {
+            gib / r.copy_seconds
+        } else {
+            0.0
+        };
+        let up = if w.copy_seconds > 0.0 {
+            gib / w.copy_seconds
+        } else {
+            0.0
+        };
+        Ok((sleep, wake, down, up))
+    };
+    let first = cycle(SleepMode::Discard)?;
+    pb.inc(1);
+    let steady = cycle(SleepMode::Discard)?;
+    pb.inc(1);
+    let offload = cycle(SleepMode::Offload)?;
+    let (copy_down, copy_up) = pinned_copy(ctx, blocks[0], total.min(1 << 30))?;
+    pb.inc(1);
+    for b in blocks {
+        shared.free(b, Stream::DEFAULT)?;
+    }
+    drop(shared);
+    pb.finish_and_clear();
+
+    let target = |ns: f64, per10: f64| {
+        (
+            ns * scale <= per10,
+            format!("{:.1} ms per 10 GiB", ns * scale / 1e6),
+        )
+    };
+    let (ok, txt) = target(first.0, SLEEP_NS_PER_10GIB);
+    s.rows.push(
+        Row::new(
+            "sleep, discard (first: as allocated)",
+            Unit::Ns,
+            Some(first.0),
+            vec![Some(pt_sleep)],
+        )
+        .target("≤ 10 ms per 10 GiB", Some(ok), txt),
+    );
+    let (ok, txt) = target(first.1, WAKE_NS_PER_10GIB);
+    s.rows.push(
+        Row::new(
+            "wake, no restore (first)",
+            Unit::Ns,
+            Some(first.1),
+            vec![Some(pt_wake)],
+        )
+        .target("≤ 15 ms per 10 GiB", Some(ok), txt),
+    );
+    let (ok, txt) = target(steady.0, SLEEP_NS_PER_10GIB);
+    s.rows.push(
+        Row::new(
+            "sleep, discard (steady: after a wake)",
+            Unit::Ns,
+            Some(steady.0),
+            vec![Some(pt_sleep)],
+        )
+        .target("≤ 10 ms per 10 GiB", Some(ok), txt),
+    );
+    let (ok, txt) = target(steady.1, WAKE_NS_PER_10GIB);
+    s.rows.push(
+        Row::new(
+            "wake, no restore (steady)",
+            Unit::Ns,
+            Some(steady.1),
+            vec![Some(pt_wake)],
+        )
+        .target("≤ 15 ms per 10 GiB", Some(ok), txt),
+    );
+    s.rows.push(
+        Row::new(
+            "offload on sleep (copy part)",
+            Unit::GiBps,
+            Some(offload.2),
+            vec![Some(copy_down)],
+        )
+        .target(
+            "≥ 80 % of the copy",
+            Some(offload.2 >= 0.8 * copy_down),
+            format!("{:.0} %", 100.0 * offload.2 / copy_down),
+        ),
+    );
+    s.rows.push(
+        Row::new(
+            "restore on wake (copy part)",
+            Unit::GiBps,
+            Some(offload.3),
+            vec![Some(copy_up)],
+        )
+        .target(
+            "≥ 80 % of the copy",
+            Some(offload.3 >= 0.8 * copy_up),
+            format!("{:.0} %", 100.0 * offload.3 / copy_up),
+        ),
+    );
+    s.notes.push(format!(
+        "first sleep gives back the runs made as the tensors were allocated (about one per tensor); a wake recommits in runs of up to {} (CommitConfig::max_run), so later cycles are the steady state; the anchor's copy column is a plain device ↔ pinned-host copy of {} through the driver",
+        fmt_bytes(ArenaConfig::default().commit.max_run),
+        fmt_bytes(total.min(1 << 30))
+    ));
+    Ok(s)
+}
