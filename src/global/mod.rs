@@ -49,6 +49,9 @@ pub type GlobalDriver = Arc<SystemDriver>;
 pub struct TagArenas {
     name: String,
     shards: Box<[SharedArena<GlobalDriver>]>,
+    /// Each shard's reservation (base, size), apart from the shards so that
+    /// routing a free reads no cache line a shard's owner writes.
+    ranges: Box<[(DevicePtr, u64)]>,
     asleep: AtomicBool,
 }
 
@@ -242,9 +245,11 @@ impl GlobalArena {
             a.lock().set_tag(i as u32);
             shards.push(a);
         }
+        let ranges = shards.iter().map(|a| a.lock().reservation()).collect();
         let _ = self.tags[i].set(TagArenas {
             name: name.to_string(),
             shards: shards.into_boxed_slice(),
+            ranges,
             asleep: AtomicBool::new(false),
         });
         names.push(name.to_string());
@@ -288,9 +293,10 @@ impl GlobalArena {
     }
 
     fn shard_of(&self, ptr: DevicePtr) -> Option<&SharedArena<GlobalDriver>> {
-        self.tags()
-            .flat_map(|t| t.shards.iter())
-            .find(|s| s.contains(ptr))
+        self.tags().find_map(|t| {
+            let i = t.ranges.iter().position(|&(b, n)| ptr.wrapping_sub(b) < n)?;
+            Some(&t.shards[i])
+        })
     }
 
     /// Allocates `size` bytes aligned to `align` for `stream`, in the calling
