@@ -29,5 +29,15 @@ for p in $parts; do
       echo "=== torch workloads" | tee -a "$out/session.log"
       timeout 400 bash scripts/torch_compare.sh "${TORCH_REPEATS:-1}" > /dev/null 2>&1; echo "torch rc=$?" | tee -a "$out/session.log"
       grep -E "time_s=|peak committed" "$out/torch.log" | tee -a "$out/session.log" ;;
+    tune)
+      # The memory / time trade-off of the keep-alive, on both workloads.
+      echo "=== keep-alive trade-off" | tee -a "$out/session.log"
+      for f in 0.25 1.0; do
+        for w in bert_infer gpt2_generate; do
+          GPU_ARENA_CONF="report:1,keep_alive_fraction:$f" timeout 120 python3 .gpu/extra/torch_workloads.py "$w" \
+            --alloc "$lib:gpu_arena_torch_alloc:gpu_arena_torch_free" 2>&1 | grep -E "time_s=|peak committed" \
+            | sed "s/^/keep_alive_fraction=$f: /" | tee -a "$out/session.log"
+        done
+      done ;;
   esac
 done

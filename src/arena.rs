@@ -96,6 +96,8 @@ pub struct Arena<D: Driver> {
     tag: u32,
     /// Set while asleep: the pages were given back.
     sleeping: Option<Sleeping<D::Handle>>,
+    /// Pinned host memory of the last offload, kept for the next one.
+    spare_stage: Option<Stage<D::Handle>>,
 }
 
 /// How [`Arena::sleep`] treats the contents.
@@ -118,6 +120,9 @@ pub struct SleepReport {
     pub copied: u64,
     /// Seconds spent copying (including the wait on the copy's fence).
     pub copy_seconds: f64,
+    /// Seconds spent obtaining pinned host memory for an offload (0 when
+    /// the memory kept from the last wake was reused).
+    pub stage_seconds: f64,
     /// Seconds spent in driver map/unmap work.
     pub vmm_seconds: f64,
 }
@@ -288,6 +293,7 @@ impl<D: Driver> Arena<D> {
             buffer_kinds: crate::MetaMap::with_hasher_in(Default::default(), std::alloc::System),
             tag: 0,
             sleeping: None,
+            spare_stage: None,
         })
     }
 
@@ -580,6 +586,9 @@ impl<D: Driver> Arena<D> {
             .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
         self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
         self.release_slab_spans(empty);
+        if let Some(stage) = self.spare_stage.take() {
+            self.drop_stage(stage);
+        }
         self.commit.trim()
     }
 
@@ -736,8 +745,9 @@ impl<D: Driver> Arena<D> {
             SleepMode::Discard => None,
             SleepMode::Offload => {
                 let t = std::time::Instant::now();
-                let stage = self.offload(stream)?;
-                report.copy_seconds = t.elapsed().as_secs_f64();
+                let (stage, stage_seconds) = self.offload(stream)?;
+                report.stage_seconds = stage_seconds;
+                report.copy_seconds = t.elapsed().as_secs_f64() - stage_seconds;
                 report.copied = stage
                     .as_ref()
                     .map_or(0, |s| s.ranges.iter().map(|r| r.1).sum());
@@ -751,13 +761,15 @@ impl<D: Driver> Arena<D> {
         Ok(report)
     }
 
-    /// Copies the live pages to one pinned host handle; `None` when nothing is live.
-    fn offload(&mut self, stream: Stream) -> Result<Option<Stage<D::Handle>>> {
-        let page = self.page();
-        let ranges = self.commit.live_ranges();
-        let total: u64 = ranges.iter().map(|r| r.1 * page).sum();
-        if total == 0 {
-            return Ok(None);
+    /// Pinned host memory of at least `total` bytes: the spare stage kept
+    /// from the last wake when it is large enough, else a new one.
+    fn stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
+        if let Some(mut spare) = self.spare_stage.take() {
+            if spare.size >= total {
+                spare.ranges.clear();
+                return Ok(spare);
+            }
+            self.drop_stage(spare);
         }
         let driver = self.commit.driver();
         let va = driver.reserve(total as usize, 0)?;
@@ -768,12 +780,6 @@ impl<D: Driver> Arena<D> {
                 let _ = unsafe { driver.free_reservation(va, total as usize) };
                 return Err(e);
             }
-        };
-        let mut stage = Stage {
-            va,
-            size: total,
-            handle,
-            ranges: Vec::with_capacity(ranges.len()),
         };
         let access = [
             Access::read_write(Location::Host),
@@ -790,17 +796,45 @@ impl<D: Driver> Arena<D> {
                 .and_then(|()| driver.set_access(va, total as usize, &access))
         };
         if let Err(e) = mapped {
-            self.drop_stage(stage);
+            // SAFETY: our fresh reservation; the mapping, if made, is unused.
+            unsafe {
+                let _ = driver.unmap(va, total as usize);
+                let _ = driver.release(handle);
+                let _ = driver.free_reservation(va, total as usize);
+            }
             return Err(e);
         }
+        Ok(Stage {
+            va,
+            size: total,
+            handle,
+            ranges: Vec::new(),
+        })
+    }
+
+    /// Copies the live pages to pinned host memory and waits on that copy's
+    /// fence; `None` when nothing is live. Also returns the seconds spent
+    /// obtaining the pinned memory.
+    fn offload(&mut self, stream: Stream) -> Result<(Option<Stage<D::Handle>>, f64)> {
+        let page = self.page();
+        let ranges = self.commit.live_ranges();
+        let total: u64 = ranges.iter().map(|r| r.1 * page).sum();
+        if total == 0 {
+            return Ok((None, 0.0));
+        }
+        let t = std::time::Instant::now();
+        let mut stage = self.stage(total)?;
+        let stage_seconds = t.elapsed().as_secs_f64();
+        let driver = self.commit.driver();
         let base = self.commit.base();
         let mut at = 0;
         for (first, pages) in ranges {
             let (off, len) = (first * page, pages * page);
             // SAFETY: the source pages are committed and quiesced; the stage
             // range is mapped with host and device access; no overlap.
-            if let Err(e) = unsafe { driver.copy(va + at, base + off, len as usize, stream) } {
-                self.drop_stage(stage);
+            if let Err(e) = unsafe { driver.copy(stage.va + at, base + off, len as usize, stream) }
+            {
+                self.spare_stage = Some(stage);
                 return Err(e);
             }
             stage.ranges.push((off, len, at));
@@ -815,7 +849,7 @@ impl<D: Driver> Arena<D> {
             self.drop_stage(stage);
             return Err(e);
         }
-        Ok(Some(stage))
+        Ok((Some(stage), stage_seconds))
     }
 
     fn drop_stage(&self, stage: Stage<D::Handle>) {
@@ -876,7 +910,9 @@ impl<D: Driver> Arena<D> {
                 });
                 return Err(e);
             }
-            self.drop_stage(stage);
+            // Kept for the next sleep (pinned memory is slow to obtain);
+            // `trim()` gives it back.
+            self.spare_stage = Some(stage);
             report.copy_seconds = t.elapsed().as_secs_f64();
         }
         Ok(report)

@@ -294,7 +294,10 @@ impl GlobalArena {
 
     fn shard_of(&self, ptr: DevicePtr) -> Option<&SharedArena<GlobalDriver>> {
         self.tags().find_map(|t| {
-            let i = t.ranges.iter().position(|&(b, n)| ptr.wrapping_sub(b) < n)?;
+            let i = t
+                .ranges
+                .iter()
+                .position(|&(b, n)| ptr.wrapping_sub(b) < n)?;
             Some(&t.shards[i])
         })
     }
@@ -530,5 +533,6 @@ fn add(t: &mut SleepReport, r: SleepReport) {
     t.bytes += r.bytes;
     t.copied += r.copied;
     t.copy_seconds += r.copy_seconds;
+    t.stage_seconds += r.stage_seconds;
     t.vmm_seconds += r.vmm_seconds;
 }
