@@ -282,18 +282,23 @@ unsafe impl Driver for SystemDriver {
         location: Location,
     ) -> Result<SystemHandle> {
         match self {
-            // SAFETY: forwarded under the caller's guarantees.
             SystemDriver::Host(d) => {
-                unsafe { d.import(fd, size, location) }.map(SystemHandle::Host)
+                // SAFETY: forwarded under the caller's guarantees.
+                let h = unsafe { d.import(fd, size, location) }?;
+                Ok(SystemHandle::Host(h))
             }
             #[cfg(feature = "cuda")]
-            // SAFETY: forwarded under the caller's guarantees.
             SystemDriver::Cuda(d) => {
-                unsafe { d.import(fd, size, location) }.map(SystemHandle::Cuda)
+                // SAFETY: forwarded under the caller's guarantees.
+                let h = unsafe { d.import(fd, size, location) }?;
+                Ok(SystemHandle::Cuda(h))
             }
             #[cfg(feature = "hip")]
-            // SAFETY: forwarded under the caller's guarantees.
-            SystemDriver::Hip(d) => unsafe { d.import(fd, size, location) }.map(SystemHandle::Hip),
+            SystemDriver::Hip(d) => {
+                // SAFETY: forwarded under the caller's guarantees.
+                let h = unsafe { d.import(fd, size, location) }?;
+                Ok(SystemHandle::Hip(h))
+            }
         }
     }
 }
