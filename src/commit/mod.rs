@@ -441,12 +441,19 @@ impl<D: Driver> Commit<D> {
     /// Waits until every free that emptied `run` has completed (single
     /// fences of the streams involved, never the device).
     fn wait_stamps(&mut self, run: u32) -> Result<()> {
-        while !self.stamps_done(run) {
+        loop {
+            if self.stamps_done(run) {
+                return Ok(());
+            }
+            // No fence to wait on: recording one failed (counted in
+            // `calls.failed`); never give back memory work may still use.
             if !self.streams.wait_oldest(&self.driver)? {
-                break;
+                return Err(Error::Unsupported(
+                    "the work that last used an empty shared run cannot be waited on \
+                     (recording its fence failed); retry later",
+                ));
             }
         }
-        Ok(())
     }
 
     /// Before shared runs are committed in pages `a..=b`: every empty run
@@ -1162,6 +1169,7 @@ impl<D: Driver> Commit<D> {
         }
         self.queue.clear();
         self.queue_head = 0;
+        self.shared_pending.clear();
         bytes
     }
 

@@ -447,6 +447,44 @@ fn shared_runs_are_never_reused_and_fresh_ones_hold_nothing_old() {
 }
 
 #[test]
+fn a_shared_run_freed_during_running_work_goes_back_only_after_its_fence() {
+    let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let reader = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let s = arena.lock().driver().create_stream().unwrap();
+    let mut buf = SharedBuffer::new(&arena, 4 << 20).unwrap();
+    buf.as_mut_slice().unwrap().fill(0x3C);
+    let e = buf.export().unwrap();
+    let base = buf.as_ptr();
+    // A "kernel" on `s` still uses the buffer when it is freed on `s`.
+    arena.lock().driver().hold(s);
+    buf.free_on(s);
+    assert_eq!(
+        arena.stats().committed,
+        4 << 20,
+        "kept until the fence completes"
+    );
+    arena.trim();
+    assert_eq!(arena.stats().committed, 4 << 20, "trim does not wait");
+    // Reusing the range waits on that one fence, then commits fresh memory.
+    let mut grow = GrowBuffer::with_max(&arena, 4 << 20).unwrap();
+    assert_eq!(grow.as_ptr(), base);
+    grow.resize(4 << 20).unwrap();
+    assert_eq!(arena.stats().committed, 4 << 20);
+    assert!(
+        grow.as_slice().unwrap().iter().all(|&b| b == 0),
+        "fresh pages"
+    );
+    grow.as_mut_slice().unwrap().fill(0x11);
+    // SAFETY: exported by the host backend.
+    let old = unsafe { ImportedBuffer::new(&reader, &e).unwrap() };
+    assert!(old.as_slice().unwrap().iter().all(|&b| b == 0x3C));
+    drop(grow);
+    // SAFETY: the stream is idle and not used again.
+    unsafe { arena.lock().driver().destroy_stream(s).unwrap() };
+    invariants(&arena.lock());
+}
+
+#[test]
 fn an_arena_with_live_shared_buffers_does_not_sleep() {
     let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
     let buf = SharedBuffer::new(&arena, 2 << 20).unwrap();
