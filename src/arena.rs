@@ -738,6 +738,11 @@ impl<D: Driver> Arena<D> {
     /// or freeing in an asleep arena is refused with [`Error::Asleep`].
     pub fn sleep(&mut self, mode: SleepMode, stream: Stream) -> Result<SleepReport> {
         self.awake()?;
+        if self.commit.has_live_shared() {
+            return Err(Error::Unsupported(
+                "this arena holds shared or imported buffers: drop them before sleeping",
+            ));
+        }
         self.commit.streams.slot(stream);
         self.commit.quiesce()?;
         let mut report = SleepReport::default();
@@ -1102,6 +1107,182 @@ impl<D: Driver> Arena<D> {
             s.live,
             "policies add up to live"
         );
+    }
+
+    // ----- peer access and sharing between processes -----
+
+    /// The access list applied to every committed page and to every later
+    /// commit (the arena's own device first, then what was granted).
+    pub fn access(&self) -> &[Access] {
+        self.commit.access()
+    }
+
+    fn check_accessor(&self, location: Location) -> Result<()> {
+        let caps = self.driver().capabilities();
+        match location {
+            Location::Device(d) if d >= caps.device_count => {
+                Err(Error::Config("no such device ordinal on this driver"))
+            }
+            Location::Host if matches!(self.kind, Kind::Device(_)) => Err(Error::Unsupported(
+                "device memory cannot be mapped for the CPU: use a PinnedHost arena for CPU access",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// The rights the access list gives `location` now.
+    pub fn granted(&self, location: Location) -> crate::driver::AccessMode {
+        self.commit
+            .access()
+            .iter()
+            .find(|a| a.location == location)
+            .map_or(crate::driver::AccessMode::None, |a| a.mode)
+    }
+
+    /// Gives `location` (a peer device) at least `mode` on every committed
+    /// page and on every page committed later. Never lowers rights (that is
+    /// [`Arena::revoke`]), so no user can fault because of it: safe to call
+    /// at any time.
+    ///
+    /// Cost: one driver `set_access` per committed run, now. Later
+    /// allocations pay nothing more: the list is applied by the one
+    /// `set_access` each commit already makes.
+    pub fn grant(&mut self, location: Location, mode: crate::driver::AccessMode) -> Result<()> {
+        use crate::driver::AccessMode;
+        self.check_accessor(location)?;
+        let rank = |m: AccessMode| match m {
+            AccessMode::None => 0,
+            AccessMode::Read => 1,
+            AccessMode::ReadWrite => 2,
+        };
+        if rank(mode) <= rank(self.granted(location)) {
+            return Ok(());
+        }
+        self.commit.change_access(&[Access { location, mode }])
+    }
+
+    /// Takes every right of `location` away, on every committed page and
+    /// for later commits.
+    ///
+    /// Cost: one driver `set_access` per committed run.
+    ///
+    /// # Safety
+    /// No work of `location` (kernels of that device, or the CPU for
+    /// `Location::Host`) touches this arena's memory any more: accesses after
+    /// the revoke fault.
+    pub unsafe fn revoke(&mut self, location: Location) -> Result<()> {
+        self.check_accessor(location)?;
+        self.commit.change_access(&[Access {
+            location,
+            mode: crate::driver::AccessMode::None,
+        }])
+    }
+
+    /// The rights `accessor` has on the committed page holding `ptr`, as the
+    /// driver reports them (`cuMemGetAccess` on CUDA). A driver error where
+    /// nothing is committed at `ptr`.
+    pub fn access_of(
+        &self,
+        ptr: DevicePtr,
+        accessor: Location,
+    ) -> Result<crate::driver::AccessMode> {
+        if !self.contains(ptr) {
+            return Err(Self::bad(ptr, BadPointer::Foreign));
+        }
+        self.driver().get_access(ptr, accessor)
+    }
+
+    /// Reserves `len` bytes (rounded up to pages) of the buffers region and
+    /// commits them in fresh shareable runs, for [`Arena::export_buffer`].
+    /// Accounted as a growable buffer. May call the driver; may wait on the
+    /// fences of earlier work on that range (rare).
+    pub fn reserve_shared_buffer(&mut self, len: u64) -> Result<DevicePtr> {
+        self.awake()?;
+        let len = crate::driver::round_up(len, self.page()).ok_or(Error::TooLarge {
+            size: len,
+            max: self.buffers.capacity(),
+        })?;
+        let base = self.reserve_buffer(len, Policy::Grow)?;
+        if let Err(e) = self.commit.pin_shared(base - self.commit.base(), len) {
+            self.free_buffer(base, 0, Policy::Grow, Stream::DEFAULT);
+            return Err(e);
+        }
+        self.account_buffer(Policy::Grow, 0, len);
+        Ok(base)
+    }
+
+    /// One descriptor per run of the shared (or imported) buffer at `base`
+    /// of `len` bytes: (offset in the buffer, length, descriptor).
+    pub fn export_buffer(
+        &self,
+        base: DevicePtr,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, std::os::fd::OwnedFd)>> {
+        if !self.contains(base) {
+            return Err(Self::bad(base, BadPointer::Foreign));
+        }
+        let len = crate::driver::round_up(len, self.page()).unwrap_or(len);
+        self.commit.export_range(base - self.commit.base(), len)
+    }
+
+    /// Releases a buffer made by [`Arena::reserve_shared_buffer`] or
+    /// [`Arena::import_buffer`] (`len` as given there): its runs go back once
+    /// `stream`'s work on them completed, and are never reused. Other
+    /// processes that imported them keep their memory.
+    pub fn free_shared_buffer(&mut self, base: DevicePtr, len: u64, stream: Stream) {
+        let len = crate::driver::round_up(len, self.page()).unwrap_or(len);
+        self.account_buffer(Policy::Grow, len, 0);
+        self.free_buffer(base, len, Policy::Grow, stream);
+    }
+
+    /// Maps memory exported by another process: reserves `len` bytes of the
+    /// buffers region, imports each run's descriptor (offset in the buffer,
+    /// length, descriptor; together they tile `0..len`), maps it with this
+    /// arena's access list, and returns the base. The descriptors stay the
+    /// caller's. On error nothing is left behind.
+    ///
+    /// # Safety
+    /// Each descriptor was made by `export` of this arena's backend, for a
+    /// handle of that run's length, at `location`.
+    pub unsafe fn import_buffer(
+        &mut self,
+        len: u64,
+        runs: &[(u64, u64, std::os::fd::BorrowedFd<'_>)],
+        location: Location,
+    ) -> Result<DevicePtr> {
+        self.awake()?;
+        let page = self.page();
+        let mut at = 0;
+        for &(off, l, _) in runs {
+            if off != at || l == 0 || l % page != 0 {
+                return Err(Error::Unsupported(
+                    "imported runs must tile the buffer in whole pages of this arena",
+                ));
+            }
+            at += l;
+        }
+        if at != len {
+            return Err(Error::Unsupported(
+                "imported runs must tile the buffer in whole pages of this arena",
+            ));
+        }
+        let base = self.reserve_buffer(len, Policy::Grow)?;
+        let first = base - self.commit.base();
+        for (i, &(off, l, fd)) in runs.iter().enumerate() {
+            // SAFETY: the caller guarantees the descriptor and its size.
+            let r = unsafe { self.commit.driver().import(fd, l as usize, location) }
+                .and_then(|h| self.commit.adopt(first + off, l, h));
+            if let Err(e) = r {
+                for &(off, l, _) in &runs[..i] {
+                    self.commit.unpin(first + off, l, Stamp::SAFE);
+                }
+                self.commit.collect(false);
+                self.free_buffer(base, 0, Policy::Grow, Stream::DEFAULT);
+                return Err(e);
+            }
+        }
+        self.account_buffer(Policy::Grow, 0, len);
+        Ok(base)
     }
 }
 

@@ -226,6 +226,10 @@ pub enum Reason {
     Unavailable,
     /// A host (CPU) accessor for device-located memory.
     HostAccessToDeviceMemory,
+    /// Export of a handle that was not created shareable.
+    NotShareable,
+    /// Import of a descriptor that is not an exported handle of this size.
+    BadSharedHandle,
 }
 
 impl Reason {
@@ -270,6 +274,12 @@ impl Reason {
             Reason::Unavailable => f.write_str("this backend does not offer the operation"),
             Reason::HostAccessToDeviceMemory => f.write_str(
                 "device memory cannot be mapped for the CPU; create the handle at Location::Host for CPU access",
+            ),
+            Reason::NotShareable => f.write_str(
+                "the handle was not created shareable; create it with create_shareable to export it",
+            ),
+            Reason::BadSharedHandle => f.write_str(
+                "the descriptor is not an exported handle of that size (or its file can shrink); pass what export produced, with its size",
             ),
         }
     }

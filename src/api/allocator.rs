@@ -105,6 +105,51 @@ impl<D: Driver> SharedArena<D> {
     pub fn snapshot(&self) -> Snapshot {
         self.lock().snapshot()
     }
+
+    /// Gives the peer `device` at least `mode` on every committed page and
+    /// every later commit (see [`Arena::grant`]). Safe: it never lowers
+    /// rights. Cost: one driver call per committed run, none per later
+    /// allocation.
+    ///
+    /// ```
+    /// use gpu_arena::{SharedArena, Kind, ArenaConfig};
+    /// use gpu_arena::driver::{AccessMode, HostConfig, HostDriver, Stream};
+    /// let d = HostDriver::with_config(HostConfig { device_count: 2, ..Default::default() })?;
+    /// let arena = SharedArena::new(d, Kind::Device(0), ArenaConfig::default())?;
+    /// let p = arena.alloc(4 << 20, 256, Stream::DEFAULT)?;
+    /// arena.grant(1, AccessMode::ReadWrite)?;
+    /// assert_eq!(arena.access_of(p, 1)?, AccessMode::ReadWrite);
+    /// // SAFETY: nothing of device 1 uses the arena any more.
+    /// unsafe { arena.revoke(1)? };
+    /// assert_eq!(arena.access_of(p, 1)?, AccessMode::None);
+    /// # arena.free(p, Stream::DEFAULT)?;
+    /// # Ok::<(), gpu_arena::Error>(())
+    /// ```
+    pub fn grant(&self, device: u32, mode: crate::driver::AccessMode) -> Result<()> {
+        self.lock()
+            .grant(crate::driver::Location::Device(device), mode)
+    }
+
+    /// Takes every right of the peer `device` away (see [`Arena::revoke`]).
+    ///
+    /// # Safety
+    /// No work of `device` touches this arena's memory any more.
+    pub unsafe fn revoke(&self, device: u32) -> Result<()> {
+        // SAFETY: forwarded under the caller's guarantee.
+        unsafe { self.lock().revoke(crate::driver::Location::Device(device)) }
+    }
+
+    /// The rights `device` has on the committed page holding `ptr`, as the
+    /// driver reports them (see [`Arena::access_of`]).
+    pub fn access_of(&self, ptr: DevicePtr, device: u32) -> Result<crate::driver::AccessMode> {
+        self.lock()
+            .access_of(ptr, crate::driver::Location::Device(device))
+    }
+
+    /// The access list in force (a copy).
+    pub fn access(&self) -> Vec<crate::driver::Access> {
+        self.lock().access().to_vec()
+    }
 }
 
 // SAFETY: (1) blocks returned are valid for `layout.size()` bytes, aligned,

@@ -1,14 +1,17 @@
 //! What users hold: a shared arena implementing `allocator_api2::Allocator`,
-//! scratch arenas, growable buffers, and device boxes and vectors.
+//! scratch arenas, growable buffers, buffers shared between processes, and
+//! device boxes and vectors.
 
 pub mod allocator;
 pub mod device;
 pub mod ffi;
 pub mod global_alloc;
 pub mod grow;
+pub mod ipc;
 pub mod scratch;
 
 pub use allocator::SharedArena;
 pub use device::{DeviceBox, DeviceVec};
 pub use grow::GrowBuffer;
+pub use ipc::{ExportedBuffer, ImportedBuffer, SharedBuffer};
 pub use scratch::{Scratch, ScratchPtr};

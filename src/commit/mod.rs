@@ -17,11 +17,24 @@
 //! Out of memory: trim completed candidates and retry, then wait on the oldest
 //! pending fences only and retry, then [`Error::OutOfMemory`]. A failed commit
 //! unmaps and releases whatever it had done: nothing is left half-mapped.
+//!
+//! Shared runs (for inter-process sharing, see [`Commit::pin_shared`] and
+//! [`Commit::adopt`]) are runs whose handle was created shareable or imported
+//! from another process. They are never reused once empty (another process
+//! may still see their memory): they go back as soon as their fences
+//! completed, whatever the keep-alive says, and a range that needs fresh
+//! memory waits for them to go rather than reuse them.
+//!
+//! Access lists: [`Commit::change_access`] applies a change (grant or revoke
+//! for some accessors) to every committed run, imported ones included, and
+//! to every later commit.
 
 pub mod streams;
 
+use std::os::fd::OwnedFd;
+
 use crate::MetaVec;
-use crate::driver::{Access, DevicePtr, Driver, Location};
+use crate::driver::{Access, AccessMode, DevicePtr, Driver, Location};
 use crate::error::{Error, ErrorKind, OomReport, Result};
 use crate::policy::Stamp;
 pub use streams::Streams;
@@ -79,6 +92,8 @@ struct Run<H> {
     /// Stamps of the frees that emptied pages of this run, one per slot.
     stamps: MetaVec<Stamp>,
     used: bool,
+    /// Created shareable or imported: never reused once empty.
+    shared: bool,
 }
 
 /// Driver calls made by the commit layer.
@@ -156,6 +171,11 @@ pub struct Commit<D: Driver> {
     /// Every run was given back by `sleep`; pages keep their live bytes.
     /// Invariant: when false, `live > 0` implies the page has a run.
     asleep: bool,
+    /// Bytes in shared runs (a part of `committed`).
+    shared_committed: u64,
+    /// Shared runs that became candidates: (run, ticket), given back as soon
+    /// as their fences complete.
+    shared_pending: MetaVec<(u32, u64)>,
 }
 
 impl<D: Driver> core::fmt::Debug for Commit<D> {
@@ -208,6 +228,8 @@ impl<D: Driver> Commit<D> {
             calls: DriverCalls::default(),
             frees_since_collect: 0,
             asleep: false,
+            shared_committed: 0,
+            shared_pending: MetaVec::new_in(std::alloc::System),
         }
     }
 
@@ -318,6 +340,12 @@ impl<D: Driver> Commit<D> {
     /// Adds `len` live bytes at offset `off` (relative to the reservation
     /// base), committing the pages that need it. On error nothing changed.
     pub fn add_live(&mut self, off: u64, len: u64) -> Result<()> {
+        self.add_live_as(off, len, false)
+    }
+
+    /// [`Commit::add_live`]; with `shared`, the pages are committed in fresh
+    /// shareable runs that lie wholly inside the range (see [`Commit::pin_shared`]).
+    fn add_live_as(&mut self, off: u64, len: u64, shared: bool) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -329,7 +357,11 @@ impl<D: Driver> Commit<D> {
         // Fast check: all pages committed already?
         // An out-of-memory retry inside commit_range may trim empty runs of
         // this very range: commit until every page is backed.
-        self.split_candidates(off, len);
+        if shared {
+            self.make_room_for_shared(a, b)?;
+        } else {
+            self.split_candidates(off, len)?;
+        }
         let missing = (a..=b).filter(|&p| self.page_at(p).run == NIL).count() as u64;
         if missing > 0 {
             // Make room first, so the peak of committed memory does not
@@ -338,7 +370,7 @@ impl<D: Driver> Commit<D> {
             self.release_until(allowed.saturating_sub(missing << self.shift), Some((a, b)));
         }
         while (a..=b).any(|p| self.page_at(p).run == NIL) {
-            if let Err(mut e) = self.commit_range(off, len) {
+            if let Err(mut e) = self.commit_range(off, len, shared) {
                 self.release_unclaimed(a, b);
                 if let Error::OutOfMemory(r) = &mut e {
                     // Report the state the caller sees: without the runs
@@ -348,6 +380,13 @@ impl<D: Driver> Commit<D> {
                 return Err(e);
             }
         }
+        self.account_live(off, len);
+        Ok(())
+    }
+
+    /// Adds `len` live bytes at `off` to pages that all have runs.
+    fn account_live(&mut self, off: u64, len: u64) {
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
         for p in a..=b {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
@@ -361,14 +400,17 @@ impl<D: Driver> Commit<D> {
         }
         self.live += len;
         self.peak_live = self.peak_live.max(self.live);
-        Ok(())
     }
 
     /// Empty runs that the new block `off..off+len` would only partly own are
     /// given back before reuse (when their fences completed): a run cannot be
     /// split later, so reusing part of it, or putting the block's shared
     /// boundary page into a multi-page run, would strand pages.
-    fn split_candidates(&mut self, off: u64, len: u64) {
+    ///
+    /// Empty shared runs are never reused: they are given back, after a wait
+    /// on their fences if need be (rare: only where a shared buffer's range
+    /// is reused while its last work is still running).
+    fn split_candidates(&mut self, off: u64, len: u64) -> Result<()> {
         let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
         let head_shared = off & (self.page - 1) != 0 || len < self.page;
         let tail_shared = (off + len) & (self.page - 1) != 0;
@@ -379,23 +421,72 @@ impl<D: Driver> Commit<D> {
                 p += 1;
                 continue;
             }
-            let (first, pages, ticket) = {
+            let (first, pages, ticket, shared) = {
                 let r = &self.runs[run as usize];
-                (r.first, r.pages, r.ticket)
+                (r.first, r.pages, r.ticket, r.shared)
             };
             p = first + pages;
             let last = first + pages - 1;
             let inside = first >= a && last <= b;
             let shares_boundary =
                 pages > 1 && ((head_shared && first == a) || (tail_shared && last == b));
-            if ticket == 0 || (inside && !shares_boundary) {
+            if ticket == 0 || (inside && !shares_boundary && !shared) {
                 continue;
             }
             if !self.stamps_done(run) {
-                continue;
+                if !shared {
+                    continue;
+                }
+                self.wait_stamps(run)?;
             }
             self.decommit(run);
         }
+        Ok(())
+    }
+
+    /// Waits until every free that emptied `run` has completed (single
+    /// fences of the streams involved, never the device).
+    fn wait_stamps(&mut self, run: u32) -> Result<()> {
+        loop {
+            if self.stamps_done(run) {
+                return Ok(());
+            }
+            // No fence to wait on: recording one failed (counted in
+            // `calls.failed`); never give back memory work may still use.
+            if !self.streams.wait_oldest(&self.driver)? {
+                return Err(Error::Unsupported(
+                    "the work that last used an empty shared run cannot be waited on \
+                     (recording its fence failed); retry later",
+                ));
+            }
+        }
+    }
+
+    /// Before shared runs are committed in pages `a..=b`: every empty run
+    /// there goes back (waiting on its fences if need be), so that the new
+    /// runs are fresh and hold nothing of earlier owners; a page with live
+    /// bytes there is refused.
+    fn make_room_for_shared(&mut self, a: u64, b: u64) -> Result<()> {
+        let mut p = a;
+        while p <= b {
+            let run = self.page_at(p).run;
+            if run == NIL {
+                p += 1;
+                continue;
+            }
+            let r = &self.runs[run as usize];
+            p = r.first + r.pages;
+            if r.ticket == 0 {
+                return Err(Error::Unsupported(
+                    "the range for a shared buffer already holds live memory",
+                ));
+            }
+            if !self.stamps_done(run) {
+                self.wait_stamps(run)?;
+            }
+            self.decommit(run);
+        }
+        Ok(())
     }
 
     /// Whether every free that emptied `run` has completed; records the
@@ -474,6 +565,9 @@ impl<D: Driver> Commit<D> {
             self.next_ticket += 1;
             self.candidate_bytes += r.pages << self.shift;
             self.queue.push((run, r.ticket));
+            if r.shared {
+                self.shared_pending.push((run, r.ticket));
+            }
             true
         } else {
             false
@@ -495,8 +589,31 @@ impl<D: Driver> Commit<D> {
     /// Gives back completed candidates beyond the keep-alive budget (all
     /// completed ones when `force`). Never blocks. Returns bytes given back.
     pub fn collect(&mut self, force: bool) -> u64 {
+        let shared = self.release_shared();
         let allowed = if force { 0 } else { self.allowed() };
-        self.release_until(allowed, None)
+        shared + self.release_until(allowed, None)
+    }
+
+    /// Gives back the empty shared runs whose fences completed, whatever the
+    /// keep-alive (they are never reused). Never blocks. Returns bytes.
+    fn release_shared(&mut self) -> u64 {
+        let mut freed = 0;
+        let mut i = 0;
+        while i < self.shared_pending.len() {
+            let (run, ticket) = self.shared_pending[i];
+            let r = &self.runs[run as usize];
+            if !(r.used && r.shared && r.ticket == ticket) {
+                self.shared_pending.swap_remove(i);
+                continue;
+            }
+            if self.stamps_done(run) {
+                freed += self.decommit(run);
+                self.shared_pending.swap_remove(i);
+                continue;
+            }
+            i += 1;
+        }
+        freed
     }
 
     /// Gives back completed candidates, oldest first, until at most `target`
@@ -589,7 +706,11 @@ impl<D: Driver> Commit<D> {
             self.page_mut(p).run = NIL;
         }
         let r = &mut self.runs[run as usize];
+        if r.shared {
+            self.shared_committed -= bytes;
+        }
         r.used = false;
+        r.shared = false;
         r.ticket = 0;
         r.handle = None;
         r.stamps.clear();
@@ -601,7 +722,7 @@ impl<D: Driver> Commit<D> {
 
     /// Commits the uncommitted pages of `off..off+len` in runs, with the OOM
     /// ladder. On error, everything this call committed is given back.
-    fn commit_range(&mut self, off: u64, len: u64) -> Result<()> {
+    fn commit_range(&mut self, off: u64, len: u64, shared: bool) -> Result<()> {
         let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
         let head_partial = off & (self.page - 1) != 0 || (b == a && len < self.page);
         let tail_partial = (off + len) & (self.page - 1) != 0;
@@ -624,7 +745,7 @@ impl<D: Driver> Commit<D> {
                     q += 1;
                 }
             }
-            self.commit_run_with_retry(p, q - p, len)?;
+            self.commit_run_with_retry(p, q - p, len, shared)?;
             p = q;
         }
         Ok(())
@@ -647,10 +768,16 @@ impl<D: Driver> Commit<D> {
         }
     }
 
-    fn commit_run_with_retry(&mut self, first: u64, pages: u64, requested: u64) -> Result<u32> {
+    fn commit_run_with_retry(
+        &mut self,
+        first: u64,
+        pages: u64,
+        requested: u64,
+        shared: bool,
+    ) -> Result<u32> {
         let (mut trimmed, mut waited) = (false, false);
         loop {
-            match self.commit_run(first, pages) {
+            match self.commit_run(first, pages, shared) {
                 Ok(run) => return Ok(run),
                 Err(e) if is_oom(&e) => {
                     if !trimmed {
@@ -700,17 +827,27 @@ impl<D: Driver> Commit<D> {
         bytes
     }
 
-    fn commit_run(&mut self, first: u64, pages: u64) -> Result<u32> {
+    fn commit_run(&mut self, first: u64, pages: u64, shared: bool) -> Result<u32> {
         let bytes = pages << self.shift;
         if self.committed + bytes > self.config.limit {
             return Err(Error::OutOfMemory(self.oom_report(bytes)));
         }
-        let va = self.base + (first << self.shift);
-        let h = self
-            .driver
-            .create(bytes as usize, self.location)
-            .inspect_err(|_| self.calls.failed += 1)?;
+        let h = if shared {
+            self.driver.create_shareable(bytes as usize, self.location)
+        } else {
+            self.driver.create(bytes as usize, self.location)
+        }
+        .inspect_err(|_| self.calls.failed += 1)?;
         self.calls.create += 1;
+        self.install_run(first, pages, h, shared)
+    }
+
+    /// Maps `h` (a handle of `pages` pages this call now owns) at page
+    /// `first`, sets the access list and records the run. On error the
+    /// handle is released and nothing changed.
+    fn install_run(&mut self, first: u64, pages: u64, h: D::Handle, shared: bool) -> Result<u32> {
+        let bytes = pages << self.shift;
+        let va = self.base + (first << self.shift);
         // SAFETY: the pages are inside our reservation and not mapped (their
         // page-table entries say uncommitted).
         if let Err(e) = unsafe { self.driver.map(va, bytes as usize, 0, h) } {
@@ -742,6 +879,7 @@ impl<D: Driver> Commit<D> {
             ticket: 0,
             stamps: MetaVec::new_in(std::alloc::System),
             used: true,
+            shared,
         };
         let id = if let Some(id) = self.recycled.pop() {
             self.runs[id as usize] = run;
@@ -754,6 +892,9 @@ impl<D: Driver> Commit<D> {
             self.page_mut(p).run = id;
         }
         self.committed += bytes;
+        if shared {
+            self.shared_committed += bytes;
+        }
         self.peak_committed = self.peak_committed.max(self.committed);
         Ok(id)
     }
@@ -782,6 +923,138 @@ impl<D: Driver> Commit<D> {
     /// The access list applied to new pages.
     pub fn access(&self) -> &[Access] {
         &self.access
+    }
+
+    /// Applies `change` (entries for some accessors; [`AccessMode::None`]
+    /// revokes) to every committed run and merges it into the list applied
+    /// to later commits: an accessor set to `None` is dropped from the list,
+    /// others replace their entry or are added. Accessors not named keep
+    /// their rights. On a driver error the runs done so far keep the change
+    /// and the list is unchanged; calling again with the same change is safe.
+    ///
+    /// Cost: one `set_access` per committed run (a driver call each).
+    pub fn change_access(&mut self, change: &[Access]) -> Result<()> {
+        if change.is_empty() {
+            return Ok(());
+        }
+        for id in 0..self.runs.len() {
+            let r = &self.runs[id];
+            if !r.used {
+                continue;
+            }
+            let va = self.base + (r.first << self.shift);
+            // SAFETY: the run is one whole mapping of ours; revoking rights is
+            // the caller's documented intent (Arena::revoke).
+            unsafe {
+                self.driver
+                    .set_access(va, (r.pages << self.shift) as usize, change)
+            }
+            .inspect_err(|_| self.calls.failed += 1)?;
+            self.calls.set_access += 1;
+        }
+        for c in change {
+            self.access.retain(|a| a.location != c.location);
+            if c.mode != AccessMode::None {
+                self.access.push(*c);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes committed in shared runs (created shareable or imported).
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared_committed
+    }
+
+    /// Whether a shared run still has live pages (a shared or imported
+    /// buffer is alive). Such an arena cannot sleep: its memory is seen by
+    /// another process, and recommitting it on wake would cut the sharing.
+    pub fn has_live_shared(&self) -> bool {
+        self.shared_committed > 0
+            && self
+                .runs
+                .iter()
+                .any(|r| r.used && r.shared && r.live_pages > 0)
+    }
+
+    /// [`Commit::pin`] for memory to share with other processes: the pages
+    /// of `off..off+len` (page-aligned) are committed in fresh shareable runs
+    /// lying wholly inside the range (up to `max_run` each), so that
+    /// [`Commit::export_range`] hands out exactly this memory. Empty runs
+    /// left in the range by earlier owners are given back first (after a
+    /// wait on their fences if need be); live memory there is refused.
+    pub fn pin_shared(&mut self, off: u64, len: u64) -> Result<()> {
+        if off & (self.page - 1) != 0 || len & (self.page - 1) != 0 {
+            return Err(Error::Unsupported(
+                "shared ranges must start and end on page boundaries",
+            ));
+        }
+        self.add_live_as(off, len, true)
+    }
+
+    /// One descriptor per run of `off..off+len` (a range pinned by
+    /// [`Commit::pin_shared`] or [`Commit::adopt`]): (offset from `off`,
+    /// length, descriptor), in address order. Refuses a range whose pages are
+    /// not all in shared runs lying inside it: only the intended memory is
+    /// ever exported.
+    pub fn export_range(&self, off: u64, len: u64) -> Result<Vec<(u64, u64, OwnedFd)>> {
+        if len == 0 || off & (self.page - 1) != 0 || len & (self.page - 1) != 0 {
+            return Err(Error::Unsupported(
+                "exported ranges must be nonempty and start and end on page boundaries",
+            ));
+        }
+        let (a, b) = (off >> self.shift, (off + len - 1) >> self.shift);
+        let mut out = Vec::new();
+        let mut p = a;
+        while p <= b {
+            let run = self.page_at(p).run;
+            let not_shared = Error::Unsupported(
+                "the range is not wholly in shared runs: create the buffer shareable to export it",
+            );
+            if run == NIL {
+                return Err(not_shared);
+            }
+            let r = &self.runs[run as usize];
+            if !r.shared || r.first != p || r.first + r.pages - 1 > b {
+                return Err(not_shared);
+            }
+            let Some(h) = r.handle else {
+                return Err(not_shared);
+            };
+            let fd = self.driver.export(h)?;
+            out.push(((p - a) << self.shift, r.pages << self.shift, fd));
+            p += r.pages;
+        }
+        Ok(out)
+    }
+
+    /// Takes `handle` (imported from another process, `len` bytes, now owned
+    /// here) into the page table as a shared run at `off` (page-aligned),
+    /// mapped with this arena's access list and pinned like
+    /// [`Commit::pin`]. Empty runs in the way are given back first; live
+    /// memory there is refused. On error the handle has been released.
+    pub fn adopt(&mut self, off: u64, len: u64, handle: D::Handle) -> Result<()> {
+        let page = self.page;
+        let bad = off & (page - 1) != 0 || len == 0 || len & (page - 1) != 0;
+        let r = if bad || off + len > self.size {
+            Err(Error::Unsupported(
+                "an imported run must be nonempty, whole pages, inside the reservation",
+            ))
+        } else if self.committed + len > self.config.limit {
+            Err(Error::OutOfMemory(self.oom_report(len)))
+        } else {
+            self.make_room_for_shared(off >> self.shift, (off + len - 1) >> self.shift)
+        };
+        if let Err(e) = r {
+            if self.driver.release(handle).is_ok() {
+                self.calls.release += 1;
+            }
+            return Err(e);
+        }
+        self.calls.create += 1;
+        self.install_run(off >> self.shift, len >> self.shift, handle, true)?;
+        self.account_live(off, len);
+        Ok(())
     }
 
     /// Keeps the pages of `off..off+len` committed for an owner that does
@@ -864,6 +1137,13 @@ impl<D: Driver> Commit<D> {
                 }
             }
         }
+        let shared: u64 = self
+            .runs
+            .iter()
+            .filter(|r| r.used && r.shared)
+            .map(|r| r.pages << self.shift)
+            .sum();
+        assert_eq!(shared, self.shared_committed, "shared bytes");
         assert_eq!(committed, self.committed);
         assert_eq!(cand, self.candidate_bytes);
         assert_eq!(live, self.live);
@@ -895,6 +1175,7 @@ impl<D: Driver> Commit<D> {
         }
         self.queue.clear();
         self.queue_head = 0;
+        self.shared_pending.clear();
         bytes
     }
 
@@ -946,7 +1227,7 @@ impl<D: Driver> Commit<D> {
             let mut p = first;
             while p < first + pages {
                 let n = max_pages.min(first + pages - p);
-                match self.commit_run(p, n) {
+                match self.commit_run(p, n, false) {
                     Ok(run) => {
                         self.runs[run as usize].live_pages = n;
                         made.push(run);

@@ -21,6 +21,7 @@
 //! # Ok::<(), gpu_arena::Error>(())
 //! ```
 
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -597,5 +598,55 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
         // SAFETY: forwarded under the caller's guarantees.
         unsafe { self.inner.fill(dst, byte, len, stream) }
+    }
+
+    /// Counted and fault-injected as a `create`.
+    fn create_shareable(&self, size: usize, location: Location) -> Result<D::Handle> {
+        let mut st = self.lock();
+        self.pre(&mut st, Op::Create, 0, size as u64)?;
+        if let Err(r) = st.vm.check_create(size as u64, location) {
+            return Err(self.refuse(&mut st, Op::Create, 0, size as u64, r));
+        }
+        let r = self.inner.create_shareable(size, location);
+        self.done(&mut st, Op::Create, 0, size as u64, &r);
+        if let Ok(h) = r {
+            st.vm.add_handle(h, size as u64, location);
+            self.counts[BYTES_CREATED].fetch_add(size as u64, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// Not counted; refused for handles that are not live.
+    fn export(&self, handle: D::Handle) -> Result<OwnedFd> {
+        let st = self.lock();
+        if let Err(r) = st.vm.check_release(handle) {
+            self.counts[REFUSED].fetch_add(1, Ordering::Relaxed);
+            let mut e = DriverError::new(self.inner.capabilities().backend, Call::Share, r.0, r.1);
+            e.checked = true;
+            return Err(e.into());
+        }
+        self.inner.export(handle)
+    }
+
+    /// Counted and fault-injected as a `create`: the handle must be released
+    /// like any other (the leak check counts it).
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<D::Handle> {
+        let mut st = self.lock();
+        self.pre(&mut st, Op::Create, 0, size as u64)?;
+        if let Err(r) = st.vm.check_create(size as u64, location) {
+            return Err(self.refuse(&mut st, Op::Create, 0, size as u64, r));
+        }
+        // SAFETY: forwarded under the caller's guarantees.
+        let r = unsafe { self.inner.import(fd, size, location) };
+        self.done(&mut st, Op::Create, 0, size as u64, &r);
+        if let Ok(h) = r {
+            st.vm.add_handle(h, size as u64, location);
+        }
+        r
     }
 }

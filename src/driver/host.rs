@@ -8,6 +8,16 @@
 //! - unmap = the range goes back to `PROT_NONE` anonymous reservation;
 //! - release = `fallocate(PUNCH_HOLE)` (at the last unmap if still mapped).
 //!
+//! Shareable handles ([`Driver::create_shareable`]) are the exception: each
+//! gets a memfd of its own (sealed against shrinking and growing), so that
+//! exporting it hands out exactly that memory and never the memfd every other
+//! handle lives in. Their release is `close` (at the last unmap), never a
+//! hole punch: an importer's descriptor or mapping keeps the pages alive, and
+//! the kernel frees them when the last process lets go. Imported handles are
+//! the same kind (a duplicate of the received descriptor). Device numbers
+//! beyond 0 (`HostConfig::device_count`) emulate peers: access lists and
+//! `get_access` track them per accessor, as CUDA does.
+//!
 //! Every call is validated by [`VmState`] first, so the host backend returns
 //! the same [`ErrorKind`]s as the CUDA driver and never touches memory outside
 //! its own reservations. Physical memory is capped by
@@ -16,12 +26,13 @@
 //! Fences complete at once, unless a test holds a stream
 //! ([`HostDriver::hold`]) to emulate a long-running kernel.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
-use crate::MetaVec;
 use crate::driver::rules::{Refusal, Rights, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, ErrorKind, Reason, Result};
+use crate::{MetaMap, MetaVec};
 
 /// Settings of the host backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,7 +72,9 @@ fn default_capacity() -> u64 {
     }
 }
 
-/// A physical handle of the host backend: its offset in the backing memfd.
+/// A physical handle of the host backend: its offset in the common backing
+/// memfd, or (shareable and imported handles) an id from the same counter
+/// naming a memfd of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostHandle(pub u64);
 
@@ -84,6 +97,10 @@ struct State {
     vm: VmState<HostHandle>,
     next_offset: u64,
     streams: MetaVec<StreamState>,
+    /// Shareable and imported handles: their own memfd, by handle id. Their
+    /// ids come from the same counter as offsets of the common memfd, whose
+    /// range at that id stays an untouched hole.
+    shared: MetaMap<u64, OwnedFd>,
 }
 
 /// The host backend (see the module docs).
@@ -183,6 +200,7 @@ impl HostDriver {
                 ),
                 next_offset: 0,
                 streams,
+                shared: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
             }),
         })
     }
@@ -351,7 +369,7 @@ unsafe impl Driver for HostDriver {
             .release(handle)
             .map_err(|r| host_err(Call::Release, r))?;
         if let (true, Some(size)) = (now, size) {
-            self.punch(handle.0, size);
+            Self::give_back(self.fd, &mut st.shared, handle.0, size);
         }
         Ok(())
     }
@@ -367,17 +385,22 @@ unsafe impl Driver for HostDriver {
         st.vm
             .map(va, size as u64, offset as u64, handle)
             .map_err(|r| host_err(Call::Map, r))?;
+        let (fd, file_offset) = match st.shared.get(&handle.0) {
+            Some(own) => (own.as_raw_fd(), 0),
+            None => (self.fd, handle.0 as libc::off_t),
+        };
         // SAFETY: VmState confirmed va..va+size is an unmapped range inside
         // one of our reservations, so MAP_FIXED replaces only our PROT_NONE
-        // placeholder; the file range belongs to this live handle.
+        // placeholder; the file range belongs to this live handle (a memfd
+        // of its own, sealed against shrinking, for shareable handles).
         let p = unsafe {
             libc::mmap(
                 va as *mut libc::c_void,
                 size,
                 libc::PROT_NONE,
                 libc::MAP_SHARED | libc::MAP_FIXED,
-                self.fd,
-                handle.0 as libc::off_t,
+                fd,
+                file_offset,
             )
         };
         if p == libc::MAP_FAILED {
@@ -389,12 +412,15 @@ unsafe impl Driver for HostDriver {
     }
 
     unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
-        let mut st = self.lock();
-        let fd_punch = |h: HostHandle, s: &crate::driver::rules::HandleState| {
-            self.punch(h.0, s.size);
+        let mut guard = self.lock();
+        let st = &mut *guard;
+        let shared = &mut st.shared;
+        let fd = self.fd;
+        let give_back = |h: HostHandle, s: &crate::driver::rules::HandleState| {
+            Self::give_back(fd, shared, h.0, s.size);
         };
         st.vm
-            .unmap(va, size as u64, fd_punch)
+            .unmap(va, size as u64, give_back)
             .map_err(|r| host_err(Call::Unmap, r))?;
         // SAFETY: VmState confirmed va..va+size is exactly a set of whole
         // mappings inside our reservation; replacing them with a PROT_NONE
@@ -520,19 +546,144 @@ unsafe impl Driver for HostDriver {
         unsafe { core::ptr::write_bytes(dst as *mut u8, byte, len) };
         Ok(())
     }
+
+    fn create_shareable(&self, size: usize, location: Location) -> Result<HostHandle> {
+        let mut st = self.lock();
+        st.vm
+            .check_create(size as u64, location)
+            .map_err(|r| host_err(Call::Create, r))?;
+        if st.vm.physical_bytes() + size as u64 > self.config.capacity {
+            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
+        }
+        let Some(fd) = sealed_memfd(size) else {
+            return Err(os_err(Call::Create, ErrorKind::OutOfMemory).into());
+        };
+        let h = Self::next_id(&mut st, size as u64, Call::Create)?;
+        st.shared.insert(h.0, fd);
+        st.vm.add_handle(h, size as u64, location);
+        Ok(h)
+    }
+
+    fn export(&self, handle: HostHandle) -> Result<OwnedFd> {
+        let st = self.lock();
+        st.vm
+            .check_release(handle)
+            .map_err(|r| host_err(Call::Share, r))?;
+        let Some(fd) = st.shared.get(&handle.0) else {
+            return Err(
+                host_err(Call::Share, (ErrorKind::NotSupported, Reason::NotShareable)).into(),
+            );
+        };
+        fd.as_fd()
+            .try_clone_to_owned()
+            .map_err(|_| os_err(Call::Share, ErrorKind::Other).into())
+    }
+
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<HostHandle> {
+        let mut st = self.lock();
+        st.vm
+            .check_create(size as u64, location)
+            .map_err(|r| host_err(Call::Share, r))?;
+        if !check_shared_file(fd, size) {
+            return Err(host_err(
+                Call::Share,
+                (ErrorKind::InvalidValue, Reason::BadSharedHandle),
+            )
+            .into());
+        }
+        let own = fd
+            .try_clone_to_owned()
+            .map_err(|_| os_err(Call::Share, ErrorKind::Other))?;
+        let h = Self::next_id(&mut st, size as u64, Call::Share)?;
+        st.shared.insert(h.0, own);
+        st.vm.add_handle(h, size as u64, location);
+        Ok(h)
+    }
 }
 
 impl HostDriver {
-    fn punch(&self, offset: u64, size: u64) {
+    /// Gives a released, unmapped handle's memory back: closes its own memfd
+    /// (shareable and imported handles: the pages go when the last process
+    /// lets go of them), or punches its range out of the common memfd.
+    fn give_back(fd: libc::c_int, shared: &mut MetaMap<u64, OwnedFd>, id: u64, size: u64) {
+        if shared.remove(&id).is_some() {
+            // Dropping the OwnedFd closed it; never punch a shared file.
+            return;
+        }
         // SAFETY: the range belongs to a handle whose last mapping is gone and
         // which was released; punching frees its pages and touches nothing else.
         unsafe {
             libc::fallocate(
-                self.fd,
+                fd,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                offset as libc::off_t,
+                id as libc::off_t,
                 size as libc::off_t,
             )
         };
     }
+
+    /// A fresh handle id of `size` bytes from the offset counter.
+    fn next_id(st: &mut State, size: u64, call: Call) -> Result<HostHandle> {
+        let id = st.next_offset;
+        if id + size > FILE_SIZE {
+            return Err(host_err(call, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
+        }
+        st.next_offset += size;
+        Ok(HostHandle(id))
+    }
+
+    /// Whether `handle` has a memfd of its own (created shareable or imported).
+    pub fn is_shareable(&self, handle: HostHandle) -> bool {
+        self.lock().shared.contains_key(&handle.0)
+    }
+}
+
+/// A new memfd of `size` bytes, sealed so that nobody (this process or an
+/// importer) can shrink or grow it, nor change the seals.
+fn sealed_memfd(size: usize) -> Option<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated string literal.
+    let raw = unsafe {
+        libc::memfd_create(
+            c"gpu-arena-shared".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: `raw` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    // SAFETY: fd is our own memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) } != 0 {
+        return None;
+    }
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: as above; F_ADD_SEALS takes an int argument.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return None;
+    }
+    Some(fd)
+}
+
+/// Whether `fd` is a file of exactly `size` bytes that cannot shrink (so a
+/// mapping of it can never fault with SIGBUS).
+fn check_shared_file(fd: BorrowedFd<'_>, size: usize) -> bool {
+    // SAFETY: F_GET_SEALS takes no argument and only reads the file's seals.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    if seals < 0 || seals & libc::F_SEAL_SHRINK == 0 {
+        return false;
+    }
+    let mut st = core::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` is a valid out-pointer for one stat structure.
+    if unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded and filled the structure.
+    let st = unsafe { st.assume_init() };
+    st.st_size as u64 == size as u64
 }

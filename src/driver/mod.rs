@@ -27,11 +27,24 @@
 //!
 //! Drivers never allocate through the global allocator on their hot paths:
 //! gpu-arena may itself be the global allocator.
+//!
+//! # Sharing between processes
+//!
+//! Three provided methods (`create_shareable`, `export`, `import`) let a
+//! handle travel to another process as a POSIX file descriptor (see
+//! [`share`] for passing descriptors over a Unix socket). Their default
+//! bodies return [`Error::Unsupported`](crate::Error::Unsupported), so a
+//! backend without sharing (HIP today) needs no code. The lifetime rule
+//! every backend follows: **release = unmap + close**. Physical memory
+//! behind an exported handle goes back when the last process holding it
+//! (through a handle, a mapping or a descriptor) lets go; an exporter's
+//! `release` never pulls memory from under an importer.
 
 use core::fmt::Debug;
 use core::hash::Hash;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
-use crate::error::{Backend, Result};
+use crate::error::{Backend, Error, Result};
 
 pub mod checked;
 #[cfg(feature = "cuda")]
@@ -40,6 +53,7 @@ pub mod cuda;
 pub mod hip;
 pub mod host;
 pub mod rules;
+pub mod share;
 pub mod system;
 
 pub use checked::{CallCounts, Checked, Fault, FaultKind, Op};
@@ -144,7 +158,10 @@ pub struct Capabilities {
 ///    pulled from a mapped range except by `unmap` of that range;
 /// 3. a handle mapped at two addresses shows the same bytes at both;
 /// 4. a failed call changes nothing;
-/// 5. no method blocks on work other than the one fence passed to `wait`.
+/// 5. no method blocks on work other than the one fence passed to `wait`;
+/// 6. a descriptor from `export` reaches the memory of that one handle and
+///    nothing else, and `release` of an exported or imported handle never
+///    frees memory that a descriptor, handle or mapping elsewhere still holds.
 pub unsafe trait Driver: Send + Sync {
     /// A physical memory handle. Its representation belongs to the backend
     /// (a `u64` on CUDA, a pointer on HIP, a memfd range on the host).
@@ -245,6 +262,61 @@ pub unsafe trait Driver: Send + Sync {
     /// # Safety
     /// Callers: the range is mapped and writable by the stream's device.
     unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()>;
+
+    /// Creates a physical handle of `size` bytes at `location` that
+    /// [`Driver::export`] can turn into a file descriptor. Otherwise like
+    /// `create` (same rules, same `release`).
+    ///
+    /// Only the handle's own memory can ever be reached through its
+    /// descriptor (the host backend gives it a memfd of its own; CUDA creates
+    /// it with the POSIX-fd handle type).
+    ///
+    /// The default refuses with [`Error::Unsupported`].
+    fn create_shareable(&self, size: usize, location: Location) -> Result<Self::Handle> {
+        let _ = (size, location);
+        Err(Error::Unsupported(
+            "this backend cannot create shareable handles (no POSIX file descriptor export)",
+        ))
+    }
+
+    /// Exports a live handle made by [`Driver::create_shareable`] (or
+    /// [`Driver::import`]) as a POSIX file descriptor (close-on-exec). The
+    /// descriptor keeps the memory alive on its own: it stays valid after
+    /// the handle's release, and whoever receives it can import it.
+    ///
+    /// The default refuses with [`Error::Unsupported`].
+    fn export(&self, handle: Self::Handle) -> Result<OwnedFd> {
+        let _ = handle;
+        Err(Error::Unsupported(
+            "this backend cannot export handles as file descriptors",
+        ))
+    }
+
+    /// Imports a descriptor made by [`Driver::export`] of the same backend
+    /// (in this or another process) as a new handle of `size` bytes, whose
+    /// memory lives at `location` (bookkeeping; the memory stays where the
+    /// exporter created it). The caller keeps `fd` and may close it at once:
+    /// the handle holds its own reference. Map, set access and release the
+    /// handle as any other; its release never frees memory that another
+    /// process still holds.
+    ///
+    /// The default refuses with [`Error::Unsupported`].
+    ///
+    /// # Safety
+    /// Callers: `fd` was produced by `export` of this backend and `size` is
+    /// the exported handle's size. Implementors: refuse what they can check
+    /// (the host backend checks the size and that the file cannot shrink).
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<Self::Handle> {
+        let _ = (fd, size, location);
+        Err(Error::Unsupported(
+            "this backend cannot import handles from file descriptors",
+        ))
+    }
 }
 
 /// Rounds `value` up to a multiple of the power of two `align`; `None` on overflow.
@@ -301,6 +373,12 @@ macro_rules! forward_driver {
             unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).fill(dst, byte, len, stream) }
+            }
+            fn create_shareable(&self, size: usize, location: Location) -> Result<Self::Handle> { (**self).create_shareable(size, location) }
+            fn export(&self, handle: Self::Handle) -> Result<OwnedFd> { (**self).export(handle) }
+            unsafe fn import(&self, fd: BorrowedFd<'_>, size: usize, location: Location) -> Result<Self::Handle> {
+                // SAFETY: forwarded under the caller's guarantees.
+                unsafe { (**self).import(fd, size, location) }
             }
         }
     )* };

@@ -1,6 +1,8 @@
 //! Run-time backend selection: CUDA or HIP where a device is found, else the
 //! host backend, with a clear message saying why.
 
+use std::os::fd::{BorrowedFd, OwnedFd};
+
 use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
     Access, AccessMode, Capabilities, DevicePtr, Driver, HostDriver, Location, Stream,
@@ -252,5 +254,51 @@ unsafe impl Driver for SystemDriver {
     unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.fill(dst, byte, len, stream) })
+    }
+    fn create_shareable(&self, size: usize, location: Location) -> Result<SystemHandle> {
+        match self {
+            SystemDriver::Host(d) => d.create_shareable(size, location).map(SystemHandle::Host),
+            #[cfg(feature = "cuda")]
+            SystemDriver::Cuda(d) => d.create_shareable(size, location).map(SystemHandle::Cuda),
+            #[cfg(feature = "hip")]
+            SystemDriver::Hip(d) => d.create_shareable(size, location).map(SystemHandle::Hip),
+        }
+    }
+    fn export(&self, handle: SystemHandle) -> Result<OwnedFd> {
+        match (self, handle) {
+            (SystemDriver::Host(d), SystemHandle::Host(h)) => d.export(h),
+            #[cfg(feature = "cuda")]
+            (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => d.export(h),
+            #[cfg(feature = "hip")]
+            (SystemDriver::Hip(d), SystemHandle::Hip(h)) => d.export(h),
+            #[allow(unreachable_patterns)]
+            _ => Err(mismatch()),
+        }
+    }
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<SystemHandle> {
+        match self {
+            SystemDriver::Host(d) => {
+                // SAFETY: forwarded under the caller's guarantees.
+                let h = unsafe { d.import(fd, size, location) }?;
+                Ok(SystemHandle::Host(h))
+            }
+            #[cfg(feature = "cuda")]
+            SystemDriver::Cuda(d) => {
+                // SAFETY: forwarded under the caller's guarantees.
+                let h = unsafe { d.import(fd, size, location) }?;
+                Ok(SystemHandle::Cuda(h))
+            }
+            #[cfg(feature = "hip")]
+            SystemDriver::Hip(d) => {
+                // SAFETY: forwarded under the caller's guarantees.
+                let h = unsafe { d.import(fd, size, location) }?;
+                Ok(SystemHandle::Hip(h))
+            }
+        }
     }
 }

@@ -12,4 +12,5 @@ mod gpu_arena;
 #[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;
+mod peer_ipc;
 mod sleep_wake;

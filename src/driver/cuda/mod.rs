@@ -42,9 +42,21 @@
 //!   device-to-device copy or a device memset has run).
 //! - `get_access(va, Location::Host)` on device memory reports device 0's
 //!   rights (a driver quirk); ask only about host-located memory.
+//! - **Sharing.** Device handles are created with the POSIX-fd handle type
+//!   where the probe at `new` showed that works
+//!   ([`Capabilities::shareable_handles`]), so every device handle can be
+//!   exported; `create_shareable` is `create` there and refuses otherwise.
+//!   Imported handles join the live set like created ones. An exporter's
+//!   `cuMemRelease` leaves the memory to importers: the driver frees it when
+//!   the last handle, mapping and descriptor are gone.
+//! - **Peers.** Memory of this device is made accessible to another device
+//!   by `set_access` with that device's descriptor (no
+//!   `cuCtxEnablePeerAccess`); kernels of the peer's own context (a second
+//!   `CudaDriver` on that ordinal) then read and write it.
 
 use core::ffi::{c_int, c_uint};
 use core::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
@@ -905,5 +917,53 @@ unsafe impl Driver for CudaDriver {
             self.finish_default_stream()?;
         }
         Ok(())
+    }
+
+    fn create_shareable(&self, size: usize, location: Location) -> Result<CudaHandle> {
+        match location {
+            Location::Device(_) if self.caps.shareable_handles => self.create(size, location),
+            _ => Err(refused(Call::Share, ErrorKind::NotSupported, Reason::Unavailable).into()),
+        }
+    }
+
+    fn export(&self, handle: CudaHandle) -> Result<OwnedFd> {
+        let _cur = self.enter()?;
+        let handles = lock(&self.handles);
+        match handles.get(&handle.0) {
+            Some(Location::Device(_)) if self.caps.shareable_handles => {}
+            Some(_) => {
+                return Err(
+                    refused(Call::Share, ErrorKind::NotSupported, Reason::NotShareable).into(),
+                );
+            }
+            None => {
+                return Err(
+                    refused(Call::Share, ErrorKind::InvalidValue, Reason::UnknownHandle).into(),
+                );
+            }
+        }
+        // SAFETY: 1. the probe passed and our context is current; 2. the
+        // handle is live while `handles` is locked and was created with the
+        // POSIX-fd type (shareable_handles) or imported from such a handle.
+        let fd = unsafe { result::mem_export_fd(handle.0) }?;
+        drop(handles);
+        // SAFETY: the driver just made this descriptor for us; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<CudaHandle> {
+        let _ = size;
+        let _cur = self.enter()?;
+        // SAFETY: 1. the probe passed and our context is current; 2. the
+        // caller guarantees `fd` is an exported POSIX-fd handle; the driver
+        // does not take ownership of it.
+        let h = unsafe { result::mem_import_fd(fd.as_raw_fd()) }?;
+        lock(&self.handles).insert(h, location);
+        Ok(CudaHandle(h))
     }
 }

@@ -76,6 +76,8 @@ pub const REQUIRED_SYMBOLS: &[&str] = &[
     "cuMemUnmap",
     "cuMemSetAccess",
     "cuMemGetAccess",
+    "cuMemExportToShareableHandle",
+    "cuMemImportFromShareableHandle",
     "cuEventCreate",
     "cuEventDestroy_v2",
     "cuEventRecord",
@@ -380,6 +382,46 @@ pub unsafe fn mem_get_access(
         sys::cuMemGetAccess(&mut flags, location, ptr)
     })?;
     Ok(flags)
+}
+
+/// `cuMemExportToShareableHandle(&fd, handle, POSIX_FILE_DESCRIPTOR, 0)`: a
+/// new descriptor the caller owns.
+///
+/// # Safety
+/// See the module docs; `handle` is live (the driver may crash on stale
+/// handles) and was created with the POSIX-fd handle type requested.
+pub unsafe fn mem_export_fd(handle: sys::CUmemGenericAllocationHandle) -> CuResult<c_int> {
+    let mut fd: c_int = -1;
+    // SAFETY: `fd` is a valid out-pointer for the int a POSIX-fd export writes.
+    check(Call::Share, unsafe {
+        sys::cuMemExportToShareableHandle(
+            (&raw mut fd).cast::<c_void>(),
+            handle,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            0,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// `cuMemImportFromShareableHandle(&handle, fd, POSIX_FILE_DESCRIPTOR)`: a new
+/// handle (released with [`mem_release`]); the caller keeps `fd`.
+///
+/// # Safety
+/// See the module docs; a context is current and `fd` is an open descriptor
+/// made by [`mem_export_fd`] (in this or another process).
+pub unsafe fn mem_import_fd(fd: c_int) -> CuResult<sys::CUmemGenericAllocationHandle> {
+    let mut h: sys::CUmemGenericAllocationHandle = 0;
+    // SAFETY: `h` is a valid out-pointer; for POSIX descriptors the driver
+    // takes the descriptor's value in place of the pointer.
+    check(Call::Share, unsafe {
+        sys::cuMemImportFromShareableHandle(
+            &mut h,
+            fd as isize as *mut c_void,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+        )
+    })?;
+    Ok(h)
 }
 
 /// `cuEventCreate(flags)`.

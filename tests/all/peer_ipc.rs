@@ -1,0 +1,689 @@
+//! Peer access and inter-process sharing (issue 7).
+//!
+//! Host backend (runs in CI): `HostConfig { device_count: 2 }` emulates a
+//! peer device: access lists and `get_access` track it per accessor, as
+//! `cuMemGetAccess` does. Shareable handles are memfds of their own, passed
+//! over Unix sockets; "two processes" are two drivers here (the real
+//! two-process test is `tests/ipc_two_process.rs`).
+//!
+//! CUDA (feature `cuda`): the same on GPUs; the peer tests need two devices
+//! and skip with a printed reason otherwise, the sharing tests one.
+
+use std::os::fd::AsFd;
+use std::time::Instant;
+
+use gpu_arena::api::ipc::{ExportedBuffer, ImportedBuffer, SharedBuffer};
+use gpu_arena::driver::{
+    AccessMode, Checked, Driver, HostConfig, HostDriver, Location, Stream, share,
+};
+use gpu_arena::{Arena, ArenaConfig, CommitConfig, Error, ErrorKind, GrowBuffer, Kind, Reason};
+use gpu_arena::{Policy, SharedArena};
+
+fn two_devices() -> HostDriver {
+    HostDriver::with_config(HostConfig {
+        device_count: 2,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// The full structural check where the `invariant-checks` feature is on.
+fn invariants<D: Driver>(a: &Arena<D>) {
+    #[cfg(feature = "invariant-checks")]
+    a.check_invariants();
+    let _ = a;
+}
+
+fn config() -> ArenaConfig {
+    ArenaConfig {
+        reservation: 8 << 30,
+        ..Default::default()
+    }
+}
+
+/// Every committed page of the arena: its address.
+fn committed_pages<D: Driver>(a: &Arena<D>) -> Vec<u64> {
+    let s = a.snapshot();
+    s.pages
+        .iter()
+        .filter(|p| p.state != gpu_arena::stats::PageStateReport::Free)
+        .map(|p| s.base + p.index * s.page)
+        .collect()
+}
+
+fn assert_all<D: Driver>(a: &Arena<D>, pages: &[u64], who: Location, mode: AccessMode) {
+    assert!(!pages.is_empty());
+    for &p in pages {
+        assert_eq!(
+            a.access_of(p, who).unwrap(),
+            mode,
+            "page {p:#x} for {who:?}"
+        );
+    }
+}
+
+#[test]
+fn grant_covers_committed_and_later_pages_and_revoke_takes_it_back() {
+    let d = Checked::new(two_devices());
+    {
+        let mut a = Arena::new(&d, Kind::Device(0), config()).unwrap();
+        let peer = Location::Device(1);
+        // Memory of every policy, committed before the grant.
+        let small: Vec<u64> = (0..64).map(|_| a.alloc(4096, 64).unwrap()).collect();
+        let large = a.alloc(40 << 20, 256).unwrap();
+        let buf = a.reserve_buffer(16 << 20, Policy::Grow).unwrap();
+        a.commit_buffer(buf, 0, 8 << 20).unwrap();
+        let before = committed_pages(&a);
+        assert_all(&a, &before, peer, AccessMode::None);
+        assert_all(&a, &before, Location::Device(0), AccessMode::ReadWrite);
+
+        // Grant: every committed page at once, one set_access per run.
+        let calls = d.counts().set_access;
+        let runs = a.stats().handles;
+        a.grant(peer, AccessMode::Read).unwrap();
+        assert_eq!(d.counts().set_access - calls, runs);
+        assert_all(&a, &before, peer, AccessMode::Read);
+        a.grant(peer, AccessMode::ReadWrite).unwrap();
+        assert_all(&a, &before, peer, AccessMode::ReadWrite);
+        // Granting less never lowers rights (that is revoke's job).
+        let calls = d.counts().set_access;
+        a.grant(peer, AccessMode::Read).unwrap();
+        assert_eq!(
+            d.counts().set_access,
+            calls,
+            "no driver call for a no-op grant"
+        );
+        assert_all(&a, &before, peer, AccessMode::ReadWrite);
+        assert_eq!(a.granted(peer), AccessMode::ReadWrite);
+
+        // Pages committed later get the peer too, in the same set_access
+        // call as the local device (no extra call per commit).
+        let calls = d.counts();
+        let later = a.alloc(24 << 20, 256).unwrap();
+        a.commit_buffer(buf, 8 << 20, 16 << 20).unwrap();
+        let after = d.counts();
+        assert_eq!(
+            after.set_access - calls.set_access,
+            after.map - calls.map,
+            "one set_access per new run"
+        );
+        let now = committed_pages(&a);
+        assert!(now.len() > before.len());
+        assert_all(&a, &now, peer, AccessMode::ReadWrite);
+        assert_all(&a, &now, Location::Device(0), AccessMode::ReadWrite);
+
+        // Revoke: no right left on any page, now or later; the local device
+        // keeps its own.
+        // SAFETY: nothing of device 1 uses the arena (host backend).
+        unsafe { a.revoke(peer).unwrap() };
+        assert_all(&a, &now, peer, AccessMode::None);
+        assert_all(&a, &now, Location::Device(0), AccessMode::ReadWrite);
+        let again = a.alloc(8 << 20, 256).unwrap();
+        let pages = committed_pages(&a);
+        assert_all(&a, &pages, peer, AccessMode::None);
+        assert_eq!(
+            a.access(),
+            &[gpu_arena::driver::Access::read_write(Location::Device(0))]
+        );
+
+        // Bad accessors are refused up front.
+        assert!(matches!(
+            a.grant(Location::Device(2), AccessMode::Read),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            a.grant(Location::Host, AccessMode::Read),
+            Err(Error::Unsupported(_))
+        ));
+        // Foreign pointers too.
+        assert!(matches!(
+            a.access_of(1 << 12, peer),
+            Err(Error::BadPointer { .. })
+        ));
+        for p in small {
+            a.free(p).unwrap();
+        }
+        a.free(large).unwrap();
+        a.free(later).unwrap();
+        a.free(again).unwrap();
+        a.free_buffer(buf, 16 << 20, Policy::Grow, Stream::DEFAULT);
+        invariants(&a);
+    }
+    assert!(d.leaks().is_none(), "{:?}", d.leaks());
+}
+
+#[test]
+fn shared_arena_grant_and_revoke() {
+    let arena = SharedArena::new(two_devices(), Kind::Device(0), config()).unwrap();
+    let p = arena.alloc(3 << 20, 256, Stream::DEFAULT).unwrap();
+    assert_eq!(arena.access_of(p, 1).unwrap(), AccessMode::None);
+    arena.grant(1, AccessMode::ReadWrite).unwrap();
+    assert_eq!(arena.access_of(p, 1).unwrap(), AccessMode::ReadWrite);
+    assert_eq!(arena.access().len(), 2);
+    // SAFETY: nothing of device 1 uses the arena.
+    unsafe { arena.revoke(1).unwrap() };
+    assert_eq!(arena.access_of(p, 1).unwrap(), AccessMode::None);
+    assert_eq!(arena.access_of(p, 0).unwrap(), AccessMode::ReadWrite);
+    arena.free(p, Stream::DEFAULT).unwrap();
+}
+
+/// Allocation cost with and without a peer granted: the hot path (slab
+/// blocks, no driver call) and the commit path (a fresh 64 MiB block each
+/// time: create + map + set_access, then unmap + release).
+fn peer_cost<D: Driver>(label: &str, make: impl Fn() -> D, peer: u32) {
+    const SMALL: u32 = 200_000;
+    const BIG: u32 = 200;
+    let mut rows = Vec::new();
+    for granted in [false, true] {
+        let mut a = Arena::new(make(), Kind::Device(0), config()).unwrap();
+        if granted {
+            a.grant(Location::Device(peer), AccessMode::ReadWrite)
+                .unwrap();
+        }
+        // Warm up both paths.
+        let p = a.alloc(256, 64).unwrap();
+        a.free(p).unwrap();
+        let t = Instant::now();
+        for _ in 0..SMALL {
+            let p = a.alloc(256, 64).unwrap();
+            a.free(p).unwrap();
+        }
+        let small_ns = t.elapsed().as_nanos() as f64 / f64::from(SMALL);
+        let before = a.stats().driver_calls;
+        let t = Instant::now();
+        for _ in 0..BIG {
+            let p = a.alloc(64 << 20, 256).unwrap();
+            a.free(p).unwrap();
+            a.trim();
+        }
+        let big_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(BIG);
+        let after = a.stats().driver_calls;
+        let per = |x: u64, y: u64| (x - y) as f64 / f64::from(BIG);
+        let set_access = per(after.set_access, before.set_access);
+        let total = per(after.total(), before.total());
+        println!(
+            "PEER_COST {label} peer={granted}: alloc+free 256 B {small_ns:.1} ns; \
+             alloc+free+trim 64 MiB {big_us:.1} us, {total:.1} driver calls ({set_access:.1} set_access) per block"
+        );
+        rows.push((set_access, total));
+    }
+    // Granting a peer adds no driver call per allocation (never a timing assert).
+    assert_eq!(rows[0], rows[1]);
+}
+
+#[test]
+fn peer_grant_adds_no_per_allocation_cost_host() {
+    peer_cost("host", two_devices, 1);
+}
+
+fn two_hosts() -> (SharedArena<HostDriver>, SharedArena<HostDriver>) {
+    let a = SharedArena::new(two_devices(), Kind::Device(0), config()).unwrap();
+    let b = SharedArena::new(two_devices(), Kind::Device(0), config()).unwrap();
+    (a, b)
+}
+
+/// Sends `e` over a socket pair and receives it again (what a second
+/// process would get).
+fn through_socket(e: &ExportedBuffer) -> ExportedBuffer {
+    let (x, y) = share::socket_pair().unwrap();
+    e.send_unchecked(x.as_fd()).unwrap();
+    ExportedBuffer::recv(y.as_fd()).unwrap()
+}
+
+#[test]
+fn shared_buffer_round_trip_and_lifetime() {
+    let (exporter, importer) = two_hosts();
+    // One 6 MiB run (multi-run buffers: the next test).
+    let mut buf = SharedBuffer::new(&exporter, 6 << 20).unwrap();
+    for (i, b) in buf.as_mut_slice().unwrap().iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let e = buf.export().unwrap();
+    assert_eq!(e.len, 6 << 20);
+    assert_eq!(e.location, Location::Device(0));
+    let got = through_socket(&e);
+    drop(e);
+    // SAFETY: the descriptors come from SharedBuffer::export on the host backend.
+    let mut view = unsafe { ImportedBuffer::new(&importer, &got).unwrap() };
+    drop(got);
+    assert!(
+        view.as_slice()
+            .unwrap()
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i % 251) as u8)
+    );
+    // The importer writes; the exporter sees it.
+    view.as_mut_slice().unwrap()[100..104].copy_from_slice(b"pong");
+    assert_eq!(&buf.as_slice().unwrap()[100..104], b"pong");
+    // Imported pages get the importer's access list, and its grants.
+    assert_eq!(
+        importer.access_of(view.as_ptr(), 1).unwrap(),
+        AccessMode::None
+    );
+    importer.grant(1, AccessMode::ReadWrite).unwrap();
+    assert_eq!(
+        importer.access_of(view.as_ptr() + (5 << 20), 1).unwrap(),
+        AccessMode::ReadWrite
+    );
+    // The exporter lets go: its memory stays for the importer.
+    drop(buf);
+    assert_eq!(exporter.stats().committed, 0, "exporter gave its runs back");
+    assert_eq!(exporter.lock().driver().physical_bytes(), 0);
+    assert_eq!(&view.as_slice().unwrap()[100..104], b"pong");
+    assert_eq!(view.as_slice().unwrap()[5 << 20], ((5 << 20) % 251) as u8);
+    assert_eq!(importer.stats().committed, 6 << 20);
+    drop(view);
+    assert_eq!(importer.stats().committed, 0);
+    assert!(importer.lock().driver().physical_bytes() == 0);
+}
+
+#[test]
+fn multi_run_buffers_export_one_descriptor_per_run() {
+    let small_runs = ArenaConfig {
+        commit: CommitConfig {
+            max_run: 4 << 20,
+            ..Default::default()
+        },
+        ..config()
+    };
+    let d = Checked::new(HostDriver::new().unwrap());
+    let d2 = Checked::new(HostDriver::new().unwrap());
+    {
+        let exporter = SharedArena::new(&d, Kind::Device(0), small_runs).unwrap();
+        let importer = SharedArena::new(&d2, Kind::Device(0), config()).unwrap();
+        // 150 runs of 4 MiB: more than one message of descriptors.
+        let len = 150 * (4 << 20);
+        let mut buf = SharedBuffer::new(&exporter, len).unwrap();
+        let s = buf.as_mut_slice().unwrap();
+        for run in 0..150 {
+            s[run * (4 << 20) + 7] = run as u8;
+        }
+        let e = buf.export().unwrap();
+        assert_eq!(e.runs.len(), 150);
+        assert!(e.runs.iter().all(|r| r.len == 4 << 20));
+        let got = through_socket(&e);
+        // SAFETY: exported by the host backend.
+        let view = unsafe { ImportedBuffer::new(&importer, &got).unwrap() };
+        let v = view.as_slice().unwrap();
+        for run in 0..150 {
+            assert_eq!(v[run * (4 << 20) + 7], run as u8);
+        }
+        drop((buf, view, e, got));
+        invariants(&exporter.lock());
+        invariants(&importer.lock());
+    }
+    assert!(d.leaks().is_none(), "{:?}", d.leaks());
+    assert!(d2.leaks().is_none(), "{:?}", d2.leaks());
+    // Imports are counted as creates by the checked layer.
+    assert_eq!(d2.counts().create, 150);
+    assert_eq!(d2.counts().release, 150);
+}
+
+#[test]
+fn only_the_intended_memory_is_exported() {
+    let d = HostDriver::new().unwrap();
+    let g = d.capabilities().granularity;
+    // A plain handle lives in the memfd all handles share: never exported.
+    let plain = d.create(g, Location::Device(0)).unwrap();
+    let e = d.export(plain).unwrap_err();
+    assert_eq!(e.driver_kind(), Some(ErrorKind::NotSupported));
+    assert!(
+        matches!(e, Error::Driver(de) if de.reason == Some(Reason::NotShareable)),
+        "{e}"
+    );
+    d.release(plain).unwrap();
+    // A released handle cannot be exported either.
+    let h = d.create_shareable(g, Location::Device(0)).unwrap();
+    let fd = d.export(h).unwrap();
+    d.release(h).unwrap();
+    assert_eq!(
+        d.export(h).unwrap_err().driver_kind(),
+        Some(ErrorKind::InvalidValue)
+    );
+    // The descriptor is exactly one handle's memory, and it cannot shrink.
+    let meta = std::fs::File::from(fd.try_clone().unwrap())
+        .metadata()
+        .unwrap();
+    assert_eq!(meta.len(), g as u64);
+    // SAFETY: ftruncate on our own descriptor; it must be refused (sealed).
+    let r = unsafe { libc::ftruncate(std::os::fd::AsRawFd::as_raw_fd(&fd), 0) };
+    assert_eq!(r, -1, "a shared memfd cannot shrink");
+
+    // An arena refuses to export memory not committed shareable.
+    let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let mut grow = GrowBuffer::with_max(&arena, 8 << 20).unwrap();
+    grow.resize(4 << 20).unwrap();
+    assert!(matches!(
+        arena.lock().export_buffer(grow.as_ptr(), 4 << 20),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[test]
+fn import_checks_what_it_maps() {
+    let d = HostDriver::new().unwrap();
+    let g = d.capabilities().granularity;
+    let h = d.create_shareable(2 * g, Location::Device(0)).unwrap();
+    let fd = d.export(h).unwrap();
+    let other = HostDriver::new().unwrap();
+    let bad = |r: gpu_arena::Result<_>| {
+        let e = r.unwrap_err();
+        assert!(
+            matches!(e, Error::Driver(de) if de.reason == Some(Reason::BadSharedHandle)),
+            "{e}"
+        );
+    };
+    // SAFETY: each call is refused before anything is mapped.
+    unsafe {
+        // Wrong size.
+        bad(other.import(fd.as_fd(), g, Location::Device(0)));
+        // A file that can shrink (a pipe, or an unsealed memfd).
+        let (r, _w) = std::io::pipe().unwrap();
+        bad(other.import(r.as_fd(), 2 * g, Location::Device(0)));
+        let raw = libc::memfd_create(c"unsealed".as_ptr(), libc::MFD_CLOEXEC);
+        assert!(raw >= 0);
+        let unsealed = <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw);
+        assert_eq!(libc::ftruncate(raw, 2 * g as libc::off_t), 0);
+        bad(other.import(unsealed.as_fd(), 2 * g, Location::Device(0)));
+        // The real one works, and is released like any handle.
+        let h2 = other
+            .import(fd.as_fd(), 2 * g, Location::Device(0))
+            .unwrap();
+        assert!(other.is_shareable(h2));
+        other.release(h2).unwrap();
+    }
+    d.release(h).unwrap();
+    assert!(d.is_clean() && other.is_clean());
+}
+
+#[test]
+fn shared_runs_are_never_reused_and_fresh_ones_hold_nothing_old() {
+    // A large keep-alive would normally keep empty runs for reuse.
+    let keep = ArenaConfig {
+        commit: CommitConfig {
+            keep_alive: 1 << 30,
+            ..Default::default()
+        },
+        ..config()
+    };
+    let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), keep).unwrap();
+    let reader = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+
+    // 1. A plain buffer's empty runs stay committed (keep-alive) ...
+    let mut grow = GrowBuffer::with_max(&arena, 4 << 20).unwrap();
+    grow.resize(4 << 20).unwrap();
+    grow.as_mut_slice().unwrap().fill(0x77);
+    let grow_base = grow.as_ptr();
+    drop(grow);
+    assert_eq!(arena.stats().committed, 4 << 20, "kept alive");
+    // ... but a shared buffer there gets fresh memory, not the old pages.
+    let mut shared = SharedBuffer::new(&arena, 4 << 20).unwrap();
+    println!(
+        "shared buffer at {:#x}, earlier grow buffer at {grow_base:#x}",
+        shared.as_ptr()
+    );
+    assert!(shared.as_slice().unwrap().iter().all(|&b| b == 0));
+    assert_eq!(arena.stats().committed, 4 << 20, "old runs given back");
+    shared.as_mut_slice().unwrap().fill(0xAA);
+    let e = shared.export().unwrap();
+    let shared_base = shared.as_ptr();
+
+    // 2. The shared buffer's runs go back at once despite the keep-alive ...
+    drop(shared);
+    assert_eq!(arena.stats().committed, 0);
+    assert_eq!(arena.lock().driver().physical_bytes(), 0);
+    // ... and a new buffer on that range writes fresh memory, which the
+    // holder of the old descriptors never sees.
+    let mut grow = GrowBuffer::with_max(&arena, 4 << 20).unwrap();
+    assert_eq!(grow.as_ptr(), shared_base, "same range reused");
+    grow.resize(4 << 20).unwrap();
+    grow.as_mut_slice().unwrap().fill(0x55);
+    // SAFETY: exported by the host backend.
+    let old = unsafe { ImportedBuffer::new(&reader, &e).unwrap() };
+    assert!(old.as_slice().unwrap().iter().all(|&b| b == 0xAA));
+    drop(grow);
+    invariants(&arena.lock());
+}
+
+#[test]
+fn a_shared_run_freed_during_running_work_goes_back_only_after_its_fence() {
+    let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let reader = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let s = arena.lock().driver().create_stream().unwrap();
+    let mut buf = SharedBuffer::new(&arena, 4 << 20).unwrap();
+    buf.as_mut_slice().unwrap().fill(0x3C);
+    let e = buf.export().unwrap();
+    let base = buf.as_ptr();
+    // A "kernel" on `s` still uses the buffer when it is freed on `s`.
+    arena.lock().driver().hold(s);
+    buf.free_on(s);
+    assert_eq!(
+        arena.stats().committed,
+        4 << 20,
+        "kept until the fence completes"
+    );
+    arena.trim();
+    assert_eq!(arena.stats().committed, 4 << 20, "trim does not wait");
+    // Reusing the range waits on that one fence, then commits fresh memory.
+    let mut grow = GrowBuffer::with_max(&arena, 4 << 20).unwrap();
+    assert_eq!(grow.as_ptr(), base);
+    grow.resize(4 << 20).unwrap();
+    assert_eq!(arena.stats().committed, 4 << 20);
+    assert!(
+        grow.as_slice().unwrap().iter().all(|&b| b == 0),
+        "fresh pages"
+    );
+    grow.as_mut_slice().unwrap().fill(0x11);
+    // SAFETY: exported by the host backend.
+    let old = unsafe { ImportedBuffer::new(&reader, &e).unwrap() };
+    assert!(old.as_slice().unwrap().iter().all(|&b| b == 0x3C));
+    drop(grow);
+    // SAFETY: the stream is idle and not used again.
+    unsafe { arena.lock().driver().destroy_stream(s).unwrap() };
+    invariants(&arena.lock());
+}
+
+#[test]
+fn an_arena_with_live_shared_buffers_does_not_sleep() {
+    let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let buf = SharedBuffer::new(&arena, 2 << 20).unwrap();
+    let r = arena
+        .lock()
+        .sleep(gpu_arena::SleepMode::Discard, Stream::DEFAULT);
+    assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+    drop(buf);
+    arena
+        .lock()
+        .sleep(gpu_arena::SleepMode::Discard, Stream::DEFAULT)
+        .unwrap();
+    arena.lock().wake(Stream::DEFAULT).unwrap();
+}
+
+#[test]
+fn a_failed_import_leaves_nothing_behind() {
+    let (exporter, importer) = two_hosts();
+    let buf = SharedBuffer::new(&exporter, 8 << 20).unwrap();
+    let mut e = buf.export().unwrap();
+    // Corrupt the second run's length claim: the import of the first run
+    // succeeds, the second fails; the first must be rolled back.
+    let before = importer.stats();
+    let fd2 = std::os::fd::OwnedFd::from(std::fs::File::open("/dev/null").unwrap());
+    e.runs.push(gpu_arena::api::ipc::ExportedRun {
+        offset: 8 << 20,
+        len: 2 << 20,
+        fd: fd2,
+    });
+    e.len += 2 << 20;
+    // SAFETY: the bad descriptor is refused by the host backend's checks.
+    let r = unsafe { ImportedBuffer::new(&importer, &e) };
+    assert!(r.is_err());
+    let after = importer.stats();
+    assert_eq!(after.committed, before.committed);
+    assert_eq!(after.grow.blocks, before.grow.blocks);
+    assert_eq!(importer.lock().driver().physical_bytes(), 0);
+    invariants(&importer.lock());
+}
+
+#[test]
+fn send_refuses_a_peer_that_is_not_the_expected_process() {
+    let arena = SharedArena::new(HostDriver::new().unwrap(), Kind::Device(0), config()).unwrap();
+    let buf = SharedBuffer::new(&arena, 2 << 20).unwrap();
+    let e = buf.export().unwrap();
+    let (x, y) = share::socket_pair().unwrap();
+    // The peer of a socketpair is this process: any other pid is refused
+    // before anything is sent.
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let err = e.send(x.as_fd(), me + 1).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+    drop(x);
+    assert_eq!(
+        ExportedBuffer::recv(y.as_fd()).unwrap_err().kind(),
+        std::io::ErrorKind::UnexpectedEof,
+        "nothing was sent"
+    );
+}
+
+#[cfg(feature = "cuda")]
+mod cuda {
+    use super::*;
+    use gpu_arena::driver::cuda::CudaDriver;
+
+    /// Drivers for devices 0 and 1, or `None` after printing why not.
+    fn two_gpus() -> Option<(CudaDriver, CudaDriver)> {
+        let d0 = match CudaDriver::new(0) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("skipped: no usable CUDA device ({e})");
+                return None;
+            }
+        };
+        let n = d0.capabilities().device_count;
+        if n < 2 {
+            println!("skipped: peer access needs 2 CUDA devices, found {n}");
+            return None;
+        }
+        match CudaDriver::new(1) {
+            Ok(d1) => Some((d0, d1)),
+            Err(e) => {
+                println!("skipped: CUDA device 1 is not usable ({e})");
+                None
+            }
+        }
+    }
+
+    fn write_u32s<D: Driver>(d: &D, va: u64, n: usize, f: impl Fn(usize) -> u32) {
+        let host: Vec<u32> = (0..n).map(f).collect();
+        // SAFETY: `va` is mapped for the driver's device; `host` is a
+        // separate allocation of n u32s.
+        unsafe {
+            d.copy(va, host.as_ptr() as u64, n * 4, Stream::DEFAULT)
+                .unwrap()
+        };
+    }
+
+    fn read_u32s<D: Driver>(d: &D, va: u64, n: usize) -> Vec<u32> {
+        let mut host = vec![0u32; n];
+        // SAFETY: as above, the other way.
+        unsafe {
+            d.copy(host.as_mut_ptr() as u64, va, n * 4, Stream::DEFAULT)
+                .unwrap()
+        };
+        host
+    }
+
+    #[test]
+    fn kernel_on_gpu1_reads_and_writes_gpu0_arena_memory() {
+        let Some((d0, d1)) = two_gpus() else { return };
+        let peer = Location::Device(1);
+        let mut a = Arena::new(&d0, Kind::Device(0), config()).unwrap();
+        const N: usize = 4 << 20; // 16 MiB of u32
+        let before = a.alloc((N * 4) as u64, 256).unwrap();
+        write_u32s(&d0, before, N, |i| i as u32);
+        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::None);
+
+        a.grant(peer, AccessMode::ReadWrite).unwrap();
+        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::ReadWrite);
+        let later = a.alloc((N * 4) as u64, 256).unwrap();
+        write_u32s(&d0, later, N, |i| 7 * i as u32);
+        assert_eq!(a.access_of(later, peer).unwrap(), AccessMode::ReadWrite);
+
+        // A kernel of device 1's own context reads and writes device 0's pages.
+        let k1 = d1.kernels().unwrap();
+        let s1 = d1.create_stream().unwrap();
+        // SAFETY: both ranges are mapped read-write for device 1 and
+        // nothing else touches them until the fence below completed.
+        unsafe {
+            k1.add_one(s1, before, N as u64).unwrap();
+            k1.add_one(s1, later, N as u64).unwrap();
+        }
+        let f = d1.record(s1).unwrap();
+        d1.wait(&f).unwrap();
+        d1.drop_fence(f);
+        let got = read_u32s(&d0, before, N);
+        assert!(got.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
+        let got = read_u32s(&d0, later, N);
+        assert!(got.iter().enumerate().all(|(i, &v)| v == 7 * i as u32 + 1));
+        println!(
+            "peer kernel on device 1 ({}) updated 2 x {N} u32 of device 0",
+            k1.target()
+        );
+
+        // Revoke: cuMemGetAccess says no access (no kernel is run to see it).
+        // SAFETY: device 1's work on the arena completed (fence above).
+        unsafe { a.revoke(peer).unwrap() };
+        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::None);
+        assert_eq!(a.access_of(later, peer).unwrap(), AccessMode::None);
+        assert_eq!(
+            a.access_of(later, Location::Device(0)).unwrap(),
+            AccessMode::ReadWrite
+        );
+        let again = a.alloc(8 << 20, 256).unwrap();
+        assert_eq!(a.access_of(again, peer).unwrap(), AccessMode::None);
+        // SAFETY: the stream is idle and not used again.
+        unsafe { d1.destroy_stream(s1).unwrap() };
+        for p in [before, later, again] {
+            a.free(p).unwrap();
+        }
+    }
+
+    #[test]
+    fn peer_grant_adds_no_per_allocation_cost_cuda() {
+        if two_gpus().is_none() {
+            return;
+        }
+        peer_cost("cuda", || CudaDriver::new(0).unwrap(), 1);
+    }
+
+    #[test]
+    fn cuda_shared_buffer_round_trip_in_one_process() {
+        let d = match CudaDriver::new(0) {
+            Ok(d) => d,
+            Err(e) => {
+                println!("skipped: no usable CUDA device ({e})");
+                return;
+            }
+        };
+        if !d.capabilities().shareable_handles {
+            println!("skipped: this CUDA device cannot create POSIX-fd shareable handles");
+            return;
+        }
+        let exporter = SharedArena::new(d, Kind::Device(0), config()).unwrap();
+        let importer =
+            SharedArena::new(CudaDriver::new(0).unwrap(), Kind::Device(0), config()).unwrap();
+        const N: usize = 3 << 20;
+        let buf = SharedBuffer::new(&exporter, (N * 4) as u64).unwrap();
+        write_u32s(exporter.lock().driver(), buf.as_ptr(), N, |i| {
+            i as u32 ^ 0x5a5a
+        });
+        let got = through_socket(&buf.export().unwrap());
+        // SAFETY: exported by the CUDA backend.
+        let view = unsafe { ImportedBuffer::new(&importer, &got).unwrap() };
+        drop(got);
+        drop(buf);
+        let v = read_u32s(importer.lock().driver(), view.as_ptr(), N);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 ^ 0x5a5a));
+        assert_eq!(exporter.stats().committed, 0);
+    }
+}
