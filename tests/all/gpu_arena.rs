@@ -646,3 +646,72 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     assert!(base_ok, "baseline lost the marker");
     assert_eq!(peak, max, "peak physical of the growable buffer");
 }
+
+/// Issue 5: stream-ordered reuse in the global arenas. A kernel on stream A
+/// spins, then writes into block X; X is freed on A while the kernel runs.
+/// Another stream B must not get X (its write would race the kernel's), while
+/// A gets it back at once (stream order keeps that safe). The kernel's write
+/// must land intact in the block A was given.
+#[test]
+fn global_arena_reuses_across_streams_only_after_the_free_fence() {
+    use gpu_arena::driver::SystemDriver;
+    use gpu_arena::driver::system::Select;
+    use gpu_arena::global::{GlobalArena, GlobalConfig};
+    let Some(probe) = cuda() else { return };
+    drop(probe);
+    let g: &'static GlobalArena = GlobalArena::leak(
+        0,
+        GlobalConfig {
+            backend: Select::Cuda,
+            ..GlobalConfig::default()
+        },
+    )
+    .unwrap();
+    let SystemDriver::Cuda(d) = &**g.driver() else {
+        panic!("Select::Cuda opened another backend")
+    };
+    let k = d.kernels().unwrap();
+    let (a, b) = (d.create_stream().unwrap(), d.create_stream().unwrap());
+    const N: u64 = 1 << 20;
+    let x = g.alloc(N, 512, a).unwrap();
+    // SAFETY: x is a live, mapped block of this device; the streams are live.
+    unsafe { k.spin(a, 300_000_000, x, 0xC0FFEE) }.unwrap();
+    let t = std::time::Instant::now();
+    g.free(x, Some(N), a).unwrap();
+    println!(
+        "STREAMS free of X on A while its kernel runs: {:?}",
+        t.elapsed()
+    );
+    let y = g.alloc(N, 512, b).unwrap();
+    assert_ne!(
+        y, x,
+        "premature cross-stream reuse: B got X while A's kernel still uses it"
+    );
+    // SAFETY: y is a live block; B writes it while A's kernel still runs.
+    unsafe { d.fill(y, 0x11, N as usize, b) }.unwrap();
+    let z = g.alloc(N, 512, a).unwrap();
+    assert_eq!(z, x, "a block freed on A is reused by A at once");
+    let f = d.record(a).unwrap();
+    d.wait(&f).unwrap();
+    d.drop_fence(f);
+    let mut word = 0u32;
+    // SAFETY: z is live and A's work on it completed; 4 bytes into a local.
+    unsafe { d.copy(&mut word as *mut u32 as u64, z, 4, Stream::DEFAULT) }.unwrap();
+    assert_eq!(
+        word, 0xC0FFEE,
+        "the kernel's write is intact in the block A was given"
+    );
+    println!(
+        "STREAMS B got a different block ({y:#x} vs {x:#x}); A reused X at once; kernel result intact"
+    );
+    g.free(y, Some(N), b).unwrap();
+    g.free(z, Some(N), a).unwrap();
+    let f = d.record(b).unwrap();
+    d.wait(&f).unwrap();
+    d.drop_fence(f);
+    // SAFETY: both streams are idle and not used afterwards.
+    unsafe {
+        d.destroy_stream(a).unwrap();
+        d.destroy_stream(b).unwrap();
+    }
+}

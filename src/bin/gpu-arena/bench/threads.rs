@@ -190,7 +190,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     pb.finish_and_clear();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     s.notes.push(format!(
-        "gpu-arena: one SharedArena (a mutex around the arena) for all threads, default stream; {} per case; this machine has {cpus} CPUs",
+        "gpu-arena: the global arena (per-thread caches, 16 shards, a thread allocates from its own shard and frees to the owner); one mutex: a single SharedArena shared by all threads; default stream; {} per case; this machine has {cpus} CPUs",
         crate::fmt_ns(dur.as_nanos() as f64)
     ));
     s.notes.push(
