@@ -400,13 +400,7 @@ impl<D: Driver> Arena<D> {
     #[inline(never)]
     fn alloc_slab_slow(&mut self, slot: u16, class: usize) -> Result<(u64, u64, Policy)> {
         // Objects freed on other streams may have become reusable.
-        self.fence_deferred();
-        self.commit.poll();
-        let mut empty = crate::MetaVec::new_in(std::alloc::System);
-        let streams = &self.commit.streams;
-        self.slabs
-            .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
-        self.release_slab_spans(empty);
+        self.drain_deferred_slabs(false);
         if let Some(off) = self.slabs.alloc(slot, class) {
             return Ok((off, classes::SIZES[class] as u64, Policy::Slab));
         }
@@ -578,14 +572,7 @@ impl<D: Driver> Arena<D> {
     /// Gives back every empty page whose fences completed (and empty slabs).
     /// Never blocks. Returns the bytes given back.
     pub fn trim(&mut self) -> u64 {
-        self.fence_deferred();
-        self.commit.poll();
-        let mut empty = crate::MetaVec::new_in(std::alloc::System);
-        let streams = &self.commit.streams;
-        self.slabs
-            .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
-        self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
-        self.release_slab_spans(empty);
+        self.drain_deferred_slabs(true);
         if let Some(stage) = self.spare_stage.take() {
             self.drop_stage(stage);
         }
@@ -600,6 +587,22 @@ impl<D: Driver> Arena<D> {
         self.slabs.for_each_deferred_stamp(|st| {
             let _ = commit.ensure_fence(st);
         });
+    }
+
+    /// Moves small blocks freed on other streams whose fences completed back
+    /// to their slabs (recording the fences they still lack), and gives the
+    /// slabs that emptied — all empty slabs when `all_empty` — back.
+    fn drain_deferred_slabs(&mut self, all_empty: bool) {
+        self.fence_deferred();
+        self.commit.poll();
+        let mut empty = crate::MetaVec::new_in(std::alloc::System);
+        let streams = &self.commit.streams;
+        self.slabs
+            .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
+        if all_empty {
+            self.slabs.release_empty(|o, b, st| empty.push((o, b, st)));
+        }
+        self.release_slab_spans(empty);
     }
 
     /// Gives emptied slab spans back to the blocks region and the page table.

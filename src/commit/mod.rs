@@ -899,8 +899,8 @@ impl<D: Driver> Commit<D> {
         Ok(id)
     }
 
-    /// Changes the access list and applies it to every committed run.
-    pub fn set_access(&mut self, access: &[Access]) -> Result<()> {
+    /// Applies `access` to every committed run (one `set_access` each).
+    fn apply_to_runs(&mut self, access: &[Access]) -> Result<()> {
         for id in 0..self.runs.len() {
             let r = &self.runs[id];
             if !r.used {
@@ -908,13 +908,20 @@ impl<D: Driver> Commit<D> {
             }
             let va = self.base + (r.first << self.shift);
             // SAFETY: the run is one whole mapping of ours; revoking rights is
-            // the caller's documented intent (Arena::set_access).
+            // the caller's documented intent (Arena::set_access, Arena::revoke).
             unsafe {
                 self.driver
                     .set_access(va, (r.pages << self.shift) as usize, access)
-            }?;
+            }
+            .inspect_err(|_| self.calls.failed += 1)?;
             self.calls.set_access += 1;
         }
+        Ok(())
+    }
+
+    /// Changes the access list and applies it to every committed run.
+    pub fn set_access(&mut self, access: &[Access]) -> Result<()> {
+        self.apply_to_runs(access)?;
         self.access.clear();
         self.access.extend_from_slice(access);
         Ok(())
@@ -937,21 +944,7 @@ impl<D: Driver> Commit<D> {
         if change.is_empty() {
             return Ok(());
         }
-        for id in 0..self.runs.len() {
-            let r = &self.runs[id];
-            if !r.used {
-                continue;
-            }
-            let va = self.base + (r.first << self.shift);
-            // SAFETY: the run is one whole mapping of ours; revoking rights is
-            // the caller's documented intent (Arena::revoke).
-            unsafe {
-                self.driver
-                    .set_access(va, (r.pages << self.shift) as usize, change)
-            }
-            .inspect_err(|_| self.calls.failed += 1)?;
-            self.calls.set_access += 1;
-        }
+        self.apply_to_runs(change)?;
         for c in change {
             self.access.retain(|a| a.location != c.location);
             if c.mode != AccessMode::None {
