@@ -605,15 +605,7 @@ mod cuda {
     use gpu_arena::driver::cuda::{CudaDriver, sys};
 
     /// The driver for device 0, or `None` after printing why the test skips.
-    fn cuda() -> Option<CudaDriver> {
-        match CudaDriver::new(0) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                println!("skipped: no usable CUDA device ({e})");
-                None
-            }
-        }
-    }
+    use crate::common::cuda;
 
     /// Device memory in use (total − free from `cuMemGetInfo`).
     fn gpu_used(d: &CudaDriver) -> u64 {

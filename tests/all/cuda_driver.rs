@@ -12,15 +12,7 @@ use gpu_arena::driver::{
 use gpu_arena::{Backend, Error, ErrorKind};
 
 /// The driver for device 0, or `None` after printing why the test skips.
-fn cuda() -> Option<CudaDriver> {
-    match CudaDriver::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            println!("skipped: no usable CUDA device ({e})");
-            None
-        }
-    }
-}
+use crate::common::cuda;
 
 fn kind<T: std::fmt::Debug>(r: gpu_arena::Result<T>) -> ErrorKind {
     r.expect_err("expected an error")

@@ -27,15 +27,7 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// The driver for device 0, or `None` after printing why the test skips.
-fn cuda() -> Option<CudaDriver> {
-    match CudaDriver::new(0) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            println!("skipped: no usable CUDA device ({e})");
-            None
-        }
-    }
-}
+use crate::common::cuda;
 
 /// Makes the driver's primary context current for raw `sys` calls.
 fn make_current(d: &CudaDriver) {

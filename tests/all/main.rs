@@ -2,6 +2,7 @@
 
 mod arena_api;
 mod arena_model;
+mod common;
 mod conformance;
 #[cfg(feature = "cuda")]
 mod cuda_driver;
