@@ -6,7 +6,8 @@
 //! work (see docs/pytorch.md).
 //!
 //! `cargo run --release --example replay_lag -- LAG TRACE...`
-//! (env `MAXRUN` in MiB and `FRAC` override `max_run` and `keep_alive_fraction`)
+//! (env `MAXRUN` in MiB, `FRAC` and `WAIT=1` set `max_run`,
+//! `keep_alive_fraction` and `wait_for_reuse`)
 
 use gpu_arena::driver::{HostDriver, Stream};
 use gpu_arena::replay::Event;
@@ -21,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Ok(m) = std::env::var("MAXRUN") {
             cfg.commit.max_run = m.parse::<u64>()? << 20;
         }
+        cfg.commit.wait_for_reuse = std::env::var("WAIT").is_ok_and(|v| v == "1");
         if let Ok(m) = std::env::var("FRAC") {
             cfg.commit.keep_alive_fraction = m.parse()?;
         }

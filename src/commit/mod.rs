@@ -60,6 +60,12 @@ pub struct CommitConfig {
     pub keep_alive_fraction: f64,
     /// Most bytes ever committed at once (`u64::MAX`: the device's memory is the limit).
     pub limit: u64,
+    /// Before committing fresh memory beyond the keep-alive allowance, wait
+    /// on the oldest pending fences of this arena's streams (single events,
+    /// never the device) so that empty pages still in use by queued work can
+    /// go back first. Trades a CPU wait behind the GPU for physical memory
+    /// that follows live bytes under a lagging GPU. Off by default.
+    pub wait_for_reuse: bool,
 }
 
 impl Default for CommitConfig {
@@ -69,6 +75,7 @@ impl Default for CommitConfig {
             keep_alive: 4 << 20,
             keep_alive_fraction: 1.0 / 64.0,
             limit: u64::MAX,
+            wait_for_reuse: false,
         }
     }
 }
@@ -367,7 +374,17 @@ impl<D: Driver> Commit<D> {
             // Make room first, so the peak of committed memory does not
             // overshoot the keep-alive allowance while old pages wait.
             let allowed = self.allowed_at(self.live + len);
-            self.release_until(allowed.saturating_sub(missing << self.shift), Some((a, b)));
+            let target = allowed.saturating_sub(missing << self.shift);
+            self.release_until(target, Some((a, b)));
+            // Optionally wait for empty pages behind pending fences (oldest
+            // first, one fence per stream at a time) instead of growing.
+            while self.config.wait_for_reuse
+                && self.committed > target
+                && self.candidate_bytes > 0
+                && matches!(self.streams.wait_oldest(&self.driver), Ok(true))
+            {
+                self.release_until(target, Some((a, b)));
+            }
         }
         while (a..=b).any(|p| self.page_at(p).run == NIL) {
             if let Err(mut e) = self.commit_range(off, len, shared) {

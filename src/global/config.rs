@@ -17,6 +17,7 @@
 //! | `keep_alive` | empty committed bytes always kept | 4MiB |
 //! | `keep_alive_fraction` | hysteresis over the peak of live bytes | 0.015625 |
 //! | `max_run` | largest physical handle | 1GiB |
+//! | `wait_for_reuse` | `1`: wait on pending fences of empty pages before growing beyond the keep-alive | 0 |
 //! | `reservation` | address space per shard (0: 4 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
 //! | `shards` | independent arenas per device (threads spread over them) | 1 |
@@ -116,6 +117,13 @@ impl GlobalConfig {
                         .ok_or_else(|| bad("keep_alive_fraction must be a number in 0..=16", v))?
                 }
                 "max_run" => c.arena.commit.max_run = parse_size(v)?,
+                "wait_for_reuse" => {
+                    c.arena.commit.wait_for_reuse = match v {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        _ => return Err(bad("wait_for_reuse must be 0 or 1", v)),
+                    }
+                }
                 "reservation" => c.arena.reservation = parse_size(v)?,
                 "min_reservation" => c.arena.min_reservation = parse_size(v)?,
                 "shards" => {
