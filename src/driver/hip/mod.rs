@@ -219,39 +219,6 @@ fn access_descs(
     n
 }
 
-/// Checks that `va..va + size` is exactly a run of whole mappings, without
-/// changing anything (the same checks, in the same order, as `VmState`).
-fn check_whole_mappings(
-    vm: &VmState<HipHandle>,
-    granularity: u64,
-    va: u64,
-    size: u64,
-) -> core::result::Result<(), Refusal> {
-    if size == 0 {
-        return Err((ErrorKind::InvalidValue, Reason::ZeroSize));
-    }
-    for value in [size, va] {
-        if value % granularity != 0 {
-            return Err((
-                ErrorKind::InvalidValue,
-                Reason::NotGranular { value, granularity },
-            ));
-        }
-    }
-    let end = va
-        .checked_add(size)
-        .ok_or((ErrorKind::InvalidValue, Reason::Overflow))?;
-    let mut at = va;
-    while at < end {
-        match vm.mapping_at(at) {
-            Some(m) if m.va == at && m.va + m.size <= end => at += m.size,
-            Some(_) => return Err((ErrorKind::InvalidValue, Reason::PartialMapping)),
-            None => return Err((ErrorKind::InvalidValue, Reason::NotMapped)),
-        }
-    }
-    Ok(())
-}
-
 impl HipDriver {
     /// Opens the HIP backend on `device`.
     ///
@@ -594,14 +561,18 @@ unsafe impl Driver for HipDriver {
 
     unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
         let mut vm = self.lock_vmm();
-        check_whole_mappings(&vm, self.caps.granularity as u64, va, size as u64)
+        // Lenient, as on CUDA (rules.rs): holes are allowed, cutting a
+        // mapping in two is not.
+        vm.check_unmap(va, size as u64)
             .map_err(|r| refuse(Call::Unmap, r))?;
         let end = va + size as u64;
+        let granularity = self.caps.granularity as u64;
         let mut at = va;
         let mut deferred: Option<DriverError> = None;
         while at < end {
             let Some(m) = vm.mapping_at(at).copied() else {
-                break;
+                at += granularity;
+                continue;
             };
             // SAFETY: `m` is one whole mapping of ours inside the range the
             // caller guarantees nothing uses any more.
@@ -650,7 +621,10 @@ unsafe impl Driver for HipDriver {
             )
             .into());
         }
-        check_whole_mappings(&vm, self.caps.granularity as u64, va, size as u64)
+        // Every rule first (whole mappings, no host access to device memory):
+        // HIP applies descriptors one mapping at a time, so a refusal
+        // half-way would leave some mappings changed.
+        vm.check_set_access(va, size as u64, access)
             .map_err(|r| refuse(Call::SetAccess, r))?;
         let mut descs = [sys::hipMemAccessDesc::default(); MAX_ACCESS];
         let n = access_descs(self.device, access, &mut descs);
@@ -830,7 +804,13 @@ mod tests {
         let va = 1u64 << 40;
         vm.map(va, 2 * g, 0, HipHandle(1)).unwrap();
         vm.map(va + 2 * g, g, 0, HipHandle(2)).unwrap();
-        let kind = |va, size| check_whole_mappings(&vm, g, va, size).map_err(|r| r.1);
+        // set_access: whole mappings only (strict, as on CUDA).
+        let rw = [Access::read_write(Location::Device(0))];
+        let kind = |va, size| {
+            vm.check_set_access(va, size, &rw)
+                .map(|_| ())
+                .map_err(|r| r.1)
+        };
         assert_eq!(kind(va, 3 * g), Ok(()));
         assert_eq!(kind(va, 2 * g), Ok(()));
         assert_eq!(kind(va, g), Err(Reason::PartialMapping));
@@ -838,6 +818,12 @@ mod tests {
         assert_eq!(kind(va, 4 * g), Err(Reason::NotMapped));
         assert_eq!(kind(va, 0), Err(Reason::ZeroSize));
         assert!(matches!(kind(va, g / 2), Err(Reason::NotGranular { .. })));
+        // unmap: holes allowed, cutting a mapping in two is not (lenient, as on CUDA).
+        assert_eq!(vm.check_unmap(va, 4 * g), Ok(()));
+        assert_eq!(
+            vm.check_unmap(va + g, g).map_err(|r| r.1),
+            Err(Reason::PartialMapping)
+        );
     }
 
     #[test]
