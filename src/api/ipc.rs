@@ -107,21 +107,7 @@ impl<'a, D: Driver> SharedBuffer<'a, D> {
     /// process. Each call makes new descriptors; the buffer stays shared
     /// until it is dropped (and, elsewhere, until the importers let go).
     pub fn export(&self) -> Result<ExportedBuffer> {
-        let a = self.arena.lock();
-        let location = match a.kind() {
-            crate::Kind::Device(d) => Location::Device(d),
-            crate::Kind::PinnedHost => Location::Host,
-        };
-        let runs = a
-            .export_buffer(self.base, self.len)?
-            .into_iter()
-            .map(|(offset, len, fd)| ExportedRun { offset, len, fd })
-            .collect();
-        Ok(ExportedBuffer {
-            len: self.len,
-            location,
-            runs,
-        })
+        export(self.arena, self.base, self.len)
     }
 
     /// The contents (host-visible kinds only).
@@ -156,6 +142,25 @@ impl<D: Driver> Drop for SharedBuffer<'_, D> {
             .lock()
             .free_shared_buffer(self.base, self.len, Stream::DEFAULT);
     }
+}
+
+/// One descriptor per run of the shared range `base..base+len` of `arena`.
+fn export<D: Driver>(arena: &SharedArena<D>, base: DevicePtr, len: u64) -> Result<ExportedBuffer> {
+    let a = arena.lock();
+    let location = match a.kind() {
+        crate::Kind::Device(d) => Location::Device(d),
+        crate::Kind::PinnedHost => Location::Host,
+    };
+    let runs = a
+        .export_buffer(base, len)?
+        .into_iter()
+        .map(|(offset, len, fd)| ExportedRun { offset, len, fd })
+        .collect();
+    Ok(ExportedBuffer {
+        len,
+        location,
+        runs,
+    })
 }
 
 fn host<D: Driver>(arena: &SharedArena<D>) -> Result<()> {
@@ -374,21 +379,7 @@ impl<'a, D: Driver> ImportedBuffer<'a, D> {
 
     /// Re-exports the imported memory (to a third process).
     pub fn export(&self) -> Result<ExportedBuffer> {
-        let a = self.arena.lock();
-        let location = match a.kind() {
-            crate::Kind::Device(d) => Location::Device(d),
-            crate::Kind::PinnedHost => Location::Host,
-        };
-        let runs = a
-            .export_buffer(self.base, self.len)?
-            .into_iter()
-            .map(|(offset, len, fd)| ExportedRun { offset, len, fd })
-            .collect();
-        Ok(ExportedBuffer {
-            len: self.len,
-            location,
-            runs,
-        })
+        export(self.arena, self.base, self.len)
     }
 
     /// The contents (host-visible kinds only).

@@ -351,6 +351,15 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         Ok(())
     }
 
+    /// Checks that `va..va+size` is a nonzero, granular range that does not
+    /// overflow; returns its end.
+    fn granular_range(&self, va: u64, size: u64) -> core::result::Result<u64, Refusal> {
+        self.sized(size)?;
+        self.granular(va)?;
+        va.checked_add(size)
+            .ok_or((ErrorKind::InvalidValue, Reason::Overflow))
+    }
+
     /// The indices of the mappings inside `va..va+size`, a granular range of
     /// one reservation that cuts no mapping in two (holes allowed).
     fn mappings_within(
@@ -358,11 +367,7 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         va: u64,
         size: u64,
     ) -> core::result::Result<core::ops::Range<usize>, Refusal> {
-        self.sized(size)?;
-        self.granular(va)?;
-        let end = va
-            .checked_add(size)
-            .ok_or((ErrorKind::InvalidValue, Reason::Overflow))?;
+        let end = self.granular_range(va, size)?;
         if self.reservation_of(va, size).is_none() {
             return Err((ErrorKind::InvalidValue, Reason::OutsideReservation));
         }
@@ -383,11 +388,7 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         va: u64,
         size: u64,
     ) -> core::result::Result<core::ops::Range<usize>, Refusal> {
-        self.sized(size)?;
-        self.granular(va)?;
-        let end = va
-            .checked_add(size)
-            .ok_or((ErrorKind::InvalidValue, Reason::Overflow))?;
+        let end = self.granular_range(va, size)?;
         let first = self.mappings.partition_point(|m| m.va + m.size <= va);
         let mut at = va;
         let mut i = first;
