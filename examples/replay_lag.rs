@@ -1,60 +1,75 @@
 //! Replays the shared traces with an emulated GPU that lags behind the CPU:
 //! the host backend holds the stream, so fences recorded at frees stay
 //! pending, and completes everything every LAG events (0: no lag, fences
-//! complete at once as on the plain host backend). Shows how much of the
-//! peak committed / peak live ratio comes from empty pages waiting on queued
-//! work (see docs/pytorch.md).
+//! complete at once as on the plain host backend). Each trace runs REPEAT
+//! times in one arena (the weights once), as `torch_workloads.py --repeat`
+//! does; every repetition prints its peak committed / peak live and its VMM
+//! driver calls.
 //!
-//! `cargo run --release --example replay_lag -- LAG TRACE...`
-//! (env `MAXRUN` in MiB, `FRAC` and `WAIT=1` set `max_run`,
-//! `keep_alive_fraction` and `wait_for_reuse`)
+//! `cargo run --release --example replay_lag -- LAG [REPEAT] TRACE...`
 
 use gpu_arena::driver::{HostDriver, Stream};
-use gpu_arena::replay::Event;
+use gpu_arena::replay::{Repeat, replay_repeated};
 use gpu_arena::{Arena, ArenaConfig, Kind};
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let lag: usize = args[0].parse()?;
-    for path in &args[1..] {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let lag: usize = args.remove(0).parse()?;
+    let times = match args.first().map(|a| a.parse::<usize>()) {
+        Some(Ok(n)) => {
+            args.remove(0);
+            n
+        }
+        _ => 1,
+    };
+    for path in &args {
         let events = gpu_arena::replay::read_trace(path.as_ref())?;
         let d = HostDriver::new()?;
         let mut cfg = ArenaConfig::default();
-        if let Ok(m) = std::env::var("MAXRUN") {
-            cfg.commit.max_run = m.parse::<u64>()? << 20;
+        // Experiments: MAXRUN (MiB), AHEAD (growth_ahead), STITCHMIN (KiB).
+        if let Ok(v) = std::env::var("MAXRUN") {
+            cfg.commit.max_run = v.parse::<u64>()? << 20;
         }
-        cfg.commit.wait_for_reuse = std::env::var("WAIT").is_ok_and(|v| v == "1");
-        if let Ok(m) = std::env::var("FRAC") {
-            cfg.commit.keep_alive_fraction = m.parse()?;
+        if let Ok(v) = std::env::var("AHEAD") {
+            cfg.commit.growth_ahead = v.parse()?;
+        }
+        if let Ok(v) = std::env::var("RESERVATION") {
+            cfg.reservation = v.parse::<u64>()? << 30;
+        }
+        if let Ok(v) = std::env::var("STITCHMIN") {
+            cfg.commit.stitch_min = v.parse::<u64>()? << 10;
         }
         let mut arena = Arena::new(&d, Kind::Device(0), cfg)?;
-        let mut live = std::collections::HashMap::new();
-        if lag > 0 {
-            d.hold(Stream::DEFAULT);
-        }
-        for (i, e) in events.iter().enumerate() {
-            match *e {
-                Event::Alloc { addr, size, .. } => {
-                    let p = arena.alloc(size, 512)?;
-                    live.insert(addr, p);
-                }
-                Event::Free { addr, .. } => {
-                    arena.free(live.remove(&addr).unwrap())?;
-                }
-            }
-            if lag > 0 && i % lag == lag - 1 {
-                d.complete(Stream::DEFAULT);
-                d.hold(Stream::DEFAULT);
-            }
-        }
-        let s = arena.stats();
+        // Trace time, not wall time: nothing decays during a replay.
+        arena.set_clock(gpu_arena::sync::Clock::manual());
+        let reps = replay_repeated(
+            &mut arena,
+            &events,
+            Repeat { times, lag },
+            || d.hold(Stream::DEFAULT),
+            || d.complete(Stream::DEFAULT),
+        );
+        let reps = reps?;
         let name = std::path::Path::new(path)
             .file_name()
             .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
+        for (i, r) in reps.iter().enumerate() {
+            println!(
+                "lag {lag} {name} rep {}: peak committed / peak live {:.4}, VMM calls {} ({:.2} per 1000 allocs), allocs {}",
+                i + 1,
+                r.ratio,
+                r.vmm_calls,
+                r.vmm_calls as f64 * 1000.0 / r.allocs.max(1) as f64,
+                r.allocs
+            );
+        }
+        let s = arena.stats();
         println!(
-            "lag {lag} {name}: peak committed / peak live {:.4}, driver calls {}, creates {}",
+            "lag {lag} {name}: whole run {:.4}, handles {}, mappings {}, stitched ranges {}",
             s.peak_ratio(),
-            s.driver_calls.total(),
-            s.driver_calls.create
+            s.handles,
+            s.mappings,
+            s.stitched_ranges,
         );
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! policies.
 //!
 //! ```text
-//! reservation: [ blocks region: slabs + large spans (TLSF, 512 B quantum) | buffers region: scratch arenas, growable buffers ]
+//! reservation: [ blocks: slabs + large spans (TLSF, 512 B quantum) | stitch: stitched ranges | buffers: scratch arenas, growable buffers ]
 //! ```
 //!
 //! [`Arena`] is the `&mut self` core: single-threaded, no locks. Wrappers in
@@ -20,13 +20,14 @@
 //! # Ok::<(), gpu_arena::Error>(())
 //! ```
 
-use crate::commit::{Commit, CommitConfig};
+use crate::commit::{Backing, Commit, CommitConfig};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::{BadPointer, Error, OomReport, PolicyUsage, Result};
 use crate::policy::large::Large;
 use crate::policy::slab::{Freed, Slabs};
-use crate::policy::{Policy, Stamp, classes};
+use crate::policy::{Policy, classes};
 use crate::stats::{BlockReport, PageReport, PolicyStats, RegionReport, Snapshot, Stats};
+use crate::sync::Stamp;
 
 /// Which memory an arena hands out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -42,14 +43,16 @@ pub enum Kind {
 /// Settings of an arena.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct ArenaConfig {
-    /// Bytes of virtual address space to reserve (0: four times the
+    /// Bytes of virtual address space to reserve (0: eight times the
     /// device's memory, at most the driver's limit).
     pub reservation: u64,
     /// Smallest reservation accepted when the configured one is refused:
     /// the arena halves and retries down to this, and says so once.
     pub min_reservation: u64,
     /// Fraction of the reservation given to the blocks region (slabs and
-    /// large spans); the rest holds scratch arenas and growable buffers.
+    /// large spans); half of the rest holds stitched ranges (blocks that no
+    /// place in the blocks region could hold without a remap), the other
+    /// half scratch arenas and growable buffers.
     pub blocks_fraction: f64,
     /// Quantum of large spans (a power of two; PyTorch rounds to 512 bytes).
     pub quantum: u64,
@@ -62,7 +65,7 @@ impl Default for ArenaConfig {
         ArenaConfig {
             reservation: 0,
             min_reservation: 1 << 30,
-            blocks_fraction: 0.5,
+            blocks_fraction: 0.25,
             quantum: 512,
             commit: CommitConfig::default(),
         }
@@ -71,6 +74,11 @@ impl Default for ArenaConfig {
 
 /// The largest alignment an arena serves, in pages.
 const MAX_ALIGN_PAGES: u64 = 512;
+
+/// What a page whose handle is in use elsewhere costs a placement, in
+/// fresh pages: a remap (or a stitched range) is worth avoiding when a few
+/// fresh pages would do.
+const REMAP_WEIGHT: u64 = 4;
 
 /// One arena over one reservation (see the module docs).
 pub struct Arena<D: Driver> {
@@ -81,6 +89,8 @@ pub struct Arena<D: Driver> {
     slabs: Slabs,
     buffers: Large,
     blocks_size: u64,
+    /// Offset of the buffers region (after the stitch region).
+    buffers_start: u64,
     live: u64,
     peak_live: u64,
     scratch: PolicyStats,
@@ -209,6 +219,11 @@ impl<D: Driver> Arena<D> {
     pub fn new(driver: D, kind: Kind, config: ArenaConfig) -> Result<Self> {
         let caps = *driver.capabilities();
         let page = caps.granularity as u64;
+        if !page.is_power_of_two() || page > 1 << 30 {
+            return Err(Error::Unsupported(
+                "the driver's granularity must be a power of two of at most 1 GiB",
+            ));
+        }
         if !config.quantum.is_power_of_two() || config.quantum > page {
             return Err(Error::Config(
                 "quantum must be a power of two no larger than the page",
@@ -256,7 +271,7 @@ impl<D: Driver> Arena<D> {
         };
         let want = if config.reservation == 0 {
             caps.device_memory
-                .saturating_mul(4)
+                .saturating_mul(8)
                 .clamp(4 * page, caps.max_reservation)
         } else {
             config.reservation
@@ -273,15 +288,26 @@ impl<D: Driver> Arena<D> {
             );
         }
         let blocks_size = ((size as f64 * config.blocks_fraction) as u64) / page * page;
-        let commit = Commit::new(driver, base, size, location, access, config.commit);
+        let stitch_size = (size - blocks_size) / 2 / page * page;
+        let buffers_start = blocks_size + stitch_size;
+        let commit = Commit::new(
+            driver,
+            base,
+            size,
+            location,
+            access,
+            config.commit,
+            (blocks_size, stitch_size),
+        );
         Ok(Arena {
             commit,
             kind,
             host_visible,
             blocks: Large::new(blocks_size, config.quantum),
             slabs: Slabs::new(),
-            buffers: Large::new(size - blocks_size, page),
+            buffers: Large::new(size - buffers_start, page),
             blocks_size,
+            buffers_start,
             live: 0,
             peak_live: 0,
             scratch: PolicyStats::default(),
@@ -414,20 +440,56 @@ impl<D: Driver> Arena<D> {
     }
 
     fn alloc_large(&mut self, size: u64, align: u64, slot: u16) -> Result<(u64, u64, Policy)> {
-        let off = self.place_span(size, align, slot)?;
-        let bytes = self.blocks.size_of(off).unwrap_or(size);
+        let (off, bytes) = self.place_block(size, align, slot, true)?;
         Ok((off, bytes, Policy::Large))
     }
 
-    /// Finds a span in the blocks region and commits its pages.
+    /// Finds a span in the blocks region and commits its pages (slab spans).
     fn place_span(&mut self, size: u64, align: u64, slot: u16) -> Result<u64> {
-        let a = self.place(size, align, slot)?;
-        if let Err(e) = self.commit.add_live(a.offset, a.size) {
+        self.place_block(size, align, slot, false)
+            .map(|(off, _)| off)
+    }
+
+    /// Places a block where its pages cost the fewest driver calls: ready
+    /// pages (mapped to idle handles, or shared with live neighbours) first,
+    /// then fresh pages; a block that only fits where handles are in use
+    /// elsewhere goes to a stitched range instead (when `stitchable` and at
+    /// least `stitch_min` bytes). Returns (offset, bytes).
+    fn place_block(
+        &mut self,
+        size: u64,
+        align: u64,
+        slot: u16,
+        stitchable: bool,
+    ) -> Result<(u64, u64)> {
+        let stitch = stitchable && size >= self.config.commit.stitch_min && align <= self.page();
+        let pick = self.pick(size, align, slot)?;
+        if stitch && self.commit.cost(pick.offset, pick.size).blocked > 0 {
+            let bytes = self.blocks.round(size).unwrap_or(size);
+            match self.commit.stitch_alloc(bytes, slot) {
+                Ok(off) => return Ok((off, bytes)),
+                Err(Error::AddressSpace { .. }) => {}
+                Err(e) => return Err(self.live_in_report(e)),
+            }
+            // The stitch region is full: place it on fresh pages instead.
+            return self.place_block(size, align, slot, false);
+        }
+        let backing = if pick.top {
+            let room = self.blocks_size.saturating_sub(pick.offset + pick.size);
+            Backing::Top(room >> self.page().trailing_zeros())
+        } else {
+            Backing::Pages
+        };
+        let a = self.blocks.take(pick).ok_or(Error::AddressSpace {
+            requested: size,
+            reserved: self.blocks_size,
+        })?;
+        if let Err(e) = self.commit.add_live(a.offset, a.size, slot, backing) {
             let streams = &self.commit.streams;
             self.blocks.free(a.offset, Stamp::SAFE, |s| streams.done(s));
             return Err(self.live_in_report(e));
         }
-        Ok(a.offset)
+        Ok((a.offset, a.size))
     }
 
     /// Out-of-memory figures with the live bytes the stats show (the page
@@ -442,39 +504,41 @@ impl<D: Driver> Arena<D> {
         }
     }
 
-    fn place(
-        &mut self,
-        size: u64,
-        align: u64,
-        slot: u16,
-    ) -> Result<crate::policy::large::Allocation> {
-        let skipped = core::cell::Cell::new(Stamp::SAFE);
-        let streams = &self.commit.streams;
-        let accept = |s: Stamp| {
-            let ok = s.is_safe() || s.slot() == slot || streams.done(s);
-            if !ok {
-                skipped.set(s);
-            }
-            ok
-        };
-        if let Some(a) = self.blocks.alloc(size, align, accept) {
+    /// The cheapest place for a block in the blocks region (see
+    /// [`Large::choose`]): a remap is priced as [`REMAP_WEIGHT`] fresh
+    /// pages.
+    fn pick(&mut self, size: u64, align: u64, slot: u16) -> Result<crate::policy::large::Pick> {
+        for attempt in 0..2 {
+            let skipped = core::cell::Cell::new(Stamp::SAFE);
+            let commit = &self.commit;
+            let accept = |s: Stamp| {
+                let ok = s.is_safe() || s.slot() == slot || commit.streams.done(s);
+                if !ok {
+                    skipped.set(s);
+                }
+                ok
+            };
+            let rank = |off: u64, len: u64| {
+                let c = commit.cost(off, len);
+                Some(c.unmapped + REMAP_WEIGHT * c.blocked)
+            };
+            let pick = self.blocks.choose(size, align, accept, rank);
             if !skipped.get().is_safe() {
                 // Make the skipped stream's memory reusable later.
                 let _ = self.commit.ensure_fence(skipped.get());
             }
-            return Ok(a);
+            if let Some(p) = pick {
+                return Ok(p);
+            }
+            if attempt == 0 {
+                // Region full: fences may have completed since.
+                self.commit.poll();
+            }
         }
-        // Region full: fences may have completed since.
-        self.commit.poll();
-        let streams = &self.commit.streams;
-        self.blocks
-            .alloc(size, align, |s| {
-                s.is_safe() || s.slot() == slot || streams.done(s)
-            })
-            .ok_or(Error::AddressSpace {
-                requested: size,
-                reserved: self.blocks_size,
-            })
+        Err(Error::AddressSpace {
+            requested: size,
+            reserved: self.blocks_size,
+        })
     }
 
     /// Frees a block on the default stream. See [`Arena::free_on`].
@@ -506,6 +570,9 @@ impl<D: Driver> Arena<D> {
     fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
         let off = ptr.wrapping_sub(self.commit.base());
         if off >= self.blocks_size {
+            if off < self.commit.size() && self.commit.in_stitch_region(off) {
+                return self.free_stitched(ptr, off, size, stream);
+            }
             return Err(Self::bad(ptr, BadPointer::Foreign));
         }
         self.awake()?;
@@ -556,11 +623,36 @@ impl<D: Driver> Arena<D> {
         Ok(())
     }
 
+    /// Frees a block of a stitched range (see [`Arena::free_checked`]).
+    fn free_stitched(
+        &mut self,
+        ptr: DevicePtr,
+        off: u64,
+        size: Option<u64>,
+        stream: Stream,
+    ) -> Result<()> {
+        self.awake()?;
+        if let Some(size) = size {
+            let have = self.commit.stitch_size(off);
+            if have.is_some() && (size == 0 || self.blocks.round(size) != have) {
+                return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
+            }
+        }
+        let slot = self.commit.streams.slot(stream);
+        let stamp = self.commit.streams.stamp(slot);
+        let bytes = self.commit.stitch_free(off, stamp)?;
+        self.frees += 1;
+        self.live -= bytes;
+        Ok(())
+    }
+
     /// The size of the live block starting at `ptr`, if any.
     pub fn block_size(&self, ptr: DevicePtr) -> Option<u64> {
         let off = ptr.wrapping_sub(self.commit.base());
         if off >= self.blocks_size {
-            return None;
+            return (off < self.commit.size() && self.commit.in_stitch_region(off))
+                .then(|| self.commit.stitch_size(off))
+                .flatten();
         }
         if self.slabs.owns(off) {
             self.slabs.size_of(off)
@@ -654,7 +746,7 @@ impl<D: Driver> Arena<D> {
             _ => self.grow.blocks += 1,
         }
         self.buffer_kinds.insert(a.offset, policy);
-        Ok(self.commit.base() + self.blocks_size + a.offset)
+        Ok(self.commit.base() + self.buffers_start + a.offset)
     }
 
     /// Commits `from..to` (page-aligned offsets) of the buffer at `base`.
@@ -692,7 +784,7 @@ impl<D: Driver> Arena<D> {
             // Allowed while asleep: the buffer's pages just will not be restored.
             self.release_buffer_range(base, 0, committed, stream);
         }
-        let off = base - self.commit.base() - self.blocks_size;
+        let off = base - self.commit.base() - self.buffers_start;
         self.buffers.free(off, Stamp::SAFE, |_| true);
         self.buffer_kinds.remove(&off);
         match policy {
@@ -940,7 +1032,7 @@ impl<D: Driver> Arena<D> {
             while p < end {
                 let next = ((p / page) + 1) * page;
                 let chunk_end = next.min(end);
-                if self.commit.is_committed(p, chunk_end - p) {
+                if self.commit.cost(p, chunk_end - p).is_free() {
                     largest = largest.max(chunk_end - run_start);
                 } else {
                     run_start = chunk_end;
@@ -989,6 +1081,7 @@ impl<D: Driver> Arena<D> {
     /// Counters (cheap).
     pub fn stats(&self) -> Stats {
         let slab_bytes = self.slabs.slab_bytes();
+        let (stitched_bytes, stitched_blocks) = self.commit.stitched_live();
         Stats {
             reserved: self.commit.size(),
             committed: self.commit.committed(),
@@ -998,14 +1091,16 @@ impl<D: Driver> Arena<D> {
             pending_decommit: self.commit.candidate_bytes(),
             reclaimable: self.commit.reclaimable(),
             pending_fences: self.commit.streams.pending_fences() as u64,
-            handles: self.commit.run_count() as u64,
+            handles: self.commit.unit_count(),
+            mappings: self.commit.mapping_count(),
+            stitched_ranges: self.commit.stitched_ranges() as u64,
             slab: PolicyStats {
                 blocks: self.slabs.live_count(),
                 bytes: self.slabs.live_bytes(),
             },
             large: PolicyStats {
-                blocks: self.blocks.live_count() as u64 - self.slab_count(),
-                bytes: self.blocks.live_bytes() - slab_bytes,
+                blocks: self.blocks.live_count() as u64 - self.slab_count() + stitched_blocks,
+                bytes: self.blocks.live_bytes() - slab_bytes + stitched_bytes,
             },
             scratch: self.scratch,
             grow: self.grow,
@@ -1019,6 +1114,12 @@ impl<D: Driver> Arena<D> {
         let mut n = 0;
         self.slabs.for_each_slab(|_, _, _, _| n += 1);
         n
+    }
+
+    /// Replaces the clock the decay of idle memory reads (tests and trace
+    /// replays step a [`Clock::manual`](crate::sync::Clock::manual) by hand).
+    pub fn set_clock(&mut self, clock: crate::sync::Clock) {
+        self.commit.set_clock(clock);
     }
 
     /// Resets the peaks to the current values.
@@ -1058,10 +1159,17 @@ impl<D: Driver> Arena<D> {
                 })
             }
         });
+        self.commit.for_each_stitched(|offset, size| {
+            blocks.push(BlockReport {
+                offset,
+                size,
+                policy: Policy::Large,
+            })
+        });
         self.buffers.for_each_span(|offset, size, allocated| {
             if allocated {
                 blocks.push(BlockReport {
-                    offset: self.blocks_size + offset,
+                    offset: self.buffers_start + offset,
                     size,
                     policy: self
                         .buffer_kinds
@@ -1085,9 +1193,15 @@ impl<D: Driver> Arena<D> {
                     used: self.blocks.top(),
                 },
                 RegionReport {
-                    name: "buffers".into(),
+                    name: "stitch".into(),
                     offset: self.blocks_size,
-                    size: self.commit.size() - self.blocks_size,
+                    size: self.buffers_start - self.blocks_size,
+                    used: self.commit.stitch_top(),
+                },
+                RegionReport {
+                    name: "buffers".into(),
+                    offset: self.buffers_start,
+                    size: self.commit.size() - self.buffers_start,
                     used: self.buffers.top(),
                 },
             ],

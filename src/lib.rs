@@ -4,6 +4,7 @@
 
 pub mod driver;
 pub mod error;
+pub mod sync;
 
 pub use error::{
     Backend, BadPointer, Call, DriverError, Error, ErrorKind, OomReport, Reason, Result,

@@ -159,3 +159,139 @@ pub fn replay_observed<D: Driver>(
         live_at_end,
     })
 }
+
+/// How [`replay_repeated`] plays a trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeat {
+    /// Times the trace's workload runs (1: as traced).
+    pub times: usize,
+    /// Emulated GPU lag: fences of frees complete only every `lag` events
+    /// (0: at once). See [`replay_repeated`].
+    pub lag: usize,
+}
+
+/// What one repetition of [`replay_repeated`] measured.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Repetition {
+    /// Allocations replayed in this repetition.
+    pub allocs: u64,
+    /// Peak committed / peak live within this repetition.
+    pub ratio: f64,
+    /// Peak committed and peak live within this repetition (bytes).
+    pub peak_committed: u64,
+    /// Peak live bytes within this repetition.
+    pub peak_live: u64,
+    /// VMM driver calls (create, map, set_access, unmap, release) made in it.
+    pub vmm_calls: u64,
+    /// All driver calls (VMM calls, fence records and waits) made in it.
+    pub calls: u64,
+}
+
+/// Blocks of a trace that live through the whole workload (allocated in its
+/// first 5 % of events and freed in its last 5 %, or never freed): the
+/// model's weights. Returns (their alloc event indices, their free event
+/// indices).
+fn persistent(
+    events: &[Event],
+) -> (
+    std::collections::HashSet<usize>,
+    std::collections::HashSet<usize>,
+) {
+    let n = events.len();
+    let (mut allocs, mut frees) = (
+        std::collections::HashSet::new(),
+        std::collections::HashSet::new(),
+    );
+    let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        match *e {
+            Event::Alloc { addr, .. } => {
+                open.insert(addr, i);
+            }
+            Event::Free { addr, .. } => {
+                if let Some(s) = open.remove(&addr) {
+                    if s * 20 < n && i * 20 > 19 * n {
+                        allocs.insert(s);
+                        frees.insert(i);
+                    }
+                }
+            }
+        }
+    }
+    allocs.extend(open.into_values());
+    (allocs, frees)
+}
+
+/// Replays `events` `repeat.times` times in one arena, as a program that
+/// runs its workload again with the same inputs would: the blocks that live
+/// through the whole trace (the weights; see [`persistent`]) are allocated
+/// once and freed at the end, everything else every time. With
+/// `repeat.lag > 0`, `hold()` is called at the start and `complete()` then
+/// `hold()` every `lag` events, so the caller can keep fences pending like a
+/// GPU running behind the CPU (the host backend's
+/// [`HostDriver::hold`](crate::driver::HostDriver::hold)). Returns one
+/// [`Repetition`] per run.
+pub fn replay_repeated<D: Driver>(
+    arena: &mut Arena<D>,
+    events: &[Event],
+    repeat: Repeat,
+    hold: impl Fn(),
+    complete: impl Fn(),
+) -> Result<Vec<Repetition>> {
+    let (keep_allocs, keep_frees) = persistent(events);
+    let mut live: std::collections::HashMap<u64, DevicePtr> = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    if repeat.lag > 0 {
+        hold();
+    }
+    let mut tick = 0usize;
+    for r in 0..repeat.times.max(1) {
+        arena.reset_peaks();
+        let before = arena.stats().driver_calls;
+        let mut allocs = 0;
+        let last = r + 1 == repeat.times.max(1);
+        for (i, e) in events.iter().enumerate() {
+            match *e {
+                Event::Alloc { addr, size, .. } => {
+                    if r > 0 && keep_allocs.contains(&i) {
+                        continue;
+                    }
+                    let p = arena.alloc_on(size.max(1), 512, Stream::DEFAULT)?;
+                    live.insert(addr, p);
+                    allocs += 1;
+                }
+                Event::Free { addr, .. } => {
+                    if !last && keep_frees.contains(&i) {
+                        continue;
+                    }
+                    let Some(p) = live.remove(&addr) else {
+                        return Err(Error::Config("trace frees a block it never allocated"));
+                    };
+                    arena.free_on(p, Stream::DEFAULT)?;
+                }
+            }
+            tick += 1;
+            if repeat.lag > 0 && tick % repeat.lag == 0 {
+                complete();
+                hold();
+            }
+        }
+        let s = arena.stats();
+        let calls = s.driver_calls.since(&before);
+        out.push(Repetition {
+            allocs,
+            ratio: s.peak_ratio(),
+            peak_committed: s.peak_committed,
+            peak_live: s.peak_live,
+            vmm_calls: calls.vmm(),
+            calls: calls.total(),
+        });
+    }
+    if repeat.lag > 0 {
+        complete();
+    }
+    for (_, p) in live {
+        arena.free(p)?;
+    }
+    Ok(out)
+}

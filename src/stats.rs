@@ -27,7 +27,9 @@ pub struct Stats {
     pub peak_committed: u64,
     /// Highest `live` so far.
     pub peak_live: u64,
-    /// Committed bytes in empty runs waiting to be given back.
+    /// Committed bytes holding no live byte: idle handles kept mapped for
+    /// reuse (given back along the decay curve) and shared handles waiting
+    /// for their fences.
     pub pending_decommit: u64,
     /// Of those, bytes whose fences completed (given back by `trim`).
     pub reclaimable: u64,
@@ -35,6 +37,11 @@ pub struct Stats {
     pub pending_fences: u64,
     /// Physical handles held.
     pub handles: u64,
+    /// Mappings of those handles (a handle mapped at two addresses counts
+    /// twice; its memory counts once in `committed`).
+    pub mappings: u64,
+    /// Stitched ranges kept (holding a block, or cached for reuse).
+    pub stitched_ranges: u64,
     /// Slab objects.
     pub slab: PolicyStats,
     /// Large spans.

@@ -39,9 +39,10 @@ fn config(max_run: u64) -> ArenaConfig {
 fn assert_balanced(driver: &Checked<HostDriver>) {
     assert_eq!(driver.leaks(), None);
     let c = driver.counts();
+    // One unmap may remove several adjacent mappings: compare bytes.
     assert_eq!(
-        (c.create, c.map, c.reserve),
-        (c.release, c.unmap, c.free_reservation),
+        (c.create, c.bytes_mapped, c.reserve),
+        (c.release, c.bytes_unmapped, c.free_reservation),
         "{c:?}"
     );
     assert_eq!(c.refused, 0, "{c:?}");
@@ -62,16 +63,16 @@ fn shape(s: &Stats) -> [u64; 9] {
     ]
 }
 
-/// The Nth create / map / set_access of an allocation that commits five runs
-/// fails (out of memory, or an unexpected driver error): the allocation
-/// returns the error, every run it had committed is given back (physical
-/// bytes, mappings and handles as before), and the arena keeps serving.
+/// The Nth create / map / set_access of an allocation that commits eight
+/// pages fails (out of memory, or an unexpected driver error): the
+/// allocation returns the error, every handle and mapping it had made is
+/// given back (physical bytes, mappings and handles as before), and the
+/// arena keeps serving.
 fn a_failed_commit_leaves_nothing_behind() {
-    // 7.5 pages from a page boundary, runs of at most 2 pages:
-    // [0,2) [2,4) [4,6) [6,7) and the shared tail page [7] = five runs.
+    // 7.5 pages from a page boundary: eight one-page handles, each mapped,
+    // and one set_access over the range.
     let size = 7 * PAGE + PAGE / 2;
-    let runs = 5;
-    for op in [Op::Create, Op::Map, Op::SetAccess] {
+    for (op, runs) in [(Op::Create, 8), (Op::Map, 8), (Op::SetAccess, 1)] {
         for kind in [FaultKind::OutOfMemory, FaultKind::DriverError] {
             let driver = host(256 << 20);
             {
@@ -80,9 +81,14 @@ fn a_failed_commit_leaves_nothing_behind() {
                 let small = arena.alloc(100, 8).unwrap();
                 let keep = arena.alloc(3 * PAGE, 512).unwrap();
                 let (c0, s0) = (driver.counts(), arena.stats());
-                let creates = c0.create;
                 let probe = arena.alloc(size, PAGE).unwrap();
-                assert_eq!(driver.counts().create - creates, runs, "five runs");
+                let c1 = driver.counts();
+                let made = match op {
+                    Op::Create => c1.create - c0.create,
+                    Op::Map => c1.map - c0.map,
+                    _ => c1.set_access - c0.set_access,
+                };
+                assert_eq!(made, runs, "{op:?} calls of one allocation");
                 arena.free(probe).unwrap();
                 arena.trim();
                 assert_eq!(shape(&arena.stats())[..3], shape(&s0)[..3]);
@@ -302,7 +308,11 @@ fn a_failed_fence_record_defers_the_decommit() {
             kind: FaultKind::DriverError,
         });
         arena.trim();
-        assert_eq!(arena.stats().committed, 4 * PAGE, "no fence, no decommit");
+        // The handle whose fence could not be recorded stays (the others
+        // got the fence on the next try).
+        let st = arena.stats();
+        assert!(st.committed >= PAGE, "no fence, no decommit: {st:?}");
+        assert!(st.driver_calls.failed >= 1, "{st:?}");
         arena.check_invariants();
         arena.trim();
         assert_eq!(arena.stats().committed, 0);

@@ -146,6 +146,8 @@ pub struct CallCounts {
     pub bytes_created: u64,
     /// Bytes mapped.
     pub bytes_mapped: u64,
+    /// Bytes of the mappings removed (one `unmap` may remove several).
+    pub bytes_unmapped: u64,
 }
 
 impl CallCounts {
@@ -220,7 +222,7 @@ struct State<H: Copy + Eq + core::hash::Hash> {
 pub struct Checked<D: Driver> {
     inner: D,
     state: Mutex<State<D::Handle>>,
-    counts: [AtomicU64; 16],
+    counts: [AtomicU64; 17],
 }
 
 const REFUSED: usize = 11;
@@ -228,6 +230,7 @@ const INJECTED: usize = 12;
 const FAILED: usize = 13;
 const BYTES_CREATED: usize = 14;
 const BYTES_MAPPED: usize = 15;
+const BYTES_UNMAPPED: usize = 16;
 
 impl<D: Driver> core::fmt::Debug for Checked<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -286,6 +289,7 @@ impl<D: Driver> Checked<D> {
             failed: c(FAILED),
             bytes_created: c(BYTES_CREATED),
             bytes_mapped: c(BYTES_MAPPED),
+            bytes_unmapped: c(BYTES_UNMAPPED),
         }
     }
 
@@ -522,7 +526,9 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         // Recorded only once the driver agreed: after a failed unmap the
         // mappings (and the handles they keep alive) are still there.
         if r.is_ok() {
-            let _ = st.vm.unmap(va, size as u64, |_, _| {});
+            if let Ok(bytes) = st.vm.unmap(va, size as u64, |_, _| {}) {
+                self.counts[BYTES_UNMAPPED].fetch_add(bytes, Ordering::Relaxed);
+            }
         }
         r
     }

@@ -425,9 +425,11 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         va: u64,
         size: u64,
         mut on_freed: impl FnMut(H, &HandleState),
-    ) -> core::result::Result<(), Refusal> {
+    ) -> core::result::Result<u64, Refusal> {
         let range = self.mappings_within(va, size)?;
+        let mut bytes = 0;
         for m in self.mappings.drain(range) {
+            bytes += m.size;
             if let Some(s) = self.handles.get_mut(&m.handle) {
                 s.mappings -= 1;
                 if s.released && s.mappings == 0 {
@@ -438,7 +440,7 @@ impl<H: Copy + Eq + Hash> VmState<H> {
                 }
             }
         }
-        Ok(())
+        Ok(bytes)
     }
 
     /// Checks and records an access change; `on_changed` sees each mapping's new rights.

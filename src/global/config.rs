@@ -3,7 +3,7 @@
 //! `key:value` pairs separated by commas, sizes with binary suffixes:
 //!
 //! ```
-//! let c = gpu_arena::global::GlobalConfig::parse("limit:60GiB,keep_alive:256MiB,shards:4")?;
+//! let c = gpu_arena::global::GlobalConfig::parse("limit:60GiB,decay_ms:5000,shards:4")?;
 //! assert_eq!(c.arena.commit.limit, 60 << 30);
 //! assert_eq!(c.shards, 4);
 //! assert!(gpu_arena::global::GlobalConfig::parse("limt:1GiB").is_err());
@@ -14,11 +14,12 @@
 //! |---|---|---|
 //! | `backend` | `auto`, `host`, `cuda`, `hip` | `auto` |
 //! | `limit` | most bytes committed per device | none |
-//! | `keep_alive` | empty committed bytes always kept | 4MiB |
-//! | `keep_alive_fraction` | hysteresis over the peak of live bytes | 0.015625 |
+//! | `decay_ms` | idle physical memory goes back along a decay curve over this many ms (`trim` gives it all back at once) | 10000 |
 //! | `max_run` | largest physical handle | 1GiB |
-//! | `wait_for_reuse` | `1`: wait on pending fences of empty pages before growing beyond the keep-alive | 0 |
-//! | `reservation` | address space per shard (0: 4 × device memory) | 0 |
+//! | `stitch_min` | smallest block that may go to a stitched range | 1MiB |
+//! | `growth_ahead` | while the top grows with no free, new handles may be larger by live / this (0: off) | 16 |
+//! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
+//! | `reservation` | address space per shard (0: 8 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
 //! | `shards` | independent arenas per device (threads spread over them) | 1 |
 //! | `thread_cache` | bytes of small blocks a thread may keep cached (0: off) | 1MiB |
@@ -39,8 +40,12 @@ pub struct GlobalConfig {
     pub shards: u32,
     /// Bytes of small blocks one thread may keep cached (0 disables caching).
     pub thread_cache: u64,
-    /// Print peak live / peak committed per device at exit.
+    /// Print peak live / peak committed per device at exit (and time the
+    /// C ABI's allocation calls).
     pub report: bool,
+    /// Run a background thread that gives idle memory back along the decay
+    /// curve, so allocating threads make no such driver call.
+    pub background: bool,
 }
 
 impl Default for GlobalConfig {
@@ -51,7 +56,16 @@ impl Default for GlobalConfig {
             shards: 1,
             thread_cache: 1 << 20,
             report: false,
+            background: true,
         }
+    }
+}
+
+fn flag(what: &'static str, v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(bad(what, v)),
     }
 }
 
@@ -108,21 +122,26 @@ impl GlobalConfig {
                     }
                 }
                 "limit" => c.arena.commit.limit = parse_size(v)?,
-                "keep_alive" => c.arena.commit.keep_alive = parse_size(v)?,
-                "keep_alive_fraction" => {
-                    c.arena.commit.keep_alive_fraction = v
-                        .parse::<f64>()
+                "decay_ms" => {
+                    c.arena.commit.decay_ms = v
+                        .parse::<u64>()
                         .ok()
-                        .filter(|f| (0.0..=16.0).contains(f))
-                        .ok_or_else(|| bad("keep_alive_fraction must be a number in 0..=16", v))?
+                        .filter(|ms| *ms <= 24 * 3600 * 1000)
+                        .ok_or_else(|| bad("decay_ms must be milliseconds, at most a day", v))?
                 }
                 "max_run" => c.arena.commit.max_run = parse_size(v)?,
-                "wait_for_reuse" => {
-                    c.arena.commit.wait_for_reuse = match v {
-                        "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        _ => return Err(bad("wait_for_reuse must be 0 or 1", v)),
-                    }
+                "stitch_min" => c.arena.commit.stitch_min = parse_size(v)?,
+                "growth_ahead" => {
+                    c.arena.commit.growth_ahead = v
+                        .parse::<u64>()
+                        .map_err(|_| bad("growth_ahead must be a whole number (0: off)", v))?
+                }
+                "background" => c.background = flag("background must be 0 or 1", v)?,
+                "keep_alive" | "keep_alive_fraction" | "wait_for_reuse" => {
+                    return Err(bad(
+                        "this key is gone: idle memory now goes back along a decay curve (use decay_ms)",
+                        k,
+                    ));
                 }
                 "reservation" => c.arena.reservation = parse_size(v)?,
                 "min_reservation" => c.arena.min_reservation = parse_size(v)?,
@@ -134,13 +153,7 @@ impl GlobalConfig {
                         .ok_or_else(|| bad("shards must be 1..=64", v))?
                 }
                 "thread_cache" => c.thread_cache = parse_size(v)?,
-                "report" => {
-                    c.report = match v {
-                        "1" | "true" | "yes" => true,
-                        "0" | "false" | "no" => false,
-                        _ => return Err(bad("report must be 0 or 1", v)),
-                    }
-                }
+                "report" => c.report = flag("report must be 0 or 1", v)?,
                 _ => {
                     return Err(bad(
                         "unknown key (see the GPU_ARENA_CONF table in the docs)",
@@ -172,10 +185,18 @@ mod tests {
         assert_eq!(parse_size("3 MB").unwrap(), 3_000_000);
         assert!(parse_size("x").is_err());
         assert!(parse_size("1ZiB").is_err());
-        let c = GlobalConfig::parse("backend:host, limit:1GiB,keep_alive_fraction:0.5,report:1")
+        let c = GlobalConfig::parse("backend:host, limit:1GiB,decay_ms:500,report:1,background:0")
             .unwrap();
         assert_eq!(c.backend, Select::Host);
-        assert!(c.report);
+        assert!(c.report && !c.background);
+        assert_eq!(c.arena.commit.decay_ms, 500);
+        let e = GlobalConfig::parse("keep_alive_fraction:0.5")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("decay_ms"),
+            "a removed key says what replaced it: {e}"
+        );
         let e = GlobalConfig::parse("limit=4").unwrap_err().to_string();
         assert!(e.contains("key:value") && e.contains("limit=4"), "{e}");
         let e = GlobalConfig::parse("bogus:1").unwrap_err().to_string();

@@ -476,6 +476,8 @@ impl GlobalArena {
             t.reclaimable += x.reclaimable;
             t.pending_fences += x.pending_fences;
             t.handles += x.handles;
+            t.mappings += x.mappings;
+            t.stitched_ranges += x.stitched_ranges;
             for (a, b) in [
                 (&mut t.slab, x.slab),
                 (&mut t.large, x.large),
@@ -485,14 +487,7 @@ impl GlobalArena {
                 a.blocks += b.blocks;
                 a.bytes += b.bytes;
             }
-            t.driver_calls.create += x.driver_calls.create;
-            t.driver_calls.map += x.driver_calls.map;
-            t.driver_calls.set_access += x.driver_calls.set_access;
-            t.driver_calls.unmap += x.driver_calls.unmap;
-            t.driver_calls.release += x.driver_calls.release;
-            t.driver_calls.record += x.driver_calls.record;
-            t.driver_calls.wait += x.driver_calls.wait;
-            t.driver_calls.failed += x.driver_calls.failed;
+            t.driver_calls.add(&x.driver_calls);
             t.allocs += x.allocs;
             t.frees += x.frees;
         }

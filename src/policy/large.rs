@@ -17,7 +17,7 @@
 //! spans whose stamp the caller cannot accept yet.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
-use crate::policy::Stamp;
+use crate::sync::Stamp;
 use crate::{MetaMap, MetaVec};
 
 const SL_SHIFT: u32 = 4;
@@ -28,6 +28,9 @@ const NIL: u32 = u32::MAX;
 pub const MAX_SKIPS: u32 = 32;
 /// How many fitting spans one search compares by address.
 pub const MAX_CANDIDATES: u32 = 64;
+/// After this many fitting spans, a priced search ([`Large::choose`])
+/// stops at the first one that costs nothing.
+pub const EARLY_CANDIDATES: u32 = 64;
 
 #[derive(Clone, Copy, Debug)]
 struct Span {
@@ -42,6 +45,27 @@ struct Span {
     /// Invariant: record slot in use (not on the recycled-slot list).
     used: bool,
     stamp: Stamp,
+}
+
+/// [`Pick::span`] of a pick extending the free last span into the top.
+const TOP_EXTEND: u32 = u32::MAX - 1;
+/// [`Pick::span`] of a pick at the untouched top, past the last span.
+const TOP_FRESH: u32 = u32::MAX - 2;
+
+/// Where [`Large::choose`] would put a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// The free span carved, or [`TOP_EXTEND`] / [`TOP_FRESH`].
+    span: u32,
+    /// Offset of the allocation.
+    pub offset: u64,
+    /// Size (rounded to the quantum).
+    pub size: u64,
+    align: u64,
+    /// The caller's price for it.
+    pub rank: u64,
+    /// Whether it extends the region's untouched top.
+    pub top: bool,
 }
 
 /// A span handed out by [`Large::alloc`].
@@ -279,6 +303,135 @@ impl Large {
             return Some(self.carve(last, size, align));
         }
         self.alloc_top(size, align)
+    }
+
+    /// Chooses where `size` bytes aligned to `align` would go, letting the
+    /// caller price each candidate: `rank(offset, size)` returns `None` to
+    /// refuse it, else a cost; the cheapest wins, the lowest address among
+    /// equals. Candidates are the first [`MAX_CANDIDATES`] acceptable free
+    /// spans that fit (walking the segregated lists upward from the
+    /// request's class) and the region's untouched top. Nothing changes
+    /// until [`Large::take`].
+    ///
+    /// # Time complexity
+    /// O(1): at most [`MAX_CANDIDATES`] + 1 calls of `rank`; the walk stops
+    /// early once [`EARLY_CANDIDATES`] were seen and one costs nothing.
+    pub fn choose(
+        &self,
+        size: u64,
+        align: u64,
+        accept: impl Fn(Stamp) -> bool,
+        rank: impl Fn(u64, u64) -> Option<u64>,
+    ) -> Option<Pick> {
+        let size = self.round(size)?;
+        let align = align.max(self.quantum);
+        let need = if align > self.quantum {
+            size.checked_add(align - self.quantum)?
+        } else {
+            size
+        };
+        let mut best: Option<Pick> = None;
+        let consider = |best: &mut Option<Pick>, pick: Pick| {
+            if best.is_none_or(|b| (pick.rank, pick.offset) < (b.rank, b.offset)) {
+                *best = Some(pick);
+            }
+        };
+        let (mut f, mut s) = map_floor(need / self.quantum);
+        let (mut skips, mut seen) = (0, 0);
+        'walk: while let Some((nf, ns)) = self.next_list(f, s) {
+            let mut i = self.heads[nf][ns];
+            while i != NIL {
+                let sp = &self.spans[i as usize];
+                if sp.size >= need && accept(sp.stamp) {
+                    let offset = crate::driver::round_up(sp.offset, align)?;
+                    if let Some(r) = rank(offset, size) {
+                        consider(
+                            &mut best,
+                            Pick {
+                                span: i,
+                                offset,
+                                size,
+                                align,
+                                rank: r,
+                                top: false,
+                            },
+                        );
+                    }
+                    seen += 1;
+                    let settled = seen >= EARLY_CANDIDATES && best.is_some_and(|b| b.rank == 0);
+                    if seen >= MAX_CANDIDATES || settled {
+                        break 'walk;
+                    }
+                } else {
+                    skips += 1;
+                    if skips >= MAX_SKIPS {
+                        break 'walk;
+                    }
+                }
+                i = sp.next_free;
+            }
+            f = nf;
+            s = ns + 1;
+            if s >= SL_COUNT as usize {
+                f += 1;
+                s = 0;
+            }
+        }
+        // The untouched top: extending a free last span into it, or past it.
+        // Past a free last span only when its stamp forbids extending it:
+        // the region's footprint grows only when it must.
+        let last = self.last;
+        let mut tops = [None, Some(self.top)];
+        if last != NIL && self.spans[last as usize].free && accept(self.spans[last as usize].stamp)
+        {
+            tops = [Some(self.spans[last as usize].offset), None];
+        }
+        for (k, from) in tops.into_iter().enumerate() {
+            let Some(from) = from else { continue };
+            let offset = crate::driver::round_up(from, align)?;
+            let end = offset.checked_add(size)?;
+            // The last span may also fit without growing (the walk above
+            // skips spans of the request's own size class).
+            if end <= self.capacity {
+                if let Some(r) = rank(offset, size) {
+                    let span = if k == 0 { TOP_EXTEND } else { TOP_FRESH };
+                    let top = end > self.top;
+                    consider(
+                        &mut best,
+                        Pick {
+                            span,
+                            offset,
+                            size,
+                            align,
+                            rank: r,
+                            top,
+                        },
+                    );
+                }
+            }
+        }
+        best
+    }
+
+    /// Allocates what [`Large::choose`] picked (the index must not have
+    /// changed in between).
+    pub fn take(&mut self, pick: Pick) -> Option<Allocation> {
+        if pick.span < TOP_FRESH {
+            return Some(self.carve(pick.span, pick.size, pick.align));
+        }
+        let last = self.last;
+        if pick.span == TOP_EXTEND && last != NIL && self.spans[last as usize].free {
+            let off = self.spans[last as usize].offset;
+            let end = pick.offset + pick.size;
+            if end > self.top {
+                self.unlink(last);
+                self.spans[last as usize].size = end - off;
+                self.top = end;
+                self.link(last);
+            }
+            return Some(self.carve(last, pick.size, pick.align));
+        }
+        self.alloc_top(pick.size, pick.align)
     }
 
     /// Address-ordered good fit: among the first [`MAX_CANDIDATES`]

@@ -11,8 +11,8 @@
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use crate::error::BadPointer;
-use crate::policy::Stamp;
 use crate::policy::classes::{self, COUNT};
+use crate::sync::Stamp;
 use crate::{MetaMap, MetaVec};
 
 const NIL: u32 = u32::MAX;

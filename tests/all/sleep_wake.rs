@@ -20,7 +20,7 @@ fn config() -> ArenaConfig {
         min_reservation: 1 << 20,
         ..Default::default()
     };
-    c.commit.keep_alive_fraction = 0.0;
+    c.commit.decay_ms = 0;
     c
 }
 

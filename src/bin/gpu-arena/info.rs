@@ -165,12 +165,16 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
         fmt_bytes(c.commit.max_run),
     ]);
     t.row([
-        "config.commit.keep_alive".to_string(),
-        fmt_bytes(c.commit.keep_alive),
+        "config.commit.decay_ms".to_string(),
+        c.commit.decay_ms.to_string(),
     ]);
     t.row([
-        "config.commit.keep_alive_fraction".to_string(),
-        format!("{:.4}", c.commit.keep_alive_fraction),
+        "config.commit.stitch_min".to_string(),
+        fmt_bytes(c.commit.stitch_min),
+    ]);
+    t.row([
+        "config.commit.growth_ahead".to_string(),
+        c.commit.growth_ahead.to_string(),
     ]);
     let limit = if c.commit.limit == u64::MAX {
         "none (device memory)".to_string()

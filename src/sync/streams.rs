@@ -13,7 +13,7 @@
 use crate::MetaVec;
 use crate::driver::{Driver, Stream};
 use crate::error::Result;
-use crate::policy::Stamp;
+use crate::sync::Stamp;
 
 struct Slot<F> {
     stream: Stream,

@@ -1,0 +1,451 @@
+//! Backing a range of pages with physical memory before a block takes it.
+//!
+//! For each page of the range that holds no live bytes yet:
+//! - mapped to an idle unit that the block's stream may use: nothing to do;
+//! - mapped to a unit in use elsewhere (or one whose fences forbid this
+//!   stream, or a second alias of a unit the range already takes): the
+//!   mapping is removed (once its fences completed) and the page is backed
+//!   afresh;
+//! - unmapped: backed afresh, by idle units found anywhere in the pool,
+//!   oldest idle first, each mapped at the next pages (an alias: map, no
+//!   create), then by a new handle for what is left. One `set_access`
+//!   covers each run of new mappings.
+//!
+//! A new handle never covers a partly used boundary page of the block with
+//! its interior: that page is shared with the neighbours, and a unit can
+//! only move whole. New handles respect the limit, and the out-of-memory
+//! ladder runs before an error: give idle units back, then wait on the
+//! oldest pending fences (single events, never the device), then
+//! [`Error::OutOfMemory`]. On error every mapping and handle this call made
+//! is undone; the range is as before.
+
+use super::pages::NIL;
+use super::{Backing, Commit};
+use crate::MetaVec;
+use crate::driver::Driver;
+use crate::error::{Error, ErrorKind, Result};
+
+/// What one call made, to undo on error, and the units the range takes
+/// (kept mappings and new ones), which nothing may take or give back
+/// before the block is accounted.
+struct Made {
+    maps: MetaVec<u32>,
+    units: MetaVec<u32>,
+    taken: MetaVec<u32>,
+}
+
+/// Consecutive allocations growing the top with no free in between after
+/// which new handles are made large (memory being loaded that stays).
+const BULK_STREAK: u32 = 128;
+
+fn is_oom(e: &Error) -> bool {
+    matches!(e, Error::OutOfMemory(_)) || e.driver_kind() == Some(ErrorKind::OutOfMemory)
+}
+
+impl<D: Driver> Commit<D> {
+    /// Whether the unit behind mapping `m` may serve work of `slot` now.
+    fn allows(&mut self, m: u32, slot: u16) -> bool {
+        let u = self.pool.map(m).unit;
+        let streams = &self.streams;
+        if self
+            .pool
+            .unit_mut(u)
+            .stamps
+            .allows(slot, |s| streams.done(s))
+        {
+            return true;
+        }
+        // Record the fences those frees wait for, poll once, ask again.
+        let stamps: MetaVec<_> = {
+            let mut v = MetaVec::new_in(std::alloc::System);
+            v.extend(self.pool.unit(u).stamps.iter());
+            v
+        };
+        for s in stamps {
+            if self.streams.ensure_fence(&self.driver, s).is_err() {
+                self.calls.failed += 1;
+            }
+        }
+        self.streams.poll(&self.driver);
+        let streams = &self.streams;
+        self.pool
+            .unit_mut(u)
+            .stamps
+            .allows(slot, |s| streams.done(s))
+    }
+
+    /// Waits until every free through mapping `m` completed (single fences
+    /// of the streams involved, never the device).
+    pub(super) fn settle_map(&mut self, m: u32) -> Result<()> {
+        loop {
+            let streams = &self.streams;
+            if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
+                return Ok(());
+            }
+            let stamps: MetaVec<_> = {
+                let mut v = MetaVec::new_in(std::alloc::System);
+                v.extend(self.pool.map(m).stamps.iter());
+                v
+            };
+            for s in stamps {
+                self.streams.ensure_fence(&self.driver, s)?;
+            }
+            self.streams.poll(&self.driver);
+            let streams = &self.streams;
+            if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
+                return Ok(());
+            }
+            if !self.streams.wait_oldest(&self.driver)? {
+                return Err(Error::Unsupported(
+                    "the work that last used a mapping cannot be waited on (recording its fence failed); retry later",
+                ));
+            }
+        }
+    }
+
+    /// Whether every free through mapping `m` is known complete (records
+    /// fences and polls once; never blocks).
+    pub(super) fn map_settled(&mut self, m: u32) -> bool {
+        let streams = &self.streams;
+        if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
+            return true;
+        }
+        let stamps: MetaVec<_> = {
+            let mut v = MetaVec::new_in(std::alloc::System);
+            v.extend(self.pool.map(m).stamps.iter());
+            v
+        };
+        for s in stamps {
+            if self.streams.ensure_fence(&self.driver, s).is_err() {
+                self.calls.failed += 1;
+            }
+        }
+        self.streams.poll(&self.driver);
+        let streams = &self.streams;
+        self.pool.map_mut(m).stamps.prune(|s| streams.done(s))
+    }
+
+    /// Makes pages `a..=b` ready for a block at `off..off+len` of stream
+    /// `slot` (see the module docs); `backing` says how new handles are cut.
+    pub(super) fn back(
+        &mut self,
+        a: u64,
+        b: u64,
+        off: u64,
+        len: u64,
+        slot: u16,
+        backing: Backing,
+    ) -> Result<()> {
+        if self.asleep {
+            return Err(Error::Unsupported("an asleep arena cannot commit (bug)"));
+        }
+        if self.pages.cost(a, b).is_free() && self.takeable(a, b, slot) {
+            return Ok(());
+        }
+        // A driver out of memory while mapping (not creating: creates have
+        // their own ladder) gets one more try once idle memory went back.
+        let r = match self.back_once(a, b, off, len, slot, backing) {
+            Err(e)
+                if is_oom(&e) && !matches!(e, Error::OutOfMemory(_)) && self.reclaim(true) > 0 =>
+            {
+                self.back_once(a, b, off, len, slot, backing)
+            }
+            r => r,
+        };
+        match r {
+            // The state the caller sees, for the block it asked for.
+            Err(e) if is_oom(&e) => Err(Error::OutOfMemory(self.oom_report(len))),
+            r => r,
+        }
+    }
+
+    fn back_once(
+        &mut self,
+        a: u64,
+        b: u64,
+        off: u64,
+        len: u64,
+        slot: u16,
+        backing: Backing,
+    ) -> Result<()> {
+        // Pages that must be backed afresh: drop mappings that cannot serve.
+        let taken = self.clear_unusable(a, b, slot)?;
+        let need = self.pages.cost(a, b).unmapped;
+        self.check_room(need, len)?;
+        let mut made = Made {
+            maps: MetaVec::new_in(std::alloc::System),
+            units: MetaVec::new_in(std::alloc::System),
+            taken,
+        };
+        let head_partial = off & (self.page - 1) != 0 || (a == b && len < self.page);
+        let tail_partial = (off + len) & (self.page - 1) != 0;
+        let mut p = a;
+        let r = loop {
+            if p > b {
+                break Ok(());
+            }
+            if self.pages.map(p) != NIL {
+                p += 1;
+                continue;
+            }
+            let mut q = p;
+            while q < b && self.pages.map(q + 1) == NIL {
+                q += 1;
+            }
+            // Fresh run p..=q; a larger handle may extend it past b.
+            let (bulk, ahead) = match backing {
+                Backing::Pages => (false, 0),
+                Backing::Whole => (true, 0),
+                Backing::Top(room) => (
+                    self.streak >= BULK_STREAK,
+                    if q == b { self.ahead_pages(room) } else { 0 },
+                ),
+            };
+            let edges = (p == a && head_partial, q == b && tail_partial);
+            let r = self.fill(p, q, ahead, bulk, slot, edges, &mut made);
+            if r.is_err() {
+                break r;
+            }
+            p = q + 1;
+        };
+        if let Err(e) = r {
+            self.undo(made);
+            return Err(e);
+        }
+        if let Backing::Top(_) = backing {
+            self.streak += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether every empty page of `a..=b` is mapped to a unit that the
+    /// range may take for `slot` (idle or already the range's, no unit
+    /// twice, no idle mapping reaching past the range).
+    pub(super) fn takeable(&mut self, a: u64, b: u64, slot: u16) -> bool {
+        let token = self.pool.new_mark();
+        let mut last = NIL;
+        for p in a..=b {
+            let m = self.pages.map(p);
+            if m == last || self.pages.live(p) > 0 {
+                last = m;
+                continue;
+            }
+            last = m;
+            let x = self.pool.map(m);
+            let (u, outside) = (x.unit, x.first < a || x.first + x.pages > b + 1);
+            if outside && x.live_pages == 0 && x.pages > 1 {
+                return false;
+            }
+            if !self.pool.can_take(m) || self.pool.mark(u, token) || !self.allows(m, slot) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Removes the mappings of empty pages in `a..=b` that cannot serve the
+    /// block (unit in use elsewhere, fences forbidding `slot`, or a second
+    /// mapping of a unit the range already takes), waiting on their fences
+    /// if need be. Returns the units the range keeps.
+    fn clear_unusable(&mut self, a: u64, b: u64, slot: u16) -> Result<MetaVec<u32>> {
+        let mut taken: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
+        let mut p = a;
+        while p <= b {
+            let m = self.pages.map(p);
+            if m == NIL {
+                p += 1;
+                continue;
+            }
+            let (first, pages, unit, live) = {
+                let x = self.pool.map(m);
+                (x.first, x.pages, x.unit, x.live_pages)
+            };
+            let next = first + pages;
+            if live > 0 {
+                // Already live (a neighbour's): it serves.
+                p = next;
+                continue;
+            }
+            // An idle mapping reaching past the range would leave the pages
+            // outside it committed for nothing while the block lives (a unit
+            // only moves whole): it goes, if its fences allow, else serves.
+            let strands = (first < a || next > b + 1) && self.map_settled(m);
+            let usable =
+                !strands && self.pool.can_take(m) && !taken.contains(&unit) && self.allows(m, slot);
+            if usable {
+                taken.push(unit);
+            } else {
+                self.settle_map(m)?;
+                self.unmap_mapping(m)?;
+                self.drop_if_orphan_shared(unit);
+            }
+            p = next;
+        }
+        Ok(taken)
+    }
+
+    /// Releases shared unit `u` if it is empty and mapped nowhere any more
+    /// (it is never reused; its fences completed, as its last mapping's did).
+    pub(super) fn drop_if_orphan_shared(&mut self, u: u32) {
+        let x = self.pool.unit(u);
+        if x.shared && x.owner == NIL && x.aliases == 0 {
+            self.shared_pending.retain(|&v| v != u);
+            self.release_unit(u);
+        }
+    }
+
+    /// Pages of a larger handle allowed past a block that grows the top.
+    fn ahead_pages(&self, room: u64) -> u64 {
+        if self.config.growth_ahead == 0 || self.streak < BULK_STREAK {
+            return 0;
+        }
+        let want = (self.live / self.config.growth_ahead) >> self.shift;
+        want.min(room).min(self.config.max_run >> self.shift)
+    }
+
+    /// Refuses up front a request that cannot fit under the limit even
+    /// using every idle unit, so that no handle is made and released for it.
+    fn check_room(&mut self, need: u64, len: u64) -> Result<()> {
+        if self.config.limit == u64::MAX {
+            return Ok(());
+        }
+        let limit_pages = self.config.limit >> self.shift;
+        let owned = self.pool.committed_pages() - self.pool.idle_pages();
+        if owned + need > limit_pages {
+            return Err(Error::OutOfMemory(self.oom_report(len)));
+        }
+        Ok(())
+    }
+
+    /// Backs the unmapped pages `p..=q` (plus `ahead` unmapped pages after
+    /// `q`, if a new handle is made) with idle units and new handles, then
+    /// sets access once over the new mappings. `edges`: whether the first
+    /// and last page are shared with neighbours (their own handles).
+    #[allow(clippy::too_many_arguments)]
+    fn fill(
+        &mut self,
+        p: u64,
+        q: u64,
+        ahead: u64,
+        bulk: bool,
+        slot: u16,
+        edges: (bool, bool),
+        made: &mut Made,
+    ) -> Result<()> {
+        let mut at = p;
+        let mut end = q + 1;
+        while at < end {
+            let left = end - at;
+            if let Some(u) = self.idle_fitting(left, slot, &made.taken) {
+                let m = self.map_unit(u, at)?;
+                made.maps.push(m);
+                made.taken.push(u);
+                at += self.pool.unit(u).pages;
+                continue;
+            }
+            // A new handle. One page, so that it can later move anywhere on
+            // its own; while the top grows with no free in between (weights
+            // or a cache being loaded: memory that stays), the interior in
+            // one piece (up to max_run), stretched by `ahead`, since sleep
+            // and wake cost per handle. Boundary pages are always alone.
+            let max = self.config.max_run >> self.shift;
+            let mut n = if (at == p && edges.0) || (at == q && edges.1) || !bulk {
+                1
+            } else {
+                let stop = if edges.1 && q > at { q } else { q + 1 };
+                (stop - at).min(max)
+            };
+            if bulk && at + n == q + 1 && ahead > 0 && !edges.1 {
+                let extra = ahead.min(max.saturating_sub(n));
+                n += extra;
+                end = end.max(at + n);
+            }
+            let u = self.create_unit(n, &made.taken)?;
+            made.units.push(u);
+            made.taken.push(u);
+            let m = self.map_unit(u, at)?;
+            made.maps.push(m);
+            at += n;
+        }
+        // SAFETY: p..end is tiled by the mappings just made.
+        unsafe { self.vmm_set_access(p, end - p) }
+    }
+
+    /// The oldest idle unit of at most `pages` pages that `slot` may use,
+    /// not one of `taken`.
+    fn idle_fitting(&mut self, pages: u64, slot: u16, taken: &[u32]) -> Option<u32> {
+        let mut u = self.pool.first_idle();
+        let mut looked = 0;
+        while u != NIL && looked < 256 {
+            looked += 1;
+            let next = self.pool.next_idle(u);
+            if self.pool.unit(u).pages <= pages && !taken.contains(&u) {
+                let streams = &self.streams;
+                let ok = self
+                    .pool
+                    .unit_mut(u)
+                    .stamps
+                    .allows(slot, |s| streams.done(s));
+                if ok {
+                    return Some(u);
+                }
+            }
+            u = next;
+        }
+        None
+    }
+
+    /// A new unit of `pages` pages, under the limit, with the
+    /// out-of-memory ladder (which leaves the units in `keep` alone).
+    pub(super) fn create_unit(&mut self, pages: u64, keep: &[u32]) -> Result<u32> {
+        let (mut trimmed, mut waited) = (false, false);
+        loop {
+            let over = self.committed() + (pages << self.shift) > self.config.limit;
+            let r = if over {
+                Err(Error::OutOfMemory(self.oom_report(pages << self.shift)))
+            } else {
+                self.vmm_create(pages, false)
+            };
+            match r {
+                Ok(h) => {
+                    let now = self.clock.now_ms();
+                    let u = self.pool.add_unit(h, pages, false, now);
+                    self.peak_committed = self.peak_committed.max(self.committed());
+                    return Ok(u);
+                }
+                Err(e) if is_oom(&e) => {
+                    if !trimmed {
+                        trimmed = true;
+                        if self.reclaim_except(true, keep) > 0 {
+                            continue;
+                        }
+                    }
+                    if !waited {
+                        waited = true;
+                        if self.streams.wait_oldest(&self.driver)? {
+                            self.reclaim_except(true, keep);
+                            continue;
+                        }
+                    }
+                    return Err(Error::OutOfMemory(self.oom_report(pages << self.shift)));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Undoes what a failed call made: its mappings (nothing used them) and
+    /// its new handles.
+    fn undo(&mut self, made: Made) {
+        for &m in made.maps.iter().rev() {
+            let _ = self.unmap_mapping(m);
+        }
+        for &u in made.units.iter() {
+            if self.pool.unit(u).aliases == 0 {
+                if let Some(h) = self.pool.remove_unit(u) {
+                    self.vmm_release(h);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! Settings of the commit layer.
+
+/// Settings of the commit layer.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct CommitConfig {
+    /// Largest physical handle created at once (bytes; rounded down to the
+    /// granularity). Blocks and woken ranges larger than this are backed by
+    /// several handles.
+    pub max_run: u64,
+    /// Idle physical memory (no live bytes, kept mapped for reuse) goes back
+    /// to the driver on a decay curve over this many milliseconds: memory
+    /// idle for longer than `decay_ms` is gone, younger idle memory partly
+    /// (see [`Decay`](super::decay::Decay)). `trim()` gives back all of it
+    /// at once. 0: idle memory goes back as soon as the fences of its frees
+    /// completed (a driver call on the freeing thread).
+    pub decay_ms: u64,
+    /// Most bytes ever committed at once (`u64::MAX`: the device's memory is
+    /// the limit).
+    pub limit: u64,
+    /// Blocks of at least this many bytes that no place in the blocks
+    /// region can hold without a remap go to a stitched range (a fresh
+    /// virtual range mapped to idle handles found anywhere); smaller ones
+    /// are placed on fresh pages instead.
+    pub stitch_min: u64,
+    /// While allocations keep extending the arena's top with no free in
+    /// between (weights or a cache being loaded), fresh handles are made
+    /// larger than the block by up to `1 / growth_ahead` of the live bytes,
+    /// so that long-lived memory sits in few, large handles (sleep and wake
+    /// cost per handle). 0 turns this off.
+    pub growth_ahead: u64,
+}
+
+impl Default for CommitConfig {
+    fn default() -> Self {
+        CommitConfig {
+            max_run: 1 << 30,
+            decay_ms: 10_000,
+            limit: u64::MAX,
+            stitch_min: 1 << 20,
+            growth_ahead: 16,
+        }
+    }
+}

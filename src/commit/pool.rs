@@ -1,0 +1,565 @@
+//! The physical pool: units (one driver handle each) and mappings (one
+//! virtual range each), with the aliasing rule that lets physical memory
+//! move without a copy.
+//!
+//! A unit may be mapped at several virtual ranges at once (the drivers
+//! allow one handle mapped twice; data written through one mapping is read
+//! through the other). At most one of its mappings may hold live bytes at a
+//! time: that mapping *owns* the unit. A unit no mapping owns is *idle*: any
+//! of its mappings may take it at once for work of a stream its stamps
+//! allow (same stream: stream order covers it; another: once the fences of
+//! its last frees completed), with no driver call.
+//!
+//! Invariants (checked by [`Pool::check`]):
+//! - `owner != NIL` iff the owner mapping has `live_pages > 0`, and no other
+//!   mapping of the unit has live pages;
+//! - a unit is on the idle list iff it is used, not shared, and owned by
+//!   no mapping; the list is in the order units became idle (oldest first);
+//! - `pages` of all used units add up to [`Pool::committed_pages`], those of
+//!   idle ones to [`Pool::idle_pages`].
+//!
+//! Pure bookkeeping: no driver call, no pointer.
+#![deny(unsafe_code, clippy::unwrap_used)]
+
+use super::pages::NIL;
+use crate::MetaVec;
+use crate::sync::StampSet;
+
+/// One physical handle.
+#[derive(Debug)]
+pub struct Unit<H> {
+    /// The driver's handle (`None` only while the slot is recycled).
+    pub handle: Option<H>,
+    /// Size in pages.
+    pub pages: u64,
+    /// The mapping that holds live bytes of it, or NIL (idle).
+    pub owner: u32,
+    /// Head of the list of its mappings (linked by `Mapping::next_alias`).
+    pub first_alias: u32,
+    /// Number of its mappings.
+    pub aliases: u32,
+    /// Frees through any of its mappings not yet known complete.
+    pub stamps: StampSet,
+    /// Clock (ms) when it became idle.
+    pub idle_since: u64,
+    /// Created shareable or imported: never reused once empty.
+    pub shared: bool,
+    /// The last [`Pool::new_mark`] token this unit was marked with.
+    mark: u32,
+    prev: u32,
+    next: u32,
+    used: bool,
+}
+
+/// One virtual range backed by a whole unit.
+#[derive(Debug)]
+pub struct Mapping {
+    /// The unit mapped here.
+    pub unit: u32,
+    /// First page (index in the reservation).
+    pub first: u64,
+    /// Pages (the unit's size).
+    pub pages: u64,
+    /// Pages of this range holding live bytes.
+    pub live_pages: u64,
+    /// Next mapping of the same unit, or NIL.
+    pub next_alias: u32,
+    /// Frees through this range not yet known complete: unmapping it waits
+    /// for them (queued work may still address the range).
+    pub stamps: StampSet,
+    /// Clock (ms) when it last took its unit.
+    pub last_used: u64,
+    used: bool,
+}
+
+/// Units and mappings of one reservation.
+#[derive(Debug)]
+pub struct Pool<H> {
+    units: MetaVec<Unit<H>>,
+    maps: MetaVec<Mapping>,
+    spare_units: MetaVec<u32>,
+    spare_maps: MetaVec<u32>,
+    idle_head: u32,
+    idle_tail: u32,
+    mark: u32,
+    committed_pages: u64,
+    idle_pages: u64,
+    unit_count: u64,
+    map_count: u64,
+}
+
+impl<H> Default for Pool<H> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What a mapping's change of live pages did to its unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing changed for the unit.
+    None,
+    /// The unit went from idle to owned by this mapping: its other mappings
+    /// must be marked blocked.
+    Owned(u32),
+    /// The unit went idle: its other mappings are free to take it.
+    Idle(u32),
+}
+
+impl<H> Pool<H> {
+    /// An empty pool.
+    pub fn new() -> Self {
+        Pool {
+            units: MetaVec::new_in(std::alloc::System),
+            maps: MetaVec::new_in(std::alloc::System),
+            spare_units: MetaVec::new_in(std::alloc::System),
+            spare_maps: MetaVec::new_in(std::alloc::System),
+            idle_head: NIL,
+            idle_tail: NIL,
+            mark: 0,
+            committed_pages: 0,
+            idle_pages: 0,
+            unit_count: 0,
+            map_count: 0,
+        }
+    }
+
+    /// A fresh token for [`Pool::mark`]: marks made with older tokens no
+    /// longer count.
+    pub fn new_mark(&mut self) -> u32 {
+        self.mark = self.mark.wrapping_add(1);
+        if self.mark == 0 {
+            for x in self.units.iter_mut() {
+                x.mark = 0;
+            }
+            self.mark = 1;
+        }
+        self.mark
+    }
+
+    /// Marks unit `u` with `token`; returns whether it was marked with it
+    /// already (a set of units without allocating).
+    #[inline]
+    pub fn mark(&mut self, u: u32, token: u32) -> bool {
+        let x = &mut self.units[u as usize];
+        let seen = x.mark == token;
+        x.mark = token;
+        seen
+    }
+
+    /// Pages in all units.
+    pub fn committed_pages(&self) -> u64 {
+        self.committed_pages
+    }
+    /// Pages in idle units.
+    pub fn idle_pages(&self) -> u64 {
+        self.idle_pages
+    }
+    /// Number of units (driver handles).
+    pub fn unit_count(&self) -> u64 {
+        self.unit_count
+    }
+    /// Number of mappings.
+    pub fn map_count(&self) -> u64 {
+        self.map_count
+    }
+
+    /// Unit `u`.
+    #[inline]
+    pub fn unit(&self, u: u32) -> &Unit<H> {
+        &self.units[u as usize]
+    }
+    /// Unit `u`, mutably.
+    #[inline]
+    pub fn unit_mut(&mut self, u: u32) -> &mut Unit<H> {
+        &mut self.units[u as usize]
+    }
+    /// Mapping `m`.
+    #[inline]
+    pub fn map(&self, m: u32) -> &Mapping {
+        &self.maps[m as usize]
+    }
+    /// Mapping `m`, mutably.
+    #[inline]
+    pub fn map_mut(&mut self, m: u32) -> &mut Mapping {
+        &mut self.maps[m as usize]
+    }
+
+    /// Takes in a new unit of `pages` pages (idle, no mapping yet).
+    pub fn add_unit(&mut self, handle: H, pages: u64, shared: bool, now: u64) -> u32 {
+        let unit = Unit {
+            handle: Some(handle),
+            pages,
+            owner: NIL,
+            first_alias: NIL,
+            aliases: 0,
+            stamps: StampSet::new(),
+            idle_since: now,
+            shared,
+            mark: 0,
+            prev: NIL,
+            next: NIL,
+            used: true,
+        };
+        let u = match self.spare_units.pop() {
+            Some(u) => {
+                let mut stamps = core::mem::take(&mut self.units[u as usize].stamps);
+                stamps.clear();
+                self.units[u as usize] = Unit { stamps, ..unit };
+                u
+            }
+            None => {
+                self.units.push(unit);
+                (self.units.len() - 1) as u32
+            }
+        };
+        self.committed_pages += pages;
+        self.unit_count += 1;
+        if !shared {
+            self.push_idle(u);
+        }
+        u
+    }
+
+    /// Forgets unit `u` (no mapping left, not owned); returns its handle.
+    pub fn remove_unit(&mut self, u: u32) -> Option<H> {
+        let x = &self.units[u as usize];
+        debug_assert!(
+            x.used && x.aliases == 0 && x.owner == NIL,
+            "unit {u} in use"
+        );
+        if !x.shared {
+            self.unlink_idle(u);
+        }
+        let x = &mut self.units[u as usize];
+        x.used = false;
+        self.committed_pages -= x.pages;
+        self.unit_count -= 1;
+        self.spare_units.push(u);
+        x.handle.take()
+    }
+
+    /// Records a mapping of unit `u` at pages `first..first+pages` (not
+    /// owning it yet).
+    pub fn add_map(&mut self, u: u32, first: u64, now: u64) -> u32 {
+        let pages = self.units[u as usize].pages;
+        let next_alias = self.units[u as usize].first_alias;
+        let map = Mapping {
+            unit: u,
+            first,
+            pages,
+            live_pages: 0,
+            next_alias,
+            stamps: StampSet::new(),
+            last_used: now,
+            used: true,
+        };
+        let m = match self.spare_maps.pop() {
+            Some(m) => {
+                let mut stamps = core::mem::take(&mut self.maps[m as usize].stamps);
+                stamps.clear();
+                self.maps[m as usize] = Mapping { stamps, ..map };
+                m
+            }
+            None => {
+                self.maps.push(map);
+                (self.maps.len() - 1) as u32
+            }
+        };
+        let x = &mut self.units[u as usize];
+        x.first_alias = m;
+        x.aliases += 1;
+        self.map_count += 1;
+        m
+    }
+
+    /// Forgets mapping `m` (no live pages); returns its unit.
+    pub fn remove_map(&mut self, m: u32) -> u32 {
+        debug_assert!(self.maps[m as usize].live_pages == 0, "mapping {m} is live");
+        let u = self.maps[m as usize].unit;
+        let next = self.maps[m as usize].next_alias;
+        if self.units[u as usize].first_alias == m {
+            self.units[u as usize].first_alias = next;
+        } else {
+            let mut i = self.units[u as usize].first_alias;
+            while i != NIL {
+                if self.maps[i as usize].next_alias == m {
+                    self.maps[i as usize].next_alias = next;
+                    break;
+                }
+                i = self.maps[i as usize].next_alias;
+            }
+        }
+        self.units[u as usize].aliases -= 1;
+        self.maps[m as usize].used = false;
+        self.map_count -= 1;
+        self.spare_maps.push(m);
+        u
+    }
+
+    /// The mappings of unit `u`.
+    pub fn aliases(&self, u: u32) -> Aliases<'_, H> {
+        Aliases {
+            pool: self,
+            next: self.units[u as usize].first_alias,
+        }
+    }
+
+    /// Whether mapping `m` may take its unit now (idle or already its own;
+    /// an empty shared unit is never taken again).
+    #[inline]
+    pub fn can_take(&self, m: u32) -> bool {
+        let x = &self.units[self.maps[m as usize].unit as usize];
+        x.owner == m || (x.owner == NIL && !x.shared)
+    }
+
+    /// Mapping `m` gains a page with live bytes.
+    ///
+    /// The unit must be idle or owned by `m` ([`Pool::can_take`]).
+    #[inline]
+    pub fn gain_page(&mut self, m: u32, now: u64) -> Transition {
+        let mp = &mut self.maps[m as usize];
+        mp.live_pages += 1;
+        if mp.live_pages > 1 {
+            return Transition::None;
+        }
+        mp.last_used = now;
+        let u = mp.unit;
+        debug_assert!(
+            self.units[u as usize].owner == NIL,
+            "mapping {m} takes unit {u} owned by mapping {}",
+            self.units[u as usize].owner
+        );
+        self.units[u as usize].owner = m;
+        if !self.units[u as usize].shared {
+            self.unlink_idle(u);
+        }
+        Transition::Owned(u)
+    }
+
+    /// Mapping `m` loses a page's last live bytes.
+    #[inline]
+    pub fn lose_page(&mut self, m: u32, now: u64) -> Transition {
+        let mp = &mut self.maps[m as usize];
+        debug_assert!(mp.live_pages > 0, "mapping {m} has no live page");
+        mp.live_pages -= 1;
+        if mp.live_pages > 0 {
+            return Transition::None;
+        }
+        let u = mp.unit;
+        let x = &mut self.units[u as usize];
+        x.owner = NIL;
+        x.idle_since = now;
+        if !x.shared {
+            self.push_idle(u);
+        }
+        Transition::Idle(u)
+    }
+
+    fn push_idle(&mut self, u: u32) {
+        let x = &mut self.units[u as usize];
+        x.prev = self.idle_tail;
+        x.next = NIL;
+        let pages = x.pages;
+        if self.idle_tail == NIL {
+            self.idle_head = u;
+        } else {
+            self.units[self.idle_tail as usize].next = u;
+        }
+        self.idle_tail = u;
+        self.idle_pages += pages;
+    }
+
+    fn unlink_idle(&mut self, u: u32) {
+        let (prev, next, pages) = {
+            let x = &self.units[u as usize];
+            (x.prev, x.next, x.pages)
+        };
+        if prev == NIL {
+            self.idle_head = next;
+        } else {
+            self.units[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.idle_tail = prev;
+        } else {
+            self.units[next as usize].prev = prev;
+        }
+        let x = &mut self.units[u as usize];
+        x.prev = NIL;
+        x.next = NIL;
+        self.idle_pages -= pages;
+    }
+
+    /// The oldest idle unit, then the next ones with [`Pool::next_idle`].
+    pub fn first_idle(&self) -> u32 {
+        self.idle_head
+    }
+
+    /// The idle unit after `u` on the idle list, or NIL.
+    pub fn next_idle(&self, u: u32) -> u32 {
+        self.units[u as usize].next
+    }
+
+    /// Forgets every unit and mapping whatever their state (sleep,
+    /// teardown) and returns the handles, which the caller releases.
+    pub fn take_all(&mut self) -> MetaVec<H> {
+        let mut handles = MetaVec::new_in(std::alloc::System);
+        for x in self.units.iter_mut() {
+            if x.used {
+                if let Some(h) = x.handle.take() {
+                    handles.push(h);
+                }
+            }
+        }
+        self.units.clear();
+        self.maps.clear();
+        self.spare_units.clear();
+        self.spare_maps.clear();
+        self.idle_head = NIL;
+        self.idle_tail = NIL;
+        self.committed_pages = 0;
+        self.idle_pages = 0;
+        self.unit_count = 0;
+        self.map_count = 0;
+        handles
+    }
+
+    /// Every used unit id.
+    pub fn unit_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.units
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.used)
+            .map(|(i, _)| i as u32)
+    }
+
+    /// Every used mapping id.
+    pub fn map_ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.maps
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.used)
+            .map(|(i, _)| i as u32)
+    }
+
+    /// Full structural check (tests, proptest, fuzzing).
+    #[cfg(any(test, feature = "invariant-checks"))]
+    pub fn check(&self) {
+        let (mut committed, mut idle, mut units, mut maps) = (0, 0, 0, 0);
+        for (u, x) in self.units.iter().enumerate().filter(|(_, x)| x.used) {
+            units += 1;
+            committed += x.pages;
+            let mut n = 0;
+            let mut owners = 0;
+            for m in self.aliases(u as u32) {
+                let mp = &self.maps[m as usize];
+                assert!(mp.used, "unit {u} lists a dead mapping {m}");
+                assert_eq!(mp.unit, u as u32, "mapping {m} of unit {u}");
+                assert_eq!(mp.pages, x.pages, "mapping {m} size");
+                if mp.live_pages > 0 {
+                    owners += 1;
+                    assert_eq!(x.owner, m, "unit {u}: its live mapping {m} owns it");
+                }
+                n += 1;
+            }
+            assert_eq!(n, x.aliases, "unit {u} alias count");
+            assert!(owners <= 1, "unit {u} has {owners} live mappings");
+            if owners == 0 {
+                assert_eq!(x.owner, NIL, "unit {u} owned by an empty mapping");
+                if !x.shared {
+                    idle += x.pages;
+                }
+            }
+        }
+        for x in self.maps.iter().filter(|x| x.used) {
+            maps += 1;
+            assert!(self.units[x.unit as usize].used, "mapping of a dead unit");
+        }
+        let mut listed = 0;
+        let (mut u, mut prev) = (self.idle_head, NIL);
+        while u != NIL {
+            let x = &self.units[u as usize];
+            assert!(
+                x.used && x.owner == NIL && !x.shared,
+                "idle list holds unit {u}"
+            );
+            assert_eq!(x.prev, prev, "idle list links");
+            if prev != NIL {
+                assert!(
+                    self.units[prev as usize].idle_since <= x.idle_since,
+                    "idle list order"
+                );
+            }
+            listed += x.pages;
+            prev = u;
+            u = x.next;
+        }
+        assert_eq!(self.idle_tail, prev, "idle list tail");
+        assert_eq!(listed, idle, "idle list = idle units");
+        assert_eq!(idle, self.idle_pages, "idle pages");
+        assert_eq!(committed, self.committed_pages, "committed pages");
+        assert_eq!(units, self.unit_count, "unit count");
+        assert_eq!(maps, self.map_count, "mapping count");
+    }
+}
+
+/// Iterator over a unit's mappings.
+pub struct Aliases<'a, H> {
+    pool: &'a Pool<H>,
+    next: u32,
+}
+
+impl<H> Iterator for Aliases<'_, H> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        if self.next == NIL {
+            return None;
+        }
+        let m = self.next;
+        self.next = self.pool.maps[m as usize].next_alias;
+        Some(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_is_owned_by_one_mapping_at_a_time_and_idles_in_order() {
+        let mut p: Pool<u8> = Pool::new();
+        let a = p.add_unit(1, 1, false, 0);
+        let b = p.add_unit(2, 2, false, 0);
+        assert_eq!(p.idle_pages(), 3);
+        let ma = p.add_map(a, 10, 0);
+        let ma2 = p.add_map(a, 20, 0);
+        let mb = p.add_map(b, 30, 0);
+        assert_eq!(p.aliases(a).count(), 2);
+        assert!(p.can_take(ma) && p.can_take(ma2));
+        assert_eq!(p.gain_page(ma, 1), Transition::Owned(a));
+        assert!(
+            !p.can_take(ma2),
+            "the alias is blocked while ma owns the unit"
+        );
+        assert_eq!(p.gain_page(mb, 1), Transition::Owned(b));
+        assert_eq!(p.gain_page(mb, 1), Transition::None);
+        assert_eq!(p.idle_pages(), 0);
+        assert_eq!(p.lose_page(mb, 5), Transition::None);
+        assert_eq!(p.lose_page(mb, 6), Transition::Idle(b));
+        assert_eq!(p.lose_page(ma, 7), Transition::Idle(a));
+        assert_eq!(p.first_idle(), b, "oldest idle first");
+        assert_eq!(p.next_idle(b), a);
+        p.check();
+        assert_eq!(p.remove_map(ma2), a);
+        assert_eq!(p.remove_map(ma), a);
+        assert_eq!(p.remove_unit(a), Some(1));
+        assert_eq!(p.committed_pages(), 2);
+        p.check();
+        // Slots are recycled.
+        let c = p.add_unit(3, 4, true, 9);
+        assert_eq!(c, a);
+        assert_eq!(p.idle_pages(), 2, "shared units are never idle-listed");
+        p.check();
+    }
+}

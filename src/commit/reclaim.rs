@@ -1,0 +1,247 @@
+//! Giving idle physical memory back: along the decay curve, at once on
+//! `trim`, and on the out-of-memory ladder.
+//!
+//! The mechanism half of jemalloc's split (the policy is [`Decay`]): every
+//! few hundred frees, the free path looks at the clock, and once per
+//! `decay_ms / 8` it gives back the oldest idle units beyond what the curve
+//! allows, and dissolves stitched ranges unused for `decay_ms`. An engine
+//! can instead call [`Commit::reclaim`] from a thread of its own (the
+//! global arenas' background reclaimer does), so that the allocating
+//! threads make no driver call at all. Nothing is unmapped before the fences
+//! of the frees through that mapping completed; a unit whose fences are
+//! pending is skipped, never waited on (only the out-of-memory ladder waits).
+//!
+//! [`Decay`]: super::decay::Decay
+
+use super::Commit;
+use super::pages::NIL;
+use crate::MetaVec;
+use crate::driver::Driver;
+
+impl<D: Driver> Commit<D> {
+    /// How often (ms) idle memory is looked at while there is some.
+    pub(super) fn reclaim_period(&self) -> u64 {
+        (self.decay.ms / 8).max(1)
+    }
+
+    /// Gives back what the decay curve no longer allows, if the time to look
+    /// has come (cheap otherwise: one clock read).
+    pub fn maybe_reclaim(&mut self) -> u64 {
+        if self.next_reclaim == u64::MAX {
+            return 0;
+        }
+        if self.clock.now_ms() < self.next_reclaim {
+            return 0;
+        }
+        self.reclaim(false)
+    }
+
+    /// Gives back idle units beyond what the decay curve allows now (all
+    /// of them with `force`), the shared units whose fences completed, and
+    /// the stitched ranges unused for `decay_ms` (all unused ones with
+    /// `force`). Never blocks: memory whose fences are pending stays.
+    /// Returns the bytes given back.
+    pub fn reclaim(&mut self, force: bool) -> u64 {
+        self.reclaim_except(force, &[])
+    }
+
+    /// Gives back every idle unit whose fences completed, at once. Returns
+    /// the bytes given back.
+    pub fn trim(&mut self) -> u64 {
+        self.reclaim(true)
+    }
+
+    /// [`Commit::reclaim`]: gives back what the decay curve no longer
+    /// allows (everything idle with `force`). Never blocks.
+    pub fn collect(&mut self, force: bool) -> u64 {
+        self.reclaim(force)
+    }
+
+    /// [`Commit::reclaim`], leaving the units in `keep` alone.
+    pub(super) fn reclaim_except(&mut self, force: bool, keep: &[u32]) -> u64 {
+        if self.asleep {
+            return 0;
+        }
+        let now = self.clock.now_ms();
+        self.streams.poll(&self.driver);
+        let mut pages = self.release_shared();
+        // Stitched ranges nobody used for a while.
+        let ids: MetaVec<u32> = {
+            let mut v = MetaVec::new_in(std::alloc::System);
+            v.extend(self.stitch.ids());
+            v
+        };
+        for r in ids {
+            let x = *self.stitch.range(r);
+            let stale = force || now.saturating_sub(x.last_used) >= self.decay.ms;
+            if !x.in_use && stale && !self.range_holds(r, keep) {
+                self.dissolve_range(r);
+            }
+        }
+        // Idle units, oldest first, beyond the allowance.
+        let allowed = if force {
+            0
+        } else {
+            let decay = self.decay;
+            let mut idle: MetaVec<(u64, u64)> = MetaVec::new_in(std::alloc::System);
+            let mut u = self.pool.first_idle();
+            while u != NIL {
+                let x = self.pool.unit(u);
+                idle.push((x.idle_since, x.pages));
+                u = self.pool.next_idle(u);
+            }
+            decay.allowed(now, idle.into_iter())
+        };
+        let mut u = self.pool.first_idle();
+        while u != NIL && self.pool.idle_pages() > allowed {
+            let next = self.pool.next_idle(u);
+            if !keep.contains(&u) && self.releasable(u) {
+                pages += self.release_unit(u);
+            }
+            u = next;
+        }
+        self.next_reclaim = if self.pool.idle_pages() > 0 {
+            now + self.reclaim_period()
+        } else {
+            u64::MAX
+        };
+        pages << self.shift
+    }
+
+    /// Whether idle unit `u` and all its mappings have no pending fence
+    /// (records the missing fences and polls; never blocks).
+    fn releasable(&mut self, u: u32) -> bool {
+        let streams = &self.streams;
+        if !self.pool.unit_mut(u).stamps.prune(|s| streams.done(s)) {
+            let stamps: MetaVec<_> = {
+                let mut v = MetaVec::new_in(std::alloc::System);
+                v.extend(self.pool.unit(u).stamps.iter());
+                v
+            };
+            for s in stamps {
+                if self.streams.ensure_fence(&self.driver, s).is_err() {
+                    self.calls.failed += 1;
+                }
+            }
+            self.streams.poll(&self.driver);
+            let streams = &self.streams;
+            if !self.pool.unit_mut(u).stamps.prune(|s| streams.done(s)) {
+                return false;
+            }
+        }
+        let maps: MetaVec<u32> = {
+            let mut v = MetaVec::new_in(std::alloc::System);
+            v.extend(self.pool.aliases(u));
+            v
+        };
+        maps.into_iter().all(|m| self.map_settled(m))
+    }
+
+    /// Whether stitched range `r` is backed by one of the units in `keep`.
+    fn range_holds(&self, r: u32, keep: &[u32]) -> bool {
+        if keep.is_empty() {
+            return false;
+        }
+        let x = self.stitch.range(r);
+        (x.first..x.first + x.pages).any(|p| {
+            let m = self.pages.map(p);
+            m != NIL && keep.contains(&self.pool.map(m).unit)
+        })
+    }
+
+    /// Unmaps the mappings of unused stitched range `r` and forgets it, if
+    /// every fence of the frees through them completed (never blocks).
+    /// Their units stay (idle, maybe mapped elsewhere). Returns whether the
+    /// range is gone.
+    pub(super) fn dissolve_range(&mut self, r: u32) -> bool {
+        let (first, pages) = {
+            let x = self.stitch.range(r);
+            debug_assert!(!x.in_use, "dissolving range {r} in use");
+            (x.first, x.pages)
+        };
+        let mut maps: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
+        for p in first..first + pages {
+            let m = self.pages.map(p);
+            if m != NIL && maps.last() != Some(&m) {
+                maps.push(m);
+            }
+        }
+        if !maps.iter().all(|&m| self.map_settled(m)) {
+            return false;
+        }
+        for m in maps {
+            if self.unmap_mapping(m).is_err() {
+                return false;
+            }
+        }
+        self.stitch.remove(r);
+        true
+    }
+
+    /// Gives back the idle shared units whose fences completed, whatever
+    /// the decay says (they are never reused). Returns pages.
+    pub(super) fn release_shared(&mut self) -> u64 {
+        let mut pages = 0;
+        let mut i = 0;
+        while i < self.shared_pending.len() {
+            let u = self.shared_pending[i];
+            if self.pool.unit(u).owner != NIL {
+                self.shared_pending.swap_remove(i);
+                continue;
+            }
+            if self.releasable(u) {
+                let n = self.release_unit(u);
+                if n > 0 {
+                    pages += n;
+                    self.shared_pending.swap_remove(i);
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        pages
+    }
+
+    /// Gives every unit back and drops the fences (arena teardown). Only
+    /// call when nothing uses the memory any more.
+    pub fn release_all(&mut self) {
+        self.streams.clear(&self.driver);
+        self.drop_everything();
+    }
+
+    /// Unmaps every mapping and releases every unit, whatever their state
+    /// (sleep, teardown); the page table keeps its live bytes. Returns the
+    /// bytes given back.
+    pub(super) fn drop_everything(&mut self) -> u64 {
+        let bytes = self.committed();
+        // One unmap per run of adjacent mapped pages.
+        for (f, n) in self.mapped_runs() {
+            // SAFETY: the caller guarantees that nothing uses the memory
+            // (sleep quiesced the arena's streams; teardown has no user);
+            // each run is tiled by whole mappings.
+            let _ = unsafe { self.vmm_unmap(f, n) };
+            for p in f..f + n {
+                self.pages.set_map(p, NIL);
+            }
+        }
+        for h in self.pool.take_all() {
+            self.vmm_release(h);
+        }
+        // Cached stitched ranges had only mappings; ranges in use keep their
+        // addresses (their blocks are live).
+        let ids: MetaVec<u32> = {
+            let mut v = MetaVec::new_in(std::alloc::System);
+            v.extend(self.stitch.ids());
+            v
+        };
+        for r in ids {
+            if !self.stitch.range(r).in_use {
+                self.stitch.remove(r);
+            }
+        }
+        self.shared_pending.clear();
+        self.shared_pages = 0;
+        self.next_reclaim = u64::MAX;
+        bytes
+    }
+}

@@ -1,0 +1,190 @@
+//! Shared units: handles created shareable (to export to other processes)
+//! or imported from another process. They are never reused once empty
+//! (another process may still see their memory) and never aliased: they go
+//! back as soon as the fences of their frees completed, whatever the decay
+//! says, and a range that needs fresh memory never takes them.
+
+use std::os::fd::OwnedFd;
+
+use super::Commit;
+use super::pages::NIL;
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+
+impl<D: Driver> Commit<D> {
+    /// Bytes committed in shared units.
+    pub fn shared_bytes(&self) -> u64 {
+        self.shared_pages << self.shift
+    }
+
+    /// Whether a shared unit still holds live bytes (a shared or imported
+    /// buffer is alive). Such an arena cannot sleep: its memory is seen by
+    /// another process, and recommitting it on wake would cut the sharing.
+    pub fn has_live_shared(&self) -> bool {
+        self.shared_pages > 0
+            && self
+                .pool
+                .unit_ids()
+                .any(|u| self.pool.unit(u).shared && self.pool.unit(u).owner != NIL)
+    }
+
+    /// Removes every mapping of pages `a..=b` (none may hold live bytes),
+    /// waiting on their fences if need be, so that fresh shared units can
+    /// go there holding nothing of earlier owners.
+    fn clear_for_shared(&mut self, a: u64, b: u64) -> Result<()> {
+        for p in a..=b {
+            if self.pages.live(p) > 0 {
+                return Err(Error::Unsupported(
+                    "the range for a shared buffer already holds live memory",
+                ));
+            }
+        }
+        let mut p = a;
+        while p <= b {
+            let m = self.pages.map(p);
+            if m == NIL {
+                p += 1;
+                continue;
+            }
+            let next = self.pool.map(m).first + self.pool.map(m).pages;
+            self.settle_map(m)?;
+            let u = self.unmap_mapping(m)?;
+            self.drop_if_orphan_shared(u);
+            p = next;
+        }
+        Ok(())
+    }
+
+    /// [`Commit::pin`] for memory to share with other processes: the pages
+    /// of `off..off+len` (page-aligned) are committed in fresh shareable
+    /// units lying wholly inside the range (up to `max_run` each), so that
+    /// [`Commit::export_range`] hands out exactly this memory. Mappings left
+    /// in the range by earlier owners go first (after a wait on their
+    /// fences if need be); live memory there is refused.
+    pub fn pin_shared(&mut self, off: u64, len: u64) -> Result<()> {
+        if off & (self.page - 1) != 0 || len & (self.page - 1) != 0 || len == 0 {
+            return Err(Error::Unsupported(
+                "shared ranges must start and end on page boundaries",
+            ));
+        }
+        let (a, b) = self.span(off, len);
+        self.clear_for_shared(a, b)?;
+        if self.config.limit != u64::MAX
+            && self.committed() - self.idle_bytes() + len > self.config.limit
+        {
+            return Err(Error::OutOfMemory(self.oom_report(len)));
+        }
+        let max = self.config.max_run >> self.shift;
+        let mut made: crate::MetaVec<u32> = crate::MetaVec::new_in(std::alloc::System);
+        let mut p = a;
+        let r = loop {
+            if p > b {
+                // SAFETY: a..=b is tiled by the mappings just made.
+                break unsafe { self.vmm_set_access(a, b - a + 1) };
+            }
+            let n = max.min(b + 1 - p);
+            let r = self.vmm_create(n, true).and_then(|h| {
+                let now = self.clock.now_ms();
+                let u = self.pool.add_unit(h, n, true, now);
+                self.shared_pages += n;
+                made.push(u);
+                self.map_unit(u, p)
+            });
+            if let Err(e) = r {
+                break Err(e);
+            }
+            p += n;
+        };
+        if let Err(e) = r {
+            for u in made {
+                self.release_unit(u);
+            }
+            return Err(e);
+        }
+        self.peak_committed = self.peak_committed.max(self.committed());
+        self.account_live(off, len);
+        Ok(())
+    }
+
+    /// One descriptor per unit of `off..off+len` (a range pinned by
+    /// [`Commit::pin_shared`] or [`Commit::adopt`]): (offset from `off`,
+    /// length, descriptor), in address order. Refuses a range whose pages
+    /// are not all in shared units lying inside it: only the intended memory
+    /// is ever exported.
+    pub fn export_range(&self, off: u64, len: u64) -> Result<Vec<(u64, u64, OwnedFd)>> {
+        if len == 0 || off & (self.page - 1) != 0 || len & (self.page - 1) != 0 {
+            return Err(Error::Unsupported(
+                "exported ranges must be nonempty and start and end on page boundaries",
+            ));
+        }
+        let (a, b) = self.span(off, len);
+        let not_shared = || {
+            Error::Unsupported(
+                "the range is not wholly in shared runs: create the buffer shareable to export it",
+            )
+        };
+        let mut out = Vec::new();
+        let mut p = a;
+        while p <= b {
+            let m = self.pages.map(p);
+            if m == NIL {
+                return Err(not_shared());
+            }
+            let x = self.pool.map(m);
+            let unit = self.pool.unit(x.unit);
+            if !unit.shared || x.first != p || x.first + x.pages - 1 > b {
+                return Err(not_shared());
+            }
+            let Some(h) = unit.handle else {
+                return Err(not_shared());
+            };
+            let fd = self.driver.export(h)?;
+            out.push(((p - a) << self.shift, x.pages << self.shift, fd));
+            p += x.pages;
+        }
+        Ok(out)
+    }
+
+    /// Takes `handle` (imported from another process, `len` bytes, now owned
+    /// here) into the pool as a shared unit at `off` (page-aligned), mapped
+    /// with this arena's access list and pinned like [`Commit::pin`].
+    /// Mappings in the way go first; live memory there is refused. On error
+    /// the handle has been released.
+    pub fn adopt(&mut self, off: u64, len: u64, handle: D::Handle) -> Result<()> {
+        let page = self.page;
+        let bad = off & (page - 1) != 0 || len == 0 || len & (page - 1) != 0;
+        let r = if bad || off + len > self.size {
+            Err(Error::Unsupported(
+                "an imported run must be nonempty, whole pages, inside the reservation",
+            ))
+        } else if self.config.limit != u64::MAX
+            && self.committed() - self.idle_bytes() + len > self.config.limit
+        {
+            Err(Error::OutOfMemory(self.oom_report(len)))
+        } else {
+            let (a, b) = self.span(off, len);
+            self.clear_for_shared(a, b)
+        };
+        if let Err(e) = r {
+            self.vmm_release(handle);
+            return Err(e);
+        }
+        self.calls.create += 1;
+        let pages = len >> self.shift;
+        let now = self.clock.now_ms();
+        let u = self.pool.add_unit(handle, pages, true, now);
+        self.shared_pages += pages;
+        let first = off >> self.shift;
+        let r = self.map_unit(u, first).and_then(|_| {
+            // SAFETY: the range is exactly the mapping just made.
+            unsafe { self.vmm_set_access(first, pages) }
+        });
+        if let Err(e) = r {
+            self.release_unit(u);
+            return Err(e);
+        }
+        self.peak_committed = self.peak_committed.max(self.committed());
+        self.account_live(off, len);
+        Ok(())
+    }
+}

@@ -1,0 +1,92 @@
+//! Sleep and wake of a whole reservation: every handle goes back while the
+//! page table keeps the live bytes, then the live pages are committed again
+//! at the same addresses, in handles as large as `max_run`.
+
+use super::Commit;
+use super::pages::NIL;
+use crate::MetaVec;
+use crate::driver::Driver;
+use crate::error::Result;
+
+impl<D: Driver> Commit<D> {
+    /// Gives back every physical page while keeping the page table's live
+    /// bytes: the addresses stay reserved and the pages read as asleep.
+    /// Cached stitched ranges are forgotten; ranges holding blocks keep
+    /// their addresses. Callers make sure no work uses the memory (they
+    /// waited on the fences of its streams). Returns the bytes given back.
+    pub fn sleep(&mut self) -> u64 {
+        let bytes = self.drop_everything();
+        self.asleep = true;
+        bytes
+    }
+
+    /// Recommits every page with live bytes at the same addresses, in runs
+    /// of contiguous pages (up to `max_run` each, one `set_access` per run).
+    /// On failure, gives back what it made and stays asleep. Returns the
+    /// bytes committed.
+    pub fn wake(&mut self) -> Result<u64> {
+        if !self.asleep {
+            return Ok(0);
+        }
+        let max = self.config.max_run >> self.shift;
+        let mut made: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
+        let mut bytes = 0;
+        let mut result = Ok(());
+        'runs: for (first, pages) in self.pages.live_ranges() {
+            let mut p = first;
+            while p < first + pages {
+                let n = max.min(first + pages - p);
+                let r = self.vmm_create(n, false).and_then(|h| {
+                    let now = self.clock.now_ms();
+                    let u = self.pool.add_unit(h, n, false, now);
+                    made.push(u);
+                    self.map_unit(u, p)
+                });
+                if let Err(e) = r {
+                    result = Err(e);
+                    break 'runs;
+                }
+                bytes += n << self.shift;
+                p += n;
+            }
+            // SAFETY: first..first+pages is tiled by the mappings just made.
+            if let Err(e) = unsafe { self.vmm_set_access(first, pages) } {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Err(e) = result {
+            // Back to sleep: nothing used the new mappings.
+            for u in made {
+                let maps: MetaVec<u32> = {
+                    let mut v = MetaVec::new_in(std::alloc::System);
+                    v.extend(self.pool.aliases(u));
+                    v
+                };
+                for m in maps {
+                    let _ = self.unmap_mapping(m);
+                }
+                if let Some(h) = self.pool.remove_unit(u) {
+                    self.vmm_release(h);
+                }
+            }
+            return Err(e);
+        }
+        // The live pages own their new units.
+        let now = self.clock.now_ms();
+        let mut pages: MetaVec<u64> = MetaVec::new_in(std::alloc::System);
+        self.pages.for_each_touched(|p, live, _, _| {
+            if live > 0 {
+                pages.push(p);
+            }
+        });
+        for p in pages {
+            let m = self.pages.map(p);
+            debug_assert_ne!(m, NIL, "woken page {p} unmapped");
+            self.pool.gain_page(m, now);
+        }
+        self.asleep = false;
+        self.peak_committed = self.peak_committed.max(self.committed());
+        Ok(bytes)
+    }
+}

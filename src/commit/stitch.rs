@@ -1,0 +1,312 @@
+//! Stitched ranges: virtual ranges built from idle units found anywhere in
+//! the pool, kept for reuse.
+//!
+//! When no place in the blocks region can hold a block without a remap (its
+//! pages' units are in use through other mappings), the block goes to a
+//! *stitched range* instead: a fresh virtual range of whole pages, mapped to
+//! idle units wherever they are (GMLake's stitching, ASPLOS'24, without its
+//! synchronizations: same-stream reuse needs no fence). A range outlives its
+//! block: freed, it is kept with its mappings, and a later block of about
+//! the same size takes it back with no driver call when all its units are
+//! idle. A workload that repeats finds the ranges it made the first time.
+//!
+//! This file only manages the stitch region's addresses and the cache of
+//! ranges: which pages back a range lives in the page table, and whether a
+//! range's units are idle is asked of the pool by the caller.
+#![deny(unsafe_code, clippy::unwrap_used)]
+
+use crate::{MetaMap, MetaVec};
+
+/// A stitched range.
+#[derive(Clone, Copy, Debug)]
+pub struct Range {
+    /// First page (index in the reservation).
+    pub first: u64,
+    /// Pages.
+    pub pages: u64,
+    /// Bytes of the block it holds (while in use).
+    pub size: u64,
+    /// Holds a live block.
+    pub in_use: bool,
+    /// Clock (ms) when its block was last freed (or it was made).
+    pub last_used: u64,
+    used: bool,
+}
+
+/// The stitch region of one reservation and its cached ranges.
+#[derive(Debug)]
+pub struct Stitch {
+    first: u64,
+    pages: u64,
+    /// Pages handed out from the region's start at least once.
+    top: u64,
+    /// Free runs below `top`: (first page, pages), sorted, never adjacent.
+    holes: MetaVec<(u64, u64)>,
+    ranges: MetaVec<Range>,
+    spare: MetaVec<u32>,
+    by_first: MetaMap<u64, u32>,
+    /// Cached ranges by page count.
+    by_pages: MetaMap<u64, MetaVec<u32>>,
+    live_bytes: u64,
+    live_count: u64,
+}
+
+impl Stitch {
+    /// A stitch region of `pages` pages starting at page `first`.
+    pub fn new(first: u64, pages: u64) -> Self {
+        Stitch {
+            first,
+            pages,
+            top: 0,
+            holes: MetaVec::new_in(std::alloc::System),
+            ranges: MetaVec::new_in(std::alloc::System),
+            spare: MetaVec::new_in(std::alloc::System),
+            by_first: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            by_pages: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            live_bytes: 0,
+            live_count: 0,
+        }
+    }
+
+    /// First page and pages of the region.
+    pub fn region(&self) -> (u64, u64) {
+        (self.first, self.pages)
+    }
+    /// Whether page `p` lies in the region.
+    #[inline]
+    pub fn contains_page(&self, p: u64) -> bool {
+        p.wrapping_sub(self.first) < self.pages
+    }
+    /// Bytes of live blocks in stitched ranges.
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+    /// Number of live blocks in stitched ranges.
+    pub fn live_count(&self) -> u64 {
+        self.live_count
+    }
+    /// Number of ranges (in use or cached).
+    pub fn range_count(&self) -> usize {
+        self.by_first.len()
+    }
+    /// Pages handed out from the region at least once.
+    pub fn top(&self) -> u64 {
+        self.top
+    }
+
+    /// Range `r`.
+    pub fn range(&self, r: u32) -> &Range {
+        &self.ranges[r as usize]
+    }
+
+    /// The range starting at page `first`.
+    pub fn at(&self, first: u64) -> Option<u32> {
+        self.by_first.get(&first).copied()
+    }
+
+    /// The range holding page `p`.
+    ///
+    /// # Time complexity
+    /// O(ranges).
+    pub fn containing(&self, p: u64) -> Option<u32> {
+        self.by_first.values().copied().find(|&r| {
+            let x = &self.ranges[r as usize];
+            p >= x.first && p < x.first + x.pages
+        })
+    }
+
+    /// A cached (not in use) range of `pages..=max_pages` pages that `ok`
+    /// accepts, smallest first.
+    ///
+    /// # Time complexity
+    /// O(cached ranges of those sizes).
+    pub fn find(
+        &self,
+        pages: u64,
+        max_pages: u64,
+        mut ok: impl FnMut(&Range) -> bool,
+    ) -> Option<u32> {
+        for n in pages..=max_pages {
+            let Some(ids) = self.by_pages.get(&n) else {
+                continue;
+            };
+            for &r in ids.iter() {
+                let x = &self.ranges[r as usize];
+                if !x.in_use && ok(x) {
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+
+    /// A new range of `pages` pages (not in use); `None` when the region is full.
+    pub fn make(&mut self, pages: u64, now: u64) -> Option<u32> {
+        let first = self.take_va(pages)?;
+        let range = Range {
+            first,
+            pages,
+            size: 0,
+            in_use: false,
+            last_used: now,
+            used: true,
+        };
+        let r = match self.spare.pop() {
+            Some(r) => {
+                self.ranges[r as usize] = range;
+                r
+            }
+            None => {
+                self.ranges.push(range);
+                (self.ranges.len() - 1) as u32
+            }
+        };
+        self.by_first.insert(first, r);
+        self.by_pages
+            .entry(pages)
+            .or_insert_with(|| MetaVec::new_in(std::alloc::System))
+            .push(r);
+        Some(r)
+    }
+
+    /// Marks range `r` in use by a block of `size` bytes.
+    pub fn take(&mut self, r: u32, size: u64) {
+        let x = &mut self.ranges[r as usize];
+        debug_assert!(x.used && !x.in_use, "range {r} not free");
+        x.in_use = true;
+        x.size = size;
+        self.live_bytes += size;
+        self.live_count += 1;
+    }
+
+    /// Marks range `r` free (kept for reuse); returns the block's size.
+    pub fn put(&mut self, r: u32, now: u64) -> u64 {
+        let x = &mut self.ranges[r as usize];
+        debug_assert!(x.used && x.in_use, "range {r} not in use");
+        x.in_use = false;
+        x.last_used = now;
+        self.live_bytes -= x.size;
+        self.live_count -= 1;
+        core::mem::take(&mut x.size)
+    }
+
+    /// Forgets cached range `r` and gives its addresses back to the region
+    /// (its mappings must be gone).
+    pub fn remove(&mut self, r: u32) {
+        let x = self.ranges[r as usize];
+        debug_assert!(x.used && !x.in_use, "range {r} in use");
+        self.ranges[r as usize].used = false;
+        self.by_first.remove(&x.first);
+        if let Some(ids) = self.by_pages.get_mut(&x.pages) {
+            ids.retain(|&i| i != r);
+            if ids.is_empty() {
+                self.by_pages.remove(&x.pages);
+            }
+        }
+        self.spare.push(r);
+        self.give_va(x.first, x.pages);
+    }
+
+    /// Every range id (in use or cached).
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.by_first.values().copied()
+    }
+
+    fn take_va(&mut self, pages: u64) -> Option<u64> {
+        if let Some(i) = self.holes.iter().position(|&(_, n)| n >= pages) {
+            let (f, n) = self.holes[i];
+            if n == pages {
+                self.holes.remove(i);
+            } else {
+                self.holes[i] = (f + pages, n - pages);
+            }
+            return Some(f);
+        }
+        if self.top + pages > self.pages {
+            return None;
+        }
+        let f = self.first + self.top;
+        self.top += pages;
+        Some(f)
+    }
+
+    fn give_va(&mut self, first: u64, pages: u64) {
+        let i = self.holes.partition_point(|&(f, _)| f < first);
+        self.holes.insert(i, (first, pages));
+        // Merge with the next and the previous hole.
+        if i + 1 < self.holes.len() && self.holes[i].0 + self.holes[i].1 == self.holes[i + 1].0 {
+            self.holes[i].1 += self.holes[i + 1].1;
+            self.holes.remove(i + 1);
+        }
+        let mut j = i;
+        if i > 0 && self.holes[i - 1].0 + self.holes[i - 1].1 == self.holes[i].0 {
+            self.holes[i - 1].1 += self.holes[i].1;
+            self.holes.remove(i);
+            j = i - 1;
+        }
+        // A hole reaching the top lowers it.
+        if let Some(&(f, n)) = self.holes.get(j) {
+            if f + n == self.first + self.top && j + 1 == self.holes.len() {
+                self.top = f - self.first;
+                self.holes.pop();
+            }
+        }
+    }
+
+    /// Full structural check (tests, proptest, fuzzing).
+    #[cfg(any(test, feature = "invariant-checks"))]
+    pub fn check(&self) {
+        let mut spans: Vec<(u64, u64)> = self
+            .ranges
+            .iter()
+            .filter(|r| r.used)
+            .map(|r| (r.first, r.pages))
+            .collect();
+        spans.extend(self.holes.iter().copied());
+        spans.sort_unstable();
+        let mut at = self.first;
+        for (f, n) in spans {
+            assert_eq!(f, at, "stitch region: ranges and holes tile it");
+            at += n;
+        }
+        assert_eq!(at, self.first + self.top, "stitch region top");
+        let (mut bytes, mut count) = (0, 0);
+        for r in self.ranges.iter().filter(|r| r.used && r.in_use) {
+            bytes += r.size;
+            count += 1;
+        }
+        assert_eq!(bytes, self.live_bytes, "stitched live bytes");
+        assert_eq!(count, self.live_count, "stitched live blocks");
+        let listed: usize = self.by_pages.values().map(|v| v.len()).sum();
+        assert_eq!(listed, self.by_first.len(), "size index");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_found_by_size_reused_and_their_addresses_recycled() {
+        let mut s = Stitch::new(1000, 64);
+        let a = s.make(4, 0).expect("room");
+        let b = s.make(8, 0).expect("room");
+        assert_eq!(s.range(a).first, 1000);
+        assert_eq!(s.range(b).first, 1004);
+        s.take(a, 7 << 20);
+        assert_eq!(s.find(4, 5, |_| true), None, "in use");
+        assert_eq!(s.find(4, 8, |_| true), Some(b));
+        assert_eq!(s.put(a, 3), 7 << 20);
+        assert_eq!(s.find(4, 5, |_| true), Some(a));
+        assert_eq!(s.find(4, 5, |r| r.first != 1000), None);
+        s.remove(a);
+        s.check();
+        let c = s.make(2, 4).expect("room");
+        assert_eq!(s.range(c).first, 1000, "first fit in the freed addresses");
+        s.remove(b);
+        s.remove(c);
+        s.check();
+        assert_eq!(s.top(), 0, "everything back");
+        assert!(s.make(65, 0).is_none(), "larger than the region");
+    }
+}

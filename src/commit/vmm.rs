@@ -1,0 +1,193 @@
+//! The commit layer's driver calls, each counted and timed, and the two
+//! compound steps everything else is built from: mapping a unit at a range
+//! and taking a mapping or a unit away.
+
+use std::time::Instant;
+
+use super::Commit;
+use super::pages::NIL;
+use crate::driver::{DevicePtr, Driver};
+use crate::error::Result;
+
+impl<D: Driver> Commit<D> {
+    #[inline]
+    pub(super) fn va(&self, page: u64) -> DevicePtr {
+        self.base + (page << self.shift)
+    }
+
+    fn timed<T>(&mut self, f: impl FnOnce(&D) -> Result<T>) -> Result<T> {
+        let t = Instant::now();
+        let r = f(&self.driver);
+        self.calls.vmm_nanos += t.elapsed().as_nanos() as u64;
+        if r.is_err() {
+            self.calls.failed += 1;
+        }
+        r
+    }
+
+    /// Creates a handle of `pages` pages (shareable when asked).
+    pub(super) fn vmm_create(&mut self, pages: u64, shareable: bool) -> Result<D::Handle> {
+        let (bytes, location) = ((pages << self.shift) as usize, self.location);
+        let h = self.timed(|d| {
+            if shareable {
+                d.create_shareable(bytes, location)
+            } else {
+                d.create(bytes, location)
+            }
+        })?;
+        self.calls.create += 1;
+        Ok(h)
+    }
+
+    /// Releases a handle (its mappings are gone or go with it).
+    pub(super) fn vmm_release(&mut self, h: D::Handle) {
+        if self.timed(|d| d.release(h)).is_ok() {
+            self.calls.release += 1;
+        }
+    }
+
+    /// Maps `h` (of `pages` pages) at page `first`.
+    ///
+    /// # Safety
+    /// Pages `first..first+pages` are inside the reservation and unmapped.
+    pub(super) unsafe fn vmm_map(&mut self, first: u64, pages: u64, h: D::Handle) -> Result<()> {
+        let (va, bytes) = (self.va(first), (pages << self.shift) as usize);
+        // SAFETY: the caller guarantees the range is ours and unmapped.
+        self.timed(|d| unsafe { d.map(va, bytes, 0, h) })?;
+        self.calls.map += 1;
+        Ok(())
+    }
+
+    /// Sets the access list on pages `first..first+pages` (whole mappings).
+    ///
+    /// # Safety
+    /// The range is exactly tiled by mappings of ours; lowering rights
+    /// there is the caller's intent.
+    pub(super) unsafe fn vmm_set_access(&mut self, first: u64, pages: u64) -> Result<()> {
+        let access =
+            core::mem::replace(&mut self.access, crate::MetaVec::new_in(std::alloc::System));
+        // SAFETY: forwarded under the caller's guarantees.
+        let r = unsafe { self.vmm_set_access_with(first, pages, &access) };
+        self.access = access;
+        r
+    }
+
+    /// Sets `access` on pages `first..first+pages` (whole mappings).
+    ///
+    /// # Safety
+    /// As [`Commit::vmm_set_access`].
+    pub(super) unsafe fn vmm_set_access_with(
+        &mut self,
+        first: u64,
+        pages: u64,
+        access: &[crate::driver::Access],
+    ) -> Result<()> {
+        let (va, bytes) = (self.va(first), (pages << self.shift) as usize);
+        // SAFETY: the caller guarantees the range is tiled by our mappings.
+        self.timed(|d| unsafe { d.set_access(va, bytes, access) })?;
+        self.calls.set_access += 1;
+        Ok(())
+    }
+
+    /// Maximal runs of adjacent mapped pages: (first page, pages). Each is
+    /// tiled by whole mappings.
+    pub(super) fn mapped_runs(&self) -> crate::MetaVec<(u64, u64)> {
+        let mut runs: crate::MetaVec<(u64, u64)> = crate::MetaVec::new_in(std::alloc::System);
+        self.pages.for_each_touched(|p, _, m, _| {
+            if m == NIL {
+                return;
+            }
+            match runs.last_mut() {
+                Some((f, n)) if *f + *n == p => *n += 1,
+                _ => runs.push((p, 1)),
+            }
+        });
+        runs
+    }
+
+    /// Unmaps pages `first..first+pages` (whole mappings, maybe several).
+    ///
+    /// # Safety
+    /// No live byte is there and every fence of the frees through those
+    /// mappings completed: neither the host nor queued work touches them.
+    pub(super) unsafe fn vmm_unmap(&mut self, first: u64, pages: u64) -> Result<()> {
+        let (va, bytes) = (self.va(first), (pages << self.shift) as usize);
+        // SAFETY: the caller guarantees nothing uses the range.
+        self.timed(|d| unsafe { d.unmap(va, bytes) })?;
+        self.calls.unmap += 1;
+        Ok(())
+    }
+
+    /// Maps unit `u` at page `first` and records the mapping (not setting
+    /// access yet: callers set it once over the whole range they map).
+    pub(super) fn map_unit(&mut self, u: u32, first: u64) -> Result<u32> {
+        let (pages, h, alias) = {
+            let x = self.pool.unit(u);
+            (x.pages, x.handle, x.aliases > 0)
+        };
+        let Some(h) = h else {
+            return Err(crate::Error::Unsupported(
+                "a released unit cannot be mapped (bug)",
+            ));
+        };
+        // SAFETY: callers pass pages of the reservation whose page-table
+        // entries say unmapped.
+        unsafe { self.vmm_map(first, pages, h)? };
+        if alias {
+            self.calls.alias += 1;
+        }
+        let m = self.pool.add_map(u, first, self.clock.now_ms());
+        for p in first..first + pages {
+            self.pages.set_map(p, m);
+        }
+        // A unit in use elsewhere makes the new mapping's pages blocked.
+        if self.pool.unit(u).owner != NIL {
+            for p in first..first + pages {
+                self.pages.set_blocked(p, true);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Unmaps mapping `m` (no live page; its frees' fences completed) and
+    /// forgets it. Returns its unit.
+    pub(super) fn unmap_mapping(&mut self, m: u32) -> Result<u32> {
+        let (first, pages) = {
+            let x = self.pool.map(m);
+            debug_assert_eq!(x.live_pages, 0, "unmapping live mapping {m}");
+            (x.first, x.pages)
+        };
+        // SAFETY: no live byte is on the mapping and the caller checked its
+        // stamps: nothing addresses the range.
+        unsafe { self.vmm_unmap(first, pages)? };
+        for p in first..first + pages {
+            self.pages.set_map(p, NIL);
+        }
+        Ok(self.pool.remove_map(m))
+    }
+
+    /// Unmaps every mapping of idle unit `u` and releases it. Callers
+    /// checked the stamps of the unit and its mappings. Returns the pages
+    /// given back, or 0 if an unmap failed (the unit then stays, with the
+    /// mappings that could not be removed).
+    ///
+    /// A stitched range that loses a mapping keeps a hole there: it still
+    /// serves blocks that do not reach the hole (the page table prices the
+    /// hole as unmapped), and goes when it decays.
+    pub(super) fn release_unit(&mut self, u: u32) -> u64 {
+        while self.pool.unit(u).first_alias != NIL {
+            let m = self.pool.unit(u).first_alias;
+            if self.unmap_mapping(m).is_err() {
+                return 0;
+            }
+        }
+        let pages = self.pool.unit(u).pages;
+        if self.pool.unit(u).shared {
+            self.shared_pages -= pages;
+        }
+        if let Some(h) = self.pool.remove_unit(u) {
+            self.vmm_release(h);
+        }
+        pages
+    }
+}

@@ -1,0 +1,84 @@
+//! A millisecond clock the decay policy reads, which tests can step by hand.
+//!
+//! Giving idle memory back "after `decay_ms`" needs a clock; tests and the
+//! background reclaimer's unit tests need one they control, so that what is
+//! given back, and when, is deterministic (jemalloc's decay tests do the
+//! same with a mocked `nstime`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Milliseconds since some start, from the system's monotonic clock or set
+/// by hand ([`Clock::manual`]).
+#[derive(Clone, Debug)]
+pub struct Clock(Source);
+
+#[derive(Clone, Debug)]
+enum Source {
+    System(Instant),
+    Manual(Arc<AtomicU64>),
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::system()
+    }
+}
+
+impl Clock {
+    /// The monotonic system clock (milliseconds since this call).
+    pub fn system() -> Self {
+        Clock(Source::System(Instant::now()))
+    }
+
+    /// A clock that reads 0 until [`Clock::advance`] or [`Clock::set`] moves
+    /// it. Clones share the same time.
+    pub fn manual() -> Self {
+        Clock(Source::Manual(Arc::new(AtomicU64::new(0))))
+    }
+
+    /// Milliseconds now.
+    #[inline]
+    pub fn now_ms(&self) -> u64 {
+        match &self.0 {
+            Source::System(t) => t.elapsed().as_millis() as u64,
+            Source::Manual(t) => t.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Moves a manual clock forward by `ms` (no effect on the system clock).
+    pub fn advance(&self, ms: u64) {
+        if let Source::Manual(t) = &self.0 {
+            t.fetch_add(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets a manual clock to `ms` (no effect on the system clock).
+    pub fn set(&self, ms: u64) {
+        if let Source::Manual(t) = &self.0 {
+            t.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether this clock is stepped by hand.
+    pub fn is_manual(&self) -> bool {
+        matches!(self.0, Source::Manual(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Clock;
+
+    #[test]
+    fn manual_clock_moves_only_by_hand_and_clones_share_it() {
+        let c = Clock::manual();
+        let d = c.clone();
+        assert_eq!(c.now_ms(), 0);
+        c.advance(250);
+        assert_eq!(d.now_ms(), 250);
+        d.set(1000);
+        assert_eq!(c.now_ms(), 1000);
+    }
+}
