@@ -611,6 +611,16 @@ pub enum Error {
         /// Largest possible block.
         max: u64,
     },
+    /// A size computed as a count times an element size overflows 64 bits.
+    #[error(
+        "size overflow: {count} elements of {elem_size} bytes do not fit in 64 bits; ask for fewer elements"
+    )]
+    SizeOverflow {
+        /// Number of elements requested.
+        count: u64,
+        /// Bytes per element.
+        elem_size: u64,
+    },
     /// A free or resize got a pointer it cannot accept; nothing was changed.
     #[error("bad pointer {addr:#x} ({}): nothing was freed; pass exactly what alloc returned, once", describe_bad(*.kind))]
     BadPointer {

@@ -1,5 +1,6 @@
 //! Bad input on every entry point gets a clear error and changes nothing:
-//! alignments that are not powers of two (zero included).
+//! alignments that are not powers of two (zero included), sizes whose byte
+//! count overflows.
 
 use core::alloc::{GlobalAlloc, Layout};
 
@@ -8,7 +9,7 @@ use gpu_arena::api::global_alloc::ArenaGlobalAlloc;
 use gpu_arena::driver::Stream;
 use gpu_arena::driver::system::Select;
 use gpu_arena::global::{GlobalArena, GlobalConfig};
-use gpu_arena::{ArenaConfig, Error, Kind, SharedArena};
+use gpu_arena::{ArenaConfig, DeviceVec, Error, Kind, SharedArena};
 
 use crate::arena_model::{config, host};
 
@@ -100,4 +101,33 @@ fn shared_arena_and_allocator_traits_refuse_bad_alignments() {
     // SAFETY: a nonzero-size layout; a null result is the refusal checked here.
     let p = unsafe { global.alloc(huge) };
     assert!(p.is_null(), "GlobalAlloc served alignment 2^40 at {p:?}");
+}
+
+#[test]
+fn device_vec_refuses_lengths_whose_bytes_overflow() {
+    let driver = host(256 << 20);
+    let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+    let before = arena.stats();
+    for len in [(1usize << 61) + 1, usize::MAX, usize::MAX / 8 + 1] {
+        let r = DeviceVec::<u64, _>::with_len(&arena, len);
+        match r {
+            Err(Error::SizeOverflow { count, elem_size }) => {
+                assert_eq!((count, elem_size), (len as u64, 8));
+                assert!(
+                    Error::SizeOverflow { count, elem_size }
+                        .to_string()
+                        .contains("ask for fewer elements")
+                );
+            }
+            other => panic!("with_len({len}) of u64: {other:?}"),
+        }
+    }
+    // Fits in 64 bits but not in the arena: too large, not an overflow.
+    let r = DeviceVec::<u64, _>::with_len(&arena, 1 << 60);
+    assert!(matches!(r, Err(Error::TooLarge { .. })), "{r:?}");
+    assert_eq!(arena.stats(), before);
+    let v = DeviceVec::<u64, _>::with_len(&arena, 1000).unwrap();
+    assert_eq!(v.len(), 1000);
+    drop(v);
+    arena.lock().check_invariants();
 }
