@@ -660,6 +660,17 @@ pub enum Error {
         /// The offending text (truncated to 47 bytes).
         text: ConfigText,
     },
+    /// A scratch arena or growable buffer asked for more address space than
+    /// the arena's whole buffers region: no free or trim can make it fit.
+    #[error(
+        "cannot reserve {requested} bytes: the arena keeps only {capacity} bytes of its reservation for scratch arenas and growable buffers; configure a larger reservation (`ArenaConfig::reservation`, `GPU_ARENA_CONF=reservation:SIZE`) or ask for less"
+    )]
+    ExceedsReservation {
+        /// Requested bytes.
+        requested: u64,
+        /// Bytes of the arena's buffers region (its share of the reservation).
+        capacity: u64,
+    },
     /// The arena's address space (its reservation) is full.
     #[error(
         "the arena's reservation of {reserved} bytes is full (requested {requested}); configure a larger reservation"

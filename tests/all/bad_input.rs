@@ -1,6 +1,6 @@
 //! Bad input on every entry point gets a clear error and changes nothing:
 //! alignments that are not powers of two (zero included), sizes whose byte
-//! count overflows.
+//! count overflows, buffers larger than the whole reservation.
 
 use core::alloc::{GlobalAlloc, Layout};
 
@@ -9,9 +9,9 @@ use gpu_arena::api::global_alloc::ArenaGlobalAlloc;
 use gpu_arena::driver::Stream;
 use gpu_arena::driver::system::Select;
 use gpu_arena::global::{GlobalArena, GlobalConfig};
-use gpu_arena::{ArenaConfig, DeviceVec, Error, Kind, SharedArena};
+use gpu_arena::{ArenaConfig, DeviceVec, Error, GrowBuffer, Kind, Scratch, SharedArena};
 
-use crate::arena_model::{config, host};
+use crate::arena_model::{PAGE, config, host};
 
 const D: Stream = Stream::DEFAULT;
 
@@ -129,5 +129,32 @@ fn device_vec_refuses_lengths_whose_bytes_overflow() {
     let v = DeviceVec::<u64, _>::with_len(&arena, 1000).unwrap();
     assert_eq!(v.len(), 1000);
     drop(v);
+    arena.lock().check_invariants();
+}
+
+#[test]
+fn buffers_larger_than_the_reservation_say_so() {
+    let driver = host(256 << 20);
+    let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+    let (_, reserved) = arena.lock().reservation();
+    let before = arena.stats();
+    for max in [1u64 << 60, u64::MAX, reserved] {
+        let e = GrowBuffer::with_max(&arena, max).unwrap_err();
+        assert!(
+            matches!(e, Error::ExceedsReservation { requested, capacity }
+                if requested == max && capacity < reserved),
+            "GrowBuffer::with_max({max}): {e:?}"
+        );
+        let msg = e.to_string();
+        assert!(!msg.contains("is full"), "{msg}");
+        assert!(msg.contains("configure a larger reservation"), "{msg}");
+        let e = Scratch::new(&arena, max, 0).unwrap_err();
+        assert!(matches!(e, Error::ExceedsReservation { .. }), "{e:?}");
+    }
+    assert_eq!(arena.stats(), before);
+    // What fits is served.
+    let mut g = GrowBuffer::with_max(&arena, 4 * PAGE).unwrap();
+    g.resize(PAGE).unwrap();
+    drop(g);
     arena.lock().check_invariants();
 }
