@@ -16,21 +16,10 @@ use crate::api::SharedArena;
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
 
-/// Plain data that may be copied bytewise to and from a device.
-///
-/// # Safety
-/// Every bit pattern of `size_of::<T>()` bytes must be a valid `T`, and `T`
-/// has no padding, pointers or drop glue.
-pub unsafe trait Pod: Copy + 'static {}
-macro_rules! pod {
-    ($($t:ty),*) => { $(
-        // SAFETY: primitive numbers: any bit pattern is valid, no padding.
-        unsafe impl Pod for $t {}
-    )* };
-}
-pod!(
-    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
-);
+/// Plain data that may be copied bytewise to and from a device: every bit
+/// pattern is a valid value, with no padding, pointers or drop glue
+/// (`bytemuck`'s trait; derive it with `bytemuck`'s `derive` feature).
+pub use bytemuck::Pod;
 
 /// Bytes of `len` elements of `T`, refused where that overflows 64 bits.
 fn bytes_of<T>(len: usize) -> Result<u64> {
