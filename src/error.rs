@@ -391,7 +391,7 @@ impl fmt::Display for DriverError {
                 ErrorKind::OutOfMemory => {
                     f.write_str(": the device is out of memory; free or trim memory")?
                 }
-                _ => f.write_str(": check the arguments against the driver rules in DESIGN.md")?,
+                _ => f.write_str(": check the arguments against the driver rules (gpu_arena::driver::rules, docs/conformance.md)")?,
             }
         }
         Ok(())
