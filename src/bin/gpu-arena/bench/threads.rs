@@ -140,6 +140,8 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             |_| Ok(()),
         )?;
         let system = scaled(threads, dur, || Ok(()), |_| system_pair(layout), |_| Ok(()))?;
+        // The CUDA pool's column is pushed on CUDA builds only.
+        #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
         let mut anchors = vec![Some(mutex), Some(system)];
         #[cfg(feature = "cuda")]
         if let Some(cu) = ctx.cu {
