@@ -7,8 +7,8 @@
 //! - [`result`]: one thin function per driver call, `CUresult` turned into
 //!   `Result<_, DriverError>`;
 //! - this module: [`CudaDriver`], which owns the device's retained primary
-//!   context, the event pool, the set of live memory handles and the test
-//!   [`Kernels`], and releases them in `Drop`.
+//!   context, the event pool, the set of live memory handles and (feature
+//!   `test-support`) the test kernels, and releases them in `Drop`.
 //!
 //! # Behaviour worth knowing (measured on an H100, driver 580 / CUDA 13.0,
 //! see `research/vmm-probe-h100.md`)
