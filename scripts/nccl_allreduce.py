@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """All-reduce on 2 GPUs through torch.distributed (NCCL), with gpu-arena as
 the CUDA allocator in each process, against PyTorch's default allocator in
-the same run (issue 7, item 3).
+the same run (docs/multi-gpu.md).
 
 For each allocator (a fresh pair of processes each, since the allocator can
 only be changed before the first CUDA allocation of a process) and each size

@@ -1,4 +1,4 @@
-"""Sleep and wake a PyTorch model's memory with gpu-arena (issue 9, docs/sleep-wake.md).
+"""Sleep and wake a PyTorch model's memory with gpu-arena (docs/sleep-wake.md).
 
 usage: python3 torch_sleep_wake.py LIBGPU_ARENA.so [WORKLOADS.py]
 

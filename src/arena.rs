@@ -730,10 +730,14 @@ impl<D: Driver> Arena<D> {
             return Err(Error::ZeroSize);
         }
         let page = self.page();
-        let max = crate::driver::round_up(max, page).ok_or(Error::TooLarge {
-            size: max,
-            max: self.buffers.capacity(),
-        })?;
+        let capacity = self.buffers.capacity();
+        // Larger than the whole region is a different error from a full one.
+        let max = crate::driver::round_up(max, page)
+            .filter(|&m| m <= capacity)
+            .ok_or(Error::ExceedsReservation {
+                requested: max,
+                capacity,
+            })?;
         let a = self
             .buffers
             .alloc(max, page, |_| true)
@@ -1315,9 +1319,9 @@ impl<D: Driver> Arena<D> {
     /// fences of earlier work on that range (rare).
     pub fn reserve_shared_buffer(&mut self, len: u64) -> Result<DevicePtr> {
         self.awake()?;
-        let len = crate::driver::round_up(len, self.page()).ok_or(Error::TooLarge {
-            size: len,
-            max: self.buffers.capacity(),
+        let len = crate::driver::round_up(len, self.page()).ok_or(Error::ExceedsReservation {
+            requested: len,
+            capacity: self.buffers.capacity(),
         })?;
         let base = self.reserve_buffer(len, Policy::Grow)?;
         if let Err(e) = self.commit.pin_shared(base - self.commit.base(), len) {

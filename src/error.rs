@@ -317,11 +317,46 @@ impl DriverError {
         }
     }
 
-    /// The code's symbolic name (`CUDA_ERROR_INVALID_VALUE`, `hipErrorInvalidValue`, …).
+    /// The code's symbolic name (`CUDA_ERROR_INVALID_VALUE`,
+    /// `hipErrorInvalidValue`, …): the runtime's own (`cuGetErrorName`,
+    /// `hipGetErrorName`) where it is loaded, else the name of a code
+    /// gpu-arena reports itself ([`cuda_code_name`], [`hip_code_name`]).
     pub fn code_name(&self) -> &'static str {
         match self.backend {
-            Backend::Hip => hip_code_name(self.code),
-            Backend::Cuda | Backend::Host => cuda_code_name(self.code),
+            Backend::Hip => {
+                runtime_name(self.backend, self.code).unwrap_or_else(|| hip_code_name(self.code))
+            }
+            Backend::Cuda => {
+                runtime_name(self.backend, self.code).unwrap_or_else(|| cuda_code_name(self.code))
+            }
+            Backend::Host => cuda_code_name(self.code),
+        }
+    }
+
+    /// The runtime's description of the code (`cuGetErrorString`,
+    /// `hipGetErrorString`), where that runtime is loaded.
+    pub fn description(&self) -> Option<&'static str> {
+        match self.backend {
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => crate::driver::cuda::result::error_string(self.code),
+            #[cfg(feature = "hip")]
+            Backend::Hip => crate::driver::hip::result::error_string(self.code),
+            _ => None,
+        }
+    }
+}
+
+/// The runtime's own name for `code`, looked up on demand (CUDA: only once
+/// the presence probe found the driver library).
+fn runtime_name(backend: Backend, code: i32) -> Option<&'static str> {
+    match backend {
+        #[cfg(feature = "cuda")]
+        Backend::Cuda => crate::driver::cuda::result::error_name(code),
+        #[cfg(feature = "hip")]
+        Backend::Hip => crate::driver::hip::result::error_name(code),
+        _ => {
+            let _ = code;
+            None
         }
     }
 }
@@ -330,7 +365,7 @@ impl fmt::Display for DriverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} failed{}: {} ({}, {})",
+            "{} failed{}: {} ({}, {}",
             self.call.name(self.backend),
             if self.checked {
                 " (refused by the checked driver)"
@@ -341,6 +376,10 @@ impl fmt::Display for DriverError {
             self.code_name(),
             self.code
         )?;
+        match self.description() {
+            Some(d) => write!(f, ": {d})")?,
+            None => f.write_str(")")?,
+        }
         if let Some(reason) = self.reason {
             f.write_str(": ")?;
             reason.write(f)?;
@@ -352,7 +391,7 @@ impl fmt::Display for DriverError {
                 ErrorKind::OutOfMemory => {
                     f.write_str(": the device is out of memory; free or trim memory")?
                 }
-                _ => f.write_str(": check the arguments against the driver rules in DESIGN.md")?,
+                _ => f.write_str(": check the arguments against the driver rules (gpu_arena::driver::rules, docs/conformance.md)")?,
             }
         }
         Ok(())
@@ -386,25 +425,20 @@ pub const fn cuda_code_kind(code: i32) -> ErrorKind {
     }
 }
 
-/// Symbolic name of a CUDA driver code.
+/// Symbolic name of a CUDA code that gpu-arena reports itself: the codes of
+/// [`kind_to_cuda_code`] (host backend, checked layer, and a CUDA backend
+/// that found no driver library). Codes from the driver are named by the
+/// driver (see [`DriverError::code_name`]).
 pub const fn cuda_code_name(code: i32) -> &'static str {
     match code {
-        0 => "CUDA_SUCCESS",
         1 => "CUDA_ERROR_INVALID_VALUE",
         2 => "CUDA_ERROR_OUT_OF_MEMORY",
-        3 => "CUDA_ERROR_NOT_INITIALIZED",
-        4 => "CUDA_ERROR_DEINITIALIZED",
-        34 => "CUDA_ERROR_STUB_LIBRARY",
         100 => "CUDA_ERROR_NO_DEVICE",
-        101 => "CUDA_ERROR_INVALID_DEVICE",
-        201 => "CUDA_ERROR_INVALID_CONTEXT",
         400 => "CUDA_ERROR_INVALID_HANDLE",
-        600 => "CUDA_ERROR_NOT_READY",
-        700 => "CUDA_ERROR_ILLEGAL_ADDRESS",
         800 => "CUDA_ERROR_NOT_PERMITTED",
         801 => "CUDA_ERROR_NOT_SUPPORTED",
         999 => "CUDA_ERROR_UNKNOWN",
-        _ => "CUDA_ERROR_(other)",
+        _ => "CUresult",
     }
 }
 
@@ -423,22 +457,19 @@ pub const fn hip_code_kind(code: i32) -> ErrorKind {
     }
 }
 
-/// Symbolic name of a HIP code.
+/// Symbolic name of a HIP code that gpu-arena reports itself (the codes of
+/// [`kind_to_cuda_code`], which HIP numbers alike). Codes from the runtime
+/// are named by the runtime (see [`DriverError::code_name`]).
 pub const fn hip_code_name(code: i32) -> &'static str {
     match code {
-        0 => "hipSuccess",
         1 => "hipErrorInvalidValue",
         2 => "hipErrorOutOfMemory",
-        3 => "hipErrorNotInitialized",
-        35 => "hipErrorInsufficientDriver",
         100 => "hipErrorNoDevice",
-        101 => "hipErrorInvalidDevice",
-        201 => "hipErrorInvalidContext",
         400 => "hipErrorInvalidHandle",
-        600 => "hipErrorNotReady",
         800 => "hipErrorNotPermitted",
         801 => "hipErrorNotSupported",
-        _ => "hipError(other)",
+        999 => "hipErrorUnknown",
+        _ => "hipError_t",
     }
 }
 
@@ -611,6 +642,16 @@ pub enum Error {
         /// Largest possible block.
         max: u64,
     },
+    /// A size computed as a count times an element size overflows 64 bits.
+    #[error(
+        "size overflow: {count} elements of {elem_size} bytes do not fit in 64 bits; ask for fewer elements"
+    )]
+    SizeOverflow {
+        /// Number of elements requested.
+        count: u64,
+        /// Bytes per element.
+        elem_size: u64,
+    },
     /// A free or resize got a pointer it cannot accept; nothing was changed.
     #[error("bad pointer {addr:#x} ({}): nothing was freed; pass exactly what alloc returned, once", describe_bad(*.kind))]
     BadPointer {
@@ -649,6 +690,17 @@ pub enum Error {
         what: &'static str,
         /// The offending text (truncated to 47 bytes).
         text: ConfigText,
+    },
+    /// A scratch arena or growable buffer asked for more address space than
+    /// the arena's whole buffers region: no free or trim can make it fit.
+    #[error(
+        "cannot reserve {requested} bytes: the arena keeps only {capacity} bytes of its reservation for scratch arenas and growable buffers; configure a larger reservation (`ArenaConfig::reservation`, `GPU_ARENA_CONF=reservation:SIZE`) or ask for less"
+    )]
+    ExceedsReservation {
+        /// Requested bytes.
+        requested: u64,
+        /// Bytes of the arena's buffers region (its share of the reservation).
+        capacity: u64,
     },
     /// The arena's address space (its reservation) is full.
     #[error(
@@ -771,5 +823,32 @@ mod tests {
             ..Default::default()
         });
         assert!(oom.to_string().contains("limit none"));
+    }
+
+    #[test]
+    fn every_code_gpu_arena_reports_itself_has_a_name() {
+        for kind in [
+            ErrorKind::InvalidValue,
+            ErrorKind::NotSupported,
+            ErrorKind::OutOfMemory,
+            ErrorKind::InvalidHandle,
+            ErrorKind::NotPermitted,
+            ErrorKind::NoDevice,
+            ErrorKind::Other,
+        ] {
+            let code = kind_to_cuda_code(kind);
+            assert!(cuda_code_name(code).starts_with("CUDA_ERROR_"), "{kind:?}");
+            assert!(hip_code_name(code).starts_with("hipError"), "{kind:?}");
+            assert_eq!(cuda_code_kind(code), kind);
+        }
+        // The host backend never asks a runtime: no description.
+        let e = DriverError::new(
+            Backend::Host,
+            Call::Map,
+            ErrorKind::InvalidValue,
+            Reason::NotMapped,
+        );
+        assert_eq!(e.code_name(), "CUDA_ERROR_INVALID_VALUE");
+        assert_eq!(e.description(), None);
     }
 }

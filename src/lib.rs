@@ -29,4 +29,5 @@ pub use stats::{Snapshot, Stats};
 pub mod api;
 pub use api::{DeviceBox, DeviceVec, GrowBuffer, Scratch, ScratchPtr, SharedArena};
 pub mod global;
+#[cfg(feature = "trace")]
 pub mod replay;

@@ -94,6 +94,41 @@ fn bench_quick() {
 }
 
 #[test]
+fn bench_markdown_keeps_reference_figures_apart() {
+    if !have_bin() {
+        return;
+    }
+    let s = stdout(&run(&[
+        "bench",
+        "--quick",
+        "--markdown",
+        "--backend",
+        "host",
+        "--only",
+        "pairs,threads",
+    ]));
+    assert!(s.contains("#### a. alloc+free pair latency"), "{s}");
+    assert!(s.contains("#### b. thread scaling"), "{s}");
+    assert!(
+        s.contains("| case | gpu-arena | System malloc | ratio | target | check |"),
+        "{s}"
+    );
+    // The measured tables hold measured columns only; the fixed figures
+    // follow under their own label, in a table without ratios.
+    let (measured, refs) = s
+        .split_once("reference figures, not measured in this run")
+        .expect("a labelled reference table");
+    assert!(!measured.contains("PyTorch"), "{measured}");
+    assert!(
+        refs.contains("| case | cudaMallocAsync | PyTorch |"),
+        "{refs}"
+    );
+    let table = refs.lines().filter(|l| l.starts_with('|'));
+    assert!(table.clone().all(|l| !l.contains("ratio")), "{refs}");
+    assert_eq!(table.count(), 5, "header, rule, 1/4/16 threads: {refs}");
+}
+
+#[test]
 fn bench_json() {
     if !have_bin() {
         return;
@@ -122,6 +157,31 @@ fn bench_json() {
         sections[1]["rows"][0]["arena"],
         serde_json::Value::Null,
         "kernel: n/a on host"
+    );
+    let out = run(&[
+        "bench",
+        "--quick",
+        "--json",
+        "--backend",
+        "host",
+        "--only",
+        "threads",
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    let threads = &json["sections"][0];
+    let anchors = threads["anchors"].as_array().expect("anchors");
+    assert!(
+        anchors.iter().all(|a| a["name"] != "PyTorch"),
+        "reference figures are no anchor column: {anchors:?}"
+    );
+    assert_eq!(threads["references"]["columns"][1], "PyTorch");
+    assert!(
+        threads["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| { r["ratios"].as_array().unwrap().len() == anchors.len() })
     );
 }
 

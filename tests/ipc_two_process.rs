@@ -1,4 +1,4 @@
-//! Two processes share one buffer (issue 7, item 2).
+//! Two processes share one buffer.
 //!
 //! The test process (A, the exporter) re-executes this test binary twice:
 //! once as the importer (B) and once as an intruder (C), telling each its

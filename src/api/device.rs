@@ -14,23 +14,23 @@ use core::marker::PhantomData;
 
 use crate::api::SharedArena;
 use crate::driver::{DevicePtr, Driver, Stream};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Plain data that may be copied bytewise to and from a device.
-///
-/// # Safety
-/// Every bit pattern of `size_of::<T>()` bytes must be a valid `T`, and `T`
-/// has no padding, pointers or drop glue.
-pub unsafe trait Pod: Copy + 'static {}
-macro_rules! pod {
-    ($($t:ty),*) => { $(
-        // SAFETY: primitive numbers: any bit pattern is valid, no padding.
-        unsafe impl Pod for $t {}
-    )* };
+/// Plain data that may be copied bytewise to and from a device: every bit
+/// pattern is a valid value, with no padding, pointers or drop glue
+/// (`bytemuck`'s trait; derive it with `bytemuck`'s `derive` feature).
+pub use bytemuck::Pod;
+
+/// Bytes of `len` elements of `T`, refused where that overflows 64 bits.
+fn bytes_of<T>(len: usize) -> Result<u64> {
+    let elem_size = core::mem::size_of::<T>() as u64;
+    (len as u64)
+        .checked_mul(elem_size)
+        .ok_or(Error::SizeOverflow {
+            count: len as u64,
+            elem_size,
+        })
 }
-pod!(
-    u8, i8, u16, i16, u32, i32, u64, i64, u128, i128, usize, isize, f32, f64
-);
 
 /// A device array of `T`.
 pub struct DeviceVec<'a, T: Pod, D: Driver> {
@@ -52,8 +52,12 @@ impl<T: Pod, D: Driver> core::fmt::Debug for DeviceVec<'_, T, D> {
 impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
     /// `len` uninitialized-on-device elements (contents unspecified, zero
     /// on a fresh commit).
+    ///
+    /// A `len` whose size in bytes overflows 64 bits is refused with
+    /// [`Error::SizeOverflow`]; one larger than the arena can hold, with
+    /// [`Error::TooLarge`]. May call the driver (commit).
     pub fn with_len(arena: &'a SharedArena<D>, len: usize) -> Result<Self> {
-        let bytes = (core::mem::size_of::<T>() * len).max(1) as u64;
+        let bytes = bytes_of::<T>(len)?.max(1);
         let align = core::mem::align_of::<T>().max(512) as u64;
         let ptr = arena.alloc(bytes, align, Stream::DEFAULT)?;
         Ok(DeviceVec {
@@ -110,7 +114,8 @@ impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
             a.driver().copy(
                 out.as_mut_ptr() as DevicePtr,
                 self.ptr,
-                self.len * core::mem::size_of::<T>(),
+                // Checked in `with_len`: the block holds exactly these bytes.
+                core::mem::size_of::<T>() * self.len,
                 Stream::DEFAULT,
             )?;
             out.set_len(self.len);

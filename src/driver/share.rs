@@ -20,24 +20,27 @@
 //!   user.
 //!
 //! These are setup paths (once per shared buffer), not allocator hot paths:
-//! they may allocate.
+//! they may allocate. The system calls go through `rustix`, so this module
+//! has no unsafe code of its own.
+#![deny(unsafe_code)]
 
-use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
 
 /// Most descriptors one message carries.
 pub const MAX_FDS: usize = 64;
 
 /// Bytes of control buffer for [`MAX_FDS`] descriptors.
-// SAFETY: CMSG_SPACE is pure arithmetic on its argument.
-const CMSG_BYTES: usize = unsafe { libc::CMSG_SPACE((MAX_FDS * 4) as u32) } as usize;
-
-/// A control-message buffer aligned for `cmsghdr`.
-#[repr(C, align(8))]
-struct Cmsg([u8; CMSG_BYTES]);
+const CMSG_BYTES: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 
 /// Who is at the other end of a connected Unix socket (`SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,29 +55,11 @@ pub struct PeerCredentials {
 
 /// The credentials of the peer of `socket` (a connected Unix socket).
 pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` are valid out-pointers of the sizes given.
-    let r = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let cred = rustix::net::sockopt::socket_peercred(socket)?;
     Ok(PeerCredentials {
-        pid: cred.pid,
-        uid: cred.uid,
-        gid: cred.gid,
+        pid: cred.pid.as_raw_nonzero().get(),
+        uid: cred.uid.as_raw(),
+        gid: cred.gid.as_raw(),
     })
 }
 
@@ -82,8 +67,7 @@ pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
 /// process's effective user. `PermissionDenied` (saying who it was) if not.
 pub fn check_peer(socket: BorrowedFd<'_>, pid: i32) -> io::Result<PeerCredentials> {
     let cred = peer_credentials(socket)?;
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = rustix::process::geteuid().as_raw();
     if cred.pid != pid || cred.uid != uid {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
@@ -129,67 +113,23 @@ pub fn send_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) ->
             "gpu-arena: a message carrying descriptors needs at least one byte",
         ));
     }
-    let mut cmsg = Cmsg([0; CMSG_BYTES]);
-    let mut iov = libc::iovec {
-        iov_base: bytes.as_ptr() as *mut libc::c_void,
-        iov_len: bytes.len(),
-    };
-    // SAFETY: an all-zero msghdr is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    if !fds.is_empty() {
-        let data_len = (fds.len() * core::mem::size_of::<libc::c_int>()) as u32;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        // SAFETY: pure arithmetic.
-        msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as _;
-        // SAFETY: 1. msg_control points to CMSG_BYTES >= msg_controllen
-        // aligned bytes, so the first header fits; 2. CMSG_DATA of it has
-        // room for `fds.len()` ints (CMSG_SPACE above).
-        unsafe {
-            let hdr = libc::CMSG_FIRSTHDR(&msg);
-            (*hdr).cmsg_level = libc::SOL_SOCKET;
-            (*hdr).cmsg_type = libc::SCM_RIGHTS;
-            (*hdr).cmsg_len = libc::CMSG_LEN(data_len) as _;
-            let data = libc::CMSG_DATA(hdr).cast::<libc::c_int>();
-            for (i, fd) in fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_BYTES];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other(
+            "gpu-arena: the descriptors do not fit the control buffer (bug)",
+        ));
     }
-    let n = loop {
-        // SAFETY: msg points to live buffers described above.
-        let n = unsafe { libc::sendmsg(socket.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    };
+    let iov = [IoSlice::new(bytes)];
+    let n = rustix::io::retry_on_intr(|| {
+        rustix::net::sendmsg(socket, &iov, &mut control, SendFlags::NOSIGNAL)
+    })?;
     // A stream socket may take part of the bytes; the descriptors went with
     // the first of them.
     let mut sent = n;
     while sent < bytes.len() {
         let rest = &bytes[sent..];
-        // SAFETY: `rest` is a live slice of `rest.len()` bytes.
-        let n = unsafe {
-            libc::send(
-                socket.as_raw_fd(),
-                rest.as_ptr().cast(),
-                rest.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        sent += n as usize;
+        sent += rustix::io::retry_on_intr(|| rustix::net::send(socket, rest, SendFlags::NOSIGNAL))?;
     }
     Ok(())
 }
@@ -216,60 +156,38 @@ fn recv_fds_inner(
 ) -> io::Result<()> {
     let mut got = 0;
     while got < buf.len() {
-        let mut cmsg = Cmsg([0; CMSG_BYTES]);
-        let rest = &mut buf[got..];
-        let mut iov = libc::iovec {
-            iov_base: rest.as_mut_ptr().cast(),
-            iov_len: rest.len(),
-        };
-        // SAFETY: an all-zero msghdr is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { core::mem::zeroed() };
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = cmsg.0.as_mut_ptr().cast();
-        msg.msg_controllen = CMSG_BYTES as _;
-        // SAFETY: msg points to live, writable buffers of the lengths given.
-        let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        // Take ownership of every descriptor first, so none leaks on error.
+        let mut space = [MaybeUninit::<u8>::uninit(); CMSG_BYTES];
+        let mut control = RecvAncillaryBuffer::new(&mut space);
+        let mut iov = [IoSliceMut::new(&mut buf[got..])];
+        let msg = rustix::io::retry_on_intr(|| {
+            rustix::net::recvmsg(socket, &mut iov, &mut control, RecvFlags::CMSG_CLOEXEC)
+        })?;
+        // Take ownership of every descriptor first, so none leaks on error
+        // (the buffer closes any left in it when dropped).
         let mut bad_control = false;
-        // SAFETY: the kernel filled msg_control with msg_controllen bytes of
-        // well-formed headers; CMSG_NXTHDR stays inside that buffer.
-        unsafe {
-            let mut hdr = libc::CMSG_FIRSTHDR(&msg);
-            while !hdr.is_null() {
-                if (*hdr).cmsg_level == libc::SOL_SOCKET && (*hdr).cmsg_type == libc::SCM_RIGHTS {
-                    let payload = (*hdr).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                    let data = libc::CMSG_DATA(hdr).cast::<libc::c_int>();
-                    for i in 0..payload / core::mem::size_of::<libc::c_int>() {
-                        let raw = data.add(i).read_unaligned();
-                        fds.push(OwnedFd::from_raw_fd(raw));
-                    }
-                } else {
-                    bad_control = true;
-                }
-                hdr = libc::CMSG_NXTHDR(&msg, hdr);
+        for m in control.drain() {
+            match m {
+                RecvAncillaryMessage::ScmRights(received) => fds.extend(received),
+                _ => bad_control = true,
             }
         }
-        if msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 || bad_control {
+        if msg
+            .flags
+            .intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC)
+            || bad_control
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "gpu-arena: a message or its descriptors were cut off, or unexpected control data arrived",
             ));
         }
-        if n == 0 {
+        if msg.bytes == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "gpu-arena: the peer closed the socket in the middle of a message",
             ));
         }
-        got += n as usize;
+        got += msg.bytes;
     }
     Ok(())
 }
@@ -277,21 +195,12 @@ fn recv_fds_inner(
 /// A connected pair of `SOCK_SEQPACKET` Unix sockets (close-on-exec), for
 /// passing descriptors to a child process or another thread.
 pub fn socket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut sv = [0 as libc::c_int; 2];
-    // SAFETY: `sv` has room for the two descriptors.
-    let r = unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-            sv.as_mut_ptr(),
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors are fresh and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )?)
 }
 
 #[cfg(test)]
@@ -318,8 +227,7 @@ mod tests {
         r.read_exact(&mut one).unwrap();
         assert_eq!(&one, b"x");
         // socketpair: the peer is this very process.
-        // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() };
+        let me = rustix::process::getpid().as_raw_nonzero().get();
         assert_eq!(peer_credentials(a.as_fd()).unwrap().pid, me);
         check_peer(a.as_fd(), me).unwrap();
         let e = check_peer(a.as_fd(), me + 1).unwrap_err();

@@ -306,10 +306,14 @@ impl GlobalArena {
     /// thread's current tag.
     ///
     /// Small blocks come from the calling thread's cache without a lock.
+    /// A zero size or an alignment that is not a power of two is refused
+    /// ([`Error::ZeroSize`], [`Error::BadAlignment`]) and changes nothing.
     #[inline]
     pub fn alloc(&'static self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         let tag = current_tag();
-        if self.config.thread_cache > 0 && size > 0 {
+        // Bad input skips the cache: the shard's layout check refuses it
+        // before any size class is looked up.
+        if self.config.thread_cache > 0 && size > 0 && align.is_power_of_two() {
             if let Some(class) = classes::class_for(size, align) {
                 if let Some(p) = cache::pop(self, tag, class, stream) {
                     return Ok(p);

@@ -48,9 +48,12 @@ pub const fn class_of(size: u64) -> usize {
 }
 
 /// The class serving `size` bytes aligned to `align`, if slabs can serve it.
+///
+/// `None` for an alignment that is not a power of two (zero included): such
+/// a request is the caller's to refuse, never a slab's to round.
 #[inline(always)]
 pub const fn class_for(size: u64, align: u64) -> Option<usize> {
-    if size > MAX_SMALL || align > 4096 {
+    if size > MAX_SMALL || align > 4096 || !align.is_power_of_two() {
         return None;
     }
     let rounded = (size + align - 1) & !(align - 1);
@@ -125,6 +128,21 @@ mod tests {
         assert!(may_serve(20, 64));
         assert!(!may_serve(65, 64), "larger than the object");
         assert!(!may_serve(16, 48), "no alignment takes 16 bytes to 48");
+    }
+
+    #[test]
+    fn alignments_that_are_not_powers_of_two_get_no_class() {
+        for (size, align) in [
+            (64, 0),
+            (1, 0),
+            (40, 3),
+            (40, 6),
+            (40, 12),
+            (40, 24),
+            (200, 80),
+        ] {
+            assert_eq!(class_for(size, align), None, "size {size} align {align}");
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Conformance (issue 3, item 7): every rule of DESIGN.md's "driver" section,
+//! Conformance: every rule of DESIGN.md's "driver" section,
 //! checked through the [`Driver`] trait on the CUDA backend (where a GPU is
 //! found) and on the host backend (everywhere, so CI checks it too), each
 //! both raw and behind the `checked` layer.

@@ -99,6 +99,33 @@ fn opens_or_says_why() {
 }
 
 #[test]
+fn the_driver_names_its_own_codes() {
+    use gpu_arena::driver::cuda::result;
+    let Some(_d) = cuda() else {
+        return;
+    };
+    // The probe passed: the driver names every code it knows, these too.
+    let e = result::error(gpu_arena::Call::QueryFence, 700);
+    assert_eq!(e.code_name(), "CUDA_ERROR_ILLEGAL_ADDRESS");
+    let description = e.description().expect("cuGetErrorString describes 700");
+    let msg = e.to_string();
+    println!("cuda: {msg}");
+    assert!(
+        msg.contains("CUDA_ERROR_ILLEGAL_ADDRESS") && msg.contains(description),
+        "{msg}"
+    );
+    assert_eq!(
+        result::error(gpu_arena::Call::Map, 1).code_name(),
+        "CUDA_ERROR_INVALID_VALUE"
+    );
+    // A code the driver does not know is refused by it, never undefined behaviour.
+    assert_eq!(
+        result::error(gpu_arena::Call::Map, 123_456).code_name(),
+        "CUresult"
+    );
+}
+
+#[test]
 fn system_driver_picks_cuda_or_falls_back_to_host() {
     let mut notes = Vec::new();
     let d = SystemDriver::open(Select::Auto, 0, |n| notes.push(n.to_owned())).unwrap();

@@ -1,4 +1,4 @@
-//! The arena on a real GPU (issue 4, item 8), through [`SharedArena`] and
+//! The arena on a real GPU, through [`SharedArena`] and
 //! [`GrowBuffer`] over the CUDA backend:
 //!
 //! a. freeing blocks while a 0.5 s kernel runs returns in microseconds, and
@@ -131,7 +131,7 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
         _ => "?",
     };
     println!(
-        "ITEM8a blocks of {} MiB at reservation offsets: X {:#x}, Y {:#x}, Z1 {:#x}, Z2 {:#x}, W {:#x}",
+        "[free-during-kernel] blocks of {} MiB at reservation offsets: X {:#x}, Y {:#x}, Z1 {:#x}, Z2 {:#x}, W {:#x}",
         BLOCK / MIB,
         x - base,
         y - base,
@@ -170,13 +170,13 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     let log1 = cuda.take_log();
     for (blk, s, dt) in &frees {
         println!(
-            "ITEM8a gpu-arena free of {blk} ({} MiB, stream {s}) while the kernel runs: {:.1} µs",
+            "[free-during-kernel] gpu-arena free of {blk} ({} MiB, stream {s}) while the kernel runs: {:.1} µs",
             BLOCK / MIB,
             us(*dt)
         );
     }
     println!(
-        "ITEM8a first trim() while the kernel runs: {:.1} µs, gave back {} MiB; kernel still running after it: {running} ({:.1} ms after launch)",
+        "[free-during-kernel] first trim() while the kernel runs: {:.1} µs, gave back {} MiB; kernel still running after it: {running} ({:.1} ms after launch)",
         us(first_trim),
         trimmed / MIB,
         ms(launched.elapsed())
@@ -235,29 +235,29 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     let x_unmaps_total = unmaps_of(&log, x, BLOCK) + unmaps_of(&tail, x, BLOCK);
     log.extend(tail);
     println!(
-        "ITEM8a kernel fence completed {:.1} ms after launch; {trims_while_running} trim() calls while it ran; unmaps of X among them: {x_unmapped_while_running}",
+        "[free-during-kernel] kernel fence completed {:.1} ms after launch; {trims_while_running} trim() calls while it ran; unmaps of X among them: {x_unmapped_while_running}",
         ms(completed_after)
     );
     for (i, blk) in ["Z1", "Z2", "W"].into_iter().enumerate() {
         println!(
-            "ITEM8a {blk} (freed on B) unmapped while the kernel on A still ran: {} (at {:.1} ms after launch)",
+            "[free-during-kernel] {blk} (freed on B) unmapped while the kernel on A still ran: {} (at {:.1} ms after launch)",
             b_unmapped_while_running[i],
             b_given_back_at[i].map_or(f64::NAN, ms)
         );
     }
     match x_trim {
         Some((done_before, at)) => println!(
-            "ITEM8a X unmapped by the trim() that ended {:.1} ms after launch; kernel fence complete before that trim began: {done_before}",
+            "[free-during-kernel] X unmapped by the trim() that ended {:.1} ms after launch; kernel fence complete before that trim began: {done_before}",
             ms(at)
         ),
-        None => println!("ITEM8a X was never unmapped"),
+        None => println!("[free-during-kernel] X was never unmapped"),
     }
     println!(
-        "ITEM8a trim() after the fence completed: {:.1} µs, gave back {} MiB; unmaps of X in the whole log: {x_unmaps_total}",
+        "[free-during-kernel] trim() after the fence completed: {:.1} µs, gave back {} MiB; unmaps of X in the whole log: {x_unmaps_total}",
         us(last_trim),
         last / MIB
     );
-    println!("ITEM8a call log (checked layer), from the first free on:");
+    println!("[free-during-kernel] call log (checked layer), from the first free on:");
     let at = |va: DevicePtr| {
         if va >= base && va < base + 16 * GIB {
             format!("base+{:#x} {}", va - base, name(va))
@@ -267,9 +267,12 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     };
     for e in &log {
         match e.op {
-            Op::Record => println!("ITEM8a   Record on stream {:#x} ok {}", e.va, e.ok),
+            Op::Record => println!(
+                "[free-during-kernel]   Record on stream {:#x} ok {}",
+                e.va, e.ok
+            ),
             Op::Unmap | Op::Release | Op::Map | Op::Create | Op::SetAccess => println!(
-                "ITEM8a   {:?} va {} size {} MiB ok {}",
+                "[free-during-kernel]   {:?} va {} size {} MiB ok {}",
                 e.op,
                 at(e.va),
                 e.size / MIB,
@@ -285,7 +288,7 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     let first = it.next().unwrap();
     let rest_ok = it.all(|v| v == 1);
     println!(
-        "ITEM8a result in Y: word 0 = {first:#x} (expected {:#x}), all other {} words = 1: {rest_ok}",
+        "[free-during-kernel] result in Y: word 0 = {first:#x} (expected {:#x}), all other {} words = 1: {rest_ok}",
         VALUE + 1,
         n - 1
     );
@@ -310,7 +313,7 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     idle_alloc.sort();
     idle_free.sort();
     println!(
-        "ITEM8a anchor cuMemAlloc({} MiB) / cuMemFree with the device idle (median of 5): {:.1} µs / {:.1} µs",
+        "[free-during-kernel] anchor cuMemAlloc({} MiB) / cuMemFree with the device idle (median of 5): {:.1} µs / {:.1} µs",
         BLOCK / MIB,
         us(idle_alloc[2]),
         us(idle_free[2])
@@ -335,14 +338,14 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     assert_eq!(rf, sys::CUresult::CUDA_SUCCESS);
     cuda.wait(&spin).expect("wait");
     println!(
-        "ITEM8a anchor cuMemAlloc({} MiB) while a 0.5 s kernel runs on another stream: {:.1} µs; cuMemFree: {:.1} ms (kernel running when it started: {running_at_free}, complete when it returned: {done_after_free})",
+        "[free-during-kernel] anchor cuMemAlloc({} MiB) while a 0.5 s kernel runs on another stream: {:.1} µs; cuMemFree: {:.1} ms (kernel running when it started: {running_at_free}, complete when it returned: {done_after_free})",
         BLOCK / MIB,
         us(alloc),
         ms(free)
     );
     let worst = frees.iter().map(|f| f.2).max().unwrap();
     println!(
-        "ITEM8a side by side: gpu-arena free (slowest of 4) {:.1} µs vs cuMemFree {:.1} µs ({:.0}x)",
+        "[free-during-kernel] side by side: gpu-arena free (slowest of 4) {:.1} µs vs cuMemFree {:.1} µs ({:.0}x)",
         us(worst),
         us(free),
         free.as_secs_f64() / worst.as_secs_f64()
@@ -404,7 +407,7 @@ fn pinned_host_vec_is_shared_by_cpu_and_kernel() {
     assert!(arena.contains(ptr), "the Vec's buffer lies in the arena");
     let stats = arena.stats();
     println!(
-        "ITEM8b Vec<f32, &SharedArena<PinnedHost>>: {N} elements pushed by the CPU in {:.1} ms, buffer at {ptr:#x} (reservation offset {:#x}); arena live {} MiB, committed {} MiB, allocs {}, frees {}, host kind {:?}",
+        "[pinned-host-vec] Vec<f32, &SharedArena<PinnedHost>>: {N} elements pushed by the CPU in {:.1} ms, buffer at {ptr:#x} (reservation offset {:#x}); arena live {} MiB, committed {} MiB, allocs {}, frees {}, host kind {:?}",
         ms(fill),
         ptr - arena.lock().reservation().0,
         stats.live / MIB,
@@ -436,7 +439,7 @@ fn pinned_host_vec_is_shared_by_cpu_and_kernel() {
             .filter(|&(i, &x)| x != i as f32 * base + extra)
             .count();
         println!(
-            "ITEM8b round {round}: kernel add 1.0 over {N} f32 in pinned host memory: {:.2} ms; CPU reads v[0] = {}, v[1] = {}, v[{}] = {}; mismatches {bad}",
+            "[pinned-host-vec] round {round}: kernel add 1.0 over {N} f32 in pinned host memory: {:.2} ms; CPU reads v[0] = {}, v[1] = {}, v[{}] = {}; mismatches {bad}",
             ms(kernel),
             v[0],
             v[1],
@@ -454,7 +457,7 @@ fn pinned_host_vec_is_shared_by_cpu_and_kernel() {
     drop(v);
     let after = arena.stats();
     println!(
-        "ITEM8b after dropping the Vec: live {} B, committed {} MiB",
+        "[pinned-host-vec] after dropping the Vec: live {} B, committed {} MiB",
         after.live,
         after.committed / MIB
     );
@@ -529,7 +532,7 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     }
     let st = arena.stats();
     println!(
-        "ITEM8c gpu-arena GrowBuffer (max {} GiB, reservation 128 GiB, base {base:#x})",
+        "[grow-in-place] gpu-arena GrowBuffer (max {} GiB, reservation 128 GiB, base {base:#x})",
         max / GIB
     );
     println!();
@@ -542,7 +545,7 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     }
     println!();
     println!(
-        "ITEM8c gpu-arena peak_committed {} GiB ({} B), committed {} GiB, live {} GiB, handles {}",
+        "[grow-in-place] gpu-arena peak_committed {} GiB ({} B), committed {} GiB, live {} GiB, handles {}",
         st.peak_committed / GIB,
         st.peak_committed,
         st.committed / GIB,
@@ -554,7 +557,7 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     drop(arena);
     let used_after = gpu_used(&d) - used0;
     println!(
-        "ITEM8c after dropping the buffer and the arena: device memory in use {:.2} GiB above the start",
+        "[grow-in-place] after dropping the buffer and the arena: device memory in use {:.2} GiB above the start",
         used_after as f64 / GIB as f64
     );
 
@@ -618,7 +621,9 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     // SAFETY: `cur` came from cuMemAlloc and nothing uses it.
     let r = unsafe { sys::cuMemFree_v2(cur) };
     assert_eq!(r, sys::CUresult::CUDA_SUCCESS);
-    println!("ITEM8c baseline cuMemAlloc(new) + cuMemcpyDtoD + cuCtxSynchronize + cuMemFree(old)");
+    println!(
+        "[grow-in-place] baseline cuMemAlloc(new) + cuMemcpyDtoD + cuCtxSynchronize + cuMemFree(old)"
+    );
     println!();
     println!(
         "| step | cuMemAlloc ms | copy ms | cuMemFree ms | total ms | live at once GiB | head marker kept |"
@@ -629,7 +634,7 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     }
     println!();
     println!(
-        "ITEM8c peak physical: gpu-arena {} GiB (peak_committed) vs baseline {} GiB live at once ({:.1} GiB device memory in use at its peak)",
+        "[grow-in-place] peak physical: gpu-arena {} GiB (peak_committed) vs baseline {} GiB live at once ({:.1} GiB device memory in use at its peak)",
         peak / GIB,
         peak_live / GIB,
         peak_used as f64 / GIB as f64

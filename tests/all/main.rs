@@ -2,6 +2,7 @@
 
 mod arena_api;
 mod arena_model;
+mod bad_input;
 mod common;
 mod conformance;
 #[cfg(feature = "cuda")]

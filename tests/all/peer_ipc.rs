@@ -1,4 +1,4 @@
-//! Peer access and inter-process sharing (issue 7).
+//! Peer access and inter-process sharing.
 //!
 //! Host backend (runs in CI): `HostConfig { device_count: 2 }` emulates a
 //! peer device: access lists and `get_access` track it per accessor, as

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! gpu-arena [--backend auto|host|cuda|hip] [--device N] info [--json]
-//! gpu-arena bench [--quick] [--json] [--only pairs,threads,commit,kernel,growth,scratch,sleep]
+//! gpu-arena bench [--quick] [--json | --markdown] [--only pairs,threads,commit,kernel,growth,scratch,sleep]
 //! gpu-arena replay TRACE... [--json]
 //! gpu-arena map [--trace FILE [--every N] [--at end|peak]] [--html] [-o FILE]
 //! ```

@@ -7,8 +7,8 @@
 //! - [`result`]: one thin function per driver call, `CUresult` turned into
 //!   `Result<_, DriverError>`;
 //! - this module: [`CudaDriver`], which owns the device's retained primary
-//!   context, the event pool, the set of live memory handles and the test
-//!   [`Kernels`], and releases them in `Drop`.
+//!   context, the event pool, the set of live memory handles and (feature
+//!   `test-support`) the test kernels, and releases them in `Drop`.
 //!
 //! # Behaviour worth knowing (measured on an H100, driver 580 / CUDA 13.0,
 //! see `research/vmm-probe-h100.md`)
@@ -57,18 +57,20 @@
 use core::ffi::{c_int, c_uint};
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
 use crate::{MetaMap, MetaVec};
 
+#[cfg(feature = "test-support")]
 pub mod kernels;
 pub mod result;
 
 /// Raw CUDA driver API declarations (cudarc's bindings, dynamically loaded).
 pub use cudarc::driver::sys;
 
+#[cfg(feature = "test-support")]
 pub use kernels::Kernels;
 
 /// Most entries one `set_access` call takes (they live in a stack array: the
@@ -241,7 +243,9 @@ pub struct CudaDriver {
     /// Live handles created here: the only ones `map` and `release` accept.
     handles: Mutex<MetaMap<u64, Location>>,
     events: Mutex<Events>,
-    kernels: OnceLock<Kernels>,
+    #[cfg(feature = "test-support")]
+    kernels: std::sync::OnceLock<Kernels>,
+    #[cfg(feature = "test-support")]
     kernels_init: Mutex<()>,
     /// Dropped last: everything above belongs to this context.
     primary: Primary,
@@ -504,7 +508,9 @@ impl CudaDriver {
                 std::alloc::System,
             )),
             events: Mutex::new(Events { free, all }),
-            kernels: OnceLock::new(),
+            #[cfg(feature = "test-support")]
+            kernels: std::sync::OnceLock::new(),
+            #[cfg(feature = "test-support")]
             kernels_init: Mutex::new(()),
             primary,
         })
@@ -548,7 +554,9 @@ impl CudaDriver {
 
     /// The test kernels, loaded (JIT-compiled from PTX) on first use.
     ///
-    /// For tests and benchmarks; the allocator never launches kernels.
+    /// For tests and benchmarks (feature `test-support`); the allocator
+    /// never launches kernels.
+    #[cfg(feature = "test-support")]
     pub fn kernels(&self) -> Result<&Kernels> {
         if let Some(k) = self.kernels.get() {
             return Ok(k);
@@ -640,6 +648,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Drop for CudaDriver {
     fn drop(&mut self) {
         let _cur = self.enter();
+        #[cfg(feature = "test-support")]
         if let Some(k) = self.kernels.take() {
             // SAFETY: the context is still retained (by `self.primary`,
             // dropped after this body) and nothing launches these kernels

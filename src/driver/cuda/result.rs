@@ -15,7 +15,9 @@
 //! handles) are live values this process got from the driver. Further
 //! obligations are listed on each function.
 
-use core::ffi::{CStr, c_int, c_uint, c_void};
+use core::ffi::{CStr, c_char, c_int, c_uint, c_void};
+use core::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::{Backend, Call, DriverError, cuda_code_kind};
 
@@ -91,7 +93,62 @@ pub const REQUIRED_SYMBOLS: &[&str] = &[
     "cuModuleUnload",
     "cuModuleGetFunction",
     "cuLaunchKernel",
+    "cuGetErrorName",
+    "cuGetErrorString",
 ];
+
+/// Set once [`probe`] passed: from then on the driver library is loaded and
+/// [`error_name`] / [`error_string`] may look their entry points up.
+static PROBED: AtomicBool = AtomicBool::new(false);
+
+/// `CUresult cuGetErrorName(CUresult, const char**)` and `cuGetErrorString`,
+/// declared with a plain integer code: cudarc's `CUresult` is a Rust enum,
+/// and a code it lacks would be undefined behaviour.
+type ErrorText = unsafe extern "C" fn(c_int, *mut *const c_char) -> c_int;
+
+static ERROR_NAME: OnceLock<Option<ErrorText>> = OnceLock::new();
+static ERROR_STRING: OnceLock<Option<ErrorText>> = OnceLock::new();
+
+/// The driver's symbolic name for `code` (`cuGetErrorName`, e.g.
+/// `CUDA_ERROR_INVALID_VALUE`), or `None` before [`probe`] passed or where
+/// the driver does not know the code. Looked up on first use.
+pub fn error_name(code: i32) -> Option<&'static str> {
+    error_text(&ERROR_NAME, b"cuGetErrorName\0", code)
+}
+
+/// The driver's description of `code` (`cuGetErrorString`), or `None`
+/// before [`probe`] passed or where the driver does not know the code.
+pub fn error_string(code: i32) -> Option<&'static str> {
+    error_text(&ERROR_STRING, b"cuGetErrorString\0", code)
+}
+
+fn error_text(
+    slot: &'static OnceLock<Option<ErrorText>>,
+    symbol: &'static [u8],
+    code: i32,
+) -> Option<&'static str> {
+    if !PROBED.load(Ordering::Acquire) {
+        return None;
+    }
+    let f = (*slot.get_or_init(|| {
+        // SAFETY: the probe passed, so `culib()` finds the library (it
+        // does not panic); `symbol` is NUL-terminated (no allocation).
+        let lib = unsafe { sys::culib() };
+        // SAFETY: both entry points have the C signature of `ErrorText`
+        // (`CUresult` is a C enum, passed as an int).
+        unsafe { lib.get::<ErrorText>(symbol) }.ok().map(|f| *f)
+    }))?;
+    let mut p: *const c_char = core::ptr::null();
+    // SAFETY: `p` is a valid out-pointer; an unknown code makes the driver
+    // return CUDA_ERROR_INVALID_VALUE, not undefined behaviour.
+    if unsafe { f(code, &mut p) } != 0 || p.is_null() {
+        return None;
+    }
+    // SAFETY: the driver points `p` at a NUL-terminated string in its static
+    // storage, which lives as long as the library; cudarc never unloads it.
+    let s = unsafe { CStr::from_ptr(p) }.to_str().ok()?;
+    (!s.is_empty()).then_some(s)
+}
 
 /// Why [`probe`] refused the CUDA library.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +181,7 @@ pub fn probe() -> Result<(), ProbeError> {
             return Err(ProbeError::MissingSymbol(name));
         }
     }
+    PROBED.store(true, Ordering::Release);
     Ok(())
 }
 

@@ -68,6 +68,40 @@ fn check(call: Call, code: i32) -> Result<(), DriverError> {
     }
 }
 
+/// The HIP runtime's symbolic name for `code` (`hipGetErrorName`), or
+/// `None` where it gives none. Needs no initialized runtime.
+pub fn error_name(code: i32) -> Option<&'static str> {
+    // SAFETY: the declaration takes any integer; the runtime returns NULL or
+    // a NUL-terminated string.
+    let p = unsafe { sys::hipGetErrorName(code) };
+    // SAFETY: the string lives in the runtime's static storage, which stays
+    // as long as the process: the library is linked, never unloaded.
+    unsafe { static_str(p) }
+}
+
+/// The HIP runtime's description of `code` (`hipGetErrorString`), or
+/// `None` where it gives none. Needs no initialized runtime.
+pub fn error_string(code: i32) -> Option<&'static str> {
+    // SAFETY: as in `error_name`.
+    let p = unsafe { sys::hipGetErrorString(code) };
+    // SAFETY: as in `error_name`.
+    unsafe { static_str(p) }
+}
+
+/// A NUL-terminated UTF-8 string as `&'static str` (`None` for NULL, empty
+/// or non-UTF-8 text).
+///
+/// # Safety
+/// `p` is NULL or points to a NUL-terminated string that is never freed.
+unsafe fn static_str(p: *const core::ffi::c_char) -> Option<&'static str> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller guarantees a NUL-terminated string that lives forever.
+    let s = unsafe { core::ffi::CStr::from_ptr(p) }.to_str().ok()?;
+    (!s.is_empty()).then_some(s)
+}
+
 /// `hipInit(0)`.
 pub fn init() -> Result<(), DriverError> {
     // SAFETY: hipInit takes no pointers; it may be called any number of times.
@@ -409,6 +443,16 @@ mod tests {
         let s = e.to_string();
         assert!(s.contains("hipMemAddressReserve"), "{s}");
         assert!(s.contains("hipErrorOutOfMemory"), "{s}");
+    }
+
+    #[test]
+    fn the_runtime_names_its_codes() {
+        // No AMD GPU is needed: the names are a lookup in the runtime.
+        assert_eq!(error_name(1), Some("hipErrorInvalidValue"));
+        assert_eq!(error_name(100), Some("hipErrorNoDevice"));
+        assert!(error_string(1).is_some_and(|s| !s.is_empty()));
+        // A code no enum knows is still named or refused, never UB.
+        let _ = error_name(123_456);
     }
 
     #[test]

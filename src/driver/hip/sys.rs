@@ -33,7 +33,7 @@
 //!   returns `hipErrorNoDevice` (100); nothing is printed.
 #![allow(non_camel_case_types, non_snake_case)]
 
-use core::ffi::{c_int, c_uint, c_ulonglong, c_void};
+use core::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
 use core::mem::{offset_of, size_of};
 
 /// A raw `hipError_t`.
@@ -269,6 +269,12 @@ unsafe extern "C" {
         kind: c_int,
         stream: hipStream_t,
     ) -> hipError;
+    /// `const char* hipGetErrorName(hipError_t hip_error)`: the code's
+    /// symbolic name, in the runtime's static storage.
+    pub fn hipGetErrorName(error: hipError) -> *const c_char;
+    /// `const char* hipGetErrorString(hipError_t hipError)`: a description
+    /// of the code, in the runtime's static storage.
+    pub fn hipGetErrorString(error: hipError) -> *const c_char;
     /// `hipError_t hipMemsetAsync(void* dst, int value, size_t sizeBytes, hipStream_t stream)`.
     pub fn hipMemsetAsync(
         dst: *mut c_void,

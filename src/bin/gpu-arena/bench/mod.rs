@@ -1,6 +1,8 @@
 //! `gpu-arena bench`: one run measuring gpu-arena against its anchors, all
-//! measured in the same run (except the fixed reference figures of issue 6,
-//! labelled as such), printed as one table per section or as JSON.
+//! measured in the same run, printed as one table per section, as Markdown
+//! (`--markdown`, for the docs) or as JSON. Fixed figures from an earlier
+//! run on other hardware are printed apart, labelled with where they come
+//! from, and never enter a ratio.
 //!
 //! Sections: a. alloc+free pair latency; b. thread scaling; c. commit
 //! bandwidth; d. free while a kernel runs (CUDA); e. growth; f. scratch
@@ -31,8 +33,11 @@ pub struct Args {
     #[arg(long)]
     quick: bool,
     /// Print JSON instead of tables.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "markdown")]
     json: bool,
+    /// Print the tables as Markdown (headings, pipe tables, notes as lists).
+    #[arg(long)]
+    markdown: bool,
     /// Run only these sections (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<SectionId>,
@@ -108,29 +113,59 @@ impl Unit {
     }
 }
 
-/// A column of anchors.
+/// A column of anchors, measured in this run.
 #[derive(Debug, serde::Serialize)]
 pub struct Anchor {
     /// Name, as printed.
     pub name: String,
-    /// A fixed figure from elsewhere, not measured in this run.
-    pub reference: bool,
 }
 
 impl Anchor {
     /// An anchor measured in this run.
     pub fn measured(name: &str) -> Self {
-        Anchor {
-            name: name.into(),
-            reference: false,
-        }
+        Anchor { name: name.into() }
     }
-    /// A fixed reference figure.
-    pub fn reference(name: &str) -> Self {
-        Anchor {
-            name: name.into(),
-            reference: true,
-        }
+}
+
+/// Fixed figures from an earlier run elsewhere, printed apart from the
+/// measured table: no ratio or target check uses them.
+#[derive(Debug, serde::Serialize)]
+pub struct References {
+    /// Where and how they were measured.
+    pub source: String,
+    /// Unit of every figure.
+    pub unit: Unit,
+    /// Column names.
+    pub columns: Vec<String>,
+    /// One row per case: the case and one figure per column.
+    pub rows: Vec<(String, Vec<Option<f64>>)>,
+}
+
+impl References {
+    /// The heading line printed above the reference table.
+    fn heading(&self) -> String {
+        format!(
+            "reference figures, not measured in this run (no ratio or target uses them): {}",
+            self.source
+        )
+    }
+
+    fn table(&self) -> (Vec<String>, Vec<Vec<String>>) {
+        let mut headers = vec!["case".to_string()];
+        headers.extend(self.columns.iter().cloned());
+        let rows = self
+            .rows
+            .iter()
+            .map(|(case, v)| {
+                let mut cells = vec![case.clone()];
+                cells.extend(
+                    v.iter()
+                        .map(|x| x.map_or("n/a".to_string(), |x| self.unit.fmt(x))),
+                );
+                cells
+            })
+            .collect();
+        (headers, rows)
     }
 }
 
@@ -211,6 +246,8 @@ pub struct Section {
     pub rows: Vec<Row>,
     /// How it was measured, and anything that did not run.
     pub notes: Vec<String>,
+    /// Fixed figures from an earlier run, printed apart.
+    pub references: Option<References>,
 }
 
 impl Section {
@@ -222,41 +259,118 @@ impl Section {
             anchors,
             rows: Vec::new(),
             notes: Vec::new(),
+            references: None,
         }
     }
 
-    /// The section as text: heading, table, notes.
-    pub fn render(&self) -> String {
+    /// The measured table: headers and cells (ratios joined by `sep`).
+    fn table(&self, sep: &str) -> (Vec<String>, Vec<Vec<String>>) {
         let mut headers = vec!["case".to_string(), "gpu-arena".to_string()];
         headers.extend(self.anchors.iter().map(|a| a.name.clone()));
         headers.extend(["ratio".into(), "target".into(), "check".into()]);
+        let rows = self
+            .rows
+            .iter()
+            .map(|r| {
+                let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| r.unit.fmt(v));
+                let mut cells = vec![r.case.clone(), fmt(r.arena)];
+                cells.extend(r.anchors.iter().map(|a| fmt(*a)));
+                let ratios: Vec<String> = r
+                    .ratios
+                    .iter()
+                    .map(|x| x.map_or("—".to_string(), fmt_ratio))
+                    .collect();
+                cells.push(ratios.join(sep));
+                cells.push(r.target.clone());
+                cells.push(match r.met {
+                    Some(true) => format!("yes: {}", r.check),
+                    Some(false) => format!("NO: {}", r.check),
+                    None => r.check.clone(),
+                });
+                cells
+            })
+            .collect();
+        (headers, rows)
+    }
+
+    /// The section as text: heading, table, notes, then any reference
+    /// figures in a table of their own.
+    pub fn render(&self) -> String {
+        let (headers, rows) = self.table(" | ");
         let mut t = Table::new(headers);
-        for r in &self.rows {
-            let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| r.unit.fmt(v));
-            let mut cells = vec![r.case.clone(), fmt(r.arena)];
-            cells.extend(r.anchors.iter().map(|a| fmt(*a)));
-            let ratios: Vec<String> = r
-                .ratios
-                .iter()
-                .map(|x| x.map_or("—".to_string(), fmt_ratio))
-                .collect();
-            cells.push(ratios.join(" | "));
-            cells.push(r.target.clone());
-            let check = match r.met {
-                Some(true) => format!("yes: {}", r.check),
-                Some(false) => format!("NO: {}", r.check),
-                None => r.check.clone(),
-            };
-            cells.push(check);
-            t.row(cells);
+        for r in rows {
+            t.row(r);
         }
         let mut out = format!("{}\n{}", self.title, t.render());
         for n in &self.notes {
             out.push_str(&format!("  * {n}\n"));
         }
+        if let Some(refs) = &self.references {
+            let (headers, rows) = refs.table();
+            let mut t = Table::new(headers);
+            for r in rows {
+                t.row(r);
+            }
+            out.push_str(&format!("{}\n{}", refs.heading(), t.render()));
+        }
+        out
+    }
+
+    /// The section as Markdown: a heading, a pipe table, notes as a list,
+    /// then any reference figures under their own label.
+    pub fn render_markdown(&self) -> String {
+        let (headers, rows) = self.table(" · ");
+        let n = headers.len();
+        // Figures right-aligned; case, target and check left-aligned.
+        let table = markdown_table(&headers, &rows, |i| i == 0 || i + 2 >= n);
+        let mut out = format!("#### {}\n\n{table}", self.title);
+        if !self.notes.is_empty() {
+            out.push('\n');
+            for n in &self.notes {
+                out.push_str(&format!("- {}\n", md_escape(n)));
+            }
+        }
+        if let Some(refs) = &self.references {
+            let (headers, rows) = refs.table();
+            out.push_str(&format!(
+                "\n{}\n\n{}",
+                md_escape(&refs.heading()),
+                markdown_table(&headers, &rows, |i| i == 0)
+            ));
+        }
         out
     }
 }
+
+/// Text safe inside a Markdown table cell or list item (pipes escaped).
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// A GitHub pipe table; columns for which `left` holds are left-aligned,
+/// the others right-aligned.
+pub fn markdown_table(
+    headers: &[String],
+    rows: &[Vec<String>],
+    left: impl Fn(usize) -> bool,
+) -> String {
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells.iter().map(|c| md_escape(c)).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut out = line(headers);
+    let rule: Vec<&str> = (0..headers.len())
+        .map(|i| if left(i) { ":---" } else { "---:" })
+        .collect();
+    out.push_str(&format!("|{}|\n", rule.join("|")));
+    for r in rows {
+        out.push_str(&line(r));
+    }
+    out
+}
+
+/// How to read the ratio column.
+const RATIO_NOTE: &str = "ratio: gpu-arena against each anchor column in order (anchors measured in this run only), > 1 = gpu-arena better (anchor ÷ gpu-arena for times and bytes, gpu-arena ÷ anchor for rates)";
 
 /// `0.93x`, `12.4x`, `3400x`.
 pub fn fmt_ratio(x: f64) -> String {
@@ -418,19 +532,19 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = |id| args.only.is_empty() || args.only.contains(&id);
-    if !args.json {
-        println!(
-            "gpu-arena bench: {} backend ({device_name}), {cpus} CPUs{}",
-            caps.backend,
-            if args.quick {
-                ", --quick (smoke run: noisy figures)"
-            } else {
-                ""
-            }
-        );
-        println!(
-            "ratio: gpu-arena against each anchor column in order, > 1 = gpu-arena better (anchor ÷ gpu-arena for times and bytes, gpu-arena ÷ anchor for rates)\n"
-        );
+    let header = format!(
+        "gpu-arena bench: {} backend ({device_name}), {cpus} CPUs{}",
+        caps.backend,
+        if args.quick {
+            ", --quick (smoke run: noisy figures)"
+        } else {
+            ""
+        }
+    );
+    if args.markdown {
+        println!("{header}\n\n{RATIO_NOTE}\n");
+    } else if !args.json {
+        println!("{header}\n{RATIO_NOTE}\n");
     }
     type SectionFn = fn(&Ctx) -> AnyResult<Section>;
     let all: [(SectionId, SectionFn); 7] = [
@@ -448,7 +562,9 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
             continue;
         }
         let s = f(&ctx)?;
-        if !args.json {
+        if args.markdown {
+            println!("{}", s.render_markdown());
+        } else if !args.json {
             println!("{}", s.render());
         }
         sections.push(s);
@@ -475,10 +591,11 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
                     .map(move |r| format!("{}: {}", s.id.name(), r.case))
             })
             .collect();
+        let end = if args.markdown { "\n" } else { "" };
         if missed.is_empty() {
-            println!("targets: all met");
+            println!("targets: all met{end}");
         } else {
-            println!("targets missed: {}", missed.join("; "));
+            println!("targets missed: {}{end}", missed.join("; "));
         }
         println!("total {:.1} s", report.seconds);
     }

@@ -16,8 +16,9 @@ use super::{Anchor, Ctx, Row, Section, SectionId, Unit};
 use crate::{AnyResult, fmt_bytes};
 
 const TENSOR: u64 = 6 << 20;
-/// Targets from issue 9 for 10 GiB: discard sleep ≤ 10 ms, wake ≤ 15 ms,
-/// offload and restore ≥ 80 % of the copy bandwidth.
+/// Targets for 10 GiB (what engines that sleep between training and
+/// generation need): discard sleep ≤ 10 ms, wake ≤ 15 ms, offload and
+/// restore ≥ 80 % of the copy bandwidth.
 const SLEEP_NS_PER_10GIB: f64 = 10e6;
 const WAKE_NS_PER_10GIB: f64 = 15e6;
 
