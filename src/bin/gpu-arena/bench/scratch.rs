@@ -54,7 +54,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     let pb = ctx.progress(SectionId::Scratch, 2 * (rounds as u64 + 1));
 
     let shared = SharedArena::new(ctx.backends.driver()?, kind, ArenaConfig::default())?;
-    let mut scratch = Scratch::new(&shared, capacity, capacity)?;
+    let mut scratch = Scratch::with_capacity(&shared, capacity as usize)?;
     let mut ours = Vec::new();
     pb.set_message("gpu-arena");
     for round in 0..=rounds {
