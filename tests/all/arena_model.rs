@@ -1031,7 +1031,7 @@ fn run(kind: Kind, streams: usize, ops: &[Op]) {
     assert_balanced(&driver);
 }
 
-fn cases() -> u32 {
+pub(crate) fn cases() -> u32 {
     std::env::var("GPU_ARENA_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
