@@ -93,7 +93,7 @@ fn scratch(c: &mut Criterion) {
     let d = driver();
     let kind = host_kind(&d);
     let shared = SharedArena::new(d, kind, ArenaConfig::default()).expect("arena");
-    let mut s = Scratch::new(&shared, 4 << 20, 4 << 20).expect("scratch");
+    let mut s = Scratch::with_capacity(&shared, 4 << 20).expect("scratch");
     g.bench_function("gpu-arena", |b| {
         b.iter(|| {
             for &l in &ls {

@@ -80,6 +80,11 @@ const MAX_ALIGN_PAGES: u64 = 512;
 /// fresh pages would do.
 const REMAP_WEIGHT: u64 = 4;
 
+/// A scratch arena's bump cursor (absolute address), shared with its arena
+/// so that the arena's stats count the bytes bumped without the scratch
+/// arena taking the lock on its fast path.
+pub type ScratchCursor = std::sync::Arc<core::sync::atomic::AtomicU64>;
+
 /// One arena over one reservation (see the module docs).
 pub struct Arena<D: Driver> {
     commit: Commit<D>,
@@ -102,6 +107,10 @@ pub struct Arena<D: Driver> {
     fallback: Option<u64>,
     /// Policy of each buffer by offset in the buffers region.
     buffer_kinds: crate::MetaMap<u64, Policy>,
+    /// Each scratch arena's base and bump cursor (an absolute address the
+    /// scratch arena stores on its lock-free fast path): its live bytes are
+    /// `cursor - base`, read when stats are taken, so they never lag.
+    scratch_cursors: crate::MetaVec<(DevicePtr, ScratchCursor)>,
     /// Tag index reported in errors.
     tag: u32,
     /// Set while asleep: the pages were given back.
@@ -317,6 +326,7 @@ impl<D: Driver> Arena<D> {
             config,
             fallback: fell_back.then_some(size),
             buffer_kinds: crate::MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            scratch_cursors: crate::MetaVec::new_in(std::alloc::System),
             tag: 0,
             sleeping: None,
             spare_stage: None,
@@ -497,7 +507,7 @@ impl<D: Driver> Arena<D> {
     fn live_in_report(&self, e: Error) -> Error {
         match e {
             Error::OutOfMemory(mut r) => {
-                r.live = self.live;
+                r.live = self.live_now();
                 Error::OutOfMemory(r)
             }
             e => e,
@@ -573,7 +583,7 @@ impl<D: Driver> Arena<D> {
             if off < self.commit.size() && self.commit.in_stitch_region(off) {
                 return self.free_stitched(ptr, off, size, stream);
             }
-            return Err(Self::bad(ptr, BadPointer::Foreign));
+            return Err(Self::bad(ptr, self.outside_blocks(off)));
         }
         self.awake()?;
         let slot = self.commit.streams.slot(stream);
@@ -644,6 +654,26 @@ impl<D: Driver> Arena<D> {
         self.frees += 1;
         self.live -= bytes;
         Ok(())
+    }
+
+    /// What a pointer at `off`, beyond the blocks and stitch regions, is:
+    /// scratch memory (freed all at once by a reset), or foreign.
+    #[cold]
+    fn outside_blocks(&self, off: u64) -> BadPointer {
+        let Some(o) = off.checked_sub(self.buffers_start) else {
+            return BadPointer::Foreign;
+        };
+        if o >= self.buffers.capacity() {
+            return BadPointer::Foreign;
+        }
+        let start = match self.buffers.size_of(o) {
+            Some(_) => Some(o),
+            None => self.buffers.containing(o).map(|(start, _)| start),
+        };
+        match start.and_then(|s| self.buffer_kinds.get(&s)) {
+            Some(Policy::Scratch) => BadPointer::Scratch,
+            _ => BadPointer::Foreign,
+        }
     }
 
     /// The size of the live block starting at `ptr`, if any.
@@ -723,6 +753,41 @@ impl<D: Driver> Arena<D> {
 
     // ----- buffers region: scratch arenas and growable buffers -----
 
+    /// Bytes of the buffers region (scratch arenas and growable buffers)
+    /// and, of those, bytes not reserved by any buffer now.
+    pub fn buffers_space(&self) -> (u64, u64) {
+        let b = &self.buffers;
+        (b.capacity(), b.capacity() - b.top() + b.free_bytes())
+    }
+
+    /// Counts the scratch arena at `base` (from [`Arena::reserve_buffer`])
+    /// by its bump cursor: its live bytes are `cursor - base` at every
+    /// moment. [`Arena::free_buffer`] forgets it.
+    pub fn track_scratch(&mut self, base: DevicePtr, cursor: ScratchCursor) {
+        self.scratch_cursors.push((base, cursor));
+    }
+
+    /// Bytes bumped in every tracked scratch arena now. O(scratch arenas).
+    fn scratch_bumped(&self) -> u64 {
+        self.scratch_cursors
+            .iter()
+            .map(|(base, c)| c.load(core::sync::atomic::Ordering::Relaxed) - base)
+            .sum()
+    }
+
+    /// Live bytes, scratch arenas' bumps included.
+    fn live_now(&self) -> u64 {
+        self.live + self.scratch_bumped()
+    }
+
+    /// Takes the live bytes now (scratch bumps included) into the peak.
+    /// Scratch arenas call it before a reset or drop takes their bytes back;
+    /// between such calls a scratch arena's bytes enter the peak when
+    /// another policy's allocation, a commit or a stats read sees them.
+    pub fn note_peak(&mut self) {
+        self.peak_live = self.peak_live.max(self.live_now());
+    }
+
     /// Reserves `max` bytes (rounded to pages) of the buffers region for a
     /// scratch arena or growable buffer. Nothing is committed.
     pub fn reserve_buffer(&mut self, max: u64, policy: Policy) -> Result<DevicePtr> {
@@ -792,7 +857,13 @@ impl<D: Driver> Arena<D> {
         self.buffers.free(off, Stamp::SAFE, |_| true);
         self.buffer_kinds.remove(&off);
         match policy {
-            Policy::Scratch => self.scratch.blocks -= 1,
+            Policy::Scratch => {
+                self.note_peak();
+                // The scratch arena still holds its cursor: dropping this
+                // clone never frees (no allocation under the arena's lock).
+                self.scratch_cursors.retain(|(b, _)| *b != base);
+                self.scratch.blocks -= 1
+            }
             _ => self.grow.blocks -= 1,
         }
     }
@@ -805,7 +876,7 @@ impl<D: Driver> Arena<D> {
         };
         s.bytes = s.bytes + after - before;
         self.live = self.live + after - before;
-        self.peak_live = self.peak_live.max(self.live);
+        self.note_peak();
     }
 
     // ----- sleep and wake -----
@@ -1046,7 +1117,7 @@ impl<D: Driver> Arena<D> {
         });
         let reclaimable = self.commit.reclaimable();
         Accounting {
-            live: self.live,
+            live: self.live_now(),
             committed: self.commit.committed(),
             reclaimable,
             pending: self.commit.candidate_bytes() - reclaimable,
@@ -1082,16 +1153,20 @@ impl<D: Driver> Arena<D> {
 
     // ----- reports -----
 
-    /// Counters (cheap).
+    /// Counters (cheap: constant time plus one load per scratch arena).
+    /// Scratch arenas' live bytes are read from their cursors, so they are
+    /// exact at every moment, with no lag behind the lock-free fast path.
     pub fn stats(&self) -> Stats {
         let slab_bytes = self.slabs.slab_bytes();
         let (stitched_bytes, stitched_blocks) = self.commit.stitched_live();
+        let bumped = self.scratch_bumped();
+        let live = self.live + bumped;
         Stats {
             reserved: self.commit.size(),
             committed: self.commit.committed(),
-            live: self.live,
+            live,
             peak_committed: self.commit.peak_committed(),
-            peak_live: self.peak_live,
+            peak_live: self.peak_live.max(live),
             pending_decommit: self.commit.candidate_bytes(),
             reclaimable: self.commit.reclaimable(),
             pending_fences: self.commit.streams.pending_fences() as u64,
@@ -1106,7 +1181,10 @@ impl<D: Driver> Arena<D> {
                 blocks: self.blocks.live_count() as u64 - self.slab_count() + stitched_blocks,
                 bytes: self.blocks.live_bytes() - slab_bytes + stitched_bytes,
             },
-            scratch: self.scratch,
+            scratch: PolicyStats {
+                blocks: self.scratch.blocks,
+                bytes: self.scratch.bytes + bumped,
+            },
             grow: self.grow,
             driver_calls: self.commit.calls(),
             allocs: self.allocs,
@@ -1128,7 +1206,7 @@ impl<D: Driver> Arena<D> {
 
     /// Resets the peaks to the current values.
     pub fn reset_peaks(&mut self) {
-        self.peak_live = self.live;
+        self.peak_live = self.live_now();
         self.commit.reset_peak();
     }
 

@@ -484,6 +484,9 @@ pub enum BadPointer {
     DoubleFree,
     /// The size or alignment passed with the free differs from the allocation's.
     LayoutMismatch,
+    /// The pointer lies in a scratch arena, whose memory is given back all
+    /// at once by its `reset()` (or by dropping it), never one block at a time.
+    Scratch,
 }
 
 /// Out-of-memory figures (no allocation: plain numbers).
@@ -670,6 +673,32 @@ pub enum Error {
         /// Current generation.
         current: u64,
     },
+    /// A scratch arena allocation would pass the arena's allocation limit
+    /// (`Scratch::set_allocation_limit`); nothing was allocated.
+    #[error(
+        "scratch allocation of {requested} bytes refused: it would pass the allocation limit of {limit} bytes ({allocated} allocated since the last reset); raise the limit or reset()"
+    )]
+    ScratchLimit {
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes allocated since the last reset (padding included).
+        allocated: u64,
+        /// The allocation limit.
+        limit: u64,
+    },
+    /// A scratch arena allocation does not fit the address space the
+    /// scratch arena reserved; nothing was allocated.
+    #[error(
+        "scratch allocation of {requested} bytes does not fit: {allocated} of the {max} bytes the scratch arena reserved are allocated; reset() or create it with a larger ScratchConfig::max"
+    )]
+    ScratchFull {
+        /// Bytes requested.
+        requested: u64,
+        /// Bytes allocated since the last reset (padding included).
+        allocated: u64,
+        /// Bytes the scratch arena reserved.
+        max: u64,
+    },
     /// A growable buffer cannot grow past the maximum it reserved.
     #[error(
         "cannot grow to {requested} bytes: the buffer reserved at most {max}; create it with a larger maximum"
@@ -768,6 +797,9 @@ fn describe_bad(kind: BadPointer) -> &'static str {
         BadPointer::Interior => "points inside a block, not at its start",
         BadPointer::DoubleFree => "already freed (or never allocated at this address)",
         BadPointer::LayoutMismatch => "size or alignment differs from the allocation",
+        BadPointer::Scratch => {
+            "belongs to a scratch arena, whose memory goes back all at once on its reset() or drop"
+        }
     }
 }
 

@@ -27,7 +27,7 @@ pub use commit::CommitConfig;
 pub use policy::Policy;
 pub use stats::{Snapshot, Stats};
 pub mod api;
-pub use api::{DeviceBox, DeviceVec, GrowBuffer, Scratch, ScratchPtr, SharedArena};
+pub use api::{DeviceBox, DeviceVec, GrowBuffer, Scratch, ScratchConfig, ScratchPtr, SharedArena};
 pub mod global;
 #[cfg(feature = "trace")]
 pub mod replay;

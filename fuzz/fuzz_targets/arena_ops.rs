@@ -7,7 +7,9 @@
 
 use arbitrary::Arbitrary;
 use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
-use gpu_arena::{ArenaConfig, Error, GrowBuffer, Kind, Scratch, ScratchPtr, SharedArena};
+use gpu_arena::{
+    ArenaConfig, Error, GrowBuffer, Kind, Scratch, ScratchConfig, ScratchPtr, SharedArena,
+};
 use libfuzzer_sys::fuzz_target;
 
 const PAGE: u64 = 64 << 10;
@@ -105,7 +107,15 @@ fuzz_target!(|actions: Vec<Action>| {
     };
     {
         let arena = SharedArena::new(&driver, Kind::Device(0), config).expect("arena");
-        let mut scratch = Scratch::new(&arena, 8 * PAGE, PAGE).expect("scratch");
+        let mut scratch = Scratch::with_config(
+            &arena,
+            ScratchConfig {
+                max: 8 * PAGE,
+                retain: PAGE,
+                ..ScratchConfig::default()
+            },
+        )
+        .expect("scratch");
         let mut scratch_live: Vec<(ScratchPtr, u64, u64)> = Vec::new();
         let mut stale: Option<ScratchPtr> = None;
         let mut grow = GrowBuffer::with_max(&arena, 16 * PAGE).expect("grow buffer");
@@ -197,7 +207,7 @@ fuzz_target!(|actions: Vec<Action>| {
                 }
                 Action::ScratchAlloc { size, align_log } => {
                     let size = 1 + u64::from(size);
-                    let align = 1u64 << (align_log % 13);
+                    let align = 1u64 << (align_log % 24);
                     match scratch.alloc_raw(size, align) {
                         Ok(sp) => {
                             let p = sp.get(&scratch).expect("current");
@@ -207,7 +217,7 @@ fuzz_target!(|actions: Vec<Action>| {
                             unsafe { fill(p, size, next_id) };
                             scratch_live.push((sp, size, next_id));
                         }
-                        Err(Error::TooLarge { .. }) => {}
+                        Err(Error::ScratchFull { .. }) => {}
                         Err(e) => panic!("scratch alloc: {e}"),
                     }
                 }

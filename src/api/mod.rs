@@ -14,4 +14,4 @@ pub use allocator::SharedArena;
 pub use device::{DeviceBox, DeviceVec};
 pub use grow::GrowBuffer;
 pub use ipc::{ExportedBuffer, ImportedBuffer, SharedBuffer};
-pub use scratch::{Scratch, ScratchPtr};
+pub use scratch::{Scratch, ScratchConfig, ScratchPtr};

@@ -1,49 +1,137 @@
-//! Scratch arenas: bump allocation with `reset()`, the `bumpalo::Bump` idea
-//! on arena memory. A scratch arena reserves its capacity once in the arena's
-//! buffers region, commits pages as the bump pointer advances, and on
-//! `reset()` keeps up to its retention limit committed and gives the rest back.
+//! Scratch arenas: bump allocation with `reset()`, `bumpalo::Bump`'s API on
+//! one virtual reservation.
+//!
+//! A [`Scratch`] reserves its maximum once in the arena's buffers region (a
+//! setting, large by default: reserving address space costs no memory),
+//! commits physical pages ahead of its cursor as it advances, and on
+//! [`Scratch::reset`] keeps a chosen amount committed and gives the rest back
+//! without synchronizing the device. So, unlike `bumpalo::Bump`, it grows
+//! without new chunks and without moving anything: one contiguous range,
+//! where the last allocation (a growing `Vec`, say) can grow in place.
 //!
 //! ```
 //! use gpu_arena::{SharedArena, Scratch, Kind, ArenaConfig};
 //! use gpu_arena::driver::HostDriver;
 //! let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
-//! let mut scratch = Scratch::new(&arena, 64 << 20, 4 << 20)?;
+//! let mut scratch = Scratch::new(&arena)?;
 //! let x = scratch.alloc(42u64);
-//! let s = scratch.alloc_slice_copy(&[1u8, 2, 3]);
-//! assert_eq!((*x, &s[..]), (42, &[1, 2, 3][..]));
+//! let s = scratch.alloc_str("hello");
+//! let v = scratch.alloc_slice_fill_with(3, |i| i * 10);
+//! assert_eq!((*x, &*s, &v[..]), (42, "hello", &[0, 10, 20][..]));
+//! // The arena's stats count the bytes bumped, exactly, at every moment.
+//! assert_eq!(arena.stats().scratch.bytes, scratch.allocated_bytes() as u64);
 //! scratch.reset();
 //! assert_eq!(scratch.allocated_bytes(), 0);
+//! # Ok::<(), gpu_arena::Error>(())
+//! ```
+//!
+//! Collections allocate in it through `allocator_api2`, as they do in a
+//! `&bumpalo::Bump`:
+//!
+//! ```
+//! use allocator_api2::{boxed::Box, vec::Vec};
+//! use gpu_arena::{SharedArena, Scratch, Kind, ArenaConfig};
+//! use gpu_arena::driver::HostDriver;
+//! let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+//! let scratch = Scratch::new(&arena)?;
+//! let mut v = Vec::new_in(&scratch);
+//! v.extend(0..1000u32);
+//! let first = v.as_ptr();
+//! v.extend(1000..100_000u32); // the last allocation grows in place
+//! assert_eq!(v.as_ptr(), first);
+//! let b = Box::new_in([1u8; 16], &scratch); // dropped like any Box; its bytes come back on reset
+//! assert_eq!(b[15], 1);
 //! # Ok::<(), gpu_arena::Error>(())
 //! ```
 
 use core::alloc::Layout;
 use core::cell::Cell;
-use core::ptr::NonNull;
+use core::mem::MaybeUninit;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::api::SharedArena;
+use crate::arena::ScratchCursor;
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
 use crate::policy::Policy;
-use crate::policy::scratch::{Bump, BumpResult};
+use crate::policy::scratch::{Bump, Place};
+
+/// Committed bytes a scratch arena keeps across resets unless configured.
+pub const DEFAULT_RETAIN: u64 = 64 << 20;
+/// Most bytes committed ahead of an allocation unless configured.
+pub const DEFAULT_COMMIT_AHEAD: u64 = 1 << 30;
+
+const NOT_HOST: &str = "this scratch arena holds device memory the CPU cannot touch: use alloc_layout, try_alloc_device or alloc_raw";
+
+/// Settings of a [`Scratch`]; `ScratchConfig::default()` is what
+/// [`Scratch::new`] uses.
+///
+/// ```
+/// use gpu_arena::{SharedArena, Scratch, ScratchConfig, Kind, ArenaConfig};
+/// use gpu_arena::driver::HostDriver;
+/// let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+/// let scratch = Scratch::with_config(&arena, ScratchConfig {
+///     max: 1 << 30,      // reserve 1 GiB of address space
+///     retain: 8 << 20,   // keep 8 MiB committed across resets
+///     ..ScratchConfig::default()
+/// })?;
+/// assert_eq!(scratch.reserved_bytes(), 1 << 30);
+/// assert_eq!(scratch.committed_bytes(), 0);
+/// # Ok::<(), gpu_arena::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScratchConfig {
+    /// Bytes of address space to reserve (rounded up to pages): the most
+    /// the scratch arena can ever hold between two resets. 0 (the default):
+    /// an eighth of the arena's buffers region not reserved yet (so every
+    /// further scratch arena still finds room), halved while no free range
+    /// holds it.
+    pub max: u64,
+    /// Committed bytes kept across resets (rounded up to pages); the rest
+    /// is given back on reset, once the device's work on it completed.
+    pub retain: u64,
+    /// Bytes committed at creation (as `bumpalo::Bump::with_capacity`).
+    pub capacity: u64,
+    /// Most bytes committed beyond an allocation's end when the scratch
+    /// arena grows (growth doubles the committed bytes, up to this much ahead).
+    pub commit_ahead: u64,
+    /// The allocation limit at creation (see [`Scratch::set_allocation_limit`]).
+    pub allocation_limit: Option<usize>,
+}
+
+impl Default for ScratchConfig {
+    fn default() -> Self {
+        ScratchConfig {
+            max: 0,
+            retain: DEFAULT_RETAIN,
+            capacity: 0,
+            commit_ahead: DEFAULT_COMMIT_AHEAD,
+            allocation_limit: None,
+        }
+    }
+}
 
 /// A bump-allocating scratch arena (see the module docs).
+///
+/// Values allocated in it are never dropped (as in `bumpalo::Bump`):
+/// [`Scratch::reset`] and dropping the arena give the memory back without
+/// running destructors. Use `allocator_api2::boxed::Box::new_in(x, &scratch)`
+/// for a value whose destructor must run.
 pub struct Scratch<'a, D: Driver> {
-    arena: &'a SharedArena<D>,
-    base: DevicePtr,
-    /// Next free address (the fast path's copy of `bump.cursor`, absolute).
-    cursor: Cell<u64>,
-    /// End of the committed prefix (absolute). Invariant: `cursor <= limit`.
+    /// Next free address. Shared with the arena, which reads it for its
+    /// stats; only this scratch arena writes it. Invariant: `base <= cursor
+    /// <= base + bump.max`.
+    cursor: ScratchCursor,
+    /// End of what the fast path may hand out: `base + bump.fast_end()`
+    /// (committed memory under the allocation limit).
     limit: Cell<u64>,
+    base: DevicePtr,
     host_visible: bool,
-    /// Capacity, committed bytes and generation; its cursor is synced from
-    /// `cursor` on the slow path.
     bump: Cell<Bump>,
-    /// Bytes accounted as live in the arena's stats (updated on slow paths).
-    accounted: Cell<u64>,
-    retain: u64,
-    page: u64,
+    arena: &'a SharedArena<D>,
 }
 
 /// A pointer handed out by [`Scratch::alloc_raw`], checked against resets.
@@ -71,191 +159,624 @@ impl<D: Driver> core::fmt::Debug for Scratch<'_, D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Scratch")
             .field("base", &format_args!("{:#x}", self.base))
+            .field("cursor", &format_args!("{:#x}", self.cursor.load(Relaxed)))
             .field("bump", &self.bump.get())
             .finish()
     }
 }
 
+/// An iterator over the chunks a scratch arena allocated into: one at most
+/// (see [`Scratch::iter_allocated_chunks`]).
+pub type ChunkIter<'s> = core::option::IntoIter<&'s [MaybeUninit<u8>]>;
+/// Raw form of [`ChunkIter`]: (start, length) pairs.
+pub type ChunkRawIter = core::option::IntoIter<(*mut u8, usize)>;
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn alloc_failed(e: Error) -> ! {
+    panic!("gpu-arena scratch allocation failed: {e}")
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn not_host() -> ! {
+    panic!("{NOT_HOST}")
+}
+
+/// A layout for `len` values of `T`, or the error a `try_` form returns.
+fn array<T>(len: usize) -> Result<Layout> {
+    Layout::array::<T>(len).map_err(|_| Error::TooLarge {
+        size: (len as u64).saturating_mul(core::mem::size_of::<T>() as u64),
+        max: isize::MAX as u64,
+    })
+}
+
 impl<'a, D: Driver> Scratch<'a, D> {
-    /// A scratch arena of up to `capacity` bytes that keeps `retain` bytes
-    /// committed across resets. Reserves address space only.
-    pub fn new(arena: &'a SharedArena<D>, capacity: u64, retain: u64) -> Result<Self> {
+    /// A scratch arena with the default settings ([`ScratchConfig::default`]):
+    /// a large reservation, nothing committed yet. Reserves address space
+    /// only (no driver call).
+    pub fn new(arena: &'a SharedArena<D>) -> Result<Self> {
+        Self::with_config(arena, ScratchConfig::default())
+    }
+
+    /// A scratch arena with `capacity` bytes committed up front and kept
+    /// across resets (as `bumpalo::Bump::with_capacity`, whose first chunk
+    /// survives its resets). May call the driver.
+    pub fn with_capacity(arena: &'a SharedArena<D>, capacity: usize) -> Result<Self> {
+        Self::with_config(
+            arena,
+            ScratchConfig {
+                capacity: capacity as u64,
+                retain: DEFAULT_RETAIN.max(capacity as u64),
+                ..ScratchConfig::default()
+            },
+        )
+    }
+
+    /// A scratch arena with these settings. Reserves address space, and
+    /// commits `config.capacity` bytes (driver calls) when it is not 0.
+    pub fn with_config(arena: &'a SharedArena<D>, config: ScratchConfig) -> Result<Self> {
+        if config.max != 0 && config.capacity > config.max {
+            return Err(Error::Config(
+                "scratch capacity must not exceed its max (0: the default max)",
+            ));
+        }
+        // Made before locking: this may allocate on the global allocator.
+        let cursor = ScratchCursor::new(AtomicU64::new(0));
         let mut a = arena.lock();
         let page = a.page();
-        let base = a.reserve_buffer(capacity, Policy::Scratch)?;
-        let capacity = crate::driver::round_up(capacity, page).unwrap_or(capacity);
+        let (base, max) = if config.max != 0 {
+            (a.reserve_buffer(config.max, Policy::Scratch)?, config.max)
+        } else {
+            let least = config.capacity.max(page);
+            let mut max = (a.buffers_space().1 / 8).max(least);
+            loop {
+                match a.reserve_buffer(max, Policy::Scratch) {
+                    Ok(base) => break (base, max),
+                    Err(Error::AddressSpace { .. }) if max / 2 >= least => max /= 2,
+                    Err(e) => return Err(e),
+                }
+            }
+        };
+        cursor.store(base, Relaxed);
+        a.track_scratch(base, cursor.clone());
+        let mut bump = Bump::new(base, max, page);
+        bump.retain = config.retain;
+        bump.commit_ahead = config.commit_ahead;
+        bump.limit = config.allocation_limit.map_or(u64::MAX, |l| l as u64);
+        if config.capacity > 0 {
+            let to = bump.min_commit(config.capacity);
+            if let Err(e) = a.commit_buffer(base, 0, to) {
+                a.free_buffer(base, 0, Policy::Scratch, Stream::DEFAULT);
+                return Err(e);
+            }
+            bump.committed = to;
+        }
+        drop(a);
         Ok(Scratch {
-            arena,
+            cursor,
+            limit: Cell::new(base + bump.fast_end()),
             base,
-            cursor: Cell::new(base),
-            limit: Cell::new(base),
             host_visible: arena.host_visible(),
-            bump: Cell::new(Bump::new(capacity)),
-            accounted: Cell::new(0),
-            retain,
-            page,
+            bump: Cell::new(bump),
+            arena,
         })
     }
 
-    /// Reserved bytes.
-    pub fn capacity(&self) -> u64 {
-        self.bump.get().capacity
+    // ----- figures -----
+
+    /// Bytes allocated since the last reset, alignment padding included
+    /// (as `bumpalo::Bump::allocated_bytes`). The arena's
+    /// `stats().scratch.bytes` counts the same, at every moment.
+    /// Constant time.
+    pub fn allocated_bytes(&self) -> usize {
+        (self.cursor.load(Relaxed) - self.base) as usize
     }
-    /// Committed bytes.
+    /// Bytes of physical memory committed now.
     pub fn committed_bytes(&self) -> u64 {
         self.bump.get().committed
     }
-    /// Bytes handed out since the last reset (alignment padding included).
-    pub fn allocated_bytes(&self) -> u64 {
-        self.cursor.get() - self.base
+    /// Bytes of address space reserved: the most this scratch arena holds
+    /// between two resets.
+    pub fn reserved_bytes(&self) -> u64 {
+        self.bump.get().max
     }
-
-    /// The bump state with the fast path's cursor.
-    fn synced(&self) -> Bump {
-        let mut b = self.bump.get();
-        b.cursor = self.cursor.get() - self.base;
-        b.used = b.cursor;
-        b
-    }
-
-    fn store(&self, b: Bump) {
-        self.cursor.set(self.base + b.cursor);
-        self.limit.set(self.base + b.committed);
-        self.bump.set(b);
+    /// Bytes that can be allocated before the next commit or the allocation
+    /// limit (as `bumpalo::Bump::chunk_capacity`).
+    pub fn chunk_capacity(&self) -> usize {
+        self.limit.get().saturating_sub(self.cursor.load(Relaxed)) as usize
     }
     /// Resets so far (the generation of [`ScratchPtr`]s).
     pub fn generation(&self) -> u64 {
         self.bump.get().generation
     }
+    /// Whether `addr` lies in this scratch arena's reservation: one range
+    /// check (the reservation is contiguous and never moves).
+    #[inline]
+    pub fn contains(&self, addr: DevicePtr) -> bool {
+        addr.wrapping_sub(self.base) < self.bump.get().max
+    }
+    /// Whether the CPU may touch this scratch arena's memory (the typed
+    /// forms such as [`Scratch::alloc`] need it).
+    pub fn host_visible(&self) -> bool {
+        self.host_visible
+    }
 
-    /// Allocates `layout`; constant time unless pages must be committed.
+    /// The allocation limit: the most bytes [`Scratch::allocated_bytes`]
+    /// may reach between two resets, or `None`.
+    pub fn allocation_limit(&self) -> Option<usize> {
+        let l = self.bump.get().limit;
+        (l != u64::MAX).then_some(l as usize)
+    }
+
+    /// Sets the allocation limit (`None`: no limit but the reservation).
+    /// Unlike `bumpalo::Bump`'s, it is exact: an allocation that would take
+    /// [`Scratch::allocated_bytes`] past it fails, wherever it would land.
+    ///
+    /// ```
+    /// use gpu_arena::{SharedArena, Scratch, Kind, ArenaConfig, Error};
+    /// use gpu_arena::driver::HostDriver;
+    /// let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+    /// let scratch = Scratch::new(&arena)?;
+    /// scratch.set_allocation_limit(Some(16));
+    /// assert!(scratch.try_alloc([0u8; 16]).is_ok());
+    /// assert!(matches!(scratch.try_alloc(1u8), Err(Error::ScratchLimit { .. })));
+    /// # Ok::<(), gpu_arena::Error>(())
+    /// ```
+    pub fn set_allocation_limit(&self, limit: Option<usize>) {
+        let mut b = self.bump.get();
+        b.limit = limit.map_or(u64::MAX, |l| l as u64);
+        self.store(b);
+    }
+
+    fn store(&self, b: Bump) {
+        self.limit.set(self.base + b.fast_end());
+        self.bump.set(b);
+    }
+
+    // ----- the fast and slow paths -----
+
+    /// Bumps the cursor where committed memory under the limit holds the
+    /// request; `None` for the slow path (commit, limits, zero size).
     #[inline(always)]
-    pub fn try_alloc_layout(&self, layout: Layout) -> Result<DevicePtr> {
+    fn bump_fast(&self, layout: Layout) -> Option<DevicePtr> {
+        let size = layout.size() as u64;
         let align = layout.align() as u64;
-        let start = (self.cursor.get() + align - 1) & !(align - 1);
-        // Addresses stay below 2^48 and sizes below 2^63: no overflow.
-        let end = start + layout.size().max(1) as u64;
-        // Alignments above a page go to the slow path, which refuses them.
-        if end <= self.limit.get() && align <= self.page {
-            self.cursor.set(end);
-            return Ok(start);
+        let cursor = self.cursor.load(Relaxed);
+        // No wrap for a nonzero size: the cursor is a user-space address
+        // (below 2^57), and `Layout` keeps `align - 1 + size` below 2^63.
+        let start = cursor.wrapping_add(align - 1) & !(align - 1);
+        let end = start.wrapping_add(size);
+        if size != 0 && end <= self.limit.get() {
+            self.cursor.store(end, Relaxed);
+            Some(start)
+        } else {
+            None
         }
-        self.alloc_layout_slow(layout)
+    }
+
+    /// Allocates `layout` and returns its address; for any memory kind
+    /// (device memory too: pass the address to kernels and copies).
+    /// Constant time unless pages must be committed (driver calls).
+    /// A zero-size layout takes no memory: its address is the alignment
+    /// (dangling, as bumpalo's).
+    #[inline(always)]
+    pub fn try_alloc_device(&self, layout: Layout) -> Result<DevicePtr> {
+        match self.bump_fast(layout) {
+            Some(p) => Ok(p),
+            None => self.alloc_slow(layout),
+        }
     }
 
     #[cold]
     #[inline(never)]
-    fn alloc_layout_slow(&self, layout: Layout) -> Result<DevicePtr> {
-        let size = layout.size().max(1) as u64;
-        let align = layout.align() as u64;
-        if !layout.align().is_power_of_two() || align > self.page {
-            return Err(Error::BadAlignment {
-                align,
-                max: self.page,
-            });
+    fn alloc_slow(&self, layout: Layout) -> Result<DevicePtr> {
+        let size = layout.size() as u64;
+        if size == 0 {
+            return Ok(layout.align() as u64);
         }
-        let mut b = self.synced();
-        match b.alloc(size, align) {
-            BumpResult::Placed(off) => {
-                self.store(b);
-                Ok(self.base + off)
+        let cursor = self.cursor.load(Relaxed) - self.base;
+        let b = self.bump.get();
+        let (start, end) = match b.place(cursor, size, layout.align() as u64) {
+            Place::At { start, end } => (start, end),
+            Place::Commit {
+                start,
+                end,
+                commit_to,
+            } => {
+                self.commit(end, commit_to)?;
+                (start, end)
             }
-            BumpResult::Full => Err(Error::TooLarge {
-                size,
-                max: b.capacity,
-            }),
-            BumpResult::Commit(end) => {
-                // Grow geometrically (at least double), in whole pages.
-                let want = end.max(b.committed.saturating_mul(2)).min(b.capacity);
-                let to = crate::driver::round_up(want, self.page)
-                    .unwrap_or(b.capacity)
-                    .min(b.capacity);
-                let mut a = self.arena.lock();
-                a.commit_buffer(self.base, b.committed, to)?;
-                b.committed = to;
-                let BumpResult::Placed(off) = b.alloc(size, align) else {
-                    return Err(Error::Unsupported("scratch commit did not make room (bug)"));
-                };
-                a.account_buffer(Policy::Scratch, self.accounted.get(), b.cursor);
-                self.accounted.set(b.cursor);
-                self.store(b);
-                Ok(self.base + off)
+            Place::OverLimit { .. } => {
+                return Err(Error::ScratchLimit {
+                    requested: size,
+                    allocated: cursor,
+                    limit: b.limit,
+                });
             }
+            Place::Full { .. } => {
+                return Err(Error::ScratchFull {
+                    requested: size,
+                    allocated: cursor,
+                    max: b.max,
+                });
+            }
+        };
+        self.cursor.store(self.base + end, Relaxed);
+        Ok(self.base + start)
+    }
+
+    /// Commits up to `target` (offset), or, where that fails for want of
+    /// memory, up to the page holding `end`. May call the driver.
+    fn commit(&self, end: u64, target: u64) -> Result<()> {
+        let mut b = self.bump.get();
+        let least = b.min_commit(end);
+        let mut a = self.arena.lock();
+        let to = match a.commit_buffer(self.base, b.committed, target) {
+            Ok(()) => target,
+            Err(Error::OutOfMemory(_)) if least < target => {
+                a.commit_buffer(self.base, b.committed, least)?;
+                least
+            }
+            Err(e) => return Err(e),
+        };
+        a.note_peak();
+        b.committed = to;
+        self.store(b);
+        Ok(())
+    }
+
+    /// Extends the allocation ending at the cursor to end at `end`
+    /// (absolute), committing where needed. False where the limit or the
+    /// reservation is in the way, or memory is short.
+    fn extend_last(&self, end: u64) -> bool {
+        if end > self.limit.get() {
+            let b = self.bump.get();
+            let off = end - self.base;
+            if off > b.limit || off > b.max || self.commit(off, b.grow_target(off)).is_err() {
+                return false;
+            }
+        }
+        self.cursor.store(end, Relaxed);
+        true
+    }
+
+    // ----- layout-only forms (every memory kind) -----
+
+    /// Allocates `layout` (as `bumpalo::Bump::try_alloc_layout`). On memory
+    /// the CPU cannot touch the pointer is a device address, for kernels
+    /// and copies only. Constant time unless pages must be committed.
+    #[inline(always)]
+    pub fn try_alloc_layout(&self, layout: Layout) -> Result<NonNull<u8>> {
+        let p = self.try_alloc_device(layout)?;
+        // SAFETY: arena addresses and alignments (zero-size layouts) are
+        // never 0.
+        Ok(unsafe { NonNull::new_unchecked(p as *mut u8) })
+    }
+
+    /// Allocates `layout`; panics where it cannot (as
+    /// `bumpalo::Bump::alloc_layout`). See [`Scratch::try_alloc_layout`].
+    #[inline(always)]
+    #[track_caller]
+    pub fn alloc_layout(&self, layout: Layout) -> NonNull<u8> {
+        match self.bump_fast(layout) {
+            // SAFETY: arena addresses are never 0.
+            Some(p) => unsafe { NonNull::new_unchecked(p as *mut u8) },
+            None => self.alloc_layout_slow(layout),
         }
     }
 
-    /// Allocates raw memory (any kind, device memory too), checked against resets.
+    #[cold]
+    #[inline(never)]
+    #[track_caller]
+    fn alloc_layout_slow(&self, layout: Layout) -> NonNull<u8> {
+        match self.alloc_slow(layout) {
+            // SAFETY: arena addresses and alignments are never 0.
+            Ok(p) => unsafe { NonNull::new_unchecked(p as *mut u8) },
+            Err(e) => alloc_failed(e),
+        }
+    }
+
+    /// Allocates `size` bytes aligned to `align` (any memory kind), checked
+    /// against resets: [`ScratchPtr::get`] refuses it after one.
     pub fn alloc_raw(&self, size: u64, align: u64) -> Result<ScratchPtr> {
         let layout = Layout::from_size_align(size as usize, align as usize).map_err(|_| {
-            Error::BadAlignment {
-                align,
-                max: self.page,
+            if align.is_power_of_two() {
+                Error::TooLarge {
+                    size,
+                    max: isize::MAX as u64,
+                }
+            } else {
+                Error::BadAlignment {
+                    align,
+                    max: 1 << 62,
+                }
             }
         })?;
-        let ptr = self.try_alloc_layout(layout)?;
+        let ptr = self.try_alloc_device(layout)?;
         Ok(ScratchPtr {
             ptr,
             generation: self.bump.get().generation,
         })
     }
 
-    fn host(&self) -> &Self {
-        assert!(
-            self.host_visible,
-            "this scratch arena holds device memory the CPU cannot touch: use alloc_raw"
-        );
-        self
+    // ----- typed forms (memory the CPU may touch) -----
+
+    /// Host memory for `layout`, or an error on device memory.
+    #[inline(always)]
+    fn try_host(&self, layout: Layout) -> Result<NonNull<u8>> {
+        if !self.host_visible {
+            return Err(Error::Unsupported(NOT_HOST));
+        }
+        self.try_alloc_layout(layout)
     }
 
-    /// Allocates a `T` holding `val` (host-visible kinds only; panics on
-    /// out-of-memory like `bumpalo::Bump::alloc`).
+    /// Host memory for `layout`; panics where it cannot.
+    #[inline(always)]
+    #[track_caller]
+    fn host(&self, layout: Layout) -> NonNull<u8> {
+        if !self.host_visible {
+            not_host()
+        }
+        self.alloc_layout(layout)
+    }
+
+    /// Allocates a `T` holding `val` and returns it; panics where memory
+    /// cannot be had or the CPU cannot touch it (as `bumpalo::Bump::alloc`).
+    /// Constant time unless pages must be committed.
+    #[inline(always)]
+    #[track_caller]
     #[allow(clippy::mut_from_ref)] // each call hands out fresh memory, as bumpalo does
     pub fn alloc<T>(&self, val: T) -> &mut T {
-        let p = self.host().alloc_layout(Layout::new::<T>()).cast::<T>();
-        // SAFETY: p is fresh, aligned, host-accessible memory for a T that
-        // nothing else references until reset (which takes &mut self).
-        unsafe {
-            p.as_ptr().write(val);
-            &mut *p.as_ptr()
-        }
+        self.alloc_with(|| val)
     }
 
-    /// Copies `src` into the scratch arena (host-visible kinds only).
-    #[allow(clippy::mut_from_ref)] // each call hands out fresh memory, as bumpalo does
-    pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> &mut [T] {
-        let p = self.host().alloc_layout(Layout::for_value(src)).cast::<T>();
-        // SAFETY: p is fresh, aligned memory for src.len() Ts; the ranges
-        // cannot overlap (src is not in memory handed out after it).
-        unsafe {
-            core::ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), src.len());
-            core::slice::from_raw_parts_mut(p.as_ptr(), src.len())
-        }
-    }
-
-    /// Allocates `layout` and returns a host pointer (host-visible kinds
-    /// only); panics on out-of-memory, like `bumpalo::Bump::alloc_layout`.
+    /// [`Scratch::alloc`], failing with an error instead of panicking.
     #[inline(always)]
-    pub fn alloc_layout(&self, layout: Layout) -> NonNull<u8> {
-        if self.host_visible {
-            if let Ok(p) = self.try_alloc_layout(layout) {
-                // SAFETY: arena addresses are never 0.
-                return unsafe { NonNull::new_unchecked(p as *mut u8) };
-            }
-        }
-        self.alloc_layout_failed(layout)
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc<T>(&self, val: T) -> Result<&mut T> {
+        self.try_alloc_with(|| val)
     }
 
-    #[cold]
-    #[inline(never)]
-    fn alloc_layout_failed(&self, layout: Layout) -> NonNull<u8> {
-        match self.host().try_alloc_layout(layout) {
-            Ok(p) => NonNull::new(p as *mut u8).unwrap_or(NonNull::dangling()),
-            Err(e) => panic!("gpu-arena scratch allocation failed: {e}"),
-        }
+    /// Allocates a `T` and initializes it with `f()`, which may then be
+    /// written in place (as `bumpalo::Bump::alloc_with`).
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_with<T, F: FnOnce() -> T>(&self, f: F) -> &mut T {
+        let p = self.host(Layout::new::<T>()).cast::<T>();
+        // SAFETY: p is fresh, aligned, host-accessible memory for a T that
+        // nothing else refers to until a reset (which takes &mut self).
+        unsafe { write_with(p, f) }
     }
 
-    /// Forgets every allocation. Keeps `retain` bytes committed and gives the
-    /// rest back (once the default stream's work on it completed).
+    /// [`Scratch::alloc_with`], failing with an error instead of panicking
+    /// (`f` is not called then).
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_with<T, F: FnOnce() -> T>(&self, f: F) -> Result<&mut T> {
+        let p = self.try_host(Layout::new::<T>())?.cast::<T>();
+        // SAFETY: as in `alloc_with`.
+        Ok(unsafe { write_with(p, f) })
+    }
+
+    /// Copies `src` into the scratch arena.
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_copy<T: Copy>(&self, src: &[T]) -> &mut [T] {
+        let p = self.host(Layout::for_value(src)).cast::<T>();
+        // SAFETY: p is fresh, aligned memory for src.len() Ts that nothing
+        // else refers to; src is not in it.
+        unsafe { copy_into(p, src) }
+    }
+
+    /// [`Scratch::alloc_slice_copy`], failing with an error instead of panicking.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_copy<T: Copy>(&self, src: &[T]) -> Result<&mut [T]> {
+        let p = self.try_host(Layout::for_value(src))?.cast::<T>();
+        // SAFETY: as in `alloc_slice_copy`.
+        Ok(unsafe { copy_into(p, src) })
+    }
+
+    /// Clones `src` into the scratch arena.
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_clone<T: Clone>(&self, src: &[T]) -> &mut [T] {
+        self.alloc_slice_fill_with(src.len(), |i| src[i].clone())
+    }
+
+    /// [`Scratch::alloc_slice_clone`], failing with an error instead of panicking.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_clone<T: Clone>(&self, src: &[T]) -> Result<&mut [T]> {
+        self.try_alloc_slice_fill_with(src.len(), |i| src[i].clone())
+    }
+
+    /// Copies `src` into the scratch arena.
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_str(&self, src: &str) -> &mut str {
+        let bytes = self.alloc_slice_copy(src.as_bytes());
+        // SAFETY: a copy of a str's bytes is UTF-8.
+        unsafe { core::str::from_utf8_unchecked_mut(bytes) }
+    }
+
+    /// [`Scratch::alloc_str`], failing with an error instead of panicking.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_str(&self, src: &str) -> Result<&mut str> {
+        let bytes = self.try_alloc_slice_copy(src.as_bytes())?;
+        // SAFETY: a copy of a str's bytes is UTF-8.
+        Ok(unsafe { core::str::from_utf8_unchecked_mut(bytes) })
+    }
+
+    /// Allocates `len` values, the `i`th initialized with `f(i)`.
+    ///
+    /// ```
+    /// # use gpu_arena::{SharedArena, Scratch, Kind, ArenaConfig};
+    /// # use gpu_arena::driver::HostDriver;
+    /// # let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+    /// let scratch = Scratch::new(&arena)?;
+    /// assert_eq!(scratch.alloc_slice_fill_with(4, |i| i * i), &[0, 1, 4, 9]);
+    /// # Ok::<(), gpu_arena::Error>(())
+    /// ```
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_fill_with<T, F: FnMut(usize) -> T>(&self, len: usize, f: F) -> &mut [T] {
+        let layout = array::<T>(len).unwrap_or_else(|e| alloc_failed(e));
+        let p = self.host(layout).cast::<T>();
+        // SAFETY: p is fresh, aligned memory for len Ts that nothing else
+        // refers to.
+        unsafe { fill(p, len, f) }
+    }
+
+    /// [`Scratch::alloc_slice_fill_with`], failing with an error instead of
+    /// panicking (`f` is not called then).
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_fill_with<T, F: FnMut(usize) -> T>(
+        &self,
+        len: usize,
+        f: F,
+    ) -> Result<&mut [T]> {
+        let p = self.try_host(array::<T>(len)?)?.cast::<T>();
+        // SAFETY: as in `alloc_slice_fill_with`.
+        Ok(unsafe { fill(p, len, f) })
+    }
+
+    /// Allocates `len` copies of `value`.
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_fill_copy<T: Copy>(&self, len: usize, value: T) -> &mut [T] {
+        self.alloc_slice_fill_with(len, |_| value)
+    }
+
+    /// [`Scratch::alloc_slice_fill_copy`], failing with an error instead of panicking.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_fill_copy<T: Copy>(&self, len: usize, value: T) -> Result<&mut [T]> {
+        self.try_alloc_slice_fill_with(len, |_| value)
+    }
+
+    /// Allocates `len` clones of `value`.
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_fill_clone<T: Clone>(&self, len: usize, value: &T) -> &mut [T] {
+        self.alloc_slice_fill_with(len, |_| value.clone())
+    }
+
+    /// [`Scratch::alloc_slice_fill_clone`], failing with an error instead of panicking.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_fill_clone<T: Clone>(&self, len: usize, value: &T) -> Result<&mut [T]> {
+        self.try_alloc_slice_fill_with(len, |_| value.clone())
+    }
+
+    /// Allocates `len` default values.
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_fill_default<T: Default>(&self, len: usize) -> &mut [T] {
+        self.alloc_slice_fill_with(len, |_| T::default())
+    }
+
+    /// [`Scratch::alloc_slice_fill_default`], failing with an error instead of panicking.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_fill_default<T: Default>(&self, len: usize) -> Result<&mut [T]> {
+        self.try_alloc_slice_fill_with(len, |_| T::default())
+    }
+
+    /// Allocates the values of an iterator that knows its length; panics
+    /// if it yields fewer than it said (as bumpalo's).
+    #[inline(always)]
+    #[track_caller]
+    #[allow(clippy::mut_from_ref)]
+    pub fn alloc_slice_fill_iter<T, I>(&self, iter: I) -> &mut [T]
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let mut iter = iter.into_iter();
+        self.alloc_slice_fill_with(iter.len(), |_| {
+            iter.next().expect("Iterator supplied too few elements")
+        })
+    }
+
+    /// [`Scratch::alloc_slice_fill_iter`], failing with an error instead of
+    /// panicking when memory cannot be had.
+    #[inline(always)]
+    #[allow(clippy::mut_from_ref)]
+    pub fn try_alloc_slice_fill_iter<T, I>(&self, iter: I) -> Result<&mut [T]>
+    where
+        I: IntoIterator<Item = T>,
+        I::IntoIter: ExactSizeIterator,
+    {
+        let mut iter = iter.into_iter();
+        self.try_alloc_slice_fill_with(iter.len(), |_| {
+            iter.next().expect("Iterator supplied too few elements")
+        })
+    }
+
+    // ----- chunks and reset -----
+
+    /// The memory allocated since the last reset, as bumpalo's
+    /// `iter_allocated_chunks`: here one chunk at most (the reservation is
+    /// contiguous), oldest allocation first (the cursor moves up; bumpalo's
+    /// moves down). Padding between allocations is uninitialized. Panics on
+    /// memory the CPU cannot touch (see [`Scratch::iter_allocated_chunks_raw`]).
+    ///
+    /// ```
+    /// # use gpu_arena::{SharedArena, Scratch, Kind, ArenaConfig};
+    /// # use gpu_arena::driver::HostDriver;
+    /// # let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+    /// let mut scratch = Scratch::new(&arena)?;
+    /// scratch.alloc(b'a');
+    /// scratch.alloc(b'b');
+    /// let chunks: Vec<_> = scratch.iter_allocated_chunks().collect();
+    /// assert_eq!(chunks.len(), 1);
+    /// // SAFETY: only bytes were allocated, so there is no padding.
+    /// assert_eq!(unsafe { [chunks[0][0].assume_init(), chunks[0][1].assume_init()] }, *b"ab");
+    /// # Ok::<(), gpu_arena::Error>(())
+    /// ```
+    pub fn iter_allocated_chunks(&mut self) -> ChunkIter<'_> {
+        if !self.host_visible {
+            not_host()
+        }
+        let len = self.allocated_bytes();
+        let chunk = (len > 0).then(|| {
+            // SAFETY: base..cursor is committed, host-visible memory of this
+            // scratch arena; `&mut self` means no reference handed out by an
+            // allocation is alive; bytes are read as `MaybeUninit`.
+            unsafe { core::slice::from_raw_parts(self.base as *const MaybeUninit<u8>, len) }
+        });
+        chunk.into_iter()
+    }
+
+    /// The chunk of [`Scratch::iter_allocated_chunks`] as (start, length),
+    /// for any memory kind.
+    ///
+    /// # Safety
+    /// No allocation is made while the iterator is alive; reading the
+    /// memory is the caller's responsibility (as bumpalo's
+    /// `iter_allocated_chunks_raw`).
+    pub unsafe fn iter_allocated_chunks_raw(&self) -> ChunkRawIter {
+        let len = self.allocated_bytes();
+        (len > 0).then_some((self.base as *mut u8, len)).into_iter()
+    }
+
+    /// Forgets every allocation. Keeps [`ScratchConfig::retain`] bytes
+    /// committed and gives the rest back once the default stream's work on
+    /// it completed (no device synchronization). May call the driver.
     pub fn reset(&mut self) {
         self.reset_on(Stream::DEFAULT)
     }
@@ -263,47 +784,156 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// [`Scratch::reset`], with the memory last used on `stream`.
     pub fn reset_on(&mut self, stream: Stream) {
         let mut b = self.bump.get();
-        let keep = crate::driver::round_up(self.retain, self.page)
-            .unwrap_or(b.committed)
-            .min(b.committed);
-        let mut a = self.arena.lock();
-        // While the arena is asleep the pages stay as they are (restored on wake).
-        if keep < b.committed
-            && a.decommit_buffer(self.base, keep, b.committed, stream)
-                .is_ok()
+        let keep = b.keep();
         {
-            b.committed = keep;
+            let mut a = self.arena.lock();
+            a.note_peak();
+            // While the arena is asleep the pages stay as they are (restored on wake).
+            if keep < b.committed
+                && a.decommit_buffer(self.base, keep, b.committed, stream)
+                    .is_ok()
+            {
+                b.committed = keep;
+            }
+            self.cursor.store(self.base, Relaxed);
         }
-        a.account_buffer(Policy::Scratch, self.accounted.get(), 0);
-        self.accounted.set(0);
         b.reset();
         self.store(b);
     }
+}
+
+/// Writes `f()` at `p` and returns it.
+///
+/// # Safety
+/// `p` is valid, aligned memory for a `T` that nothing else refers to.
+#[inline(always)]
+unsafe fn write_with<'s, T, F: FnOnce() -> T>(p: NonNull<T>, f: F) -> &'s mut T {
+    // SAFETY: the caller's guarantee; writing the result of `f` straight
+    // through the pointer lets the compiler build it in place.
+    unsafe {
+        ptr::write(p.as_ptr(), f());
+        &mut *p.as_ptr()
+    }
+}
+
+/// Copies `src` to `p` and returns the copy.
+///
+/// # Safety
+/// `p` is valid, aligned memory for `src.len()` values that nothing else
+/// refers to and that does not overlap `src`.
+#[inline(always)]
+unsafe fn copy_into<'s, T: Copy>(p: NonNull<T>, src: &[T]) -> &'s mut [T] {
+    // SAFETY: the caller's guarantee.
+    unsafe {
+        ptr::copy_nonoverlapping(src.as_ptr(), p.as_ptr(), src.len());
+        core::slice::from_raw_parts_mut(p.as_ptr(), src.len())
+    }
+}
+
+/// Writes `f(i)` at `p + i` for `i < len` and returns the slice.
+///
+/// # Safety
+/// `p` is valid, aligned memory for `len` values that nothing else refers to.
+#[inline(always)]
+unsafe fn fill<'s, T, F: FnMut(usize) -> T>(p: NonNull<T>, len: usize, mut f: F) -> &'s mut [T] {
+    for i in 0..len {
+        // SAFETY: i < len, within the caller's memory.
+        unsafe { ptr::write(p.as_ptr().add(i), f(i)) };
+    }
+    // SAFETY: all len values were written just above.
+    unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), len) }
 }
 
 impl<D: Driver> Drop for Scratch<'_, D> {
     fn drop(&mut self) {
         let b = self.bump.get();
         let mut a = self.arena.lock();
-        a.account_buffer(Policy::Scratch, self.accounted.get(), 0);
         a.free_buffer(self.base, b.committed, Policy::Scratch, Stream::DEFAULT);
     }
 }
 
-// SAFETY: blocks are valid, aligned, host-accessible (checked) memory that
-// stays committed until `reset`, which needs `&mut Scratch` and so cannot
-// happen while an `&Scratch` allocator is in use.
+// SAFETY: (1) blocks are valid for their layout, aligned, and host-accessible:
+// allocation is refused on memory the CPU cannot touch; they stay committed
+// until `reset`, which needs `&mut Scratch` and so cannot happen while an
+// `&Scratch` allocator is in use. (2) `grow` and `shrink` keep a block in
+// place only where it is the last one (it ends at the cursor), so it never
+// overlaps another; elsewhere they allocate anew and copy. (3) `deallocate`
+// takes back only the last block's bytes, which its owner gave up.
 unsafe impl<D: Driver> Allocator for &Scratch<'_, D> {
+    #[inline]
     fn allocate(&self, layout: Layout) -> core::result::Result<NonNull<[u8]>, AllocError> {
-        if !self.host_visible {
-            return Err(AllocError);
-        }
-        let p = self.try_alloc_layout(layout).map_err(|_| AllocError)?;
-        let p = NonNull::new(p as *mut u8).ok_or(AllocError)?;
+        let p = self.try_host(layout).map_err(|_| AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
-    unsafe fn deallocate(&self, _ptr: NonNull<u8>, _layout: Layout) {
-        // Bump allocation: memory comes back on reset.
+    #[inline]
+    unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        // The last block gives its bytes back at once (as bumpalo's); the
+        // others wait for the reset.
+        let p = ptr.as_ptr() as u64;
+        if layout.size() != 0 && p + layout.size() as u64 == self.cursor.load(Relaxed) {
+            self.cursor.store(p, Relaxed);
+        }
+    }
+
+    unsafe fn grow(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> core::result::Result<NonNull<[u8]>, AllocError> {
+        let p = ptr.as_ptr() as u64;
+        // The last block grows in place, committing where needed: a `Vec`
+        // at the end of a scratch arena never moves.
+        if old.size() != 0
+            && p + old.size() as u64 == self.cursor.load(Relaxed)
+            && p % new.align() as u64 == 0
+            && self.extend_last(p + new.size() as u64)
+        {
+            return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
+        }
+        let q = self.allocate(new)?;
+        // SAFETY: the caller gives `old.size()` readable bytes at ptr; q is
+        // fresh, so they do not overlap.
+        unsafe { ptr::copy_nonoverlapping(ptr.as_ptr(), q.cast::<u8>().as_ptr(), old.size()) };
+        Ok(q)
+    }
+
+    unsafe fn grow_zeroed(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> core::result::Result<NonNull<[u8]>, AllocError> {
+        // SAFETY: forwarded under the caller's guarantees.
+        let q = unsafe { self.grow(ptr, old, new)? };
+        // SAFETY: q holds new.size() >= old.size() bytes; the tail is ours.
+        unsafe {
+            q.cast::<u8>()
+                .as_ptr()
+                .add(old.size())
+                .write_bytes(0, new.size() - old.size())
+        };
+        Ok(q)
+    }
+
+    unsafe fn shrink(
+        &self,
+        ptr: NonNull<u8>,
+        old: Layout,
+        new: Layout,
+    ) -> core::result::Result<NonNull<[u8]>, AllocError> {
+        let p = ptr.as_ptr() as u64;
+        if p % new.align() as u64 == 0 {
+            // In place; the last block gives its tail back.
+            if old.size() != 0 && p + old.size() as u64 == self.cursor.load(Relaxed) {
+                self.cursor.store(p + new.size() as u64, Relaxed);
+            }
+            return Ok(NonNull::slice_from_raw_parts(ptr, new.size()));
+        }
+        let q = self.allocate(new)?;
+        // SAFETY: new.size() <= old.size() readable bytes at ptr; q is fresh.
+        unsafe { ptr::copy_nonoverlapping(ptr.as_ptr(), q.cast::<u8>().as_ptr(), new.size()) };
+        Ok(q)
     }
 }

@@ -148,7 +148,11 @@ fn buffers_larger_than_the_reservation_say_so() {
         let msg = e.to_string();
         assert!(!msg.contains("is full"), "{msg}");
         assert!(msg.contains("configure a larger reservation"), "{msg}");
-        let e = Scratch::new(&arena, max, 0).unwrap_err();
+        let config = gpu_arena::ScratchConfig {
+            max,
+            ..Default::default()
+        };
+        let e = Scratch::with_config(&arena, config).unwrap_err();
         assert!(matches!(e, Error::ExceedsReservation { .. }), "{e:?}");
     }
     assert_eq!(arena.stats(), before);

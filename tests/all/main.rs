@@ -15,4 +15,5 @@ mod gpu_arena;
 mod hip_driver;
 mod host_driver;
 mod peer_ipc;
+mod scratch;
 mod sleep_wake;

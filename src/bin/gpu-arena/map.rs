@@ -17,7 +17,9 @@ use gpu_arena::driver::{Driver, Stream, SystemDriver};
 use gpu_arena::policy::Policy;
 use gpu_arena::replay::replay_observed;
 use gpu_arena::stats::PageStateReport;
-use gpu_arena::{Arena, ArenaConfig, GrowBuffer, Kind, Scratch, SharedArena, Snapshot};
+use gpu_arena::{
+    Arena, ArenaConfig, GrowBuffer, Kind, Scratch, ScratchConfig, SharedArena, Snapshot,
+};
 
 use crate::{AnyResult, BackendArg, Backends, fmt_bytes};
 
@@ -441,7 +443,14 @@ fn demo(driver: SystemDriver, device: u32) -> AnyResult<Snapshot> {
             kept.push(p);
         }
     }
-    let scratch = Scratch::new(&shared, 64 << 20, 8 << 20)?;
+    let scratch = Scratch::with_config(
+        &shared,
+        ScratchConfig {
+            max: 64 << 20,
+            retain: 8 << 20,
+            ..ScratchConfig::default()
+        },
+    )?;
     for _ in 0..1200 {
         scratch.alloc_raw(4096, 256)?;
     }
