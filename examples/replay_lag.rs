@@ -55,12 +55,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_or(path.clone(), |n| n.to_string_lossy().into_owned());
         for (i, r) in reps.iter().enumerate() {
             println!(
-                "lag {lag} {name} rep {}: peak committed / peak live {:.4}, VMM calls {} ({:.2} per 1000 allocs), allocs {}",
+                "lag {lag} {name} rep {}: peak committed / peak live {:.4}, VMM calls {} ({:.2} per 1000 allocs), allocs {}, {:.0} ns per alloc or free",
                 i + 1,
                 r.ratio,
                 r.vmm_calls,
                 r.vmm_calls as f64 * 1000.0 / r.allocs.max(1) as f64,
-                r.allocs
+                r.allocs,
+                r.seconds * 1e9 / r.events.max(1) as f64
             );
         }
         let s = arena.stats();

@@ -185,6 +185,10 @@ pub struct Repetition {
     pub vmm_calls: u64,
     /// All driver calls (VMM calls, fence records and waits) made in it.
     pub calls: u64,
+    /// Events replayed (allocations and frees).
+    pub events: u64,
+    /// Wall time of the repetition's events (seconds).
+    pub seconds: f64,
 }
 
 /// Blocks of a trace that live through the whole workload (allocated in its
@@ -248,7 +252,8 @@ pub fn replay_repeated<D: Driver>(
     for r in 0..repeat.times.max(1) {
         arena.reset_peaks();
         let before = arena.stats().driver_calls;
-        let mut allocs = 0;
+        let (mut allocs, mut n) = (0, 0);
+        let t = Instant::now();
         let last = r + 1 == repeat.times.max(1);
         for (i, e) in events.iter().enumerate() {
             match *e {
@@ -259,11 +264,13 @@ pub fn replay_repeated<D: Driver>(
                     let p = arena.alloc_on(size.max(1), 512, Stream::DEFAULT)?;
                     live.insert(addr, p);
                     allocs += 1;
+                    n += 1;
                 }
                 Event::Free { addr, .. } => {
                     if !last && keep_frees.contains(&i) {
                         continue;
                     }
+                    n += 1;
                     let Some(p) = live.remove(&addr) else {
                         return Err(Error::Config("trace frees a block it never allocated"));
                     };
@@ -276,9 +283,12 @@ pub fn replay_repeated<D: Driver>(
                 hold();
             }
         }
+        let seconds = t.elapsed().as_secs_f64();
         let s = arena.stats();
         let calls = s.driver_calls.since(&before);
         out.push(Repetition {
+            events: n,
+            seconds,
             allocs,
             ratio: s.peak_ratio(),
             peak_committed: s.peak_committed,

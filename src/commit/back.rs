@@ -43,86 +43,55 @@ fn is_oom(e: &Error) -> bool {
 }
 
 impl<D: Driver> Commit<D> {
-    /// Whether the unit behind mapping `m` may serve work of `slot` now.
-    fn allows(&mut self, m: u32, slot: u16) -> bool {
-        let u = self.pool.map(m).unit;
-        let streams = &self.streams;
-        if self
-            .pool
-            .unit_mut(u)
-            .stamps
-            .allows(slot, |s| streams.done(s))
-        {
-            return true;
-        }
-        // Record the fences those frees wait for, poll once, ask again.
-        let stamps: MetaVec<_> = {
-            let mut v = MetaVec::new_in(std::alloc::System);
-            v.extend(self.pool.unit(u).stamps.iter());
-            v
-        };
-        for s in stamps {
-            if self.streams.ensure_fence(&self.driver, s).is_err() {
+    /// Records the fences that the stamps of unit `u` wait for (once per
+    /// open epoch) and polls once. Never blocks.
+    fn fence_unit(&mut self, u: u32) {
+        for i in 0..self.pool.unit(u).stamps.len() {
+            let Some(s) = self.pool.unit(u).stamps.get(i) else {
+                break;
+            };
+            if !self.streams.done(s) && self.streams.ensure_fence(&self.driver, s).is_err() {
                 self.calls.failed += 1;
             }
         }
         self.streams.poll(&self.driver);
-        let streams = &self.streams;
-        self.pool
-            .unit_mut(u)
-            .stamps
-            .allows(slot, |s| streams.done(s))
     }
 
-    /// Waits until every free through mapping `m` completed (single fences
-    /// of the streams involved, never the device).
-    pub(super) fn settle_map(&mut self, m: u32) -> Result<()> {
-        loop {
-            let streams = &self.streams;
-            if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
-                return Ok(());
-            }
-            let stamps: MetaVec<_> = {
-                let mut v = MetaVec::new_in(std::alloc::System);
-                v.extend(self.pool.map(m).stamps.iter());
-                v
-            };
-            for s in stamps {
-                self.streams.ensure_fence(&self.driver, s)?;
-            }
-            self.streams.poll(&self.driver);
-            let streams = &self.streams;
-            if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
-                return Ok(());
-            }
+    /// Whether the unit behind mapping `m` may serve work of `slot` now.
+    pub(super) fn allows(&mut self, m: u32, slot: u16) -> bool {
+        let u = self.pool.map(m).unit;
+        let streams = &self.streams;
+        if self.pool.unit(u).stamps.allows(slot, |s| streams.done(s)) {
+            return true;
+        }
+        self.fence_unit(u);
+        let streams = &self.streams;
+        self.pool.unit(u).stamps.allows(slot, |s| streams.done(s))
+    }
+
+    /// Whether every free through unit `u`'s mappings is known complete
+    /// (records fences and polls once; never blocks).
+    pub(super) fn unit_settled(&mut self, u: u32) -> bool {
+        let streams = &self.streams;
+        if self.pool.unit_mut(u).stamps.prune(|s| streams.done(s)) {
+            return true;
+        }
+        self.fence_unit(u);
+        let streams = &self.streams;
+        self.pool.unit_mut(u).stamps.prune(|s| streams.done(s))
+    }
+
+    /// Waits until every free through unit `u`'s mappings completed
+    /// (single fences of the streams involved, never the device).
+    pub(super) fn settle_unit(&mut self, u: u32) -> Result<()> {
+        while !self.unit_settled(u) {
             if !self.streams.wait_oldest(&self.driver)? {
                 return Err(Error::Unsupported(
-                    "the work that last used a mapping cannot be waited on (recording its fence failed); retry later",
+                    "the work that last used this memory cannot be waited on (recording its fence failed); retry later",
                 ));
             }
         }
-    }
-
-    /// Whether every free through mapping `m` is known complete (records
-    /// fences and polls once; never blocks).
-    pub(super) fn map_settled(&mut self, m: u32) -> bool {
-        let streams = &self.streams;
-        if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
-            return true;
-        }
-        let stamps: MetaVec<_> = {
-            let mut v = MetaVec::new_in(std::alloc::System);
-            v.extend(self.pool.map(m).stamps.iter());
-            v
-        };
-        for s in stamps {
-            if self.streams.ensure_fence(&self.driver, s).is_err() {
-                self.calls.failed += 1;
-            }
-        }
-        self.streams.poll(&self.driver);
-        let streams = &self.streams;
-        self.pool.map_mut(m).stamps.prune(|s| streams.done(s))
+        Ok(())
     }
 
     /// Makes pages `a..=b` ready for a block at `off..off+len` of stream
@@ -138,9 +107,6 @@ impl<D: Driver> Commit<D> {
     ) -> Result<()> {
         if self.asleep {
             return Err(Error::Unsupported("an asleep arena cannot commit (bug)"));
-        }
-        if self.pages.cost(a, b).is_free() && self.takeable(a, b, slot) {
-            return Ok(());
         }
         // A driver out of memory while mapping (not creating: creates have
         // their own ladder) gets one more try once idle memory went back.
@@ -218,31 +184,6 @@ impl<D: Driver> Commit<D> {
         Ok(())
     }
 
-    /// Whether every empty page of `a..=b` is mapped to a unit that the
-    /// range may take for `slot` (idle or already the range's, no unit
-    /// twice, no idle mapping reaching past the range).
-    pub(super) fn takeable(&mut self, a: u64, b: u64, slot: u16) -> bool {
-        let token = self.pool.new_mark();
-        let mut last = NIL;
-        for p in a..=b {
-            let m = self.pages.map(p);
-            if m == last || self.pages.live(p) > 0 {
-                last = m;
-                continue;
-            }
-            last = m;
-            let x = self.pool.map(m);
-            let (u, outside) = (x.unit, x.first < a || x.first + x.pages > b + 1);
-            if outside && x.live_pages == 0 && x.pages > 1 {
-                return false;
-            }
-            if !self.pool.can_take(m) || self.pool.mark(u, token) || !self.allows(m, slot) {
-                return false;
-            }
-        }
-        true
-    }
-
     /// Removes the mappings of empty pages in `a..=b` that cannot serve the
     /// block (unit in use elsewhere, fences forbidding `slot`, or a second
     /// mapping of a unit the range already takes), waiting on their fences
@@ -269,13 +210,13 @@ impl<D: Driver> Commit<D> {
             // An idle mapping reaching past the range would leave the pages
             // outside it committed for nothing while the block lives (a unit
             // only moves whole): it goes, if its fences allow, else serves.
-            let strands = (first < a || next > b + 1) && self.map_settled(m);
+            let strands = (first < a || next > b + 1) && self.unit_settled(unit);
             let usable =
                 !strands && self.pool.can_take(m) && !taken.contains(&unit) && self.allows(m, slot);
             if usable {
                 taken.push(unit);
             } else {
-                self.settle_map(m)?;
+                self.settle_unit(unit)?;
                 self.unmap_mapping(m)?;
                 self.drop_if_orphan_shared(unit);
             }

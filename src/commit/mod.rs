@@ -341,9 +341,83 @@ impl<D: Driver> Commit<D> {
             "range {off:#x}+{len:#x} outside the reservation"
         );
         let (a, b) = self.span(off, len);
+        if self.pages.cost(a, b).is_free() && self.try_take(off, len, slot) {
+            return Ok(());
+        }
         self.back(a, b, off, len, slot, backing)?;
         self.account_live(off, len);
         Ok(())
+    }
+
+    /// Whether every empty page of `a..=b` is backed by a unit a block may
+    /// take for `slot` (see [`Commit::try_take`]), asked without changing
+    /// anything: for stitched ranges, whose pages carry no blocked bits, so
+    /// that a range in use elsewhere is passed over at its first such page.
+    pub(super) fn takeable(&mut self, a: u64, b: u64, slot: u16) -> bool {
+        let token = self.pool.new_mark();
+        let mut last = NIL;
+        for p in a..=b {
+            let m = self.pages.map(p);
+            if m == last || self.pages.live(p) > 0 {
+                last = m;
+                continue;
+            }
+            last = m;
+            if m == NIL {
+                return false;
+            }
+            let x = self.pool.map(m);
+            let (u, outside) = (x.unit, x.first < a || x.first + x.pages > b + 1);
+            if outside && x.live_pages == 0 && x.pages > 1 {
+                return false;
+            }
+            if !self.pool.can_take(m) || self.pool.mark(u, token) || !self.allows(m, slot) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Adds `len` live bytes at `off` if every page is backed by a unit the
+    /// block may take for `slot` (live already, or idle, fences allowing,
+    /// no unit twice, no idle multi-page mapping reaching past the range);
+    /// else changes nothing and says no. One pass: the common case of a
+    /// block on ready pages costs one walk over its pages.
+    pub(super) fn try_take(&mut self, off: u64, len: u64, slot: u16) -> bool {
+        let (a, b) = self.span(off, len);
+        let mut now = None;
+        for p in a..=b {
+            let lo = off.max(p << self.shift);
+            let hi = (off + len).min((p + 1) << self.shift);
+            if self.pages.live(p) == 0 {
+                let m = self.pages.map(p);
+                let ok = m != NIL && {
+                    let x = self.pool.map(m);
+                    let strands = x.live_pages == 0
+                        && x.pages > 1
+                        && (x.first < a || x.first + x.pages > b + 1);
+                    !strands && self.pool.can_take(m) && (x.live_pages > 0 || self.allows(m, slot))
+                };
+                if !ok {
+                    // Undo the pages taken so far (no free happened: no stamp).
+                    if p > a {
+                        let done = (p << self.shift) - off;
+                        self.unaccount(off, done, Stamp::SAFE);
+                    }
+                    return false;
+                }
+                self.pages.add_live(p, (hi - lo) as u32);
+                let t = *now.get_or_insert_with(|| self.clock.now_ms());
+                if let Transition::Owned(u) = self.pool.gain_page(m, t) {
+                    self.set_aliases_blocked(u, m, true);
+                }
+            } else {
+                self.pages.add_live(p, (hi - lo) as u32);
+            }
+        }
+        self.live += len;
+        self.peak_live = self.peak_live.max(self.live);
+        true
     }
 
     /// Adds `len` live bytes at `off` to pages that are all backed and
@@ -367,7 +441,10 @@ impl<D: Driver> Commit<D> {
     }
 
     /// Marks the pages of every mapping of unit `u` other than `owner`
-    /// blocked (the unit went in use) or free (it went idle).
+    /// blocked (the unit went in use) or free (it went idle). Mappings in
+    /// stitched ranges carry no blocked bits: a range is only ever taken
+    /// whole, after asking the pool ([`Commit::try_take`]), so its pages
+    /// need no pricing, and a unit may lie in many ranges.
     fn set_aliases_blocked(&mut self, u: u32, owner: u32, blocked: bool) {
         if self.pool.unit(u).aliases < 2 {
             return;
@@ -396,6 +473,27 @@ impl<D: Driver> Commit<D> {
         if len == 0 {
             return;
         }
+        let (idled, shared) = self.unaccount(off, len, stamp);
+        self.live -= len;
+        self.streak = 0;
+        self.ticks += 1;
+        if self.decay.ms == 0 && idled {
+            // No decay: idle memory goes back as soon as its fences allow.
+            self.reclaim(false);
+        } else if shared {
+            // Shared memory is never reused: it goes back once its fences
+            // completed, now if they did.
+            self.release_shared();
+        } else if self.ticks >= 256 {
+            self.ticks = 0;
+            self.maybe_reclaim();
+        }
+    }
+
+    /// Removes `len` live bytes at `off`, stamping the units with `stamp`
+    /// (the free's stream and epoch: reuse by others and unmapping wait for
+    /// it). Returns whether a unit went idle, and whether a shared one did.
+    fn unaccount(&mut self, off: u64, len: u64, stamp: Stamp) -> (bool, bool) {
         let (a, b) = self.span(off, len);
         let mut last = NIL;
         let mut now = None;
@@ -408,7 +506,6 @@ impl<D: Driver> Commit<D> {
                 last = m;
                 if !stamp.is_safe() {
                     let u = self.pool.map(m).unit;
-                    self.pool.map_mut(m).stamps.add(stamp);
                     self.pool.unit_mut(u).stamps.add(stamp);
                 }
             }
@@ -425,20 +522,7 @@ impl<D: Driver> Commit<D> {
                 }
             }
         }
-        self.live -= len;
-        self.streak = 0;
-        self.ticks += 1;
-        if self.decay.ms == 0 && now.is_some() {
-            // No decay: idle memory goes back as soon as its fences allow.
-            self.reclaim(false);
-        } else if shared {
-            // Shared memory is never reused: it goes back once its fences
-            // completed, now if they did.
-            self.release_shared();
-        } else if self.ticks >= 256 {
-            self.ticks = 0;
-            self.maybe_reclaim();
-        }
+        (now.is_some(), shared)
     }
 
     /// Keeps the pages of `off..off+len` committed for an owner that does
@@ -554,7 +638,7 @@ impl<D: Driver> Commit<D> {
                 *live_pages.entry(m).or_default() += 1;
             }
             let owner = self.pool.unit(x.unit).owner;
-            let should = l == 0 && owner != NIL && owner != m;
+            let should = l == 0 && owner != NIL && owner != m && !x.stitched;
             assert_eq!(
                 blocked, should,
                 "page {p}: blocked bit (owner {owner}, mapping {m})"

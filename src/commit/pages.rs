@@ -91,7 +91,21 @@ impl PageTable {
         }
     }
 
+    #[inline]
     fn chunk_mut(&mut self, c: usize) -> &mut Chunk {
+        if !matches!(self.chunks.get(c), Some(Some(_))) {
+            self.new_chunk(c);
+        }
+        match self.chunks.get_mut(c) {
+            Some(Some(ch)) => ch,
+            // new_chunk made it.
+            _ => unreachable!("page-table chunk {c} missing"),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn new_chunk(&mut self, c: usize) {
         if self.chunks.len() <= c {
             self.chunks.resize_with(c + 1, || None);
         }
@@ -105,7 +119,7 @@ impl PageTable {
                 },
                 std::alloc::System,
             )
-        })
+        });
     }
 
     #[inline]

@@ -34,11 +34,16 @@ pub struct Unit<H> {
     pub pages: u64,
     /// The mapping that holds live bytes of it, or NIL (idle).
     pub owner: u32,
-    /// Head of the list of its mappings (linked by `Mapping::next_alias`).
+    /// Head of the list of its mappings outside stitched ranges (linked by
+    /// `Mapping::next_alias`).
     pub first_alias: u32,
+    /// Head of the list of its mappings in stitched ranges.
+    pub first_stitched: u32,
     /// Number of its mappings.
     pub aliases: u32,
-    /// Frees through any of its mappings not yet known complete.
+    /// Frees through any of its mappings not yet known complete: taking
+    /// it for another stream waits for them, and so does unmapping any of
+    /// its mappings (queued work may still address the range).
     pub stamps: StampSet,
     /// Clock (ms) when it became idle.
     pub idle_since: u64,
@@ -64,11 +69,10 @@ pub struct Mapping {
     pub live_pages: u64,
     /// Next mapping of the same unit, or NIL.
     pub next_alias: u32,
-    /// Frees through this range not yet known complete: unmapping it waits
-    /// for them (queued work may still address the range).
-    pub stamps: StampSet,
     /// Clock (ms) when it last took its unit.
     pub last_used: u64,
+    /// Lies in a stitched range.
+    pub stitched: bool,
     used: bool,
 }
 
@@ -192,6 +196,7 @@ impl<H> Pool<H> {
             pages,
             owner: NIL,
             first_alias: NIL,
+            first_stitched: NIL,
             aliases: 0,
             stamps: StampSet::new(),
             idle_since: now,
@@ -240,25 +245,27 @@ impl<H> Pool<H> {
     }
 
     /// Records a mapping of unit `u` at pages `first..first+pages` (not
-    /// owning it yet).
-    pub fn add_map(&mut self, u: u32, first: u64, now: u64) -> u32 {
+    /// owning it yet), in a stitched range or not.
+    pub fn add_map(&mut self, u: u32, first: u64, stitched: bool, now: u64) -> u32 {
         let pages = self.units[u as usize].pages;
-        let next_alias = self.units[u as usize].first_alias;
+        let next_alias = if stitched {
+            self.units[u as usize].first_stitched
+        } else {
+            self.units[u as usize].first_alias
+        };
         let map = Mapping {
             unit: u,
             first,
             pages,
             live_pages: 0,
             next_alias,
-            stamps: StampSet::new(),
             last_used: now,
+            stitched,
             used: true,
         };
         let m = match self.spare_maps.pop() {
             Some(m) => {
-                let mut stamps = core::mem::take(&mut self.maps[m as usize].stamps);
-                stamps.clear();
-                self.maps[m as usize] = Mapping { stamps, ..map };
+                self.maps[m as usize] = map;
                 m
             }
             None => {
@@ -267,7 +274,11 @@ impl<H> Pool<H> {
             }
         };
         let x = &mut self.units[u as usize];
-        x.first_alias = m;
+        if stitched {
+            x.first_stitched = m;
+        } else {
+            x.first_alias = m;
+        }
         x.aliases += 1;
         self.map_count += 1;
         m
@@ -278,10 +289,16 @@ impl<H> Pool<H> {
         debug_assert!(self.maps[m as usize].live_pages == 0, "mapping {m} is live");
         let u = self.maps[m as usize].unit;
         let next = self.maps[m as usize].next_alias;
-        if self.units[u as usize].first_alias == m {
-            self.units[u as usize].first_alias = next;
+        let stitched = self.maps[m as usize].stitched;
+        let head = if stitched {
+            &mut self.units[u as usize].first_stitched
         } else {
-            let mut i = self.units[u as usize].first_alias;
+            &mut self.units[u as usize].first_alias
+        };
+        if *head == m {
+            *head = next;
+        } else {
+            let mut i = *head;
             while i != NIL {
                 if self.maps[i as usize].next_alias == m {
                     self.maps[i as usize].next_alias = next;
@@ -299,9 +316,11 @@ impl<H> Pool<H> {
 
     /// The mappings of unit `u`.
     pub fn aliases(&self, u: u32) -> Aliases<'_, H> {
+        let x = &self.units[u as usize];
         Aliases {
             pool: self,
-            next: self.units[u as usize].first_alias,
+            next: x.first_alias,
+            then: x.first_stitched,
         }
     }
 
@@ -504,15 +523,19 @@ impl<H> Pool<H> {
     }
 }
 
-/// Iterator over a unit's mappings.
+/// Iterator over a unit's mappings (outside stitched ranges first).
 pub struct Aliases<'a, H> {
     pool: &'a Pool<H>,
     next: u32,
+    then: u32,
 }
 
 impl<H> Iterator for Aliases<'_, H> {
     type Item = u32;
     fn next(&mut self) -> Option<u32> {
+        if self.next == NIL {
+            self.next = core::mem::replace(&mut self.then, NIL);
+        }
         if self.next == NIL {
             return None;
         }
@@ -532,9 +555,9 @@ mod tests {
         let a = p.add_unit(1, 1, false, 0);
         let b = p.add_unit(2, 2, false, 0);
         assert_eq!(p.idle_pages(), 3);
-        let ma = p.add_map(a, 10, 0);
-        let ma2 = p.add_map(a, 20, 0);
-        let mb = p.add_map(b, 30, 0);
+        let ma = p.add_map(a, 10, false, 0);
+        let ma2 = p.add_map(a, 20, true, 0);
+        let mb = p.add_map(b, 30, false, 0);
         assert_eq!(p.aliases(a).count(), 2);
         assert!(p.can_take(ma) && p.can_take(ma2));
         assert_eq!(p.gain_page(ma, 1), Transition::Owned(a));

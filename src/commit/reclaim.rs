@@ -108,33 +108,11 @@ impl<D: Driver> Commit<D> {
         pages << self.shift
     }
 
-    /// Whether idle unit `u` and all its mappings have no pending fence
-    /// (records the missing fences and polls; never blocks).
+    /// Whether idle unit `u` has no pending fence (records the missing
+    /// fences and polls; never blocks). Its stamps cover every free through
+    /// any of its mappings.
     fn releasable(&mut self, u: u32) -> bool {
-        let streams = &self.streams;
-        if !self.pool.unit_mut(u).stamps.prune(|s| streams.done(s)) {
-            let stamps: MetaVec<_> = {
-                let mut v = MetaVec::new_in(std::alloc::System);
-                v.extend(self.pool.unit(u).stamps.iter());
-                v
-            };
-            for s in stamps {
-                if self.streams.ensure_fence(&self.driver, s).is_err() {
-                    self.calls.failed += 1;
-                }
-            }
-            self.streams.poll(&self.driver);
-            let streams = &self.streams;
-            if !self.pool.unit_mut(u).stamps.prune(|s| streams.done(s)) {
-                return false;
-            }
-        }
-        let maps: MetaVec<u32> = {
-            let mut v = MetaVec::new_in(std::alloc::System);
-            v.extend(self.pool.aliases(u));
-            v
-        };
-        maps.into_iter().all(|m| self.map_settled(m))
+        self.unit_settled(u)
     }
 
     /// Whether stitched range `r` is backed by one of the units in `keep`.
@@ -166,7 +144,10 @@ impl<D: Driver> Commit<D> {
                 maps.push(m);
             }
         }
-        if !maps.iter().all(|&m| self.map_settled(m)) {
+        if !maps.iter().all(|&m| {
+            let u = self.pool.map(m).unit;
+            self.unit_settled(u)
+        }) {
             return false;
         }
         for m in maps {

@@ -47,7 +47,8 @@ impl<D: Driver> Commit<D> {
                 continue;
             }
             let next = self.pool.map(m).first + self.pool.map(m).pages;
-            self.settle_map(m)?;
+            let unit = self.pool.map(m).unit;
+            self.settle_unit(unit)?;
             let u = self.unmap_mapping(m)?;
             self.drop_if_orphan_shared(u);
             p = next;

@@ -115,6 +115,32 @@ impl Stitch {
         })
     }
 
+    /// The next cached (not in use) range of `cursor.0..=max_pages` pages,
+    /// starting at `cursor` ((pages, index among ranges of that size);
+    /// start with `(pages, 0)`), with the cursor to continue from. Lets the
+    /// caller check each candidate with `&mut` access to its own state.
+    ///
+    /// # Time complexity
+    /// O(cached ranges of those sizes) over a whole walk.
+    pub fn next_cached(
+        &self,
+        mut cursor: (u64, usize),
+        max_pages: u64,
+    ) -> Option<(u32, (u64, usize))> {
+        while cursor.0 <= max_pages {
+            if let Some(ids) = self.by_pages.get(&cursor.0) {
+                while let Some(&r) = ids.get(cursor.1) {
+                    cursor.1 += 1;
+                    if !self.ranges[r as usize].in_use {
+                        return Some((r, cursor));
+                    }
+                }
+            }
+            cursor = (cursor.0 + 1, 0);
+        }
+        None
+    }
+
     /// A cached (not in use) range of `pages..=max_pages` pages that `ok`
     /// accepts, smallest first.
     ///

@@ -39,26 +39,18 @@ impl<D: Driver> Commit<D> {
     pub fn stitch_alloc(&mut self, size: u64, slot: u16) -> Result<u64> {
         let k = size.div_ceil(self.page);
         let max = k + k / RANGE_SLACK;
-        let candidates: MetaVec<u64> = {
-            let pages = &self.pages;
-            let mut v = MetaVec::new_in(std::alloc::System);
-            let mut n = 0;
-            self.stitch.find(k, max, |r| {
-                if pages.cost(r.first, r.first + k - 1).is_free() {
-                    v.push(r.first);
-                    n += 1;
-                }
-                n >= 8
-            });
-            v
-        };
-        for first in candidates {
-            if self.takeable(first, first + k - 1, slot) {
-                if let Some(r) = self.stitch.at(first) {
-                    self.stitch.take(r, size);
-                    self.account_live(first << self.shift, size);
-                    return Ok(first << self.shift);
-                }
+        let mut cursor = (k, 0);
+        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
+            cursor = next;
+            let first = self.stitch.range(r).first;
+            // A hole makes a range unusable for this size; owners and fences
+            // are asked of the pool.
+            if self.pages.cost(first, first + k - 1).unmapped == 0
+                && self.takeable(first, first + k - 1, slot)
+            {
+                self.stitch.take(r, size);
+                self.account_live(first << self.shift, size);
+                return Ok(first << self.shift);
             }
         }
         let now = self.clock.now_ms();

@@ -136,12 +136,14 @@ impl<D: Driver> Commit<D> {
         if alias {
             self.calls.alias += 1;
         }
-        let m = self.pool.add_map(u, first, self.clock.now_ms());
+        let stitched = self.stitch.contains_page(first);
+        let m = self.pool.add_map(u, first, stitched, self.clock.now_ms());
         for p in first..first + pages {
             self.pages.set_map(p, m);
         }
-        // A unit in use elsewhere makes the new mapping's pages blocked.
-        if self.pool.unit(u).owner != NIL {
+        // A unit in use elsewhere makes the new mapping's pages blocked
+        // (outside stitched ranges, whose readiness is asked of the pool).
+        if self.pool.unit(u).owner != NIL && !stitched {
             for p in first..first + pages {
                 self.pages.set_blocked(p, true);
             }
@@ -175,8 +177,7 @@ impl<D: Driver> Commit<D> {
     /// serves blocks that do not reach the hole (the page table prices the
     /// hole as unmapped), and goes when it decays.
     pub(super) fn release_unit(&mut self, u: u32) -> u64 {
-        while self.pool.unit(u).first_alias != NIL {
-            let m = self.pool.unit(u).first_alias;
+        while let Some(m) = self.pool.aliases(u).next() {
             if self.unmap_mapping(m).is_err() {
                 return 0;
             }

@@ -30,7 +30,7 @@ pub const MAX_SKIPS: u32 = 32;
 pub const MAX_CANDIDATES: u32 = 64;
 /// After this many fitting spans, a priced search ([`Large::choose`])
 /// stops at the first one that costs nothing.
-pub const EARLY_CANDIDATES: u32 = 64;
+pub const EARLY_CANDIDATES: u32 = 4;
 
 #[derive(Clone, Copy, Debug)]
 struct Span {

@@ -123,6 +123,16 @@ impl StampSet {
         self.stamps.iter().copied()
     }
 
+    /// Number of stamps.
+    pub fn len(&self) -> usize {
+        self.stamps.len()
+    }
+
+    /// The `i`th stamp.
+    pub fn get(&self, i: usize) -> Option<Stamp> {
+        self.stamps.get(i).copied()
+    }
+
     /// Whether there is no stamp.
     pub fn is_empty(&self) -> bool {
         self.stamps.is_empty()
