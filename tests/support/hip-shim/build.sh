@@ -8,8 +8,9 @@
 #
 # The directory holds one file, libamdhip64.so.5: the name the binaries built
 # with `--features hip` against Debian's libamdhip64-dev (ROCm 5) ask for.
-# It shares the repository's target directory, so gpu-arena's dependencies
-# are built once.
+# It builds in a target directory of its own (target/hip-shim): gpu-arena is
+# an rlib + cdylib package, whose artifacts have no hash in their names, so a
+# build with other features in the main target directory would replace them.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../../.." && pwd)
@@ -19,9 +20,9 @@ case "$profile" in
     release) flags=(--release) ;;
     *) echo "usage: $0 [debug|release]" >&2; exit 2 ;;
 esac
-target=${CARGO_TARGET_DIR:-$root/target}
+target=${HIP_SHIM_TARGET_DIR:-$root/target/hip-shim}
 CARGO_TARGET_DIR=$target cargo build --manifest-path "$here/Cargo.toml" --locked "${flags[@]}" >&2
-out=$target/hip-shim-$profile
+out=$target/libamdhip64-$profile
 mkdir -p "$out"
 cp -f "$target/$profile/libamdhip64.so" "$out/libamdhip64.so.5"
 if [ "$profile" = release ]; then strip --strip-debug "$out/libamdhip64.so.5"; fi
