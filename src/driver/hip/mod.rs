@@ -660,6 +660,14 @@ unsafe impl Driver for HipDriver {
             )
             .into());
         }
+        if accessor == Location::Host {
+            // ROCm's hipMemGetAccess answers for device locations only (any
+            // other location type is hipErrorInvalidValue): the CPU's rights
+            // are the ones `set_access` applied, as recorded here.
+            return vm
+                .get_access(va, accessor)
+                .map_err(|r| refuse(Call::GetAccess, r).into());
+        }
         let flags = result::get_access(va, location(accessor))?;
         Ok(access_mode(flags))
     }
