@@ -21,9 +21,10 @@
 //! device (set by `hipSetDevice`, 0 by default) current, as gpu-arena's
 //! CUDA backend does on threads that have none.
 //!
-//! `hipMemcpy` returns once the copy has completed (HIP's documented
-//! behaviour): the copy is followed by an event on the null stream, waited
-//! for. Nothing here synchronizes the device or a stream.
+//! `hipMemcpy` returns once the copy has completed, except from device
+//! memory to device memory, as on ROCm: the copy is followed by an event on
+//! the null stream, waited for. Nothing here synchronizes the device or a
+//! stream.
 
 use core::cell::Cell;
 use core::ffi::{CStr, c_int, c_uint, c_ulonglong, c_void};
@@ -444,7 +445,14 @@ impl Runtime for CudaRt {
         check(unsafe { sys::cuStreamDestroy_v2(stream as sys::CUstream) })
     }
 
-    fn copy(&self, dst: u64, src: u64, len: usize, stream: Option<usize>) -> R<()> {
+    fn copy(
+        &self,
+        dst: u64,
+        src: u64,
+        len: usize,
+        stream: Option<usize>,
+        device_to_device: bool,
+    ) -> R<()> {
         self.bind()?;
         match stream {
             // SAFETY: HIP's contract: both ranges valid, in stream order.
@@ -452,7 +460,13 @@ impl Runtime for CudaRt {
             None => {
                 // SAFETY: HIP's contract: both ranges valid.
                 check(unsafe { sys::cuMemcpy(dst, src, len) })?;
-                self.null_stream_done()
+                // As ROCm: the host waits unless both ends are device memory
+                // (cuMemcpy itself may return early then, too).
+                if device_to_device {
+                    Ok(())
+                } else {
+                    self.null_stream_done()
+                }
             }
         }
     }

@@ -9,7 +9,10 @@
 //!
 //! Copies and fills check the access rights of every granule they touch
 //! inside a reservation (as a GPU would fault) and refuse with
-//! `hipErrorIllegalAddress` instead of crashing the process.
+//! `hipErrorIllegalAddress` instead of crashing the process. They run at
+//! once; a device-to-device `hipMemcpy`, which ROCm returns from before the
+//! copy ran, leaves the null stream busy (its events pending) until the
+//! host waits on one of them or makes a host-synchronizing copy.
 
 use core::ffi::{CStr, c_int, c_uint};
 use std::collections::HashMap;
@@ -56,10 +59,12 @@ fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok()?.parse().ok()
 }
 
-/// An event: the fence of its last record, if any.
+/// An event: the fence of its last record, if any, and whether that
+/// record was on the null stream.
 #[derive(Default)]
 struct Event {
     fence: Option<HostFence>,
+    null_stream: bool,
 }
 
 #[derive(Default)]
@@ -70,6 +75,9 @@ struct Objects {
     streams: HashMap<usize, (Box<u8>, Stream)>,
     /// Reservations: base -> size (to check the ranges copies touch).
     reservations: HashMap<u64, u64>,
+    /// A device-to-device `hipMemcpy` returned before its copy "ran": the
+    /// null stream is held until the host waits for it.
+    null_pending: bool,
 }
 
 pub(crate) struct HostRt {
@@ -282,6 +290,7 @@ impl Runtime for HostRt {
         let mut o = self.lock();
         let (_, e) = o.events.get_mut(&event).ok_or(hipErrorInvalidHandle)?;
         e.fence = Some(fence);
+        e.null_stream = stream == 0;
         Ok(())
     }
 
@@ -299,15 +308,20 @@ impl Runtime for HostRt {
     }
 
     fn event_synchronize(&self, event: usize) -> R<()> {
-        let fence = {
+        let (fence, null_stream) = {
             let o = self.lock();
             let (_, e) = o.events.get(&event).ok_or(hipErrorInvalidHandle)?;
-            e.fence
+            (e.fence, e.null_stream)
         };
-        match fence {
-            None => Ok(()),
-            Some(f) => self.d.wait(&f).map_err(code),
+        let Some(f) = fence else { return Ok(()) };
+        self.d.wait(&f).map_err(code)?;
+        let mut o = self.lock();
+        if null_stream && o.null_pending {
+            // Everything queued on the null stream before it has run.
+            self.d.complete(Stream::DEFAULT);
+            o.null_pending = false;
         }
+        Ok(())
     }
 
     fn event_destroy(&self, event: usize) -> R<()> {
@@ -336,7 +350,14 @@ impl Runtime for HostRt {
         unsafe { self.d.destroy_stream(s) }.map_err(code)
     }
 
-    fn copy(&self, dst: u64, src: u64, len: usize, stream: Option<usize>) -> R<()> {
+    fn copy(
+        &self,
+        dst: u64,
+        src: u64,
+        len: usize,
+        stream: Option<usize>,
+        device_to_device: bool,
+    ) -> R<()> {
         if let Some(s) = stream {
             self.stream(s)?;
         }
@@ -347,7 +368,21 @@ impl Runtime for HostRt {
         }
         // SAFETY: both ranges are either the caller's own host memory or
         // mapped with the rights checked above; they do not overlap.
-        unsafe { self.d.copy(dst, src, len, Stream::DEFAULT) }.map_err(code)
+        unsafe { self.d.copy(dst, src, len, Stream::DEFAULT) }.map_err(code)?;
+        if stream.is_none() {
+            let mut o = self.lock();
+            if device_to_device {
+                // ROCm returns before such a copy ran: the null stream now
+                // has work the host did not wait for.
+                self.d.hold(Stream::DEFAULT);
+                o.null_pending = true;
+            } else if o.null_pending {
+                // Any other hipMemcpy waits for the null stream's work.
+                self.d.complete(Stream::DEFAULT);
+                o.null_pending = false;
+            }
+        }
+        Ok(())
     }
 
     fn fill(&self, dst: u64, byte: u8, len: usize, stream: usize) -> R<()> {

@@ -107,8 +107,19 @@ pub(crate) trait Runtime: Send + Sync {
     fn event_destroy(&self, event: usize) -> R<()>;
     fn stream_create(&self, flags: c_uint) -> R<usize>;
     fn stream_destroy(&self, stream: usize) -> R<()>;
-    /// A copy in `stream` order; `None`: `hipMemcpy`, complete on return.
-    fn copy(&self, dst: u64, src: u64, len: usize, stream: Option<usize>) -> R<()>;
+    /// A copy in `stream` order, or (`None`) `hipMemcpy` on the null stream,
+    /// which returns once the copy completed, except between two ranges of
+    /// device memory (`device_to_device`): ROCm then returns at once
+    /// (`ihipMemcpy` in `hipamd/src/hip_memory.cpp`: "Device to Device
+    /// copies do not need to host side synchronization").
+    fn copy(
+        &self,
+        dst: u64,
+        src: u64,
+        len: usize,
+        stream: Option<usize>,
+        device_to_device: bool,
+    ) -> R<()>;
     fn fill(&self, dst: u64, byte: u8, len: usize, stream: usize) -> R<()>;
     fn hold(&self, stream: usize, hold: bool) -> R<()>;
 }
@@ -189,6 +200,16 @@ impl State {
             return Err(code);
         }
         Ok(())
+    }
+
+    /// Whether `va` lies in a mapping of device-located memory.
+    fn on_device(&self, va: u64) -> bool {
+        self.mappings
+            .range(..=va)
+            .next_back()
+            .filter(|(start, m)| va < *start + m.size as u64)
+            .and_then(|(_, m)| self.allocs.get(&m.handle))
+            .is_some_and(|a| matches!(a.location, Loc::Device(_)))
     }
 
     /// The mappings that exactly tile `va..va + size`, starting at `va`
@@ -840,7 +861,11 @@ pub extern "C" fn hipMemcpy(
         if dst.is_null() || src.is_null() {
             return Err(hipErrorInvalidValue);
         }
-        s.rt.copy(dst as u64, src as u64, size, None)
+        let d2d = {
+            let st = s.lock();
+            st.on_device(dst as u64) && st.on_device(src as u64)
+        };
+        s.rt.copy(dst as u64, src as u64, size, None, d2d)
     })
 }
 
@@ -861,7 +886,7 @@ pub extern "C" fn hipMemcpyAsync(
         if dst.is_null() || src.is_null() {
             return Err(hipErrorInvalidValue);
         }
-        s.rt.copy(dst as u64, src as u64, size, Some(stream as usize))
+        s.rt.copy(dst as u64, src as u64, size, Some(stream as usize), false)
     })
 }
 
