@@ -419,3 +419,48 @@ fn a_released_handle_value_may_come_back() {
     println!("a released handle value was handed out again: {again}");
     assert!(d.is_clean());
 }
+
+/// The contract: a copy on the default stream has completed when `copy`
+/// returns. ROCm's hipMemcpy returns before a device-to-device copy has run
+/// (as CUDA's cuMemcpy may), and the stand-in does the same.
+#[test]
+fn a_default_stream_copy_has_completed_on_return() {
+    let Some(d) = hip() else { return };
+    const LEN: usize = 256 << 20;
+    let dev = Location::Device(d.device());
+    let rw = [Access::read_write(dev)];
+    let va = d.reserve(2 * LEN, 0).unwrap();
+    let (a, b) = (d.create(LEN, dev).unwrap(), d.create(LEN, dev).unwrap());
+    let dst = va + LEN as u64;
+    // SAFETY: both ranges are ours, mapped read-write; nothing else uses
+    // them; the host buffer is our own.
+    unsafe {
+        d.map(va, LEN, 0, a).unwrap();
+        d.map(dst, LEN, 0, b).unwrap();
+        d.set_access(va, 2 * LEN, &rw).unwrap();
+        d.fill(va, 0x3C, LEN, Stream::DEFAULT).unwrap();
+        d.copy(dst, va, LEN, Stream::DEFAULT).unwrap();
+        let f = d.record(Stream::DEFAULT).unwrap();
+        let done = d.is_complete(&f).unwrap();
+        d.wait(&f).unwrap();
+        d.drop_fence(f);
+        assert!(
+            done,
+            "the device-to-device copy was still running when copy() returned"
+        );
+        let mut tail = [0u8; 64];
+        d.copy(
+            tail.as_mut_ptr() as u64,
+            dst + (LEN - 64) as u64,
+            64,
+            Stream::DEFAULT,
+        )
+        .unwrap();
+        assert_eq!(tail, [0x3C; 64]);
+        d.unmap(va, 2 * LEN).unwrap();
+        d.free_reservation(va, 2 * LEN).unwrap();
+    }
+    d.release(a).unwrap();
+    d.release(b).unwrap();
+    assert!(d.is_clean());
+}

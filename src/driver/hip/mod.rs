@@ -32,6 +32,13 @@
 //!   recycled through a bounded pool (no allocation after start-up); `is_complete` is `hipEventQuery`
 //!   (`hipErrorNotReady` = not yet), `wait` is `hipEventSynchronize` on that
 //!   one event. Nothing in this backend synchronizes the device.
+//! - **Default stream.** `copy` and `fill` on [`Stream::DEFAULT`] wait on a
+//!   pooled event recorded after them on the null stream, so they have
+//!   completed on return: ROCm's `hipMemcpy` returns before a
+//!   device-to-device copy has run (`ihipMemcpy` skips the host wait).
+//! - **Access of the CPU.** ROCm's `hipMemGetAccess` answers for device
+//!   locations only: `get_access(va, Location::Host)` answers from the
+//!   rights this backend's `set_access` applied.
 //!
 //! # ROCm version caveats (from the headers)
 //!
@@ -380,6 +387,15 @@ impl HipDriver {
         let _ = unsafe { result::event_destroy(event) };
     }
 
+    /// Waits until the work queued so far on the null stream has run: on a
+    /// fence recorded there (that one event; never the device).
+    fn wait_default(&self) -> Result<()> {
+        let fence = self.record(Stream::DEFAULT)?;
+        let r = self.wait(&fence);
+        self.drop_fence(fence);
+        r
+    }
+
     /// Sets access on one mapping, retrying once on a spurious
     /// `hipErrorInvalidValue` (ROCm 7.2, tail growth).
     ///
@@ -420,9 +436,9 @@ impl Drop for HipDriver {
 // (3) two mappings of one handle share its physical memory (VMM semantics);
 // (4) every call is validated before it reaches the runtime, and runtime
 // failures of map/create/release/free roll the bookkeeping back; (5) the only
-// blocking calls are hipEventSynchronize on one event (`wait`, and `fill` on
-// the null stream) and hipMemcpy on the null stream (`copy`); nothing
-// synchronizes the device.
+// blocking calls are hipEventSynchronize on one event (`wait`, and `copy` and
+// `fill` on the null stream) and hipMemcpy on the null stream (`copy`);
+// nothing synchronizes the device.
 unsafe impl Driver for HipDriver {
     type Handle = HipHandle;
     type Fence = HipFence;
@@ -731,15 +747,17 @@ unsafe impl Driver for HipDriver {
         if len == 0 {
             return Ok(());
         }
-        if stream == Stream::DEFAULT {
-            self.bind()?;
-            // SAFETY: the caller guarantees both ranges; hipMemcpy returns
-            // once the copy is done.
-            unsafe { result::memcpy(dst, src, len) }.map_err(Error::from)
-        } else {
+        if stream != Stream::DEFAULT {
             // SAFETY: the caller guarantees both ranges, in stream order.
-            unsafe { result::memcpy_async(dst, src, len, stream.0) }.map_err(Error::from)
+            return unsafe { result::memcpy_async(dst, src, len, stream.0) }.map_err(Error::from);
         }
+        self.bind()?;
+        // SAFETY: the caller guarantees both ranges.
+        unsafe { result::memcpy(dst, src, len)? };
+        // hipMemcpy returns before a device-to-device copy has run (ROCm's
+        // ihipMemcpy skips the host wait for those, as cuMemcpy may): the
+        // copy has completed once a fence recorded after it has.
+        self.wait_default()
     }
 
     unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
@@ -751,14 +769,11 @@ unsafe impl Driver for HipDriver {
             return unsafe { result::memset_async(dst, byte, len, stream.0) }.map_err(Error::from);
         }
         // On the null stream the fill has completed when this returns, as a
-        // copy does: wait on a fence recorded after it (that one event only).
+        // copy does.
         self.bind()?;
         // SAFETY: the caller guarantees the range is mapped and writable.
         unsafe { result::memset_async(dst, byte, len, 0)? };
-        let fence = self.record(Stream::DEFAULT)?;
-        let r = self.wait(&fence);
-        self.drop_fence(fence);
-        r
+        self.wait_default()
     }
 }
 

@@ -327,7 +327,9 @@ pub unsafe fn stream_destroy(stream: u64) -> Result<(), DriverError> {
     })
 }
 
-/// `hipMemcpy(dst, src, len, hipMemcpyDefault)`: returns once the copy is done.
+/// `hipMemcpy(dst, src, len, hipMemcpyDefault)` on the null stream. Returns
+/// once the copy is done, except from device to device memory: ROCm then
+/// returns before the copy has run.
 ///
 /// # Safety
 /// Both ranges are valid for `len` bytes and do not overlap.
