@@ -31,7 +31,9 @@
 //!   `hipMemAllocationTypePinned`, a device or host location, flags 0;
 //! - `hipMemMap` refuses a nonzero offset or flags with `hipErrorInvalidValue`;
 //! - `hipMemUnmap` and `hipMemSetAccess` take a range that starts at a
-//!   mapping and covers whole, adjacent mappings (no holes);
+//!   mapping and covers whole, adjacent mappings (no holes); after one
+//!   `hipMemUnmap` of several mappings, `hipMemAddressFree` of their
+//!   reservation fails (ROCR-Runtime#285);
 //! - `hipMemSetAccess` refuses a host accessor on device memory;
 //! - `hipMemGetAccess` only answers for device locations (a host location
 //!   is `hipErrorInvalidValue`);
@@ -151,6 +153,9 @@ struct State {
     mappings: BTreeMap<u64, Mapping>,
     /// Injected failures: entry point name, calls left, code.
     faults: Vec<(String, u32, hipError_t)>,
+    /// Reservations by base: size, and whether one `hipMemUnmap` call took
+    /// several mappings out of it (see [`hipMemUnmap`]).
+    reservations: BTreeMap<u64, (usize, bool)>,
 }
 
 struct Shim {
@@ -434,8 +439,10 @@ pub unsafe extern "C" fn hipMemAddressReserve(
         }
         // The address hint is only a hint (ROCm logs when it is not met).
         let _ = addr;
-        s.lock().fault("hipMemAddressReserve")?;
+        let mut st = s.lock();
+        st.fault("hipMemAddressReserve")?;
         let va = s.rt.reserve(size, alignment)?;
+        st.reservations.insert(va, (size, false));
         // SAFETY: a non-null out-pointer from the caller.
         unsafe { *ptr = va as *mut c_void };
         Ok(())
@@ -451,7 +458,13 @@ pub extern "C" fn hipMemAddressFree(ptr: *mut c_void, size: usize) -> hipError_t
         }
         let mut st = s.lock();
         st.fault("hipMemAddressFree")?;
-        s.rt.free_reservation(ptr as u64, size)
+        if st.reservations.get(&(ptr as u64)).is_some_and(|r| r.1) {
+            // ROCR still counts a use of the range (ROCR-Runtime#285).
+            return Err(hipErrorUnknown);
+        }
+        s.rt.free_reservation(ptr as u64, size)?;
+        st.reservations.remove(&(ptr as u64));
+        Ok(())
     })
 }
 
@@ -562,7 +575,22 @@ pub extern "C" fn hipMemUnmap(ptr: *mut c_void, size: usize) -> hipError_t {
         }
         let mut st = s.lock();
         st.fault("hipMemUnmap")?;
-        for va in st.tiling(ptr as u64, size)? {
+        let tiles = st.tiling(ptr as u64, size)?;
+        if tiles.len() > 1 {
+            // ROCm unmaps several adjacent mappings in one call, but ROCR
+            // then keeps counting a use of the reservation, whose
+            // hipMemAddressFree fails (ROCR-Runtime#285).
+            let va = ptr as u64;
+            if let Some((_, r)) = st
+                .reservations
+                .range_mut(..=va)
+                .next_back()
+                .filter(|(base, r)| va < **base + r.0 as u64)
+            {
+                r.1 = true;
+            }
+        }
+        for va in tiles {
             let m = st.mappings.get(&va).ok_or(hipErrorInvalidValue)?;
             let (msize, key) = (m.size, m.handle);
             s.rt.unmap(va, msize)?;
@@ -960,4 +988,184 @@ pub unsafe extern "C" fn hipShimFailNext(
         }
         Ok(())
     })
+}
+
+/// The stand-in's own ROCm behaviours, in host mode.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: usize = 2 << 20;
+
+    /// The tests share the library's one state (and its null stream).
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn prop(location: u32) -> hipMemAllocationProp {
+        hipMemAllocationProp {
+            type_: hipMemAllocationTypePinned,
+            requestedHandleType: hipMemHandleTypeNone,
+            location: hipMemLocation {
+                type_: location,
+                id: 0,
+            },
+            win32HandleMetaData: core::ptr::null_mut(),
+            allocFlags: hipMemAllocFlags {
+                compressionType: 0,
+                gpuDirectRDMACapable: 0,
+                usage: 0,
+            },
+        }
+    }
+
+    fn reserve(size: usize) -> *mut c_void {
+        let mut p = core::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        assert_eq!(
+            unsafe { hipMemAddressReserve(&mut p, size, 0, core::ptr::null_mut(), 0) },
+            0
+        );
+        p
+    }
+
+    fn create(size: usize, location: u32) -> hipMemGenericAllocationHandle_t {
+        let mut h = core::ptr::null_mut();
+        // SAFETY: valid pointers.
+        assert_eq!(unsafe { hipMemCreate(&mut h, size, &prop(location), 0) }, 0);
+        h
+    }
+
+    fn at(p: *mut c_void, offset: usize) -> *mut c_void {
+        (p as usize + offset) as *mut c_void
+    }
+
+    fn rw(p: *mut c_void, size: usize, location: u32) {
+        let d = hipMemAccessDesc {
+            location: hipMemLocation {
+                type_: location,
+                id: 0,
+            },
+            flags: hipMemAccessFlagsProtReadWrite,
+        };
+        // SAFETY: one valid descriptor.
+        assert_eq!(unsafe { hipMemSetAccess(p, size, &d, 1) }, 0);
+    }
+
+    #[test]
+    fn rocm_argument_checks() {
+        let _serial = serial();
+        assert_eq!(hipInit(1), hipErrorInvalidValue);
+        assert_eq!(hipInit(0), 0);
+        let mut bad = prop(hipMemLocationTypeDevice);
+        bad.type_ = 2;
+        let mut h = core::ptr::null_mut();
+        // SAFETY: valid pointers.
+        assert_eq!(
+            unsafe { hipMemCreate(&mut h, G, &bad, 0) },
+            hipErrorInvalidValue
+        );
+        let va = reserve(4 * G);
+        let h = create(2 * G, hipMemLocationTypeDevice);
+        assert_eq!(
+            hipMemMap(va, 2 * G, G, h, 0),
+            hipErrorInvalidValue,
+            "nonzero offset"
+        );
+        assert_eq!(hipMemMap(va, 2 * G, 0, h, 0), 0);
+        rw(va, 2 * G, hipMemLocationTypeDevice);
+        let mut flags = 0;
+        let host = hipMemLocation {
+            type_: hipMemLocationTypeHost,
+            id: 0,
+        };
+        let dev = hipMemLocation {
+            type_: hipMemLocationTypeDevice,
+            id: 0,
+        };
+        // SAFETY: valid pointers.
+        unsafe {
+            assert_eq!(hipMemGetAccess(&mut flags, &host, va), hipErrorInvalidValue);
+            assert_eq!(hipMemGetAccess(&mut flags, &dev, at(va, G)), 0);
+        }
+        assert_eq!(flags, u64::from(hipMemAccessFlagsProtReadWrite));
+        // A host accessor on device memory; a range with a hole.
+        let d = hipMemAccessDesc {
+            location: host,
+            flags: hipMemAccessFlagsProtRead,
+        };
+        // SAFETY: one valid descriptor.
+        unsafe {
+            assert_eq!(hipMemSetAccess(va, 2 * G, &d, 1), hipErrorInvalidValue);
+        }
+        assert_eq!(hipMemUnmap(va, 3 * G), hipErrorInvalidValue, "a hole");
+        assert_eq!(hipMemUnmap(at(va, G), G), hipErrorInvalidValue, "inside");
+        // Release while mapped: the mapping keeps the memory.
+        assert_eq!(hipMemRelease(h), 0);
+        assert_eq!(hipMemRelease(h), hipErrorInvalidValue);
+        assert_eq!(hipMemUnmap(va, 2 * G), 0);
+        assert_eq!(hipMemAddressFree(va, 4 * G), 0);
+    }
+
+    #[test]
+    fn one_unmap_of_several_mappings_breaks_the_address_free() {
+        let _serial = serial();
+        let va = reserve(2 * G);
+        let (a, b) = (
+            create(G, hipMemLocationTypeDevice),
+            create(G, hipMemLocationTypeDevice),
+        );
+        assert_eq!(hipMemMap(va, G, 0, a, 0), 0);
+        assert_eq!(hipMemMap(at(va, G), G, 0, b, 0), 0);
+        assert_eq!(hipMemUnmap(va, 2 * G), 0);
+        assert_eq!(hipMemAddressFree(va, 2 * G), hipErrorUnknown);
+        assert_eq!(hipMemRelease(a), 0);
+        assert_eq!(hipMemRelease(b), 0);
+    }
+
+    #[test]
+    fn a_device_to_device_memcpy_returns_before_it_ran() {
+        let _serial = serial();
+        let va = reserve(2 * G);
+        let (a, b) = (
+            create(G, hipMemLocationTypeDevice),
+            create(G, hipMemLocationTypeDevice),
+        );
+        assert_eq!(hipMemMap(va, G, 0, a, 0), 0);
+        assert_eq!(hipMemMap(at(va, G), G, 0, b, 0), 0);
+        rw(va, 2 * G, hipMemLocationTypeDevice);
+        assert_eq!(hipMemcpy(at(va, G), va, G, hipMemcpyDefault), 0);
+        let mut e = core::ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        assert_eq!(unsafe { hipEventCreate(&mut e) }, 0);
+        assert_eq!(hipEventRecord(e, core::ptr::null_mut()), 0);
+        assert_eq!(hipEventQuery(e), hipErrorNotReady);
+        assert_eq!(hipEventSynchronize(e), 0);
+        assert_eq!(hipEventQuery(e), 0);
+        assert_eq!(hipEventRecord(e, core::ptr::null_mut()), 0);
+        assert_eq!(hipEventQuery(e), 0, "the null stream is idle again");
+        assert_eq!(hipEventDestroy(e), 0);
+        assert_eq!(hipMemUnmap(va, G), 0);
+        assert_eq!(hipMemUnmap(at(va, G), G), 0);
+        assert_eq!(hipMemAddressFree(va, 2 * G), 0);
+        assert_eq!(hipMemRelease(a), 0);
+        assert_eq!(hipMemRelease(b), 0);
+    }
+
+    #[test]
+    fn copies_into_memory_without_access_are_refused() {
+        let _serial = serial();
+        let va = reserve(G);
+        let h = create(G, hipMemLocationTypeDevice);
+        assert_eq!(hipMemMap(va, G, 0, h, 0), 0);
+        let mut buf = [0u8; 16];
+        assert_eq!(
+            hipMemcpy(buf.as_mut_ptr().cast(), va, 16, hipMemcpyDefault),
+            hipErrorIllegalAddress
+        );
+        assert_eq!(hipMemUnmap(va, G), 0);
+        assert_eq!(hipMemAddressFree(va, G), 0);
+        assert_eq!(hipMemRelease(h), 0);
+    }
 }
