@@ -24,6 +24,11 @@ target=${HIP_SHIM_TARGET_DIR:-$root/target/hip-shim}
 CARGO_TARGET_DIR=$target cargo build --manifest-path "$here/Cargo.toml" --locked "${flags[@]}" >&2
 out=$target/libamdhip64-$profile
 mkdir -p "$out"
-cp -f "$target/$profile/libamdhip64.so" "$out/libamdhip64.so.5"
+# Linked here rather than by cargo, so that the symbols carry ROCm's version
+# nodes (hip.map) and nothing but them is exported.
+cc -shared -o "$out/libamdhip64.so.5" \
+    -Wl,--whole-archive "$target/$profile/libamdhip64.a" -Wl,--no-whole-archive \
+    -Wl,--version-script="$here/hip.map" -Wl,-soname,libamdhip64.so.5 -Wl,--gc-sections \
+    -ldl -lgcc_s -lutil -lrt -lpthread -lm -lc
 if [ "$profile" = release ]; then strip --strip-debug "$out/libamdhip64.so.5"; fi
 echo "$out"

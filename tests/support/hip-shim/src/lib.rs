@@ -2,10 +2,12 @@
 //! HIP backend calls, so that the backend can run where no AMD GPU is.
 //!
 //! Test support only; never shipped. The HIP backend's binaries need
-//! `libamdhip64.so.5` (the soname they were linked against); with this
-//! library's directory first on `LD_LIBRARY_PATH`, the dynamic loader takes
-//! it instead of ROCm's. `tests/support/hip-shim/build.sh` builds it and
-//! lays the file out under those names.
+//! `libamdhip64.so.5` (the soname they were linked against, Debian's ROCm
+//! 5); with this library's directory first on `LD_LIBRARY_PATH`, the
+//! dynamic loader takes it instead of ROCm's. `build.sh` builds this crate
+//! as a static library and links it into that file, with the symbol
+//! versions ROCm gives them (`hip.map`: `hipInit@hip_4.2`,
+//! `hipMemCreate@hip_5.1`, ...) and nothing else exported.
 //!
 //! # Two modes, chosen by `GPU_ARENA_HIP_SHIM` at the first call
 //!
