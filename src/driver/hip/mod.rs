@@ -36,6 +36,13 @@
 //!   pooled event recorded after them on the null stream, so they have
 //!   completed on return: ROCm's `hipMemcpy` returns before a
 //!   device-to-device copy has run (`ihipMemcpy` skips the host wait).
+//! - **Sharing.** Where the probe at [`HipDriver::new`] could create,
+//!   export and release a handle of the POSIX-fd type
+//!   ([`Capabilities::shareable_handles`]), `create_shareable` creates device
+//!   handles of that type, `export` gives a close-on-exec descriptor
+//!   (`hipMemExportToShareableHandle`) and `import` makes a handle of one
+//!   (`hipMemImportFromShareableHandle`); older ROCm refuses the export and
+//!   the backend says `NotSupported`.
 //! - **Access of the CPU.** ROCm's `hipMemGetAccess` answers for device
 //!   locations only: `get_access(va, Location::Host)` answers from the
 //!   rights this backend's `set_access` applied.
@@ -66,12 +73,13 @@
 //! the host backend.
 
 use core::ffi::c_int;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::MetaVec;
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
+use crate::{MetaMap, MetaVec};
 
 pub mod result;
 pub mod sys;
@@ -149,6 +157,10 @@ pub struct HipDriver {
     caps: Capabilities,
     /// The one lock of all VMM calls; its state is the bookkeeping.
     vmm: Mutex<VmState<HipHandle>>,
+    /// Live handles that can be exported (created shareable, or imported),
+    /// with their own lock, taken after `vmm` where both are held. On the
+    /// system allocator, as all driver bookkeeping.
+    exportable: Mutex<MetaMap<HipHandle, ()>>,
     /// Live events owned by no fence, for reuse: distinct, created by this
     /// driver, at most `EVENT_POOL` (capacity reserved up front on the system
     /// allocator, so recycling never allocates).
@@ -224,6 +236,31 @@ fn access_descs(
         n += 1;
     }
     n
+}
+
+/// Whether handles at `location` can be created exportable and exported as
+/// POSIX file descriptors: one granule is created, exported and released
+/// (older ROCm refuses with `hipErrorNotSupported`).
+fn probe_shareable(location: sys::hipMemLocation, granularity: usize) -> bool {
+    let Ok(h) = result::create(
+        granularity,
+        location,
+        sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+    ) else {
+        return false;
+    };
+    // SAFETY: a live handle just created with the POSIX-fd type.
+    let exported = match unsafe { result::export(h) } {
+        Ok(fd) => {
+            // SAFETY: the runtime made this descriptor for us; closed once.
+            unsafe { libc::close(fd) };
+            true
+        }
+        Err(_) => false,
+    };
+    // SAFETY: the handle is live, unmapped and released once.
+    let released = unsafe { result::release(h) }.is_ok();
+    exported && released
 }
 
 impl HipDriver {
@@ -302,6 +339,7 @@ impl HipDriver {
         };
         let device_memory = result::device_total_mem(dev)? as u64;
         let device_count = count as u32;
+        let shareable_handles = probe_shareable(here, granularity);
         let caps = Capabilities {
             backend: Backend::Hip,
             granularity,
@@ -312,7 +350,7 @@ impl HipDriver {
             cpu_reads_device_memory: false,
             host_memory: host_granularity != 0,
             peer_access: device_count > 1,
-            shareable_handles: false,
+            shareable_handles,
         };
         Ok(HipDriver {
             device,
@@ -326,6 +364,10 @@ impl HipDriver {
                 MAX_RESERVATION,
             )),
             events: Mutex::new(MetaVec::with_capacity_in(EVENT_POOL, std::alloc::System)),
+            exportable: Mutex::new(MetaMap::with_hasher_in(
+                Default::default(),
+                std::alloc::System,
+            )),
         })
     }
 
@@ -357,6 +399,47 @@ impl HipDriver {
 
     fn lock_vmm(&self) -> MutexGuard<'_, VmState<HipHandle>> {
         self.vmm.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_exportable(&self) -> MutexGuard<'_, MetaMap<HipHandle, ()>> {
+        self.exportable.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle whose memory went back: its value may be handed out again.
+    fn forget(&self, handle: HipHandle) {
+        self.lock_exportable().remove(&handle);
+    }
+
+    /// `create` with the handle type `handle_type` (`HIP_MEM_HANDLE_TYPE_*`).
+    fn create_as(&self, size: usize, location: Location, handle_type: u32) -> Result<HipHandle> {
+        if location == Location::Host && self.host_granularity == 0 {
+            return Err(
+                refuse(Call::Create, (ErrorKind::NotSupported, Reason::Unavailable)).into(),
+            );
+        }
+        let mut vm = self.lock_vmm();
+        vm.check_create(size as u64, location)
+            .map_err(|r| refuse(Call::Create, r))?;
+        if location == Location::Host && size % self.host_granularity != 0 {
+            return Err(refuse(
+                Call::Create,
+                (
+                    ErrorKind::InvalidValue,
+                    Reason::NotGranular {
+                        value: size as u64,
+                        granularity: self.host_granularity as u64,
+                    },
+                ),
+            )
+            .into());
+        }
+        self.bind()?;
+        let h = HipHandle(result::create(size, self::location(location), handle_type)?);
+        vm.add_handle(h, size as u64, location);
+        if handle_type == sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR {
+            self.lock_exportable().insert(h, ());
+        }
+        Ok(h)
     }
 
     /// Makes this driver's device current on the calling thread (HIP keeps
@@ -507,31 +590,7 @@ unsafe impl Driver for HipDriver {
     }
 
     fn create(&self, size: usize, location: Location) -> Result<HipHandle> {
-        if location == Location::Host && self.host_granularity == 0 {
-            return Err(
-                refuse(Call::Create, (ErrorKind::NotSupported, Reason::Unavailable)).into(),
-            );
-        }
-        let mut vm = self.lock_vmm();
-        vm.check_create(size as u64, location)
-            .map_err(|r| refuse(Call::Create, r))?;
-        if location == Location::Host && size % self.host_granularity != 0 {
-            return Err(refuse(
-                Call::Create,
-                (
-                    ErrorKind::InvalidValue,
-                    Reason::NotGranular {
-                        value: size as u64,
-                        granularity: self.host_granularity as u64,
-                    },
-                ),
-            )
-            .into());
-        }
-        self.bind()?;
-        let h = HipHandle(result::create(size, self::location(location))?);
-        vm.add_handle(h, size as u64, location);
-        Ok(h)
+        self.create_as(size, location, sys::HIP_MEM_HANDLE_TYPE_NONE)
     }
 
     fn release(&self, handle: HipHandle) -> Result<()> {
@@ -547,6 +606,7 @@ unsafe impl Driver for HipDriver {
             // SAFETY: a live handle of ours, unmapped, released once (VmState
             // forgets it below).
             unsafe { result::release(handle.0)? };
+            self.forget(handle);
         }
         // Still mapped: hipMemRelease runs at its last unmap.
         vm.release(handle).map_err(|r| refuse(Call::Release, r))?;
@@ -599,6 +659,7 @@ unsafe impl Driver for HipDriver {
                 if let Err(e) = unsafe { result::release(h.0) } {
                     deferred.get_or_insert(e);
                 }
+                self.forget(h);
             });
             at = m.va + m.size;
         }
@@ -774,6 +835,59 @@ unsafe impl Driver for HipDriver {
         // SAFETY: the caller guarantees the range is mapped and writable.
         unsafe { result::memset_async(dst, byte, len, 0)? };
         self.wait_default()
+    }
+
+    fn create_shareable(&self, size: usize, location: Location) -> Result<HipHandle> {
+        match location {
+            Location::Device(_) if self.caps.shareable_handles => self.create_as(
+                size,
+                location,
+                sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            ),
+            _ => Err(refuse(Call::Share, (ErrorKind::NotSupported, Reason::Unavailable)).into()),
+        }
+    }
+
+    fn export(&self, handle: HipHandle) -> Result<OwnedFd> {
+        let vm = self.lock_vmm();
+        vm.check_release(handle)
+            .map_err(|r| refuse(Call::Share, r))?;
+        if !self.lock_exportable().contains_key(&handle) {
+            return Err(
+                refuse(Call::Share, (ErrorKind::NotSupported, Reason::NotShareable)).into(),
+            );
+        }
+        self.bind()?;
+        // SAFETY: a live handle of ours (checked under the lock, so no
+        // release runs meanwhile), created with the POSIX-fd type or imported.
+        let raw = unsafe { result::export(handle.0) }?;
+        // SAFETY: the runtime just made this descriptor for us; nothing else
+        // owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: F_SETFD on our own descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(fd)
+    }
+
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<HipHandle> {
+        if !self.caps.shareable_handles {
+            return Err(refuse(Call::Share, (ErrorKind::NotSupported, Reason::Unavailable)).into());
+        }
+        let mut vm = self.lock_vmm();
+        vm.check_create(size as u64, location)
+            .map_err(|r| refuse(Call::Share, r))?;
+        self.bind()?;
+        // SAFETY: the caller guarantees an exported descriptor of `size`
+        // bytes; the runtime does not take it.
+        let h = HipHandle(unsafe { result::import(fd.as_raw_fd()) }?);
+        vm.add_handle(h, size as u64, location);
+        self.lock_exportable().insert(h, ());
+        Ok(h)
     }
 }
 
