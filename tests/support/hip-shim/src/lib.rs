@@ -52,8 +52,8 @@
 //! ROCm has none of them, so the same tests run there without them):
 //! [`hipShimDescribe`], [`hipShimHoldStream`] / [`hipShimCompleteStream`]
 //! (host mode: keep a stream's work pending, as a long kernel would) and
-//! [`hipShimFailNext`] (make the next calls of one entry point fail with a
-//! chosen code, as ROCm's intermittent failures do).
+//! [`hipShimFailNext`] (make the calling thread's next calls of one entry
+//! point fail with a chosen code, as ROCm's intermittent failures do).
 #![allow(non_snake_case, non_upper_case_globals, clippy::missing_safety_doc)]
 
 mod abi;
@@ -153,8 +153,9 @@ struct State {
     allocs: HashMap<usize, Alloc>,
     /// Mappings by start address.
     mappings: BTreeMap<u64, Mapping>,
-    /// Injected failures: entry point name, calls left, code.
-    faults: Vec<(String, u32, hipError_t)>,
+    /// Injected failures: entry point name, calls left, code, and the
+    /// thread whose calls fail.
+    faults: Vec<(String, u32, hipError_t, std::thread::ThreadId)>,
     /// Reservations by base: size, and whether one `hipMemUnmap` call took
     /// several mappings out of it (see [`hipMemUnmap`]).
     reservations: BTreeMap<u64, (usize, bool)>,
@@ -198,7 +199,12 @@ impl Shim {
 impl State {
     /// An injected failure for `call`, if one is pending.
     fn fault(&mut self, call: &str) -> R<()> {
-        if let Some(i) = self.faults.iter().position(|(c, _, _)| c == call) {
+        let me = std::thread::current().id();
+        if let Some(i) = self
+            .faults
+            .iter()
+            .position(|(c, _, _, t)| c == call && *t == me)
+        {
             let code = self.faults[i].2;
             self.faults[i].1 -= 1;
             if self.faults[i].1 == 0 {
@@ -965,8 +971,9 @@ pub extern "C" fn hipShimCompleteStream(stream: hipStream_t) -> hipError_t {
 }
 
 /// The next `count` calls of the entry point named `call` (e.g.
-/// `"hipMemSetAccess"`) fail with `code` and change nothing. `count` 0
-/// clears the entry point's pending failures.
+/// `"hipMemSetAccess"`) made by the calling thread fail with `code` and
+/// change nothing (other threads, such as concurrent tests, are not
+/// affected). `count` 0 clears the entry point's pending failures.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn hipShimFailNext(
     call: *const c_char,
@@ -983,10 +990,11 @@ pub unsafe extern "C" fn hipShimFailNext(
             .to_str()
             .map_err(|_| hipErrorInvalidValue)?
             .to_owned();
+        let me = std::thread::current().id();
         let mut st = s.lock();
-        st.faults.retain(|(c, _, _)| *c != name);
+        st.faults.retain(|(c, _, _, t)| *c != name || *t != me);
         if count > 0 {
-            st.faults.push((name, count, code));
+            st.faults.push((name, count, code, me));
         }
         Ok(())
     })
