@@ -320,6 +320,99 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
     }
 }
 
+/// Threads allocate, write, hand over, check and free blocks of one global
+/// arena on the HIP backend: its one VMM lock, its event pool and the
+/// runtime are used from many threads at once.
+#[test]
+fn threads_share_a_global_arena() {
+    use gpu_arena::driver::SystemDriver;
+    use gpu_arena::driver::system::Select;
+    use gpu_arena::global::{GlobalArena, GlobalConfig};
+    use std::sync::mpsc;
+    let Some(probe) = hip() else { return };
+    drop(probe);
+    let g: &'static GlobalArena = GlobalArena::leak(
+        0,
+        GlobalConfig {
+            backend: Select::Hip,
+            shards: 4,
+            ..GlobalConfig::default()
+        },
+    )
+    .expect("a global arena on the HIP backend");
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 300;
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS)
+        .map(|_| mpsc::channel::<(u64, usize, u8)>())
+        .unzip();
+    let t0 = Instant::now();
+    let workers: Vec<_> = rxs
+        .into_iter()
+        .enumerate()
+        .map(|(t, rx)| {
+            let next = txs[(t + 1) % THREADS].clone();
+            std::thread::spawn(move || {
+                let SystemDriver::Hip(d) = &**g.driver() else {
+                    panic!("Select::Hip opened another backend")
+                };
+                let stream = d.create_stream().unwrap();
+                let mut s = 0x9E37_79B9u64 * (t as u64 + 1);
+                let mut mine = Vec::new();
+                for r in 0..ROUNDS {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    let size = match s % 8 {
+                        0 => (s >> 8) as usize % (4 << 20) + 1,
+                        _ => (s >> 8) as usize % 4096 + 1,
+                    };
+                    let p = g.alloc(size as u64, 256, stream).unwrap();
+                    let seed = (t * 31 + r) as u8;
+                    let head = pattern(size.min(64), seed);
+                    // SAFETY: a live block of `size` bytes; `head` is ours;
+                    // the copy on `stream` is ordered before the fence of
+                    // this block's free.
+                    unsafe { d.copy(p, head.as_ptr() as u64, head.len(), Stream::DEFAULT) }
+                        .unwrap();
+                    if s % 3 == 0 || next.send((p, size, seed)).is_err() {
+                        mine.push((p, size, seed));
+                    }
+                    while let Ok(b) = rx.try_recv() {
+                        mine.push(b);
+                    }
+                    if mine.len() > 16 || r == ROUNDS - 1 {
+                        for (p, size, seed) in mine.drain(..) {
+                            let n = size.min(64);
+                            assert_eq!(read(d, p, n), pattern(n, seed), "block {p:#x}");
+                            g.free(p, Some(size as u64), stream).unwrap();
+                        }
+                    }
+                }
+                drop(next);
+                // Late arrivals from the previous thread.
+                for (p, size, seed) in rx.iter() {
+                    let n = size.min(64);
+                    assert_eq!(read(d, p, n), pattern(n, seed));
+                    g.free(p, Some(size as u64), stream).unwrap();
+                }
+                let f = d.record(stream).unwrap();
+                d.wait(&f).unwrap();
+                d.drop_fence(f);
+                // SAFETY: idle, not used again.
+                unsafe { d.destroy_stream(stream).unwrap() };
+            })
+        })
+        .collect();
+    drop(txs);
+    for w in workers {
+        w.join().expect("worker");
+    }
+    println!(
+        "HIPARENA {THREADS} threads x {ROUNDS} rounds on one global arena: {:.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+}
+
 #[test]
 fn pinned_host_vec_is_shared_by_cpu_and_device() {
     let Some(d) = hip() else { return };
