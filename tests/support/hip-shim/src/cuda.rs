@@ -200,13 +200,10 @@ impl CudaRt {
         let mut p = self.primary.lock().unwrap_or_else(|e| e.into_inner());
         let slot = p.get_mut(device as usize).ok_or(hipErrorInvalidDevice)?;
         if *slot == 0 {
-            let mut dev: sys::CUdevice = 0;
+            let dev = cu_device(device)?;
             let mut ctx: sys::CUcontext = core::ptr::null_mut();
-            // SAFETY: valid out-pointers; the ordinal is in range.
-            unsafe {
-                check(sys::cuDeviceGet(&mut dev, device))?;
-                check(sys::cuDevicePrimaryCtxRetain(&mut ctx, dev))?;
-            }
+            // SAFETY: a valid out-pointer and device handle.
+            check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, dev) })?;
             *slot = ctx as usize;
         }
         Ok(*slot as sys::CUcontext)
@@ -233,6 +230,14 @@ impl CudaRt {
     }
 }
 
+/// The `CUdevice` of a HIP device ordinal.
+fn cu_device(ordinal: c_int) -> R<sys::CUdevice> {
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: a valid out-pointer; the driver checks the ordinal.
+    check(unsafe { sys::cuDeviceGet(&mut dev, ordinal) })?;
+    Ok(dev)
+}
+
 fn access_flags(flags: u32) -> sys::CUmemAccess_flags {
     use sys::CUmemAccess_flags as F;
     match flags {
@@ -257,22 +262,24 @@ impl Runtime for CudaRt {
     }
 
     fn vmm_supported(&self, device: c_int) -> R<c_int> {
+        let dev = cu_device(device)?;
         let mut v = 0;
-        // SAFETY: a valid out-pointer; the ordinal was checked by the caller.
+        // SAFETY: a valid out-pointer and device handle.
         check(unsafe {
             sys::cuDeviceGetAttribute(
                 &mut v,
                 sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
-                device,
+                dev,
             )
         })?;
         Ok(v)
     }
 
     fn total_mem(&self, device: c_int) -> R<usize> {
+        let dev = cu_device(device)?;
         let mut bytes = 0usize;
-        // SAFETY: a valid out-pointer; the ordinal was checked by the caller.
-        check(unsafe { sys::cuDeviceTotalMem_v2(&mut bytes, device) })?;
+        // SAFETY: a valid out-pointer and device handle.
+        check(unsafe { sys::cuDeviceTotalMem_v2(&mut bytes, dev) })?;
         Ok(bytes)
     }
 
