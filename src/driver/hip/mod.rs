@@ -23,8 +23,11 @@
 //!   measurable.
 //! - **Set-access** is applied per mapping with a fixed-size stack array of
 //!   descriptors (no heap), the local device granted last (peer access on
-//!   ROCm), and retried once on a spurious `hipErrorInvalidValue` (seen on
-//!   tail growth on ROCm 7.2).
+//!   ROCm), and retried once on `hipErrorInvalidValue`: right after a map,
+//!   set-access can race ROCm's processing of it (rocm-systems#2667). The
+//!   layout-dependent refusal of set-access on tail mappings
+//!   (rocm-systems#2516, still on ROCm 7.2) is not helped by a retry; it is
+//!   reported, and the commit leaves nothing behind (`docs/conformance.md`).
 //! - **Granularity** is asked from the runtime (minimum and recommended, for
 //!   device and host memory): never assumed to be 2 MiB (some AMD GPUs report
 //!   4 KiB).
@@ -479,8 +482,9 @@ impl HipDriver {
         r
     }
 
-    /// Sets access on one mapping, retrying once on a spurious
-    /// `hipErrorInvalidValue` (ROCm 7.2, tail growth).
+    /// Sets access on one mapping, retrying once on `hipErrorInvalidValue`
+    /// (set-access racing the runtime's processing of the map on ROCm,
+    /// rocm-systems#2667).
     ///
     /// # Safety
     /// As [`result::set_access`].
