@@ -17,7 +17,10 @@
 //!
 //! `host_two_processes` runs everywhere (CI); `cuda_two_processes` does the
 //! same on GPU 0 in both processes and skips, with a printed reason, where no
-//! CUDA device or no POSIX-fd shareable handles are found.
+//! CUDA device or no POSIX-fd shareable handles are found;
+//! `hip_two_processes` does it through the HIP backend (the stand-in
+//! `libamdhip64` in CI), and skips the same way unless
+//! `GPU_ARENA_REQUIRE_HIP=1`.
 
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -266,4 +269,27 @@ fn cuda_two_processes() {
         }
     }
     run("cuda_two_processes", "cuda", || CudaDriver::new(0).unwrap());
+}
+
+#[cfg(feature = "hip")]
+#[test]
+fn hip_two_processes() {
+    use gpu_arena::driver::hip::HipDriver;
+    if std::env::var(ROLE).is_err() {
+        let required = std::env::var("GPU_ARENA_REQUIRE_HIP").is_ok_and(|v| v == "1");
+        match HipDriver::new(0) {
+            Err(e) if required => panic!("GPU_ARENA_REQUIRE_HIP is set, but HIP did not open: {e}"),
+            Err(e) => {
+                println!("skipped: no usable HIP device ({e})");
+                return;
+            }
+            Ok(d) if !d.capabilities().shareable_handles => {
+                assert!(!required, "the HIP backend cannot share handles here");
+                println!("skipped: this HIP runtime cannot export POSIX-fd shareable handles");
+                return;
+            }
+            Ok(_) => {}
+        }
+    }
+    run("hip_two_processes", "hip", || HipDriver::new(0).unwrap());
 }

@@ -34,7 +34,7 @@
 //! handle travel to another process as a POSIX file descriptor (see
 //! [`share`] for passing descriptors over a Unix socket). Their default
 //! bodies return [`Error::Unsupported`](crate::Error::Unsupported), so a
-//! backend without sharing (HIP today) needs no code. The lifetime rule
+//! backend without sharing needs no code. The lifetime rule
 //! every backend follows: **release = unmap + close**. Physical memory
 //! behind an exported handle goes back when the last process holding it
 //! (through a handle, a mapping or a descriptor) lets go; an exporter's

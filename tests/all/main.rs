@@ -12,6 +12,8 @@ mod global_stress;
 #[cfg(feature = "cuda")]
 mod gpu_arena;
 #[cfg(feature = "hip")]
+mod hip_arena;
+#[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;
 mod peer_ipc;

@@ -7,7 +7,10 @@
 //! two-process test is `tests/ipc_two_process.rs`).
 //!
 //! CUDA (feature `cuda`): the same on GPUs; the peer tests need two devices
-//! and skip with a printed reason otherwise, the sharing tests one.
+//! and skip with a printed reason otherwise, the sharing tests one. HIP
+//! (feature `hip`): the same through the HIP backend, wherever it runs (the
+//! stand-in `libamdhip64` emulates two devices with
+//! `GPU_ARENA_HIP_SHIM_DEVICES=2`).
 
 use std::os::fd::AsFd;
 use std::time::Instant;
@@ -701,5 +704,91 @@ mod cuda {
         let v = read_u32s(importer.lock().driver(), view.as_ptr(), N);
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 ^ 0x5a5a));
         assert_eq!(exporter.stats().committed, 0);
+    }
+}
+
+#[cfg(feature = "hip")]
+mod hip {
+    use super::*;
+    use crate::common::hip;
+
+    fn write_u32s<D: Driver>(d: &D, va: u64, n: usize, f: impl Fn(usize) -> u32) {
+        let host: Vec<u32> = (0..n).map(f).collect();
+        // SAFETY: `va` is mapped for the driver's device; `host` is a
+        // separate allocation of n u32s.
+        unsafe { d.copy(va, host.as_ptr() as u64, n * 4, Stream::DEFAULT) }.unwrap();
+    }
+
+    fn read_u32s<D: Driver>(d: &D, va: u64, n: usize) -> Vec<u32> {
+        let mut host = vec![0u32; n];
+        // SAFETY: as above, the other way.
+        unsafe { d.copy(host.as_mut_ptr() as u64, va, n * 4, Stream::DEFAULT) }.unwrap();
+        host
+    }
+
+    #[test]
+    fn hip_peer_grant_and_revoke() {
+        let Some(d) = hip() else { return };
+        let n = d.capabilities().device_count;
+        if n < 2 {
+            println!(
+                "skipped: peer access needs 2 HIP devices, found {n} (the host stand-in emulates 2 with GPU_ARENA_HIP_SHIM_DEVICES=2)"
+            );
+            return;
+        }
+        let peer = Location::Device(1);
+        let mut a = Arena::new(&d, Kind::Device(0), config()).unwrap();
+        let before = a.alloc(16 << 20, 256).unwrap();
+        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::None);
+        a.grant(peer, AccessMode::ReadWrite).unwrap();
+        invariants(&a);
+        let later = a.alloc(16 << 20, 256).unwrap();
+        let pages = committed_pages(&a);
+        assert_all(&a, &pages, peer, AccessMode::ReadWrite);
+        assert_all(&a, &pages, Location::Device(0), AccessMode::ReadWrite);
+        write_u32s(&d, later, 1024, |i| i as u32);
+        // SAFETY: no peer work uses the arena.
+        unsafe { a.revoke(peer).unwrap() };
+        assert_all(&a, &pages, peer, AccessMode::None);
+        assert_all(&a, &pages, Location::Device(0), AccessMode::ReadWrite);
+        assert!(
+            read_u32s(&d, later, 1024)
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| v == i as u32)
+        );
+        for p in [before, later] {
+            a.free(p).unwrap();
+        }
+        a.trim();
+        drop(a);
+        assert!(d.is_clean());
+    }
+
+    #[test]
+    fn hip_shared_buffer_round_trip_in_one_process() {
+        let Some(d) = hip() else { return };
+        if !d.capabilities().shareable_handles {
+            println!("skipped: this HIP runtime cannot export POSIX-fd shareable handles");
+            return;
+        }
+        let exporter = SharedArena::new(d, Kind::Device(0), config()).unwrap();
+        let importer = SharedArena::new(hip().unwrap(), Kind::Device(0), config()).unwrap();
+        const N: usize = 3 << 20;
+        let buf = SharedBuffer::new(&exporter, (N * 4) as u64).unwrap();
+        write_u32s(exporter.lock().driver(), buf.as_ptr(), N, |i| {
+            i as u32 ^ 0x5a5a
+        });
+        let got = through_socket(&buf.export().unwrap());
+        // SAFETY: exported by the HIP backend.
+        let view = unsafe { ImportedBuffer::new(&importer, &got).unwrap() };
+        drop(got);
+        drop(buf);
+        let v = read_u32s(importer.lock().driver(), view.as_ptr(), N);
+        assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 ^ 0x5a5a));
+        assert_eq!(exporter.stats().committed, 0);
+        drop(view);
+        importer.trim();
+        assert_eq!(importer.stats().committed, 0);
     }
 }

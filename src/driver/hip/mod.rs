@@ -23,8 +23,11 @@
 //!   measurable.
 //! - **Set-access** is applied per mapping with a fixed-size stack array of
 //!   descriptors (no heap), the local device granted last (peer access on
-//!   ROCm), and retried once on a spurious `hipErrorInvalidValue` (seen on
-//!   tail growth on ROCm 7.2).
+//!   ROCm), and retried once on `hipErrorInvalidValue`: right after a map,
+//!   set-access can race ROCm's processing of it (rocm-systems#2667). The
+//!   layout-dependent refusal of set-access on tail mappings
+//!   (rocm-systems#2516, still on ROCm 7.2) is not helped by a retry; it is
+//!   reported, and the commit leaves nothing behind (`docs/conformance.md`).
 //! - **Granularity** is asked from the runtime (minimum and recommended, for
 //!   device and host memory): never assumed to be 2 MiB (some AMD GPUs report
 //!   4 KiB).
@@ -32,6 +35,20 @@
 //!   recycled through a bounded pool (no allocation after start-up); `is_complete` is `hipEventQuery`
 //!   (`hipErrorNotReady` = not yet), `wait` is `hipEventSynchronize` on that
 //!   one event. Nothing in this backend synchronizes the device.
+//! - **Default stream.** `copy` and `fill` on [`Stream::DEFAULT`] wait on a
+//!   pooled event recorded after them on the null stream, so they have
+//!   completed on return: ROCm's `hipMemcpy` returns before a
+//!   device-to-device copy has run (`ihipMemcpy` skips the host wait).
+//! - **Sharing.** Where the probe at [`HipDriver::new`] could create,
+//!   export and release a handle of the POSIX-fd type
+//!   ([`Capabilities::shareable_handles`]), `create_shareable` creates device
+//!   handles of that type, `export` gives a close-on-exec descriptor
+//!   (`hipMemExportToShareableHandle`) and `import` makes a handle of one
+//!   (`hipMemImportFromShareableHandle`); older ROCm refuses the export and
+//!   the backend says `NotSupported`.
+//! - **Access of the CPU.** ROCm's `hipMemGetAccess` answers for device
+//!   locations only: `get_access(va, Location::Host)` answers from the
+//!   rights this backend's `set_access` applied.
 //!
 //! # ROCm version caveats (from the headers)
 //!
@@ -59,12 +76,13 @@
 //! the host backend.
 
 use core::ffi::c_int;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::MetaVec;
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
+use crate::{MetaMap, MetaVec};
 
 pub mod result;
 pub mod sys;
@@ -142,6 +160,10 @@ pub struct HipDriver {
     caps: Capabilities,
     /// The one lock of all VMM calls; its state is the bookkeeping.
     vmm: Mutex<VmState<HipHandle>>,
+    /// Live handles that can be exported (created shareable, or imported),
+    /// with their own lock, taken after `vmm` where both are held. On the
+    /// system allocator, as all driver bookkeeping.
+    exportable: Mutex<MetaMap<HipHandle, ()>>,
     /// Live events owned by no fence, for reuse: distinct, created by this
     /// driver, at most `EVENT_POOL` (capacity reserved up front on the system
     /// allocator, so recycling never allocates).
@@ -217,6 +239,31 @@ fn access_descs(
         n += 1;
     }
     n
+}
+
+/// Whether handles at `location` can be created exportable and exported as
+/// POSIX file descriptors: one granule is created, exported and released
+/// (older ROCm refuses with `hipErrorNotSupported`).
+fn probe_shareable(location: sys::hipMemLocation, granularity: usize) -> bool {
+    let Ok(h) = result::create(
+        granularity,
+        location,
+        sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+    ) else {
+        return false;
+    };
+    // SAFETY: a live handle just created with the POSIX-fd type.
+    let exported = match unsafe { result::export(h) } {
+        Ok(fd) => {
+            // SAFETY: the runtime made this descriptor for us; closed once.
+            unsafe { libc::close(fd) };
+            true
+        }
+        Err(_) => false,
+    };
+    // SAFETY: the handle is live, unmapped and released once.
+    let released = unsafe { result::release(h) }.is_ok();
+    exported && released
 }
 
 impl HipDriver {
@@ -295,6 +342,7 @@ impl HipDriver {
         };
         let device_memory = result::device_total_mem(dev)? as u64;
         let device_count = count as u32;
+        let shareable_handles = probe_shareable(here, granularity);
         let caps = Capabilities {
             backend: Backend::Hip,
             granularity,
@@ -305,7 +353,7 @@ impl HipDriver {
             cpu_reads_device_memory: false,
             host_memory: host_granularity != 0,
             peer_access: device_count > 1,
-            shareable_handles: false,
+            shareable_handles,
         };
         Ok(HipDriver {
             device,
@@ -319,6 +367,10 @@ impl HipDriver {
                 MAX_RESERVATION,
             )),
             events: Mutex::new(MetaVec::with_capacity_in(EVENT_POOL, std::alloc::System)),
+            exportable: Mutex::new(MetaMap::with_hasher_in(
+                Default::default(),
+                std::alloc::System,
+            )),
         })
     }
 
@@ -352,6 +404,47 @@ impl HipDriver {
         self.vmm.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_exportable(&self) -> MutexGuard<'_, MetaMap<HipHandle, ()>> {
+        self.exportable.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A handle whose memory went back: its value may be handed out again.
+    fn forget(&self, handle: HipHandle) {
+        self.lock_exportable().remove(&handle);
+    }
+
+    /// `create` with the handle type `handle_type` (`HIP_MEM_HANDLE_TYPE_*`).
+    fn create_as(&self, size: usize, location: Location, handle_type: u32) -> Result<HipHandle> {
+        if location == Location::Host && self.host_granularity == 0 {
+            return Err(
+                refuse(Call::Create, (ErrorKind::NotSupported, Reason::Unavailable)).into(),
+            );
+        }
+        let mut vm = self.lock_vmm();
+        vm.check_create(size as u64, location)
+            .map_err(|r| refuse(Call::Create, r))?;
+        if location == Location::Host && size % self.host_granularity != 0 {
+            return Err(refuse(
+                Call::Create,
+                (
+                    ErrorKind::InvalidValue,
+                    Reason::NotGranular {
+                        value: size as u64,
+                        granularity: self.host_granularity as u64,
+                    },
+                ),
+            )
+            .into());
+        }
+        self.bind()?;
+        let h = HipHandle(result::create(size, self::location(location), handle_type)?);
+        vm.add_handle(h, size as u64, location);
+        if handle_type == sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR {
+            self.lock_exportable().insert(h, ());
+        }
+        Ok(h)
+    }
+
     /// Makes this driver's device current on the calling thread (HIP keeps
     /// the current device per thread; streams, events and the null stream
     /// belong to it). A thread-local store in the runtime: no synchronization.
@@ -380,8 +473,18 @@ impl HipDriver {
         let _ = unsafe { result::event_destroy(event) };
     }
 
-    /// Sets access on one mapping, retrying once on a spurious
-    /// `hipErrorInvalidValue` (ROCm 7.2, tail growth).
+    /// Waits until the work queued so far on the null stream has run: on a
+    /// fence recorded there (that one event; never the device).
+    fn wait_default(&self) -> Result<()> {
+        let fence = self.record(Stream::DEFAULT)?;
+        let r = self.wait(&fence);
+        self.drop_fence(fence);
+        r
+    }
+
+    /// Sets access on one mapping, retrying once on `hipErrorInvalidValue`
+    /// (set-access racing the runtime's processing of the map on ROCm,
+    /// rocm-systems#2667).
     ///
     /// # Safety
     /// As [`result::set_access`].
@@ -420,9 +523,9 @@ impl Drop for HipDriver {
 // (3) two mappings of one handle share its physical memory (VMM semantics);
 // (4) every call is validated before it reaches the runtime, and runtime
 // failures of map/create/release/free roll the bookkeeping back; (5) the only
-// blocking calls are hipEventSynchronize on one event (`wait`, and `fill` on
-// the null stream) and hipMemcpy on the null stream (`copy`); nothing
-// synchronizes the device.
+// blocking calls are hipEventSynchronize on one event (`wait`, and `copy` and
+// `fill` on the null stream) and hipMemcpy on the null stream (`copy`);
+// nothing synchronizes the device.
 unsafe impl Driver for HipDriver {
     type Handle = HipHandle;
     type Fence = HipFence;
@@ -491,31 +594,7 @@ unsafe impl Driver for HipDriver {
     }
 
     fn create(&self, size: usize, location: Location) -> Result<HipHandle> {
-        if location == Location::Host && self.host_granularity == 0 {
-            return Err(
-                refuse(Call::Create, (ErrorKind::NotSupported, Reason::Unavailable)).into(),
-            );
-        }
-        let mut vm = self.lock_vmm();
-        vm.check_create(size as u64, location)
-            .map_err(|r| refuse(Call::Create, r))?;
-        if location == Location::Host && size % self.host_granularity != 0 {
-            return Err(refuse(
-                Call::Create,
-                (
-                    ErrorKind::InvalidValue,
-                    Reason::NotGranular {
-                        value: size as u64,
-                        granularity: self.host_granularity as u64,
-                    },
-                ),
-            )
-            .into());
-        }
-        self.bind()?;
-        let h = HipHandle(result::create(size, self::location(location))?);
-        vm.add_handle(h, size as u64, location);
-        Ok(h)
+        self.create_as(size, location, sys::HIP_MEM_HANDLE_TYPE_NONE)
     }
 
     fn release(&self, handle: HipHandle) -> Result<()> {
@@ -531,6 +610,7 @@ unsafe impl Driver for HipDriver {
             // SAFETY: a live handle of ours, unmapped, released once (VmState
             // forgets it below).
             unsafe { result::release(handle.0)? };
+            self.forget(handle);
         }
         // Still mapped: hipMemRelease runs at its last unmap.
         vm.release(handle).map_err(|r| refuse(Call::Release, r))?;
@@ -583,6 +663,7 @@ unsafe impl Driver for HipDriver {
                 if let Err(e) = unsafe { result::release(h.0) } {
                     deferred.get_or_insert(e);
                 }
+                self.forget(h);
             });
             at = m.va + m.size;
         }
@@ -660,6 +741,14 @@ unsafe impl Driver for HipDriver {
             )
             .into());
         }
+        if accessor == Location::Host {
+            // ROCm's hipMemGetAccess answers for device locations only (any
+            // other location type is hipErrorInvalidValue): the CPU's rights
+            // are the ones `set_access` applied, as recorded here.
+            return vm
+                .get_access(va, accessor)
+                .map_err(|r| refuse(Call::GetAccess, r).into());
+        }
         let flags = result::get_access(va, location(accessor))?;
         Ok(access_mode(flags))
     }
@@ -723,15 +812,17 @@ unsafe impl Driver for HipDriver {
         if len == 0 {
             return Ok(());
         }
-        if stream == Stream::DEFAULT {
-            self.bind()?;
-            // SAFETY: the caller guarantees both ranges; hipMemcpy returns
-            // once the copy is done.
-            unsafe { result::memcpy(dst, src, len) }.map_err(Error::from)
-        } else {
+        if stream != Stream::DEFAULT {
             // SAFETY: the caller guarantees both ranges, in stream order.
-            unsafe { result::memcpy_async(dst, src, len, stream.0) }.map_err(Error::from)
+            return unsafe { result::memcpy_async(dst, src, len, stream.0) }.map_err(Error::from);
         }
+        self.bind()?;
+        // SAFETY: the caller guarantees both ranges.
+        unsafe { result::memcpy(dst, src, len)? };
+        // hipMemcpy returns before a device-to-device copy has run (ROCm's
+        // ihipMemcpy skips the host wait for those, as cuMemcpy may): the
+        // copy has completed once a fence recorded after it has.
+        self.wait_default()
     }
 
     unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
@@ -743,14 +834,64 @@ unsafe impl Driver for HipDriver {
             return unsafe { result::memset_async(dst, byte, len, stream.0) }.map_err(Error::from);
         }
         // On the null stream the fill has completed when this returns, as a
-        // copy does: wait on a fence recorded after it (that one event only).
+        // copy does.
         self.bind()?;
         // SAFETY: the caller guarantees the range is mapped and writable.
         unsafe { result::memset_async(dst, byte, len, 0)? };
-        let fence = self.record(Stream::DEFAULT)?;
-        let r = self.wait(&fence);
-        self.drop_fence(fence);
-        r
+        self.wait_default()
+    }
+
+    fn create_shareable(&self, size: usize, location: Location) -> Result<HipHandle> {
+        match location {
+            Location::Device(_) if self.caps.shareable_handles => self.create_as(
+                size,
+                location,
+                sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            ),
+            _ => Err(refuse(Call::Share, (ErrorKind::NotSupported, Reason::Unavailable)).into()),
+        }
+    }
+
+    fn export(&self, handle: HipHandle) -> Result<OwnedFd> {
+        let vm = self.lock_vmm();
+        vm.check_release(handle)
+            .map_err(|r| refuse(Call::Share, r))?;
+        if !self.lock_exportable().contains_key(&handle) {
+            return Err(
+                refuse(Call::Share, (ErrorKind::NotSupported, Reason::NotShareable)).into(),
+            );
+        }
+        self.bind()?;
+        // SAFETY: a live handle of ours (checked under the lock, so no
+        // release runs meanwhile), created with the POSIX-fd type or imported.
+        let raw = unsafe { result::export(handle.0) }?;
+        // SAFETY: the runtime just made this descriptor for us; nothing else
+        // owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: F_SETFD on our own descriptor.
+        unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) };
+        Ok(fd)
+    }
+
+    unsafe fn import(
+        &self,
+        fd: BorrowedFd<'_>,
+        size: usize,
+        location: Location,
+    ) -> Result<HipHandle> {
+        if !self.caps.shareable_handles {
+            return Err(refuse(Call::Share, (ErrorKind::NotSupported, Reason::Unavailable)).into());
+        }
+        let mut vm = self.lock_vmm();
+        vm.check_create(size as u64, location)
+            .map_err(|r| refuse(Call::Share, r))?;
+        self.bind()?;
+        // SAFETY: the caller guarantees an exported descriptor of `size`
+        // bytes; the runtime does not take it.
+        let h = HipHandle(unsafe { result::import(fd.as_raw_fd()) }?);
+        vm.add_handle(h, size as u64, location);
+        self.lock_exportable().insert(h, ());
+        Ok(h)
     }
 }
 

@@ -150,11 +150,15 @@ pub fn device_total_mem(device: c_int) -> Result<usize, DriverError> {
     Ok(bytes)
 }
 
-/// Allocation properties for pinned memory at `location`, no export handle.
-pub const fn allocation_prop(location: sys::hipMemLocation) -> sys::hipMemAllocationProp {
+/// Allocation properties for pinned memory at `location`, exportable as
+/// `handle_type` (`HIP_MEM_HANDLE_TYPE_*`).
+pub const fn allocation_prop(
+    location: sys::hipMemLocation,
+    handle_type: u32,
+) -> sys::hipMemAllocationProp {
     sys::hipMemAllocationProp {
         type_: sys::HIP_MEM_ALLOCATION_TYPE_PINNED,
-        requestedHandleType: sys::HIP_MEM_HANDLE_TYPE_NONE,
+        requestedHandleType: handle_type,
         location,
         win32HandleMetaData: ptr::null_mut(),
         allocFlags: sys::hipMemAllocFlags {
@@ -168,7 +172,7 @@ pub const fn allocation_prop(location: sys::hipMemLocation) -> sys::hipMemAlloca
 /// `hipMemGetAllocationGranularity` for pinned memory at `location`;
 /// `option` is `HIP_MEM_ALLOCATION_GRANULARITY_{MINIMUM,RECOMMENDED}`.
 pub fn granularity(location: sys::hipMemLocation, option: c_int) -> Result<usize, DriverError> {
-    let prop = allocation_prop(location);
+    let prop = allocation_prop(location, sys::HIP_MEM_HANDLE_TYPE_NONE);
     let mut g = 0usize;
     // SAFETY: `g` and `prop` are valid for the call's duration; `prop` has the
     // ROCm ≥ 5.3 layout, which the caller checked the runtime uses.
@@ -205,13 +209,57 @@ pub unsafe fn free_reservation(va: u64, size: usize) -> Result<(), DriverError> 
     })
 }
 
-/// `hipMemCreate` of `size` bytes of pinned memory at `location`.
-pub fn create(size: usize, location: sys::hipMemLocation) -> Result<usize, DriverError> {
-    let prop = allocation_prop(location);
+/// `hipMemCreate` of `size` bytes of pinned memory at `location`,
+/// exportable as `handle_type` (`HIP_MEM_HANDLE_TYPE_*`).
+pub fn create(
+    size: usize,
+    location: sys::hipMemLocation,
+    handle_type: u32,
+) -> Result<usize, DriverError> {
+    let prop = allocation_prop(location, handle_type);
     let mut h: sys::hipMemGenericAllocationHandle_t = ptr::null_mut();
     // SAFETY: `h` and `prop` are valid for the call's duration; flags are 0.
     check(Call::Create, unsafe {
         sys::hipMemCreate(&mut h, size, &prop, 0)
+    })?;
+    Ok(h as usize)
+}
+
+/// `hipMemExportToShareableHandle` as a POSIX file descriptor, which the
+/// caller owns.
+///
+/// # Safety
+/// `handle` came from [`create`] with `HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR`
+/// (or from [`import`]) and is live for the call.
+pub unsafe fn export(handle: usize) -> Result<c_int, DriverError> {
+    let mut fd: c_int = -1;
+    // SAFETY: guaranteed by the caller; for POSIX descriptors the
+    // shareable handle is an `int` out-parameter.
+    check(Call::Share, unsafe {
+        sys::hipMemExportToShareableHandle(
+            (&raw mut fd).cast(),
+            handle as sys::hipMemGenericAllocationHandle_t,
+            sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            0,
+        )
+    })?;
+    Ok(fd)
+}
+
+/// `hipMemImportFromShareableHandle` of a POSIX file descriptor (the
+/// descriptor travels in the pointer's value; the runtime does not take it).
+///
+/// # Safety
+/// `fd` is an open descriptor made by [`export`] (in any process).
+pub unsafe fn import(fd: c_int) -> Result<usize, DriverError> {
+    let mut h: sys::hipMemGenericAllocationHandle_t = ptr::null_mut();
+    // SAFETY: guaranteed by the caller; `h` is a valid out-pointer.
+    check(Call::Share, unsafe {
+        sys::hipMemImportFromShareableHandle(
+            &mut h,
+            fd as usize as *mut c_void,
+            sys::HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+        )
     })?;
     Ok(h as usize)
 }
@@ -361,7 +409,9 @@ pub unsafe fn stream_destroy(stream: u64) -> Result<(), DriverError> {
     })
 }
 
-/// `hipMemcpy(dst, src, len, hipMemcpyDefault)`: returns once the copy is done.
+/// `hipMemcpy(dst, src, len, hipMemcpyDefault)` on the null stream. Returns
+/// once the copy is done, except from device to device memory: ROCm then
+/// returns before the copy has run.
 ///
 /// # Safety
 /// Both ranges are valid for `len` bytes and do not overlap.
@@ -457,10 +507,13 @@ mod tests {
 
     #[test]
     fn allocation_prop_is_pinned_with_no_export() {
-        let p = allocation_prop(sys::hipMemLocation {
-            type_: sys::HIP_MEM_LOCATION_TYPE_DEVICE,
-            id: 3,
-        });
+        let p = allocation_prop(
+            sys::hipMemLocation {
+                type_: sys::HIP_MEM_LOCATION_TYPE_DEVICE,
+                id: 3,
+            },
+            sys::HIP_MEM_HANDLE_TYPE_NONE,
+        );
         assert_eq!(p.type_, 1);
         assert_eq!(p.requestedHandleType, 0);
         assert_eq!(p.location.id, 3);

@@ -73,6 +73,8 @@ pub const MIN_RUNTIME_VERSION: c_int = 50_300_000;
 pub const HIP_MEM_ALLOCATION_TYPE_PINNED: u32 = 1;
 /// `hipMemHandleTypeNone`.
 pub const HIP_MEM_HANDLE_TYPE_NONE: u32 = 0;
+/// `hipMemHandleTypePosixFileDescriptor`: exportable as a file descriptor.
+pub const HIP_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR: u32 = 1;
 /// `hipMemLocationTypeDevice`.
 pub const HIP_MEM_LOCATION_TYPE_DEVICE: u32 = 1;
 /// `hipMemLocationTypeHost` (recent ROCm only).
@@ -132,7 +134,7 @@ pub struct hipMemAllocFlags {
 pub struct hipMemAllocationProp {
     /// `hipMemAllocationType` (`HIP_MEM_ALLOCATION_TYPE_PINNED`).
     pub type_: u32,
-    /// `hipMemAllocationHandleType` (`HIP_MEM_HANDLE_TYPE_NONE`).
+    /// `hipMemAllocationHandleType` (`HIP_MEM_HANDLE_TYPE_*`).
     pub requestedHandleType: u32,
     /// Where the memory lives.
     pub location: hipMemLocation,
@@ -236,6 +238,19 @@ unsafe extern "C" {
         size: usize,
         desc: *const hipMemAccessDesc,
         count: usize,
+    ) -> hipError;
+    /// `hipError_t hipMemExportToShareableHandle(void* shareableHandle, hipMemGenericAllocationHandle_t, hipMemAllocationHandleType, unsigned long long flags)`.
+    pub fn hipMemExportToShareableHandle(
+        shareable: *mut c_void,
+        handle: hipMemGenericAllocationHandle_t,
+        handle_type: u32,
+        flags: c_ulonglong,
+    ) -> hipError;
+    /// `hipError_t hipMemImportFromShareableHandle(hipMemGenericAllocationHandle_t*, void* osHandle, hipMemAllocationHandleType)`.
+    pub fn hipMemImportFromShareableHandle(
+        handle: *mut hipMemGenericAllocationHandle_t,
+        os_handle: *mut c_void,
+        handle_type: u32,
     ) -> hipError;
     /// `hipError_t hipMemGetAccess(unsigned long long* flags, const hipMemLocation* location, void* ptr)`.
     pub fn hipMemGetAccess(
