@@ -22,13 +22,16 @@ use crate::common::{hip, hip_rt};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
+/// An arena whose blocks region and buffers region each hold
+/// `reservation` bytes (the stitch region between them as much again).
 fn config(reservation: u64) -> ArenaConfig {
     let mut c = ArenaConfig {
-        reservation,
+        reservation: 3 * reservation,
         min_reservation: 64 * MIB,
+        blocks_fraction: 1.0 / 3.0,
         ..Default::default()
     };
-    c.commit.keep_alive_fraction = 0.0;
+    c.commit.decay_ms = 0;
     c
 }
 
@@ -54,10 +57,12 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 /// Unmaps in `log` that touch `va..va + len`.
-fn unmaps_of(log: &[LogEntry], va: DevicePtr, len: u64) -> usize {
+/// Bytes of `va..va+len` that the log's successful unmaps took away.
+fn unmaps_of(log: &[LogEntry], va: DevicePtr, len: u64) -> u64 {
     log.iter()
         .filter(|e| e.op == Op::Unmap && e.ok && e.va < va + len && va < e.va + e.size)
-        .count()
+        .map(|e| (e.va + e.size).min(va + len) - e.va.max(va))
+        .sum()
 }
 
 /// Work that keeps a stream busy for a while, then writes a value.
@@ -253,8 +258,8 @@ fn free_while_work_runs_returns_at_once_and_unmaps_after_its_fence() {
         let log = c.take_log();
         assert_eq!(
             unmaps_of(&log, x, BLOCK),
-            1,
-            "X goes back once, after the fence"
+            BLOCK,
+            "X goes back, once, after the fence"
         );
         let word = u32::from_ne_bytes(read(&c, y, 4).try_into().unwrap());
         assert_eq!(word, VALUE, "the work's write reached Y through X");
