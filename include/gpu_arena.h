@@ -38,6 +38,13 @@ uint64_t gpu_arena_trim(int device);
  * the full JSON length (retry with a larger buffer if >= cap), -1 on error. */
 ssize_t gpu_arena_stats_json(int device, char *buf, size_t cap);
 
+/* Ends the current epoch of `device` (a repetition, a step) and writes what
+ * happened since the last call as JSON into buf (as gpu_arena_stats_json):
+ * peak live / peak committed and their ratio, driver calls (VMM apart),
+ * allocations, frees, time inside the allocation calls (with report:1).
+ * The peaks then restart from the current values. -1 on error. */
+ssize_t gpu_arena_epoch_json(int device, char *buf, size_t cap);
+
 /* Peak live and peak committed bytes (either pointer may be NULL). */
 int gpu_arena_peaks(int device, uint64_t *peak_live, uint64_t *peak_committed);
 

@@ -736,10 +736,23 @@ impl<D: Driver> Arena<D> {
         }
     }
 
-    /// Gives back completed candidates beyond the keep-alive budget. Never
-    /// blocks; cheap when there is nothing to do.
+    /// Gives back idle memory beyond what the decay curve allows now (and
+    /// stitched ranges unused for `decay_ms`). Never blocks.
     pub fn collect(&mut self) -> u64 {
         self.commit.collect(false)
+    }
+
+    /// Whether the free path gives idle memory back itself (see
+    /// [`CommitConfig::reclaim_on_free`]).
+    pub fn set_reclaim_on_free(&mut self, on: bool) {
+        self.commit.set_reclaim_on_free(on);
+        self.config.commit.reclaim_on_free = on;
+    }
+
+    /// [`Arena::collect`] when the time to look has come (a clock read
+    /// otherwise): what a background reclaimer calls periodically.
+    pub fn reclaim_due(&mut self) -> u64 {
+        self.commit.maybe_reclaim()
     }
 
     /// Grants or revokes access for every committed page and future commits.

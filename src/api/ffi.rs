@@ -12,7 +12,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::driver::{DevicePtr, Stream};
 use crate::error::{Error, Result};
-use crate::global::{self, GlobalConfig};
+use crate::global::{self, GlobalConfig, timing};
 
 /// Bytes kept of the last error message (including the NUL).
 const ERR_LEN: usize = 512;
@@ -109,11 +109,16 @@ pub unsafe extern "C" fn gpu_arena_init(conf: *const c_char) -> c_int {
 /// Returns NULL with the last error set on failure (zero size included).
 #[unsafe(no_mangle)]
 pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) -> *mut c_void {
-    guard(core::ptr::null_mut(), || {
+    let t = timing::enabled().then(timing::ticks);
+    let p = guard(core::ptr::null_mut(), || {
         let a = global::arena(device(dev)?)?;
         let p = a.alloc(size as u64, 512, Stream(stream as u64))?;
         Ok(p as *mut c_void)
-    })
+    });
+    if let Some(t) = t {
+        timing::record_alloc(t);
+    }
+    p
 }
 
 /// Frees `ptr` (allocated with `size` bytes on `device`), last used on
@@ -129,7 +134,8 @@ pub extern "C" fn gpu_arena_free(
     if ptr.is_null() {
         return 0;
     }
-    guard(-1, || {
+    let t = timing::enabled().then(timing::ticks);
+    let r = guard(-1, || {
         let a = global::arena(device(dev)?)?;
         a.free(
             ptr as DevicePtr,
@@ -137,7 +143,11 @@ pub extern "C" fn gpu_arena_free(
             Stream(stream as u64),
         )?;
         Ok(0)
-    })
+    });
+    if let Some(t) = t {
+        timing::record_free(t);
+    }
+    r
 }
 
 /// Gives back every empty page of `device` whose fences completed. Returns
@@ -145,6 +155,23 @@ pub extern "C" fn gpu_arena_free(
 #[unsafe(no_mangle)]
 pub extern "C" fn gpu_arena_trim(dev: c_int) -> u64 {
     guard(0, || Ok(global::arena(device(dev)?)?.trim()))
+}
+
+/// Copies `json` into `buf` (at most `cap` bytes, NUL-terminated when
+/// `cap > 0`); returns the whole text's length.
+///
+/// # Safety
+/// `buf` is NULL (with `cap == 0`) or valid for `cap` bytes.
+unsafe fn write_json(json: &str, buf: *mut c_char, cap: usize) -> isize {
+    if !buf.is_null() && cap > 0 {
+        let n = json.len().min(cap - 1);
+        // SAFETY: the caller guarantees buf is valid for cap bytes; n < cap.
+        unsafe {
+            core::ptr::copy_nonoverlapping(json.as_ptr(), buf as *mut u8, n);
+            *buf.add(n) = 0;
+        }
+    }
+    json.len() as isize
 }
 
 /// Writes the stats of `device` as JSON into `buf` (at most `cap` bytes,
@@ -158,15 +185,30 @@ pub extern "C" fn gpu_arena_trim(dev: c_int) -> u64 {
 pub unsafe extern "C" fn gpu_arena_stats_json(dev: c_int, buf: *mut c_char, cap: usize) -> isize {
     guard(-1, || {
         let json = global::arena(device(dev)?)?.stats_json();
-        if !buf.is_null() && cap > 0 {
-            let n = json.len().min(cap - 1);
-            // SAFETY: the caller guarantees buf is valid for cap bytes; n < cap.
-            unsafe {
-                core::ptr::copy_nonoverlapping(json.as_ptr(), buf as *mut u8, n);
-                *buf.add(n) = 0;
-            }
-        }
-        Ok(json.len() as isize)
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { write_json(&json, buf, cap) })
+    })
+}
+
+/// Ends the current epoch of `device` (a repetition, a step, a batch) and
+/// writes what happened since the last call as JSON into `buf` (as
+/// [`gpu_arena_stats_json`]): peak live and peak committed bytes and their
+/// ratio, driver calls (VMM calls apart), allocations, frees, and the time
+/// inside the C ABI's calls (with `report:1`). Then the peaks restart from
+/// the current values. Returns the JSON's length, or -1 on error.
+///
+/// Call it with `cap == 0` only to size the buffer when the epoch may end
+/// anyway: every call ends one.
+///
+/// # Safety
+/// `buf` is NULL (with `cap == 0`) or valid for `cap` bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_epoch_json(dev: c_int, buf: *mut c_char, cap: usize) -> isize {
+    guard(-1, || {
+        let e = global::arena(device(dev)?)?.epoch();
+        let json = serde_json::to_string(&e).map_err(|_| Error::Config("epoch JSON"))?;
+        // SAFETY: forwarded from the caller.
+        Ok(unsafe { write_json(&json, buf, cap) })
     })
 }
 

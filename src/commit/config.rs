@@ -28,6 +28,12 @@ pub struct CommitConfig {
     /// so that long-lived memory sits in few, large handles (sleep and wake
     /// cost per handle). 0 turns this off.
     pub growth_ahead: u64,
+    /// Let the free path give idle memory back when its decay allowance ran
+    /// out (a look at the clock every few hundred frees, driver calls when
+    /// due). Off where another thread calls `reclaim` on time (the global
+    /// arenas' background reclaimer), so that allocating threads never make
+    /// those driver calls.
+    pub reclaim_on_free: bool,
 }
 
 impl Default for CommitConfig {
@@ -38,6 +44,7 @@ impl Default for CommitConfig {
             limit: u64::MAX,
             stitch_min: 1 << 20,
             growth_ahead: 16,
+            reclaim_on_free: true,
         }
     }
 }

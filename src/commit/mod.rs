@@ -289,6 +289,11 @@ impl<D: Driver> Commit<D> {
         self.streams.ensure_fence(&self.driver, stamp)
     }
 
+    /// Whether the free path gives idle memory back itself.
+    pub fn set_reclaim_on_free(&mut self, on: bool) {
+        self.config.reclaim_on_free = on;
+    }
+
     /// Changes the limit (takes effect for later commits).
     pub fn set_limit(&mut self, limit: u64) {
         self.config.limit = limit;
@@ -484,7 +489,7 @@ impl<D: Driver> Commit<D> {
             // Shared memory is never reused: it goes back once its fences
             // completed, now if they did.
             self.release_shared();
-        } else if self.ticks >= 256 {
+        } else if self.ticks >= 256 && self.config.reclaim_on_free {
             self.ticks = 0;
             self.maybe_reclaim();
         }

@@ -24,6 +24,7 @@
 
 mod cache;
 pub mod config;
+pub mod timing;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -77,6 +78,35 @@ pub struct GlobalArena {
     tags: [OnceLock<TagArenas>; MAX_TAGS],
     names: Mutex<Vec<String>>,
     config: GlobalConfig,
+    /// Counters at the start of the current epoch (see [`GlobalArena::epoch`]).
+    epoch_start: Mutex<(crate::commit::DriverCalls, u64, u64, timing::Times)>,
+    /// A clock set by [`GlobalArena::set_clock`], for tags made later too.
+    clock: Mutex<Option<crate::sync::Clock>>,
+    /// The background reclaimer runs.
+    reclaimer: AtomicBool,
+}
+
+/// What happened between two calls of [`GlobalArena::epoch`] (a phase of a
+/// program: one repetition of a workload, one training step, a batch).
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct Epoch {
+    /// Peak live bytes in the epoch (all tags).
+    pub peak_live: u64,
+    /// Peak committed bytes in the epoch (all tags).
+    pub peak_committed: u64,
+    /// `peak_committed / peak_live`.
+    pub peak_ratio: f64,
+    /// Driver calls made in the epoch.
+    pub driver_calls: crate::commit::DriverCalls,
+    /// VMM calls (create, map, set_access, unmap, release) in the epoch.
+    pub vmm_calls: u64,
+    /// Allocations served in the epoch.
+    pub allocs: u64,
+    /// Frees served in the epoch.
+    pub frees: u64,
+    /// Time inside the C ABI's calls in the epoch, every device together
+    /// (measured only with `report:1`; zeros otherwise).
+    pub times: timing::Times,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -151,11 +181,14 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
         let c = config()?;
         let g = GlobalArena::new(device, c)?;
         if c.report && device == 0 {
+            timing::enable();
             register_report();
         }
         Ok(g)
     });
-    r.as_ref().map_err(|e| *e)
+    let g = r.as_ref().map_err(|e| *e)?;
+    g.start_reclaimer();
+    Ok(g)
 }
 
 /// The global arenas created so far.
@@ -169,12 +202,27 @@ extern "C" fn print_report() {
     for a in arenas() {
         let s = a.stats();
         eprintln!(
-            "gpu-arena: device {}: peak live {:.1} MiB, peak committed {:.1} MiB, peak committed / peak live {:.4}, driver calls {}",
+            "gpu-arena: device {}: peak live {:.1} MiB, peak committed {:.1} MiB, peak committed / peak live {:.4}, driver calls {} (VMM {}), handles {}, mappings {}",
             a.device(),
             s.peak_live as f64 / 1048576.0,
             s.peak_committed as f64 / 1048576.0,
             s.peak_ratio(),
-            s.driver_calls.total()
+            s.driver_calls.total(),
+            s.driver_calls.vmm(),
+            s.handles,
+            s.mappings,
+        );
+    }
+    let t = timing::total();
+    if t.calls() > 0 {
+        eprintln!(
+            "gpu-arena: allocator time: {} allocs, {} frees, {:.3} us per call ({:.3} per alloc, {:.3} per free), {:.1} ms in all",
+            t.allocs,
+            t.frees,
+            t.nanos_per_call() / 1e3,
+            t.alloc_nanos as f64 / t.allocs.max(1) as f64 / 1e3,
+            t.free_nanos as f64 / t.frees.max(1) as f64 / 1e3,
+            (t.alloc_nanos + t.free_nanos) as f64 / 1e6,
         );
     }
 }
@@ -198,15 +246,82 @@ impl GlobalArena {
             tags: [const { OnceLock::new() }; MAX_TAGS],
             names: Mutex::new(Vec::new()),
             config,
+            epoch_start: Mutex::new(Default::default()),
+            clock: Mutex::new(None),
+            reclaimer: AtomicBool::new(false),
         };
         g.tag("default")?;
         Ok(g)
     }
 
     /// A new arena that lives for the rest of the process (the thread caches
-    /// need `'static` arenas).
+    /// need `'static` arenas), with its background reclaimer if configured.
     pub fn leak(device: u32, config: GlobalConfig) -> Result<&'static Self> {
-        Ok(Box::leak(Box::new(Self::new(device, config)?)))
+        let g: &'static Self = Box::leak(Box::new(Self::new(device, config)?));
+        g.start_reclaimer();
+        Ok(g)
+    }
+
+    /// Starts the background reclaimer (once; with `background:1`): a
+    /// thread that wakes every `decay_ms / 8` and gives back, on every tag
+    /// and shard, the idle memory whose decay allowance ran out (see
+    /// [`GlobalArena::reclaim_step`]). Its driver calls then happen off the
+    /// allocating threads; each shard's lock is held only for its own step.
+    pub fn start_reclaimer(&'static self) {
+        if !self.config.background
+            || self.reclaimer.load(Ordering::Relaxed)
+            || self.reclaimer.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        let period = std::time::Duration::from_millis(
+            (self.config.arena.commit.decay_ms / 8).clamp(10, 60_000),
+        );
+        let spawned = std::thread::Builder::new()
+            .name(format!("gpu-arena-reclaim-{}", self.device))
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(period);
+                    self.reclaim_step();
+                }
+            });
+        if spawned.is_err() {
+            // No thread: the free path gives memory back instead.
+            self.reclaimer.store(false, Ordering::Release);
+            eprintln!(
+                "gpu-arena: the background reclaimer could not start; idle memory goes back on frees"
+            );
+            for shard in self.tags().flat_map(|t| t.shards.iter()) {
+                shard.lock().set_reclaim_on_free(true);
+            }
+        }
+    }
+
+    /// One step of the background reclaimer, deterministic given the clock:
+    /// on every tag and shard, gives back the idle memory the decay curve no
+    /// longer allows (if the time to look has come). Returns the bytes given
+    /// back. Tests call it directly with a [`Clock::manual`](crate::sync::Clock::manual).
+    pub fn reclaim_step(&self) -> u64 {
+        let mut bytes = 0;
+        for t in self.tags() {
+            if t.is_asleep() {
+                continue;
+            }
+            for shard in t.shards.iter() {
+                bytes += shard.lock().reclaim_due();
+            }
+        }
+        bytes
+    }
+
+    /// Replaces the clock every shard's decay reads (tests step a
+    /// [`Clock::manual`](crate::sync::Clock::manual) by hand), for tags made
+    /// later too.
+    pub fn set_clock(&self, clock: crate::sync::Clock) {
+        for shard in self.tags().flat_map(|t| t.shards.iter()) {
+            shard.lock().set_clock(clock.clone());
+        }
+        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
     }
 
     /// The device ordinal.
@@ -236,13 +351,21 @@ impl GlobalArena {
         }
         let i = names.len();
         let mut shards = Vec::with_capacity(self.config.shards.max(1) as usize);
+        let mut arena_config = self.config.arena;
+        // With a background reclaimer, freeing threads never give memory
+        // back themselves.
+        arena_config.commit.reclaim_on_free &= !self.config.background;
         for _ in 0..self.config.shards.max(1) {
-            let a = SharedArena::new(
-                self.driver.clone(),
-                Kind::Device(self.device),
-                self.config.arena,
-            )?;
+            let a = SharedArena::new(self.driver.clone(), Kind::Device(self.device), arena_config)?;
             a.lock().set_tag(i as u32);
+            if let Some(clock) = self
+                .clock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+            {
+                a.lock().set_clock(clock.clone());
+            }
             shards.push(a);
         }
         let ranges = shards.iter().map(|a| a.lock().reservation()).collect();
@@ -502,6 +625,31 @@ impl GlobalArena {
     /// live; peaks are sums of per-arena peaks).
     pub fn stats(&self) -> Stats {
         Self::sum(self.tags().flat_map(|t| t.shards.iter()).map(|a| a.stats()))
+    }
+
+    /// Ends the current epoch and starts the next: returns the peaks, driver
+    /// calls, allocations and time since the last call (or since the arena
+    /// was made), then resets every shard's peaks to their current values.
+    pub fn epoch(&self) -> Epoch {
+        let mut start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.stats();
+        let times = timing::total();
+        let calls = s.driver_calls.since(&start.0);
+        let e = Epoch {
+            peak_live: s.peak_live,
+            peak_committed: s.peak_committed,
+            peak_ratio: s.peak_ratio(),
+            driver_calls: calls,
+            vmm_calls: calls.vmm(),
+            allocs: s.allocs - start.1,
+            frees: s.frees - start.2,
+            times: times.since(&start.3),
+        };
+        for shard in self.tags().flat_map(|t| t.shards.iter()) {
+            shard.lock().reset_peaks();
+        }
+        *start = (s.driver_calls, s.allocs, s.frees, times);
+        e
     }
 
     /// Counters of one tag.

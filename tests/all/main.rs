@@ -3,6 +3,7 @@
 mod arena_api;
 mod arena_model;
 mod bad_input;
+mod commit_engine;
 mod common;
 mod conformance;
 #[cfg(feature = "cuda")]
