@@ -60,6 +60,10 @@ int gpu_arena_set_tag(const char *tag);
  * pinned host memory. Waits on the tags' own streams only. 0 or -1. */
 int gpu_arena_sleep(int device, const char *tags, int mode, void *stream);
 
+/* Obtains now the pinned host memory offloading `tags` will need, so that
+ * their first offload runs at copy speed. Kept until gpu_arena_trim. */
+int gpu_arena_prepare_offload(int device, const char *tags);
+
 /* Wake: recommit the tags at the same addresses, restoring offloaded data. */
 int gpu_arena_wake(int device, const char *tags, void *stream);
 

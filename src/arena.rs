@@ -20,6 +20,7 @@
 //! # Ok::<(), gpu_arena::Error>(())
 //! ```
 
+use crate::commit::stage::Stage;
 use crate::commit::{Backing, Commit, CommitConfig};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::{BadPointer, Error, OomReport, PolicyUsage, Result};
@@ -115,8 +116,6 @@ pub struct Arena<D: Driver> {
     tag: u32,
     /// Set while asleep: the pages were given back.
     sleeping: Option<Sleeping<D::Handle>>,
-    /// Pinned host memory of the last offload, kept for the next one.
-    spare_stage: Option<Stage<D::Handle>>,
 }
 
 /// How [`Arena::sleep`] treats the contents.
@@ -146,15 +145,7 @@ pub struct SleepReport {
     pub vmm_seconds: f64,
 }
 
-/// Pinned host memory holding an asleep arena's contents.
-struct Stage<H> {
-    va: DevicePtr,
-    size: u64,
-    handle: H,
-    /// (offset in the reservation, length, offset in the stage)
-    ranges: Vec<(u64, u64, u64)>,
-}
-
+/// How an asleep arena sleeps.
 struct Sleeping<H> {
     mode: SleepMode,
     stage: Option<Stage<H>>,
@@ -178,6 +169,8 @@ pub struct Accounting {
     pub largest_free_committed: u64,
     /// Whether the arena is asleep (committed is then 0).
     pub asleep: bool,
+    /// Pinned host bytes held for offloads (see [`Stats::staged`]).
+    pub staged: u64,
 }
 
 impl<D: Driver> core::fmt::Debug for Arena<D> {
@@ -329,7 +322,6 @@ impl<D: Driver> Arena<D> {
             scratch_cursors: crate::MetaVec::new_in(std::alloc::System),
             tag: 0,
             sleeping: None,
-            spare_stage: None,
         })
     }
 
@@ -695,9 +687,7 @@ impl<D: Driver> Arena<D> {
     /// Never blocks. Returns the bytes given back.
     pub fn trim(&mut self) -> u64 {
         self.drain_deferred_slabs(true);
-        if let Some(stage) = self.spare_stage.take() {
-            self.drop_stage(stage);
-        }
+        self.commit.drop_spare_stage();
         self.commit.trim()
     }
 
@@ -933,12 +923,10 @@ impl<D: Driver> Arena<D> {
             SleepMode::Discard => None,
             SleepMode::Offload => {
                 let t = std::time::Instant::now();
-                let (stage, stage_seconds) = self.offload(stream)?;
+                let (stage, stage_seconds) = self.commit.offload(stream)?;
                 report.stage_seconds = stage_seconds;
                 report.copy_seconds = t.elapsed().as_secs_f64() - stage_seconds;
-                report.copied = stage
-                    .as_ref()
-                    .map_or(0, |s| s.ranges.iter().map(|r| r.1).sum());
+                report.copied = stage.as_ref().map_or(0, |s| s.copied());
                 stage
             }
         };
@@ -949,106 +937,16 @@ impl<D: Driver> Arena<D> {
         Ok(report)
     }
 
-    /// Pinned host memory of at least `total` bytes: the spare stage kept
-    /// from the last wake when it is large enough, else a new one.
-    fn stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
-        if let Some(mut spare) = self.spare_stage.take() {
-            if spare.size >= total {
-                spare.ranges.clear();
-                return Ok(spare);
-            }
-            self.drop_stage(spare);
-        }
-        let driver = self.commit.driver();
-        let va = driver.reserve(total as usize, 0)?;
-        let handle = match driver.create(total as usize, Location::Host) {
-            Ok(h) => h,
-            Err(e) => {
-                // SAFETY: the reservation was just made and has no mapping.
-                let _ = unsafe { driver.free_reservation(va, total as usize) };
-                return Err(e);
-            }
-        };
-        let access = [
-            Access::read_write(Location::Host),
-            Access::read_write(match self.kind {
-                Kind::Device(d) => Location::Device(d),
-                Kind::PinnedHost => Location::Device(0),
-            }),
-        ];
-        // SAFETY: va..va+total is our fresh reservation, unmapped; then the
-        // mapping just made gets access for the host and this device.
-        let mapped = unsafe {
-            driver
-                .map(va, total as usize, 0, handle)
-                .and_then(|()| driver.set_access(va, total as usize, &access))
-        };
-        if let Err(e) = mapped {
-            // SAFETY: our fresh reservation; the mapping, if made, is unused.
-            unsafe {
-                let _ = driver.unmap(va, total as usize);
-                let _ = driver.release(handle);
-                let _ = driver.free_reservation(va, total as usize);
-            }
-            return Err(e);
-        }
-        Ok(Stage {
-            va,
-            size: total,
-            handle,
-            ranges: Vec::new(),
-        })
-    }
-
-    /// Copies the live pages to pinned host memory and waits on that copy's
-    /// fence; `None` when nothing is live. Also returns the seconds spent
-    /// obtaining the pinned memory.
-    fn offload(&mut self, stream: Stream) -> Result<(Option<Stage<D::Handle>>, f64)> {
-        let page = self.page();
-        let ranges = self.commit.live_ranges();
-        let total: u64 = ranges.iter().map(|r| r.1 * page).sum();
-        if total == 0 {
-            return Ok((None, 0.0));
-        }
-        let t = std::time::Instant::now();
-        let mut stage = self.stage(total)?;
-        let stage_seconds = t.elapsed().as_secs_f64();
-        let driver = self.commit.driver();
-        let base = self.commit.base();
-        let mut at = 0;
-        for (first, pages) in ranges {
-            let (off, len) = (first * page, pages * page);
-            // SAFETY: the source pages are committed and quiesced; the stage
-            // range is mapped with host and device access; no overlap.
-            if let Err(e) = unsafe { driver.copy(stage.va + at, base + off, len as usize, stream) }
-            {
-                self.spare_stage = Some(stage);
-                return Err(e);
-            }
-            stage.ranges.push((off, len, at));
-            at += len;
-        }
-        let waited = driver.record(stream).and_then(|f| {
-            let r = driver.wait(&f);
-            driver.drop_fence(f);
-            r
-        });
-        if let Err(e) = waited {
-            self.drop_stage(stage);
-            return Err(e);
-        }
-        Ok((Some(stage), stage_seconds))
-    }
-
-    fn drop_stage(&self, stage: Stage<D::Handle>) {
-        let d = self.commit.driver();
-        // SAFETY: the stage is ours; its copies completed (or failed) and
-        // nothing else refers to it.
-        unsafe {
-            let _ = d.unmap(stage.va, stage.size as usize);
-            let _ = d.release(stage.handle);
-            let _ = d.free_reservation(stage.va, stage.size as usize);
-        }
+    /// Obtains now the pinned host memory the next offload of this arena
+    /// needs (as large as the pages holding live bytes), so that the first
+    /// [`SleepMode::Offload`] runs at copy speed too: pinning host memory is
+    /// the slow part of a first offload. The memory is kept across cycles
+    /// (see [`Stats::staged`]) until [`Arena::trim`]. Returns the seconds it
+    /// took (0 when enough was held).
+    pub fn prepare_offload(&mut self) -> Result<f64> {
+        self.awake()?;
+        let bytes = self.commit.offload_bytes();
+        self.commit.prepare_stage(bytes)
     }
 
     /// Recommits every page that holds live bytes at its old address (large
@@ -1071,36 +969,18 @@ impl<D: Driver> Arena<D> {
         report.vmm_seconds = t.elapsed().as_secs_f64();
         if let Some(stage) = sleeping.stage {
             let t = std::time::Instant::now();
-            let base = self.commit.base();
-            let driver = self.commit.driver();
-            let mut r: Result<()> = Ok(());
-            for &(off, len, at) in &stage.ranges {
-                // SAFETY: the pages were just recommitted with access; the
-                // stage is mapped and holds their contents; no overlap.
-                r = unsafe { driver.copy(base + off, stage.va + at, len as usize, stream) };
-                if r.is_err() {
-                    break;
+            match self.commit.restore(stage, stream) {
+                Ok(copied) => report.copied = copied,
+                Err((e, stage)) => {
+                    // Back to sleep, contents kept in the stage for a retry.
+                    self.commit.sleep();
+                    self.sleeping = Some(Sleeping {
+                        mode: sleeping.mode,
+                        stage: Some(stage),
+                    });
+                    return Err(e);
                 }
-                report.copied += len;
             }
-            let r = r.and_then(|()| {
-                let f = driver.record(stream)?;
-                let w = driver.wait(&f);
-                driver.drop_fence(f);
-                w
-            });
-            if let Err(e) = r {
-                // Back to sleep, contents kept in the stage for a retry.
-                self.commit.sleep();
-                self.sleeping = Some(Sleeping {
-                    mode: sleeping.mode,
-                    stage: Some(stage),
-                });
-                return Err(e);
-            }
-            // Kept for the next sleep (pinned memory is slow to obtain);
-            // `trim()` gives it back.
-            self.spare_stage = Some(stage);
             report.copy_seconds = t.elapsed().as_secs_f64();
         }
         Ok(report)
@@ -1137,6 +1017,7 @@ impl<D: Driver> Arena<D> {
             limit: self.commit.config().limit,
             largest_free_committed: largest,
             asleep: self.is_asleep(),
+            staged: self.commit.stage_bytes(),
         }
     }
 
@@ -1186,6 +1067,7 @@ impl<D: Driver> Arena<D> {
             handles: self.commit.unit_count(),
             mappings: self.commit.mapping_count(),
             stitched_ranges: self.commit.stitched_ranges() as u64,
+            staged: self.commit.stage_bytes(),
             slab: PolicyStats {
                 blocks: self.slabs.live_count(),
                 bytes: self.slabs.live_bytes(),
@@ -1215,6 +1097,13 @@ impl<D: Driver> Arena<D> {
     /// replays step a [`Clock::manual`](crate::sync::Clock::manual) by hand).
     pub fn set_clock(&mut self, clock: crate::sync::Clock) {
         self.commit.set_clock(clock);
+    }
+
+    /// Visits every mapping of a physical handle: (first page, pages, pages
+    /// with live bytes, whether its handle is idle). A handle mapped at two
+    /// addresses shows twice.
+    pub fn for_each_mapping(&self, f: impl FnMut(u64, u64, u64, bool)) {
+        self.commit.for_each_run(f);
     }
 
     /// Resets the peaks to the current values.
@@ -1504,8 +1393,9 @@ impl<D: Driver> Drop for Arena<D> {
             stage: Some(stage), ..
         }) = self.sleeping.take()
         {
-            self.drop_stage(stage);
+            self.commit.forget_stage(stage);
         }
+        self.commit.drop_spare_stage();
         self.commit.release_all();
         let (base, size) = self.reservation();
         // SAFETY: every run was unmapped above and the arena is going away,

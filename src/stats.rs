@@ -42,6 +42,9 @@ pub struct Stats {
     pub mappings: u64,
     /// Stitched ranges kept (holding a block, or cached for reuse).
     pub stitched_ranges: u64,
+    /// Pinned host bytes held for offloads: an asleep arena's contents, or
+    /// kept for the next offload (`trim` gives those back).
+    pub staged: u64,
     /// Slab objects.
     pub slab: PolicyStats,
     /// Large spans.

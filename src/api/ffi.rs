@@ -117,6 +117,9 @@ pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) 
     });
     if let Some(t) = t {
         timing::record_alloc(t);
+        if !p.is_null() {
+            timing::handed(size as u64);
+        }
     }
     p
 }
@@ -146,6 +149,9 @@ pub extern "C" fn gpu_arena_free(
     });
     if let Some(t) = t {
         timing::record_free(t);
+        if r == 0 {
+            timing::taken_back(size as u64);
+        }
     }
     r
 }
@@ -338,6 +344,22 @@ pub unsafe extern "C" fn gpu_arena_sleep(
         };
         let a = global::arena(device(dev)?)?;
         a.sleep(&tag_list(tags)?, mode, Stream(stream as u64))?;
+        Ok(0)
+    })
+}
+
+/// Obtains now the pinned host memory that offloading the comma-separated
+/// `tags` of `device` will need, so that their first offload runs at copy
+/// speed (pinning host memory is its slow part). Kept until `trim`.
+/// Returns 0, or -1 with the last error set.
+///
+/// # Safety
+/// `tags` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_prepare_offload(dev: c_int, tags: *const c_char) -> c_int {
+    guard(-1, || {
+        let a = global::arena(device(dev)?)?;
+        a.prepare_offload(&tag_list(tags)?)?;
         Ok(0)
     })
 }

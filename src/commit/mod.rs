@@ -42,6 +42,7 @@ pub mod pool;
 pub mod reclaim;
 mod shared;
 pub mod sleep;
+pub mod stage;
 pub mod stitch;
 pub mod stitched;
 mod vmm;
@@ -124,9 +125,12 @@ pub struct Commit<D: Driver> {
     ticks: u32,
     /// Clock (ms) before which no idle unit's allowance runs out.
     next_reclaim: u64,
-    /// Consecutive allocations that grew the arena's top with no free in
-    /// between.
-    streak: u32,
+    /// Allocations in a row at the arena's top with no free in between.
+    streak: u64,
+    /// Pinned host memory kept for the next offload.
+    spare_stage: Option<stage::Stage<D::Handle>>,
+    /// Bytes of stages holding an asleep arena's contents.
+    held_stage_bytes: u64,
 }
 
 impl<D: Driver> core::fmt::Debug for Commit<D> {
@@ -191,6 +195,8 @@ impl<D: Driver> Commit<D> {
             ticks: 0,
             next_reclaim: u64::MAX,
             streak: 0,
+            spare_stage: None,
+            held_stage_bytes: 0,
         }
     }
 

@@ -15,7 +15,7 @@ impl<D: Driver> Commit<D> {
         self.base + (page << self.shift)
     }
 
-    fn timed<T>(&mut self, f: impl FnOnce(&D) -> Result<T>) -> Result<T> {
+    pub(super) fn timed<T>(&mut self, f: impl FnOnce(&D) -> Result<T>) -> Result<T> {
         let t = Instant::now();
         let r = f(&self.driver);
         self.calls.vmm_nanos += t.elapsed().as_nanos() as u64;

@@ -526,6 +526,21 @@ impl GlobalArena {
         Ok(total)
     }
 
+    /// Obtains now the pinned host memory that offloading the tags named in
+    /// `tags` will need (see [`crate::Arena::prepare_offload`]). Returns the
+    /// seconds it took.
+    pub fn prepare_offload(&self, tags: &[&str]) -> Result<f64> {
+        let mut secs = 0.0;
+        for name in tags {
+            let t = self.tag(name)?;
+            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+            for shard in ta.shards.iter() {
+                secs += shard.lock().prepare_offload()?;
+            }
+        }
+        Ok(secs)
+    }
+
     /// Wakes the tags named in `tags` at the same addresses. On error the
     /// failing tag stays asleep.
     pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
@@ -574,6 +589,7 @@ impl GlobalArena {
                 limit = limit.saturating_add(a.limit);
                 t.largest_free_committed = t.largest_free_committed.max(a.largest_free_committed);
                 t.asleep |= a.asleep;
+                t.staged += a.staged;
             }
         }
         t.limit = limit;
@@ -604,6 +620,7 @@ impl GlobalArena {
             t.pending_fences += x.pending_fences;
             t.handles += x.handles;
             t.mappings += x.mappings;
+            t.staged += x.staged;
             t.stitched_ranges += x.stitched_ranges;
             for (a, b) in [
                 (&mut t.slab, x.slab),
@@ -648,6 +665,7 @@ impl GlobalArena {
         for shard in self.tags().flat_map(|t| t.shards.iter()) {
             shard.lock().reset_peaks();
         }
+        timing::reset_peak_handed();
         *start = (s.driver_calls, s.allocs, s.frees, times);
         e
     }

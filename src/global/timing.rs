@@ -15,6 +15,13 @@ use std::time::Instant;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
+/// Bytes the C ABI handed out and not yet freed (sizes rounded up to 512,
+/// as PyTorch counts them), and the peak of that since the last epoch.
+/// Kept only while measuring: the figures a program sees, apart from the
+/// blocks thread caches hold.
+static HANDED: AtomicU64 = AtomicU64::new(0);
+static HANDED_PEAK: AtomicU64 = AtomicU64::new(0);
+
 /// Turns measuring on (process-wide; off by default).
 pub fn enable() {
     let _ = calibration();
@@ -38,6 +45,10 @@ pub struct Times {
     pub alloc_nanos: u64,
     /// Nanoseconds inside free calls.
     pub free_nanos: u64,
+    /// Peak of the bytes the C ABI had handed out and not taken back
+    /// (sizes rounded up to 512), since the last epoch: the program's own
+    /// view of its peak live bytes.
+    pub peak_handed: u64,
 }
 
 impl Times {
@@ -56,6 +67,7 @@ impl Times {
             frees: self.frees - earlier.frees,
             alloc_nanos: self.alloc_nanos - earlier.alloc_nanos,
             free_nanos: self.free_nanos - earlier.free_nanos,
+            peak_handed: self.peak_handed,
         }
     }
 }
@@ -117,6 +129,28 @@ pub fn ticks() -> u64 {
     }
 }
 
+/// Counts `size` bytes handed out by the C ABI (while measuring).
+#[inline]
+pub fn handed(size: u64) {
+    let n =
+        HANDED.fetch_add(size.div_ceil(512) * 512, Ordering::Relaxed) + size.div_ceil(512) * 512;
+    HANDED_PEAK.fetch_max(n, Ordering::Relaxed);
+}
+
+/// Counts `size` bytes taken back by the C ABI (while measuring).
+#[inline]
+pub fn taken_back(size: u64) {
+    let n = size.div_ceil(512) * 512;
+    let _ = HANDED.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |h| {
+        Some(h.saturating_sub(n))
+    });
+}
+
+/// Restarts the peak of handed-out bytes from the current value.
+pub fn reset_peak_handed() {
+    HANDED_PEAK.store(HANDED.load(Ordering::Relaxed), Ordering::Relaxed);
+}
+
 /// Records an allocation call that started at `start` ([`ticks`]).
 #[inline]
 pub fn record_alloc(start: u64) {
@@ -151,6 +185,7 @@ pub fn total() -> Times {
     }
     t.alloc_nanos = (at as f64 / per_ns) as u64;
     t.free_nanos = (ft as f64 / per_ns) as u64;
+    t.peak_handed = HANDED_PEAK.load(Ordering::Relaxed);
     t
 }
 

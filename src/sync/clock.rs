@@ -7,17 +7,26 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-/// Milliseconds since some start, from the system's monotonic clock or set
-/// by hand ([`Clock::manual`]).
+/// Milliseconds since some start, from the system's coarse monotonic clock
+/// (`CLOCK_MONOTONIC_COARSE`: a few nanoseconds to read, a few milliseconds
+/// of resolution, which is all a decay over seconds needs; it is read on
+/// every page that empties or fills) or set by hand ([`Clock::manual`]).
 #[derive(Clone, Debug)]
 pub struct Clock(Source);
 
 #[derive(Clone, Debug)]
 enum Source {
-    System(Instant),
+    /// Milliseconds of the coarse monotonic clock at the start.
+    System(u64),
     Manual(Arc<AtomicU64>),
+}
+
+/// The coarse monotonic clock in milliseconds.
+#[inline]
+fn coarse_ms() -> u64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 
 impl Default for Clock {
@@ -29,7 +38,7 @@ impl Default for Clock {
 impl Clock {
     /// The monotonic system clock (milliseconds since this call).
     pub fn system() -> Self {
-        Clock(Source::System(Instant::now()))
+        Clock(Source::System(coarse_ms()))
     }
 
     /// A clock that reads 0 until [`Clock::advance`] or [`Clock::set`] moves
@@ -42,7 +51,7 @@ impl Clock {
     #[inline]
     pub fn now_ms(&self) -> u64 {
         match &self.0 {
-            Source::System(t) => t.elapsed().as_millis() as u64,
+            Source::System(start) => coarse_ms().saturating_sub(*start),
             Source::Manual(t) => t.load(Ordering::Relaxed),
         }
     }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# PyTorch's caching allocator and gpu-arena, alternating process by process on one GPU, for the
+# workloads of scripts/torch_bench.py; after `gpu-pack --cdylib --extra ../shared/bench/torch_workloads.py`.
+#
+#   bash scripts/torch_alternate.sh PROCESSES REPEAT WORKLOAD...     (logs: $OUT/torch-WORKLOAD.log)
+#
+# Each process runs one workload REPEAT times (scripts/torch_bench.py --repeat) and prints one REP line
+# per repetition; gpu-arena runs with its default settings plus report:1 (time inside its calls). The
+# allocators alternate: default, gpu-arena, default, ... so that drifts of the machine hit both alike.
+# scripts/torch_report.py turns the logs into the tables of docs/pytorch.md.
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+procs=$1; reps=$2; shift 2
+lib=$(ls .gpu/lib/libgpu_arena*.so | head -1)
+for w in "$@"; do
+  log="$out/torch-$w.log"
+  { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
+    git log -1 --format='build %h %s' 2>/dev/null || true; } >> "$log"
+  for p in $(seq "$procs"); do
+    echo "== process $p $w default" >> "$log"
+    env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1
+    echo "== process $p $w gpu-arena" >> "$log"
+    GPU_ARENA_CONF=report:1 timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$lib" >> "$log" 2>&1
+  done
+  grep -c '^REP' "$log" | sed "s/^/$w: REP lines: /"
+done

@@ -1,0 +1,163 @@
+"""PyTorch workloads on one GPU, repeated in one process, one JSON line per repetition.
+
+usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--shared PATH]
+
+  WORKLOAD  bert_infer | gpt2_generate   the shared harness's workloads (../shared/bench/torch_workloads.py,
+                                         their functions and models taken from that file unchanged), or
+            train                        a GPT-style model trained with AdamW under bf16 autocast (backward on
+                                         PyTorch's autograd threads), the same batches every repetition, or
+            serve                        a GPT-2 style model serving requests of random batch size, prompt
+                                         length and answer length (greedy decoding, a KV cache that grows
+                                         token by token), the same requests every repetition
+  --alloc   gpu-arena's libgpu_arena.so as PyTorch's allocator (CUDAPluggableAllocator with
+            gpu_arena_torch_alloc / gpu_arena_torch_free); default: PyTorch's caching allocator
+  --repeat  run the workload N times in this process with the same inputs (first run cold)
+  --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
+
+Each repetition prints one line `REP {json}`: time, checksum, and the allocator's figures for that
+repetition alone: peak physical / peak live bytes and the driver calls that obtained or gave back device
+memory. PyTorch's allocator: peak reserved / peak allocated and cudaMalloc + cudaFree calls
+(memory_stats num_device_alloc / num_device_free). gpu-arena: peak committed / peak handed-out bytes
+(the C ABI's own count of what PyTorch holds, sizes rounded to 512 as PyTorch rounds) and VMM calls
+(create, map, set_access, unmap, release), from gpu_arena_epoch_json; with GPU_ARENA_CONF=report:1 also
+the time inside the allocator's calls. Deterministic algorithms are on: the checksum is equal across
+allocators and repetitions when the results are."""
+import argparse, ast, ctypes, json, os, sys, time
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+import torch  # noqa: E402
+
+ap = argparse.ArgumentParser()
+ap.add_argument("workload", choices=["bert_infer", "gpt2_generate", "train", "serve"])
+ap.add_argument("--alloc")
+ap.add_argument("--repeat", type=int, default=1)
+ap.add_argument("--shared")
+a = ap.parse_args()
+
+lib = None
+if a.alloc:
+    torch.cuda.memory.change_current_allocator(
+        torch.cuda.memory.CUDAPluggableAllocator(a.alloc, "gpu_arena_torch_alloc", "gpu_arena_torch_free"))
+    lib = ctypes.CDLL(a.alloc)
+    lib.gpu_arena_epoch_json.restype = ctypes.c_ssize_t
+    lib.gpu_arena_epoch_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+
+from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
+
+torch.manual_seed(0)
+torch.use_deterministic_algorithms(True)
+
+
+def shared_workloads():
+    """The shared harness's workload functions and model constructors, taken from its source (it runs
+    its own command line when imported, so it is parsed, not imported)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for p in [a.shared, os.path.join(here, "../../shared/bench/torch_workloads.py"),
+              os.path.join(here, "../.gpu/extra/torch_workloads.py")]:
+        if p and os.path.exists(p):
+            src = open(p).read()
+            break
+    else:
+        sys.exit("torch_workloads.py not found (--shared PATH)")
+    tree = ast.parse(src)
+    keep = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in ("gpt2_generate", "bert_infer")
+            or isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "MODELS" for t in n.targets)
+            or isinstance(n, (ast.Import, ast.ImportFrom))]
+    ns = {"torch": torch}
+    exec(compile(ast.Module(body=keep, type_ignores=[]), p, "exec"), ns)
+    return ns
+
+
+def train_model():
+    cfg = GPT2Config(n_layer=6, n_embd=768, n_head=12, vocab_size=32000, n_positions=1024)
+    return GPT2LMHeadModel(cfg).to("cuda")
+
+
+def train(m, state={}):
+    # The same batches, model and optimizer state every repetition.
+    if "init" not in state:
+        state["init"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    m.load_state_dict(state["init"])
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(2)
+    total = 0.0
+    m.train()
+    for step in range(24):
+        b, s = [(8, 512), (4, 1024), (16, 256)][step % 3]
+        ids = torch.randint(0, m.config.vocab_size, (b, s), generator=g).to("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = m(ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        total += float(loss)
+    del opt
+    return round(total, 4)
+
+
+def serve_model():
+    cfg = GPT2Config(n_layer=8, n_embd=1024, n_head=16, vocab_size=32000, n_positions=2048)
+    return GPT2LMHeadModel(cfg).to("cuda", torch.float16).eval()
+
+
+def serve(m):
+    g = torch.Generator().manual_seed(3)
+    total = 0
+    with torch.no_grad():
+        for _ in range(24):
+            b = int(torch.randint(1, 17, (1,), generator=g))
+            p = int(torch.randint(16, 513, (1,), generator=g))
+            n = int(torch.randint(8, 97, (1,), generator=g))
+            ids = torch.randint(0, m.config.vocab_size, (b, p), generator=g).to("cuda")
+            out = m.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, pad_token_id=0)
+            total += int(out.sum())
+    return total
+
+
+if a.workload in ("bert_infer", "gpt2_generate"):
+    ns = shared_workloads()
+    model = ns["MODELS"][a.workload]().to("cuda", torch.float16).eval()
+    run = ns[a.workload]
+else:
+    model = {"train": train_model, "serve": serve_model}[a.workload]()
+    run = {"train": train, "serve": serve}[a.workload]
+
+
+def epoch():
+    buf = ctypes.create_string_buffer(1 << 16)
+    n = lib.gpu_arena_epoch_json(0, buf, len(buf))
+    return json.loads(buf.value.decode()) if n > 0 else {}
+
+
+rng = (torch.get_rng_state(), torch.cuda.get_rng_state())
+label = "gpu-arena" if a.alloc else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
+for r in range(a.repeat):
+    torch.set_rng_state(rng[0]); torch.cuda.set_rng_state(rng[1])
+    torch.cuda.synchronize()
+    if lib:
+        epoch()
+    else:
+        torch.cuda.reset_peak_memory_stats()
+        st0 = torch.cuda.memory_stats()
+    t0 = time.perf_counter()
+    checksum = run(model)
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    rec = {"workload": a.workload, "allocator": label, "rep": r + 1, "time_s": round(dt, 4), "checksum": checksum}
+    if lib:
+        e = epoch()
+        t = e.get("times", {})
+        live = t.get("peak_handed") or e["peak_live"]
+        rec.update(peak_physical=e["peak_committed"], peak_live=live, ratio=e["peak_committed"] / max(live, 1),
+                   arena_peak_live=e["peak_live"], driver_calls=e["vmm_calls"], allocs=e["allocs"],
+                   frees=e["frees"], calls=e["driver_calls"],
+                   us_per_call=(t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3
+                   if t.get("allocs") else None)
+    else:
+        st = torch.cuda.memory_stats()
+        pa, pr = st["allocated_bytes.all.peak"], st["reserved_bytes.all.peak"]
+        rec.update(peak_physical=pr, peak_live=pa, ratio=pr / max(pa, 1),
+                   driver_calls=st["num_device_alloc"] - st0["num_device_alloc"]
+                   + st["num_device_free"] - st0["num_device_free"],
+                   allocs=st["allocation.all.allocated"] - st0["allocation.all.allocated"])
+    print("REP " + json.dumps(rec), flush=True)

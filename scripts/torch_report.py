@@ -1,0 +1,76 @@
+"""Markdown tables from the logs of scripts/torch_alternate.sh (REP lines of scripts/torch_bench.py).
+
+usage: python3 scripts/torch_report.py LOG...
+
+For each workload and allocator: peak physical / peak live in every repetition (the highest over
+processes), driver calls per repetition (cold first, then the steady ones 2..N, per 1000 allocations),
+time (median over processes with min-max; cold = repetition 1, steady = each process's median of
+repetitions 2..N), gpu-arena's time per allocator call, and whether every checksum agreed."""
+import json, re, statistics as st, sys
+from collections import defaultdict
+
+
+def load(paths):
+    runs = defaultdict(list)  # (workload, allocator) -> [process: [rep records]]
+    for p in paths:
+        cur = None
+        for line in open(p, errors="replace"):
+            m = re.match(r"== process (\d+) (\S+) (\S+)", line)
+            if m:
+                cur = []
+                runs[(m.group(2), m.group(3))].append(cur)
+            elif line.startswith("REP ") and cur is not None:
+                cur.append(json.loads(line[4:]))
+    return runs
+
+
+def rng(xs, fmt):
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return "–"
+    return f"{fmt(st.median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
+
+
+def main():
+    runs = load(sys.argv[1:])
+    workloads = sorted({w for w, _ in runs}, key=lambda w: ["bert_infer", "gpt2_generate", "train", "serve"].index(w)
+                       if w in ["bert_infer", "gpt2_generate", "train", "serve"] else 9)
+    print("| workload | allocator | processes × repetitions | peak physical / peak live, every repetition (max over processes) | driver calls, repetition 1 | driver calls per 1000 allocs, repetitions 2..N (max) | checksums |")
+    print("|---|---|---|---|---|---|---|")
+    for w in workloads:
+        sums = {r["checksum"] for a in ("default", "gpu-arena") for proc in runs.get((w, a), []) for r in proc}
+        for a in ("default", "gpu-arena"):
+            procs = [p for p in runs.get((w, a), []) if p]
+            if not procs:
+                continue
+            n = max(len(p) for p in procs)
+            ratios = [max(p[i]["ratio"] for p in procs if len(p) > i) for i in range(n)]
+            cold = [p[0]["driver_calls"] for p in procs]
+            steady = [r["driver_calls"] * 1000 / max(r["allocs"], 1) for p in procs for r in p[1:]]
+            print(f"| {w} | {a} | {len(procs)} × {n} | {', '.join(f'{x:.4f}' for x in ratios)} | "
+                  f"{rng(cold, lambda v: f'{v:.0f}')} | {max(steady):.2f} | "
+                  f"{'all equal' if len(sums) == 1 else 'DIFFER: ' + ', '.join(map(str, sorted(sums, key=str)))} |")
+    print()
+    print("| workload | allocator | time, repetition 1 (s) | time, repetitions 2..N (s) | gpu-arena / default, rep 1 | gpu-arena / default, steady | allocator time per call (µs), rep 1 | per call, steady |")
+    print("|---|---|---|---|---|---|---|---|")
+    for w in workloads:
+        med = {}
+        for a in ("default", "gpu-arena"):
+            procs = [p for p in runs.get((w, a), []) if p]
+            if not procs:
+                continue
+            cold = [p[0]["time_s"] for p in procs]
+            steady = [st.median(r["time_s"] for r in p[1:]) for p in procs if len(p) > 1]
+            med[a] = (st.median(cold), st.median(steady) if steady else None)
+            us_cold = [p[0].get("us_per_call") for p in procs]
+            us_steady = [r.get("us_per_call") for p in procs for r in p[1:]]
+            ratio = ("", "")
+            if a == "gpu-arena" and "default" in med:
+                d, g = med["default"], med[a]
+                ratio = (f"{g[0] / d[0]:.3f}", f"{g[1] / d[1]:.3f}" if g[1] and d[1] else "–")
+            print(f"| {w} | {a} | {rng(cold, lambda v: f'{v:.2f}')} | {rng(steady, lambda v: f'{v:.2f}')} | "
+                  f"{ratio[0]} | {ratio[1]} | {rng(us_cold, lambda v: f'{v:.3f}')} | {rng(us_steady, lambda v: f'{v:.3f}')} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+//! Pinned host memory that holds an asleep arena's contents (offload), kept
+//! between cycles because pinning memory is slow, and obtainable ahead of
+//! the first sleep ([`Commit::prepare_stage`]) so that the first offload
+//! runs at copy speed too.
+//!
+//! The stage is one host-located handle in a reservation of its own, mapped
+//! with access for the host and the arena's device. Its bytes are committed
+//! memory of this arena: they show in [`Commit::stage_bytes`], in the
+//! stats, and its driver calls in [`Commit::calls`].
+
+use std::time::Instant;
+
+use super::Commit;
+use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
+use crate::error::Result;
+
+/// Pinned host memory of an offload.
+#[derive(Debug)]
+pub struct Stage<H> {
+    va: DevicePtr,
+    size: u64,
+    handle: H,
+    /// (offset in the reservation, length, offset in the stage)
+    ranges: Vec<(u64, u64, u64)>,
+}
+
+impl<H> Stage<H> {
+    /// Bytes copied into it.
+    pub fn copied(&self) -> u64 {
+        self.ranges.iter().map(|r| r.1).sum()
+    }
+}
+
+impl<D: Driver> Commit<D> {
+    /// Pinned host bytes held for offloads (none while none was made).
+    pub fn stage_bytes(&self) -> u64 {
+        self.spare_stage.as_ref().map_or(0, |s| s.size) + self.held_stage_bytes
+    }
+
+    /// The device the stage must be readable and writable by.
+    fn stage_device(&self) -> Location {
+        match self.location {
+            Location::Device(d) => Location::Device(d),
+            Location::Host => Location::Device(0),
+        }
+    }
+
+    /// Makes sure pinned host memory of at least `bytes` is held for the
+    /// next offload, obtaining it now (the slow part of a first offload).
+    /// Returns the seconds spent (0 when enough was held).
+    pub fn prepare_stage(&mut self, bytes: u64) -> Result<f64> {
+        if bytes == 0 || self.spare_stage.as_ref().is_some_and(|s| s.size >= bytes) {
+            return Ok(0.0);
+        }
+        let t = Instant::now();
+        if let Some(old) = self.spare_stage.take() {
+            self.drop_stage(old);
+        }
+        let stage = self.make_stage(bytes)?;
+        self.spare_stage = Some(stage);
+        Ok(t.elapsed().as_secs_f64())
+    }
+
+    /// Bytes an offload of the pages holding live bytes needs now.
+    pub fn offload_bytes(&self) -> u64 {
+        self.pages
+            .live_ranges()
+            .iter()
+            .map(|r| r.1 << self.shift)
+            .sum()
+    }
+
+    fn make_stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
+        let total = crate::driver::round_up(total, self.page).unwrap_or(total);
+        let d = &self.driver;
+        let va = d.reserve(total as usize, 0)?;
+        let h = match self.timed(|d| d.create(total as usize, Location::Host)) {
+            Ok(h) => h,
+            Err(e) => {
+                // SAFETY: the reservation was just made and has no mapping.
+                let _ = unsafe { self.driver.free_reservation(va, total as usize) };
+                return Err(e);
+            }
+        };
+        self.calls.create += 1;
+        let access = [
+            Access::read_write(Location::Host),
+            Access::read_write(self.stage_device()),
+        ];
+        // SAFETY: va..va+total is our fresh reservation, unmapped; then the
+        // mapping just made gets access for the host and this device.
+        let mapped = self.timed(|d| unsafe { d.map(va, total as usize, 0, h) });
+        let r = mapped.and_then(|()| {
+            self.calls.map += 1;
+            // SAFETY: as above: exactly the mapping just made.
+            self.timed(|d| unsafe { d.set_access(va, total as usize, &access) })
+                .map(|()| self.calls.set_access += 1)
+        });
+        if let Err(e) = r {
+            // SAFETY: our fresh reservation; the mapping, if made, is unused.
+            unsafe {
+                let _ = self.driver.unmap(va, total as usize);
+                let _ = self.driver.release(h);
+                let _ = self.driver.free_reservation(va, total as usize);
+            }
+            return Err(e);
+        }
+        Ok(Stage {
+            va,
+            size: total,
+            handle: h,
+            ranges: Vec::new(),
+        })
+    }
+
+    /// Gives a stage's pinned memory back (its copies completed or failed).
+    pub fn drop_stage(&mut self, stage: Stage<D::Handle>) {
+        let (va, size) = (stage.va, stage.size as usize);
+        let unmapped = self.timed(|d| {
+            // SAFETY: the stage is ours; its copies completed (or failed)
+            // and nothing else refers to it.
+            unsafe { d.unmap(va, size) }
+        });
+        if unmapped.is_ok() {
+            self.calls.unmap += 1;
+        }
+        self.vmm_release(stage.handle);
+        // SAFETY: the reservation is the stage's own and has no mapping left.
+        let _ = unsafe { self.driver.free_reservation(stage.va, stage.size as usize) };
+    }
+
+    /// Gives the pinned memory kept for the next offload back. Returns bytes.
+    pub fn drop_spare_stage(&mut self) -> u64 {
+        match self.spare_stage.take() {
+            Some(s) => {
+                let n = s.size;
+                self.drop_stage(s);
+                n
+            }
+            None => 0,
+        }
+    }
+
+    /// Copies the pages holding live bytes to pinned host memory on
+    /// `stream` and waits on that copy's fence (the pages must be quiesced).
+    /// Returns the stage (`None` when nothing is live) and the seconds spent
+    /// obtaining pinned memory (0 when the kept stage was large enough).
+    pub fn offload(&mut self, stream: Stream) -> Result<(Option<Stage<D::Handle>>, f64)> {
+        let ranges = self.pages.live_ranges();
+        let total: u64 = ranges.iter().map(|r| r.1 << self.shift).sum();
+        if total == 0 {
+            return Ok((None, 0.0));
+        }
+        let stage_seconds = self.prepare_stage(total)?;
+        let Some(mut stage) = self.spare_stage.take() else {
+            return Err(crate::Error::Unsupported(
+                "no stage after preparing one (bug)",
+            ));
+        };
+        stage.ranges.clear();
+        let mut at = 0;
+        for (first, pages) in ranges {
+            let (off, len) = (first << self.shift, pages << self.shift);
+            // SAFETY: the source pages are committed and quiesced; the stage
+            // range is mapped with host and device access; no overlap.
+            let r = unsafe {
+                self.driver
+                    .copy(stage.va + at, self.base + off, len as usize, stream)
+            };
+            if let Err(e) = r {
+                self.spare_stage = Some(stage);
+                return Err(e);
+            }
+            stage.ranges.push((off, len, at));
+            at += len;
+        }
+        if let Err(e) = self.wait_stream(stream) {
+            self.drop_stage(stage);
+            return Err(e);
+        }
+        self.held_stage_bytes += stage.size;
+        Ok((Some(stage), stage_seconds))
+    }
+
+    /// Copies an offload's contents back to the (recommitted) pages on
+    /// `stream` and waits on that copy's fence; the stage is then kept for
+    /// the next offload. On error the stage comes back to the caller
+    /// (contents kept for a retry). Returns bytes copied.
+    pub fn restore(
+        &mut self,
+        stage: Stage<D::Handle>,
+        stream: Stream,
+    ) -> core::result::Result<u64, (crate::Error, Stage<D::Handle>)> {
+        let mut copied = 0;
+        for &(off, len, at) in &stage.ranges {
+            // SAFETY: the pages were just recommitted with access; the stage
+            // is mapped and holds their contents; no overlap.
+            let r = unsafe {
+                self.driver
+                    .copy(self.base + off, stage.va + at, len as usize, stream)
+            };
+            if let Err(e) = r {
+                return Err((e, stage));
+            }
+            copied += len;
+        }
+        if let Err(e) = self.wait_stream(stream) {
+            return Err((e, stage));
+        }
+        self.held_stage_bytes -= stage.size;
+        // Kept for the next sleep: pinned memory is slow to obtain.
+        match self.spare_stage.take() {
+            Some(old) if old.size > stage.size => {
+                self.spare_stage = Some(old);
+                self.drop_stage(stage);
+            }
+            old => {
+                if let Some(old) = old {
+                    self.drop_stage(old);
+                }
+                self.spare_stage = Some(stage);
+            }
+        }
+        Ok(copied)
+    }
+
+    /// Gives back a stage that holds an asleep arena's contents (teardown).
+    pub fn forget_stage(&mut self, stage: Stage<D::Handle>) {
+        self.held_stage_bytes -= stage.size;
+        self.drop_stage(stage);
+    }
+
+    /// Records a fence on `stream` and waits on it (that stream's work only).
+    fn wait_stream(&mut self, stream: Stream) -> Result<()> {
+        let f = self.driver.record(stream)?;
+        self.streams.recorded += 1;
+        let r = self.driver.wait(&f);
+        self.streams.waits += 1;
+        self.driver.drop_fence(f);
+        r
+    }
+}
