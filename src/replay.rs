@@ -195,7 +195,7 @@ pub struct Repetition {
 /// first 5 % of events and freed in its last 5 %, or never freed): the
 /// model's weights. Returns (their alloc event indices, their free event
 /// indices).
-fn persistent(
+pub fn persistent(
     events: &[Event],
 ) -> (
     std::collections::HashSet<usize>,

@@ -19,6 +19,9 @@ const ERR_LEN: usize = 512;
 
 thread_local! {
     static LAST_ERROR: RefCell<[u8; ERR_LEN]> = const { RefCell::new([0; ERR_LEN]) };
+    /// Whether LAST_ERROR holds a message (so that a successful call clears
+    /// it with one flag test, not a buffer write).
+    static HAS_ERROR: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
 }
 
 struct Buf<'a> {
@@ -48,17 +51,22 @@ fn set_error(e: &dyn core::fmt::Display) {
             b[end] = 0;
         }
     });
+    let _ = HAS_ERROR.try_with(|h| h.set(true));
 }
 
+#[inline]
 fn clear_error() {
-    let _ = LAST_ERROR.try_with(|b| {
-        if let Ok(mut b) = b.try_borrow_mut() {
-            b[0] = 0;
-        }
-    });
+    if HAS_ERROR.try_with(|h| h.replace(false)).unwrap_or(false) {
+        let _ = LAST_ERROR.try_with(|b| {
+            if let Ok(mut b) = b.try_borrow_mut() {
+                b[0] = 0;
+            }
+        });
+    }
 }
 
 /// Runs `f`, turning errors and panics into `fail` and a last error.
+#[inline]
 fn guard<T>(fail: T, f: impl FnOnce() -> Result<T>) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => {
@@ -109,19 +117,17 @@ pub unsafe extern "C" fn gpu_arena_init(conf: *const c_char) -> c_int {
 /// Returns NULL with the last error set on failure (zero size included).
 #[unsafe(no_mangle)]
 pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) -> *mut c_void {
-    let t = timing::enabled().then(timing::ticks);
-    let p = guard(core::ptr::null_mut(), || {
+    guard(core::ptr::null_mut(), || {
         let a = global::arena(device(dev)?)?;
+        // After the arena: its creation turns measuring on (report:1).
+        let t = timing::enabled().then(timing::ticks);
         let p = a.alloc(size as u64, 512, Stream(stream as u64))?;
-        Ok(p as *mut c_void)
-    });
-    if let Some(t) = t {
-        timing::record_alloc(t);
-        if !p.is_null() {
+        if let Some(t) = t {
+            timing::record_alloc(t);
             timing::handed(size as u64);
         }
-    }
-    p
+        Ok(p as *mut c_void)
+    })
 }
 
 /// Frees `ptr` (allocated with `size` bytes on `device`), last used on
@@ -137,23 +143,20 @@ pub extern "C" fn gpu_arena_free(
     if ptr.is_null() {
         return 0;
     }
-    let t = timing::enabled().then(timing::ticks);
-    let r = guard(-1, || {
+    guard(-1, || {
         let a = global::arena(device(dev)?)?;
+        let t = timing::enabled().then(timing::ticks);
         a.free(
             ptr as DevicePtr,
             (size > 0).then_some(size as u64),
             Stream(stream as u64),
         )?;
-        Ok(0)
-    });
-    if let Some(t) = t {
-        timing::record_free(t);
-        if r == 0 {
+        if let Some(t) = t {
+            timing::record_free(t);
             timing::taken_back(size as u64);
         }
-    }
-    r
+        Ok(0)
+    })
 }
 
 /// Gives back every empty page of `device` whose fences completed. Returns

@@ -9,8 +9,9 @@ pub struct CommitConfig {
     pub max_run: u64,
     /// Idle physical memory (no live bytes, kept mapped for reuse) goes back
     /// to the driver on a decay curve over this many milliseconds: memory
-    /// idle for longer than `decay_ms` is gone, younger idle memory partly
-    /// (see [`Decay`](super::decay::Decay)). `trim()` gives back all of it
+    /// idle for less than half of it stays, memory idle for longer than
+    /// `decay_ms` is gone, and in between part of it (see
+    /// [`Decay`](super::decay::Decay)). `trim()` gives back all of it
     /// at once. 0: idle memory goes back as soon as the fences of its frees
     /// completed (a driver call on the freeing thread).
     pub decay_ms: u64,
@@ -40,7 +41,7 @@ impl Default for CommitConfig {
     fn default() -> Self {
         CommitConfig {
             max_run: 1 << 30,
-            decay_ms: 10_000,
+            decay_ms: 30_000,
             limit: u64::MAX,
             stitch_min: 1 << 20,
             growth_ahead: 16,

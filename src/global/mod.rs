@@ -267,6 +267,7 @@ impl GlobalArena {
     /// and shard, the idle memory whose decay allowance ran out (see
     /// [`GlobalArena::reclaim_step`]). Its driver calls then happen off the
     /// allocating threads; each shard's lock is held only for its own step.
+    #[inline]
     pub fn start_reclaimer(&'static self) {
         if !self.config.background
             || self.reclaimer.load(Ordering::Relaxed)

@@ -124,8 +124,8 @@ fn aliasing_respects_stream_order() {
 }
 
 /// Idle memory goes back along the decay curve of a stepped clock: all of
-/// it stays right after the free, part of it half-way, none after
-/// `decay_ms`; nothing goes back on a clock that does not move.
+/// it stays for half of `decay_ms`, part of it at three quarters, none
+/// after `decay_ms`; nothing goes back on a clock that does not move.
 #[test]
 fn idle_memory_decays_on_a_stepped_clock() {
     let driver = host(256 << 20);
@@ -141,13 +141,15 @@ fn idle_memory_decays_on_a_stepped_clock() {
         }
         assert_eq!(arena.stats().committed, 8 * PAGE);
         assert_eq!(arena.collect(), 0, "fresh idle memory stays");
-        clock.advance(600);
-        let half = arena.collect();
+        clock.advance(500);
+        assert_eq!(arena.collect(), 0, "all of it stays for decay_ms / 2");
+        clock.advance(250);
+        let part = arena.collect();
         assert!(
-            half > 0 && half < 8 * PAGE,
-            "part of it decayed at 0.6 x decay_ms: {half}"
+            part > 0 && part < 8 * PAGE,
+            "part of it decayed at 0.75 x decay_ms: {part}"
         );
-        clock.advance(400);
+        clock.advance(250);
         arena.collect();
         assert_eq!(arena.stats().committed, 0, "all of it after decay_ms");
         arena.check_invariants();

@@ -23,6 +23,7 @@ fn threads_allocate_and_free_across_threads() {
     let conf = GlobalConfig {
         backend: Select::Host,
         shards: 4,
+        thread_cache: 1 << 20,
         ..GlobalConfig::default()
     };
     let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();

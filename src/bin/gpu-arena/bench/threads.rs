@@ -110,6 +110,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
         GlobalConfig {
             backend: ctx.backends.select(),
             shards: 16,
+            thread_cache: 1 << 20,
             ..GlobalConfig::default()
         },
     )?;
