@@ -37,10 +37,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: buf is valid for its length.
         let n = unsafe { gpu_arena_epoch_json(0, buf.as_mut_ptr() as *mut _, buf.len()) };
         let json = std::str::from_utf8(&buf[..n as usize])?;
+        let e: serde_json::Value = serde_json::from_str(json)?;
+        let t = &e["times"];
+        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+        let calls = num(&t["allocs"]) + num(&t["frees"]);
+        let nanos = num(&t["alloc_nanos"]) + num(&t["free_nanos"]);
         println!(
-            "rep {}: {:.0} ns per event (harness included); {json}",
+            "rep {}: {:.0} ns per event (harness included), {:.0} ns per call inside the allocator, VMM calls {}, peak committed / peak handed out {:.4}",
             r + 1,
-            dt.as_nanos() as f64 / events.len() as f64
+            dt.as_nanos() as f64 / events.len() as f64,
+            nanos / calls.max(1.0),
+            e["vmm_calls"],
+            num(&e["peak_committed"]) / num(&t["peak_handed"]).max(1.0)
         );
     }
     Ok(())

@@ -51,9 +51,9 @@ pub struct ArenaConfig {
     /// the arena halves and retries down to this, and says so once.
     pub min_reservation: u64,
     /// Fraction of the reservation given to the blocks region (slabs and
-    /// large spans); half of the rest holds stitched ranges (blocks that no
-    /// place in the blocks region could hold without a remap), the other
-    /// half scratch arenas and growable buffers.
+    /// large spans); two thirds of the rest hold stitched ranges (blocks
+    /// that no place in the blocks region could hold without a remap), one
+    /// third scratch arenas and growable buffers.
     pub blocks_fraction: f64,
     /// Quantum of large spans (a power of two; PyTorch rounds to 512 bytes).
     pub quantum: u64,
@@ -290,7 +290,10 @@ impl<D: Driver> Arena<D> {
             );
         }
         let blocks_size = ((size as f64 * config.blocks_fraction) as u64) / page * page;
-        let stitch_size = (size - blocks_size) / 2 / page * page;
+        // Stitched ranges take the most address space: a workload with many
+        // block sizes keeps about 20 times its peak of live bytes in cached
+        // ranges (BERT inference's trace: 14.6 GB for 733 MiB).
+        let stitch_size = (size - blocks_size) / 3 * 2 / page * page;
         let buffers_start = blocks_size + stitch_size;
         let commit = Commit::new(
             driver,

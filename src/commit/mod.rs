@@ -400,8 +400,8 @@ impl<D: Driver> Commit<D> {
         for p in a..=b {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
-            if self.pages.live(p) == 0 {
-                let m = self.pages.map(p);
+            let (live, m) = self.pages.live_map(p);
+            if live == 0 {
                 let ok = m != NIL && {
                     let x = self.pool.map(m);
                     let strands = x.live_pages == 0
@@ -512,7 +512,7 @@ impl<D: Driver> Commit<D> {
         for p in a..=b {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
-            let m = self.pages.map(p);
+            let (empty, m) = self.pages.sub_live_map(p, (hi - lo) as u32);
             if m != last && m != NIL {
                 last = m;
                 if !stamp.is_safe() {
@@ -521,7 +521,7 @@ impl<D: Driver> Commit<D> {
                 }
             }
             // Asleep pages have no mapping: only their live bytes change.
-            if self.pages.sub_live(p, (hi - lo) as u32) && m != NIL {
+            if empty && m != NIL {
                 let t = *now.get_or_insert_with(|| self.clock.now_ms());
                 if let Transition::Idle(u) = self.pool.lose_page(m, t) {
                     self.set_aliases_blocked(u, m, false);

@@ -149,6 +149,24 @@ impl PageTable {
             .is_some_and(|c| c.blocked[i / 64] & (1 << (i % 64)) != 0)
     }
 
+    /// Live bytes and mapping of page `p` (one lookup).
+    #[inline]
+    pub fn live_map(&self, p: u64) -> (u32, u32) {
+        let (c, i) = split(p);
+        self.chunk(c).map_or((0, NIL), |c| (c.live[i], c.map[i]))
+    }
+
+    /// Removes `n` live bytes from page `p`: returns whether it has none
+    /// now, and its mapping (one lookup).
+    #[inline]
+    pub fn sub_live_map(&mut self, p: u64, n: u32) -> (bool, u32) {
+        let (c, i) = split(p);
+        let ch = self.chunk_mut(c);
+        debug_assert!(ch.live[i] >= n, "page {p}: live {} < {n}", ch.live[i]);
+        ch.live[i] -= n;
+        (ch.live[i] == 0, ch.map[i])
+    }
+
     /// Adds `n` live bytes to page `p`; returns whether it had none before.
     #[inline]
     pub fn add_live(&mut self, p: u64, n: u32) -> bool {

@@ -22,10 +22,18 @@ enum Source {
     Manual(Arc<AtomicU64>),
 }
 
-/// The coarse monotonic clock in milliseconds.
+/// The coarse monotonic clock in milliseconds (through the C library,
+/// whose vDSO lookup works under every loader and tool: valgrind, the GPU
+/// machines' virtual machines).
 #[inline]
 fn coarse_ms() -> u64 {
-    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE
+    // exists on every Linux since 2.6.32. On failure `t` stays zero.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut t) };
     t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
 }
 

@@ -44,23 +44,24 @@ impl Stamp {
 /// The stamps of several frees, one per stream slot (the newest epoch of
 /// each). Empty means "no work to wait for".
 ///
-/// Invariant: no two entries share a slot; no entry is [`Stamp::SAFE`].
-#[derive(Debug)]
+/// The first stamp is kept inline (a program with one stream never touches
+/// the heap here); stamps of further streams go to a spill vector.
+///
+/// Invariant: no two entries share a slot; no entry is [`Stamp::SAFE`];
+/// `first` is [`Stamp::SAFE`] only when the set is empty.
+#[derive(Debug, Default)]
 pub struct StampSet {
-    stamps: MetaVec<Stamp>,
-}
-
-impl Default for StampSet {
-    fn default() -> Self {
-        Self::new()
-    }
+    first: Stamp,
+    more: Option<allocator_api2::boxed::Box<MetaVec<Stamp>, std::alloc::System>>,
 }
 
 impl Clone for StampSet {
     fn clone(&self) -> Self {
-        let mut stamps = MetaVec::new_in(std::alloc::System);
-        stamps.extend_from_slice(&self.stamps);
-        StampSet { stamps }
+        let mut c = StampSet::new();
+        for s in self.iter() {
+            c.add(s);
+        }
+        c
     }
 }
 
@@ -68,7 +69,8 @@ impl StampSet {
     /// No stamps.
     pub const fn new() -> Self {
         StampSet {
-            stamps: MetaVec::new_in(std::alloc::System),
+            first: Stamp::SAFE,
+            more: None,
         }
     }
 
@@ -78,19 +80,40 @@ impl StampSet {
         if stamp.is_safe() {
             return;
         }
-        match self.stamps.iter_mut().find(|s| s.slot() == stamp.slot()) {
+        if self.first.is_safe() {
+            self.first = stamp;
+            return;
+        }
+        if self.first.slot() == stamp.slot() {
+            if stamp.epoch() > self.first.epoch() {
+                self.first = stamp;
+            }
+            return;
+        }
+        self.add_more(stamp);
+    }
+
+    #[cold]
+    fn add_more(&mut self, stamp: Stamp) {
+        let more = self.more.get_or_insert_with(|| {
+            allocator_api2::boxed::Box::new_in(
+                MetaVec::new_in(std::alloc::System),
+                std::alloc::System,
+            )
+        });
+        match more.iter_mut().find(|s| s.slot() == stamp.slot()) {
             Some(s) => {
                 if stamp.epoch() > s.epoch() {
                     *s = stamp;
                 }
             }
-            None => self.stamps.push(stamp),
+            None => more.push(stamp),
         }
     }
 
     /// Adds every stamp of `other`.
     pub fn add_all(&mut self, other: &StampSet) {
-        for &s in &other.stamps {
+        for s in other.iter() {
             self.add(s);
         }
     }
@@ -99,48 +122,65 @@ impl StampSet {
     /// whether none is left.
     #[inline]
     pub fn prune(&mut self, done: impl Fn(Stamp) -> bool) -> bool {
-        if !self.stamps.is_empty() {
-            self.stamps.retain(|s| !done(*s));
+        if let Some(more) = self.more.as_mut() {
+            more.retain(|s| !done(*s));
         }
-        self.stamps.is_empty()
+        if !self.first.is_safe() && done(self.first) {
+            // Promote a spilled stamp, keeping the invariant.
+            self.first = self
+                .more
+                .as_mut()
+                .and_then(|m| m.pop())
+                .unwrap_or(Stamp::SAFE);
+        }
+        self.is_empty()
     }
 
     /// Whether work of stream slot `slot` may use what these stamps guard
     /// now: every stamp is of that slot (stream order covers it) or done.
     #[inline]
     pub fn allows(&self, slot: u16, done: impl Fn(Stamp) -> bool) -> bool {
-        self.stamps.iter().all(|s| s.slot() == slot || done(*s))
+        (self.first.is_safe() || self.first.slot() == slot || done(self.first))
+            && self
+                .more
+                .as_ref()
+                .is_none_or(|m| m.iter().all(|s| s.slot() == slot || done(*s)))
     }
 
     /// Whether every stamp is done.
     #[inline]
     pub fn all_done(&self, done: impl Fn(Stamp) -> bool) -> bool {
-        self.stamps.iter().all(|s| done(*s))
+        self.iter().all(done)
     }
 
     /// The stamps.
     pub fn iter(&self) -> impl Iterator<Item = Stamp> + '_ {
-        self.stamps.iter().copied()
+        core::iter::once(self.first)
+            .filter(|s| !s.is_safe())
+            .chain(self.more.iter().flat_map(|m| m.iter().copied()))
     }
 
     /// Number of stamps.
     pub fn len(&self) -> usize {
-        self.stamps.len()
+        usize::from(!self.first.is_safe()) + self.more.as_ref().map_or(0, |m| m.len())
     }
 
     /// The `i`th stamp.
     pub fn get(&self, i: usize) -> Option<Stamp> {
-        self.stamps.get(i).copied()
+        self.iter().nth(i)
     }
 
     /// Whether there is no stamp.
     pub fn is_empty(&self) -> bool {
-        self.stamps.is_empty()
+        self.first.is_safe()
     }
 
-    /// Forgets every stamp (keeps the capacity).
+    /// Forgets every stamp (keeps the spill vector's capacity).
     pub fn clear(&mut self) {
-        self.stamps.clear();
+        self.first = Stamp::SAFE;
+        if let Some(m) = self.more.as_mut() {
+            m.clear();
+        }
     }
 }
 
@@ -157,6 +197,22 @@ mod tests {
         s.add(Stamp::SAFE);
         let v: Vec<_> = s.iter().collect();
         assert_eq!(v, vec![Stamp::new(1, 3), Stamp::new(2, 1)]);
+    }
+
+    #[test]
+    fn spilled_stamps_are_kept_and_promoted() {
+        let mut s = StampSet::new();
+        for slot in 1..=4 {
+            s.add(Stamp::new(slot, 10));
+        }
+        assert_eq!(s.len(), 4);
+        assert!(!s.allows(1, |_| false));
+        assert!(s.allows(1, |st| st.slot() != 1));
+        assert!(!s.prune(|st| st.slot() == 1), "three left");
+        assert_eq!(s.len(), 3);
+        assert!(!s.is_empty());
+        assert!(s.prune(|_| true));
+        assert_eq!(s.iter().count(), 0);
     }
 
     #[test]

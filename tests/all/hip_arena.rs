@@ -23,12 +23,12 @@ const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 
 /// An arena whose blocks region and buffers region each hold
-/// `reservation` bytes (the stitch region between them as much again).
+/// `reservation` bytes (the stitch region between them twice as much).
 fn config(reservation: u64) -> ArenaConfig {
     let mut c = ArenaConfig {
-        reservation: 3 * reservation,
+        reservation: 4 * reservation,
         min_reservation: 64 * MIB,
-        blocks_fraction: 1.0 / 3.0,
+        blocks_fraction: 0.25,
         ..Default::default()
     };
     c.commit.decay_ms = 0;

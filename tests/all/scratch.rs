@@ -24,7 +24,7 @@ type TestArena<'d> = SharedArena<&'d Checked<HostDriver>>;
 /// over `capacity` bytes of emulated memory, 64 KiB pages.
 fn big_arena(driver: &Checked<HostDriver>) -> TestArena<'_> {
     let config = ArenaConfig {
-        reservation: 4 << 30,
+        reservation: 8 << 30,
         min_reservation: 1 << 30,
         ..ArenaConfig::default()
     };
