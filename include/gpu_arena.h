@@ -84,7 +84,11 @@ int64_t gpu_arena_graph_release(uint64_t id);
 
 /* PyTorch CUDAPluggableAllocator entry points:
  *   torch.cuda.memory.CUDAPluggableAllocator("libgpu_arena.so",
- *       "gpu_arena_torch_alloc", "gpu_arena_torch_free") */
+ *       "gpu_arena_torch_alloc", "gpu_arena_torch_free")
+ * PyTorch does not check the pointer: a failed allocation (NULL) becomes a
+ * tensor at address 0. The Python package (gpu_arena.torch.enable()) gives
+ * PyTorch gpu_arena_torch_malloc instead, which throws a C++ exception with
+ * the last error on failure; PyTorch raises it as a RuntimeError. */
 void *gpu_arena_torch_alloc(ssize_t size, int device, void *stream);
 void gpu_arena_torch_free(void *ptr, ssize_t size, int device, void *stream);
 

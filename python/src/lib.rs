@@ -11,6 +11,8 @@
 //! [`gpu_arena::global`]; errors become exceptions of the hierarchy below,
 //! with the crate's message as their text.
 
+use core::ffi::{c_char, c_int, c_void};
+
 use gpu_arena::driver::{DevicePtr, Stream};
 use gpu_arena::global::{self, GlobalConfig};
 use gpu_arena::{Error, SleepMode, SleepReport};
@@ -347,6 +349,76 @@ fn graph_stats(id: u64) -> Option<(u64, u64, u64, u64)> {
     global::graph::hold_stats(id)
 }
 
+unsafe extern "C-unwind" {
+    /// Throws `std::runtime_error(message)` (csrc/throw.cpp).
+    fn gpu_arena_throw_alloc_error(message: *const c_char) -> !;
+}
+
+/// Writes `parts` into `buf` as one NUL-terminated string (cut to fit).
+fn join_into(buf: &mut [u8], parts: &[&[u8]]) {
+    let mut n = 0;
+    for p in parts {
+        let k = p.len().min(buf.len() - 1 - n);
+        buf[n..n + k].copy_from_slice(&p[..k]);
+        n += k;
+    }
+    buf[n] = 0;
+}
+
+/// The allocation entry point the package gives PyTorch's
+/// `CUDAPluggableAllocator` (`gpu_arena.torch.enable()`): the C ABI's
+/// `gpu_arena_torch_alloc`, except that a failure throws a C++
+/// `std::runtime_error` with gpu-arena's message instead of returning NULL.
+/// PyTorch does not check the pointer it gets (a NULL would become a tensor
+/// at address 0); the exception reaches Python as a `RuntimeError` (from
+/// PyTorch's own threads too: autograd rethrows it in the caller).
+///
+/// # Safety
+/// Called by PyTorch (C++), whose frames the exception unwinds through;
+/// no Rust value with a destructor is alive when it is thrown.
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn gpu_arena_torch_malloc(
+    size: isize,
+    device: c_int,
+    stream: *mut c_void,
+) -> *mut c_void {
+    let p = gpu_arena::api::ffi::gpu_arena_torch_alloc(size, device, stream);
+    if p.is_null() && size > 0 {
+        let mut buf = [0u8; 768];
+        // SAFETY: gpu_arena_last_error returns a NUL-terminated string.
+        let why = unsafe { core::ffi::CStr::from_ptr(gpu_arena::api::ffi::gpu_arena_last_error()) };
+        let mut num = [0u8; 24];
+        let digits = format_u64(&mut num, size as u64);
+        join_into(
+            &mut buf,
+            &[
+                b"gpu-arena: cannot allocate ",
+                digits,
+                b" bytes: ",
+                why.to_bytes(),
+            ],
+        );
+        // SAFETY: `buf` is NUL-terminated; the function copies the message
+        // into the exception before unwinding; nothing here needs dropping.
+        unsafe { gpu_arena_throw_alloc_error(buf.as_ptr() as *const c_char) }
+    }
+    p
+}
+
+/// Decimal digits of `v` in `buf` (no allocation).
+fn format_u64(buf: &mut [u8; 24], mut v: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 /// The C ABI this shared object exports (PyTorch and `ctypes` look the
 /// entry points up by name), with their addresses.
 ///
@@ -354,7 +426,7 @@ fn graph_stats(id: u64) -> Option<(u64, u64, u64, u64)> {
 /// rlib from this cdylib by itself (`nm -D` lists them even when nothing
 /// here names them); this table names them all anyway, so that a test can
 /// compare it with what the dynamic loader finds.
-fn c_abi() -> [(&'static str, usize); 18] {
+fn c_abi() -> [(&'static str, usize); 19] {
     use gpu_arena::api::ffi::*;
     [
         ("gpu_arena_init", gpu_arena_init as *const () as usize),
@@ -377,6 +449,10 @@ fn c_abi() -> [(&'static str, usize); 18] {
         (
             "gpu_arena_torch_free",
             gpu_arena_torch_free as *const () as usize,
+        ),
+        (
+            "gpu_arena_torch_malloc",
+            crate::gpu_arena_torch_malloc as *const () as usize,
         ),
         ("gpu_arena_set_tag", gpu_arena_set_tag as *const () as usize),
         (
@@ -425,7 +501,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("OutOfMemoryError", py.get_type::<OutOfMemoryError>())?;
     m.add("BadPointerError", py.get_type::<BadPointerError>())?;
     m.add("DriverError", py.get_type::<DriverError>())?;
-    m.add("TORCH_ALLOC", "gpu_arena_torch_alloc")?;
+    m.add("TORCH_ALLOC", "gpu_arena_torch_malloc")?;
     m.add("TORCH_FREE", "gpu_arena_torch_free")?;
     m.add_function(wrap_pyfunction!(parse_config, m)?)?;
     m.add_function(wrap_pyfunction!(configure, m)?)?;

@@ -47,11 +47,11 @@ def test_one_shared_object_exports_the_c_abi():
     assert os.path.basename(path).startswith("_native") and path.endswith(".so")
     lib = ctypes.CDLL(path)
     names = dict(_native.c_abi_symbols())
-    assert {"gpu_arena_torch_alloc", "gpu_arena_torch_free", "gpu_arena_set_tag", "gpu_arena_sleep"} <= set(names)
+    assert {"gpu_arena_torch_malloc", "gpu_arena_torch_alloc", "gpu_arena_torch_free", "gpu_arena_set_tag", "gpu_arena_sleep"} <= set(names)
     for name, addr in names.items():
         f = getattr(lib, name)  # the dynamic loader finds it by name
         assert ctypes.cast(f, ctypes.c_void_p).value == addr, name
-    assert (_native.TORCH_ALLOC, _native.TORCH_FREE) == ("gpu_arena_torch_alloc", "gpu_arena_torch_free")
+    assert (_native.TORCH_ALLOC, _native.TORCH_FREE) == ("gpu_arena_torch_malloc", "gpu_arena_torch_free")
 
 
 def test_c_abi_and_python_share_the_arenas(host):
