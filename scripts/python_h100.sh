@@ -13,7 +13,8 @@
 #                   each printing a `RESULT {json}` line
 #   workloads.log   ../shared/bench/torch_workloads.py (gpt2_generate, bert_infer) under PyTorch's
 #                   allocator and through gpu_arena.torch.enable(), alternating
-#   sleep_wake.log  scripts/torch_sleep_wake.py: GPT-2 generation, two sleep/wake cycles, timings
+#   sleep_wake.log  python/examples/sleep_wake.py (the README's example), then
+#                   scripts/torch_sleep_wake.py: GPT-2 generation, two sleep/wake cycles, timings
 #   summary.log     one line per part with its exit status
 # `python3 scripts/python_h100_report.py $OUT` turns them into the results section of docs/python.md.
 set -u
@@ -80,7 +81,10 @@ for w in gpt2_generate bert_infer; do
 done
 grep -E "time_s=|gpu-arena via" "$out/workloads.log" >> "$summary"
 
-timeout 200 python3 scripts/torch_sleep_wake.py > "$out/sleep_wake.log" 2>&1
+timeout 120 python3 python/examples/sleep_wake.py > "$out/sleep_wake.log" 2>&1
+part "python/examples/sleep_wake.py (the README's example)" $?
+echo "== scripts/torch_sleep_wake.py" >> "$out/sleep_wake.log"
+timeout 200 python3 scripts/torch_sleep_wake.py >> "$out/sleep_wake.log" 2>&1
 part sleep_wake $?
 grep -E '^\{' "$out/sleep_wake.log" | tail -1 | cut -c1-400 >> "$summary"
 cat "$summary"

@@ -71,6 +71,12 @@ for (wl, alloc), rs in sorted(runs.items()):
     w(f"| {wl} | {alloc} | {', '.join(f'{t:.2f}' for t in ts)} | {statistics.median(ts):.2f} | {', '.join(cs)} | {', '.join(sorted(set(pr))) or '—'} |")
 w("")
 
+w("### The README's example (python/examples/sleep_wake.py)\n")
+w("```text")
+for line in sleep_log.split("== scripts/torch_sleep_wake.py")[0].splitlines():
+    if line.startswith(("asleep:", "same tokens")):
+        w(line)
+w("```\n")
 w("### GPT-2 sleep / wake (scripts/torch_sleep_wake.py)\n")
 js = [line for line in sleep_log.splitlines() if line.startswith("{")]
 if js:
