@@ -115,6 +115,13 @@ fn process_tag_unknown_tags_and_graph_holds() {
         assert!(gpu_arena_set_process_tag(c"default".as_ptr()) >= 0);
         let untagged = std::thread::spawn(global::current_tag).join().unwrap();
         assert_eq!(untagged, 0);
+        // A device whose arena comes later knows the same tags at the same
+        // indices (a thread's tag is an index). The host backend has one
+        // device; this runs where a second GPU is found.
+        if let Ok(second) = global::arena(1) {
+            assert_eq!(second.find_tag("mine"), Some(mine));
+            assert_eq!(second.find_tag("weights"), Some(weights));
+        }
 
         // Sleep and wake refuse unknown tags before changing anything.
         let rc = gpu_arena_sleep(0, c"weights,nonesuch".as_ptr(), 0, core::ptr::null_mut());

@@ -74,6 +74,11 @@ def enable(conf: Optional[str] = None, *, graphs: bool = True) -> None:
         _native.configure(conf)
         if _enabled:
             return
+        if _native.backend(0) not in ("cuda", "hip") and torch.cuda.is_available():
+            raise _native.ConfigError(
+                f"gpu-arena runs on the {_native.backend(0)} backend, whose memory CUDA kernels "
+                "cannot use: configure backend:cuda (or hip, or auto) for PyTorch"
+            )
         alloc = torch.cuda.memory.CUDAPluggableAllocator(
             library_path(), _native.TORCH_ALLOC, _native.TORCH_FREE
         )

@@ -198,6 +198,19 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
     let r = slot.get_or_init(|| {
         let c = config()?;
         let g = GlobalArena::new(device, c)?;
+        // A thread's current tag is an index, valid on every device: an
+        // arena made after tags were created on another device gets them
+        // too, in the same order.
+        if let Some(other) = arenas().next() {
+            let names = other
+                .names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for name in &names {
+                g.tag(name)?;
+            }
+        }
         if c.report && device == 0 {
             register_report();
         }
