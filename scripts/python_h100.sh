@@ -52,9 +52,16 @@ part() { echo "$1: exit $2" | tee -a "$summary"; }
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 --version
-    python3 -m pip install --no-index --no-deps --target "$site" "$whl"
-    python3 -c 'import pytest' 2>/dev/null ||
-        python3 -m pip install --no-index --find-links .whl/deps --target "$site" pytest
+    if python3 -m pip --version; then
+        python3 -m pip install --no-index --no-deps --target "$site" "$whl"
+        python3 -c 'import pytest' 2>/dev/null ||
+            python3 -m pip install --no-index --find-links .whl/deps --target "$site" pytest
+    else
+        # No pip: a wheel is a zip of the files as installed.
+        python3 -m zipfile -e "$whl" "$site"
+        python3 -c 'import pytest' 2>/dev/null ||
+            for w in .whl/deps/*.whl; do python3 -m zipfile -e "$w" "$site"; done
+    fi
     echo "wheel: $whl, built from $(cat .whl/COMMIT 2>/dev/null)"
 } > "$out/env.log" 2>&1
 part install $?

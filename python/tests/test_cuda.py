@@ -34,7 +34,7 @@ def test_cuda(name):
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
+        timeout=240,
     )
     print(r.stdout)
     print(r.stderr[-4000:], file=sys.stderr)
