@@ -52,8 +52,14 @@ int gpu_arena_peaks(int device, uint64_t *peak_live, uint64_t *peak_committed);
 const char *gpu_arena_last_error(void);
 
 /* Tags: the calling thread's allocations go to its current tag (created on
- * first use; "default" at start). Returns the previous tag index or -1. */
+ * first use). A thread that never set one uses the process-wide tag
+ * ("default" at start). Returns the previous tag index or -1. */
 int gpu_arena_set_tag(const char *tag);
+
+/* The process-wide tag: the tag of every thread that never called
+ * gpu_arena_set_tag (e.g. PyTorch's autograd threads). Returns the previous
+ * process-wide tag index or -1. */
+int gpu_arena_set_process_tag(const char *tag);
 
 /* Sleep: give back every physical page of the comma-separated tags while
  * their addresses stay valid. mode 0 discards contents, 1 offloads them to
@@ -63,6 +69,8 @@ int gpu_arena_sleep(int device, const char *tags, int mode, void *stream);
 /* Obtains now the pinned host memory offloading `tags` will need, so that
  * their first offload runs at copy speed. Kept until gpu_arena_trim. */
 int gpu_arena_prepare_offload(int device, const char *tags);
+/* Sleep and wake refuse a tag name that does not exist (-1, last error says
+ * which) before changing anything. */
 
 /* Wake: recommit the tags at the same addresses, restoring offloaded data. */
 int gpu_arena_wake(int device, const char *tags, void *stream);
@@ -74,9 +82,23 @@ int gpu_arena_set_tag_limit(int device, const char *tag, uint64_t limit);
  * pending, limit, largest_free_committed. Same buffer protocol as stats. */
 ssize_t gpu_arena_accounting_json(int device, char *buf, size_t cap);
 
+/* CUDA graphs: between begin and end, blocks allocated on `stream` (being
+ * captured) are noted; their frees, during the capture or later, are
+ * deferred until release, so a replay never touches reused or returned
+ * memory. begin returns the hold's id (0 on error); release, called once the
+ * graph is destroyed and its replays completed, frees the deferred blocks
+ * and returns their bytes (-1 on error). */
+uint64_t gpu_arena_graph_begin(int device, void *stream);
+void gpu_arena_graph_end(uint64_t id);
+int64_t gpu_arena_graph_release(uint64_t id);
+
 /* PyTorch CUDAPluggableAllocator entry points:
  *   torch.cuda.memory.CUDAPluggableAllocator("libgpu_arena.so",
- *       "gpu_arena_torch_alloc", "gpu_arena_torch_free") */
+ *       "gpu_arena_torch_alloc", "gpu_arena_torch_free")
+ * PyTorch does not check the pointer: a failed allocation (NULL) becomes a
+ * tensor at address 0. The Python package (gpu_arena.torch.enable()) gives
+ * PyTorch gpu_arena_torch_malloc instead, which throws a C++ exception with
+ * the last error on failure; PyTorch raises it as a RuntimeError. */
 void *gpu_arena_torch_alloc(ssize_t size, int device, void *stream);
 void gpu_arena_torch_free(void *ptr, ssize_t size, int device, void *stream);
 

@@ -24,7 +24,8 @@ for p in $parts; do
       timeout 300 .gpu/bin/gpu-arena bench > "$out/bench.txt" 2>> "$out/session.log"; echo "bench rc=$?" | tee -a "$out/session.log" ;;
     sleep)
       echo "=== torch sleep/wake" | tee -a "$out/session.log"
-      timeout 200 python3 scripts/torch_sleep_wake.py "$lib" 2>&1 | grep -v Warning | tail -5 | tee -a "$out/session.log" ;;
+      # Needs the gpu_arena package (scripts/python_h100.sh installs the wheel).
+      timeout 200 python3 scripts/torch_sleep_wake.py 2>&1 | grep -v Warning | tail -5 | tee -a "$out/session.log" ;;
     torch)
       echo "=== torch workloads" | tee -a "$out/session.log"
       timeout 400 bash scripts/torch_compare.sh "${TORCH_REPEATS:-1}" > /dev/null 2>&1; echo "torch rc=$?" | tee -a "$out/session.log"

@@ -1,6 +1,6 @@
 """Sleep and wake a PyTorch model's memory with gpu-arena (docs/sleep-wake.md).
 
-usage: python3 torch_sleep_wake.py LIBGPU_ARENA.so [WORKLOADS.py]
+usage: python3 torch_sleep_wake.py      (the gpu_arena package importable: pip install ./python)
 
 Loads the gpt2_generate model of ../shared/bench/torch_workloads.py with its
 weights tagged `weights`, generates with a fixed seed, sleeps (weights
@@ -8,30 +8,14 @@ offloaded to pinned host memory, everything else discarded), shows that the
 memory went back to the device, fills a large buffer allocated outside
 gpu-arena (cuMemAlloc), wakes, reseeds and generates again: the outputs must
 be identical. Prints one JSON line with the figures."""
-import ctypes, json, os, subprocess, sys, time
+import ctypes, json, os, subprocess, time
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+import gpu_arena  # noqa: E402
+import gpu_arena.torch  # noqa: E402
+
+gpu_arena.torch.enable()
 import torch  # noqa: E402
-
-so = sys.argv[1]
-lib = ctypes.CDLL(so)
-lib.gpu_arena_last_error.restype = ctypes.c_char_p
-lib.gpu_arena_sleep.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
-lib.gpu_arena_wake.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p]
-lib.gpu_arena_set_tag.argtypes = [ctypes.c_char_p]
-lib.gpu_arena_stats_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-lib.gpu_arena_stats_json.restype = ctypes.c_ssize_t
-
-
-def check(rc, what):
-    if rc != 0:
-        raise RuntimeError(f"{what}: {lib.gpu_arena_last_error().decode()}")
-
-
-def arena_stats():
-    buf = ctypes.create_string_buffer(1 << 16)
-    n = lib.gpu_arena_stats_json(0, buf, len(buf))
-    return json.loads(buf.value[:n].decode())
 
 
 def smi_used_mib():
@@ -40,19 +24,16 @@ def smi_used_mib():
     return int(out[0]) if out else -1
 
 
-torch.cuda.memory.change_current_allocator(
-    torch.cuda.memory.CUDAPluggableAllocator(so, "gpu_arena_torch_alloc", "gpu_arena_torch_free"))
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
 torch.use_deterministic_algorithms(True)
 GiB = 1 << 30
 
-check(0 if lib.gpu_arena_set_tag(b"weights") >= 0 else -1, "set_tag weights")
 torch.manual_seed(0)
-model = GPT2LMHeadModel(GPT2Config(n_layer=8, n_embd=1024, n_head=16, vocab_size=32000, n_positions=2048))
-model = model.to("cuda", torch.float16).eval()
-torch.cuda.synchronize()
-check(0 if lib.gpu_arena_set_tag(b"default") >= 0 else -1, "set_tag default")
+with gpu_arena.torch.tag("weights"):
+    model = GPT2LMHeadModel(GPT2Config(n_layer=8, n_embd=1024, n_head=16, vocab_size=32000, n_positions=2048))
+    model = model.to("cuda", torch.float16).eval()
+    torch.cuda.synchronize()
 weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
 
@@ -66,7 +47,7 @@ def generate():
 
 
 first = generate()
-stats_before = arena_stats()
+stats_before = gpu_arena.stats()
 
 cuda = ctypes.CDLL("libcuda.so.1")
 
@@ -78,9 +59,9 @@ def cycle(fill_gap):
     free_before, _ = torch.cuda.mem_get_info()
     smi_before = smi_used_mib()
     t0 = time.perf_counter()
-    check(lib.gpu_arena_sleep(0, b"weights", 1, None), "sleep weights")
+    gpu_arena.sleep(offload="weights")
     t1 = time.perf_counter()
-    check(lib.gpu_arena_sleep(0, b"default", 0, None), "sleep default")
+    gpu_arena.sleep(discard="default")
     t2 = time.perf_counter()
     free_asleep, _ = torch.cuda.mem_get_info()
     smi_asleep = smi_used_mib()
@@ -98,9 +79,9 @@ def cycle(fill_gap):
         if rc or rc2:
             raise RuntimeError(f"gap buffer fill/free failed: {rc} {rc2}")
     t3 = time.perf_counter()
-    check(lib.gpu_arena_wake(0, b"default", None), "wake default")
+    gpu_arena.wake("default")
     t4 = time.perf_counter()
-    check(lib.gpu_arena_wake(0, b"weights", None), "wake weights")
+    gpu_arena.wake("weights")
     t5 = time.perf_counter()
     free_awake, _ = torch.cuda.mem_get_info()
     return {

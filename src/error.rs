@@ -750,6 +750,14 @@ pub enum Error {
     /// This operation does not apply to this memory kind or backend.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),
+    /// Sleep or wake named a tag that does not exist on this device.
+    #[error(
+        "no tag named `{name}` on this device: a tag exists once something was allocated under it (or a limit was set for it); check the name"
+    )]
+    UnknownTag {
+        /// The name given (truncated to 47 bytes).
+        name: ConfigText,
+    },
 }
 
 /// A short piece of configuration text kept inline (errors never allocate).

@@ -72,3 +72,106 @@ fn c_program_runs_against_the_header_and_library() {
     // report:1 prints the peaks at exit
     assert!(stderr.contains("peak committed / peak live"), "{stderr}");
 }
+
+/// The process-wide tag, unknown tags and CUDA-graph holds, through the C
+/// ABI in this process (one test: these are process-wide settings).
+#[test]
+fn process_tag_unknown_tags_and_graph_holds() {
+    use core::ffi::CStr;
+    use gpu_arena::api::ffi::*;
+    use gpu_arena::global;
+
+    let last_error = || {
+        // SAFETY: gpu_arena_last_error returns a NUL-terminated string.
+        unsafe { CStr::from_ptr(gpu_arena_last_error()) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    // SAFETY: NUL-terminated strings throughout.
+    unsafe {
+        assert_eq!(gpu_arena_init(c"backend:host,thread_cache:0".as_ptr()), 0);
+        let arena = global::arena(0).unwrap();
+
+        // A thread that never chose a tag follows the process-wide one; a
+        // thread that chose one keeps it.
+        assert!(gpu_arena_set_tag(c"mine".as_ptr()) >= 0);
+        let mine = arena.find_tag("mine").unwrap();
+        assert!(gpu_arena_set_process_tag(c"weights".as_ptr()) >= 0);
+        let weights = arena.find_tag("weights").unwrap();
+        assert_eq!(global::current_tag(), mine);
+        let other = std::thread::spawn(|| {
+            let p = gpu_arena_alloc(1 << 20, 0, core::ptr::null_mut());
+            assert!(!p.is_null());
+            (global::current_tag(), p as u64)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(other.0, weights, "an untagged thread uses the process tag");
+        assert!(arena.tag_stats(weights).live >= 1 << 20);
+        assert_eq!(
+            gpu_arena_free(other.1 as *mut _, 1 << 20, 0, core::ptr::null_mut()),
+            0
+        );
+        assert!(gpu_arena_set_process_tag(c"default".as_ptr()) >= 0);
+        let untagged = std::thread::spawn(global::current_tag).join().unwrap();
+        assert_eq!(untagged, 0);
+        // A device whose arena comes later knows the same tags at the same
+        // indices (a thread's tag is an index). The host backend has one
+        // device; this runs where a second GPU is found.
+        if let Ok(second) = global::arena(1) {
+            assert_eq!(second.find_tag("mine"), Some(mine));
+            assert_eq!(second.find_tag("weights"), Some(weights));
+        }
+
+        // Sleep and wake refuse unknown tags before changing anything.
+        let rc = gpu_arena_sleep(0, c"weights,nonesuch".as_ptr(), 0, core::ptr::null_mut());
+        assert_eq!(rc, -1);
+        let e = last_error();
+        assert!(e.contains("no tag named `nonesuch`"), "{e}");
+        assert!(!arena.accounting(Some(weights)).asleep, "nothing slept");
+        assert_eq!(
+            gpu_arena_wake(0, c"nonesuch".as_ptr(), core::ptr::null_mut()),
+            -1
+        );
+        assert!(arena.find_tag("nonesuch").is_none(), "no tag was created");
+
+        // A graph hold: blocks allocated on the captured stream stay
+        // allocated when freed, until the release.
+        let s = 0x5000 as *mut core::ffi::c_void;
+        let id = gpu_arena_graph_begin(0, s);
+        assert_ne!(id, 0);
+        let live0 = arena.tag_stats(mine).live;
+        let a = gpu_arena_alloc(3 << 20, 0, s);
+        let b = gpu_arena_alloc(4096, 0, s);
+        let outside = gpu_arena_alloc(4096, 0, core::ptr::null_mut());
+        assert_eq!(gpu_arena_free(a, 3 << 20, 0, s), 0);
+        assert_eq!(gpu_arena_free(a, 3 << 20, 0, s), -1, "double free refused");
+        assert!(last_error().contains("already freed"), "{}", last_error());
+        gpu_arena_graph_end(id);
+        let c = gpu_arena_alloc(4096, 0, s);
+        assert_eq!(
+            gpu_arena_free(c, 4096, 0, s),
+            0,
+            "after the capture: not noted"
+        );
+        assert_eq!(gpu_arena_free(outside, 4096, 0, core::ptr::null_mut()), 0);
+        assert!(
+            arena.tag_stats(mine).live >= live0 + (3 << 20) + 4096,
+            "the freed block is still allocated"
+        );
+        assert_eq!(
+            global::graph::hold_stats(id),
+            Some((2, (3 << 20) + 4096, 1, 3 << 20))
+        );
+        assert_eq!(gpu_arena_graph_release(id), 3 << 20);
+        assert_eq!(global::graph::hold_stats(id), None);
+        // b was never freed while held: its free now takes the ordinary path.
+        assert_eq!(gpu_arena_free(b, 4096, 0, s), 0);
+        assert_eq!(arena.tag_stats(mine).live, live0);
+        assert_eq!(
+            gpu_arena_graph_release(id),
+            0,
+            "a second release does nothing"
+        );
+    }
+}

@@ -11,7 +11,8 @@ use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::driver::{DevicePtr, Stream};
-use crate::error::{Error, Result};
+use crate::error::{BadPointer, Error, Result};
+use crate::global::graph::Deferral;
 use crate::global::{self, GlobalConfig, timing};
 
 /// Bytes kept of the last error message (including the NUL).
@@ -118,7 +119,8 @@ pub unsafe extern "C" fn gpu_arena_init(conf: *const c_char) -> c_int {
 #[unsafe(no_mangle)]
 pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) -> *mut c_void {
     guard(core::ptr::null_mut(), || {
-        let a = global::arena(device(dev)?)?;
+        let d = device(dev)?;
+        let a = global::arena(d)?;
         // After the arena: its creation turns measuring on (report:1).
         let t = timing::enabled().then(timing::ticks);
         let p = a.alloc(size as u64, 512, Stream(stream as u64))?;
@@ -126,6 +128,7 @@ pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) 
             timing::record_alloc(t);
             timing::handed(size as u64);
         }
+        global::graph::note_alloc(d, Stream(stream as u64), p, size as u64);
         Ok(p as *mut c_void)
     })
 }
@@ -133,6 +136,8 @@ pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) 
 /// Frees `ptr` (allocated with `size` bytes on `device`), last used on
 /// `stream`. Foreign, interior and double frees are refused: returns -1 with
 /// the last error set and changes nothing. Returns 0 on success; NULL is a no-op.
+/// A block that a CUDA graph's hold keeps ([`gpu_arena_graph_begin`]) stays
+/// allocated until the hold is released.
 #[unsafe(no_mangle)]
 pub extern "C" fn gpu_arena_free(
     ptr: *mut c_void,
@@ -144,6 +149,16 @@ pub extern "C" fn gpu_arena_free(
         return 0;
     }
     guard(-1, || {
+        match global::graph::defer_free(ptr as DevicePtr) {
+            Deferral::NotHeld => {}
+            Deferral::Deferred => return Ok(0),
+            Deferral::AlreadyFreed => {
+                return Err(Error::BadPointer {
+                    addr: ptr as DevicePtr,
+                    kind: BadPointer::DoubleFree,
+                });
+            }
+        }
         let a = global::arena(device(dev)?)?;
         let t = timing::enabled().then(timing::ticks);
         a.free(
@@ -316,6 +331,50 @@ pub unsafe extern "C" fn gpu_arena_set_tag(tag: *const c_char) -> c_int {
         }
         Ok(global::set_current_tag(t) as c_int)
     })
+}
+
+/// Makes `tag` the tag of every thread that has not chosen one with
+/// [`gpu_arena_set_tag`] (threads a framework starts on its own, such as
+/// PyTorch's autograd threads); created on first use. Returns the previous
+/// process-wide tag's index, or -1 with the last error set.
+///
+/// # Safety
+/// `tag` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_set_process_tag(tag: *const c_char) -> c_int {
+    guard(-1, || {
+        let name = cstr(tag, "tag must not be NULL")?;
+        let t = global::arena(0)?.tag(name)?;
+        for a in global::arenas() {
+            a.tag(name)?;
+        }
+        Ok(global::set_process_tag(t) as c_int)
+    })
+}
+
+/// Starts keeping the memory of a CUDA graph captured on `stream` of
+/// `device` (see [`global::graph`]): blocks allocated there until
+/// [`gpu_arena_graph_end`] stay allocated, even once freed, until
+/// [`gpu_arena_graph_release`]. Returns the hold's id (never 0).
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_graph_begin(dev: c_int, stream: *mut c_void) -> u64 {
+    guard(0, || {
+        Ok(global::graph::begin(device(dev)?, Stream(stream as u64)))
+    })
+}
+
+/// Ends the capture of hold `id` (the blocks stay held).
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_graph_end(id: u64) {
+    global::graph::end(id);
+}
+
+/// Releases hold `id` once the graph is destroyed and its last replay
+/// completed: frees the blocks whose free was deferred. Returns the bytes
+/// freed, or -1 with the last error set (every block is still tried).
+#[unsafe(no_mangle)]
+pub extern "C" fn gpu_arena_graph_release(id: u64) -> i64 {
+    guard(-1, || global::graph::release_and_free(id).map(|b| b as i64))
 }
 
 fn tag_list(tags: *const c_char) -> Result<Vec<&'static str>> {

@@ -24,6 +24,7 @@
 
 mod cache;
 pub mod config;
+pub mod graph;
 pub mod timing;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -32,7 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::api::SharedArena;
 use crate::arena::{Accounting, Kind, SleepMode, SleepReport};
 use crate::driver::{DevicePtr, Driver, Stream, SystemDriver};
-use crate::error::{BadPointer, Error, Result, TagUsage};
+use crate::error::{BadPointer, ConfigText, Error, Result, TagUsage};
 use crate::policy::classes;
 use crate::stats::Stats;
 pub use config::GlobalConfig;
@@ -122,30 +123,77 @@ static CONFIG: OnceLock<GlobalConfig> = OnceLock::new();
 static ARENAS: [OnceLock<Result<GlobalArena>>; MAX_DEVICES] =
     [const { OnceLock::new() }; MAX_DEVICES];
 
+/// Thread tag value meaning "this thread has not chosen a tag".
+const UNSET: u32 = u32::MAX;
+
 thread_local! {
     static SHARD: core::cell::Cell<u32> = const { core::cell::Cell::new(u32::MAX) };
-    static CURRENT_TAG: core::cell::Cell<u32> = const { core::cell::Cell::new(0) };
+    static CURRENT_TAG: core::cell::Cell<u32> = const { core::cell::Cell::new(UNSET) };
 }
 
-/// The calling thread's current tag (index; 0 = `default`).
+/// The tag of threads that have not chosen one (0 = `default`).
+static PROCESS_TAG: AtomicU32 = AtomicU32::new(0);
+
+/// The calling thread's current tag (index; 0 = `default`): the tag the
+/// thread chose ([`set_current_tag`], [`GlobalArena::tag_scope`]), or the
+/// process-wide tag ([`set_process_tag`]) if it chose none.
+///
+/// Threads that a framework starts on its own (PyTorch's autograd engine
+/// runs backward passes on device threads of its own) never choose a tag:
+/// they allocate in the process-wide tag.
+#[inline]
 pub fn current_tag() -> u32 {
-    CURRENT_TAG.with(|c| c.get())
+    let t = CURRENT_TAG.with(|c| c.get());
+    if t != UNSET {
+        t
+    } else {
+        PROCESS_TAG.load(Ordering::Relaxed)
+    }
 }
 
-/// Sets the calling thread's current tag; returns the previous one.
+/// Sets the calling thread's current tag; returns the previous current
+/// tag (the thread's own, or the process-wide one if it had none).
 pub fn set_current_tag(tag: u32) -> u32 {
-    CURRENT_TAG.with(|c| c.replace(tag))
+    let previous = current_tag();
+    CURRENT_TAG.with(|c| c.set(tag));
+    previous
 }
 
-/// Restores the previous current tag when dropped (see [`GlobalArena::tag_scope`]).
+/// The tag the calling thread chose, if any (see [`current_tag`]).
+pub fn thread_tag() -> Option<u32> {
+    let t = CURRENT_TAG.with(|c| c.get());
+    (t != UNSET).then_some(t)
+}
+
+/// Sets (or, with `None`, clears) the tag the calling thread chose;
+/// returns the previous choice. A thread without a choice allocates in the
+/// process-wide tag.
+pub fn set_thread_tag(tag: Option<u32>) -> Option<u32> {
+    let previous = CURRENT_TAG.with(|c| c.replace(tag.unwrap_or(UNSET)));
+    (previous != UNSET).then_some(previous)
+}
+
+/// The tag of every thread that has not chosen one (0 = `default`).
+pub fn process_tag() -> u32 {
+    PROCESS_TAG.load(Ordering::Relaxed)
+}
+
+/// Sets the tag of every thread that has not chosen one; returns the
+/// previous one. Threads that chose a tag keep theirs.
+pub fn set_process_tag(tag: u32) -> u32 {
+    PROCESS_TAG.swap(tag, Ordering::Relaxed)
+}
+
+/// Restores the calling thread's previous tag choice when dropped (see
+/// [`GlobalArena::tag_scope`]).
 #[derive(Debug)]
 pub struct TagScope {
-    previous: u32,
+    previous: Option<u32>,
 }
 
 impl Drop for TagScope {
     fn drop(&mut self) {
-        set_current_tag(self.previous);
+        set_thread_tag(self.previous);
     }
 }
 static THREADS: AtomicU32 = AtomicU32::new(0);
@@ -180,6 +228,19 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
     let r = slot.get_or_init(|| {
         let c = config()?;
         let g = GlobalArena::new(device, c)?;
+        // A thread's current tag is an index, valid on every device: an
+        // arena made after tags were created on another device gets them
+        // too, in the same order.
+        if let Some(other) = arenas().next() {
+            let names = other
+                .names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            for name in &names {
+                g.tag(name)?;
+            }
+        }
         if c.report && device == 0 {
             timing::enable();
             register_report();
@@ -394,7 +455,20 @@ impl GlobalArena {
     pub fn tag_scope(&self, name: &str) -> Result<TagScope> {
         let t = self.tag(name)?;
         Ok(TagScope {
-            previous: set_current_tag(t),
+            previous: set_thread_tag(Some(t)),
+        })
+    }
+
+    /// The index of tag `name` if it exists (never creates it).
+    pub fn find_tag(&self, name: &str) -> Option<u32> {
+        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        names.iter().position(|n| n == name).map(|i| i as u32)
+    }
+
+    /// The index of existing tag `name`, or [`Error::UnknownTag`].
+    fn existing_tag(&self, name: &str) -> Result<u32> {
+        self.find_tag(name).ok_or(Error::UnknownTag {
+            name: ConfigText::new(name),
         })
     }
 
@@ -504,7 +578,9 @@ impl GlobalArena {
 
     /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
     /// their physical memory goes back, their addresses stay. Tags already
-    /// asleep are skipped. On error, the tags slept so far stay asleep.
+    /// asleep are skipped. A name that is no tag of this device is refused
+    /// with [`Error::UnknownTag`] before any tag sleeps. On another error,
+    /// the tags slept so far stay asleep.
     pub fn sleep(
         &'static self,
         tags: &[&str],
@@ -513,8 +589,12 @@ impl GlobalArena {
     ) -> Result<SleepReport> {
         cache::flush_current(self);
         let mut total = SleepReport::default();
+        // Every name is checked before any tag sleeps.
         for name in tags {
-            let t = self.tag(name)?;
+            self.existing_tag(name)?;
+        }
+        for name in tags {
+            let t = self.existing_tag(name)?;
             let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
             if ta.asleep.swap(true, Ordering::AcqRel) {
                 continue;
@@ -533,7 +613,7 @@ impl GlobalArena {
     pub fn prepare_offload(&self, tags: &[&str]) -> Result<f64> {
         let mut secs = 0.0;
         for name in tags {
-            let t = self.tag(name)?;
+            let t = self.existing_tag(name)?;
             let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
             for shard in ta.shards.iter() {
                 secs += shard.lock().prepare_offload()?;
@@ -542,12 +622,16 @@ impl GlobalArena {
         Ok(secs)
     }
 
-    /// Wakes the tags named in `tags` at the same addresses. On error the
-    /// failing tag stays asleep.
+    /// Wakes the tags named in `tags` at the same addresses. Unknown names
+    /// are refused as by [`GlobalArena::sleep`]. On error the failing tag
+    /// stays asleep.
     pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
         let mut total = SleepReport::default();
         for name in tags {
-            let t = self.tag(name)?;
+            self.existing_tag(name)?;
+        }
+        for name in tags {
+            let t = self.existing_tag(name)?;
             let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
             if !ta.is_asleep() {
                 continue;

@@ -117,32 +117,52 @@ pub(crate) type Context = Raw<sys::CUctx_st>;
 #[must_use = "the context stays current only while the guard lives"]
 pub(crate) struct Current {
     pushed: bool,
+    /// The thread's stream-capture mode before the guard made it relaxed.
+    mode: Option<sys::CUstreamCaptureMode>,
 }
 
 impl Context {
     /// Makes this context current on the calling thread for the guard's life:
     /// set where the thread has none (and left set: cheap for the next call),
     /// pushed over a foreign one (popped by the guard).
+    ///
+    /// Also makes the thread's stream-capture mode relaxed for the guard's
+    /// life, as PyTorch does around its own `cudaMalloc`: the allocator may
+    /// be called while a CUDA graph is being captured (in the default,
+    /// global mode, where any thread's VMM or event call would otherwise
+    /// invalidate the capture). None of its calls is stream work, so none
+    /// becomes part of the graph.
     pub(crate) fn make_current(self) -> Result<Current, DriverError> {
         // SAFETY: a Context exists only after the probe passed.
         let cur = unsafe { result::ctx_get_current() }?;
-        if cur == self.0 {
-            return Ok(Current { pushed: false });
-        }
-        if cur.is_null() {
+        let pushed = if cur == self.0 {
+            false
+        } else if cur.is_null() {
             // SAFETY: 1. the probe passed; 2. the context is retained by its
             // owner for as long as a Context copy is used.
             unsafe { result::ctx_set_current(self.0) }?;
-            return Ok(Current { pushed: false });
+            false
+        } else {
+            // SAFETY: as above; the guard pops it again on this thread.
+            unsafe { result::ctx_push_current(self.0) }?;
+            true
+        };
+        // SAFETY: the probe passed; the mode is thread-local state restored
+        // by the guard.
+        let mode = unsafe {
+            result::exchange_capture_mode(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
         }
-        // SAFETY: as above; the guard pops it again on this thread.
-        unsafe { result::ctx_push_current(self.0) }?;
-        Ok(Current { pushed: true })
+        .ok();
+        Ok(Current { pushed, mode })
     }
 }
 
 impl Drop for Current {
     fn drop(&mut self) {
+        if let Some(mode) = self.mode {
+            // SAFETY: restores the mode this guard exchanged on this thread.
+            let _ = unsafe { result::exchange_capture_mode(mode) };
+        }
         if self.pushed {
             // SAFETY: balances the push made on this thread by make_current.
             let _ = unsafe { result::ctx_pop_current() };

@@ -69,6 +69,7 @@ pub const REQUIRED_SYMBOLS: &[&str] = &[
     "cuCtxSetCurrent",
     "cuCtxPushCurrent_v2",
     "cuCtxPopCurrent_v2",
+    "cuThreadExchangeStreamCaptureMode",
     "cuMemGetAllocationGranularity",
     "cuMemAddressReserve",
     "cuMemAddressFree",
@@ -289,6 +290,22 @@ pub unsafe fn ctx_get_current() -> CuResult<sys::CUcontext> {
     // SAFETY: `ctx` is a valid out-pointer.
     check(Call::Init, unsafe { sys::cuCtxGetCurrent(&mut ctx) })?;
     Ok(ctx)
+}
+
+/// `cuThreadExchangeStreamCaptureMode`: sets the calling thread's
+/// stream-capture mode to `mode` and returns the one it had.
+///
+/// # Safety
+/// See the module docs.
+pub unsafe fn exchange_capture_mode(
+    mode: sys::CUstreamCaptureMode,
+) -> CuResult<sys::CUstreamCaptureMode> {
+    let mut m = mode;
+    // SAFETY: `m` is a valid in/out pointer.
+    check(Call::Init, unsafe {
+        sys::cuThreadExchangeStreamCaptureMode(&mut m)
+    })?;
+    Ok(m)
 }
 
 /// `cuCtxSetCurrent(ctx)` on the calling thread.

@@ -1,0 +1,66 @@
+"""The vLLM `CuMemAllocator` and SGLang `torch_memory_saver` adapters on the
+host backend, with raw allocations in place of tensors (test_cuda.py runs
+vLLM's own test sequence with tensors on a GPU)."""
+
+import ctypes
+
+import pytest
+
+import gpu_arena
+from gpu_arena.memory_saver import TorchMemorySaver
+from gpu_arena.vllm import CuMemAllocator
+
+
+def test_cumem_allocator_sequence(host):
+    allocator = CuMemAllocator()  # get_instance() also enables PyTorch's side
+    outside = gpu_arena.alloc(1 << 20)
+    ctypes.memset(outside, 1, 1 << 20)
+    with allocator.use_memory_pool():
+        assert allocator.current_tag == "default"
+        assert gpu_arena.current_tag() == "vllm:default"
+        w = gpu_arena.alloc(2 << 20)
+    with allocator.use_memory_pool(tag="discard"):
+        cache = gpu_arena.alloc(1 << 20)
+    assert allocator.current_tag == "default" and gpu_arena.current_tag() == "default"
+    ctypes.memset(w, 7, 2 << 20)
+    ctypes.memset(cache, 9, 1 << 20)
+    assert allocator.get_current_usage() >= 3 << 20
+
+    allocator.sleep()  # the default pool offloaded, "discard" discarded
+    state = gpu_arena.tags()
+    assert state["vllm:default"] and state["vllm:discard"]
+    assert not state["default"], "memory outside the pools never sleeps"
+    assert allocator.get_current_usage() >= 3 << 20, "usage counts sleeping pools"
+    allocator.wake_up()
+    assert ctypes.string_at(w, 2 << 20) == b"\7" * (2 << 20)
+    assert ctypes.string_at(outside, 1 << 20) == b"\1" * (1 << 20)
+    # Discarded pools come back usable.
+    ctypes.memset(cache, 3, 1 << 20)
+    assert ctypes.string_at(cache, 16) == b"\3" * 16
+
+    allocator.sleep(offload_tags="discard")
+    allocator.wake_up(tags=["default"])
+    assert gpu_arena.tags()["vllm:discard"] and not gpu_arena.tags()["vllm:default"]
+    allocator.wake_up()
+    assert ctypes.string_at(cache, 16) == b"\3" * 16, "offloaded this time"
+    for p in (w, cache, outside):
+        gpu_arena.free(p)
+
+
+def test_memory_saver_regions(host):
+    saver = TorchMemorySaver()
+    with saver.region("weights", enable_cpu_backup=True):
+        w = gpu_arena.alloc(1 << 20)
+    with saver.region("kv"):
+        kv = gpu_arena.alloc(1 << 20)
+    ctypes.memset(w, 5, 1 << 20)
+    saver.pause("kv")
+    assert gpu_arena.tags()["tms:kv"] and not gpu_arena.tags()["tms:weights"]
+    saver.pause()
+    assert gpu_arena.tags()["tms:weights"]
+    saver.resume()
+    assert ctypes.string_at(w, 1 << 20) == b"\5" * (1 << 20)
+    with pytest.raises(gpu_arena.UnknownTagError):
+        saver.pause("nonesuch")
+    gpu_arena.free(w)
+    gpu_arena.free(kv)
