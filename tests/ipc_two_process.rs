@@ -400,7 +400,10 @@ mod cuda {
                     return;
                 }
                 if !can_access_peer(&d, n - 1, 0) {
-                    println!("skipped: CUDA device {} cannot access device 0 as a peer", n - 1);
+                    println!(
+                        "skipped: CUDA device {} cannot access device 0 as a peer",
+                        n - 1
+                    );
                     return;
                 }
                 n - 1
