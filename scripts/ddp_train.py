@@ -101,6 +101,10 @@ def build_model(torch, args):
             self.register_buffer(
                 "mask", torch.triu(torch.ones(args.seq, args.seq, dtype=torch.bool), 1),
                 persistent=False)
+            # GPT-2's initialization of the embeddings (the head is tied to
+            # the token embedding): a first loss near ln(vocabulary).
+            nn.init.normal_(self.tok.weight, std=0.02)
+            nn.init.normal_(self.pos.weight, std=0.02)
 
         def forward(self, idx):
             t = idx.shape[1]
@@ -124,12 +128,93 @@ def make_data(torch, args):
     return seqs.view(args.steps, args.world, args.batch, args.seq + 1)
 
 
+def cpu_worker(rank, world, args, allocator, run, port):
+    """--cpu: the same training on CPU processes over gloo, with no GPU and no
+    allocator change (checks the script itself: data, model, determinism,
+    the collection of results)."""
+    import torch
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=datetime.timedelta(seconds=60))
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(0)
+    model = build_model(torch, args)
+    ddp = DDP(model, broadcast_buffers=False)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=args.lr, weight_decay=0.1)
+    data = make_data(torch, args)
+    losses, times = [], []
+    for step in range(args.steps):
+        batch = data[step, rank]
+        t0 = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = ddp(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, args.vocab), batch[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        times.append(time.perf_counter() - t0)
+    mine = {"rank": rank, "params": sum(p.numel() for p in model.parameters()),
+            "losses": losses, "step_ms": statistics.median(times[args.warmup:]) * 1e3,
+            "first_step_ms": times[0] * 1e3, "peak_live": -1, "peak_physical": -1,
+            "device_used_at_end": 0, "nondeterministic_warnings": []}
+    finish(dist, rank, world, args, allocator, run, mine)
+
+
+def rank_file(args, run, rank):
+    return f"{args.out}.run{run}.rank{rank}.json"
+
+
+def finish(dist, rank, world, args, allocator, run, mine):
+    """Writes this rank's results to a file of its own (the parent collects
+    them: a rank that fails leaves the others' results)."""
+    with open(rank_file(args, run, rank), "w") as f:
+        json.dump(mine, f)
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def collect(args, allocator, run, status):
+    """The run's record from the rank files; appended to --out and printed."""
+    every = []
+    for rank in range(args.world):
+        try:
+            with open(rank_file(args, run, rank)) as f:
+                every.append(json.load(f))
+            os.remove(rank_file(args, run, rank))
+        except (OSError, ValueError):
+            every.append({"rank": rank, "error": f"no result ({status})"})
+    record = {"world": args.world, "allocator": allocator, "run": run, "status": status,
+              "config": {k: getattr(args, k) for k in
+                         ("layers", "dim", "heads", "seq", "batch", "vocab", "steps", "warmup")},
+              "ranks": every}
+    with open(args.out, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    w = args.world
+    for r in every:
+        if "error" in r:
+            print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
+                  f"error={r['error']}", flush=True)
+            continue
+        for step, loss in enumerate(r["losses"]):
+            print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
+                  f"step={step} loss={loss!r}", flush=True)
+        print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
+              f"step_ms={r['step_ms']:.3f} peak_live={r['peak_live']} "
+              f"peak_physical={r['peak_physical']}", flush=True)
+
+
 def worker(rank, world, args, allocator, run, port):
     import torch
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     lib = None
+    if args.cpu:
+        return cpu_worker(rank, world, args, allocator, run, port)
     if allocator == "gpu-arena":
         # Before any CUDA allocation of this process.
         torch.cuda.memory.change_current_allocator(
@@ -196,28 +281,7 @@ def worker(rank, world, args, allocator, run, port):
     except Exception:
         traceback.print_exc()
         mine = {"rank": rank, "error": traceback.format_exc().splitlines()[-1][:300]}
-    every = [None] * world
-    dist.all_gather_object(every, mine)
-    if rank == 0:
-        record = {"world": world, "allocator": allocator, "run": run,
-                  "config": {k: getattr(args, k) for k in
-                             ("layers", "dim", "heads", "seq", "batch", "vocab", "steps", "warmup")},
-                  "ranks": every}
-        with open(args.out, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for r in every:
-            if "error" in r:
-                print(f"DDP world={world} run={run} allocator={allocator} rank={r['rank']} "
-                      f"error={r['error']}", flush=True)
-                continue
-            for step, loss in enumerate(r["losses"]):
-                print(f"DDP world={world} run={run} allocator={allocator} rank={r['rank']} "
-                      f"step={step} loss={loss!r}", flush=True)
-            print(f"DDP world={world} run={run} allocator={allocator} rank={r['rank']} "
-                  f"step_ms={r['step_ms']:.3f} peak_live={r['peak_live']} "
-                  f"peak_physical={r['peak_physical']}", flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
+    finish(dist, rank, world, args, allocator, run, mine)
 
 
 def run_one(mp, args, allocator, run):
@@ -231,7 +295,9 @@ def run_one(mp, args, allocator, run):
                 status = "timeout"
                 break
     except Exception as e:  # noqa: BLE001 - a failed rank ends the run
-        status = f"failed: {str(e).strip().splitlines()[0][:200]}"
+        print(str(e), flush=True)
+        last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        status = f"failed: {last[-1][:200] if last else type(e).__name__}"
     for p in ctx.processes:
         if p.is_alive():
             p.kill()
@@ -239,6 +305,7 @@ def run_one(mp, args, allocator, run):
         p.join(5)
     print(f"RUN world={args.world} run={run} allocator={allocator} status={status} "
           f"seconds={time.monotonic() - start:.1f}", flush=True)
+    collect(args, allocator, run, status)
     return status
 
 
@@ -288,6 +355,9 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--run-timeout", type=float, default=60, help="seconds per run")
     p.add_argument("--out", default=None, help="JSON lines output (default: a temp file)")
+    p.add_argument("--cpu", action="store_true",
+                   help="CPU processes over gloo, no allocator change: checks the script "
+                        "without GPUs")
     args = p.parse_args()
     runs = [a for a in args.runs.split(",") if a]
     for a in runs:
@@ -305,19 +375,16 @@ def main():
     import torch.multiprocessing as mp
 
     gpus = torch.cuda.device_count()
-    if gpus < args.world:
+    if gpus < args.world and not args.cpu:
         print(f"skipped: {args.world} GPUs needed, {gpus} found")
         return 0
     args.out = os.path.abspath(args.out or os.path.join(
         tempfile.mkdtemp(prefix="ddp_train_"), "results.jsonl"))
-    print(f"torch {torch.__version__}, world {args.world} of {gpus} x "
-          f"{torch.cuda.get_device_name(0)}; {args.layers} layers, d {args.dim}, seq {args.seq}, "
+    where = "CPU processes (gloo)" if args.cpu else f"{gpus} x {torch.cuda.get_device_name(0)}"
+    print(f"torch {torch.__version__}, world {args.world} of {where}; {args.layers} layers, d {args.dim}, seq {args.seq}, "
           f"batch {args.batch}/rank, {args.steps} steps", flush=True)
     for i, allocator in enumerate(runs):
-        status = run_one(mp, args, allocator, i)
-        with open(args.out, "a") as f:
-            f.write(json.dumps({"world": args.world, "allocator": allocator, "run": i,
-                                "status": status}) + "\n")
+        run_one(mp, args, allocator, i)
     records = [json.loads(line) for line in open(args.out)]
     same = summary(records, args.world)
     print(f"\nresults: {args.out}")

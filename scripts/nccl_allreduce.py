@@ -127,6 +127,12 @@ def exact_check(dist, torch, dev, x, world):
     return ok, True
 
 
+def sync(torch, t):
+    """Waits for the device's queued work (nothing to wait for on the CPU)."""
+    if t.is_cuda:
+        torch.cuda.synchronize()
+
+
 def time_allreduce(dist, torch, t, trials, min_iters, max_iters, warmup):
     """Median over `trials` of the slowest rank's seconds per all-reduce of `t`."""
     nbytes = t.numel() * t.element_size()
@@ -134,15 +140,15 @@ def time_allreduce(dist, torch, t, trials, min_iters, max_iters, warmup):
     iters = max(min_iters, min(max_iters, (1024 * MiB) // max(nbytes, 1)))
     for _ in range(warmup):
         dist.all_reduce(t)
-    torch.cuda.synchronize()
+    sync(torch, t)
     per_trial = []
     for _ in range(trials):
         dist.barrier()
-        torch.cuda.synchronize()
+        sync(torch, t)
         start = time.perf_counter()
         for _ in range(iters):
             dist.all_reduce(t)
-        torch.cuda.synchronize()
+        sync(torch, t)
         per_trial.append((time.perf_counter() - start) / iters)
     dev = t.device
     every = gather_all(dist, torch, dev, per_trial)
@@ -360,21 +366,27 @@ def worker(rank, world, args, phase, port):
         os.environ["NCCL_DEBUG"] = "INFO"
         os.environ["NCCL_DEBUG_SUBSYS"] = "REG"
         os.environ["NCCL_DEBUG_FILE"] = os.path.join(args.nccl_debug_dir, "nccl.%h.%p.log")
-    if phase == "gpu-arena":
-        # Before any CUDA allocation of this process.
-        torch.cuda.memory.change_current_allocator(
-            torch.cuda.memory.CUDAPluggableAllocator(args.lib, ALLOC, FREE))
-    torch.cuda.set_device(rank)
-    dev = torch.device("cuda", rank)
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, device_id=dev,
-                            timeout=datetime.timedelta(seconds=60))
+    if args.cpu:
+        # --cpu: gloo on CPU tensors, no allocator change (checks the script).
+        dev = torch.device("cpu")
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=60))
+    else:
+        if phase == "gpu-arena":
+            # Before any CUDA allocation of this process.
+            torch.cuda.memory.change_current_allocator(
+                torch.cuda.memory.CUDAPluggableAllocator(args.lib, ALLOC, FREE))
+        torch.cuda.set_device(rank)
+        dev = torch.device("cuda", rank)
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                world_size=world, device_id=dev,
+                                timeout=datetime.timedelta(seconds=60))
     try:
         if phase == "probe":
             probe(dist, torch, dev, rank, world, args)
         else:
             sweep(dist, torch, dev, rank, world, args, phase)
-            if phase == "gpu-arena":
+            if phase == "gpu-arena" and not args.cpu:
                 s = arena_stats(load_lib(args.lib), rank).get("stats", {})
                 peaks = gather_all(dist, torch, dev, [float(s.get("peak_live", 0)),
                                                       float(s.get("peak_committed", 0))])
@@ -403,7 +415,9 @@ def run_phase(mp, world, args, phase):
                 status = "timeout"
                 break
     except Exception as e:  # noqa: BLE001 - a failed rank ends the phase
-        status = f"failed: {str(e).strip().splitlines()[0][:200]}"
+        print(str(e), flush=True)
+        last = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+        status = f"failed: {last[-1][:200] if last else type(e).__name__}"
     for p in ctx.processes:
         if p.is_alive():
             p.kill()
@@ -448,11 +462,16 @@ def main():
     p.add_argument("--probe", action="store_true", help="add the probe phase")
     p.add_argument("--phase-timeout", type=float, default=90, help="seconds per phase")
     p.add_argument("--out", default=None, help="JSON lines output (default: a temp file)")
+    p.add_argument("--cpu", action="store_true",
+                   help="CPU processes over gloo, no allocator change, no probe: checks the "
+                        "script without GPUs")
     args = p.parse_args()
 
     phases = [a for a in args.phases.split(",") if a]
     if args.probe and "probe" not in phases:
         phases.append("probe")
+    if args.cpu and "probe" in phases:
+        sys.exit("the probe needs GPUs (not with --cpu)")
     for a in phases:
         if a not in PHASES:
             sys.exit(f"unknown phase {a!r}")
@@ -466,20 +485,19 @@ def main():
     import torch.multiprocessing as mp
 
     gpus = torch.cuda.device_count()
-    if gpus < args.world:
+    if gpus < args.world and not args.cpu:
         print(f"skipped: {args.world} GPUs needed, {gpus} found")
         return 0
     args.out = os.path.abspath(args.out or os.path.join(
         tempfile.mkdtemp(prefix="nccl_allreduce_"), "results.jsonl"))
     args.nccl_debug_dir = tempfile.mkdtemp(prefix="nccl_reg_")
     nccl = ".".join(map(str, torch.cuda.nccl.version()))
-    print(f"torch {torch.__version__}, NCCL {nccl}, world {args.world} of {gpus} x "
-          f"{torch.cuda.get_device_name(0)}; NCCL_NVLS_ENABLE={os.environ['NCCL_NVLS_ENABLE']}",
-          flush=True)
+    gpu = "CPU processes (gloo)" if args.cpu else torch.cuda.get_device_name(0)
+    print(f"torch {torch.__version__}, NCCL {nccl}, world {args.world} of {gpus} x {gpu}; "
+          f"NCCL_NVLS_ENABLE={os.environ['NCCL_NVLS_ENABLE']}", flush=True)
     with open(args.out, "a") as f:
         f.write(json.dumps({"phase": "setup", "world": args.world, "torch": torch.__version__,
-                            "nccl": nccl, "gpus": gpus,
-                            "gpu": torch.cuda.get_device_name(0)}) + "\n")
+                            "nccl": nccl, "gpus": gpus, "gpu": gpu}) + "\n")
     for phase in phases:
         status = run_phase(mp, args.world, args, phase)
         with open(args.out, "a") as f:
