@@ -39,6 +39,11 @@ import os
 os.environ["NCCL_NVLS_ENABLE"] = "0"
 os.environ["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
 os.environ["NVSHMEM_DISABLE_NVLS"] = "1"
+# ProcessGroupNCCL keeps the tensors of a collective alive until it
+# completed, instead of calling recordStream: a pluggable allocator loaded
+# from Python (gpu-arena) gets no recordStream hook, so this is the setting
+# under which any allocator is safe with NCCL's side stream.
+os.environ["TORCH_NCCL_AVOID_RECORD_STREAMS"] = "1"
 os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
 
 import argparse  # noqa: E402

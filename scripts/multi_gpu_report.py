@@ -211,12 +211,15 @@ def section_tests(out_dir):
                       for f in ratio] + [""]
     commit = tagged(log, "PEER_COMMIT")
     if commit:
-        base = {f.get("backend"): f for f in commit if f.get("peers") == "0"}
+        base = {}
         rows = []
         for f in commit:
             if "skipped" in f:
                 rows.append([f.get("backend"), f.get("peers"), f["skipped"], "", "", ""])
                 continue
+            if f.get("peers") == "0":
+                # The run's own 0-peer line (lines come in order 0, 1, 3).
+                base[f.get("backend")] = f
             b = base.get(f.get("backend"), {})
             rel = (float(f["set_access_64MiB_us"]) / float(b["set_access_64MiB_us"])
                    if b.get("set_access_64MiB_us") else float("nan"))

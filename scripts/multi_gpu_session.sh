@@ -22,10 +22,12 @@
 # info` (30 / 8), the peer-access tests (90 / 20), the two-process IPC tests
 # (60 / 10), NCCL all-reduce on 2 GPUs with the registration and sleep/wake
 # probes (150 / 50), on 4 GPUs (100 / 35), DDP training on 2 GPUs, four runs
-# alternating the allocators (130 / 50), on 4 GPUs (150 / 60), the report
-# (20 / 3). Every step runs under `timeout`; a failing step does not stop the
-# next; no step starts past the script's budget (540 s), and each step's limit
-# is cut to what is left of it.
+# alternating the allocators (150 / 45), on 4 GPUs (150 / 50), the report
+# (20 / 3): about 3.5 minutes expected. Every step runs under `timeout`; a
+# failing step does not stop the next; inside the NCCL and DDP steps each
+# phase or run has its own timeout (45 / 35 s), so one hang costs one phase;
+# no step starts past the script's budget (540 s), and each step's limit is
+# cut to what is left of it.
 set -u
 
 G=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # the pack: .gpu/
@@ -79,7 +81,9 @@ PY
         'import json, sys; print("INFO_JSON", json.dumps(json.load(sys.stdin)))'
 }
 
-step inventory 30 "$OUT/inventory.txt" inventory
+export -f inventory
+export G
+step inventory 30 "$OUT/inventory.txt" bash -c inventory
 
 # Peer access (kernels of every GPU on GPU 0's arena memory, revoke, costs)
 # and IPC inside one process, then across processes and GPUs.
@@ -91,16 +95,16 @@ step ipc_tests 60 "$OUT/tests.log" \
 export GPU_ARENA_CONF=report:1
 step nccl_2gpu 150 "$OUT/nccl.log" env CUDA_VISIBLE_DEVICES=0,1 \
     python3 "$G/extra/nccl_allreduce.py" --lib "$LIB" --world 2 --probe \
-    --phase-timeout 60 --out "$OUT/nccl.jsonl"
+    --phase-timeout 45 --out "$OUT/nccl.jsonl"
 step nccl_4gpu 100 "$OUT/nccl.log" env CUDA_VISIBLE_DEVICES=0,1,2,3 \
     python3 "$G/extra/nccl_allreduce.py" --lib "$LIB" --world 4 \
     --phase-timeout 45 --out "$OUT/nccl.jsonl"
-step ddp_2gpu 130 "$OUT/ddp.log" env CUDA_VISIBLE_DEVICES=0,1 \
+step ddp_2gpu 150 "$OUT/ddp.log" env CUDA_VISIBLE_DEVICES=0,1 \
     python3 "$G/extra/ddp_train.py" --lib "$LIB" --world 2 \
-    --runs default,gpu-arena,default,gpu-arena --run-timeout 45 --out "$OUT/ddp.jsonl"
+    --runs default,gpu-arena,default,gpu-arena --run-timeout 35 --out "$OUT/ddp.jsonl"
 step ddp_4gpu 150 "$OUT/ddp.log" env CUDA_VISIBLE_DEVICES=0,1,2,3 \
     python3 "$G/extra/ddp_train.py" --lib "$LIB" --world 4 \
-    --runs gpu-arena,default,gpu-arena,default --run-timeout 45 --out "$OUT/ddp.jsonl"
+    --runs gpu-arena,default,gpu-arena,default --run-timeout 35 --out "$OUT/ddp.jsonl"
 unset GPU_ARENA_CONF
 
 echo "TOTAL seconds=$((SECONDS - START))" >> "$STEPS"
