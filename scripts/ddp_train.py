@@ -11,8 +11,9 @@ model from the same seed on the same data for --steps steps:
 * model: token and position embeddings, --layers pre-norm blocks (causal
   self-attention written out with matmuls, GELU MLP), d_model --dim, tied
   output head; bf16 autocast; AdamW;
-* data: sequences that repeat a random motif, generated on the CPU from a
-  fixed seed; each rank takes its own slice of every global batch;
+* data: sequences that repeat a random motif (tokens of a Zipf-like
+  distribution), generated on the CPU from a fixed seed; each rank takes
+  its own slice of every global batch;
 * determinism: fixed seeds, ``torch.use_deterministic_algorithms(True)``,
   ``CUBLAS_WORKSPACE_CONFIG=:4096:8``, no dropout, the same NCCL settings:
   the losses must be identical, bit for bit, whatever the allocator;
@@ -121,14 +122,25 @@ def build_model(torch, args):
     return GPT()
 
 
+def next_token_loss(logits, batch):
+    """Mean cross-entropy of the next tokens, in float32. Written as
+    log_softmax + gather: PyTorch's nll_loss has no deterministic CUDA kernel
+    (use_deterministic_algorithms lists it), gather's backward does."""
+    logp = logits.float().log_softmax(dim=-1)
+    return -logp.gather(-1, batch[:, 1:].unsqueeze(-1)).mean()
+
+
 def make_data(torch, args):
-    """Every global batch of the run: sequences repeating a random motif."""
+    """Every global batch of the run: sequences repeating a random motif of
+    tokens drawn from a Zipf-like distribution (so the loss falls within a
+    few dozen steps: first the token frequencies, then the repeats)."""
     g = torch.Generator().manual_seed(1234)
     total = args.steps * args.batch * args.world
     period = torch.randint(4, 33, (total,), generator=g)
+    freq = 1.0 / torch.arange(1, args.vocab + 1, dtype=torch.float64) ** 1.1
     seqs = torch.empty(total, args.seq + 1, dtype=torch.long)
     for i in range(total):
-        motif = torch.randint(0, args.vocab, (int(period[i]),), generator=g)
+        motif = torch.multinomial(freq, int(period[i]), replacement=True, generator=g)
         seqs[i] = motif.repeat(args.seq // int(period[i]) + 2)[: args.seq + 1]
     return seqs.view(args.steps, args.world, args.batch, args.seq + 1)
 
@@ -155,8 +167,7 @@ def cpu_worker(rank, world, args, allocator, run, port):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             logits = ddp(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, args.vocab), batch[:, 1:].reshape(-1))
+        loss = next_token_loss(logits, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -254,8 +265,7 @@ def worker(rank, world, args, allocator, run, port):
                 t0 = time.perf_counter()
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     logits = ddp(batch[:, :-1])
-                loss = torch.nn.functional.cross_entropy(
-                    logits.float().reshape(-1, args.vocab), batch[:, 1:].reshape(-1))
+                loss = next_token_loss(logits, batch)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
