@@ -181,7 +181,8 @@ def cpu_worker(rank, world, args, allocator, run, port):
 
 
 def rank_file(args, run, rank):
-    return f"{args.out}.run{run}.rank{rank}.json"
+    """Where a rank leaves its results (a temporary folder, not beside --out)."""
+    return os.path.join(args.rank_dir, f"run{run}.rank{rank}.json")
 
 
 def finish(dist, rank, world, args, allocator, run, mine):
@@ -200,7 +201,6 @@ def collect(args, allocator, run, status):
         try:
             with open(rank_file(args, run, rank)) as f:
                 every.append(json.load(f))
-            os.remove(rank_file(args, run, rank))
         except (OSError, ValueError):
             every.append({"rank": rank, "error": f"no result ({status})"})
     record = {"world": args.world, "allocator": allocator, "run": run, "status": status,
@@ -395,6 +395,7 @@ def main():
         return 0
     args.out = os.path.abspath(args.out or os.path.join(
         tempfile.mkdtemp(prefix="ddp_train_"), "results.jsonl"))
+    args.rank_dir = tempfile.mkdtemp(prefix="ddp_ranks_")
     where = "CPU processes (gloo)" if args.cpu else f"{gpus} x {torch.cuda.get_device_name(0)}"
     print(f"torch {torch.__version__}, world {args.world} of {where}; {args.layers} layers, d {args.dim}, seq {args.seq}, "
           f"batch {args.batch}/rank, {args.steps} steps", flush=True)
