@@ -18,8 +18,10 @@
 extern "C" {
 #endif
 
-/* Configures the global arenas (conf may be NULL: environment/defaults) and
- * creates device 0's arena. 0 on success, -1 on error. */
+/* Configures the global arenas (conf may be NULL: environment/defaults).
+ * Opens no device: each device's arena is created at its first use (a
+ * process working on one GPU of several touches no other). 0 on success,
+ * -1 on error. */
 int gpu_arena_init(const char *conf);
 
 /* size bytes aligned to 512 on `device` for `stream` (a cudaStream_t/
@@ -52,8 +54,9 @@ int gpu_arena_peaks(int device, uint64_t *peak_live, uint64_t *peak_committed);
 const char *gpu_arena_last_error(void);
 
 /* Tags: the calling thread's allocations go to its current tag (created on
- * first use). A thread that never set one uses the process-wide tag
- * ("default" at start). Returns the previous tag index or -1. */
+ * first use; "default" at start), on whichever device they are made; a tag's
+ * index is the same on every device. A thread that never set one uses the
+ * process-wide tag. Returns the previous tag index or -1. */
 int gpu_arena_set_tag(const char *tag);
 
 /* The process-wide tag: the tag of every thread that never called

@@ -69,8 +69,13 @@ fn c_program_runs_against_the_header_and_library() {
         "C smoke test failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("c abi ok"), "{stdout}");
-    // report:1 prints the peaks at exit
-    assert!(stderr.contains("peak committed / peak live"), "{stderr}");
+    // report:1 prints the peaks at exit, for every device used
+    for d in 0..4 {
+        assert!(
+            stderr.contains(&format!("device {d}: peak live")),
+            "{stderr}"
+        );
+    }
 }
 
 /// The process-wide tag, unknown tags and CUDA-graph holds, through the C

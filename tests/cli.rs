@@ -68,6 +68,21 @@ fn info() {
     assert_eq!(json["capabilities"]["backend"], "host");
     assert!(json["reservation"]["size"].as_u64().unwrap_or(0) > 0);
     assert!(json["config"]["commit"]["max_run"].as_u64().is_some());
+    // Every device is listed: the host backend opened for device 3
+    // emulates devices 0..=3.
+    let json: serde_json::Value = serde_json::from_slice(
+        &run(&["info", "--json", "--backend", "host", "--device", "3"]).stdout,
+    )
+    .expect("info --json is JSON");
+    let devices = json["devices"].as_array().expect("a device list");
+    assert_eq!(devices.len(), 4);
+    for (i, d) in devices.iter().enumerate() {
+        assert_eq!(d["ordinal"], i as u64);
+        assert_eq!(d["vmm"], true);
+        assert!(d["granularity"].as_u64().unwrap_or(0) > 0);
+    }
+    let s = stdout(&run(&["info", "--backend", "host", "--device", "3"]));
+    assert!(s.contains("  device 3 "), "{s}");
 }
 
 #[test]

@@ -93,6 +93,11 @@ fn device(d: c_int) -> Result<u32> {
 /// the environment / defaults). Call before the first allocation.
 /// Returns 0, or -1 with the last error set.
 ///
+/// Opens no device: each device's arena is created at its first use, so a
+/// process that works on one GPU of several (a data-parallel rank) never
+/// makes a context on the others. Errors of opening a device come with
+/// that device's first call.
+///
 /// # Safety
 /// `conf` is NULL or a NUL-terminated string.
 #[unsafe(no_mangle)]
@@ -109,7 +114,6 @@ pub unsafe extern "C" fn gpu_arena_init(conf: *const c_char) -> c_int {
             )?
         };
         global::configure(c)?;
-        global::arena(0)?;
         Ok(0)
     })
 }
@@ -316,7 +320,9 @@ fn cstr<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
 }
 
 /// Makes `tag` the calling thread's current tag on every device (created on
-/// first use). Later allocations of this thread go to it. Returns the
+/// first use; a tag's index is the same on every device). Later allocations
+/// of this thread go to it. Opens no device: devices whose arena does not
+/// exist yet create the tag at their first allocation in it. Returns the
 /// previous tag's index, or -1 with the last error set.
 ///
 /// # Safety
@@ -325,7 +331,7 @@ fn cstr<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
 pub unsafe extern "C" fn gpu_arena_set_tag(tag: *const c_char) -> c_int {
     guard(-1, || {
         let name = cstr(tag, "tag must not be NULL")?;
-        let t = global::arena(0)?.tag(name)?;
+        let t = global::tag_index(name)?;
         for a in global::arenas() {
             a.tag(name)?;
         }

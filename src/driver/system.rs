@@ -5,7 +5,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
-    Access, AccessMode, Capabilities, DevicePtr, Driver, HostDriver, Location, Stream,
+    Access, AccessMode, Capabilities, DevicePtr, Driver, HostConfig, HostDriver, Location, Stream,
 };
 use crate::error::Result;
 
@@ -67,11 +67,12 @@ impl SystemDriver {
     ///
     /// With [`Select::Auto`], tries CUDA, then HIP (where built), and falls
     /// back to the host backend; `note` receives one line saying which
-    /// backend was chosen and why the others were not.
+    /// backend was chosen and why the others were not. An ordinal past the
+    /// device count of a working GPU backend is an error, never a fallback.
+    /// The host backend emulates devices `0..=device`.
     pub fn open(select: Select, device: u32, mut note: impl FnMut(&str)) -> Result<Self> {
-        let _ = device;
         match select {
-            Select::Host => Ok(SystemDriver::Host(HostDriver::new()?)),
+            Select::Host => Ok(SystemDriver::Host(host_for(device)?)),
             #[cfg(feature = "cuda")]
             Select::Cuda => Ok(SystemDriver::Cuda(crate::driver::cuda::CudaDriver::new(
                 device,
@@ -88,6 +89,9 @@ impl SystemDriver {
                 #[cfg(feature = "cuda")]
                 match crate::driver::cuda::CudaDriver::new(device) {
                     Ok(d) => return Ok(SystemDriver::Cuda(d)),
+                    // The GPUs are there, this ordinal is not: falling back
+                    // to host memory would hand out pointers no kernel can use.
+                    Err(e) if no_such_device(&e) => return Err(e),
                     Err(e) => note(&format!(
                         "gpu-arena: CUDA backend not used ({e}); trying the next backend"
                     )),
@@ -95,15 +99,32 @@ impl SystemDriver {
                 #[cfg(feature = "hip")]
                 match crate::driver::hip::HipDriver::new(device) {
                     Ok(d) => return Ok(SystemDriver::Hip(d)),
+                    Err(e) if no_such_device(&e) => return Err(e),
                     Err(e) => note(&format!(
                         "gpu-arena: HIP backend not used ({e}); trying the next backend"
                     )),
                 }
                 note("gpu-arena: using the host backend (memfd + mmap)");
-                Ok(SystemDriver::Host(HostDriver::new()?))
+                Ok(SystemDriver::Host(host_for(device)?))
             }
         }
     }
+}
+
+/// The host backend for device `device`: it emulates devices `0..=device`,
+/// so an arena of any ordinal can be made on it (and grant the ordinals
+/// below it as peers).
+fn host_for(device: u32) -> Result<HostDriver> {
+    HostDriver::with_config(HostConfig {
+        device_count: device.saturating_add(1),
+        ..HostConfig::default()
+    })
+}
+
+/// Whether `e` says the backend works but has no device of that ordinal.
+#[cfg(any(feature = "cuda", feature = "hip"))]
+fn no_such_device(e: &crate::Error) -> bool {
+    matches!(e, crate::Error::Driver(de) if de.reason == Some(crate::Reason::NoSuchDevice))
 }
 
 macro_rules! dispatch {

@@ -46,6 +46,43 @@ pub const MAX_TAGS: usize = 16;
 /// The driver the global arenas use.
 pub type GlobalDriver = Arc<SystemDriver>;
 
+/// Tag names of this process in the order they were first used: a tag's
+/// index is its position here, the same on every device, so a thread's
+/// current tag means the same tag whichever device it allocates on. Index 0
+/// is `default`.
+static TAG_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// The process-wide index of tag `name`, registering it on first use (no
+/// arena is created here: each device creates a tag's arenas when it first
+/// needs them).
+pub fn tag_index(name: &str) -> Result<u32> {
+    let mut names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    if names.is_empty() {
+        names.push("default".to_string());
+    }
+    if let Some(i) = names.iter().position(|n| n == name) {
+        return Ok(i as u32);
+    }
+    if names.len() >= MAX_TAGS {
+        return Err(Error::Config("too many tags (gpu_arena::global::MAX_TAGS)"));
+    }
+    if name.is_empty() || name.len() > 64 || name.contains(',') {
+        return Err(Error::Config("a tag name is 1..=64 bytes without commas"));
+    }
+    names.push(name.to_string());
+    Ok((names.len() - 1) as u32)
+}
+
+/// The name of the tag with process-wide index `tag`, if it was registered.
+fn tag_name(tag: u32) -> Option<String> {
+    let names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    match names.get(tag as usize) {
+        Some(n) => Some(n.clone()),
+        None if tag == 0 => Some("default".to_string()),
+        None => None,
+    }
+}
+
 /// The arenas of one tag: its own reservation(s), so its pages are never
 /// shared with another tag and it can sleep alone.
 pub struct TagArenas {
@@ -76,8 +113,11 @@ impl TagArenas {
 pub struct GlobalArena {
     device: u32,
     driver: GlobalDriver,
+    /// Indexed by the process-wide tag index ([`tag_index`]); a slot is
+    /// filled when this device first uses that tag.
     tags: [OnceLock<TagArenas>; MAX_TAGS],
-    names: Mutex<Vec<String>>,
+    /// Held while a tag's arenas are being created (so they are made once).
+    creating: Mutex<()>,
     config: GlobalConfig,
     /// Counters at the start of the current epoch (see [`GlobalArena::epoch`]).
     epoch_start: Mutex<(crate::commit::DriverCalls, u64, u64, timing::Times)>,
@@ -114,7 +154,7 @@ impl core::fmt::Debug for GlobalArena {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("GlobalArena")
             .field("device", &self.device)
-            .field("tags", &self.names.lock().map(|n| n.len()).unwrap_or(0))
+            .field("tags", &self.tags().count())
             .finish()
     }
 }
@@ -197,6 +237,8 @@ impl Drop for TagScope {
     }
 }
 static THREADS: AtomicU32 = AtomicU32::new(0);
+/// Set once the exit report is registered (by the first arena of any device).
+static REPORT: std::sync::Once = std::sync::Once::new();
 
 /// Sets the configuration of the global arenas. Must come before their
 /// first use; afterwards only an identical configuration is accepted.
@@ -228,22 +270,10 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
     let r = slot.get_or_init(|| {
         let c = config()?;
         let g = GlobalArena::new(device, c)?;
-        // A thread's current tag is an index, valid on every device: an
-        // arena made after tags were created on another device gets them
-        // too, in the same order.
-        if let Some(other) = arenas().next() {
-            let names = other
-                .names
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-            for name in &names {
-                g.tag(name)?;
-            }
-        }
-        if c.report && device == 0 {
+        if c.report {
+            // Whichever device comes first: a process may use only GPU 3.
             timing::enable();
-            register_report();
+            REPORT.call_once(register_report);
         }
         Ok(g)
     });
@@ -305,7 +335,7 @@ impl GlobalArena {
             device,
             driver,
             tags: [const { OnceLock::new() }; MAX_TAGS],
-            names: Mutex::new(Vec::new()),
+            creating: Mutex::new(()),
             config,
             epoch_start: Mutex::new(Default::default()),
             clock: Mutex::new(None),
@@ -399,19 +429,25 @@ impl GlobalArena {
         &self.driver
     }
 
-    /// The index of tag `name`, creating it (and its arenas) on first use.
+    /// The index of tag `name` (process-wide, see [`tag_index`]), creating
+    /// its arenas on this device on first use.
     pub fn tag(&self, name: &str) -> Result<u32> {
-        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(i) = names.iter().position(|n| n == name) {
-            return Ok(i as u32);
+        let i = tag_index(name)?;
+        self.create_tag(i, name)?;
+        Ok(i)
+    }
+
+    /// Creates the arenas of tag index `i` named `name` on this device,
+    /// unless they exist.
+    fn create_tag(&self, i: u32, name: &str) -> Result<()> {
+        let slot = &self.tags[i as usize];
+        if slot.get().is_some() {
+            return Ok(());
         }
-        if names.len() >= MAX_TAGS {
-            return Err(Error::Config("too many tags (gpu_arena::global::MAX_TAGS)"));
+        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.get().is_some() {
+            return Ok(());
         }
-        if name.is_empty() || name.len() > 64 || name.contains(',') {
-            return Err(Error::Config("a tag name is 1..=64 bytes without commas"));
-        }
-        let i = names.len();
         let mut shards = Vec::with_capacity(self.config.shards.max(1) as usize);
         let mut arena_config = self.config.arena;
         // With a background reclaimer, freeing threads never give memory
@@ -419,7 +455,7 @@ impl GlobalArena {
         arena_config.commit.reclaim_on_free &= !self.config.background;
         for _ in 0..self.config.shards.max(1) {
             let a = SharedArena::new(self.driver.clone(), Kind::Device(self.device), arena_config)?;
-            a.lock().set_tag(i as u32);
+            a.lock().set_tag(i);
             if let Some(clock) = self
                 .clock
                 .lock()
@@ -431,14 +467,13 @@ impl GlobalArena {
             shards.push(a);
         }
         let ranges = shards.iter().map(|a| a.lock().reservation()).collect();
-        let _ = self.tags[i].set(TagArenas {
+        let _ = slot.set(TagArenas {
             name: name.to_string(),
             shards: shards.into_boxed_slice(),
             ranges,
             asleep: AtomicBool::new(false),
         });
-        names.push(name.to_string());
-        Ok(i as u32)
+        Ok(())
     }
 
     /// The arenas of tag index `tag`.
@@ -446,9 +481,17 @@ impl GlobalArena {
         self.tags.get(tag as usize).and_then(|t| t.get())
     }
 
-    /// Every tag created so far.
+    /// Every tag created on this device so far.
     pub fn tags(&self) -> impl Iterator<Item = &TagArenas> {
         self.tags.iter().filter_map(|t| t.get())
+    }
+
+    /// Every tag created on this device so far, with its index.
+    pub fn tags_indexed(&self) -> impl Iterator<Item = (u32, &TagArenas)> {
+        self.tags
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| t.get().map(|t| (i as u32, t)))
     }
 
     /// Makes `name` the calling thread's current tag until the guard drops.
@@ -459,17 +502,24 @@ impl GlobalArena {
         })
     }
 
-    /// The index of tag `name` if it exists (never creates it).
+    /// The index of tag `name` if the process has it (never registers it).
     pub fn find_tag(&self, name: &str) -> Option<u32> {
-        let names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        names.iter().position(|n| n == name).map(|i| i as u32)
+        let names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        match names.iter().position(|n| n == name) {
+            Some(i) => Some(i as u32),
+            None if name == "default" => Some(0),
+            None => None,
+        }
     }
 
-    /// The index of existing tag `name`, or [`Error::UnknownTag`].
+    /// The index of tag `name`, which the process must have
+    /// ([`Error::UnknownTag`] otherwise), with its arenas on this device.
     fn existing_tag(&self, name: &str) -> Result<u32> {
-        self.find_tag(name).ok_or(Error::UnknownTag {
+        let i = self.find_tag(name).ok_or(Error::UnknownTag {
             name: ConfigText::new(name),
-        })
+        })?;
+        self.create_tag(i, name)?;
+        Ok(i)
     }
 
     /// The shards of tag `tag` (all tags: the same shard count).
@@ -478,7 +528,16 @@ impl GlobalArena {
     }
 
     fn my_shard(&self, tag: u32) -> Result<&SharedArena<GlobalDriver>> {
-        let t = self.tag_arenas(tag).ok_or(Error::Config("no such tag"))?;
+        let t = match self.tag_arenas(tag) {
+            Some(t) => t,
+            // A tag made current while this device had no arenas for it
+            // (another device's, or before this device's first use).
+            None => {
+                let name = tag_name(tag).ok_or(Error::Config("no such tag"))?;
+                self.create_tag(tag, &name)?;
+                self.tag_arenas(tag).ok_or(Error::Config("no such tag"))?
+            }
+        };
         if t.is_asleep() {
             return Err(Error::Asleep { tag });
         }
@@ -538,11 +597,10 @@ impl GlobalArena {
             return e;
         };
         let mut usage: Vec<(u32, TagUsage)> = self
-            .tags()
-            .enumerate()
+            .tags_indexed()
             .map(|(i, t)| {
                 let s = Self::sum(t.shards.iter().map(|a| a.stats()));
-                (i as u32, TagUsage::new(&t.name, s.live, s.committed))
+                (i, TagUsage::new(&t.name, s.live, s.committed))
             })
             .collect();
         usage.sort_by_key(|(i, u)| (*i != tag, u64::MAX - u.committed));
@@ -661,8 +719,8 @@ impl GlobalArena {
     pub fn accounting(&self, tag: Option<u32>) -> Accounting {
         let mut t = Accounting::default();
         let mut limit = 0u64;
-        for (i, ta) in self.tags().enumerate() {
-            if tag.is_some_and(|x| x != i as u32) {
+        for (i, ta) in self.tags_indexed() {
+            if tag.is_some_and(|x| x != i) {
                 continue;
             }
             for s in ta.shards.iter() {
@@ -684,9 +742,10 @@ impl GlobalArena {
     /// Accounting per tag, as JSON (allocates).
     pub fn accounting_json(&self) -> String {
         let tags: Vec<_> = self
-            .tags()
-            .enumerate()
-            .map(|(i, t)| serde_json::json!({"tag": t.name, "accounting": self.accounting(Some(i as u32))}))
+            .tags_indexed()
+            .map(
+                |(i, t)| serde_json::json!({"tag": t.name, "accounting": self.accounting(Some(i))}),
+            )
             .collect();
         serde_json::json!({"device": self.device, "total": self.accounting(None), "tags": tags})
             .to_string()
@@ -764,9 +823,8 @@ impl GlobalArena {
     pub fn stats_json(&self) -> String {
         let s = self.stats();
         let tags: Vec<_> = self
-            .tags()
-            .enumerate()
-            .map(|(i, t)| serde_json::json!({"tag": t.name, "asleep": t.is_asleep(), "stats": self.tag_stats(i as u32)}))
+            .tags_indexed()
+            .map(|(i, t)| serde_json::json!({"tag": t.name, "asleep": t.is_asleep(), "stats": self.tag_stats(i)}))
             .collect();
         serde_json::json!({
             "device": self.device,

@@ -6,8 +6,12 @@
 //! over Unix sockets; "two processes" are two drivers here (the real
 //! two-process test is `tests/ipc_two_process.rs`).
 //!
-//! CUDA (feature `cuda`): the same on GPUs; the peer tests need two devices
-//! and skip with a printed reason otherwise, the sharing tests one. HIP
+//! CUDA (feature `cuda`): the same on GPUs, with every device the driver
+//! counts: the peer tests need two devices and skip with a printed reason
+//! otherwise (the commit cost with 3 peers needs four), the one-GPU sharing
+//! test one. They print `PEER ...` lines (`key=value` fields) that
+//! `scripts/multi_gpu_report.py` turns into the tables of `docs/multi-gpu.md`.
+//! HIP
 //! (feature `hip`): the same through the HIP backend, wherever it runs (the
 //! stand-in `libamdhip64` emulates two devices with
 //! `GPU_ARENA_HIP_SHIM_DEVICES=2`).
@@ -174,53 +178,195 @@ fn shared_arena_grant_and_revoke() {
     arena.free(p, Stream::DEFAULT).unwrap();
 }
 
-/// Allocation cost with and without a peer granted: the hot path (slab
-/// blocks, no driver call) and the commit path (a fresh 64 MiB block each
-/// time: create + map + set_access, then unmap + release).
+/// The median of `xs`.
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Allocation cost with and without a peer granted, on two arenas of the
+/// same backend (one with `peer` granted read-write) measured in
+/// alternating rounds: the hot path (slab blocks, no driver call) and the
+/// commit path (a fresh 64 MiB block each time: create + map + set_access,
+/// then unmap + release). Prints a `PEER_COST` line per arena (medians over
+/// the rounds) and a `PEER_COST_RATIO` line (granted / not granted).
 fn peer_cost<D: Driver>(label: &str, make: impl Fn() -> D, peer: u32) {
     const SMALL: u32 = 200_000;
-    const BIG: u32 = 200;
-    let mut rows = Vec::new();
-    for granted in [false, true] {
-        let mut a = Arena::new(make(), Kind::Device(0), config()).unwrap();
-        if granted {
-            a.grant(Location::Device(peer), AccessMode::ReadWrite)
-                .unwrap();
-        }
-        // Warm up both paths.
-        let p = a.alloc(256, 64).unwrap();
-        a.free(p).unwrap();
-        let t = Instant::now();
-        for _ in 0..SMALL {
-            let p = a.alloc(256, 64).unwrap();
+    const BIG: u32 = 100;
+    const ROUNDS: usize = 3;
+    let mut arenas: Vec<Arena<D>> = (0..2)
+        .map(|_| Arena::new(make(), Kind::Device(0), config()).unwrap())
+        .collect();
+    arenas[1]
+        .grant(Location::Device(peer), AccessMode::ReadWrite)
+        .unwrap();
+    // (hot path ns, commit path us, driver calls and set_access per block)
+    let mut small = [[0f64; ROUNDS]; 2];
+    let mut big = [[0f64; ROUNDS]; 2];
+    let mut calls = [(0f64, 0f64); 2];
+    for a in arenas.iter_mut() {
+        for size in [256, 64 << 20] {
+            let p = a.alloc(size, 256).unwrap();
             a.free(p).unwrap();
         }
-        let small_ns = t.elapsed().as_nanos() as f64 / f64::from(SMALL);
-        let before = a.stats().driver_calls;
-        let t = Instant::now();
-        for _ in 0..BIG {
-            let p = a.alloc(64 << 20, 256).unwrap();
-            a.free(p).unwrap();
-            a.trim();
-        }
-        let big_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(BIG);
-        let after = a.stats().driver_calls;
-        let per = |x: u64, y: u64| (x - y) as f64 / f64::from(BIG);
-        let set_access = per(after.set_access, before.set_access);
-        let total = per(after.total(), before.total());
-        println!(
-            "PEER_COST {label} peer={granted}: alloc+free 256 B {small_ns:.1} ns; \
-             alloc+free+trim 64 MiB {big_us:.1} us, {total:.1} driver calls ({set_access:.1} set_access) per block"
-        );
-        rows.push((set_access, total));
+        a.trim();
     }
+    for round in 0..ROUNDS {
+        for (i, a) in arenas.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..SMALL {
+                let p = a.alloc(256, 64).unwrap();
+                a.free(p).unwrap();
+            }
+            small[i][round] = t.elapsed().as_nanos() as f64 / f64::from(SMALL);
+            let before = a.stats().driver_calls;
+            let t = Instant::now();
+            for _ in 0..BIG {
+                let p = a.alloc(64 << 20, 256).unwrap();
+                a.free(p).unwrap();
+                a.trim();
+            }
+            big[i][round] = t.elapsed().as_secs_f64() * 1e6 / f64::from(BIG);
+            let after = a.stats().driver_calls;
+            let per = |x: u64, y: u64| (x - y) as f64 / f64::from(BIG);
+            calls[i] = (
+                per(after.total(), before.total()),
+                per(after.set_access, before.set_access),
+            );
+        }
+    }
+    for (i, granted) in [false, true].into_iter().enumerate() {
+        println!(
+            "PEER_COST backend={label} peer_granted={} alloc_free_256B_ns={:.1} \
+             alloc_free_trim_64MiB_us={:.1} driver_calls_per_64MiB={:.1} set_access_per_64MiB={:.1}",
+            u8::from(granted),
+            median(&small[i]),
+            median(&big[i]),
+            calls[i].0,
+            calls[i].1
+        );
+    }
+    println!(
+        "PEER_COST_RATIO backend={label} alloc_free_256B={:.3} alloc_free_trim_64MiB={:.3}",
+        median(&small[1]) / median(&small[0]),
+        median(&big[1]) / median(&big[0])
+    );
     // Granting a peer adds no driver call per allocation (never a timing assert).
-    assert_eq!(rows[0], rows[1]);
+    assert_eq!(calls[0], calls[1]);
 }
 
 #[test]
 fn peer_grant_adds_no_per_allocation_cost_host() {
     peer_cost("host", two_devices, 1);
+}
+
+/// Commit cost with 0, 1 and 3 peers granted (those the device count
+/// allows), in alternating rounds, medians printed as `PEER_COMMIT` lines:
+/// a 64 MiB and a 2 MiB block allocated, freed and trimmed (create + map +
+/// one set_access carrying 1 + peers descriptors, then unmap + release),
+/// and one driver `set_access` over a 64 MiB range of granule-sized handles
+/// with 1 + peers descriptors.
+fn commit_cost<D: Driver>(label: &str, make: impl Fn() -> D, device_count: u32) {
+    const BIG: u32 = 30;
+    const SMALL: u32 = 200;
+    const SET: u32 = 30;
+    const ROUNDS: usize = 3;
+    let peers: Vec<u32> = [0, 1, 3]
+        .into_iter()
+        .filter(|&k| k < device_count)
+        .collect();
+    for k in [1, 3] {
+        if k >= device_count {
+            println!(
+                "PEER_COMMIT backend={label} peers={k} skipped: needs {} devices, found {device_count}",
+                k + 1
+            );
+        }
+    }
+    let mut arenas: Vec<Arena<D>> = peers
+        .iter()
+        .map(|&k| {
+            let mut a = Arena::new(make(), Kind::Device(0), config()).unwrap();
+            for p in 1..=k {
+                a.grant(Location::Device(p), AccessMode::ReadWrite).unwrap();
+            }
+            a
+        })
+        .collect();
+    let mut big = vec![[0f64; ROUNDS]; peers.len()];
+    let mut small = vec![[0f64; ROUNDS]; peers.len()];
+    let mut set = vec![[0f64; ROUNDS]; peers.len()];
+    for round in 0..ROUNDS {
+        for (i, a) in arenas.iter_mut().enumerate() {
+            let t = Instant::now();
+            for _ in 0..BIG {
+                let p = a.alloc(64 << 20, 256).unwrap();
+                a.free(p).unwrap();
+                a.trim();
+            }
+            big[i][round] = t.elapsed().as_secs_f64() * 1e6 / f64::from(BIG);
+            let t = Instant::now();
+            for _ in 0..SMALL {
+                let p = a.alloc(2 << 20, 256).unwrap();
+                a.free(p).unwrap();
+                a.trim();
+            }
+            small[i][round] = t.elapsed().as_secs_f64() * 1e6 / f64::from(SMALL);
+
+            // The driver call alone, on a range of its own.
+            let d = a.driver();
+            let g = d.capabilities().granularity;
+            let len = 64 << 20;
+            let va = d.reserve(len, 0).unwrap();
+            let handles: Vec<_> = (0..len / g)
+                .map(|j| {
+                    let h = d.create(g, Location::Device(0)).unwrap();
+                    // SAFETY: a fresh, unmapped granule of our reservation.
+                    unsafe { d.map(va + (j * g) as u64, g, 0, h).unwrap() };
+                    h
+                })
+                .collect();
+            let list: Vec<gpu_arena::driver::Access> = (0..=peers[i])
+                .map(|p| gpu_arena::driver::Access::read_write(Location::Device(p)))
+                .collect();
+            let t = Instant::now();
+            for _ in 0..SET {
+                // SAFETY: the range is ours, wholly mapped, and unused.
+                unsafe { d.set_access(va, len, &list).unwrap() };
+            }
+            set[i][round] = t.elapsed().as_secs_f64() * 1e6 / f64::from(SET);
+            // SAFETY: nothing uses the range; each handle is released once.
+            unsafe {
+                d.unmap(va, len).unwrap();
+                for h in handles {
+                    d.release(h).unwrap();
+                }
+                d.free_reservation(va, len).unwrap();
+            }
+        }
+    }
+    for (i, k) in peers.iter().enumerate() {
+        println!(
+            "PEER_COMMIT backend={label} peers={k} alloc_free_trim_64MiB_us={:.1} \
+             alloc_free_trim_2MiB_us={:.1} set_access_64MiB_us={:.1}",
+            median(&big[i]),
+            median(&small[i]),
+            median(&set[i])
+        );
+    }
+}
+
+#[test]
+fn commit_cost_with_peers_host() {
+    let four = || {
+        HostDriver::with_config(HostConfig {
+            device_count: 4,
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    commit_cost("host", four, 4);
 }
 
 fn two_hosts() -> (SharedArena<HostDriver>, SharedArena<HostDriver>) {
@@ -564,13 +710,31 @@ fn send_refuses_a_peer_that_is_not_the_expected_process() {
     );
 }
 
+/// On GPUs: every test opens devices by ordinal from the driver's count,
+/// skips with a printed reason where too few devices (or no peer path) are
+/// found, and prints `PEER ...` lines for the multi-GPU report.
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
-    use gpu_arena::driver::cuda::CudaDriver;
+    use gpu_arena::driver::cuda::{CudaDriver, sys};
 
-    /// Drivers for devices 0 and 1, or `None` after printing why not.
-    fn two_gpus() -> Option<(CudaDriver, CudaDriver)> {
+    /// Whether device `from` can read and write device `to`'s memory
+    /// (`cuDeviceCanAccessPeer`).
+    fn can_access_peer(_loaded: &CudaDriver, from: u32, to: u32) -> bool {
+        let (mut a, mut b, mut can) = (0, 0, 0);
+        // SAFETY: a CudaDriver exists, so libcuda is loaded and initialized;
+        // the out-pointers are valid; the ordinals are below the count.
+        unsafe {
+            sys::cuDeviceGet(&mut a, from as i32) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuDeviceGet(&mut b, to as i32) == sys::CUresult::CUDA_SUCCESS
+                && sys::cuDeviceCanAccessPeer(&mut can, a, b) == sys::CUresult::CUDA_SUCCESS
+                && can != 0
+        }
+    }
+
+    /// Drivers for every device (at least `min`), each of which can access
+    /// device 0 as a peer; or `None` after printing why `what` skips.
+    fn gpus(min: u32, what: &str) -> Option<Vec<CudaDriver>> {
         let d0 = match CudaDriver::new(0) {
             Ok(d) => d,
             Err(e) => {
@@ -579,17 +743,25 @@ mod cuda {
             }
         };
         let n = d0.capabilities().device_count;
-        if n < 2 {
-            println!("skipped: peer access needs 2 CUDA devices, found {n}");
+        if n < min {
+            println!("skipped: {what} needs {min} CUDA devices, found {n}");
             return None;
         }
-        match CudaDriver::new(1) {
-            Ok(d1) => Some((d0, d1)),
-            Err(e) => {
-                println!("skipped: CUDA device 1 is not usable ({e})");
-                None
+        let mut all = vec![d0];
+        for i in 1..n {
+            if !can_access_peer(&all[0], i, 0) {
+                println!("skipped: CUDA device {i} cannot access device 0 as a peer");
+                return None;
+            }
+            match CudaDriver::new(i) {
+                Ok(d) => all.push(d),
+                Err(e) => {
+                    println!("skipped: CUDA device {i} is not usable ({e})");
+                    return None;
+                }
             }
         }
+        Some(all)
     }
 
     fn write_u32s<D: Driver>(d: &D, va: u64, n: usize, f: impl Fn(usize) -> u32) {
@@ -612,67 +784,143 @@ mod cuda {
         host
     }
 
+    fn mode(m: AccessMode) -> &'static str {
+        match m {
+            AccessMode::None => "none",
+            AccessMode::Read => "read",
+            AccessMode::ReadWrite => "readwrite",
+        }
+    }
+
+    /// A kernel on each other GPU, in its own context, reads and writes
+    /// memory of device 0's arena: large spans committed before the grant,
+    /// after it, and a growable buffer committed after it. Then revoke:
+    /// `cuMemGetAccess` reports no access on every page, also for pages
+    /// committed later; device 0 keeps its own.
     #[test]
-    fn kernel_on_gpu1_reads_and_writes_gpu0_arena_memory() {
-        let Some((d0, d1)) = two_gpus() else { return };
-        let peer = Location::Device(1);
-        let mut a = Arena::new(&d0, Kind::Device(0), config()).unwrap();
+    fn peer_kernels_read_and_write_gpu0_arena_memory() {
+        let Some(gpus) = gpus(2, "peer access") else {
+            return;
+        };
+        let d0 = &gpus[0];
+        let n = gpus.len() as u32;
+        let mut a = Arena::new(d0, Kind::Device(0), config()).unwrap();
         const N: usize = 4 << 20; // 16 MiB of u32
         let before = a.alloc((N * 4) as u64, 256).unwrap();
-        write_u32s(&d0, before, N, |i| i as u32);
-        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::None);
-
-        a.grant(peer, AccessMode::ReadWrite).unwrap();
-        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::ReadWrite);
-        let later = a.alloc((N * 4) as u64, 256).unwrap();
-        write_u32s(&d0, later, N, |i| 7 * i as u32);
-        assert_eq!(a.access_of(later, peer).unwrap(), AccessMode::ReadWrite);
-
-        // A kernel of device 1's own context reads and writes device 0's pages.
-        let k1 = d1.kernels().unwrap();
-        let s1 = d1.create_stream().unwrap();
-        // SAFETY: both ranges are mapped read-write for device 1 and
-        // nothing else touches them until the fence below completed.
-        unsafe {
-            k1.add_one(s1, before, N as u64).unwrap();
-            k1.add_one(s1, later, N as u64).unwrap();
+        write_u32s(d0, before, N, |i| i as u32);
+        for p in 1..n {
+            assert_eq!(
+                a.access_of(before, Location::Device(p)).unwrap(),
+                AccessMode::None
+            );
         }
-        let f = d1.record(s1).unwrap();
-        d1.wait(&f).unwrap();
-        d1.drop_fence(f);
-        let got = read_u32s(&d0, before, N);
-        assert!(got.iter().enumerate().all(|(i, &v)| v == i as u32 + 1));
-        let got = read_u32s(&d0, later, N);
-        assert!(got.iter().enumerate().all(|(i, &v)| v == 7 * i as u32 + 1));
+        let committed = a.stats().committed;
+        for p in 1..n {
+            let t = Instant::now();
+            a.grant(Location::Device(p), AccessMode::ReadWrite).unwrap();
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            println!(
+                "PEER grant owner=0 peer={p} committed_bytes={committed} us={us:.1} access={}",
+                mode(a.access_of(before, Location::Device(p)).unwrap())
+            );
+        }
+        let later = a.alloc((N * 4) as u64, 256).unwrap();
+        write_u32s(d0, later, N, |i| 7 * i as u32);
+        let buf = a.reserve_buffer(16 << 20, Policy::Grow).unwrap();
+        a.commit_buffer(buf, 0, 8 << 20).unwrap();
+        const M: usize = 2 << 20; // 8 MiB of u32
+        write_u32s(d0, buf, M, |i| 3 * i as u32);
+        let pages = committed_pages(&a);
+        for p in 1..n {
+            assert_all(&a, &pages, Location::Device(p), AccessMode::ReadWrite);
+        }
+
+        // Each peer's kernel, in its own context and stream, adds one.
+        for (p, d) in gpus.iter().enumerate().skip(1) {
+            let k = d.kernels().unwrap();
+            let s = d.create_stream().unwrap();
+            let t = Instant::now();
+            // SAFETY: the ranges are mapped read-write for this device and
+            // nothing else touches them until the fence below completed.
+            unsafe {
+                k.add_one(s, before, N as u64).unwrap();
+                k.add_one(s, later, N as u64).unwrap();
+                k.add_one(s, buf, M as u64).unwrap();
+            }
+            let f = d.record(s).unwrap();
+            d.wait(&f).unwrap();
+            let us = t.elapsed().as_secs_f64() * 1e6;
+            d.drop_fence(f);
+            // SAFETY: the stream is idle and not used again.
+            unsafe { d.destroy_stream(s).unwrap() };
+            println!(
+                "PEER kernel owner=0 peer={p} target={} bytes={} us={us:.1}",
+                k.target(),
+                (2 * N + M) * 4
+            );
+        }
+        let plus = n - 1;
+        let ok_before = read_u32s(d0, before, N)
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == i as u32 + plus);
+        let ok_later = read_u32s(d0, later, N)
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == 7 * i as u32 + plus);
+        let ok_buf = read_u32s(d0, buf, M)
+            .iter()
+            .enumerate()
+            .all(|(i, &v)| v == 3 * i as u32 + plus);
         println!(
-            "peer kernel on device 1 ({}) updated 2 x {N} u32 of device 0",
-            k1.target()
+            "PEER kernel_results owner=0 peers={} committed_before_grant={} committed_after_grant={} \
+             buffer_after_grant={}",
+            n - 1,
+            if ok_before { "ok" } else { "WRONG" },
+            if ok_later { "ok" } else { "WRONG" },
+            if ok_buf { "ok" } else { "WRONG" }
         );
+        assert!(ok_before && ok_later && ok_buf);
 
         // Revoke: cuMemGetAccess says no access (no kernel is run to see it).
-        // SAFETY: device 1's work on the arena completed (fence above).
-        unsafe { a.revoke(peer).unwrap() };
-        assert_eq!(a.access_of(before, peer).unwrap(), AccessMode::None);
-        assert_eq!(a.access_of(later, peer).unwrap(), AccessMode::None);
-        assert_eq!(
-            a.access_of(later, Location::Device(0)).unwrap(),
-            AccessMode::ReadWrite
-        );
+        for p in 1..n {
+            // SAFETY: the peers' work on the arena completed (fences above).
+            unsafe { a.revoke(Location::Device(p)).unwrap() };
+        }
         let again = a.alloc(8 << 20, 256).unwrap();
-        assert_eq!(a.access_of(again, peer).unwrap(), AccessMode::None);
-        // SAFETY: the stream is idle and not used again.
-        unsafe { d1.destroy_stream(s1).unwrap() };
+        let pages = committed_pages(&a);
+        for p in 1..n {
+            assert_all(&a, &pages, Location::Device(p), AccessMode::None);
+            println!(
+                "PEER revoke owner=0 peer={p} pages={} access_after={} later_commit_access={}",
+                pages.len(),
+                mode(a.access_of(later, Location::Device(p)).unwrap()),
+                mode(a.access_of(again, Location::Device(p)).unwrap())
+            );
+        }
+        assert_all(&a, &pages, Location::Device(0), AccessMode::ReadWrite);
         for p in [before, later, again] {
             a.free(p).unwrap();
         }
+        a.free_buffer(buf, 8 << 20, Policy::Grow, Stream::DEFAULT);
     }
 
     #[test]
     fn peer_grant_adds_no_per_allocation_cost_cuda() {
-        if two_gpus().is_none() {
+        if gpus(2, "the peer-granted allocation cost").is_none() {
             return;
         }
         peer_cost("cuda", || CudaDriver::new(0).unwrap(), 1);
+    }
+
+    #[test]
+    fn commit_cost_with_peers_cuda() {
+        let Some(gpus) = gpus(2, "the commit cost with peers") else {
+            return;
+        };
+        let n = gpus.len() as u32;
+        drop(gpus);
+        commit_cost("cuda", || CudaDriver::new(0).unwrap(), n);
     }
 
     #[test]
@@ -703,6 +951,76 @@ mod cuda {
         drop(buf);
         let v = read_u32s(importer.lock().driver(), view.as_ptr(), N);
         assert!(v.iter().enumerate().all(|(i, &x)| x == i as u32 ^ 0x5a5a));
+        assert_eq!(exporter.stats().committed, 0);
+    }
+
+    /// A buffer of device 0 imported into an arena of the last GPU (in one
+    /// process): that GPU reads it (copy engine) and writes it (a kernel of
+    /// its own context) over peer access; device 0 sees the writes; the
+    /// importer keeps the memory after the exporter let go.
+    #[test]
+    fn cuda_shared_buffer_imported_on_another_gpu() {
+        let Some(mut gpus) = gpus(2, "sharing across GPUs") else {
+            return;
+        };
+        if !gpus[0].capabilities().shareable_handles {
+            println!("skipped: this CUDA device cannot create POSIX-fd shareable handles");
+            return;
+        }
+        let last = (gpus.len() - 1) as u32;
+        let d1 = gpus.pop().unwrap();
+        let d0 = gpus.swap_remove(0);
+        drop(gpus);
+        let exporter = SharedArena::new(d0, Kind::Device(0), config()).unwrap();
+        let importer = SharedArena::new(d1, Kind::Device(last), config()).unwrap();
+        const N: usize = 3 << 20;
+        let buf = SharedBuffer::new(&exporter, (N * 4) as u64).unwrap();
+        write_u32s(exporter.lock().driver(), buf.as_ptr(), N, |i| i as u32 * 3);
+        let got = through_socket(&buf.export().unwrap());
+        // SAFETY: exported by the CUDA backend.
+        let view = unsafe { ImportedBuffer::new(&importer, &got).unwrap() };
+        drop(got);
+        let access = importer.access_of(view.as_ptr(), last).unwrap();
+        let read_ok = read_u32s(importer.lock().driver(), view.as_ptr(), N)
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == i as u32 * 3);
+        {
+            let g = importer.lock();
+            let d = g.driver();
+            let k = d.kernels().unwrap();
+            // SAFETY: mapped read-write for this device; nothing else
+            // touches it until the fence completed.
+            unsafe { k.add_one(Stream::DEFAULT, view.as_ptr(), N as u64).unwrap() };
+            let f = d.record(Stream::DEFAULT).unwrap();
+            d.wait(&f).unwrap();
+            d.drop_fence(f);
+        }
+        let seen_ok = read_u32s(exporter.lock().driver(), buf.as_ptr(), N)
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == i as u32 * 3 + 1);
+        // The exporter lets go, trims, and writes fresh memory of its own.
+        drop(buf);
+        exporter.trim();
+        let fresh = SharedBuffer::new(&exporter, (N * 4) as u64).unwrap();
+        write_u32s(exporter.lock().driver(), fresh.as_ptr(), N, |_| 0);
+        let kept_ok = read_u32s(importer.lock().driver(), view.as_ptr(), N)
+            .iter()
+            .enumerate()
+            .all(|(i, &x)| x == i as u32 * 3 + 1);
+        println!(
+            "PEER ipc_one_process exporter_device=0 importer_device={last} bytes={} \
+             importer_access={} importer_read={} exporter_sees_kernel_write={} after_exporter_release={}",
+            N * 4,
+            mode(access),
+            if read_ok { "ok" } else { "WRONG" },
+            if seen_ok { "ok" } else { "WRONG" },
+            if kept_ok { "ok" } else { "WRONG" }
+        );
+        assert_eq!(access, AccessMode::ReadWrite);
+        assert!(read_ok && seen_ok && kept_ok);
+        drop(fresh);
         assert_eq!(exporter.stats().committed, 0);
     }
 }

@@ -1,4 +1,5 @@
-/* Drives the C ABI: init, alloc, write, free, bad frees, stats, trim. */
+/* Drives the C ABI: init, alloc, write, free, bad frees, stats, trim, tags,
+ * sleep and wake, several devices. */
 #include <stdio.h>
 #include <string.h>
 #include "gpu_arena.h"
@@ -61,6 +62,23 @@ int main(void) {
     CHECK(gpu_arena_peaks(0, &peak_live, &peak_committed) == 0);
     CHECK(peak_live >= (3 << 20) && peak_committed >= peak_live);
     gpu_arena_trim(0);
+
+    /* Any device ordinal (the host backend emulates devices 0..=N): each
+     * device's arena comes at its first use, and a tag made current before
+     * that applies there too, under the same index. */
+    CHECK(gpu_arena_set_tag("kv") == 0);
+    for (int d = 1; d < 4; d++) {
+        char *p = gpu_arena_alloc(3 << 20, d, NULL);
+        CHECK(p != NULL);
+        memset(p, d, 3 << 20);
+        n = gpu_arena_stats_json(d, json, sizeof json);
+        CHECK(n > 0 && n < (ssize_t)sizeof json);
+        CHECK(strstr(json, "\"kv\"") != NULL);
+        CHECK(gpu_arena_free(p, 3 << 20, d, NULL) == 0);
+        CHECK(gpu_arena_free(p, 3 << 20, (d + 1) % 4, NULL) == -1); /* another device's arena */
+    }
+    CHECK(gpu_arena_set_tag("default") == 2);
+    CHECK(gpu_arena_alloc(64, 16, NULL) == NULL); /* beyond MAX_DEVICES */
     printf("c abi ok: peak live %llu, peak committed %llu\n", (unsigned long long)peak_live, (unsigned long long)peak_committed);
     return 0;
 }

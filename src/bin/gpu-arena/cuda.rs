@@ -24,6 +24,47 @@ fn cu_stream(s: Stream) -> sys::CUstream {
     core::ptr::with_exposed_provenance_mut(s.0 as usize)
 }
 
+/// `cuDeviceGet` for `ordinal`. `_loaded` proves the driver library was
+/// loaded and initialized (a live [`CudaDriver`] of any device).
+fn device_handle(_loaded: &CudaDriver, ordinal: u32) -> AnyResult<sys::CUdevice> {
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: a CudaDriver exists, so libcuda is loaded and cuInit ran;
+    // `dev` is a valid out-pointer.
+    check("cuDeviceGet", unsafe {
+        sys::cuDeviceGet(&mut dev, ordinal as c_int)
+    })?;
+    Ok(dev)
+}
+
+/// The name of device `ordinal` (`cuDeviceGetName`; needs no context).
+pub fn device_name(loaded: &CudaDriver, ordinal: u32) -> String {
+    let Ok(dev) = device_handle(loaded, ordinal) else {
+        return "unknown CUDA device".into();
+    };
+    let mut buf = [0 as c_char; 256];
+    // SAFETY: the buffer is writable for its length; the device is valid.
+    let r = unsafe { sys::cuDeviceGetName(buf.as_mut_ptr(), buf.len() as c_int, dev) };
+    if r != sys::CUresult::CUDA_SUCCESS {
+        return "unknown CUDA device".into();
+    }
+    // SAFETY: the driver wrote a NUL-terminated string into `buf`.
+    unsafe { core::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// Whether device `from` can read and write memory of device `to`
+/// (`cuDeviceCanAccessPeer`; needs no context). `None` where the driver
+/// does not say.
+pub fn can_access_peer(loaded: &CudaDriver, from: u32, to: u32) -> Option<bool> {
+    let a = device_handle(loaded, from).ok()?;
+    let b = device_handle(loaded, to).ok()?;
+    let mut can: c_int = 0;
+    // SAFETY: both devices are valid; `can` is a valid out-pointer.
+    let r = unsafe { sys::cuDeviceCanAccessPeer(&mut can, a, b) };
+    (r == sys::CUresult::CUDA_SUCCESS).then_some(can != 0)
+}
+
 /// Raw driver calls on one [`CudaDriver`]'s device and primary context.
 #[derive(Clone, Copy, Debug)]
 pub struct Cu {

@@ -1,6 +1,7 @@
-//! `gpu-arena info`: the backend, its devices, granularity and memory, the
-//! reservation an arena obtains (and any fallback), and the configuration in
-//! force.
+//! `gpu-arena info`: the backend, every device it sees (name, memory,
+//! granularity, virtual memory management support, peers), the reservation
+//! an arena obtains on the chosen device (and any fallback), and the
+//! configuration in force.
 
 use gpu_arena::driver::{Driver, SystemDriver};
 use gpu_arena::{Arena, ArenaConfig, Kind};
@@ -16,6 +17,24 @@ struct CudaInfo {
     host_memory_location: Option<&'static str>,
 }
 
+/// One device as the backend sees it.
+#[derive(serde::Serialize)]
+struct DeviceInfo {
+    ordinal: u32,
+    name: String,
+    /// Whether the backend opened it (virtual memory management usable).
+    vmm: bool,
+    /// Why it could not be opened.
+    error: Option<String>,
+    memory: Option<u64>,
+    granularity: Option<usize>,
+    recommended_granularity: Option<usize>,
+    shareable_handles: Option<bool>,
+    /// Devices whose memory this one can read and write (CUDA:
+    /// `cuDeviceCanAccessPeer`); `None` where the backend does not say.
+    peers: Option<Vec<u32>>,
+}
+
 #[derive(serde::Serialize)]
 struct Reservation {
     base: u64,
@@ -29,6 +48,7 @@ struct Info {
     note: String,
     capabilities: gpu_arena::driver::Capabilities,
     cuda: Option<CudaInfo>,
+    devices: Vec<DeviceInfo>,
     reservation: Reservation,
     regions: Vec<gpu_arena::stats::RegionReport>,
     config: ArenaConfig,
@@ -53,11 +73,91 @@ fn cuda_info(_: &SystemDriver) -> Option<CudaInfo> {
     None
 }
 
+/// The name of device `ordinal` and the devices it can access as peers.
+#[cfg(feature = "cuda")]
+fn describe(loaded: &SystemDriver, ordinal: u32, count: u32) -> (String, Option<Vec<u32>>) {
+    match loaded {
+        SystemDriver::Cuda(c) => {
+            let peers = (0..count)
+                .filter(|&p| p != ordinal)
+                .map(|p| crate::cuda::can_access_peer(c, ordinal, p).map(|ok| (p, ok)))
+                .collect::<Option<Vec<_>>>()
+                .map(|v| {
+                    v.into_iter()
+                        .filter(|&(_, ok)| ok)
+                        .map(|(p, _)| p)
+                        .collect()
+                });
+            (crate::cuda::device_name(c, ordinal), peers)
+        }
+        _ => describe_other(loaded, ordinal),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn describe(loaded: &SystemDriver, ordinal: u32, _count: u32) -> (String, Option<Vec<u32>>) {
+    describe_other(loaded, ordinal)
+}
+
+fn describe_other(loaded: &SystemDriver, ordinal: u32) -> (String, Option<Vec<u32>>) {
+    let backend = loaded.capabilities().backend;
+    let name = if backend == gpu_arena::Backend::Host {
+        format!("emulated device {ordinal} (host memory)")
+    } else {
+        format!("{backend} device {ordinal}")
+    };
+    (name, None)
+}
+
+/// Every device of the backend `driver` belongs to: `driver` describes
+/// `device`; the others are opened one at a time (and closed again).
+fn devices(backends: &Backends, driver: &SystemDriver, device: u32) -> Vec<DeviceInfo> {
+    let count = driver.capabilities().device_count;
+    (0..count)
+        .map(|i| {
+            let (name, peers) = describe(driver, i, count);
+            let opened = if i == device {
+                Ok(None)
+            } else {
+                SystemDriver::open(backends.select(), i, |_| {}).map(Some)
+            };
+            match opened {
+                Ok(other) => {
+                    let caps = *other.as_ref().unwrap_or(driver).capabilities();
+                    DeviceInfo {
+                        ordinal: i,
+                        name,
+                        vmm: true,
+                        error: None,
+                        memory: Some(caps.device_memory),
+                        granularity: Some(caps.granularity),
+                        recommended_granularity: Some(caps.recommended_granularity),
+                        shareable_handles: Some(caps.shareable_handles),
+                        peers,
+                    }
+                }
+                Err(e) => DeviceInfo {
+                    ordinal: i,
+                    name,
+                    vmm: false,
+                    error: Some(e.to_string()),
+                    memory: None,
+                    granularity: None,
+                    recommended_granularity: None,
+                    shareable_handles: None,
+                    peers,
+                },
+            }
+        })
+        .collect()
+}
+
 /// Runs `info`.
 pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
     let (backends, driver) = Backends::open(backend, device)?;
     let caps = *driver.capabilities();
     let cuda = cuda_info(&driver);
+    let devices = devices(&backends, &driver, device);
     let config = ArenaConfig::default();
     let arena = Arena::new(driver, Kind::Device(device), config)?;
     let (base, size) = arena.reservation();
@@ -65,6 +165,7 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
         note: backends.note,
         capabilities: caps,
         cuda,
+        devices,
         reservation: Reservation {
             base,
             size,
@@ -93,6 +194,34 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
         ]);
     }
     t.row(["devices".to_string(), caps.device_count.to_string()]);
+    for d in &info.devices {
+        let what = match (&d.error, d.memory, d.granularity, d.recommended_granularity) {
+            (None, Some(m), Some(g), Some(r)) => {
+                let peers = match &d.peers {
+                    Some(p) if p.is_empty() => ", peers: none".to_string(),
+                    Some(p) => format!(
+                        ", peers: {}",
+                        p.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+                    ),
+                    None => String::new(),
+                };
+                format!(
+                    "{}, {}, granularity {} (recommended {}), VMM yes, shareable handles {}{peers}",
+                    d.name,
+                    fmt_bytes(m),
+                    fmt_bytes(g as u64),
+                    fmt_bytes(r as u64),
+                    yes(d.shareable_handles == Some(true)),
+                )
+            }
+            (e, ..) => format!(
+                "{}, VMM no: {}",
+                d.name,
+                e.as_deref().unwrap_or("not opened")
+            ),
+        };
+        t.row([format!("  device {}", d.ordinal), what]);
+    }
     t.row([
         "granularity".to_string(),
         format!(
