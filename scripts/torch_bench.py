@@ -104,7 +104,7 @@ def serve(m):
     g = torch.Generator().manual_seed(3)
     total = 0
     with torch.no_grad():
-        for _ in range(24):
+        for _ in range(12):
             b = int(torch.randint(1, 17, (1,), generator=g))
             p = int(torch.randint(16, 513, (1,), generator=g))
             n = int(torch.randint(8, 97, (1,), generator=g))
