@@ -310,7 +310,7 @@ impl<D: Driver> Commit<D> {
             return Ok(());
         }
         let limit_pages = self.config.limit >> self.shift;
-        let owned = self.pool.committed_pages() - self.pool.idle_pages();
+        let owned = self.pool.committed_pages() - self.pool.idle_pages() + self.unreleased_pages;
         if owned + need > limit_pages {
             return Err(Error::OutOfMemory(self.oom_report(len)));
         }
@@ -442,8 +442,9 @@ impl<D: Driver> Commit<D> {
         }
         for &u in made.units.iter() {
             if self.pool.unit(u).aliases == 0 {
+                let pages = self.pool.unit(u).pages;
                 if let Some(h) = self.pool.remove_unit(u) {
-                    self.vmm_release(h);
+                    self.vmm_release(h, pages);
                 }
             }
         }

@@ -120,6 +120,11 @@ pub struct Commit<D: Driver> {
     shared_pending: MetaVec<u32>,
     /// Pages in shared units (a part of the committed pages).
     shared_pages: u64,
+    /// Handles (and their pages) whose release the driver refused: tried
+    /// again by every reclaim and at teardown, counted as committed.
+    unreleased: MetaVec<(D::Handle, u64)>,
+    /// Pages of `unreleased`.
+    unreleased_pages: u64,
     /// Frees since the last look at the decay deadline.
     ticks: u32,
     /// Clock (ms) before which no idle unit's allowance runs out.
@@ -188,6 +193,8 @@ impl<D: Driver> Commit<D> {
             asleep: false,
             shared_pending: MetaVec::new_in(std::alloc::System),
             shared_pages: 0,
+            unreleased: MetaVec::new_in(std::alloc::System),
+            unreleased_pages: 0,
             ticks: 0,
             next_reclaim: u64::MAX,
             streak: 0,
@@ -212,7 +219,7 @@ impl<D: Driver> Commit<D> {
     }
     /// Bytes committed now (each handle once, however many mappings it has).
     pub fn committed(&self) -> u64 {
-        self.pool.committed_pages() << self.shift
+        (self.pool.committed_pages() + self.unreleased_pages) << self.shift
     }
     /// Highest `committed` seen.
     pub fn peak_committed(&self) -> u64 {
@@ -259,7 +266,7 @@ impl<D: Driver> Commit<D> {
     }
     /// Number of handles held.
     pub fn unit_count(&self) -> u64 {
-        self.pool.unit_count()
+        self.pool.unit_count() + self.unreleased.len() as u64
     }
     /// Number of mappings (a handle mapped at two addresses counts twice).
     pub fn mapping_count(&self) -> u64 {

@@ -166,7 +166,7 @@ impl<D: Driver> Commit<D> {
             self.clear_for_shared(a, b)
         };
         if let Err(e) = r {
-            self.vmm_release(handle);
+            self.vmm_release(handle, len >> self.shift);
             return Err(e);
         }
         self.calls.create += 1;

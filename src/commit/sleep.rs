@@ -66,8 +66,9 @@ impl<D: Driver> Commit<D> {
                 for m in maps {
                     let _ = self.unmap_mapping(m);
                 }
+                let pages = self.pool.unit(u).pages;
                 if let Some(h) = self.pool.remove_unit(u) {
-                    self.vmm_release(h);
+                    self.vmm_release(h, pages);
                 }
             }
             return Err(e);

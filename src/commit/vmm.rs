@@ -39,11 +39,39 @@ impl<D: Driver> Commit<D> {
         Ok(h)
     }
 
-    /// Releases a handle (its mappings are gone or go with it).
-    pub(super) fn vmm_release(&mut self, h: D::Handle) {
+    /// Releases a handle of `pages` pages (its mappings are gone or go with
+    /// it). A release the driver refuses is kept and tried again by every
+    /// later reclaim and at teardown ([`Commit::retry_releases`]); until
+    /// then its pages count as committed: the memory is still held.
+    pub(super) fn vmm_release(&mut self, h: D::Handle, pages: u64) {
         if self.timed(|d| d.release(h)).is_ok() {
             self.calls.release += 1;
+        } else {
+            self.unreleased.push((h, pages));
+            self.unreleased_pages += pages;
         }
+    }
+
+    /// Tries again the releases the driver refused. Returns the pages
+    /// given back.
+    pub(super) fn retry_releases(&mut self) -> u64 {
+        if self.unreleased.is_empty() {
+            return 0;
+        }
+        let mut given = 0;
+        let mut i = 0;
+        while i < self.unreleased.len() {
+            let (h, pages) = self.unreleased[i];
+            if self.timed(|d| d.release(h)).is_ok() {
+                self.calls.release += 1;
+                self.unreleased.swap_remove(i);
+                self.unreleased_pages -= pages;
+                given += pages;
+            } else {
+                i += 1;
+            }
+        }
+        given
     }
 
     /// Maps `h` (of `pages` pages) at page `first`.
@@ -186,7 +214,7 @@ impl<D: Driver> Commit<D> {
             self.shared_pages -= pages;
         }
         if let Some(h) = self.pool.remove_unit(u) {
-            self.vmm_release(h);
+            self.vmm_release(h, pages);
         }
         pages
     }
