@@ -1493,6 +1493,10 @@ impl<D: Driver> Drop for Arena<D> {
         {
             self.drop_stage(stage);
         }
+        // The pinned host memory kept from the last wake for the next sleep.
+        if let Some(stage) = self.spare_stage.take() {
+            self.drop_stage(stage);
+        }
         self.commit.release_all();
         let (base, size) = self.reservation();
         // SAFETY: every run was unmapped above and the arena is going away,
