@@ -322,8 +322,84 @@ fn a_failed_fence_record_defers_the_decommit() {
     assert_balanced(&driver);
 }
 
+/// A release the driver refuses keeps its handle: the memory still counts
+/// as committed (it is still held), the next trim releases it, and nothing
+/// is left at the end.
+fn a_refused_release_is_tried_again() {
+    let driver = host(256 << 20);
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let p = arena.alloc(3 * PAGE, PAGE).unwrap();
+        arena.free(p).unwrap();
+        driver.inject(Fault {
+            op: Op::Release,
+            nth: 1,
+            kind: FaultKind::DriverError,
+        });
+        arena.trim();
+        let st = arena.stats();
+        assert_eq!(driver.counts().injected, 1);
+        assert_eq!(
+            (st.committed, st.handles),
+            (PAGE, 1),
+            "the refused handle is still held and counted: {st:?}"
+        );
+        assert_eq!(driver.physical_bytes(), PAGE);
+        arena.check_invariants();
+        arena.trim();
+        let st = arena.stats();
+        assert_eq!((st.committed, st.handles), (0, 0), "{st:?}");
+        assert_eq!(st.driver_calls.create, st.driver_calls.release);
+        // A refusal at teardown is tried again there too.
+        let q = arena.alloc(PAGE, PAGE).unwrap();
+        arena.free(q).unwrap();
+        driver.inject(Fault {
+            op: Op::Release,
+            nth: 1,
+            kind: FaultKind::OutOfMemory,
+        });
+    }
+    assert_balanced(&driver);
+}
+
+/// Sleep gives every mapping back even when an unmap is refused once (it
+/// is tried again at once), and wake maps the same addresses again.
+fn sleep_survives_a_refused_unmap() {
+    let driver = host(256 << 20);
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let p = arena.alloc(3 * PAGE, PAGE).unwrap();
+        // SAFETY: host backend: the block is host memory of that size.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0x5a, (3 * PAGE) as usize) };
+        driver.inject(Fault {
+            op: Op::Unmap,
+            nth: 1,
+            kind: FaultKind::DriverError,
+        });
+        arena
+            .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+            .unwrap();
+        assert_eq!(driver.counts().injected, 1);
+        let st = arena.stats();
+        assert_eq!((st.committed, st.handles, st.mappings), (0, 0, 0), "{st:?}");
+        let l = driver.leaks().expect("the reservation and the pinned copy");
+        assert_eq!(
+            (l.handles, l.mappings, l.physical_bytes),
+            (1, 1, 3 * PAGE),
+            "only the pinned host copy is held: {l:?}"
+        );
+        arena.wake(Stream::DEFAULT).unwrap();
+        // SAFETY: awake again, same address.
+        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, (3 * PAGE) as usize) };
+        assert!(bytes.iter().all(|&b| b == 0x5a));
+        arena.free(p).unwrap();
+        arena.check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
 fn main() {
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 6] = [
         (
             "a_failed_commit_leaves_nothing_behind",
             a_failed_commit_leaves_nothing_behind,
@@ -336,6 +412,14 @@ fn main() {
         (
             "a_failed_fence_record_defers_the_decommit",
             a_failed_fence_record_defers_the_decommit,
+        ),
+        (
+            "a_refused_release_is_tried_again",
+            a_refused_release_is_tried_again,
+        ),
+        (
+            "sleep_survives_a_refused_unmap",
+            sleep_survives_a_refused_unmap,
         ),
     ];
     let filter: Vec<String> = std::env::args()
