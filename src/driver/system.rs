@@ -1,11 +1,16 @@
 //! Run-time backend selection: CUDA or HIP where a device is found, else the
 //! host backend, with a clear message saying why.
+//!
+//! Any of them can also run behind the [`Checked`] layer
+//! ([`SystemDriver::checked`]): the rules enforced, every call counted,
+//! faults injected on demand, for soak runs and debugging of whole
+//! programs (the global arenas take a driver of this type).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
-    Access, AccessMode, Capabilities, DevicePtr, Driver, HostDriver, Location, Stream,
+    Access, AccessMode, Capabilities, Checked, DevicePtr, Driver, HostDriver, Location, Stream,
 };
 use crate::error::Result;
 
@@ -60,9 +65,55 @@ pub enum SystemDriver {
     /// HIP backend.
     #[cfg(feature = "hip")]
     Hip(crate::driver::hip::HipDriver),
+    /// One of the others behind the checked layer (see
+    /// [`SystemDriver::checked`]); its handles and fences are the inner
+    /// driver's.
+    Checked(Box<Checked<SystemDriver>>),
 }
 
 impl SystemDriver {
+    /// `inner` behind the [`Checked`] layer: every call validated against
+    /// the rules and counted, faults injectable ([`SystemDriver::as_checked`]).
+    /// The checked layer serializes the driver calls it checks behind one
+    /// lock.
+    pub fn checked(inner: SystemDriver) -> SystemDriver {
+        SystemDriver::Checked(Box::new(Checked::new(inner)))
+    }
+
+    /// The checked layer, where this driver runs behind one.
+    pub fn as_checked(&self) -> Option<&Checked<SystemDriver>> {
+        match self {
+            SystemDriver::Checked(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The backend under any checked layer.
+    pub fn backend(&self) -> &SystemDriver {
+        match self {
+            SystemDriver::Checked(c) => c.inner().backend(),
+            d => d,
+        }
+    }
+
+    /// The host backend, where it is the one in use (under any checked
+    /// layer): tests hold and complete its emulated streams.
+    pub fn as_host(&self) -> Option<&HostDriver> {
+        match self.backend() {
+            SystemDriver::Host(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The CUDA backend, where it is the one in use (under any checked layer).
+    #[cfg(feature = "cuda")]
+    pub fn as_cuda(&self) -> Option<&crate::driver::cuda::CudaDriver> {
+        match self.backend() {
+            SystemDriver::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Opens the backend `select` asks for, on `device`.
     ///
     /// With [`Select::Auto`], tries CUDA, then HIP (where built), and falls
@@ -114,6 +165,7 @@ macro_rules! dispatch {
             SystemDriver::Cuda($d) => $e,
             #[cfg(feature = "hip")]
             SystemDriver::Hip($d) => $e,
+            SystemDriver::Checked($d) => $e,
         }
     };
 }
@@ -148,6 +200,7 @@ unsafe impl Driver for SystemDriver {
             SystemDriver::Cuda(d) => d.create(size, location).map(SystemHandle::Cuda),
             #[cfg(feature = "hip")]
             SystemDriver::Hip(d) => d.create(size, location).map(SystemHandle::Hip),
+            SystemDriver::Checked(d) => d.create(size, location),
         }
     }
     fn release(&self, handle: SystemHandle) -> Result<()> {
@@ -157,6 +210,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => d.release(h),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => d.release(h),
+            (SystemDriver::Checked(d), h) => d.release(h),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -177,6 +231,8 @@ unsafe impl Driver for SystemDriver {
             #[cfg(feature = "hip")]
             // SAFETY: forwarded under the caller's guarantees.
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => unsafe { d.map(va, size, offset, h) },
+            // SAFETY: forwarded under the caller's guarantees.
+            (SystemDriver::Checked(d), h) => unsafe { d.map(va, size, offset, h) },
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -199,6 +255,7 @@ unsafe impl Driver for SystemDriver {
             SystemDriver::Cuda(d) => d.record(stream).map(SystemFence::Cuda),
             #[cfg(feature = "hip")]
             SystemDriver::Hip(d) => d.record(stream).map(SystemFence::Hip),
+            SystemDriver::Checked(d) => d.record(stream),
         }
     }
     fn is_complete(&self, fence: &SystemFence) -> Result<bool> {
@@ -208,6 +265,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.is_complete(f),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.is_complete(f),
+            (SystemDriver::Checked(d), f) => d.is_complete(f),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -219,6 +277,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.wait(f),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.wait(f),
+            (SystemDriver::Checked(d), f) => d.wait(f),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -230,6 +289,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.drop_fence(f),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.drop_fence(f),
+            (SystemDriver::Checked(d), f) => d.drop_fence(f),
             #[allow(unreachable_patterns)]
             _ => {}
         }
@@ -262,6 +322,7 @@ unsafe impl Driver for SystemDriver {
             SystemDriver::Cuda(d) => d.create_shareable(size, location).map(SystemHandle::Cuda),
             #[cfg(feature = "hip")]
             SystemDriver::Hip(d) => d.create_shareable(size, location).map(SystemHandle::Hip),
+            SystemDriver::Checked(d) => d.create_shareable(size, location),
         }
     }
     fn export(&self, handle: SystemHandle) -> Result<OwnedFd> {
@@ -271,6 +332,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => d.export(h),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => d.export(h),
+            (SystemDriver::Checked(d), h) => d.export(h),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -299,6 +361,8 @@ unsafe impl Driver for SystemDriver {
                 let h = unsafe { d.import(fd, size, location) }?;
                 Ok(SystemHandle::Hip(h))
             }
+            // SAFETY: forwarded under the caller's guarantees.
+            SystemDriver::Checked(d) => unsafe { d.import(fd, size, location) },
         }
     }
 }

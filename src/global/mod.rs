@@ -185,13 +185,25 @@ fn register_report() {
     unsafe { libc::atexit(print_report) };
 }
 
+/// Addresses of the arenas made by [`GlobalArena::leak`] and
+/// [`GlobalArena::leak_with`] and not yet destroyed: only those may be
+/// given to [`GlobalArena::destroy`].
+static LEAKED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
 impl GlobalArena {
     /// A new global-style arena for `device` (not registered as the
-    /// process-wide one; see [`arena`]).
+    /// process-wide one; see [`arena`]), on the backend `config.backend`
+    /// selects.
     pub fn new(device: u32, config: GlobalConfig) -> Result<Self> {
-        let driver = Arc::new(SystemDriver::open(config.backend, device, |note| {
-            eprintln!("{note}")
-        })?);
+        let driver = SystemDriver::open(config.backend, device, |note| eprintln!("{note}"))?;
+        Self::with_driver(device, config, Arc::new(driver))
+    }
+
+    /// A new global-style arena for `device` over a driver the caller
+    /// opened (for example a backend behind the checked layer,
+    /// [`SystemDriver::checked`], whose counts the caller can still read
+    /// after [`GlobalArena::destroy`]); `config.backend` is not looked at.
+    pub fn with_driver(device: u32, config: GlobalConfig, driver: GlobalDriver) -> Result<Self> {
         let g = GlobalArena {
             device,
             driver,
@@ -203,10 +215,61 @@ impl GlobalArena {
         Ok(g)
     }
 
-    /// A new arena that lives for the rest of the process (the thread caches
-    /// need `'static` arenas).
+    /// A new arena that lives until [`GlobalArena::destroy`] or the end of
+    /// the process (the thread caches need `'static` arenas).
     pub fn leak(device: u32, config: GlobalConfig) -> Result<&'static Self> {
-        Ok(Box::leak(Box::new(Self::new(device, config)?)))
+        Ok(Self::register(Self::new(device, config)?))
+    }
+
+    /// [`GlobalArena::with_driver`], leaked as [`GlobalArena::leak`] does.
+    pub fn leak_with(
+        device: u32,
+        config: GlobalConfig,
+        driver: GlobalDriver,
+    ) -> Result<&'static Self> {
+        Ok(Self::register(Self::with_driver(device, config, driver)?))
+    }
+
+    fn register(arena: Self) -> &'static Self {
+        let a: &'static Self = Box::leak(Box::new(arena));
+        LEAKED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(a as *const Self as usize);
+        a
+    }
+
+    /// Tears down an arena made by [`GlobalArena::leak`] or
+    /// [`GlobalArena::leak_with`]: gives the calling thread's cached blocks
+    /// back, then drops every shard, which gives every handle and
+    /// reservation back to the driver (memory still live is given back
+    /// too). Refuses, changing nothing, an arena that was not made that way
+    /// or was destroyed already (the process-wide arenas of [`arena`] live
+    /// as long as the process).
+    ///
+    /// # Safety
+    /// Callers guarantee that no other thread uses the arena any more and
+    /// that every thread that allocated from it has exited (their caches
+    /// go back to the arena when they exit) or was the calling one; no
+    /// reference to it, and no block of it, is used after this call; no
+    /// queued device work touches its memory.
+    pub unsafe fn destroy(arena: &'static GlobalArena) -> Result<()> {
+        let addr = arena as *const Self as usize;
+        {
+            let mut leaked = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(i) = leaked.iter().position(|&a| a == addr) else {
+                return Err(Error::Config(
+                    "only an arena made by GlobalArena::leak or leak_with can be destroyed, once",
+                ));
+            };
+            leaked.swap_remove(i);
+        }
+        cache::flush_current(arena);
+        // SAFETY: `addr` came from `Box::leak` in `register` and was
+        // removed from the registry above, so it is turned back into a box
+        // once; the caller guarantees that nothing uses the arena any more.
+        drop(unsafe { Box::from_raw(addr as *mut GlobalArena) });
+        Ok(())
     }
 
     /// The device ordinal.

@@ -199,3 +199,62 @@ fn oom_report_names_the_tags() {
     assert!(e.to_string().contains("by tag: activations"), "{e}");
     arena.free(a, None, Stream::DEFAULT).unwrap();
 }
+
+#[test]
+fn a_leaked_arena_over_a_checked_driver_tears_down_to_nothing() {
+    use gpu_arena::driver::{Driver, SystemDriver};
+    use std::sync::Arc;
+    let driver = Arc::new(SystemDriver::checked(
+        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
+    ));
+    let conf = GlobalConfig {
+        shards: 2,
+        ..GlobalConfig::default()
+    };
+    let arena = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    let checked = driver.as_checked().expect("checked");
+    assert!(
+        driver.as_host().is_some(),
+        "the host backend under the checked layer"
+    );
+    let s = driver.create_stream().unwrap();
+    let small = arena.alloc(100, 16, s).unwrap();
+    let big = {
+        let _g = arena.tag_scope("weights").unwrap();
+        arena.alloc(5 << 20, 512, s).unwrap()
+    };
+    arena
+        .sleep(&["weights"], gpu_arena::SleepMode::Offload, s)
+        .unwrap();
+    arena.wake(&["weights"], s).unwrap();
+    assert!(checked.counts().create > 0);
+    arena.free(big, None, s).unwrap();
+    // `small` stays live: teardown gives it back too.
+    let _ = small;
+    // SAFETY: this thread is the only one that used the arena; nothing
+    // refers to it afterwards.
+    unsafe { GlobalArena::destroy(arena) }.unwrap();
+    assert_eq!(checked.leaks(), None, "{:?}", checked.counts());
+    let c = checked.counts();
+    assert_eq!(
+        (c.create, c.bytes_mapped, c.reserve),
+        (c.release, c.bytes_unmapped, c.free_reservation),
+        "{c:?}"
+    );
+    assert_eq!(c.refused, 0);
+    // Only arenas made by `leak`/`leak_with` are torn down.
+    let other: &'static GlobalArena = Box::leak(Box::new(
+        GlobalArena::new(
+            0,
+            GlobalConfig {
+                backend: Select::Host,
+                ..GlobalConfig::default()
+            },
+        )
+        .unwrap(),
+    ));
+    // SAFETY: refused before anything is touched.
+    assert!(unsafe { GlobalArena::destroy(other) }.is_err());
+    // SAFETY: stream made above; nothing uses it.
+    unsafe { driver.destroy_stream(s) }.unwrap();
+}
