@@ -438,7 +438,7 @@ impl<D: Driver> Commit<D> {
     /// its new handles.
     fn undo(&mut self, made: Made) {
         for &m in made.maps.iter().rev() {
-            let _ = self.unmap_mapping(m);
+            self.undo_mapping(m);
         }
         for &u in made.units.iter() {
             if self.pool.unit(u).aliases == 0 {

@@ -15,11 +15,9 @@
 
 use super::Commit;
 use super::pages::NIL;
+use super::vmm::UNMAP_TRIES;
 use crate::MetaVec;
 use crate::driver::Driver;
-
-/// Attempts at an unmap that sleep or teardown cannot leave undone.
-const UNMAP_TRIES: u32 = 3;
 
 impl<D: Driver> Commit<D> {
     /// How often (ms) idle memory is looked at while there is some.

@@ -64,7 +64,10 @@ impl<D: Driver> Commit<D> {
                     v
                 };
                 for m in maps {
-                    let _ = self.unmap_mapping(m);
+                    self.undo_mapping(m);
+                }
+                if self.pool.unit(u).aliases > 0 {
+                    continue;
                 }
                 let pages = self.pool.unit(u).pages;
                 if let Some(h) = self.pool.remove_unit(u) {

@@ -9,6 +9,10 @@ use super::pages::NIL;
 use crate::driver::{DevicePtr, Driver};
 use crate::error::Result;
 
+/// Attempts at an unmap that must not be left undone (sleep, teardown,
+/// the undo of a failed commit): a refusal is tried again at once.
+pub(super) const UNMAP_TRIES: u32 = 3;
+
 impl<D: Driver> Commit<D> {
     #[inline]
     pub(super) fn va(&self, page: u64) -> DevicePtr {
@@ -192,6 +196,31 @@ impl<D: Driver> Commit<D> {
             self.pages.set_map(p, NIL);
         }
         Ok(self.pool.remove_map(m))
+    }
+
+    /// Takes away mapping `m`, made by a call that then failed (no live
+    /// byte; nothing used it; its access may never have been set). Where
+    /// the driver keeps refusing the unmap, sets the mapping's access
+    /// instead: the page table must never hold a mapping that a block could
+    /// be placed on and not reach. Returns whether the mapping is gone.
+    pub(super) fn undo_mapping(&mut self, m: u32) -> bool {
+        for _ in 0..UNMAP_TRIES {
+            if self.unmap_mapping(m).is_ok() {
+                return true;
+            }
+        }
+        let (first, pages) = {
+            let x = self.pool.map(m);
+            (x.first, x.pages)
+        };
+        for _ in 0..UNMAP_TRIES {
+            // SAFETY: the range is exactly mapping `m`, ours; granting the
+            // arena's access list takes nothing from anyone.
+            if unsafe { self.vmm_set_access(first, pages) }.is_ok() {
+                break;
+            }
+        }
+        false
     }
 
     /// Unmaps every mapping of idle unit `u` and releases it. Callers
