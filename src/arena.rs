@@ -367,6 +367,12 @@ impl<D: Driver> Arena<D> {
         self.config.commit.limit = limit;
     }
 
+    /// Shares a limit with other arenas (see [`Budget`](crate::commit::Budget)):
+    /// commits must then fit under this arena's limit and the budget's.
+    pub fn set_budget(&mut self, budget: std::sync::Arc<crate::commit::Budget>) {
+        self.commit.set_budget(budget);
+    }
+
     /// Whether `ptr` lies in this arena's reservation.
     #[inline]
     pub fn contains(&self, ptr: DevicePtr) -> bool {
@@ -1121,7 +1127,7 @@ impl<D: Driver> Arena<D> {
             committed: self.commit.committed(),
             reclaimable,
             pending: self.commit.candidate_bytes() - reclaimable,
-            limit: self.commit.config().limit,
+            limit: self.commit.effective_limit(),
             largest_free_committed: largest,
             asleep: self.is_asleep(),
         }

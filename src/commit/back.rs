@@ -400,11 +400,16 @@ impl<D: Driver> Commit<D> {
     pub(super) fn create_unit(&mut self, pages: u64, keep: &[u32]) -> Result<u32> {
         let (mut trimmed, mut waited) = (false, false);
         loop {
-            let over = self.committed() + (pages << self.shift) > self.config.limit;
+            let over = self.committed() + (pages << self.shift) > self.config.limit
+                || !self.budget_try_take(pages);
             let r = if over {
                 Err(Error::OutOfMemory(self.oom_report(pages << self.shift)))
             } else {
-                self.vmm_create(pages, false)
+                let r = self.vmm_create(pages, false);
+                if r.is_err() {
+                    self.budget_give(pages);
+                }
+                r
             };
             match r {
                 Ok(h) => {

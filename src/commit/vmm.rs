@@ -50,6 +50,7 @@ impl<D: Driver> Commit<D> {
     pub(super) fn vmm_release(&mut self, h: D::Handle, pages: u64) {
         if self.timed(|d| d.release(h)).is_ok() {
             self.calls.release += 1;
+            self.budget_give(pages);
         } else {
             self.unreleased.push((h, pages));
             self.unreleased_pages += pages;
@@ -68,6 +69,7 @@ impl<D: Driver> Commit<D> {
             let (h, pages) = self.unreleased[i];
             if self.timed(|d| d.release(h)).is_ok() {
                 self.calls.release += 1;
+                self.budget_give(pages);
                 self.unreleased.swap_remove(i);
                 self.unreleased_pages -= pages;
                 given += pages;

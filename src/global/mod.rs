@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::api::SharedArena;
 use crate::arena::{Accounting, Kind, SleepMode, SleepReport};
+use crate::commit::Budget;
 use crate::driver::{DevicePtr, Driver, Stream, SystemDriver};
 use crate::error::{BadPointer, Error, Result, TagUsage};
 use crate::policy::classes;
@@ -77,6 +78,9 @@ pub struct GlobalArena {
     tags: [OnceLock<TagArenas>; MAX_TAGS],
     names: Mutex<Vec<String>>,
     config: GlobalConfig,
+    /// The device-wide limit (`config.arena.commit.limit`), shared by every
+    /// shard of every tag.
+    budget: Arc<Budget>,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -210,6 +214,7 @@ impl GlobalArena {
             tags: [const { OnceLock::new() }; MAX_TAGS],
             names: Mutex::new(Vec::new()),
             config,
+            budget: Arc::new(Budget::new(config.arena.commit.limit)),
         };
         g.tag("default")?;
         Ok(g)
@@ -299,13 +304,18 @@ impl GlobalArena {
         }
         let i = names.len();
         let mut shards = Vec::with_capacity(self.config.shards.max(1) as usize);
+        // The limit holds for the device: every shard of every tag takes
+        // its commits from the one budget (a tag may get a limit of its own
+        // on top, `set_tag_limit`).
+        let mut arena_config = self.config.arena;
+        arena_config.commit.limit = u64::MAX;
         for _ in 0..self.config.shards.max(1) {
-            let a = SharedArena::new(
-                self.driver.clone(),
-                Kind::Device(self.device),
-                self.config.arena,
-            )?;
-            a.lock().set_tag(i as u32);
+            let a = SharedArena::new(self.driver.clone(), Kind::Device(self.device), arena_config)?;
+            {
+                let mut a = a.lock();
+                a.set_tag(i as u32);
+                a.set_budget(self.budget.clone());
+            }
             shards.push(a);
         }
         let ranges = shards.iter().map(|a| a.lock().reservation()).collect();
@@ -371,6 +381,10 @@ impl GlobalArena {
     /// Small blocks come from the calling thread's cache without a lock.
     /// A zero size or an alignment that is not a power of two is refused
     /// ([`Error::ZeroSize`], [`Error::BadAlignment`]) and changes nothing.
+    ///
+    /// Out of memory in its shard, it gives back the idle memory of every
+    /// shard and tag (trim) and tries once more before reporting
+    /// [`Error::OutOfMemory`] with device-wide figures.
     #[inline]
     pub fn alloc(&'static self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         let tag = current_tag();
@@ -381,20 +395,41 @@ impl GlobalArena {
                 if let Some(p) = cache::pop(self, tag, class, stream) {
                     return Ok(p);
                 }
-                return cache::refill(self, tag, class, stream).map_err(|e| self.enrich(e, tag));
+                return self
+                    .retry_after_trim(|| cache::refill(self, tag, class, stream))
+                    .map_err(|e| self.enrich(e, tag));
             }
         }
-        self.my_shard(tag)?
-            .alloc(size, align, stream)
+        let shard = self.my_shard(tag)?;
+        self.retry_after_trim(|| shard.alloc(size, align, stream))
             .map_err(|e| self.enrich(e, tag))
     }
 
     /// Allocates in the current tag without the thread cache.
     pub fn alloc_uncached(&self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         let tag = current_tag();
-        self.my_shard(tag)?
-            .alloc(size, align, stream)
+        let shard = self.my_shard(tag)?;
+        self.retry_after_trim(|| shard.alloc(size, align, stream))
             .map_err(|e| self.enrich(e, tag))
+    }
+
+    /// Runs `f`; out of memory, gives back the idle memory of every shard
+    /// and tag (a shard's own ladder only reaches its own) and runs it once
+    /// more if that gave anything back.
+    fn retry_after_trim<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(Error::OutOfMemory(_)) if self.trim_shards() > 0 => f(),
+            r => r,
+        }
+    }
+
+    /// Trims every shard of every tag (no thread cache). Returns the bytes
+    /// given back.
+    fn trim_shards(&self) -> u64 {
+        self.tags()
+            .flat_map(|t| t.shards.iter())
+            .map(|s| s.trim())
+            .sum()
     }
 
     /// Adds the per-tag figures to an out-of-memory error.
@@ -402,6 +437,14 @@ impl GlobalArena {
         let Error::OutOfMemory(mut r) = e else {
             return e;
         };
+        // Device-wide figures: the limit is the device's.
+        let all = self.stats();
+        r.live = all.live;
+        r.committed = all.committed;
+        r.reclaimable = all.reclaimable;
+        r.pending = all.pending_decommit.saturating_sub(all.reclaimable);
+        r.pending_fences = all.pending_fences;
+        r.limit = r.limit.min(self.budget.limit());
         let mut usage: Vec<(u32, TagUsage)> = self
             .tags()
             .enumerate()
@@ -435,10 +478,18 @@ impl GlobalArena {
     /// Gives back every empty page whose fences completed (and this thread's cache).
     pub fn trim(&'static self) -> u64 {
         cache::flush_current(self);
-        self.tags()
-            .flat_map(|t| t.shards.iter())
-            .map(|s| s.trim())
-            .sum()
+        self.trim_shards()
+    }
+
+    /// The device-wide limit, and the bytes committed by every shard of
+    /// every tag against it (now and at most).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Changes the device-wide limit (later commits; bytes committed stay).
+    pub fn set_limit(&self, limit: u64) {
+        self.budget.set_limit(limit);
     }
 
     /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
@@ -477,7 +528,7 @@ impl GlobalArena {
                 continue;
             }
             for shard in ta.shards.iter() {
-                let r = shard.lock().wake(stream)?;
+                let r = self.retry_after_trim(|| shard.lock().wake(stream))?;
                 add(&mut total, r);
             }
             ta.asleep.store(false, Ordering::Release);
@@ -485,7 +536,8 @@ impl GlobalArena {
         Ok(total)
     }
 
-    /// Sets the commit limit of tag `name` (split evenly over its shards).
+    /// Sets a commit limit of tag `name` alone (split evenly over its
+    /// shards), on top of the device-wide one.
     pub fn set_tag_limit(&self, name: &str, limit: u64) -> Result<()> {
         let t = self.tag(name)?;
         let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
@@ -516,7 +568,7 @@ impl GlobalArena {
                 t.asleep |= a.asleep;
             }
         }
-        t.limit = limit;
+        t.limit = limit.min(self.budget.limit());
         t
     }
 

@@ -258,3 +258,56 @@ fn a_leaked_arena_over_a_checked_driver_tears_down_to_nothing() {
     // SAFETY: stream made above; nothing uses it.
     unsafe { driver.destroy_stream(s) }.unwrap();
 }
+
+#[test]
+fn the_limit_holds_for_the_device_across_tags_and_shards() {
+    let mut conf = GlobalConfig {
+        backend: Select::Host,
+        shards: 3,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    conf.arena.commit.limit = 24 << 20;
+    conf.arena.commit.decay_ms = 60_000;
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let mut held = Vec::new();
+    // Three tags, several threads (shards): together they stop at the limit.
+    for tag in ["a", "b", "c"] {
+        let _g = arena.tag_scope(tag).unwrap();
+        for _ in 0..3 {
+            let h = std::thread::spawn(move || {
+                let _g = arena.tag_scope(tag).unwrap();
+                arena.alloc(6 << 20, 512, Stream::DEFAULT).ok()
+            });
+            held.extend(h.join().unwrap());
+        }
+    }
+    let b = arena.budget();
+    assert!(b.used() <= 24 << 20 && b.peak() <= 24 << 20, "{b:?}");
+    assert_eq!(b.used(), arena.stats().committed);
+    assert!(held.len() < 9, "the limit refused some of the nine blocks");
+    let e = {
+        let _g = arena.tag_scope("a").unwrap();
+        arena.alloc(6 << 20, 512, Stream::DEFAULT).unwrap_err()
+    };
+    let gpu_arena::Error::OutOfMemory(r) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(r.limit, 24 << 20, "the device's limit: {r:?}");
+    assert_eq!(r.committed, arena.stats().committed, "device-wide figures");
+    // Memory freed in one shard and kept idle (long decay) serves another
+    // shard's allocation: the global ladder trims every shard first.
+    for p in held.drain(..) {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    assert!(arena.stats().committed > 0, "idle memory kept");
+    let big = std::thread::spawn(move || {
+        let _g = arena.tag_scope("c").unwrap();
+        arena.alloc(20 << 20, 512, Stream::DEFAULT).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(arena.budget().used() <= 24 << 20);
+    arena.free(big, None, Stream::DEFAULT).unwrap();
+    assert_eq!(arena.accounting(None).limit, 24 << 20);
+}
