@@ -494,7 +494,9 @@ impl GlobalArena {
 
     /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
     /// their physical memory goes back, their addresses stay. Tags already
-    /// asleep are skipped. On error, the tags slept so far stay asleep.
+    /// asleep are skipped. On error, the tags slept so far stay asleep and
+    /// the failing one is awake again (its shards that had slept are woken:
+    /// a tag is never half asleep, refusing allocations but serving frees).
     pub fn sleep(
         &'static self,
         tags: &[&str],
@@ -509,9 +511,20 @@ impl GlobalArena {
             if ta.asleep.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            for shard in ta.shards.iter() {
-                let r = shard.lock().sleep(mode, stream)?;
-                add(&mut total, r);
+            for (i, shard) in ta.shards.iter().enumerate() {
+                let r = shard.lock().sleep(mode, stream);
+                match r {
+                    Ok(r) => add(&mut total, r),
+                    Err(e) => {
+                        let woken = ta.shards[..i]
+                            .iter()
+                            .all(|s| self.retry_after_trim(|| s.lock().wake(stream)).is_ok());
+                        if woken {
+                            ta.asleep.store(false, Ordering::Release);
+                        }
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(total)

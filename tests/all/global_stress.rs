@@ -311,3 +311,66 @@ fn the_limit_holds_for_the_device_across_tags_and_shards() {
     arena.free(big, None, Stream::DEFAULT).unwrap();
     assert_eq!(arena.accounting(None).limit, 24 << 20);
 }
+
+#[test]
+fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
+    use gpu_arena::driver::{Driver, Fault, FaultKind, Op, SystemDriver};
+    use std::sync::Arc;
+    let driver = Arc::new(SystemDriver::checked(
+        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
+    ));
+    let conf = GlobalConfig {
+        shards: 2,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    let arena = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    // Two threads (two shards) put data in tag `w`.
+    let blocks: Vec<(u64, u8)> = (0..2u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let _g = arena.tag_scope("w").unwrap();
+                let p = arena.alloc(3 << 20, 512, Stream::DEFAULT).unwrap();
+                // SAFETY: host backend, a live block of that size.
+                unsafe { std::ptr::write_bytes(p as *mut u8, 0x40 + i, 3 << 20) };
+                (p, 0x40 + i)
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    let w = arena.tag("w").unwrap();
+    assert!(
+        arena.shards(w).iter().all(|s| s.stats().live > 0),
+        "both shards hold data"
+    );
+    // The second shard's pinned copy cannot be made: its sleep fails.
+    driver.as_checked().unwrap().inject(Fault {
+        op: Op::Create,
+        nth: 2,
+        kind: FaultKind::OutOfMemory,
+    });
+    arena
+        .sleep(&["w"], gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+        .expect_err("the second shard cannot offload");
+    let t = arena.tag_arenas(w).unwrap();
+    assert!(!t.is_asleep(), "the failed tag is awake again");
+    assert!(arena.shards(w).iter().all(|s| !s.lock().is_asleep()));
+    for &(p, byte) in &blocks {
+        // SAFETY: the tag is awake; same addresses, contents restored.
+        let b = unsafe { std::slice::from_raw_parts(p as *const u8, 3 << 20) };
+        assert!(b.iter().all(|&x| x == byte));
+    }
+    // And it sleeps and wakes normally afterwards.
+    arena
+        .sleep(&["w"], gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert!(t.is_asleep());
+    arena.wake(&["w"], Stream::DEFAULT).unwrap();
+    for (p, _) in blocks {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    // SAFETY: the threads that allocated exited; nothing uses the arena.
+    unsafe { GlobalArena::destroy(arena) }.unwrap();
+    assert_eq!(driver.as_checked().unwrap().leaks(), None);
+}
