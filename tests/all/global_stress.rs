@@ -314,7 +314,7 @@ fn the_limit_holds_for_the_device_across_tags_and_shards() {
 
 #[test]
 fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
-    use gpu_arena::driver::{Driver, Fault, FaultKind, Op, SystemDriver};
+    use gpu_arena::driver::{Fault, FaultKind, Op, SystemDriver};
     use std::sync::Arc;
     let driver = Arc::new(SystemDriver::checked(
         SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
