@@ -6,9 +6,10 @@
 //! gpu-arena replay TRACE... [--json]
 //! gpu-arena map [--trace FILE [--every N] [--at end|peak]] [--html] [-o FILE]
 //! gpu-arena soak [--seconds N] [--threads 16] [--streams 4] [--limit SIZE] [--json]
+//! gpu-arena pressure [--rounds 2] [--weights SIZE] [--kv-cache SIZE] [--json-out FILE]
 //! ```
 //!
-//! `info`, `bench` and `soak` default to `--backend auto` (CUDA when a GPU is found,
+//! `info`, `bench`, `soak` and `pressure` default to `--backend auto` (CUDA when a GPU is found,
 //! else the host backend); `replay` and `map` default to the host backend so
 //! their figures do not depend on the machine. The backend chosen is said in
 //! one line on stderr; machine output (`--json`, SVG on stdout) stays on
@@ -19,6 +20,7 @@ mod bench;
 mod cuda;
 mod info;
 mod map;
+mod pressure;
 mod replay;
 mod soak;
 mod table;
@@ -67,6 +69,9 @@ enum Command {
     /// Many threads and streams on a global arena for a while, under a
     /// limit, faults and sleep/wake: fails on any lost byte or handle.
     Soak(soak::Args),
+    /// Another process needs most of the device: this one gives its memory
+    /// back while its kernels run, and wakes with identical data.
+    Pressure(pressure::Args),
 }
 
 /// The `--backend` values.
@@ -218,6 +223,9 @@ fn main() -> ExitCode {
         Command::Map(args) => map::run(cli.backend.unwrap_or(BackendArg::Host), cli.device, &args),
         Command::Soak(args) => {
             soak::run(cli.backend.unwrap_or(BackendArg::Auto), cli.device, &args)
+        }
+        Command::Pressure(args) => {
+            pressure::run(cli.backend.unwrap_or(BackendArg::Auto), cli.device, &args)
         }
     };
     match r {

@@ -211,6 +211,79 @@ impl Dev {
         }
     }
 
+    /// Adds 1 to each of the `words` `u32`s at `ptr`, on `stream` (a
+    /// compute step whose result counts the steps that ran).
+    pub fn add_one(&self, ptr: DevicePtr, words: u64, stream: Stream) -> AnyResult<()> {
+        match self {
+            Dev::Host { .. } => {
+                let _ = stream;
+                let p = ptr as *mut u32;
+                for i in 0..words as usize {
+                    // SAFETY: the caller passes a live block of host memory
+                    // of `words` u32s that only it touches.
+                    unsafe { p.add(i).write(p.add(i).read().wrapping_add(1)) };
+                }
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(c) => {
+                let k = c.kernels()?;
+                // SAFETY: the caller passes a live block of device memory of
+                // `words` u32s that stays allocated while the kernel runs.
+                unsafe { k.add_one(stream, ptr, words) }?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Counts (as [`Dev::check`] does) the `words` `u32`s at `ptr` that are
+    /// not `value`, on `stream`.
+    pub fn check_value(
+        &self,
+        ptr: DevicePtr,
+        words: u64,
+        value: u32,
+        stream: Stream,
+    ) -> AnyResult<()> {
+        match self {
+            Dev::Host { corrupted, .. } => {
+                let _ = stream;
+                let p = ptr as *const u32;
+                let mut bad = 0;
+                for i in 0..words as usize {
+                    // SAFETY: as in `add_one`.
+                    if unsafe { p.add(i).read() } != value {
+                        bad += 1;
+                    }
+                }
+                corrupted.fetch_add(bad, Relaxed);
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(c) => {
+                let k = c.kernels()?;
+                let slot = c.streams.iter().position(|&s| s == stream).unwrap_or(0);
+                let counter = c.counters + 4 * slot as u64;
+                // SAFETY: as in `add_one`; the counter is our own device u32.
+                unsafe { k.check_and_write(stream, ptr, words, value, value, counter) }?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until the work queued on `stream` so far completed (one
+    /// event; never the device).
+    pub fn sync(&self, stream: Stream) -> AnyResult<()> {
+        match self {
+            Dev::Host { .. } => {
+                let _ = stream;
+                Ok(())
+            }
+            #[cfg(feature = "cuda")]
+            Dev::Cuda(c) => c.cu.record(stream)?.wait(),
+        }
+    }
+
     /// A mark after the work queued on `stream` so far.
     pub fn mark(&self, stream: Stream) -> AnyResult<Mark> {
         match self {

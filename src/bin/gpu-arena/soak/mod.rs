@@ -32,7 +32,7 @@
 //! back at its level before the arena (`cuMemGetInfo`, within
 //! `--mem-tolerance`).
 
-mod dev;
+pub mod dev;
 mod work;
 
 use std::collections::BTreeMap;
@@ -99,6 +99,9 @@ pub struct Args {
     /// Print the summary as JSON (on stdout) instead of tables.
     #[arg(long)]
     json: bool,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
 }
 
 /// Driver calls that `--fault-ops` names.
@@ -555,6 +558,9 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
         let _ = unsafe { driver.destroy_stream(s) };
     }
     drop(dev);
+    if let Some(path) = &args.json_out {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
