@@ -189,6 +189,36 @@ impl<D: Driver> core::fmt::Debug for Arena<D> {
     }
 }
 
+/// Attempts at a driver call that gives something back (a refusal is tried
+/// again at once: what is not given back leaks).
+const GIVE_BACK_TRIES: u32 = 3;
+
+/// `f`, tried again up to [`GIVE_BACK_TRIES`] times while it fails.
+fn retried<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut r = f();
+    for _ in 1..GIVE_BACK_TRIES {
+        if r.is_ok() {
+            break;
+        }
+        r = f();
+    }
+    r
+}
+
+/// Unmaps, releases and unreserves the pinned host memory of an offload
+/// (each step tried again where refused once).
+///
+/// # Safety
+/// `va..va + size` is a reservation of `driver` holding at most the one
+/// mapping of `handle`, and nothing uses it any more.
+unsafe fn give_back_stage<D: Driver>(driver: &D, va: DevicePtr, size: u64, handle: D::Handle) {
+    // SAFETY: (all three) the caller guarantees the range and handle are
+    // ours and unused.
+    let _ = retried(|| unsafe { driver.unmap(va, size as usize) });
+    let _ = retried(|| driver.release(handle));
+    let _ = retried(|| unsafe { driver.free_reservation(va, size as usize) });
+}
+
 /// Reserves `want` bytes, halving on refusal down to `min`. Returns the base,
 /// the size obtained, and whether it fell back.
 fn reserve_with_fallback<D: Driver>(
@@ -958,7 +988,7 @@ impl<D: Driver> Arena<D> {
             Ok(h) => h,
             Err(e) => {
                 // SAFETY: the reservation was just made and has no mapping.
-                let _ = unsafe { driver.free_reservation(va, total as usize) };
+                let _ = retried(|| unsafe { driver.free_reservation(va, total as usize) });
                 return Err(e);
             }
         };
@@ -978,11 +1008,7 @@ impl<D: Driver> Arena<D> {
         };
         if let Err(e) = mapped {
             // SAFETY: our fresh reservation; the mapping, if made, is unused.
-            unsafe {
-                let _ = driver.unmap(va, total as usize);
-                let _ = driver.release(handle);
-                let _ = driver.free_reservation(va, total as usize);
-            }
+            unsafe { give_back_stage(driver, va, total, handle) };
             return Err(e);
         }
         Ok(Stage {
@@ -1034,14 +1060,9 @@ impl<D: Driver> Arena<D> {
     }
 
     fn drop_stage(&self, stage: Stage<D::Handle>) {
-        let d = self.commit.driver();
         // SAFETY: the stage is ours; its copies completed (or failed) and
         // nothing else refers to it.
-        unsafe {
-            let _ = d.unmap(stage.va, stage.size as usize);
-            let _ = d.release(stage.handle);
-            let _ = d.free_reservation(stage.va, stage.size as usize);
-        }
+        unsafe { give_back_stage(self.commit.driver(), stage.va, stage.size, stage.handle) };
     }
 
     /// Recommits every page that holds live bytes at its old address (large

@@ -434,8 +434,50 @@ fn a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page() {
     assert_balanced(&driver);
 }
 
+/// The pinned host memory of an offload goes back whole even when the
+/// driver refuses a step once (unmap, release or reservation free), when
+/// it is made and when it is dropped.
+fn the_pinned_copy_goes_back_through_refusals() {
+    for op in [Op::Unmap, Op::Release, Op::FreeReservation] {
+        let driver = host(256 << 20);
+        {
+            let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+            let p = arena.alloc(2 * PAGE, PAGE).unwrap();
+            arena
+                .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+                .unwrap();
+            arena.wake(Stream::DEFAULT).unwrap();
+            // The pinned copy is kept for the next sleep; trim drops it.
+            driver.inject(Fault {
+                op,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            arena.trim();
+            assert_eq!(driver.counts().injected, 1, "{op:?}");
+            // A copy whose access cannot be set is given back at once.
+            driver.inject(Fault {
+                op: Op::SetAccess,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            driver.inject(Fault {
+                op,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            arena
+                .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+                .expect_err("no pinned copy, no sleep");
+            assert!(!arena.is_asleep());
+            arena.free(p).unwrap();
+        }
+        assert_balanced(&driver);
+    }
+}
+
 fn main() {
-    let tests: [(&str, fn()); 7] = [
+    let tests: [(&str, fn()); 8] = [
         (
             "a_failed_commit_leaves_nothing_behind",
             a_failed_commit_leaves_nothing_behind,
@@ -460,6 +502,10 @@ fn main() {
         (
             "a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page",
             a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page,
+        ),
+        (
+            "the_pinned_copy_goes_back_through_refusals",
+            the_pinned_copy_goes_back_through_refusals,
         ),
     ];
     let filter: Vec<String> = std::env::args()
