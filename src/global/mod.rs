@@ -81,6 +81,10 @@ pub struct GlobalArena {
     /// The device-wide limit (`config.arena.commit.limit`), shared by every
     /// shard of every tag.
     budget: Arc<Budget>,
+    /// The background reclaimer (see [`GlobalConfig::background`]), once
+    /// started, and the flag that stops it.
+    reclaimer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reclaimer_stop: AtomicBool,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -159,7 +163,9 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
         }
         Ok(g)
     });
-    r.as_ref().map_err(|e| *e)
+    let g = r.as_ref().map_err(|e| *e)?;
+    g.start_reclaimer();
+    Ok(g)
 }
 
 /// The global arenas created so far.
@@ -215,6 +221,8 @@ impl GlobalArena {
             names: Mutex::new(Vec::new()),
             config,
             budget: Arc::new(Budget::new(config.arena.commit.limit)),
+            reclaimer: Mutex::new(None),
+            reclaimer_stop: AtomicBool::new(false),
         };
         g.tag("default")?;
         Ok(g)
@@ -241,7 +249,54 @@ impl GlobalArena {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(a as *const Self as usize);
+        a.start_reclaimer();
         a
+    }
+
+    /// Starts the background reclaimer once, where the configuration asks
+    /// for it (`background`, and a decay to follow): every `decay_ms / 8`
+    /// (at least 10 ms) it gives back, shard by shard, the idle memory whose
+    /// decay allowance ran out, so that an arena nobody allocates from or
+    /// frees to still hands its idle memory back, and allocating threads
+    /// make no such driver call.
+    fn start_reclaimer(&'static self) {
+        let decay_ms = self.config.arena.commit.decay_ms;
+        if !self.config.background || decay_ms == 0 {
+            return;
+        }
+        let mut slot = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let period = std::time::Duration::from_millis((decay_ms / 8).max(10));
+        *slot = std::thread::Builder::new()
+            .name("gpu-arena-reclaim".into())
+            .spawn(move || {
+                loop {
+                    std::thread::park_timeout(period);
+                    if self.reclaimer_stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    for shard in self.tags().flat_map(|t| t.shards.iter()) {
+                        shard.lock().collect();
+                    }
+                }
+            })
+            .ok();
+    }
+
+    /// Stops the background reclaimer, if it runs, and waits for it.
+    fn stop_reclaimer(&self) {
+        let handle = self
+            .reclaimer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            self.reclaimer_stop.store(true, Ordering::Release);
+            h.thread().unpark();
+            let _ = h.join();
+        }
     }
 
     /// Tears down an arena made by [`GlobalArena::leak`] or
@@ -269,6 +324,7 @@ impl GlobalArena {
             };
             leaked.swap_remove(i);
         }
+        arena.stop_reclaimer();
         cache::flush_current(arena);
         // SAFETY: `addr` came from `Box::leak` in `register` and was
         // removed from the registry above, so it is turned back into a box

@@ -374,3 +374,39 @@ fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
     unsafe { GlobalArena::destroy(arena) }.unwrap();
     assert_eq!(driver.as_checked().unwrap().leaks(), None);
 }
+
+#[test]
+fn the_background_reclaimer_gives_idle_memory_back_with_no_call() {
+    let idle_after = |background: bool, wait_ms: u64| {
+        let mut conf = GlobalConfig {
+            backend: Select::Host,
+            thread_cache: 0,
+            background,
+            ..GlobalConfig::default()
+        };
+        conf.arena.commit.decay_ms = 40;
+        let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+        let p = arena.alloc(8 << 20, 512, Stream::DEFAULT).unwrap();
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+        assert!(arena.stats().committed >= 8 << 20, "kept idle at first");
+        // Nothing else happens on the arena: no alloc, no free, no trim.
+        let t = std::time::Instant::now();
+        while arena.stats().committed > 0 && t.elapsed() < std::time::Duration::from_millis(wait_ms)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let left = arena.stats().committed;
+        // SAFETY: only this thread used the arena.
+        unsafe { GlobalArena::destroy(arena) }.unwrap();
+        left
+    };
+    assert_eq!(
+        idle_after(true, 5000),
+        0,
+        "the reclaimer gave the idle memory back"
+    );
+    assert!(
+        idle_after(false, 400) > 0,
+        "without it, idle memory waits for the next free or trim"
+    );
+}
