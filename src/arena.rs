@@ -729,7 +729,14 @@ impl<D: Driver> Arena<D> {
 
     /// Gives back every empty page whose fences completed (and empty slabs).
     /// Never blocks. Returns the bytes given back.
+    ///
+    /// An asleep arena has nothing committed to give back; its page table
+    /// stays as it was when it went to sleep (wake restores exactly those
+    /// pages), so its slabs are left alone too.
     pub fn trim(&mut self) -> u64 {
+        if self.is_asleep() {
+            return self.commit.trim();
+        }
         self.drain_deferred_slabs(true);
         if let Some(stage) = self.spare_stage.take() {
             self.drop_stage(stage);
