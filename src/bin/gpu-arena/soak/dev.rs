@@ -109,7 +109,14 @@ impl Dev {
                 counters,
             }));
         }
-        let _ = (driver, streams);
+        let _ = streams;
+        if !driver.capabilities().cpu_reads_device_memory {
+            return Err(format!(
+                "blocks are filled and checked by CUDA kernels or by the CPU; the {} backend offers neither",
+                driver.capabilities().backend
+            )
+            .into());
+        }
         Ok(Dev::Host {
             corrupted: AtomicU64::new(0),
             first: Mutex::new(Vec::new()),
