@@ -19,6 +19,8 @@
 # calls, `soak 300` and `soak 300 pressure` (or one 9-minute call,
 # `soak 540`, then `pressure`).
 # scripts/soak_report.py turns the files into the H100 section of docs/soak.md.
+# SOAK_BACKEND=host runs the same parts on the host backend (a dry run of
+# this script where there is no GPU).
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}
@@ -29,11 +31,12 @@ if [ ! -x "$bin" ]; then
   echo "no $bin: run ../shared/tools/gpu-pack --bin gpu-arena --extra ../shared/traces here first" >&2
   exit 2
 fi
+backend=${SOAK_BACKEND:-cuda}
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 {
   echo "=== $(date -u +%FT%TZ) soak_h100.sh $*"
-  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader
-  nproc
+  nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv,noheader 2>&1
+  echo "cpus: $(nproc), backend: $backend, binary: $(sha256sum "$bin" | cut -c1-16)"
 } | tee -a "$out/session.log"
 status=0
 while [ $# -gt 0 ]; do
@@ -42,7 +45,7 @@ while [ $# -gt 0 ]; do
       secs=${2:-300}; shift 2
       log=$out/soak-${secs}s-$stamp.log
       # The workload, plus traces, teardown and checks; killed past 60 s more.
-      timeout $((secs + 60)) "$bin" --backend cuda soak --seconds "$secs" \
+      timeout $((secs + 60)) "$bin" --backend "$backend" soak --seconds "$secs" \
         --traces "$traces/bert_infer.trace.jsonl.gz" --traces "$traces/gpt2_generate.trace.jsonl.gz" \
         --json-out "$out/soak-${secs}s-$stamp.json" > "$log" 2>&1
       rc=$?
@@ -51,7 +54,7 @@ while [ $# -gt 0 ]; do
     pressure)
       shift
       log=$out/pressure-$stamp.log
-      timeout 300 "$bin" --backend cuda pressure --json-out "$out/pressure-$stamp.json" > "$log" 2>&1
+      timeout 300 "$bin" --backend "$backend" pressure --json-out "$out/pressure-$stamp.json" > "$log" 2>&1
       rc=$?
       [ $rc -eq 0 ] || status=1
       echo "pressure: rc=$rc $(grep -E '^result:' "$log")" | tee -a "$out/session.log"

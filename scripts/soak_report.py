@@ -111,8 +111,9 @@ def pressure_table(p):
     out.append("")
     out.append(
         f"The compute buffer counts all {count(p['compute_launches'])} launches "
-        f"({p['compute_words_differing']} words differ). Device free memory: "
-        + (f"{fmt_bytes(p['free_at_start'])} at the start, {fmt_bytes(p['free_after_teardown'])} after A's teardown and B's exit. "
+        f"({p['compute_words_differing']} words differ). "
+        + (f"Device free memory: {fmt_bytes(p['free_at_start'])} at the start, "
+           f"{fmt_bytes(p['free_after_teardown'])} after A's teardown and B's exit. "
            if p.get("free_at_start") is not None else "")
         + ("**PASSED**." if not p["failures"] else "**FAILED**: " + "; ".join(p["failures"])))
     return out

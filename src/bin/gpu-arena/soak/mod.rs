@@ -349,6 +349,7 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
     let pb = progress(args.seconds);
     let mut free_lowest = free_before.map(|f| f.0);
     let barrier = std::sync::Barrier::new(threads);
+    let stopped = std::sync::Mutex::new(deadline);
     let (soak, barrier) = (&soak, &barrier);
     std::thread::scope(|sc| -> AnyResult<()> {
         let workers: Vec<_> = (0..threads)
@@ -393,6 +394,7 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
             }
         }
         soak.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         pb.finish_and_clear();
         eprintln!(
             "soak: workload stopped after {:.1} s; freeing everything and tearing down",
@@ -410,8 +412,8 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
         sleeper.join().map_err(|_| "the sleeper panicked")?;
         Ok(())
     })?;
-    let seconds = start.elapsed().as_secs_f64().min(args.seconds as f64);
-    let teardown = Instant::now();
+    let teardown = *stopped.lock().unwrap_or_else(|e| e.into_inner());
+    let seconds = (teardown - start).as_secs_f64();
 
     // Teardown: every stream's work done, every idle page given back, then
     // the arena dropped (reservations freed).

@@ -106,6 +106,9 @@ pub struct Soak<'a> {
     seeds: AtomicU32,
 }
 
+/// How long the sleeper keeps trying to wake its tags.
+const WAKE_PATIENCE: Duration = Duration::from_secs(30);
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -485,10 +488,12 @@ impl<'a> Soak<'a> {
         }
     }
 
-    /// Wakes `tags`, retrying through injected faults. False if they stay
-    /// asleep (counted as unexpected).
+    /// Wakes `tags`, retrying through injected faults and out-of-memory
+    /// (the workers hold the memory under the limit for a while) for up to
+    /// [`WAKE_PATIENCE`]. False if they stay asleep (counted as unexpected).
     fn wake_all(&self, tags: &[&str], s: Stream) -> bool {
-        for attempt in 0.. {
+        let t0 = std::time::Instant::now();
+        loop {
             match self.arena.wake(tags, s) {
                 Ok(r) => {
                     self.add(&self.counters.wakes, tags.len() as u64);
@@ -497,7 +502,7 @@ impl<'a> Soak<'a> {
                 }
                 Err(e) => {
                     self.add(&self.counters.sleep_wake_retries, 1);
-                    if self.error("wake", &e) == Class::Unexpected || attempt >= 1000 {
+                    if self.error("wake", &e) == Class::Unexpected || t0.elapsed() > WAKE_PATIENCE {
                         self.unexpected("wake", "the tags stay asleep");
                         return false;
                     }
@@ -505,7 +510,6 @@ impl<'a> Soak<'a> {
                 }
             }
         }
-        false
     }
 
     /// Trims the arena (the janitor calls this every half second).
