@@ -212,10 +212,11 @@ fn retried<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 /// `va..va + size` is a reservation of `driver` holding at most the one
 /// mapping of `handle`, and nothing uses it any more.
 unsafe fn give_back_stage<D: Driver>(driver: &D, va: DevicePtr, size: u64, handle: D::Handle) {
-    // SAFETY: (all three) the caller guarantees the range and handle are
-    // ours and unused.
+    // SAFETY: the caller guarantees the range is ours and unused.
     let _ = retried(|| unsafe { driver.unmap(va, size as usize) });
     let _ = retried(|| driver.release(handle));
+    // SAFETY: as above; its one mapping is gone (or the driver refuses
+    // this, changing nothing).
     let _ = retried(|| unsafe { driver.free_reservation(va, size as usize) });
 }
 
