@@ -148,11 +148,16 @@ def main(argv):
         lines += [f"GPU: {sorted(set(gpus))[0]}.", ""]
     if soaks:
         total = sum(r["seconds"] for r in soaks)
-        lines += [f"Soak: {len(soaks)} run(s), {total / 60:.1f} minutes of workload in all "
-                  f"(backend {soaks[0]['backend']}; blocks filled and checked by {soaks[0]['filler']}).", ""]
+        lines += [f"Soak: {len(soaks)} run(s), {total / 60:.1f} minutes of workload in all, "
+                  f"backend {soaks[0]['backend']}; blocks filled and checked by {soaks[0]['filler']}.", ""]
         lines += soak_table(soaks) + [""] + errors_table(soaks) + [""]
     for p in pressures:
-        lines += [f"Pressure ({p['_name']}, backend {p['backend']}):", ""] + pressure_table(p) + [""]
+        lines += [f"Pressure ({p['_name']}, backend {p['backend']}):", ""]
+        if p["backend"] == "host":
+            lines += ["On the host backend B has no device to take (it asks for nothing and is granted "
+                      "at once): the rows show the protocol and A's sleep, trim and wake under running "
+                      "compute, not a hand-over.", ""]
+        lines += pressure_table(p) + [""]
     lines.append("Raw logs and JSON: " + ", ".join(f"`{os.path.basename(f)[:-5]}.log`/`.json`" for f in files) + ".")
     block = "\n".join(lines).rstrip() + "\n"
     if write is None:
