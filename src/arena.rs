@@ -362,6 +362,12 @@ impl<D: Driver> Arena<D> {
         self.config.commit.limit = limit;
     }
 
+    /// Shares a limit with other arenas (see [`Budget`](crate::commit::Budget)):
+    /// commits must then fit under this arena's limit and the budget's.
+    pub fn set_budget(&mut self, budget: std::sync::Arc<crate::commit::Budget>) {
+        self.commit.set_budget(budget);
+    }
+
     /// Whether `ptr` lies in this arena's reservation.
     #[inline]
     pub fn contains(&self, ptr: DevicePtr) -> bool {
@@ -688,7 +694,14 @@ impl<D: Driver> Arena<D> {
 
     /// Gives back every empty page whose fences completed (and empty slabs).
     /// Never blocks. Returns the bytes given back.
+    ///
+    /// An asleep arena has nothing committed to give back; its page table
+    /// stays as it was when it went to sleep (wake restores exactly those
+    /// pages), so its slabs are left alone too.
     pub fn trim(&mut self) -> u64 {
+        if self.is_asleep() {
+            return self.commit.trim();
+        }
         self.drain_deferred_slabs(true);
         self.commit.drop_spare_stage();
         self.commit.trim()
@@ -1017,7 +1030,7 @@ impl<D: Driver> Arena<D> {
             committed: self.commit.committed(),
             reclaimable,
             pending: self.commit.candidate_bytes() - reclaimable,
-            limit: self.commit.config().limit,
+            limit: self.commit.effective_limit(),
             largest_free_committed: largest,
             asleep: self.is_asleep(),
             staged: self.commit.stage_bytes(),

@@ -322,8 +322,204 @@ fn a_failed_fence_record_defers_the_decommit() {
     assert_balanced(&driver);
 }
 
+/// A release the driver refuses keeps its handle: the memory still counts
+/// as committed (it is still held), the next trim releases it, and nothing
+/// is left at the end.
+fn a_refused_release_is_tried_again() {
+    let driver = host(256 << 20);
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let p = arena.alloc(3 * PAGE, PAGE).unwrap();
+        arena.free(p).unwrap();
+        driver.inject(Fault {
+            op: Op::Release,
+            nth: 1,
+            kind: FaultKind::DriverError,
+        });
+        arena.trim();
+        let st = arena.stats();
+        assert_eq!(driver.counts().injected, 1);
+        assert_eq!(
+            (st.committed, st.handles),
+            (PAGE, 1),
+            "the refused handle is still held and counted: {st:?}"
+        );
+        assert_eq!(driver.physical_bytes(), PAGE);
+        arena.check_invariants();
+        arena.trim();
+        let st = arena.stats();
+        assert_eq!((st.committed, st.handles), (0, 0), "{st:?}");
+        assert_eq!(st.driver_calls.create, st.driver_calls.release);
+        // A refusal at teardown is tried again there too.
+        let q = arena.alloc(PAGE, PAGE).unwrap();
+        arena.free(q).unwrap();
+        driver.inject(Fault {
+            op: Op::Release,
+            nth: 1,
+            kind: FaultKind::OutOfMemory,
+        });
+    }
+    assert_balanced(&driver);
+}
+
+/// Sleep gives every mapping back even when an unmap is refused once (it
+/// is tried again at once), and wake maps the same addresses again.
+fn sleep_survives_a_refused_unmap() {
+    let driver = host(256 << 20);
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let p = arena.alloc(3 * PAGE, PAGE).unwrap();
+        // SAFETY: host backend: the block is host memory of that size.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0x5a, (3 * PAGE) as usize) };
+        driver.inject(Fault {
+            op: Op::Unmap,
+            nth: 1,
+            kind: FaultKind::DriverError,
+        });
+        arena
+            .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+            .unwrap();
+        assert_eq!(driver.counts().injected, 1);
+        let st = arena.stats();
+        assert_eq!((st.committed, st.handles, st.mappings), (0, 0, 0), "{st:?}");
+        let l = driver.leaks().expect("the reservation and the pinned copy");
+        assert_eq!(
+            (l.handles, l.mappings, l.physical_bytes),
+            (1, 1, 3 * PAGE),
+            "only the pinned host copy is held: {l:?}"
+        );
+        arena.wake(Stream::DEFAULT).unwrap();
+        // SAFETY: awake again, same address.
+        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, (3 * PAGE) as usize) };
+        assert!(bytes.iter().all(|&b| b == 0x5a));
+        arena.free(p).unwrap();
+        arena.check_invariants();
+    }
+    assert_balanced(&driver);
+}
+
+/// A commit whose set_access fails, and whose undo then has an unmap
+/// refused once, leaves no mapping without access behind: the same block
+/// placed there afterwards is reachable in every byte.
+fn a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page() {
+    let driver = host(256 << 20);
+    {
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        for unmaps in 1..=2 {
+            driver.inject(Fault {
+                op: Op::SetAccess,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            for nth in 1..=unmaps {
+                driver.inject(Fault {
+                    op: Op::Unmap,
+                    nth,
+                    kind: FaultKind::DriverError,
+                });
+            }
+            let e = arena.alloc(4 * PAGE, PAGE).expect_err("set_access fails");
+            assert!(matches!(e, Error::Driver(_)), "{e:?}");
+            arena.check_invariants();
+            let p = arena.alloc(4 * PAGE, PAGE).unwrap();
+            // SAFETY: host backend: the block is host memory of that size
+            // (a page without access would fault here).
+            unsafe { std::ptr::write_bytes(p as *mut u8, 0x77, (4 * PAGE) as usize) };
+            arena.free(p).unwrap();
+            arena.trim();
+            arena.check_invariants();
+        }
+        driver.clear_faults();
+    }
+    assert_balanced(&driver);
+}
+
+/// The pinned host memory of an offload goes back whole even when the
+/// driver refuses a step once (unmap, release or reservation free), when
+/// it is made and when it is dropped.
+fn the_pinned_copy_goes_back_through_refusals() {
+    for op in [Op::Unmap, Op::Release, Op::FreeReservation] {
+        let driver = host(256 << 20);
+        {
+            let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+            let p = arena.alloc(2 * PAGE, PAGE).unwrap();
+            arena
+                .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+                .unwrap();
+            arena.wake(Stream::DEFAULT).unwrap();
+            // The pinned copy is kept for the next sleep; trim drops it.
+            driver.inject(Fault {
+                op,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            arena.trim();
+            assert_eq!(driver.counts().injected, 1, "{op:?}");
+            // A copy whose access cannot be set is given back at once.
+            driver.inject(Fault {
+                op: Op::SetAccess,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            driver.inject(Fault {
+                op,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            arena
+                .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+                .expect_err("no pinned copy, no sleep");
+            assert!(!arena.is_asleep());
+            arena.free(p).unwrap();
+        }
+        assert_balanced(&driver);
+    }
+}
+
+/// A trim while asleep changes nothing that wake relies on: small blocks
+/// freed on another stream before the sleep (their slab waits for that
+/// stream's fence) are not drained into the page table of an asleep arena,
+/// so wake recommits every page it offloaded and restores it.
+fn a_trim_while_asleep_leaves_the_pages_to_restore() {
+    let driver = host(256 << 20);
+    {
+        let s = driver.create_stream().unwrap();
+        let t = driver.create_stream().unwrap();
+        let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
+        let keep = arena.alloc_on(PAGE, PAGE, s).unwrap();
+        let small: Vec<u64> = (0..4)
+            .map(|_| arena.alloc_on(100, 16, s).unwrap())
+            .collect();
+        // SAFETY: host backend: live blocks of these sizes.
+        unsafe {
+            std::ptr::write_bytes(keep as *mut u8, 0x11, PAGE as usize);
+            for &p in &small {
+                std::ptr::write_bytes(p as *mut u8, 0x22, 100);
+            }
+        }
+        driver.inner().hold(s);
+        for &p in &small {
+            arena.free_on(p, t).unwrap();
+        }
+        arena
+            .sleep(gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+            .unwrap();
+        arena.trim();
+        arena.wake(Stream::DEFAULT).unwrap();
+        // SAFETY: awake again, same address.
+        let b = unsafe { std::slice::from_raw_parts(keep as *const u8, PAGE as usize) };
+        assert!(b.iter().all(|&x| x == 0x11));
+        arena.check_invariants();
+        driver.inner().complete(s);
+        arena.free_on(keep, s).unwrap();
+        arena.trim();
+        assert_eq!(arena.stats().committed, 0);
+    }
+    assert_balanced(&driver);
+}
+
 fn main() {
-    let tests: [(&str, fn()); 4] = [
+    let tests: [(&str, fn()); 9] = [
         (
             "a_failed_commit_leaves_nothing_behind",
             a_failed_commit_leaves_nothing_behind,
@@ -336,6 +532,26 @@ fn main() {
         (
             "a_failed_fence_record_defers_the_decommit",
             a_failed_fence_record_defers_the_decommit,
+        ),
+        (
+            "a_refused_release_is_tried_again",
+            a_refused_release_is_tried_again,
+        ),
+        (
+            "sleep_survives_a_refused_unmap",
+            sleep_survives_a_refused_unmap,
+        ),
+        (
+            "a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page",
+            a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page,
+        ),
+        (
+            "the_pinned_copy_goes_back_through_refusals",
+            the_pinned_copy_goes_back_through_refusals,
+        ),
+        (
+            "a_trim_while_asleep_leaves_the_pages_to_restore",
+            a_trim_while_asleep_leaves_the_pages_to_restore,
         ),
     ];
     let filter: Vec<String> = std::env::args()

@@ -280,3 +280,121 @@ fn bad_input_fails_cleanly() {
         "{err}"
     );
 }
+
+#[test]
+fn soak_runs_checks_and_reports() {
+    if !have_bin() {
+        return;
+    }
+    let Some(t) = trace("gpt2_generate.trace.jsonl.gz") else {
+        println!("skipped: shared/traces/gpt2_generate.trace.jsonl.gz not found");
+        return;
+    };
+    let json = std::env::temp_dir().join(format!("gpu-arena-soak-{}.json", std::process::id()));
+    let j = json.to_string_lossy().into_owned();
+    let s = stdout(&run(&[
+        "soak",
+        "--backend",
+        "host",
+        "--seconds",
+        "3",
+        "--threads",
+        "4",
+        "--limit",
+        "128MiB",
+        "--fault-every",
+        "16",
+        "--traces",
+        &t.to_string_lossy(),
+        "--json-out",
+        &j,
+    ]));
+    for heading in [
+        "4 threads x 4 streams",
+        "on another stream (after an event)",
+        "by another thread",
+        "errors by kind",
+        "driver calls (checked layer)",
+        "faults injected",
+        "most committed at once",
+        "result: PASSED",
+    ] {
+        assert!(s.contains(heading), "soak output lacks {heading:?}:\n{s}");
+    }
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("--json-out wrote"))
+            .expect("JSON");
+    std::fs::remove_file(&json).ok();
+    assert_eq!(r["failures"].as_array().map(Vec::len), Some(0), "{r}");
+    assert!(r["tally"]["allocs"].as_u64().is_some_and(|n| n > 0), "{r}");
+    assert_eq!(r["tally"]["allocs"], r["tally"]["frees"], "{r}");
+    assert_eq!(r["driver"]["create"], r["driver"]["release"], "{r}");
+    assert_eq!(
+        r["driver"]["bytes_mapped"], r["driver"]["bytes_unmapped"],
+        "{r}"
+    );
+    assert_eq!(
+        r["driver"]["reserve"], r["driver"]["free_reservation"],
+        "{r}"
+    );
+    assert!(r["peak_committed"].as_u64() <= r["limit"].as_u64(), "{r}");
+    assert_eq!(r["corrupted_words"], 0);
+}
+
+#[test]
+fn soak_without_traces_fails_cleanly() {
+    if !have_bin() {
+        return;
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_gpu-arena"))
+        .args([
+            "soak",
+            "--backend",
+            "host",
+            "--traces",
+            "/nonexistent/trace.jsonl.gz",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read /nonexistent/trace.jsonl.gz"),
+        "{err}"
+    );
+}
+
+#[test]
+fn pressure_runs_its_protocol_on_the_host() {
+    if !have_bin() {
+        return;
+    }
+    let s = stdout(&run(&[
+        "pressure",
+        "--backend",
+        "host",
+        "--rounds",
+        "2",
+        "--hold-ms",
+        "10",
+        "--weights",
+        "8MiB",
+        "--kv-cache",
+        "8MiB",
+        "--idle",
+        "8MiB",
+        "--compute",
+        "1MiB",
+    ]));
+    for line in [
+        "round 1:",
+        "round 2:",
+        "A gave back: kv_cache discarded 8 MiB",
+        "weights offloaded 8 MiB",
+        "weights: 0 words differ; cache recomputed: 0 words differ",
+        "0 words differ from the launch count",
+        "result: PASSED",
+    ] {
+        assert!(s.contains(line), "pressure output lacks {line:?}:\n{s}");
+    }
+}

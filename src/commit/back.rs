@@ -255,7 +255,7 @@ impl<D: Driver> Commit<D> {
             return Ok(());
         }
         let limit_pages = self.config.limit >> self.shift;
-        let owned = self.pool.committed_pages() - self.pool.idle_pages();
+        let owned = self.pool.committed_pages() - self.pool.idle_pages() + self.unreleased_pages;
         if owned + need > limit_pages {
             return Err(Error::OutOfMemory(self.oom_report(len)));
         }
@@ -345,11 +345,16 @@ impl<D: Driver> Commit<D> {
     pub(super) fn create_unit(&mut self, pages: u64, keep: &[u32]) -> Result<u32> {
         let (mut trimmed, mut waited) = (false, false);
         loop {
-            let over = self.committed() + (pages << self.shift) > self.config.limit;
+            let over = self.committed() + (pages << self.shift) > self.config.limit
+                || !self.budget_try_take(pages);
             let r = if over {
                 Err(Error::OutOfMemory(self.oom_report(pages << self.shift)))
             } else {
-                self.vmm_create(pages, false)
+                let r = self.vmm_create(pages, false);
+                if r.is_err() {
+                    self.budget_give(pages);
+                }
+                r
             };
             match r {
                 Ok(h) => {
@@ -383,12 +388,13 @@ impl<D: Driver> Commit<D> {
     /// its new handles.
     fn undo(&mut self, made: Made) {
         for &m in made.maps.iter().rev() {
-            let _ = self.unmap_mapping(m);
+            self.undo_mapping(m);
         }
         for &u in made.units.iter() {
             if self.pool.unit(u).aliases == 0 {
+                let pages = self.pool.unit(u).pages;
                 if let Some(h) = self.pool.remove_unit(u) {
-                    self.vmm_release(h);
+                    self.vmm_release(h, pages);
                 }
             }
         }

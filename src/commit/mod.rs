@@ -34,6 +34,7 @@
 
 mod access;
 pub mod back;
+pub mod budget;
 mod calls;
 mod config;
 pub mod decay;
@@ -47,6 +48,7 @@ pub mod stitch;
 pub mod stitched;
 mod vmm;
 
+pub use budget::Budget;
 pub use calls::DriverCalls;
 
 pub use config::CommitConfig;
@@ -121,6 +123,13 @@ pub struct Commit<D: Driver> {
     shared_pending: MetaVec<u32>,
     /// Pages in shared units (a part of the committed pages).
     shared_pages: u64,
+    /// Handles (and their pages) whose release the driver refused: tried
+    /// again by every reclaim and at teardown, counted as committed.
+    unreleased: MetaVec<(D::Handle, u64)>,
+    /// Pages of `unreleased`.
+    unreleased_pages: u64,
+    /// The limit shared with other arenas, if any (see [`Budget`]).
+    budget: Option<std::sync::Arc<Budget>>,
     /// Frees since the last look at the decay deadline.
     ticks: u32,
     /// Clock (ms) before which no idle unit's allowance runs out.
@@ -192,6 +201,9 @@ impl<D: Driver> Commit<D> {
             asleep: false,
             shared_pending: MetaVec::new_in(std::alloc::System),
             shared_pages: 0,
+            unreleased: MetaVec::new_in(std::alloc::System),
+            unreleased_pages: 0,
+            budget: None,
             ticks: 0,
             next_reclaim: u64::MAX,
             streak: 0,
@@ -218,7 +230,7 @@ impl<D: Driver> Commit<D> {
     }
     /// Bytes committed now (each handle once, however many mappings it has).
     pub fn committed(&self) -> u64 {
-        self.pool.committed_pages() << self.shift
+        (self.pool.committed_pages() + self.unreleased_pages) << self.shift
     }
     /// Highest `committed` seen.
     pub fn peak_committed(&self) -> u64 {
@@ -265,7 +277,7 @@ impl<D: Driver> Commit<D> {
     }
     /// Number of handles held.
     pub fn unit_count(&self) -> u64 {
-        self.pool.unit_count()
+        self.pool.unit_count() + self.unreleased.len() as u64
     }
     /// Number of mappings (a handle mapped at two addresses counts twice).
     pub fn mapping_count(&self) -> u64 {
@@ -303,6 +315,45 @@ impl<D: Driver> Commit<D> {
     /// Changes the limit (takes effect for later commits).
     pub fn set_limit(&mut self, limit: u64) {
         self.config.limit = limit;
+    }
+
+    /// Shares `budget`'s limit with the other arenas that use it: this
+    /// arena's committed bytes are taken from it from now on (what is
+    /// committed already is taken at once). Later commits must fit under
+    /// both this arena's limit and the budget's.
+    pub fn set_budget(&mut self, budget: std::sync::Arc<Budget>) {
+        if let Some(old) = self.budget.take() {
+            old.give(self.committed());
+        }
+        budget.take(self.committed());
+        self.budget = Some(budget);
+    }
+
+    /// The budget shared with other arenas, if any.
+    pub fn budget(&self) -> Option<&Budget> {
+        self.budget.as_deref()
+    }
+
+    /// Takes `pages` from the shared budget, if any; false when they do
+    /// not fit under its limit.
+    pub(super) fn budget_try_take(&self, pages: u64) -> bool {
+        self.budget
+            .as_ref()
+            .is_none_or(|b| b.try_take(pages << self.shift))
+    }
+
+    /// Gives `pages` back to the shared budget, if any.
+    pub(super) fn budget_give(&self, pages: u64) {
+        if let Some(b) = &self.budget {
+            b.give(pages << self.shift);
+        }
+    }
+
+    /// The limit in force: this arena's, or the shared budget's where lower.
+    pub fn effective_limit(&self) -> u64 {
+        self.budget
+            .as_ref()
+            .map_or(self.config.limit, |b| b.limit().min(self.config.limit))
     }
 
     /// Resets the peaks (committed and live) to the current values.
@@ -554,7 +605,7 @@ impl<D: Driver> Commit<D> {
             requested,
             live: self.live,
             committed: self.committed(),
-            limit: self.config.limit,
+            limit: self.effective_limit(),
             reclaimable,
             pending: self.candidate_bytes().saturating_sub(reclaimable),
             pending_fences: self.streams.pending_fences() as u64,

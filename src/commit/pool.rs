@@ -421,13 +421,14 @@ impl<H> Pool<H> {
     }
 
     /// Forgets every unit and mapping whatever their state (sleep,
-    /// teardown) and returns the handles, which the caller releases.
-    pub fn take_all(&mut self) -> MetaVec<H> {
+    /// teardown) and returns the handles with their pages, which the
+    /// caller releases.
+    pub fn take_all(&mut self) -> MetaVec<(H, u64)> {
         let mut handles = MetaVec::new_in(std::alloc::System);
         for x in self.units.iter_mut() {
             if x.used {
                 if let Some(h) = x.handle.take() {
-                    handles.push(h);
+                    handles.push((h, x.pages));
                 }
             }
         }

@@ -15,6 +15,7 @@
 
 use super::Commit;
 use super::pages::NIL;
+use super::vmm::UNMAP_TRIES;
 use crate::MetaVec;
 use crate::driver::Driver;
 
@@ -59,12 +60,13 @@ impl<D: Driver> Commit<D> {
 
     /// [`Commit::reclaim`], leaving the units in `keep` alone.
     pub(super) fn reclaim_except(&mut self, force: bool, keep: &[u32]) -> u64 {
+        let retried = self.retry_releases();
         if self.asleep {
-            return 0;
+            return retried << self.shift;
         }
         let now = self.clock.now_ms();
         self.streams.poll(&self.driver);
-        let mut pages = self.release_shared();
+        let mut pages = retried + self.release_shared();
         // Stitched ranges nobody used for a while.
         let ids: MetaVec<u32> = {
             let mut v = MetaVec::new_in(std::alloc::System);
@@ -188,6 +190,7 @@ impl<D: Driver> Commit<D> {
     pub fn release_all(&mut self) {
         self.streams.clear(&self.driver);
         self.drop_everything();
+        self.retry_releases();
     }
 
     /// Unmaps every mapping and releases every unit, whatever their state
@@ -195,18 +198,24 @@ impl<D: Driver> Commit<D> {
     /// bytes given back.
     pub(super) fn drop_everything(&mut self) -> u64 {
         let bytes = self.committed();
-        // One unmap per run of adjacent mapped pages.
+        // One unmap per run of adjacent mapped pages; a refused unmap is
+        // tried again at once (the page table forgets the mappings, so a
+        // mapping left behind would make later maps there fail).
         for (f, n) in self.mapped_runs() {
-            // SAFETY: the caller guarantees that nothing uses the memory
-            // (sleep quiesced the arena's streams; teardown has no user);
-            // each run is tiled by whole mappings.
-            let _ = unsafe { self.vmm_unmap(f, n) };
+            for _ in 0..UNMAP_TRIES {
+                // SAFETY: the caller guarantees that nothing uses the memory
+                // (sleep quiesced the arena's streams; teardown has no user);
+                // each run is tiled by whole mappings.
+                if unsafe { self.vmm_unmap(f, n) }.is_ok() {
+                    break;
+                }
+            }
             for p in f..f + n {
                 self.pages.set_map(p, NIL);
             }
         }
-        for h in self.pool.take_all() {
-            self.vmm_release(h);
+        for (h, pages) in self.pool.take_all() {
+            self.vmm_release(h, pages);
         }
         // Cached stitched ranges had only mappings; ranges in use keep their
         // addresses (their blocks are live).

@@ -84,7 +84,14 @@ impl<D: Driver> Commit<D> {
                 break unsafe { self.vmm_set_access(a, b - a + 1) };
             }
             let n = max.min(b + 1 - p);
-            let r = self.vmm_create(n, true).and_then(|h| {
+            if !self.budget_try_take(n) {
+                break Err(Error::OutOfMemory(self.oom_report(n << self.shift)));
+            }
+            let created = self.vmm_create(n, true);
+            if created.is_err() {
+                self.budget_give(n);
+            }
+            let r = created.and_then(|h| {
                 let now = self.clock.now_ms();
                 let u = self.pool.add_unit(h, n, true, now);
                 self.shared_pages += n;
@@ -167,11 +174,14 @@ impl<D: Driver> Commit<D> {
             self.clear_for_shared(a, b)
         };
         if let Err(e) = r {
-            self.vmm_release(handle);
+            self.vmm_release(handle, len >> self.shift);
             return Err(e);
         }
         self.calls.create += 1;
         let pages = len >> self.shift;
+        if let Some(b) = &self.budget {
+            b.take(len);
+        }
         let now = self.clock.now_ms();
         let u = self.pool.add_unit(handle, pages, true, now);
         self.shared_pages += pages;

@@ -36,7 +36,15 @@ impl<D: Driver> Commit<D> {
             let mut p = first;
             while p < first + pages {
                 let n = max.min(first + pages - p);
-                let r = self.vmm_create(n, false).and_then(|h| {
+                if !self.budget_try_take(n) {
+                    result = Err(crate::Error::OutOfMemory(self.oom_report(n << self.shift)));
+                    break 'runs;
+                }
+                let created = self.vmm_create(n, false);
+                if created.is_err() {
+                    self.budget_give(n);
+                }
+                let r = created.and_then(|h| {
                     let now = self.clock.now_ms();
                     let u = self.pool.add_unit(h, n, false, now);
                     made.push(u);
@@ -64,10 +72,14 @@ impl<D: Driver> Commit<D> {
                     v
                 };
                 for m in maps {
-                    let _ = self.unmap_mapping(m);
+                    self.undo_mapping(m);
                 }
+                if self.pool.unit(u).aliases > 0 {
+                    continue;
+                }
+                let pages = self.pool.unit(u).pages;
                 if let Some(h) = self.pool.remove_unit(u) {
-                    self.vmm_release(h);
+                    self.vmm_release(h, pages);
                 }
             }
             return Err(e);

@@ -11,6 +11,7 @@
 use std::time::Instant;
 
 use super::Commit;
+use super::vmm::retried;
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::Result;
 
@@ -98,11 +99,11 @@ impl<D: Driver> Commit<D> {
         });
         if let Err(e) = r {
             // SAFETY: our fresh reservation; the mapping, if made, is unused.
-            unsafe {
-                let _ = self.driver.unmap(va, total as usize);
-                let _ = self.driver.release(h);
-                let _ = self.driver.free_reservation(va, total as usize);
-            }
+            let _ = retried(|| unsafe { self.driver.unmap(va, total as usize) });
+            self.vmm_release(h, 0);
+            // SAFETY: as above; its one mapping is gone (or the driver
+            // refuses this, changing nothing).
+            let _ = retried(|| unsafe { self.driver.free_reservation(va, total as usize) });
             return Err(e);
         }
         Ok(Stage {
@@ -116,17 +117,23 @@ impl<D: Driver> Commit<D> {
     /// Gives a stage's pinned memory back (its copies completed or failed).
     pub fn drop_stage(&mut self, stage: Stage<D::Handle>) {
         let (va, size) = (stage.va, stage.size as usize);
-        let unmapped = self.timed(|d| {
-            // SAFETY: the stage is ours; its copies completed (or failed)
-            // and nothing else refers to it.
-            unsafe { d.unmap(va, size) }
+        // Each give-back step is tried again where refused once: what is
+        // not given back leaks (a refused release is kept and retried by
+        // later reclaims, see `vmm_release`).
+        let unmapped = retried(|| {
+            self.timed(|d| {
+                // SAFETY: the stage is ours; its copies completed (or failed)
+                // and nothing else refers to it.
+                unsafe { d.unmap(va, size) }
+            })
         });
         if unmapped.is_ok() {
             self.calls.unmap += 1;
         }
-        self.vmm_release(stage.handle);
+        // Pinned host memory is outside the device budget: 0 pages.
+        self.vmm_release(stage.handle, 0);
         // SAFETY: the reservation is the stage's own and has no mapping left.
-        let _ = unsafe { self.driver.free_reservation(stage.va, stage.size as usize) };
+        let _ = retried(|| unsafe { self.driver.free_reservation(va, size) });
     }
 
     /// Gives the pinned memory kept for the next offload back. Returns bytes.

@@ -9,6 +9,10 @@ use super::pages::NIL;
 use crate::driver::{DevicePtr, Driver};
 use crate::error::Result;
 
+/// Attempts at an unmap that must not be left undone (sleep, teardown,
+/// the undo of a failed commit): a refusal is tried again at once.
+pub(super) const UNMAP_TRIES: u32 = 3;
+
 impl<D: Driver> Commit<D> {
     #[inline]
     pub(super) fn va(&self, page: u64) -> DevicePtr {
@@ -39,11 +43,41 @@ impl<D: Driver> Commit<D> {
         Ok(h)
     }
 
-    /// Releases a handle (its mappings are gone or go with it).
-    pub(super) fn vmm_release(&mut self, h: D::Handle) {
+    /// Releases a handle of `pages` pages (its mappings are gone or go with
+    /// it). A release the driver refuses is kept and tried again by every
+    /// later reclaim and at teardown ([`Commit::retry_releases`]); until
+    /// then its pages count as committed: the memory is still held.
+    pub(super) fn vmm_release(&mut self, h: D::Handle, pages: u64) {
         if self.timed(|d| d.release(h)).is_ok() {
             self.calls.release += 1;
+            self.budget_give(pages);
+        } else {
+            self.unreleased.push((h, pages));
+            self.unreleased_pages += pages;
         }
+    }
+
+    /// Tries again the releases the driver refused. Returns the pages
+    /// given back.
+    pub(super) fn retry_releases(&mut self) -> u64 {
+        if self.unreleased.is_empty() {
+            return 0;
+        }
+        let mut given = 0;
+        let mut i = 0;
+        while i < self.unreleased.len() {
+            let (h, pages) = self.unreleased[i];
+            if self.timed(|d| d.release(h)).is_ok() {
+                self.calls.release += 1;
+                self.budget_give(pages);
+                self.unreleased.swap_remove(i);
+                self.unreleased_pages -= pages;
+                given += pages;
+            } else {
+                i += 1;
+            }
+        }
+        given
     }
 
     /// Maps `h` (of `pages` pages) at page `first`.
@@ -168,6 +202,31 @@ impl<D: Driver> Commit<D> {
         Ok(self.pool.remove_map(m))
     }
 
+    /// Takes away mapping `m`, made by a call that then failed (no live
+    /// byte; nothing used it; its access may never have been set). Where
+    /// the driver keeps refusing the unmap, sets the mapping's access
+    /// instead: the page table must never hold a mapping that a block could
+    /// be placed on and not reach. Returns whether the mapping is gone.
+    pub(super) fn undo_mapping(&mut self, m: u32) -> bool {
+        for _ in 0..UNMAP_TRIES {
+            if self.unmap_mapping(m).is_ok() {
+                return true;
+            }
+        }
+        let (first, pages) = {
+            let x = self.pool.map(m);
+            (x.first, x.pages)
+        };
+        for _ in 0..UNMAP_TRIES {
+            // SAFETY: the range is exactly mapping `m`, ours; granting the
+            // arena's access list takes nothing from anyone.
+            if unsafe { self.vmm_set_access(first, pages) }.is_ok() {
+                break;
+            }
+        }
+        false
+    }
+
     /// Unmaps every mapping of idle unit `u` and releases it. Callers
     /// checked the stamps of the unit and its mappings. Returns the pages
     /// given back, or 0 if an unmap failed (the unit then stays, with the
@@ -187,8 +246,24 @@ impl<D: Driver> Commit<D> {
             self.shared_pages -= pages;
         }
         if let Some(h) = self.pool.remove_unit(u) {
-            self.vmm_release(h);
+            self.vmm_release(h, pages);
         }
         pages
     }
+}
+
+/// Attempts at a driver call that gives something back (a refusal is tried
+/// again at once: what is not given back leaks).
+const GIVE_BACK_TRIES: u32 = 3;
+
+/// `f`, tried again up to [`GIVE_BACK_TRIES`] times while it fails.
+pub(super) fn retried<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut r = f();
+    for _ in 1..GIVE_BACK_TRIES {
+        if r.is_ok() {
+            break;
+        }
+        r = f();
+    }
+    r
 }

@@ -1,11 +1,17 @@
 //! Run-time backend selection: CUDA or HIP where a device is found, else the
 //! host backend, with a clear message saying why.
+//!
+//! Any of them can also run behind the [`Checked`] layer
+//! ([`SystemDriver::checked`]): the rules enforced, every call counted,
+//! faults injected on demand, for soak runs and debugging of whole
+//! programs (the global arenas take a driver of this type).
 
 use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
-    Access, AccessMode, Capabilities, DevicePtr, Driver, HostConfig, HostDriver, Location, Stream,
+    Access, AccessMode, Capabilities, Checked, DevicePtr, Driver, HostConfig, HostDriver, Location,
+    Stream,
 };
 use crate::error::Result;
 
@@ -60,9 +66,55 @@ pub enum SystemDriver {
     /// HIP backend.
     #[cfg(feature = "hip")]
     Hip(crate::driver::hip::HipDriver),
+    /// One of the others behind the checked layer (see
+    /// [`SystemDriver::checked`]); its handles and fences are the inner
+    /// driver's.
+    Checked(Box<Checked<SystemDriver>>),
 }
 
 impl SystemDriver {
+    /// `inner` behind the [`Checked`] layer: every call validated against
+    /// the rules and counted, faults injectable ([`SystemDriver::as_checked`]).
+    /// The checked layer serializes the driver calls it checks behind one
+    /// lock.
+    pub fn checked(inner: SystemDriver) -> SystemDriver {
+        SystemDriver::Checked(Box::new(Checked::new(inner)))
+    }
+
+    /// The checked layer, where this driver runs behind one.
+    pub fn as_checked(&self) -> Option<&Checked<SystemDriver>> {
+        match self {
+            SystemDriver::Checked(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The backend under any checked layer.
+    pub fn backend(&self) -> &SystemDriver {
+        match self {
+            SystemDriver::Checked(c) => c.inner().backend(),
+            d => d,
+        }
+    }
+
+    /// The host backend, where it is the one in use (under any checked
+    /// layer): tests hold and complete its emulated streams.
+    pub fn as_host(&self) -> Option<&HostDriver> {
+        match self.backend() {
+            SystemDriver::Host(h) => Some(h),
+            _ => None,
+        }
+    }
+
+    /// The CUDA backend, where it is the one in use (under any checked layer).
+    #[cfg(feature = "cuda")]
+    pub fn as_cuda(&self) -> Option<&crate::driver::cuda::CudaDriver> {
+        match self.backend() {
+            SystemDriver::Cuda(c) => Some(c),
+            _ => None,
+        }
+    }
+
     /// Opens the backend `select` asks for, on `device`.
     ///
     /// With [`Select::Auto`], tries CUDA, then HIP (where built), and falls
@@ -135,6 +187,7 @@ macro_rules! dispatch {
             SystemDriver::Cuda($d) => $e,
             #[cfg(feature = "hip")]
             SystemDriver::Hip($d) => $e,
+            SystemDriver::Checked($d) => $e,
         }
     };
 }
@@ -169,6 +222,7 @@ unsafe impl Driver for SystemDriver {
             SystemDriver::Cuda(d) => d.create(size, location).map(SystemHandle::Cuda),
             #[cfg(feature = "hip")]
             SystemDriver::Hip(d) => d.create(size, location).map(SystemHandle::Hip),
+            SystemDriver::Checked(d) => d.create(size, location),
         }
     }
     fn release(&self, handle: SystemHandle) -> Result<()> {
@@ -178,6 +232,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => d.release(h),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => d.release(h),
+            (SystemDriver::Checked(d), h) => d.release(h),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -198,6 +253,8 @@ unsafe impl Driver for SystemDriver {
             #[cfg(feature = "hip")]
             // SAFETY: forwarded under the caller's guarantees.
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => unsafe { d.map(va, size, offset, h) },
+            // SAFETY: forwarded under the caller's guarantees.
+            (SystemDriver::Checked(d), h) => unsafe { d.map(va, size, offset, h) },
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -220,6 +277,7 @@ unsafe impl Driver for SystemDriver {
             SystemDriver::Cuda(d) => d.record(stream).map(SystemFence::Cuda),
             #[cfg(feature = "hip")]
             SystemDriver::Hip(d) => d.record(stream).map(SystemFence::Hip),
+            SystemDriver::Checked(d) => d.record(stream),
         }
     }
     fn is_complete(&self, fence: &SystemFence) -> Result<bool> {
@@ -229,6 +287,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.is_complete(f),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.is_complete(f),
+            (SystemDriver::Checked(d), f) => d.is_complete(f),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -240,6 +299,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.wait(f),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.wait(f),
+            (SystemDriver::Checked(d), f) => d.wait(f),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -251,6 +311,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemFence::Cuda(f)) => d.drop_fence(f),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemFence::Hip(f)) => d.drop_fence(f),
+            (SystemDriver::Checked(d), f) => d.drop_fence(f),
             #[allow(unreachable_patterns)]
             _ => {}
         }
@@ -283,6 +344,7 @@ unsafe impl Driver for SystemDriver {
             SystemDriver::Cuda(d) => d.create_shareable(size, location).map(SystemHandle::Cuda),
             #[cfg(feature = "hip")]
             SystemDriver::Hip(d) => d.create_shareable(size, location).map(SystemHandle::Hip),
+            SystemDriver::Checked(d) => d.create_shareable(size, location),
         }
     }
     fn export(&self, handle: SystemHandle) -> Result<OwnedFd> {
@@ -292,6 +354,7 @@ unsafe impl Driver for SystemDriver {
             (SystemDriver::Cuda(d), SystemHandle::Cuda(h)) => d.export(h),
             #[cfg(feature = "hip")]
             (SystemDriver::Hip(d), SystemHandle::Hip(h)) => d.export(h),
+            (SystemDriver::Checked(d), h) => d.export(h),
             #[allow(unreachable_patterns)]
             _ => Err(mismatch()),
         }
@@ -320,6 +383,8 @@ unsafe impl Driver for SystemDriver {
                 let h = unsafe { d.import(fd, size, location) }?;
                 Ok(SystemHandle::Hip(h))
             }
+            // SAFETY: forwarded under the caller's guarantees.
+            SystemDriver::Checked(d) => unsafe { d.import(fd, size, location) },
         }
     }
 }

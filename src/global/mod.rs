@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::api::SharedArena;
 use crate::arena::{Accounting, Kind, SleepMode, SleepReport};
+use crate::commit::Budget;
 use crate::driver::{DevicePtr, Driver, Stream, SystemDriver};
 use crate::error::{BadPointer, ConfigText, Error, Result, TagUsage};
 use crate::policy::classes;
@@ -123,8 +124,13 @@ pub struct GlobalArena {
     epoch_start: Mutex<(crate::commit::DriverCalls, u64, u64, timing::Times)>,
     /// A clock set by [`GlobalArena::set_clock`], for tags made later too.
     clock: Mutex<Option<crate::sync::Clock>>,
-    /// The background reclaimer runs.
-    reclaimer: AtomicBool,
+    /// The device-wide limit (`config.arena.commit.limit`), shared by every
+    /// shard of every tag.
+    budget: Arc<Budget>,
+    /// The background reclaimer (see [`GlobalConfig::background`]), once
+    /// started, and the flag that stops it.
+    reclaimer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    reclaimer_stop: AtomicBool,
 }
 
 /// What happened between two calls of [`GlobalArena::epoch`] (a phase of a
@@ -324,13 +330,25 @@ fn register_report() {
     unsafe { libc::atexit(print_report) };
 }
 
+/// Addresses of the arenas made by [`GlobalArena::leak`] and
+/// [`GlobalArena::leak_with`] and not yet destroyed: only those may be
+/// given to [`GlobalArena::destroy`].
+static LEAKED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+
 impl GlobalArena {
     /// A new global-style arena for `device` (not registered as the
-    /// process-wide one; see [`arena`]).
+    /// process-wide one; see [`arena`]), on the backend `config.backend`
+    /// selects.
     pub fn new(device: u32, config: GlobalConfig) -> Result<Self> {
-        let driver = Arc::new(SystemDriver::open(config.backend, device, |note| {
-            eprintln!("{note}")
-        })?);
+        let driver = SystemDriver::open(config.backend, device, |note| eprintln!("{note}"))?;
+        Self::with_driver(device, config, Arc::new(driver))
+    }
+
+    /// A new global-style arena for `device` over a driver the caller
+    /// opened (for example a backend behind the checked layer,
+    /// [`SystemDriver::checked`], whose counts the caller can still read
+    /// after [`GlobalArena::destroy`]); `config.backend` is not looked at.
+    pub fn with_driver(device: u32, config: GlobalConfig, driver: GlobalDriver) -> Result<Self> {
         let g = GlobalArena {
             device,
             driver,
@@ -339,47 +357,71 @@ impl GlobalArena {
             config,
             epoch_start: Mutex::new(Default::default()),
             clock: Mutex::new(None),
-            reclaimer: AtomicBool::new(false),
+            budget: Arc::new(Budget::new(config.arena.commit.limit)),
+            reclaimer: Mutex::new(None),
+            reclaimer_stop: AtomicBool::new(false),
         };
         g.tag("default")?;
         Ok(g)
     }
 
-    /// A new arena that lives for the rest of the process (the thread caches
-    /// need `'static` arenas), with its background reclaimer if configured.
+    /// A new arena that lives until [`GlobalArena::destroy`] or the end of
+    /// the process (the thread caches need `'static` arenas).
     pub fn leak(device: u32, config: GlobalConfig) -> Result<&'static Self> {
-        let g: &'static Self = Box::leak(Box::new(Self::new(device, config)?));
-        g.start_reclaimer();
-        Ok(g)
+        Ok(Self::register(Self::new(device, config)?))
     }
 
-    /// Starts the background reclaimer (once; with `background:1`): a
-    /// thread that wakes every `decay_ms / 8` and gives back, on every tag
-    /// and shard, the idle memory whose decay allowance ran out (see
-    /// [`GlobalArena::reclaim_step`]). Its driver calls then happen off the
-    /// allocating threads; each shard's lock is held only for its own step.
-    #[inline]
-    pub fn start_reclaimer(&'static self) {
-        if !self.config.background
-            || self.reclaimer.load(Ordering::Relaxed)
-            || self.reclaimer.swap(true, Ordering::AcqRel)
-        {
+    /// [`GlobalArena::with_driver`], leaked as [`GlobalArena::leak`] does.
+    pub fn leak_with(
+        device: u32,
+        config: GlobalConfig,
+        driver: GlobalDriver,
+    ) -> Result<&'static Self> {
+        Ok(Self::register(Self::with_driver(device, config, driver)?))
+    }
+
+    fn register(arena: Self) -> &'static Self {
+        let a: &'static Self = Box::leak(Box::new(arena));
+        LEAKED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(a as *const Self as usize);
+        a.start_reclaimer();
+        a
+    }
+
+    /// Starts the background reclaimer once, where the configuration asks
+    /// for it (`background`, and a decay to follow): a thread that wakes
+    /// every `decay_ms / 8` (10 ms to 60 s) and gives back, on every tag and
+    /// shard, the idle memory whose decay allowance ran out (see
+    /// [`GlobalArena::reclaim_step`]), so that an arena nobody allocates
+    /// from or frees to still hands its idle memory back, and allocating
+    /// threads make no such driver call. Each shard's lock is held only for
+    /// its own step.
+    fn start_reclaimer(&'static self) {
+        let decay_ms = self.config.arena.commit.decay_ms;
+        if !self.config.background || decay_ms == 0 {
             return;
         }
-        let period = std::time::Duration::from_millis(
-            (self.config.arena.commit.decay_ms / 8).clamp(10, 60_000),
-        );
-        let spawned = std::thread::Builder::new()
+        let mut slot = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let period = std::time::Duration::from_millis((decay_ms / 8).clamp(10, 60_000));
+        *slot = std::thread::Builder::new()
             .name(format!("gpu-arena-reclaim-{}", self.device))
             .spawn(move || {
                 loop {
-                    std::thread::sleep(period);
+                    std::thread::park_timeout(period);
+                    if self.reclaimer_stop.load(Ordering::Acquire) {
+                        return;
+                    }
                     self.reclaim_step();
                 }
-            });
-        if spawned.is_err() {
+            })
+            .ok();
+        if slot.is_none() {
             // No thread: the free path gives memory back instead.
-            self.reclaimer.store(false, Ordering::Release);
             eprintln!(
                 "gpu-arena: the background reclaimer could not start; idle memory goes back on frees"
             );
@@ -387,6 +429,54 @@ impl GlobalArena {
                 shard.lock().set_reclaim_on_free(true);
             }
         }
+    }
+
+    /// Stops the background reclaimer, if it runs, and waits for it.
+    fn stop_reclaimer(&self) {
+        let handle = self
+            .reclaimer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = handle {
+            self.reclaimer_stop.store(true, Ordering::Release);
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+
+    /// Tears down an arena made by [`GlobalArena::leak`] or
+    /// [`GlobalArena::leak_with`]: gives the calling thread's cached blocks
+    /// back, then drops every shard, which gives every handle and
+    /// reservation back to the driver (memory still live is given back
+    /// too). Refuses, changing nothing, an arena that was not made that way
+    /// or was destroyed already (the process-wide arenas of [`arena`] live
+    /// as long as the process).
+    ///
+    /// # Safety
+    /// Callers guarantee that no other thread uses the arena any more and
+    /// that every thread that allocated from it has exited (their caches
+    /// go back to the arena when they exit) or was the calling one; no
+    /// reference to it, and no block of it, is used after this call; no
+    /// queued device work touches its memory.
+    pub unsafe fn destroy(arena: &'static GlobalArena) -> Result<()> {
+        let addr = arena as *const Self as usize;
+        {
+            let mut leaked = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(i) = leaked.iter().position(|&a| a == addr) else {
+                return Err(Error::Config(
+                    "only an arena made by GlobalArena::leak or leak_with can be destroyed, once",
+                ));
+            };
+            leaked.swap_remove(i);
+        }
+        arena.stop_reclaimer();
+        cache::flush_current(arena);
+        // SAFETY: `addr` came from `Box::leak` in `register` and was
+        // removed from the registry above, so it is turned back into a box
+        // once; the caller guarantees that nothing uses the arena any more.
+        drop(unsafe { Box::from_raw(addr as *mut GlobalArena) });
+        Ok(())
     }
 
     /// One step of the background reclaimer, deterministic given the clock:
@@ -449,20 +539,28 @@ impl GlobalArena {
             return Ok(());
         }
         let mut shards = Vec::with_capacity(self.config.shards.max(1) as usize);
+        // The limit holds for the device: every shard of every tag takes
+        // its commits from the one budget (a tag may get a limit of its own
+        // on top, `set_tag_limit`).
         let mut arena_config = self.config.arena;
+        arena_config.commit.limit = u64::MAX;
         // With a background reclaimer, freeing threads never give memory
         // back themselves.
         arena_config.commit.reclaim_on_free &= !self.config.background;
         for _ in 0..self.config.shards.max(1) {
             let a = SharedArena::new(self.driver.clone(), Kind::Device(self.device), arena_config)?;
-            a.lock().set_tag(i);
-            if let Some(clock) = self
-                .clock
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
             {
-                a.lock().set_clock(clock.clone());
+                let mut a = a.lock();
+                a.set_tag(i);
+                a.set_budget(self.budget.clone());
+                if let Some(clock) = self
+                    .clock
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_ref()
+                {
+                    a.set_clock(clock.clone());
+                }
             }
             shards.push(a);
         }
@@ -565,6 +663,10 @@ impl GlobalArena {
     /// Small blocks come from the calling thread's cache without a lock.
     /// A zero size or an alignment that is not a power of two is refused
     /// ([`Error::ZeroSize`], [`Error::BadAlignment`]) and changes nothing.
+    ///
+    /// Out of memory in its shard, it gives back the idle memory of every
+    /// shard and tag (trim) and tries once more before reporting
+    /// [`Error::OutOfMemory`] with device-wide figures.
     #[inline]
     pub fn alloc(&'static self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         let tag = current_tag();
@@ -575,20 +677,41 @@ impl GlobalArena {
                 if let Some(p) = cache::pop(self, tag, class, stream) {
                     return Ok(p);
                 }
-                return cache::refill(self, tag, class, stream).map_err(|e| self.enrich(e, tag));
+                return self
+                    .retry_after_trim(|| cache::refill(self, tag, class, stream))
+                    .map_err(|e| self.enrich(e, tag));
             }
         }
-        self.my_shard(tag)?
-            .alloc(size, align, stream)
+        let shard = self.my_shard(tag)?;
+        self.retry_after_trim(|| shard.alloc(size, align, stream))
             .map_err(|e| self.enrich(e, tag))
     }
 
     /// Allocates in the current tag without the thread cache.
     pub fn alloc_uncached(&self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         let tag = current_tag();
-        self.my_shard(tag)?
-            .alloc(size, align, stream)
+        let shard = self.my_shard(tag)?;
+        self.retry_after_trim(|| shard.alloc(size, align, stream))
             .map_err(|e| self.enrich(e, tag))
+    }
+
+    /// Runs `f`; out of memory, gives back the idle memory of every shard
+    /// and tag (a shard's own ladder only reaches its own) and runs it once
+    /// more if that gave anything back.
+    fn retry_after_trim<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
+        match f() {
+            Err(Error::OutOfMemory(_)) if self.trim_shards() > 0 => f(),
+            r => r,
+        }
+    }
+
+    /// Trims every shard of every tag (no thread cache). Returns the bytes
+    /// given back.
+    fn trim_shards(&self) -> u64 {
+        self.tags()
+            .flat_map(|t| t.shards.iter())
+            .map(|s| s.trim())
+            .sum()
     }
 
     /// Adds the per-tag figures to an out-of-memory error.
@@ -596,6 +719,14 @@ impl GlobalArena {
         let Error::OutOfMemory(mut r) = e else {
             return e;
         };
+        // Device-wide figures: the limit is the device's.
+        let all = self.stats();
+        r.live = all.live;
+        r.committed = all.committed;
+        r.reclaimable = all.reclaimable;
+        r.pending = all.pending_decommit.saturating_sub(all.reclaimable);
+        r.pending_fences = all.pending_fences;
+        r.limit = r.limit.min(self.budget.limit());
         let mut usage: Vec<(u32, TagUsage)> = self
             .tags_indexed()
             .map(|(i, t)| {
@@ -628,17 +759,27 @@ impl GlobalArena {
     /// Gives back every empty page whose fences completed (and this thread's cache).
     pub fn trim(&'static self) -> u64 {
         cache::flush_current(self);
-        self.tags()
-            .flat_map(|t| t.shards.iter())
-            .map(|s| s.trim())
-            .sum()
+        self.trim_shards()
+    }
+
+    /// The device-wide limit, and the bytes committed by every shard of
+    /// every tag against it (now and at most).
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    /// Changes the device-wide limit (later commits; bytes committed stay).
+    pub fn set_limit(&self, limit: u64) {
+        self.budget.set_limit(limit);
     }
 
     /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
     /// their physical memory goes back, their addresses stay. Tags already
     /// asleep are skipped. A name that is no tag of this device is refused
     /// with [`Error::UnknownTag`] before any tag sleeps. On another error,
-    /// the tags slept so far stay asleep.
+    /// the tags slept so far stay asleep and the failing one is awake again
+    /// (its shards that had slept are woken: a tag is never half asleep,
+    /// refusing allocations but serving frees).
     pub fn sleep(
         &'static self,
         tags: &[&str],
@@ -657,9 +798,20 @@ impl GlobalArena {
             if ta.asleep.swap(true, Ordering::AcqRel) {
                 continue;
             }
-            for shard in ta.shards.iter() {
-                let r = shard.lock().sleep(mode, stream)?;
-                add(&mut total, r);
+            for (i, shard) in ta.shards.iter().enumerate() {
+                let r = shard.lock().sleep(mode, stream);
+                match r {
+                    Ok(r) => add(&mut total, r),
+                    Err(e) => {
+                        let woken = ta.shards[..i]
+                            .iter()
+                            .all(|s| self.retry_after_trim(|| s.lock().wake(stream)).is_ok());
+                        if woken {
+                            ta.asleep.store(false, Ordering::Release);
+                        }
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(total)
@@ -695,7 +847,7 @@ impl GlobalArena {
                 continue;
             }
             for shard in ta.shards.iter() {
-                let r = shard.lock().wake(stream)?;
+                let r = self.retry_after_trim(|| shard.lock().wake(stream))?;
                 add(&mut total, r);
             }
             ta.asleep.store(false, Ordering::Release);
@@ -703,7 +855,8 @@ impl GlobalArena {
         Ok(total)
     }
 
-    /// Sets the commit limit of tag `name` (split evenly over its shards).
+    /// Sets a commit limit of tag `name` alone (split evenly over its
+    /// shards), on top of the device-wide one.
     pub fn set_tag_limit(&self, name: &str, limit: u64) -> Result<()> {
         let t = self.tag(name)?;
         let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
@@ -735,7 +888,7 @@ impl GlobalArena {
                 t.staged += a.staged;
             }
         }
-        t.limit = limit;
+        t.limit = limit.min(self.budget.limit());
         t
     }
 

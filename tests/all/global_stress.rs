@@ -200,3 +200,214 @@ fn oom_report_names_the_tags() {
     assert!(e.to_string().contains("by tag: activations"), "{e}");
     arena.free(a, None, Stream::DEFAULT).unwrap();
 }
+
+#[test]
+fn a_leaked_arena_over_a_checked_driver_tears_down_to_nothing() {
+    use gpu_arena::driver::{Driver, SystemDriver};
+    use std::sync::Arc;
+    let driver = Arc::new(SystemDriver::checked(
+        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
+    ));
+    let conf = GlobalConfig {
+        shards: 2,
+        ..GlobalConfig::default()
+    };
+    let arena = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    let checked = driver.as_checked().expect("checked");
+    assert!(
+        driver.as_host().is_some(),
+        "the host backend under the checked layer"
+    );
+    let s = driver.create_stream().unwrap();
+    let small = arena.alloc(100, 16, s).unwrap();
+    let big = {
+        let _g = arena.tag_scope("weights").unwrap();
+        arena.alloc(5 << 20, 512, s).unwrap()
+    };
+    arena
+        .sleep(&["weights"], gpu_arena::SleepMode::Offload, s)
+        .unwrap();
+    arena.wake(&["weights"], s).unwrap();
+    assert!(checked.counts().create > 0);
+    arena.free(big, None, s).unwrap();
+    // `small` stays live: teardown gives it back too.
+    let _ = small;
+    // SAFETY: this thread is the only one that used the arena; nothing
+    // refers to it afterwards.
+    unsafe { GlobalArena::destroy(arena) }.unwrap();
+    assert_eq!(checked.leaks(), None, "{:?}", checked.counts());
+    let c = checked.counts();
+    assert_eq!(
+        (c.create, c.bytes_mapped, c.reserve),
+        (c.release, c.bytes_unmapped, c.free_reservation),
+        "{c:?}"
+    );
+    assert_eq!(c.refused, 0);
+    // Only arenas made by `leak`/`leak_with` are torn down.
+    let other: &'static GlobalArena = Box::leak(Box::new(
+        GlobalArena::new(
+            0,
+            GlobalConfig {
+                backend: Select::Host,
+                ..GlobalConfig::default()
+            },
+        )
+        .unwrap(),
+    ));
+    // SAFETY: refused before anything is touched.
+    assert!(unsafe { GlobalArena::destroy(other) }.is_err());
+    // SAFETY: stream made above; nothing uses it.
+    unsafe { driver.destroy_stream(s) }.unwrap();
+}
+
+#[test]
+fn the_limit_holds_for_the_device_across_tags_and_shards() {
+    let mut conf = GlobalConfig {
+        backend: Select::Host,
+        shards: 3,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    conf.arena.commit.limit = 24 << 20;
+    conf.arena.commit.decay_ms = 60_000;
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let mut held = Vec::new();
+    // Three tags, several threads (shards): together they stop at the limit.
+    for tag in ["a", "b", "c"] {
+        let _g = arena.tag_scope(tag).unwrap();
+        for _ in 0..3 {
+            let h = std::thread::spawn(move || {
+                let _g = arena.tag_scope(tag).unwrap();
+                arena.alloc(6 << 20, 512, Stream::DEFAULT).ok()
+            });
+            held.extend(h.join().unwrap());
+        }
+    }
+    let b = arena.budget();
+    assert!(b.used() <= 24 << 20 && b.peak() <= 24 << 20, "{b:?}");
+    assert_eq!(b.used(), arena.stats().committed);
+    assert!(held.len() < 9, "the limit refused some of the nine blocks");
+    let e = {
+        let _g = arena.tag_scope("a").unwrap();
+        arena.alloc(6 << 20, 512, Stream::DEFAULT).unwrap_err()
+    };
+    let gpu_arena::Error::OutOfMemory(r) = e else {
+        panic!("{e}")
+    };
+    assert_eq!(r.limit, 24 << 20, "the device's limit: {r:?}");
+    assert_eq!(r.committed, arena.stats().committed, "device-wide figures");
+    // Memory freed in one shard and kept idle (long decay) serves another
+    // shard's allocation: the global ladder trims every shard first.
+    for p in held.drain(..) {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    assert!(arena.stats().committed > 0, "idle memory kept");
+    let big = std::thread::spawn(move || {
+        let _g = arena.tag_scope("c").unwrap();
+        arena.alloc(20 << 20, 512, Stream::DEFAULT).unwrap()
+    })
+    .join()
+    .unwrap();
+    assert!(arena.budget().used() <= 24 << 20);
+    arena.free(big, None, Stream::DEFAULT).unwrap();
+    assert_eq!(arena.accounting(None).limit, 24 << 20);
+}
+
+#[test]
+fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
+    use gpu_arena::driver::{Fault, FaultKind, Op, SystemDriver};
+    use std::sync::Arc;
+    let driver = Arc::new(SystemDriver::checked(
+        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
+    ));
+    let conf = GlobalConfig {
+        shards: 2,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    let arena = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    // Two threads (two shards) put data in tag `w`.
+    let blocks: Vec<(u64, u8)> = (0..2u8)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let _g = arena.tag_scope("w").unwrap();
+                let p = arena.alloc(3 << 20, 512, Stream::DEFAULT).unwrap();
+                // SAFETY: host backend, a live block of that size.
+                unsafe { std::ptr::write_bytes(p as *mut u8, 0x40 + i, 3 << 20) };
+                (p, 0x40 + i)
+            })
+            .join()
+            .unwrap()
+        })
+        .collect();
+    let w = arena.tag("w").unwrap();
+    assert!(
+        arena.shards(w).iter().all(|s| s.stats().live > 0),
+        "both shards hold data"
+    );
+    // The second shard's pinned copy cannot be made: its sleep fails.
+    driver.as_checked().unwrap().inject(Fault {
+        op: Op::Create,
+        nth: 2,
+        kind: FaultKind::OutOfMemory,
+    });
+    arena
+        .sleep(&["w"], gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+        .expect_err("the second shard cannot offload");
+    let t = arena.tag_arenas(w).unwrap();
+    assert!(!t.is_asleep(), "the failed tag is awake again");
+    assert!(arena.shards(w).iter().all(|s| !s.lock().is_asleep()));
+    for &(p, byte) in &blocks {
+        // SAFETY: the tag is awake; same addresses, contents restored.
+        let b = unsafe { std::slice::from_raw_parts(p as *const u8, 3 << 20) };
+        assert!(b.iter().all(|&x| x == byte));
+    }
+    // And it sleeps and wakes normally afterwards.
+    arena
+        .sleep(&["w"], gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert!(t.is_asleep());
+    arena.wake(&["w"], Stream::DEFAULT).unwrap();
+    for (p, _) in blocks {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    // SAFETY: the threads that allocated exited; nothing uses the arena.
+    unsafe { GlobalArena::destroy(arena) }.unwrap();
+    assert_eq!(driver.as_checked().unwrap().leaks(), None);
+}
+
+#[test]
+fn the_background_reclaimer_gives_idle_memory_back_with_no_call() {
+    let idle_after = |background: bool, wait_ms: u64| {
+        let mut conf = GlobalConfig {
+            backend: Select::Host,
+            thread_cache: 0,
+            background,
+            ..GlobalConfig::default()
+        };
+        conf.arena.commit.decay_ms = 40;
+        let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+        let p = arena.alloc(8 << 20, 512, Stream::DEFAULT).unwrap();
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+        assert!(arena.stats().committed >= 8 << 20, "kept idle at first");
+        // Nothing else happens on the arena: no alloc, no free, no trim.
+        let t = std::time::Instant::now();
+        while arena.stats().committed > 0 && t.elapsed() < std::time::Duration::from_millis(wait_ms)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let left = arena.stats().committed;
+        // SAFETY: only this thread used the arena.
+        unsafe { GlobalArena::destroy(arena) }.unwrap();
+        left
+    };
+    assert_eq!(
+        idle_after(true, 5000),
+        0,
+        "the reclaimer gave the idle memory back"
+    );
+    assert!(
+        idle_after(false, 400) > 0,
+        "without it, idle memory waits for the next free or trim"
+    );
+}

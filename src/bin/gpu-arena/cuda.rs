@@ -1,9 +1,13 @@
 //! The CUDA anchors the benchmarks compare against: `cuMemAlloc_v2` /
 //! `cuMemFree_v2`, and the stream-ordered pool (`cuMemAllocAsync` /
 //! `cuMemFreeAsync` on the device's default pool with its release threshold
-//! at `u64::MAX`, so the pool keeps what it has). Raw calls through
-//! `gpu_arena::driver::cuda::sys`, made only on a [`CudaDriver`]'s context,
-//! which proves the driver library was found and loaded.
+//! at `u64::MAX`, so the pool keeps what it has); and what the soak and the
+//! two-process pressure test need besides the allocator: the device's free
+//! memory (`cuMemGetInfo`), events that order one stream after another
+//! (`cuStreamWaitEvent`, as PyTorch's `record_stream` does) and a plain
+//! `cuMemsetD8`. Raw calls through `gpu_arena::driver::cuda::sys`, made only
+//! on a [`CudaDriver`]'s context, which proves the driver library was found
+//! and loaded.
 
 use core::ffi::{c_char, c_int, c_void};
 
@@ -169,6 +173,55 @@ impl Cu {
         })
     }
 
+    /// `cuMemGetInfo_v2`: the device's (free, total) bytes, as every
+    /// process on it sees them.
+    pub fn mem_info(&self) -> AnyResult<(u64, u64)> {
+        let (mut free, mut total) = (0usize, 0usize);
+        // SAFETY: a context is current; both are valid out-pointers.
+        check("cuMemGetInfo_v2", unsafe {
+            sys::cuMemGetInfo_v2(&mut free, &mut total)
+        })?;
+        Ok((free as u64, total as u64))
+    }
+
+    /// `cuMemsetD8_v2` of `len` bytes at `p` on the legacy default stream,
+    /// then a wait on that stream's work only (an event recorded after it).
+    pub fn memset_sync(&self, p: DevicePtr, byte: u8, len: usize) -> AnyResult<()> {
+        // SAFETY: a context is current; the caller passes memory it owns
+        // (from `mem_alloc`) of at least `len` bytes.
+        check("cuMemsetD8_v2", unsafe { sys::cuMemsetD8_v2(p, byte, len) })?;
+        self.record(Stream::DEFAULT)?.wait()
+    }
+
+    /// An event recorded now on `stream`: work on other streams made to wait
+    /// for it ([`Cu::wait_event`]) runs after everything queued on `stream`
+    /// so far.
+    pub fn record(&self, stream: Stream) -> AnyResult<Event> {
+        let mut ev: sys::CUevent = core::ptr::null_mut();
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as core::ffi::c_uint;
+        // SAFETY: a context is current; `ev` is a valid out-pointer.
+        check("cuEventCreate", unsafe {
+            sys::cuEventCreate(&mut ev, flags)
+        })?;
+        let ev = Event(ev.expose_provenance());
+        // SAFETY: the event was just made in the current context; the stream
+        // is live (made by the driver, or the null stream).
+        check("cuEventRecord", unsafe {
+            sys::cuEventRecord(ev.raw(), cu_stream(stream))
+        })?;
+        Ok(ev)
+    }
+
+    /// `cuStreamWaitEvent`: work queued on `stream` from now on starts
+    /// after the work before `event`. Never blocks the calling thread.
+    pub fn wait_event(&self, stream: Stream, event: &Event) -> AnyResult<()> {
+        // SAFETY: a context is current; the stream is live; the event was
+        // recorded by `record` and is alive.
+        check("cuStreamWaitEvent", unsafe {
+            sys::cuStreamWaitEvent(cu_stream(stream), event.raw(), 0)
+        })
+    }
+
     /// `cuStreamSynchronize` (benchmarks only: ends a timed batch of
     /// stream-ordered calls).
     pub fn sync(&self, stream: Stream) -> AnyResult<()> {
@@ -176,5 +229,34 @@ impl Cu {
         check("cuStreamSynchronize", unsafe {
             sys::cuStreamSynchronize(cu_stream(stream))
         })
+    }
+}
+
+/// A CUDA event made by [`Cu::record`]; destroyed when dropped (the driver
+/// keeps it alive for waits already queued on it).
+#[derive(Debug)]
+pub struct Event(usize);
+
+impl Event {
+    fn raw(&self) -> sys::CUevent {
+        core::ptr::with_exposed_provenance_mut(self.0)
+    }
+
+    /// Blocks until the work before the event has completed (this event
+    /// only: `cuEventSynchronize`).
+    pub fn wait(&self) -> AnyResult<()> {
+        // SAFETY: the event is alive (made by `record`, destroyed in Drop).
+        check("cuEventSynchronize", unsafe {
+            sys::cuEventSynchronize(self.raw())
+        })
+    }
+}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: made by `record` and destroyed once; `cuEventDestroy`
+        // returns at once and the driver frees the event once the waits
+        // queued on it no longer need it.
+        let _ = unsafe { sys::cuEventDestroy_v2(self.raw()) };
     }
 }

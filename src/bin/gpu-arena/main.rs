@@ -5,9 +5,11 @@
 //! gpu-arena bench [--quick] [--json | --markdown] [--only pairs,threads,commit,kernel,growth,scratch,sleep]
 //! gpu-arena replay TRACE... [--json]
 //! gpu-arena map [--trace FILE [--every N] [--at end|peak]] [--html] [-o FILE]
+//! gpu-arena soak [--seconds N] [--threads 16] [--streams 4] [--limit SIZE] [--json]
+//! gpu-arena pressure [--rounds 2] [--weights SIZE] [--kv-cache SIZE] [--json-out FILE]
 //! ```
 //!
-//! `info` and `bench` default to `--backend auto` (CUDA when a GPU is found,
+//! `info`, `bench`, `soak` and `pressure` default to `--backend auto` (CUDA when a GPU is found,
 //! else the host backend); `replay` and `map` default to the host backend so
 //! their figures do not depend on the machine. The backend chosen is said in
 //! one line on stderr; machine output (`--json`, SVG on stdout) stays on
@@ -18,7 +20,9 @@ mod bench;
 mod cuda;
 mod info;
 mod map;
+mod pressure;
 mod replay;
+mod soak;
 mod table;
 
 use std::process::ExitCode;
@@ -62,6 +66,12 @@ enum Command {
     Replay(replay::Args),
     /// Draw an arena as SVG: a snapshot, or a trace's replay over time.
     Map(map::Args),
+    /// Many threads and streams on a global arena for a while, under a
+    /// limit, faults and sleep/wake: fails on any lost byte or handle.
+    Soak(soak::Args),
+    /// Another process needs most of the device: this one gives its memory
+    /// back while its kernels run, and wakes with identical data.
+    Pressure(pressure::Args),
 }
 
 /// The `--backend` values.
@@ -125,12 +135,12 @@ impl Backends {
             .join("; ");
         let note = format!("gpu-arena: {note}");
         eprintln!("{note}");
-        let resolved = match &driver {
-            SystemDriver::Host(_) => Select::Host,
+        let resolved = match driver.backend() {
             #[cfg(feature = "cuda")]
             SystemDriver::Cuda(_) => Select::Cuda,
             #[cfg(feature = "hip")]
             SystemDriver::Hip(_) => Select::Hip,
+            _ => Select::Host,
         };
         Ok((
             Backends {
@@ -211,6 +221,12 @@ fn main() -> ExitCode {
             replay::run(cli.backend.unwrap_or(BackendArg::Host), cli.device, &args)
         }
         Command::Map(args) => map::run(cli.backend.unwrap_or(BackendArg::Host), cli.device, &args),
+        Command::Soak(args) => {
+            soak::run(cli.backend.unwrap_or(BackendArg::Auto), cli.device, &args)
+        }
+        Command::Pressure(args) => {
+            pressure::run(cli.backend.unwrap_or(BackendArg::Auto), cli.device, &args)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

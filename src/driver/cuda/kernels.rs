@@ -174,6 +174,89 @@ ADDF_LOOP:
 ADDF_DONE:
     ret;
 }
+
+// fill_pattern_u32(ptr: u32*, n: u64, seed: u32): ptr[i] = (u32)i * 0x9E3779B1 ^ seed
+// for i < n (grid-stride loop): every word of a block differs from its
+// neighbours' and from other blocks' (other seeds).
+.visible .entry gpu_arena_fill_pattern_u32(
+    .param .u64 gpu_arena_fp_ptr,
+    .param .u64 gpu_arena_fp_n,
+    .param .u32 gpu_arena_fp_seed
+)
+{
+    .reg .pred %p<2>;
+    .reg .b32 %r<8>;
+    .reg .b64 %rd<8>;
+
+    ld.param.u64 %rd1, [gpu_arena_fp_ptr];
+    ld.param.u64 %rd2, [gpu_arena_fp_n];
+    ld.param.u32 %r6, [gpu_arena_fp_seed];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mov.u32 %r4, %nctaid.x;
+    mul.wide.u32 %rd3, %r1, %r2;
+    cvt.u64.u32 %rd4, %r3;
+    add.u64 %rd3, %rd3, %rd4;
+    mul.wide.u32 %rd5, %r4, %r2;
+FP_LOOP:
+    setp.ge.u64 %p1, %rd3, %rd2;
+    @%p1 bra FP_DONE;
+    cvt.u32.u64 %r5, %rd3;
+    mul.lo.s32 %r5, %r5, -1640531535;
+    xor.b32 %r5, %r5, %r6;
+    shl.b64 %rd6, %rd3, 2;
+    add.u64 %rd7, %rd1, %rd6;
+    st.u32 [%rd7], %r5;
+    add.u64 %rd3, %rd3, %rd5;
+    bra.uni FP_LOOP;
+FP_DONE:
+    ret;
+}
+
+// check_pattern_u32(ptr: u32*, n: u64, seed: u32, errors: u32*): for i < n,
+// if ptr[i] != (u32)i * 0x9E3779B1 ^ seed { atomically errors += 1 }.
+.visible .entry gpu_arena_check_pattern_u32(
+    .param .u64 gpu_arena_cp_ptr,
+    .param .u64 gpu_arena_cp_n,
+    .param .u32 gpu_arena_cp_seed,
+    .param .u64 gpu_arena_cp_errors
+)
+{
+    .reg .pred %p<3>;
+    .reg .b32 %r<10>;
+    .reg .b64 %rd<10>;
+
+    ld.param.u64 %rd1, [gpu_arena_cp_ptr];
+    ld.param.u64 %rd2, [gpu_arena_cp_n];
+    ld.param.u32 %r6, [gpu_arena_cp_seed];
+    ld.param.u64 %rd8, [gpu_arena_cp_errors];
+    mov.u32 %r1, %ctaid.x;
+    mov.u32 %r2, %ntid.x;
+    mov.u32 %r3, %tid.x;
+    mov.u32 %r4, %nctaid.x;
+    mul.wide.u32 %rd3, %r1, %r2;
+    cvt.u64.u32 %rd4, %r3;
+    add.u64 %rd3, %rd3, %rd4;
+    mul.wide.u32 %rd5, %r4, %r2;
+CP_LOOP:
+    setp.ge.u64 %p1, %rd3, %rd2;
+    @%p1 bra CP_DONE;
+    cvt.u32.u64 %r5, %rd3;
+    mul.lo.s32 %r5, %r5, -1640531535;
+    xor.b32 %r5, %r5, %r6;
+    shl.b64 %rd6, %rd3, 2;
+    add.u64 %rd7, %rd1, %rd6;
+    ld.u32 %r7, [%rd7];
+    setp.eq.u32 %p2, %r7, %r5;
+    @%p2 bra CP_OK;
+    atom.add.u32 %r8, [%rd8], 1;
+CP_OK:
+    add.u64 %rd3, %rd3, %rd5;
+    bra.uni CP_LOOP;
+CP_DONE:
+    ret;
+}
 "#
     };
 }
@@ -218,7 +301,26 @@ pub struct Kernels {
     add_one: Raw<sys::CUfunc_st>,
     check_and_write: Raw<sys::CUfunc_st>,
     add_f32: Raw<sys::CUfunc_st>,
+    fill_pattern: Raw<sys::CUfunc_st>,
+    check_pattern: Raw<sys::CUfunc_st>,
     target: &'static str,
+}
+
+/// The word the pattern kernels write at index `i` of a block filled with
+/// `seed` ([`Kernels::fill_pattern`]); the CPU side of the same pattern.
+#[inline]
+pub const fn pattern_word(seed: u32, i: u64) -> u32 {
+    (i as u32).wrapping_mul(0x9E37_79B1) ^ seed
+}
+
+/// The test kernels' functions, in [`Kernels::functions`] order.
+struct Functions {
+    spin: sys::CUfunction,
+    add_one: sys::CUfunction,
+    check_and_write: sys::CUfunction,
+    add_f32: sys::CUfunction,
+    fill_pattern: sys::CUfunction,
+    check_pattern: sys::CUfunction,
 }
 
 impl Kernels {
@@ -236,13 +338,15 @@ impl Kernels {
                     // SAFETY: `module` was just loaded; on failure it is
                     // unloaded before returning.
                     return match unsafe { Self::functions(module) } {
-                        Ok((spin, add_one, check_and_write, add_f32)) => Ok(Kernels {
+                        Ok(f) => Ok(Kernels {
                             ctx,
                             module: Raw(module),
-                            spin: Raw(spin),
-                            add_one: Raw(add_one),
-                            check_and_write: Raw(check_and_write),
-                            add_f32: Raw(add_f32),
+                            spin: Raw(f.spin),
+                            add_one: Raw(f.add_one),
+                            check_and_write: Raw(f.check_and_write),
+                            add_f32: Raw(f.add_f32),
+                            fill_pattern: Raw(f.fill_pattern),
+                            check_pattern: Raw(f.check_pattern),
                             target,
                         }),
                         Err(e) => {
@@ -264,23 +368,21 @@ impl Kernels {
 
     /// # Safety
     /// `module` is a live module loaded from one of [`IMAGES`].
-    unsafe fn functions(
-        module: sys::CUmodule,
-    ) -> result::CuResult<(
-        sys::CUfunction,
-        sys::CUfunction,
-        sys::CUfunction,
-        sys::CUfunction,
-    )> {
-        // SAFETY: (all four calls) `module` is live and the names are
+    unsafe fn functions(module: sys::CUmodule) -> result::CuResult<Functions> {
+        // SAFETY: (every call) `module` is live and the names are
         // NUL-terminated.
         unsafe {
-            Ok((
-                result::module_get_function(module, c"gpu_arena_spin")?,
-                result::module_get_function(module, c"gpu_arena_add_one_u32")?,
-                result::module_get_function(module, c"gpu_arena_check_and_write_u32")?,
-                result::module_get_function(module, c"gpu_arena_add_f32")?,
-            ))
+            Ok(Functions {
+                spin: result::module_get_function(module, c"gpu_arena_spin")?,
+                add_one: result::module_get_function(module, c"gpu_arena_add_one_u32")?,
+                check_and_write: result::module_get_function(
+                    module,
+                    c"gpu_arena_check_and_write_u32",
+                )?,
+                add_f32: result::module_get_function(module, c"gpu_arena_add_f32")?,
+                fill_pattern: result::module_get_function(module, c"gpu_arena_fill_pattern_u32")?,
+                check_pattern: result::module_get_function(module, c"gpu_arena_check_pattern_u32")?,
+            })
         }
     }
 
@@ -433,6 +535,83 @@ impl Kernels {
         }?;
         Ok(())
     }
+
+    /// Writes [`pattern_word`]`(seed, i)` to each of the `n` `u32`s at
+    /// `ptr`, in `stream` order.
+    ///
+    /// # Safety
+    /// As for [`Kernels::add_one`].
+    pub unsafe fn fill_pattern(
+        &self,
+        stream: Stream,
+        ptr: DevicePtr,
+        n: u64,
+        seed: u32,
+    ) -> Result<()> {
+        let mut ptr = ptr;
+        let mut len = n;
+        let mut seed = seed;
+        let mut params: [*mut c_void; 3] = [
+            (&raw mut ptr).cast(),
+            (&raw mut len).cast(),
+            (&raw mut seed).cast(),
+        ];
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, u32:
+        // the kernel's parameters in order; 3. the caller guarantees the
+        // range and the stream.
+        unsafe {
+            result::launch_kernel(
+                self.fill_pattern.0,
+                grid(n),
+                BLOCK,
+                cu_stream(stream),
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
+
+    /// Adds to the `u32` at `errors` (atomically) the number of the `n`
+    /// `u32`s at `ptr` that differ from [`pattern_word`]`(seed, i)`, in
+    /// `stream` order. Reads only.
+    ///
+    /// # Safety
+    /// As for [`Kernels::check_and_write`] (the block may also be mapped
+    /// read-only).
+    pub unsafe fn check_pattern(
+        &self,
+        stream: Stream,
+        ptr: DevicePtr,
+        n: u64,
+        seed: u32,
+        errors: DevicePtr,
+    ) -> Result<()> {
+        let mut ptr = ptr;
+        let mut len = n;
+        let mut seed = seed;
+        let mut errors = errors;
+        let mut params: [*mut c_void; 4] = [
+            (&raw mut ptr).cast(),
+            (&raw mut len).cast(),
+            (&raw mut seed).cast(),
+            (&raw mut errors).cast(),
+        ];
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, u32,
+        // u64: the kernel's parameters in order; 3. the caller guarantees
+        // the ranges and the stream.
+        unsafe {
+            result::launch_kernel(
+                self.check_pattern.0,
+                grid(n),
+                BLOCK,
+                cu_stream(stream),
+                &mut params,
+            )
+        }?;
+        Ok(())
+    }
 }
 
 /// Blocks for `n` elements: enough for one element per thread, at most
@@ -456,6 +635,8 @@ mod tests {
                 "gpu_arena_add_one_u32(",
                 "gpu_arena_check_and_write_u32(",
                 "gpu_arena_add_f32(",
+                "gpu_arena_fill_pattern_u32(",
+                "gpu_arena_check_pattern_u32(",
             ] {
                 assert!(s.contains(entry), "{entry} missing");
             }
@@ -464,5 +645,21 @@ mod tests {
         assert_eq!(grid(256), 1);
         assert_eq!(grid(257), 2);
         assert_eq!(grid(u64::MAX), MAX_GRID as u32);
+    }
+
+    #[test]
+    fn the_pattern_differs_at_every_word_and_from_seed_to_seed() {
+        // The constant the PTX multiplies by, as the signed immediate it spells.
+        assert_eq!(0x9E37_79B1_u32 as i32, -1_640_531_535);
+        assert_eq!(pattern_word(0, 0), 0);
+        assert_eq!(pattern_word(7, 1), 0x9E37_79B1 ^ 7);
+        let words: std::collections::HashSet<u32> =
+            (0..1 << 16).map(|i| pattern_word(5, i)).collect();
+        assert_eq!(
+            words.len(),
+            1 << 16,
+            "a multiplication by an odd constant is a bijection"
+        );
+        assert!((0..1 << 10).all(|i| pattern_word(5, i) != pattern_word(6, i)));
     }
 }
