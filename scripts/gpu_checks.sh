@@ -9,7 +9,7 @@
 #   HIP_PATH=/usr ../shared/tools/gpu-pack --features cuda,hip --cdylib \
 #       --extra ../shared/bench/torch_workloads.py --extra target/hip-shim/libamdhip64-release
 # Then the device tool: `bash scripts/gpu_checks.sh`, carry [".gpu"], timeout_s 600.
-# Logs (7 files) go to $OUT.
+# Logs (7 files) go to $OUT. GPU_CHECKS_TORCH=0: no PyTorch runs.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
@@ -36,7 +36,8 @@ done
 step bench.md 150 .gpu/bin/gpu-arena --backend cuda bench --markdown
 step bench-hip.txt 50 .gpu/bin/gpu-arena --backend hip bench --quick
 so=$(ls .gpu/lib/libgpu_arena*.so | head -1)
-for w in bert_infer gpt2_generate train serve; do
+# GPU_CHECKS_TORCH=0 leaves the PyTorch runs out (scripts/torch_alternate.sh does them at length).
+[ "${GPU_CHECKS_TORCH:-1}" = 0 ] || for w in bert_infer gpt2_generate train serve; do
   step torch-quick.log 70 env GPU_ARENA_CONF=report:1 python3 scripts/torch_bench.py "$w" --repeat 2 --alloc "$so"
 done
 grep -E "^test result|FAILED|panicked" "$out/tests.log" "$out/tests-other.log" | tail -25 >> "$summary"
