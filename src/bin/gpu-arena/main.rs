@@ -16,6 +16,7 @@
 //! stdout.
 
 mod bench;
+mod crash;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod info;
@@ -209,6 +210,7 @@ pub fn fmt_ns(ns: f64) -> String {
 }
 
 fn main() -> ExitCode {
+    crash::install();
     let cli = Cli::parse();
     let r = match cli.command {
         Command::Info { json } => {
