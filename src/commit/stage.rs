@@ -175,6 +175,11 @@ impl<D: Driver> Commit<D> {
                     .copy(stage.va + at, self.base + off, len as usize, stream)
             };
             if let Err(e) = r {
+                // Copies queued before this one may still write the stage:
+                // they finish before it can be unmapped by a later trim.
+                if at > 0 {
+                    self.settle(stream);
+                }
                 self.spare_stage = Some(stage);
                 return Err(e);
             }
@@ -182,6 +187,8 @@ impl<D: Driver> Commit<D> {
             at += len;
         }
         if let Err(e) = self.wait_stream(stream) {
+            // The copies must end before their target is unmapped.
+            self.settle(stream);
             self.drop_stage(stage);
             return Err(e);
         }
@@ -207,11 +214,17 @@ impl<D: Driver> Commit<D> {
                     .copy(self.base + off, stage.va + at, len as usize, stream)
             };
             if let Err(e) = r {
+                // The caller unmaps the pages again (back to sleep): the
+                // copies queued so far must end first.
+                if copied > 0 {
+                    self.settle(stream);
+                }
                 return Err((e, stage));
             }
             copied += len;
         }
         if let Err(e) = self.wait_stream(stream) {
+            self.settle(stream);
             return Err((e, stage));
         }
         self.held_stage_bytes -= stage.size;
@@ -235,6 +248,19 @@ impl<D: Driver> Commit<D> {
     pub fn forget_stage(&mut self, stage: Stage<D::Handle>) {
         self.held_stage_bytes -= stage.size;
         self.drop_stage(stage);
+    }
+
+    /// After a failed copy or wait: waits (a few tries) until the copies
+    /// already queued on `stream` completed, so that neither the stage nor
+    /// the pages they touch are unmapped under them. A driver that refuses
+    /// every try is left as it is (its stream is broken; nothing more runs
+    /// on it).
+    fn settle(&mut self, stream: Stream) {
+        for _ in 0..3 {
+            if self.wait_stream(stream).is_ok() {
+                return;
+            }
+        }
     }
 
     /// Records a fence on `stream` and waits on it (that stream's work only).
