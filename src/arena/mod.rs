@@ -5,15 +5,16 @@
 //! reservation: [ blocks: slabs + large spans (TLSF, 512 B quantum) | stitch: stitched ranges | buffers: scratch arenas, growable buffers ]
 //! ```
 //!
-//! [`Arena`] is the `&mut self` core: single-threaded, no locks. Wrappers in
-//! [`crate::api`] add sharing and implement the allocator traits.
+//! [`Arena`] is the `&mut self` core: single-threaded, no locks.
+//! [`SharedArena`] puts one behind a lock; wrappers in [`crate::api`]
+//! implement the allocator traits on it.
 //!
 //! This module holds the type, its construction and the routing of
 //! allocations and frees to the regions; each other job has its own file:
 //! the buffers region (`buffers`), giving idle memory back (`reclaim`),
 //! sleep and wake (`sleep`), accounting (`accounting`), reports
 //! (`report`), peer access (`peer`), buffers shared between processes
-//! (`ipc`).
+//! (`ipc`), and the arena behind a lock (`shared`).
 //!
 //! ```
 //! use gpu_arena::{Arena, ArenaConfig, Kind};
@@ -33,9 +34,11 @@ mod ipc;
 mod peer;
 mod reclaim;
 mod report;
+mod shared;
 mod sleep;
 
 pub use accounting::Accounting;
+pub use shared::SharedArena;
 use sleep::Sleeping;
 pub use sleep::{SleepMode, SleepReport};
 
