@@ -64,7 +64,7 @@ impl<D: Driver> Arena<D> {
     }
 
     /// Whether the free path gives idle memory back itself (see
-    /// [`CommitConfig::reclaim_on_free`]).
+    /// [`CommitConfig::reclaim_on_free`](crate::commit::CommitConfig::reclaim_on_free)).
     pub fn set_reclaim_on_free(&mut self, on: bool) {
         self.commit.set_reclaim_on_free(on);
         self.config.commit.reclaim_on_free = on;
