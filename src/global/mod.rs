@@ -30,8 +30,7 @@ pub mod timing;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::api::SharedArena;
-use crate::arena::{Accounting, Kind, SleepMode, SleepReport};
+use crate::arena::{Accounting, Kind, SharedArena, SleepMode, SleepReport};
 use crate::commit::Budget;
 use crate::driver::{DevicePtr, Driver, Stream, SystemDriver};
 use crate::error::{BadPointer, ConfigText, Error, Result, TagUsage};

@@ -1,0 +1,682 @@
+//! One reservation split into regions; offsets ↔ pointers; routing to the
+//! policies.
+//!
+//! ```text
+//! reservation: [ blocks: slabs + large spans (TLSF, 512 B quantum) | stitch: stitched ranges | buffers: scratch arenas, growable buffers ]
+//! ```
+//!
+//! [`Arena`] is the `&mut self` core: single-threaded, no locks.
+//! [`SharedArena`] puts one behind a lock; wrappers in [`crate::api`]
+//! implement the allocator traits on it.
+//!
+//! This module holds the type, its construction and the routing of
+//! allocations and frees to the regions; each other job has its own file:
+//! the buffers region (`buffers`), giving idle memory back (`reclaim`),
+//! sleep and wake (`sleep`), accounting (`accounting`), reports
+//! (`report`), peer access (`peer`), buffers shared between processes
+//! (`ipc`), and the arena behind a lock (`shared`).
+//!
+//! ```
+//! use gpu_arena::{Arena, ArenaConfig, Kind};
+//! use gpu_arena::driver::HostDriver;
+//! let mut arena = Arena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
+//! let p = arena.alloc(1 << 20, 256)?; // committed lazily, 1 MiB
+//! assert!(arena.stats().committed >= 1 << 20);
+//! arena.free(p)?;
+//! arena.trim();
+//! assert_eq!(arena.stats().committed, 0);
+//! # Ok::<(), gpu_arena::Error>(())
+//! ```
+
+mod accounting;
+mod buffers;
+mod ipc;
+mod peer;
+mod reclaim;
+mod report;
+mod shared;
+mod sleep;
+
+pub use accounting::Accounting;
+pub use shared::SharedArena;
+use sleep::Sleeping;
+pub use sleep::{SleepMode, SleepReport};
+
+use crate::commit::{Backing, Commit, CommitConfig};
+use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
+use crate::error::{BadPointer, Error, Result};
+use crate::policy::large::Large;
+use crate::policy::slab::{Freed, Slabs};
+use crate::policy::{Policy, classes};
+use crate::stats::PolicyStats;
+use crate::sync::Stamp;
+
+/// Which memory an arena hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    /// Memory of the device with this ordinal (on the host backend: host
+    /// memory that behaves like a device's).
+    Device(u32),
+    /// Pinned host memory (VMM host-located) that the CPU and device 0 can
+    /// read and write.
+    PinnedHost,
+}
+
+/// Settings of an arena.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct ArenaConfig {
+    /// Bytes of virtual address space to reserve (0: eight times the
+    /// device's memory, at most the driver's limit).
+    pub reservation: u64,
+    /// Smallest reservation accepted when the configured one is refused:
+    /// the arena halves and retries down to this, and says so once.
+    pub min_reservation: u64,
+    /// Fraction of the reservation given to the blocks region (slabs and
+    /// large spans); two thirds of the rest hold stitched ranges (blocks
+    /// that no place in the blocks region could hold without a remap), one
+    /// third scratch arenas and growable buffers.
+    pub blocks_fraction: f64,
+    /// Quantum of large spans (a power of two; PyTorch rounds to 512 bytes).
+    pub quantum: u64,
+    /// Commit settings.
+    pub commit: CommitConfig,
+}
+
+impl Default for ArenaConfig {
+    fn default() -> Self {
+        ArenaConfig {
+            reservation: 0,
+            min_reservation: 1 << 30,
+            blocks_fraction: 0.25,
+            quantum: 512,
+            commit: CommitConfig::default(),
+        }
+    }
+}
+
+/// The largest alignment an arena serves, in pages.
+const MAX_ALIGN_PAGES: u64 = 512;
+
+/// What a page whose handle is in use elsewhere costs a placement, in
+/// fresh pages: a remap (or a stitched range) is worth avoiding when a few
+/// fresh pages would do.
+const REMAP_WEIGHT: u64 = 4;
+
+/// A scratch arena's bump cursor (absolute address), shared with its arena
+/// so that the arena's stats count the bytes bumped without the scratch
+/// arena taking the lock on its fast path.
+pub type ScratchCursor = std::sync::Arc<core::sync::atomic::AtomicU64>;
+
+/// One arena over one reservation (see the module docs).
+pub struct Arena<D: Driver> {
+    commit: Commit<D>,
+    kind: Kind,
+    host_visible: bool,
+    blocks: Large,
+    slabs: Slabs,
+    buffers: Large,
+    blocks_size: u64,
+    /// Offset of the buffers region (after the stitch region).
+    buffers_start: u64,
+    live: u64,
+    peak_live: u64,
+    scratch: PolicyStats,
+    grow: PolicyStats,
+    allocs: u64,
+    frees: u64,
+    config: ArenaConfig,
+    /// The reservation fell back to a smaller size than configured.
+    fallback: Option<u64>,
+    /// Policy of each buffer by offset in the buffers region.
+    buffer_kinds: crate::MetaMap<u64, Policy>,
+    /// Each scratch arena's base and bump cursor (an absolute address the
+    /// scratch arena stores on its lock-free fast path): its live bytes are
+    /// `cursor - base`, read when stats are taken, so they never lag.
+    scratch_cursors: crate::MetaVec<(DevicePtr, ScratchCursor)>,
+    /// Tag index reported in errors.
+    tag: u32,
+    /// Set while asleep: the pages were given back.
+    sleeping: Option<Sleeping<D::Handle>>,
+}
+
+impl<D: Driver> core::fmt::Debug for Arena<D> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Arena")
+            .field("kind", &self.kind)
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reserves `want` bytes, halving on refusal down to `min`. Returns the base,
+/// the size obtained, and whether it fell back.
+fn reserve_with_fallback<D: Driver>(
+    driver: &D,
+    want: u64,
+    min: u64,
+    page: u64,
+) -> Result<(DevicePtr, u64, bool)> {
+    let mut size = want;
+    loop {
+        // Offsets are aligned within the reservation, so the base must be
+        // aligned as much as the largest alignment served; a driver that
+        // refuses such an alignment gets a page-aligned reservation (and
+        // the arena serves less: see `max_align`).
+        let aligned = driver
+            .reserve(size as usize, (page * MAX_ALIGN_PAGES) as usize)
+            .or_else(|_| driver.reserve(size as usize, page as usize));
+        match aligned {
+            Ok(base) => return Ok((base, size, size != want)),
+            Err(e) => {
+                let next = (size / 2) / page * page;
+                if next < min.max(2 * page) || next == 0 {
+                    return Err(e);
+                }
+                size = next;
+            }
+        }
+    }
+}
+
+impl<D: Driver> Arena<D> {
+    /// An arena of `kind` memory over `driver`.
+    ///
+    /// May call the driver (one reservation). Errors if the kind is not
+    /// available on this driver or no reservation of at least
+    /// `config.min_reservation` bytes can be made.
+    pub fn new(driver: D, kind: Kind, config: ArenaConfig) -> Result<Self> {
+        let caps = *driver.capabilities();
+        let page = caps.granularity as u64;
+        if !page.is_power_of_two() || page > 1 << 30 {
+            return Err(Error::Unsupported(
+                "the driver's granularity must be a power of two of at most 1 GiB",
+            ));
+        }
+        if !config.quantum.is_power_of_two() || config.quantum > page {
+            return Err(Error::Config(
+                "quantum must be a power of two no larger than the page",
+            ));
+        }
+        if !(0.05..=0.95).contains(&config.blocks_fraction) {
+            return Err(Error::Config(
+                "blocks_fraction must be between 0.05 and 0.95",
+            ));
+        }
+        let (location, access, host_visible) = match kind {
+            Kind::Device(d) => {
+                if d >= caps.device_count {
+                    return Err(Error::Config("no such device ordinal on this driver"));
+                }
+                (
+                    Location::Device(d),
+                    [
+                        Access::read_write(Location::Device(d)),
+                        Access::read_write(Location::Device(d)),
+                    ],
+                    caps.cpu_reads_device_memory,
+                )
+            }
+            Kind::PinnedHost => {
+                if !caps.host_memory {
+                    return Err(Error::Unsupported(
+                        "this driver cannot create pinned host memory",
+                    ));
+                }
+                (
+                    Location::Host,
+                    [
+                        Access::read_write(Location::Device(0)),
+                        Access::read_write(Location::Host),
+                    ],
+                    true,
+                )
+            }
+        };
+        let access: &[Access] = if access[0] == access[1] {
+            &access[..1]
+        } else {
+            &access[..]
+        };
+        let want = if config.reservation == 0 {
+            caps.device_memory
+                .saturating_mul(8)
+                .clamp(4 * page, caps.max_reservation)
+        } else {
+            config.reservation
+        };
+        let want = want / (2 * page) * (2 * page);
+        if want < 2 * page {
+            return Err(Error::Config("reservation must be at least two pages"));
+        }
+        let (base, size, fell_back) =
+            reserve_with_fallback(&driver, want, config.min_reservation, page)?;
+        if fell_back {
+            eprintln!(
+                "gpu-arena: a reservation of {want} bytes was refused; using {size} bytes (configure `reservation` to choose)"
+            );
+        }
+        let blocks_size = ((size as f64 * config.blocks_fraction) as u64) / page * page;
+        // Stitched ranges take the most address space: a workload with many
+        // block sizes keeps about 20 times its peak of live bytes in cached
+        // ranges (BERT inference's trace: 14.6 GB for 733 MiB).
+        let stitch_size = (size - blocks_size) / 3 * 2 / page * page;
+        let buffers_start = blocks_size + stitch_size;
+        let commit = Commit::new(
+            driver,
+            base,
+            size,
+            location,
+            access,
+            config.commit,
+            (blocks_size, stitch_size),
+        );
+        Ok(Arena {
+            commit,
+            kind,
+            host_visible,
+            blocks: Large::new(blocks_size, config.quantum),
+            slabs: Slabs::new(),
+            buffers: Large::new(size - buffers_start, page),
+            blocks_size,
+            buffers_start,
+            live: 0,
+            peak_live: 0,
+            scratch: PolicyStats::default(),
+            grow: PolicyStats::default(),
+            allocs: 0,
+            frees: 0,
+            config,
+            fallback: fell_back.then_some(size),
+            buffer_kinds: crate::MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            scratch_cursors: crate::MetaVec::new_in(std::alloc::System),
+            tag: 0,
+            sleeping: None,
+        })
+    }
+
+    /// The memory kind.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+    /// Whether the CPU may read and write this arena's memory.
+    pub fn host_visible(&self) -> bool {
+        self.host_visible
+    }
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        self.commit.driver()
+    }
+    /// The page (granularity) size.
+    pub fn page(&self) -> u64 {
+        self.commit.page()
+    }
+    /// Reservation base and size.
+    pub fn reservation(&self) -> (DevicePtr, u64) {
+        (self.commit.base(), self.commit.size())
+    }
+    /// The reservation size obtained when the configured one was refused.
+    pub fn reservation_fallback(&self) -> Option<u64> {
+        self.fallback
+    }
+    /// Settings in force.
+    pub fn config(&self) -> &ArenaConfig {
+        &self.config
+    }
+    /// Changes the commit limit.
+    pub fn set_limit(&mut self, limit: u64) {
+        self.commit.set_limit(limit);
+        self.config.commit.limit = limit;
+    }
+
+    /// Shares a limit with other arenas (see [`Budget`](crate::commit::Budget)):
+    /// commits must then fit under this arena's limit and the budget's.
+    pub fn set_budget(&mut self, budget: std::sync::Arc<crate::commit::Budget>) {
+        self.commit.set_budget(budget);
+    }
+
+    /// Whether `ptr` lies in this arena's reservation.
+    #[inline]
+    pub fn contains(&self, ptr: DevicePtr) -> bool {
+        ptr.wrapping_sub(self.commit.base()) < self.commit.size()
+    }
+
+    /// The largest alignment served: [`MAX_ALIGN_PAGES`] pages, or less if
+    /// the reservation's base is less aligned (offsets are aligned within
+    /// the reservation, so a pointer is only as aligned as the base).
+    fn max_align(&self) -> u64 {
+        let base = self.commit.base();
+        (self.page() * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63))
+    }
+
+    fn check_layout(&self, size: u64, align: u64) -> Result<()> {
+        if size == 0 {
+            return Err(Error::ZeroSize);
+        }
+        let max = self.max_align();
+        if !align.is_power_of_two() || align > max {
+            return Err(Error::BadAlignment { align, max });
+        }
+        if size > self.blocks_size {
+            return Err(Error::TooLarge {
+                size,
+                max: self.blocks_size,
+            });
+        }
+        Ok(())
+    }
+
+    /// Allocates `size` bytes aligned to `align` for the default stream.
+    /// See [`Arena::alloc_on`].
+    #[inline]
+    pub fn alloc(&mut self, size: u64, align: u64) -> Result<DevicePtr> {
+        self.alloc_on(size, align, Stream::DEFAULT)
+    }
+
+    /// Allocates `size` bytes aligned to `align` (a power of two) for use on
+    /// `stream`. Memory freed on `stream` is reused at once; memory freed on
+    /// other streams only after their fences completed.
+    ///
+    /// Constant time when a slab or a free span can serve it; may call the
+    /// driver (commit) otherwise.
+    pub fn alloc_on(&mut self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
+        self.check_layout(size, align)?;
+        self.awake()?;
+        let slot = self.commit.streams.slot(stream);
+        let (off, bytes, _) = match classes::class_for(size, align) {
+            Some(class) => match self.slabs.alloc(slot, class) {
+                Some(off) => (off, classes::SIZES[class] as u64, Policy::Slab),
+                None => self
+                    .alloc_slab_slow(slot, class)
+                    .map_err(|e| self.enrich(e))?,
+            },
+            None => self
+                .alloc_large(size, align, slot)
+                .map_err(|e| self.enrich(e))?,
+        };
+        self.allocs += 1;
+        self.live += bytes;
+        self.peak_live = self.peak_live.max(self.live);
+        Ok(self.commit.base() + off)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn alloc_slab_slow(&mut self, slot: u16, class: usize) -> Result<(u64, u64, Policy)> {
+        // Objects freed on other streams may have become reusable.
+        self.drain_deferred_slabs(false);
+        if let Some(off) = self.slabs.alloc(slot, class) {
+            return Ok((off, classes::SIZES[class] as u64, Policy::Slab));
+        }
+        let bytes = classes::slab_bytes(class);
+        let span = self.place_span(bytes, bytes, slot)?;
+        self.slabs.add_slab(span, class, slot);
+        let off = self.slabs.alloc(slot, class).ok_or(Error::Unsupported(
+            "a new slab could not serve its class (bug)",
+        ))?;
+        Ok((off, classes::SIZES[class] as u64, Policy::Slab))
+    }
+
+    fn alloc_large(&mut self, size: u64, align: u64, slot: u16) -> Result<(u64, u64, Policy)> {
+        let (off, bytes) = self.place_block(size, align, slot, true)?;
+        Ok((off, bytes, Policy::Large))
+    }
+
+    /// Finds a span in the blocks region and commits its pages (slab spans).
+    fn place_span(&mut self, size: u64, align: u64, slot: u16) -> Result<u64> {
+        self.place_block(size, align, slot, false)
+            .map(|(off, _)| off)
+    }
+
+    /// Places a block where its pages cost the fewest driver calls: ready
+    /// pages (mapped to idle handles, or shared with live neighbours) first,
+    /// then fresh pages; a block that only fits where handles are in use
+    /// elsewhere goes to a stitched range instead (when `stitchable` and at
+    /// least `stitch_min` bytes). Returns (offset, bytes).
+    fn place_block(
+        &mut self,
+        size: u64,
+        align: u64,
+        slot: u16,
+        stitchable: bool,
+    ) -> Result<(u64, u64)> {
+        let stitch = stitchable && size >= self.config.commit.stitch_min && align <= self.page();
+        let pick = self.pick(size, align, slot)?;
+        if stitch && self.commit.cost(pick.offset, pick.size).blocked > 0 {
+            let bytes = self.blocks.round(size).unwrap_or(size);
+            match self.commit.stitch_alloc(bytes, slot) {
+                Ok(off) => return Ok((off, bytes)),
+                Err(Error::AddressSpace { .. }) => {}
+                Err(e) => return Err(self.live_in_report(e)),
+            }
+            // The stitch region is full: place it on fresh pages instead.
+            return self.place_block(size, align, slot, false);
+        }
+        let backing = if pick.top {
+            let room = self.blocks_size.saturating_sub(pick.offset + pick.size);
+            Backing::Top(room >> self.page().trailing_zeros())
+        } else {
+            Backing::Pages
+        };
+        let a = self.blocks.take(pick).ok_or(Error::AddressSpace {
+            requested: size,
+            reserved: self.blocks_size,
+        })?;
+        if let Err(e) = self.commit.add_live(a.offset, a.size, slot, backing) {
+            let streams = &self.commit.streams;
+            self.blocks.free(a.offset, Stamp::SAFE, |s| streams.done(s));
+            return Err(self.live_in_report(e));
+        }
+        Ok((a.offset, a.size))
+    }
+
+    /// Out-of-memory figures with the live bytes the stats show (the page
+    /// table counts slab spans and buffer pages whole).
+    fn live_in_report(&self, e: Error) -> Error {
+        match e {
+            Error::OutOfMemory(mut r) => {
+                r.live = self.live_now();
+                Error::OutOfMemory(r)
+            }
+            e => e,
+        }
+    }
+
+    /// The cheapest place for a block in the blocks region (see
+    /// [`Large::choose`]): a remap is priced as [`REMAP_WEIGHT`] fresh
+    /// pages.
+    fn pick(&mut self, size: u64, align: u64, slot: u16) -> Result<crate::policy::large::Pick> {
+        for attempt in 0..2 {
+            let skipped = core::cell::Cell::new(Stamp::SAFE);
+            let commit = &self.commit;
+            let accept = |s: Stamp| {
+                let ok = s.is_safe() || s.slot() == slot || commit.streams.done(s);
+                if !ok {
+                    skipped.set(s);
+                }
+                ok
+            };
+            let rank = |off: u64, len: u64| {
+                let c = commit.cost(off, len);
+                Some(c.unmapped + REMAP_WEIGHT * c.blocked)
+            };
+            let pick = self.blocks.choose(size, align, accept, rank);
+            if !skipped.get().is_safe() {
+                // Make the skipped stream's memory reusable later.
+                let _ = self.commit.ensure_fence(skipped.get());
+            }
+            if let Some(p) = pick {
+                return Ok(p);
+            }
+            if attempt == 0 {
+                // Region full: fences may have completed since.
+                self.commit.poll();
+            }
+        }
+        Err(Error::AddressSpace {
+            requested: size,
+            reserved: self.blocks_size,
+        })
+    }
+
+    /// Frees a block on the default stream. See [`Arena::free_on`].
+    #[inline]
+    pub fn free(&mut self, ptr: DevicePtr) -> Result<()> {
+        self.free_on(ptr, Stream::DEFAULT)
+    }
+
+    /// Frees the block at `ptr`, last used on `stream`.
+    ///
+    /// Foreign, interior and already-freed pointers are refused with
+    /// [`Error::BadPointer`] and nothing changes. Constant time; may give
+    /// pages back (driver calls) once their fences completed.
+    pub fn free_on(&mut self, ptr: DevicePtr, stream: Stream) -> Result<()> {
+        self.free_checked(ptr, None, stream)
+    }
+
+    /// Like [`Arena::free_on`], and also checks that `size` is the size the
+    /// block was allocated with (C ABI and PyTorch pass it; an alignment
+    /// that raised a small block's class is allowed for).
+    pub fn free_sized(&mut self, ptr: DevicePtr, size: u64, stream: Stream) -> Result<()> {
+        self.free_checked(ptr, Some(size), stream)
+    }
+
+    fn bad(ptr: DevicePtr, kind: BadPointer) -> Error {
+        Error::BadPointer { addr: ptr, kind }
+    }
+
+    fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
+        let off = ptr.wrapping_sub(self.commit.base());
+        if off >= self.blocks_size {
+            if off < self.commit.size() && self.commit.in_stitch_region(off) {
+                return self.free_stitched(ptr, off, size, stream);
+            }
+            return Err(Self::bad(ptr, self.outside_blocks(off)));
+        }
+        self.awake()?;
+        let slot = self.commit.streams.slot(stream);
+        let stamp = self.commit.streams.stamp(slot);
+        // One lookup: the slab policy says Foreign when no slab holds `off`.
+        match self.slabs.free(off, slot, stamp, size) {
+            Err(BadPointer::Foreign) => {}
+            Err(k) => return Err(Self::bad(ptr, k)),
+            Ok(freed) => {
+                let bytes = match freed {
+                    Freed::Object { size } => size,
+                    Freed::SlabEmpty {
+                        size,
+                        slab,
+                        slab_bytes,
+                        stamp,
+                    } => {
+                        let streams = &self.commit.streams;
+                        self.blocks.free(slab, stamp, |s| streams.done(s));
+                        self.commit.sub_live(slab, slab_bytes, stamp);
+                        size
+                    }
+                };
+                self.frees += 1;
+                self.live -= bytes;
+                return Ok(());
+            }
+        }
+        let Some(have) = self.blocks.size_of(off) else {
+            let kind = if self.blocks.containing(off).is_some() {
+                BadPointer::Interior
+            } else {
+                BadPointer::DoubleFree
+            };
+            return Err(Self::bad(ptr, kind));
+        };
+        if let Some(size) = size {
+            if size == 0 || self.blocks.round(size) != Some(have) {
+                return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
+            }
+        }
+        let streams = &self.commit.streams;
+        self.blocks.free(off, stamp, |s| streams.done(s));
+        self.commit.sub_live(off, have, stamp);
+        self.frees += 1;
+        self.live -= have;
+        Ok(())
+    }
+
+    /// Frees a block of a stitched range (see [`Arena::free_checked`]).
+    fn free_stitched(
+        &mut self,
+        ptr: DevicePtr,
+        off: u64,
+        size: Option<u64>,
+        stream: Stream,
+    ) -> Result<()> {
+        self.awake()?;
+        if let Some(size) = size {
+            let have = self.commit.stitch_size(off);
+            if have.is_some() && (size == 0 || self.blocks.round(size) != have) {
+                return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
+            }
+        }
+        let slot = self.commit.streams.slot(stream);
+        let stamp = self.commit.streams.stamp(slot);
+        let bytes = self.commit.stitch_free(off, stamp)?;
+        self.frees += 1;
+        self.live -= bytes;
+        Ok(())
+    }
+
+    /// What a pointer at `off`, beyond the blocks and stitch regions, is:
+    /// scratch memory (freed all at once by a reset), or foreign.
+    #[cold]
+    fn outside_blocks(&self, off: u64) -> BadPointer {
+        let Some(o) = off.checked_sub(self.buffers_start) else {
+            return BadPointer::Foreign;
+        };
+        if o >= self.buffers.capacity() {
+            return BadPointer::Foreign;
+        }
+        let start = match self.buffers.size_of(o) {
+            Some(_) => Some(o),
+            None => self.buffers.containing(o).map(|(start, _)| start),
+        };
+        match start.and_then(|s| self.buffer_kinds.get(&s)) {
+            Some(Policy::Scratch) => BadPointer::Scratch,
+            _ => BadPointer::Foreign,
+        }
+    }
+
+    /// The size of the live block starting at `ptr`, if any.
+    pub fn block_size(&self, ptr: DevicePtr) -> Option<u64> {
+        let off = ptr.wrapping_sub(self.commit.base());
+        if off >= self.blocks_size {
+            return (off < self.commit.size() && self.commit.in_stitch_region(off))
+                .then(|| self.commit.stitch_size(off))
+                .flatten();
+        }
+        if self.slabs.owns(off) {
+            self.slabs.size_of(off)
+        } else {
+            self.blocks.size_of(off)
+        }
+    }
+
+    /// The tag index this arena reports in errors.
+    pub fn set_tag(&mut self, tag: u32) {
+        self.tag = tag;
+    }
+}
+
+impl<D: Driver> Drop for Arena<D> {
+    fn drop(&mut self) {
+        if let Some(Sleeping {
+            stage: Some(stage), ..
+        }) = self.sleeping.take()
+        {
+            self.commit.forget_stage(stage);
+        }
+        self.commit.drop_spare_stage();
+        self.commit.release_all();
+        let (base, size) = self.reservation();
+        // SAFETY: every run was unmapped above and the arena is going away,
+        // so nothing touches the reservation again.
+        let _ = unsafe { self.commit.driver().free_reservation(base, size as usize) };
+    }
+}

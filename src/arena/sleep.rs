@@ -1,0 +1,140 @@
+//! Sleep and wake: every physical page given back while every address stays
+//! reserved, the contents dropped or staged in pinned host memory, and
+//! recommitted (and restored) at the same addresses on wake.
+
+use super::Arena;
+use crate::commit::stage::Stage;
+use crate::driver::{Driver, Stream};
+use crate::error::{Error, Result};
+
+/// How [`Arena::sleep`] treats the contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SleepMode {
+    /// Contents are dropped; woken pages read as zero on the host backend
+    /// and unspecified on GPUs.
+    Discard,
+    /// Contents are copied to pinned host memory first and restored on wake.
+    Offload,
+}
+
+/// What a sleep or wake did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct SleepReport {
+    /// Physical bytes given back (sleep) or recommitted (wake).
+    pub bytes: u64,
+    /// Bytes copied to or from pinned host memory.
+    pub copied: u64,
+    /// Seconds spent copying (including the wait on the copy's fence).
+    pub copy_seconds: f64,
+    /// Seconds spent obtaining pinned host memory for an offload (0 when
+    /// the memory kept from the last wake was reused).
+    pub stage_seconds: f64,
+    /// Seconds spent in driver map/unmap work.
+    pub vmm_seconds: f64,
+}
+
+/// How an asleep arena sleeps.
+pub(super) struct Sleeping<H> {
+    pub(super) mode: SleepMode,
+    pub(super) stage: Option<Stage<H>>,
+}
+
+impl<D: Driver> Arena<D> {
+    pub(super) fn awake(&self) -> Result<()> {
+        match self.sleeping {
+            None => Ok(()),
+            Some(_) => Err(Error::Asleep { tag: self.tag }),
+        }
+    }
+
+    /// Whether the arena is asleep.
+    pub fn is_asleep(&self) -> bool {
+        self.sleeping.is_some()
+    }
+
+    /// Gives every physical page back while every address stays reserved and
+    /// every pointer held stays valid for after [`Arena::wake`].
+    ///
+    /// First waits on fences of this arena's streams only (work queued on
+    /// the pages must finish), then, with [`SleepMode::Offload`], copies the
+    /// pages holding live bytes to pinned host memory on `stream` and waits
+    /// on that copy's fence; then unmaps and releases everything. Allocating
+    /// or freeing in an asleep arena is refused with [`Error::Asleep`].
+    pub fn sleep(&mut self, mode: SleepMode, stream: Stream) -> Result<SleepReport> {
+        self.awake()?;
+        if self.commit.has_live_shared() {
+            return Err(Error::Unsupported(
+                "this arena holds shared or imported buffers: drop them before sleeping",
+            ));
+        }
+        self.commit.streams.slot(stream);
+        self.commit.quiesce()?;
+        let mut report = SleepReport::default();
+        let stage = match mode {
+            SleepMode::Discard => None,
+            SleepMode::Offload => {
+                let t = std::time::Instant::now();
+                let (stage, stage_seconds) = self.commit.offload(stream)?;
+                report.stage_seconds = stage_seconds;
+                report.copy_seconds = t.elapsed().as_secs_f64() - stage_seconds;
+                report.copied = stage.as_ref().map_or(0, |s| s.copied());
+                stage
+            }
+        };
+        let t = std::time::Instant::now();
+        report.bytes = self.commit.sleep();
+        report.vmm_seconds = t.elapsed().as_secs_f64();
+        self.sleeping = Some(Sleeping { mode, stage });
+        Ok(report)
+    }
+
+    /// Obtains now the pinned host memory the next offload of this arena
+    /// needs (as large as the pages holding live bytes), so that the first
+    /// [`SleepMode::Offload`] runs at copy speed too: pinning host memory is
+    /// the slow part of a first offload. The memory is kept across cycles
+    /// (see [`Stats::staged`](crate::stats::Stats::staged)) until [`Arena::trim`]. Returns the seconds it
+    /// took (0 when enough was held).
+    pub fn prepare_offload(&mut self) -> Result<f64> {
+        self.awake()?;
+        let bytes = self.commit.offload_bytes();
+        self.commit.prepare_stage(bytes)
+    }
+
+    /// Recommits every page that holds live bytes at its old address (large
+    /// handles, as in commit) and restores offloaded contents on `stream`
+    /// (waiting on that copy's fence). On failure nothing stays mapped and
+    /// the arena stays asleep.
+    pub fn wake(&mut self, stream: Stream) -> Result<SleepReport> {
+        let Some(sleeping) = self.sleeping.take() else {
+            return Ok(SleepReport::default());
+        };
+        let mut report = SleepReport::default();
+        let t = std::time::Instant::now();
+        match self.commit.wake() {
+            Ok(bytes) => report.bytes = bytes,
+            Err(e) => {
+                self.sleeping = Some(sleeping);
+                return Err(e);
+            }
+        }
+        report.vmm_seconds = t.elapsed().as_secs_f64();
+        if let Some(stage) = sleeping.stage {
+            let t = std::time::Instant::now();
+            match self.commit.restore(stage, stream) {
+                Ok(copied) => report.copied = copied,
+                Err((e, stage)) => {
+                    // Back to sleep, contents kept in the stage for a retry.
+                    self.commit.sleep();
+                    self.sleeping = Some(Sleeping {
+                        mode: sleeping.mode,
+                        stage: Some(stage),
+                    });
+                    return Err(e);
+                }
+            }
+            report.copy_seconds = t.elapsed().as_secs_f64();
+        }
+        Ok(report)
+    }
+}
