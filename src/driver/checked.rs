@@ -381,6 +381,16 @@ impl<D: Driver> Checked<D> {
         Ok(())
     }
 
+    /// Refuses (and counts) a copy or fill through a range of one of this
+    /// driver's reservations that is not mapped with access.
+    fn check_transfer(&self, va: DevicePtr, len: usize, write: bool) -> Result<()> {
+        let mut st = self.lock();
+        if let Err(r) = st.vm.check_transfer(va, len as u64, write) {
+            return Err(self.refuse(&mut st, Op::Copy, va, len as u64, r));
+        }
+        Ok(())
+    }
+
     fn refuse(
         &self,
         st: &mut State<D::Handle>,
@@ -596,12 +606,15 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         stream: Stream,
     ) -> Result<()> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
+        self.check_transfer(dst, len, true)?;
+        self.check_transfer(src, len, false)?;
         // SAFETY: forwarded under the caller's guarantees.
         unsafe { self.inner.copy(dst, src, len, stream) }
     }
 
     unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
+        self.check_transfer(dst, len, true)?;
         // SAFETY: forwarded under the caller's guarantees.
         unsafe { self.inner.fill(dst, byte, len, stream) }
     }

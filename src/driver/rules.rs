@@ -506,6 +506,44 @@ impl<H: Copy + Eq + Hash> VmState<H> {
             .ok_or((ErrorKind::InvalidValue, Reason::NotMapped))
     }
 
+    /// Checks the range of a copy or fill: where it starts inside a
+    /// reservation of this driver, every byte of it must be mapped, with
+    /// some accessor allowed to read it (a source) or write it (a target).
+    /// Memory outside the reservations (host buffers, other allocators'
+    /// memory) is not this state's to judge. A copy through an unmapped
+    /// range is what the driver may try to serve as pageable host memory,
+    /// touching the address on the CPU.
+    pub fn check_transfer(
+        &self,
+        va: u64,
+        len: u64,
+        write: bool,
+    ) -> core::result::Result<(), Refusal> {
+        if len == 0
+            || !self
+                .reservations
+                .iter()
+                .any(|r| va >= r.base && va - r.base < r.size)
+        {
+            return Ok(());
+        }
+        let end = va
+            .checked_add(len)
+            .ok_or((ErrorKind::InvalidValue, Reason::Overflow))?;
+        let mut at = va;
+        while at < end {
+            let m = self
+                .mapping_at(at)
+                .ok_or((ErrorKind::InvalidValue, Reason::NotMapped))?;
+            let (read, written) = m.rights.any();
+            if !(if write { written } else { read }) {
+                return Err((ErrorKind::InvalidValue, Reason::NotMapped));
+            }
+            at = m.va + m.size;
+        }
+        Ok(())
+    }
+
     /// The mapping containing `va`.
     pub fn mapping_at(&self, va: DevicePtr) -> Option<&Mapping<H>> {
         let i = self.mappings.partition_point(|m| m.va + m.size <= va);

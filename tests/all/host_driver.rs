@@ -87,3 +87,40 @@ fn bad_input_is_refused_and_changes_nothing() {
     let f = d.record(Stream::DEFAULT).unwrap();
     assert!(d.is_complete(&f).unwrap());
 }
+
+#[test]
+fn checked_copies_and_fills_refuse_unmapped_ranges_of_their_reservations() {
+    use gpu_arena::driver::Checked;
+    let d = Checked::new(HostDriver::new().unwrap());
+    let g = d.capabilities().granularity;
+    let va = d.reserve(4 * g, 0).unwrap();
+    let h = d.create(g, Location::Device(0)).unwrap();
+    let rw = [Access::read_write(Location::Device(0))];
+    let mut host = vec![0u8; 64];
+    let dst = host.as_mut_ptr() as u64;
+    // SAFETY: the first granule of our reservation is mapped with access
+    // before it is touched; `host` is a live buffer of 64 bytes; the
+    // refused calls reach no memory.
+    unsafe {
+        d.map(va, g, 0, h).unwrap();
+        d.set_access(va, g, &rw).unwrap();
+        d.fill(va, 1, g, Stream::DEFAULT).unwrap();
+        // Mapped source, host target outside every reservation: fine.
+        d.copy(dst, va, 64, Stream::DEFAULT).unwrap();
+        assert_eq!(host[63], 1);
+        // Past the mapping, into unmapped granules: refused, nothing done.
+        assert_eq!(
+            kind(d.fill(va, 7, 2 * g, Stream::DEFAULT)),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!(
+            kind(d.copy(dst, va + g as u64, 64, Stream::DEFAULT)),
+            ErrorKind::InvalidValue
+        );
+        assert_eq!((va as *const u8).read(), 1);
+        d.unmap(va, g).unwrap();
+    }
+    d.release(h).unwrap();
+    // SAFETY: the reservation is ours and has no mapping left.
+    unsafe { d.free_reservation(va, 4 * g).unwrap() };
+}
