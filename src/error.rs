@@ -336,29 +336,51 @@ impl DriverError {
     /// The runtime's description of the code (`cuGetErrorString`,
     /// `hipGetErrorString`), where that runtime is loaded.
     pub fn description(&self) -> Option<&'static str> {
-        match self.backend {
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => crate::driver::cuda::result::error_string(self.code),
-            #[cfg(feature = "hip")]
-            Backend::Hip => crate::driver::hip::result::error_string(self.code),
-            _ => None,
-        }
+        runtime_texts(self.backend).and_then(|t| (t.string)(self.code))
     }
 }
 
-/// The runtime's own name for `code`, looked up on demand (CUDA: only once
-/// the presence probe found the driver library).
-fn runtime_name(backend: Backend, code: i32) -> Option<&'static str> {
+/// How a loaded runtime names and describes its codes (`cuGetErrorName` /
+/// `cuGetErrorString`, `hipGetErrorName` / `hipGetErrorString`). The driver
+/// layer registers them when it loads a runtime ([`set_runtime_texts`]);
+/// the messages here read them, so the error type never calls into a
+/// driver.
+#[derive(Clone, Copy, Debug)]
+pub struct RuntimeTexts {
+    /// The code's symbolic name, where the runtime gives one.
+    pub name: fn(i32) -> Option<&'static str>,
+    /// The code's description, where the runtime gives one.
+    pub string: fn(i32) -> Option<&'static str>,
+}
+
+static CUDA_TEXTS: std::sync::OnceLock<RuntimeTexts> = std::sync::OnceLock::new();
+static HIP_TEXTS: std::sync::OnceLock<RuntimeTexts> = std::sync::OnceLock::new();
+
+/// Registers how `backend`'s runtime names its codes (the first
+/// registration stays; the host backend has no runtime).
+pub fn set_runtime_texts(backend: Backend, texts: RuntimeTexts) {
     match backend {
-        #[cfg(feature = "cuda")]
-        Backend::Cuda => crate::driver::cuda::result::error_name(code),
-        #[cfg(feature = "hip")]
-        Backend::Hip => crate::driver::hip::result::error_name(code),
-        _ => {
-            let _ = code;
-            None
+        Backend::Cuda => {
+            let _ = CUDA_TEXTS.set(texts);
         }
+        Backend::Hip => {
+            let _ = HIP_TEXTS.set(texts);
+        }
+        Backend::Host => {}
     }
+}
+
+fn runtime_texts(backend: Backend) -> Option<&'static RuntimeTexts> {
+    match backend {
+        Backend::Cuda => CUDA_TEXTS.get(),
+        Backend::Hip => HIP_TEXTS.get(),
+        Backend::Host => None,
+    }
+}
+
+/// The runtime's own name for `code`, where its runtime was loaded.
+fn runtime_name(backend: Backend, code: i32) -> Option<&'static str> {
+    runtime_texts(backend).and_then(|t| (t.name)(code))
 }
 
 impl fmt::Display for DriverError {

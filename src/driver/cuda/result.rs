@@ -183,6 +183,13 @@ pub fn probe() -> Result<(), ProbeError> {
         }
     }
     PROBED.store(true, Ordering::Release);
+    crate::error::set_runtime_texts(
+        crate::error::Backend::Cuda,
+        crate::error::RuntimeTexts {
+            name: error_name,
+            string: error_string,
+        },
+    );
     Ok(())
 }
 

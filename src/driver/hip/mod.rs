@@ -285,6 +285,14 @@ impl HipDriver {
     ///
     /// Never panics. Calls the driver (start-up cost).
     pub fn new(device: u32) -> Result<Self> {
+        // The messages of HIP errors use the runtime's own names and texts.
+        crate::error::set_runtime_texts(
+            crate::error::Backend::Hip,
+            crate::error::RuntimeTexts {
+                name: result::error_name,
+                string: result::error_string,
+            },
+        );
         let Ok(dev) = c_int::try_from(device) else {
             return Err(refuse(Call::Init, (ErrorKind::InvalidValue, Reason::NoSuchDevice)).into());
         };
