@@ -23,14 +23,14 @@
 //! Idle units go back to the driver along a decay curve ([`decay`],
 //! [`reclaim`]): never on the allocating thread's hot path, at once on
 //! [`Commit::trim`], and first on the out-of-memory ladder (give idle memory
-//! back, then wait on the oldest fences only, then [`Error::OutOfMemory`]).
+//! back, then wait on the oldest fences only, then [`Error::OutOfMemory`](crate::Error::OutOfMemory)).
 //! Nothing is unmapped before the fences of the frees through that mapping
 //! completed. A failed commit leaves nothing half-mapped.
 //!
 //! Sleep gives every unit back while the page table keeps the live bytes,
 //! and wake recommits them at the same addresses in large handles
 //! ([`sleep`]); shared units (inter-process sharing) are never reused once
-//! empty ([`shared`]).
+//! empty (`shared.rs`).
 
 mod access;
 pub mod back;

@@ -10,7 +10,7 @@
 //! allow (same stream: stream order covers it; another: once the fences of
 //! its last frees completed), with no driver call.
 //!
-//! Invariants (checked by [`Pool::check`]):
+//! Invariants (checked by `Pool::check`, built with `invariant-checks`):
 //! - `owner != NIL` iff the owner mapping has `live_pages > 0`, and no other
 //!   mapping of the unit has live pages;
 //! - a unit is on the idle list iff it is used, not shared, and owned by

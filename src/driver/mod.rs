@@ -33,7 +33,7 @@
 //! Three provided methods (`create_shareable`, `export`, `import`) let a
 //! handle travel to another process as a POSIX file descriptor (see
 //! [`share`] for passing descriptors over a Unix socket). Their default
-//! bodies return [`Error::Unsupported`](crate::Error::Unsupported), so a
+//! bodies return [`crate::Error::Unsupported`], so a
 //! backend without sharing needs no code. The lifetime rule
 //! every backend follows: **release = unmap + close**. Physical memory
 //! behind an exported handle goes back when the last process holding it
