@@ -346,11 +346,11 @@ impl DriverError {
 /// the messages here read them, so the error type never calls into a
 /// driver.
 #[derive(Clone, Copy, Debug)]
-pub struct RuntimeTexts {
+pub(crate) struct RuntimeTexts {
     /// The code's symbolic name, where the runtime gives one.
-    pub name: fn(i32) -> Option<&'static str>,
+    pub(crate) name: fn(i32) -> Option<&'static str>,
     /// The code's description, where the runtime gives one.
-    pub string: fn(i32) -> Option<&'static str>,
+    pub(crate) string: fn(i32) -> Option<&'static str>,
 }
 
 static CUDA_TEXTS: std::sync::OnceLock<RuntimeTexts> = std::sync::OnceLock::new();
@@ -358,7 +358,7 @@ static HIP_TEXTS: std::sync::OnceLock<RuntimeTexts> = std::sync::OnceLock::new()
 
 /// Registers how `backend`'s runtime names its codes (the first
 /// registration stays; the host backend has no runtime).
-pub fn set_runtime_texts(backend: Backend, texts: RuntimeTexts) {
+pub(crate) fn set_runtime_texts(backend: Backend, texts: RuntimeTexts) {
     match backend {
         Backend::Cuda => {
             let _ = CUDA_TEXTS.set(texts);

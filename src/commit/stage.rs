@@ -177,8 +177,10 @@ impl<D: Driver> Commit<D> {
             if let Err(e) = r {
                 // Copies queued before this one may still write the stage:
                 // they finish before it can be unmapped by a later trim.
-                if at > 0 {
-                    self.settle(stream);
+                if at > 0 && !self.settle(stream) {
+                    // Copies may still write it: leaked rather than unmapped.
+                    std::mem::forget(stage);
+                    return Err(e);
                 }
                 self.spare_stage = Some(stage);
                 return Err(e);
@@ -187,9 +189,15 @@ impl<D: Driver> Commit<D> {
             at += len;
         }
         if let Err(e) = self.wait_stream(stream) {
-            // The copies must end before their target is unmapped.
-            self.settle(stream);
-            self.drop_stage(stage);
+            // The copies must end before their target is unmapped; once
+            // they did, the stage is kept for the next offload.
+            if self.settle(stream) {
+                stage.ranges.clear();
+                self.spare_stage = Some(stage);
+            } else {
+                // Copies may still write it: leaked rather than unmapped.
+                std::mem::forget(stage);
+            }
             return Err(e);
         }
         self.held_stage_bytes += stage.size;
@@ -216,15 +224,18 @@ impl<D: Driver> Commit<D> {
             if let Err(e) = r {
                 // The caller unmaps the pages again (back to sleep): the
                 // copies queued so far must end first.
+                // (Where even that fails, the stream is broken and the
+                // caller's unmap is the lesser evil: the pages go back to
+                // sleep with the stage's contents kept.)
                 if copied > 0 {
-                    self.settle(stream);
+                    let _ = self.settle(stream);
                 }
                 return Err((e, stage));
             }
             copied += len;
         }
         if let Err(e) = self.wait_stream(stream) {
-            self.settle(stream);
+            let _ = self.settle(stream);
             return Err((e, stage));
         }
         self.held_stage_bytes -= stage.size;
@@ -252,15 +263,10 @@ impl<D: Driver> Commit<D> {
 
     /// After a failed copy or wait: waits (a few tries) until the copies
     /// already queued on `stream` completed, so that neither the stage nor
-    /// the pages they touch are unmapped under them. A driver that refuses
-    /// every try is left as it is (its stream is broken; nothing more runs
-    /// on it).
-    fn settle(&mut self, stream: Stream) {
-        for _ in 0..3 {
-            if self.wait_stream(stream).is_ok() {
-                return;
-            }
-        }
+    /// the pages they touch are unmapped under them. False when every try
+    /// failed: the caller must then not unmap what those copies touch.
+    fn settle(&mut self, stream: Stream) -> bool {
+        (0..3).any(|_| self.wait_stream(stream).is_ok())
     }
 
     /// Records a fence on `stream` and waits on it (that stream's work only).

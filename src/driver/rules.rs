@@ -506,8 +506,8 @@ impl<H: Copy + Eq + Hash> VmState<H> {
             .ok_or((ErrorKind::InvalidValue, Reason::NotMapped))
     }
 
-    /// Checks the range of a copy or fill: where it starts inside a
-    /// reservation of this driver, every byte of it must be mapped, with
+    /// Checks the range of a copy or fill: where it overlaps a reservation
+    /// of this driver, every byte of it from there on must be mapped, with
     /// some accessor allowed to read it (a source) or write it (a target).
     /// Memory outside the reservations (host buffers, other allocators'
     /// memory) is not this state's to judge. A copy through an unmapped
@@ -519,18 +519,22 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         len: u64,
         write: bool,
     ) -> core::result::Result<(), Refusal> {
-        if len == 0
-            || !self
-                .reservations
-                .iter()
-                .any(|r| va >= r.base && va - r.base < r.size)
-        {
+        if len == 0 {
             return Ok(());
         }
         let end = va
             .checked_add(len)
             .ok_or((ErrorKind::InvalidValue, Reason::Overflow))?;
-        let mut at = va;
+        // The part that lies in a reservation (a range may also start
+        // outside one and run into it).
+        let Some(r) = self
+            .reservations
+            .iter()
+            .find(|r| va < r.base + r.size && r.base < end)
+        else {
+            return Ok(());
+        };
+        let mut at = va.max(r.base);
         while at < end {
             let m = self
                 .mapping_at(at)

@@ -119,6 +119,12 @@ fn checked_copies_and_fills_refuse_unmapped_ranges_of_their_reservations() {
         );
         assert_eq!((va as *const u8).read(), 1);
         d.unmap(va, g).unwrap();
+        // A range that starts outside the reservation and runs into its
+        // unmapped start is refused too.
+        assert_eq!(
+            kind(d.fill(va - 64, 0, 128, Stream::DEFAULT)),
+            ErrorKind::InvalidValue
+        );
     }
     d.release(h).unwrap();
     // SAFETY: the reservation is ours and has no mapping left.
