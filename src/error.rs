@@ -358,6 +358,7 @@ static HIP_TEXTS: std::sync::OnceLock<RuntimeTexts> = std::sync::OnceLock::new()
 
 /// Registers how `backend`'s runtime names its codes (the first
 /// registration stays; the host backend has no runtime).
+#[cfg_attr(not(any(feature = "cuda", feature = "hip")), allow(dead_code))]
 pub(crate) fn set_runtime_texts(backend: Backend, texts: RuntimeTexts) {
     match backend {
         Backend::Cuda => {
