@@ -175,29 +175,17 @@ impl<D: Driver> Commit<D> {
                     .copy(stage.va + at, self.base + off, len as usize, stream)
             };
             if let Err(e) = r {
-                // Copies queued before this one may still write the stage:
-                // they finish before it can be unmapped by a later trim.
-                if at > 0 && !self.settle(stream) {
-                    // Copies may still write it: leaked rather than unmapped.
-                    std::mem::forget(stage);
-                    return Err(e);
-                }
-                self.spare_stage = Some(stage);
+                // Copies queued before this one may still write the stage.
+                let settled = at == 0 || self.settle(stream);
+                self.keep_stage_unless_busy(stage, settled);
                 return Err(e);
             }
             stage.ranges.push((off, len, at));
             at += len;
         }
         if let Err(e) = self.wait_stream(stream) {
-            // The copies must end before their target is unmapped; once
-            // they did, the stage is kept for the next offload.
-            if self.settle(stream) {
-                stage.ranges.clear();
-                self.spare_stage = Some(stage);
-            } else {
-                // Copies may still write it: leaked rather than unmapped.
-                std::mem::forget(stage);
-            }
+            let settled = self.settle(stream);
+            self.keep_stage_unless_busy(stage, settled);
             return Err(e);
         }
         self.held_stage_bytes += stage.size;
@@ -267,6 +255,17 @@ impl<D: Driver> Commit<D> {
     /// failed: the caller must then not unmap what those copies touch.
     fn settle(&mut self, stream: Stream) -> bool {
         (0..3).any(|_| self.wait_stream(stream).is_ok())
+    }
+
+    /// After a failed offload: the stage is kept for the next one once the
+    /// copies queued into it ended (`settled`), else leaked rather than
+    /// unmapped under them.
+    fn keep_stage_unless_busy(&mut self, stage: Stage<D::Handle>, settled: bool) {
+        if settled {
+            self.spare_stage = Some(stage);
+        } else {
+            std::mem::forget(stage);
+        }
     }
 
     /// Records a fence on `stream` and waits on it (that stream's work only).

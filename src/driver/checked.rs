@@ -382,11 +382,14 @@ impl<D: Driver> Checked<D> {
     }
 
     /// Refuses (and counts) a copy or fill through a range of one of this
-    /// driver's reservations that is not mapped with access.
-    fn check_transfer(&self, va: DevicePtr, len: usize, write: bool) -> Result<()> {
+    /// driver's reservations that is not mapped with access: `ranges` are
+    /// (start, written) pairs of `len` bytes each, checked under one lock.
+    fn check_transfer(&self, ranges: &[(DevicePtr, bool)], len: usize) -> Result<()> {
         let mut st = self.lock();
-        if let Err(r) = st.vm.check_transfer(va, len as u64, write) {
-            return Err(self.refuse(&mut st, Op::Copy, va, len as u64, r));
+        for &(va, write) in ranges {
+            if let Err(r) = st.vm.check_transfer(va, len as u64, write) {
+                return Err(self.refuse(&mut st, Op::Copy, va, len as u64, r));
+            }
         }
         Ok(())
     }
@@ -606,15 +609,14 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         stream: Stream,
     ) -> Result<()> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
-        self.check_transfer(dst, len, true)?;
-        self.check_transfer(src, len, false)?;
+        self.check_transfer(&[(dst, true), (src, false)], len)?;
         // SAFETY: forwarded under the caller's guarantees.
         unsafe { self.inner.copy(dst, src, len, stream) }
     }
 
     unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
-        self.check_transfer(dst, len, true)?;
+        self.check_transfer(&[(dst, true)], len)?;
         // SAFETY: forwarded under the caller's guarantees.
         unsafe { self.inner.fill(dst, byte, len, stream) }
     }
