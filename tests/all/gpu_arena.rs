@@ -648,7 +648,7 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
     assert_eq!(peak, max, "peak physical of the growable buffer");
 }
 
-/// Issue 5: stream-ordered reuse in the global arenas. A kernel on stream A
+/// Stream-ordered reuse in the global arenas. A kernel on stream A
 /// spins, then writes into block X; X is freed on A while the kernel runs.
 /// Another stream B must not get X (its write would race the kernel's), while
 /// A gets it back at once (stream order keeps that safe). The kernel's write
