@@ -5,7 +5,8 @@ usage: python3 scripts/torch_report.py LOG...
 For each workload and allocator: peak physical / peak live in every repetition (the highest over
 processes), driver calls per repetition (cold first, then the steady ones 2..N, per 1000 allocations),
 time (median over processes with min-max; cold = repetition 1, steady = each process's median of
-repetitions 2..N), gpu-arena's time per allocator call, and whether every checksum agreed."""
+repetitions 2..N), gpu-arena's time per allocator call, whether every checksum agreed, and gpu-arena's driver calls
+per 1000 allocations in each repetition."""
 import json, re, statistics as st, sys
 from collections import defaultdict
 
@@ -70,6 +71,17 @@ def main():
                 ratio = (f"{g[0] / d[0]:.3f}", f"{g[1] / d[1]:.3f}" if g[1] and d[1] else "–")
             print(f"| {w} | {a} | {rng(cold, lambda v: f'{v:.2f}')} | {rng(steady, lambda v: f'{v:.2f}')} | "
                   f"{ratio[0]} | {ratio[1]} | {rng(us_cold, lambda v: f'{v:.3f}')} | {rng(us_steady, lambda v: f'{v:.3f}')} |")
+    print()
+    print("| workload | allocator | driver calls per 1000 allocs, each repetition (max over processes) |")
+    print("|---|---|---|")
+    for w in workloads:
+        procs = [p for p in runs.get((w, "gpu-arena"), []) if p]
+        if not procs:
+            continue
+        n = max(len(p) for p in procs)
+        per_rep = [max(p[i]["driver_calls"] * 1000 / max(p[i]["allocs"], 1) for p in procs if len(p) > i)
+                   for i in range(n)]
+        print(f"| {w} | gpu-arena | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
 
 
 if __name__ == "__main__":
