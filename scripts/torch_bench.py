@@ -1,6 +1,6 @@
 """PyTorch workloads on one GPU, repeated in one process, one JSON line per repetition.
 
-usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--shared PATH]
+usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--shared PATH] [--trace OUT.jsonl.gz]
 
   WORKLOAD  bert_infer | gpt2_generate   the shared harness's workloads (../shared/bench/torch_workloads.py,
                                          their functions and models taken from that file unchanged), or
@@ -13,6 +13,9 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--
             gpu_arena_torch_alloc / gpu_arena_torch_free); default: PyTorch's caching allocator
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
+  --trace   record the allocation trace (PyTorch's allocator only) in the format of shared/traces/README.md,
+            from the model's creation to the end of the last repetition, as the shared harness records its
+            traces (so that the host can replay train and serve: `gpu-arena replay`, tests/all/commit_engine.rs)
 
 Each repetition prints one line `REP {json}`: time, checksum, and the allocator's figures for that
 repetition alone: peak physical / peak live bytes and the driver calls that obtained or gave back device
@@ -22,7 +25,7 @@ memory. PyTorch's allocator: peak reserved / peak allocated and cudaMalloc + cud
 (create, map, set_access, unmap, release), from gpu_arena_epoch_json; with GPU_ARENA_CONF=report:1 also
 the time inside the allocator's calls. Deterministic algorithms are on: the checksum is equal across
 allocators and repetitions when the results are."""
-import argparse, ast, ctypes, json, os, sys, time
+import argparse, ast, ctypes, gzip, json, os, sys, time
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
@@ -32,7 +35,12 @@ ap.add_argument("workload", choices=["bert_infer", "gpt2_generate", "train", "se
 ap.add_argument("--alloc")
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
+ap.add_argument("--trace")
 a = ap.parse_args()
+if a.trace and a.alloc:
+    sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
+if a.trace:
+    torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=3_000_000)
 
 lib = None
 if a.alloc:
@@ -161,3 +169,11 @@ for r in range(a.repeat):
                    + st["num_device_free"] - st0["num_device_free"],
                    allocs=st["allocation.all.allocated"] - st0["allocation.all.allocated"])
     print("REP " + json.dumps(rec), flush=True)
+if a.trace:
+    snap = torch.cuda.memory._snapshot()
+    kinds = ("alloc", "free_requested", "free_completed", "segment_alloc", "segment_free", "segment_map", "segment_unmap")
+    with gzip.open(a.trace, "wt") as f:
+        for e in snap["device_traces"][0]:
+            if e["action"] in kinds:
+                f.write(json.dumps({"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}) + "\n")
+    print(f"trace: {len(snap['device_traces'][0])} events to {a.trace}", flush=True)
