@@ -35,6 +35,16 @@ pub struct CommitConfig {
     /// arenas' background reclaimer), so that allocating threads never make
     /// those driver calls.
     pub reclaim_on_free: bool,
+    /// When several cached stitched ranges of a block's size exist and none
+    /// is free of pages in use elsewhere, remap the few busy pages of the
+    /// best one instead of mapping a new range (see
+    /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). Helps a
+    /// workload whose threads interleave differently every run (training:
+    /// about 10 instead of 130 VMM calls per 1,000 allocations in the
+    /// jittered host replay of `examples/replay_jitter.rs`), but an exactly
+    /// repeating one (BERT inference) then no longer converges to zero
+    /// calls in its second run: off by default.
+    pub stitch_repair: bool,
 }
 
 impl Default for CommitConfig {
@@ -46,6 +56,7 @@ impl Default for CommitConfig {
             stitch_min: 1 << 20,
             growth_ahead: 16,
             reclaim_on_free: true,
+            stitch_repair: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! cached range back, making a new one, freeing.
 
 use super::Commit;
+use super::pages::NIL;
 use crate::MetaVec;
 use crate::driver::Driver;
 use crate::error::{BadPointer, Error, Result};
@@ -54,6 +55,11 @@ impl<D: Driver> Commit<D> {
             }
         }
         let now = self.clock.now_ms();
+        if self.config.stitch_repair {
+            if let Some(off) = self.stitch_repair(size, k, max, slot)? {
+                return Ok(off);
+            }
+        }
         let r = loop {
             if let Some(r) = self.stitch.make(k, now) {
                 break r;
@@ -78,6 +84,95 @@ impl<D: Driver> Commit<D> {
         }
         self.account_live(off, size);
         Ok(off)
+    }
+
+    /// Takes back the cached range of `k..=max` pages that needs the fewest
+    /// remaps, remapping only its pages whose units are in use elsewhere (or
+    /// whose fences forbid `slot`) to idle units, when that costs less than
+    /// mapping a new range of `k` pages. A workload whose threads interleave
+    /// a little differently every run (PyTorch's autograd thread) finds most
+    /// of a large range still free: it pays for the few pages that differ,
+    /// not for the whole range again. Never blocks: a range whose busy pages
+    /// still wait for fences is passed over.
+    fn stitch_repair(&mut self, size: u64, k: u64, max: u64, slot: u16) -> Result<Option<u64>> {
+        /// Cached ranges looked at per allocation.
+        const LOOK: usize = 8;
+        /// Cached ranges of about this size that must exist (none fitting)
+        /// before one is repaired rather than a new one made.
+        const CROWD: usize = 4;
+        let mut best: Option<(u64, u32)> = None;
+        let mut cursor = (k, 0);
+        let mut looked = 0;
+        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
+            cursor = next;
+            looked += 1;
+            if looked > LOOK {
+                break;
+            }
+            let first = self.stitch.range(r).first;
+            if let Some(n) = self.remaps_needed(first, first + k - 1, slot) {
+                // A remap is an unmap and a map; a new range maps k pages.
+                if 8 * n < k && best.is_none_or(|(b, _)| n < b) {
+                    best = Some((n, r));
+                }
+            }
+        }
+        // While few ranges of this size exist, a new one is made: a workload
+        // that repeats exactly finds, next time, one of them intact. Only
+        // when that many were made and none fits is the best one repaired.
+        let Some((_, r)) = best.filter(|_| looked >= CROWD) else {
+            return Ok(None);
+        };
+        let first = self.stitch.range(r).first;
+        let off = first << self.shift;
+        // In use while it is backed, so that the out-of-memory ladder leaves
+        // it alone.
+        self.stitch.take(r, size);
+        if let Err(e) = self.back(first, first + k - 1, off, size, slot, super::Backing::Pages) {
+            // It stays cached; pages whose mappings went are remapped by
+            // its next taker.
+            let now = self.clock.now_ms();
+            self.stitch.put(r, now);
+            return Err(e);
+        }
+        self.account_live(off, size);
+        Ok(Some(off))
+    }
+
+    /// Pages of `a..=b` (a cached range's) that a block for `slot` would
+    /// have to remap: unmapped, or mapped to a unit it may not take now (in
+    /// use elsewhere, fences forbidding `slot`, or already taken by an
+    /// earlier page). `None` when one of those mappings could not be
+    /// unmapped without waiting for its fences.
+    fn remaps_needed(&mut self, a: u64, b: u64, slot: u16) -> Option<u64> {
+        let token = self.pool.new_mark();
+        let (mut n, mut last) = (0, NIL);
+        for p in a..=b {
+            let m = self.pages.map(p);
+            if m == NIL {
+                n += 1;
+                last = m;
+                continue;
+            }
+            if m == last {
+                continue;
+            }
+            last = m;
+            let x = self.pool.map(m);
+            let (u, pages) = (x.unit, x.pages);
+            let outside = x.first < a || x.first + x.pages > b + 1;
+            let usable = !(outside && x.live_pages == 0 && pages > 1)
+                && self.pool.can_take(m)
+                && !self.pool.mark(u, token)
+                && self.allows(m, slot);
+            if !usable {
+                if !self.unit_settled(u) {
+                    return None;
+                }
+                n += pages;
+            }
+        }
+        Some(n)
     }
 
     /// Visits every live stitched block: (offset, size).

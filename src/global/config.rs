@@ -18,6 +18,7 @@
 //! | `max_run` | largest physical handle | 1GiB |
 //! | `stitch_min` | smallest block that may go to a stitched range | 1MiB |
 //! | `growth_ahead` | while the top grows with no free, new handles may be larger by live / this (0: off) | 16 |
+//! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range instead of mapping a new one, once several of its size exist (threads that interleave differently every run) | 0 |
 //! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
 //! | `reservation` | address space per shard (0: 8 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
@@ -137,6 +138,9 @@ impl GlobalConfig {
                         .map_err(|_| bad("growth_ahead must be a whole number (0: off)", v))?
                 }
                 "background" => c.background = flag("background must be 0 or 1", v)?,
+                "stitch_repair" => {
+                    c.arena.commit.stitch_repair = flag("stitch_repair must be 0 or 1", v)?
+                }
                 "keep_alive" | "keep_alive_fraction" | "wait_for_reuse" => {
                     return Err(bad(
                         "this key is gone: idle memory now goes back along a decay curve (use decay_ms)",
