@@ -146,7 +146,7 @@ impl<D: Driver> Commit<D> {
             let Some(h) = unit.handle else {
                 return Err(not_shared());
             };
-            let fd = self.driver.export(h)?;
+            let fd = self.res.driver.export(h)?;
             out.push(((p - a) << self.shift, x.pages << self.shift, fd));
             p += x.pages;
         }
@@ -161,7 +161,7 @@ impl<D: Driver> Commit<D> {
     pub fn adopt(&mut self, off: u64, len: u64, handle: D::Handle) -> Result<()> {
         let page = self.page;
         let bad = off & (page - 1) != 0 || len == 0 || len & (page - 1) != 0;
-        let r = if bad || off + len > self.size {
+        let r = if bad || off + len > self.res.size() {
             Err(Error::Unsupported(
                 "an imported run must be nonempty, whole pages, inside the reservation",
             ))
