@@ -11,11 +11,11 @@
 //!
 //! This module holds the type, its construction and the routing of
 //! allocations and frees to the regions; each other job has its own file:
-//! the buffers region (`buffers`), growable ranges in it (`grow`), giving
-//! idle memory back (`reclaim`), sleep and wake (`sleep`), accounting
-//! (`accounting`), reports (`report`), peer access (`peer`), buffers
-//! shared between processes (`ipc`), and the arena behind a lock
-//! (`shared`).
+//! the buffers region (`buffers`), growable ranges (`grow`) and scratch
+//! ranges (`scratch`) in it, giving idle memory back (`reclaim`), sleep
+//! and wake (`sleep`), accounting (`accounting`), reports (`report`), peer
+//! access (`peer`), buffers shared between processes (`ipc`), and the
+//! arena behind a lock (`shared`).
 //!
 //! ```
 //! use gpu_arena::{Arena, ArenaConfig, Kind};
@@ -36,11 +36,13 @@ mod ipc;
 mod peer;
 mod reclaim;
 mod report;
+pub(crate) mod scratch;
 mod shared;
 mod sleep;
 
 pub use accounting::Accounting;
 pub use grow::GrowRange;
+pub use scratch::{ScratchConfig, ScratchRange};
 pub use shared::SharedArena;
 use sleep::Sleeping;
 pub use sleep::{SleepMode, SleepReport};
