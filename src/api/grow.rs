@@ -15,24 +15,23 @@
 //! ```
 
 use crate::api::SharedArena;
+use crate::arena::GrowRange;
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
-use crate::policy::Policy;
-use crate::policy::grow::{Grow, Resize};
 
 /// A buffer that grows in place up to a reserved maximum.
 pub struct GrowBuffer<'a, D: Driver> {
     arena: &'a SharedArena<D>,
-    base: DevicePtr,
-    state: Grow,
-    page: u64,
+    range: GrowRange,
 }
 
 impl<D: Driver> core::fmt::Debug for GrowBuffer<'_, D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("GrowBuffer")
-            .field("base", &format_args!("{:#x}", self.base))
-            .field("state", &self.state)
+            .field("base", &format_args!("{:#x}", self.range.base()))
+            .field("len", &self.range.len())
+            .field("committed", &self.range.committed())
+            .field("max", &self.range.max())
             .finish()
     }
 }
@@ -40,37 +39,29 @@ impl<D: Driver> core::fmt::Debug for GrowBuffer<'_, D> {
 impl<'a, D: Driver> GrowBuffer<'a, D> {
     /// An empty buffer that can grow to `max` bytes (reserves address space only).
     pub fn with_max(arena: &'a SharedArena<D>, max: u64) -> Result<Self> {
-        let mut a = arena.lock();
-        let page = a.page();
-        let base = a.reserve_buffer(max, Policy::Grow)?;
-        let max = crate::driver::round_up(max, page).unwrap_or(max);
-        Ok(GrowBuffer {
-            arena,
-            base,
-            state: Grow::new(max),
-            page,
-        })
+        let range = arena.lock().reserve_grow(max)?;
+        Ok(GrowBuffer { arena, range })
     }
 
     /// The base address; stable for the buffer's life.
     pub fn as_ptr(&self) -> DevicePtr {
-        self.base
+        self.range.base()
     }
     /// Current length.
     pub fn len(&self) -> u64 {
-        self.state.len
+        self.range.len()
     }
     /// Whether the length is zero.
     pub fn is_empty(&self) -> bool {
-        self.state.len == 0
+        self.range.is_empty()
     }
     /// Bytes committed (the length rounded up to pages).
     pub fn committed(&self) -> u64 {
-        self.state.committed
+        self.range.committed()
     }
     /// The reserved maximum.
     pub fn max(&self) -> u64 {
-        self.state.max
+        self.range.max()
     }
 
     /// Grows or shrinks to `len` bytes: commits pages at the end, or gives
@@ -82,27 +73,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
 
     /// [`GrowBuffer::resize`], with the memory last used on `stream`.
     pub fn resize_on(&mut self, len: u64, stream: Stream) -> Result<()> {
-        let mut a = self.arena.lock();
-        match self.state.plan(len, self.page, 0) {
-            Resize::TooLarge => {
-                return Err(Error::GrowBeyondMax {
-                    requested: len,
-                    max: self.state.max,
-                });
-            }
-            Resize::Commit { from, to } => {
-                a.commit_buffer(self.base, from, to)?;
-                self.state.committed = to;
-            }
-            Resize::Decommit { from, to } => {
-                a.decommit_buffer(self.base, from, to, stream)?;
-                self.state.committed = from;
-            }
-            Resize::InPlace => {}
-        }
-        a.account_buffer(Policy::Grow, self.state.len, len);
-        self.state.len = len;
-        Ok(())
+        self.arena.lock().resize_grow(&mut self.range, len, stream)
     }
 
     /// The contents as a byte slice (host-visible kinds only).
@@ -110,7 +81,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
         self.host()?;
         // SAFETY: the first `len` bytes are committed and host-accessible;
         // they live as long as `self`, and `&self` forbids a resize meanwhile.
-        Ok(unsafe { core::slice::from_raw_parts(self.base as *const u8, self.state.len as usize) })
+        Ok(unsafe { core::slice::from_raw_parts(self.as_ptr() as *const u8, self.len() as usize) })
     }
 
     /// The contents as a mutable byte slice (host-visible kinds only).
@@ -118,7 +89,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
         self.host()?;
         // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
         Ok(unsafe {
-            core::slice::from_raw_parts_mut(self.base as *mut u8, self.state.len as usize)
+            core::slice::from_raw_parts_mut(self.as_ptr() as *mut u8, self.len() as usize)
         })
     }
 
@@ -135,13 +106,6 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
 
 impl<D: Driver> Drop for GrowBuffer<'_, D> {
     fn drop(&mut self) {
-        let mut a = self.arena.lock();
-        a.account_buffer(Policy::Grow, self.state.len, 0);
-        a.free_buffer(
-            self.base,
-            self.state.committed,
-            Policy::Grow,
-            Stream::DEFAULT,
-        );
+        self.arena.lock().free_grow(&mut self.range);
     }
 }

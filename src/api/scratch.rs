@@ -53,66 +53,13 @@ use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::api::SharedArena;
-use crate::arena::ScratchCursor;
+use crate::arena::{ScratchCursor, ScratchRange};
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
-use crate::policy::Policy;
-use crate::policy::scratch::{Bump, Place};
 
-/// Committed bytes a scratch arena keeps across resets unless configured.
-pub const DEFAULT_RETAIN: u64 = 64 << 20;
-/// Most bytes committed ahead of an allocation unless configured.
-pub const DEFAULT_COMMIT_AHEAD: u64 = 1 << 30;
+pub use crate::arena::scratch::{DEFAULT_COMMIT_AHEAD, DEFAULT_RETAIN, ScratchConfig};
 
 const NOT_HOST: &str = "this scratch arena holds device memory the CPU cannot touch: use alloc_layout, try_alloc_device or alloc_raw";
-
-/// Settings of a [`Scratch`]; `ScratchConfig::default()` is what
-/// [`Scratch::new`] uses.
-///
-/// ```
-/// use gpu_arena::{SharedArena, Scratch, ScratchConfig, Kind, ArenaConfig};
-/// use gpu_arena::driver::HostDriver;
-/// let arena = SharedArena::new(HostDriver::new()?, Kind::Device(0), ArenaConfig::default())?;
-/// let scratch = Scratch::with_config(&arena, ScratchConfig {
-///     max: 1 << 30,      // reserve 1 GiB of address space
-///     retain: 8 << 20,   // keep 8 MiB committed across resets
-///     ..ScratchConfig::default()
-/// })?;
-/// assert_eq!(scratch.reserved_bytes(), 1 << 30);
-/// assert_eq!(scratch.committed_bytes(), 0);
-/// # Ok::<(), gpu_arena::Error>(())
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ScratchConfig {
-    /// Bytes of address space to reserve (rounded up to pages): the most
-    /// the scratch arena can ever hold between two resets. 0 (the default):
-    /// an eighth of the arena's buffers region not reserved yet (so every
-    /// further scratch arena still finds room), halved while no free range
-    /// holds it.
-    pub max: u64,
-    /// Committed bytes kept across resets (rounded up to pages); the rest
-    /// is given back on reset, once the device's work on it completed.
-    pub retain: u64,
-    /// Bytes committed at creation (as `bumpalo::Bump::with_capacity`).
-    pub capacity: u64,
-    /// Most bytes committed beyond an allocation's end when the scratch
-    /// arena grows (growth doubles the committed bytes, up to this much ahead).
-    pub commit_ahead: u64,
-    /// The allocation limit at creation (see [`Scratch::set_allocation_limit`]).
-    pub allocation_limit: Option<usize>,
-}
-
-impl Default for ScratchConfig {
-    fn default() -> Self {
-        ScratchConfig {
-            max: 0,
-            retain: DEFAULT_RETAIN,
-            capacity: 0,
-            commit_ahead: DEFAULT_COMMIT_AHEAD,
-            allocation_limit: None,
-        }
-    }
-}
 
 /// A bump-allocating scratch arena (see the module docs).
 ///
@@ -123,14 +70,15 @@ impl Default for ScratchConfig {
 pub struct Scratch<'a, D: Driver> {
     /// Next free address. Shared with the arena, which reads it for its
     /// stats; only this scratch arena writes it. Invariant: `base <= cursor
-    /// <= base + bump.max`.
+    /// <= base + range.max()`.
     cursor: ScratchCursor,
-    /// End of what the fast path may hand out: `base + bump.fast_end()`
+    /// End of what the fast path may hand out: `range.fast_end()`
     /// (committed memory under the allocation limit).
     limit: Cell<u64>,
     base: DevicePtr,
     host_visible: bool,
-    bump: Cell<Bump>,
+    /// The range and its bump state; the arena takes it for the slow path.
+    range: Cell<ScratchRange>,
     arena: &'a SharedArena<D>,
 }
 
@@ -144,7 +92,7 @@ pub struct ScratchPtr {
 impl ScratchPtr {
     /// The address, if the scratch arena was not reset since it was handed out.
     pub fn get<D: Driver>(&self, scratch: &Scratch<'_, D>) -> Result<DevicePtr> {
-        let current = scratch.bump.get().generation;
+        let current = scratch.generation();
         if current != self.generation {
             return Err(Error::StaleScratch {
                 used: self.generation,
@@ -160,7 +108,7 @@ impl<D: Driver> core::fmt::Debug for Scratch<'_, D> {
         f.debug_struct("Scratch")
             .field("base", &format_args!("{:#x}", self.base))
             .field("cursor", &format_args!("{:#x}", self.cursor.load(Relaxed)))
-            .field("bump", &self.bump.get())
+            .field("range", &self.range.get())
             .finish()
     }
 }
@@ -226,41 +174,14 @@ impl<'a, D: Driver> Scratch<'a, D> {
         // Made before locking: this may allocate on the global allocator.
         let cursor = ScratchCursor::new(AtomicU64::new(0));
         let mut a = arena.lock();
-        let page = a.page();
-        let (base, max) = if config.max != 0 {
-            (a.reserve_buffer(config.max, Policy::Scratch)?, config.max)
-        } else {
-            let least = config.capacity.max(page);
-            let mut max = (a.buffers_space().1 / 8).max(least);
-            loop {
-                match a.reserve_buffer(max, Policy::Scratch) {
-                    Ok(base) => break (base, max),
-                    Err(Error::AddressSpace { .. }) if max / 2 >= least => max /= 2,
-                    Err(e) => return Err(e),
-                }
-            }
-        };
-        cursor.store(base, Relaxed);
-        a.track_scratch(base, cursor.clone());
-        let mut bump = Bump::new(base, max, page);
-        bump.retain = config.retain;
-        bump.commit_ahead = config.commit_ahead;
-        bump.limit = config.allocation_limit.map_or(u64::MAX, |l| l as u64);
-        if config.capacity > 0 {
-            let to = bump.min_commit(config.capacity);
-            if let Err(e) = a.commit_buffer(base, 0, to) {
-                a.free_buffer(base, 0, Policy::Scratch, Stream::DEFAULT);
-                return Err(e);
-            }
-            bump.committed = to;
-        }
+        let range = a.reserve_scratch(&config, &cursor)?;
         drop(a);
         Ok(Scratch {
             cursor,
-            limit: Cell::new(base + bump.fast_end()),
-            base,
+            limit: Cell::new(range.fast_end()),
+            base: range.base(),
             host_visible: arena.host_visible(),
-            bump: Cell::new(bump),
+            range: Cell::new(range),
             arena,
         })
     }
@@ -276,12 +197,12 @@ impl<'a, D: Driver> Scratch<'a, D> {
     }
     /// Bytes of physical memory committed now.
     pub fn committed_bytes(&self) -> u64 {
-        self.bump.get().committed
+        self.range.get().committed()
     }
     /// Bytes of address space reserved: the most this scratch arena holds
     /// between two resets.
     pub fn reserved_bytes(&self) -> u64 {
-        self.bump.get().max
+        self.range.get().max()
     }
     /// Bytes that can be allocated before the next commit or the allocation
     /// limit (as `bumpalo::Bump::chunk_capacity`).
@@ -290,13 +211,13 @@ impl<'a, D: Driver> Scratch<'a, D> {
     }
     /// Resets so far (the generation of [`ScratchPtr`]s).
     pub fn generation(&self) -> u64 {
-        self.bump.get().generation
+        self.range.get().generation()
     }
     /// Whether `addr` lies in this scratch arena's reservation: one range
     /// check (the reservation is contiguous and never moves).
     #[inline]
     pub fn contains(&self, addr: DevicePtr) -> bool {
-        addr.wrapping_sub(self.base) < self.bump.get().max
+        self.range.get().contains(addr)
     }
     /// Whether the CPU may touch this scratch arena's memory (the typed
     /// forms such as [`Scratch::alloc`] need it).
@@ -307,8 +228,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// The allocation limit: the most bytes [`Scratch::allocated_bytes`]
     /// may reach between two resets, or `None`.
     pub fn allocation_limit(&self) -> Option<usize> {
-        let l = self.bump.get().limit;
-        (l != u64::MAX).then_some(l as usize)
+        self.range.get().allocation_limit().map(|l| l as usize)
     }
 
     /// Sets the allocation limit (`None`: no limit but the reservation).
@@ -326,14 +246,14 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// # Ok::<(), gpu_arena::Error>(())
     /// ```
     pub fn set_allocation_limit(&self, limit: Option<usize>) {
-        let mut b = self.bump.get();
-        b.limit = limit.map_or(u64::MAX, |l| l as u64);
-        self.store(b);
+        let mut r = self.range.get();
+        r.set_allocation_limit(limit.map(|l| l as u64));
+        self.store(r);
     }
 
-    fn store(&self, b: Bump) {
-        self.limit.set(self.base + b.fast_end());
-        self.bump.set(b);
+    fn store(&self, r: ScratchRange) {
+        self.limit.set(r.fast_end());
+        self.range.set(r);
     }
 
     // ----- the fast and slow paths -----
@@ -377,67 +297,30 @@ impl<'a, D: Driver> Scratch<'a, D> {
         if size == 0 {
             return Ok(layout.align() as u64);
         }
-        let cursor = self.cursor.load(Relaxed) - self.base;
-        let b = self.bump.get();
-        let (start, end) = match b.place(cursor, size, layout.align() as u64) {
-            Place::At { start, end } => (start, end),
-            Place::Commit {
-                start,
-                end,
-                commit_to,
-            } => {
-                self.commit(end, commit_to)?;
-                (start, end)
-            }
-            Place::OverLimit { .. } => {
-                return Err(Error::ScratchLimit {
-                    requested: size,
-                    allocated: cursor,
-                    limit: b.limit,
-                });
-            }
-            Place::Full { .. } => {
-                return Err(Error::ScratchFull {
-                    requested: size,
-                    allocated: cursor,
-                    max: b.max,
-                });
-            }
-        };
-        self.cursor.store(self.base + end, Relaxed);
-        Ok(self.base + start)
+        let (start, end) =
+            self.bump_slow(self.cursor.load(Relaxed), size, layout.align() as u64)?;
+        self.cursor.store(end, Relaxed);
+        Ok(start)
     }
 
-    /// Commits up to `target` (offset), or, where that fails for want of
-    /// memory, up to the page holding `end`. May call the driver.
-    fn commit(&self, end: u64, target: u64) -> Result<()> {
-        let mut b = self.bump.get();
-        let least = b.min_commit(end);
-        let mut a = self.arena.lock();
-        let to = match a.commit_buffer(self.base, b.committed, target) {
-            Ok(()) => target,
-            Err(Error::OutOfMemory(_)) if least < target => {
-                a.commit_buffer(self.base, b.committed, least)?;
-                least
-            }
-            Err(e) => return Err(e),
-        };
-        a.note_peak();
-        b.committed = to;
-        self.store(b);
-        Ok(())
+    /// The arena's slow path for `size` bytes aligned to `align` from
+    /// `cursor` (see [`Arena::scratch_alloc`](crate::Arena::scratch_alloc)):
+    /// commits where needed, checks the limit and the reservation. Returns
+    /// (start, end); the caller moves the cursor. May call the driver.
+    fn bump_slow(&self, cursor: u64, size: u64, align: u64) -> Result<(DevicePtr, DevicePtr)> {
+        let mut r = self.range.get();
+        let placed = self.arena.lock().scratch_alloc(&mut r, cursor, size, align);
+        self.store(r);
+        placed
     }
 
     /// Extends the allocation ending at the cursor to end at `end`
     /// (absolute), committing where needed. False where the limit or the
     /// reservation is in the way, or memory is short.
     fn extend_last(&self, end: u64) -> bool {
-        if end > self.limit.get() {
-            let b = self.bump.get();
-            let off = end - self.base;
-            if off > b.limit || off > b.max || self.commit(off, b.grow_target(off)).is_err() {
-                return false;
-            }
+        let cursor = self.cursor.load(Relaxed);
+        if end > self.limit.get() && self.bump_slow(cursor, end - cursor, 1).is_err() {
+            return false;
         }
         self.cursor.store(end, Relaxed);
         true
@@ -498,7 +381,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
         let ptr = self.try_alloc_device(layout)?;
         Ok(ScratchPtr {
             ptr,
-            generation: self.bump.get().generation,
+            generation: self.generation(),
         })
     }
 
@@ -783,22 +666,11 @@ impl<'a, D: Driver> Scratch<'a, D> {
 
     /// [`Scratch::reset`], with the memory last used on `stream`.
     pub fn reset_on(&mut self, stream: Stream) {
-        let mut b = self.bump.get();
-        let keep = b.keep();
-        {
-            let mut a = self.arena.lock();
-            a.note_peak();
-            // While the arena is asleep the pages stay as they are (restored on wake).
-            if keep < b.committed
-                && a.decommit_buffer(self.base, keep, b.committed, stream)
-                    .is_ok()
-            {
-                b.committed = keep;
-            }
-            self.cursor.store(self.base, Relaxed);
-        }
-        b.reset();
-        self.store(b);
+        let mut r = self.range.get();
+        self.arena
+            .lock()
+            .reset_scratch(&mut r, &self.cursor, stream);
+        self.store(r);
     }
 }
 
@@ -846,9 +718,7 @@ unsafe fn fill<'s, T, F: FnMut(usize) -> T>(p: NonNull<T>, len: usize, mut f: F)
 
 impl<D: Driver> Drop for Scratch<'_, D> {
     fn drop(&mut self) {
-        let b = self.bump.get();
-        let mut a = self.arena.lock();
-        a.free_buffer(self.base, b.committed, Policy::Scratch, Stream::DEFAULT);
+        self.arena.lock().free_scratch(self.range.get());
     }
 }
 

@@ -85,9 +85,9 @@ impl<D: Driver> Arena<D> {
         let base = self.reserve_buffer(len, Policy::Grow)?;
         let first = base - self.commit.base();
         for (i, &(off, l, fd)) in runs.iter().enumerate() {
-            // SAFETY: the caller guarantees the descriptor and its size.
-            let r = unsafe { self.commit.driver().import(fd, l as usize, location) }
-                .and_then(|h| self.commit.adopt(first + off, l, h));
+            // SAFETY: the caller guarantees that the descriptor was exported
+            // by this backend for a run of `l` bytes at `location`.
+            let r = unsafe { self.commit.import_at(first + off, l, fd, location) };
             if let Err(e) = r {
                 for &(off, l, _) in &runs[..i] {
                     self.commit.unpin(first + off, l, Stamp::SAFE);

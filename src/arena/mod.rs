@@ -11,10 +11,11 @@
 //!
 //! This module holds the type, its construction and the routing of
 //! allocations and frees to the regions; each other job has its own file:
-//! the buffers region (`buffers`), giving idle memory back (`reclaim`),
-//! sleep and wake (`sleep`), accounting (`accounting`), reports
-//! (`report`), peer access (`peer`), buffers shared between processes
-//! (`ipc`), and the arena behind a lock (`shared`).
+//! the buffers region (`buffers`), growable ranges (`grow`) and scratch
+//! ranges (`scratch`) in it, giving idle memory back (`reclaim`), sleep
+//! and wake (`sleep`), accounting (`accounting`), reports (`report`), peer
+//! access (`peer`), buffers shared between processes (`ipc`), and the
+//! arena behind a lock (`shared`).
 //!
 //! ```
 //! use gpu_arena::{Arena, ArenaConfig, Kind};
@@ -30,19 +31,23 @@
 
 mod accounting;
 mod buffers;
+mod grow;
 mod ipc;
 mod peer;
 mod reclaim;
 mod report;
+pub(crate) mod scratch;
 mod shared;
 mod sleep;
 
 pub use accounting::Accounting;
+pub use grow::GrowRange;
+pub use scratch::{ScratchConfig, ScratchRange};
 pub use shared::SharedArena;
 use sleep::Sleeping;
 pub use sleep::{SleepMode, SleepReport};
 
-use crate::commit::{Backing, Commit, CommitConfig};
+use crate::commit::{Backing, Commit, CommitConfig, Reservation};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::{BadPointer, Error, Result};
 use crate::policy::large::Large;
@@ -148,36 +153,6 @@ impl<D: Driver> core::fmt::Debug for Arena<D> {
     }
 }
 
-/// Reserves `want` bytes, halving on refusal down to `min`. Returns the base,
-/// the size obtained, and whether it fell back.
-fn reserve_with_fallback<D: Driver>(
-    driver: &D,
-    want: u64,
-    min: u64,
-    page: u64,
-) -> Result<(DevicePtr, u64, bool)> {
-    let mut size = want;
-    loop {
-        // Offsets are aligned within the reservation, so the base must be
-        // aligned as much as the largest alignment served; a driver that
-        // refuses such an alignment gets a page-aligned reservation (and
-        // the arena serves less: see `max_align`).
-        let aligned = driver
-            .reserve(size as usize, (page * MAX_ALIGN_PAGES) as usize)
-            .or_else(|_| driver.reserve(size as usize, page as usize));
-        match aligned {
-            Ok(base) => return Ok((base, size, size != want)),
-            Err(e) => {
-                let next = (size / 2) / page * page;
-                if next < min.max(2 * page) || next == 0 {
-                    return Err(e);
-                }
-                size = next;
-            }
-        }
-    }
-}
-
 impl<D: Driver> Arena<D> {
     /// An arena of `kind` memory over `driver`.
     ///
@@ -248,8 +223,13 @@ impl<D: Driver> Arena<D> {
         if want < 2 * page {
             return Err(Error::Config("reservation must be at least two pages"));
         }
-        let (base, size, fell_back) =
-            reserve_with_fallback(&driver, want, config.min_reservation, page)?;
+        // Offsets are aligned within the reservation, so the base must be
+        // aligned as much as the largest alignment served; a driver that
+        // refuses such an alignment gets a page-aligned reservation (and
+        // the arena serves less: see `max_align`).
+        let res =
+            Reservation::reserve(driver, want, config.min_reservation, page * MAX_ALIGN_PAGES)?;
+        let (size, fell_back) = (res.size(), res.fell_back());
         if fell_back {
             eprintln!(
                 "gpu-arena: a reservation of {want} bytes was refused; using {size} bytes (configure `reservation` to choose)"
@@ -262,9 +242,7 @@ impl<D: Driver> Arena<D> {
         let stitch_size = (size - blocks_size) / 3 * 2 / page * page;
         let buffers_start = blocks_size + stitch_size;
         let commit = Commit::new(
-            driver,
-            base,
-            size,
+            res,
             location,
             access,
             config.commit,
@@ -672,11 +650,7 @@ impl<D: Driver> Drop for Arena<D> {
         {
             self.commit.forget_stage(stage);
         }
-        self.commit.drop_spare_stage();
-        self.commit.release_all();
-        let (base, size) = self.reservation();
-        // SAFETY: every run was unmapped above and the arena is going away,
-        // so nothing touches the reservation again.
-        let _ = unsafe { self.commit.driver().free_reservation(base, size as usize) };
+        // Dropping `commit` next gives back the spare stage, every unit,
+        // then the reservation.
     }
 }

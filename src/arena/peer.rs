@@ -94,6 +94,6 @@ impl<D: Driver> Arena<D> {
         if !self.contains(ptr) {
             return Err(Self::bad(ptr, BadPointer::Foreign));
         }
-        self.driver().get_access(ptr, accessor)
+        self.commit.access_of(ptr - self.commit.base(), accessor)
     }
 }

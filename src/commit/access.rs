@@ -1,9 +1,10 @@
 //! The access list: who may read and write the committed memory (the
 //! arena's own device, peers granted later), applied to every mapping,
-//! aliases included, and to every later one.
+//! aliases included, and to every later one; and the rights the driver
+//! reports on a committed page.
 
 use super::Commit;
-use crate::driver::{Access, AccessMode, Driver};
+use crate::driver::{Access, AccessMode, Driver, Location};
 use crate::error::Result;
 
 impl<D: Driver> Commit<D> {
@@ -25,6 +26,15 @@ impl<D: Driver> Commit<D> {
         self.access.clear();
         self.access.extend_from_slice(access);
         Ok(())
+    }
+
+    /// The rights `accessor` has on the page holding offset `off`, as the
+    /// driver reports them (`cuMemGetAccess` on CUDA). A driver error where
+    /// nothing is committed there.
+    ///
+    /// Calls the driver (one query).
+    pub fn access_of(&self, off: u64, accessor: Location) -> Result<AccessMode> {
+        self.res.driver.get_access(self.base() + off, accessor)
     }
 
     /// The access list applied to new mappings.

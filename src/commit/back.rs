@@ -54,11 +54,11 @@ impl<D: Driver> Commit<D> {
             let Some(s) = self.pool.unit(u).stamps.get(i) else {
                 break;
             };
-            if !self.streams.done(s) && self.streams.ensure_fence(&self.driver, s).is_err() {
+            if !self.streams.done(s) && self.streams.ensure_fence(&self.res.driver, s).is_err() {
                 self.calls.failed += 1;
             }
         }
-        self.streams.poll(&self.driver);
+        self.streams.poll(&self.res.driver);
     }
 
     /// Whether the unit behind mapping `m` may serve work of `slot` now.
@@ -89,7 +89,7 @@ impl<D: Driver> Commit<D> {
     /// (single fences of the streams involved, never the device).
     pub(super) fn settle_unit(&mut self, u: u32) -> Result<()> {
         while !self.unit_settled(u) {
-            if !self.streams.wait_oldest(&self.driver)? {
+            if !self.streams.wait_oldest(&self.res.driver)? {
                 return Err(Error::Unsupported(
                     "the work that last used this memory cannot be waited on (recording its fence failed); retry later",
                 ));
@@ -372,7 +372,7 @@ impl<D: Driver> Commit<D> {
                     }
                     if !waited {
                         waited = true;
-                        if self.streams.wait_oldest(&self.driver)? {
+                        if self.streams.wait_oldest(&self.res.driver)? {
                             self.reclaim_except(true, keep);
                             continue;
                         }

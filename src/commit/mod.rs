@@ -27,6 +27,10 @@
 //! Nothing is unmapped before the fences of the frees through that mapping
 //! completed. A failed commit leaves nothing half-mapped.
 //!
+//! The reservation the page table covers is made and given back here too
+//! ([`reservation`]): dropping a [`Commit`] releases everything it holds,
+//! then frees the reservation.
+//!
 //! Sleep gives every unit back while the page table keeps the live bytes,
 //! and wake recommits them at the same addresses in large handles
 //! ([`sleep`]); shared units (inter-process sharing) are never reused once
@@ -41,6 +45,7 @@ pub mod decay;
 pub mod pages;
 pub mod pool;
 pub mod reclaim;
+pub mod reservation;
 mod shared;
 pub mod sleep;
 pub mod stage;
@@ -53,6 +58,7 @@ pub use calls::DriverCalls;
 
 pub use config::CommitConfig;
 pub use pages::Cost;
+pub use reservation::Reservation;
 
 use crate::MetaVec;
 use crate::driver::{Access, DevicePtr, Driver, Location};
@@ -95,9 +101,9 @@ pub enum PageState {
 
 /// The page table and physical pool of one reservation.
 pub struct Commit<D: Driver> {
-    driver: D,
-    base: DevicePtr,
-    size: u64,
+    /// The reservation and its driver; freed after this type's own
+    /// teardown (see `Drop`) unmapped and released everything in it.
+    res: Reservation<D>,
     page: u64,
     shift: u32,
     location: Location,
@@ -145,8 +151,8 @@ pub struct Commit<D: Driver> {
 impl<D: Driver> core::fmt::Debug for Commit<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Commit")
-            .field("base", &format_args!("{:#x}", self.base))
-            .field("size", &self.size)
+            .field("base", &format_args!("{:#x}", self.res.base()))
+            .field("size", &self.res.size())
             .field("committed", &self.committed())
             .field("live", &self.live)
             .finish_non_exhaustive()
@@ -154,20 +160,20 @@ impl<D: Driver> core::fmt::Debug for Commit<D> {
 }
 
 impl<D: Driver> Commit<D> {
-    /// A page table over the reservation `base..base+size` (granularity-
-    /// aligned), committing memory at `location` with `access`;
-    /// `stitch_region` (offset, bytes; page-aligned) is the part of the
-    /// reservation where stitched ranges go (see [`stitched`]).
+    /// A page table over `res` (see [`Reservation::reserve`]), committing
+    /// memory at `location` with `access`; `stitch_region` (offset, bytes;
+    /// page-aligned) is the part of the reservation where stitched ranges
+    /// go (see [`stitched`]). Owns the reservation from now on: dropping
+    /// the page table gives back everything committed, then the
+    /// reservation.
     pub fn new(
-        driver: D,
-        base: DevicePtr,
-        size: u64,
+        res: Reservation<D>,
         location: Location,
         access: &[Access],
         config: CommitConfig,
         stitch_region: (u64, u64),
     ) -> Self {
-        let page = driver.capabilities().granularity as u64;
+        let page = res.driver.capabilities().granularity as u64;
         // Live bytes per page are counted in 32 bits.
         debug_assert!(
             page.is_power_of_two() && page <= 1 << 30,
@@ -178,9 +184,7 @@ impl<D: Driver> Commit<D> {
         acc.extend_from_slice(access);
         let max_run = (config.max_run.max(page) / page) * page;
         Commit {
-            driver,
-            base,
-            size,
+            res,
             page,
             shift,
             location,
@@ -214,7 +218,7 @@ impl<D: Driver> Commit<D> {
 
     /// The driver.
     pub fn driver(&self) -> &D {
-        &self.driver
+        &self.res.driver
     }
     /// Page size (the driver's granularity).
     pub fn page(&self) -> u64 {
@@ -222,11 +226,11 @@ impl<D: Driver> Commit<D> {
     }
     /// Reservation base.
     pub fn base(&self) -> DevicePtr {
-        self.base
+        self.res.base()
     }
     /// Reservation size.
     pub fn size(&self) -> u64 {
-        self.size
+        self.res.size()
     }
     /// Bytes committed now (each handle once, however many mappings it has).
     pub fn committed(&self) -> u64 {
@@ -293,18 +297,18 @@ impl<D: Driver> Commit<D> {
     }
     /// Queries pending fences (never blocks).
     pub fn poll(&mut self) {
-        self.streams.poll(&self.driver);
+        self.streams.poll(&self.res.driver);
     }
 
     /// Waits until the work queued on every stream this arena has seen
     /// completed (fences of those streams only). See [`Streams::quiesce`].
     pub fn quiesce(&mut self) -> Result<()> {
-        self.streams.quiesce(&self.driver)
+        self.streams.quiesce(&self.res.driver)
     }
 
     /// Records a fence covering `stamp` if none was recorded yet.
     pub fn ensure_fence(&mut self, stamp: Stamp) -> Result<()> {
-        self.streams.ensure_fence(&self.driver, stamp)
+        self.streams.ensure_fence(&self.res.driver, stamp)
     }
 
     /// Whether the free path gives idle memory back itself.
@@ -399,7 +403,7 @@ impl<D: Driver> Commit<D> {
             return Ok(());
         }
         debug_assert!(
-            off + len <= self.size,
+            off + len <= self.res.size(),
             "range {off:#x}+{len:#x} outside the reservation"
         );
         let (a, b) = self.span(off, len);
@@ -730,5 +734,15 @@ impl<D: Driver> Commit<D> {
             "committed >= live"
         );
         assert!(self.peak_committed >= self.committed(), "peak committed");
+    }
+}
+
+impl<D: Driver> Drop for Commit<D> {
+    /// Gives back the pinned memory kept for offloads and every unit,
+    /// whatever its state; the reservation, a field, is freed after this
+    /// (no mapping is left in it then).
+    fn drop(&mut self) {
+        self.drop_spare_stage();
+        self.release_all();
     }
 }

@@ -65,7 +65,7 @@ impl<D: Driver> Commit<D> {
             return retried << self.shift;
         }
         let now = self.clock.now_ms();
-        self.streams.poll(&self.driver);
+        self.streams.poll(&self.res.driver);
         let mut pages = retried + self.release_shared();
         // Stitched ranges nobody used for a while.
         let ids: MetaVec<u32> = {
@@ -188,7 +188,7 @@ impl<D: Driver> Commit<D> {
     /// Gives every unit back and drops the fences (arena teardown). Only
     /// call when nothing uses the memory any more.
     pub fn release_all(&mut self) {
-        self.streams.clear(&self.driver);
+        self.streams.clear(&self.res.driver);
         self.drop_everything();
         self.retry_releases();
     }

@@ -4,11 +4,11 @@
 //! back as soon as the fences of their frees completed, whatever the decay
 //! says, and a range that needs fresh memory never takes them.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::Commit;
 use super::pages::NIL;
-use crate::driver::Driver;
+use crate::driver::{Driver, Location};
 use crate::error::{Error, Result};
 
 impl<D: Driver> Commit<D> {
@@ -146,7 +146,7 @@ impl<D: Driver> Commit<D> {
             let Some(h) = unit.handle else {
                 return Err(not_shared());
             };
-            let fd = self.driver.export(h)?;
+            let fd = self.res.driver.export(h)?;
             out.push(((p - a) << self.shift, x.pages << self.shift, fd));
             p += x.pages;
         }
@@ -161,7 +161,7 @@ impl<D: Driver> Commit<D> {
     pub fn adopt(&mut self, off: u64, len: u64, handle: D::Handle) -> Result<()> {
         let page = self.page;
         let bad = off & (page - 1) != 0 || len == 0 || len & (page - 1) != 0;
-        let r = if bad || off + len > self.size {
+        let r = if bad || off + len > self.res.size() {
             Err(Error::Unsupported(
                 "an imported run must be nonempty, whole pages, inside the reservation",
             ))
@@ -197,5 +197,27 @@ impl<D: Driver> Commit<D> {
         self.peak_committed = self.peak_committed.max(self.committed());
         self.account_live(off, len);
         Ok(())
+    }
+
+    /// Imports `fd` (exported by another process for a handle of `len`
+    /// bytes whose memory lives at `location`) and takes the handle in at
+    /// `off` as [`Commit::adopt`] does. The descriptor stays the caller's.
+    /// On error nothing is left behind: a handle imported is released.
+    ///
+    /// Calls the driver (import, map, set_access).
+    ///
+    /// # Safety
+    /// `fd` was made by `export` of this commit's backend, for a handle of
+    /// `len` bytes, at `location`.
+    pub unsafe fn import_at(
+        &mut self,
+        off: u64,
+        len: u64,
+        fd: BorrowedFd<'_>,
+        location: Location,
+    ) -> Result<()> {
+        // SAFETY: the caller guarantees the descriptor, its size and location.
+        let handle = unsafe { self.res.driver.import(fd, len as usize, location) }?;
+        self.adopt(off, len, handle)
     }
 }

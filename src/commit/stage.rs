@@ -73,13 +73,13 @@ impl<D: Driver> Commit<D> {
 
     fn make_stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
         let total = crate::driver::round_up(total, self.page).unwrap_or(total);
-        let d = &self.driver;
+        let d = &self.res.driver;
         let va = d.reserve(total as usize, 0)?;
         let h = match self.timed(|d| d.create(total as usize, Location::Host)) {
             Ok(h) => h,
             Err(e) => {
                 // SAFETY: the reservation was just made and has no mapping.
-                let _ = unsafe { self.driver.free_reservation(va, total as usize) };
+                let _ = unsafe { self.res.driver.free_reservation(va, total as usize) };
                 return Err(e);
             }
         };
@@ -99,11 +99,11 @@ impl<D: Driver> Commit<D> {
         });
         if let Err(e) = r {
             // SAFETY: our fresh reservation; the mapping, if made, is unused.
-            let _ = retried(|| unsafe { self.driver.unmap(va, total as usize) });
+            let _ = retried(|| unsafe { self.res.driver.unmap(va, total as usize) });
             self.vmm_release(h, 0);
             // SAFETY: as above; its one mapping is gone (or the driver
             // refuses this, changing nothing).
-            let _ = retried(|| unsafe { self.driver.free_reservation(va, total as usize) });
+            let _ = retried(|| unsafe { self.res.driver.free_reservation(va, total as usize) });
             return Err(e);
         }
         Ok(Stage {
@@ -133,7 +133,7 @@ impl<D: Driver> Commit<D> {
         // Pinned host memory is outside the device budget: 0 pages.
         self.vmm_release(stage.handle, 0);
         // SAFETY: the reservation is the stage's own and has no mapping left.
-        let _ = retried(|| unsafe { self.driver.free_reservation(va, size) });
+        let _ = retried(|| unsafe { self.res.driver.free_reservation(va, size) });
     }
 
     /// Gives the pinned memory kept for the next offload back. Returns bytes.
@@ -171,8 +171,9 @@ impl<D: Driver> Commit<D> {
             // SAFETY: the source pages are committed and quiesced; the stage
             // range is mapped with host and device access; no overlap.
             let r = unsafe {
-                self.driver
-                    .copy(stage.va + at, self.base + off, len as usize, stream)
+                self.res
+                    .driver
+                    .copy(stage.va + at, self.res.base() + off, len as usize, stream)
             };
             if let Err(e) = r {
                 // Copies queued before this one may still write the stage.
@@ -206,8 +207,9 @@ impl<D: Driver> Commit<D> {
             // SAFETY: the pages were just recommitted with access; the stage
             // is mapped and holds their contents; no overlap.
             let r = unsafe {
-                self.driver
-                    .copy(self.base + off, stage.va + at, len as usize, stream)
+                self.res
+                    .driver
+                    .copy(self.res.base() + off, stage.va + at, len as usize, stream)
             };
             if let Err(e) = r {
                 // The caller unmaps the pages again (back to sleep): the
@@ -270,11 +272,11 @@ impl<D: Driver> Commit<D> {
 
     /// Records a fence on `stream` and waits on it (that stream's work only).
     fn wait_stream(&mut self, stream: Stream) -> Result<()> {
-        let f = self.driver.record(stream)?;
+        let f = self.res.driver.record(stream)?;
         self.streams.recorded += 1;
-        let r = self.driver.wait(&f);
+        let r = self.res.driver.wait(&f);
         self.streams.waits += 1;
-        self.driver.drop_fence(f);
+        self.res.driver.drop_fence(f);
         r
     }
 }

@@ -224,14 +224,14 @@ impl<D: Driver> Commit<D> {
                     BadPointer::Foreign
                 };
                 return Err(Error::BadPointer {
-                    addr: self.base + off,
+                    addr: self.res.base() + off,
                     kind,
                 });
             }
         };
         if !self.stitch.range(r).in_use {
             return Err(Error::BadPointer {
-                addr: self.base + off,
+                addr: self.res.base() + off,
                 kind: BadPointer::DoubleFree,
             });
         }

@@ -16,12 +16,12 @@ pub(super) const UNMAP_TRIES: u32 = 3;
 impl<D: Driver> Commit<D> {
     #[inline]
     pub(super) fn va(&self, page: u64) -> DevicePtr {
-        self.base + (page << self.shift)
+        self.res.base() + (page << self.shift)
     }
 
     pub(super) fn timed<T>(&mut self, f: impl FnOnce(&D) -> Result<T>) -> Result<T> {
         let t = Instant::now();
-        let r = f(&self.driver);
+        let r = f(&self.res.driver);
         self.calls.vmm_nanos += t.elapsed().as_nanos() as u64;
         if r.is_err() {
             self.calls.failed += 1;
