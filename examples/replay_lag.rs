@@ -26,7 +26,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let events = gpu_arena::replay::read_trace(path.as_ref())?;
         let d = HostDriver::new()?;
         let mut cfg = ArenaConfig::default();
-        // Experiments: MAXRUN (MiB), AHEAD (growth_ahead), STITCHMIN (KiB).
+        // Experiments: MAXRUN (MiB), AHEAD (growth_ahead), STITCHMIN (KiB),
+        // REPAIR (stitch_repair: 1).
         if let Ok(v) = std::env::var("MAXRUN") {
             cfg.commit.max_run = v.parse::<u64>()? << 20;
         }
@@ -38,6 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Ok(v) = std::env::var("STITCHMIN") {
             cfg.commit.stitch_min = v.parse::<u64>()? << 10;
+        }
+        if let Ok(v) = std::env::var("REPAIR") {
+            cfg.commit.stitch_repair = v == "1";
         }
         let mut arena = Arena::new(&d, Kind::Device(0), cfg)?;
         // Trace time, not wall time: nothing decays during a replay.

@@ -207,22 +207,33 @@ pub fn persistent(
         std::collections::HashSet::new(),
     );
     let mut open: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+    // Allocations per address: a persistent block's address must be its
+    // alone in the whole trace, else, run again, another block of the trace
+    // would find the address still taken (or take it over).
+    let mut uses: std::collections::HashMap<u64, u32> = std::collections::HashMap::new();
+    let mut pairs: Vec<(u64, usize, Option<usize>)> = Vec::new();
     for (i, e) in events.iter().enumerate() {
         match *e {
             Event::Alloc { addr, .. } => {
                 open.insert(addr, i);
+                *uses.entry(addr).or_default() += 1;
             }
             Event::Free { addr, .. } => {
                 if let Some(s) = open.remove(&addr) {
                     if s * 20 < n && i * 20 > 19 * n {
-                        allocs.insert(s);
-                        frees.insert(i);
+                        pairs.push((addr, s, Some(i)));
                     }
                 }
             }
         }
     }
-    allocs.extend(open.into_values());
+    pairs.extend(open.into_iter().map(|(addr, s)| (addr, s, None)));
+    for (addr, s, f) in pairs {
+        if uses.get(&addr) == Some(&1) {
+            allocs.insert(s);
+            frees.extend(f);
+        }
+    }
     (allocs, frees)
 }
 
@@ -304,4 +315,32 @@ pub fn replay_repeated<D: Driver>(
         arena.free(p)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod persistent_tests {
+    use super::{Event, persistent};
+
+    fn a(addr: u64) -> Event {
+        Event::Alloc {
+            addr,
+            size: 512,
+            stream: 0,
+        }
+    }
+    fn f(addr: u64) -> Event {
+        Event::Free { addr, stream: 0 }
+    }
+
+    #[test]
+    fn a_block_whose_address_the_trace_hands_out_again_is_not_persistent() {
+        // 1: a weight, never freed; 2: a temporary, then a block that stays
+        // at the same address (run again, the temporary would find it taken).
+        let mut events = vec![a(1), a(2), f(2), a(2)];
+        events.extend((0..40).flat_map(|i| [a(100 + i), f(100 + i)]));
+        let (allocs, frees) = persistent(&events);
+        assert!(allocs.contains(&0), "the weight stays");
+        assert!(!allocs.contains(&3), "the second block at 2 is run again");
+        assert!(frees.is_empty());
+    }
 }

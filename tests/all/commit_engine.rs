@@ -193,7 +193,7 @@ fn background_reclaimer_step_is_deterministic() {
     assert!(g.stats().committed <= 4 << 20);
 }
 
-/// The shared transformer traces, each run 2 times in one arena with the
+/// The shared transformer traces and our serving trace, each run 2 times in one arena with the
 /// GPU lagging behind the CPU by 0, 1, 50 and 1000 events (fences of frees
 /// stay pending that long): peak physical / peak live stays within 2 % in
 /// every repetition at every lag, and the second repetition makes no VMM
@@ -202,8 +202,15 @@ fn background_reclaimer_step_is_deterministic() {
 fn traces_stay_within_two_percent_at_every_lag_and_repeat_without_driver_calls() {
     let dir = std::env::var("GPU_ARENA_TRACES")
         .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/traces").to_string());
-    for name in ["bert_infer", "gpt2_generate"] {
-        let path = std::path::Path::new(&dir).join(format!("{name}.trace.jsonl.gz"));
+    // The shared traces, and the serving loop recorded on the H100 by
+    // scripts/torch_bench.py --trace (kept in the repository).
+    let ours = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pytorch/traces");
+    for (dir, name) in [
+        (dir.as_str(), "bert_infer"),
+        (dir.as_str(), "gpt2_generate"),
+        (ours, "serve"),
+    ] {
+        let path = std::path::Path::new(dir).join(format!("{name}.trace.jsonl.gz"));
         if !path.exists() {
             println!("skipped {name}: {} not found", path.display());
             continue;
