@@ -16,10 +16,12 @@ def load(paths):
     for p in paths:
         cur = None
         for line in open(p, errors="replace"):
-            m = re.match(r"== process (\d+) (\S+) (\S+)", line)
+            # The allocator label is the rest of the line ("gpu-arena", or
+            # "gpu-arena stitch_repair:1" where settings are compared).
+            m = re.match(r"== process (\d+) (\S+) (.+)", line)
             if m:
                 cur = []
-                runs[(m.group(2), m.group(3))].append(cur)
+                runs[(m.group(2), m.group(3).strip())].append(cur)
             elif line.startswith("REP ") and cur is not None:
                 cur.append(json.loads(line[4:]))
     return runs
@@ -32,6 +34,12 @@ def rng(xs, fmt):
     return f"{fmt(st.median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
 
 
+def labels(runs, w):
+    """PyTorch's default first, then every gpu-arena label of workload w."""
+    rest = sorted(a for x, a in runs if x == w and a != "default")
+    return (["default"] if (w, "default") in runs else []) + rest
+
+
 def main():
     runs = load(sys.argv[1:])
     workloads = sorted({w for w, _ in runs}, key=lambda w: ["bert_infer", "gpt2_generate", "train", "serve"].index(w)
@@ -39,8 +47,8 @@ def main():
     print("| workload | allocator | processes × repetitions | peak physical / peak live, every repetition (max over processes) | driver calls, repetition 1 | driver calls per 1000 allocs, repetitions 2..N (max) | checksums |")
     print("|---|---|---|---|---|---|---|")
     for w in workloads:
-        sums = {r["checksum"] for a in ("default", "gpu-arena") for proc in runs.get((w, a), []) for r in proc}
-        for a in ("default", "gpu-arena"):
+        sums = {r["checksum"] for a in labels(runs, w) for proc in runs.get((w, a), []) for r in proc}
+        for a in labels(runs, w):
             procs = [p for p in runs.get((w, a), []) if p]
             if not procs:
                 continue
@@ -56,7 +64,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for w in workloads:
         med = {}
-        for a in ("default", "gpu-arena"):
+        for a in labels(runs, w):
             procs = [p for p in runs.get((w, a), []) if p]
             if not procs:
                 continue
@@ -66,7 +74,7 @@ def main():
             us_cold = [p[0].get("us_per_call") for p in procs]
             us_steady = [r.get("us_per_call") for p in procs for r in p[1:]]
             ratio = ("", "")
-            if a == "gpu-arena" and "default" in med:
+            if a != "default" and "default" in med:
                 d, g = med["default"], med[a]
                 ratio = (f"{g[0] / d[0]:.3f}", f"{g[1] / d[1]:.3f}" if g[1] and d[1] else "–")
             print(f"| {w} | {a} | {rng(cold, lambda v: f'{v:.2f}')} | {rng(steady, lambda v: f'{v:.2f}')} | "
@@ -75,13 +83,14 @@ def main():
     print("| workload | allocator | driver calls per 1000 allocs, each repetition (max over processes) |")
     print("|---|---|---|")
     for w in workloads:
-        procs = [p for p in runs.get((w, "gpu-arena"), []) if p]
-        if not procs:
-            continue
-        n = max(len(p) for p in procs)
-        per_rep = [max(p[i]["driver_calls"] * 1000 / max(p[i]["allocs"], 1) for p in procs if len(p) > i)
-                   for i in range(n)]
-        print(f"| {w} | gpu-arena | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
+        for a in labels(runs, w):
+            procs = [p for p in runs.get((w, a), []) if p]
+            if a == "default" or not procs:
+                continue
+            n = max(len(p) for p in procs)
+            per_rep = [max(p[i]["driver_calls"] * 1000 / max(p[i]["allocs"], 1) for p in procs if len(p) > i)
+                       for i in range(n)]
+            print(f"| {w} | {a} | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
 
 
 if __name__ == "__main__":
