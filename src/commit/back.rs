@@ -85,6 +85,39 @@ impl<D: Driver> Commit<D> {
         self.pool.unit_mut(u).stamps.prune(|s| streams.done(s))
     }
 
+    /// Whether every free through mapping `m` is known complete, so that
+    /// it may be unmapped (records fences and polls once; never blocks).
+    pub(super) fn mapping_settled(&mut self, m: u32) -> bool {
+        let streams = &self.streams;
+        if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
+            return true;
+        }
+        for i in 0..self.pool.map(m).stamps.len() {
+            let Some(s) = self.pool.map(m).stamps.get(i) else {
+                break;
+            };
+            if !self.streams.done(s) && self.streams.ensure_fence(&self.res.driver, s).is_err() {
+                self.calls.failed += 1;
+            }
+        }
+        self.streams.poll(&self.res.driver);
+        let streams = &self.streams;
+        self.pool.map_mut(m).stamps.prune(|s| streams.done(s))
+    }
+
+    /// Waits until every free through mapping `m` completed (single fences
+    /// of the streams involved, never the device).
+    fn settle_mapping(&mut self, m: u32) -> Result<()> {
+        while !self.mapping_settled(m) {
+            if !self.streams.wait_oldest(&self.res.driver)? {
+                return Err(Error::Unsupported(
+                    "the work that last used this memory cannot be waited on (recording its fence failed); retry later",
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until every free through unit `u`'s mappings completed
     /// (single fences of the streams involved, never the device).
     pub(super) fn settle_unit(&mut self, u: u32) -> Result<()> {
@@ -220,7 +253,9 @@ impl<D: Driver> Commit<D> {
             if usable {
                 taken.push(unit);
             } else {
-                self.settle_unit(unit)?;
+                // Only the frees through this range must be complete to
+                // unmap it; the unit's other mappings keep their own.
+                self.settle_mapping(m)?;
                 self.unmap_mapping(m)?;
                 self.drop_if_orphan_shared(unit);
             }

@@ -573,6 +573,7 @@ impl<D: Driver> Commit<D> {
                 if !stamp.is_safe() {
                     let u = self.pool.map(m).unit;
                     self.pool.unit_mut(u).stamps.add(stamp);
+                    self.pool.map_mut(m).stamps.add(stamp);
                 }
             }
             // Asleep pages have no mapping: only their live bytes change.

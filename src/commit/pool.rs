@@ -73,6 +73,10 @@ pub struct Mapping {
     pub last_used: u64,
     /// Lies in a stitched range.
     pub stitched: bool,
+    /// Frees through this mapping not yet known complete: unmapping it
+    /// waits for them (and only for them: frees through the unit's other
+    /// mappings do not address this range).
+    pub stamps: StampSet,
     used: bool,
 }
 
@@ -261,6 +265,7 @@ impl<H> Pool<H> {
             next_alias,
             last_used: now,
             stitched,
+            stamps: StampSet::new(),
             used: true,
         };
         let m = match self.spare_maps.pop() {

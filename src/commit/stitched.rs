@@ -143,7 +143,7 @@ impl<D: Driver> Commit<D> {
     /// have to remap: unmapped, or mapped to a unit it may not take now (in
     /// use elsewhere, fences forbidding `slot`, or already taken by an
     /// earlier page). `None` when one of those mappings could not be
-    /// unmapped without waiting for its fences.
+    /// unmapped without waiting for the fences of the frees through it.
     fn remaps_needed(&mut self, a: u64, b: u64, slot: u16) -> Option<u64> {
         let token = self.pool.new_mark();
         let (mut n, mut last) = (0, NIL);
@@ -166,7 +166,7 @@ impl<D: Driver> Commit<D> {
                 && !self.pool.mark(u, token)
                 && self.allows(m, slot);
             if !usable {
-                if !self.unit_settled(u) {
+                if !self.mapping_settled(m) {
                     return None;
                 }
                 n += pages;
