@@ -38,12 +38,13 @@ pub struct CommitConfig {
     /// When several cached stitched ranges of a block's size exist and none
     /// is free of pages in use elsewhere, remap the few busy pages of the
     /// best one instead of mapping a new range (see
-    /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). Helps a
-    /// workload whose threads interleave differently every run (training:
-    /// about 10 instead of 130 VMM calls per 1,000 allocations in the
-    /// jittered host replay of `examples/replay_jitter.rs`), but an exactly
-    /// repeating one (BERT inference) then no longer converges to zero
-    /// calls in its second run: off by default.
+    /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). On the host
+    /// replay of a training trace it cuts the VMM calls of repetitions
+    /// 2 to 4 from 131 / 69 / 28 to 61 / 18 / 6 per 1,000 allocations (GPU
+    /// lag emulated), but an exactly repeating workload (BERT inference)
+    /// then makes about 10 per 1,000 in its second run instead of none, and
+    /// on the H100 it helped train little (`docs/pytorch.md`): off by
+    /// default.
     pub stitch_repair: bool,
 }
 

@@ -89,11 +89,11 @@ impl<D: Driver> Commit<D> {
     /// Takes back the cached range of `k..=max` pages that needs the fewest
     /// remaps, remapping only its pages whose units are in use elsewhere (or
     /// whose fences forbid `slot`) to idle units, when that costs less than
-    /// mapping a new range of `k` pages. A workload whose threads interleave
-    /// a little differently every run (PyTorch's autograd thread) finds most
-    /// of a large range still free: it pays for the few pages that differ,
-    /// not for the whole range again. Never blocks: a range whose busy pages
-    /// still wait for fences is passed over.
+    /// mapping a new range of `k` pages. A workload whose large ranges come
+    /// back with a few of their pages taken elsewhere (a training loop)
+    /// pays for those pages, not for the whole range again. Never blocks: a
+    /// range whose busy pages still wait for the fences of the frees
+    /// through them is passed over.
     fn stitch_repair(&mut self, size: u64, k: u64, max: u64, slot: u16) -> Result<Option<u64>> {
         /// Cached ranges looked at per allocation.
         const LOOK: usize = 8;
