@@ -20,6 +20,7 @@
 //! is undone; the range is as before.
 
 use super::pages::NIL;
+use super::pool::Fenced;
 use super::{Backing, Commit};
 use crate::MetaVec;
 use crate::driver::Driver;
@@ -47,11 +48,12 @@ fn is_oom(e: &Error) -> bool {
 }
 
 impl<D: Driver> Commit<D> {
-    /// Records the fences that the stamps of unit `u` wait for (once per
-    /// open epoch) and polls once. Never blocks.
-    fn fence_unit(&mut self, u: u32) {
-        for i in 0..self.pool.unit(u).stamps.len() {
-            let Some(s) = self.pool.unit(u).stamps.get(i) else {
+    /// Records the fences that the stamps of `h` wait for (once per open
+    /// epoch) and polls once. Never blocks.
+    fn fence(&mut self, h: Fenced) {
+        let stamps = self.pool.stamps(h);
+        for i in 0..stamps.len() {
+            let Some(s) = stamps.get(i) else {
                 break;
             };
             if !self.streams.done(s) && self.streams.ensure_fence(&self.res.driver, s).is_err() {
@@ -63,65 +65,43 @@ impl<D: Driver> Commit<D> {
 
     /// Whether the unit behind mapping `m` may serve work of `slot` now.
     pub(super) fn allows(&mut self, m: u32, slot: u16) -> bool {
-        let u = self.pool.map(m).unit;
+        let u = Fenced::Unit(self.pool.map(m).unit);
         let streams = &self.streams;
-        if self.pool.unit(u).stamps.allows(slot, |s| streams.done(s)) {
+        if self.pool.stamps(u).allows(slot, |s| streams.done(s)) {
             return true;
         }
-        self.fence_unit(u);
+        self.fence(u);
         let streams = &self.streams;
-        self.pool.unit(u).stamps.allows(slot, |s| streams.done(s))
+        self.pool.stamps(u).allows(slot, |s| streams.done(s))
     }
 
-    /// Whether every free through unit `u`'s mappings is known complete
-    /// (records fences and polls once; never blocks).
-    pub(super) fn unit_settled(&mut self, u: u32) -> bool {
+    /// Whether every free through `h` is known complete (records fences
+    /// and polls once; never blocks).
+    fn settled(&mut self, h: Fenced) -> bool {
         let streams = &self.streams;
-        if self.pool.unit_mut(u).stamps.prune(|s| streams.done(s)) {
+        if self.pool.stamps_mut(h).prune(|s| streams.done(s)) {
             return true;
         }
-        self.fence_unit(u);
+        self.fence(h);
         let streams = &self.streams;
-        self.pool.unit_mut(u).stamps.prune(|s| streams.done(s))
+        self.pool.stamps_mut(h).prune(|s| streams.done(s))
+    }
+
+    /// Whether every free through unit `u`'s mappings is known complete.
+    pub(super) fn unit_settled(&mut self, u: u32) -> bool {
+        self.settled(Fenced::Unit(u))
     }
 
     /// Whether every free through mapping `m` is known complete, so that
-    /// it may be unmapped (records fences and polls once; never blocks).
+    /// it may be unmapped.
     pub(super) fn mapping_settled(&mut self, m: u32) -> bool {
-        let streams = &self.streams;
-        if self.pool.map_mut(m).stamps.prune(|s| streams.done(s)) {
-            return true;
-        }
-        for i in 0..self.pool.map(m).stamps.len() {
-            let Some(s) = self.pool.map(m).stamps.get(i) else {
-                break;
-            };
-            if !self.streams.done(s) && self.streams.ensure_fence(&self.res.driver, s).is_err() {
-                self.calls.failed += 1;
-            }
-        }
-        self.streams.poll(&self.res.driver);
-        let streams = &self.streams;
-        self.pool.map_mut(m).stamps.prune(|s| streams.done(s))
+        self.settled(Fenced::Mapping(m))
     }
 
-    /// Waits until every free through mapping `m` completed (single fences
-    /// of the streams involved, never the device).
-    fn settle_mapping(&mut self, m: u32) -> Result<()> {
-        while !self.mapping_settled(m) {
-            if !self.streams.wait_oldest(&self.res.driver)? {
-                return Err(Error::Unsupported(
-                    "the work that last used this memory cannot be waited on (recording its fence failed); retry later",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Waits until every free through unit `u`'s mappings completed
-    /// (single fences of the streams involved, never the device).
-    pub(super) fn settle_unit(&mut self, u: u32) -> Result<()> {
-        while !self.unit_settled(u) {
+    /// Waits until every free through `h` completed (single fences of the
+    /// streams involved, never the device).
+    pub(super) fn settle_fenced(&mut self, h: Fenced) -> Result<()> {
+        while !self.settled(h) {
             if !self.streams.wait_oldest(&self.res.driver)? {
                 return Err(Error::Unsupported(
                     "the work that last used this memory cannot be waited on (recording its fence failed); retry later",
@@ -255,7 +235,7 @@ impl<D: Driver> Commit<D> {
             } else {
                 // Only the frees through this range must be complete to
                 // unmap it; the unit's other mappings keep their own.
-                self.settle_mapping(m)?;
+                self.settle_fenced(Fenced::Mapping(m))?;
                 self.unmap_mapping(m)?;
                 self.drop_if_orphan_shared(unit);
             }

@@ -25,6 +25,15 @@ use super::pages::NIL;
 use crate::MetaVec;
 use crate::sync::StampSet;
 
+/// What a set of free stamps belongs to: a whole unit (every mapping of
+/// its handle) or one mapping (the frees through that virtual range).
+#[derive(Clone, Copy, Debug)]
+pub enum Fenced {
+    /// Unit `u`.
+    Unit(u32),
+    /// Mapping `m`.
+    Mapping(u32),
+}
 /// One physical handle.
 #[derive(Debug)]
 pub struct Unit<H> {
@@ -191,6 +200,23 @@ impl<H> Pool<H> {
     #[inline]
     pub fn map_mut(&mut self, m: u32) -> &mut Mapping {
         &mut self.maps[m as usize]
+    }
+
+    /// The stamps of the frees through `h` (a unit, or one mapping).
+    #[inline]
+    pub fn stamps(&self, h: Fenced) -> &StampSet {
+        match h {
+            Fenced::Unit(u) => &self.unit(u).stamps,
+            Fenced::Mapping(m) => &self.map(m).stamps,
+        }
+    }
+    /// The stamps of the frees through `h`, mutably.
+    #[inline]
+    pub fn stamps_mut(&mut self, h: Fenced) -> &mut StampSet {
+        match h {
+            Fenced::Unit(u) => &mut self.unit_mut(u).stamps,
+            Fenced::Mapping(m) => &mut self.map_mut(m).stamps,
+        }
     }
 
     /// Takes in a new unit of `pages` pages (idle, no mapping yet).

@@ -8,6 +8,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use super::Commit;
 use super::pages::NIL;
+use super::pool::Fenced;
 use crate::driver::{Driver, Location};
 use crate::error::{Error, Result};
 
@@ -48,7 +49,7 @@ impl<D: Driver> Commit<D> {
             }
             let next = self.pool.map(m).first + self.pool.map(m).pages;
             let unit = self.pool.map(m).unit;
-            self.settle_unit(unit)?;
+            self.settle_fenced(Fenced::Unit(unit))?;
             let u = self.unmap_mapping(m)?;
             self.drop_if_orphan_shared(u);
             p = next;
