@@ -2,6 +2,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod align;
 pub mod driver;
 pub mod error;
 pub mod sync;

@@ -319,15 +319,7 @@ pub unsafe trait Driver: Send + Sync {
     }
 }
 
-/// Rounds `value` up to a multiple of the power of two `align`; `None` on overflow.
-#[inline]
-pub const fn round_up(value: u64, align: u64) -> Option<u64> {
-    debug_assert!(align.is_power_of_two());
-    match value.checked_add(align - 1) {
-        Some(v) => Some(v & !(align - 1)),
-        None => None,
-    }
-}
+pub use crate::align::round_up;
 
 macro_rules! forward_driver {
     ($($ptr:ty),*) => { $(

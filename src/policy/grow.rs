@@ -51,7 +51,7 @@ impl Grow {
         if len > self.max {
             return Resize::TooLarge;
         }
-        let need = match crate::driver::round_up(len, page) {
+        let need = match crate::align::round_up(len, page) {
             Some(n) => n.min(self.max),
             None => return Resize::TooLarge,
         };
@@ -61,7 +61,7 @@ impl Grow {
                 to: need,
             }
         } else {
-            let keep_to = crate::driver::round_up(need.saturating_add(keep), page)
+            let keep_to = crate::align::round_up(need.saturating_add(keep), page)
                 .unwrap_or(self.max)
                 .min(self.max);
             if keep_to < self.committed {

@@ -259,7 +259,7 @@ impl Large {
 
     /// Rounds a request to the quantum; `None` if it cannot fit the region.
     pub fn round(&self, size: u64) -> Option<u64> {
-        crate::driver::round_up(size.max(1), self.quantum).filter(|&s| s <= self.capacity)
+        crate::align::round_up(size.max(1), self.quantum).filter(|&s| s <= self.capacity)
     }
 
     /// Allocates `size` bytes aligned to `align` (a power of two). `accept`
@@ -290,7 +290,7 @@ impl Large {
         if last != NIL && self.spans[last as usize].free && accept(self.spans[last as usize].stamp)
         {
             let off = self.spans[last as usize].offset;
-            let end = crate::driver::round_up(off, align)?.checked_add(size)?;
+            let end = crate::align::round_up(off, align)?.checked_add(size)?;
             if end > self.capacity {
                 return None;
             }
@@ -343,7 +343,7 @@ impl Large {
             while i != NIL {
                 let sp = &self.spans[i as usize];
                 if sp.size >= need && accept(sp.stamp) {
-                    let offset = crate::driver::round_up(sp.offset, align)?;
+                    let offset = crate::align::round_up(sp.offset, align)?;
                     if let Some(r) = rank(offset, size) {
                         consider(
                             &mut best,
@@ -388,7 +388,7 @@ impl Large {
         }
         for (k, from) in tops.into_iter().enumerate() {
             let Some(from) = from else { continue };
-            let offset = crate::driver::round_up(from, align)?;
+            let offset = crate::align::round_up(from, align)?;
             let end = offset.checked_add(size)?;
             // The last span may also fit without growing (the walk above
             // skips spans of the request's own size class).
@@ -478,7 +478,7 @@ impl Large {
     fn carve(&mut self, i: u32, size: u64, align: u64) -> Allocation {
         self.unlink(i);
         let sp = self.spans[i as usize];
-        let start = crate::driver::round_up(sp.offset, align).unwrap_or(sp.offset);
+        let start = crate::align::round_up(sp.offset, align).unwrap_or(sp.offset);
         let pad = start - sp.offset;
         let mut cur = i;
         if pad > 0 {
@@ -537,7 +537,7 @@ impl Large {
     }
 
     fn alloc_top(&mut self, size: u64, align: u64) -> Option<Allocation> {
-        let start = crate::driver::round_up(self.top, align)?;
+        let start = crate::align::round_up(self.top, align)?;
         let end = start.checked_add(size)?;
         if end > self.capacity {
             return None;

@@ -12,6 +12,8 @@
 //! reservation, however the reservation itself is aligned.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
+use crate::align::round_up;
+
 /// Where a bump allocation goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Place {
@@ -68,11 +70,6 @@ pub struct Bump {
     pub limit: u64,
     /// Resets so far (the generation of the pointers handed out).
     pub generation: u64,
-}
-
-/// `x` rounded up to a multiple of `to` (a power of two), `None` on overflow.
-fn round_up(x: u64, to: u64) -> Option<u64> {
-    Some(x.checked_add(to - 1)? & !(to - 1))
 }
 
 impl Bump {
