@@ -83,14 +83,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let calls = num(&t["allocs"]) + num(&t["frees"]);
         let nanos = num(&t["alloc_nanos"]) + num(&t["free_nanos"]);
         println!(
-            "rep {}: {:.0} ns per event (harness included), {:.0} ns per call inside the allocator, VMM calls {} ({:.1} per 1000 allocations; {}), peak committed / peak handed out {:.4}",
+            "rep {}: {:.0} ns per event (harness included), {:.0} ns per call inside the allocator, VMM calls {} ({:.1} per 1000 allocations; {}), peak committed / peak handed out {:.4}; stitched ranges {}",
             r + 1,
             dt.as_nanos() as f64 / events.len() as f64,
             nanos / calls.max(1.0),
             e["vmm_calls"],
             num(&e["vmm_calls"]) * 1000.0 / allocs.max(1) as f64,
             e["driver_calls"],
-            num(&e["peak_committed"]) / num(&t["peak_handed"]).max(1.0)
+            num(&e["peak_committed"]) / num(&t["peak_handed"]).max(1.0),
+            e["stitch"]
         );
     }
     Ok(())

@@ -158,7 +158,7 @@ for r in range(a.repeat):
         live = t.get("peak_handed") or e["peak_live"]
         rec.update(peak_physical=e["peak_committed"], peak_live=live, ratio=e["peak_committed"] / max(live, 1),
                    arena_peak_live=e["peak_live"], driver_calls=e["vmm_calls"], allocs=e["allocs"],
-                   frees=e["frees"], calls=e["driver_calls"],
+                   frees=e["frees"], calls=e["driver_calls"], stitch=e.get("stitch"),
                    us_per_call=(t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3
                    if t.get("allocs") else None)
     else:

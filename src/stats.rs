@@ -1,6 +1,6 @@
 //! Counters (cheap, `Copy`) and snapshots (serde, built on demand).
 
-use crate::commit::{DriverCalls, PageState};
+use crate::commit::{DriverCalls, PageState, StitchCounts};
 use crate::policy::Policy;
 
 /// Count and bytes of the blocks of one policy.
@@ -55,6 +55,8 @@ pub struct Stats {
     pub grow: PolicyStats,
     /// Driver calls made by the arena.
     pub driver_calls: DriverCalls,
+    /// What stitched-range allocations decided (reuse, repair, new range).
+    pub stitch: StitchCounts,
     /// Allocations served.
     pub allocs: u64,
     /// Frees served.

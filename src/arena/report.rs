@@ -42,6 +42,7 @@ impl<D: Driver> Arena<D> {
             },
             grow: self.grow,
             driver_calls: self.commit.calls(),
+            stitch: self.commit.stitch_counts(),
             allocs: self.allocs,
             frees: self.frees,
         }

@@ -55,6 +55,7 @@ mod vmm;
 
 pub use budget::Budget;
 pub use calls::DriverCalls;
+pub use stitched::StitchCounts;
 
 pub use config::CommitConfig;
 pub use pages::Cost;
@@ -117,6 +118,7 @@ pub struct Commit<D: Driver> {
     decay: Decay,
     clock: Clock,
     calls: DriverCalls,
+    stitch_counts: StitchCounts,
     /// Live bytes as the page table counts them.
     live: u64,
     peak_live: u64,
@@ -199,6 +201,7 @@ impl<D: Driver> Commit<D> {
             },
             clock: Clock::system(),
             calls: DriverCalls::default(),
+            stitch_counts: StitchCounts::default(),
             live: 0,
             peak_live: 0,
             peak_committed: 0,

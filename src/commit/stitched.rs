@@ -14,6 +14,69 @@ use crate::sync::Stamp;
 /// memory lost (the pages past the block stay idle, free for others).
 const RANGE_SLACK: u64 = 2;
 
+/// What the stitched-range allocations decided, to see where steady-state
+/// driver calls come from: each new range maps all its pages again.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct StitchCounts {
+    /// Blocks served by a cached range with no driver call.
+    pub reused: u64,
+    /// Blocks served by a cached range after remapping its busy pages
+    /// ([`CommitConfig::stitch_repair`](super::CommitConfig::stitch_repair)).
+    pub repaired: u64,
+    /// New ranges made.
+    pub made: u64,
+    /// Pages of the new ranges.
+    pub made_pages: u64,
+    /// Over the new ranges: pages of the cached range of that size that
+    /// came closest to serving (fewest pages in use elsewhere), whose
+    /// units were held by another live stitched range.
+    pub busy_in_ranges: u64,
+    /// The same, held by a live block outside stitched ranges.
+    pub busy_in_blocks: u64,
+    /// The same, idle but with fences forbidding the block's stream.
+    pub fenced: u64,
+}
+
+impl StitchCounts {
+    /// The counts since `earlier` (a copy taken before).
+    pub const fn since(&self, earlier: &StitchCounts) -> StitchCounts {
+        StitchCounts {
+            reused: self.reused - earlier.reused,
+            repaired: self.repaired - earlier.repaired,
+            made: self.made - earlier.made,
+            made_pages: self.made_pages - earlier.made_pages,
+            busy_in_ranges: self.busy_in_ranges - earlier.busy_in_ranges,
+            busy_in_blocks: self.busy_in_blocks - earlier.busy_in_blocks,
+            fenced: self.fenced - earlier.fenced,
+        }
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &StitchCounts) {
+        self.reused += other.reused;
+        self.repaired += other.repaired;
+        self.made += other.made;
+        self.made_pages += other.made_pages;
+        self.busy_in_ranges += other.busy_in_ranges;
+        self.busy_in_blocks += other.busy_in_blocks;
+        self.fenced += other.fenced;
+    }
+}
+
+/// Why the pages of a cached range cannot serve a block now.
+#[derive(Clone, Copy, Default)]
+struct Busy {
+    in_ranges: u64,
+    in_blocks: u64,
+    fenced: u64,
+}
+
+impl Busy {
+    fn total(&self) -> u64 {
+        self.in_ranges + self.in_blocks + self.fenced
+    }
+}
+
 impl<D: Driver> Commit<D> {
     /// Whether offset `off` lies in the stitch region.
     #[inline]
@@ -51,15 +114,18 @@ impl<D: Driver> Commit<D> {
             {
                 self.stitch.take(r, size);
                 self.account_live(first << self.shift, size);
+                self.stitch_counts.reused += 1;
                 return Ok(first << self.shift);
             }
         }
         let now = self.clock.now_ms();
         if self.config.stitch_repair {
             if let Some(off) = self.stitch_repair(size, k, max, slot)? {
+                self.stitch_counts.repaired += 1;
                 return Ok(off);
             }
         }
+        self.count_new_range(k, max, slot);
         let r = loop {
             if let Some(r) = self.stitch.make(k, now) {
                 break r;
@@ -137,6 +203,68 @@ impl<D: Driver> Commit<D> {
         }
         self.account_live(off, size);
         Ok(Some(off))
+    }
+
+    /// Counts a new range of `k` pages, and why the closest cached range of
+    /// `k..=max` pages (of the first few) could not serve.
+    fn count_new_range(&mut self, k: u64, max: u64, slot: u16) {
+        /// Cached ranges looked at.
+        const LOOK: usize = 8;
+        let mut best: Option<Busy> = None;
+        let mut cursor = (k, 0);
+        let mut looked = 0;
+        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
+            cursor = next;
+            looked += 1;
+            if looked > LOOK {
+                break;
+            }
+            let first = self.stitch.range(r).first;
+            let busy = self.busy_pages(first, first + k - 1, slot);
+            if best.is_none_or(|b| busy.total() < b.total()) {
+                best = Some(busy);
+            }
+        }
+        let c = &mut self.stitch_counts;
+        c.made += 1;
+        c.made_pages += k;
+        if let Some(b) = best {
+            c.busy_in_ranges += b.in_ranges;
+            c.busy_in_blocks += b.in_blocks;
+            c.fenced += b.fenced;
+        }
+    }
+
+    /// The mapped pages of `a..=b` whose units are held by a live mapping
+    /// elsewhere, by holder, and those whose fences forbid `slot`.
+    fn busy_pages(&mut self, a: u64, b: u64, slot: u16) -> Busy {
+        let mut busy = Busy::default();
+        let mut p = a;
+        while p <= b {
+            let m = self.pages.map(p);
+            if m == NIL {
+                p += 1;
+                continue;
+            }
+            let (u, pages) = (self.pool.map(m).unit, self.pool.map(m).pages);
+            let owner = self.pool.unit(u).owner;
+            if owner != NIL && owner != m {
+                if self.stitch.contains_page(self.pool.map(owner).first) {
+                    busy.in_ranges += pages;
+                } else {
+                    busy.in_blocks += pages;
+                }
+            } else if !self.allows(m, slot) {
+                busy.fenced += pages;
+            }
+            p = self.pool.map(m).first + pages;
+        }
+        busy
+    }
+
+    /// The decisions of stitched-range allocations so far.
+    pub fn stitch_counts(&self) -> StitchCounts {
+        self.stitch_counts
     }
 
     /// Pages of `a..=b` (a cached range's) that a block for `slot` would

@@ -120,7 +120,8 @@ pub struct GlobalArena {
     creating: Mutex<()>,
     config: GlobalConfig,
     /// Counters at the start of the current epoch (see [`GlobalArena::epoch`]).
-    epoch_start: Mutex<(crate::commit::DriverCalls, u64, u64, timing::Times)>,
+    /// Where the current epoch started: every counter an [`Epoch`] reports.
+    epoch_start: Mutex<EpochStart>,
     /// A clock set by [`GlobalArena::set_clock`], for tags made later too.
     clock: Mutex<Option<crate::sync::Clock>>,
     /// The device-wide limit (`config.arena.commit.limit`), shared by every
@@ -153,6 +154,18 @@ pub struct Epoch {
     /// Time inside the C ABI's calls in the epoch, every device together
     /// (measured only with `report:1`; zeros otherwise).
     pub times: timing::Times,
+    /// What stitched-range allocations decided in the epoch.
+    pub stitch: crate::commit::StitchCounts,
+}
+
+/// The counters at the start of the current epoch.
+#[derive(Default)]
+struct EpochStart {
+    calls: crate::commit::DriverCalls,
+    stitch: crate::commit::StitchCounts,
+    allocs: u64,
+    frees: u64,
+    times: timing::Times,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -928,6 +941,7 @@ impl GlobalArena {
                 a.bytes += b.bytes;
             }
             t.driver_calls.add(&x.driver_calls);
+            t.stitch.add(&x.stitch);
             t.allocs += x.allocs;
             t.frees += x.frees;
         }
@@ -947,22 +961,29 @@ impl GlobalArena {
         let mut start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
         let s = self.stats();
         let times = timing::total();
-        let calls = s.driver_calls.since(&start.0);
+        let calls = s.driver_calls.since(&start.calls);
         let e = Epoch {
             peak_live: s.peak_live,
             peak_committed: s.peak_committed,
             peak_ratio: s.peak_ratio(),
             driver_calls: calls,
             vmm_calls: calls.vmm(),
-            allocs: s.allocs - start.1,
-            frees: s.frees - start.2,
-            times: times.since(&start.3),
+            allocs: s.allocs - start.allocs,
+            frees: s.frees - start.frees,
+            times: times.since(&start.times),
+            stitch: s.stitch.since(&start.stitch),
         };
         for shard in self.tags().flat_map(|t| t.shards.iter()) {
             shard.lock().reset_peaks();
         }
         timing::reset_peak_handed();
-        *start = (s.driver_calls, s.allocs, s.frees, times);
+        *start = EpochStart {
+            calls: s.driver_calls,
+            stitch: s.stitch,
+            allocs: s.allocs,
+            frees: s.frees,
+            times,
+        };
         e
     }
 

@@ -256,7 +256,9 @@ fn traces_stay_within_two_percent_at_every_lag_and_repeat_without_driver_calls()
 /// With `stitch_repair` on, cached stitched ranges are repaired (their busy
 /// pages remapped) rather than new ones mapped: the shared BERT trace, run
 /// twice with fences 50 events behind, keeps every invariant (page table,
-/// pool, stitched ranges) and stays within 2 % in both runs.
+/// pool, stitched ranges) and stays within 2 % in both runs. The stitch
+/// counters tell the two apart: repairs only with it on, and every page of
+/// a new range was mapped.
 #[test]
 fn repaired_stitched_ranges_keep_the_invariants_and_the_ratio() {
     let dir = std::env::var("GPU_ARENA_TRACES")
@@ -282,12 +284,23 @@ fn repaired_stitched_ranges_keep_the_invariants_and_the_ratio() {
         )
         .unwrap();
         arena.check_invariants();
-        reps
+        (reps, arena.stats())
     };
-    let plain = run(false);
-    let repaired = run(true);
+    let (plain, plain_stats) = run(false);
+    let (repaired, repaired_stats) = run(true);
     for r in &repaired {
         assert!(r.ratio <= 1.02, "{:.4}", r.ratio);
+    }
+    for (s, repair) in [(&plain_stats, false), (&repaired_stats, true)] {
+        let c = s.stitch;
+        println!("repair {repair}: {c:?}");
+        assert!(c.made > 0 && c.reused > 0, "{c:?}");
+        assert!(
+            c.made_pages <= s.driver_calls.map,
+            "{c:?} {:?}",
+            s.driver_calls
+        );
+        assert_eq!(c.repaired > 0, repair, "{c:?}");
     }
     println!(
         "first run: {} VMM calls with repair, {} without",
