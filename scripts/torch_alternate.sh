@@ -8,6 +8,8 @@
 # per repetition; gpu-arena runs with its default settings plus report:1 (time inside its calls). The
 # allocators alternate: default, gpu-arena, default, ... so that drifts of the machine hit both alike.
 # scripts/torch_report.py turns the logs into the tables of docs/pytorch.md.
+# SETTINGS="stitch_repair:0 stitch_repair:1" runs gpu-arena once per setting in each round (labelled
+# "gpu-arena SETTING"), each added to report:1.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
@@ -22,8 +24,11 @@ for w in "$@"; do
   for p in $(seq "$procs"); do
     echo "== process $p $w default" >> "$log"
     env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1
-    echo "== process $p $w gpu-arena" >> "$log"
-    GPU_ARENA_CONF=report:1 timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$lib" >> "$log" 2>&1
+    for s in ${SETTINGS:-default}; do
+      [ "$s" = default ] && s=
+      echo "== process $p $w gpu-arena${s:+ $s}" >> "$log"
+      GPU_ARENA_CONF=report:1${s:+,$s} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$lib" >> "$log" 2>&1
+    done
   done
   grep -c '^REP' "$log" | sed "s/^/$w: REP lines: /"
 done

@@ -6,7 +6,8 @@ For each workload and allocator: peak physical / peak live in every repetition (
 processes), driver calls per repetition (cold first, then the steady ones 2..N, per 1000 allocations),
 time (median over processes with min-max; cold = repetition 1, steady = each process's median of
 repetitions 2..N), gpu-arena's time per allocator call, whether every checksum agreed, and gpu-arena's driver calls
-per 1000 allocations in each repetition."""
+per 1000 allocations in each repetition; where the log has them, what its stitched-range allocations
+decided in each repetition (ranges reused / repaired / made, summed over processes)."""
 import json, re, statistics as st, sys
 from collections import defaultdict
 
@@ -91,6 +92,27 @@ def main():
             per_rep = [max(p[i]["driver_calls"] * 1000 / max(p[i]["allocs"], 1) for p in procs if len(p) > i)
                        for i in range(n)]
             print(f"| {w} | {a} | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
+    rows = []
+    for w in workloads:
+        for a in labels(runs, w):
+            procs = [p for p in runs.get((w, a), []) if p and p[0].get("stitch")]
+            if not procs:
+                continue
+            n = max(len(p) for p in procs)
+            cells = []
+            for i in range(n):
+                tot = defaultdict(int)
+                for p in procs:
+                    if len(p) > i and p[i].get("stitch"):
+                        for k, v in p[i]["stitch"].items():
+                            tot[k] += v
+                cells.append(f"{tot['reused']} / {tot['repaired']} / {tot['made']} ({tot['made_pages']} pages)")
+            rows.append(f"| {w} | {a} | {' · '.join(cells)} |")
+    if rows:
+        print()
+        print("| workload | allocator | stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes) |")
+        print("|---|---|---|")
+        print("\n".join(rows))
 
 
 if __name__ == "__main__":

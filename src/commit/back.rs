@@ -296,7 +296,12 @@ impl<D: Driver> Commit<D> {
         let mut end = q + 1;
         while at < end {
             let left = end - at;
-            if let Some(u) = self.idle_fitting(left, slot, &made.taken) {
+            let found = if self.repairing {
+                self.idle_least_mapped(left, slot, &made.taken)
+            } else {
+                self.idle_fitting(left, slot, &made.taken)
+            };
+            if let Some(u) = found {
                 let m = self.map_unit(u, at)?;
                 made.maps.push(m);
                 made.taken.push(u);
@@ -353,6 +358,39 @@ impl<D: Driver> Commit<D> {
             u = next;
         }
         None
+    }
+
+    /// The idle unit of at most `pages` pages that `slot` may use, not one
+    /// of `taken`, mapped at the fewest places (the oldest idle of those).
+    /// A repaired range that takes units mapped at few other places
+    /// conflicts with fewer cached ranges and blocks later, so fewer of
+    /// its pages need remapping the next time (measured in
+    /// `docs/pytorch.md`, "Where train's steady-state calls come from").
+    fn idle_least_mapped(&mut self, pages: u64, slot: u16, taken: &[u32]) -> Option<u32> {
+        /// Idle units looked at (a repair remaps a few pages).
+        const LOOK: usize = 4096;
+        let mut u = self.pool.first_idle();
+        let mut looked = 0;
+        let mut best: Option<(u32, u32)> = None;
+        while u != NIL && looked < LOOK {
+            looked += 1;
+            let next = self.pool.next_idle(u);
+            let x = self.pool.unit(u);
+            let (fits, aliases) = (x.pages <= pages && !taken.contains(&u), x.aliases);
+            if fits && best.is_none_or(|(b, _)| aliases < b) {
+                let streams = &self.streams;
+                let ok = self
+                    .pool
+                    .unit_mut(u)
+                    .stamps
+                    .allows(slot, |s| streams.done(s));
+                if ok {
+                    best = Some((aliases, u));
+                }
+            }
+            u = next;
+        }
+        best.map(|(_, u)| u)
     }
 
     /// A new unit of `pages` pages, under the limit, with the

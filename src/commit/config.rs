@@ -35,16 +35,16 @@ pub struct CommitConfig {
     /// arenas' background reclaimer), so that allocating threads never make
     /// those driver calls.
     pub reclaim_on_free: bool,
-    /// When several cached stitched ranges of a block's size exist and none
-    /// is free of pages in use elsewhere, remap the few busy pages of the
-    /// best one instead of mapping a new range (see
+    /// When several cached stitched ranges of a large block's size (64 MiB
+    /// and more) exist and none is free of pages in use elsewhere, remap
+    /// the few busy pages of the best one, to the idle units mapped at the
+    /// fewest other places, instead of mapping a new range (see
     /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). On the host
-    /// replay of a training trace it cuts the VMM calls of repetitions
-    /// 2 to 4 from 131 / 69 / 28 to 61 / 18 / 6 per 1,000 allocations (GPU
-    /// lag emulated), but an exactly repeating workload (BERT inference)
-    /// then makes about 10 per 1,000 in its second run instead of none, and
-    /// on the H100 it helped train little (`docs/pytorch.md`): off by
-    /// default.
+    /// replay of a training trace it cuts the steady-state VMM calls by
+    /// about three quarters, but not to zero, and it costs BERT inference a
+    /// few calls in its second repetition where it makes none without
+    /// (`docs/pytorch.md`, "Where train's steady-state calls come from"):
+    /// off by default.
     pub stitch_repair: bool,
 }
 

@@ -119,6 +119,9 @@ pub struct Commit<D: Driver> {
     clock: Clock,
     calls: DriverCalls,
     stitch_counts: StitchCounts,
+    /// While a cached stitched range is repaired: its busy pages take the
+    /// idle units mapped at the fewest other places.
+    repairing: bool,
     /// Live bytes as the page table counts them.
     live: u64,
     peak_live: u64,
@@ -202,6 +205,7 @@ impl<D: Driver> Commit<D> {
             clock: Clock::system(),
             calls: DriverCalls::default(),
             stitch_counts: StitchCounts::default(),
+            repairing: false,
             live: 0,
             peak_live: 0,
             peak_committed: 0,

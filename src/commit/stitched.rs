@@ -14,6 +14,15 @@ use crate::sync::Stamp;
 /// memory lost (the pages past the block stay idle, free for others).
 const RANGE_SLACK: u64 = 2;
 
+/// Bytes from which a block's cached stitched range may be repaired (with
+/// [`CommitConfig::stitch_repair`](super::CommitConfig::stitch_repair)):
+/// the large blocks of a training step (logits), whose ranges come back
+/// with a few pages taken by other live ranges. Smaller ones (BERT's
+/// activations) find an intact range again when the workload repeats, and
+/// repairing them moved units the next repetition wanted (measured in
+/// `docs/pytorch.md`, "Where train's steady-state calls come from").
+const REPAIR_MIN_BYTES: u64 = 64 << 20;
+
 /// What the stitched-range allocations decided, to see where steady-state
 /// driver calls come from: each new range maps all its pages again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -119,7 +128,7 @@ impl<D: Driver> Commit<D> {
             }
         }
         let now = self.clock.now_ms();
-        if self.config.stitch_repair {
+        if self.config.stitch_repair && k << self.shift >= REPAIR_MIN_BYTES {
             if let Some(off) = self.stitch_repair(size, k, max, slot)? {
                 self.stitch_counts.repaired += 1;
                 return Ok(off);
@@ -194,7 +203,10 @@ impl<D: Driver> Commit<D> {
         // In use while it is backed, so that the out-of-memory ladder leaves
         // it alone.
         self.stitch.take(r, size);
-        if let Err(e) = self.back(first, first + k - 1, off, size, slot, super::Backing::Pages) {
+        self.repairing = true;
+        let backed = self.back(first, first + k - 1, off, size, slot, super::Backing::Pages);
+        self.repairing = false;
+        if let Err(e) = backed {
             // It stays cached; pages whose mappings went are remapped by
             // its next taker.
             let now = self.clock.now_ms();
