@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PyTorch's caching allocator and gpu-arena, alternating process by process on one GPU, for the
-# workloads of scripts/torch_bench.py; after `gpu-pack --cdylib --extra ../shared/bench/torch_workloads.py`.
+# workloads of scripts/torch_bench.py; after `gpu-pack --cdylib --extra ../shared/bench/torch_workloads.py`
+# and `git log -1 --format='build %h %s' > .gpu/BUILD` (the build named in each log).
 #
 #   bash scripts/torch_alternate.sh PROCESSES REPEAT WORKLOAD...     (logs: $OUT/torch-WORKLOAD.log)
 #
@@ -20,7 +21,7 @@ for w in "$@"; do
   log="$out/torch-$w.log"
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-    git log -1 --format='build %h %s' 2>/dev/null || true; } >> "$log"
+    cat .gpu/BUILD 2>/dev/null || git log -1 --format='build %h %s' 2>/dev/null || true; } >> "$log"
   for p in $(seq "$procs"); do
     echo "== process $p $w default" >> "$log"
     env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1

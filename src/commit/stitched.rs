@@ -21,6 +21,12 @@ const RANGE_SLACK: u64 = 2;
 /// activations) find an intact range again when the workload repeats, and
 /// repairing them moved units the next repetition wanted (measured in
 /// `docs/pytorch.md`, "Where train's steady-state calls come from").
+///
+/// The free of such a block records its fence at once (about 1 µs): a
+/// repair must unmap the busy pages of the range, which waits for the
+/// frees through it, and a fence recorded only when the repair asks (the
+/// next training step) covers all the work queued since, which a GPU
+/// running behind its host has not finished; the repair then never acts.
 const REPAIR_MIN_BYTES: u64 = 64 << 20;
 
 /// What the stitched-range allocations decided, to see where steady-state
@@ -378,6 +384,12 @@ impl<D: Driver> Commit<D> {
         let now = self.clock.now_ms();
         let size = self.stitch.put(r, now);
         self.sub_live(off, size, stamp);
+        if size >= REPAIR_MIN_BYTES
+            && self.config.stitch_repair
+            && self.streams.ensure_fence(&self.res.driver, stamp).is_err()
+        {
+            self.calls.failed += 1;
+        }
         Ok(size)
     }
 }
