@@ -193,7 +193,7 @@ impl<D: Driver> Commit<D> {
             let first = self.stitch.range(r).first;
             if let Some(n) = self.remaps_needed(first, first + k - 1, slot) {
                 // A remap is an unmap and a map; a new range maps k pages.
-                if 8 * n < k && best.is_none_or(|(b, _)| n < b) {
+                if 2 * n < k && best.is_none_or(|(b, _)| n < b) {
                     best = Some((n, r));
                 }
             }
