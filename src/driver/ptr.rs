@@ -123,3 +123,43 @@ impl fmt::Display for DevicePtr {
         write!(f, "{:#x}", self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::DevicePtr;
+
+    #[test]
+    fn formats_as_the_address() {
+        let p = DevicePtr::new(0x7f00_0000_1000);
+        assert_eq!(format!("{p:#x}"), "0x7f0000001000");
+        assert_eq!(format!("{p:x}"), "7f0000001000");
+        assert_eq!(format!("{p}"), "0x7f0000001000");
+    }
+
+    #[test]
+    fn serializes_as_the_bare_number() {
+        let p = DevicePtr::new(4096);
+        assert_eq!(serde_json::to_string(&p).unwrap(), "4096");
+        assert_eq!(serde_json::from_str::<DevicePtr>("4096").unwrap(), p);
+    }
+
+    #[test]
+    fn arithmetic_and_host_pointers() {
+        let p = DevicePtr::new(0x1000);
+        assert_eq!(p.byte_add(0x40).offset_from(p), 0x40);
+        assert!(p.is_aligned_to(4096) && !p.byte_add(8).is_aligned_to(16));
+        assert!(DevicePtr::NULL.is_null() && !p.is_null());
+        let x = 7u32;
+        let q = DevicePtr::from_ptr(&x);
+        // SAFETY: `q` is the address of `x`, alive and initialized.
+        assert_eq!(unsafe { q.as_ptr::<u32>().read() }, 7);
+        assert_eq!(q.as_mut_ptr::<u32>().cast_const(), &raw const x);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "overflows")]
+    fn byte_add_past_the_end_panics_in_debug() {
+        let _ = DevicePtr::new(u64::MAX).byte_add(1);
+    }
+}
