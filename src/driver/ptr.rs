@@ -39,7 +39,7 @@ impl DevicePtr {
     /// or an argument of the C ABI). Its provenance is exposed, so
     /// [`DevicePtr::as_ptr`] can give it back.
     #[inline]
-    pub fn from_ptr<T>(ptr: *const T) -> Self {
+    pub fn from_ptr<T: ?Sized>(ptr: *const T) -> Self {
         DevicePtr(ptr.expose_provenance() as u64)
     }
 
