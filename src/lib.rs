@@ -7,6 +7,7 @@ pub mod driver;
 pub mod error;
 pub mod sync;
 
+pub use driver::DevicePtr;
 pub use error::{
     Backend, BadPointer, Call, DriverError, Error, ErrorKind, OomReport, Reason, Result,
 };

@@ -151,7 +151,7 @@ pub struct Snapshot {
     /// Backend name.
     pub backend: String,
     /// Reservation base address.
-    pub base: u64,
+    pub base: crate::driver::DevicePtr,
     /// Page size.
     pub page: u64,
     /// Counters at the time.

@@ -8,7 +8,7 @@
 //! order in one process and prints its name.
 
 use gpu_arena::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
-use gpu_arena::{Arena, ArenaConfig, Call, CommitConfig, Error, ErrorKind, Kind, Stats};
+use gpu_arena::{Arena, ArenaConfig, Call, CommitConfig, DevicePtr, Error, ErrorKind, Kind, Stats};
 
 const PAGE: u64 = 64 << 10;
 
@@ -144,7 +144,7 @@ fn a_failed_commit_leaves_nothing_behind() {
                     arena.check_invariants();
                     // The arena keeps working: the same allocation now succeeds.
                     let p = arena.alloc(size, PAGE).unwrap();
-                    assert_eq!(p % PAGE, 0);
+                    assert!(p.is_aligned_to(PAGE));
                     arena.free(p).unwrap();
                     arena.trim();
                     arena.check_invariants();
@@ -170,7 +170,7 @@ fn out_of_memory_waits_on_one_fence_then_reports() {
         let s = driver.create_stream().unwrap();
         let t = driver.create_stream().unwrap();
         let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
-        let blocks: Vec<u64> = (0..8)
+        let blocks: Vec<DevicePtr> = (0..8)
             .map(|_| arena.alloc_on(2 * PAGE, 512, s).unwrap())
             .collect();
         assert_eq!(arena.stats().committed, capacity, "memory full");
@@ -370,7 +370,7 @@ fn sleep_survives_a_refused_unmap() {
         let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
         let p = arena.alloc(3 * PAGE, PAGE).unwrap();
         // SAFETY: host backend: the block is host memory of that size.
-        unsafe { std::ptr::write_bytes(p as *mut u8, 0x5a, (3 * PAGE) as usize) };
+        unsafe { std::ptr::write_bytes(p.as_mut_ptr::<u8>(), 0x5a, (3 * PAGE) as usize) };
         driver.inject(Fault {
             op: Op::Unmap,
             nth: 1,
@@ -390,7 +390,7 @@ fn sleep_survives_a_refused_unmap() {
         );
         arena.wake(Stream::DEFAULT).unwrap();
         // SAFETY: awake again, same address.
-        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, (3 * PAGE) as usize) };
+        let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), (3 * PAGE) as usize) };
         assert!(bytes.iter().all(|&b| b == 0x5a));
         arena.free(p).unwrap();
         arena.check_invariants();
@@ -424,7 +424,7 @@ fn a_failed_commit_with_a_refused_undo_leaves_no_unreachable_page() {
             let p = arena.alloc(4 * PAGE, PAGE).unwrap();
             // SAFETY: host backend: the block is host memory of that size
             // (a page without access would fault here).
-            unsafe { std::ptr::write_bytes(p as *mut u8, 0x77, (4 * PAGE) as usize) };
+            unsafe { std::ptr::write_bytes(p.as_mut_ptr::<u8>(), 0x77, (4 * PAGE) as usize) };
             arena.free(p).unwrap();
             arena.trim();
             arena.check_invariants();
@@ -487,14 +487,14 @@ fn a_trim_while_asleep_leaves_the_pages_to_restore() {
         let t = driver.create_stream().unwrap();
         let mut arena = Arena::new(&driver, Kind::Device(0), config(1 << 30)).unwrap();
         let keep = arena.alloc_on(PAGE, PAGE, s).unwrap();
-        let small: Vec<u64> = (0..4)
+        let small: Vec<DevicePtr> = (0..4)
             .map(|_| arena.alloc_on(100, 16, s).unwrap())
             .collect();
         // SAFETY: host backend: live blocks of these sizes.
         unsafe {
-            std::ptr::write_bytes(keep as *mut u8, 0x11, PAGE as usize);
+            std::ptr::write_bytes(keep.as_mut_ptr::<u8>(), 0x11, PAGE as usize);
             for &p in &small {
-                std::ptr::write_bytes(p as *mut u8, 0x22, 100);
+                std::ptr::write_bytes(p.as_mut_ptr::<u8>(), 0x22, 100);
             }
         }
         driver.inner().hold(s);
@@ -507,7 +507,7 @@ fn a_trim_while_asleep_leaves_the_pages_to_restore() {
         arena.trim();
         arena.wake(Stream::DEFAULT).unwrap();
         // SAFETY: awake again, same address.
-        let b = unsafe { std::slice::from_raw_parts(keep as *const u8, PAGE as usize) };
+        let b = unsafe { std::slice::from_raw_parts(keep.as_ptr::<u8>(), PAGE as usize) };
         assert!(b.iter().all(|&x| x == 0x11));
         arena.check_invariants();
         driver.inner().complete(s);

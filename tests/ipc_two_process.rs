@@ -81,7 +81,7 @@ struct Plan<D> {
     answer: fn(&D, DevicePtr) -> Vec<u8>,
 }
 
-fn read_bytes<D: Driver>(a: &SharedArena<D>, va: u64, len: usize) -> Vec<u8> {
+fn read_bytes<D: Driver>(a: &SharedArena<D>, va: DevicePtr, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
     // SAFETY: `va..va+len` is a mapped buffer of the arena, readable by its
     // device; `out` is a separate host allocation; the default stream's copy
@@ -89,18 +89,18 @@ fn read_bytes<D: Driver>(a: &SharedArena<D>, va: u64, len: usize) -> Vec<u8> {
     unsafe {
         a.lock()
             .driver()
-            .copy(out.as_mut_ptr() as u64, va, len, Stream::DEFAULT)
+            .copy(out.as_mut_ptr() as u64, va.addr(), len, Stream::DEFAULT)
             .unwrap()
     };
     out
 }
 
-fn write_bytes<D: Driver>(a: &SharedArena<D>, va: u64, data: &[u8]) {
+fn write_bytes<D: Driver>(a: &SharedArena<D>, va: DevicePtr, data: &[u8]) {
     // SAFETY: as in `read_bytes`, the other way.
     unsafe {
         a.lock()
             .driver()
-            .copy(va, data.as_ptr() as u64, data.len(), Stream::DEFAULT)
+            .copy(va.addr(), data.as_ptr() as u64, data.len(), Stream::DEFAULT)
             .unwrap()
     };
 }
@@ -109,7 +109,7 @@ fn write_bytes<D: Driver>(a: &SharedArena<D>, va: u64, data: &[u8]) {
 fn fill_answer<D: Driver>(d: &D, va: DevicePtr) -> Vec<u8> {
     // SAFETY: the range is mapped read-write for the importer's device; the
     // default stream's fill has completed on return.
-    unsafe { d.fill(va, 0xEE, ANSWER_LEN, Stream::DEFAULT) }.unwrap();
+    unsafe { d.fill(va.addr(), 0xEE, ANSWER_LEN, Stream::DEFAULT) }.unwrap();
     vec![0xEE; ANSWER_LEN]
 }
 
@@ -203,7 +203,7 @@ fn exporter<D: Driver>(plan: &Plan<D>) {
     let mut byte = [0u8];
     conn.read_exact(&mut byte).unwrap();
     assert_eq!(&byte, b"R", "importer checked the pattern and answered");
-    let answer = read_bytes(&arena, buf.as_ptr() + ANSWER_AT, ANSWER_LEN);
+    let answer = read_bytes(&arena, buf.as_ptr().byte_add(ANSWER_AT), ANSWER_LEN);
     let mut expected = vec![0u8; ANSWER_LEN];
     conn.read_exact(&mut expected).unwrap();
     assert_eq!(answer, expected, "the importer's answer is visible here");
@@ -267,7 +267,7 @@ fn importer<D: Driver>(plan: &Plan<D>) {
     };
     check(None);
     // The answer, written by this process's device.
-    let answer = (plan.answer)(arena.lock().driver(), view.as_ptr() + ANSWER_AT);
+    let answer = (plan.answer)(arena.lock().driver(), view.as_ptr().byte_add(ANSWER_AT));
     conn.write_all(b"R").unwrap();
     conn.write_all(&answer).unwrap();
     let mut byte = [0u8];
@@ -379,7 +379,7 @@ mod cuda {
         let k = d.kernels().unwrap();
         // SAFETY: the range is mapped read-write for this device and only
         // this kernel touches it until the fence below completed.
-        unsafe { k.add_one(Stream::DEFAULT, va, (ANSWER_LEN / 4) as u64) }.unwrap();
+        unsafe { k.add_one(Stream::DEFAULT, va.addr(), (ANSWER_LEN / 4) as u64) }.unwrap();
         let f = d.record(Stream::DEFAULT).unwrap();
         d.wait(&f).unwrap();
         d.drop_fence(f);

@@ -8,7 +8,8 @@
 use arbitrary::Arbitrary;
 use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
 use gpu_arena::{
-    ArenaConfig, Error, GrowBuffer, Kind, Scratch, ScratchConfig, ScratchPtr, SharedArena,
+    ArenaConfig, DevicePtr, Error, GrowBuffer, Kind, Scratch, ScratchConfig, ScratchPtr,
+    SharedArena,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -67,21 +68,21 @@ fn tag(id: u64) -> u8 {
 
 /// # Safety
 /// `p..p + len` is live, host-visible memory of the caller.
-unsafe fn fill(p: u64, len: u64, id: u64) {
+unsafe fn fill(p: DevicePtr, len: u64, id: u64) {
     // SAFETY: the caller's range.
-    unsafe { std::ptr::write_bytes(p as *mut u8, tag(id), len as usize) };
+    unsafe { std::ptr::write_bytes(p.as_mut_ptr::<u8>(), tag(id), len as usize) };
 }
 
 /// # Safety
 /// As for [`fill`].
-unsafe fn intact(p: u64, len: u64, id: u64) -> bool {
+unsafe fn intact(p: DevicePtr, len: u64, id: u64) -> bool {
     // SAFETY: the caller's range.
-    let s = unsafe { std::slice::from_raw_parts(p as *const u8, len as usize) };
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len as usize) };
     s.iter().all(|&b| b == tag(id))
 }
 
 struct Block {
-    ptr: u64,
+    ptr: DevicePtr,
     size: u64,
     given: u64,
     stream: usize,
@@ -121,7 +122,7 @@ fuzz_target!(|actions: Vec<Action>| {
         let mut grow = GrowBuffer::with_max(&arena, 16 * PAGE).expect("grow buffer");
         let grow_id = 0;
         let mut blocks: Vec<Block> = Vec::new();
-        let mut freed: Vec<u64> = Vec::new();
+        let mut freed: Vec<DevicePtr> = Vec::new();
         let mut next_id = 1u64;
         for action in actions.iter().take(512) {
             match *action {
@@ -136,11 +137,14 @@ fuzz_target!(|actions: Vec<Action>| {
                     let p = arena
                         .alloc(size, align, streams[stream])
                         .unwrap_or_else(|e| panic!("alloc({size}, {align}): {e}"));
-                    assert_eq!(p % align, 0);
+                    assert!(p.is_aligned_to(align));
                     let given = arena.lock().block_size(p).expect("live");
                     assert!(given >= size);
                     for b in &blocks {
-                        assert!(p + given <= b.ptr || b.ptr + b.given <= p, "overlap");
+                        assert!(
+                            p.byte_add(given) <= b.ptr || b.ptr.byte_add(b.given) <= p,
+                            "overlap"
+                        );
                     }
                     next_id += 1;
                     // SAFETY: a fresh block of `given` bytes.
@@ -192,7 +196,7 @@ fuzz_target!(|actions: Vec<Action>| {
                         if b.given < 2 {
                             continue;
                         }
-                        b.ptr + 1 + u64::from(delta) % (b.given - 1)
+                        b.ptr.byte_add(1 + u64::from(delta) % (b.given - 1))
                     } else if let Some(&f) = freed.last() {
                         if blocks.iter().any(|b| b.ptr == f) {
                             continue;
@@ -211,7 +215,7 @@ fuzz_target!(|actions: Vec<Action>| {
                     match scratch.alloc_raw(size, align) {
                         Ok(sp) => {
                             let p = sp.get(&scratch).expect("current");
-                            assert_eq!(p % align, 0);
+                            assert!(p.is_aligned_to(align));
                             next_id += 1;
                             // SAFETY: fresh scratch memory of `size` bytes.
                             unsafe { fill(p, size, next_id) };

@@ -299,7 +299,7 @@ fn alloc(size: u64, device: u32, stream: u64) -> R<u64> {
         .alloc(size, 512, Stream(stream))
         .map_err(py_err)?;
     global::graph::note_alloc(device, Stream(stream), p, size);
-    Ok(p)
+    Ok(p.addr())
 }
 
 /// Frees `ptr` (`size`: as allocated, or 0 if unknown), last used on `stream`.
@@ -307,7 +307,8 @@ fn alloc(size: u64, device: u32, stream: u64) -> R<u64> {
 #[pyo3(signature = (ptr, size=0, device=0, stream=0))]
 fn free(ptr: u64, size: u64, device: u32, stream: u64) -> R<()> {
     use global::graph::Deferral;
-    match global::graph::defer_free(ptr as DevicePtr) {
+    let ptr = DevicePtr::new(ptr);
+    match global::graph::defer_free(ptr) {
         Deferral::Deferred => return Ok(()),
         Deferral::AlreadyFreed => {
             return Err(py_err(Error::BadPointer {

@@ -44,7 +44,7 @@ unsafe impl<D: Driver> Allocator for &SharedArena<D> {
             .lock()
             .alloc(layout.size() as u64, layout.align() as u64)
             .map_err(|_| AllocError)?;
-        let p = NonNull::new(ptr as *mut u8).ok_or(AllocError)?;
+        let p = NonNull::new(ptr.as_mut_ptr::<u8>()).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
 
@@ -52,7 +52,7 @@ unsafe impl<D: Driver> Allocator for &SharedArena<D> {
         if layout.size() == 0 {
             return;
         }
-        let r = self.lock().free(ptr.as_ptr() as DevicePtr);
+        let r = self.lock().free(DevicePtr::from_ptr(ptr.as_ptr()));
         debug_assert!(
             r.is_ok(),
             "deallocate of a pointer this arena refused: {r:?}"

@@ -96,8 +96,8 @@ impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
         // source is a host slice of the same size; they cannot overlap.
         unsafe {
             a.driver().copy(
-                self.ptr,
-                src.as_ptr() as DevicePtr,
+                self.ptr.addr(),
+                src.as_ptr() as u64,
                 core::mem::size_of_val(src),
                 Stream::DEFAULT,
             )
@@ -112,8 +112,8 @@ impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
         // live block; Pod makes any copied bytes valid Ts.
         unsafe {
             a.driver().copy(
-                out.as_mut_ptr() as DevicePtr,
-                self.ptr,
+                out.as_mut_ptr() as u64,
+                self.ptr.addr(),
                 // Checked in `with_len`: the block holds exactly these bytes.
                 core::mem::size_of::<T>() * self.len,
                 Stream::DEFAULT,

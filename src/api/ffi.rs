@@ -133,7 +133,7 @@ pub extern "C" fn gpu_arena_alloc(size: usize, dev: c_int, stream: *mut c_void) 
             timing::handed(size as u64);
         }
         global::graph::note_alloc(d, Stream(stream as u64), p, size as u64);
-        Ok(p as *mut c_void)
+        Ok(p.as_mut_ptr::<c_void>())
     })
 }
 
@@ -152,13 +152,14 @@ pub extern "C" fn gpu_arena_free(
     if ptr.is_null() {
         return 0;
     }
+    let ptr = DevicePtr::from_ptr(ptr);
     guard(-1, || {
-        match global::graph::defer_free(ptr as DevicePtr) {
+        match global::graph::defer_free(ptr) {
             Deferral::NotHeld => {}
             Deferral::Deferred => return Ok(0),
             Deferral::AlreadyFreed => {
                 return Err(Error::BadPointer {
-                    addr: ptr as DevicePtr,
+                    addr: ptr,
                     kind: BadPointer::DoubleFree,
                 });
             }
@@ -166,7 +167,7 @@ pub extern "C" fn gpu_arena_free(
         let a = global::arena(device(dev)?)?;
         let t = timing::enabled().then(timing::ticks);
         a.free(
-            ptr as DevicePtr,
+            ptr,
             (size > 0).then_some(size as u64),
             Stream(stream as u64),
         )?;

@@ -72,7 +72,8 @@ impl ArenaGlobalAlloc {
 
     /// Whether `ptr` came from this allocator's arena.
     pub fn contains(&self, ptr: *const u8) -> bool {
-        self.with(|a| a.contains(ptr as DevicePtr)).unwrap_or(false)
+        self.with(|a| a.contains(DevicePtr::from_ptr(ptr)))
+            .unwrap_or(false)
     }
 }
 
@@ -85,12 +86,12 @@ unsafe impl GlobalAlloc for ArenaGlobalAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         self.with(|a| a.alloc(layout.size().max(1) as u64, layout.align() as u64))
             .and_then(|r| r.ok())
-            .map_or(core::ptr::null_mut(), |p| p as *mut u8)
+            .map_or(core::ptr::null_mut(), |p| p.as_mut_ptr::<u8>())
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, _layout: Layout) {
         // A refused free (a pointer not from this arena) changes nothing;
         // unwinding is not allowed here, so it is dropped silently.
-        let _ = self.with(|a| a.free(ptr as DevicePtr));
+        let _ = self.with(|a| a.free(DevicePtr::from_ptr(ptr)));
     }
 }

@@ -81,7 +81,9 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
         self.host()?;
         // SAFETY: the first `len` bytes are committed and host-accessible;
         // they live as long as `self`, and `&self` forbids a resize meanwhile.
-        Ok(unsafe { core::slice::from_raw_parts(self.as_ptr() as *const u8, self.len() as usize) })
+        Ok(unsafe {
+            core::slice::from_raw_parts(self.as_ptr().as_ptr::<u8>(), self.len() as usize)
+        })
     }
 
     /// The contents as a mutable byte slice (host-visible kinds only).
@@ -89,7 +91,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
         self.host()?;
         // SAFETY: as in `as_slice`, and `&mut self` makes the borrow unique.
         Ok(unsafe {
-            core::slice::from_raw_parts_mut(self.as_ptr() as *mut u8, self.len() as usize)
+            core::slice::from_raw_parts_mut(self.as_ptr().as_mut_ptr::<u8>(), self.len() as usize)
         })
     }
 

@@ -115,7 +115,7 @@ impl<'a, D: Driver> SharedBuffer<'a, D> {
         host(self.arena)?;
         // SAFETY: the buffer's pages are committed with the arena's access
         // and host-visible; they live as long as `self`.
-        Ok(unsafe { core::slice::from_raw_parts(self.base as *const u8, self.len as usize) })
+        Ok(unsafe { core::slice::from_raw_parts(self.base.as_ptr::<u8>(), self.len as usize) })
     }
 
     /// The contents, mutably (host-visible kinds only). Other processes may
@@ -124,7 +124,9 @@ impl<'a, D: Driver> SharedBuffer<'a, D> {
         host(self.arena)?;
         // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique in
         // this process.
-        Ok(unsafe { core::slice::from_raw_parts_mut(self.base as *mut u8, self.len as usize) })
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut(self.base.as_mut_ptr::<u8>(), self.len as usize)
+        })
     }
 
     /// Drops the buffer, its memory last used on `stream`.
@@ -387,7 +389,7 @@ impl<'a, D: Driver> ImportedBuffer<'a, D> {
         host(self.arena)?;
         // SAFETY: the runs are mapped with the arena's access and
         // host-visible; they stay mapped as long as `self`.
-        Ok(unsafe { core::slice::from_raw_parts(self.base as *const u8, self.len as usize) })
+        Ok(unsafe { core::slice::from_raw_parts(self.base.as_ptr::<u8>(), self.len as usize) })
     }
 
     /// The contents, mutably (host-visible kinds only). The exporter may
@@ -396,7 +398,9 @@ impl<'a, D: Driver> ImportedBuffer<'a, D> {
         host(self.arena)?;
         // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique in
         // this process.
-        Ok(unsafe { core::slice::from_raw_parts_mut(self.base as *mut u8, self.len as usize) })
+        Ok(unsafe {
+            core::slice::from_raw_parts_mut(self.base.as_mut_ptr::<u8>(), self.len as usize)
+        })
     }
 
     /// Drops the mapping, the memory last used on `stream`.

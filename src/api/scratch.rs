@@ -178,7 +178,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
         drop(a);
         Ok(Scratch {
             cursor,
-            limit: Cell::new(range.fast_end()),
+            limit: Cell::new(range.fast_end().addr()),
             base: range.base(),
             host_visible: arena.host_visible(),
             range: Cell::new(range),
@@ -193,7 +193,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// `stats().scratch.bytes` counts the same, at every moment.
     /// Constant time.
     pub fn allocated_bytes(&self) -> usize {
-        (self.cursor.load(Relaxed) - self.base) as usize
+        (self.cursor.load(Relaxed) - self.base.addr()) as usize
     }
     /// Bytes of physical memory committed now.
     pub fn committed_bytes(&self) -> u64 {
@@ -252,7 +252,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     }
 
     fn store(&self, r: ScratchRange) {
-        self.limit.set(r.fast_end());
+        self.limit.set(r.fast_end().addr());
         self.range.set(r);
     }
 
@@ -271,7 +271,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
         let end = start.wrapping_add(size);
         if size != 0 && end <= self.limit.get() {
             self.cursor.store(end, Relaxed);
-            Some(start)
+            Some(DevicePtr::new(start))
         } else {
             None
         }
@@ -295,11 +295,11 @@ impl<'a, D: Driver> Scratch<'a, D> {
     fn alloc_slow(&self, layout: Layout) -> Result<DevicePtr> {
         let size = layout.size() as u64;
         if size == 0 {
-            return Ok(layout.align() as u64);
+            return Ok(DevicePtr::new(layout.align() as u64));
         }
         let (start, end) =
             self.bump_slow(self.cursor.load(Relaxed), size, layout.align() as u64)?;
-        self.cursor.store(end, Relaxed);
+        self.cursor.store(end.addr(), Relaxed);
         Ok(start)
     }
 
@@ -309,7 +309,10 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// (start, end); the caller moves the cursor. May call the driver.
     fn bump_slow(&self, cursor: u64, size: u64, align: u64) -> Result<(DevicePtr, DevicePtr)> {
         let mut r = self.range.get();
-        let placed = self.arena.lock().scratch_alloc(&mut r, cursor, size, align);
+        let placed = self
+            .arena
+            .lock()
+            .scratch_alloc(&mut r, DevicePtr::new(cursor), size, align);
         self.store(r);
         placed
     }
@@ -336,7 +339,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
         let p = self.try_alloc_device(layout)?;
         // SAFETY: arena addresses and alignments (zero-size layouts) are
         // never 0.
-        Ok(unsafe { NonNull::new_unchecked(p as *mut u8) })
+        Ok(unsafe { NonNull::new_unchecked(p.as_mut_ptr::<u8>()) })
     }
 
     /// Allocates `layout`; panics where it cannot (as
@@ -346,7 +349,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     pub fn alloc_layout(&self, layout: Layout) -> NonNull<u8> {
         match self.bump_fast(layout) {
             // SAFETY: arena addresses are never 0.
-            Some(p) => unsafe { NonNull::new_unchecked(p as *mut u8) },
+            Some(p) => unsafe { NonNull::new_unchecked(p.as_mut_ptr::<u8>()) },
             None => self.alloc_layout_slow(layout),
         }
     }
@@ -357,7 +360,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     fn alloc_layout_slow(&self, layout: Layout) -> NonNull<u8> {
         match self.alloc_slow(layout) {
             // SAFETY: arena addresses and alignments are never 0.
-            Ok(p) => unsafe { NonNull::new_unchecked(p as *mut u8) },
+            Ok(p) => unsafe { NonNull::new_unchecked(p.as_mut_ptr::<u8>()) },
             Err(e) => alloc_failed(e),
         }
     }
@@ -640,7 +643,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
             // SAFETY: base..cursor is committed, host-visible memory of this
             // scratch arena; `&mut self` means no reference handed out by an
             // allocation is alive; bytes are read as `MaybeUninit`.
-            unsafe { core::slice::from_raw_parts(self.base as *const MaybeUninit<u8>, len) }
+            unsafe { core::slice::from_raw_parts(self.base.as_ptr::<MaybeUninit<u8>>(), len) }
         });
         chunk.into_iter()
     }
@@ -654,7 +657,9 @@ impl<'a, D: Driver> Scratch<'a, D> {
     /// `iter_allocated_chunks_raw`).
     pub unsafe fn iter_allocated_chunks_raw(&self) -> ChunkRawIter {
         let len = self.allocated_bytes();
-        (len > 0).then_some((self.base as *mut u8, len)).into_iter()
+        (len > 0)
+            .then_some((self.base.as_mut_ptr::<u8>(), len))
+            .into_iter()
     }
 
     /// Forgets every allocation. Keeps [`ScratchConfig::retain`] bytes

@@ -26,7 +26,7 @@ impl<D: Driver> Arena<D> {
     pub(super) fn scratch_bumped(&self) -> u64 {
         self.scratch_cursors
             .iter()
-            .map(|(base, c)| c.load(core::sync::atomic::Ordering::Relaxed) - base)
+            .map(|(base, c)| c.load(core::sync::atomic::Ordering::Relaxed) - base.addr())
             .sum()
     }
 
@@ -70,13 +70,13 @@ impl<D: Driver> Arena<D> {
             _ => self.grow.blocks += 1,
         }
         self.buffer_kinds.insert(a.offset, policy);
-        Ok(self.commit.base() + self.buffers_start + a.offset)
+        Ok(self.ptr_at(self.buffers_start + a.offset))
     }
 
     /// Commits `from..to` (page-aligned offsets) of the buffer at `base`.
     pub fn commit_buffer(&mut self, base: DevicePtr, from: u64, to: u64) -> Result<()> {
         self.awake()?;
-        let off = base - self.commit.base() + from;
+        let off = base.offset_from(self.base_ptr()) + from;
         self.commit
             .pin(off, to - from)
             .map_err(|e| self.live_in_report(e))
@@ -96,7 +96,7 @@ impl<D: Driver> Arena<D> {
     }
 
     fn release_buffer_range(&mut self, base: DevicePtr, from: u64, to: u64, stream: Stream) {
-        let off = base - self.commit.base() + from;
+        let off = base.offset_from(self.base_ptr()) + from;
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
         self.commit.unpin(off, to - from, stamp);
@@ -108,7 +108,7 @@ impl<D: Driver> Arena<D> {
             // Allowed while asleep: the buffer's pages just will not be restored.
             self.release_buffer_range(base, 0, committed, stream);
         }
-        let off = base - self.commit.base() - self.buffers_start;
+        let off = base.offset_from(self.base_ptr()) - self.buffers_start;
         self.buffers.free(off, Stamp::SAFE, |_| true);
         self.buffer_kinds.remove(&off);
         match policy {

@@ -19,7 +19,10 @@ impl<D: Driver> Arena<D> {
             capacity: self.buffers.capacity(),
         })?;
         let base = self.reserve_buffer(len, Policy::Grow)?;
-        if let Err(e) = self.commit.pin_shared(base - self.commit.base(), len) {
+        if let Err(e) = self
+            .commit
+            .pin_shared(base.offset_from(self.base_ptr()), len)
+        {
             self.free_buffer(base, 0, Policy::Grow, Stream::DEFAULT);
             return Err(e);
         }
@@ -38,7 +41,8 @@ impl<D: Driver> Arena<D> {
             return Err(Self::bad(base, BadPointer::Foreign));
         }
         let len = crate::driver::round_up(len, self.page()).unwrap_or(len);
-        self.commit.export_range(base - self.commit.base(), len)
+        self.commit
+            .export_range(base.offset_from(self.base_ptr()), len)
     }
 
     /// Releases a buffer made by [`Arena::reserve_shared_buffer`] or
@@ -83,7 +87,7 @@ impl<D: Driver> Arena<D> {
             ));
         }
         let base = self.reserve_buffer(len, Policy::Grow)?;
-        let first = base - self.commit.base();
+        let first = base.offset_from(self.base_ptr());
         for (i, &(off, l, fd)) in runs.iter().enumerate() {
             // SAFETY: the caller guarantees that the descriptor was exported
             // by this backend for a run of `l` bytes at `location`.

@@ -290,7 +290,24 @@ impl<D: Driver> Arena<D> {
     }
     /// Reservation base and size.
     pub fn reservation(&self) -> (DevicePtr, u64) {
-        (self.commit.base(), self.commit.size())
+        (self.base_ptr(), self.commit.size())
+    }
+
+    /// The reservation's base.
+    #[inline]
+    fn base_ptr(&self) -> DevicePtr {
+        DevicePtr::new(self.commit.base())
+    }
+    /// The pointer at offset `off` of the reservation.
+    #[inline]
+    fn ptr_at(&self, off: u64) -> DevicePtr {
+        self.base_ptr().byte_add(off)
+    }
+    /// `ptr`'s offset in the reservation, wrapping for a pointer below the
+    /// base (so that one comparison with the size rejects both sides).
+    #[inline]
+    fn off_of(&self, ptr: DevicePtr) -> u64 {
+        ptr.addr().wrapping_sub(self.commit.base())
     }
     /// The reservation size obtained when the configured one was refused.
     pub fn reservation_fallback(&self) -> Option<u64> {
@@ -315,7 +332,7 @@ impl<D: Driver> Arena<D> {
     /// Whether `ptr` lies in this arena's reservation.
     #[inline]
     pub fn contains(&self, ptr: DevicePtr) -> bool {
-        ptr.wrapping_sub(self.commit.base()) < self.commit.size()
+        self.off_of(ptr) < self.commit.size()
     }
 
     /// The largest alignment served: [`MAX_ALIGN_PAGES`] pages, or less if
@@ -374,7 +391,7 @@ impl<D: Driver> Arena<D> {
         self.allocs += 1;
         self.live += bytes;
         self.peak_live = self.peak_live.max(self.live);
-        Ok(self.commit.base() + off)
+        Ok(self.ptr_at(off))
     }
 
     #[cold]
@@ -523,7 +540,7 @@ impl<D: Driver> Arena<D> {
     }
 
     fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
-        let off = ptr.wrapping_sub(self.commit.base());
+        let off = self.off_of(ptr);
         if off >= self.blocks_size {
             if off < self.commit.size() && self.commit.in_stitch_region(off) {
                 return self.free_stitched(ptr, off, size, stream);
@@ -623,7 +640,7 @@ impl<D: Driver> Arena<D> {
 
     /// The size of the live block starting at `ptr`, if any.
     pub fn block_size(&self, ptr: DevicePtr) -> Option<u64> {
-        let off = ptr.wrapping_sub(self.commit.base());
+        let off = self.off_of(ptr);
         if off >= self.blocks_size {
             return (off < self.commit.size() && self.commit.in_stitch_region(off))
                 .then(|| self.commit.stitch_size(off))

@@ -94,6 +94,7 @@ impl<D: Driver> Arena<D> {
         if !self.contains(ptr) {
             return Err(Self::bad(ptr, BadPointer::Foreign));
         }
-        self.commit.access_of(ptr - self.commit.base(), accessor)
+        self.commit
+            .access_of(ptr.offset_from(self.base_ptr()), accessor)
     }
 }

@@ -121,7 +121,7 @@ impl<D: Driver> Arena<D> {
         blocks.sort_by_key(|b| b.offset);
         Snapshot {
             backend: self.driver().capabilities().backend.name().to_string(),
-            base: self.commit.base(),
+            base: self.base_ptr(),
             page: self.page(),
             stats: self.stats(),
             regions: vec![

@@ -112,13 +112,13 @@ impl ScratchRange {
     /// committed memory under the allocation limit.
     #[inline]
     pub fn fast_end(&self) -> DevicePtr {
-        self.base + self.bump.fast_end()
+        self.base.byte_add(self.bump.fast_end())
     }
     /// Whether `addr` lies in the range: one range check (the range is
     /// contiguous and never moves).
     #[inline]
     pub fn contains(&self, addr: DevicePtr) -> bool {
-        addr.wrapping_sub(self.base) < self.bump.max
+        addr.addr().wrapping_sub(self.base.addr()) < self.bump.max
     }
 }
 
@@ -155,10 +155,10 @@ impl<D: Driver> Arena<D> {
                 }
             }
         };
-        cursor.store(base, Relaxed);
+        cursor.store(base.addr(), Relaxed);
         // A clone of an `Arc`: no allocation under the arena's lock.
         self.track_scratch(base, cursor.clone());
-        let mut bump = Bump::new(base, max, page);
+        let mut bump = Bump::new(base.addr(), max, page);
         bump.retain = config.retain;
         bump.commit_ahead = config.commit_ahead;
         bump.limit = config.allocation_limit.map_or(u64::MAX, |l| l as u64);
@@ -186,7 +186,7 @@ impl<D: Driver> Arena<D> {
         size: u64,
         align: u64,
     ) -> Result<(DevicePtr, DevicePtr)> {
-        let cursor = cursor - range.base;
+        let cursor = cursor.offset_from(range.base);
         let b = range.bump;
         let (start, end) = match b.place(cursor, size, align) {
             Place::At { start, end } => (start, end),
@@ -213,7 +213,7 @@ impl<D: Driver> Arena<D> {
                 });
             }
         };
-        Ok((range.base + start, range.base + end))
+        Ok((range.base.byte_add(start), range.base.byte_add(end)))
     }
 
     /// Commits `range` up to `target` (offset), or, where that fails for
@@ -255,7 +255,7 @@ impl<D: Driver> Arena<D> {
         {
             b.committed = keep;
         }
-        cursor.store(range.base, Relaxed);
+        cursor.store(range.base.addr(), Relaxed);
         b.reset();
     }
 

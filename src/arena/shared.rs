@@ -63,7 +63,7 @@ impl<D: Driver> SharedArena<D> {
 
     /// Whether `ptr` lies in this arena's reservation (no lock taken).
     pub fn contains(&self, ptr: DevicePtr) -> bool {
-        ptr.wrapping_sub(self.base) < self.size
+        ptr.addr().wrapping_sub(self.base.addr()) < self.size
     }
 
     /// See [`Arena::alloc_on`].

@@ -62,7 +62,7 @@ pub use pages::Cost;
 pub use reservation::Reservation;
 
 use crate::MetaVec;
-use crate::driver::{Access, DevicePtr, Driver, Location};
+use crate::driver::{Access, Driver, Location};
 use crate::error::{OomReport, Result};
 use crate::sync::{Clock, Stamp, Streams};
 use decay::Decay;
@@ -232,7 +232,7 @@ impl<D: Driver> Commit<D> {
         self.page
     }
     /// Reservation base.
-    pub fn base(&self) -> DevicePtr {
+    pub fn base(&self) -> u64 {
         self.res.base()
     }
     /// Reservation size.

@@ -4,7 +4,7 @@
 //! own teardown unmaps and releases everything first, then the reservation
 //! is freed, so no layer above ever calls `reserve` or `free_reservation`.
 
-use crate::driver::{DevicePtr, Driver};
+use crate::driver::Driver;
 use crate::error::Result;
 
 /// A virtual address reservation and the driver it was made on. Freed
@@ -12,7 +12,7 @@ use crate::error::Result;
 /// before that (see [`Commit`](super::Commit)'s teardown).
 pub struct Reservation<D: Driver> {
     pub(super) driver: D,
-    base: DevicePtr,
+    base: u64,
     size: u64,
     fell_back: bool,
 }
@@ -63,7 +63,7 @@ impl<D: Driver> Reservation<D> {
     }
 
     /// First address of the range.
-    pub fn base(&self) -> DevicePtr {
+    pub fn base(&self) -> u64 {
         self.base
     }
     /// Bytes reserved.

@@ -12,13 +12,13 @@ use std::time::Instant;
 
 use super::Commit;
 use super::vmm::retried;
-use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
+use crate::driver::{Access, Driver, Location, Stream};
 use crate::error::Result;
 
 /// Pinned host memory of an offload.
 #[derive(Debug)]
 pub struct Stage<H> {
-    va: DevicePtr,
+    va: u64,
     size: u64,
     handle: H,
     /// (offset in the reservation, length, offset in the stage)

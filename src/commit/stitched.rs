@@ -4,7 +4,7 @@
 use super::Commit;
 use super::pages::NIL;
 use crate::MetaVec;
-use crate::driver::Driver;
+use crate::driver::{DevicePtr, Driver};
 use crate::error::{BadPointer, Error, Result};
 use crate::sync::Stamp;
 
@@ -370,14 +370,14 @@ impl<D: Driver> Commit<D> {
                     BadPointer::Foreign
                 };
                 return Err(Error::BadPointer {
-                    addr: self.res.base() + off,
+                    addr: DevicePtr::new(self.res.base() + off),
                     kind,
                 });
             }
         };
         if !self.stitch.range(r).in_use {
             return Err(Error::BadPointer {
-                addr: self.res.base() + off,
+                addr: DevicePtr::new(self.res.base() + off),
                 kind: BadPointer::DoubleFree,
             });
         }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::Commit;
 use super::pages::NIL;
-use crate::driver::{DevicePtr, Driver};
+use crate::driver::Driver;
 use crate::error::Result;
 
 /// Attempts at an unmap that must not be left undone (sleep, teardown,
@@ -15,7 +15,7 @@ pub(super) const UNMAP_TRIES: u32 = 3;
 
 impl<D: Driver> Commit<D> {
     #[inline]
-    pub(super) fn va(&self, page: u64) -> DevicePtr {
+    pub(super) fn va(&self, page: u64) -> u64 {
         self.res.base() + (page << self.shift)
     }
 

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::MetaVec;
 use crate::driver::rules::{Refusal, VmState};
-use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
+use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Call, DriverError, ErrorKind, Reason, Result};
 
 /// The driver operations the checked layer counts.
@@ -384,7 +384,7 @@ impl<D: Driver> Checked<D> {
     /// Refuses (and counts) a copy or fill through a range of one of this
     /// driver's reservations that is not mapped with access: `ranges` are
     /// (start, written) pairs of `len` bytes each, checked under one lock.
-    fn check_transfer(&self, ranges: &[(DevicePtr, bool)], len: usize) -> Result<()> {
+    fn check_transfer(&self, ranges: &[(u64, bool)], len: usize) -> Result<()> {
         let mut st = self.lock();
         for &(va, write) in ranges {
             if let Err(r) = st.vm.check_transfer(va, len as u64, write) {
@@ -436,7 +436,7 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         self.inner.granularity(location)
     }
 
-    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+    fn reserve(&self, size: usize, align: usize) -> Result<u64> {
         let mut st = self.lock();
         self.pre(&mut st, Op::Reserve, 0, size as u64)?;
         if let Err(r) = st.vm.check_reserve(size as u64, align as u64) {
@@ -456,7 +456,7 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         r
     }
 
-    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()> {
         let mut st = self.lock();
         self.pre(&mut st, Op::FreeReservation, va, size as u64)?;
         // Validate on a copy of the decision: VmState mutates on success only.
@@ -504,13 +504,7 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         r
     }
 
-    unsafe fn map(
-        &self,
-        va: DevicePtr,
-        size: usize,
-        offset: usize,
-        handle: D::Handle,
-    ) -> Result<()> {
+    unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: D::Handle) -> Result<()> {
         let mut st = self.lock();
         self.pre(&mut st, Op::Map, va, size as u64)?;
         if let Err(r) = st.vm.map(va, size as u64, offset as u64, handle) {
@@ -527,7 +521,7 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         r
     }
 
-    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
         let mut st = self.lock();
         self.pre(&mut st, Op::Unmap, va, size as u64)?;
         if let Err(r) = st.vm.check_unmap(va, size as u64) {
@@ -546,7 +540,7 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         r
     }
 
-    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+    unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
         let mut st = self.lock();
         self.pre(&mut st, Op::SetAccess, va, size as u64)?;
         if let Err(r) = st.vm.check_set_access(va, size as u64, access) {
@@ -561,7 +555,7 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         r
     }
 
-    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+    fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode> {
         self.inner.get_access(va, accessor)
     }
 
@@ -601,20 +595,14 @@ unsafe impl<D: Driver> Driver for Checked<D> {
         unsafe { self.inner.destroy_stream(stream) }
     }
 
-    unsafe fn copy(
-        &self,
-        dst: DevicePtr,
-        src: DevicePtr,
-        len: usize,
-        stream: Stream,
-    ) -> Result<()> {
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, stream: Stream) -> Result<()> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
         self.check_transfer(&[(dst, true), (src, false)], len)?;
         // SAFETY: forwarded under the caller's guarantees.
         unsafe { self.inner.copy(dst, src, len, stream) }
     }
 
-    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+    unsafe fn fill(&self, dst: u64, byte: u8, len: usize, stream: Stream) -> Result<()> {
         self.counts[Op::Copy as usize].fetch_add(1, Ordering::Relaxed);
         self.check_transfer(&[(dst, true)], len)?;
         // SAFETY: forwarded under the caller's guarantees.

@@ -30,7 +30,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
 use crate::driver::rules::{Refusal, Rights, VmState};
-use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
+use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, ErrorKind, Reason, Result};
 use crate::{MetaMap, MetaVec};
 
@@ -290,7 +290,7 @@ unsafe impl Driver for HostDriver {
         }
     }
 
-    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+    fn reserve(&self, size: usize, align: usize) -> Result<u64> {
         let mut st = self.lock();
         st.vm
             .check_reserve(size as u64, align as u64)
@@ -332,7 +332,7 @@ unsafe impl Driver for HostDriver {
         Ok(base as u64)
     }
 
-    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()> {
         let mut st = self.lock();
         st.vm
             .free_reservation(va, size as u64)
@@ -374,13 +374,7 @@ unsafe impl Driver for HostDriver {
         Ok(())
     }
 
-    unsafe fn map(
-        &self,
-        va: DevicePtr,
-        size: usize,
-        offset: usize,
-        handle: HostHandle,
-    ) -> Result<()> {
+    unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: HostHandle) -> Result<()> {
         let mut st = self.lock();
         st.vm
             .map(va, size as u64, offset as u64, handle)
@@ -411,7 +405,7 @@ unsafe impl Driver for HostDriver {
         Ok(())
     }
 
-    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
         let mut guard = self.lock();
         let st = &mut *guard;
         let shared = &mut st.shared;
@@ -438,7 +432,7 @@ unsafe impl Driver for HostDriver {
         Ok(())
     }
 
-    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+    unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
         let mut st = self.lock();
         let mut failed = false;
         st.vm
@@ -452,7 +446,7 @@ unsafe impl Driver for HostDriver {
         Ok(())
     }
 
-    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+    fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode> {
         self.lock()
             .vm
             .get_access(va, accessor)
@@ -528,20 +522,14 @@ unsafe impl Driver for HostDriver {
         }
     }
 
-    unsafe fn copy(
-        &self,
-        dst: DevicePtr,
-        src: DevicePtr,
-        len: usize,
-        _stream: Stream,
-    ) -> Result<()> {
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, _stream: Stream) -> Result<()> {
         // SAFETY: the caller guarantees both ranges are valid, mapped with
         // access, and do not overlap.
         unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
         Ok(())
     }
 
-    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, _stream: Stream) -> Result<()> {
+    unsafe fn fill(&self, dst: u64, byte: u8, len: usize, _stream: Stream) -> Result<()> {
         // SAFETY: the caller guarantees the range is mapped and writable.
         unsafe { core::ptr::write_bytes(dst as *mut u8, byte, len) };
         Ok(())

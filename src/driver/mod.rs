@@ -21,6 +21,10 @@
 //!   `unmap` may cover holes (as on CUDA), `set_access` may not;
 //! - `free_reservation` names a whole reservation with no mappings left.
 //!
+//! Addresses are raw `u64`s here (what `CUdeviceptr` / `hipDeviceptr_t`
+//! hold): the layers above hand out [`DevicePtr`]s and pass
+//! [`DevicePtr::addr`] down; [`DevicePtr::new`] goes the other way.
+//!
 //! Backends return the same [`ErrorKind`](crate::ErrorKind) for the same
 //! violation (measured on an H100, see `docs/conformance.md`), so the layers
 //! above never see a backend difference.
@@ -60,8 +64,8 @@ pub use checked::{CallCounts, Checked, Fault, FaultKind, Op};
 pub use host::{HostConfig, HostDriver, HostFence, HostHandle};
 pub use system::{Select, SystemDriver, SystemFence, SystemHandle};
 
-/// A virtual address in a device's (unified) address space.
-pub type DevicePtr = u64;
+mod ptr;
+pub use ptr::DevicePtr;
 
 /// Where physical memory lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -178,14 +182,14 @@ pub unsafe trait Driver: Send + Sync {
 
     /// Reserves `size` bytes of virtual address space aligned to `align`
     /// (0 = granularity). No physical memory is committed.
-    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr>;
+    fn reserve(&self, size: usize, align: usize) -> Result<u64>;
 
     /// Gives a whole reservation back.
     ///
     /// # Safety
     /// Callers: `va`/`size` are exactly what `reserve` returned, no mapping is
     /// left inside and nothing will touch the range again.
-    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()>;
+    unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()>;
 
     /// Creates a physical handle of `size` bytes at `location`.
     fn create(&self, size: usize, location: Location) -> Result<Self::Handle>;
@@ -199,13 +203,7 @@ pub unsafe trait Driver: Send + Sync {
     /// # Safety
     /// Callers: the range lies in one of this driver's reservations and is
     /// unmapped.
-    unsafe fn map(
-        &self,
-        va: DevicePtr,
-        size: usize,
-        offset: usize,
-        handle: Self::Handle,
-    ) -> Result<()>;
+    unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: Self::Handle) -> Result<()>;
 
     /// Unmaps every mapping inside `va..va + size`, a range of one
     /// reservation that cuts no mapping in two. Holes are allowed, and a range
@@ -214,17 +212,17 @@ pub unsafe trait Driver: Send + Sync {
     /// # Safety
     /// Callers: nothing (no host reference, no queued device work) will touch
     /// the range again before it is mapped anew.
-    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()>;
+    unsafe fn unmap(&self, va: u64, size: usize) -> Result<()>;
 
     /// Sets the access rights of whole mappings covering `va..va + size`.
     ///
     /// # Safety
     /// Callers: revoking rights is only done when no accessor losing them
     /// still uses the range.
-    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()>;
+    unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()>;
 
     /// The rights `accessor` has on the mapping at `va`.
-    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode>;
+    fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode>;
 
     /// Records a fence at the current end of `stream`'s work.
     fn record(&self, stream: Stream) -> Result<Self::Fence>;
@@ -254,14 +252,13 @@ pub unsafe trait Driver: Send + Sync {
     ///
     /// # Safety
     /// Callers: both ranges are valid for `len` bytes and do not overlap.
-    unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, len: usize, stream: Stream)
-    -> Result<()>;
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, stream: Stream) -> Result<()>;
 
     /// Writes `len` copies of `byte` at `dst` in `stream` order.
     ///
     /// # Safety
     /// Callers: the range is mapped and writable by the stream's device.
-    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()>;
+    unsafe fn fill(&self, dst: u64, byte: u8, len: usize, stream: Stream) -> Result<()>;
 
     /// Creates a physical handle of `size` bytes at `location` that
     /// [`Driver::export`] can turn into a file descriptor. Otherwise like
@@ -329,26 +326,26 @@ macro_rules! forward_driver {
             type Fence = D::Fence;
             fn capabilities(&self) -> &Capabilities { (**self).capabilities() }
             fn granularity(&self, location: Location) -> Result<usize> { (**self).granularity(location) }
-            fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> { (**self).reserve(size, align) }
-            unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+            fn reserve(&self, size: usize, align: usize) -> Result<u64> { (**self).reserve(size, align) }
+            unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).free_reservation(va, size) }
             }
             fn create(&self, size: usize, location: Location) -> Result<Self::Handle> { (**self).create(size, location) }
             fn release(&self, handle: Self::Handle) -> Result<()> { (**self).release(handle) }
-            unsafe fn map(&self, va: DevicePtr, size: usize, offset: usize, handle: Self::Handle) -> Result<()> {
+            unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: Self::Handle) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).map(va, size, offset, handle) }
             }
-            unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+            unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).unmap(va, size) }
             }
-            unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+            unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).set_access(va, size, access) }
             }
-            fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> { (**self).get_access(va, accessor) }
+            fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode> { (**self).get_access(va, accessor) }
             fn record(&self, stream: Stream) -> Result<Self::Fence> { (**self).record(stream) }
             fn is_complete(&self, fence: &Self::Fence) -> Result<bool> { (**self).is_complete(fence) }
             fn wait(&self, fence: &Self::Fence) -> Result<()> { (**self).wait(fence) }
@@ -358,11 +355,11 @@ macro_rules! forward_driver {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).destroy_stream(stream) }
             }
-            unsafe fn copy(&self, dst: DevicePtr, src: DevicePtr, len: usize, stream: Stream) -> Result<()> {
+            unsafe fn copy(&self, dst: u64, src: u64, len: usize, stream: Stream) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).copy(dst, src, len, stream) }
             }
-            unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+            unsafe fn fill(&self, dst: u64, byte: u8, len: usize, stream: Stream) -> Result<()> {
                 // SAFETY: forwarded under the caller's guarantees.
                 unsafe { (**self).fill(dst, byte, len, stream) }
             }

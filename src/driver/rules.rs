@@ -31,7 +31,7 @@
 
 use core::hash::Hash;
 
-use crate::driver::{Access, AccessMode, DevicePtr, Location};
+use crate::driver::{Access, AccessMode, Location};
 use crate::error::{ErrorKind, Reason};
 use crate::{MetaMap, MetaVec};
 
@@ -549,7 +549,7 @@ impl<H: Copy + Eq + Hash> VmState<H> {
     }
 
     /// The mapping containing `va`.
-    pub fn mapping_at(&self, va: DevicePtr) -> Option<&Mapping<H>> {
+    pub fn mapping_at(&self, va: u64) -> Option<&Mapping<H>> {
         let i = self.mappings.partition_point(|m| m.va + m.size <= va);
         self.mappings.get(i).filter(|m| m.va <= va)
     }

@@ -10,8 +10,7 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
-    Access, AccessMode, Capabilities, Checked, DevicePtr, Driver, HostConfig, HostDriver, Location,
-    Stream,
+    Access, AccessMode, Capabilities, Checked, Driver, HostConfig, HostDriver, Location, Stream,
 };
 use crate::error::Result;
 
@@ -208,10 +207,10 @@ unsafe impl Driver for SystemDriver {
     fn granularity(&self, location: Location) -> Result<usize> {
         dispatch!(self, d => d.granularity(location))
     }
-    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+    fn reserve(&self, size: usize, align: usize) -> Result<u64> {
         dispatch!(self, d => d.reserve(size, align))
     }
-    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()> {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.free_reservation(va, size) })
     }
@@ -237,13 +236,7 @@ unsafe impl Driver for SystemDriver {
             _ => Err(mismatch()),
         }
     }
-    unsafe fn map(
-        &self,
-        va: DevicePtr,
-        size: usize,
-        offset: usize,
-        handle: SystemHandle,
-    ) -> Result<()> {
+    unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: SystemHandle) -> Result<()> {
         match (self, handle) {
             // SAFETY: forwarded under the caller's guarantees.
             (SystemDriver::Host(d), SystemHandle::Host(h)) => unsafe { d.map(va, size, offset, h) },
@@ -259,15 +252,15 @@ unsafe impl Driver for SystemDriver {
             _ => Err(mismatch()),
         }
     }
-    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.unmap(va, size) })
     }
-    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+    unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.set_access(va, size, access) })
     }
-    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+    fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode> {
         dispatch!(self, d => d.get_access(va, accessor))
     }
     fn record(&self, stream: Stream) -> Result<SystemFence> {
@@ -323,17 +316,11 @@ unsafe impl Driver for SystemDriver {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.destroy_stream(stream) })
     }
-    unsafe fn copy(
-        &self,
-        dst: DevicePtr,
-        src: DevicePtr,
-        len: usize,
-        stream: Stream,
-    ) -> Result<()> {
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, stream: Stream) -> Result<()> {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.copy(dst, src, len, stream) })
     }
-    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+    unsafe fn fill(&self, dst: u64, byte: u8, len: usize, stream: Stream) -> Result<()> {
         // SAFETY: forwarded under the caller's guarantees.
         dispatch!(self, d => unsafe { d.fill(dst, byte, len, stream) })
     }

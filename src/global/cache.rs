@@ -41,7 +41,7 @@ impl Cache {
             bytes: 0,
             mags: [Mag {
                 len: 0,
-                ptrs: [0; MAG],
+                ptrs: [DevicePtr::NULL; MAG],
             }; COUNT],
         }
     }

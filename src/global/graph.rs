@@ -23,9 +23,11 @@
 //! ```
 //! use gpu_arena::global::graph;
 //! use gpu_arena::driver::Stream;
+//! use gpu_arena::DevicePtr;
 //! let id = graph::begin(0, Stream(7));
-//! graph::note_alloc(0, Stream(7), 0x1000, 512);
-//! assert_eq!(graph::defer_free(0x1000), graph::Deferral::Deferred, "freed during the capture");
+//! let p = DevicePtr::new(0x1000);
+//! graph::note_alloc(0, Stream(7), p, 512);
+//! assert_eq!(graph::defer_free(p), graph::Deferral::Deferred, "freed during the capture");
 //! graph::end(id);
 //! let held = graph::release(id);
 //! assert_eq!(held.len(), 1, "the deferred block is handed back to be freed");

@@ -664,7 +664,7 @@ impl GlobalArena {
             let i = t
                 .ranges
                 .iter()
-                .position(|&(b, n)| ptr.wrapping_sub(b) < n)?;
+                .position(|&(b, n)| ptr.addr().wrapping_sub(b.addr()) < n)?;
             Some(&t.shards[i])
         })
     }

@@ -6,8 +6,8 @@ use allocator_api2::boxed::Box as ABox;
 use allocator_api2::vec::Vec as AVec;
 use gpu_arena::driver::{Checked, HostDriver, Stream};
 use gpu_arena::{
-    Arena, ArenaConfig, BadPointer, DeviceBox, DeviceVec, Error, GrowBuffer, Kind, Scratch,
-    SharedArena,
+    Arena, ArenaConfig, BadPointer, DeviceBox, DevicePtr, DeviceVec, Error, GrowBuffer, Kind,
+    Scratch, SharedArena,
 };
 
 use crate::arena_model::{PAGE, TestArena, assert_balanced, config, host, scratch_config};
@@ -34,7 +34,10 @@ fn collections_in(kind: Kind) {
             for i in 0..2_000u32 {
                 m.insert(i, i.wrapping_mul(2_654_435_761));
             }
-            for p in [v.as_ptr() as u64, b.as_ptr() as u64] {
+            for p in [
+                DevicePtr::from_ptr(v.as_ptr()),
+                DevicePtr::from_ptr(b.as_ptr()),
+            ] {
                 assert!(arena.contains(p), "{p:#x} lives in the arena");
             }
             assert_eq!(v.iter().sum::<u64>(), 49_995_000);
@@ -88,7 +91,7 @@ fn collections_in_a_scratch_arena() {
                 }
                 assert_eq!(v.iter().sum::<u64>(), 12_497_500);
                 assert_eq!((*b, m[&499]), (round, 499 + round));
-                let base = v.as_ptr() as u64;
+                let base = DevicePtr::from_ptr(v.as_ptr());
                 assert!(arena.contains(base));
                 assert!(scratch.allocated_bytes() >= 8 * 5_000);
                 assert!(scratch.committed_bytes() >= scratch.allocated_bytes() as u64);
@@ -160,8 +163,8 @@ fn scratch_reset_keeps_retain_and_gives_the_rest_back() {
             .unwrap()
             .get(&scratch)
             .unwrap();
-        assert_eq!(big % (2 * PAGE), 0);
-        assert!(big - first_addr < 2 * PAGE);
+        assert!(big.is_aligned_to(2 * PAGE));
+        assert!(big.offset_from(first_addr) < 2 * PAGE);
         scratch.reset();
         // Reuse within the retained pages commits nothing.
         let creates = driver.counts().create;
@@ -289,7 +292,10 @@ fn device_vec_and_box_round_trip() {
         let data: Vec<f32> = (0..50_000).map(|i| i as f32 * 0.5).collect();
         let v = DeviceVec::from_slice(&arena, &data).unwrap();
         assert_eq!(v.len(), data.len());
-        assert_eq!(v.as_device_ptr() % 512, 0, "aligned like PyTorch's blocks");
+        assert!(
+            v.as_device_ptr().is_aligned_to(512),
+            "aligned like PyTorch's blocks"
+        );
         assert_eq!(v.to_vec().unwrap(), data);
         let twice: Vec<f32> = data.iter().map(|x| x * 2.0).collect();
         v.copy_from_host(&twice).unwrap();
@@ -368,7 +374,7 @@ fn bad_input_is_refused_and_changes_nothing() {
         );
         // Alignments up to 512 pages are served.
         let aligned = arena.alloc(64, 8 * PAGE, d).unwrap();
-        assert_eq!(aligned % (8 * PAGE), 0);
+        assert!(aligned.is_aligned_to(8 * PAGE));
         arena.free(aligned, d).unwrap();
         for size in [u64::MAX, u64::MAX - PAGE, blocks + 1] {
             refused(
@@ -385,11 +391,11 @@ fn bad_input_is_refused_and_changes_nothing() {
             |e| matches!(e, Error::AddressSpace { .. }),
         );
         for p in [
-            0x1000,
-            base - PAGE,
-            base + blocks,
-            base + blocks + PAGE,
-            u64::MAX,
+            DevicePtr::new(0x1000),
+            DevicePtr::new(base.addr() - PAGE),
+            base.byte_add(blocks),
+            base.byte_add(blocks + PAGE),
+            DevicePtr::new(u64::MAX),
         ] {
             refused(
                 &arena,
@@ -399,12 +405,12 @@ fn bad_input_is_refused_and_changes_nothing() {
             );
         }
         for p in [
-            small + 1,
-            small + 16,
-            small + 111,
-            large + 1,
-            large + 512,
-            large + 3 * PAGE,
+            small.byte_add(1),
+            small.byte_add(16),
+            small.byte_add(111),
+            large.byte_add(1),
+            large.byte_add(512),
+            large.byte_add(3 * PAGE),
         ] {
             refused(
                 &arena,

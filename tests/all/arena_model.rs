@@ -14,8 +14,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Op as Call, Stream};
 use gpu_arena::policy::classes;
 use gpu_arena::{
-    Arena, ArenaConfig, BadPointer, Error, GrowBuffer, Kind, Scratch, ScratchConfig, ScratchPtr,
-    SharedArena, Stats,
+    Arena, ArenaConfig, BadPointer, DevicePtr, Error, GrowBuffer, Kind, Scratch, ScratchConfig,
+    ScratchPtr, SharedArena, Stats,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -69,16 +69,17 @@ fn tag(id: u64) -> u8 {
 ///
 /// # Safety
 /// `base + from .. base + to` is live, host-visible memory of the caller.
-pub(crate) unsafe fn fill(base: u64, from: u64, to: u64, id: u64) {
+pub(crate) unsafe fn fill(base: DevicePtr, from: u64, to: u64, id: u64) {
     let head = id.to_le_bytes();
     for i in from..to.min(8) {
         // SAFETY: inside the caller's range.
-        unsafe { ((base + i) as *mut u8).write(head[i as usize]) };
+        unsafe { base.byte_add(i).as_mut_ptr::<u8>().write(head[i as usize]) };
     }
     let from = from.max(8);
     if to > from {
+        let at = base.byte_add(from).as_mut_ptr::<u8>();
         // SAFETY: as above.
-        unsafe { std::ptr::write_bytes((base + from) as *mut u8, tag(id), (to - from) as usize) };
+        unsafe { std::ptr::write_bytes(at, tag(id), (to - from) as usize) };
     }
 }
 
@@ -86,12 +87,13 @@ pub(crate) unsafe fn fill(base: u64, from: u64, to: u64, id: u64) {
 ///
 /// # Safety
 /// As for [`fill`].
-pub(crate) unsafe fn intact(base: u64, from: u64, to: u64, id: u64) -> bool {
+pub(crate) unsafe fn intact(base: DevicePtr, from: u64, to: u64, id: u64) -> bool {
     if to <= from {
         return true;
     }
+    let at = base.byte_add(from).as_ptr::<u8>();
     // SAFETY: the caller's live range.
-    let s = unsafe { std::slice::from_raw_parts((base + from) as *const u8, (to - from) as usize) };
+    let s = unsafe { std::slice::from_raw_parts(at, (to - from) as usize) };
     let head = id.to_le_bytes();
     let split = (8u64.saturating_sub(from) as usize).min(s.len());
     if s[..split] != head[from as usize..from as usize + split] {
@@ -289,7 +291,7 @@ struct Block {
 
 struct ScratchModel<'a, 'd> {
     scratch: Scratch<'a, &'d Checked<HostDriver>>,
-    base: u64,
+    base: DevicePtr,
     capacity: u64,
     retain: u64,
     cursor: u64,
@@ -305,24 +307,24 @@ struct ScratchModel<'a, 'd> {
 struct GrowModel<'a, 'd> {
     buf: GrowBuffer<'a, &'d Checked<HostDriver>>,
     id: u64,
-    base: u64,
+    base: DevicePtr,
     partial: bool,
 }
 
 struct Model<'a, 'd> {
     arena: &'a TestArena<'d>,
     driver: &'d Checked<HostDriver>,
-    base: u64,
+    base: DevicePtr,
     blocks_size: u64,
     streams: Vec<Stream>,
     held: Vec<bool>,
     ever_held: bool,
     next_id: u64,
-    blocks: BTreeMap<u64, Block>,
+    blocks: BTreeMap<DevicePtr, Block>,
     /// Every live range of address space handed out: start -> end.
-    ranges: BTreeMap<u64, u64>,
+    ranges: BTreeMap<DevicePtr, DevicePtr>,
     /// Recently freed block starts (double-free candidates).
-    freed: Vec<u64>,
+    freed: Vec<DevicePtr>,
     scratches: Vec<ScratchModel<'a, 'd>>,
     grows: Vec<GrowModel<'a, 'd>>,
     /// The arena's mappings as the driver log shows them: va -> size.
@@ -362,7 +364,7 @@ impl<'a, 'd> Model<'a, 'd> {
     }
 
     /// Records a live range; panics if it overlaps another.
-    fn claim(&mut self, start: u64, end: u64, what: &str) {
+    fn claim(&mut self, start: DevicePtr, end: DevicePtr, what: &str) {
         assert!(end > start);
         if let Some((&s, &e)) = self.ranges.range(..end).next_back() {
             assert!(
@@ -373,11 +375,11 @@ impl<'a, 'd> Model<'a, 'd> {
         self.ranges.insert(start, end);
     }
 
-    fn unclaim(&mut self, start: u64) {
+    fn unclaim(&mut self, start: DevicePtr) {
         self.ranges.remove(&start).expect("a live range");
     }
 
-    fn nth_block(&self, pick: &Index) -> Option<(u64, Block)> {
+    fn nth_block(&self, pick: &Index) -> Option<(DevicePtr, Block)> {
         if self.blocks.is_empty() {
             return None;
         }
@@ -422,8 +424,8 @@ impl<'a, 'd> Model<'a, 'd> {
                 assert_eq!(scratch.committed_bytes(), 0, "nothing committed up front");
                 let capacity = round_up(capacity, PAGE);
                 assert_eq!(scratch.reserved_bytes(), capacity);
-                assert_eq!(base % PAGE, 0, "scratch arenas start on a page");
-                self.claim(base, base + capacity, "scratch arena");
+                assert!(base.is_aligned_to(PAGE), "scratch arenas start on a page");
+                self.claim(base, base.byte_add(capacity), "scratch arena");
                 self.scratches.push(ScratchModel {
                     scratch,
                     base,
@@ -448,12 +450,16 @@ impl<'a, 'd> Model<'a, 'd> {
                 let id = self.id();
                 let m = &mut self.scratches[i];
                 // Alignment is of the address: the base is only page-aligned.
-                let start = round_up(m.base + m.cursor, align) - m.base;
+                let start = round_up(m.base.addr() + m.cursor, align) - m.base.addr();
                 let before = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
                 let r = m.scratch.alloc_raw(size, align);
                 if size == 0 {
                     let sp = r.expect("a zero-size allocation");
-                    assert_eq!(sp.get(&m.scratch), Ok(align), "dangling, aligned");
+                    assert_eq!(
+                        sp.get(&m.scratch),
+                        Ok(DevicePtr::new(align)),
+                        "dangling, aligned"
+                    );
                     let after = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
                     assert_eq!(after, before, "zero size takes no memory");
                     return;
@@ -469,8 +475,8 @@ impl<'a, 'd> Model<'a, 'd> {
                 }
                 let sp = r.expect("scratch allocation");
                 let p = sp.get(&m.scratch).expect("current generation");
-                assert_eq!(p, m.base + start, "bump order");
-                assert_eq!(p % align, 0);
+                assert_eq!(p, m.base.byte_add(start), "bump order");
+                assert!(p.is_aligned_to(align));
                 m.cursor = start + size;
                 m.used += size;
                 assert_eq!(
@@ -528,7 +534,7 @@ impl<'a, 'd> Model<'a, 'd> {
                 assert_eq!(self.new_buffer(gpu_arena::Policy::Grow), base);
                 assert_eq!(buf.max(), round_up(max, PAGE));
                 assert_eq!((buf.len(), buf.committed()), (0, 0));
-                self.claim(base, base + buf.max(), "grow buffer");
+                self.claim(base, base.byte_add(buf.max()), "grow buffer");
                 let id = self.id();
                 self.grows.push(GrowModel {
                     buf,
@@ -607,15 +613,14 @@ impl<'a, 'd> Model<'a, 'd> {
     }
 
     /// The base of the buffer of `policy` that the model does not know yet.
-    fn new_buffer(&self, policy: gpu_arena::Policy) -> u64 {
+    fn new_buffer(&self, policy: gpu_arena::Policy) -> DevicePtr {
         let snap = self.arena.snapshot();
-        let mut fresh = snap
-            .blocks
-            .iter()
-            .filter(|b| b.policy == policy && !self.ranges.contains_key(&(self.base + b.offset)));
+        let mut fresh = snap.blocks.iter().filter(|b| {
+            b.policy == policy && !self.ranges.contains_key(&self.base.byte_add(b.offset))
+        });
         let b = fresh.next().expect("the new buffer in the snapshot");
         assert!(fresh.next().is_none());
-        self.base + b.offset
+        self.base.byte_add(b.offset)
     }
 
     fn alloc(&mut self, size: u64, align: u64, stream: usize) {
@@ -623,8 +628,8 @@ impl<'a, 'd> Model<'a, 'd> {
             .arena
             .alloc(size, align, self.streams[stream])
             .unwrap_or_else(|e| panic!("alloc({size}, {align}): {e}"));
-        assert_eq!(p % align, 0, "alignment {align} of {p:#x}");
-        assert!(p >= self.base && p + size <= self.base + self.blocks_size);
+        assert!(p.is_aligned_to(align), "alignment {align} of {p:#x}");
+        assert!(p >= self.base && p.byte_add(size) <= self.base.byte_add(self.blocks_size));
         let given = self.arena.lock().block_size(p).expect("a live block");
         let slab = match classes::class_for(size, align) {
             Some(c) => {
@@ -643,7 +648,7 @@ impl<'a, 'd> Model<'a, 'd> {
         let id = self.id();
         // SAFETY: a fresh block of `given` bytes, host-visible.
         unsafe { fill(p, 0, given, id) };
-        self.claim(p, p + given, "block");
+        self.claim(p, p.byte_add(given), "block");
         self.freed.retain(|&f| f != p);
         self.blocks.insert(
             p,
@@ -660,9 +665,9 @@ impl<'a, 'd> Model<'a, 'd> {
 
     fn free(
         &mut self,
-        p: u64,
+        p: DevicePtr,
         b: Block,
-        f: impl FnOnce(&TestArena<'d>, u64, Block) -> gpu_arena::Result<()>,
+        f: impl FnOnce(&TestArena<'d>, DevicePtr, Block) -> gpu_arena::Result<()>,
     ) {
         // SAFETY: the block is live.
         let kept = unsafe { intact(p, 0, b.given, b.id) };
@@ -718,20 +723,20 @@ impl<'a, 'd> Model<'a, 'd> {
             }),
             Bad::Foreign(which) => {
                 let p = match which.index(5) {
-                    0 => self.base.wrapping_sub(PAGE),
-                    1 => self.base + self.blocks_size,
-                    2 => 0x1000,
-                    3 => u64::MAX - 7,
+                    0 => DevicePtr::new(self.base.addr().wrapping_sub(PAGE)),
+                    1 => self.base.byte_add(self.blocks_size),
+                    2 => DevicePtr::new(0x1000),
+                    3 => DevicePtr::new(u64::MAX - 7),
                     // Inside a live scratch arena: refused as scratch memory.
                     i => match self.scratches.get(i % self.scratches.len().max(1)) {
-                        Some(m) => m.base + m.cursor / 2,
-                        None => 0x1000,
+                        Some(m) => m.base.byte_add(m.cursor / 2),
+                        None => DevicePtr::new(0x1000),
                     },
                 };
                 let scratch = self
                     .scratches
                     .iter()
-                    .any(|m| (m.base..m.base + m.capacity).contains(&p));
+                    .any(|m| (m.base..m.base.byte_add(m.capacity)).contains(&p));
                 let r = self.arena.free(p, stream);
                 let kind = if scratch {
                     BadPointer::Scratch
@@ -751,7 +756,7 @@ impl<'a, 'd> Model<'a, 'd> {
                 if b.given < 2 {
                     return;
                 }
-                let q = p + 1 + delta.index(b.given as usize - 1) as u64;
+                let q = p.byte_add(1 + delta.index(b.given as usize - 1) as u64);
                 (self.arena.free(q, stream), |e| {
                     matches!(
                         e,
@@ -772,7 +777,7 @@ impl<'a, 'd> Model<'a, 'd> {
                     .blocks
                     .range(..p)
                     .next_back()
-                    .is_some_and(|(&s, b)| p < s + b.given);
+                    .is_some_and(|(&s, b)| p < s.byte_add(b.given));
                 let r = self.arena.free(p, stream);
                 if inside {
                     (r, |e| {
@@ -864,9 +869,11 @@ impl<'a, 'd> Model<'a, 'd> {
     /// according to the model.
     fn live_pages(&self) -> BTreeSet<u64> {
         let mut pages = BTreeSet::new();
-        let mut add = |from: u64, to: u64| {
-            if to > from {
-                for p in (from - self.base) / PAGE..=(to - 1 - self.base) / PAGE {
+        // `len` bytes at `at`, by their offsets from the base.
+        let mut add = |at: DevicePtr, len: u64| {
+            let from = at.offset_from(self.base);
+            if len > 0 {
+                for p in from / PAGE..=(from + len - 1) / PAGE {
                     pages.insert(p);
                 }
             }
@@ -874,17 +881,17 @@ impl<'a, 'd> Model<'a, 'd> {
         for (&p, b) in &self.blocks {
             if b.slab {
                 let span = classes::slab_bytes(classes::class_of(b.given));
-                let start = self.base + ((p - self.base) & !(span - 1));
-                add(start, start + span);
+                let start = self.base.byte_add(p.offset_from(self.base) & !(span - 1));
+                add(start, span);
             } else {
-                add(p, p + b.given);
+                add(p, b.given);
             }
         }
         for m in &self.scratches {
-            add(m.base, m.base + m.scratch.committed_bytes());
+            add(m.base, m.scratch.committed_bytes());
         }
         for g in &self.grows {
-            add(g.base, g.base + g.buf.committed());
+            add(g.base, g.buf.committed());
         }
         pages
     }
@@ -917,7 +924,8 @@ impl<'a, 'd> Model<'a, 'd> {
         let pages = self.live_pages();
         let mut live_mapped = 0;
         for (&va, &size) in &self.mappings {
-            let (a, b) = ((va - self.base) / PAGE, (va + size - 1 - self.base) / PAGE);
+            let from = va - self.base.addr();
+            let (a, b) = (from / PAGE, (from + size - 1) / PAGE);
             if pages.range(a..=b).next().is_some() {
                 live_mapped += size;
             }
@@ -951,7 +959,7 @@ impl<'a, 'd> Model<'a, 'd> {
             a.check_invariants();
             for (&p, b) in &self.blocks {
                 assert_eq!(a.block_size(p), Some(b.given), "block {p:#x} size");
-                assert_eq!(p % b.align, 0);
+                assert!(p.is_aligned_to(b.align));
             }
             a.stats()
         };
@@ -1063,7 +1071,9 @@ proptest! {
 
 // ----- stream semantics, step by step -----
 
-fn overlaps(va: u64, size: u64, start: u64, len: u64) -> bool {
+/// Whether the driver's range `va..va + size` overlaps `len` bytes at `start`.
+fn overlaps(va: u64, size: u64, start: DevicePtr, len: u64) -> bool {
+    let start = start.addr();
     va < start + len && start < va + size
 }
 
@@ -1083,7 +1093,7 @@ fn freed_on_a_running_stream_reused_by_that_stream_only_and_unmapped_after_its_f
         let a = arena.alloc_on(size, 512, s).unwrap();
         assert_eq!(a, arena.reservation().0);
         let guard = arena.alloc_on(PAGE, 512, s).unwrap();
-        assert_eq!(guard, a + size, "packed");
+        assert_eq!(guard, a.byte_add(size), "packed");
         // One slab per stream, placed now (a slab placed while S runs could
         // take a's pages: S may reuse its own frees at once).
         let x = arena.alloc_on(100, 8, s).unwrap();
@@ -1098,7 +1108,7 @@ fn freed_on_a_running_stream_reused_by_that_stream_only_and_unmapped_after_its_f
 
         let c = arena.alloc_on(size, 512, t).unwrap();
         assert!(
-            !overlaps(c, size, a, size),
+            !overlaps(c.addr(), size, a, size),
             "T must not get S's pending block"
         );
         // Small blocks: S's slab object is reused by S at once (LIFO); T
@@ -1127,7 +1137,7 @@ fn freed_on_a_running_stream_reused_by_that_stream_only_and_unmapped_after_its_f
         );
         // Still pending: T again cannot take it.
         let d = arena.alloc_on(size, 512, t).unwrap();
-        assert!(!overlaps(d, size, a, size));
+        assert!(!overlaps(d.addr(), size, a, size));
 
         driver.inner().complete(s);
         arena.trim();

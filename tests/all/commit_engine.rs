@@ -10,7 +10,7 @@ use gpu_arena::driver::{Driver, HostDriver, Stream};
 use gpu_arena::global::{GlobalArena, GlobalConfig};
 use gpu_arena::replay::{Repeat, replay_repeated};
 use gpu_arena::sync::Clock;
-use gpu_arena::{Arena, ArenaConfig, Kind};
+use gpu_arena::{Arena, ArenaConfig, DevicePtr, Kind};
 
 use crate::arena_model::{PAGE, assert_balanced, host};
 
@@ -35,13 +35,13 @@ fn idle_memory_moves_by_aliasing_without_a_create() {
         arena.set_clock(Clock::manual());
         let a = arena.alloc(2 * PAGE, PAGE).unwrap();
         let guard = arena.alloc(PAGE, PAGE).unwrap();
-        assert_eq!(guard, a + 2 * PAGE);
+        assert_eq!(guard, a.byte_add(2 * PAGE));
         arena.free(a).unwrap();
         let before = (driver.counts(), arena.stats());
         assert_eq!(before.1.committed, 3 * PAGE, "a's pages stay, idle");
         // Too large for a's hole: placed past the guard, on a's idle handles.
         let c = arena.alloc(3 * PAGE, PAGE).unwrap();
-        assert!(c >= guard + PAGE, "c {c:#x} lies past the guard");
+        assert!(c >= guard.byte_add(PAGE), "c {c:#x} lies past the guard");
         let (counts, s) = (driver.counts(), arena.stats());
         assert_eq!(
             counts.create - before.0.create,
@@ -56,20 +56,20 @@ fn idle_memory_moves_by_aliasing_without_a_create() {
         assert_eq!(s.committed, 4 * PAGE, "{s:?}");
         assert_eq!(s.peak_committed, 4 * PAGE);
         // SAFETY: host backend; c is live and 3 pages long.
-        unsafe { std::ptr::write_bytes(c as *mut u8, 0xA5, (3 * PAGE) as usize) };
+        unsafe { std::ptr::write_bytes(c.as_mut_ptr::<u8>(), 0xA5, (3 * PAGE) as usize) };
         // a's old address maps the same handles as c's first pages: the
         // driver rule aliasing rests on (no user reads freed memory).
         // SAFETY: a's range is still mapped (an alias of c's pages).
-        let seen = unsafe { std::slice::from_raw_parts(a as *const u8, (2 * PAGE) as usize) };
+        let seen = unsafe { std::slice::from_raw_parts(a.as_ptr::<u8>(), (2 * PAGE) as usize) };
         assert!(seen.iter().all(|&b| b == 0xA5), "one handle, two addresses");
         arena.check_invariants();
         // Taking a's range again: its handles are in use by c, so the
         // block gets fresh memory, never c's bytes.
         let d = arena.alloc(2 * PAGE, PAGE).unwrap();
         // SAFETY: host backend; d is live and 2 pages long.
-        unsafe { std::ptr::write_bytes(d as *mut u8, 0x11, (2 * PAGE) as usize) };
+        unsafe { std::ptr::write_bytes(d.as_mut_ptr::<u8>(), 0x11, (2 * PAGE) as usize) };
         // SAFETY: c is live and 3 pages long.
-        let cs = unsafe { std::slice::from_raw_parts(c as *const u8, (3 * PAGE) as usize) };
+        let cs = unsafe { std::slice::from_raw_parts(c.as_ptr::<u8>(), (3 * PAGE) as usize) };
         assert!(cs.iter().all(|&b| b == 0xA5), "c untouched by d");
         arena.check_invariants();
         for p in [c, d, guard] {
@@ -135,7 +135,7 @@ fn idle_memory_decays_on_a_stepped_clock() {
         let mut arena = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
         let clock = Clock::manual();
         arena.set_clock(clock.clone());
-        let blocks: Vec<u64> = (0..8).map(|_| arena.alloc(PAGE, PAGE).unwrap()).collect();
+        let blocks: Vec<DevicePtr> = (0..8).map(|_| arena.alloc(PAGE, PAGE).unwrap()).collect();
         for &p in &blocks {
             arena.free(p).unwrap();
         }
@@ -168,7 +168,7 @@ fn background_reclaimer_step_is_deterministic() {
     let g = GlobalArena::leak(0, conf).unwrap();
     let clock = Clock::manual();
     g.set_clock(clock.clone());
-    let blocks: Vec<u64> = (0..16)
+    let blocks: Vec<DevicePtr> = (0..16)
         .map(|_| g.alloc(2 << 20, 512, Stream::DEFAULT).unwrap())
         .collect();
     let committed = g.stats().committed;

@@ -14,9 +14,7 @@
 
 use std::time::Instant;
 
-use gpu_arena::driver::{
-    Access, AccessMode, Checked, DevicePtr, Driver, HostDriver, Location, Stream,
-};
+use gpu_arena::driver::{Access, AccessMode, Checked, Driver, HostDriver, Location, Stream};
 use gpu_arena::error::{cuda_code_name, kind_to_cuda_code};
 use gpu_arena::{Error, ErrorKind};
 
@@ -103,7 +101,7 @@ fn is_refusal<T>(r: &gpu_arena::Result<T>, kind: ErrorKind) -> bool {
 }
 
 /// `len` bytes at `va`, copied to the host (default stream: complete on return).
-fn read<D: Driver>(d: &D, va: DevicePtr, len: usize) -> Vec<u8> {
+fn read<D: Driver>(d: &D, va: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     // SAFETY: callers pass a mapped range the device may read; `buf` is a
     // distinct host allocation of `len` bytes.

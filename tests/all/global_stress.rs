@@ -3,6 +3,7 @@
 
 use std::sync::mpsc;
 
+use gpu_arena::DevicePtr;
 use gpu_arena::driver::Stream;
 use gpu_arena::driver::system::Select;
 use gpu_arena::global::{GlobalArena, GlobalConfig};
@@ -30,7 +31,7 @@ fn threads_allocate_and_free_across_threads() {
     const THREADS: usize = 8;
     const ROUNDS: usize = 3000;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS)
-        .map(|_| mpsc::channel::<(u64, usize, u64)>())
+        .map(|_| mpsc::channel::<(DevicePtr, usize, u64)>())
         .unzip();
     let mut handles = Vec::new();
     for (t, rx) in rxs.into_iter().enumerate() {
@@ -47,7 +48,7 @@ fn threads_allocate_and_free_across_threads() {
                 let id = (t * ROUNDS + r) as u64;
                 let p = arena.alloc(size as u64, 16, Stream::DEFAULT).unwrap();
                 // SAFETY: host backend: the block is host memory of `size` bytes.
-                let bytes = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, size) };
+                let bytes = unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr::<u8>(), size) };
                 for (i, b) in bytes.iter_mut().enumerate().step_by(61) {
                     *b = pattern(id, i);
                 }
@@ -61,7 +62,7 @@ fn threads_allocate_and_free_across_threads() {
                 if mine.len() > 64 || r == ROUNDS - 1 {
                     for (p, size, id) in mine.drain(..) {
                         // SAFETY: as above; nobody else holds the block.
-                        let bytes = unsafe { std::slice::from_raw_parts(p as *const u8, size) };
+                        let bytes = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), size) };
                         for (i, b) in bytes.iter().enumerate().step_by(61) {
                             assert_eq!(*b, pattern(id, i), "block {id} corrupted at {i}");
                         }
@@ -104,10 +105,10 @@ fn bad_pointers_are_refused_by_the_global_arena() {
     let x = 0u64;
     assert!(
         arena
-            .free(&x as *const u64 as u64, None, Stream::DEFAULT)
+            .free(DevicePtr::from_ptr(&x), None, Stream::DEFAULT)
             .is_err()
     );
-    assert!(arena.free(p + 512, None, Stream::DEFAULT).is_err());
+    assert!(arena.free(p.byte_add(512), None, Stream::DEFAULT).is_err());
     assert!(arena.free(p, Some(4096), Stream::DEFAULT).is_err());
     arena.free(p, Some(1 << 20), Stream::DEFAULT).unwrap();
     assert!(arena.free(p, None, Stream::DEFAULT).is_err());
@@ -127,8 +128,8 @@ fn tags_sleep_and_wake_alone() {
         let small = arena.alloc(200, 16, Stream::DEFAULT).unwrap();
         // SAFETY: host backend, live blocks.
         unsafe {
-            std::ptr::write_bytes(w as *mut u8, 0x5a, 6 << 20);
-            std::ptr::write_bytes(small as *mut u8, 0x33, 200);
+            std::ptr::write_bytes(w.as_mut_ptr::<u8>(), 0x5a, 6 << 20);
+            std::ptr::write_bytes(small.as_mut_ptr::<u8>(), 0x33, 200);
         }
         let _k = arena.tag_scope("kv_cache").unwrap();
         let kv = arena.alloc(4 << 20, 512, Stream::DEFAULT).unwrap();
@@ -155,12 +156,12 @@ fn tags_sleep_and_wake_alone() {
     // SAFETY: awake again, same addresses.
     unsafe {
         assert!(
-            std::slice::from_raw_parts(w.0 as *const u8, 6 << 20)
+            std::slice::from_raw_parts(w.0.as_ptr::<u8>(), 6 << 20)
                 .iter()
                 .all(|&b| b == 0x5a)
         );
         assert!(
-            std::slice::from_raw_parts(w.1 as *const u8, 200)
+            std::slice::from_raw_parts(w.1.as_ptr::<u8>(), 200)
                 .iter()
                 .all(|&b| b == 0x33)
         );
@@ -330,7 +331,7 @@ fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
     // take shards in turn, counted over the whole process: tests running
     // beside this one take turns too).
     let w = arena.tag("w").unwrap();
-    let mut blocks: Vec<(u64, u8)> = Vec::new();
+    let mut blocks: Vec<(DevicePtr, u8)> = Vec::new();
     for i in 0..16u8 {
         if arena.shards(w).iter().all(|s| s.stats().live > 0) {
             break;
@@ -340,7 +341,7 @@ fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
                 let _g = arena.tag_scope("w").unwrap();
                 let p = arena.alloc(3 << 20, 512, Stream::DEFAULT).unwrap();
                 // SAFETY: host backend, a live block of that size.
-                unsafe { std::ptr::write_bytes(p as *mut u8, 0x40 + i, 3 << 20) };
+                unsafe { std::ptr::write_bytes(p.as_mut_ptr::<u8>(), 0x40 + i, 3 << 20) };
                 (p, 0x40 + i)
             })
             .join()
@@ -365,7 +366,7 @@ fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
     assert!(arena.shards(w).iter().all(|s| !s.lock().is_asleep()));
     for &(p, byte) in &blocks {
         // SAFETY: the tag is awake; same addresses, contents restored.
-        let b = unsafe { std::slice::from_raw_parts(p as *const u8, 3 << 20) };
+        let b = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), 3 << 20) };
         assert!(b.iter().all(|&x| x == byte));
     }
     // And it sleeps and wakes normally afterwards.

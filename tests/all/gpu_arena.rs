@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use allocator_api2::vec::Vec as AVec;
 use gpu_arena::driver::checked::LogEntry;
 use gpu_arena::driver::cuda::{CudaDriver, sys};
-use gpu_arena::driver::{Checked, DevicePtr, Driver, Op, Stream};
-use gpu_arena::{ArenaConfig, GrowBuffer, Kind, SharedArena};
+use gpu_arena::driver::{Checked, Driver, Op, Stream};
+use gpu_arena::{ArenaConfig, DevicePtr, GrowBuffer, Kind, SharedArena};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -47,7 +47,7 @@ fn gpu_used(d: &CudaDriver) -> i64 {
 }
 
 /// `len` bytes at `va`, copied to the host (default stream: complete on return).
-fn read<D: Driver>(d: &D, va: DevicePtr, len: usize) -> Vec<u8> {
+fn read<D: Driver>(d: &D, va: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     // SAFETY: callers pass a mapped range the device may read; `buf` is a
     // distinct host allocation of `len` bytes.
@@ -59,7 +59,7 @@ fn read<D: Driver>(d: &D, va: DevicePtr, len: usize) -> Vec<u8> {
 }
 
 /// Copies `bytes` from the host to `va` (default stream: complete on return).
-fn write<D: Driver>(d: &D, va: DevicePtr, bytes: &[u8]) {
+fn write<D: Driver>(d: &D, va: u64, bytes: &[u8]) {
     // SAFETY: callers pass a mapped range the device may write.
     unsafe {
         d.copy(va, bytes.as_ptr() as u64, bytes.len(), Stream::DEFAULT)
@@ -81,6 +81,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 fn overlaps(e: &LogEntry, va: DevicePtr, len: u64) -> bool {
+    let va = va.addr();
     e.va < va + len && va < e.va + e.size
 }
 
@@ -88,7 +89,7 @@ fn overlaps(e: &LogEntry, va: DevicePtr, len: u64) -> bool {
 fn unmaps_of(log: &[LogEntry], va: DevicePtr, len: u64) -> u64 {
     log.iter()
         .filter(|e| e.op == Op::Unmap && e.ok && overlaps(e, va, len))
-        .map(|e| (e.va + e.size).min(va + len) - e.va.max(va))
+        .map(|e| (e.va + e.size).min(va.addr() + len) - e.va.max(va.addr()))
         .sum()
 }
 
@@ -134,11 +135,11 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     println!(
         "[free-during-kernel] blocks of {} MiB at reservation offsets: X {:#x}, Y {:#x}, Z1 {:#x}, Z2 {:#x}, W {:#x}",
         BLOCK / MIB,
-        x - base,
-        y - base,
-        z1 - base,
-        z2 - base,
-        w - base
+        x.offset_from(base),
+        y.offset_from(base),
+        z1.offset_from(base),
+        z2.offset_from(base),
+        w.offset_from(base)
     );
 
     // Stream A: zero X, spin 0.5 s then write VALUE into X[0], add 1 to
@@ -147,11 +148,13 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     // device 0, and stay so until the fence below completed (that is what
     // is checked); W is live until its fill on B ran.
     unsafe {
-        cuda.fill(x, 0, BLOCK as usize, a).expect("fill X");
-        k.spin(a, SPIN_NANOS, x, VALUE).expect("spin");
-        k.add_one(a, x, n).expect("add_one X");
-        cuda.copy(y, x, BLOCK as usize, a).expect("copy X -> Y");
-        cuda.fill(w, 0x77, BLOCK as usize, b).expect("fill W");
+        cuda.fill(x.addr(), 0, BLOCK as usize, a).expect("fill X");
+        k.spin(a, SPIN_NANOS, x.addr(), VALUE).expect("spin");
+        k.add_one(a, x.addr(), n).expect("add_one X");
+        cuda.copy(y.addr(), x.addr(), BLOCK as usize, a)
+            .expect("copy X -> Y");
+        cuda.fill(w.addr(), 0x77, BLOCK as usize, b)
+            .expect("fill W");
     }
     let kernel = cuda.record(a).expect("kernel fence");
     let launched = Instant::now();
@@ -259,9 +262,9 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
         last / MIB
     );
     println!("[free-during-kernel] call log (checked layer), from the first free on:");
-    let at = |va: DevicePtr| {
-        if va >= base && va < base + 16 * GIB {
-            format!("base+{:#x} {}", va - base, name(va))
+    let at = |va: u64| {
+        if va >= base.addr() && va < base.addr() + 16 * GIB {
+            format!("base+{:#x} {}", va - base.addr(), name(DevicePtr::new(va)))
         } else {
             format!("{va:#x}")
         }
@@ -284,7 +287,7 @@ fn free_during_a_running_kernel_returns_at_once_and_unmaps_after_its_fence() {
     }
 
     // The kernel's result, through Y.
-    let out = read(&cuda, y, BLOCK as usize);
+    let out = read(&cuda, y.addr(), BLOCK as usize);
     let mut it = words(&out);
     let first = it.next().unwrap();
     let rest_ok = it.all(|v| v == 1);
@@ -407,13 +410,13 @@ fn pinned_host_vec_is_shared_by_cpu_and_kernel() {
         v.push(i as f32 * 0.5);
     }
     let fill = t.elapsed();
-    let ptr = v.as_mut_ptr() as u64;
+    let ptr = DevicePtr::from_ptr(v.as_mut_ptr());
     assert!(arena.contains(ptr), "the Vec's buffer lies in the arena");
     let stats = arena.stats();
     println!(
         "[pinned-host-vec] Vec<f32, &SharedArena<PinnedHost>>: {N} elements pushed by the CPU in {:.1} ms, buffer at {ptr:#x} (reservation offset {:#x}); arena live {} MiB, committed {} MiB, allocs {}, frees {}, host kind {:?}",
         ms(fill),
-        ptr - arena.lock().reservation().0,
+        ptr.offset_from(arena.lock().reservation().0),
         stats.live / MIB,
         stats.committed / MIB,
         stats.allocs,
@@ -510,12 +513,13 @@ fn grow_buffer_to_32_gib_without_copy_against_alloc_copy_free() {
         let dt = t.elapsed();
         let calls = arena.stats().driver_calls;
         if prev == 0 {
-            write(&d, base, &marker);
+            write(&d, base.addr(), &marker);
         }
         let stable = buf.as_ptr() == base;
-        let head = read(&d, base, MARK) == marker;
-        let tail_kept = prev == 0 || read(&d, base + prev - MARK as u64, MARK) == tail_mark(prev);
-        write(&d, base + len - MARK as u64, &tail_mark(len));
+        let head = read(&d, base.addr(), MARK) == marker;
+        let tail = |end: u64| base.byte_add(end - MARK as u64).addr();
+        let tail_kept = prev == 0 || read(&d, tail(prev), MARK) == tail_mark(prev);
+        write(&d, tail(len), &tail_mark(len));
         let st = arena.stats();
         let used = gpu_used(&d) - used0;
         all_ok &= stable && head && tail_kept;
@@ -676,7 +680,7 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
     const N: u64 = 1 << 20;
     let x = g.alloc(N, 512, a).unwrap();
     // SAFETY: x is a live, mapped block of this device; the streams are live.
-    unsafe { k.spin(a, 300_000_000, x, 0xC0FFEE) }.unwrap();
+    unsafe { k.spin(a, 300_000_000, x.addr(), 0xC0FFEE) }.unwrap();
     let t = std::time::Instant::now();
     g.free(x, Some(N), a).unwrap();
     println!(
@@ -689,7 +693,7 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
         "premature cross-stream reuse: B got X while A's kernel still uses it"
     );
     // SAFETY: y is a live block; B writes it while A's kernel still runs.
-    unsafe { d.fill(y, 0x11, N as usize, b) }.unwrap();
+    unsafe { d.fill(y.addr(), 0x11, N as usize, b) }.unwrap();
     let z = g.alloc(N, 512, a).unwrap();
     assert_eq!(z, x, "a block freed on A is reused by A at once");
     let f = d.record(a).unwrap();
@@ -697,7 +701,7 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
     d.drop_fence(f);
     let mut word = 0u32;
     // SAFETY: z is live and A's work on it completed; 4 bytes into a local.
-    unsafe { d.copy(&mut word as *mut u32 as u64, z, 4, Stream::DEFAULT) }.unwrap();
+    unsafe { d.copy(&mut word as *mut u32 as u64, z.addr(), 4, Stream::DEFAULT) }.unwrap();
     assert_eq!(
         word, 0xC0FFEE,
         "the kernel's write is intact in the block A was given"

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use allocator_api2::vec::Vec as AVec;
 use gpu_arena::driver::checked::LogEntry;
-use gpu_arena::driver::{Checked, DevicePtr, Driver, Op, Stream};
-use gpu_arena::{Arena, ArenaConfig, Error, GrowBuffer, Kind, SharedArena, SleepMode};
+use gpu_arena::driver::{Checked, Driver, Op, Stream};
+use gpu_arena::{Arena, ArenaConfig, DevicePtr, Error, GrowBuffer, Kind, SharedArena, SleepMode};
 
 use crate::common::{hip, hip_rt};
 
@@ -40,15 +40,23 @@ fn read<D: Driver>(d: &D, va: DevicePtr, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
     // SAFETY: callers pass a live block the device may read; `buf` is a
     // distinct host allocation of `len` bytes.
-    unsafe { d.copy(buf.as_mut_ptr() as u64, va, len, Stream::DEFAULT) }.expect("copy to host");
+    unsafe { d.copy(buf.as_mut_ptr() as u64, va.addr(), len, Stream::DEFAULT) }
+        .expect("copy to host");
     buf
 }
 
 /// Copies `bytes` to `va` (default stream: complete on return).
 fn write<D: Driver>(d: &D, va: DevicePtr, bytes: &[u8]) {
     // SAFETY: callers pass a live block the device may write.
-    unsafe { d.copy(va, bytes.as_ptr() as u64, bytes.len(), Stream::DEFAULT) }
-        .expect("copy to device");
+    unsafe {
+        d.copy(
+            va.addr(),
+            bytes.as_ptr() as u64,
+            bytes.len(),
+            Stream::DEFAULT,
+        )
+    }
+    .expect("copy to device");
 }
 
 /// The pattern of block `seed`.
@@ -59,6 +67,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 /// Unmaps in `log` that touch `va..va + len`.
 /// Bytes of `va..va+len` that the log's successful unmaps took away.
 fn unmaps_of(log: &[LogEntry], va: DevicePtr, len: u64) -> u64 {
+    let va = va.addr();
     log.iter()
         .filter(|e| e.op == Op::Unmap && e.ok && e.va < va + len && va < e.va + e.size)
         .map(|e| (e.va + e.size).min(va + len) - e.va.max(va))
@@ -115,13 +124,14 @@ impl Busy {
             Busy::Kernel(c) => {
                 let k = c.kernels().expect("kernels");
                 // SAFETY: the caller guarantees `flag`; the stream is live.
-                unsafe { k.spin(stream, nanos, flag, value) }.expect("spin");
+                unsafe { k.spin(stream, nanos, flag.addr(), value) }.expect("spin");
             }
             Busy::Held => {
                 let _ = nanos;
                 assert!(hip_rt::hold(stream.0), "hipShimHoldStream");
                 // SAFETY: the caller guarantees `flag`; 4 bytes from a local.
-                unsafe { d.copy(flag, &value as *const u32 as u64, 4, stream) }.expect("write");
+                unsafe { d.copy(flag.addr(), &value as *const u32 as u64, 4, stream) }
+                    .expect("write");
             }
         }
     }
@@ -217,9 +227,10 @@ fn free_while_work_runs_returns_at_once_and_unmaps_after_its_fence() {
         // SAFETY: X and Y are live blocks mapped read-write for device 0;
         // X stays mapped until A's work completed (that is what is checked).
         unsafe {
-            c.fill(x, 0, BLOCK as usize, a).expect("fill X");
+            c.fill(x.addr(), 0, BLOCK as usize, a).expect("fill X");
             busy.run(&c, a, 500_000_000, x, VALUE);
-            c.copy(y, x, BLOCK as usize, a).expect("copy X -> Y");
+            c.copy(y.addr(), x.addr(), BLOCK as usize, a)
+                .expect("copy X -> Y");
         }
         let work = c.record(a).expect("fence");
         c.enable_log();
@@ -301,7 +312,7 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
     let y = g.alloc(N, 512, b).unwrap();
     assert_ne!(y, x, "B got X while A's work still uses it");
     // SAFETY: y is a live block; B writes it while A's work runs.
-    unsafe { d.fill(y, 0x11, N as usize, b) }.unwrap();
+    unsafe { d.fill(y.addr(), 0x11, N as usize, b) }.unwrap();
     let z = g.alloc(N, 512, a).unwrap();
     assert_eq!(z, x, "a block freed on A is reused by A at once");
     busy.finish(a);
@@ -348,7 +359,7 @@ fn threads_share_a_global_arena() {
     const THREADS: usize = 4;
     const ROUNDS: usize = 300;
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..THREADS)
-        .map(|_| mpsc::channel::<(u64, usize, u8)>())
+        .map(|_| mpsc::channel::<(DevicePtr, usize, u8)>())
         .unzip();
     let t0 = Instant::now();
     let workers: Vec<_> = rxs
@@ -377,7 +388,7 @@ fn threads_share_a_global_arena() {
                     // SAFETY: a live block of `size` bytes; `head` is ours;
                     // the copy on `stream` is ordered before the fence of
                     // this block's free.
-                    unsafe { d.copy(p, head.as_ptr() as u64, head.len(), Stream::DEFAULT) }
+                    unsafe { d.copy(p.addr(), head.as_ptr() as u64, head.len(), Stream::DEFAULT) }
                         .unwrap();
                     if s % 3 == 0 || next.send((p, size, seed)).is_err() {
                         mine.push((p, size, seed));
@@ -431,17 +442,17 @@ fn pinned_host_vec_is_shared_by_cpu_and_device() {
         assert!(arena.host_visible());
         let mut v: AVec<u32, _> = AVec::new_in(&arena);
         v.extend(0..(1u32 << 20));
-        let p = v.as_ptr() as u64;
+        let p = DevicePtr::from_ptr(v.as_ptr());
         assert!(arena.contains(p));
         // The device overwrites the first 4 KiB; the CPU sees it in place.
         // SAFETY: the vector's buffer is live, mapped for device 0 and the
         // CPU; the fill on the default stream is complete on return.
-        unsafe { c.fill(p, 0x01, 4096, Stream::DEFAULT) }.expect("fill");
+        unsafe { c.fill(p.addr(), 0x01, 4096, Stream::DEFAULT) }.expect("fill");
         assert!(v[..1024].iter().all(|&w| w == 0x0101_0101));
         assert_eq!(v[1024], 1024);
         // And reads what the CPU wrote.
         v[5000] = 0xDEAD_BEEF;
-        let back = read(&c, p + 4 * 5000, 4);
+        let back = read(&c, p.byte_add(4 * 5000), 4);
         assert_eq!(u32::from_ne_bytes(back.try_into().unwrap()), 0xDEAD_BEEF);
         drop(v);
         arena.trim();
@@ -473,8 +484,9 @@ fn grow_buffer_grows_in_place() {
         assert!(buf.committed() >= GIB);
         assert_eq!(read(&c, base, 4096), marker, "contents kept");
         let tail = pattern(4096, 0xA5);
-        write(&c, base + GIB - 4096, &tail);
-        assert_eq!(read(&c, base + GIB - 4096, 4096), tail);
+        let end = base.byte_add(GIB - 4096);
+        write(&c, end, &tail);
+        assert_eq!(read(&c, end, 4096), tail);
         println!(
             "HIPARENA grow buffer {} KiB -> 1 GiB in place: {:.1} ms, committed {} MiB",
             page >> 10,

@@ -23,7 +23,9 @@ use gpu_arena::api::ipc::{ExportedBuffer, ImportedBuffer, SharedBuffer};
 use gpu_arena::driver::{
     AccessMode, Checked, Driver, HostConfig, HostDriver, Location, Stream, share,
 };
-use gpu_arena::{Arena, ArenaConfig, CommitConfig, Error, ErrorKind, GrowBuffer, Kind, Reason};
+use gpu_arena::{
+    Arena, ArenaConfig, CommitConfig, DevicePtr, Error, ErrorKind, GrowBuffer, Kind, Reason,
+};
 use gpu_arena::{Policy, SharedArena};
 
 fn two_devices() -> HostDriver {
@@ -49,16 +51,16 @@ fn config() -> ArenaConfig {
 }
 
 /// Every committed page of the arena: its address.
-fn committed_pages<D: Driver>(a: &Arena<D>) -> Vec<u64> {
+fn committed_pages<D: Driver>(a: &Arena<D>) -> Vec<DevicePtr> {
     let s = a.snapshot();
     s.pages
         .iter()
         .filter(|p| p.state != gpu_arena::stats::PageStateReport::Free)
-        .map(|p| s.base + p.index * s.page)
+        .map(|p| s.base.byte_add(p.index * s.page))
         .collect()
 }
 
-fn assert_all<D: Driver>(a: &Arena<D>, pages: &[u64], who: Location, mode: AccessMode) {
+fn assert_all<D: Driver>(a: &Arena<D>, pages: &[DevicePtr], who: Location, mode: AccessMode) {
     assert!(!pages.is_empty());
     for &p in pages {
         assert_eq!(
@@ -76,7 +78,7 @@ fn grant_covers_committed_and_later_pages_and_revoke_takes_it_back() {
         let mut a = Arena::new(&d, Kind::Device(0), config()).unwrap();
         let peer = Location::Device(1);
         // Memory of every policy, committed before the grant.
-        let small: Vec<u64> = (0..64).map(|_| a.alloc(4096, 64).unwrap()).collect();
+        let small: Vec<DevicePtr> = (0..64).map(|_| a.alloc(4096, 64).unwrap()).collect();
         let large = a.alloc(40 << 20, 256).unwrap();
         let buf = a.reserve_buffer(16 << 20, Policy::Grow).unwrap();
         a.commit_buffer(buf, 0, 8 << 20).unwrap();
@@ -148,7 +150,7 @@ fn grant_covers_committed_and_later_pages_and_revoke_takes_it_back() {
         ));
         // Foreign pointers too.
         assert!(matches!(
-            a.access_of(1 << 12, peer),
+            a.access_of(DevicePtr::new(1 << 12), peer),
             Err(Error::BadPointer { .. })
         ));
         for p in small {
@@ -416,7 +418,9 @@ fn shared_buffer_round_trip_and_lifetime() {
     );
     importer.grant(1, AccessMode::ReadWrite).unwrap();
     assert_eq!(
-        importer.access_of(view.as_ptr() + (5 << 20), 1).unwrap(),
+        importer
+            .access_of(view.as_ptr().byte_add(5 << 20), 1)
+            .unwrap(),
         AccessMode::ReadWrite
     );
     // The exporter lets go: its memory stays for the importer.
@@ -764,21 +768,21 @@ mod cuda {
         Some(all)
     }
 
-    fn write_u32s<D: Driver>(d: &D, va: u64, n: usize, f: impl Fn(usize) -> u32) {
+    fn write_u32s<D: Driver>(d: &D, va: DevicePtr, n: usize, f: impl Fn(usize) -> u32) {
         let host: Vec<u32> = (0..n).map(f).collect();
         // SAFETY: `va` is mapped for the driver's device; `host` is a
         // separate allocation of n u32s.
         unsafe {
-            d.copy(va, host.as_ptr() as u64, n * 4, Stream::DEFAULT)
+            d.copy(va.addr(), host.as_ptr() as u64, n * 4, Stream::DEFAULT)
                 .unwrap()
         };
     }
 
-    fn read_u32s<D: Driver>(d: &D, va: u64, n: usize) -> Vec<u32> {
+    fn read_u32s<D: Driver>(d: &D, va: DevicePtr, n: usize) -> Vec<u32> {
         let mut host = vec![0u32; n];
         // SAFETY: as above, the other way.
         unsafe {
-            d.copy(host.as_mut_ptr() as u64, va, n * 4, Stream::DEFAULT)
+            d.copy(host.as_mut_ptr() as u64, va.addr(), n * 4, Stream::DEFAULT)
                 .unwrap()
         };
         host
@@ -843,9 +847,9 @@ mod cuda {
             // SAFETY: the ranges are mapped read-write for this device and
             // nothing else touches them until the fence below completed.
             unsafe {
-                k.add_one(s, before, N as u64).unwrap();
-                k.add_one(s, later, N as u64).unwrap();
-                k.add_one(s, buf, M as u64).unwrap();
+                k.add_one(s, before.addr(), N as u64).unwrap();
+                k.add_one(s, later.addr(), N as u64).unwrap();
+                k.add_one(s, buf.addr(), M as u64).unwrap();
             }
             let f = d.record(s).unwrap();
             d.wait(&f).unwrap();
@@ -991,7 +995,10 @@ mod cuda {
             let k = d.kernels().unwrap();
             // SAFETY: mapped read-write for this device; nothing else
             // touches it until the fence completed.
-            unsafe { k.add_one(Stream::DEFAULT, view.as_ptr(), N as u64).unwrap() };
+            unsafe {
+                k.add_one(Stream::DEFAULT, view.as_ptr().addr(), N as u64)
+                    .unwrap()
+            };
             let f = d.record(Stream::DEFAULT).unwrap();
             d.wait(&f).unwrap();
             d.drop_fence(f);
@@ -1030,17 +1037,17 @@ mod hip {
     use super::*;
     use crate::common::hip;
 
-    fn write_u32s<D: Driver>(d: &D, va: u64, n: usize, f: impl Fn(usize) -> u32) {
+    fn write_u32s<D: Driver>(d: &D, va: DevicePtr, n: usize, f: impl Fn(usize) -> u32) {
         let host: Vec<u32> = (0..n).map(f).collect();
         // SAFETY: `va` is mapped for the driver's device; `host` is a
         // separate allocation of n u32s.
-        unsafe { d.copy(va, host.as_ptr() as u64, n * 4, Stream::DEFAULT) }.unwrap();
+        unsafe { d.copy(va.addr(), host.as_ptr() as u64, n * 4, Stream::DEFAULT) }.unwrap();
     }
 
-    fn read_u32s<D: Driver>(d: &D, va: u64, n: usize) -> Vec<u32> {
+    fn read_u32s<D: Driver>(d: &D, va: DevicePtr, n: usize) -> Vec<u32> {
         let mut host = vec![0u32; n];
         // SAFETY: as above, the other way.
-        unsafe { d.copy(host.as_mut_ptr() as u64, va, n * 4, Stream::DEFAULT) }.unwrap();
+        unsafe { d.copy(host.as_mut_ptr() as u64, va.addr(), n * 4, Stream::DEFAULT) }.unwrap();
         host
     }
 

@@ -12,7 +12,7 @@ use allocator_api2::vec::Vec as AVec;
 use bumpalo::Bump;
 use gpu_arena::driver::{Checked, HostDriver, Stream};
 use gpu_arena::{
-    ArenaConfig, BadPointer, Error, Kind, Policy, Scratch, ScratchConfig, SharedArena,
+    ArenaConfig, BadPointer, DevicePtr, Error, Kind, Policy, Scratch, ScratchConfig, SharedArena,
 };
 use proptest::prelude::*;
 
@@ -32,13 +32,13 @@ fn big_arena(driver: &Checked<HostDriver>) -> TestArena<'_> {
 }
 
 /// The base address of the only scratch arena of `arena`.
-fn scratch_base(arena: &TestArena<'_>) -> u64 {
+fn scratch_base(arena: &TestArena<'_>) -> DevicePtr {
     let snap = arena.snapshot();
     let mut bases = snap
         .blocks
         .iter()
         .filter(|b| b.policy == Policy::Scratch)
-        .map(|b| snap.base + b.offset);
+        .map(|b| snap.base.byte_add(b.offset));
     let base = bases.next().expect("a scratch arena");
     assert!(bases.next().is_none(), "one scratch arena");
     base
@@ -102,9 +102,9 @@ fn scratch_serves_bumpalos_allocation_api() {
         let cubes = scratch.try_alloc_slice_fill_iter((1..4).map(|i: i32| i.pow(3)));
         assert_eq!(cubes.unwrap(), [1, 8, 27]);
         // Everything lies in the one reservation, bumped upwards.
-        let a = scratch.alloc(1u8) as *const u8 as u64;
-        let b = scratch.alloc(2u8) as *const u8 as u64;
-        assert!(scratch.contains(a) && scratch.contains(b) && b == a + 1);
+        let a = DevicePtr::from_ptr(scratch.alloc(1u8));
+        let b = DevicePtr::from_ptr(scratch.alloc(2u8));
+        assert!(scratch.contains(a) && scratch.contains(b) && b == a.byte_add(1));
         assert_eq!(
             arena.stats().scratch.bytes,
             scratch.allocated_bytes() as u64
@@ -459,8 +459,9 @@ fn scratch_memory_freed_through_the_arena_is_refused_as_scratch() {
     {
         let arena = big_arena(&driver);
         let scratch = Scratch::new(&arena).unwrap();
-        let first = scratch.alloc(1u64) as *mut u64 as u64;
-        let inner = scratch.alloc_slice_fill_copy(100, 0u8).as_ptr() as u64 + 10;
+        let first = DevicePtr::from_ptr(scratch.alloc(1u64));
+        let inner =
+            DevicePtr::from_ptr(scratch.alloc_slice_fill_copy(100, 0u8).as_ptr()).byte_add(10);
         let before = arena.stats();
         for p in [first, inner] {
             let e = arena.free(p, Stream::DEFAULT).unwrap_err();
@@ -656,7 +657,8 @@ fn same_program(ops: &[Op]) {
         let arena = big_arena(&driver);
         let max = 64 << 20;
         let mut scratch = Scratch::with_config(&arena, scratch_config(max, PAGE)).unwrap();
-        let base = scratch_base(&arena);
+        // Host addresses: the model compares them with bumpalo's.
+        let base = scratch_base(&arena).addr();
         let mut bump = Bump::new();
         let mut limit: Option<usize> = None;
         for segment in ops.split(|op| matches!(op, Op::Reset)) {
@@ -924,10 +926,10 @@ fn scratch_on_device_memory_serves_layouts_only() {
     // 65 MiB at a 4 MiB alignment, then more: one range, committed as needed.
     let l = Layout::from_size_align(65 << 20, 4 << 20).unwrap();
     let a = scratch.try_alloc_device(l).unwrap();
-    assert_eq!(a % (4 << 20), 0);
+    assert!(a.is_aligned_to(4 << 20));
     let b = scratch.alloc_layout(Layout::from_size_align(1 << 20, 256).unwrap());
-    let b = b.as_ptr() as u64;
-    assert_eq!(b, a + (65 << 20));
+    let b = DevicePtr::from_ptr(b.as_ptr());
+    assert_eq!(b, a.byte_add(65 << 20));
     let pattern: Vec<u8> = (0..1 << 20).map(|i| i as u8).collect();
     let mut back = vec![0u8; pattern.len()];
     {
@@ -936,10 +938,20 @@ fn scratch_on_device_memory_serves_layouts_only() {
         // are host memory of that length.
         unsafe {
             a.driver()
-                .copy(b, pattern.as_ptr() as u64, pattern.len(), Stream::DEFAULT)
+                .copy(
+                    b.addr(),
+                    pattern.as_ptr() as u64,
+                    pattern.len(),
+                    Stream::DEFAULT,
+                )
                 .unwrap();
             a.driver()
-                .copy(back.as_mut_ptr() as u64, b, back.len(), Stream::DEFAULT)
+                .copy(
+                    back.as_mut_ptr() as u64,
+                    b.addr(),
+                    back.len(),
+                    Stream::DEFAULT,
+                )
                 .unwrap();
         }
     }

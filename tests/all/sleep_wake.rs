@@ -1,7 +1,7 @@
 //! Sleep and wake at the same addresses, exact accounting, the OOM report.
 
 use gpu_arena::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
-use gpu_arena::{Arena, ArenaConfig, Error, Kind, SleepMode};
+use gpu_arena::{Arena, ArenaConfig, DevicePtr, Error, Kind, SleepMode};
 
 fn driver() -> Checked<HostDriver> {
     Checked::new(
@@ -24,23 +24,23 @@ fn config() -> ArenaConfig {
     c
 }
 
-fn fill(p: u64, len: usize, seed: u8) {
+fn fill(p: DevicePtr, len: usize, seed: u8) {
     // SAFETY: host backend; the block is live, awake and `len` bytes long.
-    let s = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
+    let s = unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr::<u8>(), len) };
     for (i, b) in s.iter_mut().enumerate() {
         *b = seed ^ (i % 251) as u8;
     }
 }
 
-fn check(p: u64, len: usize, seed: u8) -> bool {
+fn check(p: DevicePtr, len: usize, seed: u8) -> bool {
     // SAFETY: as in `fill`.
-    let s = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len) };
     s.iter()
         .enumerate()
         .all(|(i, b)| *b == seed ^ (i % 251) as u8)
 }
 
-fn blocks(a: &mut Arena<&Checked<HostDriver>>) -> Vec<(u64, usize, u8)> {
+fn blocks(a: &mut Arena<&Checked<HostDriver>>) -> Vec<(DevicePtr, usize, u8)> {
     let mut v = Vec::new();
     for (k, size) in [100usize, 5000, 70_000, 300_000, 2 << 20]
         .into_iter()
@@ -102,7 +102,7 @@ fn discard_gives_zeroed_pages_back_at_the_same_addresses() {
     a.wake(Stream::DEFAULT).unwrap();
     for &(p, len, _) in &live {
         // SAFETY: host backend, live block, awake again.
-        let s = unsafe { std::slice::from_raw_parts(p as *const u8, len) };
+        let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len) };
         assert!(
             s.iter().all(|&b| b == 0),
             "discarded contents read as zero on the host backend"
@@ -119,7 +119,7 @@ fn a_failed_wake_leaves_the_arena_asleep_and_nothing_mapped() {
     let d = driver();
     let mut a = Arena::new(&d, Kind::Device(0), config()).unwrap();
     // Three separate live ranges so wake makes several runs.
-    let keep: Vec<u64> = (0..6).map(|_| a.alloc(300 << 10, 64).unwrap()).collect();
+    let keep: Vec<DevicePtr> = (0..6).map(|_| a.alloc(300 << 10, 64).unwrap()).collect();
     for (i, &p) in keep.iter().enumerate() {
         if i % 2 == 1 {
             a.free(p).unwrap();

@@ -11,8 +11,8 @@
 
 use core::ffi::{c_char, c_int, c_void};
 
+use gpu_arena::driver::Stream;
 use gpu_arena::driver::cuda::{CudaDriver, sys};
-use gpu_arena::driver::{DevicePtr, Stream};
 
 use crate::AnyResult;
 
@@ -118,7 +118,7 @@ impl Cu {
     }
 
     /// `cuMemAlloc_v2`.
-    pub fn mem_alloc(&self, size: usize) -> AnyResult<DevicePtr> {
+    pub fn mem_alloc(&self, size: usize) -> AnyResult<u64> {
         let mut p: sys::CUdeviceptr = 0;
         // SAFETY: a context is current (callers call `make_current` per
         // thread); `p` is a valid out-pointer.
@@ -127,7 +127,7 @@ impl Cu {
     }
 
     /// `cuMemFree_v2`.
-    pub fn mem_free(&self, p: DevicePtr) -> AnyResult<()> {
+    pub fn mem_free(&self, p: u64) -> AnyResult<()> {
         // SAFETY: `p` came from `mem_alloc` and is freed once; nothing uses
         // it afterwards.
         check("cuMemFree_v2", unsafe { sys::cuMemFree_v2(p) })
@@ -154,7 +154,7 @@ impl Cu {
     }
 
     /// `cuMemAllocAsync` on `stream` (the device's current pool: the default one).
-    pub fn alloc_async(&self, size: usize, stream: Stream) -> AnyResult<DevicePtr> {
+    pub fn alloc_async(&self, size: usize, stream: Stream) -> AnyResult<u64> {
         let mut p: sys::CUdeviceptr = 0;
         // SAFETY: a context is current; the stream is live (made by the
         // driver, or the null stream); `p` is a valid out-pointer.
@@ -165,7 +165,7 @@ impl Cu {
     }
 
     /// `cuMemFreeAsync` on `stream`.
-    pub fn free_async(&self, p: DevicePtr, stream: Stream) -> AnyResult<()> {
+    pub fn free_async(&self, p: u64, stream: Stream) -> AnyResult<()> {
         // SAFETY: `p` came from `alloc_async` and is freed once, in the
         // order of a live stream; nothing uses it afterwards.
         check("cuMemFreeAsync", unsafe {
@@ -186,7 +186,7 @@ impl Cu {
 
     /// `cuMemsetD8_v2` of `len` bytes at `p` on the legacy default stream,
     /// then a wait on that stream's work only (an event recorded after it).
-    pub fn memset_sync(&self, p: DevicePtr, byte: u8, len: usize) -> AnyResult<()> {
+    pub fn memset_sync(&self, p: u64, byte: u8, len: usize) -> AnyResult<()> {
         // SAFETY: a context is current; the caller passes memory it owns
         // (from `mem_alloc`) of at least `len` bytes.
         check("cuMemsetD8_v2", unsafe { sys::cuMemsetD8_v2(p, byte, len) })?;

@@ -37,7 +37,7 @@ struct DeviceInfo {
 
 #[derive(serde::Serialize)]
 struct Reservation {
-    base: u64,
+    base: gpu_arena::DevicePtr,
     size: u64,
     /// The size obtained where the configured one was refused.
     fallback: Option<u64>,

@@ -419,7 +419,7 @@ fn a_rounds(
     let words = out.compute / 4;
     // SAFETY: a live block of that many bytes, ours; the fill is in
     // stream order before every kernel on `work`.
-    unsafe { arena.driver().fill(c, 0, out.compute as usize, work) }?;
+    unsafe { arena.driver().fill(c.addr(), 0, out.compute as usize, work) }?;
     let weights = {
         let _g = arena.tag_scope("weights")?;
         load_blocks(

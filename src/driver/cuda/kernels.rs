@@ -15,7 +15,7 @@ use core::ffi::{CStr, c_void};
 
 use super::result;
 use super::{Context, Raw, cu_stream, sys};
-use crate::driver::{DevicePtr, Stream};
+use crate::driver::Stream;
 use crate::error::Result;
 
 /// Threads per block of the element-wise kernels.
@@ -411,13 +411,7 @@ impl Kernels {
     /// aligned address mapped with read-write access for this device (device
     /// memory, or host-located VMM memory) that stays mapped until the
     /// kernel has completed.
-    pub unsafe fn spin(
-        &self,
-        stream: Stream,
-        nanos: u64,
-        flag: DevicePtr,
-        value: u32,
-    ) -> Result<()> {
+    pub unsafe fn spin(&self, stream: Stream, nanos: u64, flag: u64, value: u32) -> Result<()> {
         let mut nanos = nanos;
         let mut flag = flag;
         let mut value = value;
@@ -441,7 +435,7 @@ impl Kernels {
     /// `stream` is live (or [`Stream::DEFAULT`]); `ptr..ptr + 4 n` is 4-byte
     /// aligned and mapped read-write for this device until the kernel has
     /// completed, and nothing else writes it meanwhile.
-    pub unsafe fn add_one(&self, stream: Stream, ptr: DevicePtr, n: u64) -> Result<()> {
+    pub unsafe fn add_one(&self, stream: Stream, ptr: u64, n: u64) -> Result<()> {
         let mut ptr = ptr;
         let mut len = n;
         let mut params: [*mut c_void; 2] = [(&raw mut ptr).cast(), (&raw mut len).cast()];
@@ -472,11 +466,11 @@ impl Kernels {
     pub unsafe fn check_and_write(
         &self,
         stream: Stream,
-        ptr: DevicePtr,
+        ptr: u64,
         n: u64,
         expect: u32,
         write: u32,
-        errors: DevicePtr,
+        errors: u64,
     ) -> Result<()> {
         let mut ptr = ptr;
         let mut len = n;
@@ -511,7 +505,7 @@ impl Kernels {
     ///
     /// # Safety
     /// As for [`Kernels::add_one`].
-    pub unsafe fn add_f32(&self, stream: Stream, ptr: DevicePtr, n: u64, value: f32) -> Result<()> {
+    pub unsafe fn add_f32(&self, stream: Stream, ptr: u64, n: u64, value: f32) -> Result<()> {
         let mut ptr = ptr;
         let mut len = n;
         let mut value = value;
@@ -541,13 +535,7 @@ impl Kernels {
     ///
     /// # Safety
     /// As for [`Kernels::add_one`].
-    pub unsafe fn fill_pattern(
-        &self,
-        stream: Stream,
-        ptr: DevicePtr,
-        n: u64,
-        seed: u32,
-    ) -> Result<()> {
+    pub unsafe fn fill_pattern(&self, stream: Stream, ptr: u64, n: u64, seed: u32) -> Result<()> {
         let mut ptr = ptr;
         let mut len = n;
         let mut seed = seed;
@@ -582,10 +570,10 @@ impl Kernels {
     pub unsafe fn check_pattern(
         &self,
         stream: Stream,
-        ptr: DevicePtr,
+        ptr: u64,
         n: u64,
         seed: u32,
-        errors: DevicePtr,
+        errors: u64,
     ) -> Result<()> {
         let mut ptr = ptr;
         let mut len = n;

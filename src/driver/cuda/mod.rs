@@ -59,7 +59,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
-use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
+use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
 use crate::{MetaMap, MetaVec};
 
@@ -728,13 +728,13 @@ unsafe impl Driver for CudaDriver {
         }
     }
 
-    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+    fn reserve(&self, size: usize, align: usize) -> Result<u64> {
         let _cur = self.enter()?;
         // SAFETY: the probe passed and our context is current.
         Ok(unsafe { result::mem_address_reserve(size, align) }?)
     }
 
-    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()> {
         let _cur = self.enter()?;
         // SAFETY: the caller guarantees a whole reservation nothing uses.
         Ok(unsafe { result::mem_address_free(va, size) }?)
@@ -787,13 +787,7 @@ unsafe impl Driver for CudaDriver {
         }
     }
 
-    unsafe fn map(
-        &self,
-        va: DevicePtr,
-        size: usize,
-        offset: usize,
-        handle: CudaHandle,
-    ) -> Result<()> {
+    unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: CudaHandle) -> Result<()> {
         let _cur = self.enter()?;
         let handles = lock(&self.handles);
         if !handles.contains_key(&handle.0) {
@@ -808,14 +802,14 @@ unsafe impl Driver for CudaDriver {
         Ok(())
     }
 
-    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
         let _cur = self.enter()?;
         // SAFETY: the caller guarantees nothing touches the range again
         // before it is mapped anew.
         Ok(unsafe { result::mem_unmap(va, size) }?)
     }
 
-    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+    unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
         if access.is_empty() || access.len() > MAX_ACCESS {
             return Err(result::error(Call::SetAccess, 1).into());
         }
@@ -841,7 +835,7 @@ unsafe impl Driver for CudaDriver {
         Ok(unsafe { result::mem_set_access(va, size, &desc[..n]) }?)
     }
 
-    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+    fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode> {
         let location = match accessor {
             Location::Device(d) => device_location(Call::GetAccess, d)?,
             Location::Host => self.host_location(),
@@ -919,13 +913,7 @@ unsafe impl Driver for CudaDriver {
         Ok(unsafe { result::stream_destroy(cu_stream(stream)) }?)
     }
 
-    unsafe fn copy(
-        &self,
-        dst: DevicePtr,
-        src: DevicePtr,
-        len: usize,
-        stream: Stream,
-    ) -> Result<()> {
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, stream: Stream) -> Result<()> {
         let _cur = self.enter()?;
         // SAFETY: 1. the probe passed and our context is current; 2. the
         // caller guarantees both ranges and the stream; for the default
@@ -937,7 +925,7 @@ unsafe impl Driver for CudaDriver {
         Ok(())
     }
 
-    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+    unsafe fn fill(&self, dst: u64, byte: u8, len: usize, stream: Stream) -> Result<()> {
         let _cur = self.enter()?;
         // SAFETY: as in `copy`; the caller guarantees the range is mapped and
         // writable by this device.

@@ -80,7 +80,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Mutex, MutexGuard};
 
 use crate::driver::rules::{Refusal, VmState};
-use crate::driver::{Access, AccessMode, Capabilities, DevicePtr, Driver, Location, Stream};
+use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
 use crate::{MetaMap, MetaVec};
 
@@ -563,7 +563,7 @@ unsafe impl Driver for HipDriver {
         }
     }
 
-    fn reserve(&self, size: usize, align: usize) -> Result<DevicePtr> {
+    fn reserve(&self, size: usize, align: usize) -> Result<u64> {
         let mut vm = self.lock_vmm();
         vm.check_reserve(size as u64, align as u64)
             .map_err(|r| refuse(Call::Reserve, r))?;
@@ -588,7 +588,7 @@ unsafe impl Driver for HipDriver {
         Ok(va)
     }
 
-    unsafe fn free_reservation(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn free_reservation(&self, va: u64, size: usize) -> Result<()> {
         let mut vm = self.lock_vmm();
         vm.free_reservation(va, size as u64)
             .map_err(|r| refuse(Call::FreeReservation, r))?;
@@ -625,13 +625,7 @@ unsafe impl Driver for HipDriver {
         Ok(())
     }
 
-    unsafe fn map(
-        &self,
-        va: DevicePtr,
-        size: usize,
-        offset: usize,
-        handle: HipHandle,
-    ) -> Result<()> {
+    unsafe fn map(&self, va: u64, size: usize, offset: usize, handle: HipHandle) -> Result<()> {
         let mut vm = self.lock_vmm();
         vm.map(va, size as u64, offset as u64, handle)
             .map_err(|r| refuse(Call::Map, r))?;
@@ -647,7 +641,7 @@ unsafe impl Driver for HipDriver {
         Ok(())
     }
 
-    unsafe fn unmap(&self, va: DevicePtr, size: usize) -> Result<()> {
+    unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
         let mut vm = self.lock_vmm();
         // Lenient, as on CUDA (rules.rs): holes are allowed, cutting a
         // mapping in two is not.
@@ -681,7 +675,7 @@ unsafe impl Driver for HipDriver {
         }
     }
 
-    unsafe fn set_access(&self, va: DevicePtr, size: usize, access: &[Access]) -> Result<()> {
+    unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
         if access.len() > MAX_ACCESS {
             return Err(
                 refuse(Call::SetAccess, (ErrorKind::InvalidValue, Reason::Overflow)).into(),
@@ -733,7 +727,7 @@ unsafe impl Driver for HipDriver {
         Ok(())
     }
 
-    fn get_access(&self, va: DevicePtr, accessor: Location) -> Result<AccessMode> {
+    fn get_access(&self, va: u64, accessor: Location) -> Result<AccessMode> {
         if accessor == Location::Host && self.host_granularity == 0 {
             return Err(refuse(
                 Call::GetAccess,
@@ -810,13 +804,7 @@ unsafe impl Driver for HipDriver {
         unsafe { result::stream_destroy(stream.0) }.map_err(Error::from)
     }
 
-    unsafe fn copy(
-        &self,
-        dst: DevicePtr,
-        src: DevicePtr,
-        len: usize,
-        stream: Stream,
-    ) -> Result<()> {
+    unsafe fn copy(&self, dst: u64, src: u64, len: usize, stream: Stream) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -833,7 +821,7 @@ unsafe impl Driver for HipDriver {
         self.wait_default()
     }
 
-    unsafe fn fill(&self, dst: DevicePtr, byte: u8, len: usize, stream: Stream) -> Result<()> {
+    unsafe fn fill(&self, dst: u64, byte: u8, len: usize, stream: Stream) -> Result<()> {
         if len == 0 {
             return Ok(());
         }

@@ -21,7 +21,10 @@ fn fill(shared: &SharedArena<impl Driver>, at: DevicePtr, len: u64) -> AnyResult
     let a = shared.lock();
     // SAFETY: the range is committed memory of a live block or buffer of
     // this arena, writable by the device (and the CPU on the host backend).
-    unsafe { a.driver().fill(at, 0x5a, len as usize, Stream::DEFAULT) }?;
+    unsafe {
+        a.driver()
+            .fill(at.addr(), 0x5a, len as usize, Stream::DEFAULT)
+    }?;
     Ok(())
 }
 
@@ -67,7 +70,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             let t = Instant::now();
             buf.resize(w[1])?;
             grow_times.push(t.elapsed().as_nanos() as f64);
-            fill(&shared, buf.as_ptr() + w[0], w[1] - w[0])?;
+            fill(&shared, buf.as_ptr().byte_add(w[0]), w[1] - w[0])?;
             pb.inc(1);
         }
     }
@@ -91,12 +94,15 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             let a = shared.lock();
             // SAFETY: both are live blocks of this arena, at least w[0]
             // bytes long, and distinct (so they do not overlap).
-            unsafe { a.driver().copy(new, cur, w[0] as usize, Stream::DEFAULT) }?;
+            unsafe {
+                a.driver()
+                    .copy(new.addr(), cur.addr(), w[0] as usize, Stream::DEFAULT)
+            }?;
         }
         shared.free(cur, Stream::DEFAULT)?;
         copy_times.push(t.elapsed().as_nanos() as f64);
         cur = new;
-        fill(&shared, cur + w[0], w[1] - w[0])?;
+        fill(&shared, cur.byte_add(w[0]), w[1] - w[0])?;
         pb.inc(1);
     }
     shared.free(cur, Stream::DEFAULT)?;

@@ -80,7 +80,7 @@ fn pinned_copy(ctx: &Ctx, dev: DevicePtr, bytes: u64) -> AnyResult<(f64, f64)> {
     let once = |dst: DevicePtr, src: DevicePtr| -> AnyResult<f64> {
         let t = Instant::now();
         // SAFETY: both ranges are live blocks of `bytes` bytes; no overlap.
-        unsafe { d.copy(dst, src, bytes as usize, Stream::DEFAULT) }?;
+        unsafe { d.copy(dst.addr(), src.addr(), bytes as usize, Stream::DEFAULT) }?;
         Ok(gib / t.elapsed().as_secs_f64())
     };
     once(host, dev)?; // warm-up

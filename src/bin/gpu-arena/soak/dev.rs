@@ -88,7 +88,7 @@ pub struct CudaDev {
     streams: Vec<Stream>,
     /// One `u32` per stream (`cuMemAlloc`, outside the arena): the check
     /// kernels add their mismatches there.
-    counters: DevicePtr,
+    counters: u64,
 }
 
 impl Dev {
@@ -146,7 +146,7 @@ impl Dev {
         match self {
             Dev::Host { .. } => {
                 let n = (b.size / 4) as usize;
-                let p = b.ptr as *mut u32;
+                let p = b.ptr.as_mut_ptr::<u32>();
                 // Word i is (i * K) ^ seed: a running sum of K, so that the
                 // loop stays fast in a debug build too.
                 let mut acc = 0u32;
@@ -166,7 +166,7 @@ impl Dev {
                 // 512-byte aligned, that stays allocated until its free,
                 // queued after this launch (same stream, or a stream made to
                 // wait for a mark recorded after it).
-                unsafe { k.fill_pattern(b.stream, b.ptr, b.size / 4, b.seed) }?;
+                unsafe { k.fill_pattern(b.stream, b.ptr.addr(), b.size / 4, b.seed) }?;
                 Ok(())
             }
         }
@@ -180,7 +180,7 @@ impl Dev {
             Dev::Host { corrupted, first } => {
                 let _ = stream;
                 let n = (b.size / 4) as usize;
-                let p = b.ptr as *const u32;
+                let p = b.ptr.as_ptr::<u32>();
                 let (mut acc, mut bad, mut at) = (0u32, 0u64, None);
                 for i in 0..n {
                     // SAFETY: as in `fill`; the block is still allocated.
@@ -212,7 +212,7 @@ impl Dev {
                 let counter = c.counters + 4 * slot as u64;
                 // SAFETY: the block is live until its free, queued after this
                 // launch on `stream`; the counter is our own device `u32`.
-                unsafe { k.check_pattern(stream, b.ptr, b.size / 4, b.seed, counter) }?;
+                unsafe { k.check_pattern(stream, b.ptr.addr(), b.size / 4, b.seed, counter) }?;
                 Ok(())
             }
         }
@@ -224,7 +224,7 @@ impl Dev {
         match self {
             Dev::Host { .. } => {
                 let _ = stream;
-                let p = ptr as *mut u32;
+                let p = ptr.as_mut_ptr::<u32>();
                 for i in 0..words as usize {
                     // SAFETY: the caller passes a live block of host memory
                     // of `words` u32s that only it touches.
@@ -237,7 +237,7 @@ impl Dev {
                 let k = c.kernels()?;
                 // SAFETY: the caller passes a live block of device memory of
                 // `words` u32s that stays allocated while the kernel runs.
-                unsafe { k.add_one(stream, ptr, words) }?;
+                unsafe { k.add_one(stream, ptr.addr(), words) }?;
                 Ok(())
             }
         }
@@ -255,7 +255,7 @@ impl Dev {
         match self {
             Dev::Host { corrupted, .. } => {
                 let _ = stream;
-                let p = ptr as *const u32;
+                let p = ptr.as_ptr::<u32>();
                 let mut bad = 0;
                 for i in 0..words as usize {
                     // SAFETY: as in `add_one`.
@@ -272,7 +272,7 @@ impl Dev {
                 let slot = c.streams.iter().position(|&s| s == stream).unwrap_or(0);
                 let counter = c.counters + 4 * slot as u64;
                 // SAFETY: as in `add_one`; the counter is our own device u32.
-                unsafe { k.check_and_write(stream, ptr, words, value, value, counter) }?;
+                unsafe { k.check_and_write(stream, ptr.addr(), words, value, value, counter) }?;
                 Ok(())
             }
         }
@@ -344,7 +344,7 @@ impl Dev {
                 // copy has completed on return.
                 unsafe {
                     c.driver.copy(
-                        host.as_mut_ptr() as DevicePtr,
+                        host.as_mut_ptr() as u64,
                         c.counters,
                         4 * host.len(),
                         Stream::DEFAULT,
