@@ -754,6 +754,18 @@ pub enum Error {
         /// Bytes of the arena's buffers region (its share of the reservation).
         capacity: u64,
     },
+    /// A copy to or from device memory that does not lie in one live block.
+    #[error(
+        "cannot copy {len} bytes at {addr}: the live block there holds {block} bytes (0: no live block of this arena starts there); copy within one block that alloc returned"
+    )]
+    BadCopy {
+        /// The device address given.
+        addr: crate::DevicePtr,
+        /// Bytes asked for.
+        len: u64,
+        /// Bytes of the live block starting at `addr` (0: none).
+        block: u64,
+    },
     /// The arena's address space (its reservation) is full.
     #[error(
         "the arena's reservation of {reserved} bytes is full (requested {requested}); configure a larger reservation"

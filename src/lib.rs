@@ -7,7 +7,7 @@ pub mod driver;
 pub mod error;
 pub mod sync;
 
-pub use driver::DevicePtr;
+pub use driver::{DevicePtr, Stream};
 pub use error::{
     Backend, BadPointer, Call, DriverError, Error, ErrorKind, OomReport, Reason, Result,
 };
@@ -29,7 +29,12 @@ pub use commit::CommitConfig;
 pub use policy::Policy;
 pub use stats::{Snapshot, Stats};
 pub mod api;
-pub use api::{DeviceBox, DeviceVec, GrowBuffer, Scratch, ScratchConfig, ScratchPtr, SharedArena};
+pub use api::global_alloc::ArenaGlobalAlloc;
+pub use api::{
+    DeviceBox, DeviceVec, ExportedBuffer, GrowBuffer, ImportedBuffer, Scratch, ScratchConfig,
+    ScratchPtr, SharedArena, SharedBuffer,
+};
 pub mod global;
+pub use global::{GlobalArena, GlobalConfig};
 #[cfg(feature = "trace")]
 pub mod replay;

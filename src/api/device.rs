@@ -91,35 +91,15 @@ impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
     /// Copies `src` (exactly `len` elements) to the device; done on return.
     pub fn copy_from_host(&self, src: &[T]) -> Result<()> {
         assert_eq!(src.len(), self.len, "copy_from_host: length mismatch");
-        let a = self.arena.lock();
-        // SAFETY: the destination is this vector's live block of len Ts; the
-        // source is a host slice of the same size; they cannot overlap.
-        unsafe {
-            a.driver().copy(
-                self.ptr.addr(),
-                src.as_ptr() as u64,
-                core::mem::size_of_val(src),
-                Stream::DEFAULT,
-            )
-        }
+        self.arena.lock().write(self.ptr, bytemuck::cast_slice(src))
     }
 
     /// Copies the device contents back to the host.
     pub fn to_vec(&self) -> Result<Vec<T>> {
-        let mut out: Vec<T> = Vec::with_capacity(self.len);
-        let a = self.arena.lock();
-        // SAFETY: out has capacity for len Ts; the source is this vector's
-        // live block; Pod makes any copied bytes valid Ts.
-        unsafe {
-            a.driver().copy(
-                out.as_mut_ptr() as u64,
-                self.ptr.addr(),
-                // Checked in `with_len`: the block holds exactly these bytes.
-                core::mem::size_of::<T>() * self.len,
-                Stream::DEFAULT,
-            )?;
-            out.set_len(self.len);
-        }
+        let mut out: Vec<T> = vec![<T as bytemuck::Zeroable>::zeroed(); self.len];
+        self.arena
+            .lock()
+            .read(self.ptr, bytemuck::cast_slice_mut(&mut out))?;
         Ok(out)
     }
 }

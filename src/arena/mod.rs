@@ -31,6 +31,7 @@
 
 mod accounting;
 mod buffers;
+mod copy;
 mod grow;
 mod ipc;
 mod peer;

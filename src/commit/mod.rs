@@ -41,6 +41,7 @@ pub mod back;
 pub mod budget;
 mod calls;
 mod config;
+mod copy;
 pub mod decay;
 pub mod pages;
 pub mod pool;

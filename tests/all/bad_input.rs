@@ -132,6 +132,53 @@ fn device_vec_refuses_lengths_whose_bytes_overflow() {
     arena.lock().check_invariants();
 }
 
+/// Copies to or from device memory must stay inside one live block: a
+/// freed block, an interior or foreign pointer, and a length past the block
+/// are refused with `BadCopy`, and nothing is written.
+#[test]
+fn copies_outside_a_live_block_are_refused() {
+    let driver = host(256 << 20);
+    let arena = SharedArena::new(&driver, Kind::Device(0), config()).unwrap();
+    let mut a = arena.lock();
+    let p = a.alloc(256, 64).unwrap();
+    let big = a.alloc(4 << 20, 256).unwrap();
+    a.write(p, &[7u8; 256]).unwrap();
+    a.write(big, &[9u8; 4 << 20]).unwrap();
+    let block = a.block_size(p).unwrap();
+    let cases = [
+        (p, block as usize + 1, block),
+        (p.byte_add(64), 8, 0),
+        (gpu_arena::DevicePtr::new(64), 8, 0),
+        (big, (4 << 20) + 1, 4 << 20),
+    ];
+    for (ptr, len, want_block) in cases {
+        match a.write(ptr, &vec![1u8; len]) {
+            Err(Error::BadCopy {
+                addr,
+                len: l,
+                block,
+            }) => {
+                assert_eq!((addr, l, block), (ptr, len as u64, want_block));
+            }
+            other => panic!("write of {len} bytes at {ptr}: {other:?}"),
+        }
+        assert!(matches!(
+            a.read(ptr, &mut vec![0u8; len]),
+            Err(Error::BadCopy { .. })
+        ));
+    }
+    let mut back = [0u8; 256];
+    a.read(p, &mut back).unwrap();
+    assert_eq!(back, [7u8; 256], "a refused copy wrote nothing");
+    a.free(p).unwrap();
+    assert!(matches!(
+        a.write(p, &[1u8; 8]),
+        Err(Error::BadCopy { block: 0, .. })
+    ));
+    a.free(big).unwrap();
+    a.check_invariants();
+}
+
 #[test]
 fn buffers_larger_than_the_reservation_say_so() {
     let driver = host(256 << 20);
