@@ -682,7 +682,7 @@ pub enum Error {
     #[error("bad pointer {addr:#x} ({}): nothing was freed; pass exactly what alloc returned, once", describe_bad(*.kind))]
     BadPointer {
         /// The pointer.
-        addr: crate::driver::DevicePtr,
+        addr: crate::DevicePtr,
         /// What is wrong with it.
         kind: BadPointer,
     },

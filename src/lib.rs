@@ -5,12 +5,14 @@
 pub mod align;
 pub mod driver;
 pub mod error;
+pub mod ptr;
 pub mod sync;
 
-pub use driver::{DevicePtr, Stream};
+pub use driver::Stream;
 pub use error::{
     Backend, BadPointer, Call, DriverError, Error, ErrorKind, OomReport, Reason, Result,
 };
+pub use ptr::DevicePtr;
 
 /// A `Vec` for allocator metadata: always on the system allocator, never on
 /// the global one (gpu-arena may itself be the global allocator).

@@ -64,8 +64,7 @@ pub use checked::{CallCounts, Checked, Fault, FaultKind, Op};
 pub use host::{HostConfig, HostDriver, HostFence, HostHandle};
 pub use system::{Select, SystemDriver, SystemFence, SystemHandle};
 
-mod ptr;
-pub use ptr::DevicePtr;
+pub use crate::ptr::DevicePtr;
 
 /// Where physical memory lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

@@ -17,6 +17,7 @@ mod hip_arena;
 #[cfg(feature = "hip")]
 mod hip_driver;
 mod host_driver;
+mod layers;
 mod peer_ipc;
 mod scratch;
 mod sleep_wake;

@@ -1,4 +1,5 @@
-//! [`DevicePtr`]: the pointer type of the public API.
+//! [`DevicePtr`]: the pointer type of the public API (below every layer:
+//! the driver takes its address, errors name it, the arena hands it out).
 
 use core::fmt;
 
