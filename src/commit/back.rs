@@ -208,12 +208,7 @@ impl<D: Driver> Commit<D> {
     fn clear_unusable(&mut self, a: u64, b: u64, slot: u16) -> Result<MetaVec<u32>> {
         let mut taken: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
         let mut p = a;
-        while p <= b {
-            let m = self.pages.map(p);
-            if m == NIL {
-                p += 1;
-                continue;
-            }
+        while let Some((_, m)) = self.pages.next_mapped(p, b) {
             let (first, pages, unit, live) = {
                 let x = self.pool.map(m);
                 (x.first, x.pages, x.unit, x.live_pages)
@@ -296,12 +291,8 @@ impl<D: Driver> Commit<D> {
         let mut end = q + 1;
         while at < end {
             let left = end - at;
-            let found = if self.repairing {
-                self.idle_least_mapped(left, slot, &made.taken)
-            } else {
-                self.idle_fitting(left, slot, &made.taken)
-            };
-            if let Some(u) = found {
+            let least_mapped = self.repairing;
+            if let Some(u) = self.idle_unit(left, slot, &made.taken, least_mapped) {
                 let m = self.map_unit(u, at)?;
                 made.maps.push(m);
                 made.taken.push(u);
@@ -336,43 +327,27 @@ impl<D: Driver> Commit<D> {
         unsafe { self.vmm_set_access(p, end - p) }
     }
 
-    /// The oldest idle unit of at most `pages` pages that `slot` may use,
-    /// not one of `taken`.
-    fn idle_fitting(&mut self, pages: u64, slot: u16, taken: &[u32]) -> Option<u32> {
-        let mut u = self.pool.first_idle();
-        let mut looked = 0;
-        while u != NIL && looked < 256 {
-            looked += 1;
-            let next = self.pool.next_idle(u);
-            if self.pool.unit(u).pages <= pages && !taken.contains(&u) {
-                let streams = &self.streams;
-                let ok = self
-                    .pool
-                    .unit_mut(u)
-                    .stamps
-                    .allows(slot, |s| streams.done(s));
-                if ok {
-                    return Some(u);
-                }
-            }
-            u = next;
-        }
-        None
-    }
-
-    /// The idle unit of at most `pages` pages that `slot` may use, not one
-    /// of `taken`, mapped at the fewest places (the oldest idle of those).
-    /// A repaired range that takes units mapped at few other places
-    /// conflicts with fewer cached ranges and blocks later, so fewer of
-    /// its pages need remapping the next time (measured in
-    /// `docs/pytorch.md`, "Where train's steady-state calls come from").
-    fn idle_least_mapped(&mut self, pages: u64, slot: u16, taken: &[u32]) -> Option<u32> {
-        /// Idle units looked at (a repair remaps a few pages).
-        const LOOK: usize = 4096;
+    /// An idle unit of at most `pages` pages that `slot` may use, not one of
+    /// `taken`: the oldest idle one, or with `least_mapped` the one mapped
+    /// at the fewest places (the oldest idle of those). A repaired range
+    /// that takes units mapped at few other places conflicts with fewer
+    /// cached ranges and blocks later, so fewer of its pages need
+    /// remapping the next time (measured in `docs/pytorch.md`, "What the
+    /// stitched ranges decide").
+    fn idle_unit(
+        &mut self,
+        pages: u64,
+        slot: u16,
+        taken: &[u32],
+        least_mapped: bool,
+    ) -> Option<u32> {
+        // Idle units looked at: a repair remaps a few pages and may look
+        // further for the least mapped.
+        let look = if least_mapped { 4096 } else { 256 };
         let mut u = self.pool.first_idle();
         let mut looked = 0;
         let mut best: Option<(u32, u32)> = None;
-        while u != NIL && looked < LOOK {
+        while u != NIL && looked < look {
             looked += 1;
             let next = self.pool.next_idle(u);
             let x = self.pool.unit(u);
@@ -385,6 +360,9 @@ impl<D: Driver> Commit<D> {
                     .stamps
                     .allows(slot, |s| streams.done(s));
                 if ok {
+                    if !least_mapped || aliases == 0 {
+                        return Some(u);
+                    }
                     best = Some((aliases, u));
                 }
             }

@@ -1,5 +1,23 @@
 //! Counters of the driver calls the commit layer makes.
 
+/// `since` and `add` for a struct of `u64` counters (every field named).
+macro_rules! counters {
+    ($ty:ident { $($f:ident),* $(,)? }) => {
+        impl $ty {
+            /// The counts since `earlier` (a copy taken before).
+            pub const fn since(&self, earlier: &$ty) -> $ty {
+                $ty { $($f: self.$f - earlier.$f),* }
+            }
+
+            /// Adds `other`'s counts to these.
+            pub fn add(&mut self, other: &$ty) {
+                $(self.$f += other.$f;)*
+            }
+        }
+    };
+}
+pub(super) use counters;
+
 /// Driver calls made by the commit layer (and the time spent in them).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DriverCalls {
@@ -36,34 +54,17 @@ impl DriverCalls {
     pub const fn vmm(&self) -> u64 {
         self.create + self.map + self.set_access + self.unmap + self.release
     }
-
-    /// The calls made since `earlier` (a copy taken before).
-    pub const fn since(&self, earlier: &DriverCalls) -> DriverCalls {
-        DriverCalls {
-            create: self.create - earlier.create,
-            map: self.map - earlier.map,
-            alias: self.alias - earlier.alias,
-            set_access: self.set_access - earlier.set_access,
-            unmap: self.unmap - earlier.unmap,
-            release: self.release - earlier.release,
-            record: self.record - earlier.record,
-            wait: self.wait - earlier.wait,
-            failed: self.failed - earlier.failed,
-            vmm_nanos: self.vmm_nanos - earlier.vmm_nanos,
-        }
-    }
-
-    /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &DriverCalls) {
-        self.create += other.create;
-        self.map += other.map;
-        self.alias += other.alias;
-        self.set_access += other.set_access;
-        self.unmap += other.unmap;
-        self.release += other.release;
-        self.record += other.record;
-        self.wait += other.wait;
-        self.failed += other.failed;
-        self.vmm_nanos += other.vmm_nanos;
-    }
 }
+
+counters!(DriverCalls {
+    create,
+    map,
+    alias,
+    set_access,
+    unmap,
+    release,
+    record,
+    wait,
+    failed,
+    vmm_nanos,
+});

@@ -141,6 +141,19 @@ impl PageTable {
         self.chunk(c).map_or(NIL, |c| c.map[i])
     }
 
+    /// The first mapped page of `p..=b`, with its mapping.
+    #[inline]
+    pub fn next_mapped(&self, mut p: u64, b: u64) -> Option<(u64, u32)> {
+        while p <= b {
+            let m = self.map(p);
+            if m != NIL {
+                return Some((p, m));
+            }
+            p += 1;
+        }
+        None
+    }
+
     /// Whether page `p` is marked blocked.
     #[inline]
     pub fn is_blocked(&self, p: u64) -> bool {

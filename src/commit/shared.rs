@@ -41,12 +41,7 @@ impl<D: Driver> Commit<D> {
             }
         }
         let mut p = a;
-        while p <= b {
-            let m = self.pages.map(p);
-            if m == NIL {
-                p += 1;
-                continue;
-            }
+        while let Some((_, m)) = self.pages.next_mapped(p, b) {
             let next = self.pool.map(m).first + self.pool.map(m).pages;
             let unit = self.pool.map(m).unit;
             self.settle_fenced(Fenced::Unit(unit))?;

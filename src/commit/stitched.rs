@@ -2,6 +2,7 @@
 //! cached range back, making a new one, freeing.
 
 use super::Commit;
+use super::calls::counters;
 use super::pages::NIL;
 use crate::MetaVec;
 use crate::driver::{DevicePtr, Driver};
@@ -13,6 +14,10 @@ use crate::sync::Stamp;
 /// keeps 140 ranges for BERT inference where exact sizes keep 212), and no
 /// memory lost (the pages past the block stay idle, free for others).
 const RANGE_SLACK: u64 = 2;
+
+/// Cached ranges looked at when none serves at once (to repair one, or to
+/// say why none served).
+const LOOK: usize = 8;
 
 /// Bytes from which a block's cached stitched range may be repaired (with
 /// [`CommitConfig::stitch_repair`](super::CommitConfig::stitch_repair)):
@@ -52,31 +57,15 @@ pub struct StitchCounts {
     pub fenced: u64,
 }
 
-impl StitchCounts {
-    /// The counts since `earlier` (a copy taken before).
-    pub const fn since(&self, earlier: &StitchCounts) -> StitchCounts {
-        StitchCounts {
-            reused: self.reused - earlier.reused,
-            repaired: self.repaired - earlier.repaired,
-            made: self.made - earlier.made,
-            made_pages: self.made_pages - earlier.made_pages,
-            busy_in_ranges: self.busy_in_ranges - earlier.busy_in_ranges,
-            busy_in_blocks: self.busy_in_blocks - earlier.busy_in_blocks,
-            fenced: self.fenced - earlier.fenced,
-        }
-    }
-
-    /// Adds `other`'s counts to these.
-    pub fn add(&mut self, other: &StitchCounts) {
-        self.reused += other.reused;
-        self.repaired += other.repaired;
-        self.made += other.made;
-        self.made_pages += other.made_pages;
-        self.busy_in_ranges += other.busy_in_ranges;
-        self.busy_in_blocks += other.busy_in_blocks;
-        self.fenced += other.fenced;
-    }
-}
+counters!(StitchCounts {
+    reused,
+    repaired,
+    made,
+    made_pages,
+    busy_in_ranges,
+    busy_in_blocks,
+    fenced,
+});
 
 /// Why the pages of a cached range cannot serve a block now.
 #[derive(Clone, Copy, Default)]
@@ -176,20 +165,12 @@ impl<D: Driver> Commit<D> {
     /// range whose busy pages still wait for the fences of the frees
     /// through them is passed over.
     fn stitch_repair(&mut self, size: u64, k: u64, max: u64, slot: u16) -> Result<Option<u64>> {
-        /// Cached ranges looked at per allocation.
-        const LOOK: usize = 8;
         /// Cached ranges of about this size that must exist (none fitting)
         /// before one is repaired rather than a new one made.
         const CROWD: usize = 4;
+        let candidates = self.first_cached(k, max);
         let mut best: Option<(u64, u32)> = None;
-        let mut cursor = (k, 0);
-        let mut looked = 0;
-        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
-            cursor = next;
-            looked += 1;
-            if looked > LOOK {
-                break;
-            }
+        for &r in candidates.iter() {
             let first = self.stitch.range(r).first;
             if let Some(n) = self.remaps_needed(first, first + k - 1, slot) {
                 // A remap is an unmap and a map; a new range maps k pages.
@@ -201,7 +182,7 @@ impl<D: Driver> Commit<D> {
         // While few ranges of this size exist, a new one is made: a workload
         // that repeats exactly finds, next time, one of them intact. Only
         // when that many were made and none fits is the best one repaired.
-        let Some((_, r)) = best.filter(|_| looked >= CROWD) else {
+        let Some((_, r)) = best.filter(|_| candidates.len() >= CROWD) else {
             return Ok(None);
         };
         let first = self.stitch.range(r).first;
@@ -223,20 +204,26 @@ impl<D: Driver> Commit<D> {
         Ok(Some(off))
     }
 
+    /// The first [`LOOK`] cached ranges of `k..=max` pages, smallest first
+    /// (oldest first within a size).
+    fn first_cached(&self, k: u64, max: u64) -> MetaVec<u32> {
+        let mut ids = MetaVec::new_in(std::alloc::System);
+        let mut cursor = (k, 0);
+        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
+            if ids.len() == LOOK {
+                break;
+            }
+            ids.push(r);
+            cursor = next;
+        }
+        ids
+    }
+
     /// Counts a new range of `k` pages, and why the closest cached range of
     /// `k..=max` pages (of the first few) could not serve.
     fn count_new_range(&mut self, k: u64, max: u64, slot: u16) {
-        /// Cached ranges looked at.
-        const LOOK: usize = 8;
         let mut best: Option<Busy> = None;
-        let mut cursor = (k, 0);
-        let mut looked = 0;
-        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
-            cursor = next;
-            looked += 1;
-            if looked > LOOK {
-                break;
-            }
+        for r in self.first_cached(k, max) {
             let first = self.stitch.range(r).first;
             let busy = self.busy_pages(first, first + k - 1, slot);
             if best.is_none_or(|b| busy.total() < b.total()) {
@@ -258,12 +245,7 @@ impl<D: Driver> Commit<D> {
     fn busy_pages(&mut self, a: u64, b: u64, slot: u16) -> Busy {
         let mut busy = Busy::default();
         let mut p = a;
-        while p <= b {
-            let m = self.pages.map(p);
-            if m == NIL {
-                p += 1;
-                continue;
-            }
+        while let Some((_, m)) = self.pages.next_mapped(p, b) {
             let (u, pages) = (self.pool.map(m).unit, self.pool.map(m).pages);
             let owner = self.pool.unit(u).owner;
             if owner != NIL && owner != m {
