@@ -25,18 +25,27 @@
 mod cache;
 pub mod config;
 pub mod graph;
+mod report;
+mod sleep;
+mod tags;
 pub mod timing;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
-use crate::arena::{Accounting, Kind, SharedArena, SleepMode, SleepReport};
+use crate::arena::SharedArena;
 use crate::commit::Budget;
-use crate::driver::{DevicePtr, Driver, Stream, SystemDriver};
-use crate::error::{BadPointer, ConfigText, Error, Result, TagUsage};
+use crate::driver::{DevicePtr, Stream, SystemDriver};
+use crate::error::{BadPointer, Error, Result, TagUsage};
 use crate::policy::classes;
-use crate::stats::Stats;
 pub use config::GlobalConfig;
+pub use report::Epoch;
+use report::EpochStart;
+use tags::tag_name;
+pub use tags::{
+    TagArenas, TagScope, current_tag, process_tag, set_current_tag, set_process_tag,
+    set_thread_tag, tag_index, thread_tag,
+};
 
 /// Devices with a global arena at most.
 pub const MAX_DEVICES: usize = 16;
@@ -45,69 +54,6 @@ pub const MAX_TAGS: usize = 16;
 
 /// The driver the global arenas use.
 pub type GlobalDriver = Arc<SystemDriver>;
-
-/// Tag names of this process in the order they were first used: a tag's
-/// index is its position here, the same on every device, so a thread's
-/// current tag means the same tag whichever device it allocates on. Index 0
-/// is `default`.
-static TAG_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-/// The process-wide index of tag `name`, registering it on first use (no
-/// arena is created here: each device creates a tag's arenas when it first
-/// needs them).
-pub fn tag_index(name: &str) -> Result<u32> {
-    let mut names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    if names.is_empty() {
-        names.push("default".to_string());
-    }
-    if let Some(i) = names.iter().position(|n| n == name) {
-        return Ok(i as u32);
-    }
-    if names.len() >= MAX_TAGS {
-        return Err(Error::Config("too many tags (gpu_arena::global::MAX_TAGS)"));
-    }
-    if name.is_empty() || name.len() > 64 || name.contains(',') {
-        return Err(Error::Config("a tag name is 1..=64 bytes without commas"));
-    }
-    names.push(name.to_string());
-    Ok((names.len() - 1) as u32)
-}
-
-/// The name of the tag with process-wide index `tag`, if it was registered.
-fn tag_name(tag: u32) -> Option<String> {
-    let names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-    match names.get(tag as usize) {
-        Some(n) => Some(n.clone()),
-        None if tag == 0 => Some("default".to_string()),
-        None => None,
-    }
-}
-
-/// The arenas of one tag: its own reservation(s), so its pages are never
-/// shared with another tag and it can sleep alone.
-pub struct TagArenas {
-    name: String,
-    shards: Box<[SharedArena<GlobalDriver>]>,
-    /// Each shard's reservation (base, size), apart from the shards so that
-    /// routing a free reads no cache line a shard's owner writes.
-    ranges: Box<[(DevicePtr, u64)]>,
-    asleep: AtomicBool,
-}
-
-impl TagArenas {
-    /// The tag's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    /// The tag's shards.
-    pub fn shards(&self) -> &[SharedArena<GlobalDriver>] {
-        &self.shards
-    }
-    /// Whether the tag is asleep.
-    pub fn is_asleep(&self) -> bool {
-        self.asleep.load(Ordering::Acquire)
-    }
-}
 
 /// One device's process-wide arena (see the module docs).
 pub struct GlobalArena {
@@ -133,41 +79,6 @@ pub struct GlobalArena {
     reclaimer_stop: AtomicBool,
 }
 
-/// What happened between two calls of [`GlobalArena::epoch`] (a phase of a
-/// program: one repetition of a workload, one training step, a batch).
-#[derive(Clone, Copy, Debug, serde::Serialize)]
-pub struct Epoch {
-    /// Peak live bytes in the epoch (all tags).
-    pub peak_live: u64,
-    /// Peak committed bytes in the epoch (all tags).
-    pub peak_committed: u64,
-    /// `peak_committed / peak_live`.
-    pub peak_ratio: f64,
-    /// Driver calls made in the epoch.
-    pub driver_calls: crate::commit::DriverCalls,
-    /// VMM calls (create, map, set_access, unmap, release) in the epoch.
-    pub vmm_calls: u64,
-    /// Allocations served in the epoch.
-    pub allocs: u64,
-    /// Frees served in the epoch.
-    pub frees: u64,
-    /// Time inside the C ABI's calls in the epoch, every device together
-    /// (measured only with `report:1`; zeros otherwise).
-    pub times: timing::Times,
-    /// What stitched-range allocations decided in the epoch.
-    pub stitch: crate::commit::StitchCounts,
-}
-
-/// The counters at the start of the current epoch.
-#[derive(Default)]
-struct EpochStart {
-    calls: crate::commit::DriverCalls,
-    stitch: crate::commit::StitchCounts,
-    allocs: u64,
-    frees: u64,
-    times: timing::Times,
-}
-
 impl core::fmt::Debug for GlobalArena {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("GlobalArena")
@@ -181,82 +92,11 @@ static CONFIG: OnceLock<GlobalConfig> = OnceLock::new();
 static ARENAS: [OnceLock<Result<GlobalArena>>; MAX_DEVICES] =
     [const { OnceLock::new() }; MAX_DEVICES];
 
-/// Thread tag value meaning "this thread has not chosen a tag".
-const UNSET: u32 = u32::MAX;
-
 thread_local! {
     static SHARD: core::cell::Cell<u32> = const { core::cell::Cell::new(u32::MAX) };
-    static CURRENT_TAG: core::cell::Cell<u32> = const { core::cell::Cell::new(UNSET) };
 }
 
-/// The tag of threads that have not chosen one (0 = `default`).
-static PROCESS_TAG: AtomicU32 = AtomicU32::new(0);
-
-/// The calling thread's current tag (index; 0 = `default`): the tag the
-/// thread chose ([`set_current_tag`], [`GlobalArena::tag_scope`]), or the
-/// process-wide tag ([`set_process_tag`]) if it chose none.
-///
-/// Threads that a framework starts on its own (PyTorch's autograd engine
-/// runs backward passes on device threads of its own) never choose a tag:
-/// they allocate in the process-wide tag.
-#[inline]
-pub fn current_tag() -> u32 {
-    let t = CURRENT_TAG.with(|c| c.get());
-    if t != UNSET {
-        t
-    } else {
-        PROCESS_TAG.load(Ordering::Relaxed)
-    }
-}
-
-/// Sets the calling thread's current tag; returns the previous current
-/// tag (the thread's own, or the process-wide one if it had none).
-pub fn set_current_tag(tag: u32) -> u32 {
-    let previous = current_tag();
-    CURRENT_TAG.with(|c| c.set(tag));
-    previous
-}
-
-/// The tag the calling thread chose, if any (see [`current_tag`]).
-pub fn thread_tag() -> Option<u32> {
-    let t = CURRENT_TAG.with(|c| c.get());
-    (t != UNSET).then_some(t)
-}
-
-/// Sets (or, with `None`, clears) the tag the calling thread chose;
-/// returns the previous choice. A thread without a choice allocates in the
-/// process-wide tag.
-pub fn set_thread_tag(tag: Option<u32>) -> Option<u32> {
-    let previous = CURRENT_TAG.with(|c| c.replace(tag.unwrap_or(UNSET)));
-    (previous != UNSET).then_some(previous)
-}
-
-/// The tag of every thread that has not chosen one (0 = `default`).
-pub fn process_tag() -> u32 {
-    PROCESS_TAG.load(Ordering::Relaxed)
-}
-
-/// Sets the tag of every thread that has not chosen one; returns the
-/// previous one. Threads that chose a tag keep theirs.
-pub fn set_process_tag(tag: u32) -> u32 {
-    PROCESS_TAG.swap(tag, Ordering::Relaxed)
-}
-
-/// Restores the calling thread's previous tag choice when dropped (see
-/// [`GlobalArena::tag_scope`]).
-#[derive(Debug)]
-pub struct TagScope {
-    previous: Option<u32>,
-}
-
-impl Drop for TagScope {
-    fn drop(&mut self) {
-        set_thread_tag(self.previous);
-    }
-}
 static THREADS: AtomicU32 = AtomicU32::new(0);
-/// Set once the exit report is registered (by the first arena of any device).
-static REPORT: std::sync::Once = std::sync::Once::new();
 
 /// Sets the configuration of the global arenas. Must come before their
 /// first use; afterwards only an identical configuration is accepted.
@@ -291,7 +131,7 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
         if c.report {
             // Whichever device comes first: a process may use only GPU 3.
             timing::enable();
-            REPORT.call_once(register_report);
+            report::REPORT.call_once(report::register_report);
         }
         Ok(g)
     });
@@ -305,41 +145,6 @@ pub fn arenas() -> impl Iterator<Item = &'static GlobalArena> {
     ARENAS
         .iter()
         .filter_map(|s| s.get().and_then(|r| r.as_ref().ok()))
-}
-
-extern "C" fn print_report() {
-    for a in arenas() {
-        let s = a.stats();
-        eprintln!(
-            "gpu-arena: device {}: peak live {:.1} MiB, peak committed {:.1} MiB, peak committed / peak live {:.4}, driver calls {} (VMM {}), handles {}, mappings {}",
-            a.device(),
-            s.peak_live as f64 / 1048576.0,
-            s.peak_committed as f64 / 1048576.0,
-            s.peak_ratio(),
-            s.driver_calls.total(),
-            s.driver_calls.vmm(),
-            s.handles,
-            s.mappings,
-        );
-    }
-    let t = timing::total();
-    if t.calls() > 0 {
-        eprintln!(
-            "gpu-arena: allocator time: {} allocs, {} frees, {:.3} us per call ({:.3} per alloc, {:.3} per free), {:.1} ms in all",
-            t.allocs,
-            t.frees,
-            t.nanos_per_call() / 1e3,
-            t.alloc_nanos as f64 / t.allocs.max(1) as f64 / 1e3,
-            t.free_nanos as f64 / t.frees.max(1) as f64 / 1e3,
-            (t.alloc_nanos + t.free_nanos) as f64 / 1e6,
-        );
-    }
-}
-
-fn register_report() {
-    // SAFETY: print_report is an extern "C" fn with no arguments that only
-    // reads the statics; atexit has no other precondition.
-    unsafe { libc::atexit(print_report) };
 }
 
 /// Addresses of the arenas made by [`GlobalArena::leak`] and
@@ -531,107 +336,6 @@ impl GlobalArena {
         &self.driver
     }
 
-    /// The index of tag `name` (process-wide, see [`tag_index`]), creating
-    /// its arenas on this device on first use.
-    pub fn tag(&self, name: &str) -> Result<u32> {
-        let i = tag_index(name)?;
-        self.create_tag(i, name)?;
-        Ok(i)
-    }
-
-    /// Creates the arenas of tag index `i` named `name` on this device,
-    /// unless they exist.
-    fn create_tag(&self, i: u32, name: &str) -> Result<()> {
-        let slot = &self.tags[i as usize];
-        if slot.get().is_some() {
-            return Ok(());
-        }
-        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.get().is_some() {
-            return Ok(());
-        }
-        let mut shards = Vec::with_capacity(self.config.shards.max(1) as usize);
-        // The limit holds for the device: every shard of every tag takes
-        // its commits from the one budget (a tag may get a limit of its own
-        // on top, `set_tag_limit`).
-        let mut arena_config = self.config.arena;
-        arena_config.commit.limit = u64::MAX;
-        // With a background reclaimer, freeing threads never give memory
-        // back themselves.
-        arena_config.commit.reclaim_on_free &= !self.config.background;
-        for _ in 0..self.config.shards.max(1) {
-            let a = SharedArena::new(self.driver.clone(), Kind::Device(self.device), arena_config)?;
-            {
-                let mut a = a.lock();
-                a.set_tag(i);
-                a.set_budget(self.budget.clone());
-                if let Some(clock) = self
-                    .clock
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                {
-                    a.set_clock(clock.clone());
-                }
-            }
-            shards.push(a);
-        }
-        let ranges = shards.iter().map(|a| a.lock().reservation()).collect();
-        let _ = slot.set(TagArenas {
-            name: name.to_string(),
-            shards: shards.into_boxed_slice(),
-            ranges,
-            asleep: AtomicBool::new(false),
-        });
-        Ok(())
-    }
-
-    /// The arenas of tag index `tag`.
-    pub fn tag_arenas(&self, tag: u32) -> Option<&TagArenas> {
-        self.tags.get(tag as usize).and_then(|t| t.get())
-    }
-
-    /// Every tag created on this device so far.
-    pub fn tags(&self) -> impl Iterator<Item = &TagArenas> {
-        self.tags.iter().filter_map(|t| t.get())
-    }
-
-    /// Every tag created on this device so far, with its index.
-    pub fn tags_indexed(&self) -> impl Iterator<Item = (u32, &TagArenas)> {
-        self.tags
-            .iter()
-            .enumerate()
-            .filter_map(|(i, t)| t.get().map(|t| (i as u32, t)))
-    }
-
-    /// Makes `name` the calling thread's current tag until the guard drops.
-    pub fn tag_scope(&self, name: &str) -> Result<TagScope> {
-        let t = self.tag(name)?;
-        Ok(TagScope {
-            previous: set_thread_tag(Some(t)),
-        })
-    }
-
-    /// The index of tag `name` if the process has it (never registers it).
-    pub fn find_tag(&self, name: &str) -> Option<u32> {
-        let names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
-        match names.iter().position(|n| n == name) {
-            Some(i) => Some(i as u32),
-            None if name == "default" => Some(0),
-            None => None,
-        }
-    }
-
-    /// The index of tag `name`, which the process must have
-    /// ([`Error::UnknownTag`] otherwise), with its arenas on this device.
-    fn existing_tag(&self, name: &str) -> Result<u32> {
-        let i = self.find_tag(name).ok_or(Error::UnknownTag {
-            name: ConfigText::new(name),
-        })?;
-        self.create_tag(i, name)?;
-        Ok(i)
-    }
-
     /// The shards of tag `tag` (all tags: the same shard count).
     pub fn shards(&self, tag: u32) -> &[SharedArena<GlobalDriver>] {
         self.tag_arenas(tag).map_or(&[], |t| &t.shards)
@@ -785,88 +489,6 @@ impl GlobalArena {
         self.budget.set_limit(limit);
     }
 
-    /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
-    /// their physical memory goes back, their addresses stay. Tags already
-    /// asleep are skipped. A name that is no tag of this device is refused
-    /// with [`Error::UnknownTag`] before any tag sleeps. On another error,
-    /// the tags slept so far stay asleep and the failing one is awake again
-    /// (its shards that had slept are woken: a tag is never half asleep,
-    /// refusing allocations but serving frees).
-    pub fn sleep(
-        &'static self,
-        tags: &[&str],
-        mode: SleepMode,
-        stream: Stream,
-    ) -> Result<SleepReport> {
-        cache::flush_current(self);
-        let mut total = SleepReport::default();
-        // Every name is checked before any tag sleeps.
-        for name in tags {
-            self.existing_tag(name)?;
-        }
-        for name in tags {
-            let t = self.existing_tag(name)?;
-            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
-            if ta.asleep.swap(true, Ordering::AcqRel) {
-                continue;
-            }
-            for (i, shard) in ta.shards.iter().enumerate() {
-                let r = shard.lock().sleep(mode, stream);
-                match r {
-                    Ok(r) => add(&mut total, r),
-                    Err(e) => {
-                        let woken = ta.shards[..i]
-                            .iter()
-                            .all(|s| self.retry_after_trim(|| s.lock().wake(stream)).is_ok());
-                        if woken {
-                            ta.asleep.store(false, Ordering::Release);
-                        }
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(total)
-    }
-
-    /// Obtains now the pinned host memory that offloading the tags named in
-    /// `tags` will need (see [`crate::Arena::prepare_offload`]). Returns the
-    /// seconds it took.
-    pub fn prepare_offload(&self, tags: &[&str]) -> Result<f64> {
-        let mut secs = 0.0;
-        for name in tags {
-            let t = self.existing_tag(name)?;
-            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
-            for shard in ta.shards.iter() {
-                secs += shard.lock().prepare_offload()?;
-            }
-        }
-        Ok(secs)
-    }
-
-    /// Wakes the tags named in `tags` at the same addresses. Unknown names
-    /// are refused as by [`GlobalArena::sleep`]. On error the failing tag
-    /// stays asleep.
-    pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
-        let mut total = SleepReport::default();
-        for name in tags {
-            self.existing_tag(name)?;
-        }
-        for name in tags {
-            let t = self.existing_tag(name)?;
-            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
-            if !ta.is_asleep() {
-                continue;
-            }
-            for shard in ta.shards.iter() {
-                let r = self.retry_after_trim(|| shard.lock().wake(stream))?;
-                add(&mut total, r);
-            }
-            ta.asleep.store(false, Ordering::Release);
-        }
-        Ok(total)
-    }
-
     /// Sets a commit limit of tag `name` alone (split evenly over its
     /// shards), on top of the device-wide one.
     pub fn set_tag_limit(&self, name: &str, limit: u64) -> Result<()> {
@@ -879,141 +501,4 @@ impl GlobalArena {
         }
         Ok(())
     }
-
-    /// Accounting of the whole device (`tag = None`) or of one tag.
-    pub fn accounting(&self, tag: Option<u32>) -> Accounting {
-        let mut t = Accounting::default();
-        let mut limit = 0u64;
-        for (i, ta) in self.tags_indexed() {
-            if tag.is_some_and(|x| x != i) {
-                continue;
-            }
-            for s in ta.shards.iter() {
-                let a = s.lock().accounting();
-                t.live += a.live;
-                t.committed += a.committed;
-                t.reclaimable += a.reclaimable;
-                t.pending += a.pending;
-                limit = limit.saturating_add(a.limit);
-                t.largest_free_committed = t.largest_free_committed.max(a.largest_free_committed);
-                t.asleep |= a.asleep;
-                t.staged += a.staged;
-            }
-        }
-        t.limit = limit.min(self.budget.limit());
-        t
-    }
-
-    /// Accounting per tag, as JSON (allocates).
-    pub fn accounting_json(&self) -> String {
-        let tags: Vec<_> = self
-            .tags_indexed()
-            .map(
-                |(i, t)| serde_json::json!({"tag": t.name, "accounting": self.accounting(Some(i))}),
-            )
-            .collect();
-        serde_json::json!({"device": self.device, "total": self.accounting(None), "tags": tags})
-            .to_string()
-    }
-
-    fn sum(it: impl Iterator<Item = Stats>) -> Stats {
-        let mut t = Stats::default();
-        for x in it {
-            t.reserved += x.reserved;
-            t.committed += x.committed;
-            t.live += x.live;
-            t.peak_committed += x.peak_committed;
-            t.peak_live += x.peak_live;
-            t.pending_decommit += x.pending_decommit;
-            t.reclaimable += x.reclaimable;
-            t.pending_fences += x.pending_fences;
-            t.handles += x.handles;
-            t.mappings += x.mappings;
-            t.staged += x.staged;
-            t.stitched_ranges += x.stitched_ranges;
-            for (a, b) in [
-                (&mut t.slab, x.slab),
-                (&mut t.large, x.large),
-                (&mut t.scratch, x.scratch),
-                (&mut t.grow, x.grow),
-            ] {
-                a.blocks += b.blocks;
-                a.bytes += b.bytes;
-            }
-            t.driver_calls.add(&x.driver_calls);
-            t.stitch.add(&x.stitch);
-            t.allocs += x.allocs;
-            t.frees += x.frees;
-        }
-        t
-    }
-
-    /// Counters summed over every tag and shard (cached blocks count as
-    /// live; peaks are sums of per-arena peaks).
-    pub fn stats(&self) -> Stats {
-        Self::sum(self.tags().flat_map(|t| t.shards.iter()).map(|a| a.stats()))
-    }
-
-    /// Ends the current epoch and starts the next: returns the peaks, driver
-    /// calls, allocations and time since the last call (or since the arena
-    /// was made), then resets every shard's peaks to their current values.
-    pub fn epoch(&self) -> Epoch {
-        let mut start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.stats();
-        let times = timing::total();
-        let calls = s.driver_calls.since(&start.calls);
-        let e = Epoch {
-            peak_live: s.peak_live,
-            peak_committed: s.peak_committed,
-            peak_ratio: s.peak_ratio(),
-            driver_calls: calls,
-            vmm_calls: calls.vmm(),
-            allocs: s.allocs - start.allocs,
-            frees: s.frees - start.frees,
-            times: times.since(&start.times),
-            stitch: s.stitch.since(&start.stitch),
-        };
-        for shard in self.tags().flat_map(|t| t.shards.iter()) {
-            shard.lock().reset_peaks();
-        }
-        timing::reset_peak_handed();
-        *start = EpochStart {
-            calls: s.driver_calls,
-            stitch: s.stitch,
-            allocs: s.allocs,
-            frees: s.frees,
-            times,
-        };
-        e
-    }
-
-    /// Counters of one tag.
-    pub fn tag_stats(&self, tag: u32) -> Stats {
-        Self::sum(self.shards(tag).iter().map(|a| a.stats()))
-    }
-
-    /// Stats as a JSON object, with a per-tag breakdown (allocates).
-    pub fn stats_json(&self) -> String {
-        let s = self.stats();
-        let tags: Vec<_> = self
-            .tags_indexed()
-            .map(|(i, t)| serde_json::json!({"tag": t.name, "asleep": t.is_asleep(), "stats": self.tag_stats(i)}))
-            .collect();
-        serde_json::json!({
-            "device": self.device,
-            "backend": self.driver.capabilities().backend.name(),
-            "peak_ratio": s.peak_ratio(),
-            "stats": s,
-            "tags": tags,
-        })
-        .to_string()
-    }
-}
-
-fn add(t: &mut SleepReport, r: SleepReport) {
-    t.bytes += r.bytes;
-    t.copied += r.copied;
-    t.copy_seconds += r.copy_seconds;
-    t.stage_seconds += r.stage_seconds;
-    t.vmm_seconds += r.vmm_seconds;
 }
