@@ -91,15 +91,20 @@ impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
     /// Copies `src` (exactly `len` elements) to the device; done on return.
     pub fn copy_from_host(&self, src: &[T]) -> Result<()> {
         assert_eq!(src.len(), self.len, "copy_from_host: length mismatch");
-        self.arena.lock().write(self.ptr, bytemuck::cast_slice(src))
+        // SAFETY: the vector owns its block; the device work that used it
+        // was synchronized by the caller (copies are on the default stream).
+        unsafe { self.arena.lock().write(self.ptr, bytemuck::cast_slice(src)) }
     }
 
     /// Copies the device contents back to the host.
     pub fn to_vec(&self) -> Result<Vec<T>> {
         let mut out: Vec<T> = vec![<T as bytemuck::Zeroable>::zeroed(); self.len];
-        self.arena
-            .lock()
-            .read(self.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        // SAFETY: the vector owns its block (see `copy_from_host`).
+        unsafe {
+            self.arena
+                .lock()
+                .read(self.ptr, bytemuck::cast_slice_mut(&mut out))?;
+        }
         Ok(out)
     }
 }

@@ -241,8 +241,9 @@ impl<D: Driver> Commit<D> {
     }
 
     /// The mapped pages of `a..=b` whose units are held by a live mapping
-    /// elsewhere, by holder, and those whose fences forbid `slot`.
-    fn busy_pages(&mut self, a: u64, b: u64, slot: u16) -> Busy {
+    /// elsewhere, by holder, and those whose fences (as last polled) forbid
+    /// `slot`.
+    fn busy_pages(&self, a: u64, b: u64, slot: u16) -> Busy {
         let mut busy = Busy::default();
         let mut p = a;
         while let Some((_, m)) = self.pages.next_mapped(p, b) {
@@ -254,8 +255,12 @@ impl<D: Driver> Commit<D> {
                 } else {
                     busy.in_blocks += pages;
                 }
-            } else if !self.allows(m, slot) {
-                busy.fenced += pages;
+            } else {
+                // Only what is known now: counting records no fence.
+                let streams = &self.streams;
+                if !self.pool.unit(u).stamps.allows(slot, |s| streams.done(s)) {
+                    busy.fenced += pages;
+                }
             }
             p = self.pool.map(m).first + pages;
         }
