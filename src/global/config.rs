@@ -18,7 +18,7 @@
 //! | `max_run` | largest physical handle | 1GiB |
 //! | `stitch_min` | smallest block that may go to a stitched range | 1MiB |
 //! | `growth_ahead` | while the top grows with no free, new handles may be larger by live / this (0: off) | 16 |
-//! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
+//! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of 64 MiB or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
 //! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
 //! | `reservation` | address space per shard (0: 8 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
