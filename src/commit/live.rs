@@ -13,7 +13,7 @@ use crate::sync::Stamp;
 impl<D: Driver> Commit<D> {
     /// Adds `len` live bytes at offset `off` (relative to the reservation
     /// base) for work of stream slot `slot`, backing the pages that need it
-    /// (see [`back`]; `backing` says how new handles are cut). On error
+    /// (see [`back`](super::back); `backing` says how new handles are cut). On error
     /// nothing changed.
     pub fn add_live(&mut self, off: u64, len: u64, slot: u16, backing: Backing) -> Result<()> {
         if len == 0 {
@@ -151,7 +151,7 @@ impl<D: Driver> Commit<D> {
     /// Units that empty go idle (reusable at once by that stream, by others
     /// after its fence). Never calls the driver, except that every few
     /// hundred frees it checks the decay deadline and may give idle units
-    /// whose allowance ran out back (see [`reclaim`]).
+    /// whose allowance ran out back (see [`reclaim`](super::reclaim)).
     pub fn sub_live(&mut self, off: u64, len: u64, stamp: Stamp) {
         if len == 0 {
             return;
