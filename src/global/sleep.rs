@@ -25,12 +25,7 @@ impl GlobalArena {
         cache::flush_current(self);
         let mut total = SleepReport::default();
         // Every name is checked before any tag sleeps.
-        for name in tags {
-            self.existing_tag(name)?;
-        }
-        for name in tags {
-            let t = self.existing_tag(name)?;
-            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+        for ta in self.named_tags(tags)? {
             if ta.asleep.swap(true, Ordering::AcqRel) {
                 continue;
             }
@@ -73,12 +68,7 @@ impl GlobalArena {
     /// stays asleep.
     pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
         let mut total = SleepReport::default();
-        for name in tags {
-            self.existing_tag(name)?;
-        }
-        for name in tags {
-            let t = self.existing_tag(name)?;
-            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+        for ta in self.named_tags(tags)? {
             if !ta.is_asleep() {
                 continue;
             }

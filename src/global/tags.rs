@@ -5,6 +5,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::{GlobalArena, GlobalDriver, MAX_TAGS};
+use crate::MetaVec;
 use crate::arena::{Kind, SharedArena};
 use crate::driver::DevicePtr;
 use crate::error::{ConfigText, Error, Result};
@@ -245,5 +246,16 @@ impl GlobalArena {
         })?;
         self.create_tag(i, name)?;
         Ok(i)
+    }
+
+    /// The arenas of every tag named in `tags`, each name checked (and the
+    /// tag's arenas made on this device) before the caller acts on any.
+    pub(super) fn named_tags(&self, tags: &[&str]) -> Result<MetaVec<&TagArenas>> {
+        let mut out = MetaVec::new_in(std::alloc::System);
+        for name in tags {
+            let t = self.existing_tag(name)?;
+            out.push(self.tag_arenas(t).ok_or(Error::Config("no such tag"))?);
+        }
+        Ok(out)
     }
 }
