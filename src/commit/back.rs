@@ -33,6 +33,8 @@ struct Made {
     maps: MetaVec<u32>,
     units: MetaVec<u32>,
     taken: MetaVec<u32>,
+    /// Idle units are taken least mapped first ([`Backing::Repair`]).
+    least_mapped: bool,
 }
 
 /// Allocations in a row at the top with no free in between after which new
@@ -159,6 +161,7 @@ impl<D: Driver> Commit<D> {
             maps: MetaVec::new_in(std::alloc::System),
             units: MetaVec::new_in(std::alloc::System),
             taken,
+            least_mapped: backing == Backing::Repair,
         };
         let head_partial = off & (self.page - 1) != 0 || (a == b && len < self.page);
         let tail_partial = (off + len) & (self.page - 1) != 0;
@@ -177,7 +180,7 @@ impl<D: Driver> Commit<D> {
             }
             // Fresh run p..=q; a larger handle may extend it past b.
             let (bulk, ahead) = match backing {
-                Backing::Pages => (false, 0),
+                Backing::Pages | Backing::Repair => (false, 0),
                 Backing::Whole => (true, 0),
                 Backing::Top(room) => (
                     self.streak >= BULK_STREAK,
@@ -291,8 +294,7 @@ impl<D: Driver> Commit<D> {
         let mut end = q + 1;
         while at < end {
             let left = end - at;
-            let least_mapped = self.repairing;
-            if let Some(u) = self.idle_unit(left, slot, &made.taken, least_mapped) {
+            if let Some(u) = self.idle_unit(left, slot, &made.taken, made.least_mapped) {
                 let m = self.map_unit(u, at)?;
                 made.maps.push(m);
                 made.taken.push(u);

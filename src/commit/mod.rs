@@ -88,6 +88,9 @@ pub enum Backing {
     /// together (scratch arenas, growable buffers), and sleep and wake cost
     /// per handle.
     Whole,
+    /// A cached stitched range whose busy pages are remapped: one page
+    /// each, to the idle units mapped at the fewest other places.
+    Repair,
 }
 
 /// State of one page, for snapshots.
@@ -122,9 +125,6 @@ pub struct Commit<D: Driver> {
     clock: Clock,
     calls: DriverCalls,
     stitch_counts: StitchCounts,
-    /// While a cached stitched range is repaired: its busy pages take the
-    /// idle units mapped at the fewest other places.
-    repairing: bool,
     /// Live bytes as the page table counts them.
     live: u64,
     peak_live: u64,
@@ -208,7 +208,6 @@ impl<D: Driver> Commit<D> {
             clock: Clock::system(),
             calls: DriverCalls::default(),
             stitch_counts: StitchCounts::default(),
-            repairing: false,
             live: 0,
             peak_live: 0,
             peak_committed: 0,

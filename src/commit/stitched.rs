@@ -190,10 +190,14 @@ impl<D: Driver> Commit<D> {
         // In use while it is backed, so that the out-of-memory ladder leaves
         // it alone.
         self.stitch.take(r, size);
-        self.repairing = true;
-        let backed = self.back(first, first + k - 1, off, size, slot, super::Backing::Pages);
-        self.repairing = false;
-        if let Err(e) = backed {
+        if let Err(e) = self.back(
+            first,
+            first + k - 1,
+            off,
+            size,
+            slot,
+            super::Backing::Repair,
+        ) {
             // It stays cached; pages whose mappings went are remapped by
             // its next taker.
             let now = self.clock.now_ms();
