@@ -37,14 +37,15 @@ pub struct CommitConfig {
     pub reclaim_on_free: bool,
     /// When several cached stitched ranges of a large block's size (64 MiB
     /// and more) exist and none is free of pages in use elsewhere, remap
-    /// the few busy pages of the best one, to the idle units mapped at the
-    /// fewest other places, instead of mapping a new range (see
+    /// the busy pages of the best one (when fewer than half its pages are
+    /// busy, so it costs fewer calls than a new range), to the idle units
+    /// mapped at the fewest other places, instead of mapping a new range (see
     /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). On the host
     /// replay of a training trace it cuts the steady-state VMM calls by
-    /// about three quarters, but not to zero, and it costs BERT inference a
-    /// few calls in its second repetition where it makes none without
-    /// (`docs/pytorch.md`, "Where train's steady-state calls come from"):
-    /// off by default.
+    /// about four fifths, but not to zero, and it costs BERT inference up
+    /// to about 50 per 1,000 allocations in its second repetition under
+    /// emulated GPU lag, where it makes none without (`docs/pytorch.md`,
+    /// "Where train's steady-state calls come from"): off by default.
     pub stitch_repair: bool,
 }
 
