@@ -39,6 +39,9 @@ pub(super) struct EpochStart {
     allocs: u64,
     frees: u64,
     times: timing::Times,
+    /// The highest peaks of the epochs ended so far (epochs reset the
+    /// shards' peaks): (live, committed).
+    run_peaks: (u64, u64),
 }
 
 /// Set once the exit report is registered (by the first arena of any device).
@@ -47,12 +50,13 @@ pub(super) static REPORT: std::sync::Once = std::sync::Once::new();
 extern "C" fn print_report() {
     for a in arenas() {
         let s = a.stats();
+        let (live, committed) = a.run_peaks();
         eprintln!(
             "gpu-arena: device {}: peak live {:.1} MiB, peak committed {:.1} MiB, peak committed / peak live {:.4}, driver calls {} (VMM {}), handles {}, mappings {}",
             a.device(),
-            s.peak_live as f64 / 1048576.0,
-            s.peak_committed as f64 / 1048576.0,
-            s.peak_ratio(),
+            live as f64 / 1048576.0,
+            committed as f64 / 1048576.0,
+            committed as f64 / live.max(1) as f64,
             s.driver_calls.total(),
             s.driver_calls.vmm(),
             s.handles,
@@ -149,7 +153,9 @@ impl GlobalArena {
     }
 
     /// Counters summed over every tag and shard (cached blocks count as
-    /// live; peaks are sums of per-arena peaks).
+    /// live; peaks are sums of per-arena peaks, since the last
+    /// [`epoch`](Self::epoch); [`run_peaks`](Self::run_peaks) has the whole
+    /// run's).
     pub fn stats(&self) -> Stats {
         Self::sum(self.tags().flat_map(|t| t.shards.iter()).map(|a| a.stats()))
     }
@@ -177,14 +183,27 @@ impl GlobalArena {
             shard.lock().reset_peaks();
         }
         timing::reset_peak_handed();
+        let (live, committed) = start.run_peaks;
         *start = EpochStart {
             calls: s.driver_calls,
             stitch: s.stitch,
             allocs: s.allocs,
             frees: s.frees,
             times,
+            run_peaks: (live.max(s.peak_live), committed.max(s.peak_committed)),
         };
         e
+    }
+
+    /// Peak live and peak committed bytes since the arena was made, over
+    /// every epoch ([`stats`](Self::stats) and [`epoch`](Self::epoch) give
+    /// the current epoch's): the highest of the epochs' peaks, each a sum
+    /// over tags and shards.
+    pub fn run_peaks(&self) -> (u64, u64) {
+        let start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.stats();
+        let (live, committed) = start.run_peaks;
+        (live.max(s.peak_live), committed.max(s.peak_committed))
     }
 
     /// Counters of one tag.

@@ -418,3 +418,23 @@ fn the_background_reclaimer_gives_idle_memory_back_with_no_call() {
         "without it, idle memory waits for the next free or trim"
     );
 }
+
+#[test]
+fn epochs_reset_the_peaks_and_the_run_keeps_the_highest() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let big = arena.alloc(64 << 20, 512, Stream::DEFAULT).unwrap();
+    arena.free(big, None, Stream::DEFAULT).unwrap();
+    let first = arena.epoch();
+    assert!(first.peak_live >= 64 << 20);
+    let small = arena.alloc(4 << 20, 512, Stream::DEFAULT).unwrap();
+    arena.free(small, None, Stream::DEFAULT).unwrap();
+    let second = arena.epoch();
+    assert!(second.peak_live < 64 << 20, "{second:?}");
+    let (live, committed) = arena.run_peaks();
+    assert_eq!(live, first.peak_live);
+    assert!(committed >= first.peak_committed && committed >= live);
+}
