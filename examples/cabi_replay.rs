@@ -3,12 +3,25 @@
 //! pluggable allocator calls them, on the host backend:
 //! `GPU_ARENA_CONF=backend:host,report:1 cargo run --release --example cabi_replay -- REPEAT TRACE [SWAP_PERCENT]`.
 //!
+//! Prints one line per repetition: time per call, VMM calls, peak committed
+//! / peak handed out, the stitched ranges' decisions, and the time per call
+//! by block size. A trace recorded with `scripts/torch_bench.py --repeat N
+//! --trace` (a `rep_end` line after each of the process's repetitions) is
+//! reported per recorded repetition instead: run it with REPEAT 1 to see
+//! the first repetition differ from the next ones as on the GPU.
+//!
 //! With `SWAP_PERCENT`, every repetition after the first swaps neighbouring
 //! events of different blocks with that probability, as two threads
 //! (PyTorch's autograd thread and the main one) interleave differently from
 //! run to run on a GPU.
+//!
+//! With `THRASH_KIB=N` in the environment, N KiB of other memory are
+//! touched between events, as PyTorch's own work (Python, kernel launches)
+//! evicts the allocator's data from the CPU caches between its calls: the
+//! time per call then is that of calls made cold.
 use gpu_arena::api::ffi::{gpu_arena_epoch_json, gpu_arena_torch_alloc, gpu_arena_torch_free};
 use gpu_arena::replay::Event;
+use std::time::Instant;
 
 fn addr(e: &Event) -> u64 {
     match *e {
@@ -43,11 +56,87 @@ fn epoch(buf: &mut [u8]) -> Result<serde_json::Value, Box<dyn std::error::Error>
     )?)?)
 }
 
+/// Block sizes whose calls are timed apart: up to 64 KiB (slabs), up to
+/// 1 MiB, up to 64 MiB, larger.
+const SIZES: [(&str, u64); 4] = [
+    ("<=64K", 64 << 10),
+    ("<=1M", 1 << 20),
+    ("<=64M", 64 << 20),
+    (">64M", u64::MAX),
+];
+
+/// Calls and nanoseconds per size bucket: [alloc, free].
+#[derive(Default)]
+struct BySize([[(u64, u64); 2]; 4]);
+
+impl BySize {
+    fn add(&mut self, size: u64, free: bool, nanos: u64) {
+        let i = SIZES.iter().position(|&(_, max)| size <= max).unwrap_or(3);
+        let b = &mut self.0[i][free as usize];
+        b.0 += 1;
+        b.1 += nanos;
+    }
+
+    fn line(&self) -> String {
+        let mean = |(n, t): (u64, u64)| t as f64 / n.max(1) as f64;
+        let parts: Vec<String> = SIZES
+            .iter()
+            .zip(&self.0)
+            .map(|((name, _), b)| {
+                format!(
+                    "{name} {} at {:.0} / {:.0} ns",
+                    b[0].0,
+                    mean(b[0]),
+                    mean(b[1])
+                )
+            })
+            .collect();
+        format!(
+            "  calls by size (allocs at ns per alloc / per free, harness timer included): {}",
+            parts.join("; ")
+        )
+    }
+}
+
+/// One repetition's figures, from the epoch it ends.
+fn report(
+    label: &str,
+    buf: &mut [u8],
+    events: usize,
+    allocs: u64,
+    since: Instant,
+    by_size: &BySize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dt = since.elapsed();
+    let e = epoch(buf)?;
+    let t = &e["times"];
+    let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let calls = num(&t["allocs"]) + num(&t["frees"]);
+    let nanos = num(&t["alloc_nanos"]) + num(&t["free_nanos"]);
+    println!(
+        "{label}: {:.0} ns per event (harness included), {:.0} ns per call inside the allocator, VMM calls {} ({:.1} per 1000 allocations; {}), peak committed / peak handed out {:.4}; stitched ranges {}",
+        dt.as_nanos() as f64 / events.max(1) as f64,
+        nanos / calls.max(1.0),
+        e["vmm_calls"],
+        num(&e["vmm_calls"]) * 1000.0 / allocs.max(1) as f64,
+        e["driver_calls"],
+        num(&e["peak_committed"]) / num(&t["peak_handed"]).max(1.0),
+        e["stitch"]
+    );
+    println!("{}", by_size.line());
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let times: usize = args[0].parse()?;
-    let events = gpu_arena::replay::read_trace(args[1].as_ref())?;
+    let (events, marks) = gpu_arena::replay::read_trace_marked(args[1].as_ref())?;
     let percent: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(0);
+    let thrash_kib: usize = match std::env::var("THRASH_KIB") {
+        Ok(s) => s.parse()?,
+        Err(_) => 0,
+    };
+    let mut thrash = vec![0u8; thrash_kib << 10];
     let mut live = std::collections::HashMap::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -57,42 +146,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let last = r + 1 == times;
         let order = order(&events, r, percent, &mut seed);
         epoch(&mut buf)?;
-        let mut allocs = 0u64;
-        let t = std::time::Instant::now();
-        for &i in &order {
+        let (mut allocs, mut done, mut segment) = (0u64, 0usize, 1usize);
+        let mut by_size = BySize::default();
+        let mut since = Instant::now();
+        for (n, &i) in order.iter().enumerate() {
+            if marks.contains(&n) {
+                let label = format!("rep {} (recorded repetition {segment})", r + 1);
+                report(&label, &mut buf, n - done, allocs, since, &by_size)?;
+                (allocs, done, segment) = (0, n, segment + 1);
+                by_size = BySize::default();
+                since = Instant::now();
+            }
+            for line in thrash.chunks_mut(64) {
+                line[0] = line[0].wrapping_add(1);
+            }
             match events[i] {
                 Event::Alloc { .. } if r > 0 && keep_allocs.contains(&i) => {}
                 Event::Free { .. } if !last && keep_frees.contains(&i) => {}
                 Event::Alloc { addr, size, .. } => {
+                    let t = Instant::now();
                     let p = gpu_arena_torch_alloc(size.max(1) as isize, 0, core::ptr::null_mut());
+                    by_size.add(size, false, t.elapsed().as_nanos() as u64);
                     assert!(!p.is_null(), "the host arena refused {size} bytes");
                     live.insert(addr, (p, size));
                     allocs += 1;
                 }
                 Event::Free { addr, .. } => {
                     if let Some((p, size)) = live.remove(&addr) {
+                        let t = Instant::now();
                         gpu_arena_torch_free(p, size as isize, 0, core::ptr::null_mut());
+                        by_size.add(size, true, t.elapsed().as_nanos() as u64);
                     }
                 }
             }
         }
-        let dt = t.elapsed();
-        let e = epoch(&mut buf)?;
-        let t = &e["times"];
-        let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
-        let calls = num(&t["allocs"]) + num(&t["frees"]);
-        let nanos = num(&t["alloc_nanos"]) + num(&t["free_nanos"]);
-        println!(
-            "rep {}: {:.0} ns per event (harness included), {:.0} ns per call inside the allocator, VMM calls {} ({:.1} per 1000 allocations; {}), peak committed / peak handed out {:.4}; stitched ranges {}",
-            r + 1,
-            dt.as_nanos() as f64 / events.len() as f64,
-            nanos / calls.max(1.0),
-            e["vmm_calls"],
-            num(&e["vmm_calls"]) * 1000.0 / allocs.max(1) as f64,
-            e["driver_calls"],
-            num(&e["peak_committed"]) / num(&t["peak_handed"]).max(1.0),
-            e["stitch"]
-        );
+        let label = if marks.is_empty() {
+            format!("rep {}", r + 1)
+        } else {
+            format!(
+                "rep {} (recorded repetition {segment}, after its end)",
+                r + 1
+            )
+        };
+        report(
+            &label,
+            &mut buf,
+            order.len() - done,
+            allocs,
+            since,
+            &by_size,
+        )?;
     }
     Ok(())
 }

@@ -15,7 +15,8 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
   --trace   record the allocation trace (PyTorch's allocator only) in the format of shared/traces/README.md,
             from the model's creation to the end of the last repetition, as the shared harness records its
-            traces (so that the host can replay train and serve: `gpu-arena replay`, tests/all/commit_engine.rs)
+            traces (so that the host can replay train and serve: `gpu-arena replay`, tests/all/commit_engine.rs);
+            with --repeat, a line `{"action": "rep_end", ...}` follows each repetition's last event
 
 Each repetition prints one line `REP {json}`: time, checksum, and the allocator's figures for that
 repetition alone: peak physical / peak live bytes and the driver calls that obtained or gave back device
@@ -139,6 +140,7 @@ def epoch():
 
 rng = (torch.get_rng_state(), torch.cuda.get_rng_state())
 label = "gpu-arena" if a.alloc else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
+marks = []  # with --trace: trace events recorded when each repetition ended
 for r in range(a.repeat):
     torch.set_rng_state(rng[0]); torch.cuda.set_rng_state(rng[1])
     torch.cuda.synchronize()
@@ -169,11 +171,16 @@ for r in range(a.repeat):
                    + st["num_device_free"] - st0["num_device_free"],
                    allocs=st["allocation.all.allocated"] - st0["allocation.all.allocated"])
     print("REP " + json.dumps(rec), flush=True)
+    if a.trace:
+        marks.append(len(torch.cuda.memory._snapshot()["device_traces"][0]))
 if a.trace:
     snap = torch.cuda.memory._snapshot()
     kinds = ("alloc", "free_requested", "free_completed", "segment_alloc", "segment_free", "segment_map", "segment_unmap")
     with gzip.open(a.trace, "wt") as f:
-        for e in snap["device_traces"][0]:
+        for i, e in enumerate(snap["device_traces"][0]):
             if e["action"] in kinds:
                 f.write(json.dumps({"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}) + "\n")
+            if i + 1 in marks:
+                # The end of a repetition (replays may report each one apart).
+                f.write(json.dumps({"action": "rep_end", "addr": 0, "size": 0, "stream": 0}) + "\n")
     print(f"trace: {len(snap['device_traces'][0])} events to {a.trace}", flush=True)

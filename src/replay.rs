@@ -43,6 +43,14 @@ struct Line {
 /// Reads a trace (gzip'd JSON lines, or plain JSON lines), keeping `alloc`
 /// and `free_completed` events.
 pub fn read_trace(path: &Path) -> std::io::Result<Vec<Event>> {
+    read_trace_marked(path).map(|(events, _)| events)
+}
+
+/// Reads a trace like [`read_trace`], and also where its repetitions end:
+/// a trace recorded with `scripts/torch_bench.py --repeat N --trace` has a
+/// `rep_end` line after each repetition. Returns the events and, for each
+/// `rep_end`, the number of events before it.
+pub fn read_trace_marked(path: &Path) -> std::io::Result<(Vec<Event>, Vec<usize>)> {
     let file = std::fs::File::open(path)?;
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
         Box::new(std::io::BufReader::new(flate2::read::GzDecoder::new(file)))
@@ -50,6 +58,7 @@ pub fn read_trace(path: &Path) -> std::io::Result<Vec<Event>> {
         Box::new(std::io::BufReader::new(file))
     };
     let mut events = Vec::new();
+    let mut marks = Vec::new();
     for line in reader.lines() {
         let line = line?;
         if line.trim().is_empty() {
@@ -67,10 +76,11 @@ pub fn read_trace(path: &Path) -> std::io::Result<Vec<Event>> {
                 addr: l.addr,
                 stream: l.stream,
             }),
+            "rep_end" => marks.push(events.len()),
             _ => {}
         }
     }
-    Ok(events)
+    Ok((events, marks))
 }
 
 /// What a replay measured.
