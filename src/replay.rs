@@ -263,6 +263,78 @@ pub fn replay_repeated<D: Driver>(
     hold: impl Fn(),
     complete: impl Fn(),
 ) -> Result<Vec<Repetition>> {
+    replay_split(arena, events, repeat, &[], hold, complete)
+}
+
+/// Replays once, as traced, a trace recorded with several repetitions in
+/// one process (`marks`: where each ended, from [`read_trace_marked`]),
+/// fences `lag` events behind as in [`replay_repeated`]. Returns one
+/// [`Repetition`] per recorded repetition (and one for events after the
+/// last mark, if any): the first carries the model's creation and the
+/// program's first-time allocations, as on the GPU.
+pub fn replay_recorded<D: Driver>(
+    arena: &mut Arena<D>,
+    events: &[Event],
+    marks: &[usize],
+    lag: usize,
+    hold: impl Fn(),
+    complete: impl Fn(),
+) -> Result<Vec<Repetition>> {
+    replay_split(
+        arena,
+        events,
+        Repeat { times: 1, lag },
+        marks,
+        hold,
+        complete,
+    )
+}
+
+/// One repetition being replayed: what it started from.
+struct Segment {
+    before: crate::commit::DriverCalls,
+    allocs: u64,
+    events: u64,
+    start: Instant,
+}
+
+impl Segment {
+    fn start<D: Driver>(arena: &mut Arena<D>) -> Self {
+        arena.reset_peaks();
+        Segment {
+            before: arena.stats().driver_calls,
+            allocs: 0,
+            events: 0,
+            start: Instant::now(),
+        }
+    }
+
+    fn end<D: Driver>(self, arena: &Arena<D>) -> Repetition {
+        let seconds = self.start.elapsed().as_secs_f64();
+        let s = arena.stats();
+        let calls = s.driver_calls.since(&self.before);
+        Repetition {
+            events: self.events,
+            seconds,
+            allocs: self.allocs,
+            ratio: s.peak_ratio(),
+            peak_committed: s.peak_committed,
+            peak_live: s.peak_live,
+            vmm_calls: calls.vmm(),
+            calls: calls.total(),
+        }
+    }
+}
+
+/// [`replay_repeated`], with each run also split where `marks` say.
+fn replay_split<D: Driver>(
+    arena: &mut Arena<D>,
+    events: &[Event],
+    repeat: Repeat,
+    marks: &[usize],
+    hold: impl Fn(),
+    complete: impl Fn(),
+) -> Result<Vec<Repetition>> {
     let (keep_allocs, keep_frees) = persistent(events);
     let mut live: std::collections::HashMap<u64, DevicePtr> = std::collections::HashMap::new();
     let mut out = Vec::new();
@@ -271,12 +343,13 @@ pub fn replay_repeated<D: Driver>(
     }
     let mut tick = 0usize;
     for r in 0..repeat.times.max(1) {
-        arena.reset_peaks();
-        let before = arena.stats().driver_calls;
-        let (mut allocs, mut n) = (0, 0);
-        let t = Instant::now();
+        let mut seg = Segment::start(arena);
         let last = r + 1 == repeat.times.max(1);
         for (i, e) in events.iter().enumerate() {
+            if i > 0 && marks.contains(&i) {
+                out.push(seg.end(arena));
+                seg = Segment::start(arena);
+            }
             match *e {
                 Event::Alloc { addr, size, .. } => {
                     if r > 0 && keep_allocs.contains(&i) {
@@ -284,14 +357,14 @@ pub fn replay_repeated<D: Driver>(
                     }
                     let p = arena.alloc_on(size.max(1), 512, Stream::DEFAULT)?;
                     live.insert(addr, p);
-                    allocs += 1;
-                    n += 1;
+                    seg.allocs += 1;
+                    seg.events += 1;
                 }
                 Event::Free { addr, .. } => {
                     if !last && keep_frees.contains(&i) {
                         continue;
                     }
-                    n += 1;
+                    seg.events += 1;
                     let Some(p) = live.remove(&addr) else {
                         return Err(Error::Config("trace frees a block it never allocated"));
                     };
@@ -304,19 +377,9 @@ pub fn replay_repeated<D: Driver>(
                 hold();
             }
         }
-        let seconds = t.elapsed().as_secs_f64();
-        let s = arena.stats();
-        let calls = s.driver_calls.since(&before);
-        out.push(Repetition {
-            events: n,
-            seconds,
-            allocs,
-            ratio: s.peak_ratio(),
-            peak_committed: s.peak_committed,
-            peak_live: s.peak_live,
-            vmm_calls: calls.vmm(),
-            calls: calls.total(),
-        });
+        if seg.events > 0 || marks.is_empty() {
+            out.push(seg.end(arena));
+        }
     }
     if repeat.lag > 0 {
         complete();
