@@ -152,10 +152,29 @@ impl<D: Driver> Commit<D> {
         }) {
             return false;
         }
-        for m in maps {
-            if self.unmap_mapping(m).is_err() {
+        // One unmap per run of adjacent mappings (the range's pages are
+        // adjacent; a released unit leaves a hole).
+        let mut i = 0;
+        while i < maps.len() {
+            let start = self.pool.map(maps[i]).first;
+            let mut end = start + self.pool.map(maps[i]).pages;
+            let mut j = i + 1;
+            while j < maps.len() && self.pool.map(maps[j]).first == end {
+                end += self.pool.map(maps[j]).pages;
+                j += 1;
+            }
+            // SAFETY: the range holds no block and the fences of every free
+            // through its mappings completed (checked above): nothing uses
+            // start..end, which is tiled by the mappings i..j.
+            if unsafe { self.vmm_unmap(start, end - start) }.is_err() {
+                // The runs before it went; the range stays cached with
+                // holes (unusable until it goes).
                 return false;
             }
+            for &m in &maps[i..j] {
+                self.forget_mapping(m);
+            }
+            i = j;
         }
         self.stitch.remove(r);
         true

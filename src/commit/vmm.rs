@@ -196,10 +196,20 @@ impl<D: Driver> Commit<D> {
         // SAFETY: no live byte is on the mapping and the caller checked its
         // stamps: nothing addresses the range.
         unsafe { self.vmm_unmap(first, pages)? };
+        Ok(self.forget_mapping(m))
+    }
+
+    /// Forgets mapping `m`, whose pages the driver already unmapped.
+    /// Returns its unit.
+    pub(super) fn forget_mapping(&mut self, m: u32) -> u32 {
+        let (first, pages) = {
+            let x = self.pool.map(m);
+            (x.first, x.pages)
+        };
         for p in first..first + pages {
             self.pages.set_map(p, NIL);
         }
-        Ok(self.pool.remove_map(m))
+        self.pool.remove_map(m)
     }
 
     /// Takes away mapping `m`, made by a call that then failed (no live

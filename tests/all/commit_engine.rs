@@ -362,3 +362,54 @@ fn recorded_repetitions_stay_within_two_percent_and_inference_settles() {
         }
     }
 }
+
+/// Training settles too, later: its recorded second and third repetitions
+/// are the same events (addresses included), so the third is run again
+/// until 16 repetitions; from the 13th on, with fences 0 or 50 events
+/// behind, no VMM call is made and physical memory stays within 2 %.
+#[test]
+fn training_settles_when_its_repetition_runs_on() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/pytorch/traces/train-r3.trace.jsonl.gz"
+    );
+    let (events, marks) = gpu_arena::replay::read_trace_marked(path.as_ref()).unwrap();
+    let (second, third) = (&events[marks[0]..marks[1]], &events[marks[1]..marks[2]]);
+    assert_eq!(
+        second, third,
+        "the recorded repetitions 2 and 3 are the same events"
+    );
+    let mut longer = events[..marks[2]].to_vec();
+    let mut more = marks[..3].to_vec();
+    for _ in 3..16 {
+        longer.extend_from_slice(third);
+        more.push(longer.len());
+    }
+    for lag in [0, 50] {
+        let d = HostDriver::new().unwrap();
+        let mut arena = Arena::new(&d, Kind::Device(0), ArenaConfig::default()).unwrap();
+        arena.set_clock(Clock::manual());
+        let reps = gpu_arena::replay::replay_recorded(
+            &mut arena,
+            &longer,
+            &more,
+            lag,
+            || d.hold(Stream::DEFAULT),
+            || d.complete(Stream::DEFAULT),
+        )
+        .unwrap();
+        arena.check_invariants();
+        assert_eq!(reps.len(), 16);
+        let calls: Vec<u64> = reps.iter().map(|r| r.vmm_calls).collect();
+        println!("SETTLES lag {lag}: VMM calls per repetition {calls:?}");
+        for (i, r) in reps.iter().enumerate() {
+            assert!(
+                r.ratio <= 1.02,
+                "lag {lag} repetition {}: {:.4}",
+                i + 1,
+                r.ratio
+            );
+        }
+        assert!(calls[12..].iter().all(|&c| c == 0), "lag {lag}: {calls:?}");
+    }
+}
