@@ -24,13 +24,14 @@ const LOOK: usize = 8;
 /// goes (one unmap call per run of its pages). Ranges are otherwise kept
 /// until their region fills, so a workload that keeps making ranges of one
 /// size (one that never settles) would keep mappings, and a longer walk
-/// over them on every allocation of that size, without bound. Measured on
-/// the host replays of the H100 traces (`docs/pytorch.md`, "Repetitions
-/// recorded on the H100"): BERT inference's first repetition keeps more
-/// than 32 ranges of some sizes, and fewer than 48 cost its second
-/// repetition calls (16: 13.4 per 1,000, against 12.1); training settles
-/// with 16 or more, not with 8; with 48, every trace makes the same calls
-/// as with no bound.
+/// over them on every allocation of that size, without bound. Measured
+/// with the host replays (`docs/pytorch/experiments/cached-per-size-*.log`):
+/// with 48 every trace makes the same calls as with no bound; fewer change
+/// BERT inference's second repetition (the shared trace run 5 times: 14.2,
+/// 3.0 and 10.3 calls per 1,000 allocations with 16, 24 and 32, against
+/// none), and 8 keeps training from settling. Training settles before it
+/// made 48 ranges of one size (15,249 mappings after 20 repetitions, 8,249
+/// with 16).
 const CACHED_PER_SIZE: usize = 48;
 
 /// Bytes from which a block's cached stitched range may be repaired (with
