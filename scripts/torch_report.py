@@ -7,7 +7,10 @@ processes), driver calls per repetition (cold first, then the steady ones 2..N, 
 time (median over processes with min-max; cold = repetition 1, steady = each process's median of
 repetitions 2..N), gpu-arena's time per allocator call, whether every checksum agreed, and gpu-arena's driver calls
 per 1000 allocations in each repetition; where the log has them, what its stitched-range allocations
-decided in each repetition (ranges reused / repaired / made, summed over processes)."""
+decided in each repetition (ranges reused / repaired / made, summed over processes); and, for each
+gpu-arena label, the repetitions from which no process made a VMM call any more (settled): their time
+against PyTorch's default over the same repetitions (median over processes of each process's median)
+and gpu-arena's time per allocator call in them."""
 import json, re, statistics as st, sys
 from collections import defaultdict
 
@@ -92,6 +95,28 @@ def main():
             per_rep = [max(p[i]["driver_calls"] * 1000 / max(p[i]["allocs"], 1) for p in procs if len(p) > i)
                        for i in range(n)]
             print(f"| {w} | {a} | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
+    print()
+    print("| workload | allocator | settled: repetitions with no VMM call in any process | time in them (s) | default, same repetitions (s) | gpu-arena / default | allocator time per call in them (µs) |")
+    print("|---|---|---|---|---|---|---|")
+    for w in workloads:
+        base = [p for p in runs.get((w, "default"), []) if p]
+        for a in labels(runs, w):
+            procs = [p for p in runs.get((w, a), []) if p]
+            if a == "default" or not procs:
+                continue
+            n = min(len(p) for p in procs)
+            s0 = n
+            while s0 > 1 and all(p[s0 - 1]["driver_calls"] == 0 for p in procs):
+                s0 -= 1
+            if s0 == n:
+                print(f"| {w} | {a} | none of {n} | – | – | – | – |")
+                continue
+            t = [st.median(r["time_s"] for r in p[s0:n]) for p in procs]
+            d = [st.median(r["time_s"] for r in p[s0:n]) for p in base if len(p) >= n]
+            us = [r.get("us_per_call") for p in procs for r in p[s0:n]]
+            ratio = f"{st.median(t) / st.median(d):.3f}" if d else "–"
+            print(f"| {w} | {a} | {s0 + 1}–{n} of {n} | {rng(t, lambda v: f'{v:.2f}')} | {rng(d, lambda v: f'{v:.2f}')} | "
+                  f"{ratio} | {rng(us, lambda v: f'{v:.3f}')} |")
     rows = []
     for w in workloads:
         for a in labels(runs, w):
