@@ -15,6 +15,10 @@
 //! (PyTorch's autograd thread and the main one) interleave differently from
 //! run to run on a GPU.
 //!
+//! With `RUN_ON=N` in the environment, a trace whose last two recorded
+//! repetitions are the same events is run on to N repetitions (the last
+//! one again: [`gpu_arena::replay::run_on`]).
+//!
 //! With `THRASH_KIB=N` in the environment, N KiB of other memory are
 //! touched between events, as PyTorch's own work (Python, kernel launches)
 //! evicts the allocator's data from the CPU caches between its calls: the
@@ -130,7 +134,11 @@ fn report(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let times: usize = args[0].parse()?;
-    let (events, marks) = gpu_arena::replay::read_trace_marked(args[1].as_ref())?;
+    let (mut events, mut marks) = gpu_arena::replay::read_trace_marked(args[1].as_ref())?;
+    if let Ok(n) = std::env::var("RUN_ON") {
+        (events, marks) = gpu_arena::replay::run_on(&events, &marks, n.parse()?)
+            .ok_or("RUN_ON: the trace's last two recorded repetitions differ")?;
+    }
     let percent: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(0);
     let thrash_kib: usize = match std::env::var("THRASH_KIB") {
         Ok(s) => s.parse()?,

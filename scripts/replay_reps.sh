@@ -2,7 +2,8 @@
 # Host replays of the H100 traces recorded with several repetitions (docs/pytorch/traces/*-r3.trace.jsonl.gz,
 # `scripts/torch_bench.py --repeat 3 --trace`): for each trace, one line with every recorded repetition's
 # VMM calls per 1000 allocations and, in brackets, peak committed / peak handed out, through the C ABI as
-# PyTorch calls it (examples/cabi_replay, backend:host, report:1). EXTRA=",key:value" adds settings.
+# PyTorch calls it (examples/cabi_replay, backend:host, report:1). EXTRA=",key:value" adds settings;
+# RUN_ON=N runs a trace whose last two recorded repetitions are the same events on to N repetitions.
 #
 #   cargo build --release --example cabi_replay && bash scripts/replay_reps.sh [TRACE...]
 set -euo pipefail

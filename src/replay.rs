@@ -83,6 +83,35 @@ pub fn read_trace_marked(path: &Path) -> std::io::Result<(Vec<Event>, Vec<usize>
     Ok((events, marks))
 }
 
+/// A trace with recorded repetitions (`marks` from [`read_trace_marked`])
+/// run on to `total` repetitions: where its last two recorded repetitions
+/// are the same events (addresses included, as a program that repeats with
+/// the same inputs under PyTorch's allocator records them), the last one is
+/// appended again until there are `total`. Returns the longer trace and its
+/// marks, or `None` when the last two differ (or fewer than two were
+/// recorded).
+pub fn run_on(events: &[Event], marks: &[usize], total: usize) -> Option<(Vec<Event>, Vec<usize>)> {
+    let n = marks.len();
+    if n < 2 {
+        return None;
+    }
+    let start = if n >= 3 { marks[n - 3] } else { 0 };
+    let (prev, last) = (
+        &events[start..marks[n - 2]],
+        &events[marks[n - 2]..marks[n - 1]],
+    );
+    if prev != last {
+        return None;
+    }
+    let mut longer = events[..marks[n - 1]].to_vec();
+    let mut more = marks.to_vec();
+    while more.len() < total {
+        longer.extend_from_slice(last);
+        more.push(longer.len());
+    }
+    Some((longer, more))
+}
+
 /// What a replay measured.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct ReplayResult {
@@ -403,6 +432,20 @@ mod persistent_tests {
     }
     fn f(addr: u64) -> Event {
         Event::Free { addr, stream: 0 }
+    }
+
+    #[test]
+    fn a_trace_runs_on_only_where_its_last_two_repetitions_are_the_same() {
+        use super::run_on;
+        // Repetition 1 allocates a weight; 2 and 3 the same temporary.
+        let events = vec![a(1), a(2), f(2), a(2), f(2), a(2), f(2)];
+        let (longer, marks) = run_on(&events, &[3, 5, 7], 5).unwrap();
+        assert_eq!(marks, vec![3, 5, 7, 9, 11]);
+        assert_eq!(&longer[7..], &[a(2), f(2), a(2), f(2)]);
+        // A third repetition that differs: nothing to run on.
+        let differs = vec![a(1), a(2), f(2), a(3), f(3), a(2), f(2)];
+        assert!(run_on(&differs, &[3, 5, 7], 5).is_none());
+        assert!(run_on(&events, &[7], 5).is_none(), "one repetition");
     }
 
     #[test]

@@ -374,17 +374,8 @@ fn training_settles_when_its_repetition_runs_on() {
         "/docs/pytorch/traces/train-r3.trace.jsonl.gz"
     );
     let (events, marks) = gpu_arena::replay::read_trace_marked(path.as_ref()).unwrap();
-    let (second, third) = (&events[marks[0]..marks[1]], &events[marks[1]..marks[2]]);
-    assert_eq!(
-        second, third,
-        "the recorded repetitions 2 and 3 are the same events"
-    );
-    let mut longer = events[..marks[2]].to_vec();
-    let mut more = marks[..3].to_vec();
-    for _ in 3..16 {
-        longer.extend_from_slice(third);
-        more.push(longer.len());
-    }
+    let (longer, more) = gpu_arena::replay::run_on(&events, &marks, 16)
+        .expect("the recorded repetitions 2 and 3 are the same events");
     for lag in [0, 50] {
         let d = HostDriver::new().unwrap();
         let mut arena = Arena::new(&d, Kind::Device(0), ArenaConfig::default()).unwrap();
