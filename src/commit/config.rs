@@ -40,12 +40,15 @@ pub struct CommitConfig {
     /// the busy pages of the best one (when fewer than half its pages are
     /// busy, so it costs fewer calls than a new range), to the idle units
     /// mapped at the fewest other places, instead of mapping a new range (see
-    /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). On the host
-    /// replay of a training trace it cuts the steady-state VMM calls by
-    /// about four fifths, but not to zero, and it costs BERT inference up
-    /// to about 50 per 1,000 allocations in its second repetition under
+    /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). It cuts a
+    /// training loop's VMM calls in its first repetitions (31 / 24 / 14 per
+    /// 1,000 allocations in repetitions 3–5, against 138 / 28 / 41), but it
+    /// never settles (10 to 24 per 1,000 up to repetition 20), where the
+    /// default makes none from repetition 13 on; and it costs BERT inference
+    /// up to about 50 per 1,000 allocations in its second repetition under
     /// emulated GPU lag, where it makes none without (`docs/pytorch.md`,
-    /// "Where train's steady-state calls come from"): off by default.
+    /// "Repetitions recorded on the H100, replayed on the host"): off by
+    /// default.
     pub stitch_repair: bool,
 }
 
