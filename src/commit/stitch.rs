@@ -47,6 +47,9 @@ pub struct Stitch {
     by_first: MetaMap<u64, u32>,
     /// Cached ranges by page count.
     by_pages: MetaMap<u64, MetaVec<u32>>,
+    /// The page counts of `by_pages`, ascending: a walk over the sizes
+    /// `k..=max` looks up only those that exist.
+    sizes: MetaVec<u64>,
     live_bytes: u64,
     live_count: u64,
 }
@@ -63,6 +66,7 @@ impl Stitch {
             spare: MetaVec::new_in(std::alloc::System),
             by_first: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
             by_pages: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            sizes: MetaVec::new_in(std::alloc::System),
             live_bytes: 0,
             live_count: 0,
         }
@@ -122,21 +126,26 @@ impl Stitch {
     ///
     /// # Time complexity
     /// O(cached ranges of those sizes) over a whole walk.
-    pub fn next_cached(
-        &self,
-        mut cursor: (u64, usize),
-        max_pages: u64,
-    ) -> Option<(u32, (u64, usize))> {
-        while cursor.0 <= max_pages {
-            if let Some(ids) = self.by_pages.get(&cursor.0) {
-                while let Some(&r) = ids.get(cursor.1) {
-                    cursor.1 += 1;
+    pub fn next_cached(&self, cursor: (u64, usize), max_pages: u64) -> Option<(u32, (u64, usize))> {
+        let mut i = self.sizes.partition_point(|&n| n < cursor.0);
+        let mut at = cursor.1;
+        while let Some(&n) = self.sizes.get(i) {
+            if n > max_pages {
+                break;
+            }
+            if n != cursor.0 {
+                // A size past the cursor's: from its first range.
+                at = 0;
+            }
+            if let Some(ids) = self.by_pages.get(&n) {
+                while let Some(&r) = ids.get(at) {
+                    at += 1;
                     if !self.ranges[r as usize].in_use {
-                        return Some((r, cursor));
+                        return Some((r, (n, at)));
                     }
                 }
             }
-            cursor = (cursor.0 + 1, 0);
+            (i, at) = (i + 1, 0);
         }
         None
     }
@@ -152,16 +161,12 @@ impl Stitch {
         max_pages: u64,
         mut ok: impl FnMut(&Range) -> bool,
     ) -> Option<u32> {
-        for n in pages..=max_pages {
-            let Some(ids) = self.by_pages.get(&n) else {
-                continue;
-            };
-            for &r in ids.iter() {
-                let x = &self.ranges[r as usize];
-                if !x.in_use && ok(x) {
-                    return Some(r);
-                }
+        let mut cursor = (pages, 0);
+        while let Some((r, next)) = self.next_cached(cursor, max_pages) {
+            if ok(&self.ranges[r as usize]) {
+                return Some(r);
             }
+            cursor = next;
         }
         None
     }
@@ -188,10 +193,12 @@ impl Stitch {
             }
         };
         self.by_first.insert(first, r);
-        self.by_pages
-            .entry(pages)
-            .or_insert_with(|| MetaVec::new_in(std::alloc::System))
-            .push(r);
+        let ids = self.by_pages.entry(pages).or_insert_with(|| {
+            let i = self.sizes.partition_point(|&n| n < pages);
+            self.sizes.insert(i, pages);
+            MetaVec::new_in(std::alloc::System)
+        });
+        ids.push(r);
         Some(r)
     }
 
@@ -227,6 +234,8 @@ impl Stitch {
             ids.retain(|&i| i != r);
             if ids.is_empty() {
                 self.by_pages.remove(&x.pages);
+                let i = self.sizes.partition_point(|&n| n < x.pages);
+                self.sizes.remove(i);
             }
         }
         self.spare.push(r);
@@ -305,6 +314,9 @@ impl Stitch {
         assert_eq!(count, self.live_count, "stitched live blocks");
         let listed: usize = self.by_pages.values().map(|v| v.len()).sum();
         assert_eq!(listed, self.by_first.len(), "size index");
+        let mut keys: Vec<u64> = self.by_pages.keys().copied().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, self.sizes.as_slice(), "sizes listed, ascending");
     }
 }
 
