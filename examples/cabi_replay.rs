@@ -158,7 +158,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut by_size = BySize::default();
         let mut since = Instant::now();
         for (n, &i) in order.iter().enumerate() {
-            if marks.contains(&n) {
+            if marks.binary_search(&n).is_ok() {
                 let label = format!("rep {} (recorded repetition {segment})", r + 1);
                 report(&label, &mut buf, n - done, allocs, since, &by_size)?;
                 (allocs, done, segment) = (0, n, segment + 1);

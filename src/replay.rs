@@ -49,7 +49,7 @@ pub fn read_trace(path: &Path) -> std::io::Result<Vec<Event>> {
 /// Reads a trace like [`read_trace`], and also where its repetitions end:
 /// a trace recorded with `scripts/torch_bench.py --repeat N --trace` has a
 /// `rep_end` line after each repetition. Returns the events and, for each
-/// `rep_end`, the number of events before it.
+/// `rep_end`, the number of events before it (ascending).
 pub fn read_trace_marked(path: &Path) -> std::io::Result<(Vec<Event>, Vec<usize>)> {
     let file = std::fs::File::open(path)?;
     let reader: Box<dyn BufRead> = if path.extension().is_some_and(|e| e == "gz") {
@@ -375,7 +375,7 @@ fn replay_split<D: Driver>(
         let mut seg = Segment::start(arena);
         let last = r + 1 == repeat.times.max(1);
         for (i, e) in events.iter().enumerate() {
-            if i > 0 && marks.contains(&i) {
+            if i > 0 && marks.binary_search(&i).is_ok() {
                 out.push(seg.end(arena));
                 seg = Segment::start(arena);
             }

@@ -150,25 +150,20 @@ impl Stitch {
         None
     }
 
-    /// A cached (not in use) range of `pages..=max_pages` pages that `ok`
-    /// accepts, smallest first.
+    /// The cached (not in use) ranges of `pages..=max_pages` pages,
+    /// smallest first (oldest first within a size): the walk of
+    /// [`next_cached`](Self::next_cached), for callers that change nothing
+    /// while walking.
     ///
     /// # Time complexity
-    /// O(cached ranges of those sizes).
-    pub fn find(
-        &self,
-        pages: u64,
-        max_pages: u64,
-        mut ok: impl FnMut(&Range) -> bool,
-    ) -> Option<u32> {
+    /// O(cached ranges of those sizes) over a whole walk.
+    pub fn cached(&self, pages: u64, max_pages: u64) -> impl Iterator<Item = u32> + '_ {
         let mut cursor = (pages, 0);
-        while let Some((r, next)) = self.next_cached(cursor, max_pages) {
-            if ok(&self.ranges[r as usize]) {
-                return Some(r);
-            }
+        core::iter::from_fn(move || {
+            let (r, next) = self.next_cached(cursor, max_pages)?;
             cursor = next;
-        }
-        None
+            Some(r)
+        })
     }
 
     /// A new range of `pages` pages (not in use); `None` when the region is full.
@@ -332,11 +327,11 @@ mod tests {
         assert_eq!(s.range(a).first, 1000);
         assert_eq!(s.range(b).first, 1004);
         s.take(a, 7 << 20);
-        assert_eq!(s.find(4, 5, |_| true), None, "in use");
-        assert_eq!(s.find(4, 8, |_| true), Some(b));
+        assert_eq!(s.cached(4, 5).next(), None, "in use");
+        assert_eq!(s.cached(4, 8).next(), Some(b));
         assert_eq!(s.put(a, 3), 7 << 20);
-        assert_eq!(s.find(4, 5, |_| true), Some(a));
-        assert_eq!(s.find(4, 5, |r| r.first != 1000), None);
+        assert_eq!(s.cached(4, 5).next(), Some(a));
+        assert_eq!(s.cached(4, 5).find(|&r| s.range(r).first != 1000), None);
         s.remove(a);
         s.check();
         let c = s.make(2, 4).expect("room");

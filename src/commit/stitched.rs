@@ -229,29 +229,29 @@ impl<D: Driver> Commit<D> {
     /// (never blocks; one unmap call per run of its pages).
     fn trim_cached(&mut self, k: u64, max: u64) {
         let mut ids: MetaVec<(u64, u32)> = MetaVec::new_in(std::alloc::System);
-        let mut cursor = (k, 0);
-        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
-            ids.push((self.stitch.range(r).last_used, r));
-            cursor = next;
-        }
+        ids.extend(
+            self.stitch
+                .cached(k, max)
+                .map(|r| (self.stitch.range(r).last_used, r)),
+        );
         if ids.len() >= CACHED_PER_SIZE {
-            ids.sort_unstable();
-            let _ = ids.into_iter().any(|(_, r)| self.dissolve_range(r));
+            self.dissolve_least_recent(ids);
         }
+    }
+
+    /// Dissolves the least recently used of the cached ranges `ids`
+    /// ((last used, range)) whose mappings can go now. Returns whether one
+    /// went.
+    fn dissolve_least_recent(&mut self, mut ids: MetaVec<(u64, u32)>) -> bool {
+        ids.sort_unstable();
+        ids.into_iter().any(|(_, r)| self.dissolve_range(r))
     }
 
     /// The first [`LOOK`] cached ranges of `k..=max` pages, smallest first
     /// (oldest first within a size).
     fn first_cached(&self, k: u64, max: u64) -> MetaVec<u32> {
         let mut ids = MetaVec::new_in(std::alloc::System);
-        let mut cursor = (k, 0);
-        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
-            if ids.len() == LOOK {
-                break;
-            }
-            ids.push(r);
-            cursor = next;
-        }
+        ids.extend(self.stitch.cached(k, max).take(LOOK));
         ids
     }
 
@@ -364,8 +364,7 @@ impl<D: Driver> Commit<D> {
                 ids.push((x.last_used, r));
             }
         }
-        ids.sort_unstable();
-        ids.into_iter().any(|(_, r)| self.dissolve_range(r))
+        self.dissolve_least_recent(ids)
     }
 
     /// The size of the live stitched block at `off`, if any.

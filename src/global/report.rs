@@ -44,13 +44,26 @@ pub(super) struct EpochStart {
     run_peaks: (u64, u64),
 }
 
+impl EpochStart {
+    /// The run's peaks with the current epoch's (`s`) counted: (live,
+    /// committed).
+    fn run_peaks_with(&self, s: &Stats) -> (u64, u64) {
+        let (live, committed) = self.run_peaks;
+        (live.max(s.peak_live), committed.max(s.peak_committed))
+    }
+}
+
 /// Set once the exit report is registered (by the first arena of any device).
 pub(super) static REPORT: std::sync::Once = std::sync::Once::new();
 
 extern "C" fn print_report() {
     for a in arenas() {
         let s = a.stats();
-        let (live, committed) = a.run_peaks();
+        let (live, committed) = a
+            .epoch_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .run_peaks_with(&s);
         eprintln!(
             "gpu-arena: device {}: peak live {:.1} MiB, peak committed {:.1} MiB, peak committed / peak live {:.4}, driver calls {} (VMM {}), handles {}, mappings {}",
             a.device(),
@@ -183,14 +196,13 @@ impl GlobalArena {
             shard.lock().reset_peaks();
         }
         timing::reset_peak_handed();
-        let (live, committed) = start.run_peaks;
         *start = EpochStart {
             calls: s.driver_calls,
             stitch: s.stitch,
             allocs: s.allocs,
             frees: s.frees,
             times,
-            run_peaks: (live.max(s.peak_live), committed.max(s.peak_committed)),
+            run_peaks: start.run_peaks_with(&s),
         };
         e
     }
@@ -201,9 +213,7 @@ impl GlobalArena {
     /// over tags and shards.
     pub fn run_peaks(&self) -> (u64, u64) {
         let start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
-        let s = self.stats();
-        let (live, committed) = start.run_peaks;
-        (live.max(s.peak_live), committed.max(s.peak_committed))
+        start.run_peaks_with(&self.stats())
     }
 
     /// Counters of one tag.
