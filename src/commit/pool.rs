@@ -35,12 +35,16 @@ pub enum Fenced {
     Mapping(u32),
 }
 /// One physical handle.
+///
+/// Laid out by hand (`repr(C)`, aligned to a cache line): everything a
+/// block's page touches when it is taken or freed (owner, aliases, stamps,
+/// idle links and time) lies in the first 64 bytes, the driver's handle
+/// after them. Large blocks take and free one unit per page, with the
+/// CPU's caches cold between PyTorch's calls: a record straddling two
+/// lines costs a second miss per page.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Unit<H> {
-    /// The driver's handle (`None` only while the slot is recycled).
-    pub handle: Option<H>,
-    /// Size in pages.
-    pub pages: u64,
     /// The mapping that holds live bytes of it, or NIL (idle).
     pub owner: u32,
     /// Head of the list of its mappings outside stitched ranges (linked by
@@ -54,40 +58,51 @@ pub struct Unit<H> {
     /// it for another stream waits for them, and so does unmapping any of
     /// its mappings (queued work may still address the range).
     pub stamps: StampSet,
+    /// Size in pages.
+    pub pages: u64,
     /// Clock (ms) when it became idle.
     pub idle_since: u64,
-    /// Created shareable or imported: never reused once empty.
-    pub shared: bool,
-    /// The last [`Pool::new_mark`] token this unit was marked with.
-    mark: u32,
     prev: u32,
     next: u32,
+    /// The last [`Pool::new_mark`] token this unit was marked with.
+    mark: u32,
+    /// Created shareable or imported: never reused once empty.
+    pub shared: bool,
     used: bool,
+    /// The driver's handle (`None` only while the slot is recycled).
+    pub handle: Option<H>,
 }
 
-/// One virtual range backed by a whole unit.
+/// One virtual range backed by a whole unit (one cache line per record,
+/// as [`Unit`]).
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Mapping {
     /// The unit mapped here.
     pub unit: u32,
+    /// Next mapping of the same unit, or NIL.
+    pub next_alias: u32,
     /// First page (index in the reservation).
     pub first: u64,
     /// Pages (the unit's size).
     pub pages: u64,
     /// Pages of this range holding live bytes.
     pub live_pages: u64,
-    /// Next mapping of the same unit, or NIL.
-    pub next_alias: u32,
     /// Clock (ms) when it last took its unit.
     pub last_used: u64,
-    /// Lies in a stitched range.
-    pub stitched: bool,
     /// Frees through this mapping not yet known complete: unmapping it
     /// waits for them (and only for them: frees through the unit's other
     /// mappings do not address this range).
     pub stamps: StampSet,
+    /// Lies in a stitched range.
+    pub stitched: bool,
     used: bool,
 }
+
+// The fields a page's take and free touch fill a unit's first cache line;
+// a mapping is one line.
+const _: () = assert!(core::mem::offset_of!(Unit<u64>, handle) == 64);
+const _: () = assert!(core::mem::size_of::<Mapping>() == 64);
 
 /// Units and mappings of one reservation.
 #[derive(Debug)]

@@ -77,6 +77,9 @@ pub struct GlobalArena {
     /// started, and the flag that stops it.
     reclaimer: Mutex<Option<std::thread::JoinHandle<()>>>,
     reclaimer_stop: AtomicBool,
+    /// Set once the reclaimer was started (or found not wanted, or failed
+    /// to start): every call of [`arena`] asks, and must not take a lock.
+    reclaimer_tried: AtomicBool,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -177,6 +180,7 @@ impl GlobalArena {
             budget: Arc::new(Budget::new(config.arena.commit.limit)),
             reclaimer: Mutex::new(None),
             reclaimer_stop: AtomicBool::new(false),
+            reclaimer_tried: AtomicBool::new(false),
         };
         g.tag("default")?;
         Ok(g)
@@ -215,13 +219,21 @@ impl GlobalArena {
     /// from or frees to still hands its idle memory back, and allocating
     /// threads make no such driver call. Each shard's lock is held only for
     /// its own step.
+    #[inline]
     fn start_reclaimer(&'static self) {
-        let decay_ms = self.config.arena.commit.decay_ms;
-        if !self.config.background || decay_ms == 0 {
+        if !self.reclaimer_tried.load(Ordering::Acquire) {
+            self.start_reclaimer_once();
+        }
+    }
+
+    #[cold]
+    fn start_reclaimer_once(&'static self) {
+        let mut slot = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
+        if self.reclaimer_tried.swap(true, Ordering::AcqRel) {
             return;
         }
-        let mut slot = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_some() {
+        let decay_ms = self.config.arena.commit.decay_ms;
+        if !self.config.background || decay_ms == 0 {
             return;
         }
         let period = std::time::Duration::from_millis((decay_ms / 8).clamp(10, 60_000));

@@ -32,7 +32,10 @@ pub const MAX_CANDIDATES: u32 = 64;
 /// stops at the first one that costs nothing.
 pub const EARLY_CANDIDATES: u32 = 4;
 
+/// One cache line each (a walk over the free lists touches one line per
+/// span, with the CPU's caches cold between PyTorch's calls).
 #[derive(Clone, Copy, Debug)]
+#[repr(align(64))]
 struct Span {
     offset: u64,
     size: u64,
