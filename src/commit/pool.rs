@@ -34,17 +34,17 @@ pub enum Fenced {
     /// Mapping `m`.
     Mapping(u32),
 }
-/// One physical handle.
+/// One physical handle (the driver's handle itself is kept apart, in
+/// [`Pool::handle`]).
 ///
-/// Laid out by hand (`repr(C)`, aligned to a cache line): everything a
-/// block's page touches when it is taken or freed (owner, aliases, stamps,
-/// idle links and time) lies in the first 64 bytes, the driver's handle
-/// after them. Large blocks take and free one unit per page, with the
-/// CPU's caches cold between PyTorch's calls: a record straddling two
-/// lines costs a second miss per page.
+/// One cache line per record (`repr(C)`, aligned to 64 bytes): large blocks
+/// take and free one unit per page, with the CPU's caches cold between
+/// PyTorch's calls, and a record straddling two lines cost a second miss
+/// per page. What only creating, mapping and releasing need (the handle)
+/// stays out of the line.
 #[derive(Debug)]
 #[repr(C, align(64))]
-pub struct Unit<H> {
+pub struct Unit {
     /// The mapping that holds live bytes of it, or NIL (idle).
     pub owner: u32,
     /// Head of the list of its mappings outside stitched ranges (linked by
@@ -69,8 +69,6 @@ pub struct Unit<H> {
     /// Created shareable or imported: never reused once empty.
     pub shared: bool,
     used: bool,
-    /// The driver's handle (`None` only while the slot is recycled).
-    pub handle: Option<H>,
 }
 
 /// One virtual range backed by a whole unit (one cache line per record,
@@ -99,15 +97,16 @@ pub struct Mapping {
     used: bool,
 }
 
-// The fields a page's take and free touch fill a unit's first cache line;
-// a mapping is one line.
-const _: () = assert!(core::mem::offset_of!(Unit<u64>, handle) == 64);
+// A unit and a mapping are one cache line each.
+const _: () = assert!(core::mem::size_of::<Unit>() == 64);
 const _: () = assert!(core::mem::size_of::<Mapping>() == 64);
 
 /// Units and mappings of one reservation.
 #[derive(Debug)]
 pub struct Pool<H> {
-    units: MetaVec<Unit<H>>,
+    units: MetaVec<Unit>,
+    /// The driver's handle of each unit slot (`None` while recycled).
+    handles: MetaVec<Option<H>>,
     maps: MetaVec<Mapping>,
     spare_units: MetaVec<u32>,
     spare_maps: MetaVec<u32>,
@@ -143,6 +142,7 @@ impl<H> Pool<H> {
     pub fn new() -> Self {
         Pool {
             units: MetaVec::new_in(std::alloc::System),
+            handles: MetaVec::new_in(std::alloc::System),
             maps: MetaVec::new_in(std::alloc::System),
             spare_units: MetaVec::new_in(std::alloc::System),
             spare_maps: MetaVec::new_in(std::alloc::System),
@@ -198,12 +198,12 @@ impl<H> Pool<H> {
 
     /// Unit `u`.
     #[inline]
-    pub fn unit(&self, u: u32) -> &Unit<H> {
+    pub fn unit(&self, u: u32) -> &Unit {
         &self.units[u as usize]
     }
     /// Unit `u`, mutably.
     #[inline]
-    pub fn unit_mut(&mut self, u: u32) -> &mut Unit<H> {
+    pub fn unit_mut(&mut self, u: u32) -> &mut Unit {
         &mut self.units[u as usize]
     }
     /// Mapping `m`.
@@ -237,7 +237,6 @@ impl<H> Pool<H> {
     /// Takes in a new unit of `pages` pages (idle, no mapping yet).
     pub fn add_unit(&mut self, handle: H, pages: u64, shared: bool, now: u64) -> u32 {
         let unit = Unit {
-            handle: Some(handle),
             pages,
             owner: NIL,
             first_alias: NIL,
@@ -256,10 +255,12 @@ impl<H> Pool<H> {
                 let mut stamps = core::mem::take(&mut self.units[u as usize].stamps);
                 stamps.clear();
                 self.units[u as usize] = Unit { stamps, ..unit };
+                self.handles[u as usize] = Some(handle);
                 u
             }
             None => {
                 self.units.push(unit);
+                self.handles.push(Some(handle));
                 (self.units.len() - 1) as u32
             }
         };
@@ -286,7 +287,16 @@ impl<H> Pool<H> {
         self.committed_pages -= x.pages;
         self.unit_count -= 1;
         self.spare_units.push(u);
-        x.handle.take()
+        self.handles[u as usize].take()
+    }
+
+    /// The driver's handle of unit `u` (`None` once released).
+    #[inline]
+    pub fn handle(&self, u: u32) -> Option<H>
+    where
+        H: Copy,
+    {
+        self.handles[u as usize]
     }
 
     /// Records a mapping of unit `u` at pages `first..first+pages` (not
@@ -471,14 +481,15 @@ impl<H> Pool<H> {
     /// caller releases.
     pub fn take_all(&mut self) -> MetaVec<(H, u64)> {
         let mut handles = MetaVec::new_in(std::alloc::System);
-        for x in self.units.iter_mut() {
+        for (x, h) in self.units.iter().zip(self.handles.iter_mut()) {
             if x.used {
-                if let Some(h) = x.handle.take() {
+                if let Some(h) = h.take() {
                     handles.push((h, x.pages));
                 }
             }
         }
         self.units.clear();
+        self.handles.clear();
         self.maps.clear();
         self.spare_units.clear();
         self.spare_maps.clear();

@@ -139,7 +139,7 @@ impl<D: Driver> Commit<D> {
             if !unit.shared || x.first != p || x.first + x.pages - 1 > b {
                 return Err(not_shared());
             }
-            let Some(h) = unit.handle else {
+            let Some(h) = self.pool.handle(x.unit) else {
                 return Err(not_shared());
             };
             let fd = self.res.driver.export(h)?;

@@ -157,7 +157,7 @@ impl<D: Driver> Commit<D> {
     pub(super) fn map_unit(&mut self, u: u32, first: u64) -> Result<u32> {
         let (pages, h, alias) = {
             let x = self.pool.unit(u);
-            (x.pages, x.handle, x.aliases > 0)
+            (x.pages, self.pool.handle(u), x.aliases > 0)
         };
         let Some(h) = h else {
             return Err(crate::Error::Unsupported(
