@@ -524,7 +524,13 @@ impl<H> Pool<H> {
     #[cfg(any(test, feature = "invariant-checks"))]
     pub fn check(&self) {
         let (mut committed, mut idle, mut units, mut maps) = (0, 0, 0, 0);
+        assert_eq!(
+            self.handles.len(),
+            self.units.len(),
+            "a handle slot per unit"
+        );
         for (u, x) in self.units.iter().enumerate().filter(|(_, x)| x.used) {
+            assert!(self.handles[u].is_some(), "unit {u} has no handle");
             units += 1;
             committed += x.pages;
             let mut n = 0;
