@@ -11,6 +11,8 @@
 # scripts/torch_report.py turns the logs into the tables of docs/pytorch.md.
 # SETTINGS="stitch_repair:0 stitch_repair:1" runs gpu-arena once per setting in each round (labelled
 # "gpu-arena SETTING"), each added to report:1.
+# LIBS="base=PATH new=PATH" runs gpu-arena once per library in each round instead (labelled
+# "gpu-arena LABEL"), to compare two builds of gpu-arena in one call.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
@@ -25,6 +27,13 @@ for w in "$@"; do
   for p in $(seq "$procs"); do
     echo "== process $p $w default" >> "$log"
     env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1
+    if [ -n "${LIBS:-}" ]; then
+      for spec in $LIBS; do
+        echo "== process $p $w gpu-arena ${spec%%=*}" >> "$log"
+        GPU_ARENA_CONF=report:1 timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "${spec#*=}" >> "$log" 2>&1
+      done
+      continue
+    fi
     for s in ${SETTINGS:-default}; do
       [ "$s" = default ] && s=
       echo "== process $p $w gpu-arena${s:+ $s}" >> "$log"
