@@ -1,0 +1,79 @@
+"""Per-call instructions and L1 data misses of one settled repetition, by layer, from two cachegrind
+outputs of examples/cabi_replay (repetitions N-1 and N); see scripts/cache_profile.sh."""
+import collections
+import gzip
+import json
+import sys
+
+LAYERS = [  # (label, function-name prefixes), first match wins
+    ("C ABI and global arena (locks, shard, thread cache, timing)", ("gpu_arena_", "gpu_arena::api::", "gpu_arena::global::")),
+    ("arena (block routing, slabs' callers)", ("gpu_arena::arena::",)),
+    ("policy (TLSF placement, slabs)", ("gpu_arena::policy::",)),
+    ("commit: stitched ranges", ("gpu_arena::commit::stitch",)),
+    ("commit: pages, units, mappings, fences", ("gpu_arena::commit::", "<gpu_arena::commit")),
+    ("other (sync, clock, stamps)", ("gpu_arena::", "<gpu_arena::")),
+]
+
+
+def load(path):
+    ev, fn, acc = None, None, collections.defaultdict(lambda: [0, 0])
+    for line in open(path):
+        if line.startswith("events:"):
+            ev = line.split()[1:]
+        elif line.startswith("fn="):
+            fn = line[3:].strip()
+        elif line[:1].isdigit() and fn:
+            v = [int(x) for x in line.split()[1:]] + [0] * len(ev)
+            a = acc[fn]
+            a[0] += v[ev.index("Ir")]
+            a[1] += v[ev.index("D1mr")] + v[ev.index("D1mw")]
+    return acc
+
+
+def layer(fn):
+    if "gpu_arena" not in fn or "driver::" in fn or "replay" in fn:
+        return None
+    # Generic impls print as `<impl ... for gpu_arena::commit::Commit<D>>::f` or
+    # `gpu_arena::commit::live::<impl gpu_arena::commit::Commit<D>>::f`.
+    name = fn.split(" as ")[0]
+    for label, prefixes in LAYERS:
+        if any(name.startswith(p) for p in prefixes):
+            return label
+    return LAYERS[-1][0]
+
+
+def last_rep_calls(trace):
+    """Allocations and frees between the trace's last two repetition marks: the repetition that
+    RUN_ON repeats (gpu_arena::replay::run_on), as gpu_arena::replay::read_trace_marked reads it."""
+    marks, n = [], 0
+    with gzip.open(trace, "rt") as f:
+        for line in f:
+            action = json.loads(line).get("action")
+            if action in ("alloc", "free_completed"):
+                n += 1
+            elif action == "rep_end":
+                marks.append(n)
+    return marks[-1] - marks[-2]
+
+
+def main():
+    a, b, trace = load(sys.argv[1]), load(sys.argv[2]), sys.argv[3]
+    calls = last_rep_calls(trace)
+    rows = collections.defaultdict(lambda: [0, 0])
+    for fn in set(a) | set(b):
+        lab = layer(fn)
+        if lab is None:
+            continue
+        rows[lab][0] += b[fn][0] - a[fn][0]
+        rows[lab][1] += b[fn][1] - a[fn][1]
+    total = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
+    print(f"{trace}: one settled repetition, {calls} allocator calls, caches cold between calls")
+    print(f"| layer | instructions per call | L1 data misses (lines touched) per call |")
+    print(f"|:---|---:|---:|")
+    for lab, _ in LAYERS:
+        ir, ms = rows.get(lab, (0, 0))
+        print(f"| {lab} | {ir / calls:.0f} | {ms / calls:.1f} |")
+    print(f"| **all** | **{total[0] / calls:.0f}** | **{total[1] / calls:.1f}** |")
+
+
+main()

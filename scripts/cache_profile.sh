@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# What one settled repetition costs the allocator in CPU work, counted rather than timed: cachegrind
+# runs the C ABI replay (examples/cabi_replay, backend:host) of a recorded trace to repetition N-1 and
+# to N, and scripts/cache_profile.py reports the difference (repetition N alone) per allocator call:
+# instructions and first-level data-cache misses, by layer. THRASH_KIB=512 (the default here) touches
+# 512 KiB of other memory between calls, as PyTorch's own work does, so that every call starts with a
+# cold L1: a miss is then one distinct cache line the call touched. Cachegrind simulates the caches and
+# address randomization is off (setarch -R), so counts move far less from run to run than times do
+# (docs/pytorch/host-cache-profile-*.log repeats one run to show by how much).
+#
+#   cargo build --release --example cabi_replay && bash scripts/cache_profile.sh TRACE N [BIN]
+#
+# N must be a settled repetition (no VMM call), e.g. 4 for bert_infer-r3 and gpt2_generate-r3, 15
+# for train-r3 (which settles at 13). The host backend's own bookkeeping (gpu_arena::driver, the
+# driver on a GPU) and the replay harness are left out. decay_ms is set to a day: under cachegrind
+# the replay runs some 50 times slower, and idle memory must not decay as it would not natively. The
+# background reclaimer is off (background:0): it wakes on a timer, so under cachegrind its work and
+# the lines it evicts from the one simulated cache would land at different points in each run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+trace=$1; n=$2; bin=${3:-target/release/examples/cabi_replay}
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+for r in $((n - 1)) $n; do
+  GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0 THRASH_KIB=${THRASH_KIB:-512} RUN_ON=$r \
+    setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$tmp/cg.$r" \
+    "$bin" 1 "$trace" > "$tmp/log.$r" 2>&1 &
+done
+wait
+python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
