@@ -17,9 +17,10 @@ pub use ptr::DevicePtr;
 /// A `Vec` for allocator metadata: always on the system allocator, never on
 /// the global one (gpu-arena may itself be the global allocator).
 pub(crate) type MetaVec<T> = allocator_api2::vec::Vec<T, std::alloc::System>;
-/// A hash map for allocator metadata, on the system allocator.
+/// A hash map for allocator metadata, on the system allocator, hashed with a
+/// fixed seed (its keys are the allocator's own offsets and handles).
 pub(crate) type MetaMap<K, V> =
-    hashbrown::HashMap<K, V, hashbrown::DefaultHashBuilder, std::alloc::System>;
+    hashbrown::HashMap<K, V, foldhash::fast::FixedState, std::alloc::System>;
 
 pub mod arena;
 pub mod commit;
