@@ -19,6 +19,16 @@ out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 procs=$1; reps=$2; shift 2
 lib=$(ls .gpu/lib/libgpu_arena*.so | head -1)
+# The gpu-arena runs of each round: "label|setting|library" (label and setting empty for the defaults).
+runs=()
+if [ -n "${LIBS:-}" ]; then
+  for spec in $LIBS; do runs+=("${spec%%=*}||${spec#*=}"); done
+else
+  for s in ${SETTINGS:-default}; do
+    [ "$s" = default ] && s=
+    runs+=("$s|$s|$lib")
+  done
+fi
 for w in "$@"; do
   log="$out/torch-$w.log"
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -27,17 +37,10 @@ for w in "$@"; do
   for p in $(seq "$procs"); do
     echo "== process $p $w default" >> "$log"
     env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1
-    if [ -n "${LIBS:-}" ]; then
-      for spec in $LIBS; do
-        echo "== process $p $w gpu-arena ${spec%%=*}" >> "$log"
-        GPU_ARENA_CONF=report:1 timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "${spec#*=}" >> "$log" 2>&1
-      done
-      continue
-    fi
-    for s in ${SETTINGS:-default}; do
-      [ "$s" = default ] && s=
-      echo "== process $p $w gpu-arena${s:+ $s}" >> "$log"
-      GPU_ARENA_CONF=report:1${s:+,$s} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$lib" >> "$log" 2>&1
+    for run in "${runs[@]}"; do
+      IFS='|' read -r label setting path <<< "$run"
+      echo "== process $p $w gpu-arena${label:+ $label}" >> "$log"
+      GPU_ARENA_CONF=report:1${setting:+,$setting} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$path" >> "$log" 2>&1
     done
   done
   grep -c '^REP' "$log" | sed "s/^/$w: REP lines: /"
