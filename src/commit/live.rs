@@ -128,11 +128,21 @@ impl<D: Driver> Commit<D> {
     /// stitched ranges carry no blocked bits: a range is only ever taken
     /// whole, after asking the pool ([`Commit::try_take`]), so its pages
     /// need no pricing, and a unit may lie in many ranges.
+    #[inline]
     pub(super) fn set_aliases_blocked(&mut self, u: u32, owner: u32, blocked: bool) {
-        if self.pool.unit(u).aliases < 2 {
+        // The list holds the mappings outside stitched ranges; most units
+        // have one there, `owner` itself (the rest of their mappings are
+        // stitched), and nothing is to be marked.
+        let m = self.pool.unit(u).first_alias;
+        if m == NIL || (m == owner && self.pool.map(owner).next_alias == NIL) {
             return;
         }
-        let mut m = self.pool.unit(u).first_alias;
+        self.mark_aliases(m, owner, blocked);
+    }
+
+    /// [`Commit::set_aliases_blocked`] from mapping `m` of the list on.
+    #[inline(never)]
+    fn mark_aliases(&mut self, mut m: u32, owner: u32, blocked: bool) {
         while m != NIL {
             let (first, pages, next) = {
                 let x = self.pool.map(m);
