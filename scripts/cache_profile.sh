@@ -20,9 +20,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 trace=$1; n=$2; bin=${3:-target/release/examples/cabi_replay}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+# `env -i` with a fixed environment: the environment's strings lie at the top of the stack, so their
+# length moves every stack frame and changes how many cache lines the frames straddle (several
+# lines per call between two shells).
 for r in $((n - 1)) $n; do
-  GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0 THRASH_KIB=${THRASH_KIB:-512} RUN_ON=$r \
-    setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$tmp/cg.$r" \
+  env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0 \
+    THRASH_KIB=${THRASH_KIB:-512} RUN_ON=$r setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$tmp/cg.$r" \
     "$bin" 1 "$trace" > "$tmp/log.$r" 2>&1 &
 done
 wait

@@ -69,15 +69,23 @@ fn clear_error() {
 /// Runs `f`, turning errors and panics into `fail` and a last error.
 #[inline]
 fn guard<T>(fail: T, f: impl FnOnce() -> Result<T>) -> T {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(Ok(v)) => {
+    // The error is recorded inside, so that only an `Option<T>` crosses
+    // `catch_unwind`: a whole `Result` would be copied out of it, with the
+    // out-of-memory report an `Error` carries (about 300 bytes), on every
+    // call.
+    let r = catch_unwind(AssertUnwindSafe(|| match f() {
+        Ok(v) => {
             clear_error();
-            v
+            Some(v)
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             set_error(&e);
-            fail
+            None
         }
+    }));
+    match r {
+        Ok(Some(v)) => v,
+        Ok(None) => fail,
         Err(_) => {
             set_error(&"internal panic in gpu-arena (a bug; please report it)");
             fail
