@@ -1,8 +1,13 @@
 //! One error type for the whole crate.
 //!
-//! Errors never allocate: every variant carries numbers and `&'static str`s, so
-//! they can be built and returned on allocator paths (gpu-arena may itself be
-//! the global allocator). Each message says what happened and what to do.
+//! An [`Error`] is 32 bytes: every allocator call returns a `Result`, and
+//! moving one copies it whole (with the out-of-memory report inline it was
+//! 296 bytes, copied twice per C ABI call). The large payloads (an
+//! out-of-memory report, a driver error, configuration text) sit behind one
+//! box each, from `std::alloc::System`, never from the Rust global allocator:
+//! gpu-arena may itself be the global allocator, and an error is built on
+//! its allocation paths. Only failures allocate. Each message says what
+//! happened and what to do.
 
 use core::fmt;
 
@@ -512,7 +517,19 @@ pub enum BadPointer {
     Scratch,
 }
 
-/// Out-of-memory figures (no allocation: plain numbers).
+/// An out-of-memory report as [`Error::OutOfMemory`] carries it: boxed, so
+/// that an `Error`, and every `Result` of the allocator, stays small (with
+/// the report inline a `Result` was 296 bytes, copied whenever one was
+/// moved, on every call), and from the system allocator, never from an
+/// arena (an arena may serve the program's own heap: see
+/// [`ArenaGlobalAlloc`](crate::api::global_alloc::ArenaGlobalAlloc)).
+pub type OomBox = allocator_api2::boxed::Box<OomReport, std::alloc::System>;
+
+/// A driver error as [`Error::Driver`] carries it: boxed from the system
+/// allocator, as [`OomBox`] and for the same reasons.
+pub type DriverBox = allocator_api2::boxed::Box<DriverError, std::alloc::System>;
+
+/// Out-of-memory figures (plain numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
 pub struct OomReport {
     /// Bytes requested.
@@ -641,14 +658,14 @@ impl fmt::Display for OomReport {
 }
 
 /// Every error gpu-arena returns.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     /// A driver call failed or was refused.
     #[error("{0}")]
-    Driver(DriverError),
+    Driver(DriverBox),
     /// The arena could not find or commit memory for a request.
     #[error("{0}")]
-    OutOfMemory(OomReport),
+    OutOfMemory(OomBox),
     /// A request of zero bytes where one is not allowed.
     #[error("zero-size request: ask for at least one byte")]
     ZeroSize,
@@ -795,9 +812,13 @@ pub enum Error {
     },
 }
 
-/// A short piece of configuration text kept inline (errors never allocate).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ConfigText {
+/// A short piece of configuration text, behind one pointer from the system
+/// allocator (as [`OomBox`], so that an `Error` stays small).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConfigText(allocator_api2::boxed::Box<TextBuf, std::alloc::System>);
+
+#[derive(Clone, PartialEq, Eq)]
+struct TextBuf {
     buf: [u8; 47],
     len: u8,
 }
@@ -811,14 +832,15 @@ impl ConfigText {
         }
         let mut buf = [0u8; 47];
         buf[..end].copy_from_slice(&s.as_bytes()[..end]);
-        ConfigText {
+        let text = TextBuf {
             buf,
             len: end as u8,
-        }
+        };
+        ConfigText(allocator_api2::boxed::Box::new_in(text, std::alloc::System))
     }
     /// The text.
     pub fn as_str(&self) -> &str {
-        core::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+        core::str::from_utf8(&self.0.buf[..self.0.len as usize]).unwrap_or("")
     }
 }
 
@@ -862,11 +884,16 @@ fn fmt_limit(limit: u64) -> Limit {
 
 impl From<DriverError> for Error {
     fn from(e: DriverError) -> Self {
-        Error::Driver(e)
+        Error::Driver(DriverBox::new_in(e, std::alloc::System))
     }
 }
 
 impl Error {
+    /// An out-of-memory error with `report` (boxed, see [`OomBox`]).
+    pub fn oom(report: OomReport) -> Self {
+        Error::OutOfMemory(OomBox::new_in(report, std::alloc::System))
+    }
+
     /// The driver error kind, where this is a driver error.
     pub fn driver_kind(&self) -> Option<ErrorKind> {
         match self {
@@ -881,8 +908,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn results_stay_small() {
+        // Every allocator call returns one, and a move copies it whole.
+        assert!(core::mem::size_of::<Error>() <= 32);
+        assert!(core::mem::size_of::<Result<crate::DevicePtr>>() <= 32);
+        // The boxed payloads read as before.
+        let e = Error::oom(OomReport {
+            requested: 3,
+            ..Default::default()
+        });
+        let Error::OutOfMemory(r) = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(r.requested, 3);
+        assert_eq!(e.clone(), e);
+        let t = ConfigText::new("shards:x");
+        assert_eq!(t.as_str(), "shards:x");
+        assert_eq!(t.clone(), t);
+    }
+
+    #[test]
     fn messages_say_what_and_what_to_do() {
-        let e = Error::Driver(DriverError::new(
+        let e = Error::from(DriverError::new(
             Backend::Host,
             Call::Map,
             ErrorKind::NotSupported,
@@ -892,7 +939,7 @@ mod tests {
         assert!(s.contains("mmap(MAP_FIXED)"), "{s}");
         assert!(s.contains("CUDA_ERROR_NOT_SUPPORTED"), "{s}");
         assert!(s.contains("map from offset 0"), "{s}");
-        let oom = Error::OutOfMemory(OomReport {
+        let oom = Error::oom(OomReport {
             requested: 10,
             limit: u64::MAX,
             ..Default::default()

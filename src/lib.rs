@@ -10,7 +10,8 @@ pub mod sync;
 
 pub use driver::Stream;
 pub use error::{
-    Backend, BadPointer, Call, DriverError, Error, ErrorKind, OomReport, Reason, Result,
+    Backend, BadPointer, Call, DriverBox, DriverError, Error, ErrorKind, OomBox, OomReport, Reason,
+    Result,
 };
 pub use ptr::DevicePtr;
 

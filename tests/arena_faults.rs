@@ -105,7 +105,7 @@ fn a_failed_commit_leaves_nothing_behind() {
                     assert_eq!(c1.injected, c0.injected + 1, "{op:?} #{nth} fired");
                     match kind {
                         FaultKind::OutOfMemory => {
-                            let Error::OutOfMemory(r) = e else {
+                            let Error::OutOfMemory(r) = &e else {
                                 panic!("{op:?} #{nth} {kind:?}: {e:?}")
                             };
                             assert_eq!(r.requested, size);
@@ -199,7 +199,7 @@ fn out_of_memory_waits_on_one_fence_then_reports() {
         assert_eq!(arena.stats().committed, capacity);
         let e = arena.alloc_on(4 * PAGE, 512, t).expect_err("out of memory");
         let st = arena.stats();
-        let Error::OutOfMemory(r) = e else {
+        let Error::OutOfMemory(r) = &e else {
             panic!("{e:?}")
         };
         assert_eq!(r.requested, 4 * PAGE);
@@ -224,7 +224,7 @@ fn out_of_memory_waits_on_one_fence_then_reports() {
             .alloc(4 * PAGE, 512)
             .expect_err("two of four pages fit");
         let st = small_runs.stats();
-        let Error::OutOfMemory(r) = e else {
+        let Error::OutOfMemory(r) = &e else {
             panic!("{e:?}")
         };
         assert_eq!(
@@ -263,7 +263,7 @@ fn the_configured_limit_holds() {
         let a = arena.alloc(3 * PAGE, 512).unwrap();
         let e = arena.alloc(2 * PAGE, 512).expect_err("beyond the limit");
         let st = arena.stats();
-        let Error::OutOfMemory(r) = e else {
+        let Error::OutOfMemory(r) = &e else {
             panic!("{e:?}")
         };
         assert_eq!(

@@ -79,8 +79,8 @@ impl<D: Driver> Arena<D> {
 
     /// The out-of-memory figures this arena would report now.
     pub fn oom_report(&self, requested: u64) -> OomReport {
-        match self.enrich(Error::OutOfMemory(self.commit.oom_report(requested))) {
-            Error::OutOfMemory(r) => r,
+        match self.enrich(Error::oom(self.commit.oom_report(requested))) {
+            Error::OutOfMemory(r) => *r,
             _ => OomReport::default(),
         }
     }

@@ -139,7 +139,7 @@ impl<D: Driver> Commit<D> {
         };
         match r {
             // The state the caller sees, for the block it asked for.
-            Err(e) if is_oom(&e) => Err(Error::OutOfMemory(self.oom_report(len))),
+            Err(e) if is_oom(&e) => Err(Error::oom(self.oom_report(len))),
             r => r,
         }
     }
@@ -270,7 +270,7 @@ impl<D: Driver> Commit<D> {
         let limit_pages = self.config.limit >> self.shift;
         let owned = self.pool.committed_pages() - self.pool.idle_pages() + self.unreleased_pages;
         if owned + need > limit_pages {
-            return Err(Error::OutOfMemory(self.oom_report(len)));
+            return Err(Error::oom(self.oom_report(len)));
         }
         Ok(())
     }
@@ -381,7 +381,7 @@ impl<D: Driver> Commit<D> {
             let over = self.committed() + (pages << self.shift) > self.config.limit
                 || !self.budget_try_take(pages);
             let r = if over {
-                Err(Error::OutOfMemory(self.oom_report(pages << self.shift)))
+                Err(Error::oom(self.oom_report(pages << self.shift)))
             } else {
                 let r = self.vmm_create(pages, false);
                 if r.is_err() {
@@ -410,7 +410,7 @@ impl<D: Driver> Commit<D> {
                             continue;
                         }
                     }
-                    return Err(Error::OutOfMemory(self.oom_report(pages << self.shift)));
+                    return Err(Error::oom(self.oom_report(pages << self.shift)));
                 }
                 Err(e) => return Err(e),
             }

@@ -69,7 +69,7 @@ impl<D: Driver> Commit<D> {
         if self.config.limit != u64::MAX
             && self.committed() - self.idle_bytes() + len > self.config.limit
         {
-            return Err(Error::OutOfMemory(self.oom_report(len)));
+            return Err(Error::oom(self.oom_report(len)));
         }
         let max = self.config.max_run >> self.shift;
         let mut made: crate::MetaVec<u32> = crate::MetaVec::new_in(std::alloc::System);
@@ -81,7 +81,7 @@ impl<D: Driver> Commit<D> {
             }
             let n = max.min(b + 1 - p);
             if !self.budget_try_take(n) {
-                break Err(Error::OutOfMemory(self.oom_report(n << self.shift)));
+                break Err(Error::oom(self.oom_report(n << self.shift)));
             }
             let created = self.vmm_create(n, true);
             if created.is_err() {
@@ -164,7 +164,7 @@ impl<D: Driver> Commit<D> {
         } else if self.config.limit != u64::MAX
             && self.committed() - self.idle_bytes() + len > self.config.limit
         {
-            Err(Error::OutOfMemory(self.oom_report(len)))
+            Err(Error::oom(self.oom_report(len)))
         } else {
             let (a, b) = self.span(off, len);
             self.clear_for_shared(a, b)

@@ -37,7 +37,7 @@ impl<D: Driver> Commit<D> {
             while p < first + pages {
                 let n = max.min(first + pages - p);
                 if !self.budget_try_take(n) {
-                    result = Err(crate::Error::OutOfMemory(self.oom_report(n << self.shift)));
+                    result = Err(crate::Error::oom(self.oom_report(n << self.shift)));
                     break 'runs;
                 }
                 let created = self.vmm_create(n, false);

@@ -138,7 +138,7 @@ pub fn arena(device: u32) -> Result<&'static GlobalArena> {
         }
         Ok(g)
     });
-    let g = r.as_ref().map_err(|e| *e)?;
+    let g = r.as_ref().map_err(|e| e.clone())?;
     g.start_reclaimer();
     Ok(g)
 }

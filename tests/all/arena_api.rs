@@ -401,7 +401,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 &arena,
                 "foreign pointer",
                 |a| a.free(p, d),
-                |e| bad_pointer(*e) == BadPointer::Foreign,
+                |e| bad_pointer(e.clone()) == BadPointer::Foreign,
             );
         }
         for p in [
@@ -416,7 +416,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 &arena,
                 "interior pointer",
                 |a| a.free(p, d),
-                |e| bad_pointer(*e) == BadPointer::Interior,
+                |e| bad_pointer(e.clone()) == BadPointer::Interior,
             );
         }
         for (p, size) in [
@@ -430,7 +430,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 &arena,
                 "free_sized with a wrong size",
                 |a| a.lock().free_sized(p, size, d),
-                |e| bad_pointer(*e) == BadPointer::LayoutMismatch,
+                |e| bad_pointer(e.clone()) == BadPointer::LayoutMismatch,
             );
         }
         // The right sizes (any the block could have been allocated with) pass.
@@ -449,7 +449,7 @@ fn bad_input_is_refused_and_changes_nothing() {
                 &arena,
                 "double free",
                 |a| a.free(p, d),
-                |e| bad_pointer(*e) == BadPointer::DoubleFree,
+                |e| bad_pointer(e.clone()) == BadPointer::DoubleFree,
             );
         }
         arena.free(keep, d).unwrap();

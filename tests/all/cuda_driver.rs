@@ -87,7 +87,7 @@ fn opens_or_says_why() {
         }
         Err(e) => {
             println!("skipped: no usable CUDA device ({e})");
-            match e {
+            match &e {
                 Error::Driver(de) => assert_eq!(de.kind, ErrorKind::NoDevice, "{e}"),
                 Error::Unsupported(_) => {}
                 other => panic!("unexpected error {other}"),

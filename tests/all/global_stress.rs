@@ -188,7 +188,7 @@ fn oom_report_names_the_tags() {
     let _g = arena.tag_scope("activations").unwrap();
     let a = arena.alloc(10 << 20, 512, Stream::DEFAULT).unwrap();
     let e = arena.alloc(10 << 20, 512, Stream::DEFAULT).unwrap_err();
-    let gpu_arena::Error::OutOfMemory(r) = e else {
+    let gpu_arena::Error::OutOfMemory(r) = &e else {
         panic!("{e}")
     };
     assert_eq!(

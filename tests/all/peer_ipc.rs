@@ -486,7 +486,7 @@ fn only_the_intended_memory_is_exported() {
     let e = d.export(plain).unwrap_err();
     assert_eq!(e.driver_kind(), Some(ErrorKind::NotSupported));
     assert!(
-        matches!(e, Error::Driver(de) if de.reason == Some(Reason::NotShareable)),
+        matches!(&e, Error::Driver(de) if de.reason == Some(Reason::NotShareable)),
         "{e}"
     );
     d.release(plain).unwrap();
@@ -527,7 +527,7 @@ fn import_checks_what_it_maps() {
     let bad = |r: gpu_arena::Result<_>| {
         let e = r.unwrap_err();
         assert!(
-            matches!(e, Error::Driver(de) if de.reason == Some(Reason::BadSharedHandle)),
+            matches!(&e, Error::Driver(de) if de.reason == Some(Reason::BadSharedHandle)),
             "{e}"
         );
     };

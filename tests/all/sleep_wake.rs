@@ -167,7 +167,7 @@ fn accounting_and_oom_report_match_the_stats() {
     // The freed span lies on committed pages only if keep-alive kept them.
     assert!(acc.largest_free_committed <= s.committed - s.live + (64 << 10));
     let e = a.alloc(7 << 20, 512).unwrap_err();
-    let Error::OutOfMemory(r) = e else {
+    let Error::OutOfMemory(r) = &e else {
         panic!("expected OOM, got {e}")
     };
     let s = a.stats();
