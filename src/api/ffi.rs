@@ -70,9 +70,9 @@ fn clear_error() {
 #[inline]
 fn guard<T>(fail: T, f: impl FnOnce() -> Result<T>) -> T {
     // The error is recorded inside, so that only an `Option<T>` crosses
-    // `catch_unwind`: a whole `Result` would be copied out of it, with the
-    // out-of-memory report an `Error` carries (about 300 bytes), on every
-    // call.
+    // `catch_unwind`, which copies what it hands out (a whole `Result` was
+    // 296 bytes before `Error` boxed its large payloads, and this copy ran
+    // on every call).
     let r = catch_unwind(AssertUnwindSafe(|| match f() {
         Ok(v) => {
             clear_error();

@@ -428,9 +428,8 @@ impl GlobalArena {
     /// more if that gave anything back.
     ///
     /// The success path builds a new `Ok` rather than passing `f`'s result
-    /// on: moving a whole `Result` copies the out-of-memory report an
-    /// `Error` carries (about 300 bytes, five cache lines each way) on
-    /// every call.
+    /// on, which copies the whole `Result` (296 bytes, five cache lines each
+    /// way, before `Error` boxed its large payloads).
     #[inline]
     fn retry_after_trim<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         match f() {
