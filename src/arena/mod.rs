@@ -114,36 +114,22 @@ const REMAP_WEIGHT: u64 = 4;
 pub type ScratchCursor = std::sync::Arc<core::sync::atomic::AtomicU64>;
 
 /// One arena over one reservation (see the module docs).
-///
-/// The fields every call reads or writes come first, in declaration order
-/// (`repr(C)`): behind a [`SharedArena`]'s lock they share the lock's cache
-/// line and the next, where Rust's own order had spread them over lines
-/// of their own between large members.
-#[repr(C)]
 pub struct Arena<D: Driver> {
-    live: u64,
-    peak_live: u64,
-    allocs: u64,
-    frees: u64,
-    blocks_size: u64,
-    /// The reservation's base address (fixed for the arena's life).
-    base: u64,
-    /// [`Arena::max_align`], fixed with the base and the page.
-    max_align: u64,
-    /// `config.commit.stitch_min`, read by every large placement.
-    stitch_min: u64,
-    /// The page (granularity) size.
-    page: u64,
-    /// Offset of the buffers region (after the stitch region).
-    buffers_start: u64,
     commit: Commit<D>,
     kind: Kind,
     host_visible: bool,
     blocks: Large,
     slabs: Slabs,
     buffers: Large,
+    blocks_size: u64,
+    /// Offset of the buffers region (after the stitch region).
+    buffers_start: u64,
+    live: u64,
+    peak_live: u64,
     scratch: PolicyStats,
     grow: PolicyStats,
+    allocs: u64,
+    frees: u64,
     config: ArenaConfig,
     /// The reservation fell back to a smaller size than configured.
     fallback: Option<u64>,
@@ -263,12 +249,7 @@ impl<D: Driver> Arena<D> {
             config.commit,
             (blocks_size, stitch_size),
         );
-        let base = commit.base();
         Ok(Arena {
-            base,
-            max_align: (page * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63)),
-            stitch_min: config.commit.stitch_min,
-            page,
             commit,
             kind,
             host_visible,
@@ -306,7 +287,7 @@ impl<D: Driver> Arena<D> {
     }
     /// The page (granularity) size.
     pub fn page(&self) -> u64 {
-        self.page
+        self.commit.page()
     }
     /// Reservation base and size.
     pub fn reservation(&self) -> (DevicePtr, u64) {
@@ -316,7 +297,7 @@ impl<D: Driver> Arena<D> {
     /// The reservation's base.
     #[inline]
     fn base_ptr(&self) -> DevicePtr {
-        DevicePtr::new(self.base)
+        DevicePtr::new(self.commit.base())
     }
     /// The pointer at offset `off` of the reservation.
     #[inline]
@@ -327,7 +308,7 @@ impl<D: Driver> Arena<D> {
     /// base (so that one comparison with the size rejects both sides).
     #[inline]
     fn off_of(&self, ptr: DevicePtr) -> u64 {
-        ptr.addr().wrapping_sub(self.base)
+        ptr.addr().wrapping_sub(self.commit.base())
     }
     /// The reservation size obtained when the configured one was refused.
     pub fn reservation_fallback(&self) -> Option<u64> {
@@ -358,9 +339,9 @@ impl<D: Driver> Arena<D> {
     /// The largest alignment served: [`MAX_ALIGN_PAGES`] pages, or less if
     /// the reservation's base is less aligned (offsets are aligned within
     /// the reservation, so a pointer is only as aligned as the base).
-    #[inline]
     fn max_align(&self) -> u64 {
-        self.max_align
+        let base = self.commit.base();
+        (self.page() * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63))
     }
 
     fn check_layout(&self, size: u64, align: u64) -> Result<()> {
@@ -454,7 +435,7 @@ impl<D: Driver> Arena<D> {
         slot: u16,
         stitchable: bool,
     ) -> Result<(u64, u64)> {
-        let stitch = stitchable && size >= self.stitch_min && align <= self.page();
+        let stitch = stitchable && size >= self.config.commit.stitch_min && align <= self.page();
         let pick = self.pick(size, align, slot)?;
         if stitch && self.commit.cost(pick.offset, pick.size).blocked > 0 {
             let bytes = self.blocks.round(size).unwrap_or(size);
