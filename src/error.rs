@@ -523,11 +523,11 @@ pub enum BadPointer {
 /// moved, on every call), and from the system allocator, never from an
 /// arena (an arena may serve the program's own heap: see
 /// [`ArenaGlobalAlloc`](crate::api::global_alloc::ArenaGlobalAlloc)).
-pub type OomBox = allocator_api2::boxed::Box<OomReport, std::alloc::System>;
+pub type OomBox = crate::MetaBox<OomReport>;
 
 /// A driver error as [`Error::Driver`] carries it: boxed from the system
 /// allocator, as [`OomBox`] and for the same reasons.
-pub type DriverBox = allocator_api2::boxed::Box<DriverError, std::alloc::System>;
+pub type DriverBox = crate::MetaBox<DriverError>;
 
 /// Out-of-memory figures (plain numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
@@ -815,7 +815,7 @@ pub enum Error {
 /// A short piece of configuration text, behind one pointer from the system
 /// allocator (as [`OomBox`], so that an `Error` stays small).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ConfigText(allocator_api2::boxed::Box<TextBuf, std::alloc::System>);
+pub struct ConfigText(crate::MetaBox<TextBuf>);
 
 #[derive(Clone, PartialEq, Eq)]
 struct TextBuf {
@@ -836,7 +836,7 @@ impl ConfigText {
             buf,
             len: end as u8,
         };
-        ConfigText(allocator_api2::boxed::Box::new_in(text, std::alloc::System))
+        ConfigText(crate::meta_box(text))
     }
     /// The text.
     pub fn as_str(&self) -> &str {
@@ -884,14 +884,14 @@ fn fmt_limit(limit: u64) -> Limit {
 
 impl From<DriverError> for Error {
     fn from(e: DriverError) -> Self {
-        Error::Driver(DriverBox::new_in(e, std::alloc::System))
+        Error::Driver(crate::meta_box(e))
     }
 }
 
 impl Error {
     /// An out-of-memory error with `report` (boxed, see [`OomBox`]).
     pub fn oom(report: OomReport) -> Self {
-        Error::OutOfMemory(OomBox::new_in(report, std::alloc::System))
+        Error::OutOfMemory(crate::meta_box(report))
     }
 
     /// The driver error kind, where this is a driver error.

@@ -22,8 +22,9 @@ fn layer(module: &str) -> Option<u32> {
 /// The module that defines a name the crate root re-exports.
 fn root_name(name: &str) -> &str {
     match name {
-        "Result" | "Error" | "ErrorKind" | "BadPointer" | "OomReport" | "DriverError"
-        | "Backend" | "Call" | "Reason" | "MetaVec" | "MetaMap" | "DevicePtr" => "error",
+        "Result" | "Error" | "ErrorKind" | "BadPointer" | "OomReport" | "OomBox"
+        | "DriverError" | "DriverBox" | "Backend" | "Call" | "Reason" | "MetaVec" | "MetaMap"
+        | "MetaBox" | "meta_box" | "DevicePtr" => "error",
         "Stream" => "driver",
         "Arena" | "ArenaConfig" | "Kind" | "SleepMode" | "SleepReport" | "Accounting" => "arena",
         "CommitConfig" => "commit",
