@@ -11,9 +11,12 @@
 //!   create), then by a new handle for what is left. One `set_access`
 //!   covers each run of new mappings.
 //!
-//! A new handle never covers a partly used boundary page of the block with
-//! its interior: that page is shared with the neighbours, and a unit can
-//! only move whole. New handles respect the limit, and the out-of-memory
+//! No unit backs a partly used boundary page of the block together with
+//! other pages, whether a new handle, an idle unit mapped there, or one
+//! brought from elsewhere: that page is shared with the neighbours, and a
+//! unit only moves and empties whole, so a neighbour living on it would
+//! keep the unit's other pages committed for nothing once the block is
+//! freed. New handles respect the limit, and the out-of-memory
 //! ladder runs before an error: give idle units back, then wait on the
 //! oldest pending fences (single events, never the device), then
 //! [`Error::OutOfMemory`]. On error every mapping and handle this call made
@@ -153,8 +156,10 @@ impl<D: Driver> Commit<D> {
         slot: u16,
         backing: Backing,
     ) -> Result<()> {
+        let head_partial = off & (self.page - 1) != 0 || (a == b && len < self.page);
+        let tail_partial = (off + len) & (self.page - 1) != 0;
         // Pages that must be backed afresh: drop mappings that cannot serve.
-        let taken = self.clear_unusable(a, b, slot)?;
+        let taken = self.clear_unusable(a, b, slot, (head_partial, tail_partial))?;
         let need = self.pages.cost(a, b).unmapped;
         self.check_room(need, len)?;
         let mut made = Made {
@@ -163,8 +168,6 @@ impl<D: Driver> Commit<D> {
             taken,
             least_mapped: backing == Backing::Repair,
         };
-        let head_partial = off & (self.page - 1) != 0 || (a == b && len < self.page);
-        let tail_partial = (off + len) & (self.page - 1) != 0;
         let mut p = a;
         let r = loop {
             if p > b {
@@ -207,8 +210,15 @@ impl<D: Driver> Commit<D> {
     /// Removes the mappings of empty pages in `a..=b` that cannot serve the
     /// block (unit in use elsewhere, fences forbidding `slot`, or a second
     /// mapping of a unit the range already takes), waiting on their fences
-    /// if need be. Returns the units the range keeps.
-    fn clear_unusable(&mut self, a: u64, b: u64, slot: u16) -> Result<MetaVec<u32>> {
+    /// if need be. Returns the units the range keeps. `edges`: whether the
+    /// first and last page are shared with neighbours.
+    fn clear_unusable(
+        &mut self,
+        a: u64,
+        b: u64,
+        slot: u16,
+        edges: (bool, bool),
+    ) -> Result<MetaVec<u32>> {
         let mut taken: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
         let mut p = a;
         while let Some((_, m)) = self.pages.next_mapped(p, b) {
@@ -224,8 +234,14 @@ impl<D: Driver> Commit<D> {
             }
             // An idle mapping reaching past the range would leave the pages
             // outside it committed for nothing while the block lives (a unit
-            // only moves whole): it goes, if its fences allow, else serves.
-            let strands = (first < a || next > b + 1) && self.unit_settled(unit);
+            // only moves whole); one that holds a shared boundary page with
+            // other pages would keep those committed for nothing while a
+            // neighbour lives on the boundary after the block is freed. It
+            // goes, if its fences allow, else serves.
+            let past = first < a || next > b + 1;
+            let joins_edge = pages > 1
+                && ((edges.0 && first <= a && a < next) || (edges.1 && first <= b && b < next));
+            let strands = (past || joins_edge) && self.unit_settled(unit);
             let usable =
                 !strands && self.pool.can_take(m) && !taken.contains(&unit) && self.allows(m, slot);
             if usable {
@@ -293,8 +309,18 @@ impl<D: Driver> Commit<D> {
         let mut at = p;
         let mut end = q + 1;
         while at < end {
-            let left = end - at;
-            if let Some(u) = self.idle_unit(left, slot, &made.taken, made.least_mapped) {
+            // A boundary page shared with neighbours takes a unit of its
+            // own; before the last one, a unit stops short of it. Idle units
+            // and new handles alike: a unit only moves and empties whole.
+            let edge = (at == p && edges.0) || (at == q && edges.1);
+            let room = if edge {
+                1
+            } else if edges.1 && at < q {
+                q - at
+            } else {
+                end - at
+            };
+            if let Some(u) = self.idle_unit(room, slot, &made.taken, made.least_mapped) {
                 let m = self.map_unit(u, at)?;
                 made.maps.push(m);
                 made.taken.push(u);
@@ -307,12 +333,7 @@ impl<D: Driver> Commit<D> {
             // one piece (up to max_run), stretched by `ahead`, since sleep
             // and wake cost per handle. Boundary pages are always alone.
             let max = self.config.max_run >> self.shift;
-            let mut n = if (at == p && edges.0) || (at == q && edges.1) || !bulk {
-                1
-            } else {
-                let stop = if edges.1 && q > at { q } else { q + 1 };
-                (stop - at).min(max)
-            };
+            let mut n = if bulk { room.min(max) } else { 1 };
             if bulk && at + n == q + 1 && ahead > 0 && !edges.1 {
                 let extra = ahead.min(max.saturating_sub(n));
                 n += extra;
@@ -431,5 +452,80 @@ impl<D: Driver> Commit<D> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::commit::{Backing, Commit, CommitConfig, Reservation};
+    use crate::driver::{Access, Driver, HostDriver, Location};
+    use crate::sync::Stamp;
+
+    /// An idle unit of several pages does not back a block's partly used
+    /// last page together with its interior: once the block is freed, a
+    /// neighbour living on that page would keep every page of the unit
+    /// committed (a unit only empties and moves whole).
+    #[test]
+    fn an_idle_large_unit_never_joins_a_shared_boundary_page() {
+        let d = HostDriver::new().unwrap();
+        let page = d.capabilities().granularity as u64;
+        let res = Reservation::reserve(&d, 64 * page, 0, page).unwrap();
+        let acc = [Access::read_write(Location::Device(0))];
+        let mut c = Commit::new(
+            res,
+            Location::Device(0),
+            &acc,
+            CommitConfig::default(),
+            (64 * page, 0),
+        );
+        // A 4-page buffer: one unit of 4 pages, then idle at pages 0..=3.
+        c.add_live(0, 4 * page, 0, Backing::Whole).unwrap();
+        assert_eq!(c.unit_count(), 1);
+        c.sub_live(0, 4 * page, Stamp::SAFE);
+        // A block at pages 10..=13 whose last page it shares with a
+        // neighbour right after it.
+        let (off, len) = (10 * page, 4 * page - 4096);
+        c.add_live(off, len, 0, Backing::Pages).unwrap();
+        c.add_live(off + len, 4096, 0, Backing::Pages).unwrap();
+        c.check_invariants();
+        c.sub_live(off, len, Stamp::SAFE);
+        c.trim();
+        c.check_invariants();
+        // Only the neighbour's page stays committed.
+        assert_eq!(c.committed(), page);
+        c.sub_live(off + len, 4096, Stamp::SAFE);
+        c.trim();
+        assert_eq!(c.committed(), 0);
+    }
+
+    /// The same for an idle unit already mapped where the block goes: its
+    /// mapping is replaced rather than kept across the shared page.
+    #[test]
+    fn an_idle_large_mapping_in_place_is_replaced_at_a_shared_boundary_page() {
+        let d = HostDriver::new().unwrap();
+        let page = d.capabilities().granularity as u64;
+        let res = Reservation::reserve(&d, 64 * page, 0, page).unwrap();
+        let acc = [Access::read_write(Location::Device(0))];
+        let mut c = Commit::new(
+            res,
+            Location::Device(0),
+            &acc,
+            CommitConfig::default(),
+            (64 * page, 0),
+        );
+        let (off, len) = (10 * page, 4 * page - 4096);
+        c.add_live(off, 4 * page, 0, Backing::Whole).unwrap();
+        c.sub_live(off, 4 * page, Stamp::SAFE);
+        assert_eq!((c.unit_count(), c.mapping_count()), (1, 1));
+        c.add_live(off, len, 0, Backing::Pages).unwrap();
+        c.add_live(off + len, 4096, 0, Backing::Pages).unwrap();
+        c.check_invariants();
+        c.sub_live(off, len, Stamp::SAFE);
+        c.trim();
+        c.check_invariants();
+        assert_eq!(c.committed(), page);
+        c.sub_live(off + len, 4096, Stamp::SAFE);
+        c.trim();
+        assert_eq!(c.committed(), 0);
     }
 }

@@ -63,11 +63,15 @@ impl<D: Driver> Commit<D> {
 
     /// Adds `len` live bytes at `off` if every page is backed by a unit the
     /// block may take for `slot` (live already, or idle, fences allowing,
-    /// no unit twice, no idle multi-page mapping reaching past the range);
-    /// else changes nothing and says no. One pass: the common case of a
-    /// block on ready pages costs one walk over its pages.
+    /// no unit twice, no idle multi-page mapping reaching past the range or
+    /// joining a partly used boundary page to others: see
+    /// [`back`](super::back)); else changes nothing and says no. One pass:
+    /// the common case of a block on ready pages costs one walk over its
+    /// pages.
     pub(super) fn try_take(&mut self, off: u64, len: u64, slot: u16) -> bool {
         let (a, b) = self.span(off, len);
+        // Boundary pages the block uses in part.
+        let edges = (off > a << self.shift, off + len < (b + 1) << self.shift);
         let mut now = None;
         for p in a..=b {
             let lo = off.max(p << self.shift);
@@ -76,9 +80,13 @@ impl<D: Driver> Commit<D> {
             if live == 0 {
                 let ok = m != NIL && {
                     let x = self.pool.map(m);
+                    let (first, next) = (x.first, x.first + x.pages);
                     let strands = x.live_pages == 0
                         && x.pages > 1
-                        && (x.first < a || x.first + x.pages > b + 1);
+                        && (first < a
+                            || next > b + 1
+                            || (edges.0 && first == a)
+                            || (edges.1 && next == b + 1));
                     !strands && self.pool.can_take(m) && (x.live_pages > 0 || self.allows(m, slot))
                 };
                 if !ok {
