@@ -2,6 +2,8 @@
 //! free, free_sized, scratch alloc / reset, grow-buffer resize, trim,
 //! collect, hold / complete a stream, bad input) run on a checked host
 //! driver, with the model (plain maps of what is live) checked after every op.
+//! Half the programs place blocks of 2 pages or more in stitched ranges
+//! (mostly such blocks then), with and without their repair.
 //!
 //! The idea of rlsf's `ShadowAllocator` and talc's fuzz `Actions`, as a
 //! proptest strategy over `Vec<Op>`: indices are taken modulo what is live,
@@ -214,6 +216,18 @@ fn size() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Sizes for programs where stitched ranges start at 2 pages: mostly
+/// blocks of 2 to 8 pages, whose ranges are made, cached, taken back and
+/// dissolved, among small ones.
+fn size_large() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        2 => 1u64..=512,
+        1 => 513u64..=PAGE,
+        4 => (PAGE + 1)..=8 * PAGE,
+        3 => (2u64..=8).prop_map(|n| n * PAGE),
+    ]
+}
+
 fn align() -> impl Strategy<Value = u64> {
     prop_oneof![
         8 => (0u32..=12).prop_map(|k| 1u64 << k),
@@ -247,9 +261,13 @@ fn bad() -> impl Strategy<Value = Bad> {
     ]
 }
 
-fn op() -> impl Strategy<Value = Op> {
+fn op(stitching: Stitching) -> impl Strategy<Value = Op> {
+    let size = match stitching {
+        Stitching::Default => size().boxed(),
+        _ => size_large().boxed(),
+    };
     prop_oneof![
-        12 => (size(), align(), any::<Index>())
+        12 => (size, align(), any::<Index>())
             .prop_map(|(size, align, stream)| Op::Alloc { size, align, stream }),
         8 => (any::<Index>(), proptest::option::weighted(0.25, any::<Index>()))
             .prop_map(|(pick, other)| Op::Free { pick, other }),
@@ -316,6 +334,12 @@ struct Model<'a, 'd> {
     driver: &'d Checked<HostDriver>,
     base: DevicePtr,
     blocks_size: u64,
+    /// Where the stitch region ends (blocks of stitched ranges lie between
+    /// the blocks region and this).
+    stitch_end: u64,
+    /// Block starts ever handed out in the stitch region: freed, their
+    /// range may stay cached, and a free there is a double free.
+    stitched: BTreeSet<DevicePtr>,
     streams: Vec<Stream>,
     held: Vec<bool>,
     ever_held: bool,
@@ -338,13 +362,18 @@ impl<'a, 'd> Model<'a, 'd> {
         streams: Vec<Stream>,
     ) -> Self {
         let (base, size) = arena.lock().reservation();
-        let blocks_size = arena.snapshot().regions[0].size;
+        let regions = arena.snapshot().regions;
+        let blocks_size = regions[0].size;
         assert!(blocks_size < size);
+        assert_eq!(regions[1].offset, blocks_size, "the stitch region");
+        let stitch_end = blocks_size + regions[1].size;
         Model {
             arena,
             driver,
             base,
             blocks_size,
+            stitch_end,
+            stitched: BTreeSet::new(),
             held: vec![false; streams.len()],
             streams,
             ever_held: false,
@@ -629,7 +658,19 @@ impl<'a, 'd> Model<'a, 'd> {
             .alloc(size, align, self.streams[stream])
             .unwrap_or_else(|e| panic!("alloc({size}, {align}): {e}"));
         assert!(p.is_aligned_to(align), "alignment {align} of {p:#x}");
-        assert!(p >= self.base && p.byte_add(size) <= self.base.byte_add(self.blocks_size));
+        // In the blocks region, or (a large block) in a stitched range.
+        let end = if p >= self.base.byte_add(self.blocks_size) {
+            assert!(
+                classes::class_for(size, align).is_none(),
+                "a slab object in a stitched range"
+            );
+            assert!(p.is_aligned_to(PAGE), "a stitched range starts on a page");
+            self.stitched.insert(p);
+            self.stitch_end
+        } else {
+            self.blocks_size
+        };
+        assert!(p >= self.base && p.byte_add(size) <= self.base.byte_add(end));
         let given = self.arena.lock().block_size(p).expect("a live block");
         let slab = match classes::class_for(size, align) {
             Some(c) => {
@@ -724,6 +765,13 @@ impl<'a, 'd> Model<'a, 'd> {
             Bad::Foreign(which) => {
                 let p = match which.index(5) {
                     0 => DevicePtr::new(self.base.addr().wrapping_sub(PAGE)),
+                    // The stitch region's start, when no stitched range is there.
+                    1 if self
+                        .ranges
+                        .contains_key(&self.base.byte_add(self.blocks_size)) =>
+                    {
+                        return;
+                    }
                     1 => self.base.byte_add(self.blocks_size),
                     2 => DevicePtr::new(0x1000),
                     3 => DevicePtr::new(u64::MAX - 7),
@@ -743,8 +791,11 @@ impl<'a, 'd> Model<'a, 'd> {
                 } else {
                     BadPointer::Foreign
                 };
+                // A freed stitched block's start: its range may be cached.
+                let freed_here = self.stitched.contains(&p);
                 assert!(
-                    matches!(r, Err(Error::BadPointer { kind: k, .. }) if k == kind),
+                    matches!(r, Err(Error::BadPointer { kind: k, .. })
+                        if k == kind || (freed_here && k == BadPointer::DoubleFree)),
                     "free({p:#x}): {r:?}, expected {kind:?}"
                 );
                 (r, |_| true)
@@ -785,6 +836,21 @@ impl<'a, 'd> Model<'a, 'd> {
                             e,
                             Error::BadPointer {
                                 kind: BadPointer::Interior,
+                                ..
+                            }
+                        )
+                    })
+                } else if p >= self.base.byte_add(self.blocks_size) {
+                    // A stitched block's start: its range cached (a double
+                    // free), dissolved since (nothing there any more), or
+                    // inside a range made there since (past its start).
+                    (r, |e| {
+                        matches!(
+                            e,
+                            Error::BadPointer {
+                                kind: BadPointer::DoubleFree
+                                    | BadPointer::Foreign
+                                    | BadPointer::Interior,
                                 ..
                             }
                         )
@@ -1001,6 +1067,9 @@ impl<'a, 'd> Model<'a, 'd> {
 
     /// Frees everything (checking contents), completes every stream, trims.
     fn finish(mut self) {
+        if std::env::var_os("GA_DBG").is_some() {
+            eprintln!("DBGSTITCH {:?}", self.arena.stats().stitch);
+        }
         self.verify_all();
         for i in 0..self.streams.len() {
             self.driver.inner().complete(self.streams[i]);
@@ -1029,16 +1098,31 @@ impl<'a, 'd> Model<'a, 'd> {
     }
 }
 
+/// How large blocks may be placed: the default (stitched ranges from 1 MiB,
+/// larger than any block here), or stitched ranges from 2 pages, with or
+/// without their repair.
+#[derive(Clone, Copy, Debug)]
+enum Stitching {
+    Default,
+    From2Pages,
+    From2PagesRepaired,
+}
+
 /// Runs one program on a fresh checked driver, then checks the driver saw
 /// everything given back.
-fn run(kind: Kind, streams: usize, ops: &[Op]) {
+fn run(kind: Kind, streams: usize, stitching: Stitching, ops: &[Op]) {
     let driver = host(256 << 20);
     driver.enable_log();
     let streams: Vec<Stream> = (0..streams)
         .map(|_| driver.create_stream().expect("stream"))
         .collect();
+    let mut cfg = config();
+    if !matches!(stitching, Stitching::Default) {
+        cfg.commit.stitch_min = 2 * PAGE;
+        cfg.commit.stitch_repair = matches!(stitching, Stitching::From2PagesRepaired);
+    }
     {
-        let arena = SharedArena::new(&driver, kind, config()).expect("arena");
+        let arena = SharedArena::new(&driver, kind, cfg).expect("arena");
         let mut model = Model::new(&arena, &driver, streams);
         for (i, op) in ops.iter().enumerate() {
             model.apply(op);
@@ -1056,16 +1140,40 @@ pub(crate) fn cases() -> u32 {
         .unwrap_or(256)
 }
 
+/// `cases` programs from a fixed seed, so that a run of the tests gives the
+/// same programs every time (CI stays reproducible):
+/// `GPU_ARENA_PROPTEST_SEED` sets another seed, or `random` a fresh one per
+/// run to look further. Failing seeds are still saved in
+/// `tests/proptest-regressions/` and run first.
+pub(crate) fn proptest_config(cases: u32) -> ProptestConfig {
+    use proptest::test_runner::RngSeed;
+    let seed = match std::env::var("GPU_ARENA_PROPTEST_SEED").ok().as_deref() {
+        Some("random") => RngSeed::Random,
+        Some(v) => RngSeed::Fixed(v.parse().expect("GPU_ARENA_PROPTEST_SEED: a u64 or random")),
+        None => RngSeed::Fixed(0x6172_656e_615f_6d6f),
+    };
+    ProptestConfig {
+        cases,
+        rng_seed: seed,
+        ..ProptestConfig::default()
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases()))]
+    #![proptest_config(proptest_config(cases()))]
 
     #[test]
     fn arena_follows_the_model(
         kind in prop_oneof![Just(Kind::Device(0)), Just(Kind::PinnedHost)],
         streams in 1usize..=3,
-        ops in proptest::collection::vec(op(), 1..256),
+        (stitching, ops) in prop_oneof![
+            2 => Just(Stitching::Default),
+            1 => Just(Stitching::From2Pages),
+            1 => Just(Stitching::From2PagesRepaired),
+        ]
+        .prop_flat_map(|s| (Just(s), proptest::collection::vec(op(s), 1..256))),
     ) {
-        run(kind, streams, &ops);
+        run(kind, streams, stitching, &ops);
     }
 }
 

@@ -16,7 +16,9 @@ use gpu_arena::{
 };
 use proptest::prelude::*;
 
-use crate::arena_model::{PAGE, assert_balanced, cases, config, host, scratch_config};
+use crate::arena_model::{
+    PAGE, assert_balanced, cases, config, host, proptest_config, scratch_config,
+};
 
 type TestArena<'d> = SharedArena<&'d Checked<HostDriver>>;
 
@@ -785,7 +787,7 @@ fn same_program(ops: &[Op]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(cases() / 4))]
+    #![proptest_config(proptest_config(cases() / 4))]
 
     #[test]
     fn scratch_matches_bumpalo_on_random_programs(ops in program()) {
