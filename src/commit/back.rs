@@ -457,8 +457,8 @@ impl<D: Driver> Commit<D> {
 
 #[cfg(test)]
 mod tests {
-    use crate::commit::{Backing, Commit, CommitConfig, Reservation};
-    use crate::driver::{Access, Driver, HostDriver, Location};
+    use crate::commit::{Backing, Commit};
+    use crate::driver::{Driver, HostDriver};
     use crate::sync::Stamp;
 
     /// An idle unit of several pages does not back a block's partly used
@@ -469,15 +469,7 @@ mod tests {
     fn an_idle_large_unit_never_joins_a_shared_boundary_page() {
         let d = HostDriver::new().unwrap();
         let page = d.capabilities().granularity as u64;
-        let res = Reservation::reserve(&d, 64 * page, 0, page).unwrap();
-        let acc = [Access::read_write(Location::Device(0))];
-        let mut c = Commit::new(
-            res,
-            Location::Device(0),
-            &acc,
-            CommitConfig::default(),
-            (64 * page, 0),
-        );
+        let mut c = Commit::for_tests(&d, 64, (64, 0));
         // A 4-page buffer: one unit of 4 pages, then idle at pages 0..=3.
         c.add_live(0, 4 * page, 0, Backing::Whole).unwrap();
         assert_eq!(c.unit_count(), 1);
@@ -487,15 +479,7 @@ mod tests {
         let (off, len) = (10 * page, 4 * page - 4096);
         c.add_live(off, len, 0, Backing::Pages).unwrap();
         c.add_live(off + len, 4096, 0, Backing::Pages).unwrap();
-        c.check_invariants();
-        c.sub_live(off, len, Stamp::SAFE);
-        c.trim();
-        c.check_invariants();
-        // Only the neighbour's page stays committed.
-        assert_eq!(c.committed(), page);
-        c.sub_live(off + len, 4096, Stamp::SAFE);
-        c.trim();
-        assert_eq!(c.committed(), 0);
+        freed_keeps_only_the_neighbours_page(&mut c, off, len);
     }
 
     /// The same for an idle unit already mapped where the block goes: its
@@ -504,26 +488,25 @@ mod tests {
     fn an_idle_large_mapping_in_place_is_replaced_at_a_shared_boundary_page() {
         let d = HostDriver::new().unwrap();
         let page = d.capabilities().granularity as u64;
-        let res = Reservation::reserve(&d, 64 * page, 0, page).unwrap();
-        let acc = [Access::read_write(Location::Device(0))];
-        let mut c = Commit::new(
-            res,
-            Location::Device(0),
-            &acc,
-            CommitConfig::default(),
-            (64 * page, 0),
-        );
+        let mut c = Commit::for_tests(&d, 64, (64, 0));
         let (off, len) = (10 * page, 4 * page - 4096);
         c.add_live(off, 4 * page, 0, Backing::Whole).unwrap();
         c.sub_live(off, 4 * page, Stamp::SAFE);
         assert_eq!((c.unit_count(), c.mapping_count()), (1, 1));
         c.add_live(off, len, 0, Backing::Pages).unwrap();
         c.add_live(off + len, 4096, 0, Backing::Pages).unwrap();
+        freed_keeps_only_the_neighbours_page(&mut c, off, len);
+    }
+
+    /// Frees the block at `off` (`len` bytes), whose neighbour lives on its
+    /// last page; after a trim only that page stays committed, and nothing
+    /// once the neighbour goes too.
+    fn freed_keeps_only_the_neighbours_page(c: &mut Commit<&HostDriver>, off: u64, len: u64) {
         c.check_invariants();
         c.sub_live(off, len, Stamp::SAFE);
         c.trim();
         c.check_invariants();
-        assert_eq!(c.committed(), page);
+        assert_eq!(c.committed(), c.page());
         c.sub_live(off + len, 4096, Stamp::SAFE);
         c.trim();
         assert_eq!(c.committed(), 0);

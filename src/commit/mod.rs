@@ -538,6 +538,29 @@ impl<D: Driver> Commit<D> {
     }
 }
 
+#[cfg(test)]
+impl<'d> Commit<&'d crate::driver::HostDriver> {
+    /// A page table over `pages` pages of a fresh reservation on `d`,
+    /// device-located, default settings, with the stitch region at
+    /// `stitch` (first page, pages): the unit tests' setup.
+    pub(crate) fn for_tests(
+        d: &'d crate::driver::HostDriver,
+        pages: u64,
+        stitch: (u64, u64),
+    ) -> Self {
+        let page = d.capabilities().granularity as u64;
+        let res = Reservation::reserve(d, pages * page, 0, page).expect("reservation");
+        let acc = [Access::read_write(Location::Device(0))];
+        Commit::new(
+            res,
+            Location::Device(0),
+            &acc,
+            CommitConfig::default(),
+            (stitch.0 * page, stitch.1 * page),
+        )
+    }
+}
+
 impl<D: Driver> Drop for Commit<D> {
     /// Gives back the pinned memory kept for offloads and every unit,
     /// whatever its state; the reservation, a field, is freed after this

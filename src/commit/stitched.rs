@@ -419,8 +419,8 @@ impl<D: Driver> Commit<D> {
 #[cfg(test)]
 mod tests {
     use super::CACHED_PER_SIZE;
-    use crate::commit::{Commit, CommitConfig, Reservation};
-    use crate::driver::{Access, HostDriver, Location};
+    use crate::commit::Commit;
+    use crate::driver::HostDriver;
     use crate::sync::Stamp;
 
     #[test]
@@ -428,15 +428,8 @@ mod tests {
         let d = HostDriver::new().unwrap();
         let page = 2u64 << 20;
         let n = CACHED_PER_SIZE as u64 + 4;
-        let res = Reservation::reserve(&d, 8 * n * page, 0, page).unwrap();
-        let acc = [Access::read_write(Location::Device(0))];
-        let mut c = Commit::new(
-            res,
-            Location::Device(0),
-            &acc,
-            CommitConfig::default(),
-            (0, 8 * n * page),
-        );
+        let mut c = Commit::for_tests(&d, 8 * n, (0, 8 * n));
+        assert_eq!(c.page(), page);
         // n one-page ranges, all cached.
         let offs: Vec<u64> = (0..n).map(|_| c.stitch_alloc(page, 0).unwrap()).collect();
         for &o in &offs {
