@@ -109,12 +109,14 @@ fuzz_target!(|actions: Vec<Action>| {
     };
     // Two programs in three place blocks of 2 pages or more in stitched
     // ranges when the blocks region has no ready place (every block here
-    // is below the default 1 MiB); one of those repairs cached ranges.
+    // is below the default 1 MiB); one of those repairs cached ranges
+    // (from 2 pages: by default from 64 MiB).
     match actions.len() % 3 {
         0 => {}
         n => {
             config.commit.stitch_min = 2 * PAGE;
             config.commit.stitch_repair = n == 2;
+            config.commit.stitch_repair_min = 2 * PAGE;
         }
     }
     {

@@ -35,8 +35,8 @@ pub struct CommitConfig {
     /// arenas' background reclaimer), so that allocating threads never make
     /// those driver calls.
     pub reclaim_on_free: bool,
-    /// When several cached stitched ranges of a large block's size (64 MiB
-    /// and more) exist and none is free of pages in use elsewhere, remap
+    /// When several cached stitched ranges of a large block's size
+    /// ([`stitch_repair_min`](Self::stitch_repair_min) and more) exist and none is free of pages in use elsewhere, remap
     /// the busy pages of the best one (when fewer than half its pages are
     /// busy, so it costs fewer calls than a new range), to the idle units
     /// mapped at the fewest other places, instead of mapping a new range (see
@@ -50,6 +50,20 @@ pub struct CommitConfig {
     /// "Repetitions recorded on the H100, replayed on the host"): off by
     /// default.
     pub stitch_repair: bool,
+    /// Bytes from which a block's cached stitched range may be repaired
+    /// ([`stitch_repair`](Self::stitch_repair)): the large blocks of a
+    /// training step (logits), whose ranges come back with a few pages taken
+    /// by other live ranges. Smaller ones (BERT's activations) find an
+    /// intact range again when the workload repeats, and repairing them
+    /// moved units the next repetition wanted (measured in
+    /// `docs/pytorch.md`, "Where train's steady-state calls come from").
+    /// With repair on, the free of such a block records its fence at once
+    /// (about 1 µs): a repair must unmap the busy pages of the range, which
+    /// waits for the frees through it, and a fence recorded only when the
+    /// repair asks (the next training step) covers all the work queued
+    /// since, which a GPU running behind its host has not finished; the
+    /// repair then never acts.
+    pub stitch_repair_min: u64,
 }
 
 impl Default for CommitConfig {
@@ -62,6 +76,7 @@ impl Default for CommitConfig {
             growth_ahead: 16,
             reclaim_on_free: true,
             stitch_repair: false,
+            stitch_repair_min: 64 << 20,
         }
     }
 }

@@ -34,21 +34,6 @@ const LOOK: usize = 8;
 /// with 16).
 const CACHED_PER_SIZE: usize = 48;
 
-/// Bytes from which a block's cached stitched range may be repaired (with
-/// [`CommitConfig::stitch_repair`](super::CommitConfig::stitch_repair)):
-/// the large blocks of a training step (logits), whose ranges come back
-/// with a few pages taken by other live ranges. Smaller ones (BERT's
-/// activations) find an intact range again when the workload repeats, and
-/// repairing them moved units the next repetition wanted (measured in
-/// `docs/pytorch.md`, "Where train's steady-state calls come from").
-///
-/// The free of such a block records its fence at once (about 1 µs): a
-/// repair must unmap the busy pages of the range, which waits for the
-/// frees through it, and a fence recorded only when the repair asks (the
-/// next training step) covers all the work queued since, which a GPU
-/// running behind its host has not finished; the repair then never acts.
-const REPAIR_MIN_BYTES: u64 = 64 << 20;
-
 /// What the stitched-range allocations decided, to see where steady-state
 /// driver calls come from: each new range maps all its pages again.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -138,7 +123,7 @@ impl<D: Driver> Commit<D> {
             }
         }
         let now = self.clock.now_ms();
-        if self.config.stitch_repair && k << self.shift >= REPAIR_MIN_BYTES {
+        if self.config.stitch_repair && k << self.shift >= self.config.stitch_repair_min {
             if let Some(off) = self.stitch_repair(size, k, max, slot)? {
                 self.stitch_counts.repaired += 1;
                 return Ok(off);
@@ -406,7 +391,7 @@ impl<D: Driver> Commit<D> {
         let now = self.clock.now_ms();
         let size = self.stitch.put(r, now);
         self.sub_live(off, size, stamp);
-        if size >= REPAIR_MIN_BYTES
+        if size >= self.config.stitch_repair_min
             && self.config.stitch_repair
             && self.streams.ensure_fence(&self.res.driver, stamp).is_err()
         {

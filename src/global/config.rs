@@ -18,7 +18,8 @@
 //! | `max_run` | largest physical handle | 1GiB |
 //! | `stitch_min` | smallest block that may go to a stitched range | 1MiB |
 //! | `growth_ahead` | while the top grows with no free, new handles may be larger by live / this (0: off) | 16 |
-//! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of 64 MiB or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
+//! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of `stitch_repair_min` or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
+//! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
 //! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
 //! | `reservation` | address space per shard (0: 8 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
@@ -141,6 +142,7 @@ impl GlobalConfig {
                 "stitch_repair" => {
                     c.arena.commit.stitch_repair = flag("stitch_repair must be 0 or 1", v)?
                 }
+                "stitch_repair_min" => c.arena.commit.stitch_repair_min = parse_size(v)?,
                 "keep_alive" | "keep_alive_fraction" | "wait_for_reuse" => {
                     return Err(bad(
                         "this key is gone: idle memory now goes back along a decay curve (use decay_ms)",
@@ -194,6 +196,9 @@ mod tests {
         assert_eq!(c.backend, Select::Host);
         assert!(c.report && !c.background);
         assert_eq!(c.arena.commit.decay_ms, 500);
+        let c = GlobalConfig::parse("stitch_repair:1,stitch_repair_min:256MiB").unwrap();
+        assert!(c.arena.commit.stitch_repair);
+        assert_eq!(c.arena.commit.stitch_repair_min, 256 << 20);
         let e = GlobalConfig::parse("keep_alive_fraction:0.5")
             .unwrap_err()
             .to_string();
