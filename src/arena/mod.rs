@@ -436,7 +436,20 @@ impl<D: Driver> Arena<D> {
         stitchable: bool,
     ) -> Result<(u64, u64)> {
         let stitch = stitchable && size >= self.config.commit.stitch_min && align <= self.page();
-        let pick = self.pick(size, align, slot)?;
+        let pick = match self.pick(size, align, slot) {
+            Ok(pick) => pick,
+            // The blocks region has no room left: a stitched range (its own
+            // region) may still hold the block.
+            Err(full @ Error::AddressSpace { .. }) if stitch => {
+                let bytes = self.blocks.round(size).unwrap_or(size);
+                return match self.commit.stitch_alloc(bytes, slot) {
+                    Ok(off) => Ok((off, bytes)),
+                    Err(Error::AddressSpace { .. }) => Err(full),
+                    Err(e) => Err(self.live_in_report(e)),
+                };
+            }
+            Err(e) => return Err(e),
+        };
         if stitch && self.commit.cost(pick.offset, pick.size).blocked > 0 {
             let bytes = self.blocks.round(size).unwrap_or(size);
             match self.commit.stitch_alloc(bytes, slot) {

@@ -339,6 +339,53 @@ fn refused(
     arena.free(p, Stream::DEFAULT).unwrap();
 }
 
+/// When the blocks region has no room left, a block large enough for a
+/// stitched range still gets one (the stitch region has address space of
+/// its own); a smaller one gets the address-space error, and nothing
+/// changes.
+#[test]
+fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
+    let driver = host(256 << 20);
+    {
+        let mut cfg = config();
+        cfg.commit.stitch_min = 2 * PAGE;
+        let mut arena = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
+        let blocks = arena.snapshot().regions[0].size;
+        let stitch_start = arena.reservation().0.byte_add(blocks);
+        // Fill the blocks region with blocks of 4 pages.
+        let mut live = Vec::new();
+        loop {
+            match arena.alloc(4 * PAGE, 512) {
+                Ok(p) if p < stitch_start => live.push(p),
+                Ok(p) => {
+                    // The region was full: this one went to a stitched range.
+                    live.push(p);
+                    break;
+                }
+                Err(e) => panic!("a 4-page block with the stitch region free: {e}"),
+            }
+            assert!(live.len() as u64 <= blocks / (4 * PAGE) + 1);
+        }
+        assert_eq!(live.len() as u64, blocks / (4 * PAGE) + 1);
+        assert_eq!(arena.stats().stitched_ranges, 1);
+        // A block too small for a stitched range finds no room.
+        let before = arena.stats();
+        let r = arena.alloc(PAGE, 512);
+        assert!(
+            matches!(r, Err(Error::AddressSpace { .. })),
+            "a one-page block: {r:?}"
+        );
+        assert_eq!(arena.stats(), before, "a refused alloc changes nothing");
+        arena.check_invariants();
+        for p in live {
+            arena.free(p).unwrap();
+        }
+        arena.check_invariants();
+        assert_eq!(arena.stats().live, 0);
+    }
+    assert_balanced(&driver);
+}
+
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let driver = host(256 << 20);
