@@ -1,6 +1,7 @@
 //! Sleep and wake of a whole reservation: every handle goes back while the
 //! page table keeps the live bytes, then the live pages are committed again
-//! at the same addresses, in handles as large as `max_run`.
+//! at the same addresses, in handles as large as `max_run` (each stitched
+//! range in handles of its own).
 
 use super::Commit;
 use super::pages::NIL;
@@ -20,8 +21,31 @@ impl<D: Driver> Commit<D> {
         bytes
     }
 
+    /// Where the handle woken at live page `p` must end, at most at `end`
+    /// (the end of its run of live pages): a handle never spans the edge of
+    /// the stitch region, nor two stitched ranges, since a stitched range is
+    /// unmapped whole when it goes, and a unit only empties whole.
+    fn wake_piece_end(&self, p: u64, end: u64) -> u64 {
+        let (s, n) = self.stitch.region();
+        if p < s {
+            return end.min(s);
+        }
+        if p >= s + n {
+            return end;
+        }
+        // Every live page of the stitch region lies in a range in use.
+        match self.stitch.containing(p) {
+            Some(r) => {
+                let x = self.stitch.range(r);
+                end.min(x.first + x.pages)
+            }
+            None => p + 1,
+        }
+    }
+
     /// Recommits every page with live bytes at the same addresses, in runs
-    /// of contiguous pages (up to `max_run` each, one `set_access` per run).
+    /// of contiguous pages (up to `max_run` each, one `set_access` per run;
+    /// cut at the stitch region's edges and between stitched ranges).
     /// On failure, gives back what it made and stays asleep. Returns the
     /// bytes committed.
     pub fn wake(&mut self) -> Result<u64> {
@@ -35,7 +59,7 @@ impl<D: Driver> Commit<D> {
         'runs: for (first, pages) in self.pages.live_ranges() {
             let mut p = first;
             while p < first + pages {
-                let n = max.min(first + pages - p);
+                let n = max.min(self.wake_piece_end(p, first + pages) - p);
                 if !self.budget_try_take(n) {
                     result = Err(crate::Error::oom(self.oom_report(n << self.shift)));
                     break 'runs;
@@ -100,5 +124,62 @@ impl<D: Driver> Commit<D> {
         self.asleep = false;
         self.peak_committed = self.peak_committed.max(self.committed());
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::commit::Commit;
+    use crate::driver::{Driver, HostDriver};
+    use crate::sync::Stamp;
+
+    /// Two stitched blocks side by side in the stitch region, woken: each
+    /// range gets handles of its own, so that dissolving one range once its
+    /// block is freed unmaps nothing of the other, which is still live.
+    #[test]
+    fn a_wake_never_joins_two_stitched_ranges_in_one_handle() {
+        let d = HostDriver::new().unwrap();
+        let page = d.capabilities().granularity as u64;
+        let mut c = Commit::for_tests(&d, 64, (16, 32));
+        let a = c.stitch_alloc(2 * page, 0).unwrap();
+        let b = c.stitch_alloc(2 * page, 0).unwrap();
+        assert_eq!(b, a + 2 * page, "adjacent ranges");
+        c.sleep();
+        c.wake().unwrap();
+        c.check_invariants();
+        c.stitch_free(a, Stamp::SAFE).unwrap();
+        c.trim();
+        c.check_invariants();
+        assert!(
+            c.is_committed(b, 2 * page),
+            "the live block keeps its pages"
+        );
+        assert_eq!(c.committed(), 2 * page);
+        c.stitch_free(b, Stamp::SAFE).unwrap();
+        c.trim();
+        assert_eq!(c.committed(), 0);
+    }
+
+    /// The same at the edge of the stitch region: a live page just before it
+    /// (blocks region) and a stitched block at its first page.
+    #[test]
+    fn a_wake_never_joins_a_stitched_range_to_the_blocks_region() {
+        let d = HostDriver::new().unwrap();
+        let page = d.capabilities().granularity as u64;
+        let mut c = Commit::for_tests(&d, 64, (16, 32));
+        c.add_live(15 * page, page, 0, crate::commit::Backing::Pages)
+            .unwrap();
+        let a = c.stitch_alloc(2 * page, 0).unwrap();
+        assert_eq!(a, 16 * page);
+        c.sleep();
+        c.wake().unwrap();
+        c.stitch_free(a, Stamp::SAFE).unwrap();
+        c.trim();
+        c.check_invariants();
+        assert!(c.is_committed(15 * page, page), "the block keeps its page");
+        assert_eq!(c.committed(), page);
+        c.sub_live(15 * page, page, Stamp::SAFE);
+        c.trim();
+        assert_eq!(c.committed(), 0);
     }
 }
