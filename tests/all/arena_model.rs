@@ -17,7 +17,7 @@ use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Op as Call, Str
 use gpu_arena::policy::classes;
 use gpu_arena::{
     Arena, ArenaConfig, BadPointer, DevicePtr, Error, GrowBuffer, Kind, Scratch, ScratchConfig,
-    ScratchPtr, SharedArena, Stats,
+    ScratchPtr, SharedArena, SleepMode, Stats,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -105,6 +105,16 @@ pub(crate) unsafe fn intact(base: DevicePtr, from: u64, to: u64, id: u64) -> boo
     s[split..].chunks(4096).all(|c| c == &reference[..c.len()])
 }
 
+/// Whether `len` bytes at `base` all read zero.
+///
+/// # Safety
+/// As for [`fill`].
+unsafe fn intact_zero(base: DevicePtr, len: u64) -> bool {
+    // SAFETY: the caller's live range.
+    let s = unsafe { std::slice::from_raw_parts(base.as_ptr::<u8>(), len as usize) };
+    s.iter().all(|&b| b == 0)
+}
+
 /// Asserts that everything the arena got from the driver went back.
 pub(crate) fn assert_balanced(driver: &Checked<HostDriver>) {
     assert_eq!(driver.leaks(), None, "the driver saw leaks");
@@ -181,6 +191,11 @@ enum Op {
     },
     /// The kernel finishes.
     Complete {
+        stream: Index,
+    },
+    /// Sleep (contents offloaded or discarded) and wake again, on a stream.
+    SleepWake {
+        offload: bool,
         stream: Index,
     },
     Bad(Bad),
@@ -288,6 +303,8 @@ fn op(stitching: Stitching) -> impl Strategy<Value = Op> {
         1 => Just(Op::Collect),
         1 => any::<Index>().prop_map(|stream| Op::Hold { stream }),
         1 => any::<Index>().prop_map(|stream| Op::Complete { stream }),
+        1 => (any::<bool>(), any::<Index>())
+            .prop_map(|(offload, stream)| Op::SleepWake { offload, stream }),
         2 => bad().prop_map(Op::Bad),
     ]
 }
@@ -335,6 +352,8 @@ struct Model<'a, 'd> {
     driver: &'d Checked<HostDriver>,
     base: DevicePtr,
     blocks_size: u64,
+    /// Bytes of the reservation.
+    reserved: u64,
     /// Where the stitch region ends (blocks of stitched ranges lie between
     /// the blocks region and this).
     stitch_end: u64,
@@ -344,6 +363,9 @@ struct Model<'a, 'd> {
     streams: Vec<Stream>,
     held: Vec<bool>,
     ever_held: bool,
+    /// The arena woke from a sleep: live pages came back in large handles
+    /// (see `check_trimmed`).
+    woken: bool,
     next_id: u64,
     blocks: BTreeMap<DevicePtr, Block>,
     /// Every live range of address space handed out: start -> end.
@@ -373,11 +395,13 @@ impl<'a, 'd> Model<'a, 'd> {
             driver,
             base,
             blocks_size,
+            reserved: size,
             stitch_end,
             stitched: BTreeSet::new(),
             held: vec![false; streams.len()],
             streams,
             ever_held: false,
+            woken: false,
             next_id: 1,
             blocks: BTreeMap::new(),
             ranges: BTreeMap::new(),
@@ -627,6 +651,10 @@ impl<'a, 'd> Model<'a, 'd> {
             Op::Collect => {
                 self.arena.lock().collect();
             }
+            &Op::SleepWake {
+                offload,
+                ref stream,
+            } => self.sleep_wake(offload, stream.index(self.streams.len())),
             Op::Hold { stream } => {
                 let i = stream.index(self.streams.len());
                 self.driver.inner().hold(self.streams[i]);
@@ -709,6 +737,71 @@ impl<'a, 'd> Model<'a, 'd> {
                 slab,
             },
         );
+    }
+
+    /// Sleeps and wakes the arena: asleep it holds no device memory (an
+    /// offload keeps the contents in staged host memory) and refuses
+    /// allocations and frees; awake, every block, scratch allocation and
+    /// buffer is at its address again, with its contents (offload) or
+    /// zeroed (discard, then filled again for the checks that follow).
+    /// Sleep waits for the streams' work: skipped while a kernel is held.
+    fn sleep_wake(&mut self, offload: bool, stream: usize) {
+        if self.held.iter().any(|&h| h) {
+            return;
+        }
+        let mode = if offload {
+            SleepMode::Offload
+        } else {
+            SleepMode::Discard
+        };
+        let stream = self.streams[stream];
+        let before = self.arena.stats();
+        let r = self.arena.lock().sleep(mode, stream).expect("sleep");
+        {
+            let a = self.arena.lock();
+            assert!(a.is_asleep());
+            let s = a.stats();
+            assert_eq!((s.committed, s.live), (0, before.live), "asleep: {s:?}");
+        }
+        assert_eq!(r.bytes, before.committed, "every committed byte goes back");
+        assert_eq!(
+            self.driver.physical_bytes(),
+            self.arena.stats().staged,
+            "asleep, only the staged contents are held"
+        );
+        assert!(self.arena.stats().staged >= r.copied);
+        assert!(matches!(
+            self.arena.alloc(64, 8, stream),
+            Err(Error::Asleep { .. })
+        ));
+        let w = self.arena.lock().wake(stream).expect("wake");
+        self.woken = true;
+        assert_eq!(w.copied, r.copied, "the staged contents come back");
+        assert_eq!(self.arena.stats().live, before.live);
+        self.sync_mappings();
+        if offload {
+            self.verify_all();
+            return;
+        }
+        // Discarded: every live byte reads zero; fill the patterns again.
+        for (&p, b) in &self.blocks {
+            // SAFETY: a live block of `given` bytes, host-visible.
+            unsafe {
+                assert!(intact_zero(p, b.given), "discarded block {p:#x} reads zero");
+                fill(p, 0, b.given, b.id);
+            }
+        }
+        for m in &self.scratches {
+            for &(sp, size, id) in &m.live {
+                let p = sp.get(&m.scratch).expect("current generation");
+                // SAFETY: a live scratch allocation of `size` bytes.
+                unsafe { fill(p, 0, size, id) };
+            }
+        }
+        for g in &self.grows {
+            // SAFETY: `0..len` of the buffer is committed.
+            unsafe { fill(g.base, 0, g.buf.len(), g.id) };
+        }
     }
 
     /// Bytes of the live ranges the model knows in the blocks region.
@@ -923,7 +1016,13 @@ impl<'a, 'd> Model<'a, 'd> {
 
     /// Applies the driver log to the model of the arena's mappings.
     fn sync_mappings(&mut self) {
+        // Only the reservation's: an offload's staged host memory is mapped
+        // elsewhere (and counted in `Stats::staged`).
+        let (lo, hi) = (self.base.addr(), self.base.addr() + self.reserved);
         for e in self.driver.take_log() {
+            if matches!(e.op, Call::Map | Call::Unmap) && (e.va < lo || e.va >= hi) {
+                continue;
+            }
             match (e.op, e.ok) {
                 (Call::Map, true) => {
                     assert!(self.mappings.insert(e.va, e.size).is_none());
@@ -984,9 +1083,10 @@ impl<'a, 'd> Model<'a, 'd> {
     ///     the mappings that hold live bytes (a handle may also stay mapped
     ///     at other, empty addresses while a live block uses it: aliases
     ///     hold no memory of their own). No idle handle survives a trim.
-    /// (B) When no stream was ever held in this program and no live scratch
-    ///     arena or grow buffer gave back part of its committed range (a
-    ///     reset below the committed size, a shrink): every committed page
+    /// (B) When no stream was ever held in this program, the arena never
+    ///     woke from a sleep, and no live scratch arena or grow buffer gave
+    ///     back part of its committed range (a reset below the committed
+    ///     size, a shrink): every committed page
     ///     holds live bytes, i.e.
     ///
     ///     committed <= PAGE * |live pages|,
@@ -1000,7 +1100,9 @@ impl<'a, 'd> Model<'a, 'd> {
     /// Why (B) has exceptions: a driver cannot unmap part of a mapping, so a
     /// handle that a shrink, a reset, or a same-stream reuse while its fence
     /// was pending left partly live keeps its empty pages until it empties
-    /// completely. (A) still holds then.
+    /// completely; so does a handle a wake made (a wake recommits the live
+    /// pages in large handles, since sleep and wake cost per handle). (A)
+    /// still holds then.
     fn check_trimmed(&self) {
         let s = self.arena.stats();
         let pages = self.live_pages();
@@ -1019,7 +1121,7 @@ impl<'a, 'd> Model<'a, 'd> {
         );
         let partial =
             self.scratches.iter().any(|m| m.partial) || self.grows.iter().any(|g| g.partial);
-        if !self.ever_held && !partial {
+        if !self.ever_held && !partial && !self.woken {
             assert!(
                 s.committed <= PAGE * pages.len() as u64,
                 "(B) committed {} > {} live pages of {PAGE} after trim: {s:?}",
@@ -1070,10 +1172,11 @@ impl<'a, 'd> Model<'a, 'd> {
         assert_eq!(s.grow.blocks, self.grows.len() as u64);
         // A handle may be mapped at several addresses, or at none while it
         // waits idle for reuse; its memory counts once.
+        // Pinned host memory kept for the next offload counts as staged.
         assert_eq!(
             self.driver.physical_bytes(),
-            s.committed,
-            "committed = physical bytes"
+            s.committed + s.staged,
+            "committed + staged = physical bytes"
         );
         assert_eq!(s.mappings, self.mappings.len() as u64, "mappings");
         if full {
