@@ -3,14 +3,15 @@
 //! pattern derived from the block's id and checked when the block is freed
 //! and at the end (overlaps, lost pages); the arena's invariants are checked
 //! after every action; the driver must see everything given back. Two
-//! programs in three also place blocks in stitched ranges (from 2 pages).
+//! programs in three also place blocks in stitched ranges (from 2 pages);
+//! the arena sleeps and wakes at times.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
 use gpu_arena::{
     ArenaConfig, DevicePtr, Error, GrowBuffer, Kind, Scratch, ScratchConfig, ScratchPtr,
-    SharedArena,
+    SharedArena, SleepMode,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -59,6 +60,13 @@ enum Action {
         stream: u8,
     },
     Complete {
+        stream: u8,
+    },
+    /// Completes every stream, sleeps (contents offloaded or discarded),
+    /// wakes: every block, scratch allocation and the buffer at its address
+    /// again, with its contents (offload) or zeroed (discard).
+    SleepWake {
+        offload: bool,
         stream: u8,
     },
 }
@@ -281,12 +289,47 @@ fuzz_target!(|actions: Vec<Action>| {
                 Action::Complete { stream } => driver
                     .inner()
                     .complete(streams[usize::from(stream) % STREAMS]),
+                Action::SleepWake { offload, stream } => {
+                    for &s in &streams {
+                        driver.inner().complete(s);
+                    }
+                    let stream = streams[usize::from(stream) % STREAMS];
+                    let mode = if offload {
+                        SleepMode::Offload
+                    } else {
+                        SleepMode::Discard
+                    };
+                    let live = arena.stats().live;
+                    arena.lock().sleep(mode, stream).expect("sleep");
+                    assert_eq!(arena.stats().committed, 0);
+                    assert!(matches!(
+                        arena.alloc(64, 8, stream),
+                        Err(Error::Asleep { .. })
+                    ));
+                    arena.lock().wake(stream).expect("wake");
+                    assert_eq!(arena.stats().live, live);
+                    if !offload {
+                        // Discarded contents read zero: fill the patterns again.
+                        for b in &blocks {
+                            // SAFETY: the block is live.
+                            unsafe { fill(b.ptr, b.given, b.id) };
+                        }
+                        for &(sp, size, id) in &scratch_live {
+                            let p = sp.get(&scratch).expect("current");
+                            // SAFETY: live scratch memory.
+                            unsafe { fill(p, size, id) };
+                        }
+                        let s = grow.as_mut_slice().expect("host-visible");
+                        s.fill(tag(grow_id));
+                    }
+                }
             }
             let a = arena.lock();
             a.check_invariants();
             let s = a.stats();
             assert!(s.committed >= s.live);
-            assert_eq!(driver.physical_bytes(), s.committed);
+            // Pinned host memory kept for the next offload counts as staged.
+            assert_eq!(driver.physical_bytes(), s.committed + s.staged);
         }
         for b in blocks.drain(..) {
             // SAFETY: the block is live.
