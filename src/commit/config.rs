@@ -36,10 +36,11 @@ pub struct CommitConfig {
     /// those driver calls.
     pub reclaim_on_free: bool,
     /// When several cached stitched ranges of a large block's size
-    /// ([`stitch_repair_min`](Self::stitch_repair_min) and more) exist and none is free of pages in use elsewhere, remap
-    /// the busy pages of the best one (when fewer than half its pages are
-    /// busy, so it costs fewer calls than a new range), to the idle units
-    /// mapped at the fewest other places, instead of mapping a new range (see
+    /// ([`stitch_repair_min`](Self::stitch_repair_min) and more) exist and
+    /// none is free of pages in use elsewhere, remap the busy pages of the
+    /// best one (when fewer than half its pages are busy, so it costs fewer
+    /// calls than a new range), to the idle units mapped at the fewest
+    /// other places, instead of mapping a new range (see
     /// [`Commit::stitch_alloc`](super::Commit::stitch_alloc)). It cuts a
     /// training loop's VMM calls in its first repetitions (31 / 24 / 14 per
     /// 1,000 allocations in repetitions 3–5, against 138 / 28 / 41), but it

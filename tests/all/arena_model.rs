@@ -1,6 +1,6 @@
 //! The arena against a shadow model: random programs of operations (alloc,
 //! free, free_sized, scratch alloc / reset, grow-buffer resize, trim,
-//! collect, hold / complete a stream, bad input) run on a checked host
+//! collect, hold / complete a stream, sleep / wake, bad input) run on a checked host
 //! driver, with the model (plain maps of what is live) checked after every op.
 //! Half the programs place blocks of 2 pages or more in stitched ranges
 //! (mostly such blocks then), with and without their repair.
