@@ -366,6 +366,8 @@ struct Model<'a, 'd> {
     /// The arena woke from a sleep: live pages came back in large handles
     /// (see `check_trimmed`).
     woken: bool,
+    /// Committing is limited ([`LIMIT`]): allocations may run out of memory.
+    limited: bool,
     next_id: u64,
     blocks: BTreeMap<DevicePtr, Block>,
     /// Every live range of address space handed out: start -> end.
@@ -402,6 +404,7 @@ impl<'a, 'd> Model<'a, 'd> {
             streams,
             ever_held: false,
             woken: false,
+            limited: false,
             next_id: 1,
             blocks: BTreeMap::new(),
             ranges: BTreeMap::new(),
@@ -472,8 +475,12 @@ impl<'a, 'd> Model<'a, 'd> {
                 if self.scratches.len() >= 4 {
                     return;
                 }
-                let scratch = Scratch::with_config(self.arena, scratch_config(capacity, retain))
-                    .expect("scratch arena");
+                let scratch =
+                    match Scratch::with_config(self.arena, scratch_config(capacity, retain)) {
+                        Ok(s) => s,
+                        Err(Error::OutOfMemory(_)) if self.limited => return,
+                        Err(e) => panic!("scratch arena: {e}"),
+                    };
                 let base = self.new_buffer(gpu_arena::Policy::Scratch);
                 assert_eq!(scratch.committed_bytes(), 0, "nothing committed up front");
                 let capacity = round_up(capacity, PAGE);
@@ -527,7 +534,18 @@ impl<'a, 'd> Model<'a, 'd> {
                     assert_eq!(after, before);
                     return;
                 }
-                let sp = r.expect("scratch allocation");
+                let sp = match r {
+                    Ok(sp) => sp,
+                    Err(Error::OutOfMemory(_)) if self.limited => {
+                        let after = (m.scratch.allocated_bytes(), m.scratch.committed_bytes());
+                        assert_eq!(
+                            after, before,
+                            "a refused scratch allocation changes nothing"
+                        );
+                        return;
+                    }
+                    Err(e) => panic!("scratch allocation: {e}"),
+                };
                 let p = sp.get(&m.scratch).expect("current generation");
                 assert_eq!(p, m.base.byte_add(start), "bump order");
                 assert!(p.is_aligned_to(align));
@@ -583,7 +601,11 @@ impl<'a, 'd> Model<'a, 'd> {
                 if self.grows.len() >= 4 {
                     return;
                 }
-                let buf = GrowBuffer::with_max(self.arena, max).expect("grow buffer");
+                let buf = match GrowBuffer::with_max(self.arena, max) {
+                    Ok(b) => b,
+                    Err(Error::OutOfMemory(_)) if self.limited => return,
+                    Err(e) => panic!("grow buffer: {e}"),
+                };
                 let base = buf.as_ptr();
                 assert_eq!(self.new_buffer(gpu_arena::Policy::Grow), base);
                 assert_eq!(buf.max(), round_up(max, PAGE));
@@ -618,7 +640,18 @@ impl<'a, 'd> Model<'a, 'd> {
                     assert_eq!((g.buf.len(), g.buf.committed()), (old, committed));
                     return;
                 }
-                r.expect("resize within the maximum");
+                match r {
+                    Ok(()) => {}
+                    Err(Error::OutOfMemory(_)) if self.limited => {
+                        assert_eq!(
+                            (g.buf.len(), g.buf.committed()),
+                            (old, committed),
+                            "a refused resize changes nothing"
+                        );
+                        return;
+                    }
+                    Err(e) => panic!("resize within the maximum: {e}"),
+                }
                 assert_eq!(g.buf.as_ptr(), g.base, "the base never moves");
                 assert_eq!(g.buf.len(), len);
                 assert_eq!(g.buf.committed(), round_up(len, PAGE));
@@ -690,6 +723,9 @@ impl<'a, 'd> Model<'a, 'd> {
             Err(Error::AddressSpace { .. }) if self.blocks_region_live() > self.blocks_size / 4 => {
                 return;
             }
+            // Under the limit, after the out-of-memory ladder (idle memory
+            // given back, fences waited on): refused, nothing live changed.
+            Err(Error::OutOfMemory(_)) if self.limited => return,
             Err(e) => panic!("alloc({size}, {align}): {e}"),
         };
         assert!(p.is_aligned_to(align), "alignment {align} of {p:#x}");
@@ -1229,7 +1265,10 @@ enum Stitching {
 
 /// Runs one program on a fresh checked driver, then checks the driver saw
 /// everything given back.
-fn run(kind: Kind, streams: usize, stitching: Stitching, ops: &[Op]) {
+/// The commit limit of programs that run out of memory: 48 pages.
+const LIMIT: u64 = 48 * PAGE;
+
+fn run(kind: Kind, streams: usize, stitching: Stitching, limited: bool, ops: &[Op]) {
     let driver = host(256 << 20);
     driver.enable_log();
     let streams: Vec<Stream> = (0..streams)
@@ -1242,9 +1281,13 @@ fn run(kind: Kind, streams: usize, stitching: Stitching, ops: &[Op]) {
         // Ranges of 4 pages and more may be repaired (64 MiB by default).
         cfg.commit.stitch_repair_min = 4 * PAGE;
     }
+    if limited {
+        cfg.commit.limit = LIMIT;
+    }
     {
         let arena = SharedArena::new(&driver, kind, cfg).expect("arena");
         let mut model = Model::new(&arena, &driver, streams);
+        model.limited = limited;
         for (i, op) in ops.iter().enumerate() {
             model.apply(op);
             model.check(i % 8 == 7);
@@ -1287,6 +1330,7 @@ proptest! {
     fn arena_follows_the_model(
         kind in prop_oneof![Just(Kind::Device(0)), Just(Kind::PinnedHost)],
         streams in 1usize..=3,
+        limited in proptest::bool::weighted(0.25),
         (stitching, ops) in prop_oneof![
             2 => Just(Stitching::Default),
             1 => Just(Stitching::From2Pages),
@@ -1294,7 +1338,7 @@ proptest! {
         ]
         .prop_flat_map(|s| (Just(s), proptest::collection::vec(op(s), 1..256))),
     ) {
-        run(kind, streams, stitching, &ops);
+        run(kind, streams, stitching, limited, &ops);
     }
 }
 
