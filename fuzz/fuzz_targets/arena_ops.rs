@@ -4,7 +4,8 @@
 //! and at the end (overlaps, lost pages); the arena's invariants are checked
 //! after every action; the driver must see everything given back. Two
 //! programs in three also place blocks in stitched ranges (from 2 pages);
-//! the arena sleeps and wakes at times.
+//! the arena sleeps and wakes at times; one program in four runs under a
+//! commit limit.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -127,6 +128,13 @@ fuzz_target!(|actions: Vec<Action>| {
             config.commit.stitch_repair_min = 2 * PAGE;
         }
     }
+    // One program in four commits at most 48 pages: allocations and
+    // resizes may run out of memory (after the out-of-memory ladder), and
+    // then change nothing.
+    let limited = (actions.len() / 3) % 4 == 0;
+    if limited {
+        config.commit.limit = 48 * PAGE;
+    }
     {
         let arena = SharedArena::new(&driver, Kind::Device(0), config).expect("arena");
         let mut scratch = Scratch::with_config(
@@ -155,9 +163,15 @@ fuzz_target!(|actions: Vec<Action>| {
                     let size = 1 + u64::from(size) % (4 * PAGE);
                     let align = 1u64 << (align_log % 18);
                     let stream = usize::from(stream) % STREAMS;
-                    let p = arena
-                        .alloc(size, align, streams[stream])
-                        .unwrap_or_else(|e| panic!("alloc({size}, {align}): {e}"));
+                    let live = arena.stats().live;
+                    let p = match arena.alloc(size, align, streams[stream]) {
+                        Ok(p) => p,
+                        Err(Error::OutOfMemory(_)) if limited => {
+                            assert_eq!(arena.stats().live, live, "a refused alloc");
+                            continue;
+                        }
+                        Err(e) => panic!("alloc({size}, {align}): {e}"),
+                    };
                     assert!(p.is_aligned_to(align));
                     let given = arena.lock().block_size(p).expect("live");
                     assert!(given >= size);
@@ -243,6 +257,7 @@ fuzz_target!(|actions: Vec<Action>| {
                             scratch_live.push((sp, size, next_id));
                         }
                         Err(Error::ScratchFull { .. }) => {}
+                        Err(Error::OutOfMemory(_)) if limited => {}
                         Err(e) => panic!("scratch alloc: {e}"),
                     }
                 }
@@ -267,7 +282,14 @@ fuzz_target!(|actions: Vec<Action>| {
                         assert!(matches!(r, Err(Error::GrowBeyondMax { .. })), "{r:?}");
                         continue;
                     }
-                    r.expect("resize");
+                    match r {
+                        Ok(()) => {}
+                        Err(Error::OutOfMemory(_)) if limited => {
+                            assert_eq!(grow.len(), old, "a refused resize");
+                            continue;
+                        }
+                        Err(e) => panic!("resize: {e}"),
+                    }
                     assert_eq!(grow.committed(), len.div_ceil(PAGE) * PAGE);
                     let s = grow.as_mut_slice().expect("host-visible");
                     let keep = old.min(len) as usize;
