@@ -131,7 +131,7 @@ fuzz_target!(|actions: Vec<Action>| {
     // One program in four commits at most 48 pages: allocations and
     // resizes may run out of memory (after the out-of-memory ladder), and
     // then change nothing.
-    let limited = (actions.len() / 3) % 4 == 0;
+    let limited = (actions.len() / 3).is_multiple_of(4);
     if limited {
         config.commit.limit = 48 * PAGE;
     }
