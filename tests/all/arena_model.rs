@@ -3,7 +3,8 @@
 //! collect, hold / complete a stream, sleep / wake, bad input) run on a checked host
 //! driver, with the model (plain maps of what is live) checked after every op.
 //! Half the programs place blocks of 2 pages or more in stitched ranges
-//! (mostly such blocks then), with and without their repair.
+//! (mostly such blocks then), with and without their repair; a quarter run
+//! under a commit limit, where running out of memory must change nothing.
 //!
 //! The idea of rlsf's `ShadowAllocator` and talc's fuzz `Actions`, as a
 //! proptest strategy over `Vec<Op>`: indices are taken modulo what is live,
