@@ -441,24 +441,16 @@ impl<D: Driver> Arena<D> {
             // The blocks region has no room left: a stitched range (its own
             // region) may still hold the block.
             Err(full @ Error::AddressSpace { .. }) if stitch => {
-                let bytes = self.blocks.round(size).unwrap_or(size);
-                return match self.commit.stitch_alloc(bytes, slot) {
-                    Ok(off) => Ok((off, bytes)),
-                    Err(Error::AddressSpace { .. }) => Err(full),
-                    Err(e) => Err(self.live_in_report(e)),
-                };
+                return self.place_stitched(size, slot)?.ok_or(full);
             }
             Err(e) => return Err(e),
         };
         if stitch && self.commit.cost(pick.offset, pick.size).blocked > 0 {
-            let bytes = self.blocks.round(size).unwrap_or(size);
-            match self.commit.stitch_alloc(bytes, slot) {
-                Ok(off) => return Ok((off, bytes)),
-                Err(Error::AddressSpace { .. }) => {}
-                Err(e) => return Err(self.live_in_report(e)),
-            }
-            // The stitch region is full: place it on fresh pages instead.
-            return self.place_block(size, align, slot, false);
+            return match self.place_stitched(size, slot)? {
+                Some(placed) => Ok(placed),
+                // The stitch region is full: place it on fresh pages instead.
+                None => self.place_block(size, align, slot, false),
+            };
         }
         let backing = if pick.top {
             let room = self.blocks_size.saturating_sub(pick.offset + pick.size);
@@ -476,6 +468,17 @@ impl<D: Driver> Arena<D> {
             return Err(self.live_in_report(e));
         }
         Ok((a.offset, a.size))
+    }
+
+    /// Places a block of `size` bytes in a stitched range: (offset, bytes),
+    /// or `None` when the stitch region has no room left.
+    fn place_stitched(&mut self, size: u64, slot: u16) -> Result<Option<(u64, u64)>> {
+        let bytes = self.blocks.round(size).unwrap_or(size);
+        match self.commit.stitch_alloc(bytes, slot) {
+            Ok(off) => Ok(Some((off, bytes))),
+            Err(Error::AddressSpace { .. }) => Ok(None),
+            Err(e) => Err(self.live_in_report(e)),
+        }
     }
 
     /// Out-of-memory figures with the live bytes the stats show (the page

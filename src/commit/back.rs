@@ -156,10 +156,9 @@ impl<D: Driver> Commit<D> {
         slot: u16,
         backing: Backing,
     ) -> Result<()> {
-        let head_partial = off & (self.page - 1) != 0 || (a == b && len < self.page);
-        let tail_partial = (off + len) & (self.page - 1) != 0;
+        let edges = self.partial_edges(off, len);
         // Pages that must be backed afresh: drop mappings that cannot serve.
-        let taken = self.clear_unusable(a, b, slot, (head_partial, tail_partial))?;
+        let taken = self.clear_unusable(a, b, slot, edges)?;
         let need = self.pages.cost(a, b).unmapped;
         self.check_room(need, len)?;
         let mut made = Made {
@@ -190,8 +189,8 @@ impl<D: Driver> Commit<D> {
                     if q == b { self.ahead_pages(room) } else { 0 },
                 ),
             };
-            let edges = (p == a && head_partial, q == b && tail_partial);
-            let r = self.fill(p, q, ahead, bulk, slot, edges, &mut made);
+            let run_edges = (p == a && edges.0, q == b && edges.1);
+            let r = self.fill(p, q, ahead, bulk, slot, run_edges, &mut made);
             if r.is_err() {
                 break r;
             }

@@ -70,8 +70,7 @@ impl<D: Driver> Commit<D> {
     /// pages.
     pub(super) fn try_take(&mut self, off: u64, len: u64, slot: u16) -> bool {
         let (a, b) = self.span(off, len);
-        // Boundary pages the block uses in part.
-        let edges = (off > a << self.shift, off + len < (b + 1) << self.shift);
+        let edges = self.partial_edges(off, len);
         let mut now = None;
         for p in a..=b {
             let lo = off.max(p << self.shift);

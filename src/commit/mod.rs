@@ -380,6 +380,19 @@ impl<D: Driver> Commit<D> {
         (off >> self.shift, (off + len - 1) >> self.shift)
     }
 
+    /// Whether the first and the last page of `len` bytes at `off` are used
+    /// only in part (shared with neighbours): such a page is backed by a
+    /// unit of its own (see [`back`]).
+    #[inline]
+    fn partial_edges(&self, off: u64, len: u64) -> (bool, bool) {
+        let end = off + len;
+        let single_small = (off >> self.shift) == ((end - 1) >> self.shift) && len < self.page;
+        (
+            off & (self.page - 1) != 0 || single_small,
+            end & (self.page - 1) != 0,
+        )
+    }
+
     /// What placing `len` bytes at `off` would take (pages with no mapping,
     /// pages whose unit is in use elsewhere). Pages already live cost
     /// nothing.
