@@ -1,0 +1,158 @@
+"""Do VMM driver calls stall the GPU's own work, beyond their CPU time?
+
+Keeps the GPU busy with PyTorch matmuls (GPU-bound: the CPU launches them far
+faster than they run) and, between batches, makes one kind of VMM call
+sequence through the CUDA driver API (ctypes on libcuda), on memory that no
+kernel touches. If a call only costs CPU time, the queue of launched work
+hides it and the GPU's total time does not change; if the driver stalls the
+GPU (page-table updates, TLB invalidation waiting for work in flight), the
+total grows by the stall times the number of calls. A CPU spin of the same
+length is the control. Variants alternate, several rounds; medians printed.
+
+    python3 scripts/vmm_stall.py [--iters 400] [--batch 20] [--rounds 5]
+"""
+import argparse
+import ctypes
+import statistics
+import time
+
+import torch
+
+PAGE = 2 << 20
+
+
+class Loc(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+
+class AllocFlags(ctypes.Structure):
+    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
+                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
+
+
+class Prop(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("location", Loc),
+                ("win32HandleMetaData", ctypes.c_void_p), ("allocFlags", AllocFlags)]
+
+
+class AccessDesc(ctypes.Structure):
+    _fields_ = [("location", Loc), ("flags", ctypes.c_int)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--iters", type=int, default=400)
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--n", type=int, default=2048, help="matmul size")
+    args = ap.parse_args()
+
+    cu = ctypes.CDLL("libcuda.so.1")
+    u64 = ctypes.c_uint64
+
+    def ck(r, what):
+        if r != 0:
+            raise RuntimeError(f"{what} failed: CUresult {r}")
+
+    torch.cuda.init()
+    dev = torch.cuda.current_device()
+    a = torch.randn(args.n, args.n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(args.n, args.n, device="cuda", dtype=torch.bfloat16)
+    torch.cuda.synchronize()
+
+    prop = Prop()
+    prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
+    prop.location = Loc(1, dev)  # CU_MEM_LOCATION_TYPE_DEVICE
+    access = AccessDesc(Loc(1, dev), 3)  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    slots = 64
+    va = u64()
+    ck(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(slots * PAGE), ctypes.c_size_t(0), u64(0), u64(0)), "reserve")
+    # A handle kept mapped at slot 0, for aliases at other slots.
+    keep = u64()
+    ck(cu.cuMemCreate(ctypes.byref(keep), ctypes.c_size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
+    ck(cu.cuMemMap(u64(va.value), ctypes.c_size_t(PAGE), ctypes.c_size_t(0), keep, u64(0)), "map")
+    ck(cu.cuMemSetAccess(u64(va.value), ctypes.c_size_t(PAGE), ctypes.byref(access), ctypes.c_size_t(1)), "access")
+    state = {"i": 0}
+
+    def slot():
+        state["i"] = state["i"] % (slots - 1) + 1
+        return va.value + state["i"] * PAGE
+
+    def commit_and_give_back():
+        # create + map + set_access, then unmap + release (5 calls)
+        h = u64()
+        p = slot()
+        ck(cu.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
+        ck(cu.cuMemMap(u64(p), ctypes.c_size_t(PAGE), ctypes.c_size_t(0), h, u64(0)), "map")
+        ck(cu.cuMemSetAccess(u64(p), ctypes.c_size_t(PAGE), ctypes.byref(access), ctypes.c_size_t(1)), "access")
+        ck(cu.cuMemUnmap(u64(p), ctypes.c_size_t(PAGE)), "unmap")
+        ck(cu.cuMemRelease(h), "release")
+
+    def alias():
+        # map + set_access of the kept handle at a second address, then unmap (3 calls)
+        p = slot()
+        ck(cu.cuMemMap(u64(p), ctypes.c_size_t(PAGE), ctypes.c_size_t(0), keep, u64(0)), "map")
+        ck(cu.cuMemSetAccess(u64(p), ctypes.c_size_t(PAGE), ctypes.byref(access), ctypes.c_size_t(1)), "access")
+        ck(cu.cuMemUnmap(u64(p), ctypes.c_size_t(PAGE)), "unmap")
+
+    def event_pair():
+        # what a fenced free records and polls (2 calls): no page-table change
+        e = ctypes.c_void_p()
+        ck(cu.cuEventCreate(ctypes.byref(e), ctypes.c_uint(2)), "event")  # DISABLE_TIMING
+        ck(cu.cuEventRecord(e, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)), "record")
+        cu.cuEventQuery(e)
+        ck(cu.cuEventDestroy_v2(e), "destroy")
+
+    def timed_cpu(fn):
+        t = time.perf_counter()
+        for _ in range(50):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t) / 50
+
+    cpu_cost = {"commit+give back (5 calls)": timed_cpu(commit_and_give_back),
+                "alias map+access+unmap (3 calls)": timed_cpu(alias),
+                "event record+query (no VMM)": timed_cpu(event_pair)}
+    spin_s = cpu_cost["commit+give back (5 calls)"]
+
+    def spin():
+        t = time.perf_counter()
+        while time.perf_counter() - t < spin_s:
+            pass
+
+    variants = {"none": None, "cpu spin (control)": spin, "commit+give back (5 calls)": commit_and_give_back,
+                "alias map+access+unmap (3 calls)": alias, "event record+query (no VMM)": event_pair}
+
+    def run(op):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(args.iters):
+            for _ in range(args.batch):
+                torch.mm(a, b)
+            if op:
+                op()
+        torch.cuda.synchronize()
+        return time.perf_counter() - t
+
+    run(None)
+    times = {k: [] for k in variants}
+    for _ in range(args.rounds):
+        for k, op in variants.items():
+            times[k].append(run(op))
+    print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; {args.iters} iterations of "
+          f"{args.batch} matmuls ({args.n}x{args.n} bf16) and one op; {args.rounds} rounds alternating")
+    for k, v in cpu_cost.items():
+        print(f"cpu time of one op alone (GPU idle): {k}: {v * 1e6:.1f} us")
+    base = statistics.median(times["none"])
+    for k, v in times.items():
+        m = statistics.median(v)
+        extra = (m - base) / args.iters
+        print(f"{k:36s} median {m * 1e3:8.2f} ms (min {min(v) * 1e3:.2f}, max {max(v) * 1e3:.2f}); "
+              f"vs none {m / base:.3f}x, {extra * 1e6:+.1f} us per op")
+    ck(cu.cuMemUnmap(u64(va.value), ctypes.c_size_t(PAGE)), "unmap")
+    ck(cu.cuMemRelease(keep), "release")
+    ck(cu.cuMemAddressFree(u64(va.value), ctypes.c_size_t(slots * PAGE)), "free")
+
+
+if __name__ == "__main__":
+    main()
