@@ -369,10 +369,20 @@ impl<D: Driver> Commit<D> {
         let r = match self.stitch.at(p) {
             Some(r) if off & (self.page - 1) == 0 => r,
             _ => {
-                // Inside a range: an interior pointer; elsewhere nothing
-                // was ever handed out there (or its range is long gone).
-                let kind = if self.stitch.containing(p).is_some() {
+                // Inside a live block: an interior pointer. Elsewhere below
+                // the region's top (handed out before) nothing is allocated
+                // now: a block freed before, its range cached, dissolved or
+                // another made over it (as the blocks region says). Past
+                // the top nothing was handed out.
+                let inside = self.stitch.containing(p).is_some_and(|r| {
+                    let x = self.stitch.range(r);
+                    x.in_use && off < (x.first << self.shift) + x.size
+                });
+                let (first, _) = self.stitch.region();
+                let kind = if inside {
                     BadPointer::Interior
+                } else if p < first + self.stitch.top() {
+                    BadPointer::DoubleFree
                 } else {
                     BadPointer::Foreign
                 };
@@ -406,7 +416,42 @@ mod tests {
     use super::CACHED_PER_SIZE;
     use crate::commit::Commit;
     use crate::driver::HostDriver;
+    use crate::error::{BadPointer, Error};
     use crate::sync::Stamp;
+
+    /// The kind of bad pointer `free(off)` reports (it must refuse).
+    fn refused(c: &mut Commit<&HostDriver>, off: u64) -> BadPointer {
+        match c.stitch_free(off, Stamp::SAFE) {
+            Err(Error::BadPointer { kind, .. }) => kind,
+            r => panic!("free({off:#x}) gave {r:?}"),
+        }
+    }
+
+    #[test]
+    fn a_bad_free_in_the_stitch_region_says_what_lies_there() {
+        let d = HostDriver::new().unwrap();
+        let page = 2u64 << 20;
+        let mut c = Commit::for_tests(&d, 64, (0, 64));
+        let (region, _) = c.stitch_region();
+        // A range of 4 pages, freed and cached, then taken back by a block
+        // of 3 pages (a range serves up to half again its block).
+        let a = c.stitch_alloc(4 * page, 0).unwrap();
+        assert_eq!(a, region);
+        c.stitch_free(a, Stamp::SAFE).unwrap();
+        assert_eq!(c.stitch_alloc(3 * page, 0).unwrap(), a, "the cached range");
+        let live = c.live();
+        assert_eq!(refused(&mut c, a + page), BadPointer::Interior);
+        assert_eq!(refused(&mut c, a + 512), BadPointer::Interior);
+        // Past the block, inside its range: nothing allocated there.
+        assert_eq!(refused(&mut c, a + 3 * page), BadPointer::DoubleFree);
+        // Past everything the region ever handed out.
+        assert_eq!(refused(&mut c, a + 8 * page), BadPointer::Foreign);
+        assert_eq!(c.live(), live, "nothing changed");
+        c.stitch_free(a, Stamp::SAFE).unwrap();
+        assert_eq!(refused(&mut c, a), BadPointer::DoubleFree);
+        assert_eq!(refused(&mut c, a + page), BadPointer::DoubleFree);
+        c.check_invariants();
+    }
 
     #[test]
     fn making_a_range_past_the_bound_dissolves_the_least_recently_used_of_its_size() {

@@ -987,16 +987,15 @@ impl<'a, 'd> Model<'a, 'd> {
                         )
                     })
                 } else if p >= self.base.byte_add(self.blocks_size) {
-                    // A stitched block's start: its range cached (a double
-                    // free), dissolved since (nothing there any more), or
-                    // inside a range made there since (past its start).
+                    // A stitched block's start, in no live block: its range
+                    // cached, dissolved since, or another range made over it
+                    // (p past that range's block, or the block freed too);
+                    // foreign once the region's top fell below it.
                     (r, |e| {
                         matches!(
                             e,
                             Error::BadPointer {
-                                kind: BadPointer::DoubleFree
-                                    | BadPointer::Foreign
-                                    | BadPointer::Interior,
+                                kind: BadPointer::DoubleFree | BadPointer::Foreign,
                                 ..
                             }
                         )
