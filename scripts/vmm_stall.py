@@ -8,15 +8,22 @@ hides it and the GPU's total time does not change; if the driver stalls the
 GPU (page-table updates, TLB invalidation waiting for work in flight), the
 total grows by the stall times the number of calls. A CPU spin of the same
 length is the control. Variants alternate, several rounds; medians printed.
+With --nccl W, W processes (one GPU each) keep the GPUs busy with NCCL
+all-reduces instead of matmuls, each making the same VMM calls on its own GPU
+between batches: do the calls stall collectives (a peer waits for a stalled
+rank)?
 
-    python3 scripts/vmm_stall.py [--iters 400] [--batch 20] [--rounds 5]
+    python3 scripts/vmm_stall.py [--iters 400] [--batch 20] [--rounds 5] [--n 2048]
+    python3 scripts/vmm_stall.py --nccl 2 [--mib 32] ...
 """
 import argparse
 import ctypes
+import os
 import statistics
 import time
 
 import torch
+import torch.distributed as dist
 
 PAGE = 2 << 20
 
@@ -45,8 +52,21 @@ def main():
     ap.add_argument("--batch", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--n", type=int, default=2048, help="matmul size")
+    ap.add_argument("--nccl", type=int, default=0, help="world size: all-reduces instead of matmuls")
+    ap.add_argument("--mib", type=int, default=32, help="all-reduce size (MiB)")
     args = ap.parse_args()
+    if args.nccl:
+        torch.multiprocessing.spawn(probe, args=(args,), nprocs=args.nccl)
+    else:
+        probe(0, args)
 
+
+def probe(rank, args):
+    if args.nccl:
+        torch.cuda.set_device(rank)
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29533")
+        dist.init_process_group("nccl", rank=rank, world_size=args.nccl, device_id=torch.device("cuda", rank))
     cu = ctypes.CDLL("libcuda.so.1")
     u64 = ctypes.c_uint64
 
@@ -58,7 +78,16 @@ def main():
     dev = torch.cuda.current_device()
     a = torch.randn(args.n, args.n, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(args.n, args.n, device="cuda", dtype=torch.bfloat16)
+    buf = torch.ones(args.mib << 19, device="cuda", dtype=torch.bfloat16) if args.nccl else None
+    if args.nccl:
+        dist.all_reduce(buf)
     torch.cuda.synchronize()
+
+    def work():
+        if args.nccl:
+            dist.all_reduce(buf)
+        else:
+            torch.mm(a, b)
 
     prop = Prop()
     prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
@@ -73,6 +102,13 @@ def main():
     ck(cu.cuMemMap(u64(va.value), ctypes.c_size_t(PAGE), ctypes.c_size_t(0), keep, u64(0)), "map")
     ck(cu.cuMemSetAccess(u64(va.value), ctypes.c_size_t(PAGE), ctypes.byref(access), ctypes.c_size_t(1)), "access")
     state = {"i": 0}
+
+    def teardown():
+        ck(cu.cuMemUnmap(u64(va.value), ctypes.c_size_t(PAGE)), "unmap")
+        ck(cu.cuMemRelease(keep), "release")
+        ck(cu.cuMemAddressFree(u64(va.value), ctypes.c_size_t(slots * PAGE)), "free")
+        if args.nccl:
+            dist.destroy_process_group()
 
     def slot():
         state["i"] = state["i"] % (slots - 1) + 1
@@ -128,10 +164,12 @@ def main():
         t = time.perf_counter()
         for _ in range(args.iters):
             for _ in range(args.batch):
-                torch.mm(a, b)
+                work()
             if op:
                 op()
         torch.cuda.synchronize()
+        if args.nccl:
+            dist.barrier()
         return time.perf_counter() - t
 
     run(None)
@@ -139,8 +177,13 @@ def main():
     for _ in range(args.rounds):
         for k, op in variants.items():
             times[k].append(run(op))
+    what = (f"all-reduces of {args.mib} MiB (NCCL, {args.nccl} ranks; rank {rank} shown)" if args.nccl
+            else f"matmuls ({args.n}x{args.n} bf16)")
+    if rank != 0:
+        teardown()
+        return
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}; {args.iters} iterations of "
-          f"{args.batch} matmuls ({args.n}x{args.n} bf16) and one op; {args.rounds} rounds alternating")
+          f"{args.batch} {what} and one op; {args.rounds} rounds alternating")
     for k, v in cpu_cost.items():
         print(f"cpu time of one op alone (GPU idle): {k}: {v * 1e6:.1f} us")
     base = statistics.median(times["none"])
@@ -149,9 +192,7 @@ def main():
         extra = (m - base) / args.iters
         print(f"{k:36s} median {m * 1e3:8.2f} ms (min {min(v) * 1e3:.2f}, max {max(v) * 1e3:.2f}); "
               f"vs none {m / base:.3f}x, {extra * 1e6:+.1f} us per op")
-    ck(cu.cuMemUnmap(u64(va.value), ctypes.c_size_t(PAGE)), "unmap")
-    ck(cu.cuMemRelease(keep), "release")
-    ck(cu.cuMemAddressFree(u64(va.value), ctypes.c_size_t(slots * PAGE)), "free")
+    teardown()
 
 
 if __name__ == "__main__":
