@@ -129,7 +129,9 @@ impl<D: Driver> Commit<D> {
                 return Ok(off);
             }
         }
-        self.count_new_range(k, max, slot);
+        // Why the closest cached range could not serve, asked before the
+        // trim dissolves any; counted once the new range is made.
+        let busy = self.closest_busy(k, max, slot);
         self.trim_cached(k, max);
         let r = loop {
             if let Some(r) = self.stitch.make(k, now) {
@@ -153,6 +155,7 @@ impl<D: Driver> Commit<D> {
             self.stitch.remove(r);
             return Err(e);
         }
+        self.count_made(k, busy);
         self.account_live(off, size);
         Ok(off)
     }
@@ -240,9 +243,10 @@ impl<D: Driver> Commit<D> {
         ids
     }
 
-    /// Counts a new range of `k` pages, and why the closest cached range of
-    /// `k..=max` pages (of the first few) could not serve.
-    fn count_new_range(&mut self, k: u64, max: u64, slot: u16) {
+    /// Why the closest cached range of `k..=max` pages (of the first few)
+    /// cannot serve a block of `k` pages for `slot`: its busy pages, if
+    /// any range of that size is cached.
+    fn closest_busy(&self, k: u64, max: u64, slot: u16) -> Option<Busy> {
         let mut best: Option<Busy> = None;
         for r in self.first_cached(k, max) {
             let first = self.stitch.range(r).first;
@@ -251,10 +255,16 @@ impl<D: Driver> Commit<D> {
                 best = Some(busy);
             }
         }
+        best
+    }
+
+    /// Counts a new range of `k` pages, made because the closest cached
+    /// one had `busy` pages.
+    fn count_made(&mut self, k: u64, busy: Option<Busy>) {
         let c = &mut self.stitch_counts;
         c.made += 1;
         c.made_pages += k;
-        if let Some(b) = best {
+        if let Some(b) = busy {
             c.busy_in_ranges += b.in_ranges;
             c.busy_in_blocks += b.in_blocks;
             c.fenced += b.fenced;
@@ -450,6 +460,22 @@ mod tests {
         c.stitch_free(a, Stamp::SAFE).unwrap();
         assert_eq!(refused(&mut c, a), BadPointer::DoubleFree);
         assert_eq!(refused(&mut c, a + page), BadPointer::DoubleFree);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_failed_stitch_alloc_counts_no_range_made() {
+        let d = HostDriver::new().unwrap();
+        let page = 2u64 << 20;
+        let mut c = Commit::for_tests(&d, 8, (0, 4));
+        let a = c.stitch_alloc(4 * page, 0).unwrap();
+        assert_eq!(c.stitch_counts().made, 1);
+        // The region is full: no range can be made.
+        assert!(c.stitch_alloc(2 * page, 0).is_err());
+        assert_eq!(c.stitched_ranges(), 1);
+        let counts = c.stitch_counts();
+        assert_eq!((counts.made, counts.made_pages), (1, 4), "{counts:?}");
+        c.stitch_free(a, Stamp::SAFE).unwrap();
         c.check_invariants();
     }
 
