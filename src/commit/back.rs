@@ -48,7 +48,7 @@ struct Made {
 /// state.
 const BULK_STREAK: u64 = 64;
 
-fn is_oom(e: &Error) -> bool {
+pub(super) fn is_oom(e: &Error) -> bool {
     matches!(e, Error::OutOfMemory(_)) || e.driver_kind() == Some(ErrorKind::OutOfMemory)
 }
 

@@ -552,14 +552,20 @@ impl<D: Driver> Commit<D> {
 }
 
 #[cfg(test)]
-impl<'d> Commit<&'d crate::driver::HostDriver> {
+impl<'d, X: Driver> Commit<&'d X> {
     /// A page table over `pages` pages of a fresh reservation on `d`,
     /// device-located, default settings, with the stitch region at
     /// `stitch` (first page, pages): the unit tests' setup.
-    pub(crate) fn for_tests(
-        d: &'d crate::driver::HostDriver,
+    pub(crate) fn for_tests(d: &'d X, pages: u64, stitch: (u64, u64)) -> Self {
+        Self::for_tests_with(d, pages, stitch, CommitConfig::default())
+    }
+
+    /// [`Commit::for_tests`] with settings of the test's own.
+    pub(crate) fn for_tests_with(
+        d: &'d X,
         pages: u64,
         stitch: (u64, u64),
+        config: CommitConfig,
     ) -> Self {
         let page = d.capabilities().granularity as u64;
         let res = Reservation::reserve(d, pages * page, 0, page).expect("reservation");
@@ -568,7 +574,7 @@ impl<'d> Commit<&'d crate::driver::HostDriver> {
             res,
             Location::Device(0),
             &acc,
-            CommitConfig::default(),
+            config,
             (stitch.0 * page, stitch.1 * page),
         )
     }

@@ -124,9 +124,18 @@ impl<D: Driver> Commit<D> {
         }
         let now = self.clock.now_ms();
         if self.config.stitch_repair && k << self.shift >= self.config.stitch_repair_min {
-            if let Some(off) = self.stitch_repair(size, k, max, slot)? {
-                self.stitch_counts.repaired += 1;
-                return Ok(off);
+            match self.stitch_repair(size, k, max, slot) {
+                Ok(Some(off)) => {
+                    self.stitch_counts.repaired += 1;
+                    return Ok(off);
+                }
+                Ok(None) => {}
+                // Out of memory: a new range needs at least as much.
+                Err(e) if super::back::is_oom(&e) => return Err(e),
+                // The driver refused one of the repair's own calls (an
+                // unmap of a busy page, say): a new range makes none of
+                // them. The range stays cached as the repair left it.
+                Err(_) => {}
             }
         }
         // Why the closest cached range could not serve, asked before the
@@ -424,8 +433,8 @@ impl<D: Driver> Commit<D> {
 #[cfg(test)]
 mod tests {
     use super::CACHED_PER_SIZE;
-    use crate::commit::Commit;
-    use crate::driver::HostDriver;
+    use crate::commit::{Backing, Commit, CommitConfig};
+    use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op};
     use crate::error::{BadPointer, Error};
     use crate::sync::Stamp;
 
@@ -461,6 +470,77 @@ mod tests {
         assert_eq!(refused(&mut c, a), BadPointer::DoubleFree);
         assert_eq!(refused(&mut c, a + page), BadPointer::DoubleFree);
         c.check_invariants();
+    }
+
+    /// Four cached ranges of 8 pages, each with its first page's unit now
+    /// held by a one-page block of the blocks region: a block of 8 pages
+    /// then repairs one of them (`stitch_repair` from 2 pages).
+    fn with_ranges_to_repair(d: &Checked<HostDriver>) -> (Commit<&Checked<HostDriver>>, Vec<u64>) {
+        let page = d.capabilities().granularity as u64;
+        let config = CommitConfig {
+            stitch_repair: true,
+            stitch_repair_min: 2 * page,
+            ..CommitConfig::default()
+        };
+        let mut c = Commit::for_tests_with(d, 256, (64, 192), config);
+        let blocks: Vec<u64> = (0..4).map(|i| i * 4 * page).collect();
+        for &b in &blocks {
+            c.add_live(b, page, 0, Backing::Pages).unwrap();
+        }
+        let mut ranges = vec![];
+        for &b in &blocks {
+            c.sub_live(b, page, Stamp::SAFE);
+            ranges.push(c.stitch_alloc(8 * page, 0).unwrap());
+        }
+        for r in ranges {
+            c.stitch_free(r, Stamp::SAFE).unwrap();
+        }
+        for &b in &blocks {
+            c.add_live(b, page, 0, Backing::Pages).unwrap();
+        }
+        (c, blocks)
+    }
+
+    #[test]
+    fn a_range_repair_is_reached() {
+        let d = Checked::new(HostDriver::new().unwrap());
+        let page = d.capabilities().granularity as u64;
+        let (mut c, _) = with_ranges_to_repair(&d);
+        let off = c.stitch_alloc(8 * page, 0).unwrap();
+        assert_eq!(c.stitch_counts().repaired, 1, "{:?}", c.stitch_counts());
+        c.stitch_free(off, Stamp::SAFE).unwrap();
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_refused_unmap_in_a_repair_makes_a_new_range_instead() {
+        let d = Checked::new(HostDriver::new().unwrap());
+        let page = d.capabilities().granularity as u64;
+        let (mut c, blocks) = with_ranges_to_repair(&d);
+        let (made, live) = (c.stitch_counts().made, c.live());
+        d.inject(Fault {
+            op: Op::Unmap,
+            nth: 1,
+            kind: FaultKind::DriverError,
+        });
+        let off = c.stitch_alloc(8 * page, 0).expect("a new range");
+        d.clear_faults();
+        let counts = c.stitch_counts();
+        assert_eq!((counts.repaired, counts.made), (0, made + 1), "{counts:?}");
+        assert_eq!(c.live(), live + 8 * page);
+        c.check_invariants();
+        for &b in &blocks {
+            assert!(c.is_committed(b, page), "block {b:#x} keeps its page");
+        }
+        c.stitch_free(off, Stamp::SAFE).unwrap();
+        for &b in &blocks {
+            c.sub_live(b, page, Stamp::SAFE);
+        }
+        c.trim();
+        c.check_invariants();
+        assert_eq!(c.committed(), 0);
+        drop(c);
+        assert!(d.leaks().is_none(), "{:?}", d.leaks());
     }
 
     #[test]
