@@ -23,6 +23,7 @@ cd "$(dirname "$0")/.."
 # .gpu/run writes its logs to $OUT: the record goes beside them.
 if ! grep -q "BUILD" .gpu/run; then
   sed -i 's|^out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"$|&\ncp .gpu/BUILD "$out/BUILD"|' .gpu/run
+  grep -q "BUILD" .gpu/run || echo "gpu_pack.sh: .gpu/run has another shape now; copy .gpu/BUILD to \$OUT yourself" >&2
 fi
 echo "gpu_pack.sh: wrote .gpu/BUILD:"
 sed 's/^/  /' .gpu/BUILD
