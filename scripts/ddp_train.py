@@ -221,6 +221,12 @@ def collect(args, allocator, run, status):
         print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
               f"step_ms={r['step_ms']:.3f} peak_live={r['peak_live']} "
               f"peak_physical={r['peak_physical']}", flush=True)
+        vmm = r.get("vmm_per_step")
+        if vmm:
+            busy = [i for i, n in enumerate(vmm) if n != 0]
+            print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
+                  f"vmm_calls={sum(vmm)} vmm_calls_after_warmup={sum(vmm[args.warmup:])} "
+                  f"last_step_with_calls={busy[-1] if busy else -1}", flush=True)
 
 
 def worker(rank, world, args, allocator, run, port):
@@ -238,6 +244,20 @@ def worker(rank, world, args, allocator, run, port):
         lib = ctypes.CDLL(args.lib)
         lib.gpu_arena_stats_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
         lib.gpu_arena_stats_json.restype = ctypes.c_ssize_t
+        lib.gpu_arena_epoch_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+        lib.gpu_arena_epoch_json.restype = ctypes.c_ssize_t
+
+    epochs = []
+
+    def end_epoch():
+        """Ends gpu-arena's epoch (one per step): its VMM calls and peaks
+        since the last call. The peaks restart then, so the run's peaks are
+        the largest of the epochs'."""
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = lib.gpu_arena_epoch_json(rank, buf, len(buf))
+        e = json.loads(buf.value[:n].decode()) if 0 < n < len(buf) else {}
+        epochs.append(e)
+        return e.get("vmm_calls", -1)
     torch.cuda.set_device(rank)
     dev = torch.device("cuda", rank)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
@@ -258,7 +278,9 @@ def worker(rank, world, args, allocator, run, port):
             ddp = DDP(model, device_ids=[rank], broadcast_buffers=False)
             opt = torch.optim.AdamW(ddp.parameters(), lr=args.lr, weight_decay=0.1)
             data = make_data(torch, args)
-            losses, times = [], []
+            losses, times, vmm = [], [], []
+            if lib is not None:
+                end_epoch()  # model and optimizer set-up
             for step in range(args.steps):
                 batch = data[step, rank].to(dev, non_blocking=False)
                 torch.cuda.synchronize()
@@ -272,11 +294,15 @@ def worker(rank, world, args, allocator, run, port):
                 losses.append(loss.item())
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - t0)
+                if lib is not None:
+                    vmm.append(end_epoch())
         if lib is not None:
             buf = ctypes.create_string_buffer(1 << 16)
             n = lib.gpu_arena_stats_json(rank, buf, len(buf))
             s = json.loads(buf.value[:n].decode()).get("stats", {}) if 0 < n < len(buf) else {}
             peak_live, peak_physical = s.get("peak_live", -1), s.get("peak_committed", -1)
+            peak_live = max([peak_live] + [e.get("peak_live", -1) for e in epochs])
+            peak_physical = max([peak_physical] + [e.get("peak_committed", -1) for e in epochs])
         else:
             peak_live = torch.cuda.max_memory_allocated(dev)
             peak_physical = torch.cuda.max_memory_reserved(dev)
@@ -287,6 +313,8 @@ def worker(rank, world, args, allocator, run, port):
             "losses": losses,
             "step_ms": statistics.median(times[args.warmup:]) * 1e3,
             "first_step_ms": times[0] * 1e3,
+            # gpu-arena: VMM calls made in each step (the step's input copy included).
+            "vmm_per_step": vmm if lib is not None else None,
             "peak_live": peak_live,
             "peak_physical": peak_physical,
             "device_used_at_end": total - free,
