@@ -229,6 +229,25 @@ def collect(args, allocator, run, status):
                   f"last_step_with_calls={busy[-1] if busy else -1}", flush=True)
 
 
+def write_trace(torch, path, rank, marks):
+    """This device's allocation events (PyTorch's allocator) in the format of
+    shared/traces/README.md, with a repetition mark after each block of steps
+    (as scripts/torch_bench.py --trace writes them)."""
+    import gzip
+    snap = torch.cuda.memory._snapshot()
+    kinds = ("alloc", "free_requested", "free_completed", "segment_alloc", "segment_free",
+             "segment_map", "segment_unmap")
+    events = snap["device_traces"][rank]
+    with gzip.open(path, "wt") as f:
+        for i, e in enumerate(events):
+            if e["action"] in kinds:
+                f.write(json.dumps({"action": e["action"], "addr": e["addr"], "size": e["size"],
+                                    "stream": e["stream"]}) + "\n")
+            if i + 1 in marks:
+                f.write(json.dumps({"action": "rep_end", "addr": 0, "size": 0, "stream": 0}) + "\n")
+    print(f"trace: {len(events)} events, {len(marks)} blocks of steps, to {path}", flush=True)
+
+
 def worker(rank, world, args, allocator, run, port):
     import torch
     import torch.distributed as dist
@@ -260,6 +279,13 @@ def worker(rank, world, args, allocator, run, port):
         return e.get("vmm_calls", -1)
     torch.cuda.set_device(rank)
     dev = torch.device("cuda", rank)
+    # The host replays such a trace (examples/cabi_replay) to see, step block
+    # by step block, what gpu-arena would decide.
+    tracing = bool(args.trace) and allocator == "default" and rank == 0
+    marks = []
+    if tracing:
+        torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
+                                                 max_entries=4_000_000)
     dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world, device_id=dev,
                             timeout=datetime.timedelta(seconds=60))
@@ -296,6 +322,10 @@ def worker(rank, world, args, allocator, run, port):
                 times.append(time.perf_counter() - t0)
                 if lib is not None:
                     vmm.append(end_epoch())
+                if tracing and (step + 1) % args.trace_every == 0:
+                    marks.append(len(torch.cuda.memory._snapshot()["device_traces"][rank]))
+            if tracing:
+                write_trace(torch, args.trace, rank, marks)
         if lib is not None:
             buf = ctypes.create_string_buffer(1 << 16)
             n = lib.gpu_arena_stats_json(rank, buf, len(buf))
@@ -398,6 +428,10 @@ def main():
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--run-timeout", type=float, default=60, help="seconds per run")
     p.add_argument("--out", default=None, help="JSON lines output (default: a temp file)")
+    p.add_argument("--trace", default=None,
+                   help="rank 0 of default-allocator runs records its allocations to this .jsonl.gz "
+                        "(the format of shared/traces/README.md), a repetition mark every --trace-every steps")
+    p.add_argument("--trace-every", type=int, default=100)
     p.add_argument("--cpu", action="store_true",
                    help="CPU processes over gloo, no allocator change: checks the script "
                         "without GPUs")
