@@ -123,7 +123,7 @@ impl<D: Driver> Commit<D> {
             }
         }
         let now = self.clock.now_ms();
-        if self.config.stitch_repair && k << self.shift >= self.config.stitch_repair_min {
+        if self.repairs(k << self.shift) {
             match self.stitch_repair(size, k, max, slot) {
                 Ok(Some(off)) => {
                     self.stitch_counts.repaired += 1;
@@ -167,6 +167,14 @@ impl<D: Driver> Commit<D> {
         self.count_made(k, busy);
         self.account_live(off, size);
         Ok(off)
+    }
+
+    /// Whether stitched blocks of `bytes` have their cached ranges repaired
+    /// ([`CommitConfig::stitch_repair`](super::CommitConfig::stitch_repair)
+    /// on, and at least `stitch_repair_min` bytes); the free of such a block
+    /// records its fence at once, so that a repair need not wait for it.
+    fn repairs(&self, bytes: u64) -> bool {
+        self.config.stitch_repair && bytes >= self.config.stitch_repair_min
     }
 
     /// Takes back the cached range of `k..=max` pages that needs the fewest
@@ -420,10 +428,7 @@ impl<D: Driver> Commit<D> {
         let now = self.clock.now_ms();
         let size = self.stitch.put(r, now);
         self.sub_live(off, size, stamp);
-        if size >= self.config.stitch_repair_min
-            && self.config.stitch_repair
-            && self.streams.ensure_fence(&self.res.driver, stamp).is_err()
-        {
+        if self.repairs(size) && self.streams.ensure_fence(&self.res.driver, stamp).is_err() {
             self.calls.failed += 1;
         }
         Ok(size)
