@@ -28,8 +28,13 @@ pub struct Range {
     pub size: u64,
     /// Holds a live block.
     pub in_use: bool,
-    /// Clock (ms) when its block was last freed (or it was made).
+    /// Clock (ms) when its block was last freed (or it was made): for
+    /// decay.
     pub last_used: u64,
+    /// When its block was last freed (or it was made), in the order of
+    /// those events in this region: least recently used first, exactly
+    /// (the clock's milliseconds tie for ranges freed close together).
+    pub recency: u64,
     used: bool,
 }
 
@@ -52,6 +57,8 @@ pub struct Stitch {
     sizes: MetaVec<u64>,
     live_bytes: u64,
     live_count: u64,
+    /// The last [`Range::recency`] given.
+    recency: u64,
 }
 
 impl Stitch {
@@ -69,6 +76,7 @@ impl Stitch {
             sizes: MetaVec::new_in(std::alloc::System),
             live_bytes: 0,
             live_count: 0,
+            recency: 0,
         }
     }
 
@@ -169,12 +177,14 @@ impl Stitch {
     /// A new range of `pages` pages (not in use); `None` when the region is full.
     pub fn make(&mut self, pages: u64, now: u64) -> Option<u32> {
         let first = self.take_va(pages)?;
+        self.recency += 1;
         let range = Range {
             first,
             pages,
             size: 0,
             in_use: false,
             last_used: now,
+            recency: self.recency,
             used: true,
         };
         let r = match self.spare.pop() {
@@ -213,6 +223,8 @@ impl Stitch {
         debug_assert!(x.used && x.in_use, "range {r} not in use");
         x.in_use = false;
         x.last_used = now;
+        self.recency += 1;
+        x.recency = self.recency;
         self.live_bytes -= x.size;
         self.live_count -= 1;
         core::mem::take(&mut x.size)
