@@ -659,26 +659,44 @@ mod tests {
         c.check_invariants();
     }
 
-    #[test]
-    fn making_a_range_past_the_bound_dissolves_the_least_recently_used_of_its_size() {
-        let d = HostDriver::new().unwrap();
+    /// `CACHED_PER_SIZE + 4` one-page ranges, freed (last made first with
+    /// `reverse`, the clock standing still with `still`), then a block of
+    /// as many pages that takes every idle unit, so that no one-page range
+    /// can serve the next one-page block. Returns the commit, the one-page
+    /// ranges and the large block.
+    fn past_the_bound(
+        d: &HostDriver,
+        still: bool,
+        reverse: bool,
+    ) -> (Commit<&HostDriver>, Vec<u64>, u64) {
         let page = 2u64 << 20;
         let n = CACHED_PER_SIZE as u64 + 4;
-        let mut c = Commit::for_tests(&d, 8 * n, (0, 8 * n));
+        let mut c = Commit::for_tests(d, 8 * n, (0, 8 * n));
         assert_eq!(c.page(), page);
-        // n one-page ranges, all cached.
+        if still {
+            c.set_clock(crate::sync::Clock::manual());
+        }
         let offs: Vec<u64> = (0..n).map(|_| c.stitch_alloc(page, 0).unwrap()).collect();
-        for &o in &offs {
+        let mut order = offs.clone();
+        if reverse {
+            order.reverse();
+        }
+        for o in order {
             c.stitch_free(o, Stamp::SAFE).unwrap();
         }
         assert_eq!(c.stitched_ranges() as u64, n);
-        // A range of n pages takes every idle unit: no one-page range can
-        // serve now.
         let big = c.stitch_alloc(n * page, 0).unwrap();
+        (c, offs, big)
+    }
+
+    #[test]
+    fn making_a_range_past_the_bound_dissolves_the_least_recently_used_of_its_size() {
+        let d = HostDriver::new().unwrap();
+        let (mut c, offs, big) = past_the_bound(&d, false, false);
         let (ranges, maps) = (c.stitched_ranges(), c.mapping_count());
         let calls = c.calls().unmap;
         // So a new one-page range is made, and the oldest cached one goes.
-        let one = c.stitch_alloc(page, 0).unwrap();
+        let one = c.stitch_alloc(c.page(), 0).unwrap();
         assert_eq!(c.stitched_ranges(), ranges, "one made, one dissolved");
         assert_eq!(
             c.mapping_count(),
@@ -693,7 +711,11 @@ mod tests {
         // The least recently used (the first) went, and its addresses
         // serve the new range; the others stay.
         assert_eq!(one, offs[0]);
-        assert!((1..n as usize).all(|i| c.stitch.at(offs[i] >> c.shift).is_some()));
+        assert!(
+            offs[1..]
+                .iter()
+                .all(|&o| c.stitch.at(o >> c.shift).is_some())
+        );
         c.check_invariants();
         c.stitch_free(one, Stamp::SAFE).unwrap();
         c.stitch_free(big, Stamp::SAFE).unwrap();
@@ -707,26 +729,14 @@ mod tests {
     #[test]
     fn ranges_freed_in_the_same_millisecond_go_in_the_order_they_were_freed() {
         let d = HostDriver::new().unwrap();
-        let page = 2u64 << 20;
-        let n = CACHED_PER_SIZE as u64 + 4;
-        let mut c = Commit::for_tests(&d, 8 * n, (0, 8 * n));
-        c.set_clock(crate::sync::Clock::manual());
-        let offs: Vec<u64> = (0..n).map(|_| c.stitch_alloc(page, 0).unwrap()).collect();
         // Freed last made first, all at time 0.
-        for &o in offs.iter().rev() {
-            c.stitch_free(o, Stamp::SAFE).unwrap();
-        }
-        let big = c.stitch_alloc(n * page, 0).unwrap();
-        let one = c.stitch_alloc(page, 0).unwrap();
+        let (mut c, offs, big) = past_the_bound(&d, true, true);
+        let one = c.stitch_alloc(c.page(), 0).unwrap();
         // The range freed first (the last made) went; its addresses serve
         // the new one, and every other range stays.
-        let last = offs[n as usize - 1];
-        assert_eq!(one, last);
-        assert!(
-            offs[..n as usize - 1]
-                .iter()
-                .all(|&o| c.stitch.at(o >> c.shift).is_some())
-        );
+        let (last, rest) = offs.split_last().unwrap();
+        assert_eq!(one, *last);
+        assert!(rest.iter().all(|&o| c.stitch.at(o >> c.shift).is_some()));
         c.check_invariants();
         c.stitch_free(one, Stamp::SAFE).unwrap();
         c.stitch_free(big, Stamp::SAFE).unwrap();
