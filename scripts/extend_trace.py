@@ -8,7 +8,8 @@ docs/multi-gpu/traces/, the first 128 MiB float32 log-softmax of each step: `--s
 Every free is written as (steps back, index of the allocation in that step). The last full step
 must equal the two before it; it is appended `--steps` times, with fresh addresses, and a repetition
 mark (`rep_end`) follows every `--per-rep` steps (the last two partial steps of the recording are
-dropped). Blocks live at the end of the recording are freed as the template frees them.
+dropped). A block the recorded steps leave live is freed where the template frees the block of its
+place; blocks never freed in the recording (weights, optimizer states) stay live.
 
     python3 scripts/extend_trace.py IN.trace.jsonl.gz OUT.trace.jsonl.gz --steps 1600 --per-rep 100 \\
         --step-size 134217728
