@@ -87,7 +87,10 @@ def main():
                     f.write(json.dumps({"action": "free_completed", "addr": old, "size": 0, "stream": 0}) + "\n")
             if (si + 1) % a.per_rep == 0:
                 f.write(json.dumps({"action": "rep_end", "addr": 0, "size": 0, "stream": 0}) + "\n")
-    print(f"{len(out)} steps ({len(steps) - 2} recorded), {allocs} allocations, {len(ids)} live at the end")
+    print(
+        f"the recording's start, {len(steps) - 3} recorded steps and {a.steps} copies of the last full one: "
+        f"{allocs} allocations, {len(ids)} live at the end"
+    )
 
 
 if __name__ == "__main__":
