@@ -345,6 +345,14 @@ def worker(rank, world, args, allocator, run, port):
             "first_step_ms": times[0] * 1e3,
             # gpu-arena: VMM calls made in each step (the step's input copy included).
             "vmm_per_step": vmm if lib is not None else None,
+            # gpu-arena: milliseconds inside its VMM calls and inside its
+            # allocations and frees (VMM calls included; report:1 only,
+            # else 0) in each step.
+            "vmm_ms_per_step": [e.get("driver_calls", {}).get("vmm_nanos", 0) / 1e6
+                                for e in epochs[1:]] if lib is not None else None,
+            "alloc_ms_per_step": [(e.get("times", {}).get("alloc_nanos", 0)
+                                   + e.get("times", {}).get("free_nanos", 0)) / 1e6
+                                  for e in epochs[1:]] if lib is not None else None,
             "peak_live": peak_live,
             "peak_physical": peak_physical,
             "device_used_at_end": total - free,
