@@ -227,6 +227,12 @@ def collect(args, allocator, run, status):
             print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
                   f"vmm_calls={sum(vmm)} vmm_calls_after_warmup={sum(vmm[args.warmup:])} "
                   f"last_step_with_calls={busy[-1] if busy else -1}", flush=True)
+        vms, ams = r.get("vmm_ms_per_step"), r.get("alloc_ms_per_step")
+        if vms and any(ams):
+            # report:1 only: the allocator's own time, and its VMM calls' share.
+            print(f"DDP world={w} run={run} allocator={allocator} rank={r['rank']} "
+                  f"vmm_ms_after_warmup={sum(vms[args.warmup:]):.1f} "
+                  f"allocator_ms_after_warmup={sum(ams[args.warmup:]):.1f}", flush=True)
 
 
 def write_trace(torch, path, rank, marks):
