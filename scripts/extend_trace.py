@@ -14,6 +14,7 @@ place; blocks never freed in the recording (weights, optimizer states) stay live
     python3 scripts/extend_trace.py IN.trace.jsonl.gz OUT.trace.jsonl.gz --steps 1600 --per-rep 100 \\
         --step-size 134217728
     bash scripts/replay_reps.sh OUT.trace.jsonl.gz
+    python3 scripts/extend_trace.py --self-test      (CI: a made-up periodic trace, run on and checked)
 """
 import argparse
 import gzip
@@ -53,7 +54,61 @@ def relative(steps):
     return out
 
 
+def self_test():
+    """A made-up trace: a prelude (a block that stays), then steps of a 4 KiB block kept to the next
+    step, a step-start block of 1 MiB and a 2 KiB block freed at once; run on by 5 steps, every free
+    must name a live block and every allocation a free address, and the steps must repeat."""
+    import os
+    import tempfile
+
+    ev, addr, carry = [], 1, None
+    ev.append({"action": "alloc", "addr": 999, "size": 512, "stream": 0})
+    for _ in range(6):
+        a, b, c = addr, addr + 1, addr + 2
+        addr += 3
+        ev.append({"action": "alloc", "addr": a, "size": 1 << 20, "stream": 0})
+        ev.append({"action": "alloc", "addr": b, "size": 4096, "stream": 0})
+        if carry is not None:
+            ev.append({"action": "free_completed", "addr": carry, "size": 4096, "stream": 0})
+        ev.append({"action": "alloc", "addr": c, "size": 2048, "stream": 0})
+        ev.append({"action": "free_completed", "addr": c, "size": 2048, "stream": 0})
+        ev.append({"action": "free_completed", "addr": a, "size": 1 << 20, "stream": 0})
+        carry = b
+    with tempfile.TemporaryDirectory() as d:
+        src, dst = os.path.join(d, "in.jsonl.gz"), os.path.join(d, "out.jsonl.gz")
+        with gzip.open(src, "wt") as f:
+            f.writelines(json.dumps(e) + "\n" for e in ev)
+        run([src, dst, "--steps", "5", "--per-rep", "2", "--step-size", str(1 << 20), "--gap", "0"])
+        with gzip.open(dst, "rt") as f:
+            out = [json.loads(line) for line in f]
+    live, allocs, marks = set(), 0, 0
+    for e in out:
+        if e["action"] == "alloc":
+            assert e["addr"] not in live, e
+            live.add(e["addr"])
+            allocs += 1
+        elif e["action"] == "free_completed":
+            assert e["addr"] in live, e
+            live.discard(e["addr"])
+        else:
+            marks += 1
+    # prelude 1 + recorded steps kept (6 - 2 = 4) * 3 + 5 copies * 3
+    assert allocs == 1 + 4 * 3 + 5 * 3, allocs
+    assert len(live) == 2, live  # the prelude's block and the last step's kept one
+    assert marks == (1 + 4 + 5) // 2, marks
+    print("extend_trace self-test: ok")
+
+
 def main():
+    import sys
+
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
+        return
+    run(sys.argv[1:])
+
+
+def run(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("src")
     ap.add_argument("dst")
@@ -61,7 +116,7 @@ def main():
     ap.add_argument("--per-rep", type=int, default=100, help="steps per repetition mark")
     ap.add_argument("--step-size", type=int, required=True, help="bytes of the allocation that starts a step")
     ap.add_argument("--gap", type=int, default=100, help="allocations between two step starts, at least")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     with gzip.open(a.src, "rt") as f:
         events = [json.loads(line) for line in f if '"rep_end"' not in line]
     steps = relative(cut(events, a.step_size, a.gap))
