@@ -235,7 +235,7 @@ def collect(args, allocator, run, status):
                   f"allocator_ms_after_warmup={sum(ams[args.warmup:]):.1f}", flush=True)
 
 
-def write_trace(torch, path, rank, marks):
+def write_trace(torch, path, rank, marks, where=False):
     """This device's allocation events (PyTorch's allocator) in the format of
     shared/traces/README.md, with a repetition mark after each block of steps
     (as scripts/torch_bench.py --trace writes them)."""
@@ -244,11 +244,16 @@ def write_trace(torch, path, rank, marks):
     kinds = ("alloc", "free_requested", "free_completed", "segment_alloc", "segment_free",
              "segment_map", "segment_unmap")
     events = snap["device_traces"][rank]
+    # where: each event also names the Python line that made it (a key that
+    # replays ignore), for traces to compare rank with rank.
     with gzip.open(path, "wt") as f:
         for i, e in enumerate(events):
             if e["action"] in kinds:
-                f.write(json.dumps({"action": e["action"], "addr": e["addr"], "size": e["size"],
-                                    "stream": e["stream"]}) + "\n")
+                row = {"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
+                if where and e.get("frames"):
+                    fr = e["frames"][0]
+                    row["where"] = f"{os.path.basename(fr.get('filename', '?'))}:{fr.get('line', 0)} {fr.get('name', '')}"
+                f.write(json.dumps(row) + "\n")
             if i + 1 in marks:
                 f.write(json.dumps({"action": "rep_end", "addr": 0, "size": 0, "stream": 0}) + "\n")
     print(f"trace: {len(events)} events, {len(marks)} blocks of steps, to {path}", flush=True)
@@ -287,7 +292,11 @@ def worker(rank, world, args, allocator, run, port):
     dev = torch.device("cuda", rank)
     # The host replays such a trace (examples/cabi_replay) to see, step block
     # by step block, what gpu-arena would decide.
-    tracing = bool(args.trace) and allocator == "default" and rank == 0
+    # A path with {rank} (and {run}) makes every rank of every default run
+    # record its own, to compare ranks and runs.
+    every = bool(args.trace) and "{rank}" in args.trace
+    tracing = bool(args.trace) and allocator == "default" and (rank == 0 or every)
+    trace_path = args.trace.format(rank=rank, run=run) if every else args.trace
     marks = []
     if tracing:
         torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python",
@@ -331,7 +340,7 @@ def worker(rank, world, args, allocator, run, port):
                 if tracing and (step + 1) % args.trace_every == 0:
                     marks.append(len(torch.cuda.memory._snapshot()["device_traces"][rank]))
             if tracing:
-                write_trace(torch, args.trace, rank, marks)
+                write_trace(torch, trace_path, rank, marks, where=every)
         if lib is not None:
             buf = ctypes.create_string_buffer(1 << 16)
             n = lib.gpu_arena_stats_json(rank, buf, len(buf))
@@ -444,7 +453,8 @@ def main():
     p.add_argument("--out", default=None, help="JSON lines output (default: a temp file)")
     p.add_argument("--trace", default=None,
                    help="rank 0 of default-allocator runs records its allocations to this .jsonl.gz "
-                        "(the format of shared/traces/README.md), a repetition mark every --trace-every steps")
+                        "(the format of shared/traces/README.md), a repetition mark every --trace-every steps; "
+                        "with {rank} (and {run}) in the path, every rank of every such run records its own")
     p.add_argument("--trace-every", type=int, default=100)
     p.add_argument("--cpu", action="store_true",
                    help="CPU processes over gloo, no allocator change: checks the script "
