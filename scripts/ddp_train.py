@@ -235,7 +235,7 @@ def collect(args, allocator, run, status):
                   f"allocator_ms_after_warmup={sum(ams[args.warmup:]):.1f}", flush=True)
 
 
-def write_trace(torch, path, rank, marks, where=False):
+def write_trace(torch, path, rank, marks):
     """This device's allocation events (PyTorch's allocator) in the format of
     shared/traces/README.md, with a repetition mark after each block of steps
     (as scripts/torch_bench.py --trace writes them)."""
@@ -244,16 +244,11 @@ def write_trace(torch, path, rank, marks, where=False):
     kinds = ("alloc", "free_requested", "free_completed", "segment_alloc", "segment_free",
              "segment_map", "segment_unmap")
     events = snap["device_traces"][rank]
-    # where: each event also names the Python line that made it (a key that
-    # replays ignore), for traces to compare rank with rank.
     with gzip.open(path, "wt") as f:
         for i, e in enumerate(events):
             if e["action"] in kinds:
-                row = {"action": e["action"], "addr": e["addr"], "size": e["size"], "stream": e["stream"]}
-                if where and e.get("frames"):
-                    fr = e["frames"][0]
-                    row["where"] = f"{os.path.basename(fr.get('filename', '?'))}:{fr.get('line', 0)} {fr.get('name', '')}"
-                f.write(json.dumps(row) + "\n")
+                f.write(json.dumps({"action": e["action"], "addr": e["addr"], "size": e["size"],
+                                    "stream": e["stream"]}) + "\n")
             if i + 1 in marks:
                 f.write(json.dumps({"action": "rep_end", "addr": 0, "size": 0, "stream": 0}) + "\n")
     print(f"trace: {len(events)} events, {len(marks)} blocks of steps, to {path}", flush=True)
@@ -340,7 +335,7 @@ def worker(rank, world, args, allocator, run, port):
                 if tracing and (step + 1) % args.trace_every == 0:
                     marks.append(len(torch.cuda.memory._snapshot()["device_traces"][rank]))
             if tracing:
-                write_trace(torch, trace_path, rank, marks, where=every)
+                write_trace(torch, trace_path, rank, marks)
         if lib is not None:
             buf = ctypes.create_string_buffer(1 << 16)
             n = lib.gpu_arena_stats_json(rank, buf, len(buf))

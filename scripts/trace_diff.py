@@ -1,7 +1,7 @@
 """Where two allocation traces (the format of shared/traces/README.md) first part: each trace becomes a
-sequence of allocations (size, and the Python line that made it where the trace names one) and frees
-(which allocation, by its number), addresses left out; the first place they differ is printed with
-the events around it, and how many events each has.
+sequence of allocations (by size) and frees (which allocation, by its number, and its size), addresses
+left out; the first place they differ is printed with the events around it, and how many events each
+has.
 
     python3 scripts/trace_diff.py A.trace.jsonl.gz B.trace.jsonl.gz [--context 6] [--actions alloc,free_completed]
 """
@@ -20,7 +20,7 @@ def normalized(path, actions):
                 continue
             if a == "alloc":
                 live[e["addr"]] = (n, e["size"])
-                seq.append(("alloc", e["size"], e.get("where", ""), n))
+                seq.append(("alloc", e["size"], "", n))
                 n += 1
             else:
                 # A free names its allocation (its number and size; traces
