@@ -11,6 +11,7 @@ import json
 
 
 def normalized(path, actions):
+    """The trace's events of `actions` as (action, size, allocation number)."""
     seq, live, n = [], {}, 0
     with gzip.open(path, "rt") as f:
         for line in f:
@@ -20,13 +21,13 @@ def normalized(path, actions):
                 continue
             if a == "alloc":
                 live[e["addr"]] = (n, e["size"])
-                seq.append(("alloc", e["size"], "", n))
+                seq.append(("alloc", e["size"], n))
                 n += 1
             else:
                 # A free names its allocation (its number and size; traces
                 # differ in what size they give a free).
                 k, size = (live.pop if a == "free_completed" else live.get)(e["addr"], (None, 0))
-                seq.append((a, size, "", k))
+                seq.append((a, size, k))
     return seq
 
 
@@ -49,7 +50,7 @@ def main():
     for name, s in (("A", a), ("B", b)):
         for j in range(max(0, i - args.context), min(len(s), i + args.context)):
             mark = ">" if j == i else " "
-            print(f"{name}{mark} {j:8d} {s[j][0]:15s} {s[j][1]:>12d} #{s[j][3]} {s[j][2]}")
+            print(f"{name}{mark} {j:8d} {s[j][0]:15s} {s[j][1]:>12d} #{s[j][2]}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def stretches(seq):
         else:
             if not cur:
                 start = i
-            cur.append((e[3], e[1]))
+            cur.append((e[2], e[1]))
     if cur:
         out.append((start, tuple(sorted(cur))))
     return out
@@ -35,7 +35,7 @@ print(f"events in a different place: {sum(1 for x, y in zip(a, b) if x != y)}")
 first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 print(f"first event in a different place: {first} (a free; the frees before and after it:)")
 for name, s in (("rank 0", a), ("rank 1", b)):
-    print(f"  {name}: " + ", ".join(f"{e[0]} #{e[3]} {e[1]} B" for e in s[first - 2:first + 3]))
+    print(f"  {name}: " + ", ".join(f"{e[0]} #{e[2]} {e[1]} B" for e in s[first - 2:first + 3]))
 sa, sb = stretches(a), stretches(b)
 diff = [i for i, (x, y) in enumerate(zip(sa, sb)) if x[1] != y[1]]
 print(f"stretches between allocations: {len(sa)} and {len(sb)}; with other frees (not only another order): {len(diff)}")
@@ -48,7 +48,7 @@ if diff:
 # Where each kept trace frees that large block (allocation number 83).
 for name in ("ddp-r0-run0", "ddp-r0-run1", "ddp-r1-run1"):
     s = normalized(here / f"{name}.trace.jsonl.gz", {"alloc", "free_requested"})
-    at = next(i for i, e in enumerate(s) if e[0] == "free_requested" and e[3] == 83)
+    at = next(i for i, e in enumerate(s) if e[0] == "free_requested" and e[2] == 83)
     allocs = sum(1 for e in s[:at] if e[0] == "alloc")
-    size = next(e[1] for e in s if e[0] == "alloc" and e[3] == 83)
+    size = next(e[1] for e in s if e[0] == "alloc" and e[2] == 83)
     print(f"{name}: allocation #83 ({size} B) freed at event {at}, after {allocs} allocations")
