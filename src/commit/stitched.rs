@@ -99,12 +99,10 @@ impl<D: Driver> Commit<D> {
         (self.stitch.live_bytes(), self.stitch.live_count())
     }
 
-    /// Allocates `size` bytes in a stitched range for work of stream slot
-    /// `slot`: a cached range of about that size whose units are all idle
-    /// and usable by `slot` (no driver call), else a new range backed by
-    /// idle units from anywhere and new handles for the rest. Returns the
-    /// block's offset (page-aligned).
-    pub fn stitch_alloc(&mut self, size: u64, slot: u16) -> Result<u64> {
+    /// Allocates `size` bytes in a cached stitched range of about that
+    /// size whose units are all idle and usable by stream slot `slot`, if
+    /// one is: no driver call. Returns the block's offset.
+    pub fn stitch_reuse(&mut self, size: u64, slot: u16) -> Option<u64> {
         let k = size.div_ceil(self.page);
         let max = k + k / RANGE_SLACK;
         let mut cursor = (k, 0);
@@ -119,9 +117,23 @@ impl<D: Driver> Commit<D> {
                 self.stitch.take(r, size);
                 self.account_live(first << self.shift, size);
                 self.stitch_counts.reused += 1;
-                return Ok(first << self.shift);
+                return Some(first << self.shift);
             }
         }
+        None
+    }
+
+    /// Allocates `size` bytes in a stitched range for work of stream slot
+    /// `slot`: a cached range of about that size whose units are all idle
+    /// and usable by `slot` (no driver call), else a new range backed by
+    /// idle units from anywhere and new handles for the rest. Returns the
+    /// block's offset (page-aligned).
+    pub fn stitch_alloc(&mut self, size: u64, slot: u16) -> Result<u64> {
+        if let Some(off) = self.stitch_reuse(size, slot) {
+            return Ok(off);
+        }
+        let k = size.div_ceil(self.page);
+        let max = k + k / RANGE_SLACK;
         let now = self.clock.now_ms();
         if self.repairs(k << self.shift) {
             match self.stitch_repair(size, k, max, slot) {
