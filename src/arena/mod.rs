@@ -426,8 +426,10 @@ impl<D: Driver> Arena<D> {
     /// Places a block where its pages cost the fewest driver calls: ready
     /// pages (mapped to idle handles, or shared with live neighbours) first,
     /// then fresh pages; a block that only fits where handles are in use
-    /// elsewhere goes to a stitched range instead (when `stitchable` and at
-    /// least `stitch_min` bytes). Returns (offset, bytes).
+    /// elsewhere goes to a stitched range instead, and so does one that
+    /// would map a few fresh pages where a cached stitched range needs none
+    /// (when `stitchable` and at least `stitch_min` bytes). Returns
+    /// (offset, bytes).
     fn place_block(
         &mut self,
         size: u64,
@@ -445,12 +447,31 @@ impl<D: Driver> Arena<D> {
             }
             Err(e) => return Err(e),
         };
-        if stitch && self.commit.cost(pick.offset, pick.size).blocked > 0 {
+        let cost = self.commit.cost(pick.offset, pick.size);
+        if stitch && cost.blocked > 0 {
             return match self.place_stitched(size, slot)? {
                 Some(placed) => Ok(placed),
                 // The stitch region is full: place it on fresh pages instead.
                 None => self.place_block(size, align, slot, false),
             };
+        }
+        // A block that would map a few fresh pages here, at most half of
+        // its own, takes a cached stitched range that needs no driver call,
+        // if one serves. That is a block creeping up the top: a growing
+        // cache copied into a slightly larger block, a page or two past the
+        // last each time, its old copies freed behind it (a KV cache grown
+        // by `torch.cat`). Left to creep, it maps fresh pages every step
+        // and, in the next repetition, creeps over pages that were never
+        // mapped; a cached range is found by size wherever it lies, so the
+        // next repetition takes it again. A block mostly on fresh pages is
+        // memory being laid out and stays here (sending those to cached
+        // ranges too changed BERT inference's layout: measured in
+        // `docs/pytorch/experiments/creep-20261127.log`).
+        let pages = (pick.offset + pick.size).div_ceil(self.page()) - pick.offset / self.page();
+        if stitch && cost.unmapped > 0 && 2 * cost.unmapped <= pages {
+            if let Some(placed) = self.reuse_stitched(size, slot) {
+                return Ok(placed);
+            }
         }
         let backing = if pick.top {
             let room = self.blocks_size.saturating_sub(pick.offset + pick.size);
@@ -468,6 +489,14 @@ impl<D: Driver> Arena<D> {
             return Err(self.live_in_report(e));
         }
         Ok((a.offset, a.size))
+    }
+
+    /// Places a block of `size` bytes in a cached stitched range that
+    /// serves it with no driver call: (offset, bytes), if one does.
+    fn reuse_stitched(&mut self, size: u64, slot: u16) -> Option<(u64, u64)> {
+        let bytes = self.blocks.round(size).unwrap_or(size);
+        let off = self.commit.stitch_reuse(bytes, slot)?;
+        Some((off, bytes))
     }
 
     /// Places a block of `size` bytes in a stitched range: (offset, bytes),

@@ -318,12 +318,15 @@ fn repaired_stitched_ranges_keep_the_invariants_and_the_ratio() {
 /// sequence twice), replayed once as recorded with the GPU 0 and 50 events
 /// behind: every repetition stays within 2 %, and where the two later
 /// repetitions are the same sequence the allocator settles: BERT
-/// inference's third repetition makes no VMM call. (Training's third still
-/// does; it settles later: the next test.)
+/// inference's third repetition makes no VMM call. GPT-2 generation, whose
+/// KV cache grows a page or two at a time, settles from its second: the
+/// growing blocks take cached stitched ranges instead of creeping over
+/// pages never mapped. (Training's third still makes calls; it settles
+/// later: the next test.)
 #[test]
 fn recorded_repetitions_stay_within_two_percent_and_inference_settles() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pytorch/traces");
-    for name in ["bert_infer", "train"] {
+    for name in ["bert_infer", "gpt2_generate", "train"] {
         let path = std::path::Path::new(dir).join(format!("{name}-r3.trace.jsonl.gz"));
         let (events, marks) = gpu_arena::replay::read_trace_marked(&path).unwrap();
         assert_eq!(marks.len(), 3, "{name}: three repetitions recorded");
@@ -333,11 +336,19 @@ fn recorded_repetitions_stay_within_two_percent_and_inference_settles() {
             });
             assert_eq!(reps.len(), 3);
             within_two_percent(&format!("RECORDED {name} lag {lag}"), &reps);
-            if name == "bert_infer" {
+            // Repetitions that must make at most 1 VMM call per 1,000
+            // allocations.
+            let settled = match name {
+                "bert_infer" => 2..3,
+                "gpt2_generate" => 1..3,
+                _ => 3..3,
+            };
+            for r in settled {
                 assert!(
-                    reps[2].vmm_calls * 1000 <= reps[2].allocs,
-                    "{name} lag {lag}: {} VMM calls in the third repetition",
-                    reps[2].vmm_calls
+                    reps[r].vmm_calls * 1000 <= reps[r].allocs,
+                    "{name} lag {lag}: {} VMM calls in repetition {}",
+                    reps[r].vmm_calls,
+                    r + 1
                 );
             }
         }
