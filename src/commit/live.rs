@@ -36,7 +36,8 @@ impl<D: Driver> Commit<D> {
     /// take for `slot` (see [`Commit::try_take`]), asked without changing
     /// anything: for stitched ranges, whose pages carry no blocked bits, so
     /// that a range in use elsewhere is passed over at its first such page.
-    pub(super) fn takeable(&mut self, a: u64, b: u64, slot: u16) -> bool {
+    /// `Err` names that page.
+    pub(super) fn takeable(&mut self, a: u64, b: u64, slot: u16) -> Result<(), u64> {
         let token = self.pool.new_mark();
         let mut last = NIL;
         for p in a..=b {
@@ -47,18 +48,26 @@ impl<D: Driver> Commit<D> {
             }
             last = m;
             if m == NIL {
-                return false;
+                return Err(p);
             }
             let x = self.pool.map(m);
             let (u, outside) = (x.unit, x.first < a || x.first + x.pages > b + 1);
             if outside && x.live_pages == 0 && x.pages > 1 {
-                return false;
+                return Err(p);
             }
             if !self.pool.can_take(m) || self.pool.mark(u, token) || !self.allows(m, slot) {
-                return false;
+                return Err(p);
             }
         }
-        true
+        Ok(())
+    }
+
+    /// Whether empty page `p` is backed by a unit that another mapping
+    /// holds now (or by none): a quick look, without fences, that a
+    /// [`Commit::takeable`] over it would say no.
+    pub(super) fn held_elsewhere(&self, p: u64) -> bool {
+        let (live, m) = self.pages.live_map(p);
+        live == 0 && (m == NIL || !self.pool.can_take(m))
     }
 
     /// Adds `len` live bytes at `off` if every page is backed by a unit the

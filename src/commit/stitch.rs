@@ -35,6 +35,9 @@ pub struct Range {
     /// those events in this region: least recently used first, exactly
     /// (the clock's milliseconds tie for ranges freed close together).
     pub recency: u64,
+    /// The page (from `first`) at which the last look found it could not
+    /// be taken back: looked at first the next time.
+    pub blocker: u64,
     used: bool,
 }
 
@@ -185,6 +188,7 @@ impl Stitch {
             in_use: false,
             last_used: now,
             recency: self.recency,
+            blocker: 0,
             used: true,
         };
         let r = match self.spare.pop() {
@@ -228,6 +232,12 @@ impl Stitch {
         self.live_bytes -= x.size;
         self.live_count -= 1;
         core::mem::take(&mut x.size)
+    }
+
+    /// Records the page (from the range's first) at which range `r` could
+    /// not be taken back.
+    pub fn set_blocker(&mut self, r: u32, page: u64) {
+        self.ranges[r as usize].blocker = page;
     }
 
     /// Forgets cached range `r` and gives its addresses back to the region

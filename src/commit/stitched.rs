@@ -108,16 +108,30 @@ impl<D: Driver> Commit<D> {
         let mut cursor = (k, 0);
         while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
             cursor = next;
-            let first = self.stitch.range(r).first;
+            let (first, blocker) = {
+                let x = self.stitch.range(r);
+                (x.first, x.first + x.blocker)
+            };
+            // The page that stopped this range last time is asked first: a
+            // range passed over is most often passed over again (a live
+            // range still holds that page's unit), and then one look says
+            // so instead of a walk up to it.
+            if blocker < first + k && self.held_elsewhere(blocker) {
+                continue;
+            }
             // A hole makes a range unusable for this size; owners and fences
             // are asked of the pool.
-            if self.pages.cost(first, first + k - 1).unmapped == 0
-                && self.takeable(first, first + k - 1, slot)
-            {
-                self.stitch.take(r, size);
-                self.account_live(first << self.shift, size);
-                self.stitch_counts.reused += 1;
-                return Some(first << self.shift);
+            if self.pages.cost(first, first + k - 1).unmapped > 0 {
+                continue;
+            }
+            match self.takeable(first, first + k - 1, slot) {
+                Ok(()) => {
+                    self.stitch.take(r, size);
+                    self.account_live(first << self.shift, size);
+                    self.stitch_counts.reused += 1;
+                    return Some(first << self.shift);
+                }
+                Err(p) => self.stitch.set_blocker(r, p - first),
             }
         }
         None
@@ -671,6 +685,36 @@ mod tests {
         assert_eq!((counts.made, counts.made_pages), (1, 4), "{counts:?}");
         c.stitch_free(a, Stamp::SAFE).unwrap();
         c.check_invariants();
+    }
+
+    /// A cached range passed over because another mapping holds the unit
+    /// of one of its pages remembers that page: it is passed over again
+    /// while the holder lives, and taken back, with no driver call, once the
+    /// holder lets go.
+    #[test]
+    fn a_range_passed_over_is_looked_at_first_where_it_was_stopped() {
+        let d = Checked::new(HostDriver::new().unwrap());
+        let page = 2u64 << 20;
+        let mut c = Commit::for_tests(&d, 16, (8, 8));
+        let a = c.stitch_alloc(3 * page, 0).unwrap();
+        c.stitch_free(a, Stamp::SAFE).unwrap();
+        let r = c.stitch.at(a >> c.shift).unwrap();
+        // Blocks at pages 0 and 1 take the oldest idle units, the range's
+        // first two (an alias map each); the first is freed again.
+        c.add_live(0, page, 0, Backing::Pages).unwrap();
+        c.add_live(page, page, 0, Backing::Pages).unwrap();
+        c.sub_live(0, page, Stamp::SAFE);
+        assert_eq!(c.stitch_reuse(3 * page, 0), None);
+        assert_eq!(c.stitch.range(r).blocker, 1, "stopped at its second page");
+        assert_eq!(c.stitch_reuse(3 * page, 0), None);
+        assert_eq!(c.stitch.range(r).blocker, 1);
+        c.sub_live(page, page, Stamp::SAFE);
+        let maps = d.counts().map;
+        assert_eq!(c.stitch_reuse(3 * page, 0), Some(a));
+        assert_eq!(d.counts().map, maps, "taken back with no driver call");
+        c.stitch_free(a, Stamp::SAFE).unwrap();
+        c.check_invariants();
+        gives_everything_back(c, &d);
     }
 
     /// `CACHED_PER_SIZE + 4` one-page ranges, freed (last made first with
