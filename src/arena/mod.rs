@@ -447,7 +447,12 @@ impl<D: Driver> Arena<D> {
             }
             Err(e) => return Err(e),
         };
-        let cost = self.commit.cost(pick.offset, pick.size);
+        // Priced only for a block that may go to a stitched range.
+        let cost = if stitch {
+            self.commit.cost(pick.offset, pick.size)
+        } else {
+            Default::default()
+        };
         if stitch && cost.blocked > 0 {
             return match self.place_stitched(size, slot)? {
                 Some(placed) => Ok(placed),
