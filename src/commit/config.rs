@@ -47,9 +47,10 @@ pub struct CommitConfig {
     /// never settles (10 to 24 per 1,000 up to repetition 20), where the
     /// default makes none from repetition 13 on; and it costs BERT inference
     /// up to about 50 per 1,000 allocations in its second repetition under
-    /// emulated GPU lag, where it makes none without (`docs/pytorch.md`,
-    /// "Repetitions recorded on the H100, replayed on the host"): off by
-    /// default.
+    /// emulated GPU lag, where it makes none without, and on BERT's trace
+    /// recorded with its first repetition it never settles (about 200 per
+    /// 1,000 in every repetition; `docs/pytorch.md`, "Repetitions recorded
+    /// on the H100, replayed on the host"): off by default.
     pub stitch_repair: bool,
     /// Bytes from which a block's cached stitched range may be repaired
     /// ([`stitch_repair`](Self::stitch_repair)): the large blocks of a
