@@ -472,8 +472,8 @@ impl<D: Driver> Arena<D> {
         // memory being laid out and stays here (sending those to cached
         // ranges too changed BERT inference's layout: measured in
         // `docs/pytorch/experiments/creep-20261127.log`).
-        let pages = (pick.offset + pick.size).div_ceil(self.page()) - pick.offset / self.page();
-        if stitch && cost.unmapped > 0 && 2 * cost.unmapped <= pages {
+        let (first, last) = self.commit.span(pick.offset, pick.size);
+        if stitch && cost.unmapped > 0 && 2 * cost.unmapped <= last - first + 1 {
             if let Some(placed) = self.reuse_stitched(size, slot) {
                 return Ok(placed);
             }
@@ -496,10 +496,17 @@ impl<D: Driver> Arena<D> {
         Ok((a.offset, a.size))
     }
 
+    /// The bytes a block of `size` bytes holds in a stitched range: its
+    /// size rounded to the blocks region's quantum, as a sized free of it
+    /// is checked ([`Arena::free_sized`]).
+    fn stitched_bytes(&self, size: u64) -> u64 {
+        self.blocks.round(size).unwrap_or(size)
+    }
+
     /// Places a block of `size` bytes in a cached stitched range that
     /// serves it with no driver call: (offset, bytes), if one does.
     fn reuse_stitched(&mut self, size: u64, slot: u16) -> Option<(u64, u64)> {
-        let bytes = self.blocks.round(size).unwrap_or(size);
+        let bytes = self.stitched_bytes(size);
         let off = self.commit.stitch_reuse(bytes, slot)?;
         Some((off, bytes))
     }
@@ -507,7 +514,7 @@ impl<D: Driver> Arena<D> {
     /// Places a block of `size` bytes in a stitched range: (offset, bytes),
     /// or `None` when the stitch region has no room left.
     fn place_stitched(&mut self, size: u64, slot: u16) -> Result<Option<(u64, u64)>> {
-        let bytes = self.blocks.round(size).unwrap_or(size);
+        let bytes = self.stitched_bytes(size);
         match self.commit.stitch_alloc(bytes, slot) {
             Ok(off) => Ok(Some((off, bytes))),
             Err(Error::AddressSpace { .. }) => Ok(None),

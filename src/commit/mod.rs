@@ -375,8 +375,9 @@ impl<D: Driver> Commit<D> {
         self.peak_live = self.live;
     }
 
+    /// The first and the last page of `len` bytes (at least one) at `off`.
     #[inline]
-    fn span(&self, off: u64, len: u64) -> (u64, u64) {
+    pub fn span(&self, off: u64, len: u64) -> (u64, u64) {
         (off >> self.shift, (off + len - 1) >> self.shift)
     }
 

@@ -99,12 +99,18 @@ impl<D: Driver> Commit<D> {
         (self.stitch.live_bytes(), self.stitch.live_count())
     }
 
+    /// The pages of a block of `size` bytes, and the most a cached range
+    /// serving it may have ([`RANGE_SLACK`]).
+    fn range_pages(&self, size: u64) -> (u64, u64) {
+        let k = size.div_ceil(self.page);
+        (k, k + k / RANGE_SLACK)
+    }
+
     /// Allocates `size` bytes in a cached stitched range of about that
     /// size whose units are all idle and usable by stream slot `slot`, if
     /// one is: no driver call. Returns the block's offset.
     pub fn stitch_reuse(&mut self, size: u64, slot: u16) -> Option<u64> {
-        let k = size.div_ceil(self.page);
-        let max = k + k / RANGE_SLACK;
+        let (k, max) = self.range_pages(size);
         let mut cursor = (k, 0);
         while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
             cursor = next;
@@ -146,8 +152,7 @@ impl<D: Driver> Commit<D> {
         if let Some(off) = self.stitch_reuse(size, slot) {
             return Ok(off);
         }
-        let k = size.div_ceil(self.page);
-        let max = k + k / RANGE_SLACK;
+        let (k, max) = self.range_pages(size);
         let now = self.clock.now_ms();
         if self.repairs(k << self.shift) {
             match self.stitch_repair(size, k, max, slot) {
