@@ -70,7 +70,12 @@ impl<D: Driver> Commit<D> {
 
     /// Whether the unit behind mapping `m` may serve work of `slot` now.
     pub(super) fn allows(&mut self, m: u32, slot: u16) -> bool {
-        let u = Fenced::Unit(self.pool.map(m).unit);
+        self.allows_unit(self.pool.map(m).unit, slot)
+    }
+
+    /// Whether unit `u` may serve work of `slot` now.
+    pub(super) fn allows_unit(&mut self, u: u32, slot: u16) -> bool {
+        let u = Fenced::Unit(u);
         let streams = &self.streams;
         if self.pool.stamps(u).allows(slot, |s| streams.done(s)) {
             return true;

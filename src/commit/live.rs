@@ -41,8 +41,8 @@ impl<D: Driver> Commit<D> {
         let token = self.pool.new_mark();
         let mut last = NIL;
         for p in a..=b {
-            let m = self.pages.map(p);
-            if m == last || self.pages.live(p) > 0 {
+            let (live, m) = self.pages.live_map(p);
+            if m == last || live > 0 {
                 last = m;
                 continue;
             }
@@ -50,13 +50,9 @@ impl<D: Driver> Commit<D> {
             if m == NIL {
                 return Err(p);
             }
-            let x = self.pool.map(m);
-            let (u, outside) = (x.unit, x.first < a || x.first + x.pages > b + 1);
-            if outside && x.live_pages == 0 && x.pages > 1 {
-                return Err(p);
-            }
-            if !self.pool.can_take(m) || self.pool.mark(u, token) || !self.allows(m, slot) {
-                return Err(p);
+            match self.pool.claim(m, a, b, token) {
+                Some(u) if self.allows_unit(u, slot) => {}
+                _ => return Err(p),
             }
         }
         Ok(())
@@ -127,8 +123,8 @@ impl<D: Driver> Commit<D> {
         for p in a..=b {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
-            if self.pages.add_live(p, (hi - lo) as u32) {
-                let m = self.pages.map(p);
+            let (first_live, m) = self.pages.add_live_map(p, (hi - lo) as u32);
+            if first_live {
                 let t = *now.get_or_insert_with(|| self.clock.now_ms());
                 if let Transition::Owned(u) = self.pool.gain_page(m, t) {
                     self.set_aliases_blocked(u, m, true);
@@ -204,6 +200,7 @@ impl<D: Driver> Commit<D> {
     /// it). Returns whether a unit went idle, and whether a shared one did.
     pub(super) fn unaccount(&mut self, off: u64, len: u64, stamp: Stamp) -> (bool, bool) {
         let (a, b) = self.span(off, len);
+        let safe = stamp.is_safe();
         let mut last = NIL;
         let mut now = None;
         let mut shared = false;
@@ -211,25 +208,27 @@ impl<D: Driver> Commit<D> {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
             let (empty, m) = self.pages.sub_live_map(p, (hi - lo) as u32);
-            if m != last && m != NIL {
-                last = m;
-                if !stamp.is_safe() {
-                    let u = self.pool.map(m).unit;
-                    self.pool.unit_mut(u).stamps.add(stamp);
-                    self.pool.map_mut(m).stamps.add(stamp);
-                }
-            }
             // Asleep pages have no mapping: only their live bytes change.
-            if empty && m != NIL {
-                let t = *now.get_or_insert_with(|| self.clock.now_ms());
-                if let Transition::Idle(u) = self.pool.lose_page(m, t) {
-                    self.set_aliases_blocked(u, m, false);
-                    if self.pool.unit(u).shared {
-                        self.shared_pending.push(u);
-                        shared = true;
-                    }
-                    self.next_reclaim = self.next_reclaim.min(t + self.reclaim_period());
+            if m == NIL {
+                continue;
+            }
+            let stamp_it = m != last && !safe;
+            last = m;
+            if !stamp_it && !empty {
+                continue;
+            }
+            let t = if empty {
+                *now.get_or_insert_with(|| self.clock.now_ms())
+            } else {
+                0
+            };
+            if let Transition::Idle(u) = self.pool.free_page(m, stamp, stamp_it, empty, t) {
+                self.set_aliases_blocked(u, m, false);
+                if self.pool.unit(u).shared {
+                    self.shared_pending.push(u);
+                    shared = true;
                 }
+                self.next_reclaim = self.next_reclaim.min(t + self.reclaim_period());
             }
         }
         (now.is_some(), shared)

@@ -200,6 +200,17 @@ impl PageTable {
         (ch.pages[i].live == 0, ch.pages[i].map)
     }
 
+    /// Adds `n` live bytes to page `p`: returns whether it had none
+    /// before, and its mapping (one lookup).
+    #[inline]
+    pub fn add_live_map(&mut self, p: u64, n: u32) -> (bool, u32) {
+        let (c, i) = split(p);
+        let page = &mut self.chunk_mut(c).pages[i];
+        let was = page.live;
+        page.live = was + n;
+        (was == 0, page.map)
+    }
+
     /// Adds `n` live bytes to page `p`; returns whether it had none before.
     #[inline]
     pub fn add_live(&mut self, p: u64, n: u32) -> bool {

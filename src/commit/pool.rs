@@ -23,7 +23,7 @@
 
 use super::pages::NIL;
 use crate::MetaVec;
-use crate::sync::StampSet;
+use crate::sync::{Stamp, StampSet};
 
 /// What a set of free stamps belongs to: a whole unit (every mapping of
 /// its handle) or one mapping (the frees through that virtual range).
@@ -388,6 +388,27 @@ impl<H> Pool<H> {
         x.owner == m || (x.owner == NIL && !x.shared)
     }
 
+    /// Claims the unit of mapping `m` for a block over pages `a..=b` being
+    /// checked: the unit, if `m` may take it ([`Pool::can_take`]), it was
+    /// not claimed with `token` already (no unit twice in one block), and
+    /// `m` is not an idle multi-page mapping reaching past `a..=b` (taking it
+    /// would strand its other pages). Marks the unit with `token`. One look
+    /// at each record.
+    #[inline]
+    pub fn claim(&mut self, m: u32, a: u64, b: u64, token: u32) -> Option<u32> {
+        let x = &self.maps[m as usize];
+        let u = x.unit;
+        if x.live_pages == 0 && x.pages > 1 && (x.first < a || x.first + x.pages > b + 1) {
+            return None;
+        }
+        let y = &mut self.units[u as usize];
+        if !(y.owner == m || (y.owner == NIL && !y.shared)) || y.mark == token {
+            return None;
+        }
+        y.mark = token;
+        Some(u)
+    }
+
     /// Mapping `m` gains a page with live bytes.
     ///
     /// The unit must be idle or owned by `m` ([`Pool::can_take`]).
@@ -412,23 +433,50 @@ impl<H> Pool<H> {
         Transition::Owned(u)
     }
 
-    /// Mapping `m` loses a page's last live bytes.
+    /// A free through mapping `m` that took live bytes off one of its
+    /// pages: stamps the mapping and its unit with `stamp` when `stamp_it`
+    /// (the first page of the mapping in this free), and when the page
+    /// `emptied`, the mapping loses it ([`Pool::lose_page`], at `now`).
+    /// One look at each record, where a stamp and a lost page each looked
+    /// them up again.
     #[inline]
-    pub fn lose_page(&mut self, m: u32, now: u64) -> Transition {
+    pub fn free_page(
+        &mut self,
+        m: u32,
+        stamp: Stamp,
+        stamp_it: bool,
+        emptied: bool,
+        now: u64,
+    ) -> Transition {
         let mp = &mut self.maps[m as usize];
-        debug_assert!(mp.live_pages > 0, "mapping {m} has no live page");
-        mp.live_pages -= 1;
-        if mp.live_pages > 0 {
+        let u = mp.unit;
+        if stamp_it {
+            mp.stamps.add(stamp);
+        }
+        let idle = emptied && {
+            debug_assert!(mp.live_pages > 0, "mapping {m} has no live page");
+            mp.live_pages -= 1;
+            mp.live_pages == 0
+        };
+        let x = &mut self.units[u as usize];
+        if stamp_it {
+            x.stamps.add(stamp);
+        }
+        if !idle {
             return Transition::None;
         }
-        let u = mp.unit;
-        let x = &mut self.units[u as usize];
         x.owner = NIL;
         x.idle_since = now;
         if !x.shared {
             self.push_idle(u);
         }
         Transition::Idle(u)
+    }
+
+    /// Mapping `m` loses a page's last live bytes.
+    #[inline]
+    pub fn lose_page(&mut self, m: u32, now: u64) -> Transition {
+        self.free_page(m, Stamp::SAFE, false, true, now)
     }
 
     fn push_idle(&mut self, u: u32) {
@@ -648,5 +696,39 @@ mod tests {
         assert_eq!(c, a);
         assert_eq!(p.idle_pages(), 2, "shared units are never idle-listed");
         p.check();
+    }
+
+    #[test]
+    fn a_free_stamps_the_mapping_and_its_unit_once_and_a_claim_takes_each_unit_once() {
+        let mut p: Pool<u8> = Pool::new();
+        let a = p.add_unit(1, 2, false, 0);
+        let ma = p.add_map(a, 10, false, 0);
+        assert_eq!(p.gain_page(ma, 1), Transition::Owned(a));
+        assert_eq!(p.gain_page(ma, 1), Transition::None);
+        let s = Stamp::new(1, 4);
+        // The first page of the free stamps; the second empties the mapping.
+        assert_eq!(p.free_page(ma, s, true, true, 3), Transition::None);
+        assert_eq!(p.free_page(ma, s, false, true, 3), Transition::Idle(a));
+        assert_eq!(p.stamps(Fenced::Unit(a)).iter().collect::<Vec<_>>(), [s]);
+        assert_eq!(
+            p.stamps(Fenced::Mapping(ma)).iter().collect::<Vec<_>>(),
+            [s]
+        );
+        assert_eq!(p.unit(a).idle_since, 3);
+        assert_eq!(p.first_idle(), a);
+        p.check();
+        // A block over pages 10..=11 may take the whole idle mapping, once.
+        let t = p.new_mark();
+        assert_eq!(p.claim(ma, 10, 11, t), Some(a));
+        assert_eq!(p.claim(ma, 10, 11, t), None, "a unit twice in one block");
+        // A block over page 11 alone would strand page 10 of the idle mapping.
+        let t = p.new_mark();
+        assert_eq!(p.claim(ma, 11, 11, t), None);
+        // Owned by another mapping: not claimable.
+        let ma2 = p.add_map(a, 20, true, 0);
+        assert_eq!(p.gain_page(ma2, 5), Transition::Owned(a));
+        let t = p.new_mark();
+        assert_eq!(p.claim(ma, 10, 11, t), None);
+        assert_eq!(p.claim(ma2, 20, 21, t), Some(a));
     }
 }
