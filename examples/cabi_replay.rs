@@ -27,6 +27,19 @@ use gpu_arena::api::ffi::{gpu_arena_epoch_json, gpu_arena_torch_alloc, gpu_arena
 use gpu_arena::replay::Event;
 use std::time::Instant;
 
+/// Touches `kib` KiB of the stack below the caller's frame, where the
+/// allocator's frames will lie: PyTorch's own calls between two allocator
+/// calls (kernel launches, the dispatcher) run on the same stack at about
+/// the same depth, so those lines are rarely cold in a real run.
+#[inline(never)]
+fn warm_stack(kib: usize) {
+    let mut b = [0u8; 16 << 10];
+    for line in b[..kib.min(16) << 10].chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+    }
+    std::hint::black_box(&mut b);
+}
+
 fn addr(e: &Event) -> u64 {
     match *e {
         Event::Alloc { addr, .. } | Event::Free { addr, .. } => addr,
@@ -145,6 +158,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 0,
     };
     let mut thrash = vec![0u8; thrash_kib << 10];
+    let stack_kib: usize = match std::env::var("STACK_KIB") {
+        Ok(s) => s.parse()?,
+        Err(_) => 0,
+    };
     let mut live = std::collections::HashMap::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -167,6 +184,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             for line in thrash.chunks_mut(64) {
                 line[0] = line[0].wrapping_add(1);
+            }
+            if stack_kib > 0 {
+                warm_stack(stack_kib);
             }
             match events[i] {
                 Event::Alloc { .. } if r > 0 && keep_allocs.contains(&i) => {}

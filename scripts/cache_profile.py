@@ -3,6 +3,7 @@ outputs of examples/cabi_replay (repetitions N-1 and N); see scripts/cache_profi
 import collections
 import gzip
 import json
+import os
 import sys
 
 LAYERS = [  # (label, function-name prefixes), first match wins
@@ -15,18 +16,24 @@ LAYERS = [  # (label, function-name prefixes), first match wins
 ]
 
 
-def load(path):
-    ev, fn, acc = None, None, collections.defaultdict(lambda: [0, 0])
+def load(path, by_file=False):
+    ev, fl, fn, acc = None, "", None, collections.defaultdict(lambda: [0, 0])
     for line in open(path):
         if line.startswith("events:"):
             ev = line.split()[1:]
+        elif line.startswith("fl="):
+            fl = line[3:].strip()
         elif line.startswith("fn="):
             fn = line[3:].strip()
+            if by_file:
+                fn = f"{fn}\t{fl}"
         elif line[:1].isdigit() and fn:
             v = [int(x) for x in line.split()[1:]] + [0] * len(ev)
             a = acc[fn]
             a[0] += v[ev.index("Ir")]
-            a[1] += v[ev.index("D1mr")] + v[ev.index("D1mw")]
+            # Without cache simulation (INSTR_ONLY) there are no misses to count.
+            if "D1mr" in ev:
+                a[1] += v[ev.index("D1mr")] + v[ev.index("D1mw")]
     return acc
 
 
@@ -67,20 +74,38 @@ def main():
         rows[lab][0] += b[fn][0] - a[fn][0]
         rows[lab][1] += b[fn][1] - a[fn][1]
     total = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
-    print(f"{trace}: one settled repetition, {calls} allocator calls, caches cold between calls")
+    how = "caches cold between calls" if total[1] else "instructions only"
+    print(f"{trace}: one settled repetition, {calls} allocator calls, {how}")
     print(f"| layer | instructions per call | L1 data misses (lines touched) per call |")
     print(f"|:---|---:|---:|")
+    def lines(ms):  # no misses at all: counted without cache simulation (INSTR_ONLY)
+        return f"{ms / calls:.1f}" if total[1] else "–"
     for lab, _ in LAYERS:
         ir, ms = rows.get(lab, (0, 0))
-        print(f"| {lab} | {ir / calls:.0f} | {ms / calls:.1f} |")
-    print(f"| **all** | **{total[0] / calls:.0f}** | **{total[1] / calls:.1f}** |")
+        print(f"| {lab} | {ir / calls:.0f} | {lines(ms)} |")
+    print(f"| **all** | **{total[0] / calls:.0f}** | **{lines(total[1])}** |")
     # Library code the allocator calls (memcpy, locks) counts in no layer above, and stack lines a
     # call touches count in whichever function touches them first. The whole process's figures
     # include the harness and the touching of other memory, the same for any build of the
     # allocator: compare builds by their difference.
     whole = [sum(b[fn][k] - a[fn][k] for fn in set(a) | set(b)) for k in (0, 1)]
+    misses = f", {whole[1] / calls:.2f} L1 data misses" if total[1] else ""
     print(f"whole process (harness and other memory included), per call: {whole[0] / calls:.0f} "
-          f"instructions, {whole[1] / calls:.2f} L1 data misses")
+          f"instructions{misses}")
+    if os.environ.get("BY_FUNCTION"):
+        # Where inside the layers: function and the source file its code came from (inlined
+        # code counts under the function it was inlined into, by the file it was written in).
+        a, b = load(sys.argv[1], True), load(sys.argv[2], True)
+        rows = []
+        for key in set(a) | set(b):
+            fn, fl = key.split("\t")
+            if layer(fn) is None:
+                continue
+            d = (b[key][0] - a[key][0], b[key][1] - a[key][1])
+            rows.append((d[1] / calls, d[0] / calls, fl, fn))
+        print("lines/call  instr/call  file: function (top 40 by lines)")
+        for ms, ir, fl, fn in sorted(rows, reverse=True)[:40]:
+            print(f"{ms:8.2f} {ir:10.1f}  {fl}: {fn}")
 
 
 main()

@@ -8,6 +8,13 @@
 # address randomization is off (setarch -R), so counts move far less from run to run than times do
 # (docs/pytorch/host-cache-profile-*.log repeats one run to show by how much).
 #
+# INSTR_ONLY=1 counts instructions alone (no cache simulation, no thrashing: some ten times faster);
+# instruction counts do not move from run to run, so two builds' differences show exactly.
+# STACK_KIB=N touches N KiB of the stack below the harness's frame before each call (PyTorch's own
+# calls run on the same stack, so its lines are rarely cold in a real run): the lines a call touches
+# less those of its stack frames. BY_FUNCTION=1 adds the 40 functions touching the most lines, and
+# KEEP=DIR keeps the two cachegrind outputs.
+#
 #   cargo build --release --example cabi_replay && bash scripts/cache_profile.sh TRACE N [BIN]
 #
 # N must be a settled repetition (no VMM call), e.g. 4 for bert_infer-r3 and gpt2_generate-r3, 15
@@ -20,13 +27,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 trace=$1; n=$2; bin=${3:-target/release/examples/cabi_replay}
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+if [ -n "${INSTR_ONLY:-}" ]; then sim=no; thrash=0; else sim=yes; thrash=${THRASH_KIB:-512}; fi
 # `env -i` with a fixed environment: the environment's strings lie at the top of the stack, so their
 # length moves every stack frame and changes how many cache lines the frames straddle (several
 # lines per call between two shells).
 for r in $((n - 1)) $n; do
   env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0 \
-    THRASH_KIB=${THRASH_KIB:-512} RUN_ON=$r setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=yes --cachegrind-out-file="$tmp/cg.$r" \
+    THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} RUN_ON=$r setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim --cachegrind-out-file="$tmp/cg.$r" \
     "$bin" 1 "$trace" > "$tmp/log.$r" 2>&1 &
 done
 wait
 python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
+if [ -n "${KEEP:-}" ]; then cp "$tmp"/cg.* "$KEEP"/; fi
