@@ -124,7 +124,23 @@ pub fn config() -> Result<GlobalConfig> {
 }
 
 /// The global arena of `device`, created on first use.
+///
+/// Every C ABI call starts here: an arena made and running takes two loads
+/// and no call; the rest (first use, a failed creation, the reclaimer not
+/// started yet) is out of line.
+#[inline]
 pub fn arena(device: u32) -> Result<&'static GlobalArena> {
+    if let Some(Ok(g)) = ARENAS.get(device as usize).and_then(|s| s.get()) {
+        if g.reclaimer_tried.load(Ordering::Acquire) {
+            return Ok(g);
+        }
+    }
+    arena_slow(device)
+}
+
+#[cold]
+#[inline(never)]
+fn arena_slow(device: u32) -> Result<&'static GlobalArena> {
     let slot = ARENAS.get(device as usize).ok_or(Error::Config(
         "device ordinal beyond gpu_arena::global::MAX_DEVICES",
     ))?;
@@ -372,7 +388,9 @@ impl GlobalArena {
             s = THREADS.fetch_add(1, Ordering::Relaxed);
             SHARD.with(|c| c.set(s));
         }
-        Ok(&t.shards[s as usize % t.shards.len()])
+        // One shard (the default) needs no division.
+        let n = t.shards.len();
+        Ok(&t.shards[if n == 1 { 0 } else { s as usize % n }])
     }
 
     fn shard_of(&self, ptr: DevicePtr) -> Option<&SharedArena<GlobalDriver>> {

@@ -40,10 +40,12 @@ pub const fn class_of(size: u64) -> usize {
         let s = if size == 0 { 1 } else { size };
         (s.div_ceil(16) - 1) as usize
     } else {
+        // Four classes per power of two: the quarter of `base` that
+        // `size - 1` falls in (a shift: `base / 4` is a power of two, which
+        // a division would not know).
         let k = 63 - (size - 1).leading_zeros() as u64;
         let base = 1u64 << k;
-        let step = base / 4;
-        (8 + (k - 7) * 4 + (size - 1 - base) / step) as usize
+        (8 + (k - 7) * 4 + ((size - 1 - base) >> (k - 2))) as usize
     }
 }
 
@@ -61,7 +63,8 @@ pub const fn class_for(size: u64, align: u64) -> Option<usize> {
         return None;
     }
     let c = class_of(rounded);
-    if SIZES[c] as u64 % align == 0 {
+    // `align` is a power of two: a mask, not a division.
+    if SIZES[c] as u64 & (align - 1) == 0 {
         Some(c)
     } else {
         None
@@ -72,18 +75,55 @@ pub const fn class_for(size: u64, align: u64) -> Option<usize> {
 /// request of `size` bytes with some alignment: `free_sized` gets the size
 /// but not the alignment, and an alignment can raise the class
 /// (`class_for(20, 64)` is the 64-byte class).
+///
+/// Constant time: only an alignment dividing the class size can give that
+/// class ([`class_for`]), and the largest of them (at most 4096) rounds the
+/// request up the most without passing the class size; rounding up never
+/// lowers the class, so if that alignment does not reach the class, none
+/// does. (It was a walk over all 13 alignments, on every sized free of a
+/// small block: PyTorch's frees pass sizes the C ABI rounded up to 512.)
 pub const fn may_serve(size: u64, have: u64) -> bool {
     let c = class_of(have);
-    let mut align = 1;
-    while align <= 4096 {
-        if let Some(x) = class_for(size, align) {
-            if x == c {
-                return true;
-            }
-        }
-        align *= 2;
+    let class_size = SIZES[c] as u64;
+    if size > class_size {
+        return false;
     }
-    false
+    let low = class_size & class_size.wrapping_neg();
+    let align = if low > 4096 { 4096 } else { low };
+    class_of((size + align - 1) & !(align - 1)) == c
+}
+
+/// `ceil(2^32 / SIZES[c])` for every class: an object's index in its slab
+/// by a multiplication and a shift instead of a division by a class size
+/// that is not a power of two (tens of cycles on every free of a small block).
+const RECIPROCALS: [u64; COUNT] = {
+    let mut t = [0u64; COUNT];
+    let mut c = 0;
+    while c < COUNT {
+        t[c] = (1u64 << 32).div_ceil(SIZES[c] as u64);
+        c += 1;
+    }
+    t
+};
+
+/// The index of the object of class `c` starting `rel` bytes into its slab,
+/// or `None` if no object of that class starts there.
+///
+/// For `rel = q * size < 2^20` (every slab is smaller: see [`slab_bytes`]),
+/// `rel * ceil(2^32 / size) = q * (2^32 + r)` with `q * r < 2^20`, so the
+/// shift by 32 gives `q` exactly; for any other `rel`, `q * size != rel`
+/// whatever `q` the shift gives.
+#[inline(always)]
+pub const fn object_index(rel: u64, c: usize) -> Option<u32> {
+    if rel >= 1 << 20 {
+        return None;
+    }
+    let q = (rel * RECIPROCALS[c]) >> 32;
+    if q * SIZES[c] as u64 == rel {
+        Some(q as u32)
+    } else {
+        None
+    }
 }
 
 /// Bytes of one slab of class `c` (a power of two, slabs are aligned to it).
@@ -126,6 +166,28 @@ mod tests {
             }
         }
         assert!(may_serve(20, 64));
+        // The same answers as trying every alignment, for every size and class.
+        let by_walk = |size: u64, have: u64| {
+            let c = class_of(have);
+            (0..=12).any(|k| class_for(size, 1 << k) == Some(c))
+        };
+        for &have in SIZES.iter() {
+            for size in 0..=MAX_SMALL + 1 {
+                assert_eq!(
+                    may_serve(size, have as u64),
+                    by_walk(size, have as u64),
+                    "{size} in {have}"
+                );
+            }
+        }
+        // Object indices by reciprocal: the division's answers, every offset of every slab.
+        for (c, &size) in SIZES.iter().enumerate() {
+            let size = size as u64;
+            for rel in 0..slab_bytes(c) {
+                let want = (rel % size == 0).then_some((rel / size) as u32);
+                assert_eq!(object_index(rel, c), want, "offset {rel} in class {c}");
+            }
+        }
         assert!(!may_serve(65, 64), "larger than the object");
         assert!(!may_serve(16, 48), "no alignment takes 16 bytes to 48");
     }

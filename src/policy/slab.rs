@@ -233,10 +233,8 @@ impl Slabs {
         let id = self.find(offset)?;
         let s = &self.slabs[id as usize];
         let size = classes::SIZES[s.class as usize] as u64;
-        let rel = offset - s.offset;
-        let i = (rel / size) as u32;
-        (rel % size == 0 && i < s.nobj && s.live[(i / 64) as usize] >> (i % 64) & 1 == 1)
-            .then_some(size)
+        let i = classes::object_index(offset - s.offset, s.class as usize)?;
+        (i < s.nobj && s.live[(i / 64) as usize] >> (i % 64) & 1 == 1).then_some(size)
     }
 
     /// Frees the object at `offset`, freed on stream slot `slot` with `stamp`.
@@ -259,11 +257,10 @@ impl Slabs {
         let expected = size;
         let class = s.class as usize;
         let size = classes::SIZES[class] as u64;
-        let rel = offset - s.offset;
-        let i = (rel / size) as u32;
-        if rel % size != 0 || i >= s.nobj {
-            return Err(BadPointer::Interior);
-        }
+        let i = match classes::object_index(offset - s.offset, class) {
+            Some(i) if i < s.nobj => i,
+            _ => return Err(BadPointer::Interior),
+        };
         let (w, b) = ((i / 64) as usize, i % 64);
         if s.live[w] >> b & 1 == 0 {
             return Err(BadPointer::DoubleFree);
