@@ -31,11 +31,14 @@ if [ -n "${INSTR_ONLY:-}" ]; then sim=no; thrash=0; else sim=yes; thrash=${THRAS
 # `env -i` with a fixed environment: the environment's strings lie at the top of the stack, so their
 # length moves every stack frame and changes how many cache lines the frames straddle (several
 # lines per call between two shells).
+# WHOLE=1: a trace without repetition marks (serve.trace.jsonl.gz) is replayed whole N-1 and N times
+# instead, and the difference is its N-th pass.
 for r in $((n - 1)) $n; do
+  if [ -n "${WHOLE:-}" ]; then times=(); args=("$r" "$trace"); else times=(RUN_ON=$r); args=(1 "$trace"); fi
   env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0 \
-    THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} RUN_ON=$r setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim --cachegrind-out-file="$tmp/cg.$r" \
-    "$bin" 1 "$trace" > "$tmp/log.$r" 2>&1 &
+    THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} "${times[@]}" setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim --cachegrind-out-file="$tmp/cg.$r" \
+    "$bin" "${args[@]}" > "$tmp/log.$r" 2>&1 &
 done
 wait
-python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
+WHOLE=${WHOLE:-} python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
 if [ -n "${KEEP:-}" ]; then cp "$tmp"/cg.* "$KEEP"/; fi
