@@ -67,6 +67,7 @@ impl<D: Driver> SharedArena<D> {
     }
 
     /// See [`Arena::alloc_on`].
+    #[inline]
     pub fn alloc(&self, size: u64, align: u64, stream: Stream) -> Result<DevicePtr> {
         self.lock().alloc_on(size, align, stream)
     }

@@ -369,16 +369,13 @@ impl GlobalArena {
         self.tag_arenas(tag).map_or(&[], |t| &t.shards)
     }
 
+    /// The calling thread's shard of tag `tag` (on every allocation: inline,
+    /// with the tag's creation out of line).
+    #[inline]
     fn my_shard(&self, tag: u32) -> Result<&SharedArena<GlobalDriver>> {
         let t = match self.tag_arenas(tag) {
             Some(t) => t,
-            // A tag made current while this device had no arenas for it
-            // (another device's, or before this device's first use).
-            None => {
-                let name = tag_name(tag).ok_or(Error::Config("no such tag"))?;
-                self.create_tag(tag, &name)?;
-                self.tag_arenas(tag).ok_or(Error::Config("no such tag"))?
-            }
+            None => self.tag_arenas_made(tag)?,
         };
         if t.is_asleep() {
             return Err(Error::Asleep { tag });
@@ -393,6 +390,18 @@ impl GlobalArena {
         Ok(&t.shards[if n == 1 { 0 } else { s as usize % n }])
     }
 
+    /// Makes the arenas of tag `tag` on this device: a tag made current
+    /// while this device had no arenas for it (another device's, or before
+    /// this device's first use).
+    #[cold]
+    #[inline(never)]
+    fn tag_arenas_made(&self, tag: u32) -> Result<&TagArenas> {
+        let name = tag_name(tag).ok_or(Error::Config("no such tag"))?;
+        self.create_tag(tag, &name)?;
+        self.tag_arenas(tag).ok_or(Error::Config("no such tag"))
+    }
+
+    #[inline]
     fn shard_of(&self, ptr: DevicePtr) -> Option<&SharedArena<GlobalDriver>> {
         self.tags().find_map(|t| {
             let i = t
@@ -496,6 +505,7 @@ impl GlobalArena {
 
     /// Frees `ptr` (from any thread). `size`, when given, must be the size
     /// it was allocated with. Bad pointers are refused and nothing changes.
+    #[inline]
     pub fn free(&self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
         let shard = self.shard_of(ptr).ok_or(Error::BadPointer {
             addr: ptr,
