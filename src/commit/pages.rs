@@ -267,7 +267,30 @@ impl PageTable {
     ///
     /// # Time complexity
     /// O((b - a) / 64 + 1) word operations.
+    #[inline]
     pub fn cost(&self, a: u64, b: u64) -> Cost {
+        if a == b {
+            // One page (most blocks): two bit tests.
+            let (c, i) = split(a);
+            return match self.chunk(c) {
+                None => Cost {
+                    unmapped: 1,
+                    blocked: 0,
+                },
+                Some(ch) => {
+                    let (w, bit) = (ch.bits[i / 64], 1u64 << (i % 64));
+                    Cost {
+                        unmapped: u64::from(w.mapped & bit == 0),
+                        blocked: u64::from(w.blocked & bit != 0),
+                    }
+                }
+            };
+        }
+        self.cost_run(a, b)
+    }
+
+    /// [`PageTable::cost`] of two pages or more.
+    fn cost_run(&self, a: u64, b: u64) -> Cost {
         let mut cost = Cost::default();
         let mut p = a;
         while p <= b {
@@ -403,7 +426,12 @@ mod tests {
         for p in 0..3 * CHUNK as u64 {
             assert_eq!(t.map(p), s.map.get(&p).copied().unwrap_or(NIL));
             assert_eq!(t.is_blocked(p), s.blocked.contains(&p));
+            // One page takes the short path.
+            assert_eq!(t.cost(p, p), s.cost(p, p), "page {p}");
         }
+        // A page of a chunk never touched is unmapped.
+        let far = 5 * CHUNK as u64 + 3;
+        assert_eq!(t.cost(far, far), s.cost(far, far));
     }
 
     #[test]
