@@ -22,7 +22,10 @@
 //! With `THRASH_KIB=N` in the environment, N KiB of other memory are
 //! touched between events, as PyTorch's own work (Python, kernel launches)
 //! evicts the allocator's data from the CPU caches between its calls: the
-//! time per call then is that of calls made cold.
+//! time per call then is that of calls made cold. With `STACK_KIB=N` (at
+//! most 16), N KiB of the stack below the harness's frame are touched after
+//! that, so that the allocator's stack frames are warm, as PyTorch's own
+//! calls on the same stack keep them in a real run.
 use gpu_arena::api::ffi::{gpu_arena_epoch_json, gpu_arena_torch_alloc, gpu_arena_torch_free};
 use gpu_arena::replay::Event;
 use std::time::Instant;
