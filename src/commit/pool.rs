@@ -71,6 +71,16 @@ pub struct Unit {
     used: bool,
 }
 
+impl Unit {
+    /// Whether mapping `m` may take this unit: it owns it already, or the
+    /// unit is idle and not shared (an empty shared unit is never taken
+    /// again).
+    #[inline]
+    fn may_go_to(&self, m: u32) -> bool {
+        self.owner == m || (self.owner == NIL && !self.shared)
+    }
+}
+
 /// One virtual range backed by a whole unit (one cache line per record,
 /// as [`Unit`]).
 #[derive(Debug)]
@@ -384,8 +394,7 @@ impl<H> Pool<H> {
     /// an empty shared unit is never taken again).
     #[inline]
     pub fn can_take(&self, m: u32) -> bool {
-        let x = &self.units[self.maps[m as usize].unit as usize];
-        x.owner == m || (x.owner == NIL && !x.shared)
+        self.units[self.maps[m as usize].unit as usize].may_go_to(m)
     }
 
     /// Claims the unit of mapping `m` for a block over pages `a..=b` being
@@ -402,7 +411,7 @@ impl<H> Pool<H> {
             return None;
         }
         let y = &mut self.units[u as usize];
-        if !(y.owner == m || (y.owner == NIL && !y.shared)) || y.mark == token {
+        if !y.may_go_to(m) || y.mark == token {
             return None;
         }
         y.mark = token;
@@ -436,9 +445,9 @@ impl<H> Pool<H> {
     /// A free through mapping `m` that took live bytes off one of its
     /// pages: stamps the mapping and its unit with `stamp` when `stamp_it`
     /// (the first page of the mapping in this free), and when the page
-    /// `emptied`, the mapping loses it ([`Pool::lose_page`], at `now`).
-    /// One look at each record, where a stamp and a lost page each looked
-    /// them up again.
+    /// `emptied`, the mapping loses it, and with its last page its unit goes
+    /// idle (at `now`). One look at each record, where a stamp and a lost
+    /// page each looked them up again.
     #[inline]
     pub fn free_page(
         &mut self,
@@ -471,12 +480,6 @@ impl<H> Pool<H> {
             self.push_idle(u);
         }
         Transition::Idle(u)
-    }
-
-    /// Mapping `m` loses a page's last live bytes.
-    #[inline]
-    pub fn lose_page(&mut self, m: u32, now: u64) -> Transition {
-        self.free_page(m, Stamp::SAFE, false, true, now)
     }
 
     fn push_idle(&mut self, u: u32) {
@@ -680,9 +683,18 @@ mod tests {
         assert_eq!(p.gain_page(mb, 1), Transition::Owned(b));
         assert_eq!(p.gain_page(mb, 1), Transition::None);
         assert_eq!(p.idle_pages(), 0);
-        assert_eq!(p.lose_page(mb, 5), Transition::None);
-        assert_eq!(p.lose_page(mb, 6), Transition::Idle(b));
-        assert_eq!(p.lose_page(ma, 7), Transition::Idle(a));
+        assert_eq!(
+            p.free_page(mb, Stamp::SAFE, false, true, 5),
+            Transition::None
+        );
+        assert_eq!(
+            p.free_page(mb, Stamp::SAFE, false, true, 6),
+            Transition::Idle(b)
+        );
+        assert_eq!(
+            p.free_page(ma, Stamp::SAFE, false, true, 7),
+            Transition::Idle(a)
+        );
         assert_eq!(p.first_idle(), b, "oldest idle first");
         assert_eq!(p.next_idle(b), a);
         p.check();
