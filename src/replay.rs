@@ -228,6 +228,10 @@ pub struct Repetition {
     pub events: u64,
     /// Wall time of the repetition's events (seconds).
     pub seconds: f64,
+    /// A fingerprint of where the repetition's blocks went: a hash of each
+    /// allocation's offset in the arena's reservation, in order. Two runs
+    /// that made the same decisions have the same fingerprints.
+    pub placements: u64,
 }
 
 /// Blocks of a trace that live through the whole workload (allocated in its
@@ -325,6 +329,7 @@ struct Segment {
     allocs: u64,
     events: u64,
     start: Instant,
+    placements: u64,
 }
 
 impl Segment {
@@ -335,6 +340,16 @@ impl Segment {
             allocs: 0,
             events: 0,
             start: Instant::now(),
+            // FNV-1a's offset basis.
+            placements: 0xcbf2_9ce4_8422_2325,
+        }
+    }
+
+    /// Adds an allocation at offset `off` to the fingerprint (FNV-1a over
+    /// the offset's bytes).
+    fn place(&mut self, off: u64) {
+        for b in off.to_le_bytes() {
+            self.placements = (self.placements ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
         }
     }
 
@@ -351,6 +366,7 @@ impl Segment {
             peak_live: s.peak_live,
             vmm_calls: calls.vmm(),
             calls: calls.total(),
+            placements: self.placements,
         }
     }
 }
@@ -386,6 +402,7 @@ fn replay_split<D: Driver>(
                     }
                     let p = arena.alloc_on(size.max(1), 512, Stream::DEFAULT)?;
                     live.insert(addr, p);
+                    seg.place(p.addr() - arena.reservation().0.addr());
                     seg.allocs += 1;
                     seg.events += 1;
                 }

@@ -56,6 +56,7 @@ impl<D: Driver> Commit<D> {
     /// Records the fences that the stamps of `h` wait for (once per open
     /// epoch) and polls once. Never blocks.
     fn fence(&mut self, h: Fenced) {
+        self.pool.flush_fenced(h);
         let stamps = self.pool.stamps(h);
         for i in 0..stamps.len() {
             let Some(s) = stamps.get(i) else {
@@ -75,11 +76,11 @@ impl<D: Driver> Commit<D> {
 
     /// Whether unit `u` may serve work of `slot` now.
     pub(super) fn allows_unit(&mut self, u: u32, slot: u16) -> bool {
-        let u = Fenced::Unit(u);
         let streams = &self.streams;
-        if self.pool.stamps(u).allows(slot, |s| streams.done(s)) {
+        if self.pool.unit_allows(u, slot, |s| streams.done(s)) {
             return true;
         }
+        let u = Fenced::Unit(u);
         self.fence(u);
         let streams = &self.streams;
         self.pool.stamps(u).allows(slot, |s| streams.done(s))
@@ -88,6 +89,7 @@ impl<D: Driver> Commit<D> {
     /// Whether every free through `h` is known complete (records fences
     /// and polls once; never blocks).
     fn settled(&mut self, h: Fenced) -> bool {
+        self.pool.flush_fenced(h);
         let streams = &self.streams;
         if self.pool.stamps_mut(h).prune(|s| streams.done(s)) {
             return true;
@@ -371,29 +373,20 @@ impl<D: Driver> Commit<D> {
         // Idle units looked at: a repair remaps a few pages and may look
         // further for the least mapped.
         let look = if least_mapped { 4096 } else { 256 };
-        let mut u = self.pool.first_idle();
-        let mut looked = 0;
         let mut best: Option<(u32, u32)> = None;
-        while u != NIL && looked < look {
-            looked += 1;
-            let next = self.pool.next_idle(u);
+        let streams = &self.streams;
+        for u in self.pool.idle_units().take(look) {
             let x = self.pool.unit(u);
             let (fits, aliases) = (x.pages <= pages && !taken.contains(&u), x.aliases);
-            if fits && best.is_none_or(|(b, _)| aliases < b) {
-                let streams = &self.streams;
-                let ok = self
-                    .pool
-                    .unit_mut(u)
-                    .stamps
-                    .allows(slot, |s| streams.done(s));
-                if ok {
-                    if !least_mapped || aliases == 0 {
-                        return Some(u);
-                    }
-                    best = Some((aliases, u));
+            if fits
+                && best.is_none_or(|(b, _)| aliases < b)
+                && self.pool.unit_allows(u, slot, |s| streams.done(s))
+            {
+                if !least_mapped || aliases == 0 {
+                    return Some(u);
                 }
+                best = Some((aliases, u));
             }
-            u = next;
         }
         best.map(|(_, u)| u)
     }

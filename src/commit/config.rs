@@ -66,6 +66,11 @@ pub struct CommitConfig {
     /// since, which a GPU running behind its host has not finished; the
     /// repair then never acts.
     pub stitch_repair_min: u64,
+    /// Free and take back a stitched range's block in one step where no
+    /// other mapping took one of its units in between (see
+    /// [`parked`](super::pool)): the same decisions as page by page, with
+    /// the pages' records left alone. Off only to compare the two.
+    pub park: bool,
 }
 
 impl Default for CommitConfig {
@@ -79,6 +84,7 @@ impl Default for CommitConfig {
             reclaim_on_free: true,
             stitch_repair: false,
             stitch_repair_min: 64 << 20,
+            park: true,
         }
     }
 }

@@ -6,6 +6,7 @@
 use super::pages::NIL;
 use super::pool::Transition;
 use super::{Backing, Commit};
+use crate::MetaVec;
 use crate::driver::Driver;
 use crate::error::Result;
 use crate::sync::Stamp;
@@ -118,19 +119,22 @@ impl<D: Driver> Commit<D> {
     /// Adds `len` live bytes at `off` to pages that are all backed and
     /// takeable.
     pub(super) fn account_live(&mut self, off: u64, len: u64) {
-        let (a, b) = self.span(off, len);
         let mut now = None;
-        for p in a..=b {
-            let lo = off.max(p << self.shift);
-            let hi = (off + len).min((p + 1) << self.shift);
-            let (first_live, m) = self.pages.add_live_map(p, (hi - lo) as u32);
+        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
+        let (pool, clock) = (&mut self.pool, &self.clock);
+        self.pages.add_block(off, len, self.shift, |first_live, m| {
             if first_live {
-                let t = *now.get_or_insert_with(|| self.clock.now_ms());
-                if let Transition::Owned(u) = self.pool.gain_page(m, t) {
-                    self.set_aliases_blocked(u, m, true);
+                let t = *now.get_or_insert_with(|| clock.now_ms());
+                if let Transition::Owned(u) = pool.gain_page(m, t) {
+                    let first = pool.other_aliases(u, m);
+                    if first != NIL {
+                        marks.push((first, m));
+                    }
                 }
             }
-        }
+        });
+        self.mark_all(&mut marks, true);
+        self.marks = marks;
         self.live += len;
         self.peak_live = self.peak_live.max(self.live);
     }
@@ -142,14 +146,22 @@ impl<D: Driver> Commit<D> {
     /// need no pricing, and a unit may lie in many ranges.
     #[inline]
     pub(super) fn set_aliases_blocked(&mut self, u: u32, owner: u32, blocked: bool) {
-        // The list holds the mappings outside stitched ranges; most units
-        // have one there, `owner` itself (the rest of their mappings are
-        // stitched), and nothing is to be marked.
-        let m = self.pool.unit(u).first_alias;
-        if m == NIL || (m == owner && self.pool.map(owner).next_alias == NIL) {
-            return;
+        let m = self.pool.other_aliases(u, owner);
+        if m != NIL {
+            self.mark_aliases(m, owner, blocked);
         }
-        self.mark_aliases(m, owner, blocked);
+    }
+
+    /// [`Commit::mark_aliases`] for each `(first, owner)` that a walk over a
+    /// block's pages put aside, in its order, and empties `marks`. The walk
+    /// holds the page table; the marks touch only pages of other mappings of
+    /// the units (no unit backs two pages of one block), each at most once,
+    /// so marking them after the walk leaves the same bits.
+    pub(super) fn mark_all(&mut self, marks: &mut MetaVec<(u32, u32)>, blocked: bool) {
+        for &(first, owner) in marks.iter() {
+            self.mark_aliases(first, owner, blocked);
+        }
+        marks.clear();
     }
 
     /// [`Commit::set_aliases_blocked`] from mapping `m` of the list on.
@@ -179,6 +191,12 @@ impl<D: Driver> Commit<D> {
             return;
         }
         let (idled, shared) = self.unaccount(off, len, stamp);
+        self.after_free(len, idled, shared);
+    }
+
+    /// What follows taking a free's `len` bytes off the page table: `idled`
+    /// whether a page emptied, `shared` whether a shared unit went idle.
+    pub(super) fn after_free(&mut self, len: u64, idled: bool, shared: bool) {
         self.live -= len;
         self.streak = 0;
         self.ticks += 1;

@@ -137,6 +137,13 @@ pub struct Commit<D: Driver> {
     shared_pending: MetaVec<u32>,
     /// Pages in shared units (a part of the committed pages).
     shared_pages: u64,
+    /// Units whose change of owner left blocked bits to mark (first alias,
+    /// owner), put aside by a walk over a block's pages (see `live`); empty
+    /// between calls, kept for its capacity.
+    marks: MetaVec<(u32, u32)>,
+    /// The member mappings of a group being formed (see `stitched`); kept
+    /// for its capacity.
+    members: MetaVec<u32>,
     /// Handles (and their pages) whose release the driver refused: tried
     /// again by every reclaim and at teardown, counted as committed.
     unreleased: MetaVec<(D::Handle, u64)>,
@@ -214,6 +221,8 @@ impl<D: Driver> Commit<D> {
             asleep: false,
             shared_pending: MetaVec::new_in(std::alloc::System),
             shared_pages: 0,
+            marks: MetaVec::new_in(std::alloc::System),
+            members: MetaVec::new_in(std::alloc::System),
             unreleased: MetaVec::new_in(std::alloc::System),
             unreleased_pages: 0,
             budget: None,
@@ -437,13 +446,10 @@ impl<D: Driver> Commit<D> {
     pub fn reclaimable(&self) -> u64 {
         let done = |s: Stamp| self.streams.done(s);
         let mut pages = 0;
-        let mut u = self.pool.first_idle();
-        while u != NIL {
-            let x = self.pool.unit(u);
-            if x.stamps.all_done(done) {
-                pages += x.pages;
+        for u in self.pool.idle_units() {
+            if self.pool.unit_all_done(u, done) {
+                pages += self.pool.unit(u).pages;
             }
-            u = self.pool.next_idle(u);
         }
         for &u in &self.shared_pending {
             if self.pool.unit(u).stamps.all_done(done) {

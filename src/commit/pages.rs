@@ -211,6 +211,72 @@ impl PageTable {
         (was == 0, page.map)
     }
 
+    /// Calls `f(map)` for each page of `a..=b` in order, with its mapping
+    /// (NIL for none). One chunk lookup per chunk.
+    #[inline]
+    pub fn each_map(&self, a: u64, b: u64, mut f: impl FnMut(u32)) {
+        let mut p = a;
+        while p <= b {
+            let (c, i) = split(p);
+            let stop = b.min((((c as u64) + 1) << CHUNK_SHIFT) - 1);
+            let n = (stop - p) as usize + 1;
+            match self.chunk(c) {
+                Some(ch) => ch.pages[i..i + n].iter().for_each(|x| f(x.map)),
+                None => (0..n).for_each(|_| f(NIL)),
+            }
+            p = stop + 1;
+        }
+    }
+
+    /// Removes a block's `len` bytes at byte offset `off` from its pages
+    /// (pages of `1 << shift` bytes) and calls `f(emptied, map)` for each
+    /// page in order: whether the page has no live bytes now, and its
+    /// mapping. One chunk lookup per chunk.
+    #[inline]
+    pub fn sub_block(&mut self, off: u64, len: u64, shift: u32, mut f: impl FnMut(bool, u32)) {
+        self.each_page_of(off, len, shift, |page, n| {
+            debug_assert!(page.live >= n, "live {} < {n}", page.live);
+            page.live -= n;
+            f(page.live == 0, page.map);
+        });
+    }
+
+    /// Adds a block's `len` bytes at byte offset `off` to its pages and
+    /// calls `f(first_live, map)` for each page in order: whether the page
+    /// had no live bytes before, and its mapping. One chunk lookup per
+    /// chunk, where [`PageTable::add_live_map`] per page looks its chunk up
+    /// every time.
+    #[inline]
+    pub fn add_block(&mut self, off: u64, len: u64, shift: u32, mut f: impl FnMut(bool, u32)) {
+        self.each_page_of(off, len, shift, |page, n| {
+            let was = page.live;
+            page.live = was + n;
+            f(was == 0, page.map);
+        });
+    }
+
+    /// Calls `f(entry, bytes)` for each page of the block of `len > 0`
+    /// bytes at `off`, with the block's bytes on that page: the whole page
+    /// but for the first and the last.
+    #[inline]
+    fn each_page_of(&mut self, off: u64, len: u64, shift: u32, mut f: impl FnMut(&mut Page, u32)) {
+        let end = off + len;
+        let (a, b) = (off >> shift, (end - 1) >> shift);
+        let on = |p: u64| (end.min((p + 1) << shift) - off.max(p << shift)) as u32;
+        let whole = 1u32 << shift;
+        let mut p = a;
+        while p <= b {
+            let (c, i) = split(p);
+            let stop = b.min((((c as u64) + 1) << CHUNK_SHIFT) - 1);
+            let pages = &mut self.chunk_mut(c).pages[i..=i + (stop - p) as usize];
+            for (q, page) in (p..=stop).zip(pages.iter_mut()) {
+                let n = if q == a || q == b { on(q) } else { whole };
+                f(page, n);
+            }
+            p = stop + 1;
+        }
+    }
+
     /// Adds `n` live bytes to page `p`; returns whether it had none before.
     #[inline]
     pub fn add_live(&mut self, p: u64, n: u32) -> bool {

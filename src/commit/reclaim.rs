@@ -86,16 +86,15 @@ impl<D: Driver> Commit<D> {
         } else {
             let decay = self.decay;
             let mut idle: MetaVec<(u64, u64)> = MetaVec::new_in(std::alloc::System);
-            let mut u = self.pool.first_idle();
-            while u != NIL {
-                let x = self.pool.unit(u);
-                idle.push((x.idle_since, x.pages));
-                u = self.pool.next_idle(u);
+            for u in self.pool.idle_units() {
+                idle.push((self.pool.idle_since(u), self.pool.unit(u).pages));
             }
             decay.allowed(now, idle.into_iter())
         };
         let mut u = self.pool.first_idle();
         while u != NIL && self.pool.idle_pages() > allowed {
+            // A parked group's units follow its first on the list from now.
+            self.pool.flush_unit(u);
             let next = self.pool.next_idle(u);
             if !keep.contains(&u) && self.releasable(u) {
                 pages += self.release_unit(u);

@@ -15,6 +15,7 @@
 //! range's units are idle is asked of the pool by the caller.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
+use super::pool::GroupId;
 use crate::{MetaMap, MetaVec};
 
 /// A stitched range.
@@ -38,6 +39,12 @@ pub struct Range {
     /// The page (from `first`) at which the last look found it could not
     /// be taken back: looked at first the next time.
     pub blocker: u64,
+    /// The stream slot its block was taken for (every unit of the block
+    /// was checked to allow that stream's work).
+    pub stream: u16,
+    /// The pool's group of its block's units, parked while it is cached
+    /// (see [`parked`](super::pool)); it may have been flushed since.
+    pub group: Option<GroupId>,
     used: bool,
 }
 
@@ -189,6 +196,8 @@ impl Stitch {
             last_used: now,
             recency: self.recency,
             blocker: 0,
+            stream: 0,
+            group: None,
             used: true,
         };
         let r = match self.spare.pop() {
@@ -211,12 +220,14 @@ impl Stitch {
         Some(r)
     }
 
-    /// Marks range `r` in use by a block of `size` bytes.
-    pub fn take(&mut self, r: u32, size: u64) {
+    /// Marks range `r` in use by a block of `size` bytes for work of stream
+    /// slot `stream`.
+    pub fn take(&mut self, r: u32, size: u64, stream: u16) {
         let x = &mut self.ranges[r as usize];
         debug_assert!(x.used && !x.in_use, "range {r} not free");
         x.in_use = true;
         x.size = size;
+        x.stream = stream;
         self.live_bytes += size;
         self.live_count += 1;
     }
@@ -232,6 +243,11 @@ impl Stitch {
         self.live_bytes -= x.size;
         self.live_count -= 1;
         core::mem::take(&mut x.size)
+    }
+
+    /// Records the pool's group of range `r`'s block's units.
+    pub fn set_group(&mut self, r: u32, g: Option<GroupId>) {
+        self.ranges[r as usize].group = g;
     }
 
     /// Records the page (from the range's first) at which range `r` could
@@ -348,7 +364,7 @@ mod tests {
         let b = s.make(8, 0).expect("room");
         assert_eq!(s.range(a).first, 1000);
         assert_eq!(s.range(b).first, 1004);
-        s.take(a, 7 << 20);
+        s.take(a, 7 << 20, 1);
         assert_eq!(s.cached(4, 5).next(), None, "in use");
         assert_eq!(s.cached(4, 8).next(), Some(b));
         assert_eq!(s.put(a, 3), 7 << 20);

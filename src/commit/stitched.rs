@@ -130,9 +130,12 @@ impl<D: Driver> Commit<D> {
             if self.pages.cost(first, first + k - 1).unmapped > 0 {
                 continue;
             }
+            if self.retake_parked(r, k, size, slot) {
+                return Some(first << self.shift);
+            }
             match self.takeable(first, first + k - 1, slot) {
                 Ok(()) => {
-                    self.stitch.take(r, size);
+                    self.stitch.take(r, size, slot);
                     self.account_live(first << self.shift, size);
                     self.stitch_counts.reused += 1;
                     return Some(first << self.shift);
@@ -141,6 +144,92 @@ impl<D: Driver> Commit<D> {
             }
         }
         None
+    }
+
+    /// Takes cached range `r` back for a block of `size` bytes (`k` pages)
+    /// for work of stream slot `slot` in one step, if its block's units
+    /// were parked as a group that may be taken back at once
+    /// ([`Pool::can_retake`](super::pool::Pool::can_retake)): what
+    /// [`Commit::takeable`] and [`Commit::account_live`] would do page by
+    /// page, with the same outcome (see [`parked`](super::pool)).
+    fn retake_parked(&mut self, r: u32, k: u64, size: u64, slot: u16) -> bool {
+        let Some(g) = self.stitch.range(r).group else {
+            return false;
+        };
+        let streams = &self.streams;
+        if !self.pool.can_retake(g, k, slot, |s| streams.done(s)) {
+            return false;
+        }
+        let off = self.stitch.range(r).first << self.shift;
+        self.pages
+            .add_block(off, size, self.shift, |first_live, _| {
+                debug_assert!(first_live, "a parked range's page is live");
+            });
+        let now = self.clock.now_ms();
+        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
+        self.pool.retake_group(g, now, &mut marks);
+        self.mark_all(&mut marks, true);
+        self.marks = marks;
+        self.live += size;
+        self.peak_live = self.peak_live.max(self.live);
+        self.stitch.take(r, size, slot);
+        self.stitch_counts.reused += 1;
+        true
+    }
+
+    /// Frees the block of `size` bytes at `off` that holds range `r` by
+    /// parking its units as a group (forming it if need be), if parking is
+    /// on and they may be: what [`Commit::sub_live`] would do page by page,
+    /// with the same outcome (see [`parked`](super::pool)). Returns false
+    /// where the caller must free it page by page.
+    fn park_range(&mut self, r: u32, off: u64, size: u64, stamp: Stamp) -> bool {
+        if !self.config.park || self.asleep || size == 0 {
+            return false;
+        }
+        let (first, stream, group) = {
+            let x = self.stitch.range(r);
+            (x.first, x.stream, x.group)
+        };
+        let k = size.div_ceil(self.page);
+        let g = match group.filter(|&g| self.pool.group_alive(g)) {
+            Some(g) => g,
+            None => {
+                let mut members =
+                    core::mem::replace(&mut self.members, MetaVec::new_in(std::alloc::System));
+                members.clear();
+                let mut last = NIL;
+                let mut mapped = true;
+                self.pages.each_map(first, first + k - 1, |m| {
+                    mapped &= m != NIL;
+                    if m != last {
+                        members.push(m);
+                        last = m;
+                    }
+                });
+                let g = if mapped {
+                    self.pool.form_group(&members, k, stream)
+                } else {
+                    None
+                };
+                self.members = members;
+                self.stitch.set_group(r, g);
+                match g {
+                    Some(g) => g,
+                    None => return false,
+                }
+            }
+        };
+        self.pages.sub_block(off, size, self.shift, |emptied, _| {
+            debug_assert!(emptied, "a stitched range's page stays live");
+        });
+        let now = self.clock.now_ms();
+        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
+        self.pool.park_group(g, stamp, now, &mut marks);
+        self.mark_all(&mut marks, false);
+        self.marks = marks;
+        self.next_reclaim = self.next_reclaim.min(now + self.reclaim_period());
+        self.after_free(size, true, false);
+        true
     }
 
     /// Allocates `size` bytes in a stitched range for work of stream slot
@@ -188,7 +277,7 @@ impl<D: Driver> Commit<D> {
         let first = self.stitch.range(r).first;
         // In use while it is backed, so that the out-of-memory ladder leaves
         // it alone.
-        self.stitch.take(r, size);
+        self.stitch.take(r, size, slot);
         let off = first << self.shift;
         if let Err(e) = self.back(first, first + k - 1, off, size, slot, super::Backing::Pages) {
             self.stitch.put(r, now);
@@ -241,7 +330,7 @@ impl<D: Driver> Commit<D> {
         let off = first << self.shift;
         // In use while it is backed, so that the out-of-memory ladder leaves
         // it alone.
-        self.stitch.take(r, size);
+        self.stitch.take(r, size, slot);
         if let Err(e) = self.back(
             first,
             first + k - 1,
@@ -337,7 +426,7 @@ impl<D: Driver> Commit<D> {
             } else {
                 // Only what is known now: counting records no fence.
                 let streams = &self.streams;
-                if !self.pool.unit(u).stamps.allows(slot, |s| streams.done(s)) {
+                if !self.pool.unit_allows(u, slot, |s| streams.done(s)) {
                     busy.fenced += pages;
                 }
             }
@@ -458,7 +547,9 @@ impl<D: Driver> Commit<D> {
         }
         let now = self.clock.now_ms();
         let size = self.stitch.put(r, now);
-        self.sub_live(off, size, stamp);
+        if !self.park_range(r, off, size, stamp) {
+            self.sub_live(off, size, stamp);
+        }
         if self.repairs(size) && self.streams.ensure_fence(&self.res.driver, stamp).is_err() {
             self.calls.failed += 1;
         }

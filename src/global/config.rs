@@ -20,6 +20,7 @@
 //! | `growth_ahead` | while the top grows with no free, new handles may be larger by live / this (0: off) | 16 |
 //! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of `stitch_repair_min` or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
 //! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
+//! | `park` | `0`: free and take back stitched ranges page by page instead of parking their units as a group (the same decisions, more work per call; see `CommitConfig::park`) | 1 |
 //! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
 //! | `reservation` | address space per shard (0: 8 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
@@ -143,6 +144,7 @@ impl GlobalConfig {
                     c.arena.commit.stitch_repair = flag("stitch_repair must be 0 or 1", v)?
                 }
                 "stitch_repair_min" => c.arena.commit.stitch_repair_min = parse_size(v)?,
+                "park" => c.arena.commit.park = flag("park must be 0 or 1", v)?,
                 "keep_alive" | "keep_alive_fraction" | "wait_for_reuse" => {
                     return Err(bad(
                         "this key is gone: idle memory now goes back along a decay curve (use decay_ms)",

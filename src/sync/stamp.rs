@@ -112,9 +112,14 @@ impl StampSet {
     }
 
     /// Adds every stamp of `other`.
+    #[inline]
     pub fn add_all(&mut self, other: &StampSet) {
-        for s in other.iter() {
-            self.add(s);
+        // `add` passes over a safe (empty) first stamp.
+        self.add(other.first);
+        if let Some(more) = &other.more {
+            for &s in more.iter() {
+                self.add(s);
+            }
         }
     }
 

@@ -355,6 +355,55 @@ fn recorded_repetitions_stay_within_two_percent_and_inference_settles() {
     }
 }
 
+/// Parking a stitched range's units as a group when its block is freed
+/// (`CommitConfig::park`, on by default) changes no decision: the recorded
+/// traces replayed with parking on and off, fences 50 events behind, put
+/// every block at the same offset and make the same driver calls with the
+/// same peaks in every repetition, and end with the same statistics.
+#[test]
+fn parking_changes_no_decision() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pytorch/traces");
+    for (name, times) in [("bert_infer", 3), ("gpt2_generate", 3), ("train", 6)] {
+        let path = std::path::Path::new(dir).join(format!("{name}-r3.trace.jsonl.gz"));
+        let (events, marks) = gpu_arena::replay::read_trace_marked(&path).unwrap();
+        let (events, marks) = gpu_arena::replay::run_on(&events, &marks, times)
+            .expect("the recorded repetitions 2 and 3 are the same events");
+        let run = |park: bool| {
+            let mut cfg = ArenaConfig::default();
+            cfg.commit.park = park;
+            let (reps, stats) = on_host(cfg, |arena, hold, complete| {
+                replay_recorded(arena, &events, &marks, 50, hold, complete).unwrap()
+            });
+            let reps: Vec<_> = reps
+                .iter()
+                .map(|r| {
+                    (
+                        r.allocs,
+                        r.peak_committed,
+                        r.peak_live,
+                        r.vmm_calls,
+                        r.calls,
+                        r.placements,
+                    )
+                })
+                .collect();
+            let mut calls = stats.driver_calls;
+            calls.vmm_nanos = 0;
+            let ends = (
+                stats.committed,
+                stats.handles,
+                stats.mappings,
+                stats.stitched_ranges,
+            );
+            (reps, calls, stats.stitch, ends)
+        };
+        let (off, on) = (run(false), run(true));
+        assert_eq!(on.0.len(), times, "{name}");
+        assert_eq!(off, on, "{name}: parking changed a decision");
+        assert!(on.2.reused > 0, "{name}: stitched ranges were taken back");
+    }
+}
+
 /// Training settles too, later: its recorded second and third repetitions
 /// are the same events (addresses included), so the third is run again
 /// until 16 repetitions; from the 13th on, with fences 0 or 50 events

@@ -25,6 +25,10 @@ use super::pages::NIL;
 use crate::MetaVec;
 use crate::sync::{Stamp, StampSet};
 
+mod parked;
+use parked::Group;
+pub use parked::{GroupId, IdleUnits, NO_GROUP};
+
 /// What a set of free stamps belongs to: a whole unit (every mapping of
 /// its handle) or one mapping (the frees through that virtual range).
 #[derive(Clone, Copy, Debug)]
@@ -69,6 +73,8 @@ pub struct Unit {
     /// Created shareable or imported: never reused once empty.
     pub shared: bool,
     used: bool,
+    /// The parked group it belongs to, or [`NO_GROUP`] (see [`parked`]).
+    group: u16,
 }
 
 impl Unit {
@@ -120,6 +126,9 @@ pub struct Pool<H> {
     maps: MetaVec<Mapping>,
     spare_units: MetaVec<u32>,
     spare_maps: MetaVec<u32>,
+    /// Parked groups (see [`parked`]), by slot.
+    groups: MetaVec<Group>,
+    spare_groups: MetaVec<u16>,
     idle_head: u32,
     idle_tail: u32,
     mark: u32,
@@ -156,6 +165,8 @@ impl<H> Pool<H> {
             maps: MetaVec::new_in(std::alloc::System),
             spare_units: MetaVec::new_in(std::alloc::System),
             spare_maps: MetaVec::new_in(std::alloc::System),
+            groups: MetaVec::new_in(std::alloc::System),
+            spare_groups: MetaVec::new_in(std::alloc::System),
             idle_head: NIL,
             idle_tail: NIL,
             mark: 0,
@@ -230,6 +241,10 @@ impl<H> Pool<H> {
     /// The stamps of the frees through `h` (a unit, or one mapping).
     #[inline]
     pub fn stamps(&self, h: Fenced) -> &StampSet {
+        debug_assert!(
+            !self.grouped(h),
+            "stamps of {h:?} asked before its group was flushed"
+        );
         match h {
             Fenced::Unit(u) => &self.unit(u).stamps,
             Fenced::Mapping(m) => &self.map(m).stamps,
@@ -238,10 +253,34 @@ impl<H> Pool<H> {
     /// The stamps of the frees through `h`, mutably.
     #[inline]
     pub fn stamps_mut(&mut self, h: Fenced) -> &mut StampSet {
+        debug_assert!(
+            !self.grouped(h),
+            "stamps of {h:?} changed before its group was flushed"
+        );
         match h {
             Fenced::Unit(u) => &mut self.unit_mut(u).stamps,
             Fenced::Mapping(m) => &mut self.map_mut(m).stamps,
         }
+    }
+
+    /// Whether the unit of `h` is in a group (its stamps and those of its
+    /// mappings lack the group's pending ones).
+    fn grouped(&self, h: Fenced) -> bool {
+        let u = match h {
+            Fenced::Unit(u) => u,
+            Fenced::Mapping(m) => self.maps[m as usize].unit,
+        };
+        self.units[u as usize].group != NO_GROUP
+    }
+
+    /// Flushes the group of the unit of `h`, if any: its stamps and those
+    /// of its mappings are then whole.
+    pub fn flush_fenced(&mut self, h: Fenced) {
+        let u = match h {
+            Fenced::Unit(u) => u,
+            Fenced::Mapping(m) => self.maps[m as usize].unit,
+        };
+        self.flush_unit(u);
     }
 
     /// Takes in a new unit of `pages` pages (idle, no mapping yet).
@@ -259,6 +298,7 @@ impl<H> Pool<H> {
             prev: NIL,
             next: NIL,
             used: true,
+            group: NO_GROUP,
         };
         let u = match self.spare_units.pop() {
             Some(u) => {
@@ -286,7 +326,7 @@ impl<H> Pool<H> {
     pub fn remove_unit(&mut self, u: u32) -> Option<H> {
         let x = &self.units[u as usize];
         debug_assert!(
-            x.used && x.aliases == 0 && x.owner == NIL,
+            x.used && x.aliases == 0 && x.owner == NIL && x.group == NO_GROUP,
             "unit {u} in use"
         );
         if !x.shared {
@@ -354,6 +394,9 @@ impl<H> Pool<H> {
     pub fn remove_map(&mut self, m: u32) -> u32 {
         debug_assert!(self.maps[m as usize].live_pages == 0, "mapping {m} is live");
         let u = self.maps[m as usize].unit;
+        // A member's group cannot outlive it (the caller settled its stamps,
+        // which flushed the group; this keeps it so whatever the caller).
+        self.flush_unit(u);
         let next = self.maps[m as usize].next_alias;
         let stitched = self.maps[m as usize].stitched;
         let head = if stitched {
@@ -418,6 +461,20 @@ impl<H> Pool<H> {
         Some(u)
     }
 
+    /// The first of unit `u`'s mappings outside stitched ranges (linked by
+    /// `Mapping::next_alias`) when one of them is not `m`, else NIL: whether
+    /// `u`'s change of owner to or from `m` has blocked bits to change.
+    /// Most units have one mapping there, `m` itself.
+    #[inline]
+    pub fn other_aliases(&self, u: u32, m: u32) -> u32 {
+        let first = self.units[u as usize].first_alias;
+        if first == NIL || (first == m && self.maps[m as usize].next_alias == NIL) {
+            NIL
+        } else {
+            first
+        }
+    }
+
     /// Mapping `m` gains a page with live bytes.
     ///
     /// The unit must be idle or owned by `m` ([`Pool::can_take`]).
@@ -430,6 +487,9 @@ impl<H> Pool<H> {
         }
         mp.last_used = now;
         let u = mp.unit;
+        // A unit of a parked group taken page by page: the group's state
+        // goes back to the page-by-page one first.
+        self.flush_unit(u);
         debug_assert!(
             self.units[u as usize].owner == NIL,
             "mapping {m} takes unit {u} owned by mapping {}",
@@ -457,6 +517,9 @@ impl<H> Pool<H> {
         emptied: bool,
         now: u64,
     ) -> Transition {
+        // A member freed page by page (a group is parked whole, by its
+        // range): its group goes first.
+        self.flush_unit(self.maps[m as usize].unit);
         let mp = &mut self.maps[m as usize];
         let u = mp.unit;
         if stamp_it {
@@ -494,6 +557,20 @@ impl<H> Pool<H> {
         }
         self.idle_tail = u;
         self.idle_pages += pages;
+    }
+
+    /// Puts idle unit `u` on the idle list right after unit `at`.
+    fn insert_idle_after(&mut self, at: u32, u: u32) {
+        let next = self.units[at as usize].next;
+        let x = &mut self.units[u as usize];
+        x.prev = at;
+        x.next = next;
+        self.units[at as usize].next = u;
+        if next == NIL {
+            self.idle_tail = u;
+        } else {
+            self.units[next as usize].prev = u;
+        }
     }
 
     fn unlink_idle(&mut self, u: u32) {
@@ -544,6 +621,7 @@ impl<H> Pool<H> {
         self.maps.clear();
         self.spare_units.clear();
         self.spare_maps.clear();
+        self.forget_groups();
         self.idle_head = NIL;
         self.idle_tail = NIL;
         self.committed_pages = 0;
@@ -610,7 +688,7 @@ impl<H> Pool<H> {
             maps += 1;
             assert!(self.units[x.unit as usize].used, "mapping of a dead unit");
         }
-        let mut listed = 0;
+        let off_list = self.check_groups();
         let (mut u, mut prev) = (self.idle_head, NIL);
         while u != NIL {
             let x = &self.units[u as usize];
@@ -619,17 +697,20 @@ impl<H> Pool<H> {
                 "idle list holds unit {u}"
             );
             assert_eq!(x.prev, prev, "idle list links");
-            if prev != NIL {
-                assert!(
-                    self.units[prev as usize].idle_since <= x.idle_since,
-                    "idle list order"
-                );
-            }
-            listed += x.pages;
             prev = u;
             u = x.next;
         }
         assert_eq!(self.idle_tail, prev, "idle list tail");
+        // Parked groups' units in their first unit's place.
+        let (mut listed, mut last) = (0, 0);
+        for u in self.idle_units() {
+            let x = &self.units[u as usize];
+            assert!(x.used && x.owner == NIL && !x.shared, "idle unit {u}");
+            assert!(last <= self.idle_since(u), "idle list order");
+            last = self.idle_since(u);
+            listed += x.pages;
+        }
+        assert!(off_list <= listed, "parked units off the list");
         assert_eq!(listed, idle, "idle list = idle units");
         assert_eq!(idle, self.idle_pages, "idle pages");
         assert_eq!(committed, self.committed_pages, "committed pages");
