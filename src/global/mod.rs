@@ -505,7 +505,7 @@ impl GlobalArena {
 
     /// Frees `ptr` (from any thread). `size`, when given, must be the size
     /// it was allocated with. Bad pointers are refused and nothing changes.
-    #[inline]
+    #[inline(always)]
     pub fn free(&self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
         let shard = self.shard_of(ptr).ok_or(Error::BadPointer {
             addr: ptr,
