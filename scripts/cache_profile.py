@@ -96,6 +96,13 @@ def main():
     misses = f", {whole[1] / calls:.2f} L1 data misses" if total[1] else ""
     print(f"whole process (harness and other memory included), per call: {whole[0] / calls:.0f} "
           f"instructions{misses}")
+    if os.environ.get("BY_SYMBOL"):
+        # Per function as compiled (inlined code counts in the function it was inlined into), by
+        # instructions: where a call's instructions go.
+        rows = sorted(((b[fn][0] - a[fn][0]) / calls, fn) for fn in set(a) | set(b) if layer(fn))
+        print("instr/call  function (top 20 by instructions)")
+        for ir, fn in reversed(rows[-20:]):
+            print(f"{ir:10.1f}  {fn}")
     if os.environ.get("BY_FUNCTION"):
         # Where inside the layers: function and the source file its code came from (inlined
         # code counts under the function it was inlined into, by the file it was written in).

@@ -12,8 +12,9 @@
 # instruction counts do not move from run to run, so two builds' differences show exactly.
 # STACK_KIB=N touches N KiB of the stack below the harness's frame before each call (PyTorch's own
 # calls run on the same stack, so its lines are rarely cold in a real run): the lines a call touches
-# less those of its stack frames. BY_FUNCTION=1 adds the 40 functions touching the most lines, and
-# KEEP=DIR keeps the two cachegrind outputs.
+# less those of its stack frames. BY_FUNCTION=1 adds the 40 functions touching the most lines,
+# BY_SYMBOL=1 the 20 compiled functions running the most instructions (what was inlined into them
+# included), and KEEP=DIR keeps the two cachegrind outputs.
 #
 #   cargo build --release --example cabi_replay && bash scripts/cache_profile.sh TRACE N [BIN]
 #
@@ -40,5 +41,5 @@ for r in $((n - 1)) $n; do
     "$bin" "${args[@]}" > "$tmp/log.$r" 2>&1 &
 done
 wait
-WHOLE=${WHOLE:-} python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
+WHOLE=${WHOLE:-} BY_SYMBOL=${BY_SYMBOL:-} python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
 if [ -n "${KEEP:-}" ]; then cp "$tmp"/cg.* "$KEEP"/; fi
