@@ -55,6 +55,15 @@ pub struct StitchCounts {
     pub busy_in_blocks: u64,
     /// The same, idle but with fences forbidding the block's stream.
     pub fenced: u64,
+    /// Frees that parked their range's units as a group (see
+    /// [`parked`](super::pool)).
+    pub parked: u64,
+    /// Of `reused`: blocks that took a parked group back in one step.
+    pub retaken: u64,
+    /// Groups flushed: something else wanted one of their units (another
+    /// range or block, a fence, an unmap, the decay) before their range
+    /// was taken back, or it was taken back page by page.
+    pub flushed: u64,
 }
 
 counters!(StitchCounts {
@@ -65,6 +74,9 @@ counters!(StitchCounts {
     busy_in_ranges,
     busy_in_blocks,
     fenced,
+    parked,
+    retaken,
+    flushed,
 });
 
 /// Why the pages of a cached range cannot serve a block now.
@@ -174,6 +186,7 @@ impl<D: Driver> Commit<D> {
         self.peak_live = self.peak_live.max(self.live);
         self.stitch.take(r, size, slot);
         self.stitch_counts.reused += 1;
+        self.stitch_counts.retaken += 1;
         true
     }
 
@@ -229,6 +242,7 @@ impl<D: Driver> Commit<D> {
         self.marks = marks;
         self.next_reclaim = self.next_reclaim.min(now + self.reclaim_period());
         self.after_free(size, true, false);
+        self.stitch_counts.parked += 1;
         true
     }
 
@@ -437,7 +451,10 @@ impl<D: Driver> Commit<D> {
 
     /// The decisions of stitched-range allocations so far.
     pub fn stitch_counts(&self) -> StitchCounts {
-        self.stitch_counts
+        StitchCounts {
+            flushed: self.pool.groups_flushed(),
+            ..self.stitch_counts
+        }
     }
 
     /// Pages of `a..=b` (a cached range's) that a block for `slot` would

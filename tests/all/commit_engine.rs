@@ -395,12 +395,32 @@ fn parking_changes_no_decision() {
                 stats.mappings,
                 stats.stitched_ranges,
             );
-            (reps, calls, stats.stitch, ends)
+            // How it went about it (not what it decided).
+            let how = (
+                stats.stitch.parked,
+                stats.stitch.retaken,
+                stats.stitch.flushed,
+            );
+            let mut decided = stats.stitch;
+            (decided.parked, decided.retaken, decided.flushed) = (0, 0, 0);
+            ((reps, calls, decided, ends), how)
         };
-        let (off, on) = (run(false), run(true));
+        let ((off, off_how), (on, on_how)) = (run(false), run(true));
         assert_eq!(on.0.len(), times, "{name}");
         assert_eq!(off, on, "{name}: parking changed a decision");
-        assert!(on.2.reused > 0, "{name}: stitched ranges were taken back");
+        println!(
+            "PARKING {name}: parked / retaken / flushed {on_how:?}, reused {}",
+            on.2.reused
+        );
+        assert_eq!(
+            off_how,
+            (0, 0, 0),
+            "{name}: nothing parked with parking off"
+        );
+        assert!(
+            on_how.0 > 0 && on_how.1 > 0,
+            "{name}: groups were parked and taken back"
+        );
     }
 }
 

@@ -129,6 +129,8 @@ pub struct Pool<H> {
     /// Parked groups (see [`parked`]), by slot.
     groups: MetaVec<Group>,
     spare_groups: MetaVec<u16>,
+    /// Groups flushed so far.
+    groups_flushed: u64,
     idle_head: u32,
     idle_tail: u32,
     mark: u32,
@@ -167,6 +169,7 @@ impl<H> Pool<H> {
             spare_maps: MetaVec::new_in(std::alloc::System),
             groups: MetaVec::new_in(std::alloc::System),
             spare_groups: MetaVec::new_in(std::alloc::System),
+            groups_flushed: 0,
             idle_head: NIL,
             idle_tail: NIL,
             mark: 0,

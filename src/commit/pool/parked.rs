@@ -326,6 +326,12 @@ impl<H> Pool<H> {
         g.parked = false;
         g.generation = g.generation.wrapping_add(1);
         self.spare_groups.push(slot);
+        self.groups_flushed += 1;
+    }
+
+    /// Groups flushed so far (see [`Pool::flush_group`]).
+    pub fn groups_flushed(&self) -> u64 {
+        self.groups_flushed
     }
 
     /// Flushes the group of unit `u`, if it is in one.
