@@ -68,7 +68,7 @@ pub struct CommitConfig {
     pub stitch_repair_min: u64,
     /// Free and take back a stitched range's block in one step where no
     /// other mapping took one of its units in between (see
-    /// [`parked`](super::pool)): the same decisions as page by page, with
+    /// [`parked`](super::pool::parked)): the same decisions as page by page, with
     /// the pages' records left alone. Off only to compare the two.
     pub park: bool,
 }

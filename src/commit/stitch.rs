@@ -43,7 +43,7 @@ pub struct Range {
     /// was checked to allow that stream's work).
     pub stream: u16,
     /// The pool's group of its block's units, parked while it is cached
-    /// (see [`parked`](super::pool)); it may have been flushed since.
+    /// (see [`parked`](super::pool::parked)); it may have been flushed since.
     pub group: Option<GroupId>,
     used: bool,
 }

@@ -56,7 +56,7 @@ pub struct StitchCounts {
     /// The same, idle but with fences forbidding the block's stream.
     pub fenced: u64,
     /// Frees that parked their range's units as a group (see
-    /// [`parked`](super::pool)).
+    /// [`parked`](super::pool::parked)).
     pub parked: u64,
     /// Of `reused`: blocks that took a parked group back in one step.
     pub retaken: u64,
@@ -163,7 +163,7 @@ impl<D: Driver> Commit<D> {
     /// were parked as a group that may be taken back at once
     /// ([`Pool::can_retake`](super::pool::Pool::can_retake)): what
     /// [`Commit::takeable`] and [`Commit::account_live`] would do page by
-    /// page, with the same outcome (see [`parked`](super::pool)).
+    /// page, with the same outcome (see [`parked`](super::pool::parked)).
     fn retake_parked(&mut self, r: u32, k: u64, size: u64, slot: u16) -> bool {
         let Some(g) = self.stitch.range(r).group else {
             return false;
@@ -193,7 +193,7 @@ impl<D: Driver> Commit<D> {
     /// Frees the block of `size` bytes at `off` that holds range `r` by
     /// parking its units as a group (forming it if need be), if parking is
     /// on and they may be: what [`Commit::sub_live`] would do page by page,
-    /// with the same outcome (see [`parked`](super::pool)). Returns false
+    /// with the same outcome (see [`parked`](super::pool::parked)). Returns false
     /// where the caller must free it page by page.
     fn park_range(&mut self, r: u32, off: u64, size: u64, stamp: Stamp) -> bool {
         if !self.config.park || self.asleep || size == 0 {

@@ -13,8 +13,11 @@
 //! Invariants (checked by `Pool::check`, built with `invariant-checks`):
 //! - `owner != NIL` iff the owner mapping has `live_pages > 0`, and no other
 //!   mapping of the unit has live pages;
-//! - a unit is on the idle list iff it is used, not shared, and owned by
-//!   no mapping; the list is in the order units became idle (oldest first);
+//! - a unit is on the idle list iff it is used, not shared, owned by no
+//!   mapping, and not a parked group's unit other than its first (that one
+//!   stands for the others, see [`parked`]); the list is in the order units
+//!   became idle (oldest first), [`Pool::idle_units`] with the groups'
+//!   units in their place;
 //! - `pages` of all used units add up to [`Pool::committed_pages`], those of
 //!   idle ones to [`Pool::idle_pages`].
 //!
@@ -25,7 +28,7 @@ use super::pages::NIL;
 use crate::MetaVec;
 use crate::sync::{Stamp, StampSet};
 
-mod parked;
+pub mod parked;
 use parked::Group;
 pub use parked::{GroupId, IdleUnits, NO_GROUP};
 
@@ -597,7 +600,9 @@ impl<H> Pool<H> {
         self.idle_pages -= pages;
     }
 
-    /// The oldest idle unit, then the next ones with [`Pool::next_idle`].
+    /// The oldest unit on the idle list, then the next ones with
+    /// [`Pool::next_idle`]: a parked group's first unit stands there for
+    /// all of them ([`Pool::idle_units`] lists every idle unit).
     pub fn first_idle(&self) -> u32 {
         self.idle_head
     }
