@@ -157,16 +157,32 @@ impl<D: Driver> Commit<D> {
     /// holds the page table; the marks touch only pages of other mappings of
     /// the units (no unit backs two pages of one block), each at most once,
     /// so marking them after the walk leaves the same bits.
+    /// One call for all of them: most units have one such mapping, and the
+    /// call per unit cost more than its marking.
     pub(super) fn mark_all(&mut self, marks: &mut MetaVec<(u32, u32)>, blocked: bool) {
-        for &(first, owner) in marks.iter() {
-            self.mark_aliases(first, owner, blocked);
+        if marks.is_empty() {
+            return;
         }
+        self.mark_each(marks, blocked);
         marks.clear();
+    }
+
+    #[inline(never)]
+    fn mark_each(&mut self, marks: &[(u32, u32)], blocked: bool) {
+        for &(first, owner) in marks {
+            self.walk_aliases(first, owner, blocked);
+        }
     }
 
     /// [`Commit::set_aliases_blocked`] from mapping `m` of the list on.
     #[inline(never)]
-    fn mark_aliases(&mut self, mut m: u32, owner: u32, blocked: bool) {
+    fn mark_aliases(&mut self, m: u32, owner: u32, blocked: bool) {
+        self.walk_aliases(m, owner, blocked);
+    }
+
+    /// [`Commit::mark_aliases`], inline.
+    #[inline(always)]
+    fn walk_aliases(&mut self, mut m: u32, owner: u32, blocked: bool) {
         while m != NIL {
             let (first, pages, next) = {
                 let x = self.pool.map(m);
