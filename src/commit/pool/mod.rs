@@ -269,24 +269,24 @@ impl<H> Pool<H> {
         }
     }
 
+    /// The unit of `h` (itself, or the unit a mapping maps).
+    fn unit_of(&self, h: Fenced) -> u32 {
+        match h {
+            Fenced::Unit(u) => u,
+            Fenced::Mapping(m) => self.maps[m as usize].unit,
+        }
+    }
+
     /// Whether the unit of `h` is in a group (its stamps and those of its
     /// mappings lack the group's pending ones).
     fn grouped(&self, h: Fenced) -> bool {
-        let u = match h {
-            Fenced::Unit(u) => u,
-            Fenced::Mapping(m) => self.maps[m as usize].unit,
-        };
-        self.units[u as usize].group != NO_GROUP
+        self.units[self.unit_of(h) as usize].group != NO_GROUP
     }
 
     /// Flushes the group of the unit of `h`, if any: its stamps and those
     /// of its mappings are then whole.
     pub fn flush_fenced(&mut self, h: Fenced) {
-        let u = match h {
-            Fenced::Unit(u) => u,
-            Fenced::Mapping(m) => self.maps[m as usize].unit,
-        };
-        self.flush_unit(u);
+        self.flush_unit(self.unit_of(h));
     }
 
     /// Takes in a new unit of `pages` pages (idle, no mapping yet).

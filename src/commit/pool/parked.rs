@@ -243,6 +243,8 @@ impl<H> Pool<H> {
             x.live_pages = 0;
             let y = &mut units[x.unit as usize];
             y.owner = NIL;
+            // `Pool::other_aliases` of a stitched member: it is never on the
+            // list of mappings outside stitched ranges.
             if y.first_alias != NIL {
                 marks.push((y.first_alias, m));
             }
@@ -279,6 +281,7 @@ impl<H> Pool<H> {
             let y = &mut units[x.unit as usize];
             debug_assert_eq!(y.owner, NIL, "member {m}'s unit taken while parked");
             y.owner = m;
+            // As in `park_group`.
             if y.first_alias != NIL {
                 marks.push((y.first_alias, m));
             }
