@@ -347,7 +347,9 @@ impl Large {
                 let sp = &self.spans[i as usize];
                 if sp.size >= need && accept(sp.stamp) {
                     let offset = crate::align::round_up(sp.offset, align)?;
-                    if let Some(r) = rank(offset, size) {
+                    // A free place above the best one cannot beat it.
+                    let beaten = best.is_some_and(|b| b.rank == 0 && b.offset <= offset);
+                    if let Some(r) = if beaten { None } else { rank(offset, size) } {
                         consider(
                             &mut best,
                             Pick {
@@ -392,6 +394,9 @@ impl Large {
         for (k, from) in tops.into_iter().enumerate() {
             let Some(from) = from else { continue };
             let offset = crate::align::round_up(from, align)?;
+            if best.is_some_and(|b| b.rank == 0 && b.offset <= offset) {
+                continue;
+            }
             let end = offset.checked_add(size)?;
             // The last span may also fit without growing (the walk above
             // skips spans of the request's own size class).
