@@ -60,11 +60,11 @@ pub struct Stitch {
     ranges: MetaVec<Range>,
     spare: MetaVec<u32>,
     by_first: MetaMap<u64, u32>,
-    /// Cached ranges by page count.
-    by_pages: MetaMap<u64, MetaVec<u32>>,
-    /// The page counts of `by_pages`, ascending: a walk over the sizes
-    /// `k..=max` looks up only those that exist.
-    sizes: MetaVec<u64>,
+    /// Ranges by page count: (pages, ids oldest first), ascending by
+    /// pages, one entry per page count that has a range. A sorted vector
+    /// rather than a map: the walk over sizes `k..=max` finds its first
+    /// size by one binary search and the ids of each without hashing.
+    by_pages: MetaVec<(u64, MetaVec<u32>)>,
     live_bytes: u64,
     live_count: u64,
     /// The last [`Range::recency`] given.
@@ -82,8 +82,7 @@ impl Stitch {
             ranges: MetaVec::new_in(std::alloc::System),
             spare: MetaVec::new_in(std::alloc::System),
             by_first: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
-            by_pages: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
-            sizes: MetaVec::new_in(std::alloc::System),
+            by_pages: MetaVec::new_in(std::alloc::System),
             live_bytes: 0,
             live_count: 0,
             recency: 0,
@@ -137,6 +136,12 @@ impl Stitch {
         })
     }
 
+    /// Where page count `pages` is or would go in `by_pages`.
+    #[inline]
+    fn size_index(&self, pages: u64) -> usize {
+        self.by_pages.partition_point(|e| e.0 < pages)
+    }
+
     /// The next cached (not in use) range of `cursor.0..=max_pages` pages,
     /// starting at `cursor` ((pages, index among ranges of that size);
     /// start with `(pages, 0)`), with the cursor to continue from. Lets the
@@ -145,9 +150,10 @@ impl Stitch {
     /// # Time complexity
     /// O(cached ranges of those sizes) over a whole walk.
     pub fn next_cached(&self, cursor: (u64, usize), max_pages: u64) -> Option<(u32, (u64, usize))> {
-        let mut i = self.sizes.partition_point(|&n| n < cursor.0);
+        let mut i = self.size_index(cursor.0);
         let mut at = cursor.1;
-        while let Some(&n) = self.sizes.get(i) {
+        while let Some((n, ids)) = self.by_pages.get(i) {
+            let n = *n;
             if n > max_pages {
                 break;
             }
@@ -155,12 +161,10 @@ impl Stitch {
                 // A size past the cursor's: from its first range.
                 at = 0;
             }
-            if let Some(ids) = self.by_pages.get(&n) {
-                while let Some(&r) = ids.get(at) {
-                    at += 1;
-                    if !self.ranges[r as usize].in_use {
-                        return Some((r, (n, at)));
-                    }
+            while let Some(&r) = ids.get(at) {
+                at += 1;
+                if !self.ranges[r as usize].in_use {
+                    return Some((r, (n, at)));
                 }
             }
             (i, at) = (i + 1, 0);
@@ -211,12 +215,12 @@ impl Stitch {
             }
         };
         self.by_first.insert(first, r);
-        let ids = self.by_pages.entry(pages).or_insert_with(|| {
-            let i = self.sizes.partition_point(|&n| n < pages);
-            self.sizes.insert(i, pages);
-            MetaVec::new_in(std::alloc::System)
-        });
-        ids.push(r);
+        let i = self.size_index(pages);
+        if self.by_pages.get(i).is_none_or(|e| e.0 != pages) {
+            self.by_pages
+                .insert(i, (pages, MetaVec::new_in(std::alloc::System)));
+        }
+        self.by_pages[i].1.push(r);
         Some(r)
     }
 
@@ -263,12 +267,12 @@ impl Stitch {
         debug_assert!(x.used && !x.in_use, "range {r} in use");
         self.ranges[r as usize].used = false;
         self.by_first.remove(&x.first);
-        if let Some(ids) = self.by_pages.get_mut(&x.pages) {
+        let i = self.size_index(x.pages);
+        if let Some((n, ids)) = self.by_pages.get_mut(i) {
+            debug_assert_eq!(*n, x.pages, "range {r}'s size is listed");
             ids.retain(|&i| i != r);
             if ids.is_empty() {
-                self.by_pages.remove(&x.pages);
-                let i = self.sizes.partition_point(|&n| n < x.pages);
-                self.sizes.remove(i);
+                self.by_pages.remove(i);
             }
         }
         self.spare.push(r);
@@ -345,11 +349,21 @@ impl Stitch {
         }
         assert_eq!(bytes, self.live_bytes, "stitched live bytes");
         assert_eq!(count, self.live_count, "stitched live blocks");
-        let listed: usize = self.by_pages.values().map(|v| v.len()).sum();
+        let listed: usize = self.by_pages.iter().map(|(_, v)| v.len()).sum();
         assert_eq!(listed, self.by_first.len(), "size index");
-        let mut keys: Vec<u64> = self.by_pages.keys().copied().collect();
-        keys.sort_unstable();
-        assert_eq!(keys, self.sizes.as_slice(), "sizes listed, ascending");
+        assert!(
+            self.by_pages.windows(2).all(|w| w[0].0 < w[1].0)
+                && self.by_pages.iter().all(|(_, ids)| !ids.is_empty()),
+            "sizes listed once each, ascending, none empty"
+        );
+        for (n, ids) in self.by_pages.iter() {
+            for &r in ids.iter() {
+                assert_eq!(
+                    self.ranges[r as usize].pages, *n,
+                    "range {r} listed by its size"
+                );
+            }
+        }
     }
 }
 
