@@ -238,16 +238,10 @@ impl<D: Driver> Commit<D> {
                 p = next;
                 continue;
             }
-            // An idle mapping reaching past the range would leave the pages
-            // outside it committed for nothing while the block lives (a unit
-            // only moves whole); one that holds a shared boundary page with
-            // other pages would keep those committed for nothing while a
-            // neighbour lives on the boundary after the block is freed. It
-            // goes, if its fences allow, else serves.
-            let past = first < a || next > b + 1;
-            let joins_edge = pages > 1
-                && ((edges.0 && first <= a && a < next) || (edges.1 && first <= b && b < next));
-            let strands = (past || joins_edge) && self.unit_settled(unit);
+            // An idle mapping that would strand pages (reaching past the
+            // range, or joining a partly used boundary page to others) goes,
+            // if its fences allow, else serves.
+            let strands = Self::strands(first, pages, a, b, edges) && self.unit_settled(unit);
             let usable =
                 !strands && self.pool.can_take(m) && !taken.contains(&unit) && self.allows(m, slot);
             if usable {

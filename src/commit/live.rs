@@ -85,13 +85,7 @@ impl<D: Driver> Commit<D> {
             if live == 0 {
                 let ok = m != NIL && {
                     let x = self.pool.map(m);
-                    let (first, next) = (x.first, x.first + x.pages);
-                    let strands = x.live_pages == 0
-                        && x.pages > 1
-                        && (first < a
-                            || next > b + 1
-                            || (edges.0 && first == a)
-                            || (edges.1 && next == b + 1));
+                    let strands = x.live_pages == 0 && Self::strands(x.first, x.pages, a, b, edges);
                     !strands && self.pool.can_take(m) && (x.live_pages > 0 || self.allows(m, slot))
                 };
                 if !ok {

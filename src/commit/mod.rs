@@ -403,6 +403,23 @@ impl<D: Driver> Commit<D> {
         )
     }
 
+    /// Whether a block on pages `a..=b` (with `edges` from
+    /// [`Commit::partial_edges`]) taking an idle mapping of pages
+    /// `first..first + pages` that backs one of them would leave pages
+    /// committed for nothing (see [`back`]): the mapping reaches past the
+    /// range (a unit only moves whole, so the pages outside stay committed
+    /// while the block lives), or it joins a partly used boundary page to
+    /// others (they stay committed while a neighbour lives on that page
+    /// after the block is freed).
+    #[inline]
+    fn strands(first: u64, pages: u64, a: u64, b: u64, edges: (bool, bool)) -> bool {
+        // A mapping of one page backing a page of the range strands none
+        // (the common case, asked first).
+        let next = first + pages;
+        pages > 1
+            && (first < a || next > b + 1 || (edges.0 && first == a) || (edges.1 && next == b + 1))
+    }
+
     /// What placing `len` bytes at `off` would take (pages with no mapping,
     /// pages whose unit is in use elsewhere). Pages already live cost
     /// nothing.
