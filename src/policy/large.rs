@@ -386,36 +386,34 @@ impl Large {
         // Past a free last span only when its stamp forbids extending it:
         // the region's footprint grows only when it must.
         let last = self.last;
-        let mut tops = [None, Some(self.top)];
-        if last != NIL && self.spans[last as usize].free && accept(self.spans[last as usize].stamp)
+        let (from, span) = if last != NIL
+            && self.spans[last as usize].free
+            && accept(self.spans[last as usize].stamp)
         {
-            tops = [Some(self.spans[last as usize].offset), None];
+            (self.spans[last as usize].offset, TOP_EXTEND)
+        } else {
+            (self.top, TOP_FRESH)
+        };
+        let offset = crate::align::round_up(from, align)?;
+        if best.is_some_and(|b| b.rank == 0 && b.offset <= offset) {
+            return best;
         }
-        for (k, from) in tops.into_iter().enumerate() {
-            let Some(from) = from else { continue };
-            let offset = crate::align::round_up(from, align)?;
-            if best.is_some_and(|b| b.rank == 0 && b.offset <= offset) {
-                continue;
-            }
-            let end = offset.checked_add(size)?;
-            // The last span may also fit without growing (the walk above
-            // skips spans of the request's own size class).
-            if end <= self.capacity {
-                if let Some(r) = rank(offset, size) {
-                    let span = if k == 0 { TOP_EXTEND } else { TOP_FRESH };
-                    let top = end > self.top;
-                    consider(
-                        &mut best,
-                        Pick {
-                            span,
-                            offset,
-                            size,
-                            align,
-                            rank: r,
-                            top,
-                        },
-                    );
-                }
+        let end = offset.checked_add(size)?;
+        // The last span may also fit without growing (the walk above
+        // skips spans of the request's own size class).
+        if end <= self.capacity {
+            if let Some(r) = rank(offset, size) {
+                consider(
+                    &mut best,
+                    Pick {
+                        span,
+                        offset,
+                        size,
+                        align,
+                        rank: r,
+                        top: end > self.top,
+                    },
+                );
             }
         }
         best
