@@ -278,10 +278,27 @@ impl PageTable {
         let on = |p: u64| (end.min((p + 1) << shift) - off.max(p << shift)) as u32;
         let whole = 1u32 << shift;
         for (c, i, p, stop) in chunk_spans(a, b) {
-            let pages = &mut self.chunk_mut(c).pages[i..=i + (stop - p) as usize];
-            for (q, page) in (p..=stop).zip(pages.iter_mut()) {
-                let n = if q == a || q == b { on(q) } else { whole };
-                f(page, n);
+            let mut pages = &mut self.chunk_mut(c).pages[i..=i + (stop - p) as usize];
+            // The block's first and last page apart, so that the loop over
+            // the whole pages between them asks nothing per page.
+            if p == a {
+                if let Some((first, rest)) = core::mem::take(&mut pages).split_first_mut() {
+                    f(first, on(a));
+                    pages = rest;
+                }
+            }
+            let mut last = None;
+            if stop == b && b != a {
+                if let Some((l, rest)) = core::mem::take(&mut pages).split_last_mut() {
+                    last = Some(l);
+                    pages = rest;
+                }
+            }
+            for page in pages.iter_mut() {
+                f(page, whole);
+            }
+            if let Some(last) = last {
+                f(last, on(b));
             }
         }
     }
@@ -510,6 +527,61 @@ mod tests {
         // A page of a chunk never touched is unmapped.
         let far = 5 * CHUNK as u64 + 3;
         assert_eq!(t.cost(far, far), s.cost(far, far));
+    }
+
+    /// `add_block` and `sub_block` against the same block added and taken
+    /// off page by page: blocks of any byte size and offset, within one
+    /// page, across pages and across chunks.
+    #[test]
+    fn blocks_add_and_take_off_the_bytes_on_each_page() {
+        const SHIFT: u32 = 21;
+        let page = 1u64 << SHIFT;
+        let mut t = PageTable::new();
+        let mut s = Shadow::default();
+        for p in 0..3 * CHUNK as u64 {
+            t.set_map(p, p as u32 % 7);
+        }
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        for step in 0..4_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let visited = core::cell::RefCell::new(Vec::new());
+            if step % 3 == 2 && !live.is_empty() {
+                let (off, len) = live.swap_remove((x % live.len() as u64) as usize);
+                t.sub_block(off, len, SHIFT, |empty, m| {
+                    visited.borrow_mut().push((empty, m))
+                });
+                let mut want = Vec::new();
+                for p in off >> SHIFT..=(off + len - 1) >> SHIFT {
+                    let on = (off + len).min((p + 1) * page) - off.max(p * page);
+                    let l = s.live.get_mut(&p).expect("page live in the shadow");
+                    *l -= on as u32;
+                    want.push((*l == 0, p as u32 % 7));
+                }
+                assert_eq!(visited.into_inner(), want, "free of {off:#x}+{len:#x}");
+            } else {
+                // Up to 70 pages, anywhere in the first 3 chunks.
+                let len = 1 + (x >> 20) % (70 * page);
+                let off = (x % (3 * CHUNK as u64 * page - len)) & !511;
+                t.add_block(off, len, SHIFT, |first, m| {
+                    visited.borrow_mut().push((first, m))
+                });
+                let mut want = Vec::new();
+                for p in off >> SHIFT..=(off + len - 1) >> SHIFT {
+                    let on = (off + len).min((p + 1) * page) - off.max(p * page);
+                    let l = s.live.entry(p).or_default();
+                    want.push((*l == 0, p as u32 % 7));
+                    *l += on as u32;
+                }
+                assert_eq!(visited.into_inner(), want, "block {off:#x}+{len:#x}");
+                live.push((off, len));
+            }
+        }
+        for p in 0..3 * CHUNK as u64 {
+            assert_eq!(t.live(p), s.live.get(&p).copied().unwrap_or(0), "page {p}");
+        }
     }
 
     #[test]
