@@ -35,15 +35,14 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{DevicePtr, Stream};
 use crate::error::Result;
 
-/// Holds that are capturing (noting allocations).
-static CAPTURING: AtomicUsize = AtomicUsize::new(0);
-/// Holds alive (capturing or captured, not yet released).
-static ALIVE: AtomicUsize = AtomicUsize::new(0);
+/// How many holds are capturing (noting allocations) and alive (capturing
+/// or captured, not yet released): [`HOT`](super::hot::HOT)`.capturing`
+/// and `.alive`, read by every allocation and free.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static HOLDS: Mutex<Vec<Hold>> = Mutex::new(Vec::new());
 
@@ -83,8 +82,8 @@ pub fn begin(device: u32, stream: Stream) -> u64 {
         capturing: true,
         blocks: HashMap::new(),
     });
-    ALIVE.fetch_add(1, Ordering::AcqRel);
-    CAPTURING.fetch_add(1, Ordering::AcqRel);
+    super::hot::HOT.alive.fetch_add(1, Ordering::AcqRel);
+    super::hot::HOT.capturing.fetch_add(1, Ordering::AcqRel);
     id
 }
 
@@ -94,7 +93,7 @@ pub fn end(id: u64) {
     let mut h = holds();
     if let Some(x) = h.iter_mut().find(|x| x.id == id && x.capturing) {
         x.capturing = false;
-        CAPTURING.fetch_sub(1, Ordering::AcqRel);
+        super::hot::HOT.capturing.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -111,9 +110,9 @@ pub fn release(id: u64) -> Vec<HeldBlock> {
         h.swap_remove(i)
     };
     if hold.capturing {
-        CAPTURING.fetch_sub(1, Ordering::AcqRel);
+        super::hot::HOT.capturing.fetch_sub(1, Ordering::AcqRel);
     }
-    ALIVE.fetch_sub(1, Ordering::AcqRel);
+    super::hot::HOT.alive.fetch_sub(1, Ordering::AcqRel);
     hold.blocks
         .into_iter()
         .filter(|(_, (_, freed))| *freed)
@@ -147,7 +146,7 @@ pub fn release_and_free(id: u64) -> Result<u64> {
 /// stream. Two relaxed loads when none does.
 #[inline]
 pub fn note_alloc(device: u32, stream: Stream, ptr: DevicePtr, size: u64) {
-    if CAPTURING.load(Ordering::Relaxed) == 0 {
+    if super::hot::HOT.capturing.load(Ordering::Relaxed) == 0 {
         return;
     }
     let mut h = holds();
@@ -174,7 +173,7 @@ pub enum Deferral {
 /// relaxed load when no hold is alive.
 #[inline]
 pub fn defer_free(ptr: DevicePtr) -> Deferral {
-    if ALIVE.load(Ordering::Relaxed) == 0 {
+    if super::hot::HOT.alive.load(Ordering::Relaxed) == 0 {
         return Deferral::NotHeld;
     }
     let mut h = holds();

@@ -25,6 +25,7 @@
 mod cache;
 pub mod config;
 pub mod graph;
+mod hot;
 mod report;
 mod sleep;
 mod tags;

@@ -2,7 +2,7 @@
 //! the calling thread's (or the process's) current tag.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{GlobalArena, GlobalDriver, MAX_TAGS};
 use crate::MetaVec;
@@ -80,8 +80,8 @@ thread_local! {
     static CURRENT_TAG: core::cell::Cell<u32> = const { core::cell::Cell::new(UNSET) };
 }
 
-/// The tag of threads that have not chosen one (0 = `default`).
-static PROCESS_TAG: AtomicU32 = AtomicU32::new(0);
+/// The tag of threads that have not chosen one (0 = `default`) is
+/// [`HOT`](super::hot::HOT)`.process_tag`, read by every allocation.
 
 /// The calling thread's current tag (index; 0 = `default`): the tag the
 /// thread chose ([`set_current_tag`], [`GlobalArena::tag_scope`]), or the
@@ -96,7 +96,7 @@ pub fn current_tag() -> u32 {
     if t != UNSET {
         t
     } else {
-        PROCESS_TAG.load(Ordering::Relaxed)
+        super::hot::HOT.process_tag.load(Ordering::Relaxed)
     }
 }
 
@@ -124,13 +124,13 @@ pub fn set_thread_tag(tag: Option<u32>) -> Option<u32> {
 
 /// The tag of every thread that has not chosen one (0 = `default`).
 pub fn process_tag() -> u32 {
-    PROCESS_TAG.load(Ordering::Relaxed)
+    super::hot::HOT.process_tag.load(Ordering::Relaxed)
 }
 
 /// Sets the tag of every thread that has not chosen one; returns the
 /// previous one. Threads that chose a tag keep theirs.
 pub fn set_process_tag(tag: u32) -> u32 {
-    PROCESS_TAG.swap(tag, Ordering::Relaxed)
+    super::hot::HOT.process_tag.swap(tag, Ordering::Relaxed)
 }
 
 /// Restores the calling thread's previous tag choice when dropped (see

@@ -9,11 +9,12 @@
 //! clock. The reading itself is inside the measured interval: the figures
 //! include the cost of measuring (about two counter reads per call).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
-static ENABLED: AtomicBool = AtomicBool::new(false);
+// Whether measuring is on: [`HOT`](super::hot::HOT)`.timing`, read by
+// every call of the C ABI.
 
 /// Bytes the C ABI handed out and not yet freed (sizes rounded up to 512,
 /// as PyTorch counts them), and the peak of that since the last epoch.
@@ -25,13 +26,13 @@ static HANDED_PEAK: AtomicU64 = AtomicU64::new(0);
 /// Turns measuring on (process-wide; off by default).
 pub fn enable() {
     let _ = calibration();
-    ENABLED.store(true, Ordering::Relaxed);
+    super::hot::HOT.timing.store(true, Ordering::Relaxed);
 }
 
 /// Whether calls are being measured.
 #[inline]
 pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
+    super::hot::HOT.timing.load(Ordering::Relaxed)
 }
 
 /// Calls and time measured so far (or since an earlier [`Times`]).

@@ -1,0 +1,32 @@
+//! The process-wide flags that every allocator call reads, kept in one
+//! cache line.
+//!
+//! Between two of PyTorch's calls its own work evicts the allocator's data
+//! from the first-level cache, so each distinct line a call touches costs a
+//! miss. The flags below (whether a CUDA graph hold is capturing or alive,
+//! whether the C ABI measures its time, the process-wide tag) were each a
+//! static of its own module, wherever the linker put them; here one line
+//! holds them all. Each module still owns the meaning of its flag.
+
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+
+/// The flags (see the module documentation).
+#[repr(C, align(64))]
+pub(crate) struct Hot {
+    /// Holds capturing ([`graph`](super::graph)).
+    pub capturing: AtomicUsize,
+    /// Holds alive, capturing or captured ([`graph`](super::graph)).
+    pub alive: AtomicUsize,
+    /// The process-wide tag ([`tags`](super::tags)).
+    pub process_tag: AtomicU32,
+    /// Measuring the C ABI's time ([`timing`](super::timing)).
+    pub timing: AtomicBool,
+}
+
+/// The one instance.
+pub(crate) static HOT: Hot = Hot {
+    capturing: AtomicUsize::new(0),
+    alive: AtomicUsize::new(0),
+    process_tag: AtomicU32::new(0),
+    timing: AtomicBool::new(false),
+};
