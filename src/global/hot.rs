@@ -21,6 +21,10 @@ pub(crate) struct Hot {
     pub process_tag: AtomicU32,
     /// Measuring the C ABI's time ([`timing`](super::timing)).
     pub timing: AtomicBool,
+    /// Bit `d` set: device `d`'s process-wide arena exists and its
+    /// background reclaimer was started (or found not wanted, or failed to
+    /// start), so [`arena`](super::arena) may hand it out at once.
+    pub ready: AtomicU32,
 }
 
 /// The one instance.
@@ -29,4 +33,5 @@ pub(crate) static HOT: Hot = Hot {
     alive: AtomicUsize::new(0),
     process_tag: AtomicU32::new(0),
     timing: AtomicBool::new(false),
+    ready: AtomicU32::new(0),
 };

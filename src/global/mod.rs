@@ -131,8 +131,12 @@ pub fn config() -> Result<GlobalConfig> {
 /// started yet) is out of line.
 #[inline]
 pub fn arena(device: u32) -> Result<&'static GlobalArena> {
-    if let Some(Ok(g)) = ARENAS.get(device as usize).and_then(|s| s.get()) {
-        if g.reclaimer_tried.load(Ordering::Acquire) {
+    // One flag word of the line every call reads, rather than the arena's
+    // own `reclaimer_tried` on a line of its own.
+    // (A device past MAX_DEVICES finds no slot below and goes the slow way.)
+    let ready = hot::HOT.ready.load(Ordering::Acquire);
+    if (ready >> (device % 32)) & 1 != 0 {
+        if let Some(Ok(g)) = ARENAS.get(device as usize).and_then(|s| s.get()) {
             return Ok(g);
         }
     }
@@ -157,6 +161,9 @@ fn arena_slow(device: u32) -> Result<&'static GlobalArena> {
     });
     let g = r.as_ref().map_err(|e| e.clone())?;
     g.start_reclaimer();
+    if g.reclaimer_tried.load(Ordering::Acquire) {
+        hot::HOT.ready.fetch_or(1u32 << device, Ordering::AcqRel);
+    }
     Ok(g)
 }
 
