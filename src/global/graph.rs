@@ -40,9 +40,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::driver::{DevicePtr, Stream};
 use crate::error::Result;
 
-/// How many holds are capturing (noting allocations) and alive (capturing
-/// or captured, not yet released): [`HOT`](super::hot::HOT)`.capturing`
-/// and `.alive`, read by every allocation and free.
+// How many holds are capturing (noting allocations) and alive (capturing
+// or captured, not yet released): `hot::HOT.capturing` and `.alive`, read
+// by every allocation and free.
+
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 static HOLDS: Mutex<Vec<Hold>> = Mutex::new(Vec::new());
 

@@ -80,8 +80,8 @@ thread_local! {
     static CURRENT_TAG: core::cell::Cell<u32> = const { core::cell::Cell::new(UNSET) };
 }
 
-/// The tag of threads that have not chosen one (0 = `default`) is
-/// [`HOT`](super::hot::HOT)`.process_tag`, read by every allocation.
+// The tag of threads that have not chosen one (0 = `default`) is
+// `hot::HOT.process_tag`, read by every allocation.
 
 /// The calling thread's current tag (index; 0 = `default`): the tag the
 /// thread chose ([`set_current_tag`], [`GlobalArena::tag_scope`]), or the
