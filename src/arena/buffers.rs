@@ -32,7 +32,7 @@ impl<D: Driver> Arena<D> {
 
     /// Live bytes, scratch arenas' bumps included.
     pub(super) fn live_now(&self) -> u64 {
-        self.live + self.scratch_bumped()
+        self.hot.live + self.scratch_bumped()
     }
 
     /// Takes the live bytes now (scratch bumps included) into the peak.
@@ -40,7 +40,7 @@ impl<D: Driver> Arena<D> {
     /// between such calls a scratch arena's bytes enter the peak when
     /// another policy's allocation, a commit or a stats read sees them.
     pub fn note_peak(&mut self) {
-        self.peak_live = self.peak_live.max(self.live_now());
+        self.hot.peak_live = self.hot.peak_live.max(self.live_now());
     }
 
     /// Reserves `max` bytes (rounded to pages) of the buffers region for a
@@ -130,7 +130,7 @@ impl<D: Driver> Arena<D> {
             _ => &mut self.grow,
         };
         s.bytes = s.bytes + after - before;
-        self.live = self.live + after - before;
+        self.hot.live = self.hot.live + after - before;
         self.note_peak();
     }
 }

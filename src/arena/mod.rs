@@ -121,15 +121,12 @@ pub struct Arena<D: Driver> {
     blocks: Large,
     slabs: Slabs,
     buffers: Large,
-    blocks_size: u64,
+    /// What every allocation and free reads or counts, in one line.
+    hot: Hot,
     /// Offset of the buffers region (after the stitch region).
     buffers_start: u64,
-    live: u64,
-    peak_live: u64,
     scratch: PolicyStats,
     grow: PolicyStats,
-    allocs: u64,
-    frees: u64,
     config: ArenaConfig,
     /// The reservation fell back to a smaller size than configured.
     fallback: Option<u64>,
@@ -143,6 +140,30 @@ pub struct Arena<D: Driver> {
     tag: u32,
     /// Set while asleep: the pages were given back.
     sleeping: Option<Sleeping<D::Handle>>,
+}
+
+/// The fields of an [`Arena`] that every allocation and free reads or
+/// counts, kept in one cache line: between two of PyTorch's calls its own
+/// work evicts the allocator's data from the first-level cache, and spread
+/// over the arena's fields (which Rust lays out as it likes) these cost a
+/// miss each on every call (see `global::hot`).
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Hot {
+    /// Size of the blocks region (from the reservation's start).
+    blocks_size: u64,
+    /// Bytes handed out (blocks and slab objects; scratch arenas apart).
+    live: u64,
+    peak_live: u64,
+    allocs: u64,
+    frees: u64,
+    /// `config.commit.stitch_min`: blocks of at least this many bytes may
+    /// go to a stitched range.
+    stitch_min: u64,
+    /// The largest alignment served (see `Arena::max_align`).
+    max_align: u64,
+    /// Set while asleep (`Arena::sleeping` holds what waking needs).
+    asleep: bool,
 }
 
 impl<D: Driver> core::fmt::Debug for Arena<D> {
@@ -249,6 +270,7 @@ impl<D: Driver> Arena<D> {
             config.commit,
             (blocks_size, stitch_size),
         );
+        let max_align = Self::max_align(page, commit.base());
         Ok(Arena {
             commit,
             kind,
@@ -256,14 +278,19 @@ impl<D: Driver> Arena<D> {
             blocks: Large::new(blocks_size, config.quantum),
             slabs: Slabs::new(),
             buffers: Large::new(size - buffers_start, page),
-            blocks_size,
+            hot: Hot {
+                blocks_size,
+                live: 0,
+                peak_live: 0,
+                allocs: 0,
+                frees: 0,
+                stitch_min: config.commit.stitch_min,
+                max_align,
+                asleep: false,
+            },
             buffers_start,
-            live: 0,
-            peak_live: 0,
             scratch: PolicyStats::default(),
             grow: PolicyStats::default(),
-            allocs: 0,
-            frees: 0,
             config,
             fallback: fell_back.then_some(size),
             buffer_kinds: crate::MetaMap::with_hasher_in(Default::default(), std::alloc::System),
@@ -339,23 +366,22 @@ impl<D: Driver> Arena<D> {
     /// The largest alignment served: [`MAX_ALIGN_PAGES`] pages, or less if
     /// the reservation's base is less aligned (offsets are aligned within
     /// the reservation, so a pointer is only as aligned as the base).
-    fn max_align(&self) -> u64 {
-        let base = self.commit.base();
-        (self.page() * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63))
+    fn max_align(page: u64, base: u64) -> u64 {
+        (page * MAX_ALIGN_PAGES).min(1 << base.trailing_zeros().min(63))
     }
 
     fn check_layout(&self, size: u64, align: u64) -> Result<()> {
         if size == 0 {
             return Err(Error::ZeroSize);
         }
-        let max = self.max_align();
+        let max = self.hot.max_align;
         if !align.is_power_of_two() || align > max {
             return Err(Error::BadAlignment { align, max });
         }
-        if size > self.blocks_size {
+        if size > self.hot.blocks_size {
             return Err(Error::TooLarge {
                 size,
-                max: self.blocks_size,
+                max: self.hot.blocks_size,
             });
         }
         Ok(())
@@ -389,9 +415,9 @@ impl<D: Driver> Arena<D> {
                 .alloc_large(size, align, slot)
                 .map_err(|e| self.enrich(e))?,
         };
-        self.allocs += 1;
-        self.live += bytes;
-        self.peak_live = self.peak_live.max(self.live);
+        self.hot.allocs += 1;
+        self.hot.live += bytes;
+        self.hot.peak_live = self.hot.peak_live.max(self.hot.live);
         Ok(self.ptr_at(off))
     }
 
@@ -437,7 +463,7 @@ impl<D: Driver> Arena<D> {
         slot: u16,
         stitchable: bool,
     ) -> Result<(u64, u64)> {
-        let stitch = stitchable && size >= self.config.commit.stitch_min && align <= self.page();
+        let stitch = stitchable && size >= self.hot.stitch_min && align <= self.page();
         let pick = match self.pick(size, align, slot) {
             Ok(pick) => pick,
             // The blocks region has no room left: a stitched range (its own
@@ -479,14 +505,14 @@ impl<D: Driver> Arena<D> {
             }
         }
         let backing = if pick.top {
-            let room = self.blocks_size.saturating_sub(pick.offset + pick.size);
+            let room = self.hot.blocks_size.saturating_sub(pick.offset + pick.size);
             Backing::Top(room >> self.page().trailing_zeros())
         } else {
             Backing::Pages
         };
         let a = self.blocks.take(pick).ok_or(Error::AddressSpace {
             requested: size,
-            reserved: self.blocks_size,
+            reserved: self.hot.blocks_size,
         })?;
         if let Err(e) = self.commit.add_live(a.offset, a.size, slot, backing) {
             let streams = &self.commit.streams;
@@ -567,7 +593,7 @@ impl<D: Driver> Arena<D> {
         }
         Err(Error::AddressSpace {
             requested: size,
-            reserved: self.blocks_size,
+            reserved: self.hot.blocks_size,
         })
     }
 
@@ -599,7 +625,7 @@ impl<D: Driver> Arena<D> {
 
     fn free_checked(&mut self, ptr: DevicePtr, size: Option<u64>, stream: Stream) -> Result<()> {
         let off = self.off_of(ptr);
-        if off >= self.blocks_size {
+        if off >= self.hot.blocks_size {
             if off < self.commit.size() && self.commit.in_stitch_region(off) {
                 return self.free_stitched(ptr, off, size, stream);
             }
@@ -627,8 +653,8 @@ impl<D: Driver> Arena<D> {
                         size
                     }
                 };
-                self.frees += 1;
-                self.live -= bytes;
+                self.hot.frees += 1;
+                self.hot.live -= bytes;
                 return Ok(());
             }
         }
@@ -648,8 +674,8 @@ impl<D: Driver> Arena<D> {
         let streams = &self.commit.streams;
         self.blocks.free(off, stamp, |s| streams.done(s));
         self.commit.sub_live(off, have, stamp);
-        self.frees += 1;
-        self.live -= have;
+        self.hot.frees += 1;
+        self.hot.live -= have;
         Ok(())
     }
 
@@ -671,8 +697,8 @@ impl<D: Driver> Arena<D> {
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
         let bytes = self.commit.stitch_free(off, stamp)?;
-        self.frees += 1;
-        self.live -= bytes;
+        self.hot.frees += 1;
+        self.hot.live -= bytes;
         Ok(())
     }
 
@@ -699,7 +725,7 @@ impl<D: Driver> Arena<D> {
     /// The size of the live block starting at `ptr`, if any.
     pub fn block_size(&self, ptr: DevicePtr) -> Option<u64> {
         let off = self.off_of(ptr);
-        if off >= self.blocks_size {
+        if off >= self.hot.blocks_size {
             return (off < self.commit.size() && self.commit.in_stitch_region(off))
                 .then(|| self.commit.stitch_size(off))
                 .flatten();

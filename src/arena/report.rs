@@ -14,13 +14,13 @@ impl<D: Driver> Arena<D> {
         let slab_bytes = self.slabs.slab_bytes();
         let (stitched_bytes, stitched_blocks) = self.commit.stitched_live();
         let bumped = self.scratch_bumped();
-        let live = self.live + bumped;
+        let live = self.hot.live + bumped;
         Stats {
             reserved: self.commit.size(),
             committed: self.commit.committed(),
             live,
             peak_committed: self.commit.peak_committed(),
-            peak_live: self.peak_live.max(live),
+            peak_live: self.hot.peak_live.max(live),
             pending_decommit: self.commit.candidate_bytes(),
             reclaimable: self.commit.reclaimable(),
             pending_fences: self.commit.streams.pending_fences() as u64,
@@ -43,8 +43,8 @@ impl<D: Driver> Arena<D> {
             grow: self.grow,
             driver_calls: self.commit.calls(),
             stitch: self.commit.stitch_counts(),
-            allocs: self.allocs,
-            frees: self.frees,
+            allocs: self.hot.allocs,
+            frees: self.hot.frees,
         }
     }
 
@@ -63,7 +63,7 @@ impl<D: Driver> Arena<D> {
 
     /// Resets the peaks to the current values.
     pub fn reset_peaks(&mut self) {
-        self.peak_live = self.live_now();
+        self.hot.peak_live = self.live_now();
         self.commit.reset_peak();
     }
 
@@ -128,13 +128,13 @@ impl<D: Driver> Arena<D> {
                 RegionReport {
                     name: "blocks".into(),
                     offset: 0,
-                    size: self.blocks_size,
+                    size: self.hot.blocks_size,
                     used: self.blocks.top(),
                 },
                 RegionReport {
                     name: "stitch".into(),
-                    offset: self.blocks_size,
-                    size: self.buffers_start - self.blocks_size,
+                    offset: self.hot.blocks_size,
+                    size: self.buffers_start - self.hot.blocks_size,
                     used: self.commit.stitch_top(),
                 },
                 RegionReport {
@@ -162,6 +162,11 @@ impl<D: Driver> Arena<D> {
             s.slab.bytes + s.large.bytes + s.scratch.bytes + s.grow.bytes,
             s.live,
             "policies add up to live"
+        );
+        assert_eq!(self.hot.asleep, self.sleeping.is_some(), "asleep flag");
+        assert_eq!(
+            self.hot.stitch_min, self.config.commit.stitch_min,
+            "stitch_min"
         );
     }
 }

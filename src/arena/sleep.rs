@@ -41,16 +41,24 @@ pub(super) struct Sleeping<H> {
 }
 
 impl<D: Driver> Arena<D> {
+    #[inline]
     pub(super) fn awake(&self) -> Result<()> {
-        match self.sleeping {
-            None => Ok(()),
-            Some(_) => Err(Error::Asleep { tag: self.tag }),
+        if self.hot.asleep {
+            return Err(Error::Asleep { tag: self.tag });
         }
+        Ok(())
     }
 
     /// Whether the arena is asleep.
     pub fn is_asleep(&self) -> bool {
-        self.sleeping.is_some()
+        self.hot.asleep
+    }
+
+    /// Records what waking needs (`None`: awake), and whether asleep in
+    /// the line every call reads.
+    fn set_sleeping(&mut self, sleeping: Option<Sleeping<D::Handle>>) {
+        self.hot.asleep = sleeping.is_some();
+        self.sleeping = sleeping;
     }
 
     /// Gives every physical page back while every address stays reserved and
@@ -85,7 +93,7 @@ impl<D: Driver> Arena<D> {
         let t = std::time::Instant::now();
         report.bytes = self.commit.sleep();
         report.vmm_seconds = t.elapsed().as_secs_f64();
-        self.sleeping = Some(Sleeping { mode, stage });
+        self.set_sleeping(Some(Sleeping { mode, stage }));
         Ok(report)
     }
 
@@ -109,12 +117,13 @@ impl<D: Driver> Arena<D> {
         let Some(sleeping) = self.sleeping.take() else {
             return Ok(SleepReport::default());
         };
+        self.hot.asleep = false;
         let mut report = SleepReport::default();
         let t = std::time::Instant::now();
         match self.commit.wake() {
             Ok(bytes) => report.bytes = bytes,
             Err(e) => {
-                self.sleeping = Some(sleeping);
+                self.set_sleeping(Some(sleeping));
                 return Err(e);
             }
         }
@@ -126,10 +135,10 @@ impl<D: Driver> Arena<D> {
                 Err((e, stage)) => {
                     // Back to sleep, contents kept in the stage for a retry.
                     self.commit.sleep();
-                    self.sleeping = Some(Sleeping {
+                    self.set_sleeping(Some(Sleeping {
                         mode: sleeping.mode,
                         stage: Some(stage),
-                    });
+                    }));
                     return Err(e);
                 }
             }
