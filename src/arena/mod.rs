@@ -146,7 +146,8 @@ pub struct Arena<D: Driver> {
 /// counts, kept in one cache line: between two of PyTorch's calls its own
 /// work evicts the allocator's data from the first-level cache, and spread
 /// over the arena's fields (which Rust lays out as it likes) these cost a
-/// miss each on every call (see `global::hot`).
+/// miss each on every call (`docs/pytorch.md`, "Fewer instructions, fewer
+/// lines").
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
 struct Hot {

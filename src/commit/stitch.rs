@@ -268,8 +268,11 @@ impl Stitch {
         self.ranges[r as usize].used = false;
         self.by_first.remove(&x.first);
         let i = self.size_index(x.pages);
-        if let Some((n, ids)) = self.by_pages.get_mut(i) {
-            debug_assert_eq!(*n, x.pages, "range {r}'s size is listed");
+        debug_assert!(
+            self.by_pages.get(i).is_some_and(|e| e.0 == x.pages),
+            "range {r}'s size is listed"
+        );
+        if let Some((_, ids)) = self.by_pages.get_mut(i).filter(|e| e.0 == x.pages) {
             ids.retain(|&i| i != r);
             if ids.is_empty() {
                 self.by_pages.remove(i);
