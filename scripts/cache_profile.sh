@@ -31,7 +31,9 @@ tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
 # The binary runs from a path of the same length whatever build it is: the program's arguments lie at
 # the top of the stack like its environment, and two paths of different lengths moved one build's
 # cold-stack line counts by 5 per call (docs/pytorch/host-instructions-hot-20261128.log).
-cp "$bin" "$tmp/cabi_replay"; bin=$tmp/cabi_replay
+# BIN_NAME=NAME names that copy instead (another length): the heap's and the stack's layout move with it,
+# which shows how much of a difference in lines per call between two builds is layout.
+cp "$bin" "$tmp/${BIN_NAME:-cabi_replay}"; bin=$tmp/${BIN_NAME:-cabi_replay}
 if [ -n "${INSTR_ONLY:-}" ]; then sim=no; thrash=0; else sim=yes; thrash=${THRASH_KIB:-512}; fi
 # `env -i` with a fixed environment: the environment's strings lie at the top of the stack, so their
 # length moves every stack frame and changes how many cache lines the frames straddle (several
