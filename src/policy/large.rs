@@ -339,6 +339,12 @@ impl Large {
                 *best = Some(pick);
             }
         };
+        // Whether a place at `offset` cannot beat `best` whatever it costs:
+        // `best` costs nothing and lies no higher (ties go to the lower
+        // address), so the place need not be priced.
+        let beaten = |best: &Option<Pick>, offset: u64| {
+            best.is_some_and(|b| b.rank == 0 && b.offset <= offset)
+        };
         let (mut f, mut s) = map_floor(need / self.quantum);
         let (mut skips, mut seen) = (0, 0);
         'walk: while let Some((nf, ns)) = self.next_list(f, s) {
@@ -347,9 +353,12 @@ impl Large {
                 let sp = &self.spans[i as usize];
                 if sp.size >= need && accept(sp.stamp) {
                     let offset = crate::align::round_up(sp.offset, align)?;
-                    // A free place above the best one cannot beat it.
-                    let beaten = best.is_some_and(|b| b.rank == 0 && b.offset <= offset);
-                    if let Some(r) = if beaten { None } else { rank(offset, size) } {
+                    let priced = if beaten(&best, offset) {
+                        None
+                    } else {
+                        rank(offset, size)
+                    };
+                    if let Some(r) = priced {
                         consider(
                             &mut best,
                             Pick {
@@ -395,7 +404,7 @@ impl Large {
             (self.top, TOP_FRESH)
         };
         let offset = crate::align::round_up(from, align)?;
-        if best.is_some_and(|b| b.rank == 0 && b.offset <= offset) {
+        if beaten(&best, offset) {
             return best;
         }
         let end = offset.checked_add(size)?;
