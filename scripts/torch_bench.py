@@ -13,6 +13,9 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--
             gpu_arena_torch_alloc / gpu_arena_torch_free); default: PyTorch's caching allocator
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
+  --profile time each repetition's GPU work with torch.profiler (CUDA activity only) and add to its line
+            the GPU's busy time (the union of its kernels, copies and memsets) and their sums by kind, to tell
+            a repetition slowed on the GPU from one slowed on the CPU (the profiler adds its own overhead)
   --trace   record the allocation trace (PyTorch's allocator only) in the format of shared/traces/README.md,
             from the model's creation to the end of the last repetition, as the shared harness records its
             traces (so that the host can replay train and serve: `gpu-arena replay`, tests/all/commit_engine.rs);
@@ -37,6 +40,7 @@ ap.add_argument("--alloc")
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
 ap.add_argument("--trace")
+ap.add_argument("--profile", action="store_true")
 a = ap.parse_args()
 if a.trace and a.alloc:
     sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
@@ -138,6 +142,30 @@ def epoch():
     return json.loads(buf.value.decode()) if n > 0 else {}
 
 
+def gpu_busy(prof):
+    """The GPU's busy time (ms: the union of its activity intervals) and the sums by kind."""
+    spans, kinds = [], {"kernel_ms": 0.0, "memcpy_ms": 0.0, "memset_ms": 0.0}
+    for e in prof.events():
+        if str(getattr(e, "device_type", "")).split(".")[-1] != "CUDA":
+            continue
+        start, end = e.time_range.start, e.time_range.end
+        spans.append((start, end))
+        name = e.name.lower()
+        kind = "memcpy_ms" if "memcpy" in name else "memset_ms" if "memset" in name else "kernel_ms"
+        kinds[kind] += (end - start) / 1e3
+    busy, last = 0.0, None
+    for start, end in sorted(spans):
+        if last is None or start > last:
+            busy += end - start
+            last = end
+        elif end > last:
+            busy += end - last
+            last = end
+    out = {"busy_ms": round(busy / 1e3, 2), "events": len(spans)}
+    out.update({k: round(v, 2) for k, v in kinds.items()})
+    return out
+
+
 rng = (torch.get_rng_state(), torch.cuda.get_rng_state())
 label = "gpu-arena" if a.alloc else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
 marks = []  # with --trace: trace events recorded when each repetition ended
@@ -149,11 +177,21 @@ for r in range(a.repeat):
     else:
         torch.cuda.reset_peak_memory_stats()
         st0 = torch.cuda.memory_stats()
+    prof = None
+    if a.profile:
+        prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
+        prof.__enter__()
     t0 = time.perf_counter()
     checksum = run(model)
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     rec = {"workload": a.workload, "allocator": label, "rep": r + 1, "time_s": round(dt, 4), "checksum": checksum}
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        try:
+            rec["gpu"] = gpu_busy(prof)
+        except Exception as err:  # the profiler's event API moves between torch versions
+            rec["gpu"] = {"error": repr(err)}
     if lib:
         e = epoch()
         t = e.get("times", {})
