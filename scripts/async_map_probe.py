@@ -40,36 +40,11 @@ import time
 
 import torch
 
-PAGE = 2 << 20
+from cu_vmm import PAGE, ck, cu, device_memory, size_t, u64  # noqa: E402
 
-
-class Loc(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
-
-
-class AllocFlags(ctypes.Structure):
-    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
-                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
-
-
-class Prop(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("location", Loc),
-                ("win32HandleMetaData", ctypes.c_void_p), ("allocFlags", AllocFlags)]
-
-
-class AccessDesc(ctypes.Structure):
-    _fields_ = [("location", Loc), ("flags", ctypes.c_int)]
-
-
-u64 = ctypes.c_uint64
-size_t = ctypes.c_size_t
-cu = ctypes.CDLL("libcuda.so.1")
 libc = ctypes.CDLL("libc.so.6")
 
 
-def ck(r, what):
-    if r != 0:
-        raise RuntimeError(f"{what} failed: CUresult {r}")
 
 
 def med(v):
@@ -92,10 +67,7 @@ def main():
     ctx = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(ctx)), "cuCtxGetCurrent")
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
-    prop = Prop()
-    prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
-    prop.location = Loc(1, dev)  # CU_MEM_LOCATION_TYPE_DEVICE
-    access = AccessDesc(Loc(1, dev), 3)  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    prop, access = device_memory(dev)
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}")
 
     # ---- part A: a worker's VMM calls against the main thread's launches

@@ -30,35 +30,10 @@ import statistics
 
 import torch
 
-PAGE = 2 << 20
+from cu_vmm import PAGE, ck, cu, device_memory, size_t, u64  # noqa: E402
 
 
-class Loc(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
 
-
-class AllocFlags(ctypes.Structure):
-    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
-                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
-
-
-class Prop(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("location", Loc),
-                ("win32HandleMetaData", ctypes.c_void_p), ("allocFlags", AllocFlags)]
-
-
-class AccessDesc(ctypes.Structure):
-    _fields_ = [("location", Loc), ("flags", ctypes.c_int)]
-
-
-u64 = ctypes.c_uint64
-size_t = ctypes.c_size_t
-cu = ctypes.CDLL("libcuda.so.1")
-
-
-def ck(r, what):
-    if r != 0:
-        raise RuntimeError(f"{what} failed: CUresult {r}")
 
 
 class Vmm:
@@ -66,10 +41,7 @@ class Vmm:
     mapped in order or shuffled; `tensor()` views it as float32."""
 
     def __init__(self, size, piece, shuffle, dev):
-        prop = Prop()
-        prop.type = 1
-        prop.location = Loc(1, dev)
-        access = AccessDesc(Loc(1, dev), 3)
+        prop, access = device_memory(dev)
         self.size = size
         self.va = u64()
         ck(cu.cuMemAddressReserve(ctypes.byref(self.va), size_t(size), size_t(0), u64(0), u64(0)), "reserve")

@@ -25,25 +25,7 @@ import time
 import torch
 import torch.distributed as dist
 
-PAGE = 2 << 20
-
-
-class Loc(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
-
-
-class AllocFlags(ctypes.Structure):
-    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
-                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
-
-
-class Prop(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("location", Loc),
-                ("win32HandleMetaData", ctypes.c_void_p), ("allocFlags", AllocFlags)]
-
-
-class AccessDesc(ctypes.Structure):
-    _fields_ = [("location", Loc), ("flags", ctypes.c_int)]
+from cu_vmm import PAGE, ck, cu, device_memory, u64  # noqa: E402
 
 
 def main():
@@ -67,13 +49,6 @@ def probe(rank, args):
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29533")
         dist.init_process_group("nccl", rank=rank, world_size=args.nccl, device_id=torch.device("cuda", rank))
-    cu = ctypes.CDLL("libcuda.so.1")
-    u64 = ctypes.c_uint64
-
-    def ck(r, what):
-        if r != 0:
-            raise RuntimeError(f"{what} failed: CUresult {r}")
-
     torch.cuda.init()
     dev = torch.cuda.current_device()
     a = torch.randn(args.n, args.n, device="cuda", dtype=torch.bfloat16)
@@ -89,10 +64,7 @@ def probe(rank, args):
         else:
             torch.mm(a, b)
 
-    prop = Prop()
-    prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
-    prop.location = Loc(1, dev)  # CU_MEM_LOCATION_TYPE_DEVICE
-    access = AccessDesc(Loc(1, dev), 3)  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    prop, access = device_memory(dev)
     slots = 64
     va = u64()
     ck(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(slots * PAGE), ctypes.c_size_t(0), u64(0), u64(0)), "reserve")

@@ -1,0 +1,45 @@
+"""The CUDA driver's VMM calls through ctypes, shared by the probes that run no gpu-arena code
+(scripts/vmm_stall.py, async_map_probe.py, mapping_speed_probe.py, map_cost_probe.py): the structures of
+cuMemCreate / cuMemSetAccess, libcuda, and a check that turns a CUresult into an exception."""
+import ctypes
+
+PAGE = 2 << 20
+
+u64 = ctypes.c_uint64
+size_t = ctypes.c_size_t
+
+
+class Loc(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+
+class AllocFlags(ctypes.Structure):
+    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
+                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
+
+
+class Prop(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("location", Loc),
+                ("win32HandleMetaData", ctypes.c_void_p), ("allocFlags", AllocFlags)]
+
+
+class AccessDesc(ctypes.Structure):
+    _fields_ = [("location", Loc), ("flags", ctypes.c_int)]
+
+
+cu = ctypes.CDLL("libcuda.so.1")
+
+
+def ck(r, what):
+    """Raises unless the driver call returned CUDA_SUCCESS."""
+    if r != 0:
+        raise RuntimeError(f"{what} failed: CUresult {r}")
+
+
+def device_memory(dev):
+    """(pinned device memory properties for cuMemCreate, read-write access for cuMemSetAccess) on `dev`."""
+    prop = Prop()
+    prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
+    prop.location = Loc(1, dev)  # CU_MEM_LOCATION_TYPE_DEVICE
+    access = AccessDesc(Loc(1, dev), 3)  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
+    return prop, access
