@@ -40,7 +40,7 @@ import time
 
 import torch
 
-from cu_vmm import PAGE, ck, cu, device_memory, size_t, u64  # noqa: E402
+from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, tensor_over, u64  # noqa: E402
 
 libc = ctypes.CDLL("libc.so.6")
 
@@ -71,8 +71,7 @@ def main():
     print(f"GPU {torch.cuda.get_device_name()}, torch {torch.__version__}")
 
     # ---- part A: a worker's VMM calls against the main thread's launches
-    keep = u64()
-    ck(cu.cuMemCreate(ctypes.byref(keep), size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
+    keep = create_handle(prop)
     ava = u64()
     ck(cu.cuMemAddressReserve(ctypes.byref(ava), size_t(2 * PAGE), size_t(0), u64(0), u64(0)), "reserve")
     ck(cu.cuMemMap(u64(ava.value), size_t(PAGE), size_t(0), keep, u64(0)), "map")
@@ -137,11 +136,7 @@ def main():
 
     # ---- part B: a range mapped on the main thread, or by the worker with a stream wait
     n = args.pages
-    handles = []
-    for _ in range(n):
-        h = u64()
-        ck(cu.cuMemCreate(ctypes.byref(h), size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
-        handles.append(h)
+    handles = [create_handle(prop) for _ in range(n)]
     va = u64()
     ck(cu.cuMemAddressReserve(ctypes.byref(va), size_t(n * PAGE), size_t(0), u64(0), u64(0)), "reserve")
     flag_host = ctypes.c_void_p()
@@ -183,12 +178,8 @@ def main():
     gpu_before_ms = (time.perf_counter() - t) * 1e3
     # A tensor over the range, made while it is mapped (PyTorch's view of
     # memory an allocator handed out): its kernels take the raw pointer.
-    class Cai:
-        __cuda_array_interface__ = {"shape": (n * PAGE // 4,), "typestr": "<i4", "data": (va.value, False),
-                                    "version": 3, "strides": None}
-
     map_all()
-    tv = torch.as_tensor(Cai(), device="cuda")
+    tv = tensor_over(va.value, n * PAGE, "<i4")
 
     def ends():
         # The first and last word of every page, read now.

@@ -43,3 +43,23 @@ def device_memory(dev):
     prop.location = Loc(1, dev)  # CU_MEM_LOCATION_TYPE_DEVICE
     access = AccessDesc(Loc(1, dev), 3)  # CU_MEM_ACCESS_FLAGS_PROT_READWRITE
     return prop, access
+
+
+def create_handle(prop, size=PAGE):
+    """A new physical handle of `size` bytes (cuMemCreate with `prop`)."""
+    h = u64()
+    ck(cu.cuMemCreate(ctypes.byref(h), size_t(size), ctypes.byref(prop), u64(0)), "create")
+    return h
+
+
+def tensor_over(va, nbytes, typestr):
+    """A PyTorch tensor over `nbytes` at device address `va` (mapped, with access, when this is called),
+    through the CUDA array interface: what a caller gets from an allocator; its kernels take the raw
+    pointer. `typestr` is a 4-byte type ("<i4", "<f4")."""
+    import torch
+
+    class Cai:
+        __cuda_array_interface__ = {"shape": (nbytes // 4,), "typestr": typestr, "data": (va, False),
+                                    "version": 3, "strides": None}
+
+    return torch.as_tensor(Cai(), device="cuda")

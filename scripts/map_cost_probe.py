@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from cu_vmm import PAGE, ck, cu, device_memory, size_t, u64  # noqa: E402
+from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, u64  # noqa: E402
 
 
 
@@ -35,13 +35,9 @@ def main():
     torch.zeros(1, device="cuda")
     prop, access = device_memory(dev)
 
-    def create():
-        h = u64()
-        ck(cu.cuMemCreate(ctypes.byref(h), size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
-        return h
 
-    probe = create()
-    others = [create() for _ in range(args.mappings)]
+    probe = create_handle(prop)
+    others = [create_handle(prop) for _ in range(args.mappings)]
     slots = 2 * args.mappings + 2 * args.iters + 64
     setups = {}
     for name, size in (("small", slots * PAGE), ("huge", args.huge_gib << 30)):

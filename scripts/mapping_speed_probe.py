@@ -30,7 +30,7 @@ import statistics
 
 import torch
 
-from cu_vmm import PAGE, ck, cu, device_memory, size_t, u64  # noqa: E402
+from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, tensor_over, u64  # noqa: E402
 
 
 
@@ -45,24 +45,14 @@ class Vmm:
         self.size = size
         self.va = u64()
         ck(cu.cuMemAddressReserve(ctypes.byref(self.va), size_t(size), size_t(0), u64(0), u64(0)), "reserve")
-        self.handles = []
-        for _ in range(size // piece):
-            h = u64()
-            ck(cu.cuMemCreate(ctypes.byref(h), size_t(piece), ctypes.byref(prop), u64(0)), "create")
-            self.handles.append(h)
+        self.handles = [create_handle(prop, piece) for _ in range(size // piece)]
         order = list(range(len(self.handles)))
         if shuffle:
             random.Random(7).shuffle(order)
         for slot, i in enumerate(order):
             ck(cu.cuMemMap(u64(self.va.value + slot * piece), size_t(piece), size_t(0), self.handles[i], u64(0)), "map")
         ck(cu.cuMemSetAccess(u64(self.va.value), size_t(size), ctypes.byref(access), size_t(1)), "access")
-        va = self.va.value
-
-        class Cai:
-            __cuda_array_interface__ = {"shape": (size // 4,), "typestr": "<f4", "data": (va, False),
-                                        "version": 3, "strides": None}
-
-        self.t = torch.as_tensor(Cai(), device="cuda")
+        self.t = tensor_over(self.va.value, size, "<f4")
 
     def tensor(self):
         return self.t

@@ -25,7 +25,7 @@ import time
 import torch
 import torch.distributed as dist
 
-from cu_vmm import PAGE, ck, cu, device_memory, u64  # noqa: E402
+from cu_vmm import PAGE, ck, create_handle, cu, device_memory, u64  # noqa: E402
 
 
 def main():
@@ -69,8 +69,7 @@ def probe(rank, args):
     va = u64()
     ck(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(slots * PAGE), ctypes.c_size_t(0), u64(0), u64(0)), "reserve")
     # A handle kept mapped at slot 0, for aliases at other slots.
-    keep = u64()
-    ck(cu.cuMemCreate(ctypes.byref(keep), ctypes.c_size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
+    keep = create_handle(prop)
     ck(cu.cuMemMap(u64(va.value), ctypes.c_size_t(PAGE), ctypes.c_size_t(0), keep, u64(0)), "map")
     ck(cu.cuMemSetAccess(u64(va.value), ctypes.c_size_t(PAGE), ctypes.byref(access), ctypes.c_size_t(1)), "access")
     state = {"i": 0}
@@ -88,9 +87,8 @@ def probe(rank, args):
 
     def commit_and_give_back():
         # create + map + set_access, then unmap + release (5 calls)
-        h = u64()
         p = slot()
-        ck(cu.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(PAGE), ctypes.byref(prop), u64(0)), "create")
+        h = create_handle(prop)
         ck(cu.cuMemMap(u64(p), ctypes.c_size_t(PAGE), ctypes.c_size_t(0), h, u64(0)), "map")
         ck(cu.cuMemSetAccess(u64(p), ctypes.c_size_t(PAGE), ctypes.byref(access), ctypes.c_size_t(1)), "access")
         ck(cu.cuMemUnmap(u64(p), ctypes.c_size_t(PAGE)), "unmap")
