@@ -23,10 +23,14 @@ B. End to end: each round queues GPU work, "allocates" a range of --pages
    on the stream (a PyTorch kernel on a tensor over the range, as an
    allocator's caller would), queues more work, then synchronizes and reads
    the first and last word of every page back.
+   A third way, "access": the main thread maps every page itself (the
+   cheap call) and leaves only the access (the costly one) to the worker,
+   behind the same wait.
 C. Is a cuMemsetD32Async or cuMemcpyDtoDAsync into the range refused at
    enqueue time while it is not mapped yet (the pointer lookups of
    cudaMemsetAsync / cudaMemcpyAsync), with no page, the first page, or the
-   first and last pages mapped beforehand? Printed: the main thread's time to allocate, the
+   first and last pages mapped beforehand, or with every page mapped but no
+   access given yet? Printed: the main thread's time to allocate, the
    round's wall time, and whether every page held the round's value.
 
     python3 scripts/async_map_probe.py [--pages 64] [--rounds 9] [--n 4096]
@@ -146,10 +150,12 @@ def main():
     flag_dev = u64()
     ck(cu.cuMemHostGetDevicePointer_v2(ctypes.byref(flag_dev), flag_host, ctypes.c_uint(0)), "host device ptr")
 
-    def map_all():
-        for i, h in enumerate(handles):
-            ck(cu.cuMemMap(u64(va.value + i * PAGE), size_t(PAGE), size_t(0), h, u64(0)), "map")
-        ck(cu.cuMemSetAccess(u64(va.value), size_t(n * PAGE), ctypes.byref(access), size_t(1)), "access")
+    def map_all(maps=True, give_access=True):
+        if maps:
+            for i, h in enumerate(handles):
+                ck(cu.cuMemMap(u64(va.value + i * PAGE), size_t(PAGE), size_t(0), h, u64(0)), "map")
+        if give_access:
+            ck(cu.cuMemSetAccess(u64(va.value), size_t(n * PAGE), ctypes.byref(access), size_t(1)), "access")
 
     jobs = queue.Queue()
     worker_ms = []
@@ -157,11 +163,12 @@ def main():
     def worker_b():
         ck(cu.cuCtxSetCurrent(ctx), "worker cuCtxSetCurrent")
         while True:
-            r = jobs.get()
-            if r is None:
+            job = jobs.get()
+            if job is None:
                 return
+            r, maps = job
             t = time.perf_counter()
-            map_all()
+            map_all(maps=maps)
             worker_ms.append((time.perf_counter() - t) * 1e3)
             flag.value = r  # the stream's wait sees it and goes on
 
@@ -186,11 +193,10 @@ def main():
         return tv.view(n, PAGE // 4)[:, [0, -1]].cpu()
     torch.cuda.synchronize()
     ck(cu.cuMemUnmap(u64(va.value), size_t(n * PAGE)), "unmap")
-    res = {"sync": {"alloc": [], "cpu": [], "wall": [], "bad": 0},
-           "async": {"alloc": [], "cpu": [], "wall": [], "bad": 0}}
+    res = {m: {"alloc": [], "cpu": [], "wall": [], "bad": 0} for m in ("sync", "async", "access")}
     r = 0
     for _ in range(args.rounds):
-        for m in ("sync", "async"):
+        for m in ("sync", "async", "access"):
             r += 1
             torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -200,9 +206,11 @@ def main():
             if m == "sync":
                 map_all()
             else:
+                if m == "access":
+                    map_all(give_access=False)
                 # CU_STREAM_WAIT_VALUE_GEQ = 0
                 ck(cu.cuStreamWaitValue32_v2(stream, flag_dev, ctypes.c_uint32(r), ctypes.c_uint(0)), "wait value")
-                jobs.put(r)
+                jobs.put((r, m == "async"))
             t2 = time.perf_counter()
             tv.fill_(r)
             for _ in range(args.after):
@@ -222,12 +230,16 @@ def main():
     # (on the main thread), and with the first and last pages mapped.
     src = torch.full((n * PAGE // 4,), -1, device="cuda", dtype=torch.int32)
     enqueue = []
-    for what, pre in (("none", []), ("first", [0]), ("first and last", [0, n - 1])):
+    cases = (("none", [], True), ("first", [0], True), ("first and last", [0, n - 1], True),
+             ("all, no access", list(range(n)), False))
+    for what, pre, pre_access in cases:
         for op in ("memset", "copy"):
             r += 1
             for i in pre:
                 ck(cu.cuMemMap(u64(va.value + i * PAGE), size_t(PAGE), size_t(0), handles[i], u64(0)), "map")
-                ck(cu.cuMemSetAccess(u64(va.value + i * PAGE), size_t(PAGE), ctypes.byref(access), size_t(1)), "access")
+                if pre_access:
+                    ck(cu.cuMemSetAccess(u64(va.value + i * PAGE), size_t(PAGE), ctypes.byref(access), size_t(1)),
+                       "access")
             ck(cu.cuStreamWaitValue32_v2(stream, flag_dev, ctypes.c_uint32(r), ctypes.c_uint(0)), "wait value")
             if op == "memset":
                 rc = cu.cuMemsetD32Async(u64(va.value), ctypes.c_uint(r), size_t(n * PAGE // 4), stream)
@@ -254,7 +266,7 @@ def main():
         print(f"B: {m:5s} main thread's launches ms:   {med(v['cpu'])}")
         print(f"B: {m:5s} round wall ms:               {med(v['wall'])}")
         print(f"B: {m:5s} pages with a wrong value:    {v['bad']} of {n * args.rounds}")
-    print(f"B: worker's maps of a round, ms: {med(worker_ms)}")
+    print(f"B: worker's maps (async) and accesses (access) of a round, ms: {med(worker_ms)}")
     for what, op, rc, ok in enqueue:
         print(f"C: {op:6s} of the whole range enqueued (behind the wait) with {what:14s} page(s) mapped: "
               f"CUresult {rc}; pages holding its value after the maps and the sync: {ok} of {n}")
