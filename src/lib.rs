@@ -5,6 +5,7 @@
 pub mod align;
 pub mod driver;
 pub mod error;
+mod meta;
 pub mod ptr;
 pub mod sync;
 
@@ -14,20 +15,6 @@ pub use error::{
     Result,
 };
 pub use ptr::DevicePtr;
-
-/// A `Vec` for allocator metadata: always on the system allocator, never on
-/// the global one (gpu-arena may itself be the global allocator).
-pub(crate) type MetaVec<T> = allocator_api2::vec::Vec<T, std::alloc::System>;
-/// A `Box` on the system allocator, as [`MetaVec`] (what an error carries).
-pub(crate) type MetaBox<T> = allocator_api2::boxed::Box<T, std::alloc::System>;
-/// `value` in a [`MetaBox`].
-pub(crate) fn meta_box<T>(value: T) -> MetaBox<T> {
-    MetaBox::new_in(value, std::alloc::System)
-}
-/// A hash map for allocator metadata, on the system allocator, hashed with a
-/// fixed seed (its keys are the allocator's own offsets and handles).
-pub(crate) type MetaMap<K, V> =
-    hashbrown::HashMap<K, V, foldhash::fast::FixedState, std::alloc::System>;
 
 pub mod arena;
 pub mod commit;

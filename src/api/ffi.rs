@@ -415,8 +415,8 @@ pub unsafe extern "C" fn gpu_arena_sleep(
 ) -> c_int {
     guard(-1, || {
         let mode = match mode {
-            0 => crate::SleepMode::Discard,
-            1 => crate::SleepMode::Offload,
+            0 => crate::arena::SleepMode::Discard,
+            1 => crate::arena::SleepMode::Offload,
             _ => return Err(Error::Config("mode must be 0 (discard) or 1 (offload)")),
         };
         let a = global::arena(device(dev)?)?;

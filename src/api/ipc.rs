@@ -150,8 +150,8 @@ impl<D: Driver> Drop for SharedBuffer<'_, D> {
 fn export<D: Driver>(arena: &SharedArena<D>, base: DevicePtr, len: u64) -> Result<ExportedBuffer> {
     let a = arena.lock();
     let location = match a.kind() {
-        crate::Kind::Device(d) => Location::Device(d),
-        crate::Kind::PinnedHost => Location::Host,
+        crate::arena::Kind::Device(d) => Location::Device(d),
+        crate::arena::Kind::PinnedHost => Location::Host,
     };
     let runs = a
         .export_buffer(base, len)?

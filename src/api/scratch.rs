@@ -304,7 +304,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
     }
 
     /// The arena's slow path for `size` bytes aligned to `align` from
-    /// `cursor` (see [`Arena::scratch_alloc`](crate::Arena::scratch_alloc)):
+    /// `cursor` (see [`Arena::scratch_alloc`](crate::arena::Arena::scratch_alloc)):
     /// commits where needed, checks the limit and the reservation. Returns
     /// (start, end); the caller moves the cursor. May call the driver.
     fn bump_slow(&self, cursor: u64, size: u64, align: u64) -> Result<(DevicePtr, DevicePtr)> {

@@ -1,9 +1,9 @@
 //! Copies between host memory and a live block, checked against the block.
 
 use super::Arena;
-use crate::DevicePtr;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::ptr::DevicePtr;
 
 impl<D: Driver> Arena<D> {
     /// Copies `src` into the live block at `dst` (a pointer [`Arena::alloc`]

@@ -38,7 +38,7 @@ impl<D: Driver> Arena<D> {
     pub(super) fn drain_deferred_slabs(&mut self, all_empty: bool) {
         self.fence_deferred();
         self.commit.poll();
-        let mut empty = crate::MetaVec::new_in(std::alloc::System);
+        let mut empty = crate::meta::MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
         self.slabs
             .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
@@ -49,7 +49,7 @@ impl<D: Driver> Arena<D> {
     }
 
     /// Gives emptied slab spans back to the blocks region and the page table.
-    fn release_slab_spans(&mut self, spans: crate::MetaVec<(u64, u64, Stamp)>) {
+    fn release_slab_spans(&mut self, spans: crate::meta::MetaVec<(u64, u64, Stamp)>) {
         for (o, b, st) in spans {
             let streams = &self.commit.streams;
             self.blocks.free(o, st, |s| streams.done(s));

@@ -22,7 +22,7 @@ pub const DEFAULT_RETAIN: u64 = 64 << 20;
 pub const DEFAULT_COMMIT_AHEAD: u64 = 1 << 30;
 
 /// Settings of a scratch arena; `ScratchConfig::default()` is what
-/// [`Scratch::new`](crate::Scratch::new) uses.
+/// `Scratch::new` (in `api`) uses.
 ///
 /// ```
 /// use gpu_arena::{SharedArena, Scratch, ScratchConfig, Kind, ArenaConfig};
@@ -54,7 +54,7 @@ pub struct ScratchConfig {
     /// arena grows (growth doubles the committed bytes, up to this much ahead).
     pub commit_ahead: u64,
     /// The allocation limit at creation (see
-    /// [`Scratch::set_allocation_limit`](crate::Scratch::set_allocation_limit)).
+    /// `Scratch::set_allocation_limit` in `api`).
     pub allocation_limit: Option<usize>,
 }
 

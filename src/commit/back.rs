@@ -25,9 +25,9 @@
 use super::pages::NIL;
 use super::pool::Fenced;
 use super::{Backing, Commit};
-use crate::MetaVec;
 use crate::driver::Driver;
 use crate::error::{Error, ErrorKind, Result};
+use crate::meta::MetaVec;
 
 /// What one call made, to undo on error, and the units the range takes
 /// (kept mappings and new ones), which nothing may take or give back

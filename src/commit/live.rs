@@ -6,9 +6,9 @@
 use super::pages::NIL;
 use super::pool::Transition;
 use super::{Backing, Commit};
-use crate::MetaVec;
 use crate::driver::Driver;
 use crate::error::Result;
+use crate::meta::MetaVec;
 use crate::sync::Stamp;
 
 impl<D: Driver> Commit<D> {

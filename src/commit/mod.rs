@@ -24,7 +24,7 @@
 //! Idle units go back to the driver along a decay curve ([`decay`],
 //! [`reclaim`]): never on the allocating thread's hot path, at once on
 //! [`Commit::trim`], and first on the out-of-memory ladder (give idle memory
-//! back, then wait on the oldest fences only, then [`Error::OutOfMemory`](crate::Error::OutOfMemory)).
+//! back, then wait on the oldest fences only, then [`Error::OutOfMemory`](crate::error::Error::OutOfMemory)).
 //! Nothing is unmapped before the fences of the frees through that mapping
 //! completed. A failed commit leaves nothing half-mapped.
 //!
@@ -64,9 +64,9 @@ pub use config::CommitConfig;
 pub use pages::Cost;
 pub use reservation::Reservation;
 
-use crate::MetaVec;
 use crate::driver::{Access, Driver, Location};
 use crate::error::{OomReport, Result};
+use crate::meta::MetaVec;
 use crate::sync::{Clock, Stamp, Streams};
 use decay::Decay;
 use pages::{NIL, PageTable};

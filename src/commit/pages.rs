@@ -12,7 +12,7 @@
 //! driver call. Pure bookkeeping: no driver, no pointers.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
-use crate::MetaVec;
+use crate::meta::MetaVec;
 
 /// "No mapping".
 pub const NIL: u32 = u32::MAX;

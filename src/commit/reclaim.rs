@@ -16,8 +16,8 @@
 use super::Commit;
 use super::pages::NIL;
 use super::vmm::UNMAP_TRIES;
-use crate::MetaVec;
 use crate::driver::Driver;
+use crate::meta::MetaVec;
 
 impl<D: Driver> Commit<D> {
     /// How often (ms) idle memory is looked at while there is some.

@@ -72,7 +72,7 @@ impl<D: Driver> Commit<D> {
             return Err(Error::oom(self.oom_report(len)));
         }
         let max = self.config.max_run >> self.shift;
-        let mut made: crate::MetaVec<u32> = crate::MetaVec::new_in(std::alloc::System);
+        let mut made: crate::meta::MetaVec<u32> = crate::meta::MetaVec::new_in(std::alloc::System);
         let mut p = a;
         let r = loop {
             if p > b {

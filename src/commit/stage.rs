@@ -160,7 +160,7 @@ impl<D: Driver> Commit<D> {
         }
         let stage_seconds = self.prepare_stage(total)?;
         let Some(mut stage) = self.spare_stage.take() else {
-            return Err(crate::Error::Unsupported(
+            return Err(crate::error::Error::Unsupported(
                 "no stage after preparing one (bug)",
             ));
         };
@@ -201,7 +201,7 @@ impl<D: Driver> Commit<D> {
         &mut self,
         stage: Stage<D::Handle>,
         stream: Stream,
-    ) -> core::result::Result<u64, (crate::Error, Stage<D::Handle>)> {
+    ) -> core::result::Result<u64, (crate::error::Error, Stage<D::Handle>)> {
         let mut copied = 0;
         for &(off, len, at) in &stage.ranges {
             // SAFETY: the pages were just recommitted with access; the stage

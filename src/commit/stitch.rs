@@ -16,7 +16,7 @@
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use super::pool::GroupId;
-use crate::{MetaMap, MetaVec};
+use crate::meta::{MetaMap, MetaVec};
 
 /// A stitched range.
 #[derive(Clone, Copy, Debug)]

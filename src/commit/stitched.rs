@@ -4,9 +4,9 @@
 use super::Commit;
 use super::calls::counters;
 use super::pages::NIL;
-use crate::MetaVec;
 use crate::driver::{DevicePtr, Driver};
 use crate::error::{BadPointer, Error, Result};
+use crate::meta::MetaVec;
 use crate::sync::Stamp;
 
 /// A cached range of up to `k + k / RANGE_SLACK` pages serves a block of

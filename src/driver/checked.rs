@@ -25,10 +25,10 @@ use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::MetaVec;
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Call, DriverError, ErrorKind, Reason, Result};
+use crate::meta::MetaVec;
 
 /// The driver operations the checked layer counts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -401,7 +401,7 @@ impl<D: Driver> Checked<D> {
         va: u64,
         size: u64,
         r: Refusal,
-    ) -> crate::Error {
+    ) -> crate::error::Error {
         self.counts[REFUSED].fetch_add(1, Ordering::Relaxed);
         Self::log(st, op, va, size, false);
         let mut e = DriverError::new(self.inner.capabilities().backend, op.call(), r.0, r.1);

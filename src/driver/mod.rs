@@ -25,7 +25,7 @@
 //! hold): the layers above hand out [`DevicePtr`]s and pass
 //! [`DevicePtr::addr`] down; [`DevicePtr::new`] goes the other way.
 //!
-//! Backends return the same [`ErrorKind`](crate::ErrorKind) for the same
+//! Backends return the same [`ErrorKind`](crate::error::ErrorKind) for the same
 //! violation (measured on an H100, see `docs/conformance.md`), so the layers
 //! above never see a backend difference.
 //!
@@ -37,7 +37,7 @@
 //! Three provided methods (`create_shareable`, `export`, `import`) let a
 //! handle travel to another process as a POSIX file descriptor (see
 //! [`share`] for passing descriptors over a Unix socket). Their default
-//! bodies return [`crate::Error::Unsupported`], so a
+//! bodies return [`crate::error::Error::Unsupported`], so a
 //! backend without sharing needs no code. The lifetime rule
 //! every backend follows: **release = unmap + close**. Physical memory
 //! behind an exported handle goes back when the last process holding it

@@ -33,7 +33,7 @@ use core::hash::Hash;
 
 use crate::driver::{Access, AccessMode, Location};
 use crate::error::{ErrorKind, Reason};
-use crate::{MetaMap, MetaVec};
+use crate::meta::{MetaMap, MetaVec};
 
 /// A refusal: what a driver returns, and why.
 pub type Refusal = (ErrorKind, Reason);

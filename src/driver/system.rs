@@ -133,7 +133,7 @@ impl SystemDriver {
                 device,
             )?)),
             #[allow(unreachable_patterns)]
-            Select::Cuda | Select::Hip => Err(crate::Error::Unsupported(
+            Select::Cuda | Select::Hip => Err(crate::error::Error::Unsupported(
                 "this build lacks that backend: rebuild with --features cuda or --features hip",
             )),
             Select::Auto => {
@@ -174,8 +174,8 @@ fn host_for(device: u32) -> Result<HostDriver> {
 
 /// Whether `e` says the backend works but has no device of that ordinal.
 #[cfg(any(feature = "cuda", feature = "hip"))]
-fn no_such_device(e: &crate::Error) -> bool {
-    matches!(e, crate::Error::Driver(de) if de.reason == Some(crate::Reason::NoSuchDevice))
+fn no_such_device(e: &crate::error::Error) -> bool {
+    matches!(e, crate::error::Error::Driver(de) if de.reason == Some(crate::error::Reason::NoSuchDevice))
 }
 
 macro_rules! dispatch {
@@ -191,8 +191,10 @@ macro_rules! dispatch {
     };
 }
 
-fn mismatch() -> crate::Error {
-    crate::Error::Unsupported("a handle or fence of another backend was passed to this driver")
+fn mismatch() -> crate::error::Error {
+    crate::error::Error::Unsupported(
+        "a handle or fence of another backend was passed to this driver",
+    )
 }
 
 // SAFETY: every method forwards to the selected backend, which upholds the

@@ -9,7 +9,7 @@ use crate::driver::Stream;
 use crate::error::{Error, Result};
 
 impl GlobalArena {
-    /// Puts the tags named in `tags` to sleep (see [`crate::Arena::sleep`]):
+    /// Puts the tags named in `tags` to sleep (see [`crate::arena::Arena::sleep`]):
     /// their physical memory goes back, their addresses stay. Tags already
     /// asleep are skipped. A name that is no tag of this device is refused
     /// with [`Error::UnknownTag`] before any tag sleeps. On another error,
@@ -49,7 +49,7 @@ impl GlobalArena {
     }
 
     /// Obtains now the pinned host memory that offloading the tags named in
-    /// `tags` will need (see [`crate::Arena::prepare_offload`]). Returns the
+    /// `tags` will need (see [`crate::arena::Arena::prepare_offload`]). Returns the
     /// seconds it took.
     pub fn prepare_offload(&self, tags: &[&str]) -> Result<f64> {
         let mut secs = 0.0;

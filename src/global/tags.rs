@@ -5,10 +5,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{GlobalArena, GlobalDriver, MAX_TAGS};
-use crate::MetaVec;
 use crate::arena::{Kind, SharedArena};
 use crate::driver::DevicePtr;
 use crate::error::{ConfigText, Error, Result};
+use crate::meta::MetaVec;
 
 /// Tag names of this process in the order they were first used: a tag's
 /// index is its position here, the same on every device, so a thread's

@@ -17,8 +17,8 @@
 //! spans whose stamp the caller cannot accept yet.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
+use crate::meta::{MetaMap, MetaVec};
 use crate::sync::Stamp;
-use crate::{MetaMap, MetaVec};
 
 const SL_SHIFT: u32 = 4;
 const SL_COUNT: u64 = 1 << SL_SHIFT;
@@ -489,7 +489,7 @@ impl Large {
         best.map(|b| b.1)
     }
 
-    /// Splits span `i` (free, large enough) into [pad][alloc][rest].
+    /// Splits span `i` (free, large enough) into `[pad][alloc][rest]`.
     fn carve(&mut self, i: u32, size: u64, align: u64) -> Allocation {
         self.unlink(i);
         let sp = self.spans[i as usize];

@@ -11,9 +11,9 @@
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use crate::error::BadPointer;
+use crate::meta::{MetaMap, MetaVec};
 use crate::policy::classes::{self, COUNT};
 use crate::sync::Stamp;
-use crate::{MetaMap, MetaVec};
 
 const NIL: u32 = u32::MAX;
 /// Slabs are found from an offset by their 64 KiB chunk.

@@ -7,7 +7,7 @@
 //! [`Streams`](super::Streams), which owns the fences.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
-use crate::MetaVec;
+use crate::meta::MetaVec;
 
 /// Which stream last freed a span, and in which epoch of that stream.
 ///

@@ -10,9 +10,9 @@
 //! [`Streams::wait_oldest`], the last resort before out-of-memory, and it waits
 //! on single fences, never on the device.
 
-use crate::MetaVec;
 use crate::driver::{Driver, Stream};
 use crate::error::Result;
+use crate::meta::MetaVec;
 use crate::sync::Stamp;
 
 struct Slot<F> {

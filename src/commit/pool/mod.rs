@@ -25,7 +25,7 @@
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use super::pages::NIL;
-use crate::MetaVec;
+use crate::meta::MetaVec;
 use crate::sync::{Stamp, StampSet};
 
 pub mod parked;

@@ -38,7 +38,7 @@
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use super::{NIL, Pool};
-use crate::MetaVec;
+use crate::meta::MetaVec;
 use crate::sync::{Stamp, StampSet};
 
 /// No group (a unit's `group`).

@@ -362,7 +362,7 @@ impl Kernels {
             }
         }
         Err(first_err
-            .unwrap_or(result::error(crate::Call::Kernel, 999))
+            .unwrap_or(result::error(crate::error::Call::Kernel, 999))
             .into())
     }
 

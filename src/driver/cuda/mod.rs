@@ -61,7 +61,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
-use crate::{MetaMap, MetaVec};
+use crate::meta::{MetaMap, MetaVec};
 
 #[cfg(feature = "test-support")]
 pub mod kernels;

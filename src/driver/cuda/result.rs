@@ -1,6 +1,6 @@
 //! The thin layer: one function per CUDA driver call, turning `CUresult`
 //! into `Result<_, DriverError>` (backend [`Backend::Cuda`], the [`Call`],
-//! the raw code and its [`ErrorKind`](crate::ErrorKind) from
+//! the raw code and its [`ErrorKind`](crate::error::ErrorKind) from
 //! [`cuda_code_kind`]).
 //!
 //! Nothing here owns anything or keeps state; the owners live in
@@ -684,7 +684,7 @@ pub unsafe fn launch_kernel(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ErrorKind;
+    use crate::error::ErrorKind;
 
     #[test]
     fn codes_map_to_kinds_and_names() {

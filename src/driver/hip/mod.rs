@@ -82,7 +82,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
-use crate::{MetaMap, MetaVec};
+use crate::meta::{MetaMap, MetaVec};
 
 pub mod result;
 pub mod sys;
