@@ -8,7 +8,7 @@ use std::path::Path;
 /// Layer of a top-level module of the crate (higher calls lower).
 fn layer(module: &str) -> Option<u32> {
     Some(match module {
-        "ptr" | "align" | "error" => 0,
+        "ptr" | "align" | "error" | "meta" => 0,
         "driver" => 1,
         "sync" => 2,
         "commit" | "policy" => 3,
@@ -23,8 +23,8 @@ fn layer(module: &str) -> Option<u32> {
 fn root_name(name: &str) -> &str {
     match name {
         "Result" | "Error" | "ErrorKind" | "BadPointer" | "OomReport" | "OomBox"
-        | "DriverError" | "DriverBox" | "Backend" | "Call" | "Reason" | "MetaVec" | "MetaMap"
-        | "MetaBox" | "meta_box" | "DevicePtr" => "error",
+        | "DriverError" | "DriverBox" | "Backend" | "Call" | "Reason" => "error",
+        "DevicePtr" => "ptr",
         "Stream" => "driver",
         "Arena" | "ArenaConfig" | "Kind" | "SleepMode" | "SleepReport" | "Accounting" => "arena",
         "CommitConfig" => "commit",
