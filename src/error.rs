@@ -11,6 +11,9 @@
 
 use core::fmt;
 
+use crate::meta::{MetaBox, meta_box};
+use crate::ptr::DevicePtr;
+
 /// `Result` with [`Error`] as the default error type.
 pub type Result<T, E = Error> = core::result::Result<T, E>;
 
@@ -523,11 +526,11 @@ pub enum BadPointer {
 /// moved, on every call), and from the system allocator, never from an
 /// arena (an arena may serve the program's own heap: see
 /// `ArenaGlobalAlloc` in `api`).
-pub type OomBox = crate::meta::MetaBox<OomReport>;
+pub type OomBox = MetaBox<OomReport>;
 
 /// A driver error as [`Error::Driver`] carries it: boxed from the system
 /// allocator, as [`OomBox`] and for the same reasons.
-pub type DriverBox = crate::meta::MetaBox<DriverError>;
+pub type DriverBox = MetaBox<DriverError>;
 
 /// Out-of-memory figures (plain numbers).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, serde::Serialize)]
@@ -699,7 +702,7 @@ pub enum Error {
     #[error("bad pointer {addr:#x} ({}): nothing was freed; pass exactly what alloc returned, once", describe_bad(*.kind))]
     BadPointer {
         /// The pointer.
-        addr: crate::ptr::DevicePtr,
+        addr: DevicePtr,
         /// What is wrong with it.
         kind: BadPointer,
     },
@@ -777,7 +780,7 @@ pub enum Error {
     )]
     BadCopy {
         /// The device address given.
-        addr: crate::ptr::DevicePtr,
+        addr: DevicePtr,
         /// Bytes asked for.
         len: u64,
         /// Bytes of the live block starting at `addr` (0: none).
@@ -815,7 +818,7 @@ pub enum Error {
 /// A short piece of configuration text, behind one pointer from the system
 /// allocator (as [`OomBox`], so that an `Error` stays small).
 #[derive(Clone, PartialEq, Eq)]
-pub struct ConfigText(crate::meta::MetaBox<TextBuf>);
+pub struct ConfigText(MetaBox<TextBuf>);
 
 #[derive(Clone, PartialEq, Eq)]
 struct TextBuf {
@@ -836,7 +839,7 @@ impl ConfigText {
             buf,
             len: end as u8,
         };
-        ConfigText(crate::meta::meta_box(text))
+        ConfigText(meta_box(text))
     }
     /// The text.
     pub fn as_str(&self) -> &str {
@@ -884,14 +887,14 @@ fn fmt_limit(limit: u64) -> Limit {
 
 impl From<DriverError> for Error {
     fn from(e: DriverError) -> Self {
-        Error::Driver(crate::meta::meta_box(e))
+        Error::Driver(meta_box(e))
     }
 }
 
 impl Error {
     /// An out-of-memory error with `report` (boxed, see [`OomBox`]).
     pub fn oom(report: OomReport) -> Self {
-        Error::OutOfMemory(crate::meta::meta_box(report))
+        Error::OutOfMemory(meta_box(report))
     }
 
     /// The driver error kind, where this is a driver error.
@@ -911,7 +914,7 @@ mod tests {
     fn results_stay_small() {
         // Every allocator call returns one, and a move copies it whole.
         assert!(core::mem::size_of::<Error>() <= 32);
-        assert!(core::mem::size_of::<Result<crate::ptr::DevicePtr>>() <= 32);
+        assert!(core::mem::size_of::<Result<DevicePtr>>() <= 32);
         // The boxed payloads read as before.
         let e = Error::oom(OomReport {
             requested: 3,

@@ -51,6 +51,7 @@ pub use sleep::{SleepMode, SleepReport};
 use crate::commit::{Backing, Commit, CommitConfig, Reservation};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::{BadPointer, Error, Result};
+use crate::meta::{MetaMap, MetaVec};
 use crate::policy::large::Large;
 use crate::policy::slab::{Freed, Slabs};
 use crate::policy::{Policy, classes};
@@ -131,11 +132,11 @@ pub struct Arena<D: Driver> {
     /// The reservation fell back to a smaller size than configured.
     fallback: Option<u64>,
     /// Policy of each buffer by offset in the buffers region.
-    buffer_kinds: crate::meta::MetaMap<u64, Policy>,
+    buffer_kinds: MetaMap<u64, Policy>,
     /// Each scratch arena's base and bump cursor (an absolute address the
     /// scratch arena stores on its lock-free fast path): its live bytes are
     /// `cursor - base`, read when stats are taken, so they never lag.
-    scratch_cursors: crate::meta::MetaVec<(DevicePtr, ScratchCursor)>,
+    scratch_cursors: MetaVec<(DevicePtr, ScratchCursor)>,
     /// Tag index reported in errors.
     tag: u32,
     /// Set while asleep: the pages were given back.
@@ -294,11 +295,8 @@ impl<D: Driver> Arena<D> {
             grow: PolicyStats::default(),
             config,
             fallback: fell_back.then_some(size),
-            buffer_kinds: crate::meta::MetaMap::with_hasher_in(
-                Default::default(),
-                std::alloc::System,
-            ),
-            scratch_cursors: crate::meta::MetaVec::new_in(std::alloc::System),
+            buffer_kinds: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            scratch_cursors: MetaVec::new_in(std::alloc::System),
             tag: 0,
             sleeping: None,
         })

@@ -4,6 +4,7 @@
 
 use super::Arena;
 use crate::driver::Driver;
+use crate::meta::MetaVec;
 use crate::sync::Stamp;
 
 impl<D: Driver> Arena<D> {
@@ -38,7 +39,7 @@ impl<D: Driver> Arena<D> {
     pub(super) fn drain_deferred_slabs(&mut self, all_empty: bool) {
         self.fence_deferred();
         self.commit.poll();
-        let mut empty = crate::meta::MetaVec::new_in(std::alloc::System);
+        let mut empty = MetaVec::new_in(std::alloc::System);
         let streams = &self.commit.streams;
         self.slabs
             .drain(|s| streams.done(s), |o, b, st| empty.push((o, b, st)));
@@ -49,7 +50,7 @@ impl<D: Driver> Arena<D> {
     }
 
     /// Gives emptied slab spans back to the blocks region and the page table.
-    fn release_slab_spans(&mut self, spans: crate::meta::MetaVec<(u64, u64, Stamp)>) {
+    fn release_slab_spans(&mut self, spans: MetaVec<(u64, u64, Stamp)>) {
         for (o, b, st) in spans {
             let streams = &self.commit.streams;
             self.blocks.free(o, st, |s| streams.done(s));

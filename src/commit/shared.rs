@@ -11,6 +11,7 @@ use super::pages::NIL;
 use super::pool::Fenced;
 use crate::driver::{Driver, Location};
 use crate::error::{Error, Result};
+use crate::meta::MetaVec;
 
 impl<D: Driver> Commit<D> {
     /// Bytes committed in shared units.
@@ -72,7 +73,7 @@ impl<D: Driver> Commit<D> {
             return Err(Error::oom(self.oom_report(len)));
         }
         let max = self.config.max_run >> self.shift;
-        let mut made: crate::meta::MetaVec<u32> = crate::meta::MetaVec::new_in(std::alloc::System);
+        let mut made: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
         let mut p = a;
         let r = loop {
             if p > b {

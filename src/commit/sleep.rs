@@ -6,7 +6,7 @@
 use super::Commit;
 use super::pages::NIL;
 use crate::driver::Driver;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::meta::MetaVec;
 
 impl<D: Driver> Commit<D> {
@@ -61,7 +61,7 @@ impl<D: Driver> Commit<D> {
             while p < first + pages {
                 let n = max.min(self.wake_piece_end(p, first + pages) - p);
                 if !self.budget_try_take(n) {
-                    result = Err(crate::error::Error::oom(self.oom_report(n << self.shift)));
+                    result = Err(Error::oom(self.oom_report(n << self.shift)));
                     break 'runs;
                 }
                 let created = self.vmm_create(n, false);

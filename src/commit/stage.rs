@@ -13,7 +13,7 @@ use std::time::Instant;
 use super::Commit;
 use super::vmm::retried;
 use crate::driver::{Access, Driver, Location, Stream};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// Pinned host memory of an offload.
 #[derive(Debug)]
@@ -160,9 +160,7 @@ impl<D: Driver> Commit<D> {
         }
         let stage_seconds = self.prepare_stage(total)?;
         let Some(mut stage) = self.spare_stage.take() else {
-            return Err(crate::error::Error::Unsupported(
-                "no stage after preparing one (bug)",
-            ));
+            return Err(Error::Unsupported("no stage after preparing one (bug)"));
         };
         stage.ranges.clear();
         let mut at = 0;
@@ -201,7 +199,7 @@ impl<D: Driver> Commit<D> {
         &mut self,
         stage: Stage<D::Handle>,
         stream: Stream,
-    ) -> core::result::Result<u64, (crate::error::Error, Stage<D::Handle>)> {
+    ) -> core::result::Result<u64, (Error, Stage<D::Handle>)> {
         let mut copied = 0;
         for &(off, len, at) in &stage.ranges {
             // SAFETY: the pages were just recommitted with access; the stage

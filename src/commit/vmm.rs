@@ -7,7 +7,8 @@ use std::time::Instant;
 use super::Commit;
 use super::pages::NIL;
 use crate::driver::Driver;
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::meta::MetaVec;
 
 /// Attempts at an unmap that must not be left undone (sleep, teardown,
 /// the undo of a failed commit): a refusal is tried again at once.
@@ -98,10 +99,7 @@ impl<D: Driver> Commit<D> {
     /// The range is exactly tiled by mappings of ours; lowering rights
     /// there is the caller's intent.
     pub(super) unsafe fn vmm_set_access(&mut self, first: u64, pages: u64) -> Result<()> {
-        let access = core::mem::replace(
-            &mut self.access,
-            crate::meta::MetaVec::new_in(std::alloc::System),
-        );
+        let access = core::mem::replace(&mut self.access, MetaVec::new_in(std::alloc::System));
         // SAFETY: forwarded under the caller's guarantees.
         let r = unsafe { self.vmm_set_access_with(first, pages, &access) };
         self.access = access;
@@ -127,9 +125,8 @@ impl<D: Driver> Commit<D> {
 
     /// Maximal runs of adjacent mapped pages: (first page, pages). Each is
     /// tiled by whole mappings.
-    pub(super) fn mapped_runs(&self) -> crate::meta::MetaVec<(u64, u64)> {
-        let mut runs: crate::meta::MetaVec<(u64, u64)> =
-            crate::meta::MetaVec::new_in(std::alloc::System);
+    pub(super) fn mapped_runs(&self) -> MetaVec<(u64, u64)> {
+        let mut runs: MetaVec<(u64, u64)> = MetaVec::new_in(std::alloc::System);
         self.pages.for_each_touched(|p, _, m, _| {
             if m == NIL {
                 return;
@@ -163,9 +160,7 @@ impl<D: Driver> Commit<D> {
             (x.pages, self.pool.handle(u), x.aliases > 0)
         };
         let Some(h) = h else {
-            return Err(crate::error::Error::Unsupported(
-                "a released unit cannot be mapped (bug)",
-            ));
+            return Err(Error::Unsupported("a released unit cannot be mapped (bug)"));
         };
         // SAFETY: callers pass pages of the reservation whose page-table
         // entries say unmapped.

@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
-use crate::error::{Call, DriverError, ErrorKind, Reason, Result};
+use crate::error::{Call, DriverError, Error, ErrorKind, Reason, Result};
 use crate::meta::MetaVec;
 
 /// The driver operations the checked layer counts.
@@ -394,14 +394,7 @@ impl<D: Driver> Checked<D> {
         Ok(())
     }
 
-    fn refuse(
-        &self,
-        st: &mut State<D::Handle>,
-        op: Op,
-        va: u64,
-        size: u64,
-        r: Refusal,
-    ) -> crate::error::Error {
+    fn refuse(&self, st: &mut State<D::Handle>, op: Op, va: u64, size: u64, r: Refusal) -> Error {
         self.counts[REFUSED].fetch_add(1, Ordering::Relaxed);
         Self::log(st, op, va, size, false);
         let mut e = DriverError::new(self.inner.capabilities().backend, op.call(), r.0, r.1);

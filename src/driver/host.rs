@@ -31,7 +31,7 @@ use std::sync::Mutex;
 
 use crate::driver::rules::{Refusal, Rights, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
-use crate::error::{Backend, Call, DriverError, ErrorKind, Reason, Result};
+use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
 use crate::meta::{MetaMap, MetaVec};
 
 /// Settings of the host backend.
@@ -152,14 +152,12 @@ impl HostDriver {
         // SAFETY: sysconf has no preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
         if !config.granularity.is_power_of_two() || config.granularity < page {
-            return Err(crate::error::Error::Config(
+            return Err(Error::Config(
                 "host granularity must be a power of two of at least the OS page size",
             ));
         }
         if config.device_count == 0 || config.device_count > 62 {
-            return Err(crate::error::Error::Config(
-                "host device_count must be 1..=62",
-            ));
+            return Err(Error::Config("host device_count must be 1..=62"));
         }
         // SAFETY: the name is a NUL-terminated string literal.
         let fd = unsafe { libc::memfd_create(c"gpu-arena".as_ptr(), libc::MFD_CLOEXEC) };

@@ -12,7 +12,7 @@ use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
     Access, AccessMode, Capabilities, Checked, Driver, HostConfig, HostDriver, Location, Stream,
 };
-use crate::error::Result;
+use crate::error::{Error, Reason, Result};
 
 /// Which backend to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -133,7 +133,7 @@ impl SystemDriver {
                 device,
             )?)),
             #[allow(unreachable_patterns)]
-            Select::Cuda | Select::Hip => Err(crate::error::Error::Unsupported(
+            Select::Cuda | Select::Hip => Err(Error::Unsupported(
                 "this build lacks that backend: rebuild with --features cuda or --features hip",
             )),
             Select::Auto => {
@@ -174,8 +174,8 @@ fn host_for(device: u32) -> Result<HostDriver> {
 
 /// Whether `e` says the backend works but has no device of that ordinal.
 #[cfg(any(feature = "cuda", feature = "hip"))]
-fn no_such_device(e: &crate::error::Error) -> bool {
-    matches!(e, crate::error::Error::Driver(de) if de.reason == Some(crate::error::Reason::NoSuchDevice))
+fn no_such_device(e: &Error) -> bool {
+    matches!(e, Error::Driver(de) if de.reason == Some(Reason::NoSuchDevice))
 }
 
 macro_rules! dispatch {
@@ -191,10 +191,8 @@ macro_rules! dispatch {
     };
 }
 
-fn mismatch() -> crate::error::Error {
-    crate::error::Error::Unsupported(
-        "a handle or fence of another backend was passed to this driver",
-    )
+fn mismatch() -> Error {
+    Error::Unsupported("a handle or fence of another backend was passed to this driver")
 }
 
 // SAFETY: every method forwards to the selected backend, which upholds the
