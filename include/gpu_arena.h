@@ -70,8 +70,14 @@ int gpu_arena_set_process_tag(const char *tag);
 int gpu_arena_sleep(int device, const char *tags, int mode, void *stream);
 
 /* Obtains now the pinned host memory offloading `tags` will need, so that
- * their first offload runs at copy speed. Kept until gpu_arena_trim. */
+ * their first offload runs at copy speed. Kept until gpu_arena_trim. The
+ * tags' locks are not held while the memory is pinned. */
 int gpu_arena_prepare_offload(int device, const char *tags);
+
+/* The same on a thread of its own: returns at once (0, or -1 for a name
+ * that is no tag). A sleep that offloads waits for that thread first. Call
+ * it once the tags hold what they will offload (after loading weights). */
+int gpu_arena_prepare_offload_background(int device, const char *tags);
 /* Sleep and wake refuse a tag name that does not exist (-1, last error says
  * which) before changing anything. */
 

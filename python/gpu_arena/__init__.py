@@ -63,6 +63,7 @@ __all__ = [
     "free",
     "library_path",
     "memory_summary",
+    "prepare_offload",
     "set_tag_limit",
     "sleep",
     "snapshot",
@@ -256,6 +257,37 @@ def _check_known(names: Sequence[str], devs: Sequence[int]) -> None:
         if n not in known:
             # The crate's own error and message.
             _native.sleep(devs[0], [n], False, 0)
+
+
+def prepare_offload(
+    tags: Tags,
+    *,
+    device: Optional[int] = None,
+    background: bool = True,
+) -> float:
+    """Obtains ahead the pinned host memory that offloading ``tags`` will
+    need, so that even their first :func:`sleep` with ``offload`` runs at
+    copy speed: pinning host memory is the slow part of a first offload
+    (seconds for tens of GiB). Call it once the tags hold
+    what they will offload, e.g. right after loading a model's weights.
+
+    With ``background`` (the default) it returns at once and a thread of
+    its own pins the memory while the program goes on; an offloading sleep
+    waits for that thread first. Otherwise it returns when done. The
+    arena's locks are not held while memory is pinned, so allocations go
+    on either way. The memory is kept across cycles (``stats()["stats"]
+    ["staged"]``) until :func:`trim`. A name that is no tag raises
+    :class:`UnknownTagError`. Returns the seconds spent (0 in background).
+    """
+    names = _names(tags)
+    devs = _devices(device)
+    _check_known(names, devs)
+    secs = 0.0
+    for d in devs:
+        here = [n for n in names if n in set(_tag_states(d))]
+        if here:
+            secs += _native.prepare_offload(d, here, background)
+    return secs
 
 
 def trim(device: Optional[int] = None) -> int:

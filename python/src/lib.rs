@@ -230,6 +230,21 @@ fn wake<'py>(
     report(py, r)
 }
 
+/// Obtains the pinned host memory that offloading `tags` of `device` will
+/// need: now (returns the seconds it took), or on a thread of its own
+/// (`background`; returns 0 at once, and an offloading sleep waits for it).
+#[pyfunction]
+#[pyo3(signature = (device, tags, background=false))]
+fn prepare_offload(py: Python<'_>, device: u32, tags: Vec<String>, background: bool) -> R<f64> {
+    let a = arena(device)?;
+    let names: Vec<&str> = tags.iter().map(String::as_str).collect();
+    if background {
+        a.prepare_offload_in_background(&names).map_err(py_err)?;
+        return Ok(0.0);
+    }
+    py.detach(|| a.prepare_offload(&names)).map_err(py_err)
+}
+
 /// Gives back every empty page of `device` whose work completed; returns
 /// the bytes given back.
 #[pyfunction]
@@ -514,6 +529,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(exit_tag, m)?)?;
     m.add_function(wrap_pyfunction!(sleep, m)?)?;
     m.add_function(wrap_pyfunction!(wake, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare_offload, m)?)?;
     m.add_function(wrap_pyfunction!(trim, m)?)?;
     m.add_function(wrap_pyfunction!(set_tag_limit, m)?)?;
     m.add_function(wrap_pyfunction!(stats_json, m)?)?;

@@ -54,6 +54,11 @@ def test_memory_saver_regions(host):
     with saver.region("kv"):
         kv = gpu_arena.alloc(1 << 20)
     ctypes.memset(w, 5, 1 << 20)
+    # A backed-up region's pinned memory was obtained when its block ended
+    # (in the background; an offloading sleep waits for that first).
+    r = gpu_arena.sleep(offload="tms:weights")
+    assert r["offload"]["stage_seconds"] == 0.0 and r["offload"]["copied"] >= 1 << 20
+    gpu_arena.wake("tms:weights")
     saver.pause("kv")
     assert gpu_arena.tags()["tms:kv"] and not gpu_arena.tags()["tms:weights"]
     saver.pause()

@@ -39,6 +39,31 @@ def test_offload_keeps_contents_and_discard_zeroes(host):
         gpu_arena.free(p)
 
 
+def stats_of(tag):
+    return next(t["stats"] for t in gpu_arena.stats()["tags"] if t["tag"] == tag)
+
+
+def test_pinned_memory_obtained_ahead_serves_the_first_offload(host):
+    with gpu_arena.tag("loaded"):
+        w = gpu_arena.alloc(5 << 20)
+    fill(w, 5 << 20, 0x6B)
+    assert gpu_arena.prepare_offload("loaded") == 0.0, "in the background by default"
+    r = gpu_arena.sleep(offload="loaded")  # waits for that thread first
+    assert r["offload"]["stage_seconds"] == 0.0, "the sleep pinned nothing itself"
+    assert r["offload"]["copied"] >= 5 << 20
+    gpu_arena.wake("loaded")
+    assert read(w, 5 << 20) == b"\x6b" * (5 << 20)
+    assert stats_of("loaded")["staged"] >= 5 << 20, "kept for the next cycle"
+    # Enough is held: nothing more to obtain, now or in the background.
+    assert gpu_arena.prepare_offload("loaded", background=False) == 0.0
+    gpu_arena.trim()
+    assert stats_of("loaded")["staged"] == 0, "trim gives it back"
+    assert gpu_arena.prepare_offload("loaded", background=False) > 0.0
+    with pytest.raises(gpu_arena.UnknownTagError):
+        gpu_arena.prepare_offload(("loaded", "nonesuch"))
+    gpu_arena.free(w)
+
+
 def test_a_sleeping_tag_refuses_work():
     with gpu_arena.tag("kv_cache"):
         p = gpu_arena.alloc(1 << 20)

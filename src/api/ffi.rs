@@ -441,6 +441,25 @@ pub unsafe extern "C" fn gpu_arena_prepare_offload(dev: c_int, tags: *const c_ch
     })
 }
 
+/// [`gpu_arena_prepare_offload`] on a thread of its own: returns at once
+/// (the names checked), and a sleep that offloads waits for that thread
+/// first. Call it once the tags hold what they will offload (after a
+/// model's weights are loaded). Returns 0, or -1 with the last error set.
+///
+/// # Safety
+/// `tags` is a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn gpu_arena_prepare_offload_background(
+    dev: c_int,
+    tags: *const c_char,
+) -> c_int {
+    guard(-1, || {
+        let a = global::arena(device(dev)?)?;
+        a.prepare_offload_in_background(&tag_list(tags)?)?;
+        Ok(0)
+    })
+}
+
 /// Wakes the comma-separated `tags` of `device` at the same addresses,
 /// restoring offloaded contents. Returns 0, or -1 with the last error set
 /// (the failing tag stays asleep).

@@ -46,7 +46,7 @@ pub use grow::GrowRange;
 pub use scratch::{ScratchConfig, ScratchRange};
 pub use shared::SharedArena;
 use sleep::Sleeping;
-pub use sleep::{SleepMode, SleepReport};
+pub use sleep::{Obtained, SleepMode, SleepReport, StageNeed, obtain};
 
 use crate::commit::{Backing, Commit, CommitConfig, Reservation};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};

@@ -4,6 +4,7 @@
 
 use super::Arena;
 use crate::commit::stage::Stage;
+pub use crate::commit::stage::{Obtained, StageNeed, obtain};
 use crate::driver::{Driver, Stream};
 use crate::error::{Error, Result};
 
@@ -107,6 +108,46 @@ impl<D: Driver> Arena<D> {
         self.awake()?;
         let bytes = self.commit.offload_bytes();
         self.commit.prepare_stage(bytes)
+    }
+
+    /// The pinned host memory the next offload needs beyond what is held:
+    /// `None` when enough is held, nothing is live, or the arena is asleep.
+    /// [`obtain`] it through the arena's driver without holding this
+    /// arena's lock, then hand it to [`Arena::adopt_stage`]: that is
+    /// [`Arena::prepare_offload`] in two steps, with allocations served in
+    /// between (pinning tens of GiB of host memory takes seconds).
+    ///
+    /// ```
+    /// use gpu_arena::{Arena, ArenaConfig, Kind, SleepMode};
+    /// use gpu_arena::arena::obtain;
+    /// use gpu_arena::driver::{HostDriver, Stream};
+    ///
+    /// let driver = HostDriver::new()?;
+    /// let mut arena = Arena::new(&driver, Kind::Device(0), ArenaConfig::default())?;
+    /// let p = arena.alloc(3 << 20, 256)?;
+    /// let need = arena.offload_need().expect("3 MiB live, nothing held");
+    /// let obtained = obtain(&driver, need); // no lock of the arena held here
+    /// arena.adopt_stage(obtained)?;
+    /// assert!(arena.offload_need().is_none());
+    /// let report = arena.sleep(SleepMode::Offload, Stream::DEFAULT)?;
+    /// assert_eq!(report.stage_seconds, 0.0); // the first offload pins nothing
+    /// arena.wake(Stream::DEFAULT)?;
+    /// arena.free(p)?;
+    /// # Ok::<(), gpu_arena::Error>(())
+    /// ```
+    pub fn offload_need(&self) -> Option<StageNeed> {
+        if self.is_asleep() {
+            return None;
+        }
+        self.commit.stage_need()
+    }
+
+    /// Keeps a stage obtained for [`Arena::offload_need`] for the next
+    /// offload (the larger of it and the one held; the other goes back at
+    /// once), counting its driver calls. Returns the seconds obtaining it
+    /// took, or the error obtaining it met.
+    pub fn adopt_stage(&mut self, obtained: Obtained<D::Handle>) -> Result<f64> {
+        self.commit.adopt_stage(obtained)
     }
 
     /// Recommits every page that holds live bytes at its old address (large

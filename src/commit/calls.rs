@@ -45,6 +45,21 @@ pub struct DriverCalls {
 }
 
 impl DriverCalls {
+    /// Runs `f`, one VMM call, adding the time it took (and a failure,
+    /// where it failed) to these counts.
+    pub(super) fn time<T>(
+        &mut self,
+        f: impl FnOnce() -> crate::error::Result<T>,
+    ) -> crate::error::Result<T> {
+        let t = std::time::Instant::now();
+        let r = f();
+        self.vmm_nanos += t.elapsed().as_nanos() as u64;
+        if r.is_err() {
+            self.failed += 1;
+        }
+        r
+    }
+
     /// All calls.
     pub const fn total(&self) -> u64 {
         self.vmm() + self.record + self.wait

@@ -11,9 +11,100 @@
 use std::time::Instant;
 
 use super::Commit;
+use super::calls::DriverCalls;
 use super::vmm::retried;
 use crate::driver::{Access, Driver, Location, Stream};
 use crate::error::{Error, Result};
+
+/// What obtaining pinned host memory for an offload needs to know (see
+/// [`Commit::stage_need`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StageNeed {
+    /// Bytes (whole pages).
+    pub bytes: u64,
+    /// The device that copies into and out of it.
+    pub device: Location,
+}
+
+/// A stage [`obtain`] made, with the driver calls that made it (or the
+/// error they met), for [`Commit::adopt_stage`].
+#[derive(Debug)]
+pub struct Obtained<H> {
+    stage: Result<Stage<H>>,
+    calls: DriverCalls,
+    seconds: f64,
+}
+
+/// Obtains pinned host memory for an offload through `driver`, holding no
+/// lock of the arena that will use it: pinning memory is slow (seconds for
+/// tens of GiB), and the arena keeps serving allocations meanwhile. Hand
+/// the result to [`Commit::adopt_stage`].
+pub fn obtain<D: Driver>(driver: &D, need: StageNeed) -> Obtained<D::Handle> {
+    let t = Instant::now();
+    let mut calls = DriverCalls::default();
+    let stage = obtain_with(driver, need, &mut calls);
+    Obtained {
+        stage,
+        calls,
+        seconds: t.elapsed().as_secs_f64(),
+    }
+}
+
+/// One host-located handle of `need.bytes` in a reservation of its own,
+/// mapped with access for the host and `need.device`; nothing is left
+/// behind on error.
+fn obtain_with<D: Driver>(
+    d: &D,
+    need: StageNeed,
+    calls: &mut DriverCalls,
+) -> Result<Stage<D::Handle>> {
+    let total = need.bytes;
+    let va = d.reserve(total as usize, 0)?;
+    let h = match calls.time(|| d.create(total as usize, Location::Host)) {
+        Ok(h) => h,
+        Err(e) => {
+            // SAFETY: the reservation was just made and has no mapping.
+            let _ = unsafe { d.free_reservation(va, total as usize) };
+            return Err(e);
+        }
+    };
+    calls.create += 1;
+    let access = [
+        Access::read_write(Location::Host),
+        Access::read_write(need.device),
+    ];
+    // SAFETY: va..va+total is our fresh reservation, unmapped; then the
+    // mapping just made gets access for the host and this device.
+    let mapped = calls.time(|| unsafe { d.map(va, total as usize, 0, h) });
+    let r = mapped.and_then(|()| {
+        calls.map += 1;
+        // SAFETY: as above: exactly the mapping just made.
+        calls
+            .time(|| unsafe { d.set_access(va, total as usize, &access) })
+            .map(|()| calls.set_access += 1)
+    });
+    if let Err(e) = r {
+        // SAFETY: our fresh reservation; the mapping, if made, is unused.
+        if retried(|| unsafe { d.unmap(va, total as usize) }).is_ok() {
+            calls.unmap += 1;
+        }
+        // Pinned host memory is outside the device budget: a release
+        // refused every time leaks only host memory, counted as failed.
+        if calls.time(|| retried(|| d.release(h))).is_ok() {
+            calls.release += 1;
+        }
+        // SAFETY: as above; its one mapping is gone (or the driver
+        // refuses this, changing nothing).
+        let _ = retried(|| unsafe { d.free_reservation(va, total as usize) });
+        return Err(e);
+    }
+    Ok(Stage {
+        va,
+        size: total,
+        handle: h,
+        ranges: Vec::new(),
+    })
+}
 
 /// Pinned host memory of an offload.
 #[derive(Debug)]
@@ -72,46 +163,48 @@ impl<D: Driver> Commit<D> {
     }
 
     fn make_stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
-        let total = crate::driver::round_up(total, self.page).unwrap_or(total);
-        let d = &self.res.driver;
-        let va = d.reserve(total as usize, 0)?;
-        let h = match self.timed(|d| d.create(total as usize, Location::Host)) {
-            Ok(h) => h,
-            Err(e) => {
-                // SAFETY: the reservation was just made and has no mapping.
-                let _ = unsafe { self.res.driver.free_reservation(va, total as usize) };
-                return Err(e);
-            }
-        };
-        self.calls.create += 1;
-        let access = [
-            Access::read_write(Location::Host),
-            Access::read_write(self.stage_device()),
-        ];
-        // SAFETY: va..va+total is our fresh reservation, unmapped; then the
-        // mapping just made gets access for the host and this device.
-        let mapped = self.timed(|d| unsafe { d.map(va, total as usize, 0, h) });
-        let r = mapped.and_then(|()| {
-            self.calls.map += 1;
-            // SAFETY: as above: exactly the mapping just made.
-            self.timed(|d| unsafe { d.set_access(va, total as usize, &access) })
-                .map(|()| self.calls.set_access += 1)
-        });
-        if let Err(e) = r {
-            // SAFETY: our fresh reservation; the mapping, if made, is unused.
-            let _ = retried(|| unsafe { self.res.driver.unmap(va, total as usize) });
-            self.vmm_release(h, 0);
-            // SAFETY: as above; its one mapping is gone (or the driver
-            // refuses this, changing nothing).
-            let _ = retried(|| unsafe { self.res.driver.free_reservation(va, total as usize) });
-            return Err(e);
+        let need = self.need_for(total);
+        obtain_with(&self.res.driver, need, &mut self.calls)
+    }
+
+    /// What a stage of `total` bytes for this arena needs.
+    fn need_for(&self, total: u64) -> StageNeed {
+        StageNeed {
+            bytes: crate::driver::round_up(total, self.page).unwrap_or(total),
+            device: self.stage_device(),
         }
-        Ok(Stage {
-            va,
-            size: total,
-            handle: h,
-            ranges: Vec::new(),
-        })
+    }
+
+    /// The pinned host memory the next offload needs beyond what is held
+    /// (`None` when the kept stage is large enough or nothing is live):
+    /// what [`obtain`] must be asked for, away from this arena's lock.
+    pub fn stage_need(&self) -> Option<StageNeed> {
+        let bytes = self.offload_bytes();
+        let held = self.spare_stage.as_ref().map_or(0, |s| s.size);
+        (bytes > held).then(|| self.need_for(bytes))
+    }
+
+    /// Takes a stage that [`obtain`] made away from this arena's lock: its
+    /// driver calls are counted here, and it is kept for the next offload
+    /// unless the stage held already is at least as large (then the
+    /// smaller one goes back at once). Returns the seconds obtaining it
+    /// took, or the error it met.
+    pub fn adopt_stage(&mut self, obtained: Obtained<D::Handle>) -> Result<f64> {
+        self.calls.add(&obtained.calls);
+        let stage = obtained.stage?;
+        match self.spare_stage.take() {
+            Some(old) if old.size >= stage.size => {
+                self.spare_stage = Some(old);
+                self.drop_stage(stage);
+            }
+            old => {
+                if let Some(old) = old {
+                    self.drop_stage(old);
+                }
+                self.spare_stage = Some(stage);
+            }
+        }
+        Ok(obtained.seconds)
     }
 
     /// Gives a stage's pinned memory back (its copies completed or failed).

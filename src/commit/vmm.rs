@@ -2,8 +2,6 @@
 //! compound steps everything else is built from: mapping a unit at a range
 //! and taking a mapping or a unit away.
 
-use std::time::Instant;
-
 use super::Commit;
 use super::pages::NIL;
 use crate::driver::Driver;
@@ -21,13 +19,8 @@ impl<D: Driver> Commit<D> {
     }
 
     pub(super) fn timed<T>(&mut self, f: impl FnOnce(&D) -> Result<T>) -> Result<T> {
-        let t = Instant::now();
-        let r = f(&self.res.driver);
-        self.calls.vmm_nanos += t.elapsed().as_nanos() as u64;
-        if r.is_err() {
-            self.calls.failed += 1;
-        }
-        r
+        let d = &self.res.driver;
+        self.calls.time(|| f(d))
     }
 
     /// Creates a handle of `pages` pages (shareable when asked).

@@ -81,6 +81,10 @@ pub struct GlobalArena {
     /// Set once the reclaimer was started (or found not wanted, or failed
     /// to start): every call of [`arena`] asks, and must not take a lock.
     reclaimer_tried: AtomicBool,
+    /// Threads obtaining pinned host memory for offloads (see
+    /// [`GlobalArena::prepare_offload_in_background`]); an offloading
+    /// sleep and [`GlobalArena::destroy`] wait for them.
+    stagers: Mutex<Vec<std::thread::JoinHandle<()>>>,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -205,6 +209,7 @@ impl GlobalArena {
             reclaimer: Mutex::new(None),
             reclaimer_stop: AtomicBool::new(false),
             reclaimer_tried: AtomicBool::new(false),
+            stagers: Mutex::new(Vec::new()),
         };
         g.tag("default")?;
         Ok(g)
@@ -324,6 +329,7 @@ impl GlobalArena {
             leaked.swap_remove(i);
         }
         arena.stop_reclaimer();
+        arena.join_stagers();
         cache::flush_current(arena);
         // SAFETY: `addr` came from `Box::leak` in `register` and was
         // removed from the registry above, so it is turned back into a box

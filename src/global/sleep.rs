@@ -4,9 +4,9 @@
 use std::sync::atomic::Ordering;
 
 use super::{GlobalArena, cache};
-use crate::arena::{SleepMode, SleepReport};
+use crate::arena::{SleepMode, SleepReport, obtain};
 use crate::driver::Stream;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 impl GlobalArena {
     /// Puts the tags named in `tags` to sleep (see [`crate::arena::Arena::sleep`]):
@@ -23,6 +23,11 @@ impl GlobalArena {
         stream: Stream,
     ) -> Result<SleepReport> {
         cache::flush_current(self);
+        if mode == SleepMode::Offload {
+            // Pinned memory being obtained for it is waited for, not
+            // obtained a second time.
+            self.join_stagers();
+        }
         let mut total = SleepReport::default();
         // Every name is checked before any tag sleeps.
         for ta in self.named_tags(tags)? {
@@ -49,18 +54,62 @@ impl GlobalArena {
     }
 
     /// Obtains now the pinned host memory that offloading the tags named in
-    /// `tags` will need (see [`crate::arena::Arena::prepare_offload`]). Returns the
-    /// seconds it took.
+    /// `tags` will need (see [`crate::arena::Arena::prepare_offload`]), so
+    /// that their first offload runs at copy speed. Each shard's lock is
+    /// held only to ask what it needs and to take what was obtained, not
+    /// while the memory is pinned: allocations go on meanwhile. Tags asleep
+    /// need nothing. Returns the seconds obtaining it took.
     pub fn prepare_offload(&self, tags: &[&str]) -> Result<f64> {
         let mut secs = 0.0;
-        for name in tags {
-            let t = self.existing_tag(name)?;
-            let ta = self.tag_arenas(t).ok_or(Error::Config("no such tag"))?;
+        for ta in self.named_tags(tags)? {
             for shard in ta.shards.iter() {
-                secs += shard.lock().prepare_offload()?;
+                let need = shard.lock().offload_need();
+                if let Some(need) = need {
+                    let obtained = obtain(&self.driver, need);
+                    secs += shard.lock().adopt_stage(obtained)?;
+                }
             }
         }
         Ok(secs)
+    }
+
+    /// [`GlobalArena::prepare_offload`] on a thread of its own: returns at
+    /// once (after checking the names), and the pinned memory is obtained
+    /// while the program goes on, so that even the first offload of tags
+    /// loaded ahead (a model's weights) runs at copy speed. A sleep that
+    /// offloads waits for such threads first; an error there is reported
+    /// on stderr, and the sleep then obtains what is missing itself.
+    pub fn prepare_offload_in_background(&'static self, tags: &[&str]) -> Result<()> {
+        self.named_tags(tags)?;
+        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
+        let spawned = std::thread::Builder::new()
+            .name(format!("gpu-arena-stage-{}", self.device))
+            .spawn(move || {
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                if let Err(e) = self.prepare_offload(&names) {
+                    eprintln!(
+                        "gpu-arena: obtaining pinned host memory for the offload of {names:?} in the background failed ({e}); the sleep will obtain what it needs"
+                    );
+                }
+            });
+        match spawned {
+            Ok(h) => {
+                let mut stagers = self.stagers.lock().unwrap_or_else(|e| e.into_inner());
+                stagers.retain(|h| !h.is_finished());
+                stagers.push(h);
+                Ok(())
+            }
+            // No thread: obtained here instead.
+            Err(_) => self.prepare_offload(tags).map(|_| ()),
+        }
+    }
+
+    /// Waits for the threads of [`GlobalArena::prepare_offload_in_background`].
+    pub(super) fn join_stagers(&self) {
+        let stagers = core::mem::take(&mut *self.stagers.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in stagers {
+            let _ = h.join();
+        }
     }
 
     /// Wakes the tags named in `tags` at the same addresses. Unknown names

@@ -18,6 +18,7 @@ mod hip_arena;
 mod hip_driver;
 mod host_driver;
 mod layers;
+mod offload_ahead;
 mod peer_ipc;
 mod scratch;
 mod sleep_wake;

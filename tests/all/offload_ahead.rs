@@ -1,0 +1,174 @@
+//! Pinned host memory for an offload obtained ahead of the sleep, in the
+//! background and away from the shards' locks, so that even the first
+//! offload runs at copy speed (docs/sleep-wake.md).
+
+use std::sync::Arc;
+
+use gpu_arena::driver::system::Select;
+use gpu_arena::driver::{Fault, FaultKind, Op, Stream, SystemDriver};
+use gpu_arena::global::{GlobalArena, GlobalConfig};
+use gpu_arena::{DevicePtr, Error, SleepMode};
+
+/// A leaked arena over a checked host driver (one shard, no thread cache:
+/// every block is in the shard the test looks at).
+fn arena() -> (&'static GlobalArena, Arc<SystemDriver>) {
+    let driver = Arc::new(SystemDriver::checked(
+        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
+    ));
+    let conf = GlobalConfig {
+        shards: 1,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    (
+        GlobalArena::leak_with(0, conf, driver.clone()).unwrap(),
+        driver,
+    )
+}
+
+/// Blocks of tag `weights`, each filled with its own byte.
+fn load(arena: &'static GlobalArena, sizes: &[u64], first: u8) -> Vec<(DevicePtr, u64, u8)> {
+    let _g = arena.tag_scope("weights").unwrap();
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let p = arena.alloc(size, 512, Stream::DEFAULT).unwrap();
+            let byte = first + i as u8;
+            // SAFETY: host backend, a live block of `size` bytes.
+            unsafe { std::ptr::write_bytes(p.as_mut_ptr::<u8>(), byte, size as usize) };
+            (p, size, byte)
+        })
+        .collect()
+}
+
+fn intact(blocks: &[(DevicePtr, u64, u8)]) -> bool {
+    blocks.iter().all(|&(p, size, byte)| {
+        // SAFETY: host backend, live blocks of an awake tag.
+        let b = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), size as usize) };
+        b.iter().all(|&x| x == byte)
+    })
+}
+
+/// Frees the blocks, tears the arena down and checks that the driver got
+/// everything back.
+fn finish(arena: &'static GlobalArena, driver: &SystemDriver, blocks: Vec<(DevicePtr, u64, u8)>) {
+    for (p, _, _) in blocks {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    // SAFETY: this thread alone used the arena (the stagers are joined by
+    // destroy); nothing uses it afterwards.
+    unsafe { GlobalArena::destroy(arena) }.unwrap();
+    let checked = driver.as_checked().unwrap();
+    assert_eq!(checked.leaks(), None);
+    let c = checked.counts();
+    assert_eq!(
+        c.create, c.release,
+        "every handle, the stages' too, went back"
+    );
+}
+
+#[test]
+fn pinned_memory_obtained_in_the_background_serves_the_first_offload() {
+    let (arena, driver) = arena();
+    let blocks = load(arena, &[6 << 20, 200, 3 << 20, 70_000], 0x21);
+    let weights = arena.tag("weights").unwrap();
+    arena.prepare_offload_in_background(&["weights"]).unwrap();
+    // The arena serves allocations meanwhile (another tag, and this one).
+    let other = {
+        let _g = arena.tag_scope("kv_cache").unwrap();
+        arena.alloc(4 << 20, 512, Stream::DEFAULT).unwrap()
+    };
+    let creates_before_sleep = arena.stats().driver_calls.create;
+    let r = arena
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert_eq!(r.stage_seconds, 0.0, "the sleep pinned nothing itself");
+    assert!(r.copied >= (6 << 20) + (3 << 20), "{r:?}");
+    // The stage's driver calls are counted in the stats like any other.
+    let s = arena.stats();
+    let c = driver.as_checked().unwrap().counts();
+    assert_eq!(
+        s.driver_calls.create, c.create,
+        "stats count the stage's create"
+    );
+    assert!(s.driver_calls.create >= creates_before_sleep);
+    assert!(arena.tag_stats(weights).staged >= r.copied);
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    assert!(intact(&blocks), "contents restored at the same addresses");
+    arena.free(other, None, Stream::DEFAULT).unwrap();
+    finish(arena, &driver, blocks);
+}
+
+#[test]
+fn names_are_checked_before_any_thread_starts() {
+    let (arena, driver) = arena();
+    let e = arena
+        .prepare_offload_in_background(&["weights", "no such tag"])
+        .unwrap_err();
+    assert!(matches!(e, Error::UnknownTag { .. }), "{e}");
+    assert!(e.to_string().contains("no such tag"), "{e}");
+    finish(arena, &driver, Vec::new());
+}
+
+#[test]
+fn a_failed_background_stage_leaves_the_sleep_to_obtain_it() {
+    let (arena, driver) = arena();
+    let blocks = load(arena, &[5 << 20, 1000], 0x40);
+    // The stager's create (the next one) is refused.
+    driver.as_checked().unwrap().inject(Fault {
+        op: Op::Create,
+        nth: 1,
+        kind: FaultKind::OutOfMemory,
+    });
+    arena.prepare_offload_in_background(&["weights"]).unwrap();
+    let r = arena
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert!(r.stage_seconds > 0.0, "the sleep obtained the stage itself");
+    assert!(r.copied >= 5 << 20);
+    assert_eq!(
+        arena.stats().driver_calls.failed,
+        1,
+        "the refused create is counted"
+    );
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    assert!(intact(&blocks));
+    finish(arena, &driver, blocks);
+}
+
+#[test]
+fn a_tag_that_grew_after_staging_gets_a_larger_stage_and_trim_gives_it_back() {
+    let (arena, driver) = arena();
+    let mut blocks = load(arena, &[2 << 20], 0x60);
+    let weights = arena.tag("weights").unwrap();
+    assert!(arena.prepare_offload(&["weights"]).unwrap() > 0.0);
+    let small = arena.tag_stats(weights).staged;
+    assert!(small >= 2 << 20);
+    assert_eq!(
+        arena.prepare_offload(&["weights"]).unwrap(),
+        0.0,
+        "enough is held"
+    );
+    blocks.extend(load(arena, &[8 << 20], 0x70));
+    let r = arena
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert!(r.stage_seconds > 0.0, "the kept stage was too small");
+    assert!(r.copied >= 10 << 20);
+    // The smaller stage went back: only the larger one is held (the tag
+    // is the only one with memory, and it is asleep).
+    let checked = driver.as_checked().unwrap();
+    assert_eq!(checked.physical_bytes(), arena.stats().staged);
+    assert_eq!(arena.stats().committed, 0);
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    assert!(intact(&blocks));
+    assert!(arena.tag_stats(weights).staged > small);
+    arena.trim();
+    assert_eq!(
+        arena.tag_stats(weights).staged,
+        0,
+        "trim gives the stage back"
+    );
+    finish(arena, &driver, blocks);
+}
