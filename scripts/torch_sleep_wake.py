@@ -1,16 +1,28 @@
 """Sleep and wake a PyTorch model's memory with gpu-arena (docs/sleep-wake.md).
 
-usage: python3 torch_sleep_wake.py      (the gpu_arena package importable: pip install ./python)
+usage: python3 torch_sleep_wake.py [--prepare none|background]
+       (the gpu_arena package importable: pip install ./python)
 
 Loads the gpt2_generate model of ../shared/bench/torch_workloads.py with its
 weights tagged `weights`, generates with a fixed seed, sleeps (weights
 offloaded to pinned host memory, everything else discarded), shows that the
 memory went back to the device, fills a large buffer allocated outside
 gpu-arena (cuMemAlloc), wakes, reseeds and generates again: the outputs must
-be identical. Prints one JSON line with the figures."""
-import ctypes, json, os, subprocess, time
+be identical. Prints one JSON line with the figures.
+
+--prepare background calls gpu_arena.prepare_offload("weights") right after
+the weights are loaded: the pinned host memory for the offload is obtained
+on a thread of its own while the model generates, so the first sleep's
+offload need not obtain it (--prepare none, the default: the first sleep
+obtains it). Each cycle records what gpu_arena.sleep / wake returned (the
+seconds spent obtaining pinned memory, copying and in VMM calls)."""
+import argparse, ctypes, json, os, subprocess, time
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+ap = argparse.ArgumentParser()
+ap.add_argument("--prepare", choices=("none", "background"), default="none")
+args = ap.parse_args()
+
 import gpu_arena  # noqa: E402
 import gpu_arena.torch  # noqa: E402
 
@@ -35,6 +47,8 @@ with gpu_arena.torch.tag("weights"):
     model = model.to("cuda", torch.float16).eval()
     torch.cuda.synchronize()
 weights_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+if args.prepare == "background":
+    gpu_arena.prepare_offload("weights")  # returns at once
 
 
 def generate():
@@ -46,7 +60,9 @@ def generate():
     return out.cpu()
 
 
+t = time.perf_counter()
 first = generate()
+first_generate_s = time.perf_counter() - t
 stats_before = gpu_arena.stats()
 
 cuda = ctypes.CDLL("libcuda.so.1")
@@ -59,7 +75,7 @@ def cycle(fill_gap):
     free_before, _ = torch.cuda.mem_get_info()
     smi_before = smi_used_mib()
     t0 = time.perf_counter()
-    gpu_arena.sleep(offload="weights")
+    sleep_report = gpu_arena.sleep(offload="weights")["offload"]
     t1 = time.perf_counter()
     gpu_arena.sleep(discard="default")
     t2 = time.perf_counter()
@@ -81,7 +97,7 @@ def cycle(fill_gap):
     t3 = time.perf_counter()
     gpu_arena.wake("default")
     t4 = time.perf_counter()
-    gpu_arena.wake("weights")
+    wake_report = gpu_arena.wake("weights")
     t5 = time.perf_counter()
     free_awake, _ = torch.cuda.mem_get_info()
     return {
@@ -90,6 +106,7 @@ def cycle(fill_gap):
         "gap_buffer_GiB": gap / GiB,
         "sleep_weights_offload_s": t1 - t0, "sleep_default_discard_s": t2 - t1,
         "wake_default_s": t4 - t3, "wake_weights_restore_s": t5 - t4,
+        "sleep_weights_report": sleep_report, "wake_weights_report": wake_report,
     }
 
 
@@ -115,7 +132,13 @@ wgib = weights_stats["committed"] / GiB
 for c in (c1, c2):
     c["offload_GiB_per_s"] = wgib / c["sleep_weights_offload_s"]
     c["restore_GiB_per_s"] = wgib / c["wake_weights_restore_s"]
+    # The copy part alone (the wait on the copy's fence included).
+    sr, wr = c["sleep_weights_report"], c["wake_weights_report"]
+    c["offload_copy_GiB_per_s"] = sr["copied"] / GiB / sr["copy_seconds"] if sr["copy_seconds"] else None
+    c["restore_copy_GiB_per_s"] = wr["copied"] / GiB / wr["copy_seconds"] if wr["copy_seconds"] else None
 print(json.dumps({
+    "prepare": args.prepare,
+    "first_generate_s": first_generate_s,
     "identical_output": bool(torch.equal(first, second)) and bool(torch.equal(first, third)),
     "output_checksum": int(first.sum()),
     "weights_param_bytes": weights_bytes,

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# The first offload with and without the pinned memory obtained ahead, on a CUDA GPU machine:
+# scripts/torch_sleep_wake.py --prepare none and --prepare background alternating, ROUNDS times
+# (default 3), each in a process of its own; one JSON line per process in $OUT/sleep_wake_ab.log.
+#
+#   bash scripts/python_h100.sh --build                # here: the release wheel → .whl/
+#   bash scripts/torch_sleep_wake_ab.sh                # there (device tool, carry [".whl"])
+#   python3 scripts/torch_sleep_wake_report.py LOG     # the table (medians, min–max)
+set -u
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/gpu-out}
+mkdir -p "$out"
+log="$out/sleep_wake_ab.log"
+site=/tmp/gpu-arena-site
+rm -rf "$site"
+whl=$(ls .whl/gpu_arena-*.whl | head -1)
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    python3 --version
+    if python3 -m pip --version >/dev/null 2>&1; then
+        python3 -m pip install -q --no-index --no-deps --target "$site" "$whl"
+    else
+        python3 -m zipfile -e "$whl" "$site"
+    fi
+    echo "wheel: $whl, built from $(cat .whl/COMMIT 2>/dev/null)"
+} > "$log" 2>&1
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+for r in $(seq "${ROUNDS:-3}"); do
+    for mode in none background; do
+        echo "== round $r: --prepare $mode" >> "$log"
+        timeout 200 python3 scripts/torch_sleep_wake.py --prepare "$mode" >> "$log" 2>&1
+        echo "exit $?" >> "$log"
+    done
+done
+grep -cE '^\{' "$log"
