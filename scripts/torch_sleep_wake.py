@@ -21,6 +21,10 @@ import argparse, ctypes, json, os, subprocess, time
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 ap = argparse.ArgumentParser()
 ap.add_argument("--prepare", choices=("none", "background"), default="none")
+ap.add_argument("--cycles", type=int, default=2, help="sleep / wake cycles (the first fills the gap)")
+ap.add_argument("--gap", choices=("yes", "no"), default="yes",
+                help="whether the first cycle fills the gap with a buffer outside gpu-arena")
+ap.add_argument("--settle-ms", type=int, default=0, help="wait after the gap buffer's free, before the wake")
 args = ap.parse_args()
 
 import gpu_arena  # noqa: E402
@@ -68,15 +72,21 @@ stats_before = gpu_arena.stats()
 cuda = ctypes.CDLL("libcuda.so.1")
 
 
+def weights_tag():
+    return next(t for t in gpu_arena.stats()["tags"] if t["tag"] == "weights")["stats"]
+
+
 def cycle(fill_gap):
     """Sleep (weights offloaded, the rest discarded), use the memory outside
     gpu-arena, wake. Returns the timings and memory readings."""
     torch.cuda.synchronize()
     free_before, _ = torch.cuda.mem_get_info()
     smi_before = smi_used_mib()
+    before = weights_tag()
     t0 = time.perf_counter()
     sleep_report = gpu_arena.sleep(offload="weights")["offload"]
     t1 = time.perf_counter()
+    after = weights_tag()
     gpu_arena.sleep(discard="default")
     t2 = time.perf_counter()
     free_asleep, _ = torch.cuda.mem_get_info()
@@ -94,6 +104,7 @@ def cycle(fill_gap):
         rc2 = cuda.cuMemFree_v2(dptr)
         if rc or rc2:
             raise RuntimeError(f"gap buffer fill/free failed: {rc} {rc2}")
+        time.sleep(args.settle_ms / 1e3)
     t3 = time.perf_counter()
     gpu_arena.wake("default")
     t4 = time.perf_counter()
@@ -107,15 +118,22 @@ def cycle(fill_gap):
         "sleep_weights_offload_s": t1 - t0, "sleep_default_discard_s": t2 - t1,
         "wake_default_s": t4 - t3, "wake_weights_restore_s": t5 - t4,
         "sleep_weights_report": sleep_report, "wake_weights_report": wake_report,
+        # The weights tag's handles and mappings before the sleep, and the calls it made.
+        "weights_handles": before["handles"], "weights_mappings": before["mappings"],
+        "sleep_weights_calls": {k: after["driver_calls"][k] - v for k, v in before["driver_calls"].items()},
     }
 
 
 # First cycle: also obtains the pinned host memory for the offload; the
 # arena keeps it, so the second cycle shows the steady state.
-c1 = cycle(fill_gap=True)
+c1 = cycle(fill_gap=args.gap == "yes")
 second = generate()
 c2 = cycle(fill_gap=False)
 third = generate()
+outs, more = [second, third], []
+for _ in range(args.cycles - 2):
+    more.append(cycle(fill_gap=False))
+    outs.append(generate())
 
 # Pinned host <-> device copy bandwidth in the same run (1 GiB each way).
 h = torch.empty(GiB, dtype=torch.uint8, pin_memory=True)
@@ -129,7 +147,7 @@ del h, d
 weights_stats = next(t for t in stats_before["tags"] if t["tag"] == "weights")["stats"]
 default_stats = next(t for t in stats_before["tags"] if t["tag"] == "default")["stats"]
 wgib = weights_stats["committed"] / GiB
-for c in (c1, c2):
+for c in (c1, c2, *more):
     c["offload_GiB_per_s"] = wgib / c["sleep_weights_offload_s"]
     c["restore_GiB_per_s"] = wgib / c["wake_weights_restore_s"]
     # The copy part alone (the wait on the copy's fence included).
@@ -138,13 +156,16 @@ for c in (c1, c2):
     c["restore_copy_GiB_per_s"] = wr["copied"] / GiB / wr["copy_seconds"] if wr["copy_seconds"] else None
 print(json.dumps({
     "prepare": args.prepare,
+    "gap": args.gap,
+    "settle_ms": args.settle_ms,
     "first_generate_s": first_generate_s,
-    "identical_output": bool(torch.equal(first, second)) and bool(torch.equal(first, third)),
+    "identical_output": all(bool(torch.equal(first, o)) for o in outs),
     "output_checksum": int(first.sum()),
     "weights_param_bytes": weights_bytes,
     "committed_weights": weights_stats["committed"],
     "committed_default": default_stats["committed"],
     "cycle1_cold": c1,
     "cycle2_warm": c2,
+    **{f"cycle{i + 3}_warm": c for i, c in enumerate(more)},
     "pinned_copy_GiB_per_s": {"h2d": h2d, "d2h": d2h},
 }), flush=True)

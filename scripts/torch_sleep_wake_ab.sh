@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first offload with and without the pinned memory obtained ahead, on a CUDA GPU machine:
 # scripts/torch_sleep_wake.py --prepare none and --prepare background alternating, ROUNDS times
-# (default 3), each in a process of its own; one JSON line per process in $OUT/sleep_wake_ab.log.
+# (default 3), each in a process of its own (ARGS: more arguments for it, e.g. "--cycles 4"); one JSON
+# line per process in $OUT/sleep_wake_ab.log.
 #
 #   bash scripts/python_h100.sh --build                # here: the release wheel → .whl/
 #   bash scripts/torch_sleep_wake_ab.sh                # there (device tool, carry [".whl"])
@@ -28,7 +29,7 @@ export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 for r in $(seq "${ROUNDS:-3}"); do
     for mode in none background; do
         echo "== round $r: --prepare $mode" >> "$log"
-        timeout 200 python3 scripts/torch_sleep_wake.py --prepare "$mode" >> "$log" 2>&1
+        timeout 200 python3 scripts/torch_sleep_wake.py --prepare "$mode" ${ARGS:-} >> "$log" 2>&1
         echo "exit $?" >> "$log"
     done
 done

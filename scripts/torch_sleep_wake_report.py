@@ -1,7 +1,8 @@
 """The table of a scripts/torch_sleep_wake_ab.sh log: for each --prepare mode, medians over its
 processes (min–max in brackets) of the weights' offload and restore in each cycle (the whole
-call, and the copy part alone), the seconds the sleep spent obtaining pinned memory, the first
-generation's time, and whether every process generated identical output.
+call, and the copy part alone), the milliseconds the sleep spent obtaining pinned memory and in
+its VMM calls (the handles given back), the first generation's time, and whether every process
+generated identical output.
 
 usage: python3 scripts/torch_sleep_wake_report.py LOG"""
 import json
@@ -12,7 +13,12 @@ runs = {}
 for line in open(sys.argv[1]):
     if line.startswith("{"):
         j = json.loads(line)
-        runs.setdefault(j["prepare"], []).append(j)
+        label = j["prepare"]
+        if j.get("gap") == "no":
+            label += ", no gap buffer"
+        elif j.get("settle_ms"):
+            label += f", wake {j['settle_ms']} ms after the gap buffer's free"
+        runs.setdefault(label, []).append(j)
 
 
 def cell(xs, fmt="{:.1f}"):
@@ -22,15 +28,16 @@ def cell(xs, fmt="{:.1f}"):
     return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
 
 
-print("| prepare | processes | cycle | sleep `weights` (ms) | of it, obtaining pinned memory (ms) | offload, whole sleep (GiB/s) | offload, copy part (GiB/s) | restore, whole wake (GiB/s) | restore, copy part (GiB/s) | first generation (s) | identical output |")
-print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|")
+print("| prepare | processes | cycle | sleep `weights` (ms) | of it, obtaining pinned memory (ms) | of it, VMM calls (ms) | offload, whole sleep (GiB/s) | offload, copy part (GiB/s) | restore, whole wake (GiB/s) | restore, copy part (GiB/s) | first generation (s) | identical output |")
+print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 for mode, js in runs.items():
-    for c in ("cycle1_cold", "cycle2_warm"):
+    for c in sorted((k for k in js[0] if k.startswith("cycle")), key=lambda k: int(k[5:].split("_")[0])):
         cs = [j[c] for j in js]
         print(
             f"| {mode} | {len(js)} | {c.split('_')[0]} "
             f"| {cell([x['sleep_weights_offload_s'] * 1e3 for x in cs])} "
             f"| {cell([x['sleep_weights_report']['stage_seconds'] * 1e3 for x in cs])} "
+            f"| {cell([x['sleep_weights_report']['vmm_seconds'] * 1e3 for x in cs])} "
             f"| {cell([x['offload_GiB_per_s'] for x in cs])} "
             f"| {cell([x['offload_copy_GiB_per_s'] for x in cs])} "
             f"| {cell([x['restore_GiB_per_s'] for x in cs])} "
