@@ -9,7 +9,10 @@
 //!    writes, a kernel modifies, and the CPU reads back in place;
 //! c. a growable buffer grows from 1 GiB to 32 GiB without a copy (stable
 //!    base, marker kept, peak physical = final size), against alloc-new +
-//!    copy + free-old with `cuMemAlloc` / `cuMemcpyDtoD` / `cuMemFree`.
+//!    copy + free-old with `cuMemAlloc` / `cuMemcpyDtoD` / `cuMemFree`;
+//! d. the global arena reuses a block across streams only after its free's
+//!    fence, and a tag's first offload finds its pinned memory obtained in
+//!    the background.
 //!
 //! Figures are printed (`docs/gpu-arena-h100.md`), never asserted on.
 //! Where no CUDA device is found every test prints `skipped: <reason>` and
@@ -719,4 +722,75 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
         d.destroy_stream(a).unwrap();
         d.destroy_stream(b).unwrap();
     }
+}
+
+/// Pinned memory for an offload obtained in the background on the GPU: the
+/// first offload of a tag then obtains nothing itself, and its contents come
+/// back at the same addresses after the wake; every handle, the stage's
+/// too, goes back to the driver at teardown.
+#[test]
+fn offload_with_pinned_memory_obtained_in_the_background() {
+    use gpu_arena::SleepMode;
+    use gpu_arena::driver::SystemDriver;
+    use gpu_arena::driver::system::Select;
+    use gpu_arena::global::{GlobalArena, GlobalConfig};
+    let Some(probe) = cuda() else { return };
+    drop(probe);
+    let driver = std::sync::Arc::new(SystemDriver::checked(
+        SystemDriver::open(Select::Cuda, 0, |_| {}).unwrap(),
+    ));
+    let conf = GlobalConfig {
+        shards: 1,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    let g = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    let blocks: Vec<(DevicePtr, u64, u8)> = {
+        let _t = g.tag_scope("weights").unwrap();
+        [64 * MIB, 3 * MIB, 200, 16 * MIB]
+            .into_iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let p = g.alloc(size, 512, Stream::DEFAULT).unwrap();
+                let byte = 0x31 + i as u8;
+                // SAFETY: a live block of `size` bytes on this device.
+                unsafe { driver.fill(p.addr(), byte, size as usize, Stream::DEFAULT) }.unwrap();
+                (p, size, byte)
+            })
+            .collect()
+    };
+    let t = Instant::now();
+    g.prepare_offload_in_background(&["weights"]).unwrap();
+    let returned = t.elapsed();
+    let r = g
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    println!(
+        "OFFLOAD-AHEAD prepare returned in {:.1} us; sleep {:.2} ms (obtaining {:.2} ms, copy {:.2} ms at {:.1} GiB/s, VMM {:.2} ms)",
+        us(returned),
+        (r.stage_seconds + r.copy_seconds + r.vmm_seconds) * 1e3,
+        r.stage_seconds * 1e3,
+        r.copy_seconds * 1e3,
+        r.copied as f64 / GIB as f64 / r.copy_seconds,
+        r.vmm_seconds * 1e3,
+    );
+    assert_eq!(r.stage_seconds, 0.0, "the sleep obtained nothing itself");
+    assert!(r.copied >= 83 * MIB);
+    g.wake(&["weights"], Stream::DEFAULT).unwrap();
+    for &(p, size, byte) in &blocks {
+        let back = read(&*driver, p.addr(), size as usize);
+        assert!(back.iter().all(|&b| b == byte), "block at {p:#x} restored");
+    }
+    for (p, _, _) in blocks {
+        g.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    // SAFETY: this thread alone used the arena; nothing uses it afterwards.
+    unsafe { GlobalArena::destroy(g) }.unwrap();
+    let checked = driver.as_checked().unwrap();
+    assert_eq!(checked.leaks(), None);
+    let c = checked.counts();
+    assert_eq!(
+        c.create, c.release,
+        "every handle, the stage's too, went back"
+    );
 }
