@@ -12,7 +12,9 @@ use crate::driver::host::{HostFence, HostHandle};
 use crate::driver::{
     Access, AccessMode, Capabilities, Checked, Driver, HostConfig, HostDriver, Location, Stream,
 };
-use crate::error::{Error, Reason, Result};
+#[cfg(any(feature = "cuda", feature = "hip"))]
+use crate::error::Reason;
+use crate::error::{Error, Result};
 
 /// Which backend to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -41,6 +41,11 @@ int main(void) {
     unsigned char *w = gpu_arena_alloc(5 << 20, 0, NULL);
     CHECK(w != NULL);
     for (int i = 0; i < (5 << 20); i += 4096) w[i] = (unsigned char)(i >> 12);
+    /* Pinned memory for the offload, obtained on a thread of its own (the
+     * sleep waits for it); a name that is no tag is refused at once. */
+    CHECK(gpu_arena_prepare_offload_background(0, "weights") == 0);
+    CHECK(gpu_arena_prepare_offload_background(0, "weights,nonesuch") == -1);
+    CHECK(strstr(gpu_arena_last_error(), "nonesuch") != NULL);
     CHECK(gpu_arena_sleep(0, "weights", 1, NULL) == 0);
     CHECK(gpu_arena_alloc(64, 0, NULL) == NULL);
     CHECK(strstr(gpu_arena_last_error(), "asleep") != NULL);
