@@ -14,12 +14,25 @@ impl<D: Driver> Arena<D> {
     /// An asleep arena has nothing committed to give back; its page table
     /// stays as it was when it went to sleep (wake restores exactly those
     /// pages), so its slabs are left alone too.
+    ///
+    /// The pinned host memory kept for the next offload goes back too (see
+    /// [`Arena::prepare_offload`]); [`Arena::trim_idle`] keeps it.
     pub fn trim(&mut self) -> u64 {
+        if !self.is_asleep() {
+            self.commit.drop_spare_stage();
+        }
+        self.trim_idle()
+    }
+
+    /// [`Arena::trim`] without giving back the pinned host memory kept for
+    /// the next offload: what a retry after running out of device memory
+    /// gives back (that memory is the host's, and obtaining it again would
+    /// slow the next offload down by seconds for tens of GiB).
+    pub fn trim_idle(&mut self) -> u64 {
         if self.is_asleep() {
             return self.commit.trim();
         }
         self.drain_deferred_slabs(true);
-        self.commit.drop_spare_stage();
         self.commit.trim()
     }
 

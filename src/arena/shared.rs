@@ -82,6 +82,11 @@ impl<D: Driver> SharedArena<D> {
         self.lock().trim()
     }
 
+    /// See [`Arena::trim_idle`].
+    pub fn trim_idle(&self) -> u64 {
+        self.lock().trim_idle()
+    }
+
     /// See [`Arena::stats`].
     pub fn stats(&self) -> Stats {
         self.lock().stats()

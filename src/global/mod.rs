@@ -475,17 +475,19 @@ impl GlobalArena {
     fn retry_after_trim<T>(&self, mut f: impl FnMut() -> Result<T>) -> Result<T> {
         match f() {
             Ok(v) => Ok(v),
-            Err(Error::OutOfMemory(_)) if self.trim_shards() > 0 => f(),
+            Err(Error::OutOfMemory(_)) if self.trim_shards(false) > 0 => f(),
             Err(e) => Err(e),
         }
     }
 
-    /// Trims every shard of every tag (no thread cache). Returns the bytes
-    /// given back.
-    fn trim_shards(&self) -> u64 {
+    /// Trims every shard of every tag (no thread cache), giving back the
+    /// pinned host memory kept for offloads too where `stages` (an
+    /// out-of-memory retry keeps it: it is no device memory). Returns the
+    /// bytes given back.
+    fn trim_shards(&self, stages: bool) -> u64 {
         self.tags()
             .flat_map(|t| t.shards.iter())
-            .map(|s| s.trim())
+            .map(|s| if stages { s.trim() } else { s.trim_idle() })
             .sum()
     }
 
@@ -532,10 +534,11 @@ impl GlobalArena {
         }
     }
 
-    /// Gives back every empty page whose fences completed (and this thread's cache).
+    /// Gives back every empty page whose fences completed, this thread's
+    /// cache, and the pinned host memory kept for offloads.
     pub fn trim(&'static self) -> u64 {
         cache::flush_current(self);
-        self.trim_shards()
+        self.trim_shards(true)
     }
 
     /// The device-wide limit, and the bytes committed by every shard of

@@ -172,3 +172,33 @@ fn a_tag_that_grew_after_staging_gets_a_larger_stage_and_trim_gives_it_back() {
     );
     finish(arena, &driver, blocks);
 }
+
+#[test]
+fn running_out_of_device_memory_keeps_the_pinned_memory_obtained_ahead() {
+    let (arena, driver) = arena();
+    let blocks = load(arena, &[4 << 20], 0x50);
+    let weights = arena.tag("weights").unwrap();
+    arena.prepare_offload(&["weights"]).unwrap();
+    let staged = arena.tag_stats(weights).staged;
+    assert!(staged >= 4 << 20);
+    // The device is full: an allocation fails after the arena trimmed every
+    // shard to retry, and that trim leaves the host's pinned memory alone.
+    arena.set_limit(arena.stats().committed + (2 << 20));
+    let e = arena.alloc(64 << 20, 512, Stream::DEFAULT).unwrap_err();
+    assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
+    assert_eq!(arena.tag_stats(weights).staged, staged, "the stage stays");
+    let r = arena
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert_eq!(r.stage_seconds, 0.0);
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    assert!(intact(&blocks));
+    arena.set_limit(u64::MAX);
+    arena.trim();
+    assert_eq!(
+        arena.tag_stats(weights).staged,
+        0,
+        "an explicit trim gives it back"
+    );
+    finish(arena, &driver, blocks);
+}
