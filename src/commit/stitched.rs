@@ -137,13 +137,18 @@ impl<D: Driver> Commit<D> {
             if blocker < first + k && self.held_elsewhere(blocker) {
                 continue;
             }
+            // A range whose block's units are parked as a group is taken
+            // back in one step: a live group's members map every page of
+            // the block (unmapping one flushes the group), so no hole needs
+            // looking for.
+            if self.retake_parked(r, k, size, slot) {
+                debug_assert_eq!(self.pages.cost(first, first + k - 1).unmapped, 0);
+                return Some(first << self.shift);
+            }
             // A hole makes a range unusable for this size; owners and fences
             // are asked of the pool.
             if self.pages.cost(first, first + k - 1).unmapped > 0 {
                 continue;
-            }
-            if self.retake_parked(r, k, size, slot) {
-                return Some(first << self.shift);
             }
             match self.takeable(first, first + k - 1, slot) {
                 Ok(()) => {
