@@ -28,6 +28,7 @@ pub mod graph;
 mod hot;
 mod report;
 mod sleep;
+mod stager;
 mod tags;
 pub mod timing;
 
@@ -81,10 +82,10 @@ pub struct GlobalArena {
     /// Set once the reclaimer was started (or found not wanted, or failed
     /// to start): every call of [`arena`] asks, and must not take a lock.
     reclaimer_tried: AtomicBool,
-    /// Threads obtaining pinned host memory for offloads (see
-    /// [`GlobalArena::prepare_offload_in_background`]); an offloading
-    /// sleep and [`GlobalArena::destroy`] wait for them.
-    stagers: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// The thread obtaining pinned host memory for offloads and what it
+    /// was asked (see [`GlobalArena::prepare_offload_in_background`]); an
+    /// offloading sleep and [`GlobalArena::destroy`] wait for it.
+    stager: Mutex<stager::Stager>,
 }
 
 impl core::fmt::Debug for GlobalArena {
@@ -209,7 +210,7 @@ impl GlobalArena {
             reclaimer: Mutex::new(None),
             reclaimer_stop: AtomicBool::new(false),
             reclaimer_tried: AtomicBool::new(false),
-            stagers: Mutex::new(Vec::new()),
+            stager: Mutex::new(stager::Stager::default()),
         };
         g.tag("default")?;
         Ok(g)

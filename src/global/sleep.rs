@@ -73,45 +73,6 @@ impl GlobalArena {
         Ok(secs)
     }
 
-    /// [`GlobalArena::prepare_offload`] on a thread of its own: returns at
-    /// once (after checking the names), and the pinned memory is obtained
-    /// while the program goes on, so that even the first offload of tags
-    /// loaded ahead (a model's weights) runs at copy speed. A sleep that
-    /// offloads waits for such threads first; an error there is reported
-    /// on stderr, and the sleep then obtains what is missing itself.
-    pub fn prepare_offload_in_background(&'static self, tags: &[&str]) -> Result<()> {
-        self.named_tags(tags)?;
-        let names: Vec<String> = tags.iter().map(|t| t.to_string()).collect();
-        let spawned = std::thread::Builder::new()
-            .name(format!("gpu-arena-stage-{}", self.device))
-            .spawn(move || {
-                let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                if let Err(e) = self.prepare_offload(&names) {
-                    eprintln!(
-                        "gpu-arena: obtaining pinned host memory for the offload of {names:?} in the background failed ({e}); the sleep will obtain what it needs"
-                    );
-                }
-            });
-        match spawned {
-            Ok(h) => {
-                let mut stagers = self.stagers.lock().unwrap_or_else(|e| e.into_inner());
-                stagers.retain(|h| !h.is_finished());
-                stagers.push(h);
-                Ok(())
-            }
-            // No thread: obtained here instead.
-            Err(_) => self.prepare_offload(tags).map(|_| ()),
-        }
-    }
-
-    /// Waits for the threads of [`GlobalArena::prepare_offload_in_background`].
-    pub(super) fn join_stagers(&self) {
-        let stagers = core::mem::take(&mut *self.stagers.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in stagers {
-            let _ = h.join();
-        }
-    }
-
     /// Wakes the tags named in `tags` at the same addresses. Unknown names
     /// are refused as by [`GlobalArena::sleep`]. On error the failing tag
     /// stays asleep.

@@ -202,3 +202,25 @@ fn running_out_of_device_memory_keeps_the_pinned_memory_obtained_ahead() {
     );
     finish(arena, &driver, blocks);
 }
+
+#[test]
+fn requests_made_while_the_stager_works_are_all_served_before_the_sleep() {
+    let (arena, driver) = arena();
+    // A loader that asks after each layer: requests come while the thread
+    // still works on earlier ones; the last one sees every layer.
+    let mut blocks = Vec::new();
+    for layer in 0..12u8 {
+        blocks.extend(load(arena, &[3 << 20, 4096], 0x10 + 2 * layer));
+        arena.prepare_offload_in_background(&["weights"]).unwrap();
+    }
+    let r = arena
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    assert_eq!(r.stage_seconds, 0.0, "the last request covered every layer");
+    // One stage is held, the others went back as larger ones came.
+    let checked = driver.as_checked().unwrap();
+    assert_eq!(checked.physical_bytes(), arena.stats().staged);
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    assert!(intact(&blocks));
+    finish(arena, &driver, blocks);
+}
