@@ -6,14 +6,6 @@
 //! given access one by one, through the crate's driver trait. Offload and
 //! restore bandwidth are shown next to a plain pinned-host copy of the same
 //! bytes in the same run.
-//!
-//! On CUDA each side starts after a pause of `GPU_ARENA_BENCH_SETTLE_MS`
-//! (1000 by default; 0 turns it off): for a while after large releases the CUDA
-//! driver is busy with the memory given back, and a release of a handle
-//! made meanwhile waits for it (30.8 ms for a 1 GiB handle released 0.3 s
-//! after a 123.5 GiB free, 0.30 ms when released at once, on an H200:
-//! `docs/sleep-wake.md`). Without the pause, the anchor's 10 GiB of
-//! releases would land in gpu-arena's first sleep.
 
 use std::time::Instant;
 
@@ -29,18 +21,6 @@ const TENSOR: u64 = 6 << 20;
 /// restore ≥ 80 % of the copy bandwidth.
 const SLEEP_NS_PER_10GIB: f64 = 10e6;
 const WAKE_NS_PER_10GIB: f64 = 15e6;
-
-/// The pause before each side on CUDA (see the module docs).
-fn settle(ctx: &Ctx) {
-    if !ctx.is_cuda() {
-        return;
-    }
-    let ms = std::env::var("GPU_ARENA_BENCH_SETTLE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1000u64);
-    std::thread::sleep(std::time::Duration::from_millis(ms));
-}
 
 fn ns(t: Instant) -> f64 {
     t.elapsed().as_nanos() as f64
@@ -133,12 +113,10 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     let pb = ctx.progress(SectionId::Sleep, 4);
     let location = Location::Device(ctx.device);
 
-    settle(ctx);
     let raw = ctx.backends.driver()?;
     let (pt_sleep, pt_wake) = per_tensor(&raw, n, location)?;
     drop(raw);
     pb.inc(1);
-    settle(ctx);
 
     let shared = SharedArena::new(
         ctx.backends.driver()?,
