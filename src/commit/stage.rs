@@ -191,7 +191,13 @@ impl<D: Driver> Commit<D> {
     /// took, or the error it met.
     pub fn adopt_stage(&mut self, obtained: Obtained<D::Handle>) -> Result<f64> {
         self.calls.add(&obtained.calls);
-        let stage = obtained.stage?;
+        self.keep_larger_stage(obtained.stage?);
+        Ok(obtained.seconds)
+    }
+
+    /// Keeps the larger of `stage` and the stage held for the next offload
+    /// (the held one on a tie) and gives the other back.
+    fn keep_larger_stage(&mut self, stage: Stage<D::Handle>) {
         match self.spare_stage.take() {
             Some(old) if old.size >= stage.size => {
                 self.spare_stage = Some(old);
@@ -204,7 +210,6 @@ impl<D: Driver> Commit<D> {
                 self.spare_stage = Some(stage);
             }
         }
-        Ok(obtained.seconds)
     }
 
     /// Gives a stage's pinned memory back (its copies completed or failed).
@@ -321,18 +326,7 @@ impl<D: Driver> Commit<D> {
         }
         self.held_stage_bytes -= stage.size;
         // Kept for the next sleep: pinned memory is slow to obtain.
-        match self.spare_stage.take() {
-            Some(old) if old.size > stage.size => {
-                self.spare_stage = Some(old);
-                self.drop_stage(stage);
-            }
-            old => {
-                if let Some(old) = old {
-                    self.drop_stage(old);
-                }
-                self.spare_stage = Some(stage);
-            }
-        }
+        self.keep_larger_stage(stage);
         Ok(copied)
     }
 

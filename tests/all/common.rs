@@ -1,5 +1,36 @@
 //! Helpers shared by the test modules.
 
+use std::sync::Arc;
+
+use gpu_arena::driver::SystemDriver;
+use gpu_arena::driver::system::Select;
+use gpu_arena::global::{GlobalArena, GlobalConfig};
+
+/// A leaked global arena of device 0 over the `select` backend behind the
+/// checked layer (whose counts stay readable after
+/// [`GlobalArena::destroy`]), and that driver.
+pub fn checked_global(
+    select: Select,
+    conf: GlobalConfig,
+) -> (&'static GlobalArena, Arc<SystemDriver>) {
+    let driver = Arc::new(SystemDriver::checked(
+        SystemDriver::open(select, 0, |_| {}).unwrap(),
+    ));
+    (
+        GlobalArena::leak_with(0, conf, driver.clone()).unwrap(),
+        driver,
+    )
+}
+
+/// After [`GlobalArena::destroy`] of a [`checked_global`] arena: nothing
+/// leaked and every handle made, the offload stages' too, went back.
+pub fn assert_all_given_back(driver: &SystemDriver) {
+    let checked = driver.as_checked().expect("a checked driver");
+    assert_eq!(checked.leaks(), None, "{:?}", checked.counts());
+    let c = checked.counts();
+    assert_eq!(c.create, c.release, "every handle went back: {c:?}");
+}
+
 /// The CUDA driver of device 0, or `None` after printing why the calling
 /// GPU test is skipped (no GPU here or in CI).
 #[cfg(feature = "cuda")]

@@ -204,16 +204,12 @@ fn oom_report_names_the_tags() {
 
 #[test]
 fn a_leaked_arena_over_a_checked_driver_tears_down_to_nothing() {
-    use gpu_arena::driver::{Driver, SystemDriver};
-    use std::sync::Arc;
-    let driver = Arc::new(SystemDriver::checked(
-        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
-    ));
+    use gpu_arena::driver::Driver;
     let conf = GlobalConfig {
         shards: 2,
         ..GlobalConfig::default()
     };
-    let arena = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    let (arena, driver) = crate::common::checked_global(Select::Host, conf);
     let checked = driver.as_checked().expect("checked");
     assert!(
         driver.as_host().is_some(),
@@ -316,17 +312,13 @@ fn the_limit_holds_for_the_device_across_tags_and_shards() {
 
 #[test]
 fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
-    use gpu_arena::driver::{Fault, FaultKind, Op, SystemDriver};
-    use std::sync::Arc;
-    let driver = Arc::new(SystemDriver::checked(
-        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
-    ));
+    use gpu_arena::driver::{Fault, FaultKind, Op};
     let conf = GlobalConfig {
         shards: 2,
         thread_cache: 0,
         ..GlobalConfig::default()
     };
-    let arena = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    let (arena, driver) = crate::common::checked_global(Select::Host, conf);
     // Threads put data in tag `w` until both shards hold some (threads
     // take shards in turn, counted over the whole process: tests running
     // beside this one take turns too).

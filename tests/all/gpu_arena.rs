@@ -731,20 +731,16 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
 #[test]
 fn offload_with_pinned_memory_obtained_in_the_background() {
     use gpu_arena::SleepMode;
-    use gpu_arena::driver::SystemDriver;
     use gpu_arena::driver::system::Select;
     use gpu_arena::global::{GlobalArena, GlobalConfig};
     let Some(probe) = cuda() else { return };
     drop(probe);
-    let driver = std::sync::Arc::new(SystemDriver::checked(
-        SystemDriver::open(Select::Cuda, 0, |_| {}).unwrap(),
-    ));
     let conf = GlobalConfig {
         shards: 1,
         thread_cache: 0,
         ..GlobalConfig::default()
     };
-    let g = GlobalArena::leak_with(0, conf, driver.clone()).unwrap();
+    let (g, driver) = crate::common::checked_global(Select::Cuda, conf);
     let blocks: Vec<(DevicePtr, u64, u8)> = {
         let _t = g.tag_scope("weights").unwrap();
         [64 * MIB, 3 * MIB, 200, 16 * MIB]
@@ -786,11 +782,5 @@ fn offload_with_pinned_memory_obtained_in_the_background() {
     }
     // SAFETY: this thread alone used the arena; nothing uses it afterwards.
     unsafe { GlobalArena::destroy(g) }.unwrap();
-    let checked = driver.as_checked().unwrap();
-    assert_eq!(checked.leaks(), None);
-    let c = checked.counts();
-    assert_eq!(
-        c.create, c.release,
-        "every handle, the stage's too, went back"
-    );
+    crate::common::assert_all_given_back(&driver);
 }

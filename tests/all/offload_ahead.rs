@@ -7,23 +7,19 @@ use std::sync::Arc;
 use gpu_arena::driver::system::Select;
 use gpu_arena::driver::{Fault, FaultKind, Op, Stream, SystemDriver};
 use gpu_arena::global::{GlobalArena, GlobalConfig};
-use gpu_arena::{DevicePtr, Error, SleepMode};
+use gpu_arena::{DevicePtr, Error, SleepMode, SleepReport};
+
+use crate::common::{assert_all_given_back, checked_global};
 
 /// A leaked arena over a checked host driver (one shard, no thread cache:
 /// every block is in the shard the test looks at).
 fn arena() -> (&'static GlobalArena, Arc<SystemDriver>) {
-    let driver = Arc::new(SystemDriver::checked(
-        SystemDriver::open(Select::Host, 0, |_| {}).unwrap(),
-    ));
     let conf = GlobalConfig {
         shards: 1,
         thread_cache: 0,
         ..GlobalConfig::default()
     };
-    (
-        GlobalArena::leak_with(0, conf, driver.clone()).unwrap(),
-        driver,
-    )
+    checked_global(Select::Host, conf)
 }
 
 /// Blocks of tag `weights`, each filled with its own byte.
@@ -42,6 +38,19 @@ fn load(arena: &'static GlobalArena, sizes: &[u64], first: u8) -> Vec<(DevicePtr
         .collect()
 }
 
+/// Sleeps tag `weights`, offloading it.
+fn offload(arena: &'static GlobalArena) -> SleepReport {
+    arena
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap()
+}
+
+/// Wakes tag `weights` and checks that its blocks came back intact.
+fn wake_intact(arena: &'static GlobalArena, blocks: &[(DevicePtr, u64, u8)]) {
+    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
+    assert!(intact(blocks), "contents restored at the same addresses");
+}
+
 fn intact(blocks: &[(DevicePtr, u64, u8)]) -> bool {
     blocks.iter().all(|&(p, size, byte)| {
         // SAFETY: host backend, live blocks of an awake tag.
@@ -50,22 +59,20 @@ fn intact(blocks: &[(DevicePtr, u64, u8)]) -> bool {
     })
 }
 
-/// Frees the blocks, tears the arena down and checks that the driver got
+/// Frees the blocks, checks that a trim gives the pinned memory held for
+/// offloads back, tears the arena down and checks that the driver got
 /// everything back.
 fn finish(arena: &'static GlobalArena, driver: &SystemDriver, blocks: Vec<(DevicePtr, u64, u8)>) {
     for (p, _, _) in blocks {
         arena.free(p, None, Stream::DEFAULT).unwrap();
     }
+    arena.set_limit(u64::MAX);
+    arena.trim();
+    assert_eq!(arena.stats().staged, 0, "trim gives the stage back");
     // SAFETY: this thread alone used the arena (the stagers are joined by
     // destroy); nothing uses it afterwards.
     unsafe { GlobalArena::destroy(arena) }.unwrap();
-    let checked = driver.as_checked().unwrap();
-    assert_eq!(checked.leaks(), None);
-    let c = checked.counts();
-    assert_eq!(
-        c.create, c.release,
-        "every handle, the stages' too, went back"
-    );
+    assert_all_given_back(driver);
 }
 
 #[test]
@@ -80,9 +87,7 @@ fn pinned_memory_obtained_in_the_background_serves_the_first_offload() {
         arena.alloc(4 << 20, 512, Stream::DEFAULT).unwrap()
     };
     let creates_before_sleep = arena.stats().driver_calls.create;
-    let r = arena
-        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
-        .unwrap();
+    let r = offload(arena);
     assert_eq!(r.stage_seconds, 0.0, "the sleep pinned nothing itself");
     assert!(r.copied >= (6 << 20) + (3 << 20), "{r:?}");
     // The stage's driver calls are counted in the stats like any other.
@@ -94,8 +99,7 @@ fn pinned_memory_obtained_in_the_background_serves_the_first_offload() {
     );
     assert!(s.driver_calls.create >= creates_before_sleep);
     assert!(arena.tag_stats(weights).staged >= r.copied);
-    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
-    assert!(intact(&blocks), "contents restored at the same addresses");
+    wake_intact(arena, &blocks);
     arena.free(other, None, Stream::DEFAULT).unwrap();
     finish(arena, &driver, blocks);
 }
@@ -122,9 +126,7 @@ fn a_failed_background_stage_leaves_the_sleep_to_obtain_it() {
         kind: FaultKind::OutOfMemory,
     });
     arena.prepare_offload_in_background(&["weights"]).unwrap();
-    let r = arena
-        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
-        .unwrap();
+    let r = offload(arena);
     assert!(r.stage_seconds > 0.0, "the sleep obtained the stage itself");
     assert!(r.copied >= 5 << 20);
     assert_eq!(
@@ -132,8 +134,7 @@ fn a_failed_background_stage_leaves_the_sleep_to_obtain_it() {
         1,
         "the refused create is counted"
     );
-    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
-    assert!(intact(&blocks));
+    wake_intact(arena, &blocks);
     finish(arena, &driver, blocks);
 }
 
@@ -151,9 +152,7 @@ fn a_tag_that_grew_after_staging_gets_a_larger_stage_and_trim_gives_it_back() {
         "enough is held"
     );
     blocks.extend(load(arena, &[8 << 20], 0x70));
-    let r = arena
-        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
-        .unwrap();
+    let r = offload(arena);
     assert!(r.stage_seconds > 0.0, "the kept stage was too small");
     assert!(r.copied >= 10 << 20);
     // The smaller stage went back: only the larger one is held (the tag
@@ -161,15 +160,8 @@ fn a_tag_that_grew_after_staging_gets_a_larger_stage_and_trim_gives_it_back() {
     let checked = driver.as_checked().unwrap();
     assert_eq!(checked.physical_bytes(), arena.stats().staged);
     assert_eq!(arena.stats().committed, 0);
-    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
-    assert!(intact(&blocks));
+    wake_intact(arena, &blocks);
     assert!(arena.tag_stats(weights).staged > small);
-    arena.trim();
-    assert_eq!(
-        arena.tag_stats(weights).staged,
-        0,
-        "trim gives the stage back"
-    );
     finish(arena, &driver, blocks);
 }
 
@@ -187,20 +179,10 @@ fn running_out_of_device_memory_keeps_the_pinned_memory_obtained_ahead() {
     let e = arena.alloc(64 << 20, 512, Stream::DEFAULT).unwrap_err();
     assert!(matches!(e, Error::OutOfMemory(_)), "{e}");
     assert_eq!(arena.tag_stats(weights).staged, staged, "the stage stays");
-    let r = arena
-        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
-        .unwrap();
+    let r = offload(arena);
     assert_eq!(r.stage_seconds, 0.0);
-    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
-    assert!(intact(&blocks));
-    arena.set_limit(u64::MAX);
-    arena.trim();
-    assert_eq!(
-        arena.tag_stats(weights).staged,
-        0,
-        "an explicit trim gives it back"
-    );
-    finish(arena, &driver, blocks);
+    wake_intact(arena, &blocks);
+    finish(arena, &driver, blocks); // an explicit trim gives it back
 }
 
 #[test]
@@ -213,14 +195,11 @@ fn requests_made_while_the_stager_works_are_all_served_before_the_sleep() {
         blocks.extend(load(arena, &[3 << 20, 4096], 0x10 + 2 * layer));
         arena.prepare_offload_in_background(&["weights"]).unwrap();
     }
-    let r = arena
-        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
-        .unwrap();
+    let r = offload(arena);
     assert_eq!(r.stage_seconds, 0.0, "the last request covered every layer");
     // One stage is held, the others went back as larger ones came.
     let checked = driver.as_checked().unwrap();
     assert_eq!(checked.physical_bytes(), arena.stats().staged);
-    arena.wake(&["weights"], Stream::DEFAULT).unwrap();
-    assert!(intact(&blocks));
+    wake_intact(arena, &blocks);
     finish(arena, &driver, blocks);
 }
