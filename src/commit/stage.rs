@@ -33,6 +33,9 @@ pub struct Obtained<H> {
     stage: Result<Stage<H>>,
     calls: DriverCalls,
     seconds: f64,
+    /// A handle whose release the driver refused on the way out of a
+    /// failure: the arena tries again later, as with its own.
+    unreleased: Option<H>,
 }
 
 /// Obtains pinned host memory for an offload through `driver`, holding no
@@ -42,21 +45,25 @@ pub struct Obtained<H> {
 pub fn obtain<D: Driver>(driver: &D, need: StageNeed) -> Obtained<D::Handle> {
     let t = Instant::now();
     let mut calls = DriverCalls::default();
-    let stage = obtain_with(driver, need, &mut calls);
+    let mut unreleased = None;
+    let stage = obtain_with(driver, need, &mut calls, &mut unreleased);
     Obtained {
         stage,
         calls,
         seconds: t.elapsed().as_secs_f64(),
+        unreleased,
     }
 }
 
 /// One host-located handle of `need.bytes` in a reservation of its own,
 /// mapped with access for the host and `need.device`; nothing is left
-/// behind on error.
+/// behind on error but a handle whose release the driver refused, put in
+/// `unreleased` for a later try.
 fn obtain_with<D: Driver>(
     d: &D,
     need: StageNeed,
     calls: &mut DriverCalls,
+    unreleased: &mut Option<D::Handle>,
 ) -> Result<Stage<D::Handle>> {
     let total = need.bytes;
     let va = d.reserve(total as usize, 0)?;
@@ -88,10 +95,10 @@ fn obtain_with<D: Driver>(
         if retried(|| unsafe { d.unmap(va, total as usize) }).is_ok() {
             calls.unmap += 1;
         }
-        // Pinned host memory is outside the device budget: a release
-        // refused every time leaks only host memory, counted as failed.
-        if calls.time(|| retried(|| d.release(h))).is_ok() {
+        if calls.time(|| d.release(h)).is_ok() {
             calls.release += 1;
+        } else {
+            *unreleased = Some(h);
         }
         // SAFETY: as above; its one mapping is gone (or the driver
         // refuses this, changing nothing).
@@ -164,7 +171,18 @@ impl<D: Driver> Commit<D> {
 
     fn make_stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
         let need = self.need_for(total);
-        obtain_with(&self.res.driver, need, &mut self.calls)
+        let mut unreleased = None;
+        let r = obtain_with(&self.res.driver, need, &mut self.calls, &mut unreleased);
+        self.keep_unreleased(unreleased);
+        r
+    }
+
+    /// A stage's handle whose release the driver refused: tried again by
+    /// later reclaims (pinned host memory: 0 pages of the device budget).
+    fn keep_unreleased(&mut self, h: Option<D::Handle>) {
+        if let Some(h) = h {
+            self.unreleased.push((h, 0));
+        }
     }
 
     /// What a stage of `total` bytes for this arena needs.
@@ -191,6 +209,7 @@ impl<D: Driver> Commit<D> {
     /// took, or the error it met.
     pub fn adopt_stage(&mut self, obtained: Obtained<D::Handle>) -> Result<f64> {
         self.calls.add(&obtained.calls);
+        self.keep_unreleased(obtained.unreleased);
         self.keep_larger_stage(obtained.stage?);
         Ok(obtained.seconds)
     }

@@ -139,6 +139,35 @@ fn a_failed_background_stage_leaves_the_sleep_to_obtain_it() {
 }
 
 #[test]
+fn a_stage_whose_release_the_driver_refused_goes_back_later() {
+    let (arena, driver) = arena();
+    let blocks = load(arena, &[2 << 20], 0x44);
+    // The stager's access call fails, and so do the next three releases,
+    // the first of them that of the handle it made (more than a release is
+    // tried at once): the arena keeps the handles refused and releases them
+    // later.
+    let checked = driver.as_checked().unwrap();
+    checked.inject(Fault {
+        op: Op::SetAccess,
+        nth: 1,
+        kind: FaultKind::DriverError,
+    });
+    for nth in 1..=3 {
+        checked.inject(Fault {
+            op: Op::Release,
+            nth,
+            kind: FaultKind::DriverError,
+        });
+    }
+    arena.prepare_offload_in_background(&["weights"]).unwrap();
+    let r = offload(arena);
+    assert!(r.stage_seconds > 0.0, "the sleep obtained the stage itself");
+    assert!(arena.stats().driver_calls.failed >= 2);
+    wake_intact(arena, &blocks);
+    finish(arena, &driver, blocks); // teardown releases the kept handles
+}
+
+#[test]
 fn a_tag_that_grew_after_staging_gets_a_larger_stage_and_trim_gives_it_back() {
     let (arena, driver) = arena();
     let mut blocks = load(arena, &[2 << 20], 0x60);
