@@ -268,8 +268,8 @@ def prepare_offload(
     """Obtains ahead the pinned host memory that offloading ``tags`` will
     need, so that even their first :func:`sleep` with ``offload`` runs at
     copy speed: pinning host memory is the slow part of a first offload
-    (seconds for tens of GiB). Call it once the tags hold
-    what they will offload, e.g. right after loading a model's weights.
+    (seconds for tens of GiB). Call it once the tags hold what they will
+    offload, e.g. right after loading a model's weights.
 
     With ``background`` (the default) it returns at once and a thread of
     its own pins the memory while the program goes on; an offloading sleep

@@ -27,8 +27,10 @@ pub struct StageNeed {
 }
 
 /// A stage [`obtain`] made, with the driver calls that made it (or the
-/// error they met), for [`Commit::adopt_stage`].
+/// error they met), for [`Commit::adopt_stage`]: only that gives its
+/// memory back later (dropped unadopted, the pinned memory stays held).
 #[derive(Debug)]
+#[must_use = "hand it to adopt_stage: dropped, its pinned memory is never given back"]
 pub struct Obtained<H> {
     stage: Result<Stage<H>>,
     calls: DriverCalls,
