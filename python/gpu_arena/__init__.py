@@ -284,7 +284,8 @@ def prepare_offload(
     _check_known(names, devs)
     secs = 0.0
     for d in devs:
-        here = [n for n in names if n in set(_tag_states(d))]
+        have = set(_tag_states(d))
+        here = [n for n in names if n in have]
         if here:
             secs += _native.prepare_offload(d, here, background)
     return secs

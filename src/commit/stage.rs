@@ -150,15 +150,15 @@ impl<D: Driver> Commit<D> {
     /// next offload, obtaining it now (the slow part of a first offload).
     /// Returns the seconds spent (0 when enough was held).
     pub fn prepare_stage(&mut self, bytes: u64) -> Result<f64> {
-        if bytes == 0 || self.spare_stage.as_ref().is_some_and(|s| s.size >= bytes) {
+        let Some(need) = self.need_beyond_held(bytes) else {
             return Ok(0.0);
-        }
+        };
         let t = Instant::now();
+        // The smaller stage goes first: the two are never held at once.
         if let Some(old) = self.spare_stage.take() {
             self.drop_stage(old);
         }
-        let stage = self.make_stage(bytes)?;
-        self.spare_stage = Some(stage);
+        self.adopt_stage(obtain(&self.res.driver, need))?;
         Ok(t.elapsed().as_secs_f64())
     }
 
@@ -171,37 +171,21 @@ impl<D: Driver> Commit<D> {
             .sum()
     }
 
-    fn make_stage(&mut self, total: u64) -> Result<Stage<D::Handle>> {
-        let need = self.need_for(total);
-        let mut unreleased = None;
-        let r = obtain_with(&self.res.driver, need, &mut self.calls, &mut unreleased);
-        self.keep_unreleased(unreleased);
-        r
-    }
-
-    /// A stage's handle whose release the driver refused: tried again by
-    /// later reclaims (pinned host memory: 0 pages of the device budget).
-    fn keep_unreleased(&mut self, h: Option<D::Handle>) {
-        if let Some(h) = h {
-            self.unreleased.push((h, 0));
-        }
-    }
-
-    /// What a stage of `total` bytes for this arena needs.
-    fn need_for(&self, total: u64) -> StageNeed {
-        StageNeed {
-            bytes: crate::driver::round_up(total, self.page).unwrap_or(total),
+    /// A stage of `bytes` for this arena, unless the stage held is at
+    /// least that large (or `bytes` is 0).
+    fn need_beyond_held(&self, bytes: u64) -> Option<StageNeed> {
+        let held = self.spare_stage.as_ref().map_or(0, |s| s.size);
+        (bytes > held).then(|| StageNeed {
+            bytes: crate::driver::round_up(bytes, self.page).unwrap_or(bytes),
             device: self.stage_device(),
-        }
+        })
     }
 
     /// The pinned host memory the next offload needs beyond what is held
     /// (`None` when the kept stage is large enough or nothing is live):
     /// what [`obtain`] must be asked for, away from this arena's lock.
     pub fn stage_need(&self) -> Option<StageNeed> {
-        let bytes = self.offload_bytes();
-        let held = self.spare_stage.as_ref().map_or(0, |s| s.size);
-        (bytes > held).then(|| self.need_for(bytes))
+        self.need_beyond_held(self.offload_bytes())
     }
 
     /// Takes a stage that [`obtain`] made away from this arena's lock: its
@@ -211,7 +195,11 @@ impl<D: Driver> Commit<D> {
     /// took, or the error it met.
     pub fn adopt_stage(&mut self, obtained: Obtained<D::Handle>) -> Result<f64> {
         self.calls.add(&obtained.calls);
-        self.keep_unreleased(obtained.unreleased);
+        if let Some(h) = obtained.unreleased {
+            // Tried again by later reclaims (pinned host memory: 0 pages of
+            // the device budget).
+            self.unreleased.push((h, 0));
+        }
         self.keep_larger_stage(obtained.stage?);
         Ok(obtained.seconds)
     }

@@ -330,7 +330,7 @@ impl GlobalArena {
             leaked.swap_remove(i);
         }
         arena.stop_reclaimer();
-        arena.join_stagers();
+        arena.join_stager();
         cache::flush_current(arena);
         // SAFETY: `addr` came from `Box::leak` in `register` and was
         // removed from the registry above, so it is turned back into a box

@@ -26,7 +26,7 @@ impl GlobalArena {
         if mode == SleepMode::Offload {
             // Pinned memory being obtained for it is waited for, not
             // obtained a second time.
-            self.join_stagers();
+            self.join_stager();
         }
         let mut total = SleepReport::default();
         // Every name is checked before any tag sleeps.

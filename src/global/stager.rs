@@ -87,7 +87,7 @@ impl GlobalArena {
     }
 
     /// Waits until the stager thread served every request made so far.
-    pub(super) fn join_stagers(&self) {
+    pub(super) fn join_stager(&self) {
         let h = lock(&self.stager).thread.take();
         if let Some(h) = h {
             let _ = h.join();
