@@ -156,6 +156,7 @@ for c in (c1, c2, *more):
     c["restore_copy_GiB_per_s"] = wr["copied"] / GiB / wr["copy_seconds"] if wr["copy_seconds"] else None
 print(json.dumps({
     "prepare": args.prepare,
+    "conf": os.environ.get("GPU_ARENA_CONF", ""),
     "gap": args.gap,
     "settle_ms": args.settle_ms,
     "first_generate_s": first_generate_s,

@@ -2,7 +2,8 @@
 # The first offload with and without the pinned memory obtained ahead, on a CUDA GPU machine:
 # scripts/torch_sleep_wake.py --prepare none and --prepare background alternating, ROUNDS times
 # (default 3), each in a process of its own (ARGS: more arguments for it, e.g. "--cycles 4"); one JSON
-# line per process in $OUT/sleep_wake_ab.log.
+# line per process in $OUT/sleep_wake_ab.log. MODES: the --prepare modes (default "none background");
+# CONFS: GPU_ARENA_CONF settings to alternate as well, space-separated ("-": unset, the default).
 #
 #   bash scripts/python_h100.sh --build                # here: the release wheel → .whl/
 #   bash scripts/torch_sleep_wake_ab.sh                # there (device tool, carry [".whl"])
@@ -27,10 +28,13 @@ whl=$(ls .whl/gpu_arena-*.whl | head -1)
 } > "$log" 2>&1
 export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 for r in $(seq "${ROUNDS:-3}"); do
-    for mode in none background; do
-        echo "== round $r: --prepare $mode" >> "$log"
-        timeout 200 python3 scripts/torch_sleep_wake.py --prepare "$mode" ${ARGS:-} >> "$log" 2>&1
-        echo "exit $?" >> "$log"
+    for conf in ${CONFS:--}; do
+        for mode in ${MODES:-none background}; do
+            [ "$conf" = - ] && c= || c=$conf
+            echo "== round $r: GPU_ARENA_CONF=$c --prepare $mode" >> "$log"
+            GPU_ARENA_CONF=$c timeout 200 python3 scripts/torch_sleep_wake.py --prepare "$mode" ${ARGS:-} >> "$log" 2>&1
+            echo "exit $?" >> "$log"
+        done
     done
 done
 grep -cE '^\{' "$log"

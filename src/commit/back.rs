@@ -40,14 +40,6 @@ struct Made {
     least_mapped: bool,
 }
 
-/// Allocations in a row at the top with no free in between after which new
-/// handles are made large (memory being loaded that stays). Measured on the
-/// shared traces: 64 keeps every activation of BERT inference and GPT-2
-/// generation in one-page handles (no VMM call once they repeat), where 48
-/// already cost BERT about 10 VMM calls per 1000 allocations in steady
-/// state.
-const BULK_STREAK: u64 = 64;
-
 pub(super) fn is_oom(e: &Error) -> bool {
     matches!(e, Error::OutOfMemory(_)) || e.driver_kind() == Some(ErrorKind::OutOfMemory)
 }
@@ -192,7 +184,7 @@ impl<D: Driver> Commit<D> {
                 Backing::Pages | Backing::Repair => (false, 0),
                 Backing::Whole => (true, 0),
                 Backing::Top(room) => (
-                    self.streak >= BULK_STREAK,
+                    self.streak >= self.config.bulk_streak,
                     if q == b { self.ahead_pages(room) } else { 0 },
                 ),
             };
@@ -270,7 +262,7 @@ impl<D: Driver> Commit<D> {
 
     /// Pages of a larger handle allowed past a block that grows the top.
     fn ahead_pages(&self, room: u64) -> u64 {
-        if self.config.growth_ahead == 0 || self.streak < BULK_STREAK {
+        if self.config.growth_ahead == 0 || self.streak < self.config.bulk_streak {
             return 0;
         }
         let want = (self.live / self.config.growth_ahead) >> self.shift;

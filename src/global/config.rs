@@ -21,6 +21,8 @@
 //! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of `stitch_repair_min` or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
 //! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
 //! | `park` | `0`: free and take back stitched ranges page by page instead of parking their units as a group (the same decisions, more work per call; see `CommitConfig::park`) | 1 |
+//! | `bulk_streak` | allocations in a row at the top (no free between) after which fresh pages get one handle per block, not per page, in the default tag's arenas | 64 |
+//! | `tag_bulk_streak` | the same for every other tag's arenas (what an engine tags to sleep: weights, KV cache, loaded to stay) | 0 |
 //! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
 //! | `reservation` | address space per shard (0: 8 × device memory) | 0 |
 //! | `min_reservation` | smallest reservation accepted on fallback | 1GiB |
@@ -49,6 +51,13 @@ pub struct GlobalConfig {
     /// Run a background thread that gives idle memory back along the decay
     /// curve, so allocating threads make no such driver call.
     pub background: bool,
+    /// [`CommitConfig::bulk_streak`](crate::commit::CommitConfig::bulk_streak)
+    /// of the arenas of every tag but `default`. What an engine tags is what
+    /// it puts to sleep (vLLM's `weights` and `kv_cache`, SGLang's memory
+    /// saver regions): memory loaded to stay, whose first sleep gives back
+    /// one handle per page it was laid out in. 0: one handle per block (and
+    /// larger, while the top grows) from the first allocation.
+    pub tag_bulk_streak: u64,
 }
 
 impl Default for GlobalConfig {
@@ -60,6 +69,7 @@ impl Default for GlobalConfig {
             thread_cache: 0,
             report: false,
             background: true,
+            tag_bulk_streak: 0,
         }
     }
 }
@@ -70,6 +80,11 @@ fn flag(what: &'static str, v: &str) -> Result<bool> {
         "0" | "false" | "no" => Ok(false),
         _ => Err(bad(what, v)),
     }
+}
+
+/// A count of allocations in a row.
+fn count(what: &'static str, v: &str) -> Result<u64> {
+    v.parse::<u64>().map_err(|_| bad(what, v))
 }
 
 fn bad(what: &'static str, text: &str) -> Error {
@@ -139,6 +154,14 @@ impl GlobalConfig {
                         .parse::<u64>()
                         .map_err(|_| bad("growth_ahead must be a whole number (0: off)", v))?
                 }
+                "bulk_streak" => {
+                    c.arena.commit.bulk_streak =
+                        count("bulk_streak must be a whole number of allocations", v)?
+                }
+                "tag_bulk_streak" => {
+                    c.tag_bulk_streak =
+                        count("tag_bulk_streak must be a whole number of allocations", v)?
+                }
                 "background" => c.background = flag("background must be 0 or 1", v)?,
                 "stitch_repair" => {
                     c.arena.commit.stitch_repair = flag("stitch_repair must be 0 or 1", v)?
@@ -201,6 +224,14 @@ mod tests {
         let c = GlobalConfig::parse("stitch_repair:1,stitch_repair_min:256MiB").unwrap();
         assert!(c.arena.commit.stitch_repair);
         assert_eq!(c.arena.commit.stitch_repair_min, 256 << 20);
+        let c = GlobalConfig::parse("bulk_streak:8,tag_bulk_streak:2").unwrap();
+        assert_eq!((c.arena.commit.bulk_streak, c.tag_bulk_streak), (8, 2));
+        let d = GlobalConfig::default();
+        assert_eq!((d.arena.commit.bulk_streak, d.tag_bulk_streak), (64, 0));
+        let e = GlobalConfig::parse("tag_bulk_streak:-1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tag_bulk_streak"), "{e}");
         let e = GlobalConfig::parse("keep_alive_fraction:0.5")
             .unwrap_err()
             .to_string();

@@ -175,6 +175,12 @@ impl GlobalArena {
         // With a background reclaimer, freeing threads never give memory
         // back themselves.
         arena_config.commit.reclaim_on_free &= !self.config.background;
+        // What an engine tags, it loaded to stay and will put to sleep: few
+        // large handles from its first allocation (sleep and wake cost per
+        // handle).
+        if i != 0 {
+            arena_config.commit.bulk_streak = self.config.tag_bulk_streak;
+        }
         for _ in 0..self.config.shards.max(1) {
             let a = SharedArena::new(self.driver.clone(), Kind::Device(self.device), arena_config)?;
             {

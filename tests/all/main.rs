@@ -22,3 +22,4 @@ mod offload_ahead;
 mod peer_ipc;
 mod scratch;
 mod sleep_wake;
+mod tag_layout;

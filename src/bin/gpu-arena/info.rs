@@ -305,6 +305,10 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
         "config.commit.growth_ahead".to_string(),
         c.commit.growth_ahead.to_string(),
     ]);
+    t.row([
+        "config.commit.bulk_streak".to_string(),
+        c.commit.bulk_streak.to_string(),
+    ]);
     let limit = if c.commit.limit == u64::MAX {
         "none (device memory)".to_string()
     } else {

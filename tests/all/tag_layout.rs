@@ -1,0 +1,75 @@
+//! How the global arenas lay out a tag's memory: what an engine tags it
+//! loaded to stay and will put to sleep, so its blocks get one handle each
+//! (and larger while they grow the top) from the first one, where the
+//! default tag's first blocks get one handle per page
+//! (`GlobalConfig::tag_bulk_streak`, `CommitConfig::bulk_streak`).
+
+use gpu_arena::SleepMode;
+use gpu_arena::driver::Stream;
+use gpu_arena::driver::system::Select;
+use gpu_arena::global::{GlobalArena, GlobalConfig};
+
+use crate::common::{assert_all_given_back, checked_global};
+
+/// Blocks of 6 MiB (three 2 MiB pages of the host backend) allocated one by
+/// one, as a model's weights are loaded.
+const BLOCK: u64 = 6 << 20;
+const BLOCKS: u64 = 48;
+
+/// Loads `BLOCKS` blocks into `tag` of a fresh arena of `conf`, sleeps and
+/// wakes the tag, frees everything and tears the arena down: (handles before
+/// the sleep, handles the sleep gave back).
+fn load_and_sleep(conf: GlobalConfig, tag: &str) -> (u64, u64) {
+    let conf = GlobalConfig {
+        shards: 1,
+        thread_cache: 0,
+        ..conf
+    };
+    let (arena, driver) = checked_global(Select::Host, conf);
+    let index = arena.tag(tag).unwrap();
+    let blocks: Vec<_> = {
+        let _g = arena.tag_scope(tag).unwrap();
+        (0..BLOCKS)
+            .map(|_| arena.alloc(BLOCK, 512, Stream::DEFAULT).unwrap())
+            .collect()
+    };
+    let before = arena.tag_stats(index);
+    assert_eq!(before.live, BLOCKS * BLOCK);
+    let released = driver.as_checked().unwrap().counts().release;
+    arena
+        .sleep(&[tag], SleepMode::Discard, Stream::DEFAULT)
+        .unwrap();
+    let given_back = driver.as_checked().unwrap().counts().release - released;
+    assert_eq!(
+        arena.tag_stats(index).handles,
+        0,
+        "asleep, it holds no handle"
+    );
+    arena.wake(&[tag], Stream::DEFAULT).unwrap();
+    for p in blocks {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    // SAFETY: this thread alone used the arena; nothing uses it afterwards.
+    unsafe { GlobalArena::destroy(arena) }.unwrap();
+    assert_all_given_back(&driver);
+    (before.handles, given_back)
+}
+
+#[test]
+fn a_tags_blocks_get_few_handles_and_its_first_sleep_gives_back_few() {
+    let (handles, given_back) = load_and_sleep(GlobalConfig::default(), "weights");
+    assert_eq!(given_back, handles, "the sleep gave every handle back");
+    assert!(
+        handles <= BLOCKS,
+        "at most one handle per block ({handles} for {BLOCKS} blocks)"
+    );
+    // The default tag keeps one handle per page for its first blocks (a
+    // workload's activations, laid out to move page by page).
+    let (default_handles, _) = load_and_sleep(GlobalConfig::default(), "default");
+    assert_eq!(default_handles, 3 * BLOCKS, "one handle per page");
+    // The setting decides, not the tag's name.
+    let per_page = GlobalConfig::parse("tag_bulk_streak:64").unwrap();
+    assert_eq!(load_and_sleep(per_page, "weights").0, 3 * BLOCKS);
+    let bulk = GlobalConfig::parse("bulk_streak:0").unwrap();
+    assert_eq!(load_and_sleep(bulk, "default").0, handles);
+}
