@@ -42,30 +42,13 @@ out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
-site=/tmp/gpu-arena-site
-rm -rf "$site"
-whl=$(ls .whl/gpu_arena-*.whl | head -1)
 summary="$out/summary.log"
 : > "$summary"
 part() { echo "$1: exit $2" | tee -a "$summary"; }
 
-{
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    python3 --version
-    if python3 -m pip --version; then
-        python3 -m pip install --no-index --no-deps --target "$site" "$whl"
-        python3 -c 'import pytest' 2>/dev/null ||
-            python3 -m pip install --no-index --find-links .whl/deps --target "$site" pytest
-    else
-        # No pip: a wheel is a zip of the files as installed.
-        python3 -m zipfile -e "$whl" "$site"
-        python3 -c 'import pytest' 2>/dev/null ||
-            for w in .whl/deps/*.whl; do python3 -m zipfile -e "$w" "$site"; done
-    fi
-    echo "wheel: $whl, built from $(cat .whl/COMMIT 2>/dev/null)"
-} > "$out/env.log" 2>&1
+. scripts/wheel_site.sh
+wheel_site pytest > "$out/env.log" 2>&1
 part install $?
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c 'import torch, transformers, gpu_arena; print("torch", torch.__version__, "transformers", transformers.__version__, "gpu_arena", gpu_arena.__version__, gpu_arena.library_path())' >> "$out/env.log" 2>&1
 part versions $?
 

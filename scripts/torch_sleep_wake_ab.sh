@@ -13,20 +13,9 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}
 mkdir -p "$out"
 log="$out/sleep_wake_ab.log"
-site=/tmp/gpu-arena-site
-rm -rf "$site"
-whl=$(ls .whl/gpu_arena-*.whl | head -1)
-{
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-    python3 --version
-    if python3 -m pip --version >/dev/null 2>&1; then
-        python3 -m pip install -q --no-index --no-deps --target "$site" "$whl"
-    else
-        python3 -m zipfile -e "$whl" "$site"
-    fi
-    echo "wheel: $whl, built from $(cat .whl/COMMIT 2>/dev/null)"
-} > "$log" 2>&1
-export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. scripts/wheel_site.sh
+wheel_site > "$log" 2>&1
+export PYTHONUNBUFFERED=1
 for r in $(seq "${ROUNDS:-3}"); do
     for conf in ${CONFS:--}; do
         for mode in ${MODES:-none background}; do
