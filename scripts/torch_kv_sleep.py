@@ -1,21 +1,25 @@
 """A KV cache put to sleep as vLLM's sleep mode does it, through gpu-arena's vLLM adapter
 (docs/sleep-wake.md, "A tag's memory in few handles").
 
-usage: python3 torch_kv_sleep.py [--gib 64] [--layers 32] [--cycles 3]
+usage: python3 torch_kv_sleep.py [--gib 64] [--layers 32] [--cycles 3] [--fill yes|no]
        (the gpu_arena package importable; GPU_ARENA_CONF as the run wants it)
 
 Allocates one KV tensor per layer, (2, blocks, 16, 8, 128) float16 as vLLM lays a paged cache out,
 `--gib` GiB in all, in vLLM's `kv_cache` pool (`gpu_arena.vllm.CuMemAllocator`, gpu-arena tag
-`vllm:kv_cache`), fills it, then runs `--cycles` sleep / wake cycles: `sleep()` discards the pool,
-`wake_up()` recommits it, and a kernel then writes every tensor and reads it back. Prints one JSON
-line: the allocation's time, the tag's handles and committed bytes before each sleep, each sleep's
-and wake's time, and whether every check passed."""
+`vllm:kv_cache`), fills it, then runs `--cycles` sleep / wake cycles: the adapter's `sleep()`
+discards the pool, `wake_up()` recommits it, and a kernel then writes every tensor and reads it
+back (`--fill no`: the tensors are never written, as in the bench's section g). The adapter's
+calls are timed whole, and the gpu-arena calls inside them alone (`gpu_arena.sleep` / `wake`
+with what they report; the adapter's `sleep()` also runs Python's garbage collector). Prints one
+JSON line: the allocation's time, the tag's handles and committed bytes before each sleep, each
+sleep's and wake's times, and whether every check passed."""
 import argparse, json, os, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--gib", type=float, default=64)
 ap.add_argument("--layers", type=int, default=32)
 ap.add_argument("--cycles", type=int, default=3)
+ap.add_argument("--fill", choices=("yes", "no"), default="yes")
 args = ap.parse_args()
 
 import gpu_arena  # noqa: E402
@@ -41,9 +45,32 @@ with allocator.use_memory_pool(tag="kv_cache"):
     kv = [torch.empty((2, blocks, 16, 8, 128), dtype=torch.float16, device="cuda") for _ in range(args.layers)]
 torch.cuda.synchronize()
 alloc_s = time.perf_counter() - t
-for i, x in enumerate(kv):
-    x.fill_(i + 1)
+fill = args.fill == "yes"
+if fill:
+    for i, x in enumerate(kv):
+        x.fill_(i + 1)
 torch.cuda.synchronize()
+
+# What the adapter's sleep() and wake_up() call, timed alone.
+arena_calls = []
+_sleep, _wake = gpu_arena.sleep, gpu_arena.wake
+
+
+def timed_sleep(*a, **k):
+    t = time.perf_counter()
+    r = _sleep(*a, **k)
+    arena_calls.append(("sleep", time.perf_counter() - t, r))
+    return r
+
+
+def timed_wake(*a, **k):
+    t = time.perf_counter()
+    r = _wake(*a, **k)
+    arena_calls.append(("wake", time.perf_counter() - t, r))
+    return r
+
+
+gpu_arena.sleep, gpu_arena.wake = timed_sleep, timed_wake
 
 cycles, ok = [], True
 for c in range(args.cycles):
@@ -55,16 +82,21 @@ for c in range(args.cycles):
     asleep = kv_stats()
     allocator.wake_up()
     t2 = time.perf_counter()
-    for i, x in enumerate(kv):
-        x.fill_(c + i + 2)
-    torch.cuda.synchronize()
-    ok &= all(bool((x[0, 0, 0, 0, :4] == c + i + 2).all()) for i, x in enumerate(kv))
+    (_, sleep_s, sleep_report), (_, wake_s, wake_report) = arena_calls[-2:]
+    if fill:
+        for i, x in enumerate(kv):
+            x.fill_(c + i + 2)
+        torch.cuda.synchronize()
+        ok &= all(bool((x[0, 0, 0, 0, :4] == c + i + 2).all()) for i, x in enumerate(kv))
     ok &= asleep["handles"] == 0
     cycles.append({"handles": s["handles"], "committed": s["committed"], "live": s["live"],
-                   "sleep_ms": (t1 - t0) * 1e3, "wake_ms": (t2 - t1) * 1e3})
+                   "sleep_ms": (t1 - t0) * 1e3, "wake_ms": (t2 - t1) * 1e3,
+                   "arena_sleep_ms": sleep_s * 1e3, "arena_wake_ms": wake_s * 1e3,
+                   "sleep_report": sleep_report, "wake_report": wake_report})
 
 print(json.dumps({
     "conf": os.environ.get("GPU_ARENA_CONF", ""),
+    "fill": args.fill,
     "gib": sum(x.numel() * x.element_size() for x in kv) / (1 << 30),
     "layers": args.layers,
     "alloc_s": alloc_s,
