@@ -12,7 +12,9 @@
 //!    copy + free-old with `cuMemAlloc` / `cuMemcpyDtoD` / `cuMemFree`;
 //! d. the global arena reuses a block across streams only after its free's
 //!    fence, and a tag's first offload finds its pinned memory obtained in
-//!    the background.
+//!    the background;
+//! e. a tag's blocks get one handle each (the default tag's first ones one
+//!    per page), so its first sleep gives back few.
 //!
 //! Figures are printed (`docs/gpu-arena-h100.md`), never asserted on.
 //! Where no CUDA device is found every test prints `skipped: <reason>` and
@@ -783,4 +785,19 @@ fn offload_with_pinned_memory_obtained_in_the_background() {
     // SAFETY: this thread alone used the arena; nothing uses it afterwards.
     unsafe { GlobalArena::destroy(g) }.unwrap();
     crate::common::assert_all_given_back(&driver);
+}
+
+#[test]
+fn a_tags_blocks_get_few_handles_on_the_gpu() {
+    let Some(probe) = cuda() else { return };
+    drop(probe);
+    let (tag, default) =
+        crate::tag_layout::tags_get_few_handles(gpu_arena::driver::system::Select::Cuda);
+    println!(
+        "TAG-LAYOUT first sleep of 48 blocks of 6 MiB: a tag {} handles in {:.2} ms, the default tag {} handles in {:.2} ms",
+        tag.handles,
+        ms(tag.sleep),
+        default.handles,
+        ms(default.sleep),
+    );
 }

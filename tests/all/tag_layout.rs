@@ -2,7 +2,8 @@
 //! loaded to stay and will put to sleep, so its blocks get one handle each
 //! (and larger while they grow the top) from the first one, where the
 //! default tag's first blocks get one handle per page
-//! (`GlobalConfig::tag_bulk_streak`, `CommitConfig::bulk_streak`).
+//! (`GlobalConfig::tag_bulk_streak`, `CommitConfig::bulk_streak`). The
+//! same check runs on a GPU in `gpu_arena.rs`.
 
 use gpu_arena::SleepMode;
 use gpu_arena::driver::Stream;
@@ -16,16 +17,26 @@ use crate::common::{assert_all_given_back, checked_global};
 const BLOCK: u64 = 6 << 20;
 const BLOCKS: u64 = 48;
 
-/// Loads `BLOCKS` blocks into `tag` of a fresh arena of `conf`, sleeps and
-/// wakes the tag, frees everything and tears the arena down: (handles before
-/// the sleep, handles the sleep gave back).
-fn load_and_sleep(conf: GlobalConfig, tag: &str) -> (u64, u64) {
+/// What [`load_and_sleep`] saw.
+pub struct Layout {
+    /// Handles the tag held before the sleep.
+    pub handles: u64,
+    /// Handles the sleep gave back.
+    pub given_back: u64,
+    /// The sleep's time.
+    pub sleep: std::time::Duration,
+}
+
+/// Loads `BLOCKS` blocks into `tag` of a fresh arena of `conf` over the
+/// `select` backend, sleeps and wakes the tag, frees everything and tears
+/// the arena down.
+pub fn load_and_sleep(select: Select, conf: GlobalConfig, tag: &str) -> Layout {
     let conf = GlobalConfig {
         shards: 1,
         thread_cache: 0,
         ..conf
     };
-    let (arena, driver) = checked_global(Select::Host, conf);
+    let (arena, driver) = checked_global(select, conf);
     let index = arena.tag(tag).unwrap();
     let blocks: Vec<_> = {
         let _g = arena.tag_scope(tag).unwrap();
@@ -36,9 +47,11 @@ fn load_and_sleep(conf: GlobalConfig, tag: &str) -> (u64, u64) {
     let before = arena.tag_stats(index);
     assert_eq!(before.live, BLOCKS * BLOCK);
     let released = driver.as_checked().unwrap().counts().release;
+    let t = std::time::Instant::now();
     arena
         .sleep(&[tag], SleepMode::Discard, Stream::DEFAULT)
         .unwrap();
+    let sleep = t.elapsed();
     let given_back = driver.as_checked().unwrap().counts().release - released;
     assert_eq!(
         arena.tag_stats(index).handles,
@@ -52,24 +65,42 @@ fn load_and_sleep(conf: GlobalConfig, tag: &str) -> (u64, u64) {
     // SAFETY: this thread alone used the arena; nothing uses it afterwards.
     unsafe { GlobalArena::destroy(arena) }.unwrap();
     assert_all_given_back(&driver);
-    (before.handles, given_back)
+    Layout {
+        handles: before.handles,
+        given_back,
+        sleep,
+    }
+}
+
+/// The checks of a tag's layout against the default tag's, on `select`.
+pub fn tags_get_few_handles(select: Select) -> (Layout, Layout) {
+    let tag = load_and_sleep(select, GlobalConfig::default(), "weights");
+    assert_eq!(
+        tag.given_back, tag.handles,
+        "the sleep gave every handle back"
+    );
+    assert!(
+        tag.handles <= BLOCKS,
+        "at most one handle per block ({} for {BLOCKS} blocks)",
+        tag.handles
+    );
+    // The default tag keeps one handle per page for its first blocks (a
+    // workload's activations, laid out to move page by page).
+    let default = load_and_sleep(select, GlobalConfig::default(), "default");
+    assert_eq!(default.handles, 3 * BLOCKS, "one handle per page");
+    assert_eq!(default.given_back, default.handles);
+    // The setting decides, not the tag's name.
+    let per_page = GlobalConfig::parse("tag_bulk_streak:64").unwrap();
+    assert_eq!(
+        load_and_sleep(select, per_page, "weights").handles,
+        3 * BLOCKS
+    );
+    let bulk = GlobalConfig::parse("bulk_streak:0").unwrap();
+    assert_eq!(load_and_sleep(select, bulk, "default").handles, tag.handles);
+    (tag, default)
 }
 
 #[test]
 fn a_tags_blocks_get_few_handles_and_its_first_sleep_gives_back_few() {
-    let (handles, given_back) = load_and_sleep(GlobalConfig::default(), "weights");
-    assert_eq!(given_back, handles, "the sleep gave every handle back");
-    assert!(
-        handles <= BLOCKS,
-        "at most one handle per block ({handles} for {BLOCKS} blocks)"
-    );
-    // The default tag keeps one handle per page for its first blocks (a
-    // workload's activations, laid out to move page by page).
-    let (default_handles, _) = load_and_sleep(GlobalConfig::default(), "default");
-    assert_eq!(default_handles, 3 * BLOCKS, "one handle per page");
-    // The setting decides, not the tag's name.
-    let per_page = GlobalConfig::parse("tag_bulk_streak:64").unwrap();
-    assert_eq!(load_and_sleep(per_page, "weights").0, 3 * BLOCKS);
-    let bulk = GlobalConfig::parse("bulk_streak:0").unwrap();
-    assert_eq!(load_and_sleep(bulk, "default").0, handles);
+    tags_get_few_handles(Select::Host);
 }
