@@ -83,7 +83,13 @@ pub const fn class_for(size: u64, align: u64) -> Option<usize> {
 /// does. (It was a walk over all 13 alignments, on every sized free of a
 /// small block: PyTorch's frees pass sizes the C ABI rounded up to 512.)
 pub const fn may_serve(size: u64, have: u64) -> bool {
-    let c = class_of(have);
+    may_serve_class(size, class_of(have))
+}
+
+/// [`may_serve`] for an object of class `c` (what a free knows already).
+/// `size` must be at least 1.
+#[inline(always)]
+pub const fn may_serve_class(size: u64, c: usize) -> bool {
     let class_size = SIZES[c] as u64;
     if size > class_size {
         return false;

@@ -7,11 +7,11 @@
 //! stream wait in a deferred list until that stream's fence completed.
 //!
 //! # Time complexity
-//! `alloc` and `free` are O(1) (one hash lookup on free).
+//! `alloc` and `free` are O(1) (one two-level table lookup on free).
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use crate::error::BadPointer;
-use crate::meta::{MetaMap, MetaVec};
+use crate::meta::{MetaVec, SparseIndex};
 use crate::policy::classes::{self, COUNT};
 use crate::sync::Stamp;
 
@@ -66,7 +66,7 @@ pub enum Freed {
 pub struct Slabs {
     slabs: MetaVec<Slab>,
     recycled: MetaVec<u32>,
-    chunks: MetaMap<u64, u32>,
+    chunks: SparseIndex,
     /// Per stream slot, per class: head of the list of slabs with free objects.
     partial: MetaVec<[u32; COUNT]>,
     deferred: MetaVec<(u32, u32, Stamp)>,
@@ -87,7 +87,7 @@ impl Slabs {
         Slabs {
             slabs: MetaVec::new_in(std::alloc::System),
             recycled: MetaVec::new_in(std::alloc::System),
-            chunks: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+            chunks: SparseIndex::new(),
             partial: MetaVec::new_in(std::alloc::System),
             deferred: MetaVec::new_in(std::alloc::System),
             live_bytes: 0,
@@ -219,8 +219,9 @@ impl Slabs {
     }
 
     /// The slab containing `offset`, if any.
+    #[inline]
     fn find(&self, offset: u64) -> Option<u32> {
-        self.chunks.get(&(offset >> CHUNK_SHIFT)).copied()
+        self.chunks.get(offset >> CHUNK_SHIFT)
     }
 
     /// Whether `offset` lies in a slab span.
@@ -245,6 +246,7 @@ impl Slabs {
     /// Errors (nothing changed): `Interior` (not an object start, or past
     /// the last object), `DoubleFree` (object not live), `Foreign` (no slab),
     /// `LayoutMismatch` (the object is of another class).
+    #[inline]
     pub fn free(
         &mut self,
         offset: u64,
@@ -265,13 +267,14 @@ impl Slabs {
         if s.live[w] >> b & 1 == 0 {
             return Err(BadPointer::DoubleFree);
         }
-        let fits = |n: u64| {
-            n > 0
+        if let Some(n) = expected {
+            // The class of `n` itself, or one an alignment raised it to.
+            let fits = n > 0
                 && ((n <= classes::MAX_SMALL && classes::class_of(n) == class)
-                    || classes::may_serve(n, size))
-        };
-        if expected.is_some_and(|n| !fits(n)) {
-            return Err(BadPointer::LayoutMismatch);
+                    || classes::may_serve_class(n, class));
+            if !fits {
+                return Err(BadPointer::LayoutMismatch);
+            }
         }
         s.live[w] &= !(1 << b);
         s.live_count -= 1;
@@ -292,17 +295,21 @@ impl Slabs {
     }
 
     /// Returns the slab if it is empty and another slab of its class can
-    /// serve its stream.
+    /// serve its stream (one empty slab per (slot, class) is kept, against
+    /// thrashing). The common case, a slab still in use or kept, is inline.
+    #[inline(always)]
     fn maybe_release(&mut self, id: u32, size: u64) -> Result<Freed, BadPointer> {
         let s = &self.slabs[id as usize];
-        if s.live_count != 0 || s.deferred != 0 {
-            return Ok(Freed::Object { size });
-        }
-        // Keep one empty slab per (slot, class) to avoid thrashing.
         let alone = s.prev == NIL && s.next == NIL;
-        if alone {
+        if s.live_count != 0 || s.deferred != 0 || alone {
             return Ok(Freed::Object { size });
         }
+        self.release(id, size)
+    }
+
+    /// [`Slabs::maybe_release`] of a slab it gives back (rare: out of line).
+    #[inline(never)]
+    fn release(&mut self, id: u32, size: u64) -> Result<Freed, BadPointer> {
         let (slab, slab_bytes, stamp) = self.remove_slab(id);
         Ok(Freed::SlabEmpty {
             size,
@@ -321,7 +328,7 @@ impl Slabs {
         }
         let bytes = classes::slab_bytes(class);
         for c in 0..bytes >> CHUNK_SHIFT {
-            self.chunks.remove(&((offset >> CHUNK_SHIFT) + c));
+            self.chunks.remove((offset >> CHUNK_SHIFT) + c);
         }
         let s = &mut self.slabs[id as usize];
         s.used = false;
