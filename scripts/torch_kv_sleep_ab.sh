@@ -9,18 +9,4 @@
 #   python3 scripts/torch_kv_sleep_report.py LOG                      # the table (medians, min–max)
 set -u
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/gpu-out}
-mkdir -p "$out"
-log="$out/kv_sleep_ab.log"
-. scripts/wheel_site.sh
-wheel_site > "$log" 2>&1
-export PYTHONUNBUFFERED=1
-for r in $(seq "${ROUNDS:-3}"); do
-    for conf in ${CONFS:--}; do
-        [ "$conf" = - ] && c= || c=$conf
-        echo "== round $r: GPU_ARENA_CONF=$c" >> "$log"
-        GPU_ARENA_CONF=$c timeout 200 python3 scripts/torch_kv_sleep.py ${ARGS:-} >> "$log" 2>&1
-        echo "exit $?" >> "$log"
-    done
-done
-grep -cE '^\{' "$log"
+exec bash scripts/torch_ab.sh scripts/torch_kv_sleep.py kv_sleep_ab.log

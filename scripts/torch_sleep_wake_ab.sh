@@ -10,20 +10,6 @@
 #   python3 scripts/torch_sleep_wake_report.py LOG     # the table (medians, min–max)
 set -u
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/gpu-out}
-mkdir -p "$out"
-log="$out/sleep_wake_ab.log"
-. scripts/wheel_site.sh
-wheel_site > "$log" 2>&1
-export PYTHONUNBUFFERED=1
-for r in $(seq "${ROUNDS:-3}"); do
-    for conf in ${CONFS:--}; do
-        for mode in ${MODES:-none background}; do
-            [ "$conf" = - ] && c= || c=$conf
-            echo "== round $r: GPU_ARENA_CONF=$c --prepare $mode" >> "$log"
-            GPU_ARENA_CONF=$c timeout 200 python3 scripts/torch_sleep_wake.py --prepare "$mode" ${ARGS:-} >> "$log" 2>&1
-            echo "exit $?" >> "$log"
-        done
-    done
-done
-grep -cE '^\{' "$log"
+sets=""
+for m in ${MODES:-none background}; do sets="${sets:+$sets;}--prepare $m"; done
+ARGSETS=$sets exec bash scripts/torch_ab.sh scripts/torch_sleep_wake.py sleep_wake_ab.log

@@ -205,72 +205,36 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     drop(shared);
     pb.finish_and_clear();
 
-    let target = |ns: f64, per10: f64| {
-        (
-            ns * scale <= per10,
+    // A sleep's or a wake's row: its time against the per-tensor anchor's,
+    // and the target for 10 GiB.
+    let timed = |case: &str, ns: f64, sleep: bool| {
+        let (anchor, per10, goal) = if sleep {
+            (pt_sleep, SLEEP_NS_PER_10GIB, "≤ 10 ms per 10 GiB")
+        } else {
+            (pt_wake, WAKE_NS_PER_10GIB, "≤ 15 ms per 10 GiB")
+        };
+        Row::new(case, Unit::Ns, Some(ns), vec![Some(anchor)]).target(
+            goal,
+            Some(ns * scale <= per10),
             format!("{:.1} ms per 10 GiB", ns * scale / 1e6),
         )
     };
-    let (ok, txt) = target(tagged.1, SLEEP_NS_PER_10GIB);
-    s.rows.push(
-        Row::new(
+    s.rows.extend([
+        timed(
             "sleep, discard (first, a tag's arena: as allocated)",
-            Unit::Ns,
-            Some(tagged.1),
-            vec![Some(pt_sleep)],
-        )
-        .target("≤ 10 ms per 10 GiB", Some(ok), txt),
-    );
-    let (ok, txt) = target(tagged.2, WAKE_NS_PER_10GIB);
-    s.rows.push(
-        Row::new(
-            "wake, no restore (first, a tag's arena)",
-            Unit::Ns,
-            Some(tagged.2),
-            vec![Some(pt_wake)],
-        )
-        .target("≤ 15 ms per 10 GiB", Some(ok), txt),
-    );
-    let (ok, txt) = target(first.0, SLEEP_NS_PER_10GIB);
-    s.rows.push(
-        Row::new(
+            tagged.1,
+            true,
+        ),
+        timed("wake, no restore (first, a tag's arena)", tagged.2, false),
+        timed(
             "sleep, discard (first, default arena: as allocated)",
-            Unit::Ns,
-            Some(first.0),
-            vec![Some(pt_sleep)],
-        )
-        .target("≤ 10 ms per 10 GiB", Some(ok), txt),
-    );
-    let (ok, txt) = target(first.1, WAKE_NS_PER_10GIB);
-    s.rows.push(
-        Row::new(
-            "wake, no restore (first, default arena)",
-            Unit::Ns,
-            Some(first.1),
-            vec![Some(pt_wake)],
-        )
-        .target("≤ 15 ms per 10 GiB", Some(ok), txt),
-    );
-    let (ok, txt) = target(steady.0, SLEEP_NS_PER_10GIB);
-    s.rows.push(
-        Row::new(
-            "sleep, discard (steady: after a wake)",
-            Unit::Ns,
-            Some(steady.0),
-            vec![Some(pt_sleep)],
-        )
-        .target("≤ 10 ms per 10 GiB", Some(ok), txt),
-    );
-    let (ok, txt) = target(steady.1, WAKE_NS_PER_10GIB);
-    s.rows.push(
-        Row::new(
-            "wake, no restore (steady)",
-            Unit::Ns,
-            Some(steady.1),
-            vec![Some(pt_wake)],
-        )
-        .target("≤ 15 ms per 10 GiB", Some(ok), txt),
-    );
+            first.0,
+            true,
+        ),
+        timed("wake, no restore (first, default arena)", first.1, false),
+        timed("sleep, discard (steady: after a wake)", steady.0, true),
+        timed("wake, no restore (steady)", steady.1, false),
+    ]);
     s.rows.push(
         Row::new(
             "offload on sleep, first cycle after prepare_offload",
