@@ -93,12 +93,16 @@ class CuMemAllocator:
         elif isinstance(offload_tags, str):
             offload_tags = (offload_tags,)
         assert isinstance(offload_tags, tuple)
+        # Tensors that only reference cycles still hold go first, while
+        # their pools are awake: a free in a sleeping pool is refused (vLLM
+        # collects after unmapping, which its own free callback allows), and
+        # an offload would copy them for nothing.
+        gc.collect()
         known = self._known()
         offload = [self.arena_tag(t) for t in known if t in offload_tags]
         discard = [self.arena_tag(t) for t in known if t not in offload_tags]
         if offload or discard:
             gpu_arena.sleep(offload=offload, discard=discard)
-        gc.collect()
 
     def wake_up(self, tags: Optional[List[str]] = None) -> None:
         """Wakes the pools in ``tags`` (default: all), restoring offloaded

@@ -3,6 +3,7 @@ host backend, with raw allocations in place of tensors (test_cuda.py runs
 vLLM's own test sequence with tensors on a GPU)."""
 
 import ctypes
+import gc
 
 import pytest
 
@@ -45,6 +46,34 @@ def test_cumem_allocator_sequence(host):
     assert ctypes.string_at(cache, 16) == b"\3" * 16, "offloaded this time"
     for p in (w, cache, outside):
         gpu_arena.free(p)
+
+
+class _Cycle:
+    """Holds a raw allocation as a tensor would, freed when collected; it
+    refers to itself, so only the garbage collector frees it."""
+
+    def __init__(self, p):
+        self.p, self.me = p, self
+
+    def __del__(self):
+        gpu_arena.free(self.p)
+
+
+def test_cumem_allocator_frees_garbage_before_sleeping(host):
+    allocator = CuMemAllocator()
+    gc.disable()  # the cycle must still be garbage when sleep() runs
+    try:
+        with allocator.use_memory_pool(tag="cycles"):
+            keep = gpu_arena.alloc(1 << 20)
+            _Cycle(gpu_arena.alloc(4 << 20))
+        before = allocator.get_current_usage()
+        allocator.sleep(offload_tags=())
+        # Freed while its pool was awake: a free in a sleeping pool is refused.
+        assert before - allocator.get_current_usage() >= 4 << 20
+        allocator.wake_up()
+    finally:
+        gc.enable()
+    gpu_arena.free(keep)
 
 
 def test_memory_saver_regions(host):
