@@ -30,7 +30,7 @@ pub struct Layout {
 /// Loads `BLOCKS` blocks into `tag` of a fresh arena of `conf` over the
 /// `select` backend, sleeps and wakes the tag, frees everything and tears
 /// the arena down.
-pub fn load_and_sleep(select: Select, conf: GlobalConfig, tag: &str) -> Layout {
+fn load_and_sleep(select: Select, conf: GlobalConfig, tag: &str) -> Layout {
     let conf = GlobalConfig {
         shards: 1,
         thread_cache: 0,
