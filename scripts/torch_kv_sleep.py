@@ -53,24 +53,18 @@ torch.cuda.synchronize()
 
 # What the adapter's sleep() and wake_up() call, timed alone.
 arena_calls = []
-_sleep, _wake = gpu_arena.sleep, gpu_arena.wake
 
 
-def timed_sleep(*a, **k):
-    t = time.perf_counter()
-    r = _sleep(*a, **k)
-    arena_calls.append(("sleep", time.perf_counter() - t, r))
-    return r
+def timed(name, f):
+    def call(*a, **k):
+        t = time.perf_counter()
+        r = f(*a, **k)
+        arena_calls.append((name, time.perf_counter() - t, r))
+        return r
+    return call
 
 
-def timed_wake(*a, **k):
-    t = time.perf_counter()
-    r = _wake(*a, **k)
-    arena_calls.append(("wake", time.perf_counter() - t, r))
-    return r
-
-
-gpu_arena.sleep, gpu_arena.wake = timed_sleep, timed_wake
+gpu_arena.sleep, gpu_arena.wake = timed("sleep", gpu_arena.sleep), timed("wake", gpu_arena.wake)
 
 cycles, ok = [], True
 for c in range(args.cycles):
