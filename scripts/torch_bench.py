@@ -5,7 +5,10 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--
   WORKLOAD  bert_infer | gpt2_generate   the shared harness's workloads (../shared/bench/torch_workloads.py,
                                          their functions and models taken from that file unchanged), or
             train                        a GPT-style model trained with AdamW under bf16 autocast (backward on
-                                         PyTorch's autograd threads), the same batches every repetition, or
+                                         PyTorch's autograd threads), the same batches every repetition, a new
+                                         optimizer in each (its state allocated at its first step), or
+            train_loop                   the same computation with one optimizer for the whole process, its
+                                         state zeroed in place between repetitions (a run's steps in a row), or
             serve                        a GPT-2 style model serving requests of random batch size, prompt
                                          length and answer length (greedy decoding, a KV cache that grows
                                          token by token), the same requests every repetition
@@ -35,7 +38,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
 
 ap = argparse.ArgumentParser()
-ap.add_argument("workload", choices=["bert_infer", "gpt2_generate", "train", "serve"])
+ap.add_argument("workload", choices=["bert_infer", "gpt2_generate", "train", "train_loop", "serve"])
 ap.add_argument("--alloc")
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
@@ -86,12 +89,8 @@ def train_model():
     return GPT2LMHeadModel(cfg).to("cuda")
 
 
-def train(m, state={}):
-    # The same batches, model and optimizer state every repetition.
-    if "init" not in state:
-        state["init"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
-    m.load_state_dict(state["init"])
-    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+def train_steps(m, opt):
+    """24 training steps of three batch shapes, the same batches every time; the sum of the losses."""
     g = torch.Generator().manual_seed(2)
     total = 0.0
     m.train()
@@ -104,8 +103,39 @@ def train(m, state={}):
         opt.step()
         opt.zero_grad(set_to_none=True)
         total += float(loss)
-    del opt
     return round(total, 4)
+
+
+def restore_weights(m, state):
+    """The model's first weights, copied back in place (kept in `state` at the first call)."""
+    if "init" not in state:
+        state["init"] = {k: v.detach().clone() for k, v in m.state_dict().items()}
+    m.load_state_dict(state["init"])
+
+
+def train(m, state={}):
+    # The same batches, model and optimizer state every repetition: a new optimizer each time, whose
+    # state is allocated at its first step and freed at the end.
+    restore_weights(m, state)
+    opt = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    total = train_steps(m, opt)
+    del opt
+    return total
+
+
+def train_loop(m, state={}):
+    # The same computation as `train`, but one optimizer for the whole process, as a training run
+    # keeps it from step to step: each repetition zeroes its state in place (moments and step counts:
+    # what a new AdamW starts from), so no repetition after the first allocates or frees optimizer
+    # state, and the repetitions follow one another as a run's steps do.
+    restore_weights(m, state)
+    if "opt" not in state:
+        state["opt"] = torch.optim.AdamW(m.parameters(), lr=1e-4)
+    for moments in state["opt"].state.values():
+        for v in moments.values():
+            if torch.is_tensor(v):
+                v.zero_()
+    return train_steps(m, state["opt"])
 
 
 def serve_model():
@@ -132,8 +162,8 @@ if a.workload in ("bert_infer", "gpt2_generate"):
     model = ns["MODELS"][a.workload]().to("cuda", torch.float16).eval()
     run = ns[a.workload]
 else:
-    model = {"train": train_model, "serve": serve_model}[a.workload]()
-    run = {"train": train, "serve": serve}[a.workload]
+    model = {"train": train_model, "train_loop": train_model, "serve": serve_model}[a.workload]()
+    run = {"train": train, "train_loop": train_loop, "serve": serve}[a.workload]
 
 
 def epoch():

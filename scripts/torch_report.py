@@ -46,8 +46,8 @@ def labels(runs, w):
 
 def main():
     runs = load(sys.argv[1:])
-    workloads = sorted({w for w, _ in runs}, key=lambda w: ["bert_infer", "gpt2_generate", "train", "serve"].index(w)
-                       if w in ["bert_infer", "gpt2_generate", "train", "serve"] else 9)
+    workloads = sorted({w for w, _ in runs}, key=lambda w: ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"].index(w)
+                       if w in ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"] else 9)
     print("| workload | allocator | processes × repetitions | peak physical / peak live, every repetition (max over processes) | driver calls, repetition 1 | driver calls per 1000 allocs, repetitions 2..N (max) | checksums |")
     print("|---|---|---|---|---|---|---|")
     for w in workloads:

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from torch_report import labels, load  # noqa: E402
 
-ORDER = ["bert_infer", "gpt2_generate", "train", "serve"]
+ORDER = ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"]
 ROWS = [
     # (title, value of one repetition record or None, how processes combine, goal, y scale, ticks of a
     # log scale: those within the row's range are shown, as plain numbers)
