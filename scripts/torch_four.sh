@@ -8,13 +8,14 @@
 #   bash scripts/torch_four.sh [PROCESSES]     (default 5; logs: $OUT/torch-WORKLOAD.log)
 #
 # Repetitions: train 16 (it settles at 13), bert_infer and gpt2_generate 3, serve SERVE_REPEAT (default
-# 2: its processes are the longest). scripts/torch_report.py turns the logs into the tables of
-# docs/pytorch.md.
+# 2: its processes are the longest). TRAIN=train_loop runs the training loop that keeps one optimizer
+# (settled from its second repetition) on the first GPU instead of train. scripts/torch_report.py turns
+# the logs into the tables of docs/pytorch.md.
 set -u
 cd "$(dirname "$0")/.."
 procs=${1:-5}
 gpu=0
-for spec in "train 16" "bert_infer 3" "gpt2_generate 3" "serve ${SERVE_REPEAT:-2}"; do
+for spec in "${TRAIN:-train} 16" "bert_infer 3" "gpt2_generate 3" "serve ${SERVE_REPEAT:-2}"; do
   read -r w reps <<< "$spec"
   CUDA_VISIBLE_DEVICES=$gpu bash scripts/torch_alternate.sh "$procs" "$reps" "$w" &
   gpu=$((gpu + 1))
