@@ -38,6 +38,14 @@ def rng(xs, fmt):
     return f"{fmt(st.median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
 
 
+# The workloads in the order of the tables (others after them).
+ORDER = ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"]
+
+
+def ordered(workloads):
+    return sorted(workloads, key=lambda w: ORDER.index(w) if w in ORDER else len(ORDER))
+
+
 def labels(runs, w):
     """PyTorch's default first, then every gpu-arena label of workload w."""
     rest = sorted(a for x, a in runs if x == w and a != "default")
@@ -46,8 +54,7 @@ def labels(runs, w):
 
 def main():
     runs = load(sys.argv[1:])
-    workloads = sorted({w for w, _ in runs}, key=lambda w: ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"].index(w)
-                       if w in ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"] else 9)
+    workloads = ordered({w for w, _ in runs})
     print("| workload | allocator | processes × repetitions | peak physical / peak live, every repetition (max over processes) | driver calls, repetition 1 | driver calls per 1000 allocs, repetitions 2..N (max) | checksums |")
     print("|---|---|---|---|---|---|---|")
     for w in workloads:

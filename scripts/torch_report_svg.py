@@ -20,9 +20,8 @@ matplotlib.use("svg")
 matplotlib.rcParams["svg.hashsalt"] = "gpu-arena"
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torch_report import labels, load  # noqa: E402
+from torch_report import labels, load, ordered  # noqa: E402
 
-ORDER = ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"]
 ROWS = [
     # (title, value of one repetition record or None, how processes combine, goal, y scale, ticks of a
     # log scale: those within the row's range are shown, as plain numbers)
@@ -62,7 +61,7 @@ def series(procs, value, how):
 def main():
     out, paths = sys.argv[1], sys.argv[2:]
     runs = load(paths)
-    workloads = sorted({w for w, _ in runs}, key=lambda w: ORDER.index(w) if w in ORDER else len(ORDER))
+    workloads = ordered({w for w, _ in runs})
     fig, axes = plt.subplots(len(ROWS), len(workloads), figsize=(4.2 * len(workloads), 2.9 * len(ROWS)),
                              squeeze=False)
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red"]
