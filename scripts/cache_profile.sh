@@ -14,7 +14,8 @@
 # calls run on the same stack, so its lines are rarely cold in a real run): the lines a call touches
 # less those of its stack frames. BY_FUNCTION=1 adds the 40 functions touching the most lines,
 # BY_SYMBOL=1 the 20 compiled functions running the most instructions (what was inlined into them
-# included), and KEEP=DIR keeps the two cachegrind outputs.
+# included), and KEEP=DIR keeps the two cachegrind outputs. EXTRA=",key:value" adds GPU_ARENA_CONF settings
+# (two settings of one build compared).
 #
 #   cargo build --release --example cabi_replay && bash scripts/cache_profile.sh TRACE N [BIN]
 #
@@ -42,7 +43,7 @@ if [ -n "${INSTR_ONLY:-}" ]; then sim=no; thrash=0; else sim=yes; thrash=${THRAS
 # instead, and the difference is its N-th pass.
 for r in $((n - 1)) $n; do
   if [ -n "${WHOLE:-}" ]; then times=(); args=("$r" "$trace"); else times=(RUN_ON=$r); args=(1 "$trace"); fi
-  env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0 \
+  env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0${EXTRA:-} \
     THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} "${times[@]}" setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim --cachegrind-out-file="$tmp/cg.$r" \
     "$bin" "${args[@]}" > "$tmp/log.$r" 2>&1 &
 done

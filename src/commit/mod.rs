@@ -60,7 +60,7 @@ pub use budget::Budget;
 pub use calls::DriverCalls;
 pub use stitched::StitchCounts;
 
-pub use config::CommitConfig;
+pub use config::{CommitConfig, RangeOrder};
 pub use pages::Cost;
 pub use reservation::Reservation;
 
@@ -144,6 +144,9 @@ pub struct Commit<D: Driver> {
     /// The member mappings of a group being formed (see `stitched`); kept
     /// for its capacity.
     members: MetaVec<u32>,
+    /// The heads of a walk over cached ranges in the order they were made
+    /// ([`stitch::Walk`]), kept between walks.
+    walk_heads: MetaVec<stitch::Head>,
     /// Handles (and their pages) whose release the driver refused: tried
     /// again by every reclaim and at teardown, counted as committed.
     unreleased: MetaVec<(D::Handle, u64)>,
@@ -223,6 +226,7 @@ impl<D: Driver> Commit<D> {
             shared_pages: 0,
             marks: MetaVec::new_in(std::alloc::System),
             members: MetaVec::new_in(std::alloc::System),
+            walk_heads: MetaVec::new_in(std::alloc::System),
             unreleased: MetaVec::new_in(std::alloc::System),
             unreleased_pages: 0,
             budget: None,

@@ -15,6 +15,7 @@
 //! range's units are idle is asked of the pool by the caller.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
+use super::config::RangeOrder;
 use super::pool::GroupId;
 use crate::meta::{MetaMap, MetaVec};
 
@@ -45,7 +46,40 @@ pub struct Range {
     /// The pool's group of its block's units, parked while it is cached
     /// (see [`parked`](super::pool::parked)); it may have been flushed since.
     pub group: Option<GroupId>,
+    /// When it was made: the region's [`recency`](Self::recency) count
+    /// then, which grows with every range made.
+    pub made: u64,
     used: bool,
+}
+
+/// Where a walk over the cached ranges of a block's sizes stands
+/// ([`Stitch::walk`], [`Stitch::next_in`]).
+#[derive(Debug)]
+pub struct Walk {
+    order: RangeOrder,
+    /// By size: the size and the position among its ranges.
+    pages: u64,
+    at: usize,
+    /// In the order of making: where each size stands.
+    heads: MetaVec<Head>,
+}
+
+/// Where one size of a walk in the order of making stands.
+#[derive(Clone, Copy, Debug)]
+pub struct Head {
+    /// Its index in `by_pages`.
+    size: usize,
+    /// The position of its next cached range.
+    at: usize,
+    /// When that range was made (`u64::MAX`: none left).
+    made: u64,
+}
+
+impl Walk {
+    /// The walk's buffer, for the next one.
+    pub fn into_heads(self) -> MetaVec<Head> {
+        self.heads
+    }
 }
 
 /// The stitch region of one reservation and its cached ranges.
@@ -172,6 +206,83 @@ impl Stitch {
         None
     }
 
+    /// A walk over the cached ranges of `pages..=max_pages` pages in
+    /// `order`, to go through with [`next_in`](Self::next_in); `heads` is
+    /// the buffer a walk in the order of making keeps its place in (that of
+    /// an earlier walk, [`Walk::into_heads`], saves allocating one).
+    pub fn walk(
+        &self,
+        order: RangeOrder,
+        pages: u64,
+        max_pages: u64,
+        mut heads: MetaVec<Head>,
+    ) -> Walk {
+        heads.clear();
+        if order == RangeOrder::Made {
+            let mut i = self.size_index(pages);
+            while self.by_pages.get(i).is_some_and(|e| e.0 <= max_pages) {
+                heads.push(self.head(i, 0));
+                i += 1;
+            }
+        }
+        Walk {
+            order,
+            pages,
+            at: 0,
+            heads,
+        }
+    }
+
+    /// The head of size `by_pages[i]` at its first cached range from
+    /// position `at` on.
+    #[inline]
+    fn head(&self, i: usize, mut at: usize) -> Head {
+        let ids = &self.by_pages[i].1;
+        while let Some(&r) = ids.get(at) {
+            let x = &self.ranges[r as usize];
+            if !x.in_use {
+                return Head {
+                    size: i,
+                    at,
+                    made: x.made,
+                };
+            }
+            at += 1;
+        }
+        Head {
+            size: i,
+            at,
+            made: u64::MAX,
+        }
+    }
+
+    /// The next cached range of `walk` (see [`walk`](Self::walk)). The
+    /// caller may change anything between two steps but which ranges exist
+    /// and are in use (it stops walking once it takes one).
+    ///
+    /// # Time complexity
+    /// By size, O(cached ranges of those sizes) over a whole walk; in the
+    /// order of making, that and O(sizes) per step.
+    pub fn next_in(&self, walk: &mut Walk, max_pages: u64) -> Option<u32> {
+        if walk.order == RangeOrder::Size {
+            let (r, (pages, at)) = self.next_cached((walk.pages, walk.at), max_pages)?;
+            (walk.pages, walk.at) = (pages, at);
+            return Some(r);
+        }
+        // Each size's list is in the order of making: the oldest of the
+        // sizes' next cached ranges is the walk's next.
+        let (j, head) = walk
+            .heads
+            .iter()
+            .copied()
+            .enumerate()
+            .min_by_key(|(_, h)| h.made)
+            .filter(|(_, h)| h.made != u64::MAX)?;
+        let r = self.by_pages[head.size].1[head.at];
+        walk.heads[j] = self.head(head.size, head.at + 1);
+        Some(r)
+    }
+
     /// The cached (not in use) ranges of `pages..=max_pages` pages,
     /// smallest first (oldest first within a size): the walk of
     /// [`next_cached`](Self::next_cached), for callers that change nothing
@@ -202,6 +313,7 @@ impl Stitch {
             blocker: 0,
             stream: 0,
             group: None,
+            made: self.recency,
             used: true,
         };
         let r = match self.spare.pop() {
@@ -396,5 +508,54 @@ mod tests {
         s.check();
         assert_eq!(s.top(), 0, "everything back");
         assert!(s.make(65, 0).is_none(), "larger than the region");
+    }
+
+    /// Every cached range of `pages..=max` pages, along a walk in `order`.
+    fn walked(s: &Stitch, order: RangeOrder, pages: u64, max: u64) -> Vec<u32> {
+        let mut w = s.walk(order, pages, max, MetaVec::new_in(std::alloc::System));
+        core::iter::from_fn(|| s.next_in(&mut w, max)).collect()
+    }
+
+    #[test]
+    fn walks_go_by_size_or_in_the_order_of_making() {
+        let mut s = Stitch::new(0, 1 << 10);
+        // Made in this order: 23, 21, 30, 21, 22 pages (and one of 40,
+        // too long for a block of 21).
+        let r: Vec<u32> = [23, 21, 30, 21, 40, 22]
+            .iter()
+            .map(|&n| s.make(n, 0).expect("room"))
+            .collect();
+        assert_eq!(
+            walked(&s, RangeOrder::Made, 21, 31),
+            [r[0], r[1], r[2], r[3], r[5]],
+            "oldest first, whatever the size"
+        );
+        assert_eq!(
+            walked(&s, RangeOrder::Size, 21, 31),
+            [r[1], r[3], r[5], r[0], r[2]],
+            "smallest first, then oldest"
+        );
+        // Ranges in use are passed over, and a freed one keeps its place.
+        s.take(r[0], 40 << 20, 1);
+        s.take(r[3], 40 << 20, 1);
+        assert_eq!(walked(&s, RangeOrder::Made, 21, 31), [r[1], r[2], r[5]]);
+        s.put(r[0], 1);
+        assert_eq!(
+            walked(&s, RangeOrder::Made, 21, 31),
+            [r[0], r[1], r[2], r[5]]
+        );
+        // The buffer of one walk serves the next.
+        let w = s.walk(
+            RangeOrder::Made,
+            21,
+            31,
+            MetaVec::new_in(std::alloc::System),
+        );
+        let heads = w.into_heads();
+        let mut w = s.walk(RangeOrder::Made, 30, 45, heads);
+        assert_eq!(s.next_in(&mut w, 45), Some(r[2]));
+        assert_eq!(s.next_in(&mut w, 45), Some(r[4]));
+        assert_eq!(s.next_in(&mut w, 45), None);
+        assert!(walked(&s, RangeOrder::Made, 50, 75).is_empty());
     }
 }

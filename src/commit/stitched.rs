@@ -4,6 +4,7 @@
 use super::Commit;
 use super::calls::counters;
 use super::pages::NIL;
+use super::stitch::Walk;
 use crate::driver::{DevicePtr, Driver};
 use crate::error::{BadPointer, Error, Result};
 use crate::meta::MetaVec;
@@ -123,9 +124,16 @@ impl<D: Driver> Commit<D> {
     /// one is: no driver call. Returns the block's offset.
     pub fn stitch_reuse(&mut self, size: u64, slot: u16) -> Option<u64> {
         let (k, max) = self.range_pages(size);
-        let mut cursor = (k, 0);
-        while let Some((r, next)) = self.stitch.next_cached(cursor, max) {
-            cursor = next;
+        let heads = core::mem::replace(&mut self.walk_heads, MetaVec::new_in(std::alloc::System));
+        let mut walk = self.stitch.walk(self.config.range_order, k, max, heads);
+        let found = self.reuse_in(&mut walk, k, max, size, slot);
+        self.walk_heads = walk.into_heads();
+        found
+    }
+
+    /// [`Commit::stitch_reuse`] along `walk`.
+    fn reuse_in(&mut self, walk: &mut Walk, k: u64, max: u64, size: u64, slot: u16) -> Option<u64> {
+        while let Some(r) = self.stitch.next_in(walk, max) {
             let (first, blocker) = {
                 let x = self.stitch.range(r);
                 (x.first, x.first + x.blocker)

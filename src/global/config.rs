@@ -20,6 +20,7 @@
 //! | `growth_ahead` | while the top grows with no free, new handles may be larger by live / this (0: off) | 16 |
 //! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of `stitch_repair_min` or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
 //! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
+//! | `range_order` | `made`: a block walks the cached stitched ranges that may serve it oldest first, whatever their size; `size`: smallest size first (see `CommitConfig::range_order`) | `made` |
 //! | `park` | `0`: free and take back stitched ranges page by page instead of parking their units as a group (the same decisions, more work per call; see `CommitConfig::park`) | 1 |
 //! | `bulk_streak` | allocations in a row at the top (no free between) after which fresh pages get one handle per block, not per page, in the default tag's arenas | 64 |
 //! | `tag_bulk_streak` | the same for every other tag's arenas (what an engine tags to sleep: weights, KV cache, loaded to stay) | 0 |
@@ -168,6 +169,13 @@ impl GlobalConfig {
                 }
                 "stitch_repair_min" => c.arena.commit.stitch_repair_min = parse_size(v)?,
                 "park" => c.arena.commit.park = flag("park must be 0 or 1", v)?,
+                "range_order" => {
+                    c.arena.commit.range_order = match v {
+                        "made" => crate::commit::RangeOrder::Made,
+                        "size" => crate::commit::RangeOrder::Size,
+                        _ => return Err(bad("range_order must be made or size", v)),
+                    }
+                }
                 "keep_alive" | "keep_alive_fraction" | "wait_for_reuse" => {
                     return Err(bad(
                         "this key is gone: idle memory now goes back along a decay curve (use decay_ms)",
@@ -221,6 +229,13 @@ mod tests {
         assert_eq!(c.backend, Select::Host);
         assert!(c.report && !c.background);
         assert_eq!(c.arena.commit.decay_ms, 500);
+        let c = GlobalConfig::parse("range_order:size").unwrap();
+        assert_eq!(c.arena.commit.range_order, crate::commit::RangeOrder::Size);
+        assert_eq!(
+            GlobalConfig::default().arena.commit.range_order,
+            crate::commit::RangeOrder::Made
+        );
+        assert!(GlobalConfig::parse("range_order:oldest").is_err());
         let c = GlobalConfig::parse("stitch_repair:1,stitch_repair_min:256MiB").unwrap();
         assert!(c.arena.commit.stitch_repair);
         assert_eq!(c.arena.commit.stitch_repair_min, 256 << 20);

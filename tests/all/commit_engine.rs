@@ -317,14 +317,16 @@ fn repaired_stitched_ranges_keep_the_invariants_and_the_ratio() {
 /// program's first-time allocations in the first repetition, then the same
 /// sequence twice), replayed once as recorded with the GPU 0 and 50 events
 /// behind: every repetition stays within 2 %, and where the two later
-/// repetitions are the same sequence the allocator settles: BERT
-/// inference's third repetition makes no VMM call. GPT-2 generation, whose
-/// KV cache grows a page or two at a time, settles from its second: the
-/// growing blocks take cached stitched ranges instead of creeping over
-/// pages never mapped. So does the training loop that keeps one optimizer
-/// (`train_loop`: its repetitions follow one another as a run's steps do).
-/// (`train`, which makes a new optimizer in each repetition, still makes
-/// calls in its third; it settles later: `training_settles_when_its_repetition_runs_on`.)
+/// repetitions are the same sequence the allocator settles from the
+/// second: BERT inference, since cached stitched ranges are walked in the
+/// order they were made (by size, its second repetition makes about 12 VMM
+/// calls per 1,000 allocations: checked below); GPT-2 generation, whose KV
+/// cache grows a page or two at a time and takes cached stitched ranges
+/// instead of creeping over pages never mapped; and the training loop that
+/// keeps one optimizer (`train_loop`: its repetitions follow one another
+/// as a run's steps do). (`train`, which makes a new optimizer in each
+/// repetition, still makes calls in its second; it settles later:
+/// `training_settles_when_its_repetition_runs_on`.)
 #[test]
 fn recorded_repetitions_stay_within_two_percent_and_settle() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/pytorch/traces");
@@ -341,8 +343,7 @@ fn recorded_repetitions_stay_within_two_percent_and_settle() {
             // Repetitions that must make at most 1 VMM call per 1,000
             // allocations.
             let settled = match name {
-                "bert_infer" => 2..3,
-                "gpt2_generate" | "train_loop" => 1..3,
+                "bert_infer" | "gpt2_generate" | "train_loop" => 1..3,
                 _ => 3..3,
             };
             for r in settled {
@@ -353,6 +354,19 @@ fn recorded_repetitions_stay_within_two_percent_and_settle() {
                     r + 1
                 );
             }
+        }
+        if name == "bert_infer" {
+            // The order of the walk is what settles it.
+            let mut cfg = ArenaConfig::default();
+            cfg.commit.range_order = gpu_arena::commit::RangeOrder::Size;
+            let (reps, _) = on_host(cfg, |arena, hold, complete| {
+                replay_recorded(arena, &events, &marks, 0, hold, complete).unwrap()
+            });
+            println!(
+                "RECORDED bert_infer by size: {} VMM calls in repetition 2",
+                reps[1].vmm_calls
+            );
+            assert!(reps[1].vmm_calls * 1000 > reps[1].allocs);
         }
     }
 }
@@ -426,10 +440,13 @@ fn parking_changes_no_decision() {
     }
 }
 
-/// Training settles too, later: its recorded second and third repetitions
-/// are the same events (addresses included), so the third is run again
-/// until 16 repetitions; from the 13th on, with fences 0 or 50 events
-/// behind, no VMM call is made and physical memory stays within 2 %.
+/// Training with a new optimizer in every repetition (`train`) settles too,
+/// later: its recorded second and third repetitions are the same events
+/// (addresses included), so the third is run again until 16 repetitions;
+/// from the 15th on, with fences 0 or 50 events behind, no VMM call is made
+/// and physical memory stays within 2 %. (Its calls come in the first steps
+/// after each new optimizer: `docs/pytorch.md`, "A training loop that keeps
+/// its optimizer".)
 #[test]
 fn training_settles_when_its_repetition_runs_on() {
     let path = concat!(
@@ -447,6 +464,6 @@ fn training_settles_when_its_repetition_runs_on() {
         within_two_percent(&format!("SETTLES lag {lag}"), &reps);
         let calls: Vec<u64> = reps.iter().map(|r| r.vmm_calls).collect();
         println!("SETTLES lag {lag}: VMM calls per repetition {calls:?}");
-        assert!(calls[12..].iter().all(|&c| c == 0), "lag {lag}: {calls:?}");
+        assert!(calls[14..].iter().all(|&c| c == 0), "lag {lag}: {calls:?}");
     }
 }
