@@ -46,8 +46,9 @@ pub struct Range {
     /// The pool's group of its block's units, parked while it is cached
     /// (see [`parked`](super::pool::parked)); it may have been flushed since.
     pub group: Option<GroupId>,
-    /// When it was made: the region's [`recency`](Self::recency) count
-    /// then, which grows with every range made.
+    /// When it was made: the region's recency counter then (it counts
+    /// every range made and every block freed, so it orders ranges by
+    /// when they were made).
     pub made: u64,
     used: bool,
 }
@@ -519,8 +520,8 @@ mod tests {
     #[test]
     fn walks_go_by_size_or_in_the_order_of_making() {
         let mut s = Stitch::new(0, 1 << 10);
-        // Made in this order: 23, 21, 30, 21, 22 pages (and one of 40,
-        // too long for a block of 21).
+        // Made in this order: 23, 21, 30, 21, 40 and 22 pages (the one of
+        // 40 too long for a block of 21).
         let r: Vec<u32> = [23, 21, 30, 21, 40, 22]
             .iter()
             .map(|&n| s.make(n, 0).expect("room"))
