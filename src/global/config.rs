@@ -83,8 +83,8 @@ fn flag(what: &'static str, v: &str) -> Result<bool> {
     }
 }
 
-/// A count of allocations in a row.
-fn count(what: &'static str, v: &str) -> Result<u64> {
+/// A whole number (a count, a divisor); `what` says what it must be.
+fn whole(what: &'static str, v: &str) -> Result<u64> {
     v.parse::<u64>().map_err(|_| bad(what, v))
 }
 
@@ -151,17 +151,16 @@ impl GlobalConfig {
                 "max_run" => c.arena.commit.max_run = parse_size(v)?,
                 "stitch_min" => c.arena.commit.stitch_min = parse_size(v)?,
                 "growth_ahead" => {
-                    c.arena.commit.growth_ahead = v
-                        .parse::<u64>()
-                        .map_err(|_| bad("growth_ahead must be a whole number (0: off)", v))?
+                    c.arena.commit.growth_ahead =
+                        whole("growth_ahead must be a whole number (0: off)", v)?
                 }
                 "bulk_streak" => {
                     c.arena.commit.bulk_streak =
-                        count("bulk_streak must be a whole number of allocations", v)?
+                        whole("bulk_streak must be a whole number of allocations", v)?
                 }
                 "tag_bulk_streak" => {
                     c.tag_bulk_streak =
-                        count("tag_bulk_streak must be a whole number of allocations", v)?
+                        whole("tag_bulk_streak must be a whole number of allocations", v)?
                 }
                 "background" => c.background = flag("background must be 0 or 1", v)?,
                 "stitch_repair" => {
