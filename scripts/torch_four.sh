@@ -7,15 +7,17 @@
 #
 #   bash scripts/torch_four.sh [PROCESSES]     (default 5; logs: $OUT/torch-WORKLOAD.log)
 #
-# Repetitions: train 16 (it settles at 13), bert_infer and gpt2_generate 3, serve SERVE_REPEAT (default
-# 2: its processes are the longest). TRAIN=train_loop runs the training loop that keeps one optimizer
-# (settled from its second repetition) on the first GPU instead of train. scripts/torch_report.py turns
-# the logs into the tables of docs/pytorch.md.
+# Repetitions: the training workload 16, bert_infer and gpt2_generate 3, serve SERVE_REPEAT (default
+# 2: its processes are the longest). The training workload is train_loop, a training loop as it runs:
+# one optimizer, its state zeroed between repetitions (settled from its second repetition).
+# TRAIN=train runs the loop that makes its optimizer anew every repetition instead (it settles at its
+# 15th; the calls of 2026-11-28 and before ran it). scripts/torch_report.py turns the logs into the
+# tables of docs/pytorch.md.
 set -u
 cd "$(dirname "$0")/.."
 procs=${1:-5}
 gpu=0
-for spec in "${TRAIN:-train} 16" "bert_infer 3" "gpt2_generate 3" "serve ${SERVE_REPEAT:-2}"; do
+for spec in "${TRAIN:-train_loop} 16" "bert_infer 3" "gpt2_generate 3" "serve ${SERVE_REPEAT:-2}"; do
   read -r w reps <<< "$spec"
   CUDA_VISIBLE_DEVICES=$gpu bash scripts/torch_alternate.sh "$procs" "$reps" "$w" &
   gpu=$((gpu + 1))

@@ -58,6 +58,18 @@ fn info() {
     ] {
         assert!(s.contains(heading), "info lacks {heading:?}:\n{s}");
     }
+    // The stitched ranges' settings, as in effect (the defaults here).
+    for (key, value) in [
+        ("config.commit.range_order", "made"),
+        ("config.commit.stitch_repair", "false"),
+        ("config.commit.park", "true"),
+    ] {
+        assert!(
+            s.lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == [key, value]),
+            "info lacks {key} {value}:\n{s}"
+        );
+    }
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("host backend"),
         "the backend line goes to stderr"

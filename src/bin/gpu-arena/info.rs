@@ -274,7 +274,7 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
     let c = &info.config;
     let auto = |v: u64| {
         if v == 0 {
-            "0 (auto: 4x device memory)".to_string()
+            "0 (auto: 8x device memory)".to_string()
         } else {
             fmt_bytes(v)
         }
@@ -309,6 +309,15 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
         "config.commit.bulk_streak".to_string(),
         c.commit.bulk_streak.to_string(),
     ]);
+    t.row([
+        "config.commit.range_order".to_string(),
+        format!("{:?}", c.commit.range_order).to_lowercase(),
+    ]);
+    t.row([
+        "config.commit.stitch_repair".to_string(),
+        c.commit.stitch_repair.to_string(),
+    ]);
+    t.row(["config.commit.park".to_string(), c.commit.park.to_string()]);
     let limit = if c.commit.limit == u64::MAX {
         "none (device memory)".to_string()
     } else {
