@@ -11,6 +11,16 @@ pub enum RangeOrder {
     Size,
 }
 
+impl RangeOrder {
+    /// The word `GPU_ARENA_CONF`'s `range_order` takes for it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            RangeOrder::Made => "made",
+            RangeOrder::Size => "size",
+        }
+    }
+}
+
 /// Settings of the commit layer.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct CommitConfig {

@@ -230,6 +230,13 @@ mod tests {
         assert_eq!(c.arena.commit.decay_ms, 500);
         let c = GlobalConfig::parse("range_order:size").unwrap();
         assert_eq!(c.arena.commit.range_order, crate::commit::RangeOrder::Size);
+        for order in [
+            crate::commit::RangeOrder::Made,
+            crate::commit::RangeOrder::Size,
+        ] {
+            let c = GlobalConfig::parse(&format!("range_order:{}", order.name())).unwrap();
+            assert_eq!(c.arena.commit.range_order, order, "its name parses back");
+        }
         assert_eq!(
             GlobalConfig::default().arena.commit.range_order,
             crate::commit::RangeOrder::Made

@@ -311,7 +311,7 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
     ]);
     t.row([
         "config.commit.range_order".to_string(),
-        format!("{:?}", c.commit.range_order).to_lowercase(),
+        c.commit.range_order.name().to_string(),
     ]);
     t.row([
         "config.commit.stitch_repair".to_string(),
