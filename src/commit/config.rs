@@ -12,6 +12,14 @@ pub enum RangeOrder {
 }
 
 impl RangeOrder {
+    /// Every order.
+    pub const ALL: [RangeOrder; 2] = [RangeOrder::Made, RangeOrder::Size];
+
+    /// The order named `word` ([`name`](Self::name)), if any.
+    pub fn from_name(word: &str) -> Option<RangeOrder> {
+        Self::ALL.into_iter().find(|o| o.name() == word)
+    }
+
     /// The word `GPU_ARENA_CONF`'s `range_order` takes for it.
     pub const fn name(self) -> &'static str {
         match self {

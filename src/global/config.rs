@@ -169,11 +169,8 @@ impl GlobalConfig {
                 "stitch_repair_min" => c.arena.commit.stitch_repair_min = parse_size(v)?,
                 "park" => c.arena.commit.park = flag("park must be 0 or 1", v)?,
                 "range_order" => {
-                    c.arena.commit.range_order = match v {
-                        "made" => crate::commit::RangeOrder::Made,
-                        "size" => crate::commit::RangeOrder::Size,
-                        _ => return Err(bad("range_order must be made or size", v)),
-                    }
+                    c.arena.commit.range_order = crate::commit::RangeOrder::from_name(v)
+                        .ok_or_else(|| bad("range_order must be made or size", v))?
                 }
                 "keep_alive" | "keep_alive_fraction" | "wait_for_reuse" => {
                     return Err(bad(
@@ -230,10 +227,7 @@ mod tests {
         assert_eq!(c.arena.commit.decay_ms, 500);
         let c = GlobalConfig::parse("range_order:size").unwrap();
         assert_eq!(c.arena.commit.range_order, crate::commit::RangeOrder::Size);
-        for order in [
-            crate::commit::RangeOrder::Made,
-            crate::commit::RangeOrder::Size,
-        ] {
+        for order in crate::commit::RangeOrder::ALL {
             let c = GlobalConfig::parse(&format!("range_order:{}", order.name())).unwrap();
             assert_eq!(c.arena.commit.range_order, order, "its name parses back");
         }
