@@ -1,8 +1,10 @@
 //! Fuzz target: programs of arena operations on the checked host driver
 //! (64 KiB pages), as talc's `Actions`. Fresh memory is filled with a
 //! pattern derived from the block's id and checked when the block is freed
-//! and at the end (overlaps, lost pages); the arena's invariants are checked
-//! after every action; the driver must see everything given back. Two
+//! and at the end (overlaps, lost pages); a block freed on a stream whose
+//! emulated kernel is held must keep its pattern until that stream's fence
+//! (no other stream gets its memory, it is not unmapped); the arena's
+//! invariants are checked after every action; the driver must see everything given back. Two
 //! programs in three also place blocks in stitched ranges (from 2 pages);
 //! the arena sleeps and wakes at times; one program in four runs under a
 //! commit limit.
@@ -153,6 +155,11 @@ fuzz_target!(|actions: Vec<Action>| {
         let mut blocks: Vec<Block> = Vec::new();
         let mut freed: Vec<DevicePtr> = Vec::new();
         let mut next_id = 1u64;
+        // Streams whose emulated kernel runs, and the blocks freed on them
+        // since: other streams must not get that memory before the fence.
+        let mut held = [false; STREAMS];
+        let mut in_flight: Vec<(usize, Block)> = Vec::new();
+        let mut waits = driver.counts().wait;
         for action in actions.iter().take(512) {
             match *action {
                 Action::Alloc {
@@ -163,6 +170,8 @@ fuzz_target!(|actions: Vec<Action>| {
                     let size = 1 + u64::from(size) % (4 * PAGE);
                     let align = 1u64 << (align_log % 18);
                     let stream = usize::from(stream) % STREAMS;
+                    // A stream may reuse what it freed itself at once.
+                    in_flight.retain(|(s, _)| *s != stream);
                     let live = arena.stats().live;
                     let p = match arena.alloc(size, align, streams[stream]) {
                         Ok(p) => p,
@@ -210,6 +219,9 @@ fuzz_target!(|actions: Vec<Action>| {
                     };
                     arena.free(b.ptr, streams[s]).expect("free");
                     freed.push(b.ptr);
+                    if held[s] {
+                        in_flight.push((s, b));
+                    }
                 }
                 Action::FreeSized { index } => {
                     if blocks.is_empty() {
@@ -223,6 +235,9 @@ fuzz_target!(|actions: Vec<Action>| {
                         .free_sized(b.ptr, b.size, streams[b.stream])
                         .expect("free_sized with the allocated size");
                     freed.push(b.ptr);
+                    if held[b.stream] {
+                        in_flight.push((b.stream, b));
+                    }
                 }
                 Action::BadFree { index, delta } => {
                     let before = arena.stats();
@@ -306,15 +321,22 @@ fuzz_target!(|actions: Vec<Action>| {
                     arena.lock().collect();
                 }
                 Action::Hold { stream } => {
-                    driver.inner().hold(streams[usize::from(stream) % STREAMS])
+                    let i = usize::from(stream) % STREAMS;
+                    driver.inner().hold(streams[i]);
+                    held[i] = true;
                 }
-                Action::Complete { stream } => driver
-                    .inner()
-                    .complete(streams[usize::from(stream) % STREAMS]),
+                Action::Complete { stream } => {
+                    let i = usize::from(stream) % STREAMS;
+                    driver.inner().complete(streams[i]);
+                    held[i] = false;
+                    in_flight.retain(|(s, _)| *s != i);
+                }
                 Action::SleepWake { offload, stream } => {
                     for &s in &streams {
                         driver.inner().complete(s);
                     }
+                    held = [false; STREAMS];
+                    in_flight.clear();
                     let stream = streams[usize::from(stream) % STREAMS];
                     let mode = if offload {
                         SleepMode::Offload
@@ -345,6 +367,23 @@ fuzz_target!(|actions: Vec<Action>| {
                         s.fill(tag(grow_id));
                     }
                 }
+            }
+            // A wait (the out-of-memory ladder's last resort) completes held
+            // fences: what was in flight may be reused now.
+            if driver.counts().wait != waits {
+                waits = driver.counts().wait;
+                in_flight.clear();
+            }
+            for (s, b) in &in_flight {
+                // SAFETY: freed on a stream still held, so the arena may
+                // neither unmap it nor hand it to another stream (a fault
+                // here is a finding too).
+                assert!(
+                    unsafe { intact(b.ptr, b.given, b.id) },
+                    "block {:#x}+{} freed on held stream {s} reused by another stream before its fence",
+                    b.ptr,
+                    b.given
+                );
             }
             let a = arena.lock();
             a.check_invariants();

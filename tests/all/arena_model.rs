@@ -341,6 +341,20 @@ struct ScratchModel<'a, 'd> {
     partial: bool,
 }
 
+/// A block freed on a stream whose kernel is held: until that stream's
+/// fence completes, its memory belongs to the stream's queued work. No other
+/// stream may get it (not at this address, not through an alias of its
+/// handles) and it may not be unmapped, so its bytes must stay mapped and
+/// keep the block's pattern; only the same stream may reuse it at once
+/// (stream order covers that).
+struct InFlight {
+    /// Index of the stream the free was made on.
+    stream: usize,
+    p: DevicePtr,
+    given: u64,
+    id: u64,
+}
+
 struct GrowModel<'a, 'd> {
     buf: GrowBuffer<'a, &'d Checked<HostDriver>>,
     id: u64,
@@ -375,6 +389,9 @@ struct Model<'a, 'd> {
     ranges: BTreeMap<DevicePtr, DevicePtr>,
     /// Recently freed block starts (double-free candidates).
     freed: Vec<DevicePtr>,
+    /// Blocks freed on held streams, whose memory other streams must not
+    /// touch yet (see [`InFlight`]).
+    in_flight: Vec<InFlight>,
     scratches: Vec<ScratchModel<'a, 'd>>,
     grows: Vec<GrowModel<'a, 'd>>,
     /// The arena's mappings as the driver log shows them: va -> size.
@@ -410,6 +427,7 @@ impl<'a, 'd> Model<'a, 'd> {
             blocks: BTreeMap::new(),
             ranges: BTreeMap::new(),
             freed: Vec::new(),
+            in_flight: Vec::new(),
             scratches: Vec::new(),
             grows: Vec::new(),
             mappings: BTreeMap::new(),
@@ -461,14 +479,14 @@ impl<'a, 'd> Model<'a, 'd> {
                     None => b.stream,
                 };
                 let stream = self.streams[s];
-                self.free(p, b, |arena, p, _| arena.free(p, stream));
+                self.free(p, b, s, |arena, p, _| arena.free(p, stream));
             }
             Op::FreeSized { pick } => {
                 let Some((p, b)) = self.nth_block(pick) else {
                     return;
                 };
                 let stream = self.streams[b.stream];
-                self.free(p, b, |arena, p, b| {
+                self.free(p, b, b.stream, |arena, p, b| {
                     arena.lock().free_sized(p, b.size, stream)
                 });
             }
@@ -699,6 +717,7 @@ impl<'a, 'd> Model<'a, 'd> {
                 let i = stream.index(self.streams.len());
                 self.driver.inner().complete(self.streams[i]);
                 self.held[i] = false;
+                self.in_flight.retain(|f| f.stream != i);
             }
             Op::Bad(bad) => self.bad(bad),
         }
@@ -716,6 +735,9 @@ impl<'a, 'd> Model<'a, 'd> {
     }
 
     fn alloc(&mut self, size: u64, align: u64, stream: usize) {
+        // The stream may reuse what it freed itself at once, through any
+        // address: its own in-flight blocks are no longer checked.
+        self.in_flight.retain(|f| f.stream != stream);
         let p = match self.arena.alloc(size, align, self.streams[stream]) {
             Ok(p) => p,
             // Programs of large blocks can fill the blocks region (16 MiB
@@ -850,10 +872,12 @@ impl<'a, 'd> Model<'a, 'd> {
             .sum()
     }
 
+    /// Frees block `b` at `p` on stream index `on` through `f`.
     fn free(
         &mut self,
         p: DevicePtr,
         b: Block,
+        on: usize,
         f: impl FnOnce(&TestArena<'d>, DevicePtr, Block) -> gpu_arena::Result<()>,
     ) {
         // SAFETY: the block is live.
@@ -868,6 +892,50 @@ impl<'a, 'd> Model<'a, 'd> {
         self.freed.push(p);
         if self.freed.len() > 16 {
             self.freed.remove(0);
+        }
+        if self.held[on] {
+            self.in_flight.push(InFlight {
+                stream: on,
+                p,
+                given: b.given,
+                id: b.id,
+            });
+        }
+    }
+
+    /// Every block freed on a stream still held is mapped and keeps its
+    /// pattern: nothing else got its memory before the stream's fence.
+    fn verify_in_flight(&self) {
+        for f in &self.in_flight {
+            let (lo, hi) = (f.p.addr(), f.p.addr() + f.given);
+            // The mappings over `lo..hi`, which must cover it without a gap.
+            let mut at = lo;
+            if let Some((&va, &size)) = self.mappings.range(..=lo).next_back() {
+                if va + size > lo {
+                    at = va + size;
+                }
+            }
+            for (&va, &size) in self.mappings.range(lo + 1..hi) {
+                if va > at {
+                    break;
+                }
+                at = at.max(va + size);
+            }
+            assert!(
+                at >= hi,
+                "block {lo:#x}+{} freed on held stream {} was unmapped before its fence",
+                f.given,
+                f.stream
+            );
+            // SAFETY: the range is mapped (above) and host-visible; the
+            // arena may hand it only to the same stream, whose allocations
+            // drop its entries first.
+            assert!(
+                unsafe { intact(f.p, 0, f.given, f.id) },
+                "block {lo:#x}+{} freed on held stream {} was reused by another stream before its fence",
+                f.given,
+                f.stream
+            );
         }
     }
 
@@ -1063,6 +1131,9 @@ impl<'a, 'd> Model<'a, 'd> {
                 (Call::Map, true) => {
                     assert!(self.mappings.insert(e.va, e.size).is_none());
                 }
+                // A wait (the out-of-memory ladder's last resort) completes
+                // a held stream's fences: its in-flight blocks are free to go.
+                (Call::Wait, true) => self.in_flight.clear(),
                 (Call::Unmap, true) => {
                     // One unmap removes whole mappings, maybe several
                     // adjacent ones, never part of one.
@@ -1215,6 +1286,7 @@ impl<'a, 'd> Model<'a, 'd> {
             "committed + staged = physical bytes"
         );
         assert_eq!(s.mappings, self.mappings.len() as u64, "mappings");
+        self.verify_in_flight();
         if full {
             self.verify_all();
         }
@@ -1230,6 +1302,7 @@ impl<'a, 'd> Model<'a, 'd> {
             self.driver.inner().complete(self.streams[i]);
             self.held[i] = false;
         }
+        self.in_flight.clear();
         while let Some(m) = self.scratches.pop() {
             self.unclaim(m.base);
         }
@@ -1238,7 +1311,7 @@ impl<'a, 'd> Model<'a, 'd> {
         }
         while let Some((&p, &b)) = self.blocks.iter().next() {
             let s = self.streams[b.stream];
-            self.free(p, b, |arena, p, _| arena.free(p, s));
+            self.free(p, b, b.stream, |arena, p, _| arena.free(p, s));
         }
         self.check(false);
         self.arena.trim();
