@@ -273,3 +273,341 @@ impl<D: Driver> Commit<D> {
         self.sub_live(off, len, stamp);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use crate::commit::{Backing, Commit, PageState};
+    use crate::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
+    use crate::sync::{Clock, Stamp};
+
+    /// Small pages: the programs below commit hundreds of them.
+    const PAGE: u64 = 64 << 10;
+    /// Pages of the blocks region (no stitch region).
+    const PAGES: u64 = 48;
+
+    fn driver() -> Checked<HostDriver> {
+        Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 256 << 20,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        )
+    }
+
+    fn commit(d: &Checked<HostDriver>) -> Commit<&Checked<HostDriver>> {
+        let mut c = Commit::for_tests(d, PAGES, (PAGES, 0));
+        // Nothing decays while a program runs.
+        c.set_clock(Clock::manual());
+        c
+    }
+
+    /// The pattern byte of block `id`.
+    fn tag(id: u64) -> u8 {
+        (id % 251) as u8 + 1
+    }
+
+    /// Writes block `id`'s pattern over `len` bytes at `off`.
+    fn fill(c: &Commit<&Checked<HostDriver>>, off: u64, len: u64, id: u64) {
+        assert!(c.is_committed(off, len));
+        // SAFETY: the pages of `off..off+len` are mapped (checked above)
+        // with read-write access, host-visible on the host backend, and no
+        // other block of the test lies there.
+        unsafe { std::ptr::write_bytes((c.base() + off) as *mut u8, tag(id), len as usize) };
+    }
+
+    /// Whether `len` bytes at `off` are mapped and hold block `id`'s pattern.
+    fn intact(c: &Commit<&Checked<HostDriver>>, off: u64, len: u64, id: u64) -> bool {
+        if !c.is_committed(off, len) {
+            return false;
+        }
+        // SAFETY: mapped (checked above), host-visible, read only.
+        let s = unsafe { std::slice::from_raw_parts((c.base() + off) as *const u8, len as usize) };
+        s.iter().all(|&b| b == tag(id))
+    }
+
+    /// Live bytes per page, as the page table reports them.
+    fn live_pages(c: &Commit<&Checked<HostDriver>>) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        c.for_each_page(|p, state, live| {
+            if state == PageState::Live {
+                out.insert(p, live);
+            }
+        });
+        out
+    }
+
+    /// Everything a refused call must leave as it was: live bytes per page
+    /// and in all, and the mappings holding them (the out-of-memory ladder
+    /// may give idle memory back before it refuses).
+    fn state(c: &Commit<&Checked<HostDriver>>) -> impl PartialEq + core::fmt::Debug + use<> {
+        let mut runs = Vec::new();
+        c.for_each_run(|first, pages, live, _| {
+            if live > 0 {
+                runs.push((first, pages, live));
+            }
+        });
+        runs.sort_unstable();
+        (live_pages(c), runs, c.live())
+    }
+
+    /// A block of the program: where, on which stream, its pattern.
+    #[derive(Clone, Copy, Debug)]
+    struct Block {
+        off: u64,
+        len: u64,
+        stream: usize,
+        id: u64,
+    }
+
+    /// The page table against a shadow of live bytes per page, over
+    /// deterministic pseudo-random programs of blocks added and freed on two
+    /// streams (byte sizes and offsets: blocks share pages), streams held
+    /// and completed, trims, and allocations the driver refuses. After every
+    /// step: the live bytes of each page and in all are the shadow's, every
+    /// live page is mapped, every block keeps its pattern, the invariants
+    /// hold; a block freed on a held stream stays mapped with its pattern
+    /// until that stream completes (another stream never takes its units);
+    /// a refused allocation changes nothing. At the end everything goes back.
+    #[test]
+    fn live_bytes_follow_a_shadow_of_the_page_table() {
+        for seed in [0x9e37_79b9_7f4a_7c15u64, 0x2545_f491_4f6c_dd1d, 7] {
+            let d = driver();
+            let streams: Vec<Stream> = (0..2).map(|_| d.create_stream().unwrap()).collect();
+            {
+                let mut c = commit(&d);
+                run_program(&d, &mut c, &streams, seed);
+            }
+            assert_eq!(d.leaks(), None, "seed {seed:#x}");
+            for s in streams {
+                // SAFETY: idle, not used again.
+                unsafe { d.destroy_stream(s).unwrap() };
+            }
+        }
+    }
+
+    fn run_program(
+        d: &Checked<HostDriver>,
+        c: &mut Commit<&Checked<HostDriver>>,
+        streams: &[Stream],
+        seed: u64,
+    ) {
+        let slots: Vec<u16> = streams.iter().map(|&s| c.streams.slot(s)).collect();
+        let mut shadow: BTreeMap<u64, u64> = BTreeMap::new();
+        let mut blocks: Vec<Block> = Vec::new();
+        let mut in_flight: Vec<Block> = Vec::new();
+        let mut held = [false; 2];
+        let (mut x, mut id, mut refused) = (seed, 0u64, 0);
+        let mut waits = d.counts().wait;
+        for step in 0..3_000u64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let stream = (x >> 60) as usize & 1;
+            match x % 16 {
+                0..=6 => {
+                    // Up to 3 pages at a 512-byte offset, where no live
+                    // block lies.
+                    let len = (1 + (x >> 8) % (3 * PAGE)).next_multiple_of(512);
+                    let off = ((x >> 24) % (PAGES * PAGE - len)) & !511;
+                    // Nor over another stream's in-flight bytes: keeping
+                    // those apart is the placement's job (the layer above).
+                    let overlaps = |b: &Block| off < b.off + b.len && b.off < off + len;
+                    if blocks.iter().any(overlaps)
+                        || in_flight.iter().any(|b| b.stream != stream && overlaps(b))
+                    {
+                        continue;
+                    }
+                    let backing = if x & 0x100 == 0 {
+                        Backing::Pages
+                    } else {
+                        Backing::Whole
+                    };
+                    // One allocation in 16 meets a driver that refuses.
+                    let faulty = (x >> 40) % 16 == 0;
+                    if faulty {
+                        for nth in 1..=4 {
+                            d.inject(Fault {
+                                op: if nth % 2 == 0 { Op::Map } else { Op::Create },
+                                nth,
+                                kind: FaultKind::OutOfMemory,
+                            });
+                        }
+                    }
+                    let (before, committed) = (state(c), c.committed());
+                    let r = c.add_live(off, len, slots[stream], backing);
+                    d.clear_faults();
+                    if let Err(e) = r {
+                        assert!(faulty, "step {step}: {e}");
+                        assert_eq!(state(c), before, "step {step}: a refused add changed state");
+                        assert!(c.committed() <= committed, "step {step}: nothing new kept");
+                        refused += 1;
+                        continue;
+                    }
+                    // The stream may reuse its own frees at once.
+                    in_flight.retain(|b| b.stream != stream);
+                    id += 1;
+                    fill(c, off, len, id);
+                    let (a, z) = c.span(off, len);
+                    for p in a..=z {
+                        let on = (off + len).min((p + 1) * PAGE) - off.max(p * PAGE);
+                        *shadow.entry(p).or_default() += on;
+                    }
+                    blocks.push(Block {
+                        off,
+                        len,
+                        stream,
+                        id,
+                    });
+                }
+                7..=11 if !blocks.is_empty() => {
+                    let b = blocks.swap_remove((x >> 20) as usize % blocks.len());
+                    assert!(intact(c, b.off, b.len, b.id), "step {step}: {b:?} kept");
+                    // Freed on its own stream, or one time in four on the other.
+                    let on = if x & 0x300 == 0 {
+                        1 - b.stream
+                    } else {
+                        b.stream
+                    };
+                    let stamp = c.streams.stamp(slots[on]);
+                    c.sub_live(b.off, b.len, stamp);
+                    let (a, z) = c.span(b.off, b.len);
+                    for p in a..=z {
+                        let on = (b.off + b.len).min((p + 1) * PAGE) - b.off.max(p * PAGE);
+                        let l = shadow.get_mut(&p).expect("a live page");
+                        *l -= on;
+                        if *l == 0 {
+                            shadow.remove(&p);
+                        }
+                    }
+                    if held[on] {
+                        in_flight.push(Block { stream: on, ..b });
+                    }
+                }
+                12 => {
+                    d.inner().hold(streams[stream]);
+                    held[stream] = true;
+                }
+                13 => {
+                    d.inner().complete(streams[stream]);
+                    held[stream] = false;
+                    in_flight.retain(|b| b.stream != stream);
+                }
+                14 => {
+                    c.trim();
+                }
+                _ => c.poll(),
+            }
+            // A wait (the out-of-memory ladder's last resort) completes the
+            // held streams' fences: their frees may be reused from then on.
+            if d.counts().wait != waits {
+                waits = d.counts().wait;
+                in_flight.clear();
+            }
+            c.check_invariants();
+            assert_eq!(live_pages(c), shadow, "step {step}: live bytes per page");
+            assert_eq!(c.live(), blocks.iter().map(|b| b.len).sum::<u64>());
+            assert!(c.committed() >= shadow.len() as u64 * PAGE);
+            for b in &in_flight {
+                assert!(
+                    intact(c, b.off, b.len, b.id),
+                    "step {step}: {b:?}, freed on a held stream, was unmapped or taken by the other stream"
+                );
+            }
+            if step % 64 == 0 {
+                for b in &blocks {
+                    assert!(intact(c, b.off, b.len, b.id), "step {step}: {b:?} kept");
+                }
+            }
+        }
+        assert!(refused > 0, "the program met refused allocations");
+        for (i, &s) in streams.iter().enumerate() {
+            d.inner().complete(s);
+            held[i] = false;
+        }
+        for b in blocks.drain(..) {
+            assert!(intact(c, b.off, b.len, b.id));
+            c.sub_live(b.off, b.len, c.streams.stamp(slots[b.stream]));
+        }
+        c.trim();
+        c.check_invariants();
+        assert_eq!((c.live(), c.committed(), c.unit_count()), (0, 0, 0));
+    }
+
+    /// A unit mapped at two places in the blocks region: while one mapping
+    /// holds live bytes, the other's pages price as blocked (a remap each);
+    /// once it idles, both are free again, and the other way round.
+    #[test]
+    fn a_unit_in_use_through_one_mapping_blocks_its_other_mappings() {
+        let d = driver();
+        let mut c = commit(&d);
+        // Two one-page units at pages 0 and 1, idle.
+        c.add_live(0, 2 * PAGE, 1, Backing::Pages).unwrap();
+        c.sub_live(0, 2 * PAGE, Stamp::SAFE);
+        assert_eq!(c.unit_count(), 2);
+        // Pages 10 and 11 have no mapping: the idle units are mapped there
+        // too (aliases), no new handle.
+        c.add_live(10 * PAGE, 2 * PAGE, 1, Backing::Pages).unwrap();
+        assert_eq!((c.unit_count(), c.mapping_count()), (2, 4));
+        assert_eq!(c.cost(0, 2 * PAGE).blocked, 2, "held through pages 10..=11");
+        assert!(c.cost(10 * PAGE, 2 * PAGE).is_free());
+        c.check_invariants();
+        c.sub_live(10 * PAGE, 2 * PAGE, Stamp::SAFE);
+        assert!(c.cost(0, 2 * PAGE).is_free());
+        assert!(c.cost(10 * PAGE, 2 * PAGE).is_free());
+        // Taken back at pages 0..=1: now pages 10..=11 are blocked.
+        c.add_live(0, 2 * PAGE, 1, Backing::Pages).unwrap();
+        assert_eq!(c.cost(10 * PAGE, 2 * PAGE).blocked, 2);
+        assert_eq!(c.unit_count(), 2, "no handle made");
+        c.check_invariants();
+        c.sub_live(0, 2 * PAGE, Stamp::SAFE);
+        c.trim();
+        assert_eq!((c.committed(), c.mapping_count()), (0, 0));
+    }
+
+    /// `try_take` over pages one of which another stream's pending free
+    /// holds says no and leaves everything as it was (the pages it took
+    /// before are given back unstamped); the stream that freed it may take
+    /// it at once, and the other one once its fence completed.
+    #[test]
+    fn a_refused_take_changes_nothing() {
+        let d = driver();
+        let (s, t) = (d.create_stream().unwrap(), d.create_stream().unwrap());
+        {
+            let mut c = commit(&d);
+            let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
+            // Page 0 freed by T (its work done), page 1 by S while S runs.
+            c.add_live(0, PAGE, ts, Backing::Pages).unwrap();
+            c.add_live(PAGE, PAGE, ss, Backing::Pages).unwrap();
+            c.sub_live(0, PAGE, c.streams.stamp(ts));
+            d.inner().hold(s);
+            c.sub_live(PAGE, PAGE, c.streams.stamp(ss));
+            let before = (state(&c), c.committed(), c.idle_bytes());
+            assert!(
+                !c.try_take(0, 2 * PAGE, ts),
+                "page 1 is S's until its fence"
+            );
+            let after = (state(&c), c.committed(), c.idle_bytes());
+            assert_eq!(after, before, "page 0 given back as it was");
+            c.check_invariants();
+            assert!(c.try_take(0, 2 * PAGE, ss), "stream order covers S");
+            c.sub_live(0, 2 * PAGE, c.streams.stamp(ss));
+            d.inner().complete(s);
+            c.poll();
+            assert!(c.try_take(0, 2 * PAGE, ts), "after S's fence, T too");
+            c.check_invariants();
+            c.sub_live(0, 2 * PAGE, c.streams.stamp(ts));
+            c.trim();
+            assert_eq!(c.committed(), 0);
+        }
+        // SAFETY: idle, not used again.
+        unsafe {
+            d.destroy_stream(s).unwrap();
+            d.destroy_stream(t).unwrap();
+        }
+        assert_eq!(d.leaks(), None);
+    }
+}

@@ -930,8 +930,9 @@ impl<'a, 'd> Model<'a, 'd> {
             // SAFETY: the range is mapped (above) and host-visible; the
             // arena may hand it only to the same stream, whose allocations
             // drop its entries first.
+            let kept = unsafe { intact(f.p, 0, f.given, f.id) };
             assert!(
-                unsafe { intact(f.p, 0, f.given, f.id) },
+                kept,
                 "block {lo:#x}+{} freed on held stream {} was reused by another stream before its fence",
                 f.given,
                 f.stream
