@@ -66,3 +66,62 @@ impl<D: Driver> Commit<D> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::commit::{Backing, Commit};
+    use crate::driver::{Access, AccessMode, Checked, HostConfig, HostDriver, Location};
+    use crate::sync::{Clock, Stamp};
+
+    const PAGE: u64 = 64 << 10;
+
+    /// A peer granted access reaches every mapping (a unit's alias
+    /// included) and every mapping made later; revoked, it reaches none of
+    /// them, and the arena's own device keeps its rights throughout.
+    #[test]
+    fn a_peer_granted_then_revoked_reaches_every_mapping_then_none() {
+        let d = Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 64 << 20,
+                device_count: 2,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        );
+        let mut c = Commit::for_tests(&d, 32, (32, 0));
+        c.set_clock(Clock::manual());
+        let (own, peer) = (Location::Device(0), Location::Device(1));
+        // A unit at page 0, idle, aliased at page 4 (live).
+        c.add_live(0, PAGE, 1, Backing::Pages).unwrap();
+        c.sub_live(0, PAGE, Stamp::SAFE);
+        c.add_live(4 * PAGE, PAGE, 1, Backing::Pages).unwrap();
+        assert_eq!(c.mapping_count(), 2);
+        assert_eq!(c.access_of(0, peer).unwrap(), AccessMode::None);
+        c.change_access(&[Access::read(peer)]).unwrap();
+        for off in [0, 4 * PAGE] {
+            assert_eq!(c.access_of(off, peer).unwrap(), AccessMode::Read);
+            assert_eq!(c.access_of(off, own).unwrap(), AccessMode::ReadWrite);
+        }
+        // A mapping made afterwards gets the list too.
+        c.add_live(8 * PAGE, PAGE, 1, Backing::Pages).unwrap();
+        assert_eq!(c.access_of(8 * PAGE, peer).unwrap(), AccessMode::Read);
+        assert_eq!(c.access().len(), 2);
+        c.change_access(&[Access {
+            location: peer,
+            mode: AccessMode::None,
+        }])
+        .unwrap();
+        assert_eq!(c.access(), &[Access::read_write(own)][..]);
+        c.add_live(12 * PAGE, PAGE, 1, Backing::Pages).unwrap();
+        for off in [0, 4 * PAGE, 8 * PAGE, 12 * PAGE] {
+            assert_eq!(c.access_of(off, peer).unwrap(), AccessMode::None);
+            assert_eq!(c.access_of(off, own).unwrap(), AccessMode::ReadWrite);
+        }
+        assert!(
+            c.access_of(20 * PAGE, own).is_err(),
+            "nothing committed there"
+        );
+        c.check_invariants();
+    }
+}

@@ -83,3 +83,37 @@ counters!(DriverCalls {
     failed,
     vmm_nanos,
 });
+
+#[cfg(test)]
+mod tests {
+    use super::DriverCalls;
+    use crate::error::Error;
+
+    #[test]
+    fn counters_add_subtract_and_sum_by_kind() {
+        let mut a = DriverCalls {
+            create: 2,
+            map: 3,
+            alias: 1,
+            set_access: 3,
+            unmap: 1,
+            release: 1,
+            record: 4,
+            wait: 1,
+            ..Default::default()
+        };
+        assert_eq!(a.vmm(), 10, "an alias is one of the maps");
+        assert_eq!(a.total(), 15);
+        let before = a;
+        let r: crate::error::Result<()> = a.time(|| Err(Error::ZeroSize));
+        assert!(r.is_err());
+        assert!(a.time(|| Ok(7)).is_ok());
+        assert_eq!(a.failed, 1, "a refused call counted as failed");
+        let since = a.since(&before);
+        assert_eq!(since.failed, 1);
+        assert_eq!(since.vmm(), 0, "the kind's counter is the caller's to bump");
+        let mut sum = before;
+        sum.add(&since);
+        assert_eq!(sum, a);
+    }
+}

@@ -148,3 +148,22 @@ impl Default for CommitConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{CommitConfig, RangeOrder};
+
+    #[test]
+    fn every_range_order_is_found_by_its_name_and_no_other_word() {
+        for order in RangeOrder::ALL {
+            assert_eq!(RangeOrder::from_name(order.name()), Some(order));
+        }
+        assert_eq!(
+            RangeOrder::from_name("Made"),
+            None,
+            "the words are lowercase"
+        );
+        assert_eq!(RangeOrder::from_name(""), None);
+        assert_eq!(CommitConfig::default().range_order, RangeOrder::Made);
+    }
+}

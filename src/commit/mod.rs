@@ -617,3 +617,82 @@ impl<D: Driver> Drop for Commit<D> {
         self.release_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{Backing, Commit};
+    use crate::driver::{Checked, HostConfig, HostDriver};
+    use crate::sync::{Clock, Stamp};
+
+    const PAGE: u64 = 64 << 10;
+
+    /// Which idle multi-page mappings a block may take: one reaching past
+    /// the block's pages, or joining a partly used first or last page to
+    /// others, would keep pages committed for nothing.
+    #[test]
+    fn a_mapping_strands_pages_when_it_reaches_past_or_joins_a_partial_edge() {
+        let whole = (false, false);
+        // A one-page mapping never strands.
+        assert!(!Commit::<&HostDriver>::strands(3, 1, 3, 3, (true, true)));
+        // Four pages 10..=13 for a block on 10..=13.
+        assert!(!Commit::<&HostDriver>::strands(10, 4, 10, 13, whole));
+        assert!(
+            Commit::<&HostDriver>::strands(10, 4, 11, 13, whole),
+            "starts before"
+        );
+        assert!(
+            Commit::<&HostDriver>::strands(10, 4, 10, 12, whole),
+            "ends after"
+        );
+        assert!(
+            Commit::<&HostDriver>::strands(10, 4, 10, 13, (true, false)),
+            "partial first"
+        );
+        assert!(
+            Commit::<&HostDriver>::strands(10, 4, 10, 13, (false, true)),
+            "partial last"
+        );
+        // Inside a longer block, its edges do not matter.
+        assert!(!Commit::<&HostDriver>::strands(11, 2, 10, 13, (true, true)));
+    }
+
+    /// A block's first and last pages, and whether it shares them.
+    #[test]
+    fn spans_and_partial_edges() {
+        let d = Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 16 << 20,
+                ..Default::default()
+            })
+            .unwrap(),
+        );
+        let mut c = Commit::for_tests(&d, 16, (16, 0));
+        c.set_clock(Clock::manual());
+        assert_eq!(c.span(0, PAGE), (0, 0));
+        assert_eq!(c.span(PAGE - 1, 2), (0, 1));
+        assert_eq!(c.partial_edges(0, PAGE), (false, false));
+        assert_eq!(
+            c.partial_edges(0, 512),
+            (true, true),
+            "a small block shares its page"
+        );
+        assert_eq!(c.partial_edges(512, PAGE), (true, true));
+        assert_eq!(c.partial_edges(PAGE, 2 * PAGE + 512), (false, true));
+        // Cost and commitment follow the pages, not the bytes.
+        assert_eq!(c.cost(0, 3 * PAGE).unmapped, 3);
+        c.add_live(512, PAGE, 1, Backing::Pages).unwrap();
+        assert!(c.is_committed(0, 2 * PAGE));
+        assert!(c.cost(0, 2 * PAGE).is_free());
+        assert_eq!(c.cost(0, 3 * PAGE).unmapped, 1);
+        let r = c.oom_report(4 * PAGE);
+        assert_eq!(
+            (r.requested, r.live, r.committed),
+            (4 * PAGE, PAGE, 2 * PAGE)
+        );
+        c.sub_live(512, PAGE, Stamp::SAFE);
+        assert_eq!(c.reclaimable(), 2 * PAGE, "idle, fences done");
+        c.trim();
+        assert_eq!(c.committed(), 0);
+    }
+}

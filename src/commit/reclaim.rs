@@ -253,3 +253,125 @@ impl<D: Driver> Commit<D> {
         bytes
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::commit::{Backing, Commit, CommitConfig};
+    use crate::driver::{Checked, Driver, HostConfig, HostDriver};
+    use crate::sync::{Clock, Stamp};
+
+    const PAGE: u64 = 64 << 10;
+
+    fn driver() -> Checked<HostDriver> {
+        Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 64 << 20,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        )
+    }
+
+    /// 32 pages of blocks, 32 of stitched ranges, idle memory decaying over
+    /// one second of a clock the test moves.
+    fn commit(d: &Checked<HostDriver>) -> (Commit<&Checked<HostDriver>>, Clock) {
+        let config = CommitConfig {
+            decay_ms: 1000,
+            ..CommitConfig::default()
+        };
+        let mut c = Commit::for_tests_with(d, 64, (32, 32), config);
+        let clock = Clock::manual();
+        c.set_clock(clock.clone());
+        (c, clock)
+    }
+
+    /// Idle units go back oldest first, as far as the decay curve no longer
+    /// allows them: at 1 s, four pages idle since 0 ms are past their
+    /// allowance and four idle since 600 ms are still whole. Nothing is
+    /// looked at before the next period; a trim gives back the rest.
+    #[test]
+    fn idle_units_go_back_oldest_first_beyond_the_decay_allowance() {
+        let d = driver();
+        let (mut c, clock) = commit(&d);
+        c.add_live(0, 4 * PAGE, 1, Backing::Pages).unwrap();
+        c.add_live(8 * PAGE, 4 * PAGE, 1, Backing::Pages).unwrap();
+        c.sub_live(0, 4 * PAGE, Stamp::SAFE);
+        clock.set(600);
+        c.sub_live(8 * PAGE, 4 * PAGE, Stamp::SAFE);
+        clock.set(1000);
+        assert_eq!(c.reclaim(false), 4 * PAGE);
+        assert_eq!(c.committed(), 4 * PAGE);
+        assert!(!c.is_committed(0, PAGE), "the oldest went");
+        assert!(c.is_committed(8 * PAGE, 4 * PAGE), "the newer stay");
+        c.check_invariants();
+        // The next look is a period (decay_ms / 8) away.
+        assert_eq!(c.maybe_reclaim(), 0);
+        // At 1350 ms the newer units are 750 ms idle: half allowed.
+        clock.set(1350);
+        assert_eq!(c.maybe_reclaim(), 2 * PAGE);
+        assert_eq!(c.trim(), 2 * PAGE);
+        assert_eq!(c.committed(), 0);
+        assert_eq!(c.maybe_reclaim(), 0, "nothing idle, nothing to look at");
+    }
+
+    /// Idle memory whose fences are pending stays, whatever the decay or a
+    /// trim say, and the reclaim never waits for it; it goes at the first
+    /// reclaim after the stream's work completed.
+    #[test]
+    fn pending_fences_keep_idle_memory_and_are_never_waited_on() {
+        let d = driver();
+        let s = d.create_stream().unwrap();
+        {
+            let (mut c, clock) = commit(&d);
+            let slot = c.streams.slot(s);
+            c.add_live(0, 2 * PAGE, slot, Backing::Pages).unwrap();
+            d.inner().hold(s);
+            c.sub_live(0, 2 * PAGE, c.streams.stamp(slot));
+            clock.set(10_000);
+            assert_eq!(c.trim(), 0);
+            assert_eq!(c.reclaimable(), 0);
+            assert_eq!(c.committed(), 2 * PAGE);
+            assert_eq!(d.counts().wait, 0, "never waited");
+            d.inner().complete(s);
+            assert_eq!(c.trim(), 2 * PAGE);
+            assert_eq!(c.committed(), 0);
+        }
+        // SAFETY: idle, not used again.
+        unsafe { d.destroy_stream(s).unwrap() };
+        assert_eq!(d.leaks(), None);
+    }
+
+    /// A cached stitched range stays while it was used within `decay_ms`,
+    /// and then dissolves: its mappings go, its units stay (idle, mapped
+    /// where they were made) as long as their own allowance lasts.
+    #[test]
+    fn an_unused_stitched_range_dissolves_after_decay_ms_and_keeps_its_units() {
+        let d = driver();
+        let (mut c, clock) = commit(&d);
+        // Four idle one-page units for the range to gather.
+        c.add_live(0, 4 * PAGE, 1, Backing::Pages).unwrap();
+        c.sub_live(0, 4 * PAGE, Stamp::SAFE);
+        let off = c.stitch_alloc(4 * PAGE, 1).unwrap();
+        assert_eq!(c.unit_count(), 4, "the range aliases the idle units");
+        c.stitch_free(off, Stamp::SAFE).unwrap();
+        assert_eq!((c.stitched_ranges(), c.mapping_count()), (1, 8));
+        // The units serve their first place again at 600 ms (the range is
+        // not used), and idle from then.
+        clock.set(600);
+        c.add_live(0, 4 * PAGE, 1, Backing::Pages).unwrap();
+        c.sub_live(0, 4 * PAGE, Stamp::SAFE);
+        c.reclaim(false);
+        assert_eq!(c.stitched_ranges(), 1, "used 600 ms ago: kept");
+        clock.set(1000);
+        c.reclaim(false);
+        assert_eq!(c.stitched_ranges(), 0, "unused for decay_ms: dissolved");
+        assert!(!c.is_committed(off, PAGE));
+        assert_eq!(c.mapping_count(), 4);
+        assert_eq!(c.committed(), 4 * PAGE, "idle for 400 ms: kept");
+        assert!(c.is_committed(0, 4 * PAGE));
+        c.check_invariants();
+        assert_eq!(c.trim(), 4 * PAGE);
+        assert_eq!((c.committed(), c.mapping_count()), (0, 0));
+    }
+}

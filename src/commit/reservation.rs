@@ -87,3 +87,45 @@ impl<D: Driver> Drop for Reservation<D> {
         let _ = unsafe { self.driver.free_reservation(self.base, self.size as usize) };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Reservation;
+    use crate::driver::{Checked, HostConfig, HostDriver};
+
+    const PAGE: u64 = 64 << 10;
+
+    fn driver(max_reservation: u64) -> Checked<HostDriver> {
+        Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                max_reservation,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        )
+    }
+
+    /// A size the driver refuses is halved in whole pages until one is
+    /// accepted, and says so; below the minimum the driver's error comes
+    /// back; dropping the reservation gives the range back.
+    #[test]
+    fn a_refused_size_is_halved_down_to_the_minimum() {
+        let d = driver(40 * PAGE);
+        {
+            let r = Reservation::reserve(&d, 32 * PAGE, 0, PAGE).unwrap();
+            assert_eq!((r.size(), r.fell_back()), (32 * PAGE, false));
+            assert_eq!(r.base() % PAGE, 0);
+            let r = Reservation::reserve(&d, 100 * PAGE, 16 * PAGE, PAGE).unwrap();
+            assert_eq!(
+                (r.size(), r.fell_back()),
+                (25 * PAGE, true),
+                "100, 50, 25 pages"
+            );
+            assert!(Reservation::reserve(&d, 100 * PAGE, 30 * PAGE, PAGE).is_err());
+        }
+        let c = d.counts();
+        assert_eq!(c.reserve, c.free_reservation, "{c:?}");
+        assert_eq!(d.leaks(), None);
+    }
+}

@@ -218,3 +218,77 @@ impl<D: Driver> Commit<D> {
         self.adopt(off, len, handle)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::commit::{Backing, Commit};
+    use crate::driver::{Checked, Driver, HostConfig, HostDriver};
+    use crate::sync::{Clock, Stamp};
+
+    const PAGE: u64 = 64 << 10;
+
+    /// Memory pinned for sharing lies in shareable units inside the range,
+    /// exported exactly; freed, it is never reused (another process may
+    /// still see it) and goes back once the free's fence completed, not
+    /// before; bad ranges are refused and change nothing.
+    #[test]
+    fn shared_units_are_never_reused_and_go_back_once_their_fences_complete() {
+        let d = Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 64 << 20,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        );
+        let s = d.create_stream().unwrap();
+        {
+            let mut c = Commit::for_tests(&d, 32, (32, 0));
+            c.set_clock(Clock::manual());
+            let slot = c.streams.slot(s);
+            assert!(c.pin_shared(512, PAGE).is_err(), "not on a page boundary");
+            c.add_live(8 * PAGE, 512, slot, Backing::Pages).unwrap();
+            assert!(c.pin_shared(8 * PAGE, PAGE).is_err(), "live memory there");
+            assert_eq!((c.shared_bytes(), c.live()), (0, 512));
+            c.pin_shared(0, 2 * PAGE).unwrap();
+            assert_eq!(c.shared_bytes(), 2 * PAGE);
+            assert!(c.has_live_shared());
+            let parts = c.export_range(0, 2 * PAGE).unwrap();
+            let (mut at, mut bytes) = (0, 0);
+            for (off, len, _fd) in &parts {
+                assert_eq!(*off, at, "in address order, no gap");
+                at += len;
+                bytes += len;
+            }
+            assert_eq!(bytes, 2 * PAGE);
+            assert!(c.export_range(8 * PAGE, PAGE).is_err(), "not shared memory");
+            // Freed while the stream runs: kept, never reused.
+            d.inner().hold(s);
+            c.sub_live(0, 2 * PAGE, c.streams.stamp(slot));
+            assert!(!c.has_live_shared());
+            assert_eq!(c.shared_bytes(), 2 * PAGE, "kept until its fence");
+            assert_eq!(c.idle_bytes(), 0, "never idle for reuse");
+            let creates = d.counts().create;
+            c.add_live(12 * PAGE, 2 * PAGE, slot, Backing::Pages)
+                .unwrap();
+            assert_eq!(
+                d.counts().create,
+                creates + 2,
+                "fresh memory, not the shared units"
+            );
+            assert_eq!(c.trim(), 0, "the fence is pending");
+            c.check_invariants();
+            d.inner().complete(s);
+            c.trim();
+            assert_eq!(c.shared_bytes(), 0);
+            assert_eq!(c.committed(), 3 * PAGE, "the two blocks' pages");
+            c.sub_live(8 * PAGE, 512, Stamp::SAFE);
+            c.sub_live(12 * PAGE, 2 * PAGE, Stamp::SAFE);
+            c.trim();
+            assert_eq!(c.committed(), 0);
+        }
+        // SAFETY: idle, not used again.
+        unsafe { d.destroy_stream(s).unwrap() };
+        assert_eq!(d.leaks(), None);
+    }
+}

@@ -268,3 +268,179 @@ pub(super) fn retried<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::commit::{Backing, Commit};
+    use crate::driver::{Checked, Fault, FaultKind, HostConfig, HostDriver, Op};
+    use crate::sync::{Clock, Stamp};
+
+    const PAGE: u64 = 64 << 10;
+
+    fn driver() -> Checked<HostDriver> {
+        Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 64 << 20,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        )
+    }
+
+    fn commit(d: &Checked<HostDriver>) -> Commit<&Checked<HostDriver>> {
+        let mut c = Commit::for_tests(d, 32, (32, 0));
+        c.set_clock(Clock::manual());
+        c
+    }
+
+    fn fail(d: &Checked<HostDriver>, op: Op, times: u64) {
+        for nth in 1..=times {
+            d.inject(Fault {
+                op,
+                nth,
+                kind: FaultKind::DriverError,
+            });
+        }
+    }
+
+    /// The commit layer's counters are the driver's own: every successful
+    /// create, map, access, unmap and release counted once, every refused
+    /// one as failed, aliases among the maps.
+    fn counted_as_the_driver_saw(c: &Commit<&Checked<HostDriver>>, d: &Checked<HostDriver>) {
+        let (ours, seen) = (c.calls(), d.counts());
+        assert_eq!(
+            (
+                ours.create,
+                ours.map,
+                ours.set_access,
+                ours.unmap,
+                ours.release
+            ),
+            (
+                seen.create,
+                seen.map,
+                seen.set_access,
+                seen.unmap,
+                seen.release
+            ),
+            "{ours:?} against {seen:?}"
+        );
+        assert_eq!((ours.record, ours.wait), (seen.record, seen.wait));
+        assert_eq!(ours.failed, seen.injected, "refused calls");
+        assert!(ours.alias <= ours.map);
+    }
+
+    /// A release the driver refuses keeps its pages counted as committed
+    /// (the memory is still held) and is tried again by the next reclaim;
+    /// nothing leaks.
+    #[test]
+    fn a_refused_release_stays_committed_until_a_later_reclaim_gives_it_back() {
+        let d = driver();
+        {
+            let mut c = commit(&d);
+            c.add_live(0, 2 * PAGE, 1, Backing::Whole).unwrap();
+            c.sub_live(0, 2 * PAGE, Stamp::SAFE);
+            fail(&d, Op::Release, 1);
+            c.trim();
+            d.clear_faults();
+            assert_eq!(
+                (c.unit_count(), c.mapping_count()),
+                (1, 0),
+                "unmapped, its handle still held"
+            );
+            assert_eq!(c.committed(), 2 * PAGE);
+            assert_eq!(d.physical_bytes(), 2 * PAGE);
+            c.check_invariants();
+            c.trim();
+            assert_eq!(
+                (c.committed(), c.unit_count()),
+                (0, 0),
+                "released on the next reclaim"
+            );
+            assert_eq!(d.physical_bytes(), 0);
+            counted_as_the_driver_saw(&c, &d);
+        }
+        assert_eq!(d.leaks(), None);
+    }
+
+    /// A unit mapped twice whose second unmap is refused stays, with the
+    /// mapping that could not go: nothing is released under a mapping, the
+    /// invariants hold, and a later trim gives everything back.
+    #[test]
+    fn a_refused_unmap_keeps_the_unit_with_its_mapping() {
+        let d = driver();
+        {
+            let mut c = commit(&d);
+            // One idle unit at page 0, aliased at page 8 and idle again.
+            c.add_live(0, PAGE, 1, Backing::Pages).unwrap();
+            c.sub_live(0, PAGE, Stamp::SAFE);
+            c.add_live(8 * PAGE, PAGE, 1, Backing::Pages).unwrap();
+            c.sub_live(8 * PAGE, PAGE, Stamp::SAFE);
+            assert_eq!((c.unit_count(), c.mapping_count()), (1, 2));
+            d.inject(Fault {
+                op: Op::Unmap,
+                nth: 2,
+                kind: FaultKind::DriverError,
+            });
+            assert_eq!(c.trim(), 0, "nothing given back");
+            d.clear_faults();
+            assert_eq!((c.unit_count(), c.mapping_count()), (1, 1));
+            assert_eq!(c.committed(), PAGE);
+            c.check_invariants();
+            // The mapping left still serves a block, with no driver call.
+            let maps = d.counts().map;
+            let stays = if c.is_committed(0, PAGE) { 0 } else { 8 * PAGE };
+            c.add_live(stays, PAGE, 1, Backing::Pages).unwrap();
+            assert_eq!(d.counts().map, maps);
+            c.sub_live(stays, PAGE, Stamp::SAFE);
+            c.trim();
+            assert_eq!((c.committed(), c.mapping_count()), (0, 0));
+            counted_as_the_driver_saw(&c, &d);
+        }
+        assert_eq!(d.leaks(), None);
+    }
+
+    /// A new unit whose access the driver refuses is undone (unmapped,
+    /// released): the block is refused and nothing changes. Where the unmap
+    /// of that undo is refused every time as well, the mapping stays, given
+    /// the access instead, so that a block placed on it can reach it: the
+    /// next block there takes it with no new handle, and reads and writes
+    /// its memory.
+    #[test]
+    fn a_refused_access_is_undone_or_left_reachable() {
+        let d = driver();
+        {
+            let mut c = commit(&d);
+            fail(&d, Op::SetAccess, 1);
+            assert!(c.add_live(0, PAGE, 1, Backing::Pages).is_err());
+            d.clear_faults();
+            assert_eq!((c.live(), c.committed(), c.mapping_count()), (0, 0, 0));
+            c.check_invariants();
+            // Now the undo's unmaps are refused too (every try).
+            fail(&d, Op::SetAccess, 1);
+            fail(&d, Op::Unmap, super::UNMAP_TRIES as u64);
+            assert!(c.add_live(0, PAGE, 1, Backing::Pages).is_err());
+            d.clear_faults();
+            assert_eq!(c.live(), 0);
+            assert_eq!(c.mapping_count(), 1, "left behind, reachable");
+            assert!(c.is_committed(0, PAGE));
+            c.check_invariants();
+            let creates = d.counts().create;
+            c.add_live(0, PAGE, 1, Backing::Pages).unwrap();
+            assert_eq!(d.counts().create, creates, "the mapping left serves");
+            // SAFETY: page 0 is mapped with read-write access (the access
+            // set instead of the unmap), host-visible.
+            unsafe {
+                let p = c.base() as *mut u8;
+                p.write_bytes(0x5a, PAGE as usize);
+                assert_eq!(p.add(PAGE as usize - 1).read(), 0x5a);
+            }
+            c.sub_live(0, PAGE, Stamp::SAFE);
+            c.trim();
+            assert_eq!((c.committed(), c.mapping_count()), (0, 0));
+            counted_as_the_driver_saw(&c, &d);
+        }
+        assert_eq!(d.leaks(), None);
+    }
+}
