@@ -934,8 +934,7 @@ impl<'a, 'd> Model<'a, 'd> {
             assert!(
                 kept,
                 "block {lo:#x}+{} freed on held stream {} was reused by another stream before its fence",
-                f.given,
-                f.stream
+                f.given, f.stream
             );
         }
     }
