@@ -926,4 +926,108 @@ mod tests {
         c.stitch_free(big, Stamp::SAFE).unwrap();
         c.check_invariants();
     }
+
+    /// A stitched range freed on a stream whose work runs is parked: that
+    /// stream takes it back at once, in one step; another stream gets
+    /// fresh memory while the fence is pending, never the range; once the
+    /// fence completed, the other stream reuses it (walked first: made
+    /// first) with no driver call.
+    #[test]
+    fn a_parked_range_goes_back_to_its_stream_at_once_and_to_another_after_the_fence() {
+        let d = Checked::new(HostDriver::new().unwrap());
+        let page = d.capabilities().granularity as u64;
+        let (s, t) = (d.create_stream().unwrap(), d.create_stream().unwrap());
+        {
+            let mut c = Commit::for_tests(&d, 64, (32, 32));
+            let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
+            let off = c.stitch_alloc(4 * page, ss).unwrap();
+            d.inner().hold(s);
+            c.stitch_free(off, c.streams.stamp(ss)).unwrap();
+            assert_eq!(c.stitch_counts().parked, 1);
+            let creates = d.counts().create;
+            let again = c.stitch_alloc(4 * page, ss).unwrap();
+            assert_eq!(again, off, "stream order covers S");
+            assert_eq!(c.stitch_counts().retaken, 1, "in one step");
+            assert_eq!(d.counts().create, creates);
+            c.stitch_free(again, c.streams.stamp(ss)).unwrap();
+            let other = c.stitch_alloc(4 * page, ts).unwrap();
+            assert_ne!(other, off, "S's range is in flight: T never gets it");
+            assert_eq!(d.counts().create, creates + 4, "T got fresh memory");
+            assert_eq!(c.stitch_counts().retaken, 1);
+            c.stitch_free(other, c.streams.stamp(ts)).unwrap();
+            d.inner().complete(s);
+            c.poll();
+            let creates = d.counts().create;
+            let reused = c.stitch_alloc(4 * page, ts).unwrap();
+            assert_eq!(
+                reused, off,
+                "after the fence, T reuses S's range (made first)"
+            );
+            assert_eq!(d.counts().create, creates);
+            c.stitch_free(reused, c.streams.stamp(ts)).unwrap();
+            assert_eq!(d.counts().wait, 0, "nothing waited on");
+            c.check_invariants();
+            c.trim();
+            assert_eq!(c.committed(), 0);
+        }
+        // SAFETY: idle, not used again.
+        unsafe {
+            d.destroy_stream(s).unwrap();
+            d.destroy_stream(t).unwrap();
+        }
+        assert!(d.leaks().is_none(), "{:?}", d.leaks());
+    }
+
+    /// The repair never waits: cached ranges whose pages to remap were
+    /// freed on a stream whose work still runs are passed over (a new range
+    /// is made instead), where the same ranges freed with their work done
+    /// are repaired ([`a_range_repair_is_reached`]).
+    #[test]
+    fn a_repair_passes_over_ranges_whose_fences_are_pending() {
+        let d = Checked::new(HostDriver::new().unwrap());
+        let page = d.capabilities().granularity as u64;
+        let s = d.create_stream().unwrap();
+        {
+            let config = CommitConfig {
+                stitch_repair: true,
+                stitch_repair_min: 2 * page,
+                ..CommitConfig::default()
+            };
+            let mut c = Commit::for_tests_with(&d, 256, (64, 192), config);
+            let slot = c.streams.slot(s);
+            // As `with_ranges_to_repair`, the ranges freed on S while S runs.
+            let blocks: Vec<u64> = (0..4).map(|i| i * 4 * page).collect();
+            for &b in &blocks {
+                c.add_live(b, page, slot, Backing::Pages).unwrap();
+            }
+            let mut ranges = vec![];
+            for &b in &blocks {
+                c.sub_live(b, page, Stamp::SAFE);
+                ranges.push(c.stitch_alloc(8 * page, slot).unwrap());
+            }
+            d.inner().hold(s);
+            for r in ranges {
+                c.stitch_free(r, c.streams.stamp(slot)).unwrap();
+            }
+            for &b in &blocks {
+                c.add_live(b, page, slot, Backing::Pages).unwrap();
+            }
+            let made = c.stitch_counts().made;
+            let off = c.stitch_alloc(8 * page, slot).unwrap();
+            let counts = c.stitch_counts();
+            assert_eq!((counts.repaired, counts.made), (0, made + 1), "{counts:?}");
+            assert_eq!(d.counts().wait, 0, "never waited on S's fences");
+            c.check_invariants();
+            d.inner().complete(s);
+            c.stitch_free(off, Stamp::SAFE).unwrap();
+            for &b in &blocks {
+                c.sub_live(b, page, Stamp::SAFE);
+            }
+            c.trim();
+            assert_eq!(c.committed(), 0);
+        }
+        // SAFETY: idle, not used again.
+        unsafe { d.destroy_stream(s).unwrap() };
+        assert!(d.leaks().is_none(), "{:?}", d.leaks());
+    }
 }
