@@ -11,8 +11,9 @@ failed: KILLED by ..., or SURVIVED (no test notices the broken rule).
     python3 scripts/mutants.py            # every mutant, some 3-4 minutes each
     python3 scripts/mutants.py M3 M8      # some of them
 
-The source is restored after each mutant, also when a run fails; do not
-edit or commit while it runs. docs/fuzzing.md ("Mutants") keeps a run's log.
+The source (and tests/proptest-regressions/, where proptest saves the
+seeds of failing programs) is restored after each mutant, also when a run
+fails; do not edit or commit while it runs. docs/fuzzing.md ("Mutants") keeps a run's log.
 """
 import os
 import subprocess
@@ -62,6 +63,13 @@ MUTANTS = [
 ]
 
 
+REGRESSIONS = [
+    os.path.join("tests/proptest-regressions", f)
+    for f in sorted(os.listdir(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                            "..", "tests/proptest-regressions")))
+]
+
+
 def main():
     os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     chosen = sys.argv[1:]
@@ -73,6 +81,9 @@ def main():
             print(f"{name}: SKIPPED (the snippet occurs {src.count(old)} times)", flush=True)
             continue
         open(path, "w").write(src.replace(old, new))
+        # Proptest saves the seeds of failing programs: a mutant's are not
+        # regressions of the library.
+        saved = {f: open(f).read() for f in REGRESSIONS}
         try:
             failed = []
             for args in (["--lib"], ["--test", "all"]):
@@ -90,6 +101,8 @@ def main():
             print(f"{name}: {verdict}", flush=True)
         finally:
             open(path, "w").write(src)
+            for f, text in saved.items():
+                open(f, "w").write(text)
 
 
 if __name__ == "__main__":

@@ -69,28 +69,18 @@ impl<D: Driver> Commit<D> {
 
 #[cfg(test)]
 mod tests {
-    use crate::commit::{Backing, Commit};
-    use crate::driver::{Access, AccessMode, Checked, HostConfig, HostDriver, Location};
-    use crate::sync::{Clock, Stamp};
-
-    const PAGE: u64 = 64 << 10;
+    use crate::commit::Backing;
+    use crate::commit::testing::{PAGE, commit, driver_with};
+    use crate::driver::{Access, AccessMode, Location};
+    use crate::sync::Stamp;
 
     /// A peer granted access reaches every mapping (a unit's alias
     /// included) and every mapping made later; revoked, it reaches none of
     /// them, and the arena's own device keeps its rights throughout.
     #[test]
     fn a_peer_granted_then_revoked_reaches_every_mapping_then_none() {
-        let d = Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 64 << 20,
-                device_count: 2,
-                ..Default::default()
-            })
-            .expect("host driver"),
-        );
-        let mut c = Commit::for_tests(&d, 32, (32, 0));
-        c.set_clock(Clock::manual());
+        let d = driver_with(2);
+        let mut c = commit(&d, 32, (32, 0));
         let (own, peer) = (Location::Device(0), Location::Device(1));
         // A unit at page 0, idle, aliased at page 4 (live).
         c.add_live(0, PAGE, 1, Backing::Pages).unwrap();

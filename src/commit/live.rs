@@ -278,31 +278,16 @@ impl<D: Driver> Commit<D> {
 mod tests {
     use std::collections::BTreeMap;
 
+    use crate::commit::testing::{PAGE, driver, finish};
     use crate::commit::{Backing, Commit, PageState};
-    use crate::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
-    use crate::sync::{Clock, Stamp};
+    use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op, Stream};
+    use crate::sync::Stamp;
 
-    /// Small pages: the programs below commit hundreds of them.
-    const PAGE: u64 = 64 << 10;
     /// Pages of the blocks region (no stitch region).
     const PAGES: u64 = 48;
 
-    fn driver() -> Checked<HostDriver> {
-        Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 256 << 20,
-                ..Default::default()
-            })
-            .expect("host driver"),
-        )
-    }
-
     fn commit(d: &Checked<HostDriver>) -> Commit<&Checked<HostDriver>> {
-        let mut c = Commit::for_tests(d, PAGES, (PAGES, 0));
-        // Nothing decays while a program runs.
-        c.set_clock(Clock::manual());
-        c
+        crate::commit::testing::commit(d, PAGES, (PAGES, 0))
     }
 
     /// The pattern byte of block `id`.
@@ -381,11 +366,7 @@ mod tests {
                 let mut c = commit(&d);
                 run_program(&d, &mut c, &streams, seed);
             }
-            assert_eq!(d.leaks(), None, "seed {seed:#x}");
-            for s in streams {
-                // SAFETY: idle, not used again.
-                unsafe { d.destroy_stream(s).unwrap() };
-            }
+            finish(&d, &streams);
         }
     }
 
@@ -603,11 +584,6 @@ mod tests {
             c.trim();
             assert_eq!(c.committed(), 0);
         }
-        // SAFETY: idle, not used again.
-        unsafe {
-            d.destroy_stream(s).unwrap();
-            d.destroy_stream(t).unwrap();
-        }
-        assert_eq!(d.leaks(), None);
+        finish(&d, &[s, t]);
     }
 }

@@ -608,6 +608,60 @@ impl<'d, X: Driver> Commit<&'d X> {
     }
 }
 
+/// What the unit tests of this layer share: a checked host driver with
+/// small pages, a page table on it with a clock the test moves, and the
+/// end of a test (streams destroyed, nothing left with the driver).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Commit;
+    use crate::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
+    use crate::sync::Clock;
+
+    /// The pages of [`driver`]: small, so that a program commits hundreds.
+    pub(crate) const PAGE: u64 = 64 << 10;
+
+    /// A checked host driver with [`PAGE`]-byte pages, 256 MiB of emulated
+    /// memory and `devices` devices.
+    pub(crate) fn driver_with(devices: u32) -> Checked<HostDriver> {
+        Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: PAGE as usize,
+                capacity: 256 << 20,
+                device_count: devices,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        )
+    }
+
+    /// [`driver_with`] one device.
+    pub(crate) fn driver() -> Checked<HostDriver> {
+        driver_with(1)
+    }
+
+    /// [`Commit::for_tests`] on `d`, its clock manual (nothing decays
+    /// unless the test moves it).
+    pub(crate) fn commit(
+        d: &Checked<HostDriver>,
+        pages: u64,
+        stitch: (u64, u64),
+    ) -> Commit<&Checked<HostDriver>> {
+        let mut c = Commit::for_tests(d, pages, stitch);
+        c.set_clock(Clock::manual());
+        c
+    }
+
+    /// Destroys `streams` (their work done) and checks that the driver
+    /// holds nothing: call once the page tables on `d` are dropped.
+    pub(crate) fn finish(d: &Checked<HostDriver>, streams: &[Stream]) {
+        for &s in streams {
+            // SAFETY: the streams are idle and not used again.
+            unsafe { d.destroy_stream(s).expect("destroy a stream") };
+        }
+        assert_eq!(d.leaks(), None);
+    }
+}
+
 impl<D: Driver> Drop for Commit<D> {
     /// Gives back the pinned memory kept for offloads and every unit,
     /// whatever its state; the reservation, a field, is freed after this
@@ -620,11 +674,10 @@ impl<D: Driver> Drop for Commit<D> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{PAGE, commit, driver};
     use super::{Backing, Commit};
-    use crate::driver::{Checked, HostConfig, HostDriver};
-    use crate::sync::{Clock, Stamp};
-
-    const PAGE: u64 = 64 << 10;
+    use crate::driver::HostDriver;
+    use crate::sync::Stamp;
 
     /// Which idle multi-page mappings a block may take: one reaching past
     /// the block's pages, or joining a partly used first or last page to
@@ -659,16 +712,8 @@ mod tests {
     /// A block's first and last pages, and whether it shares them.
     #[test]
     fn spans_and_partial_edges() {
-        let d = Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 16 << 20,
-                ..Default::default()
-            })
-            .unwrap(),
-        );
-        let mut c = Commit::for_tests(&d, 16, (16, 0));
-        c.set_clock(Clock::manual());
+        let d = driver();
+        let mut c = commit(&d, 16, (16, 0));
         assert_eq!(c.span(0, PAGE), (0, 0));
         assert_eq!(c.span(PAGE - 1, 2), (0, 1));
         assert_eq!(c.partial_edges(0, PAGE), (false, false));

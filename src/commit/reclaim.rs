@@ -256,22 +256,10 @@ impl<D: Driver> Commit<D> {
 
 #[cfg(test)]
 mod tests {
+    use crate::commit::testing::{PAGE, driver, finish};
     use crate::commit::{Backing, Commit, CommitConfig};
-    use crate::driver::{Checked, Driver, HostConfig, HostDriver};
+    use crate::driver::{Checked, Driver, HostDriver};
     use crate::sync::{Clock, Stamp};
-
-    const PAGE: u64 = 64 << 10;
-
-    fn driver() -> Checked<HostDriver> {
-        Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 64 << 20,
-                ..Default::default()
-            })
-            .expect("host driver"),
-        )
-    }
 
     /// 32 pages of blocks, 32 of stitched ranges, idle memory decaying over
     /// one second of a clock the test moves.
@@ -337,9 +325,7 @@ mod tests {
             assert_eq!(c.trim(), 2 * PAGE);
             assert_eq!(c.committed(), 0);
         }
-        // SAFETY: idle, not used again.
-        unsafe { d.destroy_stream(s).unwrap() };
-        assert_eq!(d.leaks(), None);
+        finish(&d, &[s]);
     }
 
     /// A cached stitched range stays while it was used within `decay_ms`,

@@ -221,11 +221,10 @@ impl<D: Driver> Commit<D> {
 
 #[cfg(test)]
 mod tests {
-    use crate::commit::{Backing, Commit};
-    use crate::driver::{Checked, Driver, HostConfig, HostDriver};
-    use crate::sync::{Clock, Stamp};
-
-    const PAGE: u64 = 64 << 10;
+    use crate::commit::Backing;
+    use crate::commit::testing::{PAGE, commit, driver, finish};
+    use crate::driver::Driver;
+    use crate::sync::Stamp;
 
     /// Memory pinned for sharing lies in shareable units inside the range,
     /// exported exactly; freed, it is never reused (another process may
@@ -233,18 +232,10 @@ mod tests {
     /// before; bad ranges are refused and change nothing.
     #[test]
     fn shared_units_are_never_reused_and_go_back_once_their_fences_complete() {
-        let d = Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 64 << 20,
-                ..Default::default()
-            })
-            .expect("host driver"),
-        );
+        let d = driver();
         let s = d.create_stream().unwrap();
         {
-            let mut c = Commit::for_tests(&d, 32, (32, 0));
-            c.set_clock(Clock::manual());
+            let mut c = commit(&d, 32, (32, 0));
             let slot = c.streams.slot(s);
             assert!(c.pin_shared(512, PAGE).is_err(), "not on a page boundary");
             c.add_live(8 * PAGE, 512, slot, Backing::Pages).unwrap();
@@ -287,8 +278,6 @@ mod tests {
             c.trim();
             assert_eq!(c.committed(), 0);
         }
-        // SAFETY: idle, not used again.
-        unsafe { d.destroy_stream(s).unwrap() };
-        assert_eq!(d.leaks(), None);
+        finish(&d, &[s]);
     }
 }

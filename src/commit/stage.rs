@@ -377,11 +377,10 @@ impl<D: Driver> Commit<D> {
 
 #[cfg(test)]
 mod tests {
+    use crate::commit::testing::{PAGE, commit, driver, finish};
     use crate::commit::{Backing, Commit};
-    use crate::driver::{Checked, Driver, HostConfig, HostDriver};
-    use crate::sync::{Clock, Stamp};
-
-    const PAGE: u64 = 64 << 10;
+    use crate::driver::Driver;
+    use crate::sync::Stamp;
 
     /// Pinned memory obtained ahead serves the offload with no driver
     /// create; restored, the contents are back and the stage is kept for
@@ -389,18 +388,10 @@ mod tests {
     /// a smaller one is served by it. Nothing leaks.
     #[test]
     fn a_stage_obtained_ahead_serves_every_offload_until_a_larger_one_is_needed() {
-        let d = Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 64 << 20,
-                ..Default::default()
-            })
-            .expect("host driver"),
-        );
+        let d = driver();
         let s = d.create_stream().unwrap();
         {
-            let mut c = Commit::for_tests(&d, 32, (32, 0));
-            c.set_clock(Clock::manual());
+            let mut c = commit(&d, 32, (32, 0));
             c.add_live(0, 2 * PAGE, 1, Backing::Pages).unwrap();
             c.add_live(5 * PAGE, 100, 1, Backing::Pages).unwrap();
             let fill = |c: &Commit<_>, byte: u8| {
@@ -448,9 +439,7 @@ mod tests {
             c.sub_live(0, 2 * PAGE, Stamp::SAFE);
             c.sub_live(5 * PAGE, 100, Stamp::SAFE);
         }
-        // SAFETY: idle, not used again.
-        unsafe { d.destroy_stream(s).unwrap() };
-        assert_eq!(d.leaks(), None);
+        finish(&d, &[s]);
         let c = d.counts();
         assert_eq!(
             (c.create, c.reserve),

@@ -590,6 +590,7 @@ impl<D: Driver> Commit<D> {
 #[cfg(test)]
 mod tests {
     use super::CACHED_PER_SIZE;
+    use crate::commit::testing::finish;
     use crate::commit::{Backing, Commit, CommitConfig};
     use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op};
     use crate::error::{BadPointer, Error};
@@ -970,12 +971,7 @@ mod tests {
             c.trim();
             assert_eq!(c.committed(), 0);
         }
-        // SAFETY: idle, not used again.
-        unsafe {
-            d.destroy_stream(s).unwrap();
-            d.destroy_stream(t).unwrap();
-        }
-        assert!(d.leaks().is_none(), "{:?}", d.leaks());
+        finish(&d, &[s, t]);
     }
 
     /// The repair never waits: cached ranges whose pages to remap were
@@ -1026,8 +1022,6 @@ mod tests {
             c.trim();
             assert_eq!(c.committed(), 0);
         }
-        // SAFETY: idle, not used again.
-        unsafe { d.destroy_stream(s).unwrap() };
-        assert!(d.leaks().is_none(), "{:?}", d.leaks());
+        finish(&d, &[s]);
     }
 }

@@ -271,27 +271,13 @@ pub(super) fn retried<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
 
 #[cfg(test)]
 mod tests {
+    use crate::commit::testing::{PAGE, driver};
     use crate::commit::{Backing, Commit};
-    use crate::driver::{Checked, Fault, FaultKind, HostConfig, HostDriver, Op};
-    use crate::sync::{Clock, Stamp};
-
-    const PAGE: u64 = 64 << 10;
-
-    fn driver() -> Checked<HostDriver> {
-        Checked::new(
-            HostDriver::with_config(HostConfig {
-                granularity: PAGE as usize,
-                capacity: 64 << 20,
-                ..Default::default()
-            })
-            .expect("host driver"),
-        )
-    }
+    use crate::driver::{Checked, Fault, FaultKind, HostDriver, Op};
+    use crate::sync::Stamp;
 
     fn commit(d: &Checked<HostDriver>) -> Commit<&Checked<HostDriver>> {
-        let mut c = Commit::for_tests(d, 32, (32, 0));
-        c.set_clock(Clock::manual());
-        c
+        crate::commit::testing::commit(d, 32, (32, 0))
     }
 
     fn fail(d: &Checked<HostDriver>, op: Op, times: u64) {
