@@ -10,6 +10,7 @@ failed: KILLED by ..., or SURVIVED (no test notices the broken rule).
 
     python3 scripts/mutants.py            # every mutant, some 3-4 minutes each
     python3 scripts/mutants.py M3 M8      # some of them
+    python3 scripts/mutants.py --table LOG...   # runs' logs side by side (markdown)
 
 The source (and tests/proptest-regressions/, where proptest saves the
 seeds of failing programs) is restored after each mutant, also when a run
@@ -70,8 +71,31 @@ REGRESSIONS = [
 ]
 
 
+def table(logs):
+    """A markdown table of runs' logs (their first line names the run): per
+    mutant, how many tests failed in each run, or SURVIVED."""
+    runs = []
+    for path in logs:
+        lines = open(path).read().splitlines()
+        verdicts = {}
+        for line in lines[1:]:
+            name, _, verdict = line.partition(": ")
+            if verdict.startswith("KILLED by "):
+                verdict = f"killed by {len(verdict[len('KILLED by '):].split(', '))}"
+            verdicts[name.split()[0]] = verdict
+        runs.append((lines[0].lstrip("# ").split(",")[0], verdicts))
+    print("| mutant | " + " | ".join(r[0] for r in runs) + " |")
+    print("|---|" + "---|" * len(runs))
+    for name, _, _, _ in MUTANTS:
+        key = name.split()[0]
+        print(f"| {name} | " + " | ".join(r[1].get(key, "–") for r in runs) + " |")
+
+
 def main():
     os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+    if sys.argv[1:2] == ["--table"]:
+        table(sys.argv[2:])
+        return
     chosen = sys.argv[1:]
     for name, path, old, new in MUTANTS:
         if chosen and name.split()[0] not in chosen:

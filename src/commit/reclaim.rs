@@ -360,4 +360,30 @@ mod tests {
         assert_eq!(c.trim(), 4 * PAGE);
         assert_eq!((c.committed(), c.mapping_count()), (0, 0));
     }
+
+    /// A cached stitched range whose block was freed on a stream whose work
+    /// still runs keeps its mappings whatever a trim says: the queued work
+    /// may still address it. It dissolves at the first trim after the fence.
+    #[test]
+    fn a_cached_range_with_a_pending_fence_is_not_dissolved() {
+        let d = driver();
+        let s = d.create_stream().unwrap();
+        {
+            let (mut c, clock) = commit(&d);
+            let slot = c.streams.slot(s);
+            let off = c.stitch_alloc(4 * PAGE, slot).unwrap();
+            d.inner().hold(s);
+            c.stitch_free(off, c.streams.stamp(slot)).unwrap();
+            clock.set(10_000);
+            c.trim();
+            assert_eq!(c.stitched_ranges(), 1, "S's work may still use it");
+            assert!(c.is_committed(off, 4 * PAGE));
+            assert_eq!(d.counts().wait, 0);
+            d.inner().complete(s);
+            c.trim();
+            assert_eq!(c.stitched_ranges(), 0);
+            assert_eq!(c.committed(), 0);
+        }
+        finish(&d, &[s]);
+    }
 }
