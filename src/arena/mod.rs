@@ -69,11 +69,16 @@ pub enum Kind {
     PinnedHost,
 }
 
+/// The reservation an arena makes when [`ArenaConfig::reservation`] is 0,
+/// in multiples of the device's memory (at most the driver's limit).
+pub const AUTO_RESERVATION_FACTOR: u64 = 8;
+
 /// Settings of an arena.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct ArenaConfig {
-    /// Bytes of virtual address space to reserve (0: eight times the
-    /// device's memory, at most the driver's limit).
+    /// Bytes of virtual address space to reserve (0:
+    /// [`AUTO_RESERVATION_FACTOR`] times the device's memory, at most the
+    /// driver's limit).
     pub reservation: u64,
     /// Smallest reservation accepted when the configured one is refused:
     /// the arena halves and retries down to this, and says so once.
@@ -238,7 +243,7 @@ impl<D: Driver> Arena<D> {
         };
         let want = if config.reservation == 0 {
             caps.device_memory
-                .saturating_mul(8)
+                .saturating_mul(AUTO_RESERVATION_FACTOR)
                 .clamp(4 * page, caps.max_reservation)
         } else {
             config.reservation

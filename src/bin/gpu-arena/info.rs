@@ -274,7 +274,10 @@ pub fn run(backend: BackendArg, device: u32, json: bool) -> AnyResult<()> {
     let c = &info.config;
     let auto = |v: u64| {
         if v == 0 {
-            "0 (auto: 8x device memory)".to_string()
+            format!(
+                "0 (auto: {}x device memory)",
+                gpu_arena::arena::AUTO_RESERVATION_FACTOR
+            )
         } else {
             fmt_bytes(v)
         }
