@@ -47,7 +47,11 @@ def soak_table(runs):
         ("trims (given back)", lambda r: f"{count(r['tally']['trims'])} ({fmt_bytes(r['tally']['trimmed_bytes'])})"),
         ("sleeps / wakes (bytes; offloaded)",
          lambda r: f"{count(r['tally']['sleeps'])} / {count(r['tally']['wakes'])} ({fmt_bytes(r['tally']['sleep_bytes'])}; {fmt_bytes(r['tally']['offloaded_bytes'])})"),
-        ("asleep tag refused alloc/free", lambda r: count(r['tally']['asleep_refusals'])),
+        # Runs before asleep_frees existed (2026-11-28) counted refused
+        # frees with the refused allocations.
+        ("asleep tag: refused allocations / served frees",
+         lambda r: f"{count(r['tally']['asleep_refusals'])} / {count(r['tally']['asleep_frees'])}"
+         if 'asleep_frees' in r['tally'] else f"{count(r['tally']['asleep_refusals'])} (allocations and frees refused)"),
         ("faults injected", lambda r: count(r['driver']['injected'])),
         ("driver: create = release", lambda r: f"{count(r['driver']['create'])} = {count(r['driver']['release'])}"),
         ("driver: bytes mapped = unmapped",

@@ -796,8 +796,9 @@ pub enum Error {
         /// Reserved bytes.
         reserved: u64,
     },
-    /// Allocation or free on a tag that is asleep.
-    #[error("tag {tag} is asleep: wake it before allocating, freeing or resizing in it")]
+    /// Allocation (or resize, copy, export) on a tag that is asleep; frees
+    /// are served.
+    #[error("tag {tag} is asleep: wake it before allocating, resizing or copying in it")]
     Asleep {
         /// The tag's index.
         tag: u32,

@@ -66,11 +66,13 @@ enum Action {
         stream: u8,
     },
     /// Completes every stream, sleeps (contents offloaded or discarded),
-    /// wakes: every block, scratch allocation and the buffer at its address
-    /// again, with its contents (offload) or zeroed (discard).
+    /// frees `frees` blocks while asleep (served, exactly accounted), wakes:
+    /// every block still live, scratch allocation and the buffer at its
+    /// address again, with its contents (offload) or zeroed (discard).
     SleepWake {
         offload: bool,
         stream: u8,
+        frees: u8,
     },
 }
 
@@ -331,7 +333,11 @@ fuzz_target!(|actions: Vec<Action>| {
                     held[i] = false;
                     in_flight.retain(|(s, _)| *s != i);
                 }
-                Action::SleepWake { offload, stream } => {
+                Action::SleepWake {
+                    offload,
+                    stream,
+                    frees,
+                } => {
                     for &s in &streams {
                         driver.inner().complete(s);
                     }
@@ -350,6 +356,18 @@ fuzz_target!(|actions: Vec<Action>| {
                         arena.alloc(64, 8, stream),
                         Err(Error::Asleep { .. })
                     ));
+                    // Frees are served asleep (nothing mapped: no contents
+                    // to check) and leave the stats at once.
+                    let mut live = live;
+                    for k in 0..usize::from(frees % 4).min(blocks.len()) {
+                        let b = blocks.swap_remove((k * 7 + usize::from(frees)) % blocks.len());
+                        let given = arena.lock().block_size(b.ptr).expect("live");
+                        arena.free(b.ptr, streams[b.stream]).expect("free asleep");
+                        freed.push(b.ptr);
+                        live -= given;
+                        assert_eq!(arena.stats().live, live);
+                        assert_eq!(arena.stats().committed, 0);
+                    }
                     arena.lock().wake(stream).expect("wake");
                     assert_eq!(arena.stats().live, live);
                     if !offload {

@@ -193,8 +193,10 @@ def sleep(
     the work queued on the streams the tags' memory was used on and on
     ``stream`` (default: PyTorch's current stream where gpu-arena is
     PyTorch's allocator, else the default stream) — never on the whole
-    device. Allocating or freeing in a sleeping tag raises
-    :class:`AsleepError` (PyTorch reports it as an allocation failure).
+    device. Allocating in a sleeping tag raises :class:`AsleepError`
+    (PyTorch reports it as an allocation failure); freeing is served (a
+    tensor dropped while its tag sleeps): the freed bytes leave the stats
+    at once and are neither recommitted nor restored by the wake.
 
     ``device=None`` means every device with an arena. A name that is no tag
     raises :class:`UnknownTagError` before anything sleeps; tags already

@@ -42,7 +42,7 @@ pyo3::create_exception!(
     _native,
     AsleepError,
     GpuArenaError,
-    "Allocation or free in a tag that is asleep."
+    "Allocation in a tag that is asleep (frees are served)."
 );
 pyo3::create_exception!(
     _native,

@@ -157,13 +157,20 @@ def _generate(model):
 
 def sleep_wake():
     """A generating model sleeps (weights offloaded, the rest discarded),
-    the memory goes back to the device, it wakes and generates the same."""
+    the memory goes back to the device, it wakes and generates the same.
+    A tensor of the offloaded tag dropped while it sleeps is freed at once
+    (PyTorch's free cannot fail) and is not woken: the wake's restore does
+    not touch its pages, and a tensor beside it comes back intact."""
     import torch
 
     gpu_arena.torch.enable()
     torch.use_deterministic_algorithms(True)
     model = _gpt2(4)
     first = _generate(model)
+    with gpu_arena.tag("weights"):
+        dropped = torch.full((16 * MiB // 4,), 7.0, device="cuda")
+        kept = torch.full((12 * MiB // 4,), 3.0, device="cuda")
+    torch.cuda.synchronize()
     free0, _ = torch.cuda.mem_get_info()
     t = time.perf_counter()
     r = gpu_arena.sleep(offload="weights", discard="default")
@@ -175,23 +182,36 @@ def sleep_wake():
             refused = "no error"
         except Exception as e:
             refused = type(e).__name__
+    asleep_live = live("weights")
+    del dropped
+    freed_asleep = asleep_live - live("weights")
     t = time.perf_counter()
     w = gpu_arena.wake()
     t_wake = time.perf_counter() - t
     second = _generate(model)
+    kept_intact = bool((kept == 3.0).all())
+    torch.cuda.synchronize()
     result(
         check="sleep_wake",
         identical_output=bool(torch.equal(first, second)),
         freed_MiB=(free1 - free0) / MiB,
         offloaded_MiB=r["offload"].get("copied", 0) / MiB,
+        restored_MiB=w.get("copied", 0) / MiB,
         sleep_s=t_sleep,
         wake_s=t_wake,
         woken_MiB=w.get("bytes", 0) / MiB,
         alloc_while_asleep=refused,
+        freed_while_asleep_MiB=freed_asleep / MiB,
+        kept_beside_it_intact=kept_intact,
     )
     assert torch.equal(first, second)
     assert free1 - free0 >= r["offload"]["bytes"], "the memory went back to the device"
     assert refused != "no error"
+    assert freed_asleep == 16 * MiB, freed_asleep
+    assert kept_intact
+    # Its pages not shared with a neighbour (at least 14 of its 16 MiB in
+    # 2 MiB pages) are not restored.
+    assert w["copied"] <= r["offload"]["copied"] - 14 * MiB, (w, r)
 
 
 def graphs():

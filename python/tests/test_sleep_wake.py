@@ -64,18 +64,23 @@ def test_pinned_memory_obtained_ahead_serves_the_first_offload(host):
     gpu_arena.free(w)
 
 
-def test_a_sleeping_tag_refuses_work():
+def test_a_sleeping_tag_refuses_allocations_and_serves_frees():
     with gpu_arena.tag("kv_cache"):
         p = gpu_arena.alloc(1 << 20)
+        q = gpu_arena.alloc(1 << 20)
     gpu_arena.sleep(discard=["kv_cache"])
     with gpu_arena.tag("kv_cache"):
         with pytest.raises(gpu_arena.AsleepError, match="kv_cache"):
             gpu_arena.alloc(100)
-    with pytest.raises(gpu_arena.AsleepError, match="asleep"):
+    live = stats_of("kv_cache")["live"]
+    gpu_arena.free(p)  # a tensor dropped while its tag sleeps
+    assert stats_of("kv_cache")["live"] == live - (1 << 20)
+    with pytest.raises(gpu_arena.BadPointerError):
         gpu_arena.free(p)
     gpu_arena.sleep(discard=["kv_cache"])  # already asleep: nothing happens
     gpu_arena.wake("kv_cache")
-    gpu_arena.free(p)
+    assert stats_of("kv_cache")["live"] == live - (1 << 20)
+    gpu_arena.free(q)
 
 
 def test_unknown_tags_change_nothing():

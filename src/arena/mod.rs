@@ -614,7 +614,8 @@ impl<D: Driver> Arena<D> {
     ///
     /// Foreign, interior and already-freed pointers are refused with
     /// [`Error::BadPointer`] and nothing changes. Constant time; may give
-    /// pages back (driver calls) once their fences completed.
+    /// pages back (driver calls) once their fences completed. Allowed while
+    /// the arena is asleep (see [`Arena::sleep`]).
     pub fn free_on(&mut self, ptr: DevicePtr, stream: Stream) -> Result<()> {
         self.free_checked(ptr, None, stream)
     }
@@ -638,7 +639,8 @@ impl<D: Driver> Arena<D> {
             }
             return Err(Self::bad(ptr, self.outside_blocks(off)));
         }
-        self.awake()?;
+        // Allowed while asleep: the block's pages are then neither
+        // recommitted nor restored by the wake.
         let slot = self.commit.streams.slot(stream);
         let stamp = self.commit.streams.stamp(slot);
         // One lookup: the slab policy says Foreign when no slab holds `off`.
@@ -694,7 +696,6 @@ impl<D: Driver> Arena<D> {
         size: Option<u64>,
         stream: Stream,
     ) -> Result<()> {
-        self.awake()?;
         if let Some(size) = size {
             let have = self.commit.stitch_size(off);
             if have.is_some() && (size == 0 || self.blocks.round(size) != have) {

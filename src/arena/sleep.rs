@@ -69,7 +69,27 @@ impl<D: Driver> Arena<D> {
     /// the pages must finish), then, with [`SleepMode::Offload`], copies the
     /// pages holding live bytes to pinned host memory on `stream` and waits
     /// on that copy's fence; then unmaps and releases everything. Allocating
-    /// or freeing in an asleep arena is refused with [`Error::Asleep`].
+    /// in an asleep arena (or resizing, copying, exporting) is refused with
+    /// [`Error::Asleep`]. Freeing is not: a block (or buffer) freed while
+    /// asleep leaves the stats at once, and the wake neither recommits nor
+    /// restores the pages that held only it.
+    ///
+    /// ```
+    /// use gpu_arena::{Arena, ArenaConfig, Kind, SleepMode};
+    /// use gpu_arena::driver::{HostDriver, Stream};
+    ///
+    /// let driver = HostDriver::new()?;
+    /// let mut arena = Arena::new(&driver, Kind::Device(0), ArenaConfig::default())?;
+    /// let kept = arena.alloc(8 << 20, 256)?;
+    /// let dropped = arena.alloc(8 << 20, 256)?;
+    /// arena.sleep(SleepMode::Offload, Stream::DEFAULT)?;
+    /// arena.free(dropped)?; // PyTorch frees a tensor of a sleeping tag
+    /// assert_eq!(arena.stats().live, 8 << 20);
+    /// let woken = arena.wake(Stream::DEFAULT)?;
+    /// assert_eq!((woken.bytes, woken.copied), (8 << 20, 8 << 20));
+    /// arena.free(kept)?;
+    /// # Ok::<(), gpu_arena::Error>(())
+    /// ```
     pub fn sleep(&mut self, mode: SleepMode, stream: Stream) -> Result<SleepReport> {
         self.awake()?;
         if self.commit.has_live_shared() {

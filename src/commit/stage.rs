@@ -300,17 +300,21 @@ impl<D: Driver> Commit<D> {
 
     /// Copies an offload's contents back to the (recommitted) pages on
     /// `stream` and waits on that copy's fence; the stage is then kept for
-    /// the next offload. On error the stage comes back to the caller
-    /// (contents kept for a retry). Returns bytes copied.
+    /// the next offload. Only pages that still hold live bytes are copied:
+    /// what was freed while asleep was not recommitted. On error the stage
+    /// comes back to the caller (contents kept for a retry). Returns bytes
+    /// copied.
     pub fn restore(
         &mut self,
         stage: Stage<D::Handle>,
         stream: Stream,
     ) -> core::result::Result<u64, (Error, Stage<D::Handle>)> {
         let mut copied = 0;
-        for &(off, len, at) in &stage.ranges {
-            // SAFETY: the pages were just recommitted with access; the stage
-            // is mapped and holds their contents; no overlap.
+        for (off, len, at) in restored_pieces(&stage.ranges, &self.pages.live_ranges(), self.shift)
+        {
+            // SAFETY: the pages hold live bytes, so the wake just recommitted
+            // them with access; the stage is mapped and holds their
+            // contents at `at`; no overlap.
             let r = unsafe {
                 self.res
                     .driver
@@ -375,8 +379,39 @@ impl<D: Driver> Commit<D> {
     }
 }
 
+/// The pieces of an offload's `staged` ranges (offset in the reservation,
+/// length, offset in the stage; in address order) that lie on `live` runs
+/// of pages (first, count; in order, each inside one staged range, since
+/// nothing is allocated while asleep): what a restore copies back.
+fn restored_pieces(
+    staged: &[(u64, u64, u64)],
+    live: &[(u64, u64)],
+    shift: u32,
+) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::with_capacity(live.len());
+    let mut runs = live.iter().map(|&(f, n)| (f << shift, (f + n) << shift));
+    let mut run = runs.next();
+    for &(off, len, at) in staged {
+        while let Some((lo, hi)) = run {
+            if lo >= off + len {
+                break;
+            }
+            let (a, b) = (lo.max(off), hi.min(off + len));
+            if a < b {
+                out.push((a, b - a, at + (a - off)));
+            }
+            if hi > off + len {
+                break;
+            }
+            run = runs.next();
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    use super::restored_pieces;
     use crate::commit::testing::{PAGE, commit, driver, finish};
     use crate::commit::{Backing, Commit};
     use crate::driver::Driver;
@@ -446,5 +481,83 @@ mod tests {
             (c.release, c.free_reservation),
             "{c:?}"
         );
+    }
+
+    /// A restore copies the staged ranges' pieces that still hold live
+    /// bytes, each from its own place in the stage.
+    #[test]
+    fn a_restore_copies_only_the_pieces_still_live() {
+        let staged = [(0, 4 * PAGE, 0), (10 * PAGE, 2 * PAGE, 4 * PAGE)];
+        let shift = PAGE.trailing_zeros();
+        assert_eq!(
+            restored_pieces(&staged, &[(0, 4), (10, 2)], shift),
+            staged.to_vec(),
+            "nothing freed: everything"
+        );
+        assert_eq!(
+            restored_pieces(&staged, &[(1, 1), (3, 1), (11, 1)], shift),
+            vec![
+                (PAGE, PAGE, PAGE),
+                (3 * PAGE, PAGE, 3 * PAGE),
+                (11 * PAGE, PAGE, 5 * PAGE)
+            ]
+        );
+        assert!(restored_pieces(&staged, &[], shift).is_empty());
+    }
+
+    /// Pages whose live bytes were taken off while asleep are neither
+    /// recommitted nor restored by the wake (a restore into them would
+    /// write unmapped memory); the pages still live come back with their
+    /// contents, in the blocks region and in a stitched range alike.
+    #[test]
+    fn what_is_freed_while_asleep_is_neither_recommitted_nor_restored() {
+        let d = driver();
+        let s = d.create_stream().unwrap();
+        {
+            let mut c = commit(&d, 32, (16, 16));
+            c.add_live(0, 3 * PAGE, 1, Backing::Pages).unwrap();
+            c.add_live(5 * PAGE, PAGE, 1, Backing::Pages).unwrap();
+            let a = c.stitch_alloc(2 * PAGE, 1).unwrap();
+            let b = c.stitch_alloc(2 * PAGE, 1).unwrap();
+            for (off, byte) in [(0, 1u8), (PAGE, 2), (2 * PAGE, 3), (5 * PAGE, 4)]
+                .into_iter()
+                .chain([(a, 5), (a + PAGE, 6), (b, 7), (b + PAGE, 8)])
+            {
+                // SAFETY: every page named is live, mapped, read-write and
+                // host-visible; the test owns its bytes.
+                unsafe { ((c.base() + off) as *mut u8).write_bytes(byte, PAGE as usize) };
+            }
+            let (stage, _) = c.offload(s).unwrap();
+            let stage = stage.expect("live pages");
+            assert_eq!(stage.copied(), 8 * PAGE);
+            c.sleep();
+            c.sub_live(PAGE, PAGE, Stamp::SAFE);
+            c.sub_live(5 * PAGE, PAGE, Stamp::SAFE);
+            c.stitch_free(a, Stamp::SAFE).unwrap();
+            c.check_invariants();
+            assert_eq!(c.committed(), 0);
+            c.wake().unwrap();
+            c.check_invariants();
+            assert_eq!(c.committed(), 4 * PAGE, "pages 0 and 2 and range b");
+            assert!(!c.is_committed(PAGE, PAGE) && !c.is_committed(5 * PAGE, PAGE));
+            assert_eq!(c.restore(stage, s).ok(), Some(4 * PAGE));
+            for (off, byte) in [(0, 1u8), (2 * PAGE, 3), (b, 7), (b + PAGE, 8)] {
+                // SAFETY: live and recommitted, read only.
+                let got = unsafe { ((c.base() + off + PAGE - 1) as *const u8).read() };
+                assert_eq!(got, byte, "page at {off:#x} restored");
+            }
+            // The range freed asleep went: a block of its size gets pages.
+            let again = c.stitch_alloc(2 * PAGE, 1).unwrap();
+            assert!(c.is_committed(again, 2 * PAGE), "a block gets mapped pages");
+            c.check_invariants();
+            c.stitch_free(again, Stamp::SAFE).unwrap();
+            c.sub_live(0, PAGE, Stamp::SAFE);
+            c.sub_live(2 * PAGE, PAGE, Stamp::SAFE);
+            c.stitch_free(b, Stamp::SAFE).unwrap();
+            c.trim();
+            assert_eq!(c.committed(), 0);
+            c.drop_spare_stage();
+        }
+        finish(&d, &[s]);
     }
 }

@@ -540,7 +540,8 @@ impl<D: Driver> Commit<D> {
     }
 
     /// Frees the stitched block at `off`, last used on the stream of
-    /// `stamp`; its range stays cached with its mappings. Returns its size.
+    /// `stamp`; its range stays cached with its mappings (while asleep it
+    /// has none, and goes). Returns its size.
     pub fn stitch_free(&mut self, off: u64, stamp: Stamp) -> Result<u64> {
         let p = off >> self.shift;
         let r = match self.stitch.at(p) {
@@ -577,6 +578,13 @@ impl<D: Driver> Commit<D> {
         }
         let now = self.clock.now_ms();
         let size = self.stitch.put(r, now);
+        if self.asleep {
+            // No mapping to keep or fence to wait for: the range's addresses
+            // go back to the region, and the wake does not recommit them.
+            self.sub_live(off, size, stamp);
+            self.stitch.remove(r);
+            return Ok(size);
+        }
         if !self.park_range(r, off, size, stamp) {
             self.sub_live(off, size, stamp);
         }

@@ -15,7 +15,8 @@ impl GlobalArena {
     /// with [`Error::UnknownTag`] before any tag sleeps. On another error,
     /// the tags slept so far stay asleep and the failing one is awake again
     /// (its shards that had slept are woken: a tag is never half asleep,
-    /// refusing allocations but serving frees).
+    /// some shards refusing the allocations that others serve). Frees into
+    /// an asleep tag are served (see [`crate::arena::Arena::sleep`]).
     pub fn sleep(
         &'static self,
         tags: &[&str],

@@ -194,10 +194,14 @@ enum Op {
     Complete {
         stream: Index,
     },
-    /// Sleep (contents offloaded or discarded) and wake again, on a stream.
+    /// Sleep (contents offloaded or discarded) and wake again, on a stream;
+    /// asleep, free the blocks picked and, with `drop`, a grow buffer and a
+    /// scratch arena.
     SleepWake {
         offload: bool,
         stream: Index,
+        frees: Vec<Index>,
+        drop: bool,
     },
     Bad(Bad),
 }
@@ -304,8 +308,18 @@ fn op(stitching: Stitching) -> impl Strategy<Value = Op> {
         1 => Just(Op::Collect),
         1 => any::<Index>().prop_map(|stream| Op::Hold { stream }),
         1 => any::<Index>().prop_map(|stream| Op::Complete { stream }),
-        1 => (any::<bool>(), any::<Index>())
-            .prop_map(|(offload, stream)| Op::SleepWake { offload, stream }),
+        1 => (
+            any::<bool>(),
+            any::<Index>(),
+            prop::collection::vec(any::<Index>(), 0..4),
+            any::<bool>()
+        )
+            .prop_map(|(offload, stream, frees, drop)| Op::SleepWake {
+                offload,
+                stream,
+                frees,
+                drop
+            }),
         2 => bad().prop_map(Op::Bad),
     ]
 }
@@ -703,10 +717,12 @@ impl<'a, 'd> Model<'a, 'd> {
             Op::Collect => {
                 self.arena.lock().collect();
             }
-            &Op::SleepWake {
+            Op::SleepWake {
                 offload,
-                ref stream,
-            } => self.sleep_wake(offload, stream.index(self.streams.len())),
+                stream,
+                frees,
+                drop,
+            } => self.sleep_wake(*offload, stream.index(self.streams.len()), frees, *drop),
             Op::Hold { stream } => {
                 let i = stream.index(self.streams.len());
                 self.driver.inner().hold(self.streams[i]);
@@ -799,12 +815,15 @@ impl<'a, 'd> Model<'a, 'd> {
     }
 
     /// Sleeps and wakes the arena: asleep it holds no device memory (an
-    /// offload keeps the contents in staged host memory) and refuses
-    /// allocations and frees; awake, every block, scratch allocation and
-    /// buffer is at its address again, with its contents (offload) or
-    /// zeroed (discard, then filled again for the checks that follow).
+    /// offload keeps the contents in staged host memory), refuses
+    /// allocations and serves frees (the blocks picked by `frees`, and with
+    /// `drop` a grow buffer and a scratch arena), exactly accounted; awake,
+    /// every block, scratch allocation and buffer still live is at its
+    /// address again, with its contents (offload) or zeroed (discard, then
+    /// filled again for the checks that follow), and what was freed asleep
+    /// was not recommitted (the step's check: physical bytes = committed).
     /// Sleep waits for the streams' work: skipped while a kernel is held.
-    fn sleep_wake(&mut self, offload: bool, stream: usize) {
+    fn sleep_wake(&mut self, offload: bool, stream: usize, frees: &[Index], drop: bool) {
         if self.held.iter().any(|&h| h) {
             return;
         }
@@ -833,10 +852,15 @@ impl<'a, 'd> Model<'a, 'd> {
             self.arena.alloc(64, 8, stream),
             Err(Error::Asleep { .. })
         ));
+        let freed = self.free_asleep(frees, drop);
         let w = self.arena.lock().wake(stream).expect("wake");
         self.woken = true;
-        assert_eq!(w.copied, r.copied, "the staged contents come back");
-        assert_eq!(self.arena.stats().live, before.live);
+        if freed {
+            assert!(w.copied <= r.copied, "only what stays live comes back");
+        } else {
+            assert_eq!(w.copied, r.copied, "the staged contents come back");
+            assert_eq!(self.arena.stats().live, before.live);
+        }
         self.sync_mappings();
         if offload {
             self.verify_all();
@@ -861,6 +885,52 @@ impl<'a, 'd> Model<'a, 'd> {
             // SAFETY: `0..len` of the buffer is committed.
             unsafe { fill(g.base, 0, g.buf.len(), g.id) };
         }
+    }
+
+    /// Frees, while asleep, the blocks `frees` picks (no contents to check:
+    /// nothing is mapped) and with `drop` a grow buffer and a scratch arena;
+    /// the stats follow at once. Returns whether anything was freed.
+    fn free_asleep(&mut self, frees: &[Index], drop: bool) -> bool {
+        let mut any = false;
+        for (k, pick) in frees.iter().enumerate() {
+            let Some((p, b)) = self.nth_block(pick) else {
+                break;
+            };
+            let stream = self.streams[b.stream];
+            let r = if k % 2 == 0 {
+                self.arena.free(p, stream)
+            } else {
+                self.arena.lock().free_sized(p, b.size, stream)
+            };
+            r.unwrap_or_else(|e| panic!("free of {p:#x} ({b:?}) while asleep: {e}"));
+            self.blocks.remove(&p);
+            self.unclaim(p);
+            self.freed.push(p);
+            any = true;
+        }
+        if drop {
+            if let Some(g) = self.grows.pop() {
+                self.unclaim(g.base);
+                any = true;
+            }
+            if let Some(m) = self.scratches.pop() {
+                self.unclaim(m.base);
+                any = true;
+            }
+        }
+        let s = self.arena.stats();
+        let given: u64 = self.blocks.values().map(|b| b.given).sum();
+        let grown: u64 = self.grows.iter().map(|g| g.buf.len()).sum();
+        let bumped: u64 = self
+            .scratches
+            .iter()
+            .map(|m| m.scratch.allocated_bytes() as u64)
+            .sum();
+        assert_eq!(s.live, given + grown + bumped, "asleep: {s:?}");
+        assert_eq!(s.committed, 0, "asleep, frees commit nothing");
+        assert_eq!(self.driver.physical_bytes(), s.staged);
+        self.arena.lock().check_invariants();
+        any
     }
 
     /// Bytes of the live ranges the model knows in the blocks region.

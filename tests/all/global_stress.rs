@@ -151,7 +151,14 @@ fn tags_sleep_and_wake_alone() {
         let e = arena.alloc(100, 16, Stream::DEFAULT).unwrap_err();
         assert!(e.to_string().contains("asleep"), "{e}");
     }
-    assert!(arena.free(w.0, None, Stream::DEFAULT).is_err());
+    // Frees are served (PyTorch cannot be told no), and leave the stats.
+    let live = arena.tag_stats(weights).live;
+    arena.free(w.1, None, Stream::DEFAULT).unwrap();
+    assert!(arena.tag_stats(weights).live < live);
+    assert!(
+        arena.free(w.1, None, Stream::DEFAULT).is_err(),
+        "freed once"
+    );
     arena.wake(&["weights"], Stream::DEFAULT).unwrap();
     // SAFETY: awake again, same addresses.
     unsafe {
@@ -167,12 +174,50 @@ fn tags_sleep_and_wake_alone() {
         );
     }
     arena.free(w.0, None, Stream::DEFAULT).unwrap();
-    arena.free(w.1, None, Stream::DEFAULT).unwrap();
     arena.free(kv, None, Stream::DEFAULT).unwrap();
     let json = arena.accounting_json();
     assert!(
         json.contains("\"kv_cache\"") && json.contains("largest_free_committed"),
         "{json}"
+    );
+}
+
+/// A thread's cache holds blocks of a tag that another thread puts to
+/// sleep; when the thread ends, its cache goes back into the asleep tag,
+/// and nothing is lost from the accounting.
+#[test]
+fn a_threads_cache_goes_back_into_an_asleep_tag() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        thread_cache: 64 << 10,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let (go, wait) = mpsc::channel::<()>();
+    let (done, cached) = mpsc::channel::<()>();
+    let t = std::thread::spawn(move || {
+        let _g = arena.tag_scope("cached").unwrap();
+        let p = arena.alloc(256, 16, Stream::DEFAULT).unwrap();
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+        done.send(()).unwrap();
+        wait.recv().unwrap();
+        // The thread ends: its cache goes back.
+    });
+    cached.recv().unwrap();
+    let tag = arena.tag("cached").unwrap();
+    assert!(arena.tag_stats(tag).live > 0, "the other thread's cache");
+    arena
+        .sleep(&["cached"], gpu_arena::SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    go.send(()).unwrap();
+    t.join().unwrap();
+    assert_eq!(arena.tag_stats(tag).live, 0, "every cached block came back");
+    arena.wake(&["cached"], Stream::DEFAULT).unwrap();
+    let s = arena.tag_stats(tag);
+    assert_eq!(
+        (s.live, s.committed - s.staged),
+        (0, 0),
+        "nothing to wake (the stage is kept for the next offload): {s:?}"
     );
 }
 

@@ -69,7 +69,6 @@ fn offload_keeps_contents_and_addresses_across_cycles() {
             // Only the pinned staging copy is held while asleep.
             assert_eq!(d.physical_bytes(), r.copied);
             assert!(matches!(a.alloc(64, 8), Err(Error::Asleep { .. })));
-            assert!(matches!(a.free(live[0].0), Err(Error::Asleep { .. })));
             let w = a.wake(Stream::DEFAULT).unwrap();
             assert_eq!(w.copied, r.copied);
             for &(p, len, seed) in &live {
@@ -257,4 +256,84 @@ fn memory_kinds_report_driver_differences() {
     assert!(d.capabilities().host_memory);
     let a = Arena::new(&d, Kind::PinnedHost, config()).unwrap();
     assert!(a.host_visible());
+}
+
+/// Frees while asleep (PyTorch frees a sleeping tag's tensors; a buffer is
+/// dropped): served at once and exactly accounted, and the wake neither
+/// recommits nor restores what held only freed bytes (a restore there would
+/// write unmapped memory). A second free of the same block is still
+/// refused. What stays live comes back with its contents (offload).
+#[test]
+fn frees_while_asleep_are_served_and_not_woken() {
+    let d = driver();
+    for mode in [SleepMode::Offload, SleepMode::Discard] {
+        let arena = gpu_arena::SharedArena::new(&d, Kind::Device(0), config()).unwrap();
+        let mut live = blocks(&mut arena.lock());
+        let mut big = Vec::new();
+        for k in 0..4u8 {
+            let p = arena.alloc(3 << 20, 256, Stream::DEFAULT).unwrap();
+            fill(p, 3 << 20, 100 + k);
+            big.push((p, 3 << 20, 100 + k));
+        }
+        let mut g = gpu_arena::GrowBuffer::with_max(&arena, 64 << 20).unwrap();
+        g.resize(4 << 20).unwrap();
+        fill(g.as_ptr(), 4 << 20, 9);
+        let before = arena.stats();
+        let r = arena.lock().sleep(mode, Stream::DEFAULT).unwrap();
+        assert_eq!(r.bytes, before.committed);
+        // Free every other block, the large ones too, and drop the buffer.
+        let mut kept = Vec::new();
+        for (i, b) in live.drain(..).chain(big).enumerate() {
+            if i % 2 == 0 {
+                arena.free(b.0, Stream::DEFAULT).unwrap();
+                let again = arena.free(b.0, Stream::DEFAULT);
+                assert!(
+                    matches!(again, Err(Error::BadPointer { .. })),
+                    "double free while asleep: {again:?}"
+                );
+            } else {
+                kept.push(b);
+            }
+        }
+        drop(g);
+        let s = arena.stats();
+        assert!(arena.lock().is_asleep());
+        assert_eq!(s.committed, 0);
+        let kept_bytes: u64 = kept
+            .iter()
+            .map(|b| arena.lock().block_size(b.0).unwrap())
+            .sum();
+        assert_eq!(
+            s.live, kept_bytes,
+            "asleep stats count the kept blocks only"
+        );
+        assert!(matches!(
+            arena.alloc(64, 8, Stream::DEFAULT),
+            Err(Error::Asleep { .. })
+        ));
+        let w = arena.lock().wake(Stream::DEFAULT).unwrap();
+        let s = arena.stats();
+        assert_eq!(w.bytes, s.committed);
+        assert!(
+            s.committed < before.committed - (4 << 20),
+            "freed pages stay given back: {} of {}",
+            s.committed,
+            before.committed
+        );
+        assert!(s.committed >= s.live);
+        if mode == SleepMode::Offload {
+            assert!(w.copied < r.copied && w.copied >= kept_bytes, "{w:?} {r:?}");
+            for &(p, len, seed) in &kept {
+                assert!(check(p, len, seed), "block at {p:#x} restored");
+            }
+        }
+        for (p, _, _) in kept {
+            arena.free(p, Stream::DEFAULT).unwrap();
+        }
+        arena.lock().trim();
+        assert_eq!(arena.stats().committed, 0);
+    }
+    assert!(d.leaks().is_none(), "{:?}", d.leaks());
+    let c = d.counts();
+    assert_eq!((c.create, c.reserve), (c.release, c.free_reservation));
 }

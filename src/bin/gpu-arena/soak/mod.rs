@@ -621,7 +621,7 @@ fn render(r: &Report) -> String {
         r.filler
     ));
     let mut w = Table::new(["work", "count", "bytes"]);
-    let rows: [(&str, u64, Option<u64>); 14] = [
+    let rows: [(&str, u64, Option<u64>); 15] = [
         ("allocations", t.allocs, Some(t.alloc_bytes)),
         ("frees", t.frees, None),
         (
@@ -656,10 +656,11 @@ fn render(r: &Report) -> String {
             None,
         ),
         (
-            "asleep tag refused alloc/free (as it must)",
+            "asleep tag refused an allocation (as it must)",
             t.asleep_refusals,
             None,
         ),
+        ("asleep tag served a free", t.asleep_frees, None),
     ];
     for (name, n, bytes) in rows {
         w.row([
