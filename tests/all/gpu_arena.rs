@@ -787,6 +787,84 @@ fn offload_with_pinned_memory_obtained_in_the_background() {
     crate::common::assert_all_given_back(&driver);
 }
 
+/// Frees while a tag sleeps on the GPU: a block and a grow buffer of an
+/// offloaded tag go while it is asleep; the wake recommits and restores
+/// only what is still live (a restore into the freed pages, never
+/// recommitted, would fault on the device), and the blocks kept come back.
+#[test]
+fn frees_while_asleep_on_the_gpu_are_not_woken() {
+    use gpu_arena::SleepMode;
+    use gpu_arena::driver::system::Select;
+    use gpu_arena::global::{GlobalArena, GlobalConfig};
+    let Some(probe) = cuda() else { return };
+    drop(probe);
+    let conf = GlobalConfig {
+        shards: 1,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    let (g, driver) = crate::common::checked_global(Select::Cuda, conf);
+    let blocks: Vec<(DevicePtr, u64, u8)> = {
+        let _t = g.tag_scope("weights").unwrap();
+        [24 * MIB, 3 * MIB, 200, 16 * MIB, 40 * MIB]
+            .into_iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let p = g.alloc(size, 512, Stream::DEFAULT).unwrap();
+                let byte = 0x41 + i as u8;
+                // SAFETY: a live block of `size` bytes on this device.
+                unsafe { driver.fill(p.addr(), byte, size as usize, Stream::DEFAULT) }.unwrap();
+                (p, size, byte)
+            })
+            .collect()
+    };
+    let weights = g.tag("weights").unwrap();
+    let shard = &g.shards(weights)[0];
+    let mut buf = GrowBuffer::with_max(shard, GIB).unwrap();
+    buf.resize(32 * MIB).unwrap();
+    // SAFETY: the buffer's 32 MiB are committed on this device.
+    unsafe {
+        driver.fill(
+            buf.as_ptr().addr(),
+            0x77,
+            32 * MIB as usize,
+            Stream::DEFAULT,
+        )
+    }
+    .unwrap();
+    let r = g
+        .sleep(&["weights"], SleepMode::Offload, Stream::DEFAULT)
+        .unwrap();
+    let live = g.tag_stats(weights).live;
+    let (gone, kept): (Vec<_>, Vec<_>) = blocks.into_iter().partition(|b| b.1 >= 16 * MIB);
+    for &(p, _, _) in gone.iter().step_by(2) {
+        g.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    drop(buf);
+    let freed = live - g.tag_stats(weights).live;
+    let w = g.wake(&["weights"], Stream::DEFAULT).unwrap();
+    println!(
+        "ASLEEP-FREES freed {} MiB while asleep; offloaded {} MiB, restored {} MiB, woke {} MiB",
+        freed / MIB,
+        r.copied / MIB,
+        w.copied / MIB,
+        w.bytes / MIB
+    );
+    assert_eq!(freed, (24 + 40 + 32) * MIB, "the blocks and buffer freed");
+    assert!(w.copied + 90 * MIB <= r.copied, "{w:?} {r:?}");
+    let still: Vec<_> = kept.iter().chain(gone.iter().skip(1).step_by(2)).collect();
+    for &&(p, size, byte) in &still {
+        let back = read(&*driver, p.addr(), size as usize);
+        assert!(back.iter().all(|&b| b == byte), "block at {p:#x} restored");
+    }
+    for &(p, _, _) in still {
+        g.free(p, None, Stream::DEFAULT).unwrap();
+    }
+    // SAFETY: this thread alone used the arena; nothing uses it afterwards.
+    unsafe { GlobalArena::destroy(g) }.unwrap();
+    crate::common::assert_all_given_back(&driver);
+}
+
 #[test]
 fn a_tags_blocks_get_few_handles_on_the_gpu() {
     let Some(probe) = cuda() else { return };
