@@ -2,6 +2,7 @@
 (docs/sleep-wake.md, "A tag's memory in few handles").
 
 usage: python3 torch_kv_sleep.py [--gib 64] [--layers 32] [--cycles 3] [--fill yes|no]
+                                [--collect none|before]
        (the gpu_arena package importable; GPU_ARENA_CONF as the run wants it)
 
 Allocates one KV tensor per layer, (2, blocks, 16, 8, 128) float16 as vLLM lays a paged cache out,
@@ -10,16 +11,18 @@ Allocates one KV tensor per layer, (2, blocks, 16, 8, 128) float16 as vLLM lays 
 discards the pool, `wake_up()` recommits it, and a kernel then writes every tensor and reads it
 back (`--fill no`: the tensors are never written, as in the bench's section g). The adapter's
 calls are timed whole, and the gpu-arena calls inside them alone (`gpu_arena.sleep` / `wake`
-with what they report; the adapter's `sleep()` also runs Python's garbage collector). Prints one
+with what they report). `--collect before` runs Python's garbage collector right before each
+`sleep()`, inside its timing, as the adapter's `sleep()` itself did until 2026-11-28. Prints one
 JSON line: the allocation's time, the tag's handles and committed bytes before each sleep, each
 sleep's and wake's times, and whether every check passed."""
-import argparse, json, os, time
+import argparse, gc, json, os, time
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--gib", type=float, default=64)
 ap.add_argument("--layers", type=int, default=32)
 ap.add_argument("--cycles", type=int, default=3)
 ap.add_argument("--fill", choices=("yes", "no"), default="yes")
+ap.add_argument("--collect", choices=("none", "before"), default="none")
 args = ap.parse_args()
 
 import gpu_arena  # noqa: E402
@@ -71,6 +74,8 @@ for c in range(args.cycles):
     s = kv_stats()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
+    if args.collect == "before":
+        gc.collect()
     allocator.sleep(offload_tags=())  # nothing offloaded: the pool is discarded
     t1 = time.perf_counter()
     asleep = kv_stats()
@@ -91,6 +96,7 @@ for c in range(args.cycles):
 print(json.dumps({
     "conf": os.environ.get("GPU_ARENA_CONF", ""),
     "fill": args.fill,
+    "collect": args.collect,
     "gib": sum(x.numel() * x.element_size() for x in kv) / (1 << 30),
     "layers": args.layers,
     "alloc_s": alloc_s,

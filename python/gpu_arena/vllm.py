@@ -30,7 +30,6 @@ itself obtains it at every sleep; gpu-arena keeps it between cycles).
 from __future__ import annotations
 
 import contextlib
-import gc
 from typing import Iterator, List, Optional, Tuple, Union
 
 import gpu_arena
@@ -93,11 +92,12 @@ class CuMemAllocator:
         elif isinstance(offload_tags, str):
             offload_tags = (offload_tags,)
         assert isinstance(offload_tags, tuple)
-        # Tensors that only reference cycles still hold go first, while
-        # their pools are awake: a free in a sleeping pool is refused (vLLM
-        # collects after unmapping, which its own free callback allows), and
-        # an offload would copy them for nothing.
-        gc.collect()
+        # No garbage collection here (vLLM's own allocator collects after
+        # unmapping, and this adapter did before sleeping until 2026-11-28:
+        # about 65 ms of a 64 GiB KV cache's sleep). A tensor that only a
+        # reference cycle holds is freed whenever the collector runs, asleep
+        # or not: a sleeping pool serves frees, and the wake neither
+        # recommits nor restores its pages.
         known = self._known()
         offload = [self.arena_tag(t) for t in known if t in offload_tags]
         discard = [self.arena_tag(t) for t in known if t not in offload_tags]
