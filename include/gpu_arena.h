@@ -66,7 +66,9 @@ int gpu_arena_set_process_tag(const char *tag);
 
 /* Sleep: give back every physical page of the comma-separated tags while
  * their addresses stay valid. mode 0 discards contents, 1 offloads them to
- * pinned host memory. Waits on the tags' own streams only. 0 or -1. */
+ * pinned host memory. Waits on the tags' own streams only. 0 or -1.
+ * Allocating in a sleeping tag fails ("asleep"); freeing succeeds, and the
+ * wake neither recommits nor restores what was freed. */
 int gpu_arena_sleep(int device, const char *tags, int mode, void *stream);
 
 /* Obtains now the pinned host memory offloading `tags` will need, so that

@@ -57,8 +57,15 @@ fn c_program_runs_against_the_header_and_library() {
         .status()
         .expect("a C compiler (cc) is needed for this test");
     assert!(status.success(), "compiling the C smoke test failed");
+    // The library just built comes first: cargo puts target/<profile> on
+    // LD_LIBRARY_PATH, ahead of the rpath, and a cdylib left there by an
+    // older `cargo build` would be loaded instead.
+    let path = std::env::var_os("LD_LIBRARY_PATH").unwrap_or_default();
+    let mut dirs = vec![profile_dir.clone()];
+    dirs.extend(std::env::split_paths(&path));
     let run = Command::new(&out)
         .env_remove("GPU_ARENA_CONF")
+        .env("LD_LIBRARY_PATH", std::env::join_paths(dirs).unwrap())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);

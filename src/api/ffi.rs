@@ -401,7 +401,8 @@ fn tag_list(tags: *const c_char) -> Result<Vec<&'static str>> {
 }
 
 /// Puts the comma-separated `tags` of `device` to sleep: `mode` 0 discards
-/// contents, 1 offloads them to pinned host memory. Addresses stay valid.
+/// contents, 1 offloads them to pinned host memory. Addresses stay valid;
+/// allocations in the tags fail until they wake, frees are served.
 /// Returns 0, or -1 with the last error set.
 ///
 /// # Safety

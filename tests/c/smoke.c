@@ -46,9 +46,14 @@ int main(void) {
     CHECK(gpu_arena_prepare_offload_background(0, "weights") == 0);
     CHECK(gpu_arena_prepare_offload_background(0, "weights,nonesuch") == -1);
     CHECK(strstr(gpu_arena_last_error(), "nonesuch") != NULL);
+    unsigned char *x = gpu_arena_alloc(3 << 20, 0, NULL);
+    CHECK(x != NULL);
     CHECK(gpu_arena_sleep(0, "weights", 1, NULL) == 0);
     CHECK(gpu_arena_alloc(64, 0, NULL) == NULL);
     CHECK(strstr(gpu_arena_last_error(), "asleep") != NULL);
+    /* A sleeping tag serves frees (once). */
+    CHECK(gpu_arena_free(x, 3 << 20, 0, NULL) == 0);
+    CHECK(gpu_arena_free(x, 3 << 20, 0, NULL) == -1);
     CHECK(gpu_arena_wake(0, "weights", NULL) == 0);
     for (int i = 0; i < (5 << 20); i += 4096) CHECK(w[i] == (unsigned char)(i >> 12));
     CHECK(gpu_arena_free(w, 5 << 20, 0, NULL) == 0);
