@@ -61,6 +61,12 @@ MUTANTS = [
  ("M13 a cached range's first look always says held elsewhere", "src/commit/live.rs",
   "        live == 0 && (m == NIL || !self.pool.can_take(m))",
   "        let _ = (live, m); true"),
+ ("M14 a wake restores what was freed while asleep", "src/commit/stage.rs",
+  "        for (off, len, at) in restored_pieces(&stage.ranges, &self.pages.live_ranges(), self.shift)\n        {",
+  "        for (off, len, at) in stage.ranges.clone() {"),
+ ("M15 a stitched range freed while asleep stays cached, unmapped", "src/commit/stitched.rs",
+  "        if self.asleep {\n            // No mapping to keep",
+  "        if false {\n            // No mapping to keep"),
 ]
 
 

@@ -536,6 +536,11 @@ mod tests {
             c.stitch_free(a, Stamp::SAFE).unwrap();
             c.check_invariants();
             assert_eq!(c.committed(), 0);
+            assert_eq!(
+                c.stitched_ranges(),
+                1,
+                "a range freed asleep has no mapping to keep: it goes"
+            );
             c.wake().unwrap();
             c.check_invariants();
             assert_eq!(c.committed(), 4 * PAGE, "pages 0 and 2 and range b");
