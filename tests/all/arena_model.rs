@@ -817,7 +817,8 @@ impl<'a, 'd> Model<'a, 'd> {
     /// Sleeps and wakes the arena: asleep it holds no device memory (an
     /// offload keeps the contents in staged host memory), refuses
     /// allocations and serves frees (the blocks picked by `frees`, and with
-    /// `drop` a grow buffer and a scratch arena), exactly accounted; awake,
+    /// `drop` a grow buffer and a scratch arena, and a reset of another),
+    /// exactly accounted; awake,
     /// every block, scratch allocation and buffer still live is at its
     /// address again, with its contents (offload) or zeroed (discard, then
     /// filled again for the checks that follow), and what was freed asleep
@@ -888,8 +889,9 @@ impl<'a, 'd> Model<'a, 'd> {
     }
 
     /// Frees, while asleep, the blocks `frees` picks (no contents to check:
-    /// nothing is mapped) and with `drop` a grow buffer and a scratch arena;
-    /// the stats follow at once. Returns whether anything was freed.
+    /// nothing is mapped) and with `drop` a grow buffer and a scratch arena
+    /// (of two or more), and resets a scratch arena; the stats follow at
+    /// once. Returns whether anything was freed.
     fn free_asleep(&mut self, frees: &[Index], drop: bool) -> bool {
         let mut any = false;
         for (k, pick) in frees.iter().enumerate() {
@@ -913,8 +915,28 @@ impl<'a, 'd> Model<'a, 'd> {
                 self.unclaim(g.base);
                 any = true;
             }
-            if let Some(m) = self.scratches.pop() {
+            if self.scratches.len() > 1 {
+                let m = self.scratches.pop().expect("two or more");
                 self.unclaim(m.base);
+                any = true;
+            }
+            // A reset asleep forgets the allocations and keeps the pages as
+            // they are (given back after the wake, once reset again).
+            if let Some(m) = self.scratches.first_mut() {
+                let (committed, generation) = (m.scratch.committed_bytes(), m.scratch.generation());
+                m.scratch.reset();
+                assert_eq!(
+                    m.scratch.committed_bytes(),
+                    committed,
+                    "asleep, nothing changes"
+                );
+                assert_eq!(m.scratch.generation(), generation + 1);
+                for (sp, _, _) in m.live.drain(..) {
+                    m.stale.push((sp, generation));
+                }
+                m.stale.truncate(8);
+                m.cursor = 0;
+                m.used = 0;
                 any = true;
             }
         }
