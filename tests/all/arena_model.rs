@@ -817,12 +817,12 @@ impl<'a, 'd> Model<'a, 'd> {
     /// Sleeps and wakes the arena: asleep it holds no device memory (an
     /// offload keeps the contents in staged host memory), refuses
     /// allocations and serves frees (the blocks picked by `frees`, and with
-    /// `drop` a grow buffer and a scratch arena, and a reset of another),
-    /// exactly accounted; awake,
-    /// every block, scratch allocation and buffer still live is at its
-    /// address again, with its contents (offload) or zeroed (discard, then
-    /// filled again for the checks that follow), and what was freed asleep
-    /// was not recommitted (the step's check: physical bytes = committed).
+    /// `drop` a grow buffer, a scratch arena and a reset of another),
+    /// exactly accounted; awake, every block, scratch allocation and buffer
+    /// still live is at its address again, with its contents (offload) or
+    /// zeroed (discard, then filled again for the checks that follow), and
+    /// what was freed asleep was not recommitted (the step's check: physical
+    /// bytes = committed + staged).
     /// Sleep waits for the streams' work: skipped while a kernel is held.
     fn sleep_wake(&mut self, offload: bool, stream: usize, frees: &[Index], drop: bool) {
         if self.held.iter().any(|&h| h) {
