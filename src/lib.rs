@@ -5,6 +5,7 @@
 pub mod align;
 pub mod driver;
 pub mod error;
+mod lock;
 mod meta;
 pub mod ptr;
 pub mod sync;

@@ -16,6 +16,7 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::arena::{Arena, ArenaConfig, Kind};
 use crate::driver::{DevicePtr, HostDriver};
+use crate::lock::lock;
 use crate::stats::Stats;
 
 thread_local! {
@@ -58,9 +59,7 @@ impl ArenaGlobalAlloc {
         if !entered {
             return None;
         }
-        let r = self
-            .arena()
-            .map(|m| f(&mut m.lock().unwrap_or_else(|e| e.into_inner())));
+        let r = self.arena().map(|m| f(&mut lock(m)));
         let _ = BUSY.try_with(|b| b.set(false));
         r
     }

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::{Arena, ArenaConfig, Kind};
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::Result;
+use crate::lock::lock;
 use crate::stats::{Snapshot, Stats};
 
 /// An arena shared behind a mutex. Aligned to 128 bytes so that arenas kept
@@ -48,7 +49,7 @@ impl<D: Driver> SharedArena<D> {
 
     /// Locks the arena.
     pub fn lock(&self) -> MutexGuard<'_, Arena<D>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.inner)
     }
 
     /// Unwraps the arena.

@@ -28,6 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Call, DriverError, Error, ErrorKind, Reason, Result};
+use crate::lock::lock;
 use crate::meta::MetaVec;
 
 /// The driver operations the checked layer counts.
@@ -266,7 +267,7 @@ impl<D: Driver> Checked<D> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State<D::Handle>> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Counts so far.

@@ -32,6 +32,7 @@ use std::sync::Mutex;
 use crate::driver::rules::{Refusal, Rights, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
+use crate::lock::lock;
 use crate::meta::{MetaMap, MetaVec};
 
 /// Settings of the host backend.
@@ -211,7 +212,7 @@ impl HostDriver {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Bytes of physical memory held by live handles.

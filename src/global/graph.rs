@@ -39,6 +39,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{DevicePtr, Stream};
 use crate::error::Result;
+use crate::lock::lock;
 
 // How many holds are capturing (noting allocations) and alive (capturing
 // or captured, not yet released): `hot::HOT.capturing` and `.alive`, read
@@ -70,7 +71,7 @@ struct Hold {
 }
 
 fn holds() -> std::sync::MutexGuard<'static, Vec<Hold>> {
-    HOLDS.lock().unwrap_or_else(|e| e.into_inner())
+    lock(&HOLDS)
 }
 
 /// Starts a hold for the capture of `stream` on `device`; returns its id.

@@ -39,6 +39,7 @@ use crate::arena::SharedArena;
 use crate::commit::Budget;
 use crate::driver::{DevicePtr, Stream, SystemDriver};
 use crate::error::{BadPointer, Error, Result, TagUsage};
+use crate::lock::lock;
 use crate::policy::classes;
 pub use config::GlobalConfig;
 pub use report::Epoch;
@@ -233,10 +234,7 @@ impl GlobalArena {
 
     fn register(arena: Self) -> &'static Self {
         let a: &'static Self = Box::leak(Box::new(arena));
-        LEAKED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(a as *const Self as usize);
+        lock(&LEAKED).push(a as *const Self as usize);
         a.start_reclaimer();
         a
     }
@@ -258,7 +256,7 @@ impl GlobalArena {
 
     #[cold]
     fn start_reclaimer_once(&'static self) {
-        let mut slot = self.reclaimer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = lock(&self.reclaimer);
         if self.reclaimer_tried.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -292,11 +290,7 @@ impl GlobalArena {
 
     /// Stops the background reclaimer, if it runs, and waits for it.
     fn stop_reclaimer(&self) {
-        let handle = self
-            .reclaimer
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let handle = lock(&self.reclaimer).take();
         if let Some(h) = handle {
             self.reclaimer_stop.store(true, Ordering::Release);
             h.thread().unpark();
@@ -321,7 +315,7 @@ impl GlobalArena {
     pub unsafe fn destroy(arena: &'static GlobalArena) -> Result<()> {
         let addr = arena as *const Self as usize;
         {
-            let mut leaked = LEAKED.lock().unwrap_or_else(|e| e.into_inner());
+            let mut leaked = lock(&LEAKED);
             let Some(i) = leaked.iter().position(|&a| a == addr) else {
                 return Err(Error::Config(
                     "only an arena made by GlobalArena::leak or leak_with can be destroyed, once",
@@ -363,7 +357,7 @@ impl GlobalArena {
         for shard in self.tags().flat_map(|t| t.shards.iter()) {
             shard.lock().set_clock(clock.clone());
         }
-        *self.clock.lock().unwrap_or_else(|e| e.into_inner()) = Some(clock);
+        *lock(&self.clock) = Some(clock);
     }
 
     /// The device ordinal.

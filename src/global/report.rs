@@ -4,6 +4,7 @@
 use super::{GlobalArena, arenas, timing};
 use crate::arena::Accounting;
 use crate::driver::Driver;
+use crate::lock::lock;
 use crate::stats::Stats;
 
 /// What happened between two calls of [`GlobalArena::epoch`] (a phase of a
@@ -59,11 +60,7 @@ pub(super) static REPORT: std::sync::Once = std::sync::Once::new();
 extern "C" fn print_report() {
     for a in arenas() {
         let s = a.stats();
-        let (live, committed) = a
-            .epoch_start
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .run_peaks_with(&s);
+        let (live, committed) = lock(&a.epoch_start).run_peaks_with(&s);
         eprintln!(
             "gpu-arena: device {}: peak live {:.1} MiB, peak committed {:.1} MiB, peak committed / peak live {:.4}, driver calls {} (VMM {}), handles {}, mappings {}",
             a.device(),
@@ -177,7 +174,7 @@ impl GlobalArena {
     /// calls, allocations and time since the last call (or since the arena
     /// was made), then resets every shard's peaks to their current values.
     pub fn epoch(&self) -> Epoch {
-        let mut start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
+        let mut start = lock(&self.epoch_start);
         let s = self.stats();
         let times = timing::total();
         let calls = s.driver_calls.since(&start.calls);
@@ -212,7 +209,7 @@ impl GlobalArena {
     /// the current epoch's): the highest of the epochs' peaks, each a sum
     /// over tags and shards.
     pub fn run_peaks(&self) -> (u64, u64) {
-        let start = self.epoch_start.lock().unwrap_or_else(|e| e.into_inner());
+        let start = lock(&self.epoch_start);
         start.run_peaks_with(&self.stats())
     }
 

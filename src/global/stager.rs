@@ -3,11 +3,11 @@
 //! works (a loader that leaves its tag's block once per layer, say) are
 //! served once more when it is done, not by threads pinning side by side.
 
-use std::sync::Mutex;
 use std::thread::JoinHandle;
 
 use super::GlobalArena;
 use crate::error::Result;
+use crate::lock::lock;
 
 /// What [`GlobalArena::prepare_offload_in_background`] was asked and the
 /// thread serving it.
@@ -93,8 +93,4 @@ impl GlobalArena {
             let _ = h.join();
         }
     }
-}
-
-fn lock(m: &Mutex<Stager>) -> std::sync::MutexGuard<'_, Stager> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

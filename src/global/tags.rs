@@ -8,6 +8,7 @@ use super::{GlobalArena, GlobalDriver, MAX_TAGS};
 use crate::arena::{Kind, SharedArena};
 use crate::driver::DevicePtr;
 use crate::error::{ConfigText, Error, Result};
+use crate::lock::lock;
 use crate::meta::MetaVec;
 
 /// Tag names of this process in the order they were first used: a tag's
@@ -20,7 +21,7 @@ static TAG_NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// arena is created here: each device creates a tag's arenas when it first
 /// needs them).
 pub fn tag_index(name: &str) -> Result<u32> {
-    let mut names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let mut names = lock(&TAG_NAMES);
     if names.is_empty() {
         names.push("default".to_string());
     }
@@ -39,7 +40,7 @@ pub fn tag_index(name: &str) -> Result<u32> {
 
 /// The name of the tag with process-wide index `tag`, if it was registered.
 pub(super) fn tag_name(tag: u32) -> Option<String> {
-    let names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    let names = lock(&TAG_NAMES);
     match names.get(tag as usize) {
         Some(n) => Some(n.clone()),
         None if tag == 0 => Some("default".to_string()),
@@ -162,7 +163,7 @@ impl GlobalArena {
         if slot.get().is_some() {
             return Ok(());
         }
-        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let _creating = lock(&self.creating);
         if slot.get().is_some() {
             return Ok(());
         }
@@ -187,12 +188,7 @@ impl GlobalArena {
                 let mut a = a.lock();
                 a.set_tag(i);
                 a.set_budget(self.budget.clone());
-                if let Some(clock) = self
-                    .clock
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .as_ref()
-                {
+                if let Some(clock) = lock(&self.clock).as_ref() {
                     a.set_clock(clock.clone());
                 }
             }
@@ -236,7 +232,7 @@ impl GlobalArena {
 
     /// The index of tag `name` if the process has it (never registers it).
     pub fn find_tag(&self, name: &str) -> Option<u32> {
-        let names = TAG_NAMES.lock().unwrap_or_else(|e| e.into_inner());
+        let names = lock(&TAG_NAMES);
         match names.iter().position(|n| n == name) {
             Some(i) => Some(i as u32),
             None if name == "default" => Some(0),

@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::lock::lock;
+
 // Whether measuring is on: [`HOT`](super::hot::HOT)`.timing`, read by
 // every call of the C ABI.
 
@@ -94,7 +96,7 @@ static REGISTRY: Mutex<Vec<Arc<Counters>>> = Mutex::new(Vec::new());
 thread_local! {
     static MINE: Arc<Counters> = {
         let c = Arc::new(Counters::default());
-        REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push(c.clone());
+        lock(&REGISTRY).push(c.clone());
         c
     };
 }
@@ -175,7 +177,7 @@ pub fn record_free(start: u64) {
 /// Every thread's calls and time so far.
 pub fn total() -> Times {
     let per_ns = calibration();
-    let reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+    let reg = lock(&REGISTRY);
     let mut t = Times::default();
     let (mut at, mut ft) = (0u64, 0u64);
     for c in reg.iter() {

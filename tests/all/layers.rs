@@ -8,7 +8,7 @@ use std::path::Path;
 /// Layer of a top-level module of the crate (higher calls lower).
 fn layer(module: &str) -> Option<u32> {
     Some(match module {
-        "ptr" | "align" | "error" | "meta" => 0,
+        "ptr" | "align" | "error" | "meta" | "lock" => 0,
         "driver" => 1,
         "sync" => 2,
         "commit" | "policy" => 3,

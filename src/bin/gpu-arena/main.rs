@@ -173,6 +173,12 @@ pub fn xorshift(x: &mut u64) -> u64 {
     *x
 }
 
+/// Locks `m`, taking the guard of a poisoned lock as well (a thread that
+/// panicked is reported as a failure; the others go on).
+pub fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// `1.5 GiB`, `64 MiB`, `512 B`.
 pub fn fmt_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];

@@ -57,10 +57,11 @@
 use core::ffi::{c_int, c_uint};
 use core::sync::atomic::{AtomicU64, Ordering};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
+use crate::lock::lock;
 use crate::meta::{MetaMap, MetaVec};
 
 #[cfg(feature = "test-support")]
@@ -659,10 +660,6 @@ impl CudaDriver {
 
 const fn event_flags() -> c_uint {
     sys::CUevent_flags::CU_EVENT_DISABLE_TIMING as c_uint
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Drop for CudaDriver {

@@ -82,6 +82,7 @@ use std::sync::{Mutex, MutexGuard};
 use crate::driver::rules::{Refusal, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
+use crate::lock::lock;
 use crate::meta::{MetaMap, MetaVec};
 
 pub mod result;
@@ -409,11 +410,11 @@ impl HipDriver {
     }
 
     fn lock_vmm(&self) -> MutexGuard<'_, VmState<HipHandle>> {
-        self.vmm.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.vmm)
     }
 
     fn lock_exportable(&self) -> MutexGuard<'_, MetaMap<HipHandle, ()>> {
-        self.exportable.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.exportable)
     }
 
     /// A handle whose memory went back: its value may be handed out again.
@@ -461,7 +462,7 @@ impl HipDriver {
     }
 
     fn take_event(&self) -> core::result::Result<usize, DriverError> {
-        if let Some(event) = self.events.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+        if let Some(event) = lock(&self.events).pop() {
             return Ok(event);
         }
         self.bind()?;
@@ -470,7 +471,7 @@ impl HipDriver {
 
     fn put_event(&self, event: usize) {
         {
-            let mut pool = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            let mut pool = lock(&self.events);
             if pool.len() < EVENT_POOL {
                 // Within the capacity reserved at start-up: no allocation.
                 pool.push(event);

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use gpu_arena::driver::{DevicePtr, Driver, Stream, SystemDriver};
 
-use crate::AnyResult;
+use crate::{AnyResult, lock};
 
 /// The word at index `i` of a block filled with `seed`: the same formula
 /// as the CUDA test kernels' (`driver::cuda::kernels::pattern_word`).
@@ -193,7 +193,7 @@ impl Dev {
                 }
                 if let Some((i, w)) = at {
                     corrupted.fetch_add(bad, Relaxed);
-                    let mut f = first.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut f = lock(first);
                     if f.len() < 8 {
                         f.push(Mismatch {
                             ptr: b.ptr,
@@ -358,7 +358,7 @@ impl Dev {
     /// The first mismatches the CPU saw (kernels only count them).
     pub fn first_mismatches(&self) -> Vec<Mismatch> {
         match self {
-            Dev::Host { first, .. } => first.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            Dev::Host { first, .. } => lock(first).clone(),
             #[cfg(feature = "cuda")]
             Dev::Cuda(_) => Vec::new(),
         }

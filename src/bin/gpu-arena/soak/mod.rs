@@ -48,7 +48,7 @@ use gpu_arena::{ArenaConfig, CommitConfig};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::table::Table;
-use crate::{AnyResult, BackendArg, Backends, fmt_bytes};
+use crate::{AnyResult, BackendArg, Backends, fmt_bytes, lock};
 use dev::Dev;
 pub use work::Tally;
 
@@ -394,7 +394,7 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
             }
         }
         soak.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        *stopped.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *lock(&stopped) = Instant::now();
         pb.finish_and_clear();
         eprintln!(
             "soak: workload stopped after {:.1} s; freeing everything and tearing down",
@@ -412,7 +412,7 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
         sleeper.join().map_err(|_| "the sleeper panicked")?;
         Ok(())
     })?;
-    let teardown = *stopped.lock().unwrap_or_else(|e| e.into_inner());
+    let teardown = *lock(&stopped);
     let seconds = (teardown - start).as_secs_f64();
 
     // Teardown: every stream's work done, every idle page given back, then

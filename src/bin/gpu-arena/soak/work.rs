@@ -11,7 +11,7 @@ use gpu_arena::global::GlobalArena;
 use gpu_arena::{Error, ErrorKind, Reason, SleepMode};
 
 use super::dev::{Block, Dev, Mark};
-use crate::{AnyResult, xorshift};
+use crate::{AnyResult, lock, xorshift};
 
 macro_rules! tally {
     ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
@@ -110,10 +110,6 @@ pub struct Soak<'a> {
 
 /// How long the sleeper keeps trying to wake its tags.
 const WAKE_PATIENCE: Duration = Duration::from_secs(30);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// How an error is counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
