@@ -888,6 +888,19 @@ impl<'a, 'd> Model<'a, 'd> {
         }
     }
 
+    /// The live bytes the model knows: blocks (as handed out), grow
+    /// buffers' lengths, scratch arenas' bumped bytes (read from cursors).
+    fn modelled_live(&self) -> (u64, u64, u64) {
+        let given = self.blocks.values().map(|b| b.given).sum();
+        let grown = self.grows.iter().map(|g| g.buf.len()).sum();
+        let bumped = self
+            .scratches
+            .iter()
+            .map(|m| m.scratch.allocated_bytes() as u64)
+            .sum();
+        (given, grown, bumped)
+    }
+
     /// Frees, while asleep, the blocks `frees` picks (no contents to check:
     /// nothing is mapped) and with `drop` a grow buffer and a scratch arena
     /// (of two or more), and resets a scratch arena; the stats follow at
@@ -941,13 +954,7 @@ impl<'a, 'd> Model<'a, 'd> {
             }
         }
         let s = self.arena.stats();
-        let given: u64 = self.blocks.values().map(|b| b.given).sum();
-        let grown: u64 = self.grows.iter().map(|g| g.buf.len()).sum();
-        let bumped: u64 = self
-            .scratches
-            .iter()
-            .map(|m| m.scratch.allocated_bytes() as u64)
-            .sum();
+        let (given, grown, bumped) = self.modelled_live();
         assert_eq!(s.live, given + grown + bumped, "asleep: {s:?}");
         assert_eq!(s.committed, 0, "asleep, frees commit nothing");
         assert_eq!(self.driver.physical_bytes(), s.staged);
@@ -1347,13 +1354,7 @@ impl<'a, 'd> Model<'a, 'd> {
             a.stats()
         };
         assert!(s.committed >= s.live, "committed >= live: {s:?}");
-        let given: u64 = self.blocks.values().map(|b| b.given).sum();
-        let grown: u64 = self.grows.iter().map(|g| g.buf.len()).sum();
-        let bumped: u64 = self
-            .scratches
-            .iter()
-            .map(|m| m.scratch.allocated_bytes() as u64)
-            .sum();
+        let (given, grown, bumped) = self.modelled_live();
         let slab = self.blocks.values().filter(|b| b.slab).count() as u64;
         assert_eq!(s.slab.blocks, slab);
         assert_eq!(s.large.blocks, self.blocks.len() as u64 - slab);

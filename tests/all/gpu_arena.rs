@@ -726,6 +726,44 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
     }
 }
 
+/// What [`weights_on_the_gpu`] makes.
+type Weights = (
+    &'static gpu_arena::global::GlobalArena,
+    std::sync::Arc<gpu_arena::driver::SystemDriver>,
+    Vec<(DevicePtr, u64, u8)>,
+);
+
+/// A global arena of device 0 over the checked CUDA backend (one shard, no
+/// thread cache) holding blocks of `sizes` in tag `weights`, block `i`
+/// filled with byte `first + i`: (arena, driver, (block, size, byte)).
+/// `None` (the test skips) where no CUDA device is found.
+fn weights_on_the_gpu(sizes: &[u64], first: u8) -> Option<Weights> {
+    use gpu_arena::driver::system::Select;
+    use gpu_arena::global::GlobalConfig;
+    drop(cuda()?);
+    let conf = GlobalConfig {
+        shards: 1,
+        thread_cache: 0,
+        ..GlobalConfig::default()
+    };
+    let (g, driver) = crate::common::checked_global(Select::Cuda, conf);
+    let blocks = {
+        let _t = g.tag_scope("weights").unwrap();
+        sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| {
+                let p = g.alloc(size, 512, Stream::DEFAULT).unwrap();
+                let byte = first + i as u8;
+                // SAFETY: a live block of `size` bytes on this device.
+                unsafe { driver.fill(p.addr(), byte, size as usize, Stream::DEFAULT) }.unwrap();
+                (p, size, byte)
+            })
+            .collect()
+    };
+    Some((g, driver, blocks))
+}
+
 /// Pinned memory for an offload obtained in the background on the GPU: the
 /// first offload of a tag then obtains nothing itself, and its contents come
 /// back at the same addresses after the wake; every handle, the stage's
@@ -733,29 +771,10 @@ fn global_arena_reuses_across_streams_only_after_the_free_fence() {
 #[test]
 fn offload_with_pinned_memory_obtained_in_the_background() {
     use gpu_arena::SleepMode;
-    use gpu_arena::driver::system::Select;
-    use gpu_arena::global::{GlobalArena, GlobalConfig};
-    let Some(probe) = cuda() else { return };
-    drop(probe);
-    let conf = GlobalConfig {
-        shards: 1,
-        thread_cache: 0,
-        ..GlobalConfig::default()
-    };
-    let (g, driver) = crate::common::checked_global(Select::Cuda, conf);
-    let blocks: Vec<(DevicePtr, u64, u8)> = {
-        let _t = g.tag_scope("weights").unwrap();
-        [64 * MIB, 3 * MIB, 200, 16 * MIB]
-            .into_iter()
-            .enumerate()
-            .map(|(i, size)| {
-                let p = g.alloc(size, 512, Stream::DEFAULT).unwrap();
-                let byte = 0x31 + i as u8;
-                // SAFETY: a live block of `size` bytes on this device.
-                unsafe { driver.fill(p.addr(), byte, size as usize, Stream::DEFAULT) }.unwrap();
-                (p, size, byte)
-            })
-            .collect()
+    use gpu_arena::global::GlobalArena;
+    let Some((g, driver, blocks)) = weights_on_the_gpu(&[64 * MIB, 3 * MIB, 200, 16 * MIB], 0x31)
+    else {
+        return;
     };
     let t = Instant::now();
     g.prepare_offload_in_background(&["weights"]).unwrap();
@@ -794,29 +813,10 @@ fn offload_with_pinned_memory_obtained_in_the_background() {
 #[test]
 fn frees_while_asleep_on_the_gpu_are_not_woken() {
     use gpu_arena::SleepMode;
-    use gpu_arena::driver::system::Select;
-    use gpu_arena::global::{GlobalArena, GlobalConfig};
-    let Some(probe) = cuda() else { return };
-    drop(probe);
-    let conf = GlobalConfig {
-        shards: 1,
-        thread_cache: 0,
-        ..GlobalConfig::default()
-    };
-    let (g, driver) = crate::common::checked_global(Select::Cuda, conf);
-    let blocks: Vec<(DevicePtr, u64, u8)> = {
-        let _t = g.tag_scope("weights").unwrap();
-        [24 * MIB, 3 * MIB, 200, 16 * MIB, 40 * MIB]
-            .into_iter()
-            .enumerate()
-            .map(|(i, size)| {
-                let p = g.alloc(size, 512, Stream::DEFAULT).unwrap();
-                let byte = 0x41 + i as u8;
-                // SAFETY: a live block of `size` bytes on this device.
-                unsafe { driver.fill(p.addr(), byte, size as usize, Stream::DEFAULT) }.unwrap();
-                (p, size, byte)
-            })
-            .collect()
+    use gpu_arena::global::GlobalArena;
+    let sizes = [24 * MIB, 3 * MIB, 200, 16 * MIB, 40 * MIB];
+    let Some((g, driver, blocks)) = weights_on_the_gpu(&sizes, 0x41) else {
+        return;
     };
     let weights = g.tag("weights").unwrap();
     let shard = &g.shards(weights)[0];
