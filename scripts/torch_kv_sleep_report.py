@@ -16,6 +16,8 @@ for line in open(sys.argv[1]):
         label = j["conf"] or "default"
         if j.get("fill") == "no":
             label += ", tensors never written"
+        if j.get("gap_ms"):
+            label += f", {j['gap_ms']:g} ms between sleep and wake"
         if j.get("collect") == "before":
             label += ", gc.collect() before sleep() (the adapter until 2026-11-28)"
         runs.setdefault(label, []).append(j)
