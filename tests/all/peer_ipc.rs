@@ -26,7 +26,7 @@ use gpu_arena::driver::{
 use gpu_arena::{
     Arena, ArenaConfig, CommitConfig, DevicePtr, Error, ErrorKind, GrowBuffer, Kind, Reason,
 };
-use gpu_arena::{Policy, SharedArena};
+use gpu_arena::{Policy, SharedArena, SleepMode};
 
 fn two_devices() -> HostDriver {
     HostDriver::with_config(HostConfig {
@@ -160,6 +160,46 @@ fn grant_covers_committed_and_later_pages_and_revoke_takes_it_back() {
         a.free(later).unwrap();
         a.free(again).unwrap();
         a.free_buffer(buf, 16 << 20, Policy::Grow, Stream::DEFAULT);
+        invariants(&a);
+    }
+    assert!(d.leaks().is_none(), "{:?}", d.leaks());
+}
+
+/// A peer's access outlives sleep and wake (the wake maps fresh handles
+/// and gives them the arena's whole access list), and a grant or revoke
+/// made while asleep holds for the woken pages.
+#[test]
+fn a_peers_access_outlives_sleep_and_wake() {
+    let d = Checked::new(two_devices());
+    {
+        let mut a = Arena::new(&d, Kind::Device(0), config()).unwrap();
+        let (peer, me) = (Location::Device(1), Location::Device(0));
+        let small: Vec<DevicePtr> = (0..32).map(|_| a.alloc(4096, 64).unwrap()).collect();
+        let large = a.alloc(40 << 20, 256).unwrap();
+        a.grant(peer, AccessMode::Read).unwrap();
+        for mode in [SleepMode::Offload, SleepMode::Discard] {
+            a.sleep(mode, Stream::DEFAULT).unwrap();
+            a.wake(Stream::DEFAULT).unwrap();
+            let pages = committed_pages(&a);
+            assert_all(&a, &pages, peer, AccessMode::Read);
+            assert_all(&a, &pages, me, AccessMode::ReadWrite);
+        }
+        a.sleep(SleepMode::Discard, Stream::DEFAULT).unwrap();
+        a.grant(peer, AccessMode::ReadWrite).unwrap();
+        a.wake(Stream::DEFAULT).unwrap();
+        assert_all(&a, &committed_pages(&a), peer, AccessMode::ReadWrite);
+        a.sleep(SleepMode::Discard, Stream::DEFAULT).unwrap();
+        // SAFETY: nothing of device 1 uses the arena (host backend).
+        unsafe { a.revoke(peer).unwrap() };
+        a.wake(Stream::DEFAULT).unwrap();
+        let pages = committed_pages(&a);
+        assert_all(&a, &pages, peer, AccessMode::None);
+        assert_all(&a, &pages, me, AccessMode::ReadWrite);
+        for p in small {
+            a.free(p).unwrap();
+        }
+        a.free(large).unwrap();
+        a.trim();
         invariants(&a);
     }
     assert!(d.leaks().is_none(), "{:?}", d.leaks());
