@@ -337,3 +337,24 @@ fn frees_while_asleep_are_served_and_not_woken() {
     let c = d.counts();
     assert_eq!((c.create, c.reserve), (c.release, c.free_reservation));
 }
+
+/// An arena dropped while asleep (after frees while asleep) gives
+/// everything back: the stage holding its offloaded contents, every handle
+/// and the reservation.
+#[test]
+fn an_arena_dropped_asleep_gives_everything_back() {
+    let d = driver();
+    for mode in [SleepMode::Offload, SleepMode::Discard] {
+        let mut a = Arena::new(&d, Kind::Device(0), config()).unwrap();
+        let live = blocks(&mut a);
+        a.sleep(mode, Stream::DEFAULT).unwrap();
+        a.free(live[1].0).unwrap();
+        a.free(live[4].0).unwrap();
+        assert_eq!(d.physical_bytes(), a.stats().staged);
+        drop(a);
+        assert!(d.leaks().is_none(), "{mode:?}: {:?}", d.leaks());
+        assert_eq!(d.physical_bytes(), 0);
+    }
+    let c = d.counts();
+    assert_eq!((c.create, c.reserve), (c.release, c.free_reservation));
+}
