@@ -23,8 +23,9 @@ wake cost per large physical handle, not per tensor, and no free
 synchronizes the device (vLLM's free callback calls ``torch.cuda.synchronize``).
 ``sleep()`` runs no garbage collection (vLLM's runs it after unmapping): a
 tensor freed while its pool sleeps, whenever the collector gets to it, is
-freed at once and is not woken. To have even the first ``sleep`` offload at copy speed, obtain the pinned
-host memory in the background once the weights are loaded:
+freed at once and is not woken. To have even the first ``sleep`` offload
+at copy speed, obtain the pinned host memory in the background once the
+weights are loaded:
 ``gpu_arena.prepare_offload(CuMemAllocator.arena_tag("weights"))`` (vLLM
 itself obtains it at every sleep; gpu-arena keeps it between cycles).
 """
