@@ -185,5 +185,25 @@ fn process_tag_unknown_tags_and_graph_holds() {
             0,
             "a second release does nothing"
         );
+
+        // A graph released while the tag of its blocks sleeps: the deferred
+        // frees are served, and the sleeping tag's stats let go of them
+        // (the default stream here: sleep waits on the tag's streams, and
+        // the host backend knows no stream 0x5000).
+        assert!(gpu_arena_set_tag(c"weights".as_ptr()) >= 0);
+        let d = core::ptr::null_mut();
+        let id = gpu_arena_graph_begin(0, d);
+        let live0 = arena.tag_stats(weights).live;
+        let w = gpu_arena_alloc(3 << 20, 0, d);
+        assert_eq!(gpu_arena_free(w, 3 << 20, 0, d), 0, "deferred");
+        gpu_arena_graph_end(id);
+        assert_eq!(arena.tag_stats(weights).live, live0 + (3 << 20));
+        let rc = gpu_arena_sleep(0, c"weights".as_ptr(), 0, d);
+        assert_eq!(rc, 0, "{}", last_error());
+        assert_eq!(gpu_arena_graph_release(id), 3 << 20, "{}", last_error());
+        assert_eq!(arena.tag_stats(weights).live, live0);
+        assert_eq!(gpu_arena_wake(0, c"weights".as_ptr(), d), 0);
+        assert_eq!(arena.tag_stats(weights).live, live0);
+        assert!(gpu_arena_set_tag(c"mine".as_ptr()) >= 0);
     }
 }
