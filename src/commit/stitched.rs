@@ -207,9 +207,11 @@ impl<D: Driver> Commit<D> {
     /// parking its units as a group (forming it if need be), if parking is
     /// on and they may be: what [`Commit::sub_live`] would do page by page,
     /// with the same outcome (see [`parked`](super::pool::parked)). Returns false
-    /// where the caller must free it page by page.
+    /// where the caller must free it page by page. Never asleep: an asleep
+    /// range has no units to park ([`Commit::stitch_free`] drops it).
     fn park_range(&mut self, r: u32, off: u64, size: u64, stamp: Stamp) -> bool {
-        if !self.config.park || self.asleep || size == 0 {
+        debug_assert!(!self.asleep, "asleep ranges are dropped, not parked");
+        if !self.config.park || size == 0 {
             return false;
         }
         let (first, stream, group) = {
