@@ -47,8 +47,8 @@ MUTANTS = [
   "        if !maps.iter().all(|&m| {\n            let u = self.pool.map(m).unit;\n            self.unit_settled(u)\n        }) {",
   "        if false {"),
  ("M9 try_take ignores owner", "src/commit/live.rs",
-  "                    !strands && self.pool.can_take(m) && (x.live_pages > 0 || self.allows(m, slot))",
-  "                    !strands && (x.live_pages > 0 || self.allows(m, slot))"),
+  "                    !strands && self.pool.can_take(m) && (live > 0 || self.allows(m, slot))",
+  "                    !strands && (live > 0 || self.allows(m, slot))"),
  ("M10 units not stamped on free (only mappings)", "src/commit/pool/mod.rs",
   "        let x = &mut self.units[u as usize];\n        if stamp_it {\n            x.stamps.add(stamp);\n        }",
   "        let x = &mut self.units[u as usize];"),
@@ -67,6 +67,12 @@ MUTANTS = [
  ("M15 a stitched range freed while asleep stays cached, unmapped", "src/commit/stitched.rs",
   "        if self.asleep {\n            // No mapping to keep",
   "        if false {\n            // No mapping to keep"),
+ ("M16 a flush leaves a parked group's members live", "src/commit/pool/parked.rs",
+  "            if parked {\n                // What parking it page by page would have written.\n                mp.live_pages = 0;\n            }",
+  "            let _ = parked;"),
+ ("M17 a parked group's units read as owned", "src/commit/pool/parked.rs",
+  "        if x.group != NO_GROUP && self.groups[x.group as usize].parked {\n            NIL\n        } else {\n            x.owner\n        }",
+  "        x.owner"),
 ]
 
 

@@ -222,7 +222,7 @@ impl<D: Driver> Commit<D> {
         while let Some((_, m)) = self.pages.next_mapped(p, b) {
             let (first, pages, unit, live) = {
                 let x = self.pool.map(m);
-                (x.first, x.pages, x.unit, x.live_pages)
+                (x.first, x.pages, x.unit, self.pool.live_pages(m))
             };
             let next = first + pages;
             if live > 0 {
@@ -254,7 +254,7 @@ impl<D: Driver> Commit<D> {
     /// (it is never reused; its fences completed, as its last mapping's did).
     pub(super) fn drop_if_orphan_shared(&mut self, u: u32) {
         let x = self.pool.unit(u);
-        if x.shared && x.owner == NIL && x.aliases == 0 {
+        if x.shared && self.pool.owner(u) == NIL && x.aliases == 0 {
             self.shared_pending.retain(|&v| v != u);
             self.release_unit(u);
         }

@@ -77,7 +77,6 @@ impl<D: Driver> Commit<D> {
     pub(super) fn try_take(&mut self, off: u64, len: u64, slot: u16) -> bool {
         let (a, b) = self.span(off, len);
         let edges = self.partial_edges(off, len);
-        let mut now = None;
         for p in a..=b {
             let lo = off.max(p << self.shift);
             let hi = (off + len).min((p + 1) << self.shift);
@@ -85,8 +84,9 @@ impl<D: Driver> Commit<D> {
             if live == 0 {
                 let ok = m != NIL && {
                     let x = self.pool.map(m);
-                    let strands = x.live_pages == 0 && Self::strands(x.first, x.pages, a, b, edges);
-                    !strands && self.pool.can_take(m) && (x.live_pages > 0 || self.allows(m, slot))
+                    let live = self.pool.live_pages(m);
+                    let strands = live == 0 && Self::strands(x.first, x.pages, a, b, edges);
+                    !strands && self.pool.can_take(m) && (live > 0 || self.allows(m, slot))
                 };
                 if !ok {
                     // Undo the pages taken so far (no free happened: no stamp).
@@ -97,8 +97,7 @@ impl<D: Driver> Commit<D> {
                     return false;
                 }
                 self.pages.add_live(p, (hi - lo) as u32);
-                let t = *now.get_or_insert_with(|| self.clock.now_ms());
-                if let Transition::Owned(u) = self.pool.gain_page(m, t) {
+                if let Transition::Owned(u) = self.pool.gain_page(m) {
                     self.set_aliases_blocked(u, m, true);
                 }
             } else {
@@ -113,13 +112,11 @@ impl<D: Driver> Commit<D> {
     /// Adds `len` live bytes at `off` to pages that are all backed and
     /// takeable.
     pub(super) fn account_live(&mut self, off: u64, len: u64) {
-        let mut now = None;
         let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
-        let (pool, clock) = (&mut self.pool, &self.clock);
+        let pool = &mut self.pool;
         self.pages.add_block(off, len, self.shift, |first_live, m| {
             if first_live {
-                let t = *now.get_or_insert_with(|| clock.now_ms());
-                if let Transition::Owned(u) = pool.gain_page(m, t) {
+                if let Transition::Owned(u) = pool.gain_page(m) {
                     let first = pool.other_aliases(u, m);
                     if first != NIL {
                         marks.push((first, m));

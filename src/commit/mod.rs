@@ -500,8 +500,8 @@ impl<D: Driver> Commit<D> {
     pub fn for_each_run(&self, mut f: impl FnMut(u64, u64, u64, bool)) {
         for m in self.pool.map_ids() {
             let x = self.pool.map(m);
-            let idle = self.pool.unit(x.unit).owner == NIL;
-            f(x.first, x.pages, x.live_pages, idle);
+            let idle = self.pool.owner(x.unit) == NIL;
+            f(x.first, x.pages, self.pool.live_pages(m), idle);
         }
     }
 
@@ -545,7 +545,7 @@ impl<D: Driver> Commit<D> {
             if l > 0 {
                 *live_pages.entry(m).or_default() += 1;
             }
-            let owner = self.pool.unit(x.unit).owner;
+            let owner = self.pool.owner(x.unit);
             let should = l == 0 && owner != NIL && owner != m && !x.stitched;
             assert_eq!(
                 blocked, should,
@@ -555,7 +555,7 @@ impl<D: Driver> Commit<D> {
         for m in self.pool.map_ids() {
             let x = self.pool.map(m);
             assert_eq!(
-                x.live_pages,
+                self.pool.live_pages(m),
                 live_pages.get(&m).copied().unwrap_or(0),
                 "mapping {m} live pages"
             );

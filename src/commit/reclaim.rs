@@ -186,7 +186,7 @@ impl<D: Driver> Commit<D> {
         let mut i = 0;
         while i < self.shared_pending.len() {
             let u = self.shared_pending[i];
-            if self.pool.unit(u).owner != NIL {
+            if self.pool.owner(u) != NIL {
                 self.shared_pending.swap_remove(i);
                 continue;
             }

@@ -27,7 +27,7 @@ impl<D: Driver> Commit<D> {
             && self
                 .pool
                 .unit_ids()
-                .any(|u| self.pool.unit(u).shared && self.pool.unit(u).owner != NIL)
+                .any(|u| self.pool.unit(u).shared && self.pool.owner(u) != NIL)
     }
 
     /// Removes every mapping of pages `a..=b` (none may hold live bytes),

@@ -109,7 +109,6 @@ impl<D: Driver> Commit<D> {
             return Err(e);
         }
         // The live pages own their new units.
-        let now = self.clock.now_ms();
         let mut pages: MetaVec<u64> = MetaVec::new_in(std::alloc::System);
         self.pages.for_each_touched(|p, live, _, _| {
             if live > 0 {
@@ -119,7 +118,7 @@ impl<D: Driver> Commit<D> {
         for p in pages {
             let m = self.pages.map(p);
             debug_assert_ne!(m, NIL, "woken page {p} unmapped");
-            self.pool.gain_page(m, now);
+            self.pool.gain_page(m);
         }
         self.asleep = false;
         self.peak_committed = self.peak_committed.max(self.committed());

@@ -190,9 +190,8 @@ impl<D: Driver> Commit<D> {
             .add_block(off, size, self.shift, |first_live, _| {
                 debug_assert!(first_live, "a parked range's page is live");
             });
-        let now = self.clock.now_ms();
         let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
-        self.pool.retake_group(g, now, &mut marks);
+        self.pool.retake_group(g, &mut marks);
         self.mark_all(&mut marks, true);
         self.marks = marks;
         self.live += size;
@@ -445,7 +444,7 @@ impl<D: Driver> Commit<D> {
         let mut p = a;
         while let Some((_, m)) = self.pages.next_mapped(p, b) {
             let (u, pages) = (self.pool.map(m).unit, self.pool.map(m).pages);
-            let owner = self.pool.unit(u).owner;
+            let owner = self.pool.owner(u);
             if owner != NIL && owner != m {
                 if self.stitch.contains_page(self.pool.map(owner).first) {
                     busy.in_ranges += pages;
@@ -494,7 +493,7 @@ impl<D: Driver> Commit<D> {
             let x = self.pool.map(m);
             let (u, pages) = (x.unit, x.pages);
             let outside = x.first < a || x.first + x.pages > b + 1;
-            let usable = !(outside && x.live_pages == 0 && pages > 1)
+            let usable = !(outside && pages > 1 && self.pool.live_pages(m) == 0)
                 && self.pool.can_take(m)
                 && !self.pool.mark(u, token)
                 && self.allows(m, slot);

@@ -162,13 +162,13 @@ impl<D: Driver> Commit<D> {
             self.calls.alias += 1;
         }
         let stitched = self.stitch.contains_page(first);
-        let m = self.pool.add_map(u, first, stitched, self.clock.now_ms());
+        let m = self.pool.add_map(u, first, stitched);
         for p in first..first + pages {
             self.pages.set_map(p, m);
         }
         // A unit in use elsewhere makes the new mapping's pages blocked
         // (outside stitched ranges, whose readiness is asked of the pool).
-        if self.pool.unit(u).owner != NIL && !stitched {
+        if self.pool.owner(u) != NIL && !stitched {
             for p in first..first + pages {
                 self.pages.set_blocked(p, true);
             }
@@ -181,7 +181,7 @@ impl<D: Driver> Commit<D> {
     pub(super) fn unmap_mapping(&mut self, m: u32) -> Result<u32> {
         let (first, pages) = {
             let x = self.pool.map(m);
-            debug_assert_eq!(x.live_pages, 0, "unmapping live mapping {m}");
+            debug_assert_eq!(self.pool.live_pages(m), 0, "unmapping live mapping {m}");
             (x.first, x.pages)
         };
         // SAFETY: no live byte is on the mapping and the caller checked its

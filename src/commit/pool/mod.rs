@@ -52,8 +52,10 @@ pub enum Fenced {
 #[derive(Debug)]
 #[repr(C, align(64))]
 pub struct Unit {
-    /// The mapping that holds live bytes of it, or NIL (idle).
-    pub owner: u32,
+    /// The mapping that holds live bytes of it, or NIL (idle); read it
+    /// with [`Pool::owner`] (a parked group's member keeps its mapping
+    /// here while its group says it is idle: see [`parked`]).
+    owner: u32,
     /// Head of the list of its mappings outside stitched ranges (linked by
     /// `Mapping::next_alias`).
     pub first_alias: u32,
@@ -80,16 +82,6 @@ pub struct Unit {
     group: u16,
 }
 
-impl Unit {
-    /// Whether mapping `m` may take this unit: it owns it already, or the
-    /// unit is idle and not shared (an empty shared unit is never taken
-    /// again).
-    #[inline]
-    fn may_go_to(&self, m: u32) -> bool {
-        self.owner == m || (self.owner == NIL && !self.shared)
-    }
-}
-
 /// One virtual range backed by a whole unit (one cache line per record,
 /// as [`Unit`]).
 #[derive(Debug)]
@@ -103,10 +95,10 @@ pub struct Mapping {
     pub first: u64,
     /// Pages (the unit's size).
     pub pages: u64,
-    /// Pages of this range holding live bytes.
-    pub live_pages: u64,
-    /// Clock (ms) when it last took its unit.
-    pub last_used: u64,
+    /// Pages of this range holding live bytes; read it with
+    /// [`Pool::live_pages`] (a parked group's member keeps its pages here
+    /// while its group says they are empty: see [`parked`]).
+    live_pages: u64,
     /// Frees through this mapping not yet known complete: unmapping it
     /// waits for them (and only for them: frees through the unit's other
     /// mappings do not address this range).
@@ -332,7 +324,7 @@ impl<H> Pool<H> {
     pub fn remove_unit(&mut self, u: u32) -> Option<H> {
         let x = &self.units[u as usize];
         debug_assert!(
-            x.used && x.aliases == 0 && x.owner == NIL && x.group == NO_GROUP,
+            x.used && x.aliases == 0 && self.owner(u) == NIL && x.group == NO_GROUP,
             "unit {u} in use"
         );
         if !x.shared {
@@ -357,7 +349,12 @@ impl<H> Pool<H> {
 
     /// Records a mapping of unit `u` at pages `first..first+pages` (not
     /// owning it yet), in a stitched range or not.
-    pub fn add_map(&mut self, u: u32, first: u64, stitched: bool, now: u64) -> u32 {
+    pub fn add_map(&mut self, u: u32, first: u64, stitched: bool) -> u32 {
+        if !stitched {
+            // A parked group keeps the mappings outside stitched ranges of
+            // its units as they were when it formed (see [`parked`]).
+            self.flush_unit(u);
+        }
         let pages = self.units[u as usize].pages;
         let next_alias = if stitched {
             self.units[u as usize].first_stitched
@@ -370,7 +367,6 @@ impl<H> Pool<H> {
             pages,
             live_pages: 0,
             next_alias,
-            last_used: now,
             stitched,
             stamps: StampSet::new(),
             used: true,
@@ -398,7 +394,7 @@ impl<H> Pool<H> {
 
     /// Forgets mapping `m` (no live pages); returns its unit.
     pub fn remove_map(&mut self, m: u32) -> u32 {
-        debug_assert!(self.maps[m as usize].live_pages == 0, "mapping {m} is live");
+        debug_assert!(self.live_pages(m) == 0, "mapping {m} is live");
         let u = self.maps[m as usize].unit;
         // A member's group cannot outlive it (the caller settled its stamps,
         // which flushed the group; this keeps it so whatever the caller).
@@ -443,7 +439,16 @@ impl<H> Pool<H> {
     /// an empty shared unit is never taken again).
     #[inline]
     pub fn can_take(&self, m: u32) -> bool {
-        self.units[self.maps[m as usize].unit as usize].may_go_to(m)
+        self.may_go_to(self.maps[m as usize].unit, m)
+    }
+
+    /// Whether mapping `m` may take unit `u`: it owns it already, or the
+    /// unit is idle and not shared (an empty shared unit is never taken
+    /// again).
+    #[inline]
+    fn may_go_to(&self, u: u32, m: u32) -> bool {
+        let owner = self.owner(u);
+        owner == m || (owner == NIL && !self.units[u as usize].shared)
     }
 
     /// Claims the unit of mapping `m` for a block over pages `a..=b` being
@@ -456,14 +461,13 @@ impl<H> Pool<H> {
     pub fn claim(&mut self, m: u32, a: u64, b: u64, token: u32) -> Option<u32> {
         let x = &self.maps[m as usize];
         let u = x.unit;
-        if x.live_pages == 0 && x.pages > 1 && (x.first < a || x.first + x.pages > b + 1) {
+        if x.pages > 1 && (x.first < a || x.first + x.pages > b + 1) && self.live_pages(m) == 0 {
             return None;
         }
-        let y = &mut self.units[u as usize];
-        if !y.may_go_to(m) || y.mark == token {
+        if !self.may_go_to(u, m) || self.units[u as usize].mark == token {
             return None;
         }
-        y.mark = token;
+        self.units[u as usize].mark = token;
         Some(u)
     }
 
@@ -485,17 +489,17 @@ impl<H> Pool<H> {
     ///
     /// The unit must be idle or owned by `m` ([`Pool::can_take`]).
     #[inline]
-    pub fn gain_page(&mut self, m: u32, now: u64) -> Transition {
+    pub fn gain_page(&mut self, m: u32) -> Transition {
+        let u = self.maps[m as usize].unit;
+        // A unit of a parked group taken page by page: the group's state
+        // goes back to the page-by-page one first (its members' live pages
+        // among it).
+        self.flush_unit(u);
         let mp = &mut self.maps[m as usize];
         mp.live_pages += 1;
         if mp.live_pages > 1 {
             return Transition::None;
         }
-        mp.last_used = now;
-        let u = mp.unit;
-        // A unit of a parked group taken page by page: the group's state
-        // goes back to the page-by-page one first.
-        self.flush_unit(u);
         debug_assert!(
             self.units[u as usize].owner == NIL,
             "mapping {m} takes unit {u} owned by mapping {}",
@@ -677,16 +681,24 @@ impl<H> Pool<H> {
                 assert!(mp.used, "unit {u} lists a dead mapping {m}");
                 assert_eq!(mp.unit, u as u32, "mapping {m} of unit {u}");
                 assert_eq!(mp.pages, x.pages, "mapping {m} size");
-                if mp.live_pages > 0 {
+                if self.live_pages(m) > 0 {
                     owners += 1;
-                    assert_eq!(x.owner, m, "unit {u}: its live mapping {m} owns it");
+                    assert_eq!(
+                        self.owner(u as u32),
+                        m,
+                        "unit {u}: its live mapping {m} owns it"
+                    );
                 }
                 n += 1;
             }
             assert_eq!(n, x.aliases, "unit {u} alias count");
             assert!(owners <= 1, "unit {u} has {owners} live mappings");
             if owners == 0 {
-                assert_eq!(x.owner, NIL, "unit {u} owned by an empty mapping");
+                assert_eq!(
+                    self.owner(u as u32),
+                    NIL,
+                    "unit {u} owned by an empty mapping"
+                );
                 if !x.shared {
                     idle += x.pages;
                 }
@@ -701,7 +713,7 @@ impl<H> Pool<H> {
         while u != NIL {
             let x = &self.units[u as usize];
             assert!(
-                x.used && x.owner == NIL && !x.shared,
+                x.used && self.owner(u) == NIL && !x.shared,
                 "idle list holds unit {u}"
             );
             assert_eq!(x.prev, prev, "idle list links");
@@ -713,7 +725,7 @@ impl<H> Pool<H> {
         let (mut listed, mut last) = (0, 0);
         for u in self.idle_units() {
             let x = &self.units[u as usize];
-            assert!(x.used && x.owner == NIL && !x.shared, "idle unit {u}");
+            assert!(x.used && self.owner(u) == NIL && !x.shared, "idle unit {u}");
             assert!(last <= self.idle_since(u), "idle list order");
             last = self.idle_since(u);
             listed += x.pages;
@@ -759,18 +771,18 @@ mod tests {
         let a = p.add_unit(1, 1, false, 0);
         let b = p.add_unit(2, 2, false, 0);
         assert_eq!(p.idle_pages(), 3);
-        let ma = p.add_map(a, 10, false, 0);
-        let ma2 = p.add_map(a, 20, true, 0);
-        let mb = p.add_map(b, 30, false, 0);
+        let ma = p.add_map(a, 10, false);
+        let ma2 = p.add_map(a, 20, true);
+        let mb = p.add_map(b, 30, false);
         assert_eq!(p.aliases(a).count(), 2);
         assert!(p.can_take(ma) && p.can_take(ma2));
-        assert_eq!(p.gain_page(ma, 1), Transition::Owned(a));
+        assert_eq!(p.gain_page(ma), Transition::Owned(a));
         assert!(
             !p.can_take(ma2),
             "the alias is blocked while ma owns the unit"
         );
-        assert_eq!(p.gain_page(mb, 1), Transition::Owned(b));
-        assert_eq!(p.gain_page(mb, 1), Transition::None);
+        assert_eq!(p.gain_page(mb), Transition::Owned(b));
+        assert_eq!(p.gain_page(mb), Transition::None);
         assert_eq!(p.idle_pages(), 0);
         assert_eq!(
             p.free_page(mb, Stamp::SAFE, false, true, 5),
@@ -803,9 +815,9 @@ mod tests {
     fn a_free_stamps_the_mapping_and_its_unit_once_and_a_claim_takes_each_unit_once() {
         let mut p: Pool<u8> = Pool::new();
         let a = p.add_unit(1, 2, false, 0);
-        let ma = p.add_map(a, 10, false, 0);
-        assert_eq!(p.gain_page(ma, 1), Transition::Owned(a));
-        assert_eq!(p.gain_page(ma, 1), Transition::None);
+        let ma = p.add_map(a, 10, false);
+        assert_eq!(p.gain_page(ma), Transition::Owned(a));
+        assert_eq!(p.gain_page(ma), Transition::None);
         let s = Stamp::new(1, 4);
         // The first page of the free stamps; the second empties the mapping.
         assert_eq!(p.free_page(ma, s, true, true, 3), Transition::None);
@@ -826,8 +838,8 @@ mod tests {
         let t = p.new_mark();
         assert_eq!(p.claim(ma, 11, 11, t), None);
         // Owned by another mapping: not claimable.
-        let ma2 = p.add_map(a, 20, true, 0);
-        assert_eq!(p.gain_page(ma2, 5), Transition::Owned(a));
+        let ma2 = p.add_map(a, 20, true);
+        assert_eq!(p.gain_page(ma2), Transition::Owned(a));
         let t = p.new_mark();
         assert_eq!(p.claim(ma, 10, 11, t), None);
         assert_eq!(p.claim(ma2, 20, 21, t), Some(a));

@@ -57,6 +57,11 @@ pub struct GroupId {
 pub(super) struct Group {
     /// The member mappings, in page order (their units are distinct).
     members: MetaVec<u32>,
+    /// `(first mapping outside stitched ranges, member)` for each member
+    /// whose unit has such mappings, in member order: the blocked bits a
+    /// park or retake changes. Fixed while the group lives (adding or
+    /// removing such a mapping of a member's unit flushes the group).
+    aliased: MetaVec<(u32, u32)>,
     /// Frees through the members not yet added to their stamps and to
     /// their units' stamps.
     pending: StampSet,
@@ -129,6 +134,12 @@ impl<H> Pool<H> {
             None => return None,
         };
         let mut pages = 0;
+        let mut aliased = self
+            .groups
+            .get_mut(slot as usize)
+            .map(|g| core::mem::replace(&mut g.aliased, MetaVec::new_in(std::alloc::System)))
+            .unwrap_or_else(|| MetaVec::new_in(std::alloc::System));
+        aliased.clear();
         for (i, &m) in members.iter().enumerate() {
             let x = &self.maps[m as usize];
             let y = &mut self.units[x.unit as usize];
@@ -143,17 +154,25 @@ impl<H> Pool<H> {
                     let u = self.maps[m as usize].unit;
                     self.units[u as usize].group = NO_GROUP;
                 }
+                self.keep_aliased(slot, aliased);
                 return None;
             }
             y.group = slot;
             pages += y.pages;
+            // `Pool::other_aliases` of a stitched member: it is never on
+            // the list of mappings outside stitched ranges.
+            if y.first_alias != NIL {
+                aliased.push((y.first_alias, m));
+            }
         }
         if members.is_empty() {
+            self.keep_aliased(slot, aliased);
             return None;
         }
         if self.spare_groups.pop().is_none() {
             self.groups.push(Group {
                 members: MetaVec::new_in(std::alloc::System),
+                aliased: MetaVec::new_in(std::alloc::System),
                 pending: StampSet::new(),
                 block_pages: 0,
                 pages: 0,
@@ -167,6 +186,7 @@ impl<H> Pool<H> {
         let g = &mut self.groups[slot as usize];
         g.members.clear();
         g.members.extend_from_slice(members);
+        g.aliased = aliased;
         g.pending.clear();
         g.block_pages = block_pages;
         g.pages = pages;
@@ -177,6 +197,14 @@ impl<H> Pool<H> {
             slot,
             generation: g.generation,
         })
+    }
+
+    /// Gives the buffer of a group that did not form back to slot `slot`
+    /// (if it exists), so that forming reuses it.
+    fn keep_aliased(&mut self, slot: u16, aliased: MetaVec<(u32, u32)>) {
+        if let Some(g) = self.groups.get_mut(slot as usize) {
+            g.aliased = aliased;
+        }
     }
 
     /// The slot of group `g` if it still exists (not flushed since).
@@ -218,6 +246,10 @@ impl<H> Pool<H> {
     /// the first one on the idle list. Pushes `(first other mapping,
     /// member)` to `marks` for each unit with mappings outside stitched
     /// ranges, whose pages the caller marks free.
+    ///
+    /// No member's record is touched: the group says they are idle
+    /// ([`Pool::owner`], [`Pool::live_pages`]) until it is retaken, which
+    /// leaves them as they are, or flushed, which writes it into them.
     pub fn park_group(
         &mut self,
         g: GroupId,
@@ -230,27 +262,10 @@ impl<H> Pool<H> {
             self.group_alive(g) && !self.groups[slot].parked,
             "group {slot} cannot park"
         );
-        let Group {
-            members,
-            pending,
-            pages,
-            ..
-        } = &mut self.groups[slot];
-        let (maps, units) = (&mut self.maps[..], &mut self.units[..]);
-        for &m in members.iter() {
-            let x = &mut maps[m as usize];
-            debug_assert_eq!(x.live_pages, x.pages, "member {m} not wholly live");
-            x.live_pages = 0;
-            let y = &mut units[x.unit as usize];
-            y.owner = NIL;
-            // `Pool::other_aliases` of a stitched member: it is never on the
-            // list of mappings outside stitched ranges.
-            if y.first_alias != NIL {
-                marks.push((y.first_alias, m));
-            }
-        }
-        pending.add(stamp);
-        let (first, pages) = (self.maps[members[0] as usize].unit, *pages);
+        let group = &mut self.groups[slot];
+        marks.extend_from_slice(&group.aliased);
+        group.pending.add(stamp);
+        let (first, pages) = (self.maps[group.members[0] as usize].unit, group.pages);
         self.groups[slot].parked = true;
         self.groups[slot].since = now;
         self.units[first as usize].idle_since = now;
@@ -258,11 +273,11 @@ impl<H> Pool<H> {
         self.idle_pages += pages - self.units[first as usize].pages;
     }
 
-    /// Takes parked group `g` back (see [`Pool::can_retake`]) at `now`:
+    /// Takes parked group `g` back (see [`Pool::can_retake`]):
     /// the first unit leaves the idle list and every member owns its unit
     /// again, with all its pages live. Pushes `marks` as
     /// [`Pool::park_group`] does, for the caller to mark blocked.
-    pub fn retake_group(&mut self, g: GroupId, now: u64, marks: &mut MetaVec<(u32, u32)>) {
+    pub fn retake_group(&mut self, g: GroupId, marks: &mut MetaVec<(u32, u32)>) {
         let slot = g.slot as usize;
         debug_assert!(
             self.group_alive(g) && self.groups[slot].parked,
@@ -273,19 +288,9 @@ impl<H> Pool<H> {
         self.idle_pages -= self.groups[slot].pages - self.units[first as usize].pages;
         let group = &mut self.groups[slot];
         group.parked = false;
-        let (maps, units) = (&mut self.maps[..], &mut self.units[..]);
-        for &m in group.members.iter() {
-            let x = &mut maps[m as usize];
-            x.live_pages = x.pages;
-            x.last_used = now;
-            let y = &mut units[x.unit as usize];
-            debug_assert_eq!(y.owner, NIL, "member {m}'s unit taken while parked");
-            y.owner = m;
-            // As in `park_group`.
-            if y.first_alias != NIL {
-                marks.push((y.first_alias, m));
-            }
-        }
+        // The members' records still say what they said when the group
+        // parked: every page live, each unit owned by its member.
+        marks.extend_from_slice(&group.aliased);
     }
 
     /// Flushes group `slot`: leaves the state that freeing and taking its
@@ -305,11 +310,17 @@ impl<H> Pool<H> {
         let mut at = NIL;
         for &m in members.iter() {
             let u = self.maps[m as usize].unit;
-            self.maps[m as usize].stamps.add_all(&pending);
+            let mp = &mut self.maps[m as usize];
+            mp.stamps.add_all(&pending);
+            if parked {
+                // What parking it page by page would have written.
+                mp.live_pages = 0;
+            }
             let x = &mut self.units[u as usize];
             x.stamps.add_all(&pending);
             x.group = NO_GROUP;
             if parked {
+                x.owner = NIL;
                 x.idle_since = since;
                 // The first unit is on the list already; the others follow
                 // it in page order, as page-by-page frees would have put
@@ -323,6 +334,7 @@ impl<H> Pool<H> {
         let g = &mut self.groups[s];
         g.members = members;
         g.members.clear();
+        g.aliased.clear();
         g.pending = pending;
         g.pending.clear();
         g.used = false;
@@ -382,6 +394,32 @@ impl<H> Pool<H> {
         }
     }
 
+    /// The mapping holding live bytes of unit `u`, or NIL (idle; a parked
+    /// group's member is idle whatever its record keeps).
+    #[inline]
+    pub fn owner(&self, u: u32) -> u32 {
+        let x = &self.units[u as usize];
+        if x.group != NO_GROUP && self.groups[x.group as usize].parked {
+            NIL
+        } else {
+            x.owner
+        }
+    }
+
+    /// Pages of mapping `m` holding live bytes (none for a parked group's
+    /// member, whatever its record keeps).
+    #[inline]
+    pub fn live_pages(&self, m: u32) -> u64 {
+        let x = &self.maps[m as usize];
+        if x.live_pages > 0 && x.stitched {
+            let g = self.units[x.unit as usize].group;
+            if g != NO_GROUP && self.groups[g as usize].parked {
+                return 0;
+            }
+        }
+        x.live_pages
+    }
+
     /// The idle units, oldest first, the units of each parked group in its
     /// first unit's place: the order of the idle list had the groups been
     /// flushed.
@@ -398,6 +436,7 @@ impl<H> Pool<H> {
         self.spare_groups.clear();
         for (i, g) in self.groups.iter_mut().enumerate() {
             g.members.clear();
+            g.aliased.clear();
             g.pending.clear();
             g.used = false;
             g.parked = false;
@@ -423,14 +462,28 @@ impl<H> Pool<H> {
                 let y = &self.units[x.unit as usize];
                 assert_eq!(y.group as usize, i, "group {i}: member {m}'s unit");
                 pages += y.pages;
+                // A parked member's record keeps what the retake finds.
+                assert_eq!(
+                    x.live_pages, x.pages,
+                    "group {i}: member {m} not wholly live"
+                );
+                assert_eq!(y.owner, m, "group {i}: member {m}'s unit record");
                 if g.parked {
-                    assert_eq!(x.live_pages, 0, "group {i}: parked member {m} live");
-                    assert_eq!(y.owner, NIL, "group {i}: parked member {m}'s unit owned");
+                    assert_eq!(self.live_pages(m), 0, "group {i}: parked member {m} live");
+                    assert_eq!(
+                        self.owner(x.unit),
+                        NIL,
+                        "group {i}: parked member {m}'s unit owned"
+                    );
                     if j > 0 {
                         off_list += y.pages;
                     }
-                } else {
-                    assert_eq!(y.owner, m, "group {i}: member {m} does not own its unit");
+                }
+                if y.first_alias != NIL {
+                    assert!(
+                        g.aliased.contains(&(y.first_alias, m)),
+                        "group {i}: member {m}'s other mappings"
+                    );
                 }
             }
             assert_eq!(pages, g.pages, "group {i} pages");
@@ -493,9 +546,9 @@ mod tests {
                     let pages = 1 + (r + i) % 2;
                     let u = p.add_unit(0, pages, false, 0);
                     units.push(u);
-                    members.push(p.add_map(u, 1000 + 10 * r + 3 * i, true, 0));
+                    members.push(p.add_map(u, 1000 + 10 * r + 3 * i, true));
                     if (r + i) % 3 == 0 {
-                        aliases.push((u, p.add_map(u, 10 * r + 3 * i, false, 0)));
+                        aliases.push((u, p.add_map(u, 10 * r + 3 * i, false)));
                     }
                 }
                 ranges.push(members);
@@ -506,9 +559,7 @@ mod tests {
                 let members = picks
                     .iter()
                     .enumerate()
-                    .map(|(i, &k)| {
-                        p.add_map(units[k], 2000 + 10 * r as u64 + 3 * i as u64, true, 0)
-                    })
+                    .map(|(i, &k)| p.add_map(units[k], 2000 + 10 * r as u64 + 3 * i as u64, true))
                     .collect();
                 ranges.push(members);
             }
@@ -538,10 +589,10 @@ mod tests {
         v
     }
 
-    fn gain_all(p: &mut Pool<u8>, members: &[u32], now: u64) {
+    fn gain_all(p: &mut Pool<u8>, members: &[u32]) {
         for &m in members {
             for _ in 0..p.map(m).pages {
-                p.gain_page(m, now);
+                p.gain_page(m);
             }
         }
     }
@@ -606,14 +657,14 @@ mod tests {
                             };
                             let members = &ranges[r][..len];
                             let idle = |p: &Pool<u8>| {
-                                members.iter().all(|&m| p.unit(p.map(m).unit).owner == NIL)
+                                members.iter().all(|&m| p.owner(p.map(m).unit) == NIL)
                             };
                             if !idle(&eager) {
                                 assert!(!idle(&lazy), "seed {seed} step {step}: idle differs");
                                 continue;
                             }
                             assert!(idle(&lazy), "seed {seed} step {step}: idle differs");
-                            gain_all(&mut eager, members, now);
+                            gain_all(&mut eager, members);
                             let g = groups[r].filter(|&g| {
                                 lazy.can_retake(g, len as u64, stream, |s| s.epoch() <= done_upto)
                             });
@@ -621,9 +672,9 @@ mod tests {
                             match g {
                                 Some(g) => {
                                     retakes += 1;
-                                    lazy.retake_group(g, now, &mut marks);
+                                    lazy.retake_group(g, &mut marks);
                                 }
-                                None => gain_all(&mut lazy, members, now),
+                                None => gain_all(&mut lazy, members),
                             }
                             live[r] = Some(len);
                         }
@@ -632,11 +683,11 @@ mod tests {
                         // Another mapping takes or frees a unit.
                         let i = rng.below(aliases.len() as u64) as usize;
                         let (u, m) = aliases[i];
-                        if !alias_live[i] && eager.unit(u).owner == NIL {
+                        if !alias_live[i] && eager.owner(u) == NIL {
                             for p in [&mut eager, &mut lazy] {
-                                assert!(matches!(p.gain_page(m, now), Transition::Owned(_)));
+                                assert!(matches!(p.gain_page(m), Transition::Owned(_)));
                                 for _ in 1..p.map(m).pages {
-                                    p.gain_page(m, now);
+                                    p.gain_page(m);
                                 }
                             }
                             alias_live[i] = true;
@@ -669,11 +720,7 @@ mod tests {
                 );
                 assert_eq!(lazy.idle_pages(), eager.idle_pages(), "{at}: idle pages");
                 for u in eager.unit_ids() {
-                    assert_eq!(
-                        lazy.unit(u).owner,
-                        eager.unit(u).owner,
-                        "{at}: owner of {u}"
-                    );
+                    assert_eq!(lazy.owner(u), eager.owner(u), "{at}: owner of {u}");
                     for slot in 1..=2 {
                         let done = |s: Stamp| s.epoch() <= done_upto;
                         assert_eq!(
@@ -684,17 +731,19 @@ mod tests {
                     }
                 }
                 for m in eager.map_ids() {
-                    assert_eq!(
-                        lazy.map(m).live_pages,
-                        eager.map(m).live_pages,
-                        "{at}: mapping {m}"
-                    );
+                    assert_eq!(lazy.live_pages(m), eager.live_pages(m), "{at}: mapping {m}");
                 }
             }
             lazy.flush_all();
             for u in eager.unit_ids() {
                 let s = |p: &Pool<u8>| p.stamps(Fenced::Unit(u)).iter().collect::<Vec<_>>();
                 assert_eq!(s(&lazy), s(&eager), "seed {seed}: stamps of unit {u}");
+                // Flushed, the records themselves say it.
+                assert_eq!(
+                    lazy.unit(u).owner,
+                    eager.unit(u).owner,
+                    "seed {seed}: owner of {u}"
+                );
                 if eager.unit(u).owner == NIL {
                     // (An owned unit's idle time is never read.)
                     assert_eq!(
@@ -708,9 +757,9 @@ mod tests {
                 let s = |p: &Pool<u8>| p.stamps(Fenced::Mapping(m)).iter().collect::<Vec<_>>();
                 assert_eq!(s(&lazy), s(&eager), "seed {seed}: stamps of mapping {m}");
                 assert_eq!(
-                    lazy.map(m).last_used,
-                    eager.map(m).last_used,
-                    "seed {seed}: last used {m}"
+                    lazy.map(m).live_pages,
+                    eager.map(m).live_pages,
+                    "seed {seed}: live pages of {m}"
                 );
             }
         }
