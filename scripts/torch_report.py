@@ -10,7 +10,11 @@ per 1000 allocations in each repetition; where the log has them, what its stitch
 decided in each repetition (ranges reused / repaired / made, summed over processes); and, for each
 gpu-arena label, the repetitions from which no process made a VMM call any more (settled): their time
 against PyTorch's default over the same repetitions (median over processes of each process's median)
-and gpu-arena's time per allocator call in them."""
+and gpu-arena's time per allocator call in them. Where a workload ran two gpu-arena labels or more
+(LIBS or SETTINGS of scripts/torch_alternate.sh), their processes are paired by round (the N-th
+process of each label ran back to back): per round, the ratio of each label's allocator time per
+settled call (the process's median over repetitions 2..N) to the first label's, the median over
+rounds with min-max, and in how many rounds it was the lower."""
 import json, re, statistics as st, sys
 from collections import defaultdict
 
@@ -144,6 +148,34 @@ def main():
         print()
         print("| workload | allocator | stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes) |")
         print("|---|---|---|")
+        print("\n".join(rows))
+    paired(runs, workloads)
+
+
+def paired(runs, workloads):
+    """Per round, each gpu-arena label's allocator time per settled call against the first label's."""
+    rows = []
+    for w in workloads:
+        arena = [a for a in labels(runs, w) if a != "default"]
+        if len(arena) < 2:
+            continue
+        ref = arena[0]
+
+        def per_call(p):
+            xs = [r["us_per_call"] for r in p[1:] if r.get("us_per_call") is not None]
+            return st.median(xs) if xs else None
+
+        for a in arena[1:]:
+            pairs = [(per_call(x), per_call(y)) for x, y in zip(runs[(w, ref)], runs[(w, a)])]
+            ratios = [y / x for x, y in pairs if x and y]
+            if not ratios:
+                continue
+            lower = sum(r < 1 for r in ratios)
+            rows.append(f"| {w} | {a} / {ref} | {len(ratios)} | {rng(ratios, lambda v: f'{v:.3f}')} | {lower} of {len(ratios)} |")
+    if rows:
+        print()
+        print("| workload | labels | rounds | allocator time per settled call, ratio per round: median (min–max) | rounds where it is the lower |")
+        print("|---|---|---|---|---|")
         print("\n".join(rows))
 
 
