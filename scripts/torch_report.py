@@ -56,11 +56,21 @@ def labels(runs, w):
     return (["default"] if (w, "default") in runs else []) + rest
 
 
+def table(columns, rows, first=False):
+    """Prints a markdown table (after a blank line unless it is the first), if it has rows."""
+    if not rows:
+        return
+    if not first:
+        print()
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    print("\n".join(rows))
+
+
 def main():
     runs = load(sys.argv[1:])
     workloads = ordered({w for w, _ in runs})
-    print("| workload | allocator | processes × repetitions | peak physical / peak live, every repetition (max over processes) | driver calls, repetition 1 | driver calls per 1000 allocs, repetitions 2..N (max) | checksums |")
-    print("|---|---|---|---|---|---|---|")
+    rows = []
     for w in workloads:
         sums = {r["checksum"] for a in labels(runs, w) for proc in runs.get((w, a), []) for r in proc}
         for a in labels(runs, w):
@@ -71,12 +81,13 @@ def main():
             ratios = [max(p[i]["ratio"] for p in procs if len(p) > i) for i in range(n)]
             cold = [p[0]["driver_calls"] for p in procs]
             steady = [r["driver_calls"] * 1000 / max(r["allocs"], 1) for p in procs for r in p[1:]]
-            print(f"| {w} | {a} | {len(procs)} × {n} | {', '.join(f'{x:.4f}' for x in ratios)} | "
-                  f"{rng(cold, lambda v: f'{v:.0f}')} | {max(steady):.2f} | "
-                  f"{'all equal' if len(sums) == 1 else 'DIFFER: ' + ', '.join(map(str, sorted(sums, key=str)))} |")
-    print()
-    print("| workload | allocator | time, repetition 1 (s) | time, repetitions 2..N (s) | gpu-arena / default, rep 1 | gpu-arena / default, steady | allocator time per call (µs), rep 1 | per call, steady |")
-    print("|---|---|---|---|---|---|---|---|")
+            rows.append(f"| {w} | {a} | {len(procs)} × {n} | {', '.join(f'{x:.4f}' for x in ratios)} | "
+                        f"{rng(cold, lambda v: f'{v:.0f}')} | {max(steady):.2f} | "
+                        f"{'all equal' if len(sums) == 1 else 'DIFFER: ' + ', '.join(map(str, sorted(sums, key=str)))} |")
+    table(["workload", "allocator", "processes × repetitions",
+           "peak physical / peak live, every repetition (max over processes)", "driver calls, repetition 1",
+           "driver calls per 1000 allocs, repetitions 2..N (max)", "checksums"], rows, first=True)
+    rows = []
     for w in workloads:
         med = {}
         for a in labels(runs, w):
@@ -92,11 +103,11 @@ def main():
             if a != "default" and "default" in med:
                 d, g = med["default"], med[a]
                 ratio = (f"{g[0] / d[0]:.3f}", f"{g[1] / d[1]:.3f}" if g[1] and d[1] else "–")
-            print(f"| {w} | {a} | {rng(cold, lambda v: f'{v:.2f}')} | {rng(steady, lambda v: f'{v:.2f}')} | "
-                  f"{ratio[0]} | {ratio[1]} | {rng(us_cold, lambda v: f'{v:.3f}')} | {rng(us_steady, lambda v: f'{v:.3f}')} |")
-    print()
-    print("| workload | allocator | driver calls per 1000 allocs, each repetition (max over processes) |")
-    print("|---|---|---|")
+            rows.append(f"| {w} | {a} | {rng(cold, lambda v: f'{v:.2f}')} | {rng(steady, lambda v: f'{v:.2f}')} | "
+                        f"{ratio[0]} | {ratio[1]} | {rng(us_cold, lambda v: f'{v:.3f}')} | {rng(us_steady, lambda v: f'{v:.3f}')} |")
+    table(["workload", "allocator", "time, repetition 1 (s)", "time, repetitions 2..N (s)", "gpu-arena / default, rep 1",
+           "gpu-arena / default, steady", "allocator time per call (µs), rep 1", "per call, steady"], rows)
+    rows = []
     for w in workloads:
         for a in labels(runs, w):
             procs = [p for p in runs.get((w, a), []) if p]
@@ -105,10 +116,9 @@ def main():
             n = max(len(p) for p in procs)
             per_rep = [max(p[i]["driver_calls"] * 1000 / max(p[i]["allocs"], 1) for p in procs if len(p) > i)
                        for i in range(n)]
-            print(f"| {w} | {a} | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
-    print()
-    print("| workload | allocator | settled: repetitions with no VMM call in any process | time in them (s) | default, same repetitions (s) | gpu-arena / default | allocator time per call in them (µs) |")
-    print("|---|---|---|---|---|---|---|")
+            rows.append(f"| {w} | {a} | {' / '.join(f'{x:.2f}' for x in per_rep)} |")
+    table(["workload", "allocator", "driver calls per 1000 allocs, each repetition (max over processes)"], rows)
+    rows = []
     for w in workloads:
         base = [p for p in runs.get((w, "default"), []) if p]
         for a in labels(runs, w):
@@ -120,14 +130,16 @@ def main():
             while s0 > 1 and all(p[s0 - 1]["driver_calls"] == 0 for p in procs):
                 s0 -= 1
             if s0 == n:
-                print(f"| {w} | {a} | none of {n} | – | – | – | – |")
+                rows.append(f"| {w} | {a} | none of {n} | – | – | – | – |")
                 continue
             t = [st.median(r["time_s"] for r in p[s0:n]) for p in procs]
             d = [st.median(r["time_s"] for r in p[s0:n]) for p in base if len(p) >= n]
             us = [r.get("us_per_call") for p in procs for r in p[s0:n]]
             ratio = f"{st.median(t) / st.median(d):.3f}" if d else "–"
-            print(f"| {w} | {a} | {s0 + 1}–{n} of {n} | {rng(t, lambda v: f'{v:.2f}')} | {rng(d, lambda v: f'{v:.2f}')} | "
-                  f"{ratio} | {rng(us, lambda v: f'{v:.3f}')} |")
+            rows.append(f"| {w} | {a} | {s0 + 1}–{n} of {n} | {rng(t, lambda v: f'{v:.2f}')} | {rng(d, lambda v: f'{v:.2f}')} | "
+                        f"{ratio} | {rng(us, lambda v: f'{v:.3f}')} |")
+    table(["workload", "allocator", "settled: repetitions with no VMM call in any process", "time in them (s)",
+           "default, same repetitions (s)", "gpu-arena / default", "allocator time per call in them (µs)"], rows)
     rows = []
     for w in workloads:
         for a in labels(runs, w):
@@ -144,11 +156,8 @@ def main():
                             tot[k] += v
                 cells.append(f"{tot['reused']} / {tot['repaired']} / {tot['made']} ({tot['made_pages']} pages)")
             rows.append(f"| {w} | {a} | {' · '.join(cells)} |")
-    if rows:
-        print()
-        print("| workload | allocator | stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes) |")
-        print("|---|---|---|")
-        print("\n".join(rows))
+    table(["workload", "allocator",
+           "stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes)"], rows)
     paired(runs, workloads)
 
 
@@ -172,11 +181,8 @@ def paired(runs, workloads):
                 continue
             lower = sum(r < 1 for r in ratios)
             rows.append(f"| {w} | {a} / {ref} | {len(ratios)} | {rng(ratios, lambda v: f'{v:.3f}')} | {lower} of {len(ratios)} |")
-    if rows:
-        print()
-        print("| workload | labels | rounds | allocator time per settled call, ratio per round: median (min–max) | rounds where it is the lower |")
-        print("|---|---|---|---|---|")
-        print("\n".join(rows))
+    table(["workload", "labels", "rounds", "allocator time per settled call, ratio per round: median (min–max)",
+           "rounds where it is the lower"], rows)
 
 
 if __name__ == "__main__":
