@@ -11,19 +11,24 @@
 //!
 //! A *group* is the range's member mappings (those of the block's pages, in
 //! page order). Freeing the block *parks* the group: each member's unit
-//! goes idle (owner NIL, its other mappings' pages unblocked: what everyone
-//! else reads stays exact), but only the first unit goes on the idle list,
-//! standing for all of them in order, and the free's stamp is kept once, on
-//! the group (`pending`), instead of on every member and unit. Taking the
-//! range back for the same stream *retakes* the group: the first unit
-//! leaves the idle list and every unit is owned again, with no check, stamp
-//! or link per unit.
+//! goes idle as everyone reads it ([`Pool::owner`] says NIL and
+//! [`Pool::live_pages`] 0 for a parked group's members; their other
+//! mappings' pages are unblocked, so what everyone else reads stays exact),
+//! but no member's record is written: the records keep what a retake will
+//! find. Only the first unit goes on the idle list, standing for all of
+//! them in order, and the free's stamp is kept once, on the group
+//! (`pending`), instead of on every member and unit. Taking the range back
+//! for the same stream *retakes* the group: the first unit leaves the idle
+//! list and the group is live again, with no check, stamp, link or record
+//! written per unit (measured: `docs/pytorch.md`, "Parked groups that touch
+//! no member").
 //!
 //! Whatever else needs a member as the page-by-page state would have it —
 //! its stamps, its place on the idle list, the time it went idle — *flushes*
 //! the group first ([`Pool::flush_group`]): the members are put on the idle
 //! list after the first one, in page order, the pending stamps are added to
-//! every member and unit, and the group goes. A flushed group leaves exactly
+//! every member and unit, a parked group's members' owners and live pages
+//! are written, and the group goes. A flushed group leaves exactly
 //! the state that freeing the block page by page would have left, so no
 //! decision changes; the only cost of parking is the flush, paid only when
 //! something else wants a unit of the range.
