@@ -12,11 +12,12 @@ impl GlobalArena {
     /// Puts the tags named in `tags` to sleep (see [`crate::arena::Arena::sleep`]):
     /// their physical memory goes back, their addresses stay. Tags already
     /// asleep are skipped. A name that is no tag of this device is refused
-    /// with [`Error::UnknownTag`](crate::Error::UnknownTag) before any tag sleeps. On another error,
-    /// the tags slept so far stay asleep and the failing one is awake again
-    /// (its shards that had slept are woken: a tag is never half asleep,
-    /// some shards refusing the allocations that others serve). Frees into
-    /// an asleep tag are served (see [`crate::arena::Arena::sleep`]).
+    /// with [`Error::UnknownTag`](crate::Error::UnknownTag) before any tag
+    /// sleeps. On another error, the tags slept so far stay asleep and the
+    /// failing one is awake again (its shards that had slept are woken: a
+    /// tag is never half asleep, some shards refusing the allocations that
+    /// others serve). Frees into an asleep tag are served (see
+    /// [`crate::arena::Arena::sleep`]).
     pub fn sleep(
         &'static self,
         tags: &[&str],
