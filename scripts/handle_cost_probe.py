@@ -18,13 +18,17 @@ new stitched range pays an access call per page. Two questions:
    (cuMemSetAccess), unmap (one cuMemUnmap over the run), release
    (cuMemRelease). Layouts alternate in rounds; each figure is the median
    over rounds of the round's median, in us.
-3. Do threads give handles back faster? --give-back N one-page handles,
-   mapped side by side, unmapped and released by T threads at once (each
-   its share: one cuMemUnmap over its run, then its releases), T in
-   --threads, alternating in rounds: ms for all, median and range.
+3. Do threads give handles back faster? --give-back N handles of
+   --give-back-pages P pages each (1: one-page handles), mapped side by
+   side, unmapped and released by T threads at once (each its share: one
+   cuMemUnmap over its run, then its releases), T in --threads,
+   alternating in rounds: ms for all, median and range. With large
+   handles most of a release is paid per byte, so this asks whether that
+   part, unlike the per-handle part, spreads over threads.
 
     python3 scripts/handle_cost_probe.py [--pages 1,8,32,128] [--rounds 5] [--iters 8]
-                                         [--give-back 256] [--threads 1,2,4,8]
+                                         [--give-back 256] [--give-back-pages 1] [--touch]
+                                         [--threads 1,2,4,8]
 """
 import argparse
 import ctypes
@@ -86,19 +90,25 @@ def cycle(layout, prop, access, base, n):
     return t
 
 
-def give_back(prop, access, base, n, threads):
-    """Maps `n` one-page handles side by side at `base`, then unmaps and releases them with `threads`
-    threads at once (each a contiguous share); seconds from the threads' start to the last one's end."""
-    hs = [create_handle(prop) for _ in range(n)]
+def give_back(prop, access, base, n, threads, pages=1, touch=False):
+    """Maps `n` handles of `pages` pages side by side at `base`, then unmaps and releases them with
+    `threads` threads at once (each a contiguous share); seconds from the threads' start to the last
+    one's end. `touch`: the memory is written (a memset, waited for) before it is given back."""
+    size = pages * PAGE
+    hs = [create_handle(prop, size) for _ in range(n)]
     for i, h in enumerate(hs):
-        ck(cu.cuMemMap(u64(base + i * PAGE), size_t(PAGE), size_t(0), h, u64(0)), "map")
-    ck(cu.cuMemSetAccess(u64(base), size_t(n * PAGE), ctypes.byref(access), size_t(1)), "access")
+        ck(cu.cuMemMap(u64(base + i * size), size_t(size), size_t(0), h, u64(0)), "map")
+    ck(cu.cuMemSetAccess(u64(base), size_t(n * size), ctypes.byref(access), size_t(1)), "access")
+    if touch:
+        ck(cu.cuMemsetD8_v2(u64(base), ctypes.c_ubyte(1), size_t(n * size)), "memset")
+        ck(cu.cuCtxSynchronize(), "synchronize")
     shares = [range(n * t // threads, n * (t + 1) // threads) for t in range(threads)]
     go = threading.Barrier(threads + 1)
 
     def work(share):
         go.wait()
-        ck(cu.cuMemUnmap(u64(base + share.start * PAGE), size_t(len(share) * PAGE)), "unmap")
+        if len(share):
+            ck(cu.cuMemUnmap(u64(base + share.start * size), size_t(len(share) * size)), "unmap")
         for i in share:
             ck(cu.cuMemRelease(hs[i]), "release")
 
@@ -118,6 +128,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--iters", type=int, default=8)
     ap.add_argument("--give-back", type=int, default=256)
+    ap.add_argument("--give-back-pages", type=int, default=1)
+    ap.add_argument("--touch", action="store_true")
     ap.add_argument("--threads", default="1,2,4,8")
     args = ap.parse_args()
     sizes = [int(x) for x in args.pages.split(",")]
@@ -126,7 +138,7 @@ def main():
     torch.zeros(1, device="cuda")
     prop, access = device_memory(dev)
     threads = [int(x) for x in args.threads.split(",")]
-    span = max(2 * max(sizes), args.give_back) * PAGE
+    span = max(2 * max(sizes), args.give_back * args.give_back_pages) * PAGE
     va = u64()
     ck(cu.cuMemAddressReserve(ctypes.byref(va), size_t(span), size_t(0), u64(0), u64(0)), "reserve")
     base = va.value
@@ -156,8 +168,10 @@ def main():
     res = {t: [] for t in threads}
     for r in range(args.rounds):
         for t in threads[r % len(threads):] + threads[:r % len(threads)]:
-            res[t].append(give_back(prop, access, base, args.give_back, t) * 1e3)
-    print(f"-- giving back {args.give_back} one-page handles (mapped side by side) from T threads at once, "
+            res[t].append(give_back(prop, access, base, args.give_back, t, args.give_back_pages, args.touch) * 1e3)
+    print(f"-- giving back {args.give_back} handles of {args.give_back_pages} pages "
+          f"({args.give_back * args.give_back_pages * PAGE >> 20} MiB, mapped side by side"
+          f"{', written first' if args.touch else ''}) from T threads at once, "
           f"{args.rounds} rounds alternating: ms for all")
     for t in threads:
         v = res[t]
