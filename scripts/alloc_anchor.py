@@ -140,13 +140,14 @@ def report(paths, settled_from):
                 line = line.strip()
                 if line.startswith("{") and '"allocator"' in line:
                     runs.append(json.loads(line))
-    traces = sorted({r["trace"] for r in runs})
-    print(f"| trace | allocator | processes | ns per call, repetition 1 | ns per call, settled "
+    traces = sorted({(r["trace"], r["thrash_kib"]) for r in runs})
+    print(f"| trace | touched between calls (KiB) | allocator | processes | ns per call, repetition 1 | ns per call, settled "
           f"(repetitions {settled_from + 1}..N) | ns per alloc / per free, settled | gpu-arena / PyTorch, "
           f"settled (paired by round) |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for t in traces:
-        by = {a: [r for r in runs if r["trace"] == t and r["allocator"] == a and r["status"] == 0]
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for t, k in traces:
+        by = {a: [r for r in runs if (r["trace"], r["thrash_kib"]) == (t, k) and r["allocator"] == a
+                  and r["status"] == 0]
               for a in ("torch", "gpu-arena")}
         settled = {a: [statistics.median(per_call(x) for x in r["reps"][settled_from:]) for r in rs]
                    for a, rs in by.items()}
@@ -164,7 +165,7 @@ def report(paths, settled_from):
             if a == "gpu-arena" and pairs:
                 ratio = f"{statistics.median(pairs):.3f} ({min(pairs):.3f}–{max(pairs):.3f})"
             name = "PyTorch's caching allocator" if a == "torch" else "gpu-arena"
-            print(f"| {t} | {name} | {len(rs)} | {statistics.median(first):.0f} ({min(first):.0f}–"
+            print(f"| {t} | {k} | {name} | {len(rs)} | {statistics.median(first):.0f} ({min(first):.0f}–"
                   f"{max(first):.0f}) | {statistics.median(s):.0f} ({min(s):.0f}–{max(s):.0f}) | "
                   f"{statistics.median(al):.0f} / {statistics.median(fr):.0f} | {ratio} |")
 

@@ -5,8 +5,10 @@
 #
 #   bash scripts/alloc_anchor.sh ROUNDS TRACE...      (log: $OUT/alloc-anchor.log, table: $OUT/alloc-anchor.md)
 #
-# REPS=N runs each trace on to N repetitions (default 6). In odd rounds PyTorch's allocator goes
-# first, in even ones gpu-arena, so that drifts of the machine hit both alike.
+# REPS=N runs each trace on to N repetitions (default 6); THRASH_KIB="0 512 2048" touches that much
+# other memory between calls, each in turn (default 512: what scripts/cache_profile.sh assumes of
+# PyTorch's own work). In odd rounds PyTorch's allocator goes first, in even ones gpu-arena, so that
+# drifts of the machine hit both alike.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
@@ -18,16 +20,18 @@ log=$out/alloc-anchor.log
   lscpu | grep -E '^Model name' || true
   python3 -c 'import torch; print("torch", torch.__version__)'
   cat .gpu/BUILD 2>/dev/null || git log -1 --format='build %h %s' 2>/dev/null || true
-  echo "rounds $rounds, REPS ${REPS:-6}, traces $*"; } >> "$log"
+  echo "rounds $rounds, REPS ${REPS:-6}, THRASH_KIB ${THRASH_KIB:-512}, traces $*"; } >> "$log"
 python3 scripts/alloc_anchor.py build "$so" >> "$log" 2>&1 || { echo "build failed (see $log)"; exit 1; }
 for r in $(seq "$rounds"); do
   order="torch gpu-arena"
   [ $((r % 2)) = 0 ] && order="gpu-arena torch"
-  for t in "$@"; do
-    for a in $order; do
-      echo "== round $r $(basename "$t") $a" >> "$log"
-      env -u PYTORCH_CUDA_ALLOC_CONF -u GPU_ARENA_CONF timeout 150 python3 scripts/alloc_anchor.py run \
-        --so "$so" --allocator "$a" --lib "$lib" --trace "$t" --reps "${REPS:-6}" >> "$log" 2>&1
+  for k in ${THRASH_KIB:-512}; do
+    for t in "$@"; do
+      for a in $order; do
+        echo "== round $r $(basename "$t") thrash $k KiB $a" >> "$log"
+        env -u PYTORCH_CUDA_ALLOC_CONF -u GPU_ARENA_CONF timeout 150 python3 scripts/alloc_anchor.py run \
+          --so "$so" --allocator "$a" --lib "$lib" --trace "$t" --reps "${REPS:-6}" --thrash-kib "$k" >> "$log" 2>&1
+      done
     done
   done
 done
