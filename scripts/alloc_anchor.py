@@ -10,7 +10,7 @@ ABI (`gpu_arena_torch_alloc` / `gpu_arena_torch_free`, default settings), each c
 the time-stamp counter, with 512 KiB of other memory touched between calls (PyTorch's own work does
 that between its calls) outside the timed interval. No kernel runs: the GPU only backs the memory.
 
-    python3 scripts/alloc_anchor.py build OUT.so                   (g++ against this machine's torch)
+    python3 scripts/alloc_anchor.py build OUT.so [--src FILE.cpp]  (g++ against this machine's torch)
     python3 scripts/alloc_anchor.py run --so OUT.so --allocator torch|gpu-arena [--lib libgpu_arena.so]
                                         --trace TRACE [--reps 6] [--thrash-kib 512]
     python3 scripts/alloc_anchor.py report LOG...                   (the table, from run's JSON lines)
@@ -28,7 +28,7 @@ import subprocess
 import sys
 
 
-def build(out):
+def build(out, src=None):
     import torch
     from torch.utils import cpp_extension as ce
 
@@ -40,7 +40,7 @@ def build(out):
     incs = list(incs) + [os.path.join(cuda_home, "include")]
     lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc_anchor.cpp")
+    src = src or os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc_anchor.cpp")
     cmd = ["g++", "-O2", "-std=c++17", "-shared", "-fPIC", f"-D_GLIBCXX_USE_CXX11_ABI={abi}", src,
            *[f"-I{i}" for i in incs], f"-L{lib}", "-lc10_cuda", "-lc10", f"-Wl,-rpath,{lib}", "-o", out]
     print(" ".join(cmd), file=sys.stderr)
@@ -175,6 +175,7 @@ def main():
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build")
     b.add_argument("out")
+    b.add_argument("--src", help="another C++ file to build the same way (scripts/torch_timed_default.cpp)")
     r = sub.add_parser("run")
     r.add_argument("--so", required=True)
     r.add_argument("--allocator", choices=("torch", "gpu-arena"), required=True)
@@ -189,7 +190,7 @@ def main():
                         "VMM call from their second)")
     args = ap.parse_args()
     if args.cmd == "build":
-        build(args.out)
+        build(args.out, args.src)
     elif args.cmd == "run":
         if args.allocator == "gpu-arena" and not args.lib:
             ap.error("--lib is needed for gpu-arena")

@@ -13,6 +13,9 @@
 # "gpu-arena SETTING"), each added to report:1.
 # LIBS="base=PATH new=PATH" runs gpu-arena once per library in each round instead (labelled
 # "gpu-arena LABEL"), to compare two builds of gpu-arena in one call.
+# TIMED_DEFAULT=1 also runs PyTorch's caching allocator behind the pluggable wrapper with its calls
+# timed (scripts/torch_timed_default.cpp, built here first; labelled "default-timed") after the
+# default in each round: its time per call beside gpu-arena's.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
@@ -29,6 +32,12 @@ else
     runs+=("$s|$s|$lib")
   done
 fi
+shim=
+if [ -n "${TIMED_DEFAULT:-}" ]; then
+  shim=$(mktemp -d)/torch_timed_default.so
+  python3 scripts/alloc_anchor.py build "$shim" --src scripts/torch_timed_default.cpp > "$out/timed-default-build.log" 2>&1 \
+    || { echo "building the timed default failed (see $out/timed-default-build.log)"; exit 1; }
+fi
 for w in "$@"; do
   log="$out/torch-$w.log"
   { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -37,6 +46,10 @@ for w in "$@"; do
   for p in $(seq "$procs"); do
     echo "== process $p $w default" >> "$log"
     env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1
+    if [ -n "$shim" ]; then
+      echo "== process $p $w default-timed" >> "$log"
+      env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --timed-default "$shim" >> "$log" 2>&1
+    fi
     for run in "${runs[@]}"; do
       IFS='|' read -r label setting path <<< "$run"
       echo "== process $p $w gpu-arena${label:+ $label}" >> "$log"

@@ -1,6 +1,7 @@
 """PyTorch workloads on one GPU, repeated in one process, one JSON line per repetition.
 
-usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--shared PATH] [--trace OUT.jsonl.gz]
+usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default SHIM.so] [--repeat N] [--shared PATH]
+                                    [--trace OUT.jsonl.gz]
 
   WORKLOAD  bert_infer | gpt2_generate   the shared harness's workloads (../shared/bench/torch_workloads.py,
                                          their functions and models taken from that file unchanged), or
@@ -14,6 +15,9 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so] [--repeat N] [--
                                          token by token), the same requests every repetition
   --alloc   gpu-arena's libgpu_arena.so as PyTorch's allocator (CUDAPluggableAllocator with
             gpu_arena_torch_alloc / gpu_arena_torch_free); default: PyTorch's caching allocator
+  --timed-default  PyTorch's caching allocator behind the same CUDAPluggableAllocator wrapper, each call
+            timed inside (scripts/torch_timed_default.cpp, built with `scripts/alloc_anchor.py build SHIM.so
+            --src scripts/torch_timed_default.cpp`): its time per call next to gpu-arena's (label "default-timed")
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
   --profile time each repetition's GPU work with torch.profiler (CUDA activity only) and add to its line
@@ -40,12 +44,15 @@ import torch  # noqa: E402
 ap = argparse.ArgumentParser()
 ap.add_argument("workload", choices=["bert_infer", "gpt2_generate", "train", "train_loop", "serve"])
 ap.add_argument("--alloc")
+ap.add_argument("--timed-default")
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
 ap.add_argument("--trace")
 ap.add_argument("--profile", action="store_true")
 a = ap.parse_args()
-if a.trace and a.alloc:
+if a.alloc and a.timed_default:
+    sys.exit("--alloc and --timed-default each replace the allocator: give one")
+if a.trace and (a.alloc or a.timed_default):
     sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
 if a.trace:
     torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=3_000_000)
@@ -57,6 +64,13 @@ if a.alloc:
     lib = ctypes.CDLL(a.alloc)
     lib.gpu_arena_epoch_json.restype = ctypes.c_ssize_t
     lib.gpu_arena_epoch_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
+timed = None
+if a.timed_default:
+    torch.cuda.memory.change_current_allocator(
+        torch.cuda.memory.CUDAPluggableAllocator(a.timed_default, "timed_alloc", "timed_free"))
+    timed = ctypes.CDLL(a.timed_default)
+    timed.timed_epoch_json.restype = ctypes.c_int64
+    timed.timed_epoch_json.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
@@ -172,6 +186,12 @@ def epoch():
     return json.loads(buf.value.decode()) if n > 0 else {}
 
 
+def timed_epoch():
+    buf = ctypes.create_string_buffer(1 << 12)
+    timed.timed_epoch_json(buf, len(buf))
+    return json.loads(buf.value.decode())
+
+
 def gpu_busy(prof):
     """The GPU's busy time (ms: the union of its activity intervals) and the sums by kind."""
     spans, kinds = [], {"kernel_ms": 0.0, "memcpy_ms": 0.0, "memset_ms": 0.0}
@@ -197,13 +217,15 @@ def gpu_busy(prof):
 
 
 rng = (torch.get_rng_state(), torch.cuda.get_rng_state())
-label = "gpu-arena" if a.alloc else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
+label = "gpu-arena" if a.alloc else "default-timed" if timed else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
 marks = []  # with --trace: trace events recorded when each repetition ended
 for r in range(a.repeat):
     torch.set_rng_state(rng[0]); torch.cuda.set_rng_state(rng[1])
     torch.cuda.synchronize()
     if lib:
         epoch()
+    elif timed:
+        t0e = timed_epoch()
     else:
         torch.cuda.reset_peak_memory_stats()
         st0 = torch.cuda.memory_stats()
@@ -231,6 +253,14 @@ for r in range(a.repeat):
                    frees=e["frees"], calls=e["driver_calls"], stitch=e.get("stitch"),
                    us_per_call=(t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3
                    if t.get("allocs") else None)
+    elif timed:
+        e = timed_epoch()
+        t = e["times"]
+        rec.update(peak_physical=e["peak_reserved"], peak_live=e["peak_allocated"],
+                   ratio=e["peak_reserved"] / max(e["peak_allocated"], 1),
+                   driver_calls=e["device_allocs"] - t0e["device_allocs"] + e["device_frees"] - t0e["device_frees"],
+                   allocs=e["allocations"] - t0e["allocations"],
+                   us_per_call=(t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3)
     else:
         st = torch.cuda.memory_stats()
         pa, pr = st["allocated_bytes.all.peak"], st["reserved_bytes.all.peak"]
