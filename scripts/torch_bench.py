@@ -57,20 +57,24 @@ if a.trace and (a.alloc or a.timed_default):
 if a.trace:
     torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=3_000_000)
 
-lib = None
+
+def pluggable(path, alloc, free, epoch, argtypes):
+    """Makes the library at `path` PyTorch's allocator (CUDAPluggableAllocator with its `alloc` and
+    `free` entry points) and returns it, its `epoch` function typed with `argtypes`."""
+    torch.cuda.memory.change_current_allocator(torch.cuda.memory.CUDAPluggableAllocator(path, alloc, free))
+    so = ctypes.CDLL(path)
+    getattr(so, epoch).restype = ctypes.c_ssize_t
+    getattr(so, epoch).argtypes = argtypes
+    return so
+
+
+lib = timed = None
 if a.alloc:
-    torch.cuda.memory.change_current_allocator(
-        torch.cuda.memory.CUDAPluggableAllocator(a.alloc, "gpu_arena_torch_alloc", "gpu_arena_torch_free"))
-    lib = ctypes.CDLL(a.alloc)
-    lib.gpu_arena_epoch_json.restype = ctypes.c_ssize_t
-    lib.gpu_arena_epoch_json.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
-timed = None
+    lib = pluggable(a.alloc, "gpu_arena_torch_alloc", "gpu_arena_torch_free", "gpu_arena_epoch_json",
+                    [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t])
 if a.timed_default:
-    torch.cuda.memory.change_current_allocator(
-        torch.cuda.memory.CUDAPluggableAllocator(a.timed_default, "timed_alloc", "timed_free"))
-    timed = ctypes.CDLL(a.timed_default)
-    timed.timed_epoch_json.restype = ctypes.c_int64
-    timed.timed_epoch_json.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    timed = pluggable(a.timed_default, "timed_alloc", "timed_free", "timed_epoch_json",
+                      [ctypes.c_char_p, ctypes.c_size_t])
 
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
