@@ -14,6 +14,8 @@ that between its calls) outside the timed interval. No kernel runs: the GPU only
     python3 scripts/alloc_anchor.py run --so OUT.so --allocator torch|gpu-arena [--lib libgpu_arena.so]
                                         --trace TRACE [--reps 6] [--thrash-kib 512]
     python3 scripts/alloc_anchor.py report LOG...                   (the table, from run's JSON lines)
+    python3 scripts/alloc_anchor.py self-test                       (the trace reading and the report, on
+                                                                     made-up data: CI runs it)
 
 `run` prints one JSON line: per repetition, calls and nanoseconds inside allocations and frees.
 scripts/alloc_anchor.sh alternates the two allocators process by process and keeps the log.
@@ -170,6 +172,44 @@ def report(paths, settled_from):
                   f"{statistics.median(al):.0f} / {statistics.median(fr):.0f} | {ratio} |")
 
 
+def self_test():
+    """Checks load_trace and report on a made-up trace and log (no GPU, no torch)."""
+    import contextlib
+    import io
+    import tempfile
+
+    d = tempfile.mkdtemp()
+    trace = os.path.join(d, "t.trace.jsonl.gz")
+    rep = [("alloc", 16, 1024), ("alloc", 32, 4 << 20), ("free_completed", 16, 1024),
+           ("free_completed", 32, 4 << 20)]
+    with gzip.open(trace, "wt") as f:
+        f.write(json.dumps({"action": "alloc", "addr": 8, "size": 512, "stream": 0}) + "\n")  # weights
+        for _ in range(3):
+            for a, addr, size in rep:
+                f.write(json.dumps({"action": a, "addr": addr, "size": size, "stream": 0}) + "\n")
+            f.write(json.dumps({"action": "rep_end", "addr": 0, "size": 0, "stream": 0}) + "\n")
+    seq, reps, n = load_trace(trace, 4)
+    assert n == 4 and len(seq) == 1 + 4 * len(rep), (n, len(seq))  # 3 recorded, 1 run on
+    assert reps == [0] * 5 + [1] * 4 + [2] * 4 + [3] * 4, reps
+    assert seq[-4:] == [(0, 16, 1024), (0, 32, 4 << 20), (1, 16, 1024), (1, 32, 4 << 20)]
+    log = os.path.join(d, "anchor.log")
+    with open(log, "w") as f:
+        for rnd in range(2):
+            for alloc, ns in (("torch", 500.0), ("gpu-arena", 250.0 + 50 * rnd)):
+                rows = [{"allocs": 10, "frees": 10, "alloc_ns": ns * 10 * (3 if r == 0 else 1),
+                         "free_ns": ns * 10} for r in range(3)]
+                f.write(f"== round {rnd + 1} t {alloc}\n")
+                f.write(json.dumps({"allocator": alloc, "trace": "t", "thrash_kib": 512, "status": 0,
+                                    "reps": rows}) + "\n")
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        report([log], 1)
+    text = out.getvalue()
+    assert "| t | 512 | PyTorch's caching allocator | 2 | 1000 (1000–1000) | 500 (500–500) | 500 / 500 |" in text, text
+    assert "| t | 512 | gpu-arena | 2 | 550 (500–600) | 275 (250–300) | 275 / 275 | 0.550 (0.500–0.600) |" in text, text
+    print("alloc_anchor.py self-test: ok")
+
+
 def main():
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -185,6 +225,7 @@ def main():
     r.add_argument("--thrash-kib", type=int, default=512)
     p = sub.add_parser("report")
     p.add_argument("logs", nargs="+")
+    sub.add_parser("self-test")
     p.add_argument("--settled-from", type=int, default=1,
                    help="first settled repetition, 0-based (1: the second; BERT and train_loop make no "
                         "VMM call from their second)")
@@ -195,6 +236,8 @@ def main():
         if args.allocator == "gpu-arena" and not args.lib:
             ap.error("--lib is needed for gpu-arena")
         run(args)
+    elif args.cmd == "self-test":
+        self_test()
     else:
         report(args.logs, args.settled_from)
 
