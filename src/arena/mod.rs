@@ -48,6 +48,7 @@ pub use shared::SharedArena;
 use sleep::Sleeping;
 pub use sleep::{Obtained, SleepMode, SleepReport, StageNeed, obtain};
 
+use crate::commit::pages::Cost;
 use crate::commit::{Backing, Commit, CommitConfig, Reservation};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::{BadPointer, Error, Result};
@@ -480,12 +481,9 @@ impl<D: Driver> Arena<D> {
             }
             Err(e) => return Err(e),
         };
-        // Priced only for a block that may go to a stitched range.
-        let cost = if stitch {
-            self.commit.cost(pick.offset, pick.size)
-        } else {
-            Default::default()
-        };
+        // What the pick's pricing found (read only for a block that may go
+        // to a stitched range).
+        let cost = pick.priced;
         if stitch && cost.blocked > 0 {
             return match self.place_stitched(size, slot)? {
                 Some(placed) => Ok(placed),
@@ -570,7 +568,12 @@ impl<D: Driver> Arena<D> {
     /// The cheapest place for a block in the blocks region (see
     /// [`Large::choose`]): a remap is priced as [`REMAP_WEIGHT`] fresh
     /// pages.
-    fn pick(&mut self, size: u64, align: u64, slot: u16) -> Result<crate::policy::large::Pick> {
+    fn pick(
+        &mut self,
+        size: u64,
+        align: u64,
+        slot: u16,
+    ) -> Result<crate::policy::large::Pick<Cost>> {
         for attempt in 0..2 {
             let skipped = core::cell::Cell::new(Stamp::SAFE);
             let commit = &self.commit;
@@ -583,7 +586,7 @@ impl<D: Driver> Arena<D> {
             };
             let rank = |off: u64, len: u64| {
                 let c = commit.cost(off, len);
-                Some(c.unmapped + REMAP_WEIGHT * c.blocked)
+                Some((c.unmapped + REMAP_WEIGHT * c.blocked, c))
             };
             let pick = self.blocks.choose(size, align, accept, rank);
             if !skipped.get().is_safe() {

@@ -55,9 +55,10 @@ const TOP_EXTEND: u32 = u32::MAX - 1;
 /// [`Pick::span`] of a pick at the untouched top, past the last span.
 const TOP_FRESH: u32 = u32::MAX - 2;
 
-/// Where [`Large::choose`] would put a request.
+/// Where [`Large::choose`] would put a request, with what the caller's
+/// pricing learned of it (`T`: `()` where it learns nothing to keep).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Pick {
+pub struct Pick<T = ()> {
     /// The free span carved, or [`TOP_EXTEND`] / [`TOP_FRESH`].
     span: u32,
     /// Offset of the allocation.
@@ -69,6 +70,9 @@ pub struct Pick {
     pub rank: u64,
     /// Whether it extends the region's untouched top.
     pub top: bool,
+    /// What the caller's `rank` returned beside the price for this place,
+    /// so that it need not price the chosen place again.
+    pub priced: T,
 }
 
 /// A span handed out by [`Large::alloc`].
@@ -310,7 +314,8 @@ impl Large {
 
     /// Chooses where `size` bytes aligned to `align` would go, letting the
     /// caller price each candidate: `rank(offset, size)` returns `None` to
-    /// refuse it, else a cost; the cheapest wins, the lowest address among
+    /// refuse it, else a cost and what it learned pricing it (kept in the
+    /// pick as [`Pick::priced`]); the cheapest wins, the lowest address among
     /// equals. Candidates are the first [`MAX_CANDIDATES`] acceptable free
     /// spans that fit (walking the segregated lists upward from the
     /// request's class) and the region's untouched top. Nothing changes
@@ -319,13 +324,13 @@ impl Large {
     /// # Time complexity
     /// O(1): at most [`MAX_CANDIDATES`] + 1 calls of `rank`; the walk stops
     /// early once [`EARLY_CANDIDATES`] were seen and one costs nothing.
-    pub fn choose(
+    pub fn choose<T: Copy>(
         &self,
         size: u64,
         align: u64,
         accept: impl Fn(Stamp) -> bool,
-        rank: impl Fn(u64, u64) -> Option<u64>,
-    ) -> Option<Pick> {
+        rank: impl Fn(u64, u64) -> Option<(u64, T)>,
+    ) -> Option<Pick<T>> {
         let size = self.round(size)?;
         let align = align.max(self.quantum);
         let need = if align > self.quantum {
@@ -333,8 +338,8 @@ impl Large {
         } else {
             size
         };
-        let mut best: Option<Pick> = None;
-        let consider = |best: &mut Option<Pick>, pick: Pick| {
+        let mut best: Option<Pick<T>> = None;
+        let consider = |best: &mut Option<Pick<T>>, pick: Pick<T>| {
             if best.is_none_or(|b| (pick.rank, pick.offset) < (b.rank, b.offset)) {
                 *best = Some(pick);
             }
@@ -342,7 +347,7 @@ impl Large {
         // Whether a place at `offset` cannot beat `best` whatever it costs:
         // `best` costs nothing and lies no higher (ties go to the lower
         // address), so the place need not be priced.
-        let beaten = |best: &Option<Pick>, offset: u64| {
+        let beaten = |best: &Option<Pick<T>>, offset: u64| {
             best.is_some_and(|b| b.rank == 0 && b.offset <= offset)
         };
         let (mut f, mut s) = map_floor(need / self.quantum);
@@ -358,7 +363,7 @@ impl Large {
                     } else {
                         rank(offset, size)
                     };
-                    if let Some(r) = priced {
+                    if let Some((r, priced)) = priced {
                         consider(
                             &mut best,
                             Pick {
@@ -368,6 +373,7 @@ impl Large {
                                 align,
                                 rank: r,
                                 top: false,
+                                priced,
                             },
                         );
                     }
@@ -411,7 +417,7 @@ impl Large {
         // The last span may also fit without growing (the walk above
         // skips spans of the request's own size class).
         if end <= self.capacity {
-            if let Some(r) = rank(offset, size) {
+            if let Some((r, priced)) = rank(offset, size) {
                 consider(
                     &mut best,
                     Pick {
@@ -421,6 +427,7 @@ impl Large {
                         align,
                         rank: r,
                         top: end > self.top,
+                        priced,
                     },
                 );
             }
@@ -430,7 +437,7 @@ impl Large {
 
     /// Allocates what [`Large::choose`] picked (the index must not have
     /// changed in between).
-    pub fn take(&mut self, pick: Pick) -> Option<Allocation> {
+    pub fn take<T>(&mut self, pick: Pick<T>) -> Option<Allocation> {
         if pick.span < TOP_FRESH {
             return Some(self.carve(pick.span, pick.size, pick.align));
         }
