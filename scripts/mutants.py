@@ -73,6 +73,9 @@ MUTANTS = [
  ("M17 a parked group's units read as owned", "src/commit/pool/parked.rs",
   "        if x.group != NO_GROUP && self.groups[x.group as usize].parked {\n            NIL\n        } else {\n            x.owner\n        }",
   "        x.owner"),
+ ("M18 a mapping added outside stitched ranges leaves a parked group's marks stale", "src/commit/pool/mod.rs",
+  "            // its units as they were when it formed (see [`parked`]).\n            self.flush_unit(u);",
+  "            // its units as they were when it formed (see [`parked`]).\n            let _ = u;"),
 ]
 
 

@@ -1033,4 +1033,47 @@ mod tests {
         }
         finish(&d, &[s]);
     }
+
+    /// A blocks-region mapping of a parked member's unit that stays behind
+    /// with no page taken (its backing failed and the driver refused the
+    /// undo's unmap) flushes the group when it is added: the group's kept
+    /// marks of the unit's other mappings would otherwise miss it, and a
+    /// retake would leave its page unblocked while the unit is owned.
+    #[test]
+    fn an_alias_left_behind_by_a_refused_undo_flushes_the_parked_group() {
+        let d = crate::commit::testing::driver();
+        let page = crate::commit::testing::PAGE;
+        {
+            let mut c = crate::commit::testing::commit(&d, 64, (32, 32));
+            let a = c.stitch_alloc(page, 1).unwrap();
+            c.stitch_free(a, Stamp::SAFE).unwrap();
+            assert_eq!(c.stitch_counts().parked, 1);
+            d.inject(Fault {
+                op: Op::SetAccess,
+                nth: 1,
+                kind: FaultKind::DriverError,
+            });
+            for nth in 1..=3 {
+                d.inject(Fault {
+                    op: Op::Unmap,
+                    nth,
+                    kind: FaultKind::DriverError,
+                });
+            }
+            assert!(c.add_live(0, page, 1, Backing::Pages).is_err());
+            d.clear_faults();
+            assert_eq!(c.mapping_count(), 2, "the alias stays behind");
+            c.check_invariants();
+            let b = c.stitch_alloc(page, 1).unwrap();
+            assert_eq!(b, a, "the cached range serves again");
+            assert!(c.is_committed(b, page));
+            c.check_invariants();
+            c.stitch_free(b, Stamp::SAFE).unwrap();
+            c.check_invariants();
+            c.trim();
+            c.check_invariants();
+            assert_eq!(c.committed(), 0);
+        }
+        finish(&d, &[]);
+    }
 }

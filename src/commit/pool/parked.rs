@@ -460,7 +460,7 @@ impl<H> Pool<H> {
         let mut off_list = 0;
         for (i, g) in self.groups.iter().enumerate().filter(|(_, g)| g.used) {
             assert!(!g.members.is_empty(), "group {i} has no member");
-            let mut pages = 0;
+            let (mut pages, mut with_aliases) = (0, 0);
             for (j, &m) in g.members.iter().enumerate() {
                 let x = &self.maps[m as usize];
                 assert!(x.used && x.stitched, "group {i}: member {m}");
@@ -489,9 +489,17 @@ impl<H> Pool<H> {
                         g.aliased.contains(&(y.first_alias, m)),
                         "group {i}: member {m}'s other mappings"
                     );
+                    with_aliases += 1;
                 }
             }
             assert_eq!(pages, g.pages, "group {i} pages");
+            // No mark beyond those: one per member whose unit has mappings
+            // outside stitched ranges (found above), no other.
+            assert_eq!(
+                g.aliased.len(),
+                with_aliases,
+                "group {i}: marks of mappings no member's unit has"
+            );
         }
         for (u, y) in self.units.iter().enumerate().filter(|(_, y)| y.used) {
             if y.group != NO_GROUP {
