@@ -37,6 +37,18 @@ int anchor_replay(int which, void *ga_alloc, void *ga_free, const uint8_t *kind,
   volatile uint8_t sink = 0;
   cudaStream_t stream = nullptr;  // the legacy default stream, as the recorded traces' stream 0
   auto *torch_alloc = c10::cuda::CUDACachingAllocator::get();
+  // The allocator under test, one call each way.
+  auto take = [&](int64_t bytes) -> void * {
+    return which == 0 ? torch_alloc->raw_alloc_with_stream(static_cast<size_t>(bytes), stream)
+                      : alloc(static_cast<ssize_t>(bytes), 0, stream);
+  };
+  auto give = [&](void *p, int64_t bytes) {
+    if (which == 0) {
+      torch_alloc->raw_delete(p);
+    } else {
+      release(p, static_cast<ssize_t>(bytes), 0, stream);
+    }
+  };
   const auto wall0 = std::chrono::steady_clock::now();
   const uint64_t tsc0 = __rdtsc();
   int status = 0;
@@ -47,13 +59,8 @@ int anchor_replay(int which, void *ga_alloc, void *ga_free, const uint8_t *kind,
     sink = sink + thrash[(i * 64) % thrash.size()];
     const int r = rep[i];
     if (kind[i] == 0) {
-      void *p;
       const uint64_t t = __rdtsc();
-      if (which == 0) {
-        p = torch_alloc->raw_alloc_with_stream(static_cast<size_t>(size[i]), stream);
-      } else {
-        p = alloc(static_cast<ssize_t>(size[i]), 0, stream);
-      }
+      void *p = take(size[i]);
       ticks_alloc[r] += __rdtsc() - t;
       n_alloc[r] += 1;
       if (p == nullptr) {
@@ -66,11 +73,7 @@ int anchor_replay(int which, void *ga_alloc, void *ga_free, const uint8_t *kind,
       void *p = ptrs[slot[i]];
       ptrs[slot[i]] = nullptr;
       const uint64_t t = __rdtsc();
-      if (which == 0) {
-        torch_alloc->raw_delete(p);
-      } else {
-        release(p, static_cast<ssize_t>(size[i]), 0, stream);
-      }
+      give(p, size[i]);
       ticks_free[r] += __rdtsc() - t;
       n_free[r] += 1;
     }
@@ -86,11 +89,7 @@ int anchor_replay(int which, void *ga_alloc, void *ga_free, const uint8_t *kind,
   // Blocks still live at the end (a trace's last blocks are never freed) go back.
   for (int64_t s = 0; s < slots; s++) {
     if (ptrs[s] != nullptr) {
-      if (which == 0) {
-        torch_alloc->raw_delete(ptrs[s]);
-      } else {
-        release(ptrs[s], static_cast<ssize_t>(sizes[s]), 0, stream);
-      }
+      give(ptrs[s], sizes[s]);
     }
   }
   return status;

@@ -38,8 +38,8 @@ def build(out, src=None):
         incs = ce.include_paths(device_type="cuda")
     except TypeError:
         incs = ce.include_paths(cuda=True)
-    cuda_home = ce.CUDA_HOME or "/usr/local/cuda"
-    incs = list(incs) + [os.path.join(cuda_home, "include")]
+    cuda_inc = os.path.join(ce.CUDA_HOME or "/usr/local/cuda", "include")
+    incs = list(incs) + ([] if cuda_inc in incs else [cuda_inc])
     lib = os.path.join(os.path.dirname(torch.__file__), "lib")
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     src = src or os.path.join(os.path.dirname(os.path.abspath(__file__)), "alloc_anchor.cpp")

@@ -190,6 +190,11 @@ def epoch():
     return json.loads(buf.value.decode()) if n > 0 else {}
 
 
+def us_per_call(t):
+    """Microseconds per allocator call (alloc or free) of an epoch's `times` figures."""
+    return (t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3
+
+
 def timed_epoch():
     buf = ctypes.create_string_buffer(1 << 12)
     timed.timed_epoch_json(buf, len(buf))
@@ -255,8 +260,7 @@ for r in range(a.repeat):
         rec.update(peak_physical=e["peak_committed"], peak_live=live, ratio=e["peak_committed"] / max(live, 1),
                    arena_peak_live=e["peak_live"], driver_calls=e["vmm_calls"], allocs=e["allocs"],
                    frees=e["frees"], calls=e["driver_calls"], stitch=e.get("stitch"),
-                   us_per_call=(t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3
-                   if t.get("allocs") else None)
+                   us_per_call=us_per_call(t) if t.get("allocs") else None)
     elif timed:
         e = timed_epoch()
         t = e["times"]
@@ -264,7 +268,7 @@ for r in range(a.repeat):
                    ratio=e["peak_reserved"] / max(e["peak_allocated"], 1),
                    driver_calls=e["device_allocs"] - t0e["device_allocs"] + e["device_frees"] - t0e["device_frees"],
                    allocs=e["allocations"] - t0e["allocations"],
-                   us_per_call=(t["alloc_nanos"] + t["free_nanos"]) / max(t["allocs"] + t["frees"], 1) / 1e3)
+                   us_per_call=us_per_call(t))
     else:
         st = torch.cuda.memory_stats()
         pa, pr = st["allocated_bytes.all.peak"], st["reserved_bytes.all.peak"]

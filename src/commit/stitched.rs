@@ -599,7 +599,7 @@ impl<D: Driver> Commit<D> {
 #[cfg(test)]
 mod tests {
     use super::CACHED_PER_SIZE;
-    use crate::commit::testing::finish;
+    use crate::commit::testing::{self, finish};
     use crate::commit::{Backing, Commit, CommitConfig};
     use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op};
     use crate::error::{BadPointer, Error};
@@ -1041,10 +1041,10 @@ mod tests {
     /// retake would leave its page unblocked while the unit is owned.
     #[test]
     fn an_alias_left_behind_by_a_refused_undo_flushes_the_parked_group() {
-        let d = crate::commit::testing::driver();
-        let page = crate::commit::testing::PAGE;
+        let d = testing::driver();
+        let page = testing::PAGE;
         {
-            let mut c = crate::commit::testing::commit(&d, 64, (32, 32));
+            let mut c = testing::commit(&d, 64, (32, 32));
             let a = c.stitch_alloc(page, 1).unwrap();
             c.stitch_free(a, Stamp::SAFE).unwrap();
             assert_eq!(c.stitch_counts().parked, 1);
