@@ -410,3 +410,90 @@ fn pressure_runs_its_protocol_on_the_host() {
         assert!(s.contains(line), "pressure output lacks {line:?}:\n{s}");
     }
 }
+
+/// `bench --torch-anchor` loads a library with the entry points of
+/// `scripts/torch_anchor.cpp` and measures it as an anchor column of
+/// sections a and b, in the same run (here the stand-in over `malloc`,
+/// `tests/c/torch_anchor_standin.c`: no torch on this machine); a path that
+/// is no such library is refused with what to do.
+#[test]
+fn bench_torch_anchor_column() {
+    if !have_bin() {
+        return;
+    }
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let src = root.join("tests/c/torch_anchor_standin.c");
+    let lib = std::env::temp_dir().join(format!("torch_anchor_standin_{}.so", std::process::id()));
+    let have_cc = Command::new(&cc)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_cc || !src.exists() {
+        println!("skipped: needs a C compiler and the source tree (not on a packed test machine)");
+        return;
+    }
+    let built = Command::new(&cc)
+        .args([
+            "-shared", "-fPIC", "-std=c11", "-Wall", "-Wextra", "-Werror", "-o",
+        ])
+        .arg(&lib)
+        .arg(&src)
+        .status()
+        .expect("the C compiler runs");
+    assert!(built.success(), "compiling the stand-in failed");
+    let lib_arg = lib.to_string_lossy().into_owned();
+    let out = run(&[
+        "bench",
+        "--quick",
+        "--json",
+        "--backend",
+        "host",
+        "--only",
+        "pairs,threads",
+        "--torch-anchor",
+        &lib_arg,
+    ]);
+    let json: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    for section in json["sections"].as_array().expect("sections") {
+        let anchors = section["anchors"].as_array().expect("anchors");
+        let col = anchors
+            .iter()
+            .position(|a| a["name"] == "stand-in (malloc)")
+            .unwrap_or_else(|| panic!("no column for the loaded library: {anchors:?}"));
+        for r in section["rows"].as_array().expect("rows") {
+            assert!(
+                r["anchors"][col].as_f64().is_some_and(|v| v > 0.0),
+                "the library's figure is measured: {r}"
+            );
+            assert!(
+                r["ratios"][col].as_f64().is_some_and(|v| v > 0.0),
+                "and enters the ratio: {r}"
+            );
+        }
+        let notes = section["notes"].as_array().expect("notes");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.as_str().is_some_and(|n| n.contains(&lib_arg))),
+            "a note names the library: {notes:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&lib);
+    let missing = Command::new(env!("CARGO_BIN_EXE_gpu-arena"))
+        .args(["bench", "--quick", "--backend", "host", "--only", "pairs"])
+        .arg("--torch-anchor")
+        .arg(root.join("Cargo.toml"))
+        .output()
+        .expect("the gpu-arena binary runs");
+    assert!(
+        !missing.status.success(),
+        "a file that is no library is refused"
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        err.contains("--torch-anchor") && err.contains("scripts/torch_anchor.cpp"),
+        "the error says what to do: {err}"
+    );
+}

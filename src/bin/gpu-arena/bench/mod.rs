@@ -16,6 +16,7 @@ mod pairs;
 mod scratch;
 mod sleep;
 mod threads;
+mod torch;
 
 use std::time::{Duration, Instant};
 
@@ -41,6 +42,10 @@ pub struct Args {
     /// Run only these sections (comma-separated).
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<SectionId>,
+    /// Also measure PyTorch's caching allocator (sections a and b), through
+    /// this library built against torch from `scripts/torch_anchor.cpp`.
+    #[arg(long, value_name = "PATH")]
+    torch_anchor: Option<std::path::PathBuf>,
 }
 
 /// The sections, in run order.
@@ -418,9 +423,35 @@ pub struct Ctx<'a> {
     /// Raw CUDA calls, on the CUDA backend.
     #[cfg(feature = "cuda")]
     pub cu: Option<crate::cuda::Cu>,
+    /// PyTorch's caching allocator (`--torch-anchor`).
+    pub torch: Option<torch::TorchAnchor>,
 }
 
 impl Ctx<'_> {
+    /// The anchor column of PyTorch's caching allocator, where it is
+    /// measured (`--torch-anchor`).
+    pub fn torch_column(&self) -> Option<Anchor> {
+        self.torch.as_ref().map(|t| Anchor::measured(t.name()))
+    }
+
+    /// The note saying how PyTorch's caching allocator was measured, or how
+    /// to measure it.
+    pub fn torch_note(&self) -> String {
+        match &self.torch {
+            Some(t) => format!(
+                "{}: the library of --torch-anchor {} (built from scripts/torch_anchor.cpp, it calls \
+                 raw_alloc_with_stream / raw_delete of c10::cuda::CUDACachingAllocator on the legacy default stream, \
+                 as a tensor's allocation does)",
+                t.name(),
+                t.path().display()
+            ),
+            None => format!(
+                "PyTorch's caching allocator: not measured in this run; {}",
+                torch::HOW
+            ),
+        }
+    }
+
     /// A progress bar of `len` steps on stderr (drawn only on a terminal).
     pub fn progress(&self, id: SectionId, len: u64) -> ProgressBar {
         let pb = ProgressBar::new(len);
@@ -521,6 +552,10 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
         SystemDriver::Cuda(_) => cu.map(|c| c.device_name()).unwrap_or_default(),
         _ => format!("{} emulated device memory", fmt_bytes(caps.device_memory)),
     };
+    let torch = match &args.torch_anchor {
+        Some(path) => Some(torch::TorchAnchor::load(path, device)?),
+        None => None,
+    };
     let ctx = Ctx {
         backends: &backends,
         main: &main,
@@ -529,6 +564,7 @@ pub fn run(backend: BackendArg, device: u32, args: &Args) -> AnyResult<()> {
         device,
         #[cfg(feature = "cuda")]
         cu,
+        torch,
     };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let wanted = |id| args.only.is_empty() || args.only.contains(&id);

@@ -3,7 +3,8 @@
 //! Anchors: the system allocator (`malloc`/`free` through
 //! `std::alloc::System`), and on CUDA `cuMemAlloc_v2`/`cuMemFree_v2` and the
 //! stream-ordered pool (`cuMemAllocAsync`/`cuMemFreeAsync`, release
-//! threshold `u64::MAX`).
+//! threshold `u64::MAX`), and PyTorch's caching allocator where
+//! `--torch-anchor` loads it.
 
 use std::alloc::Layout;
 use std::hint::black_box;
@@ -28,6 +29,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
         anchors.push(Anchor::measured("cuMemAlloc/Free"));
         anchors.push(Anchor::measured("cuMemAllocAsync pool"));
     }
+    anchors.extend(ctx.torch_column());
     let (target, batches) = if ctx.quick {
         (Duration::from_millis(2), 5)
     } else {
@@ -76,6 +78,11 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             unsafe { gpu_arena::driver::Driver::destroy_stream(ctx.main, stream) }?;
             anchors.push(Some(pool?));
         }
+        if let Some(t) = &ctx.torch {
+            anchors.push(Some(per_call_ns(target, batches, || {
+                t.pair(size as usize)
+            })?));
+        }
         let met = ours <= TARGET_NS;
         s.rows.push(
             Row::new(fmt_bytes(size), Unit::Ns, Some(ours), anchors).target(
@@ -98,6 +105,9 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
              stream-ordered calls are timed in batches (host-side cost per call)"
                 .into(),
         );
+    }
+    if ctx.is_cuda() || ctx.torch.is_some() {
+        s.notes.push(ctx.torch_note());
     }
     Ok(s)
 }

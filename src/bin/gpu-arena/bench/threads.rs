@@ -2,8 +2,9 @@
 //! in a loop for a fixed time, through a global-style arena (per-thread
 //! caches, one shard per thread) and, for comparison, through one
 //! [`SharedArena`] (a single mutex); million pairs per second over all threads. Anchors: the
-//! system allocator and, on CUDA, the stream-ordered pool (one stream per
-//! thread). Fixed figures of PyTorch's allocator and `cudaMallocAsync` from
+//! system allocator, on CUDA the stream-ordered pool (one stream per
+//! thread), and PyTorch's caching allocator where `--torch-anchor` loads it
+//! (every thread on the legacy default stream, as gpu-arena's). Fixed figures of PyTorch's allocator and `cudaMallocAsync` from
 //! an earlier run on an H100 are printed apart ([`REF_SOURCE`]).
 
 use std::hint::black_box;
@@ -89,6 +90,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     if ctx.is_cuda() {
         anchors.push(Anchor::measured("cuMemAllocAsync pool"));
     }
+    anchors.extend(ctx.torch_column());
     let mut s = Section::new(
         SectionId::Threads,
         format!("b. thread scaling (alloc+free pairs of {SIZE} B, M pairs/s over all threads)"),
@@ -167,6 +169,15 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
                 },
             )?));
         }
+        if let Some(t) = &ctx.torch {
+            anchors.push(Some(scaled(
+                threads,
+                dur,
+                || t.enter(),
+                |_| t.pair(SIZE as usize),
+                |_| Ok(()),
+            )?));
+        }
         let base = *one.get_or_insert(ours);
         let scaling = ours / base;
         let row = Row::new(
@@ -197,6 +208,9 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
         s.notes.push(
             "cuMemAllocAsync pool: default pool, release threshold u64::MAX, one stream per thread, synchronized at the end (timed)".into(),
         );
+    }
+    if ctx.is_cuda() || ctx.torch.is_some() {
+        s.notes.push(ctx.torch_note());
     }
     s.references = Some(References {
         source: REF_SOURCE.into(),
