@@ -181,7 +181,12 @@ impl<D: Driver> Commit<D> {
             }
             // Fresh run p..=q; a larger handle may extend it past b.
             let (bulk, ahead) = match backing {
-                Backing::Pages | Backing::Repair => (false, 0),
+                // With no streak asked for (a tag's arenas: memory loaded
+                // to stay and put to sleep), a block's fresh pages are one
+                // handle wherever the block lies: below the top too, where
+                // it is placed again after a free and a trim.
+                Backing::Pages => (self.config.bulk_streak == 0, 0),
+                Backing::Repair => (false, 0),
                 Backing::Whole => (true, 0),
                 Backing::Top(room) => (
                     self.streak >= self.config.bulk_streak,

@@ -77,7 +77,8 @@ use stitch::Stitch;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backing {
     /// One page each, so that idle memory can later move anywhere on its
-    /// own (blocks: their lifetimes differ from their neighbours').
+    /// own (blocks: their lifetimes differ from their neighbours'); large
+    /// handles where [`CommitConfig::bulk_streak`] is 0 (a tag's arenas).
     Pages,
     /// A block that extends the arena's top, with this many unmapped pages
     /// after it: one page each, unless the top keeps growing with no free

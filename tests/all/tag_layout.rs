@@ -104,3 +104,54 @@ pub fn tags_get_few_handles(select: Select) -> (Layout, Layout) {
 fn a_tags_blocks_get_few_handles_and_its_first_sleep_gives_back_few() {
     tags_get_few_handles(Select::Host);
 }
+
+/// A tag's blocks placed again after a free and a trim, below the arena's
+/// top, get large handles too: what a tag holds stays a few handles however
+/// its memory was freed and taken back, where the default tag's blocks
+/// get one handle per page there.
+#[test]
+fn a_tags_blocks_taken_again_below_the_top_keep_few_handles() {
+    let handles_after_retake = |tag: &str| {
+        let conf = GlobalConfig {
+            shards: 1,
+            thread_cache: 0,
+            ..GlobalConfig::default()
+        };
+        let (arena, driver) = checked_global(Select::Host, conf);
+        let index = arena.tag(tag).unwrap();
+        let _g = arena.tag_scope(tag).unwrap();
+        let load = || -> Vec<_> {
+            (0..BLOCKS)
+                .map(|_| arena.alloc(BLOCK, 512, Stream::DEFAULT).unwrap())
+                .collect()
+        };
+        let first = load();
+        let top = arena.tag_stats(index).handles;
+        for p in first {
+            arena.free(p, None, Stream::DEFAULT).unwrap();
+        }
+        arena.trim();
+        assert_eq!(arena.tag_stats(index).handles, 0, "the trim gave all back");
+        let again = load();
+        let retaken = arena.tag_stats(index).handles;
+        for p in again {
+            arena.free(p, None, Stream::DEFAULT).unwrap();
+        }
+        drop(_g);
+        // SAFETY: this thread alone used the arena; nothing uses it afterwards.
+        unsafe { GlobalArena::destroy(arena) }.unwrap();
+        assert_all_given_back(&driver);
+        (top, retaken)
+    };
+    let (top, retaken) = handles_after_retake("weights");
+    assert!(
+        top <= BLOCKS,
+        "at the top: {top} handles for {BLOCKS} blocks"
+    );
+    assert!(
+        retaken <= BLOCKS,
+        "taken again below the top: {retaken} handles for {BLOCKS} blocks"
+    );
+    let (_, default) = handles_after_retake("default");
+    assert_eq!(default, 3 * BLOCKS, "the default tag: one handle per page");
+}

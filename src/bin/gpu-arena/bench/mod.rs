@@ -470,6 +470,16 @@ impl Ctx<'_> {
     }
 }
 
+/// The settings the global arenas give a tag's arenas (see
+/// [`GlobalConfig::tag_bulk_streak`](gpu_arena::global::GlobalConfig::tag_bulk_streak)):
+/// memory an engine loads to stay and puts to sleep, laid out in large
+/// handles from the first block (sections c and g).
+pub fn tag_config() -> gpu_arena::ArenaConfig {
+    let mut c = gpu_arena::ArenaConfig::default();
+    c.commit.bulk_streak = gpu_arena::global::GlobalConfig::default().tag_bulk_streak;
+    c
+}
+
 /// One `malloc` + `free` of `layout` through the system allocator (the
 /// anchor of sections a and b).
 pub fn system_pair(layout: std::alloc::Layout) -> AnyResult<()> {

@@ -15,7 +15,7 @@ use gpu_arena::driver::{Access, DevicePtr, Driver, Location, Stream};
 use gpu_arena::global::GlobalConfig;
 use gpu_arena::{ArenaConfig, Kind, SharedArena, SleepMode};
 
-use super::{Anchor, Ctx, Row, Section, SectionId, Unit};
+use super::{Anchor, Ctx, Row, Section, SectionId, Unit, tag_config};
 use crate::{AnyResult, fmt_bytes};
 
 const TENSOR: u64 = 6 << 20;
@@ -89,14 +89,6 @@ fn first_cycle(ctx: &Ctx, n: u64, config: ArenaConfig) -> AnyResult<(u64, f64, f
         shared.free(b, Stream::DEFAULT)?;
     }
     Ok((handles, sleep, wake))
-}
-
-/// The settings the global arenas give a tag's arenas (see
-/// [`GlobalConfig::tag_bulk_streak`]).
-fn tag_config() -> ArenaConfig {
-    let mut c = ArenaConfig::default();
-    c.commit.bulk_streak = GlobalConfig::default().tag_bulk_streak;
-    c
 }
 
 /// Device → pinned host and back through the driver: (GiB/s down, GiB/s up).
