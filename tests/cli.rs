@@ -32,6 +32,22 @@ fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `bench --quick --json` on the host backend for the sections `only`,
+/// with `extra` arguments, parsed.
+fn bench_json_of(only: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "bench",
+        "--quick",
+        "--json",
+        "--backend",
+        "host",
+        "--only",
+        only,
+    ];
+    args.extend_from_slice(extra);
+    serde_json::from_slice(&run(&args).stdout).expect("bench --json is JSON")
+}
+
 /// A shared trace, beside the repository (`../shared`) or its worktree
 /// (`../../shared`).
 fn trace(name: &str) -> Option<PathBuf> {
@@ -160,17 +176,7 @@ fn bench_json() {
     if !have_bin() {
         return;
     }
-    let out = run(&[
-        "bench",
-        "--quick",
-        "--json",
-        "--backend",
-        "host",
-        "--only",
-        "pairs,kernel",
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    let json = bench_json_of("pairs,kernel", &[]);
     let sections = json["sections"].as_array().expect("sections");
     assert_eq!(sections.len(), 2);
     assert_eq!(sections[0]["id"], "pairs");
@@ -185,17 +191,7 @@ fn bench_json() {
         serde_json::Value::Null,
         "kernel: n/a on host"
     );
-    let out = run(&[
-        "bench",
-        "--quick",
-        "--json",
-        "--backend",
-        "host",
-        "--only",
-        "threads",
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    let json = bench_json_of("threads", &[]);
     let threads = &json["sections"][0];
     let anchors = threads["anchors"].as_array().expect("anchors");
     assert!(
@@ -443,19 +439,7 @@ fn bench_torch_anchor_column() {
         .expect("the C compiler runs");
     assert!(built.success(), "compiling the stand-in failed");
     let lib_arg = lib.to_string_lossy().into_owned();
-    let out = run(&[
-        "bench",
-        "--quick",
-        "--json",
-        "--backend",
-        "host",
-        "--only",
-        "pairs,threads",
-        "--torch-anchor",
-        &lib_arg,
-    ]);
-    let json: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("bench --json is JSON");
+    let json = bench_json_of("pairs,threads", &["--torch-anchor", &lib_arg]);
     for section in json["sections"].as_array().expect("sections") {
         let anchors = section["anchors"].as_array().expect("anchors");
         let col = anchors
