@@ -9,7 +9,7 @@
 // c10::cuda::CUDACachingAllocator, on the calling thread's current device (set by
 // gpu_arena_torch_anchor_enter). The allocator is initialized for every device at the first
 // enter, as torch does at its lazy CUDA init; nothing else of torch runs in the bench's process.
-// tests/data/torch_anchor_standin.c is a stand-in with the same entry points (malloc), so that the
+// tests/c/torch_anchor_standin.c is a stand-in with the same entry points (malloc), so that the
 // bench's loading and columns are tested where there is no torch.
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>

@@ -440,7 +440,9 @@ fn bench_torch_anchor_column() {
     assert!(built.success(), "compiling the stand-in failed");
     let lib_arg = lib.to_string_lossy().into_owned();
     let json = bench_json_of("pairs,threads", &["--torch-anchor", &lib_arg]);
-    for section in json["sections"].as_array().expect("sections") {
+    let sections = json["sections"].as_array().expect("sections");
+    assert_eq!(sections.len(), 2, "pairs and threads");
+    for section in sections {
         let anchors = section["anchors"].as_array().expect("anchors");
         let col = anchors
             .iter()

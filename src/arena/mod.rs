@@ -513,7 +513,7 @@ impl<D: Driver> Arena<D> {
             let room = self.hot.blocks_size.saturating_sub(pick.offset + pick.size);
             Backing::Top(room >> self.page().trailing_zeros())
         } else {
-            Backing::Pages
+            Backing::Block
         };
         let a = self.blocks.take(pick).ok_or(Error::AddressSpace {
             requested: size,

@@ -181,12 +181,12 @@ impl<D: Driver> Commit<D> {
             }
             // Fresh run p..=q; a larger handle may extend it past b.
             let (bulk, ahead) = match backing {
+                Backing::Pages | Backing::Repair => (false, 0),
                 // With no streak asked for (a tag's arenas: memory loaded
                 // to stay and put to sleep), a block's fresh pages are one
                 // handle wherever the block lies: below the top too, where
                 // it is placed again after a free and a trim.
-                Backing::Pages => (self.config.bulk_streak == 0, 0),
-                Backing::Repair => (false, 0),
+                Backing::Block => (self.config.bulk_streak == 0, 0),
                 Backing::Whole => (true, 0),
                 Backing::Top(room) => (
                     self.streak >= self.config.bulk_streak,
@@ -326,9 +326,11 @@ impl<D: Driver> Commit<D> {
             }
             // A new handle. One page, so that it can later move anywhere on
             // its own; while the top grows with no free in between (weights
-            // or a cache being loaded: memory that stays), the interior in
-            // one piece (up to max_run), stretched by `ahead`, since sleep
-            // and wake cost per handle. Boundary pages are always alone.
+            // or a cache being loaded: memory that stays), and for every
+            // block of an arena with no streak asked for (a tag's), the
+            // interior in one piece (up to max_run), stretched by `ahead` at
+            // the top, since sleep and wake cost per handle. Boundary pages
+            // are always alone.
             let max = self.config.max_run >> self.shift;
             let mut n = if bulk { room.min(max) } else { 1 };
             if bulk && at + n == q + 1 && ahead > 0 && !edges.1 {
@@ -448,6 +450,29 @@ mod tests {
     use crate::commit::{Backing, Commit};
     use crate::driver::{Driver, HostDriver};
     use crate::sync::Stamp;
+
+    /// With no streak asked for (a tag's arenas), a block of the blocks
+    /// region below the top gets one handle for its fresh pages, where
+    /// the default settings give it one per page; a stitched range's pages
+    /// stay one handle each either way (they are units that move).
+    #[test]
+    fn with_no_streak_a_block_below_the_top_gets_one_handle_and_ranges_keep_pages() {
+        let d = HostDriver::new().unwrap();
+        let page = d.capabilities().granularity as u64;
+        for (streak, block_units) in [(0, 1), (64, 4)] {
+            let config = crate::commit::CommitConfig {
+                bulk_streak: streak,
+                ..Default::default()
+            };
+            let mut c = Commit::for_tests_with(&d, 64, (64, 0), config);
+            c.add_live(8 * page, 4 * page, 0, Backing::Block).unwrap();
+            assert_eq!(c.unit_count(), block_units, "bulk_streak {streak}");
+            c.add_live(20 * page, 4 * page, 0, Backing::Pages).unwrap();
+            assert_eq!(c.unit_count(), block_units + 4, "bulk_streak {streak}");
+            c.sub_live(8 * page, 4 * page, Stamp::SAFE);
+            c.sub_live(20 * page, 4 * page, Stamp::SAFE);
+        }
+    }
 
     /// An idle unit of several pages does not back a block's partly used
     /// last page together with its interior: once the block is freed, a

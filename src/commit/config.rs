@@ -72,8 +72,9 @@ pub struct CommitConfig {
     /// steady state. The global arenas give a tag's arenas (memory an engine
     /// tags to sleep: weights, KV cache) `tag_bulk_streak` instead
     /// ([`GlobalConfig`](crate::global::GlobalConfig)). 0 takes all of an
-    /// arena's memory to be loaded to stay: a block's fresh pages get large
-    /// handles wherever it lies, below the top as well.
+    /// arena's blocks to be loaded to stay: a block's fresh pages get large
+    /// handles wherever it lies, below the top as well (stitched ranges
+    /// keep one page per handle).
     pub bulk_streak: u64,
     /// Let the free path give idle memory back when its decay allowance ran
     /// out (a look at the clock every few hundred frees, driver calls when

@@ -77,9 +77,13 @@ use stitch::Stitch;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backing {
     /// One page each, so that idle memory can later move anywhere on its
-    /// own (blocks: their lifetimes differ from their neighbours'); large
-    /// handles where [`CommitConfig::bulk_streak`] is 0 (a tag's arenas).
+    /// own (stitched ranges: their pages are units that move).
     Pages,
+    /// A block of the blocks region below its top: one page each, as
+    /// [`Backing::Pages`] (a block's lifetime differs from its
+    /// neighbours'), but large handles where [`CommitConfig::bulk_streak`]
+    /// is 0 (a tag's arenas: memory loaded to stay and put to sleep).
+    Block,
     /// A block that extends the arena's top, with this many unmapped pages
     /// after it: one page each, unless the top keeps growing with no free
     /// in between (memory being loaded that stays), then large handles,

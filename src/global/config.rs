@@ -22,7 +22,7 @@
 //! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
 //! | `range_order` | `made`: a block walks the cached stitched ranges that may serve it oldest first, whatever their size; `size`: smallest size first (see `CommitConfig::range_order`) | `made` |
 //! | `park` | `0`: free and take back stitched ranges page by page instead of parking their units as a group (the same decisions, more work per call; see `CommitConfig::park`) | 1 |
-//! | `bulk_streak` | allocations in a row at the top (no free between) after which fresh pages get one handle per block, not per page, in the default tag's arenas | 64 |
+//! | `bulk_streak` | allocations in a row at the top (no free between) after which fresh pages get one handle per block, not per page, in the default tag's arenas; 0: every block's, below the top too | 64 |
 //! | `tag_bulk_streak` | the same for every other tag's arenas (what an engine tags to sleep: weights, KV cache, loaded to stay) | 0 |
 //! | `background` | `1`: a background thread gives idle memory back on time (no driver call on allocating threads) | 1 |
 //! | `reservation` | address space per shard (0: 8 × device memory) | 0 |

@@ -1314,7 +1314,8 @@ impl<'a, 'd> Model<'a, 'd> {
     /// completely; so does a handle a wake made (a wake recommits the live
     /// pages in large handles, since sleep and wake cost per handle), and
     /// in a tag's layout a block's handle that a smaller block took again
-    /// in part. (A) still holds then.
+    /// in part, or one stretched past the top (`growth_ahead`). (A) still
+    /// holds then.
     fn check_trimmed(&self) {
         let s = self.arena.stats();
         let pages = self.live_pages();

@@ -35,9 +35,10 @@ pub struct TorchAnchor {
     enter: EnterFn,
     alloc: AllocFn,
     free: FreeFn,
-    /// Keeps the entry points above valid: the library stays loaded as
-    /// long as this value lives.
-    _lib: libloading::Library,
+    /// Keeps the entry points above valid. Never unloaded, not even when
+    /// this value drops: unloading torch while its statics and the memory
+    /// its allocator caches are alive is a known cause of crashes at exit.
+    _lib: core::mem::ManuallyDrop<libloading::Library>,
 }
 
 /// `e` and what caused it (libloading keeps `dlerror`'s text as the source).
@@ -114,7 +115,7 @@ impl TorchAnchor {
             enter,
             alloc,
             free,
-            _lib: lib,
+            _lib: core::mem::ManuallyDrop::new(lib),
         };
         anchor.enter()?;
         Ok(anchor)
