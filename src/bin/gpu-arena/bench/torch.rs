@@ -85,9 +85,9 @@ impl TorchAnchor {
             )
         })?;
         // SAFETY: each type below is that of the entry point of the same
-        // name in scripts/torch_anchor.cpp (and the stand-in), and the
-        // pointers are kept beside `lib` in the returned value, which
-        // drops them together.
+        // name in scripts/torch_anchor.cpp (and the stand-in), and `lib` is
+        // kept in the returned value and never unloaded (`ManuallyDrop`),
+        // so the pointers stay valid as long as the value lives.
         let (name, enter, alloc, free) = unsafe {
             (
                 entry::<NameFn>(&lib, "gpu_arena_torch_anchor_name", path)?,
