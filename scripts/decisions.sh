@@ -11,9 +11,12 @@ bin=${1:-target/release/examples/cabi_replay}
 untimed() {
   grep -E "^rep" | sed -E 's/: [0-9]+ ns per event \(harness included\), [0-9]+ ns per call inside the allocator, /: /; s/"vmm_nanos":[0-9]+,//'
 }
-sum() { md5sum | head -c 32; }
+# The checksum of one replay: `decide TIMES TRACE` (environment settings before it pass through).
+decide() {
+  GPU_ARENA_CONF=backend:host,report:1 "$bin" "$1" "docs/pytorch/traces/$2" 2>/dev/null | untimed | md5sum | head -c 32
+}
 for t in bert_infer gpt2_generate train_loop; do
-  echo "$t $(GPU_ARENA_CONF=backend:host,report:1 "$bin" 1 "docs/pytorch/traces/$t-r3.trace.jsonl.gz" 2>/dev/null | untimed | sum)"
+  echo "$t $(decide 1 "$t-r3.trace.jsonl.gz")"
 done
-echo "train RUN_ON=16 $(RUN_ON=16 GPU_ARENA_CONF=backend:host,report:1 "$bin" 1 docs/pytorch/traces/train-r3.trace.jsonl.gz 2>/dev/null | untimed | sum)"
-echo "serve x2 $(GPU_ARENA_CONF=backend:host,report:1 "$bin" 2 docs/pytorch/traces/serve.trace.jsonl.gz 2>/dev/null | untimed | sum)"
+echo "train RUN_ON=16 $(RUN_ON=16 decide 1 train-r3.trace.jsonl.gz)"
+echo "serve x2 $(decide 2 serve.trace.jsonl.gz)"

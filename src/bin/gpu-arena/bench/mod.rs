@@ -434,10 +434,10 @@ impl Ctx<'_> {
         self.torch.as_ref().map(|t| Anchor::measured(t.name()))
     }
 
-    /// The note saying how PyTorch's caching allocator was measured, or how
-    /// to measure it.
-    pub fn torch_note(&self) -> String {
-        match &self.torch {
+    /// The note saying how PyTorch's caching allocator was measured, or, on
+    /// CUDA, how to measure it (none on other backends without the flag).
+    pub fn torch_note(&self) -> Option<String> {
+        Some(match &self.torch {
             Some(t) => format!(
                 "{}: the library of --torch-anchor {} (built from scripts/torch_anchor.cpp, it calls \
                  raw_alloc_with_stream / raw_delete of c10::cuda::CUDACachingAllocator on the legacy default stream, \
@@ -445,11 +445,12 @@ impl Ctx<'_> {
                 t.name(),
                 t.path().display()
             ),
-            None => format!(
+            None if self.is_cuda() => format!(
                 "PyTorch's caching allocator: not measured in this run; {}",
                 torch::HOW
             ),
-        }
+            None => return None,
+        })
     }
 
     /// A progress bar of `len` steps on stderr (drawn only on a terminal).

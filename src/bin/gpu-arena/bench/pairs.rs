@@ -106,8 +106,6 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
                 .into(),
         );
     }
-    if ctx.is_cuda() || ctx.torch.is_some() {
-        s.notes.push(ctx.torch_note());
-    }
+    s.notes.extend(ctx.torch_note());
     Ok(s)
 }

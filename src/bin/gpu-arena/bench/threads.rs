@@ -209,9 +209,7 @@ pub fn run(ctx: &Ctx) -> AnyResult<Section> {
             "cuMemAllocAsync pool: default pool, release threshold u64::MAX, one stream per thread, synchronized at the end (timed)".into(),
         );
     }
-    if ctx.is_cuda() || ctx.torch.is_some() {
-        s.notes.push(ctx.torch_note());
-    }
+    s.notes.extend(ctx.torch_note());
     s.references = Some(References {
         source: REF_SOURCE.into(),
         unit: Unit::Mpairs,
