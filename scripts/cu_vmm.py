@@ -2,6 +2,7 @@
 (scripts/vmm_stall.py, async_map_probe.py, mapping_speed_probe.py, map_cost_probe.py): the structures of
 cuMemCreate / cuMemSetAccess, libcuda, and a check that turns a CUresult into an exception."""
 import ctypes
+import time
 
 PAGE = 2 << 20
 
@@ -63,3 +64,15 @@ def tensor_over(va, nbytes, typestr):
                                     "version": 3, "strides": None}
 
     return torch.as_tensor(Cai(), device="cuda")
+
+
+def unmap_release_timed(base, nbytes, handles, t):
+    """Gives back `handles`, mapped side by side over `nbytes` at `base`: one cuMemUnmap over the run, then
+    cuMemRelease of each; the seconds of each phase go to t["unmap"] and t["release"]."""
+    t0 = time.perf_counter()
+    ck(cu.cuMemUnmap(u64(base), size_t(nbytes)), "unmap")
+    t["unmap"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for h in handles:
+        ck(cu.cuMemRelease(h), "release")
+    t["release"] = time.perf_counter() - t0

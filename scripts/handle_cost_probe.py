@@ -38,7 +38,7 @@ import time
 
 import torch
 
-from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, u64  # noqa: E402
+from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, u64, unmap_release_timed  # noqa: E402
 
 LAYOUTS = ("handles", "handles-each", "whole")
 PHASES = ("create", "map", "access", "unmap", "release")
@@ -80,13 +80,7 @@ def cycle(layout, prop, access, base, n):
     else:
         ck(cu.cuMemSetAccess(u64(base), size_t(n * PAGE), ctypes.byref(access), size_t(1)), "access")
     t["access"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ck(cu.cuMemUnmap(u64(base), size_t(n * PAGE)), "unmap")
-    t["unmap"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for h in hs:
-        ck(cu.cuMemRelease(h), "release")
-    t["release"] = time.perf_counter() - t0
+    unmap_release_timed(base, n * PAGE, hs, t)
     return t
 
 

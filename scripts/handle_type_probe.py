@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, u64  # noqa: E402
+from cu_vmm import PAGE, ck, create_handle, cu, device_memory, size_t, u64, unmap_release_timed  # noqa: E402
 
 KINDS = {"none": 0, "posix_fd": 1}  # CU_MEM_HANDLE_TYPE_NONE, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
 PHASES = ("create", "map", "access", "alias", "unmap", "release")
@@ -58,13 +58,7 @@ def cycle(prop, access, base, n, touch):
     ck(cu.cuMemSetAccess(u64(alias), size_t(n * PAGE), ctypes.byref(access), size_t(1)), "alias access")
     ck(cu.cuMemUnmap(u64(alias), size_t(n * PAGE)), "alias unmap")
     t["alias"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ck(cu.cuMemUnmap(u64(base), size_t(n * PAGE)), "unmap")
-    t["unmap"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for h in hs:
-        ck(cu.cuMemRelease(h), "release")
-    t["release"] = time.perf_counter() - t0
+    unmap_release_timed(base, n * PAGE, hs, t)
     return t
 
 
