@@ -20,6 +20,9 @@ script takes the second recorded repetition and reports:
   it (the calls a plan would serve);
 - the peak of those blocks' live bytes (no packing can do better) and the
   size of the region greedy-by-size packing needs for them;
+- the smallest period of the repetition's calls, and of its allocations'
+  sizes alone (a training loop's steps inside a repetition of several):
+  what an allocator with no mark from the program could find;
 - the whole process's peak committed / peak live if every other block kept
   its own memory and the plan region stayed committed: (the peak of the
   other blocks' live bytes + the region) / the peak of all live bytes.
@@ -140,6 +143,35 @@ def peak(intervals, end_default):
     return top
 
 
+def tokens(calls, blocks):
+    """A repetition's calls as tokens that a shift in time leaves alike: an allocation's size, a free's size
+    and how many allocations ago its block was allocated."""
+    out, count, at = [], 0, {}
+    for kind, b in calls:
+        if kind == "a":
+            at[b] = count
+            count += 1
+            out.append(("a", blocks[b][0]))
+        else:
+            out.append(("f", blocks[b][0], count - at.get(b, -1)))
+    return out
+
+
+def smallest_period(seq):
+    """The smallest p such that seq repeats with period p throughout (len(seq) if none is shorter)."""
+    n = len(seq)
+    # Prefix function (Knuth-Morris-Pratt): n - pi[-1] is the smallest period of a string that repeats.
+    pi = [0] * n
+    for i in range(1, n):
+        k = pi[i - 1]
+        while k and seq[i] != seq[k]:
+            k = pi[k - 1]
+        if seq[i] == seq[k]:
+            k += 1
+        pi[i] = k
+    return n - pi[-1] if n else 0
+
+
 def main():
     args = sys.argv[1:]
     min_size = 0
@@ -174,6 +206,12 @@ def main():
               f"calls: {same}")
         print(f"  those blocks' peak live {trans_peak / mib:.1f} MiB; region packed "
               + ", ".join(f"by {n} {r / mib:.1f} MiB ({r / trans_peak:.4f})" for n, r in regions.items()))
+        period = smallest_period(tokens(r2, blocks))
+        sizes = [blocks[b][0] for k, b in r2 if k == "a"]
+        size_period = smallest_period(sizes)
+        print(f"  its calls (sizes, and which block each free frees) repeat every {period} calls "
+              f"({len(r2) / period:.2f} times in it); the sizes of its allocations alone every {size_period} "
+              f"allocations ({len(sizes) / size_period:.2f} times)")
         print(f"  peak live of all blocks {all_peak / mib:.1f} MiB, of the others {other_peak / mib:.1f} MiB; "
               f"(others' peak + region) / peak live = {(other_peak + region) / all_peak:.4f}")
 
