@@ -4,6 +4,7 @@
 //! bytes, and the aliases of an owned unit are marked blocked.
 
 use super::pages::NIL;
+use super::park::PARK_MIN_PAGES;
 use super::pool::Transition;
 use super::{Backing, Commit};
 use crate::driver::Driver;
@@ -77,36 +78,94 @@ impl<D: Driver> Commit<D> {
     pub(super) fn try_take(&mut self, off: u64, len: u64, slot: u16) -> bool {
         let (a, b) = self.span(off, len);
         let edges = self.partial_edges(off, len);
-        for p in a..=b {
-            let lo = off.max(p << self.shift);
-            let hi = (off + len).min((p + 1) << self.shift);
-            let (live, m) = self.pages.live_map(p);
-            if live == 0 {
-                let ok = m != NIL && {
-                    let x = self.pool.map(m);
-                    let live = self.pool.live_pages(m);
-                    let strands = live == 0 && Self::strands(x.first, x.pages, a, b, edges);
-                    !strands && self.pool.can_take(m) && (live > 0 || self.allows(m, slot))
-                };
-                if !ok {
-                    // Undo the pages taken so far (no free happened: no stamp).
-                    if p > a {
-                        let done = (p << self.shift) - off;
-                        self.unaccount(off, done, Stamp::SAFE);
+        // The pages the block covers whole, taken back in one step if the
+        // last block of this place, length and stream parked their units as
+        // a group and it is still parked when the walk reaches them
+        // (taking the first page may have flushed it).
+        let whole = if len >= PARK_MIN_PAGES << self.shift && self.config.park {
+            self.interior(off, len)
+                .filter(|&(f, l)| l + 1 - f >= PARK_MIN_PAGES)
+        } else {
+            None
+        };
+        let mut p = a;
+        if let Some((first, last)) = whole {
+            while p <= b {
+                let (live, m) = self.pages.live_map(p);
+                if p == first && live == 0 && m != NIL {
+                    if let Some(g) = self.retakable(m, off, len, first, last, slot) {
+                        self.retake_block(g, first, last);
+                        p = last + 1;
+                        continue;
                     }
-                    return false;
                 }
-                self.pages.add_live(p, (hi - lo) as u32);
-                if let Transition::Owned(u) = self.pool.gain_page(m) {
-                    self.set_aliases_blocked(u, m, true);
+                if !self.take_page(p, live, m, off, len, (a, b), edges, slot) {
+                    return self.untake(off, a, p);
                 }
-            } else {
-                self.pages.add_live(p, (hi - lo) as u32);
+                p += 1;
+            }
+        } else {
+            while p <= b {
+                let (live, m) = self.pages.live_map(p);
+                if !self.take_page(p, live, m, off, len, (a, b), edges, slot) {
+                    return self.untake(off, a, p);
+                }
+                p += 1;
             }
         }
         self.live += len;
         self.peak_live = self.peak_live.max(self.live);
         true
+    }
+
+    /// [`Commit::try_take`] for page `p` (with its live bytes and mapping)
+    /// of the block of `len` bytes at `off` on pages `a..=b`: takes the
+    /// block's bytes on it, or says no, taking nothing.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn take_page(
+        &mut self,
+        p: u64,
+        live: u32,
+        m: u32,
+        off: u64,
+        len: u64,
+        (a, b): (u64, u64),
+        edges: (bool, bool),
+        slot: u16,
+    ) -> bool {
+        let lo = off.max(p << self.shift);
+        let hi = (off + len).min((p + 1) << self.shift);
+        if live == 0 {
+            let ok = m != NIL && {
+                let x = self.pool.map(m);
+                let live = self.pool.live_pages(m);
+                let strands = live == 0 && Self::strands(x.first, x.pages, a, b, edges);
+                !strands && self.pool.can_take(m) && (live > 0 || self.allows(m, slot))
+            };
+            if !ok {
+                return false;
+            }
+            self.pages.add_live(p, (hi - lo) as u32);
+            if let Transition::Owned(u) = self.pool.gain_page(m) {
+                self.set_aliases_blocked(u, m, true);
+            }
+        } else {
+            self.pages.add_live(p, (hi - lo) as u32);
+        }
+        true
+    }
+
+    /// Undoes the pages `a..p` that [`Commit::try_take`] took of the block
+    /// at `off` before page `p` said no (no free happened: no stamp), and
+    /// says no.
+    #[cold]
+    fn untake(&mut self, off: u64, a: u64, p: u64) -> bool {
+        if p > a {
+            let done = (p << self.shift) - off;
+            self.unaccount(off, done, Stamp::SAFE);
+        }
+        false
     }
 
     /// Adds `len` live bytes at `off` to pages that are all backed and
@@ -194,7 +253,7 @@ impl<D: Driver> Commit<D> {
     /// hundred frees it checks the decay deadline and may give idle units
     /// whose allowance ran out back (see [`reclaim`](super::reclaim)).
     pub fn sub_live(&mut self, off: u64, len: u64, stamp: Stamp) {
-        if len == 0 {
+        if len == 0 || (len >= PARK_MIN_PAGES << self.shift && self.park_block(off, len, stamp)) {
             return;
         }
         let (idled, shared) = self.unaccount(off, len, stamp);
@@ -224,10 +283,25 @@ impl<D: Driver> Commit<D> {
     /// (the free's stream and epoch: reuse by others and unmapping wait for
     /// it). Returns whether a unit went idle, and whether a shared one did.
     pub(super) fn unaccount(&mut self, off: u64, len: u64, stamp: Stamp) -> (bool, bool) {
+        let mut now = None;
+        let (_, shared) = self.unaccount_at(off, len, stamp, &mut now);
+        (now.is_some(), shared)
+    }
+
+    /// [`Commit::unaccount`] reading the clock into `now` (once, when a
+    /// page first empties, if it holds nothing yet). Returns whether a page
+    /// emptied here, and whether a shared unit went idle.
+    pub(super) fn unaccount_at(
+        &mut self,
+        off: u64,
+        len: u64,
+        stamp: Stamp,
+        now: &mut Option<u64>,
+    ) -> (bool, bool) {
         let (a, b) = self.span(off, len);
         let safe = stamp.is_safe();
         let mut last = NIL;
-        let mut now = None;
+        let mut emptied = false;
         let mut shared = false;
         for p in a..=b {
             let lo = off.max(p << self.shift);
@@ -243,6 +317,7 @@ impl<D: Driver> Commit<D> {
                 continue;
             }
             let t = if empty {
+                emptied = true;
                 *now.get_or_insert_with(|| self.clock.now_ms())
             } else {
                 0
@@ -256,7 +331,7 @@ impl<D: Driver> Commit<D> {
                 self.next_reclaim = self.next_reclaim.min(t + self.reclaim_period());
             }
         }
-        (now.is_some(), shared)
+        (emptied, shared)
     }
 
     /// Keeps the pages of `off..off+len` committed for an owner that does
@@ -275,8 +350,8 @@ impl<D: Driver> Commit<D> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use crate::commit::testing::{PAGE, driver, finish};
-    use crate::commit::{Backing, Commit, PageState};
+    use crate::commit::testing::{PAGE, driver, finish, live_pages, state};
+    use crate::commit::{Backing, Commit};
     use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op, Stream};
     use crate::sync::Stamp;
 
@@ -309,31 +384,6 @@ mod tests {
         // SAFETY: mapped (checked above), host-visible, read only.
         let s = unsafe { std::slice::from_raw_parts((c.base() + off) as *const u8, len as usize) };
         s.iter().all(|&b| b == tag(id))
-    }
-
-    /// Live bytes per page, as the page table reports them.
-    fn live_pages(c: &Commit<&Checked<HostDriver>>) -> BTreeMap<u64, u64> {
-        let mut out = BTreeMap::new();
-        c.for_each_page(|p, state, live| {
-            if state == PageState::Live {
-                out.insert(p, live);
-            }
-        });
-        out
-    }
-
-    /// Everything a refused call must leave as it was: live bytes per page
-    /// and in all, and the mappings holding them (the out-of-memory ladder
-    /// may give idle memory back before it refuses).
-    fn state(c: &Commit<&Checked<HostDriver>>) -> impl PartialEq + core::fmt::Debug + use<> {
-        let mut runs = Vec::new();
-        c.for_each_run(|first, pages, live, _| {
-            if live > 0 {
-                runs.push((first, pages, live));
-            }
-        });
-        runs.sort_unstable();
-        (live_pages(c), runs, c.live())
     }
 
     /// A block of the program: where, on which stream, its pattern.

@@ -46,6 +46,7 @@ mod copy;
 pub mod decay;
 mod live;
 pub mod pages;
+mod park;
 pub mod pool;
 pub mod reclaim;
 pub mod reservation;
@@ -618,9 +619,38 @@ impl<'d, X: Driver> Commit<&'d X> {
 /// end of a test (streams destroyed, nothing left with the driver).
 #[cfg(test)]
 pub(crate) mod testing {
-    use super::Commit;
+    use std::collections::BTreeMap;
+
+    use super::{Commit, PageState};
     use crate::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
     use crate::sync::Clock;
+
+    /// Live bytes per page, as the page table reports them.
+    pub(crate) fn live_pages(c: &Commit<&Checked<HostDriver>>) -> BTreeMap<u64, u64> {
+        let mut out = BTreeMap::new();
+        c.for_each_page(|p, state, live| {
+            if state == PageState::Live {
+                out.insert(p, live);
+            }
+        });
+        out
+    }
+
+    /// Everything a refused call must leave as it was: live bytes per page
+    /// and in all, and the mappings holding them (the out-of-memory ladder
+    /// may give idle memory back before it refuses).
+    pub(crate) fn state(
+        c: &Commit<&Checked<HostDriver>>,
+    ) -> impl PartialEq + core::fmt::Debug + use<> {
+        let mut runs = Vec::new();
+        c.for_each_run(|first, pages, live, _| {
+            if live > 0 {
+                runs.push((first, pages, live));
+            }
+        });
+        runs.sort_unstable();
+        (live_pages(c), runs, c.live())
+    }
 
     /// The pages of [`driver`]: small, so that a program commits hundreds.
     pub(crate) const PAGE: u64 = 64 << 10;

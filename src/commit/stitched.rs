@@ -61,10 +61,18 @@ pub struct StitchCounts {
     pub parked: u64,
     /// Of `reused`: blocks that took a parked group back in one step.
     pub retaken: u64,
-    /// Groups flushed: something else wanted one of their units (another
-    /// range or block, a fence, an unmap, the decay) before their range
-    /// was taken back, or it was taken back page by page.
+    /// Groups flushed (those of stitched ranges and of blocks): something
+    /// else wanted one of their units (another range or block, a fence, an
+    /// unmap, the decay) before their block was taken back, or it was
+    /// taken back page by page.
     pub flushed: u64,
+    /// Frees of blocks outside stitched ranges that parked the units of
+    /// the pages they cover whole as a group (see
+    /// [`parked`](super::pool::parked)).
+    pub blocks_parked: u64,
+    /// Blocks outside stitched ranges that took such a group back in one
+    /// step (same place, length and stream).
+    pub blocks_retaken: u64,
 }
 
 counters!(StitchCounts {
@@ -78,6 +86,8 @@ counters!(StitchCounts {
     parked,
     retaken,
     flushed,
+    blocks_parked,
+    blocks_retaken,
 });
 
 /// Why the pages of a cached range cannot serve a block now.

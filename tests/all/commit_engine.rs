@@ -371,8 +371,9 @@ fn recorded_repetitions_stay_within_two_percent_and_settle() {
     }
 }
 
-/// Parking a stitched range's units as a group when its block is freed
-/// (`CommitConfig::park`, on by default) changes no decision: the recorded
+/// Parking a stitched range's units as a group when its block is freed,
+/// and the units of the pages a freed block of the blocks region covers
+/// whole (`CommitConfig::park`, on by default), changes no decision: the recorded
 /// traces replayed with parking on and off, fences 50 events behind, put
 /// every block at the same offset and make the same driver calls with the
 /// same peaks in every repetition, and end with the same statistics.
@@ -416,9 +417,17 @@ fn parking_changes_no_decision() {
                 stats.stitch.parked,
                 stats.stitch.retaken,
                 stats.stitch.flushed,
+                stats.stitch.blocks_parked,
+                stats.stitch.blocks_retaken,
             );
             let mut decided = stats.stitch;
-            (decided.parked, decided.retaken, decided.flushed) = (0, 0, 0);
+            (
+                decided.parked,
+                decided.retaken,
+                decided.flushed,
+                decided.blocks_parked,
+                decided.blocks_retaken,
+            ) = (0, 0, 0, 0, 0);
             ((reps, calls, decided, ends), how)
         };
         let ((off, off_how), (on, on_how)) = (run(false), run(true));
@@ -430,12 +439,16 @@ fn parking_changes_no_decision() {
         );
         assert_eq!(
             off_how,
-            (0, 0, 0),
+            (0, 0, 0, 0, 0),
             "{name}: nothing parked with parking off"
         );
         assert!(
             on_how.0 > 0 && on_how.1 > 0,
-            "{name}: groups were parked and taken back"
+            "{name}: stitched ranges' groups were parked and taken back"
+        );
+        assert!(
+            on_how.3 > 0 && on_how.4 > 0,
+            "{name}: blocks' groups were parked and taken back"
         );
     }
 }

@@ -30,7 +30,7 @@ use crate::sync::{Stamp, StampSet};
 
 pub mod parked;
 use parked::Group;
-pub use parked::{GroupId, IdleUnits, NO_GROUP};
+pub use parked::{GroupId, IdleUnits, NO_GROUP, PARK_SCORE_NEW};
 
 /// What a set of free stamps belongs to: a whole unit (every mapping of
 /// its handle) or one mapping (the frees through that virtual range).
@@ -105,6 +105,13 @@ pub struct Mapping {
     pub stamps: StampSet,
     /// Lies in a stitched range.
     pub stitched: bool,
+    /// A member of a group (see [`parked`]): [`Pool::live_pages`] asks the
+    /// group only for these.
+    member: bool,
+    /// How often, lately, the group of the block whose first whole page
+    /// this maps was taken back rather than flushed (see
+    /// [`Pool::worth_parking`]).
+    park_score: u8,
     used: bool,
 }
 
@@ -368,6 +375,8 @@ impl<H> Pool<H> {
             live_pages: 0,
             next_alias,
             stitched,
+            member: false,
+            park_score: PARK_SCORE_NEW,
             stamps: StampSet::new(),
             used: true,
         };

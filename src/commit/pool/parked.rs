@@ -49,6 +49,13 @@ use crate::sync::{Stamp, StampSet};
 /// No group (a unit's `group`).
 pub const NO_GROUP: u16 = u16::MAX;
 
+/// A new mapping's [`Pool::worth_parking`] score: a block's group taken
+/// back raises it (up to [`PARK_SCORE_MAX`]), one flushed first lowers
+/// it; at 0 the next free forms no group.
+pub const PARK_SCORE_NEW: u8 = 1;
+/// The highest [`Pool::worth_parking`] score.
+pub const PARK_SCORE_MAX: u8 = 3;
+
 /// A group as a stitched range remembers it: its slot and the generation
 /// of that slot (a flushed group's slot may serve another group later).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +88,9 @@ pub(super) struct Group {
     parked: bool,
     /// When it was parked (the units' `idle_since`).
     since: u64,
+    /// For a block outside stitched ranges, its offset and length (the
+    /// block that may take it back); `(0, 0)` for a stitched range's.
+    block: (u64, u64),
     generation: u32,
     used: bool,
 }
@@ -123,10 +133,12 @@ impl<H> Iterator for IdleUnits<'_, H> {
 
 impl<H> Pool<H> {
     /// Forms a group of the member mappings `members` (a stitched range's
-    /// block's pages' mappings, in page order, all live and owning their
-    /// units) of `block_pages` pages, whose units' stamps allow the work of
-    /// stream slot `stream`. None if one of them cannot join (a shared unit,
-    /// one in a group already) or every group slot is in use.
+    /// block's pages' mappings, or the mappings of the pages a block of the
+    /// blocks region covers whole, in page order, all wholly live and
+    /// owning their units) of `block_pages` pages, whose units' stamps
+    /// allow the work of stream slot `stream`. None if one of them cannot
+    /// join (a shared unit, one in a group already, one partly live) or
+    /// every group slot is in use.
     pub fn form_group(
         &mut self,
         members: &[u32],
@@ -146,28 +158,34 @@ impl<H> Pool<H> {
             .unwrap_or_else(|| MetaVec::new_in(std::alloc::System));
         aliased.clear();
         for (i, &m) in members.iter().enumerate() {
-            let x = &self.maps[m as usize];
-            let y = &mut self.units[x.unit as usize];
-            if !(x.stitched
-                && x.live_pages == x.pages
-                && y.owner == m
-                && !y.shared
-                && y.group == NO_GROUP)
-            {
+            let (u, stitched, whole) = {
+                let x = &self.maps[m as usize];
+                (x.unit, x.stitched, x.live_pages == x.pages)
+            };
+            // The unit's other mappings outside stitched ranges, whose
+            // pages a park or retake unblocks or blocks: a stitched member
+            // is never on that list, a member outside stitched ranges is.
+            let first = if stitched {
+                self.units[u as usize].first_alias
+            } else {
+                self.other_aliases(u, m)
+            };
+            let y = &mut self.units[u as usize];
+            if !(whole && y.owner == m && !y.shared && y.group == NO_GROUP) {
                 // Undo the members marked so far.
                 for &m in &members[..i] {
-                    let u = self.maps[m as usize].unit;
-                    self.units[u as usize].group = NO_GROUP;
+                    let x = &mut self.maps[m as usize];
+                    x.member = false;
+                    self.units[x.unit as usize].group = NO_GROUP;
                 }
                 self.keep_aliased(slot, aliased);
                 return None;
             }
             y.group = slot;
             pages += y.pages;
-            // `Pool::other_aliases` of a stitched member: it is never on
-            // the list of mappings outside stitched ranges.
-            if y.first_alias != NIL {
-                aliased.push((y.first_alias, m));
+            self.maps[m as usize].member = true;
+            if first != NIL {
+                aliased.push((first, m));
             }
         }
         if members.is_empty() {
@@ -184,6 +202,7 @@ impl<H> Pool<H> {
                 stream: 0,
                 parked: false,
                 since: 0,
+                block: (0, 0),
                 generation: 0,
                 used: false,
             });
@@ -197,6 +216,7 @@ impl<H> Pool<H> {
         g.pages = pages;
         g.stream = stream;
         g.parked = false;
+        g.block = (0, 0);
         g.used = true;
         Some(GroupId {
             slot,
@@ -210,6 +230,53 @@ impl<H> Pool<H> {
         if let Some(g) = self.groups.get_mut(slot as usize) {
             g.aliased = aliased;
         }
+    }
+
+    /// Names group `g` the group of the block of `len` bytes at offset
+    /// `off` outside stitched ranges (see [`Pool::block_group_of`]).
+    pub fn set_block(&mut self, g: GroupId, off: u64, len: u64) {
+        debug_assert!(self.group_alive(g));
+        self.groups[g.slot as usize].block = (off, len);
+    }
+
+    /// The group of the block of `len` bytes at `off` outside stitched
+    /// ranges, if mapping `m` (that of the first page the block covers
+    /// whole) is its first member: found through the records a walk over
+    /// the block's pages reads anyway.
+    #[inline]
+    pub fn block_group_of(&self, m: u32, off: u64, len: u64) -> Option<GroupId> {
+        let slot = self.units[self.maps[m as usize].unit as usize].group;
+        if slot == NO_GROUP {
+            return None;
+        }
+        let g = &self.groups[slot as usize];
+        (g.block == (off, len) && g.members.first() == Some(&m)).then_some(GroupId {
+            slot,
+            generation: g.generation,
+        })
+    }
+
+    /// Whether a free of the block whose first whole page mapping `m`
+    /// backs should park its units as a group: not if its last groups were
+    /// flushed rather than taken back (a place that other blocks take pays
+    /// a group's forming and flushing for nothing; parking changes no
+    /// decision, only what a free and a take cost), but then again at the
+    /// next free, to find out whether that changed.
+    #[inline]
+    pub fn worth_parking(&mut self, m: u32) -> bool {
+        let x = &mut self.maps[m as usize];
+        if x.park_score == 0 {
+            x.park_score = 1;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Whether group `g` is parked.
+    #[inline]
+    pub fn group_parked(&self, g: GroupId) -> bool {
+        self.live_group(g).is_some_and(|x| x.parked)
     }
 
     /// The slot of group `g` if it still exists (not flushed since).
@@ -288,7 +355,10 @@ impl<H> Pool<H> {
             self.group_alive(g) && self.groups[slot].parked,
             "group {slot} not parked"
         );
-        let first = self.maps[self.groups[slot].members[0] as usize].unit;
+        let m0 = self.groups[slot].members[0];
+        let x = &mut self.maps[m0 as usize];
+        x.park_score = (x.park_score + 1).min(PARK_SCORE_MAX);
+        let first = self.maps[m0 as usize].unit;
         self.unlink_idle(first);
         self.idle_pages -= self.groups[slot].pages - self.units[first as usize].pages;
         let group = &mut self.groups[slot];
@@ -312,10 +382,18 @@ impl<H> Pool<H> {
         );
         let pending = core::mem::take(&mut self.groups[s].pending);
         let (parked, since) = (self.groups[s].parked, self.groups[s].since);
+        if parked && self.groups[s].block != (0, 0) {
+            // A block's group flushed before a block took it back.
+            if let Some(&m) = members.first() {
+                let x = &mut self.maps[m as usize];
+                x.park_score = x.park_score.saturating_sub(1);
+            }
+        }
         let mut at = NIL;
         for &m in members.iter() {
             let u = self.maps[m as usize].unit;
             let mp = &mut self.maps[m as usize];
+            mp.member = false;
             mp.stamps.add_all(&pending);
             if parked {
                 // What parking it page by page would have written.
@@ -416,7 +494,7 @@ impl<H> Pool<H> {
     #[inline]
     pub fn live_pages(&self, m: u32) -> u64 {
         let x = &self.maps[m as usize];
-        if x.live_pages > 0 && x.stitched {
+        if x.live_pages > 0 && x.member {
             let g = self.units[x.unit as usize].group;
             if g != NO_GROUP && self.groups[g as usize].parked {
                 return 0;
@@ -440,6 +518,12 @@ impl<H> Pool<H> {
     pub(super) fn forget_groups(&mut self) {
         self.spare_groups.clear();
         for (i, g) in self.groups.iter_mut().enumerate() {
+            // (Mappings forgotten already have no flag left to clear.)
+            for &m in g.members.iter() {
+                if let Some(x) = self.maps.get_mut(m as usize) {
+                    x.member = false;
+                }
+            }
             g.members.clear();
             g.aliased.clear();
             g.pending.clear();
@@ -463,7 +547,7 @@ impl<H> Pool<H> {
             let (mut pages, mut with_aliases) = (0, 0);
             for (j, &m) in g.members.iter().enumerate() {
                 let x = &self.maps[m as usize];
-                assert!(x.used && x.stitched, "group {i}: member {m}");
+                assert!(x.used && x.member, "group {i}: member {m}");
                 let y = &self.units[x.unit as usize];
                 assert_eq!(y.group as usize, i, "group {i}: member {m}'s unit");
                 pages += y.pages;
@@ -484,9 +568,14 @@ impl<H> Pool<H> {
                         off_list += y.pages;
                     }
                 }
-                if y.first_alias != NIL {
+                let first = if x.stitched {
+                    y.first_alias
+                } else {
+                    self.other_aliases(x.unit, m)
+                };
+                if first != NIL {
                     assert!(
-                        g.aliased.contains(&(y.first_alias, m)),
+                        g.aliased.contains(&(first, m)),
                         "group {i}: member {m}'s other mappings"
                     );
                     with_aliases += 1;
