@@ -82,20 +82,14 @@ impl<D: Driver> Commit<D> {
         // last block of this place, length and stream parked their units as
         // a group and it is still parked when the walk reaches them
         // (taking the first page may have flushed it).
-        let whole = if len >= PARK_MIN_PAGES << self.shift && self.config.park {
-            self.interior(off, len)
-                .filter(|&(f, l)| l + 1 - f >= PARK_MIN_PAGES)
-        } else {
-            None
-        };
         let mut p = a;
-        if let Some((first, last)) = whole {
+        if let Some(w) = self.whole_pages(off, len) {
             while p <= b {
                 let (live, m) = self.pages.live_map(p);
-                if p == first && live == 0 && m != NIL {
-                    if let Some(g) = self.retakable(m, off, len, first, last, slot) {
-                        self.retake_block(g, first, last);
-                        p = last + 1;
+                if p == w.first && live == 0 && m != NIL {
+                    if let Some(g) = self.retakable(m, w, slot) {
+                        self.retake_block(g, w);
+                        p = w.last + 1;
                         continue;
                     }
                 }

@@ -36,13 +36,39 @@ use crate::sync::Stamp;
 /// and flushing cost: counted on the recorded traces, 1 to 16 tried).
 pub(super) const PARK_MIN_PAGES: u64 = 4;
 
+/// A block outside stitched ranges (`len` bytes at `off`) and the pages
+/// `first..=last` it covers whole: what its group parks and takes back.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Whole {
+    off: u64,
+    len: u64,
+    pub(super) first: u64,
+    pub(super) last: u64,
+}
+
+impl Whole {
+    /// Pages covered whole.
+    fn pages(self) -> u64 {
+        self.last + 1 - self.first
+    }
+}
+
 impl<D: Driver> Commit<D> {
-    /// The pages that `len` bytes at `off` cover whole, if any.
+    /// The block of `len` bytes at `off` with the pages it covers whole,
+    /// where parking is on and those are at least [`PARK_MIN_PAGES`].
     #[inline]
-    pub(super) fn interior(&self, off: u64, len: u64) -> Option<(u64, u64)> {
+    pub(super) fn whole_pages(&self, off: u64, len: u64) -> Option<Whole> {
+        if len < PARK_MIN_PAGES << self.shift || !self.config.park {
+            return None;
+        }
         let first = (off + self.page - 1) >> self.shift;
         let end = (off + len) >> self.shift;
-        (end > first).then(|| (first, end - 1))
+        (end >= first + PARK_MIN_PAGES).then_some(Whole {
+            off,
+            len,
+            first,
+            last: end - 1,
+        })
     }
 
     /// Frees the block of `len` bytes at `off` (outside stitched ranges)
@@ -57,19 +83,16 @@ impl<D: Driver> Commit<D> {
     /// stream).
     #[inline(never)]
     pub(super) fn park_block(&mut self, off: u64, len: u64, stamp: Stamp) -> bool {
-        if !self.config.park || self.asleep || stamp.is_safe() {
+        if self.asleep || stamp.is_safe() {
             return false;
         }
-        let Some((first, last)) = self.interior(off, len) else {
+        let Some(w) = self.whole_pages(off, len) else {
             return false;
         };
-        if last + 1 - first < PARK_MIN_PAGES {
-            return false;
-        }
-        let Some(g) = self.block_group(off, len, first, last, stamp.slot()) else {
+        let Some(g) = self.block_group(w, stamp.slot()) else {
             return false;
         };
-        let (from, to) = (first << self.shift, (last + 1) << self.shift);
+        let (from, to) = (w.first << self.shift, (w.last + 1) << self.shift);
         let mut now = None;
         let (mut idled, mut shared) = (false, false);
         if off < from {
@@ -96,23 +119,16 @@ impl<D: Driver> Commit<D> {
         true
     }
 
-    /// The group of the units of pages `first..=last` of the live block of
-    /// `len` bytes at `off`, to park as its block is freed on the stream of
-    /// `slot`: the one kept from the block's take, else a new one (each
-    /// page its own one-page mapping, whose unit's fences allow `slot`).
-    fn block_group(
-        &mut self,
-        off: u64,
-        len: u64,
-        first: u64,
-        last: u64,
-        slot: u16,
-    ) -> Option<GroupId> {
-        let m0 = self.pages.live_map(first).1;
+    /// The group of the units of the pages live block `w` covers whole, to
+    /// park as it is freed on the stream of `slot`: the one kept from the
+    /// block's take, else a new one (each page its own one-page mapping,
+    /// whose unit's fences allow `slot`).
+    fn block_group(&mut self, w: Whole, slot: u16) -> Option<GroupId> {
+        let m0 = self.pages.live_map(w.first).1;
         if m0 == NIL {
             return None;
         }
-        if let Some(g) = self.pool.block_group_of(m0, off, len) {
+        if let Some(g) = self.pool.block_group_of(m0, w.off, w.len) {
             debug_assert!(!self.pool.group_parked(g), "a live block's group is parked");
             return Some(g);
         }
@@ -124,7 +140,7 @@ impl<D: Driver> Commit<D> {
         members.clear();
         let streams = &self.streams;
         let mut ok = true;
-        for p in first..=last {
+        for p in w.first..=w.last {
             let m = self.pages.live_map(p).1;
             ok = m != NIL && {
                 let x = self.pool.map(m);
@@ -136,44 +152,35 @@ impl<D: Driver> Commit<D> {
             members.push(m);
         }
         let g = if ok {
-            self.pool.form_group(&members, last - first + 1, slot)
+            self.pool.form_group(&members, w.pages(), slot)
         } else {
             None
         };
         self.members = members;
         if let Some(g) = g {
-            self.pool.set_block(g, off, len);
+            self.pool.set_block(g, w.off, w.len);
         }
         g
     }
 
-    /// The parked group of the block of `len` bytes at `off` (whose first
-    /// whole page `first`, the last `last`, is backed by mapping `m`) that a
-    /// block for `slot` there may take back in one step.
+    /// The parked group of block `w` (its first whole page backed by
+    /// mapping `m`) that a block for `slot` there may take back in one
+    /// step.
     #[inline]
-    pub(super) fn retakable(
-        &self,
-        m: u32,
-        off: u64,
-        len: u64,
-        first: u64,
-        last: u64,
-        slot: u16,
-    ) -> Option<GroupId> {
-        let g = self.pool.block_group_of(m, off, len)?;
+    pub(super) fn retakable(&self, m: u32, w: Whole, slot: u16) -> Option<GroupId> {
+        let g = self.pool.block_group_of(m, w.off, w.len)?;
         let streams = &self.streams;
         self.pool
-            .can_retake(g, last - first + 1, slot, |s| streams.done(s))
+            .can_retake(g, w.pages(), slot, |s| streams.done(s))
             .then_some(g)
     }
 
-    /// Takes parked group `g` of pages `first..=last` back in one step
+    /// Takes parked group `g` of block `w`'s whole pages back in one step
     /// (see [`Commit::retakable`]): what taking each page would do.
-    pub(super) fn retake_block(&mut self, g: GroupId, first: u64, last: u64) {
-        let from = first << self.shift;
+    pub(super) fn retake_block(&mut self, g: GroupId, w: Whole) {
         self.pages.add_block(
-            from,
-            (last + 1 - first) << self.shift,
+            w.first << self.shift,
+            w.pages() << self.shift,
             self.shift,
             |first_live, _| {
                 debug_assert!(first_live, "a parked page is live");
