@@ -1,5 +1,7 @@
-//! Parked groups: the units of a stitched range's block, freed and taken
-//! back together, kept as one record while nothing else looks at them.
+//! Parked groups: the units of a stitched range's block (or of the pages a
+//! block of the blocks region covers whole: `commit/park.rs`), freed and
+//! taken back together, kept as one record while nothing else looks at
+//! them.
 //!
 //! A stitched range holds one block at a time, and a workload that repeats
 //! frees that block and takes the range back for the next block of its size,
@@ -35,7 +37,8 @@
 //!
 //! Why a retake needs no check per unit: a group is formed when the block
 //! of a range whose every unit was checked for a stream (its stamps allowed
-//! that stream's work) is freed. While the group lives, a member's own
+//! that stream's work) is freed; a block of the blocks region asks each
+//! unit's stamps for the free's stream as its group forms. While the group lives, a member's own
 //! stamps only change by a flush (a free through another mapping of the
 //! unit needs that mapping to own it, and taking it flushes the group), and
 //! a fence once complete stays complete. So for the same stream they still
