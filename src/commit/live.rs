@@ -278,24 +278,23 @@ impl<D: Driver> Commit<D> {
     /// it). Returns whether a unit went idle, and whether a shared one did.
     pub(super) fn unaccount(&mut self, off: u64, len: u64, stamp: Stamp) -> (bool, bool) {
         let mut now = None;
-        let (_, shared) = self.unaccount_at(off, len, stamp, &mut now);
+        let shared = self.unaccount_at(off, len, stamp, &mut now);
         (now.is_some(), shared)
     }
 
     /// [`Commit::unaccount`] reading the clock into `now` (once, when a
-    /// page first empties, if it holds nothing yet). Returns whether a page
-    /// emptied here, and whether a shared unit went idle.
+    /// page first empties, if it holds nothing yet: a page emptied here
+    /// leaves it set). Returns whether a shared unit went idle.
     pub(super) fn unaccount_at(
         &mut self,
         off: u64,
         len: u64,
         stamp: Stamp,
         now: &mut Option<u64>,
-    ) -> (bool, bool) {
+    ) -> bool {
         let (a, b) = self.span(off, len);
         let safe = stamp.is_safe();
         let mut last = NIL;
-        let mut emptied = false;
         let mut shared = false;
         for p in a..=b {
             let lo = off.max(p << self.shift);
@@ -311,7 +310,6 @@ impl<D: Driver> Commit<D> {
                 continue;
             }
             let t = if empty {
-                emptied = true;
                 *now.get_or_insert_with(|| self.clock.now_ms())
             } else {
                 0
@@ -325,7 +323,7 @@ impl<D: Driver> Commit<D> {
                 self.next_reclaim = self.next_reclaim.min(t + self.reclaim_period());
             }
         }
-        (emptied, shared)
+        shared
     }
 
     /// Keeps the pages of `off..off+len` committed for an owner that does

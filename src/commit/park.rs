@@ -94,9 +94,9 @@ impl<D: Driver> Commit<D> {
         };
         let (from, to) = (w.first << self.shift, (w.last + 1) << self.shift);
         let mut now = None;
-        let (mut idled, mut shared) = (false, false);
+        let mut shared = false;
         if off < from {
-            (idled, shared) = self.unaccount_at(off, from - off, stamp, &mut now);
+            shared = self.unaccount_at(off, from - off, stamp, &mut now);
         }
         self.pages
             .sub_block(from, to - from, self.shift, |emptied, _| {
@@ -109,11 +109,9 @@ impl<D: Driver> Commit<D> {
         self.marks = marks;
         self.next_reclaim = self.next_reclaim.min(t + self.reclaim_period());
         if to < off + len {
-            let (i, s) = self.unaccount_at(to, off + len - to, stamp, &mut now);
-            idled |= i;
-            shared |= s;
+            shared |= self.unaccount_at(to, off + len - to, stamp, &mut now);
         }
-        debug_assert!(now.is_some() || !idled);
+        // Pages emptied (the whole ones at least), as `unaccount` says.
         self.after_free(len, true, shared);
         self.stitch_counts.blocks_parked += 1;
         true
