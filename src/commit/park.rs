@@ -203,8 +203,8 @@ mod tests {
 
     /// What two page tables driven alike must agree on, whatever parking
     /// they do: live bytes per page, runs, live and committed bytes, the
-    /// driver's calls, and the idle units in order with when they went
-    /// idle.
+    /// driver's calls, the idle units in order with when they went idle,
+    /// and each page's blocked bit.
     fn seen(
         d: &Checked<HostDriver>,
         c: &Commit<&Checked<HostDriver>>,
