@@ -4,7 +4,6 @@
 //! bytes, and the aliases of an owned unit are marked blocked.
 
 use super::pages::NIL;
-use super::park::PARK_MIN_PAGES;
 use super::pool::Transition;
 use super::{Backing, Commit};
 use crate::driver::Driver;
@@ -247,7 +246,11 @@ impl<D: Driver> Commit<D> {
     /// hundred frees it checks the decay deadline and may give idle units
     /// whose allowance ran out back (see [`reclaim`](super::reclaim)).
     pub fn sub_live(&mut self, off: u64, len: u64, stamp: Stamp) {
-        if len == 0 || (len >= PARK_MIN_PAGES << self.shift && self.park_block(off, len, stamp)) {
+        if len == 0
+            || self
+                .whole_pages(off, len)
+                .is_some_and(|w| self.park_block(w, stamp))
+        {
             return;
         }
         let (idled, shared) = self.unaccount(off, len, stamp);

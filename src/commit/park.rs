@@ -54,6 +54,29 @@ impl Whole {
 }
 
 impl<D: Driver> Commit<D> {
+    /// Parks group `g`, whose block was freed on the stream of `stamp` at
+    /// `now` (a stitched range's or one of the blocks region's): the pool
+    /// parks it, the pages of its units' other mappings are unblocked, and
+    /// the next look at the decay comes no later than those units' turn.
+    #[inline]
+    pub(super) fn park_marked(&mut self, g: GroupId, stamp: Stamp, now: u64) {
+        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
+        self.pool.park_group(g, stamp, now, &mut marks);
+        self.mark_all(&mut marks, false);
+        self.marks = marks;
+        self.next_reclaim = self.next_reclaim.min(now + self.reclaim_period());
+    }
+
+    /// Takes parked group `g` back: the pool retakes it and the pages of
+    /// its units' other mappings are blocked again.
+    #[inline]
+    pub(super) fn retake_marked(&mut self, g: GroupId) {
+        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
+        self.pool.retake_group(g, &mut marks);
+        self.mark_all(&mut marks, true);
+        self.marks = marks;
+    }
+
     /// The block of `len` bytes at `off` with the pages it covers whole,
     /// where parking is on and those are at least [`PARK_MIN_PAGES`].
     #[inline]
@@ -71,24 +94,23 @@ impl<D: Driver> Commit<D> {
         })
     }
 
-    /// Frees the block of `len` bytes at `off` (outside stitched ranges)
-    /// with the units of the pages it covers whole parked as a group
+    /// Frees block `w` (outside stitched ranges, found by
+    /// [`Commit::whole_pages`]) with the units of the pages it covers whole
+    /// parked as a group
     /// (formed now, or kept from the block's last take), and its partly
     /// covered first and last pages page by page around it, in page order:
     /// what [`Commit::unaccount`] would do, with the same outcome (see
     /// [`parked`](super::pool::parked)). Returns false, changing nothing,
-    /// where the caller must free it page by page: parking off, asleep, a
-    /// free that stamps nothing, no whole page, or a page that cannot join
+    /// where the caller must free it page by page: asleep, a free that
+    /// stamps nothing, or a page that cannot join
     /// (a unit of several pages, one whose fences do not allow the free's
     /// stream).
     #[inline(never)]
-    pub(super) fn park_block(&mut self, off: u64, len: u64, stamp: Stamp) -> bool {
+    pub(super) fn park_block(&mut self, w: Whole, stamp: Stamp) -> bool {
         if self.asleep || stamp.is_safe() {
             return false;
         }
-        let Some(w) = self.whole_pages(off, len) else {
-            return false;
-        };
+        let (off, len) = (w.off, w.len);
         let Some(g) = self.block_group(w, stamp.slot()) else {
             return false;
         };
@@ -103,11 +125,7 @@ impl<D: Driver> Commit<D> {
                 debug_assert!(emptied, "a page the block covers whole stays live");
             });
         let t = *now.get_or_insert_with(|| self.clock.now_ms());
-        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
-        self.pool.park_group(g, stamp, t, &mut marks);
-        self.mark_all(&mut marks, false);
-        self.marks = marks;
-        self.next_reclaim = self.next_reclaim.min(t + self.reclaim_period());
+        self.park_marked(g, stamp, t);
         if to < off + len {
             shared |= self.unaccount_at(to, off + len - to, stamp, &mut now);
         }
@@ -184,10 +202,7 @@ impl<D: Driver> Commit<D> {
                 debug_assert!(first_live, "a parked page is live");
             },
         );
-        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
-        self.pool.retake_group(g, &mut marks);
-        self.mark_all(&mut marks, true);
-        self.marks = marks;
+        self.retake_marked(g);
         self.stitch_counts.blocks_retaken += 1;
     }
 }

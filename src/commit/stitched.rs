@@ -200,10 +200,7 @@ impl<D: Driver> Commit<D> {
             .add_block(off, size, self.shift, |first_live, _| {
                 debug_assert!(first_live, "a parked range's page is live");
             });
-        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
-        self.pool.retake_group(g, &mut marks);
-        self.mark_all(&mut marks, true);
-        self.marks = marks;
+        self.retake_marked(g);
         self.live += size;
         self.peak_live = self.peak_live.max(self.live);
         self.stitch.take(r, size, slot);
@@ -260,11 +257,7 @@ impl<D: Driver> Commit<D> {
             debug_assert!(emptied, "a stitched range's page stays live");
         });
         let now = self.clock.now_ms();
-        let mut marks = core::mem::replace(&mut self.marks, MetaVec::new_in(std::alloc::System));
-        self.pool.park_group(g, stamp, now, &mut marks);
-        self.mark_all(&mut marks, false);
-        self.marks = marks;
-        self.next_reclaim = self.next_reclaim.min(now + self.reclaim_period());
+        self.park_marked(g, stamp, now);
         self.after_free(size, true, false);
         self.stitch_counts.parked += 1;
         true

@@ -92,8 +92,8 @@ pub(super) struct Group {
     /// When it was parked (the units' `idle_since`).
     since: u64,
     /// For a block outside stitched ranges, its offset and length (the
-    /// block that may take it back); `(0, 0)` for a stitched range's.
-    block: (u64, u64),
+    /// block that may take it back); none for a stitched range's.
+    block: Option<(u64, u64)>,
     generation: u32,
     used: bool,
 }
@@ -205,7 +205,7 @@ impl<H> Pool<H> {
                 stream: 0,
                 parked: false,
                 since: 0,
-                block: (0, 0),
+                block: None,
                 generation: 0,
                 used: false,
             });
@@ -219,7 +219,7 @@ impl<H> Pool<H> {
         g.pages = pages;
         g.stream = stream;
         g.parked = false;
-        g.block = (0, 0);
+        g.block = None;
         g.used = true;
         Some(GroupId {
             slot,
@@ -239,7 +239,7 @@ impl<H> Pool<H> {
     /// `off` outside stitched ranges (see [`Pool::block_group_of`]).
     pub fn set_block(&mut self, g: GroupId, off: u64, len: u64) {
         debug_assert!(self.group_alive(g));
-        self.groups[g.slot as usize].block = (off, len);
+        self.groups[g.slot as usize].block = Some((off, len));
     }
 
     /// The group of the block of `len` bytes at `off` outside stitched
@@ -253,7 +253,7 @@ impl<H> Pool<H> {
             return None;
         }
         let g = &self.groups[slot as usize];
-        (g.block == (off, len) && g.members.first() == Some(&m)).then_some(GroupId {
+        (g.block == Some((off, len)) && g.members.first() == Some(&m)).then_some(GroupId {
             slot,
             generation: g.generation,
         })
@@ -385,7 +385,7 @@ impl<H> Pool<H> {
         );
         let pending = core::mem::take(&mut self.groups[s].pending);
         let (parked, since) = (self.groups[s].parked, self.groups[s].since);
-        if parked && self.groups[s].block != (0, 0) {
+        if parked && self.groups[s].block.is_some() {
             // A block's group flushed before a block took it back.
             if let Some(&m) = members.first() {
                 let x = &mut self.maps[m as usize];
