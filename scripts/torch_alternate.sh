@@ -7,29 +7,32 @@
 #
 # Each process runs one workload REPEAT times (scripts/torch_bench.py --repeat) and prints one REP line
 # per repetition; gpu-arena runs with its default settings plus report:1 (time inside its calls). The
-# allocators alternate: default, gpu-arena, default, ... so that drifts of the machine hit both alike.
+# allocators alternate process by process, and each round starts one place further along the list
+# (round 1: default, gpu-arena; round 2: gpu-arena, default; ...), so that a machine that speeds up
+# or slows down through a round (clocks, caches, a neighbour) does not always favour the same one.
 # scripts/torch_report.py turns the logs into the tables of docs/pytorch.md.
 # SETTINGS="stitch_repair:0 stitch_repair:1" runs gpu-arena once per setting in each round (labelled
 # "gpu-arena SETTING"), each added to report:1.
 # LIBS="base=PATH new=PATH" runs gpu-arena once per library in each round instead (labelled
 # "gpu-arena LABEL"), to compare two builds of gpu-arena in one call.
 # TIMED_DEFAULT=1 also runs PyTorch's caching allocator behind the pluggable wrapper with its calls
-# timed (scripts/torch_timed_default.cpp, built here first; labelled "default-timed") after the
-# default in each round: its time per call beside gpu-arena's.
+# timed (scripts/torch_timed_default.cpp, built here first; labelled "default-timed") in each round,
+# next after the default in the rotation: its time per call beside gpu-arena's.
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 procs=$1; reps=$2; shift 2
 lib=$(ls .gpu/lib/libgpu_arena*.so | head -1)
-# The gpu-arena runs of each round: "label|setting|library" (label and setting empty for the defaults).
-runs=()
+# The runs of each round, in order: "kind|label|setting|library" (kind: default, timed or arena).
+runs=("default|||")
+[ -n "${TIMED_DEFAULT:-}" ] && runs+=("timed|||")
 if [ -n "${LIBS:-}" ]; then
-  for spec in $LIBS; do runs+=("${spec%%=*}||${spec#*=}"); done
+  for spec in $LIBS; do runs+=("arena|${spec%%=*}||${spec#*=}"); done
 else
   for s in ${SETTINGS:-default}; do
     [ "$s" = default ] && s=
-    runs+=("$s|$s|$lib")
+    runs+=("arena|$s|$s|$lib")
   done
 fi
 shim=
@@ -44,16 +47,19 @@ for w in "$@"; do
     python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
     cat .gpu/BUILD 2>/dev/null || git log -1 --format='build %h %s' 2>/dev/null || true; } >> "$log"
   for p in $(seq "$procs"); do
-    echo "== process $p $w default" >> "$log"
-    env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1
-    if [ -n "$shim" ]; then
-      echo "== process $p $w default-timed" >> "$log"
-      env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --timed-default "$shim" >> "$log" 2>&1
-    fi
-    for run in "${runs[@]}"; do
-      IFS='|' read -r label setting path <<< "$run"
-      echo "== process $p $w gpu-arena${label:+ $label}" >> "$log"
-      GPU_ARENA_CONF=report:1${setting:+,$setting} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$path" >> "$log" 2>&1
+    for i in $(seq 0 $((${#runs[@]} - 1))); do
+      IFS='|' read -r kind label setting path <<< "${runs[$(( (i + p - 1) % ${#runs[@]} ))]}"
+      case $kind in
+        default)
+          echo "== process $p $w default" >> "$log"
+          env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1 ;;
+        timed)
+          echo "== process $p $w default-timed" >> "$log"
+          env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --timed-default "$shim" >> "$log" 2>&1 ;;
+        arena)
+          echo "== process $p $w gpu-arena${label:+ $label}" >> "$log"
+          GPU_ARENA_CONF=report:1${setting:+,$setting} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$path" >> "$log" 2>&1 ;;
+      esac
     done
   done
   grep -c '^REP' "$log" | sed "s/^/$w: REP lines: /"
