@@ -1,9 +1,12 @@
-//! d. free while a kernel runs on another stream (CUDA only): a ~0.5 s
+//! d. free while a kernel runs on another stream (CUDA only): a ~0.2 s
 //! kernel (`Kernels::spin`) runs on stream A; a 64 MiB arena block last used
 //! on stream B is freed (and, in a second row, also given back with `trim`:
 //! unmap + release) → microseconds. Anchors: `cuMemFree_v2` in the same
 //! situation (it waits for the device: ~the kernel's remaining time) and
-//! `cuMemFreeAsync` on stream B.
+//! `cuMemFreeAsync` on stream B. Each case runs [`ROUNDS`] times, each
+//! under a kernel of its own, the cases alternating round by round; the
+//! rows show medians (one slow call cannot flip the check) and a note the
+//! spread.
 
 use super::{Anchor, Ctx, Row, Section, SectionId, Unit};
 use crate::AnyResult;
@@ -12,6 +15,8 @@ use crate::AnyResult;
 const TARGET_NS: f64 = 10_000.0;
 /// The block freed.
 const BLOCK: u64 = 64 << 20;
+/// Frees timed per case.
+const ROUNDS: usize = 5;
 
 /// The cases: the free alone, and the free followed by `trim` (whether trimmed).
 fn cases() -> [(String, bool); 2] {
@@ -30,7 +35,7 @@ fn target() -> String {
 pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     let s = Section::new(
         SectionId::Kernel,
-        "d. free while a 0.5 s kernel runs on another stream (time for the free call to return)",
+        "d. free while a 0.2 s kernel runs on another stream (time for the free call to return, median of 5)",
         vec![
             Anchor::measured("cuMemFree_v2"),
             Anchor::measured("cuMemFreeAsync"),
@@ -63,13 +68,13 @@ mod cuda {
     use gpu_arena::driver::{Driver, Stream, SystemDriver};
     use gpu_arena::{Arena, ArenaConfig, Kind};
 
-    use super::{BLOCK, TARGET_NS, cases, target};
+    use super::{BLOCK, ROUNDS, TARGET_NS, cases, target};
     use crate::AnyResult;
-    use crate::bench::{Ctx, Row, Section, SectionId, Unit};
+    use crate::bench::{Ctx, Row, Section, SectionId, Unit, median};
     use crate::cuda::Cu;
 
     /// The kernel's duration.
-    const SPIN_NS: u64 = 500_000_000;
+    const SPIN_NS: u64 = 200_000_000;
 
     /// Launches the spin kernel on `a`, gives it time to start, runs `f`
     /// (timed) and reports whether the kernel was still running after it;
@@ -96,8 +101,29 @@ mod cuda {
         Ok((ns, running, r?))
     }
 
+    /// Each case's times, one per round.
+    #[derive(Default)]
+    struct Times {
+        free: Vec<f64>,
+        trim: Vec<f64>,
+        cufree: Vec<f64>,
+        free_async: Vec<f64>,
+    }
+
+    /// "median (min–max)" of `v`.
+    fn spread(v: &[f64]) -> String {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(0.0, f64::max);
+        format!(
+            "{} ({}–{})",
+            Unit::Ns.fmt(median(v.to_vec())),
+            Unit::Ns.fmt(lo),
+            Unit::Ns.fmt(hi)
+        )
+    }
+
     pub fn run(ctx: &Ctx, cu: Cu, mut s: Section) -> AnyResult<Section> {
-        let pb = ctx.progress(SectionId::Kernel, 5);
+        let pb = ctx.progress(SectionId::Kernel, 4 * ROUNDS as u64);
         let mut arena = Arena::new(
             ctx.backends.driver()?,
             Kind::Device(ctx.device),
@@ -105,44 +131,59 @@ mod cuda {
         )?;
         let a = arena.driver().create_stream()?;
         let b = arena.driver().create_stream()?;
-        let mut running = true;
-        // gpu-arena: free only, then free + trim.
-        pb.set_message("gpu-arena free");
-        let p = arena.alloc_on(BLOCK, 512, b)?;
-        let (free_ns, r, ()) = during_kernel(ctx.main, a, || Ok(arena.free_on(p, b)?))?;
-        running &= r;
-        arena.trim();
-        pb.inc(1);
-        pb.set_message("gpu-arena free + trim");
-        let p = arena.alloc_on(BLOCK, 512, b)?;
-        let (trim_ns, r, given) = during_kernel(ctx.main, a, || {
-            arena.free_on(p, b)?;
-            Ok(arena.trim())
-        })?;
-        running &= r;
-        pb.inc(1);
-        // cuMemFree in the same situation.
-        pb.set_message("cuMemFree");
-        cu.make_current()?;
-        let q = cu.mem_alloc(BLOCK as usize)?;
-        let (cufree_ns, r, ()) = during_kernel(ctx.main, a, || cu.mem_free(q))?;
-        let cufree_running = r;
-        pb.inc(1);
-        // cuMemFreeAsync on stream B.
-        pb.set_message("cuMemFreeAsync");
-        let q = cu.alloc_async(BLOCK as usize, b)?;
-        cu.sync(b)?;
-        let (async_ns, r, ()) = during_kernel(ctx.main, a, || cu.free_async(q, b))?;
-        running &= r;
-        cu.sync(b)?;
-        pb.inc(1);
+        let (mut running, mut cufree_running) = (true, false);
+        let mut t = Times::default();
+        let mut given = 0;
+        for _ in 0..ROUNDS {
+            // gpu-arena: free only (the block committed afresh each round,
+            // so that every round frees the same thing), then free + trim.
+            pb.set_message("gpu-arena free");
+            let p = arena.alloc_on(BLOCK, 512, b)?;
+            let (ns, r, ()) = during_kernel(ctx.main, a, || Ok(arena.free_on(p, b)?))?;
+            running &= r;
+            t.free.push(ns);
+            arena.trim();
+            pb.inc(1);
+            pb.set_message("gpu-arena free + trim");
+            let p = arena.alloc_on(BLOCK, 512, b)?;
+            let (ns, r, g) = during_kernel(ctx.main, a, || {
+                arena.free_on(p, b)?;
+                Ok(arena.trim())
+            })?;
+            running &= r;
+            given = g;
+            t.trim.push(ns);
+            pb.inc(1);
+            // cuMemFree in the same situation.
+            pb.set_message("cuMemFree");
+            cu.make_current()?;
+            let q = cu.mem_alloc(BLOCK as usize)?;
+            let (ns, r, ()) = during_kernel(ctx.main, a, || cu.mem_free(q))?;
+            cufree_running |= r;
+            t.cufree.push(ns);
+            pb.inc(1);
+            // cuMemFreeAsync on stream B.
+            pb.set_message("cuMemFreeAsync");
+            let q = cu.alloc_async(BLOCK as usize, b)?;
+            cu.sync(b)?;
+            let (ns, r, ()) = during_kernel(ctx.main, a, || cu.free_async(q, b))?;
+            running &= r;
+            t.free_async.push(ns);
+            cu.sync(b)?;
+            pb.inc(1);
+        }
         for st in [a, b] {
             // SAFETY: both streams are idle (their work was waited on) and not used again.
             unsafe { arena.driver().destroy_stream(st) }?;
         }
         pb.finish_and_clear();
+        let (cufree_ns, async_ns) = (median(t.cufree.clone()), median(t.free_async.clone()));
         for (case, trimmed) in cases() {
-            let ns = if trimmed { trim_ns } else { free_ns };
+            let ns = median(if trimmed {
+                t.trim.clone()
+            } else {
+                t.free.clone()
+            });
             let row = Row::new(
                 case,
                 Unit::Ns,
@@ -153,12 +194,19 @@ mod cuda {
                 .push(row.target(target(), Some(ns <= TARGET_NS), Unit::Ns.fmt(ns)));
         }
         s.notes.push(format!(
-            "the kernel was still running after each gpu-arena and cuMemFreeAsync free: {}; after cuMemFree returned: {}",
+            "medians of {ROUNDS} rounds, each free under a kernel of its own (min–max): free {}, free + trim {}, cuMemFree {}, cuMemFreeAsync {}",
+            spread(&t.free),
+            spread(&t.trim),
+            spread(&t.cufree),
+            spread(&t.free_async)
+        ));
+        s.notes.push(format!(
+            "the kernel was still running after each gpu-arena and cuMemFreeAsync free: {}; after a cuMemFree returned: {}",
             if running { "yes" } else { "NO (figures not meaningful)" },
             if cufree_running { "yes" } else { "no (cuMemFree waited for it)" }
         ));
         s.notes.push(format!(
-            "trim gave back {} while the kernel ran",
+            "trim gave back {} while the kernel ran (last round)",
             crate::fmt_bytes(given)
         ));
         Ok(s)
