@@ -30,6 +30,9 @@ impl<D: Driver> Commit<D> {
         }
         self.back(a, b, off, len, slot, backing)?;
         self.account_live(off, len);
+        if let Some(w) = self.whole_pages(off, len) {
+            self.group_on_take(w, slot);
+        }
         Ok(())
     }
 
@@ -83,11 +86,13 @@ impl<D: Driver> Commit<D> {
         // (taking the first page may have flushed it).
         let mut p = a;
         if let Some(w) = self.whole_pages(off, len) {
+            let mut retaken = false;
             while p <= b {
                 let (live, m) = self.pages.live_map(p);
                 if p == w.first && live == 0 && m != NIL {
                     if let Some(g) = self.retakable(m, w, slot) {
                         self.retake_block(g, w);
+                        retaken = true;
                         p = w.last + 1;
                         continue;
                     }
@@ -96,6 +101,9 @@ impl<D: Driver> Commit<D> {
                     return self.untake(off, a, p);
                 }
                 p += 1;
+            }
+            if !retaken {
+                self.group_on_take(w, slot);
             }
         } else {
             while p <= b {

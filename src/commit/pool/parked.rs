@@ -276,6 +276,14 @@ impl<H> Pool<H> {
         }
     }
 
+    /// Whether [`Pool::worth_parking`] would say yes, asked without
+    /// changing the score (a block's take forms its group ahead only where
+    /// its free would).
+    #[inline]
+    pub fn parks(&self, m: u32) -> bool {
+        self.maps[m as usize].park_score > 0
+    }
+
     /// Whether group `g` is parked.
     #[inline]
     pub fn group_parked(&self, g: GroupId) -> bool {
