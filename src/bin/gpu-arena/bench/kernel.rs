@@ -6,7 +6,11 @@
 //! `cuMemFreeAsync` on stream B. Each case runs [`ROUNDS`] times, each
 //! under a kernel of its own, the cases alternating round by round; the
 //! rows show medians (one slow call cannot flip the check) and a note the
-//! spread.
+//! spread. Before each timed call the thread, which slept while the kernel
+//! started, writes 32 MiB of other memory: the call runs on a thread that is
+//! running with its caches cold, as a framework's frees do between its own
+//! work. A note gives gpu-arena's free timed right after the sleep as well
+//! (the core's wake-up and every cache cold, the machine's share).
 
 use super::{Anchor, Ctx, Row, Section, SectionId, Unit};
 use crate::AnyResult;
@@ -76,12 +80,17 @@ mod cuda {
     /// The kernel's duration.
     const SPIN_NS: u64 = 200_000_000;
 
-    /// Launches the spin kernel on `a`, gives it time to start, runs `f`
-    /// (timed) and reports whether the kernel was still running after it;
-    /// then waits for the kernel (that fence only).
+    /// Other memory written before a timed call (see the module documentation).
+    const COLD_BYTES: usize = 32 << 20;
+
+    /// Launches the spin kernel on `a`, gives it time to start, writes
+    /// `cold` (one byte per cache line) if given, runs `f` (timed) and
+    /// reports whether the kernel was still running after it; then waits
+    /// for the kernel (that fence only).
     fn during_kernel<T>(
         driver: &SystemDriver,
         a: Stream,
+        cold: Option<&mut [u8]>,
         f: impl FnOnce() -> AnyResult<T>,
     ) -> AnyResult<(f64, bool, T)> {
         let SystemDriver::Cuda(cd) = driver else {
@@ -92,6 +101,12 @@ mod cuda {
         unsafe { kernels.spin(a, SPIN_NS, 0, 0) }?;
         let fence = driver.record(a)?;
         std::thread::sleep(Duration::from_millis(20));
+        if let Some(buf) = cold {
+            for b in buf.iter_mut().step_by(64) {
+                *b = b.wrapping_add(1);
+            }
+            std::hint::black_box(&buf[..]);
+        }
         let t = Instant::now();
         let r = f();
         let ns = t.elapsed().as_nanos() as f64;
@@ -105,6 +120,8 @@ mod cuda {
     #[derive(Default)]
     struct Times {
         free: Vec<f64>,
+        /// gpu-arena's free right after the sleep (no other memory written).
+        woken: Vec<f64>,
         trim: Vec<f64>,
         cufree: Vec<f64>,
         free_async: Vec<f64>,
@@ -134,19 +151,24 @@ mod cuda {
         let (mut running, mut cufree_running) = (true, false);
         let mut t = Times::default();
         let mut given = 0;
+        let mut cold = vec![0u8; COLD_BYTES];
         for _ in 0..ROUNDS {
             // gpu-arena: free only (the block committed afresh each round,
-            // so that every round frees the same thing), then free + trim.
-            pb.set_message("gpu-arena free");
-            let p = arena.alloc_on(BLOCK, 512, b)?;
-            let (ns, r, ()) = during_kernel(ctx.main, a, || Ok(arena.free_on(p, b)?))?;
-            running &= r;
-            t.free.push(ns);
-            arena.trim();
+            // so that every round frees the same thing), right after the
+            // sleep and with the caches cold, then free + trim.
+            for woken in [true, false] {
+                pb.set_message("gpu-arena free");
+                let p = arena.alloc_on(BLOCK, 512, b)?;
+                let buf = (!woken).then_some(&mut cold[..]);
+                let (ns, r, ()) = during_kernel(ctx.main, a, buf, || Ok(arena.free_on(p, b)?))?;
+                running &= r;
+                if woken { &mut t.woken } else { &mut t.free }.push(ns);
+                arena.trim();
+            }
             pb.inc(1);
             pb.set_message("gpu-arena free + trim");
             let p = arena.alloc_on(BLOCK, 512, b)?;
-            let (ns, r, g) = during_kernel(ctx.main, a, || {
+            let (ns, r, g) = during_kernel(ctx.main, a, Some(&mut cold), || {
                 arena.free_on(p, b)?;
                 Ok(arena.trim())
             })?;
@@ -158,7 +180,7 @@ mod cuda {
             pb.set_message("cuMemFree");
             cu.make_current()?;
             let q = cu.mem_alloc(BLOCK as usize)?;
-            let (ns, r, ()) = during_kernel(ctx.main, a, || cu.mem_free(q))?;
+            let (ns, r, ()) = during_kernel(ctx.main, a, Some(&mut cold), || cu.mem_free(q))?;
             cufree_running |= r;
             t.cufree.push(ns);
             pb.inc(1);
@@ -166,7 +188,7 @@ mod cuda {
             pb.set_message("cuMemFreeAsync");
             let q = cu.alloc_async(BLOCK as usize, b)?;
             cu.sync(b)?;
-            let (ns, r, ()) = during_kernel(ctx.main, a, || cu.free_async(q, b))?;
+            let (ns, r, ()) = during_kernel(ctx.main, a, Some(&mut cold), || cu.free_async(q, b))?;
             running &= r;
             t.free_async.push(ns);
             cu.sync(b)?;
@@ -194,11 +216,16 @@ mod cuda {
                 .push(row.target(target(), Some(ns <= TARGET_NS), Unit::Ns.fmt(ns)));
         }
         s.notes.push(format!(
-            "medians of {ROUNDS} rounds, each free under a kernel of its own (min–max): free {}, free + trim {}, cuMemFree {}, cuMemFreeAsync {}",
+            "medians of {ROUNDS} rounds, each call under a kernel of its own with {} of other memory written just before it (min–max): free {}, free + trim {}, cuMemFree {}, cuMemFreeAsync {}",
+            crate::fmt_bytes(COLD_BYTES as u64),
             spread(&t.free),
             spread(&t.trim),
             spread(&t.cufree),
             spread(&t.free_async)
+        ));
+        s.notes.push(format!(
+            "gpu-arena's free timed right after the 20 ms sleep instead (the core waking, every cache cold): {}",
+            spread(&t.woken)
         ));
         s.notes.push(format!(
             "the kernel was still running after each gpu-arena and cuMemFreeAsync free: {}; after a cuMemFree returned: {}",
