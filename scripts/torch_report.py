@@ -14,7 +14,11 @@ and gpu-arena's time per allocator call in them. Where a workload ran two gpu-ar
 (LIBS or SETTINGS of scripts/torch_alternate.sh), their processes are paired by round (the N-th
 process of each label ran back to back): per round, the ratio of each label's allocator time per
 settled call (the process's median over repetitions 2..N) to the first label's, the median over
-rounds with min-max, and in how many rounds it was the lower."""
+rounds with min-max, and in how many rounds it was the lower. Every gpu-arena label is also paired by
+round with PyTorch's default on time itself: per round, the ratio of the label's process time to the
+default's (repetition 1, and each process's median of repetitions 2..N), the median over rounds with
+min-max, and in how many rounds gpu-arena was the faster; the machine's drift over a call moves both
+processes of a round alike, so these ratios move less than the ratio of the medians."""
 import json, re, statistics as st, sys
 from collections import defaultdict
 
@@ -158,7 +162,28 @@ def main():
             rows.append(f"| {w} | {a} | {' · '.join(cells)} |")
     table(["workload", "allocator",
            "stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes)"], rows)
+    paired_time(runs, workloads)
     paired(runs, workloads)
+
+
+def paired_time(runs, workloads):
+    """Per round, each gpu-arena label's process time against the default's of the same round."""
+    rows = []
+    for w in workloads:
+        if (w, "default") not in runs:
+            continue
+        for a in [a for a in labels(runs, w) if a != "default"]:
+            pairs = list(zip(runs[(w, "default")], runs[(w, a)]))
+            cells = []
+            for pick in (lambda p: p[0]["time_s"] if p else None,
+                         lambda p: st.median(r["time_s"] for r in p[1:]) if len(p) > 1 else None):
+                ratios = [pick(y) / pick(x) for x, y in pairs if pick(x) and pick(y)]
+                faster = sum(r < 1 for r in ratios)
+                cells.append(f"{rng(ratios, lambda v: f'{v:.3f}')} | {faster} of {len(ratios)}" if ratios
+                             else "– | –")
+            rows.append(f"| {w} | {a} | {len(pairs)} | {cells[0]} | {cells[1]} |")
+    table(["workload", "allocator", "rounds", "time / default, repetition 1, per round: median (min–max)",
+           "rounds faster", "time / default, repetitions 2..N, per round", "rounds faster"], rows)
 
 
 def paired(runs, workloads):
