@@ -4,6 +4,7 @@
 use super::Commit;
 use super::calls::counters;
 use super::pages::NIL;
+use super::pool::GroupId;
 use super::stitch::Walk;
 use crate::driver::{DevicePtr, Driver};
 use crate::error::{BadPointer, Error, Result};
@@ -172,6 +173,7 @@ impl<D: Driver> Commit<D> {
                 Ok(()) => {
                     self.stitch.take(r, size, slot);
                     self.account_live(first << self.shift, size);
+                    self.group_range_on_take(r, size, slot);
                     self.stitch_counts.reused += 1;
                     return Some(first << self.shift);
                 }
@@ -227,31 +229,10 @@ impl<D: Driver> Commit<D> {
         let k = size.div_ceil(self.page);
         let g = match group.filter(|&g| self.pool.group_alive(g)) {
             Some(g) => g,
-            None => {
-                let mut members =
-                    core::mem::replace(&mut self.members, MetaVec::new_in(std::alloc::System));
-                members.clear();
-                let mut last = NIL;
-                let mut mapped = true;
-                self.pages.each_map(first, first + k - 1, |m| {
-                    mapped &= m != NIL;
-                    if m != last {
-                        members.push(m);
-                        last = m;
-                    }
-                });
-                let g = if mapped {
-                    self.pool.form_group(&members, k, stream)
-                } else {
-                    None
-                };
-                self.members = members;
-                self.stitch.set_group(r, g);
-                match g {
-                    Some(g) => g,
-                    None => return false,
-                }
-            }
+            None => match self.form_range_group(r, first, k, stream) {
+                Some(g) => g,
+                None => return false,
+            },
         };
         self.pages.sub_block(off, size, self.shift, |emptied, _| {
             debug_assert!(emptied, "a stitched range's page stays live");
@@ -261,6 +242,45 @@ impl<D: Driver> Commit<D> {
         self.after_free(size, true, false);
         self.stitch_counts.parked += 1;
         true
+    }
+
+    /// Forms the group of the units of range `r`'s first `k` pages (from
+    /// page `first`; its live block's), whose stamps allow the work of
+    /// stream slot `stream`, and names it the range's; none if a page is
+    /// unmapped or a unit cannot join.
+    fn form_range_group(&mut self, r: u32, first: u64, k: u64, stream: u16) -> Option<GroupId> {
+        let mut members =
+            core::mem::replace(&mut self.members, MetaVec::new_in(std::alloc::System));
+        members.clear();
+        let mut last = NIL;
+        let mut mapped = true;
+        self.pages.each_map(first, first + k - 1, |m| {
+            mapped &= m != NIL;
+            if m != last {
+                members.push(m);
+                last = m;
+            }
+        });
+        let g = if mapped {
+            self.pool.form_group(&members, k, stream)
+        } else {
+            None
+        };
+        self.members = members;
+        self.stitch.set_group(r, g);
+        g
+    }
+
+    /// Forms the group of range `r`'s block of `size` bytes as it is taken
+    /// page by page for work of `slot` (or backed afresh), while the
+    /// records of its pages are in the caches, where its free would form
+    /// it (see [`Commit::group_on_take`](super::Commit::group_on_take) for
+    /// the blocks region's): the free then parks it in one step.
+    fn group_range_on_take(&mut self, r: u32, size: u64, slot: u16) {
+        if self.config.park && size > 0 {
+            let first = self.stitch.range(r).first;
+            self.form_range_group(r, first, size.div_ceil(self.page), slot);
+        }
     }
 
     /// Allocates `size` bytes in a stitched range for work of stream slot
@@ -317,6 +337,7 @@ impl<D: Driver> Commit<D> {
         }
         self.count_made(k, busy);
         self.account_live(off, size);
+        self.group_range_on_take(r, size, slot);
         Ok(off)
     }
 

@@ -35,10 +35,12 @@
 //! decision changes; the only cost of parking is the flush, paid only when
 //! something else wants a unit of the range.
 //!
-//! Why a retake needs no check per unit: a group is formed when the block
-//! of a range whose every unit was checked for a stream (its stamps allowed
-//! that stream's work) is freed; a block of the blocks region asks each
-//! unit's stamps for the free's stream as its group forms. While the group lives, a member's own
+//! Why a retake needs no check per unit: a group is formed as the block of
+//! a range is taken, every unit just checked for the block's stream (its
+//! stamps allowed that stream's work), while the records are in the caches;
+//! or, where it was not or did not last, when that block is freed. A block
+//! of the blocks region forms its group at its take the same way, or at
+//! its free asking each unit's stamps for the free's stream. While the group lives, a member's own
 //! stamps only change by a flush (a free through another mapping of the
 //! unit needs that mapping to own it, and taking it flushes the group), and
 //! a fence once complete stays complete. So for the same stream they still
