@@ -85,25 +85,53 @@ pub struct Allocation {
 }
 
 /// The TLSF index of one region.
+///
+/// Laid out in the order written (`repr(C)`): what every search reads (the
+/// span records' vector and the scalars) lies in the first cache line, what
+/// a free adds in the second, and each row of `heads` in a line of its own.
+/// Left to the compiler, `last` and the byte counts sat past the 4 KiB of
+/// heads, a line more per call with the caches cold, and every row
+/// straddled two lines.
 #[derive(Debug)]
+#[repr(C, align(64))]
 pub struct Large {
+    spans: MetaVec<Span>,
     quantum: u64,
     capacity: u64,
     /// Offset of the untouched top of the region; spans exist only below it.
     top: u64,
-    /// Last span in physical order (borders `top`), or NIL.
-    last: u32,
-    spans: MetaVec<Span>,
-    recycled: MetaVec<u32>,
     /// Invariant: bit `f` set iff `sl_bitmap[f] != 0`.
     fl_bitmap: u64,
-    /// Invariant: bit `s` of `sl_bitmap[f]` set iff `heads[f][s] != NIL`.
-    sl_bitmap: [u16; FL_COUNT],
-    heads: [[u32; SL_COUNT as usize]; FL_COUNT],
-    /// Allocated spans by offset.
-    live: MetaMap<u64, u32>,
+    /// Last span in physical order (borders `top`), or NIL.
+    last: u32,
     free_bytes: u64,
     live_bytes: u64,
+    /// Allocated spans by offset.
+    live: MetaMap<u64, u32>,
+    recycled: MetaVec<u32>,
+    /// Invariant: bit `s` of `sl_bitmap[f]` set iff `heads[f][s] != NIL`.
+    sl_bitmap: [u16; FL_COUNT],
+    heads: Heads,
+}
+
+/// The heads of the segregated lists, one cache line per first level.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct Heads([[u32; SL_COUNT as usize]; FL_COUNT]);
+
+impl core::ops::Index<usize> for Heads {
+    type Output = [u32; SL_COUNT as usize];
+    #[inline]
+    fn index(&self, f: usize) -> &Self::Output {
+        &self.0[f]
+    }
+}
+
+impl core::ops::IndexMut<usize> for Heads {
+    #[inline]
+    fn index_mut(&mut self, f: usize) -> &mut Self::Output {
+        &mut self.0[f]
+    }
 }
 
 fn map_floor(units: u64) -> (usize, usize) {
@@ -139,7 +167,7 @@ impl Large {
             recycled: MetaVec::new_in(std::alloc::System),
             fl_bitmap: 0,
             sl_bitmap: [0; FL_COUNT],
-            heads: [[NIL; SL_COUNT as usize]; FL_COUNT],
+            heads: Heads([[NIL; SL_COUNT as usize]; FL_COUNT]),
             live: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
             free_bytes: 0,
             live_bytes: 0,
