@@ -24,9 +24,10 @@
 //! caches, so that the free parks it in one step too: formed at the free,
 //! a 64 MiB block committed afresh took 1.4–2.3 µs to free with cold
 //! caches on the host, 0.94–1.3 µs formed at the take (medians of 4 runs,
-//! `docs/pytorch/experiments/free-probe-fresh-20261129.log`). A place whose groups are flushed
-//! rather than taken back (other blocks take its pages) forms none at
-//! every other free ([`Pool::worth_parking`](super::pool::Pool::worth_parking)).
+//! `docs/pytorch/experiments/free-probe-fresh-20261129.log`). A place
+//! whose groups are flushed rather than taken back (other blocks take its
+//! pages) forms none at every other free
+//! ([`Pool::worth_parking`](super::pool::Pool::worth_parking)).
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use super::Commit;
@@ -161,10 +162,10 @@ impl<D: Driver> Commit<D> {
 
     /// Forms the group of live block `w`'s whole pages as the block is
     /// taken for work of `slot` (page by page, or backed afresh), where its
-    /// free would form one: the members' records were just read and
-    /// written, where at the free they have mostly gone cold (a 64 MiB
-    /// block's free touched two cache lines per page). The take checked
-    /// every unit's stamps for `slot`, so the group's units allow it.
+    /// free would form one: the members' records (a mapping and a unit
+    /// per page) were just read and written, where at the free they have
+    /// mostly gone cold. The take checked every unit's stamps for `slot`,
+    /// so the group's units allow it.
     #[inline(never)]
     pub(super) fn group_on_take(&mut self, w: Whole, slot: u16) {
         let m0 = self.pages.live_map(w.first).1;

@@ -40,11 +40,12 @@
 //! stamps allowed that stream's work), while the records are in the caches;
 //! or, where it was not or did not last, when that block is freed. A block
 //! of the blocks region forms its group at its take the same way, or at
-//! its free asking each unit's stamps for the free's stream. While the group lives, a member's own
-//! stamps only change by a flush (a free through another mapping of the
-//! unit needs that mapping to own it, and taking it flushes the group), and
-//! a fence once complete stays complete. So for the same stream they still
-//! allow it, and only the pending stamps need asking.
+//! its free asking each unit's stamps for the free's stream. While the
+//! group lives, a member's own stamps only change by a flush (a free
+//! through another mapping of the unit needs that mapping to own it, and
+//! taking it flushes the group), and a fence once complete stays complete.
+//! So for the same stream they still allow it, and only the pending stamps
+//! need asking.
 #![deny(unsafe_code, clippy::unwrap_used)]
 
 use super::{NIL, Pool};
