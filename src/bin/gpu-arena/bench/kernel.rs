@@ -39,7 +39,9 @@ fn target() -> String {
 pub fn run(ctx: &Ctx) -> AnyResult<Section> {
     let s = Section::new(
         SectionId::Kernel,
-        "d. free while a 0.2 s kernel runs on another stream (time for the free call to return, median of 5)",
+        format!(
+            "d. free while a 0.2 s kernel runs on another stream (time for the free call to return, median of {ROUNDS})"
+        ),
         vec![
             Anchor::measured("cuMemFree_v2"),
             Anchor::measured("cuMemFreeAsync"),
