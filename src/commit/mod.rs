@@ -113,36 +113,28 @@ pub enum PageState {
 }
 
 /// The page table and physical pool of one reservation.
+///
+/// Laid out in the order written (`repr(C)`): what most calls read or
+/// write (the page table's chunk vector, the page size, the live bytes,
+/// the free counters, the scratch vectors of a walk) comes first, in the
+/// first two cache lines, ahead of the pool and the cached ranges.
+#[repr(C)]
 pub struct Commit<D: Driver> {
-    /// The reservation and its driver; freed after this type's own
-    /// teardown (see `Drop`) unmapped and released everything in it.
-    res: Reservation<D>,
+    pages: PageTable,
     page: u64,
     shift: u32,
-    location: Location,
-    access: MetaVec<Access>,
-    pages: PageTable,
-    pool: Pool<D::Handle>,
-    stitch: Stitch,
-    /// Fence-tracked streams.
-    pub streams: Streams<D::Fence>,
-    config: CommitConfig,
-    decay: Decay,
-    clock: Clock,
-    calls: DriverCalls,
-    stitch_counts: StitchCounts,
+    /// Frees since the last look at the decay deadline.
+    ticks: u32,
     /// Live bytes as the page table counts them.
     live: u64,
     peak_live: u64,
-    peak_committed: u64,
     /// Every unit was given back by `sleep`; pages keep their live bytes.
     /// Invariant: when false, `live > 0` implies the page has a mapping.
     asleep: bool,
-    /// Shared units that went idle: given back as soon as their fences
-    /// completed.
-    shared_pending: MetaVec<u32>,
-    /// Pages in shared units (a part of the committed pages).
-    shared_pages: u64,
+    /// Clock (ms) before which no idle unit's allowance runs out.
+    next_reclaim: u64,
+    /// Allocations in a row at the arena's top with no free in between.
+    streak: u64,
     /// Units whose change of owner left blocked bits to mark (first alias,
     /// owner), put aside by a walk over a block's pages (see `live`); empty
     /// between calls, kept for its capacity.
@@ -150,6 +142,26 @@ pub struct Commit<D: Driver> {
     /// The member mappings of a group being formed (see `stitched`); kept
     /// for its capacity.
     members: MetaVec<u32>,
+    clock: Clock,
+    decay: Decay,
+    pool: Pool<D::Handle>,
+    stitch: Stitch,
+    /// Fence-tracked streams.
+    pub streams: Streams<D::Fence>,
+    config: CommitConfig,
+    stitch_counts: StitchCounts,
+    calls: DriverCalls,
+    /// The reservation and its driver; freed after this type's own
+    /// teardown (see `Drop`) unmapped and released everything in it.
+    res: Reservation<D>,
+    location: Location,
+    access: MetaVec<Access>,
+    peak_committed: u64,
+    /// Shared units that went idle: given back as soon as their fences
+    /// completed.
+    shared_pending: MetaVec<u32>,
+    /// Pages in shared units (a part of the committed pages).
+    shared_pages: u64,
     /// The heads of a walk over cached ranges in the order they were made
     /// ([`stitch::Walk`]), kept between walks.
     walk_heads: MetaVec<stitch::Head>,
@@ -160,12 +172,6 @@ pub struct Commit<D: Driver> {
     unreleased_pages: u64,
     /// The limit shared with other arenas, if any (see [`Budget`]).
     budget: Option<std::sync::Arc<Budget>>,
-    /// Frees since the last look at the decay deadline.
-    ticks: u32,
-    /// Clock (ms) before which no idle unit's allowance runs out.
-    next_reclaim: u64,
-    /// Allocations in a row at the arena's top with no free in between.
-    streak: u64,
     /// Pinned host memory kept for the next offload.
     spare_stage: Option<stage::Stage<D::Handle>>,
     /// Bytes of stages holding an asleep arena's contents.
