@@ -116,8 +116,8 @@ pub enum PageState {
 ///
 /// Laid out in the order written (`repr(C)`): what most calls read or
 /// write (the page table's chunk vector, the page size, the live bytes,
-/// the free counters, the scratch vectors of a walk) comes first, in the
-/// first two cache lines, ahead of the pool and the cached ranges.
+/// the free counters, the scratch vectors of a walk) comes first, in its
+/// first 128 bytes, ahead of the pool and the cached ranges.
 #[repr(C)]
 pub struct Commit<D: Driver> {
     pages: PageTable,
