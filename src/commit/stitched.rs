@@ -173,7 +173,7 @@ impl<D: Driver> Commit<D> {
                 Ok(()) => {
                     self.stitch.take(r, size, slot);
                     self.account_live(first << self.shift, size);
-                    self.group_range_on_take(r, size, slot);
+                    self.group_range_on_take(r, first, k, slot);
                     self.stitch_counts.reused += 1;
                     return Some(first << self.shift);
                 }
@@ -271,15 +271,15 @@ impl<D: Driver> Commit<D> {
         g
     }
 
-    /// Forms the group of range `r`'s block of `size` bytes as it is taken
-    /// page by page for work of `slot` (or backed afresh), while the
-    /// records of its pages are in the caches, where its free would form
-    /// it (see [`Commit::group_on_take`](super::Commit::group_on_take) for
-    /// the blocks region's): the free then parks it in one step.
-    fn group_range_on_take(&mut self, r: u32, size: u64, slot: u16) {
-        if self.config.park && size > 0 {
-            let first = self.stitch.range(r).first;
-            self.form_range_group(r, first, size.div_ceil(self.page), slot);
+    /// Forms the group of range `r`'s block (its `k` pages from page
+    /// `first`) as it is taken page by page for work of `slot` (or backed
+    /// afresh), while the records of its pages are in the caches, where its
+    /// free would form it (see
+    /// [`Commit::group_on_take`](super::Commit::group_on_take) for the
+    /// blocks region's): the free then parks it in one step.
+    fn group_range_on_take(&mut self, r: u32, first: u64, k: u64, slot: u16) {
+        if self.config.park && k > 0 {
+            self.form_range_group(r, first, k, slot);
         }
     }
 
@@ -337,7 +337,7 @@ impl<D: Driver> Commit<D> {
         }
         self.count_made(k, busy);
         self.account_live(off, size);
-        self.group_range_on_take(r, size, slot);
+        self.group_range_on_take(r, first, k, slot);
         Ok(off)
     }
 
