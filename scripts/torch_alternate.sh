@@ -14,7 +14,8 @@
 # SETTINGS="stitch_repair:0 stitch_repair:1" runs gpu-arena once per setting in each round (labelled
 # "gpu-arena SETTING"), each added to report:1.
 # LIBS="base=PATH new=PATH" runs gpu-arena once per library in each round instead (labelled
-# "gpu-arena LABEL"), to compare two builds of gpu-arena in one call.
+# "gpu-arena LABEL"), to compare two builds of gpu-arena in one call; NO_DEFAULT=1 leaves PyTorch's
+# default out of the rounds then (more rounds of the two builds in one call's time).
 # TIMED_DEFAULT=1 also runs PyTorch's caching allocator behind the pluggable wrapper with its calls
 # timed (scripts/torch_timed_default.cpp, built here first; labelled "default-timed") in each round,
 # next after the default in the rotation: its time per call beside gpu-arena's.
@@ -26,6 +27,7 @@ procs=$1; reps=$2; shift 2
 lib=$(ls .gpu/lib/libgpu_arena*.so | head -1)
 # The runs of each round, in order: "kind|label|setting|library" (kind: default, timed or arena).
 runs=("default|||")
+[ -n "${NO_DEFAULT:-}" ] && [ -n "${LIBS:-}" ] && runs=()
 [ -n "${TIMED_DEFAULT:-}" ] && runs+=("timed|||")
 if [ -n "${LIBS:-}" ]; then
   for spec in $LIBS; do runs+=("arena|${spec%%=*}||${spec#*=}"); done
