@@ -25,7 +25,10 @@
 //! time per call then is that of calls made cold. With `STACK_KIB=N` (at
 //! most 16), N KiB of the stack below the harness's frame are touched after
 //! that, so that the allocator's stack frames are warm, as PyTorch's own
-//! calls on the same stack keep them in a real run.
+//! calls on the same stack keep them in a real run. With `TLB_PAGES=N`, one
+//! line in each of N distinct 4 KiB pages (mapped without huge pages) is
+//! touched as well: PyTorch's own work between calls reaches many pages and
+//! so evicts the CPU's address translations, which the lines alone do not.
 use gpu_arena::api::ffi::{gpu_arena_epoch_json, gpu_arena_torch_alloc, gpu_arena_torch_free};
 use gpu_arena::replay::Event;
 use std::time::Instant;
@@ -147,6 +150,68 @@ fn report(
     Ok(())
 }
 
+/// `pages` distinct 4 KiB pages of their own mapping, kept in small pages
+/// (`MADV_NOHUGEPAGE`), one line of each touched per event: each touch
+/// needs a translation of its own.
+struct TlbThrash {
+    base: *mut u8,
+    pages: usize,
+}
+
+impl TlbThrash {
+    fn new(pages: usize) -> Self {
+        if pages == 0 {
+            return TlbThrash {
+                base: core::ptr::null_mut(),
+                pages,
+            };
+        }
+        // SAFETY: an anonymous private mapping of `pages` 4 KiB pages, no
+        // address asked; checked for failure below.
+        let base = unsafe {
+            libc::mmap(
+                core::ptr::null_mut(),
+                pages << 12,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED, "TLB_PAGES: mmap failed");
+        // SAFETY: the range is the mapping just made; advice only.
+        unsafe { libc::madvise(base, pages << 12, libc::MADV_NOHUGEPAGE) };
+        TlbThrash {
+            base: base.cast(),
+            pages,
+        }
+    }
+
+    #[inline(never)]
+    fn touch(&self) {
+        for i in 0..self.pages {
+            // One line per page, its offset moving from page to page so
+            // that the lines spread over the cache's sets.
+            let off = (i << 12) + ((i * 64) & 0xfff);
+            // SAFETY: `off` lies inside the mapping of `pages` pages, which
+            // lives as long as `self`.
+            unsafe {
+                let p = self.base.add(off);
+                p.write_volatile(p.read_volatile().wrapping_add(1));
+            }
+        }
+    }
+}
+
+impl Drop for TlbThrash {
+    fn drop(&mut self) {
+        if self.pages > 0 {
+            // SAFETY: the mapping `new` made, not used after this.
+            unsafe { libc::munmap(self.base.cast(), self.pages << 12) };
+        }
+    }
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let times: usize = args[0].parse()?;
@@ -161,6 +226,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 0,
     };
     let mut thrash = vec![0u8; thrash_kib << 10];
+    let tlb = TlbThrash::new(match std::env::var("TLB_PAGES") {
+        Ok(s) => s.parse()?,
+        Err(_) => 0,
+    });
     let stack_kib: usize = match std::env::var("STACK_KIB") {
         Ok(s) => s.parse()?,
         Err(_) => 0,
@@ -188,6 +257,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for line in thrash.chunks_mut(64) {
                 line[0] = line[0].wrapping_add(1);
             }
+            tlb.touch();
             if stack_kib > 0 {
                 warm_stack(stack_kib);
             }
