@@ -19,6 +19,8 @@
 # TIMED_DEFAULT=1 also runs PyTorch's caching allocator behind the pluggable wrapper with its calls
 # timed (scripts/torch_timed_default.cpp, built here first; labelled "default-timed") in each round,
 # next after the default in the rotation: its time per call beside gpu-arena's.
+# BENCH_ARGS="--profile" passes more arguments to every scripts/torch_bench.py run (--profile: the GPU's
+# busy and kernel time per repetition, which torch_report.py pairs by round).
 set -u
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-out}; mkdir -p "$out"
@@ -54,13 +56,13 @@ for w in "$@"; do
       case $kind in
         default)
           echo "== process $p $w default" >> "$log"
-          env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" >> "$log" 2>&1 ;;
+          env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" ${BENCH_ARGS:-} >> "$log" 2>&1 ;;
         timed)
           echo "== process $p $w default-timed" >> "$log"
-          env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --timed-default "$shim" >> "$log" 2>&1 ;;
+          env -u PYTORCH_CUDA_ALLOC_CONF timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" ${BENCH_ARGS:-} --timed-default "$shim" >> "$log" 2>&1 ;;
         arena)
           echo "== process $p $w gpu-arena${label:+ $label}" >> "$log"
-          GPU_ARENA_CONF=report:1${setting:+,$setting} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" --alloc "$path" >> "$log" 2>&1 ;;
+          GPU_ARENA_CONF=report:1${setting:+,$setting} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" ${BENCH_ARGS:-} --alloc "$path" >> "$log" 2>&1 ;;
       esac
     done
   done

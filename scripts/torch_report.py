@@ -164,6 +164,7 @@ def main():
            "stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes)"], rows)
     paired_time(runs, workloads)
     paired(runs, workloads)
+    gpu_time(runs, workloads)
 
 
 def paired_time(runs, workloads):
@@ -208,6 +209,38 @@ def paired(runs, workloads):
             rows.append(f"| {w} | {a} / {ref} | {len(ratios)} | {rng(ratios, lambda v: f'{v:.3f}')} | {lower} of {len(ratios)} |")
     table(["workload", "labels", "rounds", "allocator time per settled call, ratio per round: median (min–max)",
            "rounds where it is the lower"], rows)
+
+
+def gpu_time(runs, workloads):
+    """With torch_bench.py --profile: per allocator, the GPU's busy time and its kernels' time in the
+    settled repetitions (each process's median over repetitions 2..N, then the median over processes),
+    and each gpu-arena label's kernel time against the default's of the same round."""
+    rows, pairs_rows = [], []
+    for w in workloads:
+        def settled(p, key):
+            xs = [r["gpu"][key] for r in p[1:] if isinstance(r.get("gpu"), dict) and key in r["gpu"]]
+            return st.median(xs) if xs else None
+
+        for a in labels(runs, w):
+            procs = [p for p in runs.get((w, a), []) if p]
+            busy = [x for x in (settled(p, "busy_ms") for p in procs) if x]
+            kern = [x for x in (settled(p, "kernel_ms") for p in procs) if x]
+            copy = [x for x in (settled(p, "memcpy_ms") for p in procs) if x is not None]
+            if not busy:
+                continue
+            rows.append(f"| {w} | {a} | {len(busy)} | {rng(busy, lambda v: f'{v:.1f}')} | "
+                        f"{rng(kern, lambda v: f'{v:.1f}')} | {rng(copy, lambda v: f'{v:.1f}')} |")
+            if a != "default" and (w, "default") in runs:
+                ratios = [settled(y, "kernel_ms") / settled(x, "kernel_ms")
+                          for x, y in zip(runs[(w, "default")], runs[(w, a)])
+                          if settled(x, "kernel_ms") and settled(y, "kernel_ms")]
+                if ratios:
+                    pairs_rows.append(f"| {w} | {a} | {len(ratios)} | {rng(ratios, lambda v: f'{v:.4f}')} | "
+                                      f"{sum(r < 1 for r in ratios)} of {len(ratios)} |")
+    table(["workload", "allocator", "processes", "GPU busy per settled repetition (ms)",
+           "of it in kernels (ms)", "copies (ms)"], rows)
+    table(["workload", "allocator", "rounds", "kernel time / default's, settled, per round: median (min–max)",
+           "rounds lower"], pairs_rows)
 
 
 if __name__ == "__main__":
