@@ -80,7 +80,8 @@ def main():
     total = [sum(r[0] for r in rows.values()), sum(r[1] for r in rows.values())]
     how = "caches cold between calls" if total[1] else "instructions only"
     print(f"{trace}: one settled repetition, {calls} allocator calls, {how}")
-    print(f"| layer | instructions per call | L1 data misses (lines touched) per call |")
+    unit = "4 KiB pages touched" if os.environ.get("PAGES") else "lines touched"
+    print(f"| layer | instructions per call | L1 data misses ({unit}) per call |")
     print(f"|:---|---:|---:|")
     def lines(ms):  # no misses at all: counted without cache simulation (INSTR_ONLY)
         return f"{ms / calls:.1f}" if total[1] else "–"

@@ -16,6 +16,10 @@
 # BY_SYMBOL=1 the 20 compiled functions running the most instructions (what was inlined into them
 # included), and KEEP=DIR keeps the two cachegrind outputs. EXTRA=",key:value" adds GPU_ARENA_CONF settings
 # (two settings of one build compared).
+# PAGES=1 simulates a first-level cache of 64 lines of 4 KiB each, fully associative, instead of the
+# machine's: a model of the data TLB, which the 512 KiB touched between calls (128 pages) empties, so a
+# "miss" is then one distinct 4 KiB page the call touched, each needing an address translation
+# (PyTorch's work between calls evicts those too: docs/pytorch.md, "Groups formed at the take").
 #
 #   cargo build --release --example cabi_replay && bash scripts/cache_profile.sh TRACE N [BIN]
 #
@@ -44,9 +48,9 @@ if [ -n "${INSTR_ONLY:-}" ]; then sim=no; thrash=0; else sim=yes; thrash=${THRAS
 for r in $((n - 1)) $n; do
   if [ -n "${WHOLE:-}" ]; then times=(); args=("$r" "$trace"); else times=(RUN_ON=$r); args=(1 "$trace"); fi
   env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0${EXTRA:-} \
-    THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} "${times[@]}" setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim --cachegrind-out-file="$tmp/cg.$r" \
+    THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} "${times[@]}" setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim ${PAGES:+--D1=262144,64,4096} --cachegrind-out-file="$tmp/cg.$r" \
     "$bin" "${args[@]}" > "$tmp/log.$r" 2>&1 &
 done
 wait
-WHOLE=${WHOLE:-} BY_SYMBOL=${BY_SYMBOL:-} python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
+WHOLE=${WHOLE:-} BY_SYMBOL=${BY_SYMBOL:-} PAGES=${PAGES:-} python3 scripts/cache_profile.py "$tmp/cg.$((n - 1))" "$tmp/cg.$n" "$trace"
 if [ -n "${KEEP:-}" ]; then cp "$tmp"/cg.* "$KEEP"/; fi
