@@ -6,9 +6,18 @@
 //! miss. The flags below (whether a CUDA graph hold is capturing or alive,
 //! whether the C ABI measures its time, the process-wide tag) were each a
 //! static of its own module, wherever the linker put them; here one line
-//! holds them all. Each module still owns the meaning of its flag.
+//! holds them all, with the first devices' process-wide arenas: a call finds
+//! its arena here without reading the arena table's once-flags, which lie
+//! on pages of their own (each a page and an address translation more per
+//! call). Each module still owns the meaning of its flag.
 
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicUsize};
+
+use super::GlobalArena;
+
+/// Devices whose process-wide arena the line holds (the rest are found in
+/// the arena table).
+pub(crate) const HOT_DEVICES: usize = 4;
 
 /// The flags (see the module documentation).
 #[repr(C, align(64))]
@@ -25,7 +34,14 @@ pub(crate) struct Hot {
     /// background reclaimer was started (or found not wanted, or failed to
     /// start), so [`arena`](super::arena) may hand it out at once.
     pub ready: AtomicU32,
+    /// Device `d`'s process-wide arena once it is ready (bit `d` of
+    /// `ready`), for `d` below [`HOT_DEVICES`]; null before. Set once, to
+    /// an arena of the arena table, a static that never moves or drops.
+    pub arenas: [AtomicPtr<GlobalArena>; HOT_DEVICES],
 }
+
+// One cache line, as the module says.
+const _: () = assert!(core::mem::size_of::<Hot>() == 64);
 
 /// The one instance.
 pub(crate) static HOT: Hot = Hot {
@@ -34,4 +50,5 @@ pub(crate) static HOT: Hot = Hot {
     process_tag: AtomicU32::new(0),
     timing: AtomicBool::new(false),
     ready: AtomicU32::new(0),
+    arenas: [const { AtomicPtr::new(core::ptr::null_mut()) }; HOT_DEVICES],
 };

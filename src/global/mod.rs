@@ -132,11 +132,25 @@ pub fn config() -> Result<GlobalConfig> {
 
 /// The global arena of `device`, created on first use.
 ///
-/// Every C ABI call starts here: an arena made and running takes two loads
-/// and no call; the rest (first use, a failed creation, the reclaimer not
-/// started yet) is out of line.
+/// Every C ABI call starts here: an arena made and running takes one load
+/// from the line of flags every call reads (two, and a look at the arena
+/// table, for devices from the fifth on) and no call; the rest
+/// (first use, a failed creation, the reclaimer not started yet) is out of
+/// line.
 #[inline]
 pub fn arena(device: u32) -> Result<&'static GlobalArena> {
+    // The first devices' arenas lie in the line every call reads.
+    if let Some(slot) = hot::HOT.arenas.get(device as usize) {
+        let g = slot.load(Ordering::Acquire);
+        if !g.is_null() {
+            // SAFETY: `arena_slow` stores only the address of an arena in
+            // `ARENAS`, a static whose values never move or drop; the
+            // Acquire load pairs with its Release store, so the arena's
+            // making is seen.
+            return Ok(unsafe { &*g });
+        }
+        return arena_slow(device);
+    }
     // One flag word of the line every call reads, rather than the arena's
     // own `reclaimer_tried` on a line of its own.
     // (A device past MAX_DEVICES finds no slot below and goes the slow way.)
@@ -169,6 +183,9 @@ fn arena_slow(device: u32) -> Result<&'static GlobalArena> {
     g.start_reclaimer();
     if g.reclaimer_tried.load(Ordering::Acquire) {
         hot::HOT.ready.fetch_or(1u32 << device, Ordering::AcqRel);
+        if let Some(slot) = hot::HOT.arenas.get(device as usize) {
+            slot.store(core::ptr::from_ref(g).cast_mut(), Ordering::Release);
+        }
     }
     Ok(g)
 }
