@@ -103,6 +103,9 @@ fn process_tag_unknown_tags_and_graph_holds() {
     unsafe {
         assert_eq!(gpu_arena_init(c"backend:host,thread_cache:0".as_ptr()), 0);
         let arena = global::arena(0).unwrap();
+        // Found again through the line of flags every call reads (once the
+        // arena is ready): the arena of the table, not a copy.
+        assert!(core::ptr::eq(arena, global::arena(0).unwrap()));
 
         // A thread that never chose a tag follows the process-wide one; a
         // thread that chose one keeps it.
