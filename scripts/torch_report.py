@@ -46,6 +46,22 @@ def rng(xs, fmt):
     return f"{fmt(st.median(xs))} ({fmt(min(xs))}–{fmt(max(xs))})"
 
 
+def by_round(base, other, pick):
+    """Per round (the N-th process of each label ran in the same round): pick(other) / pick(base),
+    for the rounds where both have a figure."""
+    out = []
+    for x, y in zip(base, other):
+        a, b = pick(x), pick(y)
+        if a and b:
+            out.append(b / a)
+    return out
+
+
+def lower_cells(ratios, digits):
+    """Two table cells: the ratios' median (min–max), and in how many rounds the ratio was below 1."""
+    return f"{rng(ratios, lambda v: f'{v:.{digits}f}')} | {sum(r < 1 for r in ratios)} of {len(ratios)}"
+
+
 # The workloads in the order of the tables (others after them).
 ORDER = ["bert_infer", "gpt2_generate", "train", "train_loop", "serve"]
 
@@ -174,15 +190,13 @@ def paired_time(runs, workloads):
         if (w, "default") not in runs:
             continue
         for a in [a for a in labels(runs, w) if a != "default"]:
-            pairs = list(zip(runs[(w, "default")], runs[(w, a)]))
+            base, other = runs[(w, "default")], runs[(w, a)]
             cells = []
             for pick in (lambda p: p[0]["time_s"] if p else None,
                          lambda p: st.median(r["time_s"] for r in p[1:]) if len(p) > 1 else None):
-                ratios = [pick(y) / pick(x) for x, y in pairs if pick(x) and pick(y)]
-                faster = sum(r < 1 for r in ratios)
-                cells.append(f"{rng(ratios, lambda v: f'{v:.3f}')} | {faster} of {len(ratios)}" if ratios
-                             else "– | –")
-            rows.append(f"| {w} | {a} | {len(pairs)} | {cells[0]} | {cells[1]} |")
+                ratios = by_round(base, other, pick)
+                cells.append(lower_cells(ratios, 3) if ratios else "– | –")
+            rows.append(f"| {w} | {a} | {min(len(base), len(other))} | {cells[0]} | {cells[1]} |")
     table(["workload", "allocator", "rounds", "time / default, repetition 1, per round: median (min–max)",
            "rounds faster", "time / default, repetitions 2..N, per round", "rounds faster"], rows)
 
@@ -201,12 +215,9 @@ def paired(runs, workloads):
             return st.median(xs) if xs else None
 
         for a in arena[1:]:
-            pairs = [(per_call(x), per_call(y)) for x, y in zip(runs[(w, ref)], runs[(w, a)])]
-            ratios = [y / x for x, y in pairs if x and y]
-            if not ratios:
-                continue
-            lower = sum(r < 1 for r in ratios)
-            rows.append(f"| {w} | {a} / {ref} | {len(ratios)} | {rng(ratios, lambda v: f'{v:.3f}')} | {lower} of {len(ratios)} |")
+            ratios = by_round(runs[(w, ref)], runs[(w, a)], per_call)
+            if ratios:
+                rows.append(f"| {w} | {a} / {ref} | {len(ratios)} | {lower_cells(ratios, 3)} |")
     table(["workload", "labels", "rounds", "allocator time per settled call, ratio per round: median (min–max)",
            "rounds where it is the lower"], rows)
 
@@ -231,12 +242,9 @@ def gpu_time(runs, workloads):
             rows.append(f"| {w} | {a} | {len(busy)} | {rng(busy, lambda v: f'{v:.1f}')} | "
                         f"{rng(kern, lambda v: f'{v:.1f}')} | {rng(copy, lambda v: f'{v:.1f}')} |")
             if a != "default" and (w, "default") in runs:
-                ratios = [settled(y, "kernel_ms") / settled(x, "kernel_ms")
-                          for x, y in zip(runs[(w, "default")], runs[(w, a)])
-                          if settled(x, "kernel_ms") and settled(y, "kernel_ms")]
+                ratios = by_round(runs[(w, "default")], runs[(w, a)], lambda p: settled(p, "kernel_ms"))
                 if ratios:
-                    pairs_rows.append(f"| {w} | {a} | {len(ratios)} | {rng(ratios, lambda v: f'{v:.4f}')} | "
-                                      f"{sum(r < 1 for r in ratios)} of {len(ratios)} |")
+                    pairs_rows.append(f"| {w} | {a} | {len(ratios)} | {lower_cells(ratios, 4)} |")
     table(["workload", "allocator", "processes", "GPU busy per settled repetition (ms)",
            "of it in kernels (ms)", "copies (ms)"], rows)
     table(["workload", "allocator", "rounds", "kernel time / default's, settled, per round: median (min–max)",
