@@ -32,12 +32,13 @@ pub(crate) struct Hot {
     pub process_tag: AtomicU32,
     /// Measuring the C ABI's time ([`timing`](super::timing)).
     pub timing: AtomicBool,
-    /// Bit `d` set: device `d`'s process-wide arena exists and its
-    /// background reclaimer was started (or found not wanted, or failed to
-    /// start), so [`arena`](super::arena) may hand it out at once.
+    /// Bit `d` set, for devices from [`HOT_DEVICES`] on: device `d`'s
+    /// process-wide arena is ready, that is it exists and its background
+    /// reclaimer was started (or found not wanted, or failed to start), so
+    /// [`arena`](super::arena) may hand it out at once.
     pub ready: AtomicU32,
-    /// Device `d`'s process-wide arena once it is ready (bit `d` of
-    /// `ready`), for `d` below [`HOT_DEVICES`]; null before. Set once, to
+    /// Device `d`'s process-wide arena once it is ready, for `d` below
+    /// [`HOT_DEVICES`] (which `ready` leaves out); null before. Set once, to
     /// an arena of the arena table, a static that never moves or drops.
     pub arenas: [AtomicPtr<GlobalArena>; HOT_DEVICES],
 }

@@ -182,9 +182,11 @@ fn arena_slow(device: u32) -> Result<&'static GlobalArena> {
     let g = r.as_ref().map_err(|e| e.clone())?;
     g.start_reclaimer();
     if g.reclaimer_tried.load(Ordering::Acquire) {
-        hot::HOT.ready.fetch_or(1u32 << device, Ordering::AcqRel);
-        if let Some(slot) = hot::HOT.arenas.get(device as usize) {
-            slot.store(core::ptr::from_ref(g).cast_mut(), Ordering::Release);
+        match hot::HOT.arenas.get(device as usize) {
+            Some(slot) => slot.store(core::ptr::from_ref(g).cast_mut(), Ordering::Release),
+            None => {
+                hot::HOT.ready.fetch_or(1u32 << device, Ordering::AcqRel);
+            }
         }
     }
     Ok(g)
