@@ -19,6 +19,10 @@
 # TIMED_DEFAULT=1 also runs PyTorch's caching allocator behind the pluggable wrapper with its calls
 # timed (scripts/torch_timed_default.cpp, built here first; labelled "default-timed") in each round,
 # next after the default in the rotation: its time per call beside gpu-arena's.
+# AB_WITHIN=1 with LIBS of two builds runs both in each process instead (scripts/ab_shim.c, built here
+# with cc unless .gpu/ab_shim.so was carried; scripts/torch_bench.py --ab): repetitions alternate between
+# the builds, process p starting with build (p - 1) % 2; REPEAT counts the repetitions of both, and
+# scripts/torch_ab_report.py pairs them. PyTorch's default is left out.
 # BENCH_ARGS="--profile" passes more arguments to every scripts/torch_bench.py run (--profile: the GPU's
 # busy and kernel time per repetition, which torch_report.py pairs by round).
 set -u
@@ -38,6 +42,16 @@ else
     [ "$s" = default ] && s=
     runs+=("arena|$s|$s|$lib")
   done
+fi
+if [ -n "${AB_WITHIN:-}" ]; then
+  read -ra specs <<< "${LIBS:?AB_WITHIN needs LIBS of two builds}"
+  [ ${#specs[@]} -eq 2 ] || { echo "AB_WITHIN needs exactly two builds in LIBS"; exit 1; }
+  runs=("ab|${specs[0]%%=*} ${specs[1]%%=*}||${specs[0]#*=} ${specs[1]#*=}")
+  ab_shim=.gpu/ab_shim.so
+  if [ ! -f "$ab_shim" ]; then
+    ab_shim=$(mktemp -d)/ab_shim.so
+    cc -O2 -shared -fPIC -o "$ab_shim" scripts/ab_shim.c -ldl || { echo "building scripts/ab_shim.c failed"; exit 1; }
+  fi
 fi
 shim=
 if [ -n "${TIMED_DEFAULT:-}" ]; then
@@ -63,6 +77,10 @@ for w in "$@"; do
         arena)
           echo "== process $p $w gpu-arena${label:+ $label}" >> "$log"
           GPU_ARENA_CONF=report:1${setting:+,$setting} timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" ${BENCH_ARGS:-} --alloc "$path" >> "$log" 2>&1 ;;
+        ab)
+          read -r l0 l1 <<< "$path"
+          echo "== process $p $w ab $label (first: $(( (p - 1) % 2 )))" >> "$log"
+          AB_LIB_0=$l0 AB_LIB_1=$l1 AB_NAMES=$label GPU_ARENA_CONF=report:1 timeout 300 python3 scripts/torch_bench.py "$w" --repeat "$reps" ${BENCH_ARGS:-} --ab "$ab_shim" --ab-start $(( (p - 1) % 2 )) >> "$log" 2>&1 ;;
       esac
     done
   done

@@ -1,7 +1,7 @@
 """PyTorch workloads on one GPU, repeated in one process, one JSON line per repetition.
 
-usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default SHIM.so] [--repeat N] [--shared PATH]
-                                    [--trace OUT.jsonl.gz]
+usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default SHIM.so | --ab SHIM.so [--ab-start I]]
+                                    [--repeat N] [--shared PATH] [--trace OUT.jsonl.gz]
 
   WORKLOAD  bert_infer | gpt2_generate   the shared harness's workloads (../shared/bench/torch_workloads.py,
                                          their functions and models taken from that file unchanged), or
@@ -18,6 +18,13 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default
   --timed-default  PyTorch's caching allocator behind the same CUDAPluggableAllocator wrapper, each call
             timed inside (scripts/torch_timed_default.cpp, built with `scripts/alloc_anchor.py build SHIM.so
             --src scripts/torch_timed_default.cpp`): its time per call next to gpu-arena's (label "default-timed")
+  --ab      two builds of gpu-arena in this one process, switched repetition by repetition
+            (scripts/ab_shim.c, built as SHIM.so; AB_LIB_0 and AB_LIB_1 name the two libgpu_arena.so files,
+            AB_NAMES their labels, default "0 1"): repetition r allocates from build (r - 1 + I) % 2 (I:
+            --ab-start, default 0), and its line is labelled "ab NAME" with that build's figures for the
+            repetition (frees of the other build's blocks go to the other build: their calls are under
+            "other"). The builds' times per call then come a few seconds apart on the same process and
+            CPU (scripts/torch_ab_report.py pairs them); each build's first repetition lays out its memory.
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
   --profile time each repetition's GPU work with torch.profiler (CUDA activity only) and add to its line
@@ -45,14 +52,16 @@ ap = argparse.ArgumentParser()
 ap.add_argument("workload", choices=["bert_infer", "gpt2_generate", "train", "train_loop", "serve"])
 ap.add_argument("--alloc")
 ap.add_argument("--timed-default")
+ap.add_argument("--ab")
+ap.add_argument("--ab-start", type=int, default=0)
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
 ap.add_argument("--trace")
 ap.add_argument("--profile", action="store_true")
 a = ap.parse_args()
-if a.alloc and a.timed_default:
-    sys.exit("--alloc and --timed-default each replace the allocator: give one")
-if a.trace and (a.alloc or a.timed_default):
+if sum(map(bool, (a.alloc, a.timed_default, a.ab))) > 1:
+    sys.exit("--alloc, --timed-default and --ab each replace the allocator: give one")
+if a.trace and (a.alloc or a.timed_default or a.ab):
     sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
 if a.trace:
     torch.cuda.memory._record_memory_history(enabled="all", context=None, stacks="python", max_entries=3_000_000)
@@ -68,10 +77,15 @@ def pluggable(path, alloc, free, epoch, argtypes):
     return so
 
 
-lib = timed = None
+lib = timed = ab = None
 if a.alloc:
     lib = pluggable(a.alloc, "gpu_arena_torch_alloc", "gpu_arena_torch_free", "gpu_arena_epoch_json",
                     [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t])
+if a.ab:
+    ab = pluggable(a.ab, "ab_alloc", "ab_free", "ab_epoch_json",
+                   [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t])
+    ab.ab_select.argtypes = [ctypes.c_int]
+    ab_names = os.environ.get("AB_NAMES", "0 1").split()
 if a.timed_default:
     timed = pluggable(a.timed_default, "timed_alloc", "timed_free", "timed_epoch_json",
                       [ctypes.c_char_p, ctypes.c_size_t])
@@ -184,9 +198,10 @@ else:
     run = {"train": train, "train_loop": train_loop, "serve": serve}[a.workload]
 
 
-def epoch():
+def epoch(which=0):
+    """gpu-arena's figures since the last call (of build `which` with --ab)."""
     buf = ctypes.create_string_buffer(1 << 16)
-    n = lib.gpu_arena_epoch_json(0, buf, len(buf))
+    n = ab.ab_epoch_json(which, 0, buf, len(buf)) if ab else lib.gpu_arena_epoch_json(0, buf, len(buf))
     return json.loads(buf.value.decode()) if n > 0 else {}
 
 
@@ -227,10 +242,16 @@ def gpu_busy(prof):
 
 rng = (torch.get_rng_state(), torch.cuda.get_rng_state())
 label = "gpu-arena" if a.alloc else "default-timed" if timed else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
+which = 0
 marks = []  # with --trace: trace events recorded when each repetition ended
 for r in range(a.repeat):
     torch.set_rng_state(rng[0]); torch.cuda.set_rng_state(rng[1])
     torch.cuda.synchronize()
+    if ab:
+        which = (r + a.ab_start) % 2
+        ab.ab_select(which)
+        label = "ab " + ab_names[which]
+        epoch(0), epoch(1)
     if lib:
         epoch()
     elif timed:
@@ -253,14 +274,19 @@ for r in range(a.repeat):
             rec["gpu"] = gpu_busy(prof)
         except Exception as err:  # the profiler's event API moves between torch versions
             rec["gpu"] = {"error": repr(err)}
-    if lib:
-        e = epoch()
+    if lib or ab:
+        e = epoch(which)
         t = e.get("times", {})
         live = t.get("peak_handed") or e["peak_live"]
         rec.update(peak_physical=e["peak_committed"], peak_live=live, ratio=e["peak_committed"] / max(live, 1),
                    arena_peak_live=e["peak_live"], driver_calls=e["vmm_calls"], allocs=e["allocs"],
                    frees=e["frees"], calls=e["driver_calls"], stitch=e.get("stitch"),
                    us_per_call=us_per_call(t) if t.get("allocs") else None)
+        if ab:
+            o = epoch(1 - which)
+            ot = o.get("times", {})
+            rec["other"] = {"allocs": o.get("allocs"), "frees": o.get("frees"), "vmm_calls": o.get("vmm_calls"),
+                            "us_per_call": us_per_call(ot) if ot.get("allocs") or ot.get("frees") else None}
     elif timed:
         e = timed_epoch()
         t = e["times"]
