@@ -85,6 +85,7 @@ if a.ab:
     ab = pluggable(a.ab, "ab_alloc", "ab_free", "ab_epoch_json",
                    [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t])
     ab.ab_select.argtypes = [ctypes.c_int]
+    ab.ab_select(a.ab_start)  # the model's weights, allocated before the first repetition, go to that build
     ab_names = os.environ.get("AB_NAMES", "0 1").split()
 if a.timed_default:
     timed = pluggable(a.timed_default, "timed_alloc", "timed_free", "timed_epoch_json",
@@ -251,9 +252,9 @@ for r in range(a.repeat):
         which = (r + a.ab_start) % 2
         ab.ab_select(which)
         label = "ab " + ab_names[which]
-        epoch(0), epoch(1)
-    if lib:
-        epoch()
+        epoch(1 - which)
+    if lib or ab:
+        epoch(which)
     elif timed:
         t0e = timed_epoch()
     else:
