@@ -21,7 +21,8 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default
   --ab      two builds of gpu-arena in this one process, switched repetition by repetition
             (scripts/ab_shim.c, built as SHIM.so; AB_LIB_0 and AB_LIB_1 name the two libgpu_arena.so files,
             AB_NAMES their labels, default "0 1"): repetition r allocates from build (r - 1 + I) % 2 (I:
-            --ab-start, default 0), and its line is labelled "ab NAME" with that build's figures for the
+            --ab-start, default 0), on that build's own copy of the model (each build holds one, made
+            from the same seed), and its line is labelled "ab NAME" with that build's figures for the
             repetition (frees of the other build's blocks go to the other build: their calls are under
             "other"). The builds' times per call then come a few seconds apart on the same process and
             CPU (scripts/torch_ab_report.py pairs them); each build's first repetition lays out its memory.
@@ -43,7 +44,7 @@ memory. PyTorch's allocator: peak reserved / peak allocated and cudaMalloc + cud
 (create, map, set_access, unmap, release), from gpu_arena_epoch_json; with GPU_ARENA_CONF=report:1 also
 the time inside the allocator's calls. Deterministic algorithms are on: the checksum is equal across
 allocators and repetitions when the results are."""
-import argparse, ast, ctypes, gzip, json, os, sys, time
+import argparse, ast, ctypes, functools, gzip, json, os, sys, time
 
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch  # noqa: E402
@@ -85,7 +86,6 @@ if a.ab:
     ab = pluggable(a.ab, "ab_alloc", "ab_free", "ab_epoch_json",
                    [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t])
     ab.ab_select.argtypes = [ctypes.c_int]
-    ab.ab_select(a.ab_start)  # the model's weights, allocated before the first repetition, go to that build
     ab_names = os.environ.get("AB_NAMES", "0 1").split()
 if a.timed_default:
     timed = pluggable(a.timed_default, "timed_alloc", "timed_free", "timed_epoch_json",
@@ -192,11 +192,31 @@ def serve(m):
 
 if a.workload in ("bert_infer", "gpt2_generate"):
     ns = shared_workloads()
-    model = ns["MODELS"][a.workload]().to("cuda", torch.float16).eval()
     run = ns[a.workload]
 else:
-    model = {"train": train_model, "train_loop": train_model, "serve": serve_model}[a.workload]()
     run = {"train": train, "train_loop": train_loop, "serve": serve}[a.workload]
+
+
+def make_model():
+    if a.workload in ("bert_infer", "gpt2_generate"):
+        return ns["MODELS"][a.workload]().to("cuda", torch.float16).eval()
+    return {"train": train_model, "train_loop": train_model, "serve": serve_model}[a.workload]()
+
+
+if ab:
+    # Each build holds its own copy of the model, made from the same seed (the same weights, so the
+    # same checksums), and runs on it: a build's arena then sees what one allocator's does, the
+    # weights first, then the work (an arena without the weights below its work lays BERT out
+    # otherwise: 1.0298 and some 40 % more time per call, docs/pytorch.md, "Two builds in one
+    # process"). train and train_loop keep their state (first weights, optimizer) per copy.
+    models, runs = [], []
+    for i in (0, 1):
+        ab.ab_select(i)
+        torch.manual_seed(0)
+        models.append(make_model())
+        runs.append(functools.partial(run, state={}) if a.workload in ("train", "train_loop") else run)
+else:
+    models, runs = [make_model()], [run]
 
 
 def epoch(which=0):
@@ -265,7 +285,7 @@ for r in range(a.repeat):
         prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
         prof.__enter__()
     t0 = time.perf_counter()
-    checksum = run(model)
+    checksum = runs[which](models[which])
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     rec = {"workload": a.workload, "allocator": label, "rep": r + 1, "time_s": round(dt, 4), "checksum": checksum}
