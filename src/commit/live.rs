@@ -240,8 +240,11 @@ impl<D: Driver> Commit<D> {
                 (x.first, x.pages, x.next_alias)
             };
             if m != owner {
-                for p in first..first + pages {
-                    self.pages.set_blocked(p, blocked);
+                if pages == 1 {
+                    self.pages.set_blocked(first, blocked);
+                } else {
+                    self.pages
+                        .set_blocked_range(first, first + pages - 1, blocked);
                 }
             }
             m = next;

@@ -355,6 +355,27 @@ impl PageTable {
         }
     }
 
+    /// Marks pages `a..=b` blocked or not: a word at a time, where a
+    /// mapping of many pages (a large handle mapped again elsewhere) cost
+    /// a call per page each time its unit changed hands.
+    pub fn set_blocked_range(&mut self, a: u64, b: u64, blocked: bool) {
+        for (c, i, p, stop) in chunk_spans(a, b) {
+            let ch = self.chunk_mut(c);
+            let (mut j, end) = (i, i + (stop - p) as usize + 1);
+            while j < end {
+                let w = j / 64;
+                let hi = (end - w * 64).min(64);
+                let m = mask(j % 64, hi);
+                if blocked {
+                    ch.bits[w].blocked |= m;
+                } else {
+                    ch.bits[w].blocked &= !m;
+                }
+                j = w * 64 + hi;
+            }
+        }
+    }
+
     /// What placing a block on pages `a..=b` takes.
     ///
     /// # Time complexity
@@ -474,7 +495,7 @@ mod tests {
     }
 
     #[test]
-    fn cost_counts_unmapped_and_blocked_pages_across_words_and_chunks() {
+    fn cost_counts_unmapped_and_blocked_pages_across_words_and_chunks_and_runs_mark_as_pages_do() {
         let mut t = PageTable::new();
         let mut s = Shadow::default();
         // A deterministic pseudo-random program over 3 chunks.
@@ -494,6 +515,20 @@ mod tests {
                     t.set_map(p, NIL);
                     s.map.remove(&p);
                     s.blocked.remove(&p);
+                }
+                2 if x & 2 == 0 => {
+                    // A run of pages (a mapping of a unit of many), within
+                    // a word, across words and across chunks.
+                    let b = x & 1 == 0;
+                    let last = (p + (x >> 40) % 200).min(3 * CHUNK as u64 - 1);
+                    t.set_blocked_range(p, last, b);
+                    for q in p..=last {
+                        if b {
+                            s.blocked.insert(q);
+                        } else {
+                            s.blocked.remove(&q);
+                        }
+                    }
                 }
                 2 if s.map.contains_key(&p) => {
                     let b = x & 1 == 0;
