@@ -208,15 +208,19 @@ if ab:
     # same checksums), and runs on it: a build's arena then sees what one allocator's does, the
     # weights first, then the work (an arena without the weights below its work lays BERT out
     # otherwise: 1.0298 and some 40 % more time per call, docs/pytorch.md, "Two builds in one
-    # process"). train and train_loop keep their state (first weights, optimizer) per copy.
-    models, runs = [], []
+    # process"). train and train_loop keep their state (first weights, optimizer) per copy. Each
+    # build also runs on a stream of its own, so that what PyTorch keeps per stream from a first use
+    # on (cuBLAS's workspace, 33 MiB) is allocated by each build, not only by the first to run.
+    models, runs, streams = [], [], [torch.cuda.Stream(), torch.cuda.Stream()]
     for i in (0, 1):
         ab.ab_select(i)
         torch.manual_seed(0)
-        models.append(make_model())
+        with torch.cuda.stream(streams[i]):
+            models.append(make_model())
         runs.append(functools.partial(run, state={}) if a.workload in ("train", "train_loop") else run)
+    torch.cuda.synchronize()
 else:
-    models, runs = [make_model()], [run]
+    models, runs, streams = [make_model()], [run], [torch.cuda.current_stream()]
 
 
 def epoch(which=0):
@@ -285,7 +289,8 @@ for r in range(a.repeat):
         prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA])
         prof.__enter__()
     t0 = time.perf_counter()
-    checksum = runs[which](models[which])
+    with torch.cuda.stream(streams[which]):
+        checksum = runs[which](models[which])
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     rec = {"workload": a.workload, "allocator": label, "rep": r + 1, "time_s": round(dt, 4), "checksum": checksum}
