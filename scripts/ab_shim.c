@@ -10,7 +10,8 @@
 // kept, and an address in both ranges stops the process, as the two could not be told apart).
 // ab_epoch_json(i, ...) is library i's gpu_arena_epoch_json. scripts/torch_bench.py --ab drives it.
 //
-//   cc -O2 -shared -fPIC -o ab_shim.so scripts/ab_shim.c -ldl      (scripts/gpu_pack.sh --ab builds it)
+//   cc -O2 -shared -fPIC -o ab_shim.so scripts/ab_shim.c -ldl
+// (scripts/torch_alternate.sh AB_WITHIN=1 builds it so on the device unless .gpu/ab_shim.so was carried)
 #include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>

@@ -207,7 +207,7 @@ if ab:
     # Each build holds its own copy of the model, made from the same seed (the same weights, so the
     # same checksums), and runs on it: a build's arena then sees what one allocator's does, the
     # weights first, then the work (an arena without the weights below its work lays BERT out
-    # otherwise: 1.0298 and some 40 % more time per call, docs/pytorch.md, "Two builds in one
+    # otherwise: 1.0298 and 43 % more instructions per call, docs/pytorch.md, "Two builds in one
     # process"). train and train_loop keep their state (first weights, optimizer) per copy. Each
     # build also runs on a stream of its own, so that what PyTorch keeps per stream from a first use
     # on (cuBLAS's workspace, 33 MiB) is allocated by each build, not only by the first to run.
