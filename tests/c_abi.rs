@@ -1,5 +1,6 @@
 //! Builds the cdylib, compiles `tests/c/smoke.c` against
-//! `include/gpu_arena.h` and that library, and runs it.
+//! `include/gpu_arena.h` and that library, and runs it; then drives
+//! `scripts/ab_shim.c` with two copies of it.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -83,6 +84,61 @@ fn c_program_runs_against_the_header_and_library() {
             "{stderr}"
         );
     }
+    ab_shim_serves_two_builds(&root, &profile_dir, &cc);
+}
+
+/// `scripts/ab_shim.c` (two builds behind one PyTorch allocator, for
+/// within-process A/B runs on the GPU machine) with two copies of the
+/// library just built, driven by `tests/c/ab_shim_driver.c`: each build
+/// serves the allocations made while it is selected and the frees of its
+/// own blocks, and counts only those. The same file under both names is
+/// refused (one library, one reservation: its blocks cannot be told apart).
+fn ab_shim_serves_two_builds(root: &std::path::Path, profile_dir: &std::path::Path, cc: &str) {
+    let dir = std::env::temp_dir().join(format!("gpu_arena_ab_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lib = profile_dir.join("libgpu_arena.so");
+    let copies = [dir.join("a.so"), dir.join("b.so")];
+    for c in &copies {
+        std::fs::copy(&lib, c).unwrap();
+    }
+    let exe = dir.join("driver");
+    let status = Command::new(cc)
+        .args(["-std=c11", "-Wall", "-Wextra", "-Werror", "-o"])
+        .arg(&exe)
+        .arg(root.join("tests/c/ab_shim_driver.c"))
+        .arg(root.join("scripts/ab_shim.c"))
+        .args(["-ldl", "-lpthread"])
+        .status()
+        .expect("a C compiler (cc) is needed for this test");
+    assert!(
+        status.success(),
+        "compiling the A/B shim and its driver failed"
+    );
+    let run = |second: &std::path::Path| {
+        Command::new(&exe)
+            .env("GPU_ARENA_CONF", "backend:host")
+            .env("AB_LIB_0", &copies[0])
+            .env("AB_LIB_1", second)
+            .output()
+            .unwrap()
+    };
+    let two = run(&copies[1]);
+    let one = run(&copies[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    assert!(two.status.success(), "{}", text(&two));
+    assert!(text(&two).contains("ab shim ok"), "{}", text(&two));
+    assert!(
+        !one.status.success(),
+        "one library under both names was served"
+    );
+    assert!(text(&one).contains("overlap"), "{}", text(&one));
 }
 
 /// The process-wide tag, unknown tags and CUDA-graph holds, through the C
