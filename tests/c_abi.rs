@@ -115,7 +115,10 @@ fn ab_shim_serves_two_builds(root: &std::path::Path, profile_dir: &std::path::Pa
         "compiling the A/B shim and its driver failed"
     );
     let run = |second: &std::path::Path| {
+        // In the scratch folder: the refused run aborts, and a core file,
+        // if the system writes one, goes there.
         Command::new(&exe)
+            .current_dir(&dir)
             .env("GPU_ARENA_CONF", "backend:host")
             .env("AB_LIB_0", &copies[0])
             .env("AB_LIB_1", second)
