@@ -4,7 +4,10 @@
 later), the weights kept. What an arena sees when such blocks live in another arena (an engine's
 weights in a tag of their own) or in another build (a within-process A/B, docs/pytorch.md).
 
-usage: python3 arena-history-20261129.py TRACE OUT {all|work}"""
+`prelude:M`: all of them left out, and one block of M MiB allocated first and never freed in their
+place (where the work starts, against the pages).
+
+usage: python3 arena-history-20261129.py TRACE OUT {all|work|prelude:M}"""
 import gzip
 import json
 import sys
@@ -22,6 +25,9 @@ if mode == "work":
     start = min(i for i, e in enumerate(ev) if e["action"] == "alloc" and i not in never)
     never = {i for i in never if i > start}
 with gzip.open(out, "wt") as f:
+    if mode.startswith("prelude:"):
+        size = int(float(mode[8:]) * 2**20) // 512 * 512
+        f.write(json.dumps({"action": "alloc", "addr": 1, "size": size, "stream": 0}) + "\n")
     for i, e in enumerate(ev):
         if i not in never:
             f.write(json.dumps(e) + "\n")

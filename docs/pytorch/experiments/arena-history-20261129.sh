@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What BERT's layout and time per call owe to the blocks below its work (host replays, backend:host):
 # the recorded traces replayed whole, without the blocks never freed (arena-history-20261129.py all),
-# and BERT without only those its work leaves (work: cuBLAS's workspace); then the instructions per
+# and BERT without only those its work leaves (work: cuBLAS's workspace) or with one block of 1, 2, 3,
+# 242 or 243 MiB in the weights' place (prelude:M); then the instructions per
 # settled call by function (scripts/cache_profile.sh INSTR_ONLY=1 BY_SYMBOL=1), and, with WALK_BIN (a
 # cabi_replay built with arena-history-walks-20261129.patch), how many mappings each walk over a
 # unit's other mappings visits (Commit::walk_aliases, which marks their pages blocked or free).
@@ -19,6 +20,11 @@ for t in bert_infer gpt2_generate train_loop; do
 done
 python3 $here/arena-history-20261129.py docs/pytorch/traces/bert_infer-r3.trace.jsonl.gz "$tmp/bert_infer-without-work.trace.jsonl.gz" work
 traces+=("$tmp/bert_infer-without-work.trace.jsonl.gz")
+# One block in the weights' place: where the work starts against the 2 MiB pages.
+for mib in 1 2 3 242 243; do
+  python3 $here/arena-history-20261129.py docs/pytorch/traces/bert_infer-r3.trace.jsonl.gz "$tmp/bert_infer-prelude-$mib.trace.jsonl.gz" prelude:$mib
+  traces+=("$tmp/bert_infer-prelude-$mib.trace.jsonl.gz")
+done
 echo "# per recorded repetition: ns per call inside the allocator, VMM calls (per 1000 allocations), peak committed / peak handed out; then the run's peaks"
 for t in "${traces[@]}"; do
   echo "== $(basename "$t")"
