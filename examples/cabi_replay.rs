@@ -29,7 +29,15 @@
 //! line in each of N distinct 4 KiB pages (mapped without huge pages) is
 //! touched as well: PyTorch's own work between calls reaches many pages and
 //! so evicts the CPU's address translations, which the lines alone do not.
-use gpu_arena::api::ffi::{gpu_arena_epoch_json, gpu_arena_torch_alloc, gpu_arena_torch_free};
+//!
+//! With `TAG_PERSISTENT=NAME`, the blocks that live through the whole
+//! trace (the model's weights and cuBLAS's workspace:
+//! [`gpu_arena::replay::persistent`]) are allocated in tag NAME, the rest
+//! in the default tag, as an engine that tags its weights lays them out;
+//! each repetition's report then adds both tags' peak committed / peak live.
+use gpu_arena::api::ffi::{
+    gpu_arena_epoch_json, gpu_arena_set_tag, gpu_arena_torch_alloc, gpu_arena_torch_free,
+};
 use gpu_arena::replay::Event;
 use std::time::Instant;
 
@@ -129,8 +137,26 @@ fn report(
     allocs: u64,
     since: Instant,
     by_size: &BySize,
+    tag: Option<&std::ffi::CStr>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dt = since.elapsed();
+    if let Some(tag) = tag {
+        // Read before the epoch resets the peaks.
+        let arena = gpu_arena::global::arena(0)?;
+        let mut line = String::from("tags (peak committed / peak live):");
+        for name in ["default", tag.to_str()?] {
+            if let Some(i) = arena.find_tag(name) {
+                let st = arena.tag_stats(i);
+                line += &format!(
+                    " {name} {:.4} ({:.1} of {:.1} MiB)",
+                    st.peak_committed as f64 / st.peak_live.max(1) as f64,
+                    st.peak_committed as f64 / (1u64 << 20) as f64,
+                    st.peak_live as f64 / (1u64 << 20) as f64
+                );
+            }
+        }
+        println!("{line}");
+    }
     let e = epoch(buf)?;
     let t = &e["times"];
     let num = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
@@ -234,6 +260,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(s) => s.parse()?,
         Err(_) => 0,
     };
+    let tag = match std::env::var("TAG_PERSISTENT") {
+        Ok(s) => Some(std::ffi::CString::new(s)?),
+        Err(_) => None,
+    };
     let mut live = std::collections::HashMap::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -249,7 +279,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (n, &i) in order.iter().enumerate() {
             if marks.binary_search(&n).is_ok() {
                 let label = format!("rep {} (recorded repetition {segment})", r + 1);
-                report(&label, &mut buf, n - done, allocs, since, &by_size)?;
+                report(
+                    &label,
+                    &mut buf,
+                    n - done,
+                    allocs,
+                    since,
+                    &by_size,
+                    tag.as_deref(),
+                )?;
                 (allocs, done, segment) = (0, n, segment + 1);
                 by_size = BySize::default();
                 since = Instant::now();
@@ -265,9 +303,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 Event::Alloc { .. } if r > 0 && keep_allocs.contains(&i) => {}
                 Event::Free { .. } if !last && keep_frees.contains(&i) => {}
                 Event::Alloc { addr, size, .. } => {
+                    let tagged = tag.as_deref().filter(|_| keep_allocs.contains(&i));
+                    if let Some(name) = tagged {
+                        // SAFETY: a NUL-terminated string.
+                        unsafe { gpu_arena_set_tag(name.as_ptr()) };
+                    }
                     let t = Instant::now();
                     let p = gpu_arena_torch_alloc(size.max(1) as isize, 0, core::ptr::null_mut());
                     by_size.add(size, false, t.elapsed().as_nanos() as u64);
+                    if tagged.is_some() {
+                        // SAFETY: a NUL-terminated string.
+                        unsafe { gpu_arena_set_tag(c"default".as_ptr()) };
+                    }
                     assert!(!p.is_null(), "the host arena refused {size} bytes");
                     live.insert(addr, (p, size));
                     allocs += 1;
@@ -296,6 +343,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             allocs,
             since,
             &by_size,
+            tag.as_deref(),
         )?;
     }
     Ok(())
