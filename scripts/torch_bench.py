@@ -26,6 +26,9 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default
             repetition (frees of the other build's blocks go to the other build: their calls are under
             "other"). The builds' times per call then come a few seconds apart on the same process and
             CPU (scripts/torch_ab_report.py pairs them); each build's first repetition lays out its memory.
+  --tag-weights  with --alloc: the model is made with the thread's tag set to `weights` (gpu_arena_set_tag),
+            the rest in the default tag, as an engine that tags its weights for sleep lays them out (label
+            "gpu-arena tagged"; the figures are the whole process's, over both tags)
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
   --profile time each repetition's GPU work with torch.profiler (CUDA activity only) and add to its line
@@ -55,6 +58,7 @@ ap.add_argument("--alloc")
 ap.add_argument("--timed-default")
 ap.add_argument("--ab")
 ap.add_argument("--ab-start", type=int, default=0)
+ap.add_argument("--tag-weights", action="store_true")
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
 ap.add_argument("--trace")
@@ -62,6 +66,8 @@ ap.add_argument("--profile", action="store_true")
 a = ap.parse_args()
 if sum(map(bool, (a.alloc, a.timed_default, a.ab))) > 1:
     sys.exit("--alloc, --timed-default and --ab each replace the allocator: give one")
+if a.tag_weights and not a.alloc:
+    sys.exit("--tag-weights tags gpu-arena's memory: give --alloc")
 if a.trace and (a.alloc or a.timed_default or a.ab):
     sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
 if a.trace:
@@ -220,7 +226,12 @@ if ab:
         runs.append(functools.partial(run, state={}) if a.workload in ("train", "train_loop") else run)
     torch.cuda.synchronize()
 else:
+    if a.tag_weights:
+        lib.gpu_arena_set_tag.argtypes = [ctypes.c_char_p]
+        lib.gpu_arena_set_tag(b"weights")
     models, runs, streams = [make_model()], [run], [torch.cuda.current_stream()]
+    if a.tag_weights:
+        lib.gpu_arena_set_tag(b"default")
 
 
 def epoch(which=0):
@@ -266,7 +277,8 @@ def gpu_busy(prof):
 
 
 rng = (torch.get_rng_state(), torch.cuda.get_rng_state())
-label = "gpu-arena" if a.alloc else "default-timed" if timed else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
+label = ("gpu-arena tagged" if a.tag_weights else "gpu-arena") if a.alloc else "default-timed" if timed \
+    else os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "default")
 which = 0
 marks = []  # with --trace: trace events recorded when each repetition ended
 for r in range(a.repeat):
