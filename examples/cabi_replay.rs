@@ -82,6 +82,11 @@ fn order(events: &[Event], r: usize, percent: u64, seed: &mut u64) -> Vec<usize>
 fn epoch(buf: &mut [u8]) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
     // SAFETY: buf is valid for writes of its length.
     let n = unsafe { gpu_arena_epoch_json(0, buf.as_mut_ptr() as *mut _, buf.len()) };
+    if n < 0 {
+        // SAFETY: gpu_arena_last_error returns a NUL-terminated string.
+        let e = unsafe { std::ffi::CStr::from_ptr(gpu_arena::api::ffi::gpu_arena_last_error()) };
+        return Err(format!("gpu_arena_epoch_json failed: {}", e.to_string_lossy()).into());
+    }
     Ok(serde_json::from_str(std::str::from_utf8(
         &buf[..n as usize],
     )?)?)
