@@ -28,7 +28,8 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default
             CPU (scripts/torch_ab_report.py pairs them); each build's first repetition lays out its memory.
   --tag-weights  with --alloc: the model is made with the thread's tag set to `weights` (gpu_arena_set_tag),
             the rest in the default tag, as an engine that tags its weights for sleep lays them out (label
-            "gpu-arena tagged"; the figures are the whole process's, over both tags)
+            "gpu-arena tagged"; the figures are the whole process's, over both tags); ignored otherwise, so
+            that `BENCH_ARGS=--tag-weights scripts/torch_alternate.sh` alternates PyTorch's default with it
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
   --profile time each repetition's GPU work with torch.profiler (CUDA activity only) and add to its line
@@ -66,8 +67,9 @@ ap.add_argument("--profile", action="store_true")
 a = ap.parse_args()
 if sum(map(bool, (a.alloc, a.timed_default, a.ab))) > 1:
     sys.exit("--alloc, --timed-default and --ab each replace the allocator: give one")
-if a.tag_weights and not a.alloc:
-    sys.exit("--tag-weights tags gpu-arena's memory: give --alloc")
+# --tag-weights tags gpu-arena's memory only; PyTorch's own allocators ignore it, so that
+# scripts/torch_alternate.sh can pass it to every process (BENCH_ARGS) and alternate them as usual.
+a.tag_weights = a.tag_weights and bool(a.alloc)
 if a.trace and (a.alloc or a.timed_default or a.ab):
     sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
 if a.trace:
