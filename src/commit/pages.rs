@@ -114,6 +114,22 @@ fn mask(lo: usize, hi: usize) -> u64 {
     high & !((1u64 << lo) - 1)
 }
 
+/// The words of a chunk's bitmaps that pages `i..end` of it (indices in
+/// the chunk) fall in, each with the mask of those pages' bits.
+#[inline(always)]
+fn word_masks(mut i: usize, end: usize) -> impl Iterator<Item = (usize, u64)> {
+    core::iter::from_fn(move || {
+        if i >= end {
+            return None;
+        }
+        let w = i / 64;
+        let hi = (end - w * 64).min(64);
+        let m = mask(i % 64, hi);
+        i = w * 64 + hi;
+        Some((w, m))
+    })
+}
+
 impl PageTable {
     /// An empty table (every page unmapped, no live bytes).
     pub fn new() -> Self {
@@ -361,17 +377,12 @@ impl PageTable {
     pub fn set_blocked_range(&mut self, a: u64, b: u64, blocked: bool) {
         for (c, i, p, stop) in chunk_spans(a, b) {
             let ch = self.chunk_mut(c);
-            let (mut j, end) = (i, i + (stop - p) as usize + 1);
-            while j < end {
-                let w = j / 64;
-                let hi = (end - w * 64).min(64);
-                let m = mask(j % 64, hi);
+            for (w, m) in word_masks(i, i + (stop - p) as usize + 1) {
                 if blocked {
                     ch.bits[w].blocked |= m;
                 } else {
                     ch.bits[w].blocked &= !m;
                 }
-                j = w * 64 + hi;
             }
         }
     }
@@ -416,14 +427,9 @@ impl PageTable {
             match self.chunk(c) {
                 None => cost.unmapped += n as u64,
                 Some(ch) => {
-                    let (mut j, end) = (i, i + n);
-                    while j < end {
-                        let w = j / 64;
-                        let hi = (end - w * 64).min(64);
-                        let m = mask(j % 64, hi);
+                    for (w, m) in word_masks(i, i + n) {
                         cost.unmapped += (m & !ch.bits[w].mapped).count_ones() as u64;
                         cost.blocked += (m & ch.bits[w].blocked).count_ones() as u64;
-                        j = w * 64 + hi;
                     }
                 }
             }
