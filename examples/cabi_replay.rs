@@ -36,7 +36,8 @@
 //! in the default tag, as an engine that tags its weights lays them out;
 //! each repetition's report then adds both tags' peak committed / peak live.
 use gpu_arena::api::ffi::{
-    gpu_arena_epoch_json, gpu_arena_set_tag, gpu_arena_torch_alloc, gpu_arena_torch_free,
+    gpu_arena_epoch_json, gpu_arena_last_error, gpu_arena_set_tag, gpu_arena_torch_alloc,
+    gpu_arena_torch_free,
 };
 use gpu_arena::replay::Event;
 use std::time::Instant;
@@ -84,7 +85,7 @@ fn epoch(buf: &mut [u8]) -> Result<serde_json::Value, Box<dyn std::error::Error>
     let n = unsafe { gpu_arena_epoch_json(0, buf.as_mut_ptr() as *mut _, buf.len()) };
     if n < 0 {
         // SAFETY: gpu_arena_last_error returns a NUL-terminated string.
-        let e = unsafe { std::ffi::CStr::from_ptr(gpu_arena::api::ffi::gpu_arena_last_error()) };
+        let e = unsafe { std::ffi::CStr::from_ptr(gpu_arena_last_error()) };
         return Err(format!("gpu_arena_epoch_json failed: {}", e.to_string_lossy()).into());
     }
     Ok(serde_json::from_str(std::str::from_utf8(
@@ -154,7 +155,7 @@ fn report(
                 let st = arena.tag_stats(i);
                 line += &format!(
                     " {name} {:.4} ({:.1} of {:.1} MiB)",
-                    st.peak_committed as f64 / st.peak_live.max(1) as f64,
+                    st.peak_ratio(),
                     st.peak_committed as f64 / (1u64 << 20) as f64,
                     st.peak_live as f64 / (1u64 << 20) as f64
                 );
