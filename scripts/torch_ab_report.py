@@ -16,6 +16,8 @@ import re
 import statistics
 import sys
 
+from torch_report import lower_cells, rng
+
 
 def read(paths):
     """{workload: [process, ...]}, a process being (names, {rep: record})."""
@@ -33,10 +35,9 @@ def read(paths):
     return out
 
 
-def spread(xs, fmt="{:.3f}"):
-    if not xs:
-        return "–"
-    return f"{fmt.format(statistics.median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+def spread(xs, digits=3):
+    """The values' median (min–max), as torch_report.py writes them."""
+    return rng(xs, lambda v: f"{v:.{digits}f}")
 
 
 def settled(reps, name):
@@ -85,12 +86,12 @@ def main():
             if ratio:
                 meds.append(ratio)
             print(f"| {i} | {first} | {spread(per[nm[0]])} | {spread(per[nm[1]])} | "
-                  f"{'–' if ratio is None else f'{ratio:.3f}'} | {spread(pr)} | {lower(pr)} |")
+                  f"{'–' if ratio is None else f'{ratio:.3f}'} | {lower_cells(pr, 3)} |")
         print(f"\nAll processes: ratio of medians {spread(meds)}, lower in {lower(meds)}; each settled "
               f"repetition against its neighbours {spread(all_pairs)}, lower in {lower(all_pairs)}.")
         print(f"Wall time of a repetition, {names[1]} / neighbours: {spread(all_times)}, lower in {lower(all_times)}.")
         for n in names:
-            print(f"VMM calls per 1,000 allocations in {n}'s settled repetitions: {spread(calls[n], '{:.2f}')}.")
+            print(f"VMM calls per 1,000 allocations in {n}'s settled repetitions: {spread(calls[n], 2)}.")
         print(f"Checksums: {'all equal' if len(sums) == 1 else f'{len(sums)} different'}.")
 
 
