@@ -280,6 +280,47 @@ pub fn persistent(
     (allocs, frees)
 }
 
+/// Which blocks of a trace [`select`] keeps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Every block.
+    All,
+    /// The work alone: the blocks that live through the trace ([`persistent`])
+    /// left out, as the default tag of an engine that keeps its weights in
+    /// a tag of their own sees the trace.
+    Work,
+    /// Only the blocks that live through the trace: that engine's weights tag.
+    Persistent,
+}
+
+/// The events of `part` of a trace, with its repetition marks (from
+/// [`read_trace_marked`]) moved to match. The frees of the blocks that live
+/// through the trace are left out in every part: those blocks stay live to
+/// the end, as they would in a program that goes on.
+pub fn select(events: &[Event], marks: &[usize], part: Part) -> (Vec<Event>, Vec<usize>) {
+    let (allocs, frees) = persistent(events);
+    let mut kept = Vec::with_capacity(events.len());
+    let mut moved = Vec::with_capacity(marks.len());
+    let mut m = marks.iter().peekable();
+    for (i, e) in events.iter().enumerate() {
+        while m.next_if(|&&k| k == i).is_some() {
+            moved.push(kept.len());
+        }
+        let lives = allocs.contains(&i);
+        let keep = match part {
+            _ if frees.contains(&i) => false,
+            Part::All => true,
+            Part::Work => !lives,
+            Part::Persistent => lives,
+        };
+        if keep {
+            kept.push(*e);
+        }
+    }
+    moved.extend(m.map(|_| kept.len()));
+    (kept, moved)
+}
+
 /// Replays `events` `repeat.times` times in one arena, as a program that
 /// runs its workload again with the same inputs would: the blocks that live
 /// through the whole trace (the weights; see [`persistent`]) are allocated
@@ -463,6 +504,37 @@ mod persistent_tests {
         let differs = vec![a(1), a(2), f(2), a(3), f(3), a(2), f(2)];
         assert!(run_on(&differs, &[3, 5, 7], 5).is_none());
         assert!(run_on(&events, &[7], 5).is_none(), "one repetition");
+    }
+
+    #[test]
+    fn a_part_of_a_trace_keeps_its_blocks_and_moves_the_marks() {
+        use super::{Part, select};
+        // Block 1 lives through the trace (freed in its last 5 %), 2 and 3
+        // come and go in each of two repetitions.
+        let mut events = vec![a(1)];
+        for _ in 0..20 {
+            events.extend([a(2), f(2)]);
+        }
+        let mark = events.len();
+        for _ in 0..20 {
+            events.extend([a(3), f(3)]);
+        }
+        events.push(f(1));
+        let marks = [mark, events.len()];
+        let (all, m) = select(&events, &marks, Part::All);
+        assert_eq!(
+            all.len(),
+            events.len() - 1,
+            "the persistent free is left out"
+        );
+        assert_eq!(m, vec![mark, events.len() - 1]);
+        let (work, m) = select(&events, &marks, Part::Work);
+        assert_eq!(work.len(), 80);
+        assert!(!work.contains(&a(1)));
+        assert_eq!(m, vec![40, 80]);
+        let (weights, m) = select(&events, &marks, Part::Persistent);
+        assert_eq!(weights, vec![a(1)]);
+        assert_eq!(m, vec![1, 1]);
     }
 
     #[test]
