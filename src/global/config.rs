@@ -21,6 +21,7 @@
 //! | `stitch_repair` | `1`: remap the busy pages of a cached stitched range of `stitch_repair_min` or more instead of mapping a new one, once several of its size exist (see `CommitConfig::stitch_repair`) | 0 |
 //! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
 //! | `range_order` | `made`: a block walks the cached stitched ranges that may serve it oldest first, whatever their size; `size`: smallest size first (see `CommitConfig::range_order`) | `made` |
+//! | `keep_empty_slabs` | `0`: a slab that empties goes back at once, the last of its size class too (tighter peaks, a slab made for most small objects where they come and go one at a time; see `ArenaConfig::keep_empty_slabs`) | 1 |
 //! | `park` | `0`: free and take back stitched ranges page by page instead of parking their units as a group (the same decisions, more work per call; see `CommitConfig::park`) | 1 |
 //! | `bulk_streak` | allocations in a row at the top (no free between) after which fresh pages get one handle per block, not per page, in the default tag's arenas; 0: every block's, below the top too | 64 |
 //! | `tag_bulk_streak` | the same for every other tag's arenas (what an engine tags to sleep: weights, KV cache, loaded to stay) | 0 |
@@ -168,6 +169,9 @@ impl GlobalConfig {
                 }
                 "stitch_repair_min" => c.arena.commit.stitch_repair_min = parse_size(v)?,
                 "park" => c.arena.commit.park = flag("park must be 0 or 1", v)?,
+                "keep_empty_slabs" => {
+                    c.arena.keep_empty_slabs = flag("keep_empty_slabs must be 0 or 1", v)?
+                }
                 "range_order" => {
                     c.arena.commit.range_order = crate::commit::RangeOrder::from_name(v)
                         .ok_or_else(|| bad("range_order must be made or size", v))?
@@ -239,6 +243,14 @@ mod tests {
         let c = GlobalConfig::parse("stitch_repair:1,stitch_repair_min:256MiB").unwrap();
         assert!(c.arena.commit.stitch_repair);
         assert_eq!(c.arena.commit.stitch_repair_min, 256 << 20);
+        assert!(GlobalConfig::default().arena.keep_empty_slabs);
+        assert!(
+            !GlobalConfig::parse("keep_empty_slabs:0")
+                .unwrap()
+                .arena
+                .keep_empty_slabs
+        );
+        assert!(GlobalConfig::parse("keep_empty_slabs:2").is_err());
         let c = GlobalConfig::parse("bulk_streak:8,tag_bulk_streak:2").unwrap();
         assert_eq!((c.arena.commit.bulk_streak, c.tag_bulk_streak), (8, 2));
         let d = GlobalConfig::default();

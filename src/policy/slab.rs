@@ -73,6 +73,8 @@ pub struct Slabs {
     live_bytes: u64,
     live_count: u64,
     slab_bytes: u64,
+    /// Keep the last slab of a (slot, class) when it empties.
+    keep_empty: bool,
 }
 
 impl Default for Slabs {
@@ -82,8 +84,15 @@ impl Default for Slabs {
 }
 
 impl Slabs {
-    /// No slabs.
+    /// No slabs; an emptied slab that is the last of its (slot, class) is
+    /// kept.
     pub fn new() -> Self {
+        Self::keeping_empty(true)
+    }
+
+    /// No slabs; `keep_empty`: whether an emptied slab that is the last of
+    /// its (slot, class) is kept (else every emptied slab goes back).
+    pub fn keeping_empty(keep_empty: bool) -> Self {
         Slabs {
             slabs: MetaVec::new_in(std::alloc::System),
             recycled: MetaVec::new_in(std::alloc::System),
@@ -93,6 +102,7 @@ impl Slabs {
             live_bytes: 0,
             live_count: 0,
             slab_bytes: 0,
+            keep_empty,
         }
     }
 
@@ -296,11 +306,12 @@ impl Slabs {
 
     /// Returns the slab if it is empty and another slab of its class can
     /// serve its stream (one empty slab per (slot, class) is kept, against
-    /// thrashing). The common case, a slab still in use or kept, is inline.
+    /// thrashing, unless `keep_empty` is off). The common case, a slab still
+    /// in use or kept, is inline.
     #[inline(always)]
     fn maybe_release(&mut self, id: u32, size: u64) -> Result<Freed, BadPointer> {
         let s = &self.slabs[id as usize];
-        let alone = s.prev == NIL && s.next == NIL;
+        let alone = self.keep_empty && s.prev == NIL && s.next == NIL;
         if s.live_count != 0 || s.deferred != 0 || alone {
             return Ok(Freed::Object { size });
         }
@@ -442,6 +453,31 @@ impl Slabs {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_empty_slab_of_a_class_is_kept_only_when_asked() {
+        let c = classes::class_of(100);
+        for keep in [true, false] {
+            let mut s = Slabs::keeping_empty(keep);
+            s.add_slab(0, c, 1);
+            let a = s.alloc(1, c).unwrap();
+            let freed = s.free(a, 1, Stamp::SAFE, None).unwrap();
+            if keep {
+                assert_eq!(freed, Freed::Object { size: 112 });
+                assert!(s.owns(0), "kept for the class's next object");
+                assert_eq!(s.alloc(1, c), Some(a));
+            } else {
+                assert!(
+                    matches!(freed, Freed::SlabEmpty { slab: 0, slab_bytes, .. } if slab_bytes == classes::slab_bytes(c)),
+                    "{freed:?}"
+                );
+                assert!(!s.owns(0));
+                assert_eq!(s.slab_bytes(), 0);
+                assert_eq!(s.alloc(1, c), None, "the next object needs a new slab");
+            }
+            s.check_invariants();
+        }
+    }
 
     #[test]
     fn objects_come_and_go_and_slabs_empty() {

@@ -344,6 +344,42 @@ fn refused(
 /// its own); a smaller one gets the address-space error, and nothing
 /// changes.
 #[test]
+fn an_emptied_slab_is_kept_for_its_class_unless_configured_otherwise() {
+    for keep in [true, false] {
+        let driver = host(64 << 20);
+        {
+            let mut a = Arena::new(
+                &driver,
+                Kind::Device(0),
+                ArenaConfig {
+                    keep_empty_slabs: keep,
+                    ..config()
+                },
+            )
+            .unwrap();
+            let small = a.alloc(100, 16).unwrap();
+            a.free(small).unwrap();
+            let s = a.stats();
+            assert_eq!((s.live, s.slab.blocks), (0, 0), "keep {keep}: {s:?}");
+            // Kept, the slab's span still holds the lowest page, so a large
+            // block goes above it; given back, the large block takes it.
+            let large = a.alloc(PAGE, PAGE).unwrap();
+            assert_eq!(large == small, !keep, "keep {keep}: {small:?} {large:?}");
+            // The class's next object: the kept slab's, or a new slab's.
+            let again = a.alloc(100, 16).unwrap();
+            if keep {
+                assert_eq!(again, small, "the kept slab serves it");
+            }
+            a.free(large).unwrap();
+            a.free(again).unwrap();
+            assert_eq!(a.stats().live, 0);
+            a.trim();
+        }
+        assert_balanced(&driver);
+    }
+}
+
+#[test]
 fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
     let driver = host(256 << 20);
     {
