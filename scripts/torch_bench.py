@@ -30,6 +30,10 @@ usage: python3 scripts/torch_bench.py WORKLOAD [--alloc LIB.so | --timed-default
             the rest in the default tag, as an engine that tags its weights for sleep lays them out (label
             "gpu-arena tagged"; the figures are the whole process's, over both tags); ignored otherwise, so
             that `BENCH_ARGS=--tag-weights scripts/torch_alternate.sh` alternates PyTorch's default with it
+  --prelude-mib M  allocate M MiB (rounded down to 512 bytes) first, before the model, and keep it to
+            the end: what lies below the work moves where its blocks fall against the 2 MiB pages, as
+            examples/layout_ensemble's preludes do on the host (docs/pytorch.md, "One trace, sixteen
+            layouts"); with any allocator, in the default tag; not with --ab
   --repeat  run the workload N times in this process with the same inputs (first run cold)
   --shared  path of torch_workloads.py (default: ../shared/bench, else .gpu/extra)
   --profile time each repetition's GPU work with torch.profiler (CUDA activity only) and add to its line
@@ -60,6 +64,7 @@ ap.add_argument("--timed-default")
 ap.add_argument("--ab")
 ap.add_argument("--ab-start", type=int, default=0)
 ap.add_argument("--tag-weights", action="store_true")
+ap.add_argument("--prelude-mib", type=float, default=0.0)
 ap.add_argument("--repeat", type=int, default=1)
 ap.add_argument("--shared")
 ap.add_argument("--trace")
@@ -70,6 +75,8 @@ if sum(map(bool, (a.alloc, a.timed_default, a.ab))) > 1:
 # --tag-weights tags gpu-arena's memory only; PyTorch's own allocators ignore it, so that
 # scripts/torch_alternate.sh can pass it to every process (BENCH_ARGS) and alternate them as usual.
 a.tag_weights = a.tag_weights and bool(a.alloc)
+if a.prelude_mib and a.ab:
+    sys.exit("--prelude-mib lays one arena out: leave --ab out")
 if a.trace and (a.alloc or a.timed_default or a.ab):
     sys.exit("--trace records PyTorch's own allocator: leave --alloc out")
 if a.trace:
@@ -228,6 +235,8 @@ if ab:
         runs.append(functools.partial(run, state={}) if a.workload in ("train", "train_loop") else run)
     torch.cuda.synchronize()
 else:
+    prelude_bytes = int(a.prelude_mib * 2**20) // 512 * 512
+    prelude = torch.empty(prelude_bytes, dtype=torch.uint8, device="cuda") if prelude_bytes else None
     if a.tag_weights:
         lib.gpu_arena_set_tag.argtypes = [ctypes.c_char_p]
         lib.gpu_arena_set_tag(b"weights")
