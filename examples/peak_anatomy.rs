@@ -15,7 +15,7 @@
 use gpu_arena::arena::{Arena, ArenaConfig, Kind};
 use gpu_arena::driver::{HostDriver, Stream};
 use gpu_arena::policy::Policy;
-use gpu_arena::replay::{Event, Part};
+use gpu_arena::replay::Part;
 use gpu_arena::stats::PageStateReport;
 
 const MIB: f64 = 1048576.0;
@@ -50,39 +50,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             arena.alloc_on(bytes, 512, Stream::DEFAULT)?;
         }
     }
-    let mut live = std::collections::HashMap::new();
     let mut best = 0u64;
     let mut at_best = None;
-    let (mut cur, mut peak_live) = (0u64, 0u64);
-    for (i, e) in events.iter().enumerate() {
-        match *e {
-            Event::Alloc { addr, size, .. } => {
-                let p = arena.alloc_on(size.max(1), 512, Stream::DEFAULT)?;
-                live.insert(addr, (p, size));
-                cur += size;
-                peak_live = peak_live.max(cur);
-            }
-            Event::Free { addr, .. } => {
-                let (p, size) = live.remove(&addr).ok_or("free of unknown block")?;
-                arena.free_on(p, Stream::DEFAULT)?;
-                cur -= size;
-            }
-        }
+    let r = gpu_arena::replay::replay_observed(&mut arena, &events, 1, |done, arena| {
         let s = arena.stats();
         if s.committed > best {
             best = s.committed;
-            at_best = Some((i, s, arena.snapshot(), cur));
+            at_best = Some((done, s, arena.snapshot()));
         }
-    }
-    let s = arena.stats();
+    })?;
+    let s = r.stats;
     println!(
         "{path} ({part:?}): peak committed {:.1} MiB, peak live {:.1} MiB (requested {:.1}), ratio {:.4}",
         s.peak_committed as f64 / MIB,
         s.peak_live as f64 / MIB,
-        peak_live as f64 / MIB,
+        r.peak_requested as f64 / MIB,
         s.peak_ratio()
     );
-    let (i, s, snap, req) = at_best.ok_or("nothing committed")?;
+    let (done, s, snap) = at_best.ok_or("nothing committed")?;
     let page = arena.page();
     let (mut empty, mut partial, mut full, mut tails) = (0, 0, 0, 0u64);
     for p in &snap.pages {
@@ -97,12 +82,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!(
-        "at event {i}: committed {:.1} MiB, live {:.1} MiB (requested {:.1}; {:.1} below the peak), \
+        "after {done} events: committed {:.1} MiB, live {:.1} MiB ({:.1} below the peak), \
          pages: {full} full, {partial} partly used ({:.2} MiB unused), {empty} mapped without live bytes \
          (idle mappings, cached stitched ranges); pending_decommit {:.1} MiB, handles {}, mappings {}",
         s.committed as f64 / MIB,
         s.live as f64 / MIB,
-        req as f64 / MIB,
         (s.peak_live - s.live) as f64 / MIB,
         tails as f64 / MIB,
         s.pending_decommit as f64 / MIB,
