@@ -339,10 +339,9 @@ fn refused(
     arena.free(p, Stream::DEFAULT).unwrap();
 }
 
-/// When the blocks region has no room left, a block large enough for a
-/// stitched range still gets one (the stitch region has address space of
-/// its own); a smaller one gets the address-space error, and nothing
-/// changes.
+/// An emptied slab that is the last of its class stays for the class's
+/// next object by default; with `keep_empty_slabs` off it goes back at once
+/// and its page serves the next block; nothing is lost either way.
 #[test]
 fn an_emptied_slab_is_kept_for_its_class_unless_configured_otherwise() {
     for keep in [true, false] {
@@ -379,6 +378,10 @@ fn an_emptied_slab_is_kept_for_its_class_unless_configured_otherwise() {
     }
 }
 
+/// When the blocks region has no room left, a block large enough for a
+/// stitched range still gets one (the stitch region has address space of
+/// its own); a smaller one gets the address-space error, and nothing
+/// changes.
 #[test]
 fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
     let driver = host(256 << 20);
