@@ -1442,13 +1442,16 @@ enum Stitching {
 const LIMIT: u64 = 48 * PAGE;
 
 /// `tag_layout`: the settings the global arenas give a tag's arenas
-/// (`bulk_streak` 0: large handles for every block's fresh pages).
+/// (`bulk_streak` 0: large handles for every block's fresh pages);
+/// `keep_empty_slabs`: [`ArenaConfig::keep_empty_slabs`] (off, slabs come
+/// and go with their objects).
 fn run(
     kind: Kind,
     streams: usize,
     stitching: Stitching,
     limited: bool,
     tag_layout: bool,
+    keep_empty_slabs: bool,
     ops: &[Op],
 ) {
     let driver = host(256 << 20);
@@ -1469,6 +1472,7 @@ fn run(
     if tag_layout {
         cfg.commit.bulk_streak = 0;
     }
+    cfg.keep_empty_slabs = keep_empty_slabs;
     {
         let arena = SharedArena::new(&driver, kind, cfg).expect("arena");
         let mut model = Model::new(&arena, &driver, streams);
@@ -1518,6 +1522,7 @@ proptest! {
         streams in 1usize..=3,
         limited in proptest::bool::weighted(0.25),
         tag_layout in proptest::bool::weighted(0.25),
+        keep_empty_slabs in proptest::bool::weighted(0.75),
         (stitching, ops) in prop_oneof![
             2 => Just(Stitching::Default),
             1 => Just(Stitching::From2Pages),
@@ -1525,7 +1530,7 @@ proptest! {
         ]
         .prop_flat_map(|s| (Just(s), proptest::collection::vec(op(s), 1..256))),
     ) {
-        run(kind, streams, stitching, limited, tag_layout, &ops);
+        run(kind, streams, stitching, limited, tag_layout, keep_empty_slabs, &ops);
     }
 }
 
