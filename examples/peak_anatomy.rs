@@ -102,6 +102,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             r.used >> 20
         );
     }
+    // Partly used pages by region: the blocks region's are shared by
+    // neighbours, a stitched range's are the last page of its block.
+    for r in &snap.regions {
+        let (lo, hi) = (r.offset / page, (r.offset + r.size) / page);
+        let (n, unused) = snap
+            .pages
+            .iter()
+            .filter(|p| matches!(p.state, PageStateReport::Live) && p.live < page)
+            .filter(|p| (lo..hi).contains(&p.index))
+            .fold((0, 0), |(n, u), p| (n + 1, u + page - p.live));
+        println!(
+            "  partly used in {}: {n} pages, {:.2} MiB unused",
+            r.name,
+            unused as f64 / MIB
+        );
+    }
     // Partly used pages: what lies on them.
     let mut blocks = snap.blocks.clone();
     blocks.sort_by_key(|b| b.offset);
