@@ -25,7 +25,13 @@ struct Slab {
     class: u8,
     slot: u16,
     nobj: u32,
-    /// Free object indices (a stack). Invariant: exactly the objects whose
+    /// Objects `fresh..nobj` were never handed out since the slab was added:
+    /// free, and not on `free` (a new slab's objects are not listed one by
+    /// one, so that adding a slab costs the same for 16-byte objects as for
+    /// 32 KiB ones).
+    fresh: u32,
+    /// Free object indices handed out before (a stack, taken before the
+    /// fresh ones). Invariant: with `fresh..nobj`, exactly the objects whose
     /// `live` bit is clear and that are not in the deferred list.
     free: MetaVec<u32>,
     /// Bit i set iff object i is handed out.
@@ -140,12 +146,21 @@ impl Slabs {
             return None;
         }
         let s = &mut self.slabs[head as usize];
-        let i = s.free.pop()?;
+        // The last freed first, then the fresh ones in order: the order a
+        // stack of all the objects, lowest on top, gave.
+        let i = match s.free.pop() {
+            Some(i) => i,
+            None if s.fresh < s.nobj => {
+                s.fresh += 1;
+                s.fresh - 1
+            }
+            None => return None,
+        };
         s.live[(i / 64) as usize] |= 1 << (i % 64);
         s.live_count += 1;
         let size = classes::SIZES[class] as u64;
         let off = s.offset + i as u64 * size;
-        if s.free.is_empty() {
+        if s.free.is_empty() && s.fresh == s.nobj {
             self.unlink(head);
         }
         self.live_bytes += size;
@@ -158,15 +173,31 @@ impl Slabs {
         let bytes = classes::slab_bytes(class);
         debug_assert_eq!(offset % bytes, 0);
         let nobj = classes::objects(class);
-        let mut free = MetaVec::with_capacity_in(nobj as usize, std::alloc::System);
-        free.extend((0..nobj).rev());
-        let mut live = MetaVec::new_in(std::alloc::System);
+        // A recycled record's lists keep their memory (slabs come and go
+        // with their objects where emptied slabs are not kept).
+        let recycled = self.recycled.pop();
+        let (mut free, mut live) = match recycled {
+            Some(id) => {
+                let s = &mut self.slabs[id as usize];
+                (
+                    core::mem::replace(&mut s.free, MetaVec::new_in(std::alloc::System)),
+                    core::mem::replace(&mut s.live, MetaVec::new_in(std::alloc::System)),
+                )
+            }
+            None => (
+                MetaVec::new_in(std::alloc::System),
+                MetaVec::new_in(std::alloc::System),
+            ),
+        };
+        free.clear();
+        live.clear();
         live.resize(nobj.div_ceil(64) as usize, 0u64);
         let slab = Slab {
             offset,
             class: class as u8,
             slot,
             nobj,
+            fresh: 0,
             free,
             live,
             live_count: 0,
@@ -177,7 +208,7 @@ impl Slabs {
             used: true,
             stamp: Stamp::SAFE,
         };
-        let id = if let Some(id) = self.recycled.pop() {
+        let id = if let Some(id) = recycled {
             self.slabs[id as usize] = slab;
             id
         } else {
@@ -343,8 +374,6 @@ impl Slabs {
         }
         let s = &mut self.slabs[id as usize];
         s.used = false;
-        s.free = MetaVec::new_in(std::alloc::System);
-        s.live = MetaVec::new_in(std::alloc::System);
         self.recycled.push(id);
         self.slab_bytes -= bytes;
         (offset, bytes, stamp)
@@ -433,15 +462,23 @@ impl Slabs {
         for (id, s) in self.slabs.iter().enumerate().filter(|(_, s)| s.used) {
             let ones: u32 = s.live.iter().map(|w| w.count_ones()).sum();
             assert_eq!(ones, s.live_count, "slab {id}");
+            assert!(
+                s.fresh <= s.nobj,
+                "slab {id}: fresh objects within the slab"
+            );
             assert_eq!(
-                s.free.len() as u32 + s.live_count + s.deferred,
+                s.free.len() as u32 + (s.nobj - s.fresh) + s.live_count + s.deferred,
                 s.nobj,
-                "slab {id}: free + live + deferred = objects"
+                "slab {id}: free + fresh + live + deferred = objects"
             );
             assert_eq!(
                 s.in_list,
-                !s.free.is_empty(),
+                !s.free.is_empty() || s.fresh < s.nobj,
                 "slab {id}: listed iff it has free objects"
+            );
+            assert!(
+                (s.fresh..s.nobj).all(|i| s.live[(i / 64) as usize] >> (i % 64) & 1 == 0),
+                "slab {id}: fresh objects are not live"
             );
             live += s.live_count as u64 * classes::SIZES[s.class as usize] as u64;
         }
