@@ -98,7 +98,7 @@ pub struct ArenaConfig {
     /// layouts above 1.02 peak physical / peak live against 41, the weights
     /// tagged included) and training settles in every layout, where a
     /// workload whose small objects come and go one at a time makes a slab
-    /// for most of them (BERT inference: one per 8 allocations, 34 % more
+    /// for most of them (BERT inference: one per 8 allocations, 31 % more
     /// instructions per call). `docs/pytorch.md`, "One trace, sixteen
     /// layouts".
     pub keep_empty_slabs: bool,
