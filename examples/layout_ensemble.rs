@@ -29,11 +29,6 @@ use gpu_arena::replay::{Event, Part};
 
 const MIB: f64 = 1048576.0;
 
-fn vmm(a: &Arena<HostDriver>) -> u64 {
-    let c = a.stats().driver_calls;
-    c.create + c.map + c.set_access + c.unmap + c.release
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let path = args.next().ok_or("usage: layout_ensemble TRACE [RUN_ON]")?;
@@ -86,7 +81,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut live = std::collections::HashMap::new();
         let mut per_rep = Vec::new();
         for rep in &reps {
-            let (v0, a0) = (vmm(&arena), arena.stats().allocs);
+            let before = arena.stats();
+            let (v0, a0) = (before.driver_calls.vmm(), before.allocs);
             for e in rep.iter() {
                 match *e {
                     Event::Alloc { addr, size, .. } => {
@@ -111,7 +107,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let allocs = (st.allocs - a0).max(1);
             per_rep.push(format!(
                 "{:.1}",
-                1000.0 * (vmm(&arena) - v0) as f64 / allocs as f64
+                1000.0 * (st.driver_calls.vmm() - v0) as f64 / allocs as f64
             ));
         }
         let s = arena.stats();
