@@ -22,7 +22,7 @@ pub mod commit;
 pub mod policy;
 pub mod stats;
 
-pub use arena::{Accounting, Arena, ArenaConfig, Kind, SleepMode, SleepReport};
+pub use arena::{Accounting, Arena, ArenaConfig, Kind, SleepMode, SleepReport, TailUse};
 pub use commit::CommitConfig;
 pub use policy::Policy;
 pub use stats::{Snapshot, Stats};

@@ -14,7 +14,7 @@ use arbitrary::Arbitrary;
 use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
 use gpu_arena::{
     ArenaConfig, DevicePtr, Error, GrowBuffer, Kind, Scratch, ScratchConfig, ScratchPtr,
-    SharedArena, SleepMode,
+    SharedArena, SleepMode, TailUse,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -143,6 +143,13 @@ fuzz_target!(|actions: Vec<Action>| {
     // class too (`keep_empty_slabs` off): slabs come and go with their
     // objects.
     config.keep_empty_slabs = (actions.len() / 12).is_multiple_of(2);
+    // One program in three puts every block a tail holds in the end of a
+    // live stitched block's last page (`tails` always), one in three none.
+    config.tails = match (actions.len() / 24) % 3 {
+        0 => TailUse::Always,
+        1 => TailUse::Off,
+        _ => TailUse::Costly,
+    };
     {
         let arena = SharedArena::new(&driver, Kind::Device(0), config).expect("arena");
         let mut scratch = Scratch::with_config(

@@ -55,6 +55,7 @@ pub mod sleep;
 pub mod stage;
 pub mod stitch;
 pub mod stitched;
+pub mod tails;
 mod vmm;
 
 pub use budget::Budget;
@@ -162,6 +163,8 @@ pub struct Commit<D: Driver> {
     shared_pending: MetaVec<u32>,
     /// Pages in shared units (a part of the committed pages).
     shared_pages: u64,
+    /// Blocks in the ends of stitched blocks' last pages ([`tails`]).
+    tails: tails::Tails,
     /// The heads of a walk over cached ranges in the order they were made
     /// ([`stitch::Walk`]), kept between walks.
     walk_heads: MetaVec<stitch::Head>,
@@ -238,6 +241,7 @@ impl<D: Driver> Commit<D> {
             shared_pages: 0,
             marks: MetaVec::new_in(std::alloc::System),
             members: MetaVec::new_in(std::alloc::System),
+            tails: tails::Tails::new(),
             walk_heads: MetaVec::new_in(std::alloc::System),
             unreleased: MetaVec::new_in(std::alloc::System),
             unreleased_pages: 0,
@@ -537,6 +541,7 @@ impl<D: Driver> Commit<D> {
     pub fn check_invariants(&self) {
         self.pool.check();
         self.stitch.check();
+        self.tails.check(&self.stitch, self.shift);
         let mut live = 0u64;
         let mut live_pages = std::collections::HashMap::<u32, u64>::new();
         self.pages.for_each_touched(|p, l, m, blocked| {

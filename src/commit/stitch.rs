@@ -17,6 +17,7 @@
 
 use super::config::RangeOrder;
 use super::pool::GroupId;
+use super::tails::Tail;
 use crate::meta::{MetaMap, MetaVec};
 
 /// A stitched range.
@@ -50,6 +51,12 @@ pub struct Range {
     /// every range made and every block freed, so it orders ranges by
     /// when they were made).
     pub made: u64,
+    /// Its block was freed while blocks in its tail live (see
+    /// [`tails`](super::tails)): in use until they are freed, its block's
+    /// bytes no longer counted.
+    pub draining: bool,
+    /// What its block's tail holds (see [`tails`](super::tails)).
+    pub tail: Tail,
     used: bool,
 }
 
@@ -315,6 +322,8 @@ impl Stitch {
             stream: 0,
             group: None,
             made: self.recency,
+            draining: false,
+            tail: Tail::default(),
             used: true,
         };
         let r = match self.spare.pop() {
@@ -341,15 +350,17 @@ impl Stitch {
     /// slot `stream`.
     pub fn take(&mut self, r: u32, size: u64, stream: u16) {
         let x = &mut self.ranges[r as usize];
-        debug_assert!(x.used && !x.in_use, "range {r} not free");
+        debug_assert!(x.used && !x.in_use && !x.draining, "range {r} not free");
         x.in_use = true;
         x.size = size;
         x.stream = stream;
+        x.tail = Tail::default();
         self.live_bytes += size;
         self.live_count += 1;
     }
 
-    /// Marks range `r` free (kept for reuse); returns the block's size.
+    /// Marks range `r` free (kept for reuse); returns the block's size
+    /// (0 for a range that was draining: [`drain`](Self::drain) returned it).
     pub fn put(&mut self, r: u32, now: u64) -> u64 {
         let x = &mut self.ranges[r as usize];
         debug_assert!(x.used && x.in_use, "range {r} not in use");
@@ -357,9 +368,25 @@ impl Stitch {
         x.last_used = now;
         self.recency += 1;
         x.recency = self.recency;
+        if core::mem::take(&mut x.draining) {
+            x.size = 0;
+            return 0;
+        }
         self.live_bytes -= x.size;
         self.live_count -= 1;
         core::mem::take(&mut x.size)
+    }
+
+    /// Frees range `r`'s block while its range stays in use (blocks in its
+    /// tail still live: see [`tails`](super::tails)); returns the block's
+    /// size. [`put`](Self::put) caches the range once they are freed.
+    pub fn drain(&mut self, r: u32) -> u64 {
+        let x = &mut self.ranges[r as usize];
+        debug_assert!(x.used && x.in_use && !x.draining, "range {r} not live");
+        x.draining = true;
+        self.live_bytes -= x.size;
+        self.live_count -= 1;
+        x.size
     }
 
     /// Records the pool's group of range `r`'s block's units.
@@ -393,6 +420,25 @@ impl Stitch {
         }
         self.spare.push(r);
         self.give_va(x.first, x.pages);
+    }
+
+    /// The ranges holding a live block: (id, range).
+    pub fn live(&self) -> impl Iterator<Item = (u32, &Range)> + '_ {
+        self.live_or_draining().filter(|(_, x)| !x.draining)
+    }
+
+    /// The ranges in use: holding a live block, or draining.
+    pub fn live_or_draining(&self) -> impl Iterator<Item = (u32, &Range)> + '_ {
+        self.ranges
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.used && x.in_use)
+            .map(|(r, x)| (r as u32, x))
+    }
+
+    /// The tail of range `r`'s block, to change.
+    pub fn tail_mut(&mut self, r: u32) -> &mut Tail {
+        &mut self.ranges[r as usize].tail
     }
 
     /// Every range id (in use or cached).
@@ -459,7 +505,11 @@ impl Stitch {
         }
         assert_eq!(at, self.first + self.top, "stitch region top");
         let (mut bytes, mut count) = (0, 0);
-        for r in self.ranges.iter().filter(|r| r.used && r.in_use) {
+        for r in self
+            .ranges
+            .iter()
+            .filter(|r| r.used && r.in_use && !r.draining)
+        {
             bytes += r.size;
             count += 1;
         }

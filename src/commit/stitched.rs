@@ -74,6 +74,12 @@ pub struct StitchCounts {
     /// Blocks outside stitched ranges that took such a group back in one
     /// step (same place, length and stream).
     pub blocks_retaken: u64,
+    /// Blocks placed in the end of a live stitched block's last page (see
+    /// [`tails`](super::tails)).
+    pub tails: u64,
+    /// Stitched blocks freed while blocks in their tails lived (their
+    /// ranges cached only once those were freed).
+    pub drained: u64,
 }
 
 counters!(StitchCounts {
@@ -89,6 +95,8 @@ counters!(StitchCounts {
     flushed,
     blocks_parked,
     blocks_retaken,
+    tails,
+    drained,
 });
 
 /// Why the pages of a cached range cannot serve a block now.
@@ -120,7 +128,10 @@ impl<D: Driver> Commit<D> {
 
     /// Bytes and count of live blocks in stitched ranges.
     pub fn stitched_live(&self) -> (u64, u64) {
-        (self.stitch.live_bytes(), self.stitch.live_count())
+        (
+            self.stitch.live_bytes() + self.tails.live_bytes(),
+            self.stitch.live_count() + self.tails.live_count(),
+        )
     }
 
     /// The pages of a block of `size` bytes, and the most a cached range
@@ -140,6 +151,26 @@ impl<D: Driver> Commit<D> {
         let found = self.reuse_in(&mut walk, k, max, size, slot);
         self.walk_heads = walk.into_heads();
         found
+    }
+
+    /// Places a block of `len` bytes in the tail of a live stitched block
+    /// of stream slot `slot` (see [`tails`](super::tails)): no driver
+    /// call, no memory but what that block's last page holds already.
+    /// Returns its offset, if a tail holds it.
+    pub fn stitch_tail(&mut self, len: u64, slot: u16) -> Option<u64> {
+        if self.asleep || len == 0 {
+            return None;
+        }
+        let off = self.tails.alloc(&mut self.stitch, self.shift, len, slot)?;
+        // The tail's page holds its range's block's last bytes: it is live
+        // through the range's mapping, and taking it needs nothing else.
+        if self.try_take(off, len, slot) {
+            self.stitch_counts.tails += 1;
+            return Some(off);
+        }
+        debug_assert!(false, "a tail's page was not ready");
+        self.tails.free(&mut self.stitch, off, Stamp::SAFE);
+        None
     }
 
     /// [`Commit::stitch_reuse`] along `walk`.
@@ -535,10 +566,11 @@ impl<D: Driver> Commit<D> {
     pub fn for_each_stitched(&self, mut f: impl FnMut(u64, u64)) {
         for r in self.stitch.ids() {
             let x = self.stitch.range(r);
-            if x.in_use {
+            if x.in_use && !x.draining {
                 f(x.first << self.shift, x.size);
             }
         }
+        self.tails.for_each(f);
     }
 
     /// Dissolves the least recently used cached range whose mappings can go
@@ -557,17 +589,22 @@ impl<D: Driver> Commit<D> {
     /// The size of the live stitched block at `off`, if any.
     pub fn stitch_size(&self, off: u64) -> Option<u64> {
         if off & (self.page - 1) != 0 {
-            return None;
+            return self.tails.size(off);
         }
         let r = self.stitch.at(off >> self.shift)?;
         let x = self.stitch.range(r);
-        x.in_use.then_some(x.size)
+        (x.in_use && !x.draining).then_some(x.size)
     }
 
     /// Frees the stitched block at `off`, last used on the stream of
     /// `stamp`; its range stays cached with its mappings (while asleep it
     /// has none, and goes). Returns its size.
     pub fn stitch_free(&mut self, off: u64, stamp: Stamp) -> Result<u64> {
+        if off & (self.page - 1) != 0 {
+            if let Some(bytes) = self.tail_free(off, stamp) {
+                return Ok(bytes);
+            }
+        }
         let p = off >> self.shift;
         let r = match self.stitch.at(p) {
             Some(r) if off & (self.page - 1) == 0 => r,
@@ -577,10 +614,11 @@ impl<D: Driver> Commit<D> {
                 // now: a block freed before, its range cached, dissolved or
                 // another made over it (as the blocks region says). Past
                 // the top nothing was handed out.
-                let inside = self.stitch.containing(p).is_some_and(|r| {
-                    let x = self.stitch.range(r);
-                    x.in_use && off < (x.first << self.shift) + x.size
-                });
+                let inside = self.tails.containing(off)
+                    || self.stitch.containing(p).is_some_and(|r| {
+                        let x = self.stitch.range(r);
+                        x.in_use && !x.draining && off < (x.first << self.shift) + x.size
+                    });
                 let (first, _) = self.stitch.region();
                 let kind = if inside {
                     BadPointer::Interior
@@ -595,11 +633,14 @@ impl<D: Driver> Commit<D> {
                 });
             }
         };
-        if !self.stitch.range(r).in_use {
+        if !self.stitch.range(r).in_use || self.stitch.range(r).draining {
             return Err(Error::BadPointer {
                 addr: DevicePtr::new(self.res.base() + off),
                 kind: BadPointer::DoubleFree,
             });
+        }
+        if self.stitch.range(r).tail.live > 0 {
+            return Ok(self.drain_range(r, off, stamp));
         }
         let now = self.clock.now_ms();
         let size = self.stitch.put(r, now);
@@ -618,6 +659,42 @@ impl<D: Driver> Commit<D> {
         }
         Ok(size)
     }
+
+    /// Frees the tail block at `off` with `stamp`, if one starts there:
+    /// takes it off the page table and caches its range if that drained it
+    /// (drops it while asleep, as [`Commit::stitch_free`] does). Returns
+    /// its bytes.
+    #[cold]
+    #[inline(never)]
+    fn tail_free(&mut self, off: u64, stamp: Stamp) -> Option<u64> {
+        let f = self.tails.free(&mut self.stitch, off, stamp)?;
+        self.sub_live(off, f.bytes, stamp);
+        if f.drained {
+            let now = self.clock.now_ms();
+            self.stitch.put(f.range, now);
+            if self.asleep {
+                self.stitch.remove(f.range);
+            }
+        }
+        Some(f.bytes)
+    }
+
+    /// Frees the block of range `r` at `off` with `stamp` while blocks in
+    /// its tail live: the range stays in use, draining, and its block's
+    /// bytes go page by page (the last page stays live). Returns the
+    /// block's size.
+    #[cold]
+    #[inline(never)]
+    fn drain_range(&mut self, r: u32, off: u64, stamp: Stamp) -> u64 {
+        let size = self.stitch.drain(r);
+        self.stitch_counts.drained += 1;
+        if let Some(g) = self.stitch.range(r).group {
+            self.pool.flush(g);
+            self.stitch.set_group(r, None);
+        }
+        self.sub_live(off, size, stamp);
+        size
+    }
 }
 
 #[cfg(test)]
@@ -630,7 +707,7 @@ mod tests {
     use crate::sync::Stamp;
 
     /// The kind of bad pointer `free(off)` reports (it must refuse).
-    fn refused(c: &mut Commit<&HostDriver>, off: u64) -> BadPointer {
+    fn refused<D: Driver>(c: &mut Commit<D>, off: u64) -> BadPointer {
         match c.stitch_free(off, Stamp::SAFE) {
             Err(Error::BadPointer { kind, .. }) => kind,
             r => panic!("free({off:#x}) gave {r:?}"),
@@ -829,6 +906,79 @@ mod tests {
         assert_eq!(c.committed(), 0);
         drop(c);
         assert!(d.leaks().is_none(), "{:?}", d.leaks());
+    }
+
+    /// A block in the tail of a stitched block's last page costs no driver
+    /// call and no memory; the range drains while it lives past its host
+    /// block, and is cached (and taken back) once it is freed. Another
+    /// stream's blocks and a free on another stream keep to the rules of
+    /// [`tails`](crate::commit::tails).
+    #[test]
+    fn a_tail_block_shares_the_last_page_and_its_range_drains_after_it() {
+        let d = testing::driver();
+        let page = testing::PAGE;
+        let (s, t) = (d.create_stream().unwrap(), d.create_stream().unwrap());
+        {
+            let mut c = testing::commit(&d, 64, (32, 32));
+            let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
+            let host = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            let (calls, committed) = (c.calls().vmm(), c.committed());
+            assert_eq!(c.stitch_tail(page, ss), None, "larger than the tail");
+            assert_eq!(c.stitch_tail(512, ts), None, "another stream's");
+            let t1 = c.stitch_tail(4096, ss).expect("a tail block");
+            assert_eq!(t1, host + 2 * page + 1024, "just past the block");
+            let t2 = c.stitch_tail(1024, ss).expect("a second");
+            assert_eq!(t2, t1 + 4096);
+            assert_eq!((c.calls().vmm(), c.committed()), (calls, committed));
+            assert_eq!(c.stitch_size(t1), Some(4096));
+            assert_eq!(c.stitched_live(), (2 * page + 1024 + 5120, 3));
+            c.check_invariants();
+            // A pointer inside a tail block, or past the tail's blocks.
+            assert_eq!(refused(&mut c, t1 + 512), BadPointer::Interior);
+            assert_eq!(refused(&mut c, t2 + 1024), BadPointer::DoubleFree);
+            // The host block goes first: its range drains.
+            let stamp = c.streams.stamp(ss);
+            assert_eq!(c.stitch_free(host, stamp).unwrap(), 2 * page + 1024);
+            assert_eq!(c.stitch_counts().drained, 1);
+            assert_eq!(c.stitch_size(host), None);
+            assert_eq!(refused(&mut c, host), BadPointer::DoubleFree);
+            assert_eq!(refused(&mut c, host + 512), BadPointer::DoubleFree);
+            assert_eq!(
+                c.stitch_tail(512, ss),
+                None,
+                "a draining range takes nothing"
+            );
+            assert_eq!(c.stitched_live(), (5120, 2));
+            c.check_invariants();
+            // Not taken back while it drains: a block of its size gets
+            // another range.
+            let other = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            assert_ne!(other, host);
+            for off in [other, t1, t2] {
+                let stamp = c.streams.stamp(ss);
+                c.stitch_free(off, stamp).unwrap();
+            }
+            assert_eq!(refused(&mut c, t2), BadPointer::DoubleFree);
+            assert_eq!(c.stitched_live(), (0, 0));
+            c.check_invariants();
+            // Cached now: the oldest range of that size serves the next
+            // block, and its tail is open again from the block's end.
+            let (made, calls) = (c.stitch_counts().made, c.calls().vmm());
+            assert_eq!(c.stitch_alloc(2 * page + 1024, ss).unwrap(), host);
+            assert_eq!((c.stitch_counts().made, c.calls().vmm()), (made, calls));
+            let t3 = c.stitch_tail(512, ss).expect("the tail again");
+            assert_eq!(t3, t1);
+            // A free on another stream closes the tail until the host goes.
+            let stamp = c.streams.stamp(ts);
+            c.stitch_free(t3, stamp).unwrap();
+            assert_eq!(c.stitch_tail(512, ss), None, "closed");
+            let stamp = c.streams.stamp(ss);
+            c.stitch_free(host, stamp).unwrap();
+            assert_eq!(c.stitch_counts().drained, 1, "nothing to drain");
+            assert_eq!(c.stitch_counts().tails, 3);
+            c.check_invariants();
+        }
+        finish(&d, &[s, t]);
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! | `stitch_repair_min` | smallest block whose stitched range `stitch_repair` may repair | 64MiB |
 //! | `range_order` | `made`: a block walks the cached stitched ranges that may serve it oldest first, whatever their size; `size`: smallest size first (see `CommitConfig::range_order`) | `made` |
 //! | `keep_empty_slabs` | `0`: a slab that empties goes back at once, the last of its size class too (tighter peaks, a slab made for most small objects where they come and go one at a time; see `ArenaConfig::keep_empty_slabs`) | 1 |
+//! | `tails` | which blocks go to the end of a live stitched block's last page: `off`, `costly` (those that would need a driver call in the blocks region), `always` (see `ArenaConfig::tails`) | `costly` |
 //! | `park` | `0`: free and take back stitched ranges page by page instead of parking their units as a group (the same decisions, more work per call; see `CommitConfig::park`) | 1 |
 //! | `bulk_streak` | allocations in a row at the top (no free between) after which fresh pages get one handle per block, not per page, in the default tag's arenas; 0: every block's, below the top too | 64 |
 //! | `tag_bulk_streak` | the same for every other tag's arenas (what an engine tags to sleep: weights, KV cache, loaded to stay) | 0 |
@@ -172,6 +173,10 @@ impl GlobalConfig {
                 "keep_empty_slabs" => {
                     c.arena.keep_empty_slabs = flag("keep_empty_slabs must be 0 or 1", v)?
                 }
+                "tails" => {
+                    c.arena.tails = crate::arena::TailUse::from_name(v)
+                        .ok_or_else(|| bad("tails must be off, costly or always", v))?
+                }
                 "range_order" => {
                     c.arena.commit.range_order = crate::commit::RangeOrder::from_name(v)
                         .ok_or_else(|| bad("range_order must be made or size", v))?
@@ -251,6 +256,15 @@ mod tests {
                 .keep_empty_slabs
         );
         assert!(GlobalConfig::parse("keep_empty_slabs:2").is_err());
+        assert_eq!(
+            GlobalConfig::default().arena.tails,
+            crate::arena::TailUse::Costly
+        );
+        for t in crate::arena::TailUse::ALL {
+            let c = GlobalConfig::parse(&format!("tails:{}", t.name())).unwrap();
+            assert_eq!(c.arena.tails, t, "its name parses back");
+        }
+        assert!(GlobalConfig::parse("tails:1").is_err());
         let c = GlobalConfig::parse("bulk_streak:8,tag_bulk_streak:2").unwrap();
         assert_eq!((c.arena.commit.bulk_streak, c.tag_bulk_streak), (8, 2));
         let d = GlobalConfig::default();

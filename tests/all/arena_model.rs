@@ -18,7 +18,7 @@ use gpu_arena::driver::{Checked, Driver, HostConfig, HostDriver, Op as Call, Str
 use gpu_arena::policy::classes;
 use gpu_arena::{
     Arena, ArenaConfig, BadPointer, DevicePtr, Error, GrowBuffer, Kind, Scratch, ScratchConfig,
-    ScratchPtr, SharedArena, SleepMode, Stats,
+    ScratchPtr, SharedArena, SleepMode, Stats, TailUse,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -238,11 +238,13 @@ fn size() -> impl Strategy<Value = u64> {
 
 /// Sizes for programs where stitched ranges start at 2 pages: mostly
 /// blocks of 2 to 8 pages, whose ranges are made, cached, taken back and
-/// dissolved, among small ones.
+/// dissolved, among small ones, and blocks past the slabs' sizes that the
+/// ends of those ranges' last pages may hold (tails).
 fn size_large() -> impl Strategy<Value = u64> {
     prop_oneof![
         2 => 1u64..=512,
         1 => 513u64..=PAGE,
+        2 => (classes::MAX_SMALL + 1)..=(PAGE / 2 + classes::MAX_SMALL / 2),
         4 => (PAGE + 1)..=8 * PAGE,
         3 => (2u64..=8).prop_map(|n| n * PAGE),
     ]
@@ -778,8 +780,32 @@ impl<'a, 'd> Model<'a, 'd> {
                 classes::class_for(size, align).is_none(),
                 "a slab object in a stitched range"
             );
-            assert!(p.is_aligned_to(PAGE), "a stitched range starts on a page");
-            self.stitched.insert(p);
+            if p.is_aligned_to(PAGE) {
+                self.stitched.insert(p);
+            } else {
+                // A tail block: in the last page of a live stitched block
+                // of its stream, past that block's end.
+                let page = DevicePtr::new(p.addr() & !(PAGE - 1));
+                let host = self
+                    .blocks
+                    .range(..page)
+                    .next_back()
+                    .or_else(|| self.blocks.get_key_value(&page))
+                    .filter(|&(&s, b)| {
+                        self.stitched.contains(&s)
+                            && b.stream == stream
+                            && s.byte_add(b.given) <= p
+                            && (s.addr() + b.given - 1) & !(PAGE - 1) == page.addr()
+                    });
+                assert!(
+                    host.is_some(),
+                    "{p:#x}: a tail block past a live stitched block's end"
+                );
+                assert!(
+                    (p.addr() + size - 1) & !(PAGE - 1) == page.addr(),
+                    "a tail block lies in one page"
+                );
+            }
             self.stitch_end
         } else {
             self.blocks_size
@@ -1444,14 +1470,16 @@ const LIMIT: u64 = 48 * PAGE;
 /// `tag_layout`: the settings the global arenas give a tag's arenas
 /// (`bulk_streak` 0: large handles for every block's fresh pages);
 /// `keep_empty_slabs`: [`ArenaConfig::keep_empty_slabs`] (off, slabs come
-/// and go with their objects).
+/// and go with their objects); `tails`: [`ArenaConfig::tails`] (`Always`
+/// puts every block a tail holds there, so that tails fill, drain and
+/// close in many programs).
 fn run(
     kind: Kind,
     streams: usize,
     stitching: Stitching,
     limited: bool,
     tag_layout: bool,
-    keep_empty_slabs: bool,
+    (keep_empty_slabs, tails): (bool, TailUse),
     ops: &[Op],
 ) {
     let driver = host(256 << 20);
@@ -1473,6 +1501,7 @@ fn run(
         cfg.commit.bulk_streak = 0;
     }
     cfg.keep_empty_slabs = keep_empty_slabs;
+    cfg.tails = tails;
     {
         let arena = SharedArena::new(&driver, kind, cfg).expect("arena");
         let mut model = Model::new(&arena, &driver, streams);
@@ -1523,6 +1552,11 @@ proptest! {
         limited in proptest::bool::weighted(0.25),
         tag_layout in proptest::bool::weighted(0.25),
         keep_empty_slabs in proptest::bool::weighted(0.75),
+        tails in prop_oneof![
+            2 => Just(TailUse::Costly),
+            1 => Just(TailUse::Always),
+            1 => Just(TailUse::Off),
+        ],
         (stitching, ops) in prop_oneof![
             2 => Just(Stitching::Default),
             1 => Just(Stitching::From2Pages),
@@ -1530,7 +1564,7 @@ proptest! {
         ]
         .prop_flat_map(|s| (Just(s), proptest::collection::vec(op(s), 1..256))),
     ) {
-        run(kind, streams, stitching, limited, tag_layout, keep_empty_slabs, &ops);
+        run(kind, streams, stitching, limited, tag_layout, (keep_empty_slabs, tails), &ops);
     }
 }
 

@@ -441,6 +441,13 @@ impl<H> Pool<H> {
         self.groups_flushed += 1;
     }
 
+    /// Flushes group `g`, if it still exists.
+    pub fn flush(&mut self, g: GroupId) {
+        if self.group_alive(g) {
+            self.flush_group(g.slot);
+        }
+    }
+
     /// Groups flushed so far (see [`Pool::flush_group`]).
     pub fn groups_flushed(&self) -> u64 {
         self.groups_flushed
