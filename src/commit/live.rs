@@ -77,6 +77,7 @@ impl<D: Driver> Commit<D> {
     /// [`back`](super::back)); else changes nothing and says no. One pass:
     /// the common case of a block on ready pages costs one walk over its
     /// pages.
+    #[inline(always)]
     pub(super) fn try_take(&mut self, off: u64, len: u64, slot: u16) -> bool {
         let (a, b) = self.span(off, len);
         let edges = self.partial_edges(off, len);
