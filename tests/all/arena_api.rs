@@ -7,7 +7,7 @@ use allocator_api2::vec::Vec as AVec;
 use gpu_arena::driver::{Checked, HostDriver, Stream};
 use gpu_arena::{
     Arena, ArenaConfig, BadPointer, DeviceBox, DevicePtr, DeviceVec, Error, GrowBuffer, Kind,
-    Scratch, SharedArena,
+    Scratch, SharedArena, SleepMode, TailUse,
 };
 
 use crate::arena_model::{PAGE, TestArena, assert_balanced, config, host, scratch_config};
@@ -421,6 +421,115 @@ fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
         }
         arena.check_invariants();
         assert_eq!(arena.stats().live, 0);
+    }
+    assert_balanced(&driver);
+}
+
+/// Writes `len` bytes of pattern `seed` at `p` (host-visible memory).
+fn fill(p: DevicePtr, len: usize, seed: u8) {
+    // SAFETY: `p..p+len` is a live block of at least `len` bytes on the
+    // host backend (host-visible, mapped read-write), used by nothing else.
+    let s = unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr::<u8>(), len) };
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = seed ^ (i % 251) as u8;
+    }
+}
+
+/// Whether `len` bytes at `p` hold pattern `seed`.
+fn holds(p: DevicePtr, len: usize, seed: u8) -> bool {
+    // SAFETY: as in `fill`, read only.
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len) };
+    s.iter()
+        .enumerate()
+        .all(|(i, b)| *b == seed ^ (i % 251) as u8)
+}
+
+/// A block placed in the end of a stitched block's last page (`tails`
+/// always) shares that page: no memory or driver call of its own, the
+/// contents of both kept apart and across an offload. Its host freed while
+/// asleep leaves the range draining, the tail block freed next caches it,
+/// and everything is given back.
+#[test]
+fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
+    let driver = host(256 << 20);
+    {
+        let mut cfg = config();
+        cfg.commit.stitch_min = 2 * PAGE;
+        cfg.tails = TailUse::Always;
+        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
+        let blocks = a.snapshot().regions[0].size;
+        let stitch = a.reservation().0.byte_add(blocks);
+        // Fill the blocks region: the block past it goes to a stitched range.
+        let mut fillers = Vec::new();
+        let host_block = loop {
+            let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
+            if p >= stitch {
+                break p;
+            }
+            fillers.push(p);
+        };
+        let host_len = 3 * PAGE as usize + 1000;
+        fill(host_block, host_len, 7);
+        let (calls, committed) = (a.stats().driver_calls.vmm(), a.stats().committed);
+        let tail = a.alloc(40_000, 256).unwrap();
+        assert_eq!(tail, host_block.byte_add(3 * PAGE + 1024), "past its host");
+        assert_eq!(a.block_size(tail), Some(40_448));
+        let s = a.stats();
+        assert_eq!((s.driver_calls.vmm(), s.committed), (calls, committed));
+        assert_eq!(s.stitch.tails, 1);
+        assert_eq!(
+            s.large.blocks,
+            fillers.len() as u64 + 2,
+            "the tail block counted"
+        );
+        assert!(
+            a.snapshot()
+                .blocks
+                .iter()
+                .any(|b| b.offset == tail.addr() - a.reservation().0.addr() && b.size == 40_448),
+            "the snapshot lists it"
+        );
+        fill(tail, 40_000, 99);
+        assert!(holds(host_block, host_len, 7));
+        a.check_invariants();
+        // A wrong size is refused and changes nothing.
+        assert_eq!(
+            bad_pointer(a.free_sized(tail, 1 << 20, Stream::DEFAULT).unwrap_err()),
+            BadPointer::LayoutMismatch
+        );
+        assert_eq!(
+            bad_pointer(a.free(tail.byte_add(512)).unwrap_err()),
+            BadPointer::Interior
+        );
+        let live = a.stats().live;
+        a.sleep(SleepMode::Offload, Stream::DEFAULT).unwrap();
+        // The host goes while asleep; its tail block keeps the range.
+        a.free(host_block).unwrap();
+        assert_eq!(a.stats().stitch.drained, 1);
+        assert_eq!(a.stats().live, live - (3 * PAGE + 1024));
+        assert_eq!(
+            bad_pointer(a.free(host_block).unwrap_err()),
+            BadPointer::DoubleFree
+        );
+        a.wake(Stream::DEFAULT).unwrap();
+        assert!(
+            holds(tail, 40_000, 99),
+            "the tail block's contents came back"
+        );
+        a.check_invariants();
+        a.free_sized(tail, 40_000, Stream::DEFAULT).unwrap();
+        assert_eq!(
+            bad_pointer(a.free(tail).unwrap_err()),
+            BadPointer::DoubleFree
+        );
+        for p in fillers {
+            a.free(p).unwrap();
+        }
+        let s = a.stats();
+        assert_eq!((s.live, s.large.blocks, s.slab.blocks), (0, 0, 0), "{s:?}");
+        a.check_invariants();
+        a.trim();
+        assert_eq!(a.stats().committed, 0);
     }
     assert_balanced(&driver);
 }
