@@ -11,6 +11,7 @@ use gpu_arena::{
 };
 
 use crate::arena_model::{PAGE, TestArena, assert_balanced, config, host, scratch_config};
+use crate::common::{check, fill};
 
 fn bad_pointer(e: Error) -> BadPointer {
     match e {
@@ -425,25 +426,6 @@ fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
     assert_balanced(&driver);
 }
 
-/// Writes `len` bytes of pattern `seed` at `p` (host-visible memory).
-fn fill(p: DevicePtr, len: usize, seed: u8) {
-    // SAFETY: `p..p+len` is a live block of at least `len` bytes on the
-    // host backend (host-visible, mapped read-write), used by nothing else.
-    let s = unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr::<u8>(), len) };
-    for (i, b) in s.iter_mut().enumerate() {
-        *b = seed ^ (i % 251) as u8;
-    }
-}
-
-/// Whether `len` bytes at `p` hold pattern `seed`.
-fn holds(p: DevicePtr, len: usize, seed: u8) -> bool {
-    // SAFETY: as in `fill`, read only.
-    let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len) };
-    s.iter()
-        .enumerate()
-        .all(|(i, b)| *b == seed ^ (i % 251) as u8)
-}
-
 /// A block placed in the end of a stitched block's last page (`tails`
 /// always) shares that page: no memory or driver call of its own, the
 /// contents of both kept apart and across an offload. Its host freed while
@@ -490,7 +472,7 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
             "the snapshot lists it"
         );
         fill(tail, 40_000, 99);
-        assert!(holds(host_block, host_len, 7));
+        assert!(check(host_block, host_len, 7));
         a.check_invariants();
         // A wrong size is refused and changes nothing.
         assert_eq!(
@@ -513,7 +495,7 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
         );
         a.wake(Stream::DEFAULT).unwrap();
         assert!(
-            holds(tail, 40_000, 99),
+            check(tail, 40_000, 99),
             "the tail block's contents came back"
         );
         a.check_invariants();

@@ -2,9 +2,30 @@
 
 use std::sync::Arc;
 
+use gpu_arena::DevicePtr;
 use gpu_arena::driver::SystemDriver;
 use gpu_arena::driver::system::Select;
 use gpu_arena::global::{GlobalArena, GlobalConfig};
+
+/// Writes `len` bytes of pattern `seed` at `p`: a live block of at least
+/// `len` bytes, awake, on the host backend (host-visible).
+pub fn fill(p: DevicePtr, len: usize, seed: u8) {
+    // SAFETY: as the caller promises, `p..p+len` is a live block mapped
+    // read-write in this process's address space, used by nothing else.
+    let s = unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr::<u8>(), len) };
+    for (i, b) in s.iter_mut().enumerate() {
+        *b = seed ^ (i % 251) as u8;
+    }
+}
+
+/// Whether `len` bytes at `p` hold pattern `seed` (see [`fill`]).
+pub fn check(p: DevicePtr, len: usize, seed: u8) -> bool {
+    // SAFETY: as in `fill`, read only.
+    let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len) };
+    s.iter()
+        .enumerate()
+        .all(|(i, b)| *b == seed ^ (i % 251) as u8)
+}
 
 /// A leaked global arena of device 0 over the `select` backend behind the
 /// checked layer (whose counts stay readable after

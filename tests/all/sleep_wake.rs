@@ -3,6 +3,8 @@
 use gpu_arena::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
 use gpu_arena::{Arena, ArenaConfig, DevicePtr, Error, Kind, SleepMode};
 
+use crate::common::{check, fill};
+
 fn driver() -> Checked<HostDriver> {
     Checked::new(
         HostDriver::with_config(HostConfig {
@@ -22,22 +24,6 @@ fn config() -> ArenaConfig {
     };
     c.commit.decay_ms = 0;
     c
-}
-
-fn fill(p: DevicePtr, len: usize, seed: u8) {
-    // SAFETY: host backend; the block is live, awake and `len` bytes long.
-    let s = unsafe { std::slice::from_raw_parts_mut(p.as_mut_ptr::<u8>(), len) };
-    for (i, b) in s.iter_mut().enumerate() {
-        *b = seed ^ (i % 251) as u8;
-    }
-}
-
-fn check(p: DevicePtr, len: usize, seed: u8) -> bool {
-    // SAFETY: as in `fill`.
-    let s = unsafe { std::slice::from_raw_parts(p.as_ptr::<u8>(), len) };
-    s.iter()
-        .enumerate()
-        .all(|(i, b)| *b == seed ^ (i % 251) as u8)
 }
 
 fn blocks(a: &mut Arena<&Checked<HostDriver>>) -> Vec<(DevicePtr, usize, u8)> {
