@@ -17,8 +17,20 @@
 
 use super::config::RangeOrder;
 use super::pool::GroupId;
-use super::tails::Tail;
 use crate::meta::{MetaMap, MetaVec};
+
+/// The tail of a stitched range's block, kept in the range's record (see
+/// [`tails`](super::tails), which changes it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tail {
+    /// Bytes handed out past the block's end (the cursor).
+    pub used: u64,
+    /// Blocks live in it.
+    pub live: u32,
+    /// Takes no more blocks until the range is taken again (a block freed
+    /// on another stream).
+    pub closed: bool,
+}
 
 /// A stitched range.
 #[derive(Clone, Copy, Debug)]

@@ -25,11 +25,11 @@
 //!   ([`Stitch::drain`]): it stays in use (neither cached nor dissolved)
 //!   until the last of them is freed.
 //!
-//! The state of a tail lives in its range's record ([`Tail`]): taking a
-//! range resets it, freeing its block reads one count, so that stitched
-//! blocks that never use their tails pay nothing else. Finding a tail
-//! walks the ranges, which only a block that would otherwise need a
-//! driver call does.
+//! The state of a tail lives in its range's record
+//! ([`Tail`](super::stitch::Tail)): taking a range resets it, freeing its
+//! block reads one count, so that stitched blocks that never use their
+//! tails pay nothing else. Finding a tail walks the ranges, which only a
+//! block that would otherwise need a driver call does.
 //!
 //! Pure bookkeeping: no driver, no pointers.
 #![deny(unsafe_code, clippy::unwrap_used)]
@@ -37,18 +37,6 @@
 use super::stitch::Stitch;
 use crate::meta::MetaMap;
 use crate::sync::Stamp;
-
-/// The tail of a stitched range's block, kept in the range's record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tail {
-    /// Bytes handed out past the block's end (the cursor).
-    pub used: u64,
-    /// Blocks live in it.
-    pub live: u32,
-    /// Takes no more blocks until the range is taken again (a block freed
-    /// on another stream).
-    pub closed: bool,
-}
 
 /// The live tail blocks of one reservation's stitched ranges.
 #[derive(Debug)]
@@ -213,6 +201,7 @@ impl Tails {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commit::stitch::Tail;
 
     const S: u16 = 1;
     const SHIFT: u32 = 16;
