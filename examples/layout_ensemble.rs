@@ -15,7 +15,7 @@
 //!   ([`gpu_arena::replay::select`]).
 //! - `RUN_ON=N` runs a recorded trace on to N repetitions
 //!   ([`gpu_arena::replay::run_on`]); a trace without repetition marks is
-//!   played twice (its persistent blocks allocated once).
+//!   played `PLAYS` times (default 2; its persistent blocks allocated once).
 //! - `CONF` takes `GPU_ARENA_CONF`'s syntax for the arena's settings;
 //!   `VERBOSE=1` prints the driver calls and stitched-range counts after each
 //!   repetition.
@@ -70,7 +70,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let (again, _) = gpu_arena::replay::select(&events, &[], Part::Work);
     if marks.is_empty() && part != Part::Persistent {
-        reps.push(&again);
+        let plays: usize = match std::env::var("PLAYS") {
+            Ok(v) => v.parse()?,
+            Err(_) => 2,
+        };
+        for _ in 1..plays.max(1) {
+            reps.push(&again);
+        }
     }
     for m in preludes {
         let mut arena = Arena::new(HostDriver::new()?, Kind::Device(0), config)?;

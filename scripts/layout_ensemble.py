@@ -1,7 +1,7 @@
 """The table of scripts/layout_ensemble.sh's raw lines: per trace and part, over the layouts (one per
 prelude), how many keep peak committed / peak live above 1.02, how many call the driver more than once
-per 1,000 allocations in repetition 2 and in the last one (3 for the traces recorded with three,
-16 for train run on; serve plays twice), and the mean excess in 2 MiB pages. For `work`, the ratio is the whole process's with the trace's weights in a tag of their own:
+per 1,000 allocations in repetition 2, in any repetition from the second on, and in the last one (3
+for the traces recorded with three, 16 for train run on; serve plays five times), and the mean excess in 2 MiB pages. For `work`, the ratio is the whole process's with the trace's weights in a tag of their own:
 (work's peak committed + the `weights` line's) / (work's peak live + the `weights` line's), the weights
 being allocated first and kept to the end. Several logs: one table each, then one line of totals each.
 
@@ -25,9 +25,9 @@ def table(path):
             weights[trace] = (float(pc), float(pl))
             continue
         rows.setdefault((trace, part), []).append((float(pc), float(pl), float(excess), float(ratio), reps))
-    out = ["| trace | part | layouts | > 1.02 | ratio, min–max | rep 2: > 1 VMM call / 1,000 | last rep: > 1 / 1,000 | mean excess, pages |",
-           "|---|---|---:|---:|---|---:|---:|---:|"]
-    totals = [0, 0, 0, 0]
+    out = ["| trace | part | layouts | > 1.02 | ratio, min–max | rep 2: > 1 VMM call / 1,000 | any rep from 2: > 1 / 1,000 | last rep: > 1 / 1,000 | mean excess, pages |",
+           "|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    totals = [0, 0, 0, 0, 0]
     for (trace, part), v in rows.items():
         ratios = []
         for pc, pl, _, ratio, _ in v:
@@ -37,16 +37,18 @@ def table(path):
             ratios.append(ratio)
         over = sum(r > 1.02 for r in ratios)
         rep2 = sum(reps[1] > 1.0 for *_, reps in v)
+        later = sum(max(reps[1:]) > 1.0 for *_, reps in v)
         lasts = [reps[-1] for *_, reps in v if len(reps) > 2]
         later_n = sum(r > 1.0 for r in lasts) if lasts else None
         excess = sum(x[2] for x in v) / len(v)
         name = part if part == "all" else "work, weights tagged"
-        out.append(f"| {trace} | {name} | {len(v)} | {over} | {min(ratios):.4f}–{max(ratios):.4f} | {rep2} | "
+        out.append(f"| {trace} | {name} | {len(v)} | {over} | {min(ratios):.4f}–{max(ratios):.4f} | {rep2} | {later} | "
                    f"{'–' if later_n is None else later_n} | {excess:.2f} |")
         totals[0] += len(v)
         totals[1] += over
         totals[2] += rep2
         totals[3] += later_n or 0
+        totals[4] += later
     return out, totals
 
 
@@ -56,5 +58,5 @@ for path in sys.argv[1:]:
     print(f"### {path}\n")
     print("\n".join(out) + "\n")
     summary.append(f"{path}: of {t[0]} layouts, {t[1]} over 1.02, {t[2]} with more than 1 VMM call per 1,000 in "
-                   f"repetition 2, {t[3]} in the last")
+                   f"repetition 2, {t[4]} in any from the second, {t[3]} in the last")
 print("\n".join(summary))

@@ -4,7 +4,7 @@
 # blocks fall against the 2 MiB pages, played whole (`all`) and without the blocks that live through
 # it (`work`: the default tag of an engine that keeps its weights in a tag of their own), and those
 # blocks alone once (`weights`, laid out as a tag's arena). train runs on to 16 repetitions, serve
-# twice. Prints the raw lines, each prefixed with the trace and the part; scripts/layout_ensemble.py
+# five times (PLAYS=5: a second play settled, a third may not). Prints the raw lines, each prefixed with the trace and the part; scripts/layout_ensemble.py
 # makes the table.
 #
 #   cargo build --release --example layout_ensemble
@@ -30,7 +30,7 @@ one bert_infer bert_infer-r3 &
 one gpt2_generate gpt2_generate-r3 &
 wait
 one train_loop train_loop-r3 &
-one serve serve &
+PLAYS=5 one serve serve &
 wait
 one train16 train-r3 16
 cat "$tmp"/bert_infer "$tmp"/gpt2_generate "$tmp"/train_loop "$tmp"/serve "$tmp"/train16
