@@ -681,8 +681,9 @@ impl<D: Driver> Commit<D> {
 
     /// Frees the block of range `r` at `off` with `stamp` while blocks in
     /// its tail live: the range stays in use, draining, and its block's
-    /// bytes go page by page (the last page stays live). Returns the
-    /// block's size.
+    /// bytes go page by page (the last page stays live); its fence is
+    /// recorded as [`Commit::stitch_free`] records it. Returns the block's
+    /// size.
     #[cold]
     #[inline(never)]
     fn drain_range(&mut self, r: u32, off: u64, stamp: Stamp) -> u64 {
@@ -693,6 +694,9 @@ impl<D: Driver> Commit<D> {
             self.stitch.set_group(r, None);
         }
         self.sub_live(off, size, stamp);
+        if self.repairs(size) && self.streams.ensure_fence(&self.res.driver, stamp).is_err() {
+            self.calls.failed += 1;
+        }
         size
     }
 }
