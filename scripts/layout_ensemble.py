@@ -3,7 +3,9 @@ prelude), how many keep peak committed / peak live above 1.02, how many call the
 per 1,000 allocations in repetition 2, in any repetition from the second on, and in the last one (3
 for the traces recorded with three, 16 for train run on; serve plays five times), and the mean excess in 2 MiB pages. For `work`, the ratio is the whole process's with the trace's weights in a tag of their own:
 (work's peak committed + the `weights` line's) / (work's peak live + the `weights` line's), the weights
-being allocated first and kept to the end. Several logs: one table each, then one line of totals each.
+being allocated first and kept to the end. Several logs: one table each, then one line of totals each,
+with the VMM calls per 1,000 allocations of the repetitions from the second summed over the layouts, per
+trace.
 
 usage: python3 scripts/layout_ensemble.py LOG [LOG...]"""
 import re
@@ -28,6 +30,7 @@ def table(path):
     out = ["| trace | part | layouts | > 1.02 | ratio, min–max | rep 2: > 1 VMM call / 1,000 | any rep from 2: > 1 / 1,000 | last rep: > 1 / 1,000 | mean excess, pages |",
            "|---|---|---:|---:|---|---:|---:|---:|---:|"]
     totals = [0, 0, 0, 0, 0]
+    calls = {}
     for (trace, part), v in rows.items():
         ratios = []
         for pc, pl, _, ratio, _ in v:
@@ -49,14 +52,16 @@ def table(path):
         totals[2] += rep2
         totals[3] += later_n or 0
         totals[4] += later
-    return out, totals
+        calls[trace] = calls.get(trace, 0.0) + sum(sum(reps[1:]) for *_, reps in v)
+    return out, totals, calls
 
 
 summary = []
 for path in sys.argv[1:]:
-    out, t = table(path)
+    out, t, calls = table(path)
     print(f"### {path}\n")
     print("\n".join(out) + "\n")
     summary.append(f"{path}: of {t[0]} layouts, {t[1]} over 1.02, {t[2]} with more than 1 VMM call per 1,000 in "
-                   f"repetition 2, {t[4]} in any from the second, {t[3]} in the last")
+                   f"repetition 2, {t[4]} in any from the second, {t[3]} in the last; summed per 1,000 from the "
+                   f"second: " + ", ".join(f"{k} {c:.1f}" for k, c in calls.items()))
 print("\n".join(summary))
