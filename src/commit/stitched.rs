@@ -651,7 +651,10 @@ impl<D: Driver> Commit<D> {
             self.stitch.remove(r);
             return Ok(size);
         }
-        if !self.park_range(r, off, size, stamp) {
+        // A tail closed by another stream's free left that stream's stamp
+        // on the last unit, which a parked group's retake would not ask:
+        // such a block goes page by page.
+        if self.stitch.range(r).tail.closed || !self.park_range(r, off, size, stamp) {
             self.sub_live(off, size, stamp);
         }
         if self.repairs(size) && self.streams.ensure_fence(&self.res.driver, stamp).is_err() {
@@ -669,6 +672,15 @@ impl<D: Driver> Commit<D> {
     fn tail_free(&mut self, off: u64, stamp: Stamp) -> Option<u64> {
         let f = self.tails.free(&mut self.stitch, off, stamp)?;
         self.sub_live(off, f.bytes, stamp);
+        // Another stream's stamp on a unit of the range's group, which a
+        // retake asks only of the group's pending ones: the group goes (the
+        // tail is closed, and the host's free will not park either).
+        if self.stitch.range(f.range).tail.closed {
+            if let Some(g) = self.stitch.range(f.range).group {
+                self.pool.flush(g);
+                self.stitch.set_group(f.range, None);
+            }
+        }
         if f.drained {
             let now = self.clock.now_ms();
             self.stitch.put(f.range, now);
@@ -980,6 +992,42 @@ mod tests {
             c.stitch_free(host, stamp).unwrap();
             assert_eq!(c.stitch_counts().drained, 1, "nothing to drain");
             assert_eq!(c.stitch_counts().tails, 3);
+            c.check_invariants();
+        }
+        finish(&d, &[s, t]);
+    }
+
+    /// A tail block freed on another stream stamps its host's last unit
+    /// while the range's group lives: the host's free must not park that
+    /// group (a retake for the host's stream asks only the group's pending
+    /// stamps), so that the range waits for the other stream's fence before
+    /// its stream takes it back.
+    #[test]
+    fn a_tail_freed_on_another_stream_keeps_its_range_from_a_retake_before_the_fence() {
+        let d = testing::driver();
+        let page = testing::PAGE;
+        let (s, t) = (d.create_stream().unwrap(), d.create_stream().unwrap());
+        {
+            let mut c = testing::commit(&d, 64, (32, 32));
+            let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
+            let host = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            let tail = c.stitch_tail(4096, ss).expect("a tail block");
+            // Handed to stream T, whose work is still running when freed.
+            d.inner().hold(t);
+            let stamp = c.streams.stamp(ts);
+            c.stitch_free(tail, stamp).unwrap();
+            let stamp = c.streams.stamp(ss);
+            c.stitch_free(host, stamp).unwrap();
+            let again = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            assert_ne!(again, host, "T's fence is pending on the host's last unit");
+            c.check_invariants();
+            d.inner().complete(t);
+            let stamp = c.streams.stamp(ss);
+            c.stitch_free(again, stamp).unwrap();
+            let later = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            assert_eq!(later, host, "once it completed, the oldest range serves");
+            let stamp = c.streams.stamp(ss);
+            c.stitch_free(later, stamp).unwrap();
             c.check_invariants();
         }
         finish(&d, &[s, t]);

@@ -19,8 +19,10 @@
 //!   stream with the least room that holds them; the cursor goes back to
 //!   the tail's start when its last block is freed (as bumpalo's reset);
 //! - a block freed with another stream's stamp closes the tail until the
-//!   range's block is freed (its bytes must wait for that fence, which the
-//!   tail does not track);
+//!   range is taken again (its bytes must wait for that fence, which the
+//!   tail does not track), and the range's block is then freed page by
+//!   page, not parked: a parked group's retake asks only the stamps of the
+//!   group's own free (see [`parked`](super::pool::parked));
 //! - a range whose block is freed while its tail holds blocks *drains*
 //!   ([`Stitch::drain`]): it stays in use (neither cached nor dissolved)
 //!   until the last of them is freed.
