@@ -539,11 +539,20 @@ impl<D: Driver> Arena<D> {
                 return Ok(placed);
             }
         }
+        let tails = stitchable && self.hot.tails == TailUse::Costly;
         let pick = match self.pick(size, align, slot) {
             Ok(pick) => pick,
-            // The blocks region has no room left: a stitched range (its own
-            // region) may still hold the block.
-            Err(full @ Error::AddressSpace { .. }) if stitch => {
+            // The blocks region has no room left: a tail or a stitched
+            // range (their own region) may still hold the block.
+            Err(full @ Error::AddressSpace { .. }) => {
+                if tails {
+                    if let Some(placed) = self.place_in_tail(size, align, slot) {
+                        return Ok(placed);
+                    }
+                }
+                if !stitch {
+                    return Err(full);
+                }
                 return self.place_stitched(size, slot)?.ok_or(full);
             }
             Err(e) => return Err(e),
@@ -557,7 +566,6 @@ impl<D: Driver> Arena<D> {
         // the block would otherwise make a driver call (a cached stitched
         // range that serves needs none), so that a settled workload never
         // walks the ranges for it.
-        let tails = stitchable && self.hot.tails == TailUse::Costly;
         if stitch && cost.blocked > 0 {
             if tails {
                 if let Some(placed) = self.reuse_stitched(size, slot) {

@@ -674,7 +674,9 @@ impl<D: Driver> Commit<D> {
         self.sub_live(off, f.bytes, stamp);
         // Another stream's stamp on a unit of the range's group, which a
         // retake asks only of the group's pending ones: the group goes (the
-        // tail is closed, and the host's free will not park either).
+        // tail is closed, and the host's free will not park either). The
+        // free above flushed it already where it stamped a member
+        // (`Pool::free_page`); this says so whatever the stamp.
         if self.stitch.range(f.range).tail.closed {
             if let Some(g) = self.stitch.range(f.range).group {
                 self.pool.flush(g);
@@ -706,7 +708,11 @@ impl<D: Driver> Commit<D> {
             self.stitch.set_group(r, None);
         }
         self.sub_live(off, size, stamp);
-        if self.repairs(size) && self.streams.ensure_fence(&self.res.driver, stamp).is_err() {
+        // Asleep, no fence is needed (as in `stitch_free`).
+        if !self.asleep
+            && self.repairs(size)
+            && self.streams.ensure_fence(&self.res.driver, stamp).is_err()
+        {
             self.calls.failed += 1;
         }
         size

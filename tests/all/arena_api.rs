@@ -516,6 +516,61 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
     assert_balanced(&driver);
 }
 
+/// With the blocks region full, a block that fits a live stitched block's
+/// tail still goes there by default (`tails` costly: a refusal is worse than
+/// a driver call), and the next one gets the address-space error.
+#[test]
+fn a_full_blocks_region_still_places_blocks_in_tails() {
+    let driver = host(256 << 20);
+    {
+        let mut cfg = config();
+        cfg.commit.stitch_min = 2 * PAGE;
+        assert_eq!(cfg.tails, TailUse::Costly);
+        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
+        let blocks = a.snapshot().regions[0].size;
+        let stitch = a.reservation().0.byte_add(blocks);
+        let mut live = Vec::new();
+        let host_block = loop {
+            let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
+            if p >= stitch {
+                break p;
+            }
+            live.push(p);
+        };
+        // Fill what is left of the blocks region with blocks of 40,000 bytes.
+        let err = loop {
+            match a.alloc(40_000, 256) {
+                Ok(p) => live.push(p),
+                Err(e) => break e,
+            }
+        };
+        assert!(matches!(err, Error::AddressSpace { .. }), "{err}");
+        let in_tail: Vec<_> = live
+            .iter()
+            .copied()
+            .filter(|&p| p > host_block && p < host_block.byte_add(4 * PAGE))
+            .collect();
+        assert!(!in_tail.is_empty(), "the last ones went to the tail");
+        for &p in &in_tail {
+            a.free(p).unwrap();
+        }
+        live.retain(|p| !in_tail.contains(p));
+        let before = a.stats();
+        let p = a.alloc(40_000, 256).expect("the emptied tail holds it");
+        assert_eq!(p, host_block.byte_add(3 * PAGE + 1024));
+        assert_eq!(a.stats().driver_calls.vmm(), before.driver_calls.vmm());
+        live.push(p);
+        for p in live {
+            a.free(p).unwrap();
+        }
+        a.free(host_block).unwrap();
+        a.check_invariants();
+        assert_eq!(a.stats().live, 0);
+        a.trim();
+    }
+    assert_balanced(&driver);
+}
+
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
     let driver = host(256 << 20);

@@ -43,8 +43,8 @@
 //! its free asking each unit's stamps for the free's stream. While the
 //! group lives, a member's own stamps only change by a flush (a free
 //! through another mapping of the unit needs that mapping to own it, and
-//! taking it flushes the group) or by the free of a block in the range's
-//! tail (`commit/tails.rs`), which is the group's stream's or flushes it;
+//! taking it flushes the group, and so does the free of a block in a
+//! stitched range's tail through the member itself, `commit/tails.rs`),
 //! and a fence once complete stays complete.
 //! So for the same stream they still allow it, and only the pending stamps
 //! need asking.
