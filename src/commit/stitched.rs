@@ -724,7 +724,7 @@ mod tests {
     use super::CACHED_PER_SIZE;
     use crate::commit::testing::{self, finish};
     use crate::commit::{Backing, Commit, CommitConfig};
-    use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op};
+    use crate::driver::{Checked, Driver, Fault, FaultKind, HostDriver, Op, Stream};
     use crate::error::{BadPointer, Error};
     use crate::sync::Stamp;
 
@@ -930,6 +930,20 @@ mod tests {
         assert!(d.leaks().is_none(), "{:?}", d.leaks());
     }
 
+    /// A page table on `d` with streams `s` and `t`, and a stitched block
+    /// of 2 pages and 1,024 bytes for `s`'s work (its tail: the rest of
+    /// its third page): (table, `s`'s slot, `t`'s slot, the block).
+    fn with_a_host(
+        d: &Checked<HostDriver>,
+        s: Stream,
+        t: Stream,
+    ) -> (Commit<&Checked<HostDriver>>, u16, u16, u64) {
+        let mut c = testing::commit(d, 64, (32, 32));
+        let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
+        let host = c.stitch_alloc(2 * testing::PAGE + 1024, ss).unwrap();
+        (c, ss, ts, host)
+    }
+
     /// A block in the tail of a stitched block's last page costs no driver
     /// call and no memory; the range drains while it lives past its host
     /// block, and is cached (and taken back) once it is freed. Another
@@ -941,9 +955,7 @@ mod tests {
         let page = testing::PAGE;
         let (s, t) = (d.create_stream().unwrap(), d.create_stream().unwrap());
         {
-            let mut c = testing::commit(&d, 64, (32, 32));
-            let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
-            let host = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            let (mut c, ss, ts, host) = with_a_host(&d, s, t);
             let (calls, committed) = (c.calls().vmm(), c.committed());
             assert_eq!(c.stitch_tail(page, ss), None, "larger than the tail");
             assert_eq!(c.stitch_tail(512, ts), None, "another stream's");
@@ -1014,9 +1026,7 @@ mod tests {
         let page = testing::PAGE;
         let (s, t) = (d.create_stream().unwrap(), d.create_stream().unwrap());
         {
-            let mut c = testing::commit(&d, 64, (32, 32));
-            let (ss, ts) = (c.streams.slot(s), c.streams.slot(t));
-            let host = c.stitch_alloc(2 * page + 1024, ss).unwrap();
+            let (mut c, ss, ts, host) = with_a_host(&d, s, t);
             let tail = c.stitch_tail(4096, ss).expect("a tail block");
             // Handed to stream T, whose work is still running when freed.
             d.inner().hold(t);

@@ -426,6 +426,22 @@ fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
     assert_balanced(&driver);
 }
 
+/// Fills the blocks region with blocks of 3 pages and 1,000 bytes until
+/// one goes to a stitched range (`stitch_min` at most that): (that block,
+/// the others).
+fn fill_to_a_stitched_block(a: &mut Arena<&Checked<HostDriver>>) -> (DevicePtr, Vec<DevicePtr>) {
+    let blocks = a.snapshot().regions[0].size;
+    let stitch = a.reservation().0.byte_add(blocks);
+    let mut fillers = Vec::new();
+    loop {
+        let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
+        if p >= stitch {
+            return (p, fillers);
+        }
+        fillers.push(p);
+    }
+}
+
 /// A block placed in the end of a stitched block's last page (`tails`
 /// always) shares that page: no memory or driver call of its own, the
 /// contents of both kept apart and across an offload. Its host freed while
@@ -439,17 +455,7 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
         cfg.commit.stitch_min = 2 * PAGE;
         cfg.tails = TailUse::Always;
         let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
-        let blocks = a.snapshot().regions[0].size;
-        let stitch = a.reservation().0.byte_add(blocks);
-        // Fill the blocks region: the block past it goes to a stitched range.
-        let mut fillers = Vec::new();
-        let host_block = loop {
-            let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
-            if p >= stitch {
-                break p;
-            }
-            fillers.push(p);
-        };
+        let (host_block, fillers) = fill_to_a_stitched_block(&mut a);
         let host_len = 3 * PAGE as usize + 1000;
         fill(host_block, host_len, 7);
         let (calls, committed) = (a.stats().driver_calls.vmm(), a.stats().committed);
@@ -527,16 +533,7 @@ fn a_full_blocks_region_still_places_blocks_in_tails() {
         cfg.commit.stitch_min = 2 * PAGE;
         assert_eq!(cfg.tails, TailUse::Costly);
         let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
-        let blocks = a.snapshot().regions[0].size;
-        let stitch = a.reservation().0.byte_add(blocks);
-        let mut live = Vec::new();
-        let host_block = loop {
-            let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
-            if p >= stitch {
-                break p;
-            }
-            live.push(p);
-        };
+        let (host_block, mut live) = fill_to_a_stitched_block(&mut a);
         // Fill what is left of the blocks region with blocks of 40,000 bytes.
         let err = loop {
             match a.alloc(40_000, 256) {
