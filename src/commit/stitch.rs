@@ -72,6 +72,15 @@ pub struct Range {
     used: bool,
 }
 
+impl Range {
+    /// Holds a live block: in use and not draining (see
+    /// [`tails`](super::tails)).
+    #[inline]
+    pub fn holds_block(&self) -> bool {
+        self.in_use && !self.draining
+    }
+}
+
 /// Where a walk over the cached ranges of a block's sizes stands
 /// ([`Stitch::walk`], [`Stitch::next_in`]).
 #[derive(Debug)]
@@ -394,7 +403,7 @@ impl Stitch {
     /// size. [`put`](Self::put) caches the range once they are freed.
     pub fn drain(&mut self, r: u32) -> u64 {
         let x = &mut self.ranges[r as usize];
-        debug_assert!(x.used && x.in_use && !x.draining, "range {r} not live");
+        debug_assert!(x.used && x.holds_block(), "range {r} not live");
         x.draining = true;
         self.live_bytes -= x.size;
         self.live_count -= 1;
@@ -436,7 +445,7 @@ impl Stitch {
 
     /// The ranges holding a live block: (id, range).
     pub fn live(&self) -> impl Iterator<Item = (u32, &Range)> + '_ {
-        self.live_or_draining().filter(|(_, x)| !x.draining)
+        self.live_or_draining().filter(|(_, x)| x.holds_block())
     }
 
     /// The ranges in use: holding a live block, or draining.
@@ -517,11 +526,7 @@ impl Stitch {
         }
         assert_eq!(at, self.first + self.top, "stitch region top");
         let (mut bytes, mut count) = (0, 0);
-        for r in self
-            .ranges
-            .iter()
-            .filter(|r| r.used && r.in_use && !r.draining)
-        {
+        for r in self.ranges.iter().filter(|r| r.used && r.holds_block()) {
             bytes += r.size;
             count += 1;
         }

@@ -566,7 +566,7 @@ impl<D: Driver> Commit<D> {
     pub fn for_each_stitched(&self, mut f: impl FnMut(u64, u64)) {
         for r in self.stitch.ids() {
             let x = self.stitch.range(r);
-            if x.in_use && !x.draining {
+            if x.holds_block() {
                 f(x.first << self.shift, x.size);
             }
         }
@@ -593,7 +593,7 @@ impl<D: Driver> Commit<D> {
         }
         let r = self.stitch.at(off >> self.shift)?;
         let x = self.stitch.range(r);
-        (x.in_use && !x.draining).then_some(x.size)
+        x.holds_block().then_some(x.size)
     }
 
     /// Frees the stitched block at `off`, last used on the stream of
@@ -617,7 +617,7 @@ impl<D: Driver> Commit<D> {
                 let inside = self.tails.containing(off)
                     || self.stitch.containing(p).is_some_and(|r| {
                         let x = self.stitch.range(r);
-                        x.in_use && !x.draining && off < (x.first << self.shift) + x.size
+                        x.holds_block() && off < (x.first << self.shift) + x.size
                     });
                 let (first, _) = self.stitch.region();
                 let kind = if inside {
@@ -633,7 +633,7 @@ impl<D: Driver> Commit<D> {
                 });
             }
         };
-        if !self.stitch.range(r).in_use || self.stitch.range(r).draining {
+        if !self.stitch.range(r).holds_block() {
             return Err(Error::BadPointer {
                 addr: DevicePtr::new(self.res.base() + off),
                 kind: BadPointer::DoubleFree,
@@ -657,10 +657,29 @@ impl<D: Driver> Commit<D> {
         if self.stitch.range(r).tail.closed || !self.park_range(r, off, size, stamp) {
             self.sub_live(off, size, stamp);
         }
-        if self.repairs(size) && self.streams.ensure_fence(&self.res.driver, stamp).is_err() {
+        self.fence_for_repair(size, stamp);
+        Ok(size)
+    }
+
+    /// Records the fence of a stitched block's free of `size` bytes with
+    /// `stamp` at once where a repair may ask for it (see
+    /// [`Commit::repairs`]); asleep, none is needed.
+    fn fence_for_repair(&mut self, size: u64, stamp: Stamp) {
+        if !self.asleep
+            && self.repairs(size)
+            && self.streams.ensure_fence(&self.res.driver, stamp).is_err()
+        {
             self.calls.failed += 1;
         }
-        Ok(size)
+    }
+
+    /// Flushes the group recorded for range `r` (if it still lives) and
+    /// forgets it: a free page by page follows.
+    fn forget_group(&mut self, r: u32) {
+        if let Some(g) = self.stitch.range(r).group {
+            self.pool.flush(g);
+            self.stitch.set_group(r, None);
+        }
     }
 
     /// Frees the tail block at `off` with `stamp`, if one starts there:
@@ -678,10 +697,7 @@ impl<D: Driver> Commit<D> {
         // free above flushed it already where it stamped a member
         // (`Pool::free_page`); this says so whatever the stamp.
         if self.stitch.range(f.range).tail.closed {
-            if let Some(g) = self.stitch.range(f.range).group {
-                self.pool.flush(g);
-                self.stitch.set_group(f.range, None);
-            }
+            self.forget_group(f.range);
         }
         if f.drained {
             let now = self.clock.now_ms();
@@ -703,18 +719,9 @@ impl<D: Driver> Commit<D> {
     fn drain_range(&mut self, r: u32, off: u64, stamp: Stamp) -> u64 {
         let size = self.stitch.drain(r);
         self.stitch_counts.drained += 1;
-        if let Some(g) = self.stitch.range(r).group {
-            self.pool.flush(g);
-            self.stitch.set_group(r, None);
-        }
+        self.forget_group(r);
         self.sub_live(off, size, stamp);
-        // Asleep, no fence is needed (as in `stitch_free`).
-        if !self.asleep
-            && self.repairs(size)
-            && self.streams.ensure_fence(&self.res.driver, stamp).is_err()
-        {
-            self.calls.failed += 1;
-        }
+        self.fence_for_repair(size, stamp);
         size
     }
 }
