@@ -523,7 +523,7 @@ impl<D: Driver> Arena<D> {
     /// pages (mapped to idle handles, or shared with live neighbours) first,
     /// then fresh pages; a block that only fits where handles are in use
     /// elsewhere goes to a stitched range instead, and so does one that
-    /// would map a few fresh pages where a cached stitched range needs none
+    /// would map fresh pages where a cached stitched range needs none
     /// (when `stitchable` and at least `stitch_min` bytes). Returns
     /// (offset, bytes).
     fn place_block(
@@ -581,20 +581,22 @@ impl<D: Driver> Arena<D> {
                 None => self.place_block(size, align, slot, false),
             };
         }
-        // A block that would map a few fresh pages here, at most half of
-        // its own, takes a cached stitched range that needs no driver call,
-        // if one serves. That is a block creeping up the top: a growing
-        // cache copied into a slightly larger block, a page or two past the
-        // last each time, its old copies freed behind it (a KV cache grown
-        // by `torch.cat`). Left to creep, it maps fresh pages every step
-        // and, in the next repetition, creeps over pages that were never
-        // mapped; a cached range is found by size wherever it lies, so the
-        // next repetition takes it again. A block mostly on fresh pages is
-        // memory being laid out and stays here (sending those to cached
-        // ranges too changed BERT inference's layout: measured in
-        // `docs/pytorch/experiments/creep-20261127.log`).
-        let (first, last) = self.commit.span(pick.offset, pick.size);
-        if stitch && cost.unmapped > 0 && 2 * cost.unmapped <= last - first + 1 {
+        // A block that would map fresh pages here takes a cached stitched
+        // range that needs no driver call, if one serves. Two cases made
+        // this the rule. A block creeping up the top: a growing cache
+        // copied into a slightly larger block, a page or two past the last
+        // each time, its old copies freed behind it (a KV cache grown by
+        // `torch.cat`); left to creep, it maps fresh pages every step and,
+        // in the next repetition, creeps over pages never mapped. And a
+        // block that took a cached range last repetition but finds the
+        // blocks region's top cheaper this time (the serving trace's KV
+        // blocks, once tails moved what lies below): placed on fresh pages
+        // it maps them, and the repetition after that maps the next ones.
+        // A cached range is found by size wherever it lies, so the next
+        // repetition takes it again. (Until `docs/pytorch.md`'s "A block
+        // on fresh pages takes a cached range", a block mostly on fresh
+        // pages stayed here as memory being laid out.)
+        if stitch && cost.unmapped > 0 {
             if let Some(placed) = self.reuse_stitched(size, slot) {
                 return Ok(placed);
             }

@@ -233,11 +233,12 @@ fn background_reclaimer_step_is_deterministic() {
     assert!(g.stats().committed <= 4 << 20);
 }
 
-/// The shared transformer traces and our serving trace, each run 2 times in one arena with the
-/// GPU lagging behind the CPU by 0, 1, 50 and 1000 events (fences of frees
-/// stay pending that long): peak physical / peak live stays within 2 % in
-/// every repetition at every lag, and the second repetition makes no VMM
-/// call. `GPU_ARENA_TRACES` overrides the traces' directory.
+/// The shared transformer traces, each run 2 times in one arena, and our
+/// serving trace, run 5 times, with the GPU lagging behind the CPU by 0, 1,
+/// 50 and 1000 events (fences of frees stay pending that long): peak
+/// physical / peak live stays within 2 % in every repetition at every lag,
+/// and every repetition from the second makes at most 1 VMM call per 1,000
+/// allocations. `GPU_ARENA_TRACES` overrides the traces' directory.
 #[test]
 fn traces_stay_within_two_percent_at_every_lag_and_repeat_without_driver_calls() {
     let dir = std::env::var("GPU_ARENA_TRACES")
@@ -256,16 +257,23 @@ fn traces_stay_within_two_percent_at_every_lag_and_repeat_without_driver_calls()
             continue;
         }
         let events = gpu_arena::replay::read_trace(&path).unwrap();
+        // The serving trace's third pass once called the driver where its
+        // second did not (tails moved its KV blocks to the top of the
+        // blocks region on fresh pages): it plays five times.
+        let times = if name == "serve" { 5 } else { 2 };
         for lag in [0, 1, 50, 1000] {
             let (reps, _) = on_host(ArenaConfig::default(), |arena, hold, complete| {
-                replay_repeated(arena, &events, Repeat { times: 2, lag }, hold, complete).unwrap()
+                replay_repeated(arena, &events, Repeat { times, lag }, hold, complete).unwrap()
             });
             within_two_percent(&format!("LAG {name} lag {lag}"), &reps);
-            assert!(
-                reps[1].vmm_calls * 1000 <= reps[1].allocs,
-                "{name} lag {lag}: {} VMM calls in the second repetition",
-                reps[1].vmm_calls
-            );
+            for (i, r) in reps.iter().enumerate().skip(1) {
+                assert!(
+                    r.vmm_calls * 1000 <= r.allocs,
+                    "{name} lag {lag}: {} VMM calls in repetition {}",
+                    r.vmm_calls,
+                    i + 1
+                );
+            }
         }
     }
 }
