@@ -522,6 +522,45 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
     assert_balanced(&driver);
 }
 
+/// A stitchable block that would map fresh pages in the blocks region takes
+/// a cached stitched range that serves it with no driver call, however many
+/// of its pages are fresh (`docs/pytorch.md`, "A block on fresh pages takes
+/// a cached range"): before, a block mostly on fresh pages stayed there and
+/// mapped them, and `serve`'s KV blocks did so pass after pass.
+#[test]
+fn a_block_on_fresh_pages_takes_a_cached_stitched_range() {
+    let driver = host(256 << 20);
+    {
+        let mut cfg = config();
+        cfg.commit.stitch_min = 2 * PAGE;
+        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
+        let (stitched, mut fillers) = fill_to_a_stitched_block(&mut a);
+        // Room in the blocks region, its empty pages given back: fresh
+        // again. The stitched block is live, so its range keeps its pages.
+        for p in fillers.split_off(fillers.len() - 2) {
+            a.free(p).unwrap();
+        }
+        a.trim();
+        // Freed, its range stays cached with its mappings.
+        a.free(stitched).unwrap();
+        let (calls, committed) = (a.stats().driver_calls.vmm(), a.stats().committed);
+        let again = a.alloc(3 * PAGE + 1000, 512).unwrap();
+        assert_eq!(again, stitched, "the cached range, not the fresh pages");
+        let s = a.stats();
+        assert_eq!((s.driver_calls.vmm(), s.committed), (calls, committed));
+        assert_eq!(s.stitch.reused, 1, "{:?}", s.stitch);
+        a.check_invariants();
+        for p in fillers.into_iter().chain([again]) {
+            a.free(p).unwrap();
+        }
+        assert_eq!(a.stats().live, 0);
+        a.check_invariants();
+        a.trim();
+        assert_eq!(a.stats().committed, 0);
+    }
+    assert_balanced(&driver);
+}
+
 /// With the blocks region full, a block that fits a live stitched block's
 /// tail still goes there by default (`tails` costly: a refusal is worse than
 /// a driver call), and the next one gets the address-space error.
