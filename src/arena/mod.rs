@@ -128,14 +128,14 @@ impl Default for ArenaConfig {
 /// pages ([`ArenaConfig::tails`]; see [`tails`](crate::commit::tails)).
 ///
 /// Measured over the shared traces' 160 layouts
-/// (`docs/pytorch/tails-20261129/`): with none, 41 keep more than 1.02
-/// peak physical / peak live; with `Costly`, 32, and as many layouts call
-/// the driver in some repetition from the second (58), though not the
-/// same ones: the serving trace's recorded layout, settled without tails,
-/// makes 3.0 VMM calls per 1,000 allocations in its third pass (remaps in
-/// the blocks region: a tail block that outlives its host keeps that last
-/// page's handle). With `Always`, 46 (GPT-2 generation over 1.02 in 1 of
-/// 32 against 18, but serving in 24 against 1).
+/// (`docs/pytorch/fresh-pages-20261129/`, with a block on fresh pages
+/// taking a cached stitched range): with none, 38 keep more than 1.02
+/// peak physical / peak live and 51 call the driver more than once per
+/// 1,000 allocations in some repetition from the second; with `Costly`, 32
+/// and 47. With `Always`, 48 and 45 (GPT-2 generation over 1.02 in 1 of
+/// 32 against 17, but serving in 26 against 0). Before that rule, `Costly`
+/// cost the serving trace's recorded layout its settled passes
+/// (`docs/pytorch/tails-20261129/`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum TailUse {
     /// None.
