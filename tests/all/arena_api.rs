@@ -426,20 +426,41 @@ fn a_full_blocks_region_sends_large_blocks_to_stitched_ranges() {
     assert_balanced(&driver);
 }
 
-/// Fills the blocks region with blocks of 3 pages and 1,000 bytes until
-/// one goes to a stitched range (`stitch_min` at most that): (that block,
-/// the others).
-fn fill_to_a_stitched_block(a: &mut Arena<&Checked<HostDriver>>) -> (DevicePtr, Vec<DevicePtr>) {
-    let blocks = a.snapshot().regions[0].size;
-    let stitch = a.reservation().0.byte_add(blocks);
-    let mut fillers = Vec::new();
-    loop {
-        let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
-        if p >= stitch {
-            return (p, fillers);
+/// Runs `body` on an arena (`stitch_min` 2 pages, `tails` as given) whose
+/// blocks region was filled with blocks of 3 pages and 1,000 bytes until one
+/// went to a stitched range: `body` gets (the arena, that block, the others)
+/// and returns the blocks still live. Those are freed, and then everything
+/// must be back: no block live, the invariants, nothing committed after a
+/// trim, every handle released.
+fn on_a_stitched_block(
+    tails: TailUse,
+    body: impl FnOnce(&mut Arena<&Checked<HostDriver>>, DevicePtr, Vec<DevicePtr>) -> Vec<DevicePtr>,
+) {
+    let driver = host(256 << 20);
+    {
+        let mut cfg = config();
+        cfg.commit.stitch_min = 2 * PAGE;
+        cfg.tails = tails;
+        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
+        let stitch = a.reservation().0.byte_add(a.snapshot().regions[0].size);
+        let mut fillers = Vec::new();
+        let stitched = loop {
+            let p = a.alloc(3 * PAGE + 1000, 512).unwrap();
+            if p >= stitch {
+                break p;
+            }
+            fillers.push(p);
+        };
+        for p in body(&mut a, stitched, fillers) {
+            a.free(p).unwrap();
         }
-        fillers.push(p);
+        let s = a.stats();
+        assert_eq!((s.live, s.large.blocks, s.slab.blocks), (0, 0, 0), "{s:?}");
+        a.check_invariants();
+        a.trim();
+        assert_eq!(a.stats().committed, 0);
     }
+    assert_balanced(&driver);
 }
 
 /// A block placed in the end of a stitched block's last page (`tails`
@@ -449,13 +470,7 @@ fn fill_to_a_stitched_block(a: &mut Arena<&Checked<HostDriver>>) -> (DevicePtr, 
 /// and everything is given back.
 #[test]
 fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
-    let driver = host(256 << 20);
-    {
-        let mut cfg = config();
-        cfg.commit.stitch_min = 2 * PAGE;
-        cfg.tails = TailUse::Always;
-        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
-        let (host_block, fillers) = fill_to_a_stitched_block(&mut a);
+    on_a_stitched_block(TailUse::Always, |a, host_block, fillers| {
         let host_len = 3 * PAGE as usize + 1000;
         fill(host_block, host_len, 7);
         let (calls, committed) = (a.stats().driver_calls.vmm(), a.stats().committed);
@@ -510,16 +525,8 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
             bad_pointer(a.free(tail).unwrap_err()),
             BadPointer::DoubleFree
         );
-        for p in fillers {
-            a.free(p).unwrap();
-        }
-        let s = a.stats();
-        assert_eq!((s.live, s.large.blocks, s.slab.blocks), (0, 0, 0), "{s:?}");
-        a.check_invariants();
-        a.trim();
-        assert_eq!(a.stats().committed, 0);
-    }
-    assert_balanced(&driver);
+        fillers
+    });
 }
 
 /// A stitchable block that would map fresh pages in the blocks region takes
@@ -529,12 +536,7 @@ fn a_tail_block_shares_its_hosts_last_page_and_outlives_it_across_a_sleep() {
 /// mapped them, and `serve`'s KV blocks did so pass after pass.
 #[test]
 fn a_block_on_fresh_pages_takes_a_cached_stitched_range() {
-    let driver = host(256 << 20);
-    {
-        let mut cfg = config();
-        cfg.commit.stitch_min = 2 * PAGE;
-        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
-        let (stitched, mut fillers) = fill_to_a_stitched_block(&mut a);
+    on_a_stitched_block(TailUse::Costly, |a, stitched, mut fillers| {
         // Room in the blocks region, its empty pages given back: fresh
         // again. The stitched block is live, so its range keeps its pages.
         for p in fillers.split_off(fillers.len() - 2) {
@@ -550,15 +552,9 @@ fn a_block_on_fresh_pages_takes_a_cached_stitched_range() {
         assert_eq!((s.driver_calls.vmm(), s.committed), (calls, committed));
         assert_eq!(s.stitch.reused, 1, "{:?}", s.stitch);
         a.check_invariants();
-        for p in fillers.into_iter().chain([again]) {
-            a.free(p).unwrap();
-        }
-        assert_eq!(a.stats().live, 0);
-        a.check_invariants();
-        a.trim();
-        assert_eq!(a.stats().committed, 0);
-    }
-    assert_balanced(&driver);
+        fillers.push(again);
+        fillers
+    });
 }
 
 /// With the blocks region full, a block that fits a live stitched block's
@@ -566,13 +562,8 @@ fn a_block_on_fresh_pages_takes_a_cached_stitched_range() {
 /// a driver call), and the next one gets the address-space error.
 #[test]
 fn a_full_blocks_region_still_places_blocks_in_tails() {
-    let driver = host(256 << 20);
-    {
-        let mut cfg = config();
-        cfg.commit.stitch_min = 2 * PAGE;
-        assert_eq!(cfg.tails, TailUse::Costly);
-        let mut a = Arena::new(&driver, Kind::Device(0), cfg).unwrap();
-        let (host_block, mut live) = fill_to_a_stitched_block(&mut a);
+    assert_eq!(config().tails, TailUse::Costly, "the default");
+    on_a_stitched_block(TailUse::Costly, |a, host_block, mut live| {
         // Fill what is left of the blocks region with blocks of 40,000 bytes.
         let err = loop {
             match a.alloc(40_000, 256) {
@@ -596,15 +587,9 @@ fn a_full_blocks_region_still_places_blocks_in_tails() {
         assert_eq!(p, host_block.byte_add(3 * PAGE + 1024));
         assert_eq!(a.stats().driver_calls.vmm(), before.driver_calls.vmm());
         live.push(p);
-        for p in live {
-            a.free(p).unwrap();
-        }
-        a.free(host_block).unwrap();
-        a.check_invariants();
-        assert_eq!(a.stats().live, 0);
-        a.trim();
-    }
-    assert_balanced(&driver);
+        live.push(host_block);
+        live
+    });
 }
 
 #[test]
