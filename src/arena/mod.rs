@@ -553,7 +553,7 @@ impl<D: Driver> Arena<D> {
                 if !stitch {
                     return Err(full);
                 }
-                return self.place_stitched(size, slot)?.ok_or(full);
+                return self.place_stitched(size, slot, false)?.ok_or(full);
             }
             Err(e) => return Err(e),
         };
@@ -567,15 +567,20 @@ impl<D: Driver> Arena<D> {
         // range that serves needs none), so that a settled workload never
         // walks the ranges for it.
         if stitch && cost.blocked > 0 {
+            // With tails, the cached ranges are asked first; when none
+            // serves (and no tail holds the block, which changes nothing),
+            // the new range is made without walking them again.
+            let mut walked = false;
             if tails {
                 if let Some(placed) = self.reuse_stitched(size, slot) {
                     return Ok(placed);
                 }
+                walked = true;
                 if let Some(placed) = self.place_in_tail(size, align, slot) {
                     return Ok(placed);
                 }
             }
-            return match self.place_stitched(size, slot)? {
+            return match self.place_stitched(size, slot, walked)? {
                 Some(placed) => Ok(placed),
                 // The stitch region is full: place it on fresh pages instead.
                 None => self.place_block(size, align, slot, false),
@@ -652,10 +657,16 @@ impl<D: Driver> Arena<D> {
     }
 
     /// Places a block of `size` bytes in a stitched range: (offset, bytes),
-    /// or `None` when the stitch region has no room left.
-    fn place_stitched(&mut self, size: u64, slot: u16) -> Result<Option<(u64, u64)>> {
+    /// or `None` when the stitch region has no room left. `walked`: a
+    /// [`Arena::reuse_stitched`] of the block just found no cached range.
+    fn place_stitched(&mut self, size: u64, slot: u16, walked: bool) -> Result<Option<(u64, u64)>> {
         let bytes = self.stitched_bytes(size);
-        match self.commit.stitch_alloc(bytes, slot) {
+        let made = if walked {
+            self.commit.stitch_alloc_unreused(bytes, slot)
+        } else {
+            self.commit.stitch_alloc(bytes, slot)
+        };
+        match made {
             Ok(off) => Ok(Some((off, bytes))),
             Err(Error::AddressSpace { .. }) => Ok(None),
             Err(e) => Err(self.live_in_report(e)),

@@ -323,6 +323,14 @@ impl<D: Driver> Commit<D> {
         if let Some(off) = self.stitch_reuse(size, slot) {
             return Ok(off);
         }
+        self.stitch_alloc_unreused(size, slot)
+    }
+
+    /// [`Commit::stitch_alloc`] for a caller whose
+    /// [`Commit::stitch_reuse`] of the same size and slot just found no
+    /// cached range, with nothing changed since: the walk over the cached
+    /// ranges is not made again (it would find none).
+    pub fn stitch_alloc_unreused(&mut self, size: u64, slot: u16) -> Result<u64> {
         let (k, max) = self.range_pages(size);
         let now = self.clock.now_ms();
         if self.repairs(k << self.shift) {
