@@ -15,7 +15,8 @@
 # less those of its stack frames. BY_FUNCTION=1 adds the 40 functions touching the most lines,
 # BY_SYMBOL=1 the 20 compiled functions running the most instructions (what was inlined into them
 # included), and KEEP=DIR keeps the two cachegrind outputs. EXTRA=",key:value" adds GPU_ARENA_CONF settings
-# (two settings of one build compared).
+# (two settings of one build compared); GA_ENV="NAME=VALUE ..." passes more variables into the fixed
+# environment (a patched build's own switches).
 # PAGES=1 simulates a first-level cache of 64 lines of 4 KiB each, fully associative, instead of the
 # machine's: a model of the data TLB, which the 512 KiB touched between calls (128 pages) empties, so a
 # "miss" is then one distinct 4 KiB page the call touched, each needing an address translation
@@ -47,7 +48,7 @@ if [ -n "${INSTR_ONLY:-}" ]; then sim=no; thrash=0; else sim=yes; thrash=${THRAS
 # instead, and the difference is its N-th pass.
 for r in $((n - 1)) $n; do
   if [ -n "${WHOLE:-}" ]; then times=(); args=("$r" "$trace"); else times=(RUN_ON=$r); args=(1 "$trace"); fi
-  env -i PATH="$PATH" GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0${EXTRA:-} \
+  env -i PATH="$PATH" ${GA_ENV:-} GPU_ARENA_CONF=backend:host,decay_ms:86400000,background:0${EXTRA:-} \
     THRASH_KIB=$thrash STACK_KIB=${STACK_KIB:-0} "${times[@]}" setarch "$(uname -m)" -R valgrind --tool=cachegrind --cache-sim=$sim ${PAGES:+--D1=262144,64,4096} --cachegrind-out-file="$tmp/cg.$r" \
     "$bin" "${args[@]}" > "$tmp/log.$r" 2>&1 &
 done
