@@ -1110,6 +1110,47 @@ mod tests {
         gives_everything_back(c, &d);
     }
 
+    /// A new range made after a walk that found no cached range
+    /// (`stitch_alloc_unreused`, as the arena does when it asked the cached
+    /// ranges first) is the one `stitch_alloc` makes: the same offset, the
+    /// same driver calls, the same ranges, in two commits run in lockstep.
+    #[test]
+    fn a_new_range_after_a_failed_walk_is_the_one_stitch_alloc_makes() {
+        let page = 2u64 << 20;
+        let drivers = [
+            Checked::new(HostDriver::new().unwrap()),
+            Checked::new(HostDriver::new().unwrap()),
+        ];
+        let mut commits = drivers.each_ref().map(|d| Commit::for_tests(d, 16, (8, 8)));
+        let mut made = Vec::new();
+        for (i, c) in commits.iter_mut().enumerate() {
+            // A cached range of 3 pages whose second page's unit a block
+            // of the blocks region holds: no cached range serves.
+            let a = c.stitch_alloc(3 * page, 0).unwrap();
+            c.stitch_free(a, Stamp::SAFE).unwrap();
+            c.add_live(0, page, 0, Backing::Pages).unwrap();
+            c.add_live(page, page, 0, Backing::Pages).unwrap();
+            c.sub_live(0, page, Stamp::SAFE);
+            let off = if i == 0 {
+                c.stitch_alloc(3 * page, 0).unwrap()
+            } else {
+                assert_eq!(c.stitch_reuse(3 * page, 0), None);
+                c.stitch_alloc_unreused(3 * page, 0).unwrap()
+            };
+            assert_ne!(off, a, "a new range");
+            c.check_invariants();
+            made.push((off, c.stitched_ranges(), c.stitch_counts().made));
+        }
+        assert_eq!(made[0], made[1]);
+        assert_eq!(drivers[0].counts(), drivers[1].counts());
+        for (mut c, d) in commits.into_iter().zip(&drivers) {
+            c.stitch_free(made[0].0, Stamp::SAFE).unwrap();
+            c.sub_live(page, page, Stamp::SAFE);
+            c.check_invariants();
+            gives_everything_back(c, d);
+        }
+    }
+
     /// `CACHED_PER_SIZE + 4` one-page ranges, freed (last made first with
     /// `reverse`, the clock standing still with `still`), then a block of
     /// as many pages that takes every idle unit, so that no one-page range
