@@ -570,17 +570,15 @@ impl<D: Driver> Arena<D> {
             // With tails, the cached ranges are asked first; when none
             // serves (and no tail holds the block, which changes nothing),
             // the new range is made without walking them again.
-            let mut walked = false;
             if tails {
                 if let Some(placed) = self.reuse_stitched(size, slot) {
                     return Ok(placed);
                 }
-                walked = true;
                 if let Some(placed) = self.place_in_tail(size, align, slot) {
                     return Ok(placed);
                 }
             }
-            return match self.place_stitched(size, slot, walked)? {
+            return match self.place_stitched(size, slot, tails)? {
                 Some(placed) => Ok(placed),
                 // The stitch region is full: place it on fresh pages instead.
                 None => self.place_block(size, align, slot, false),
