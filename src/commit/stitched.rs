@@ -1181,6 +1181,17 @@ mod tests {
         (c, offs, big)
     }
 
+    /// After [`past_the_bound`]'s new one-page range `one` dissolved one
+    /// cached range: every range of `kept` is still there, and freeing
+    /// `one` and the large block `big` leaves the page table consistent.
+    fn the_others_stay(mut c: Commit<&HostDriver>, one: u64, big: u64, kept: &[u64]) {
+        assert!(kept.iter().all(|&o| c.stitch.at(o >> c.shift).is_some()));
+        c.check_invariants();
+        c.stitch_free(one, Stamp::SAFE).unwrap();
+        c.stitch_free(big, Stamp::SAFE).unwrap();
+        c.check_invariants();
+    }
+
     #[test]
     fn making_a_range_past_the_bound_dissolves_the_least_recently_used_of_its_size() {
         let d = HostDriver::new().unwrap();
@@ -1203,15 +1214,7 @@ mod tests {
         // The least recently used (the first) went, and its addresses
         // serve the new range; the others stay.
         assert_eq!(one, offs[0]);
-        assert!(
-            offs[1..]
-                .iter()
-                .all(|&o| c.stitch.at(o >> c.shift).is_some())
-        );
-        c.check_invariants();
-        c.stitch_free(one, Stamp::SAFE).unwrap();
-        c.stitch_free(big, Stamp::SAFE).unwrap();
-        c.check_invariants();
+        the_others_stay(c, one, big, &offs[1..]);
     }
 
     /// Ranges freed within one millisecond still go least recently used
@@ -1228,11 +1231,7 @@ mod tests {
         // the new one, and every other range stays.
         let (last, rest) = offs.split_last().unwrap();
         assert_eq!(one, *last);
-        assert!(rest.iter().all(|&o| c.stitch.at(o >> c.shift).is_some()));
-        c.check_invariants();
-        c.stitch_free(one, Stamp::SAFE).unwrap();
-        c.stitch_free(big, Stamp::SAFE).unwrap();
-        c.check_invariants();
+        the_others_stay(c, one, big, rest);
     }
 
     /// A stitched range freed on a stream whose work runs is parked: that
