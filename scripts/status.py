@@ -211,6 +211,7 @@ figure here is computed by `scripts/status.py` from a raw log kept in `docs/` (n
 How the figures were taken, the history and every idea tried are in `docs/pytorch.md` and
 `docs/TRIED.md`.
 """)
+    svg = os.path.relpath(path("torch", "report.svg"), os.path.dirname(OUT))
     p.append(f"""## Under PyTorch: the four workloads
 
 {SOURCES['torch'][2]}: {procs} per allocator, default settings. Raw logs: {link('torch')}; the
@@ -226,6 +227,8 @@ workloads' output checksums: {'all equal' if sums == {'all equal'} else 'DIFFERE
 {line("3. allocator time per call in repetitions 2..N (inside alloc and free, driver calls included), ≤ 0.3 µs", rows["per_call"])}
 
 "Within the spread": above 1.00 by less than either allocator's min–max spread of processes.
+
+![The same run, repetition by repetition: peak physical / peak live, VMM calls per 1,000 allocations, time, and gpu-arena's time per call]({svg})
 
 **PyTorch's own allocator per call, on the same machine.** {SOURCES['timed'][2]}. Raw logs:
 {link('timed')}.
