@@ -323,6 +323,13 @@ struct Functions {
     check_pattern: sys::CUfunction,
 }
 
+/// The parameter array of a launch: a pointer to each local, in order.
+macro_rules! params {
+    ($($arg:ident),+) => {
+        [$((&raw mut $arg).cast::<c_void>()),+]
+    };
+}
+
 impl Kernels {
     /// Loads the module into `ctx` (which the caller made current).
     ///
@@ -401,6 +408,29 @@ impl Kernels {
         self.target
     }
 
+    /// Launches `f` on `grid` blocks of `block` threads in `stream` order,
+    /// with this context current.
+    ///
+    /// # Safety
+    /// `f` is one of this module's functions; `params` points to its
+    /// parameters, in order and of its types, alive for the call (the
+    /// driver copies them); the memory they name and `stream` are as the
+    /// kernel's launcher requires.
+    unsafe fn launch(
+        &self,
+        f: sys::CUfunction,
+        grid: u32,
+        block: u32,
+        stream: Stream,
+        params: &mut [*mut c_void],
+    ) -> Result<()> {
+        let _cur = self.ctx.make_current()?;
+        // SAFETY: the probe passed (a `Kernels` exists only after it); the
+        // caller guarantees the rest.
+        unsafe { result::launch_kernel(f, grid, block, cu_stream(stream), params) }?;
+        Ok(())
+    }
+
     /// Launches one thread that busy-waits `nanos` nanoseconds of GPU time
     /// (`%globaltimer`; at most `nanos` loop iterations, should the timer
     /// not tick), then writes `value` to the `u32` at `flag` (skipped
@@ -412,21 +442,10 @@ impl Kernels {
     /// memory, or host-located VMM memory) that stays mapped until the
     /// kernel has completed.
     pub unsafe fn spin(&self, stream: Stream, nanos: u64, flag: u64, value: u32) -> Result<()> {
-        let mut nanos = nanos;
-        let mut flag = flag;
-        let mut value = value;
-        let mut params: [*mut c_void; 3] = [
-            (&raw mut nanos).cast(),
-            (&raw mut flag).cast(),
-            (&raw mut value).cast(),
-        ];
-        let _cur = self.ctx.make_current()?;
-        // SAFETY: 1. the probe passed (a Context exists only after it);
-        // 2. `params` points to a u64, a u64 and a u32, the kernel's
-        //    parameters in order, alive for the call (the driver copies them);
-        // 3. the caller guarantees `flag` and `stream`.
-        unsafe { result::launch_kernel(self.spin.0, 1, 1, cu_stream(stream), &mut params) }?;
-        Ok(())
+        let (mut nanos, mut flag, mut value) = (nanos, flag, value);
+        // SAFETY: a u64, a u64 and a u32, the kernel's parameters in order;
+        // the caller guarantees `flag` and `stream`.
+        unsafe { self.launch(self.spin.0, 1, 1, stream, &mut params![nanos, flag, value]) }
     }
 
     /// Adds 1 to each of the `n` `u32`s at `ptr`, in `stream` order.
@@ -436,22 +455,18 @@ impl Kernels {
     /// aligned and mapped read-write for this device until the kernel has
     /// completed, and nothing else writes it meanwhile.
     pub unsafe fn add_one(&self, stream: Stream, ptr: u64, n: u64) -> Result<()> {
-        let mut ptr = ptr;
-        let mut len = n;
-        let mut params: [*mut c_void; 2] = [(&raw mut ptr).cast(), (&raw mut len).cast()];
-        let _cur = self.ctx.make_current()?;
-        // SAFETY: 1. the probe passed; 2. `params` points to two u64s, the
-        // kernel's parameters in order; 3. the caller guarantees the range.
+        let (mut ptr, mut len) = (ptr, n);
+        // SAFETY: two u64s, the kernel's parameters in order; the caller
+        // guarantees the range and the stream.
         unsafe {
-            result::launch_kernel(
+            self.launch(
                 self.add_one.0,
                 grid(n),
                 BLOCK,
-                cu_stream(stream),
-                &mut params,
+                stream,
+                &mut params![ptr, len],
             )
-        }?;
-        Ok(())
+        }
     }
 
     /// For each of the `n` `u32`s at `ptr`: if it is not `expect`, atomically
@@ -472,32 +487,11 @@ impl Kernels {
         write: u32,
         errors: u64,
     ) -> Result<()> {
-        let mut ptr = ptr;
-        let mut len = n;
-        let mut expect = expect;
-        let mut write = write;
-        let mut errors = errors;
-        let mut params: [*mut c_void; 5] = [
-            (&raw mut ptr).cast(),
-            (&raw mut len).cast(),
-            (&raw mut expect).cast(),
-            (&raw mut write).cast(),
-            (&raw mut errors).cast(),
-        ];
-        let _cur = self.ctx.make_current()?;
-        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, u32,
-        // u32, u64: the kernel's parameters in order; 3. the caller
-        // guarantees the ranges and the stream.
-        unsafe {
-            result::launch_kernel(
-                self.check_and_write.0,
-                grid(n),
-                BLOCK,
-                cu_stream(stream),
-                &mut params,
-            )
-        }?;
-        Ok(())
+        let (mut ptr, mut len, mut expect, mut write, mut errors) = (ptr, n, expect, write, errors);
+        let mut params = params![ptr, len, expect, write, errors];
+        // SAFETY: u64, u64, u32, u32, u64: the kernel's parameters in order;
+        // the caller guarantees the ranges and the stream.
+        unsafe { self.launch(self.check_and_write.0, grid(n), BLOCK, stream, &mut params) }
     }
 
     /// Adds `value` to each of the `n` `f32`s at `ptr` (IEEE round to
@@ -506,28 +500,11 @@ impl Kernels {
     /// # Safety
     /// As for [`Kernels::add_one`].
     pub unsafe fn add_f32(&self, stream: Stream, ptr: u64, n: u64, value: f32) -> Result<()> {
-        let mut ptr = ptr;
-        let mut len = n;
-        let mut value = value;
-        let mut params: [*mut c_void; 3] = [
-            (&raw mut ptr).cast(),
-            (&raw mut len).cast(),
-            (&raw mut value).cast(),
-        ];
-        let _cur = self.ctx.make_current()?;
-        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, f32:
-        // the kernel's parameters in order; 3. the caller guarantees the
-        // range and the stream.
-        unsafe {
-            result::launch_kernel(
-                self.add_f32.0,
-                grid(n),
-                BLOCK,
-                cu_stream(stream),
-                &mut params,
-            )
-        }?;
-        Ok(())
+        let (mut ptr, mut len, mut value) = (ptr, n, value);
+        let mut params = params![ptr, len, value];
+        // SAFETY: u64, u64, f32: the kernel's parameters in order; the
+        // caller guarantees the range and the stream.
+        unsafe { self.launch(self.add_f32.0, grid(n), BLOCK, stream, &mut params) }
     }
 
     /// Writes [`pattern_word`]`(seed, i)` to each of the `n` `u32`s at
@@ -536,28 +513,11 @@ impl Kernels {
     /// # Safety
     /// As for [`Kernels::add_one`].
     pub unsafe fn fill_pattern(&self, stream: Stream, ptr: u64, n: u64, seed: u32) -> Result<()> {
-        let mut ptr = ptr;
-        let mut len = n;
-        let mut seed = seed;
-        let mut params: [*mut c_void; 3] = [
-            (&raw mut ptr).cast(),
-            (&raw mut len).cast(),
-            (&raw mut seed).cast(),
-        ];
-        let _cur = self.ctx.make_current()?;
-        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, u32:
-        // the kernel's parameters in order; 3. the caller guarantees the
-        // range and the stream.
-        unsafe {
-            result::launch_kernel(
-                self.fill_pattern.0,
-                grid(n),
-                BLOCK,
-                cu_stream(stream),
-                &mut params,
-            )
-        }?;
-        Ok(())
+        let (mut ptr, mut len, mut seed) = (ptr, n, seed);
+        let mut params = params![ptr, len, seed];
+        // SAFETY: u64, u64, u32: the kernel's parameters in order; the
+        // caller guarantees the range and the stream.
+        unsafe { self.launch(self.fill_pattern.0, grid(n), BLOCK, stream, &mut params) }
     }
 
     /// Adds to the `u32` at `errors` (atomically) the number of the `n`
@@ -575,30 +535,11 @@ impl Kernels {
         seed: u32,
         errors: u64,
     ) -> Result<()> {
-        let mut ptr = ptr;
-        let mut len = n;
-        let mut seed = seed;
-        let mut errors = errors;
-        let mut params: [*mut c_void; 4] = [
-            (&raw mut ptr).cast(),
-            (&raw mut len).cast(),
-            (&raw mut seed).cast(),
-            (&raw mut errors).cast(),
-        ];
-        let _cur = self.ctx.make_current()?;
-        // SAFETY: 1. the probe passed; 2. `params` points to u64, u64, u32,
-        // u64: the kernel's parameters in order; 3. the caller guarantees
-        // the ranges and the stream.
-        unsafe {
-            result::launch_kernel(
-                self.check_pattern.0,
-                grid(n),
-                BLOCK,
-                cu_stream(stream),
-                &mut params,
-            )
-        }?;
-        Ok(())
+        let (mut ptr, mut len, mut seed, mut errors) = (ptr, n, seed, errors);
+        let mut params = params![ptr, len, seed, errors];
+        // SAFETY: u64, u64, u32, u64: the kernel's parameters in order; the
+        // caller guarantees the ranges and the stream.
+        unsafe { self.launch(self.check_pattern.0, grid(n), BLOCK, stream, &mut params) }
     }
 }
 
