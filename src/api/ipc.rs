@@ -56,6 +56,77 @@ use crate::driver::share::{self, MAX_FDS};
 use crate::driver::{DevicePtr, Driver, Location, Stream};
 use crate::error::{Error, Result};
 
+/// What [`SharedBuffer`] and [`ImportedBuffer`] share (both are a range of
+/// this process's arena mapped to shareable runs): `Debug`, the accessors,
+/// the slices of host-visible memory, and the release, at once on drop or
+/// after a stream's work with `free_on`.
+macro_rules! mapped_buffer {
+    ($name:ident) => {
+        impl<D: Driver> core::fmt::Debug for $name<'_, D> {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("base", &format_args!("{:#x}", self.base))
+                    .field("len", &self.len)
+                    .finish()
+            }
+        }
+
+        impl<D: Driver> $name<'_, D> {
+            /// The base address in this process.
+            pub fn as_ptr(&self) -> DevicePtr {
+                self.base
+            }
+            /// Length in bytes (whole pages).
+            pub fn len(&self) -> u64 {
+                self.len
+            }
+            /// Always false: the buffer has at least one page.
+            pub fn is_empty(&self) -> bool {
+                self.len == 0
+            }
+
+            /// The contents (host-visible kinds only).
+            pub fn as_slice(&self) -> Result<&[u8]> {
+                host(self.arena)?;
+                // SAFETY: the buffer's runs are mapped with the arena's
+                // access and host-visible, and stay mapped as long as `self`.
+                Ok(unsafe {
+                    core::slice::from_raw_parts(self.base.as_ptr::<u8>(), self.len as usize)
+                })
+            }
+
+            /// The contents, mutably (host-visible kinds only). Other
+            /// processes (the exporter, other importers) may write the same
+            /// memory at any time: synchronize with them yourself.
+            pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+                host(self.arena)?;
+                // SAFETY: as in `as_slice`; `&mut self` makes the borrow
+                // unique in this process.
+                Ok(unsafe {
+                    core::slice::from_raw_parts_mut(self.base.as_mut_ptr::<u8>(), self.len as usize)
+                })
+            }
+
+            /// Drops the buffer (this process's mapping of it), its memory
+            /// last used on `stream`.
+            pub fn free_on(self, stream: Stream) {
+                let this = core::mem::ManuallyDrop::new(self);
+                this.arena
+                    .lock()
+                    .free_shared_buffer(this.base, this.len, stream);
+            }
+        }
+
+        impl<D: Driver> Drop for $name<'_, D> {
+            fn drop(&mut self) {
+                self.arena
+                    .lock()
+                    .free_shared_buffer(self.base, self.len, Stream::DEFAULT);
+            }
+        }
+    };
+}
+
 /// A buffer of an arena committed in shareable runs, ready to export.
 pub struct SharedBuffer<'a, D: Driver> {
     arena: &'a SharedArena<D>,
@@ -63,14 +134,7 @@ pub struct SharedBuffer<'a, D: Driver> {
     len: u64,
 }
 
-impl<D: Driver> core::fmt::Debug for SharedBuffer<'_, D> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("SharedBuffer")
-            .field("base", &format_args!("{:#x}", self.base))
-            .field("len", &self.len)
-            .finish()
-    }
-}
+mapped_buffer!(SharedBuffer);
 
 impl<'a, D: Driver> SharedBuffer<'a, D> {
     /// A buffer of `len` bytes (rounded up to pages), committed at once in
@@ -90,59 +154,11 @@ impl<'a, D: Driver> SharedBuffer<'a, D> {
         Ok(SharedBuffer { arena, base, len })
     }
 
-    /// The base address.
-    pub fn as_ptr(&self) -> DevicePtr {
-        self.base
-    }
-    /// Length in bytes (whole pages).
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-    /// Always false: a shared buffer has at least one page.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// One descriptor per run, for [`ImportedBuffer::new`] in another
     /// process. Each call makes new descriptors; the buffer stays shared
     /// until it is dropped (and, elsewhere, until the importers let go).
     pub fn export(&self) -> Result<ExportedBuffer> {
         export(self.arena, self.base, self.len)
-    }
-
-    /// The contents (host-visible kinds only).
-    pub fn as_slice(&self) -> Result<&[u8]> {
-        host(self.arena)?;
-        // SAFETY: the buffer's pages are committed with the arena's access
-        // and host-visible; they live as long as `self`.
-        Ok(unsafe { core::slice::from_raw_parts(self.base.as_ptr::<u8>(), self.len as usize) })
-    }
-
-    /// The contents, mutably (host-visible kinds only). Other processes may
-    /// write the same memory at any time: synchronize with them yourself.
-    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
-        host(self.arena)?;
-        // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique in
-        // this process.
-        Ok(unsafe {
-            core::slice::from_raw_parts_mut(self.base.as_mut_ptr::<u8>(), self.len as usize)
-        })
-    }
-
-    /// Drops the buffer, its memory last used on `stream`.
-    pub fn free_on(self, stream: Stream) {
-        let this = core::mem::ManuallyDrop::new(self);
-        this.arena
-            .lock()
-            .free_shared_buffer(this.base, this.len, stream);
-    }
-}
-
-impl<D: Driver> Drop for SharedBuffer<'_, D> {
-    fn drop(&mut self) {
-        self.arena
-            .lock()
-            .free_shared_buffer(self.base, self.len, Stream::DEFAULT);
     }
 }
 
@@ -327,14 +343,7 @@ pub struct ImportedBuffer<'a, D: Driver> {
     len: u64,
 }
 
-impl<D: Driver> core::fmt::Debug for ImportedBuffer<'_, D> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("ImportedBuffer")
-            .field("base", &format_args!("{:#x}", self.base))
-            .field("len", &self.len)
-            .finish()
-    }
-}
+mapped_buffer!(ImportedBuffer);
 
 impl<'a, D: Driver> ImportedBuffer<'a, D> {
     /// Reserves `exported.len` bytes of `arena`'s buffers region, imports
@@ -366,56 +375,8 @@ impl<'a, D: Driver> ImportedBuffer<'a, D> {
         })
     }
 
-    /// The base address in this process.
-    pub fn as_ptr(&self) -> DevicePtr {
-        self.base
-    }
-    /// Length in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-    /// Always false.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Re-exports the imported memory (to a third process).
     pub fn export(&self) -> Result<ExportedBuffer> {
         export(self.arena, self.base, self.len)
-    }
-
-    /// The contents (host-visible kinds only).
-    pub fn as_slice(&self) -> Result<&[u8]> {
-        host(self.arena)?;
-        // SAFETY: the runs are mapped with the arena's access and
-        // host-visible; they stay mapped as long as `self`.
-        Ok(unsafe { core::slice::from_raw_parts(self.base.as_ptr::<u8>(), self.len as usize) })
-    }
-
-    /// The contents, mutably (host-visible kinds only). The exporter may
-    /// write the same memory at any time: synchronize with it yourself.
-    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
-        host(self.arena)?;
-        // SAFETY: as in `as_slice`; `&mut self` makes the borrow unique in
-        // this process.
-        Ok(unsafe {
-            core::slice::from_raw_parts_mut(self.base.as_mut_ptr::<u8>(), self.len as usize)
-        })
-    }
-
-    /// Drops the mapping, the memory last used on `stream`.
-    pub fn free_on(self, stream: Stream) {
-        let this = core::mem::ManuallyDrop::new(self);
-        this.arena
-            .lock()
-            .free_shared_buffer(this.base, this.len, stream);
-    }
-}
-
-impl<D: Driver> Drop for ImportedBuffer<'_, D> {
-    fn drop(&mut self) {
-        self.arena
-            .lock()
-            .free_shared_buffer(self.base, self.len, Stream::DEFAULT);
     }
 }
