@@ -346,18 +346,8 @@ unsafe impl Driver for HostDriver {
 
     fn create(&self, size: usize, location: Location) -> Result<HostHandle> {
         let mut st = self.lock();
-        st.vm
-            .check_create(size as u64, location)
-            .map_err(|r| host_err(Call::Create, r))?;
-        if st.vm.physical_bytes() + size as u64 > self.config.capacity {
-            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
-        }
-        let offset = st.next_offset;
-        if offset + size as u64 > FILE_SIZE {
-            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
-        }
-        st.next_offset += size as u64;
-        let h = HostHandle(offset);
+        self.may_create(&st, size as u64, location)?;
+        let h = Self::next_id(&mut st, size as u64, Call::Create)?;
         st.vm.add_handle(h, size as u64, location);
         Ok(h)
     }
@@ -538,12 +528,7 @@ unsafe impl Driver for HostDriver {
 
     fn create_shareable(&self, size: usize, location: Location) -> Result<HostHandle> {
         let mut st = self.lock();
-        st.vm
-            .check_create(size as u64, location)
-            .map_err(|r| host_err(Call::Create, r))?;
-        if st.vm.physical_bytes() + size as u64 > self.config.capacity {
-            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
-        }
+        self.may_create(&st, size as u64, location)?;
         let Some(fd) = sealed_memfd(size) else {
             return Err(os_err(Call::Create, ErrorKind::OutOfMemory).into());
         };
@@ -614,6 +599,19 @@ impl HostDriver {
                 size as libc::off_t,
             )
         };
+    }
+
+    /// Whether a handle of `size` bytes at `location` may be created: the
+    /// driver's rules (a size of whole granules, a valid location) and the
+    /// backend's capacity.
+    fn may_create(&self, st: &State, size: u64, location: Location) -> Result<()> {
+        st.vm
+            .check_create(size, location)
+            .map_err(|r| host_err(Call::Create, r))?;
+        if st.vm.physical_bytes() + size > self.config.capacity {
+            return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
+        }
+        Ok(())
     }
 
     /// A fresh handle id of `size` bytes from the offset counter.
