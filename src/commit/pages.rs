@@ -332,15 +332,7 @@ impl PageTable {
     /// Removes `n` live bytes from page `p`; returns whether it has none now.
     #[inline]
     pub fn sub_live(&mut self, p: u64, n: u32) -> bool {
-        let (c, i) = split(p);
-        let ch = self.chunk_mut(c);
-        debug_assert!(
-            ch.pages[i].live >= n,
-            "page {p}: live {} < {n}",
-            ch.pages[i].live
-        );
-        ch.pages[i].live -= n;
-        ch.pages[i].live == 0
+        self.sub_live_map(p, n).0
     }
 
     /// Backs page `p` with mapping `m` (clears its blocked bit).
