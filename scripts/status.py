@@ -37,8 +37,8 @@ SOURCES = {
     "sleep": ("bench/h200-20261130-420072a", ["bench-sleep.log", "bench-full.md"],
               "One H200, the library of `420072a`: `gpu-arena bench --only sleep` three times, then the whole "
               "bench once, in one device call"),
-    "tests": ("bench/h200-20261130-420072a/tests.log", None,
-              "One H200, the tests of `420072a`, `tests/all` on CUDA"),
+    "tests": ("bench/h200-20261130-ef16959/tests.log", None,
+              "One H200, the tests of `ef16959`, `tests/all` and `tests/ipc_two_process` on CUDA"),
 }
 
 
@@ -204,8 +204,9 @@ def ms(cell):
 
 
 def tests_line():
-    m = re.search(r"test result: ok\. (\d+) passed; (\d+) failed", open(path("tests")).read())
-    return m.groups()
+    """Passed and failed over every test binary of the log."""
+    results = re.findall(r"test result: \w+\. (\d+) passed; (\d+) failed", open(path("tests")).read())
+    return sum(int(p) for p, _ in results), sum(int(f) for _, f in results)
 
 
 def page():
