@@ -53,7 +53,7 @@ use crate::commit::{Backing, Commit, CommitConfig, Reservation};
 use crate::driver::{Access, DevicePtr, Driver, Location, Stream};
 use crate::error::{BadPointer, Error, Result};
 use crate::meta::{MetaMap, MetaVec};
-use crate::policy::large::Large;
+use crate::policy::large::{Large, Unfreed};
 use crate::policy::slab::{Freed, Slabs};
 use crate::policy::{Policy, classes};
 use crate::stats::PolicyStats;
@@ -788,21 +788,27 @@ impl<D: Driver> Arena<D> {
                 return Ok(());
             }
         }
-        let Some(have) = self.blocks.size_of(off) else {
-            let kind = if self.blocks.containing(off).is_some() {
-                BadPointer::Interior
-            } else {
-                BadPointer::DoubleFree
-            };
-            return Err(Self::bad(ptr, kind));
-        };
-        if let Some(size) = size {
-            if size == 0 || self.blocks.round(size) != Some(have) {
-                return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
-            }
-        }
+        // The size it was allocated with (rounded as it was then), if given.
+        let asked = size.map(|s| if s == 0 { None } else { self.blocks.round(s) });
         let streams = &self.commit.streams;
-        self.blocks.free(off, stamp, |s| streams.done(s));
+        let freed = self.blocks.free_if(
+            off,
+            |have| asked.is_none_or(|a| a == Some(have)),
+            stamp,
+            |s| streams.done(s),
+        );
+        let have = match freed {
+            Ok(have) => have,
+            Err(Unfreed::Refused) => return Err(Self::bad(ptr, BadPointer::LayoutMismatch)),
+            Err(Unfreed::NotAllocated) => {
+                let kind = if self.blocks.containing(off).is_some() {
+                    BadPointer::Interior
+                } else {
+                    BadPointer::DoubleFree
+                };
+                return Err(Self::bad(ptr, kind));
+            }
+        };
         self.commit.sub_live(off, have, stamp);
         self.hot.frees += 1;
         self.hot.live -= have;

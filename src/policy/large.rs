@@ -75,6 +75,15 @@ pub struct Pick<T = ()> {
     pub priced: T,
 }
 
+/// Why [`Large::free_if`] freed nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unfreed {
+    /// No allocated span starts at the offset.
+    NotAllocated,
+    /// The caller's check of the span's size said no.
+    Refused,
+}
+
 /// A span handed out by [`Large::alloc`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allocation {
@@ -630,8 +639,30 @@ impl Large {
     /// neighbours whose stamps allow it (`done(stamp)`: that epoch completed).
     /// Returns the freed span's size, or `None` if no span starts there.
     pub fn free(&mut self, offset: u64, stamp: Stamp, done: impl Fn(Stamp) -> bool) -> Option<u64> {
-        let i = self.live.remove(&offset)?;
+        self.free_if(offset, |_| true, stamp, done).ok()
+    }
+
+    /// [`Large::free`] of the span at `offset` if `fits(its size)`, with one
+    /// lookup of the span: a caller checking the size it was told against
+    /// the span's (a sized free) looks it up once, not once to check and
+    /// again to free. Nothing changes when it is refused.
+    #[inline]
+    pub fn free_if(
+        &mut self,
+        offset: u64,
+        fits: impl FnOnce(u64) -> bool,
+        stamp: Stamp,
+        done: impl Fn(Stamp) -> bool,
+    ) -> Result<u64, Unfreed> {
+        let hashbrown::hash_map::Entry::Occupied(e) = self.live.entry(offset) else {
+            return Err(Unfreed::NotAllocated);
+        };
+        let i = *e.get();
         let size = self.spans[i as usize].size;
+        if !fits(size) {
+            return Err(Unfreed::Refused);
+        }
+        e.remove();
         self.live_bytes -= size;
         self.spans[i as usize].stamp = stamp;
         let mut cur = i;
@@ -659,7 +690,7 @@ impl Large {
             }
         }
         self.link(cur);
-        Some(size)
+        Ok(size)
     }
 
     /// Merges `a`'s physical successor into `a` (both unlinked).
@@ -783,6 +814,38 @@ mod tests {
 
     fn any(_: Stamp) -> bool {
         true
+    }
+
+    /// A refused free (the caller's size check said no) changes nothing;
+    /// an offset where no span starts frees nothing; an accepted one frees
+    /// exactly as `free` does.
+    #[test]
+    fn free_if_frees_only_what_its_check_accepts() {
+        let mut l = Large::new(1 << 30, 512);
+        let a = l.alloc(3 << 20, 512, any).unwrap();
+        let b = l.alloc(1000, 512, any).unwrap();
+        let (live, free) = (l.live_bytes(), l.free_bytes());
+        assert_eq!(
+            l.free_if(a.offset, |size| size == 1 << 20, Stamp::SAFE, any),
+            Err(Unfreed::Refused)
+        );
+        assert_eq!((l.live_bytes(), l.free_bytes()), (live, free));
+        assert_eq!(l.size_of(a.offset), Some(3 << 20));
+        assert_eq!(
+            l.free_if(a.offset + 512, |_| true, Stamp::SAFE, any),
+            Err(Unfreed::NotAllocated)
+        );
+        l.check_invariants();
+        assert_eq!(
+            l.free_if(a.offset, |size| size == 3 << 20, Stamp::SAFE, any),
+            Ok(3 << 20)
+        );
+        assert_eq!(l.size_of(a.offset), None);
+        assert_eq!(l.live_bytes(), live - (3 << 20));
+        l.check_invariants();
+        assert_eq!(l.free(b.offset, Stamp::SAFE, any), Some(1024));
+        assert_eq!(l.live_bytes(), 0);
+        l.check_invariants();
     }
 
     #[test]
