@@ -34,9 +34,13 @@ SOURCES = {
     "layouts": ("pytorch/slab-variants-20261130/ensemble-base.log", None,
                 "Host replay, build `6b3b906` (`scripts/decisions.sh`: the same decisions on every later build), "
                 "each trace after 16 preludes of 0 to 1.875 MiB"),
-    "sleep": ("bench/h200-20261130-420072a", ["bench-sleep.log", "bench-full.md"],
-              "One H200, the library of `420072a`: `gpu-arena bench --only sleep` three times, then the whole "
-              "bench once, in one device call"),
+    "sleep": ("bench", ["h200-20261130-420072a/bench-sleep.log", "h200-20261130-420072a/bench-full.md",
+                        "h200-sleep-affinity-20261130/sleep-cpu0.log", "h200-sleep-affinity-20261130/sleep-cpu7.log",
+                        "h200-sleep-affinity-20261130/sleep-cpu15.log",
+                        "h200-sleep-affinity-20261130/sleep-unpinned.log"],
+              "One H200, two device calls: the library of `420072a` (`gpu-arena bench --only sleep` three times, "
+              "then the whole bench once: `docs/bench/h200-20261130-420072a`) and that of `3f48d69` (twelve runs, "
+              "the bench pinned to one CPU or not: `docs/bench/h200-sleep-affinity-20261130`)"),
     "tests": ("bench/h200-20261130-ef16959/tests.log", None,
               "One H200, the tests of `ef16959`, `tests/all` and `tests/ipc_two_process` on CUDA"),
 }
@@ -172,6 +176,8 @@ def sleep_rows():
     got = {c: [] for c in cases}
     anchor = []
     text = "\n".join(open(path("sleep", f)).read() for f in SOURCES["sleep"][1])
+    counts = set(re.findall(r"(\d+) in the default arena \(one per page", text))
+    handles = "/".join(sorted(counts))
     for header, rows in tables(text):
         for r in rows:
             if r.get("case") in got:
@@ -183,18 +189,39 @@ def sleep_rows():
         runs = got[case]
         goal = "≤ 10 ms" if case.startswith("sleep") else "≤ 15 ms"
         met = sum(ok for _, ok in runs)
-        out.append(f"| {label} | {' · '.join(v for v, _ in runs)} | {goal} | {met} of {len(runs)} |")
-    out.append(f"| the anchor: one handle per tensor, unmapped and released one by one | {' · '.join(anchor)} | | |")
+        out.append(f"| {label} | {spread_ms([ms(v) for v, _ in runs])} | {goal} | {met} of {len(runs)} |")
+    out.append(f"| the anchor: one handle per tensor, unmapped and released one by one | "
+               f"{spread_ms([ms(a) for a in anchor])} | | |")
     # The machine's state: the default arena's first sleep against the anchor's, run by run.
     first = got["sleep, discard (first, default arena: as allocated)"]
     missed = [ms(a) for a, (_, ok) in zip(anchor, first) if not ok]
     kept = [ms(a) for a, (_, ok) in zip(anchor, first) if ok]
     note = ""
     if missed and kept:
-        note = (f"The default arena's first sleep missed in the runs where the driver itself was slower: the "
-                f"anchor took {min(missed):.1f}–{max(missed):.1f} ms there against {min(kept):.1f}–{max(kept):.1f} "
-                f"ms in the runs that met the goal.")
+        note = (f"In the runs where the default arena's first sleep missed, the anchor's same sequence took "
+                f"{min(missed):.1f}–{max(missed):.1f} ms; in those where it met the goal, "
+                f"{min(kept):.1f}–{max(kept):.1f} ms: the driver's charge per handle moves from run to run, "
+                f"and with it whether {handles} handles fit in 10 ms.")
+    # The affinity probe's runs, by CPU set: whether the thread's CPU decides it.
+    by_set = []
+    for f in SOURCES["sleep"][1]:
+        m = re.search(r"sleep-(\w+)\.log$", f)
+        if m and "affinity" in f:
+            runs = [ms(r["gpu-arena"]) for _, rows in tables(open(path("sleep", f)).read()) for r in rows
+                    if r.get("case") == "sleep, discard (first, default arena: as allocated)"]
+            by_set.append(f"{m.group(1)} {spread_ms(runs)}")
+    if by_set:
+        topo = open(path("sleep", "h200-sleep-affinity-20261130/topology.txt")).read()
+        nodes = re.search(r"NUMA node\(s\):\s+(\d+)", topo).group(1)
+        note += (f" Pinned to one CPU or not, the default arena's first sleeps spread alike (NUMA nodes on the "
+                 f"machine: {nodes}): " + "; ".join(by_set) + ".")
     return out, note
+
+
+def spread_ms(xs):
+    """Median (min–max) of milliseconds, as the bench prints them."""
+    f = lambda v: f"{v:.2f} ms" if v < 10 else f"{v:.1f} ms"
+    return f"{f(st.median(xs))} ({f(min(xs))}–{f(max(xs))})"
 
 
 def ms(cell):
@@ -276,10 +303,10 @@ tag them.
 """ + "\n".join(lrows) + "\n")
     p.append(f"""## Sleep and wake of 10 GiB (bench section g)
 
-{SOURCES['sleep'][2]} ({link('sleep')}). Goal: sleep ≤ 10 ms and wake ≤ 15 ms per 10 GiB in every cycle,
+{SOURCES['sleep'][2]}. Goal: sleep ≤ 10 ms and wake ≤ 15 ms per 10 GiB in every cycle,
 the first one too.
 
-| case | runs | goal | runs that met it |
+| case | median (min–max) over the runs | goal | runs that met it |
 |---|---|---|---:|
 """ + "\n".join(srows) + "\n\n" + snote + "\n")
     p.append(f"""## On the GPU, the tests
