@@ -312,7 +312,7 @@ the first one too.
     p.append(f"""## On the GPU, the tests
 
 {SOURCES['tests'][2]}: {passed} passed, {failed} failed ({link('tests')}). CI runs every test on the host backend
-and the HIP backend's through a stand-in library; GPU-only tests skip there with a printed reason.
+and the HIP backend's tests through a stand-in library; GPU-only tests skip there with a printed reason.
 """)
     p.append(f"""## Blocked, and why
 
