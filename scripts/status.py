@@ -37,10 +37,11 @@ SOURCES = {
     "sleep": ("bench", ["h200-20261130-420072a/bench-sleep.log", "h200-20261130-420072a/bench-full.md",
                         "h200-sleep-affinity-20261130/sleep-cpu0.log", "h200-sleep-affinity-20261130/sleep-cpu7.log",
                         "h200-sleep-affinity-20261130/sleep-cpu15.log",
-                        "h200-sleep-affinity-20261130/sleep-unpinned.log"],
-              "One H200, two device calls: the library of `420072a` (`gpu-arena bench --only sleep` three times, "
-              "then the whole bench once: `docs/bench/h200-20261130-420072a`) and that of `3f48d69` (twelve runs, "
-              "the bench pinned to one CPU or not: `docs/bench/h200-sleep-affinity-20261130`)"),
+                        "h200-sleep-affinity-20261130/sleep-unpinned.log", "h200-20261130-5c14453/bench-sleep.log"],
+              "One H200, three device calls: the library of `420072a` (`gpu-arena bench --only sleep` three times, "
+              "then the whole bench once: `docs/bench/h200-20261130-420072a`), that of `3f48d69` (twelve runs, "
+              "the bench pinned to one CPU or not: `docs/bench/h200-sleep-affinity-20261130`) and that of "
+              "`5c14453` (four runs whose notes give the driver's speed: `docs/bench/h200-20261130-5c14453`)"),
     "tests": ("bench/h200-20261130-ef16959/tests.log", None,
               "One H200, the tests of `ef16959`, `tests/all` and `tests/ipc_two_process` on CUDA"),
 }
