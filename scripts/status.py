@@ -174,17 +174,23 @@ def sleep_rows():
         "wake, no restore (first, a tag's arena)": "first wake, a tag's arena",
         "wake, no restore (first, default arena)": "first wake, the default arena",
     }
+    first_case = "sleep, discard (first, default arena: as allocated)"
     got = {c: [] for c in cases}
     anchor = []
-    text = "\n".join(open(path("sleep", f)).read() for f in SOURCES["sleep"][1])
-    counts = set(re.findall(r"(\d+) in the default arena \(one per page", text))
+    counts = set()
+    # Each file's default-arena first sleeps (the affinity probe's, by CPU set, are shown below).
+    by_file = {}
+    for f in SOURCES["sleep"][1]:
+        text = open(path("sleep", f)).read()
+        counts.update(re.findall(r"(\d+) in the default arena \(one per page", text))
+        for header, rows in tables(text):
+            for r in rows:
+                if r.get("case") in got:
+                    got[r["case"]].append((r["gpu-arena"], r["check"].startswith("yes")))
+                    if r["case"] == first_case:
+                        anchor.append(r["per-tensor handles"])
+                        by_file.setdefault(f, []).append(ms(r["gpu-arena"]))
     handles = "/".join(sorted(counts))
-    for header, rows in tables(text):
-        for r in rows:
-            if r.get("case") in got:
-                got[r["case"]].append((r["gpu-arena"], r["check"].startswith("yes")))
-                if r["case"].startswith("sleep, discard (first, default"):
-                    anchor.append(r["per-tensor handles"])
     out = []
     for case, label in cases.items():
         runs = got[case]
@@ -194,7 +200,7 @@ def sleep_rows():
     out.append(f"| the anchor: one handle per tensor, unmapped and released one by one | "
                f"{spread_ms([ms(a) for a in anchor])} | | |")
     # The machine's state: the default arena's first sleep against the anchor's, run by run.
-    first = got["sleep, discard (first, default arena: as allocated)"]
+    first = got[first_case]
     missed = [ms(a) for a, (_, ok) in zip(anchor, first) if not ok]
     kept = [ms(a) for a, (_, ok) in zip(anchor, first) if ok]
     note = ""
@@ -205,11 +211,9 @@ def sleep_rows():
                 f"and with it whether {handles} handles fit in 10 ms.")
     # The affinity probe's runs, by CPU set: whether the thread's CPU decides it.
     by_set = []
-    for f in SOURCES["sleep"][1]:
+    for f, runs in by_file.items():
         m = re.search(r"sleep-(\w+)\.log$", f)
         if m and "affinity" in f:
-            runs = [ms(r["gpu-arena"]) for _, rows in tables(open(path("sleep", f)).read()) for r in rows
-                    if r.get("case") == "sleep, discard (first, default arena: as allocated)"]
             by_set.append(f"{m.group(1)} {spread_ms(runs)}")
     if by_set:
         topo = open(path("sleep", "h200-sleep-affinity-20261130/topology.txt")).read()
