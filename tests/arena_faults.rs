@@ -518,8 +518,97 @@ fn a_trim_while_asleep_leaves_the_pages_to_restore() {
     assert_balanced(&driver);
 }
 
+/// A stream may take back memory it freed while its own work on it is still
+/// running (its work runs in order). When committing the rest of such a
+/// block fails (the limit, device memory, a driver error), the span goes
+/// back to the blocks region still guarded by that free's fence: another
+/// stream is not handed those bytes before the fence completes. (Until the
+/// fix, the failed allocation gave the span back as safe for everyone.)
+fn a_failed_commit_keeps_a_pending_free_from_other_streams() {
+    const BIG: u64 = 1 << 20;
+    for how in ["limit", "create fails"] {
+        // Pages of 1 MiB, so that blocks of a quarter page lie in the
+        // blocks region (smaller ones go to slabs).
+        let driver = Checked::new(
+            HostDriver::with_config(HostConfig {
+                granularity: BIG as usize,
+                capacity: 1 << 30,
+                ..Default::default()
+            })
+            .expect("host driver"),
+        );
+        {
+            let a = driver.create_stream().unwrap();
+            let b = driver.create_stream().unwrap();
+            let mut arena = Arena::new(
+                &driver,
+                Kind::Device(0),
+                ArenaConfig {
+                    reservation: 256 << 20,
+                    ..config(1 << 30)
+                },
+            )
+            .unwrap();
+            if how == "limit" {
+                arena.set_limit(BIG);
+            }
+            // Two blocks on page 0, the second the last span of the region.
+            let n = arena.alloc_on(BIG / 4, 512, a).unwrap();
+            let x = arena.alloc_on(BIG / 4, 512, a).unwrap();
+            // Stream a's work on x is still running when x is freed.
+            driver.inner().hold(a);
+            arena.free_on(x, a).unwrap();
+            // On stream a, a block that starts in x's bytes and grows the
+            // top fails to commit its fresh pages.
+            if how == "create fails" {
+                driver.inject(Fault {
+                    op: Op::Create,
+                    nth: 1,
+                    kind: FaultKind::DriverError,
+                });
+            }
+            let e = arena
+                .alloc_on(2 * BIG, 512, a)
+                .expect_err("the commit fails");
+            assert!(
+                matches!(
+                    (how, &e),
+                    ("limit", Error::OutOfMemory(_)) | ("create fails", Error::Driver(_))
+                ),
+                "{how}: {e:?}"
+            );
+            // Stream b gets x's bytes only after waiting on stream a's
+            // fence: without the limit it gets fresh memory and waits for
+            // nothing; under it, the bytes left on the committed page lie in
+            // the span x's free guards, so it waits (the out-of-memory
+            // ladder's last resort; the emulated kernel ends when waited on).
+            let waits = driver.counts().wait;
+            let y = arena.alloc_on(BIG / 4, 512, b).unwrap();
+            let waited = driver.counts().wait - waits;
+            let overlaps = y.addr() < x.addr() + BIG / 4 && x.addr() < y.addr() + BIG / 4;
+            assert!(
+                !overlaps || waited > 0,
+                "{how}: stream b got {:#x}, inside the block stream a freed at {:#x} while \
+                 its work was still running, without waiting",
+                y.addr(),
+                x.addr()
+            );
+            assert_eq!(waited > 0, how == "limit", "{how}: waited {waited} times");
+            arena.check_invariants();
+            driver.inner().complete(a);
+            for (p, s) in [(y, b), (n, a)] {
+                arena.free_on(p, s).unwrap();
+            }
+            arena.trim();
+            arena.check_invariants();
+            assert_eq!(arena.stats().committed, 0);
+        }
+        assert_balanced(&driver);
+    }
+}
+
 fn main() {
-    let tests: [(&str, fn()); 9] = [
+    let tests: [(&str, fn()); 10] = [
         (
             "a_failed_commit_leaves_nothing_behind",
             a_failed_commit_leaves_nothing_behind,
@@ -552,6 +641,10 @@ fn main() {
         (
             "a_trim_while_asleep_leaves_the_pages_to_restore",
             a_trim_while_asleep_leaves_the_pages_to_restore,
+        ),
+        (
+            "a_failed_commit_keeps_a_pending_free_from_other_streams",
+            a_failed_commit_keeps_a_pending_free_from_other_streams,
         ),
     ];
     let filter: Vec<String> = std::env::args()

@@ -526,7 +526,36 @@ impl<D: Driver> Arena<D> {
     /// would map fresh pages where a cached stitched range needs none
     /// (when `stitchable` and at least `stitch_min` bytes). Returns
     /// (offset, bytes).
+    ///
+    /// Out of memory, it looks once more after a fence completed: one the
+    /// commit layer's out-of-memory ladder waited on, or else the oldest
+    /// pending one of each stream, waited on here (never the device). The
+    /// first look may have passed over spans freed on another stream whose
+    /// fence was pending, on pages committed already; the ladder below
+    /// only makes idle handles reusable.
     fn place_block(
+        &mut self,
+        size: u64,
+        align: u64,
+        slot: u16,
+        stitchable: bool,
+    ) -> Result<(u64, u64)> {
+        let waits = self.commit.streams.waits;
+        match self.place_once(size, align, slot, stitchable) {
+            Err(oom @ Error::OutOfMemory(_)) => {
+                if self.commit.streams.waits != waits || self.commit.wait_oldest().unwrap_or(false)
+                {
+                    self.place_once(size, align, slot, stitchable)
+                } else {
+                    Err(oom)
+                }
+            }
+            r => r,
+        }
+    }
+
+    /// [`Arena::place_block`], one look.
+    fn place_once(
         &mut self,
         size: u64,
         align: u64,
@@ -620,8 +649,10 @@ impl<D: Driver> Arena<D> {
             reserved: self.hot.blocks_size,
         })?;
         if let Err(e) = self.commit.add_live(a.offset, a.size, slot, backing) {
+            // Back with the stamp the span had: a free of this stream whose
+            // fence is pending may lie in it.
             let streams = &self.commit.streams;
-            self.blocks.free(a.offset, Stamp::SAFE, |s| streams.done(s));
+            self.blocks.untake(a.offset, |s| streams.done(s));
             return Err(self.live_in_report(e));
         }
         Ok((a.offset, a.size))

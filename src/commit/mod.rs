@@ -344,6 +344,13 @@ impl<D: Driver> Commit<D> {
         self.streams.quiesce(&self.res.driver)
     }
 
+    /// Waits on the oldest pending fence of each stream (the
+    /// out-of-memory ladder's last resort; never the device). Returns
+    /// whether there was one to wait on.
+    pub fn wait_oldest(&mut self) -> Result<bool> {
+        self.streams.wait_oldest(&self.res.driver)
+    }
+
     /// Records a fence covering `stamp` if none was recorded yet.
     pub fn ensure_fence(&mut self, stamp: Stamp) -> Result<()> {
         self.streams.ensure_fence(&self.res.driver, stamp)

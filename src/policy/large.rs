@@ -642,6 +642,19 @@ impl Large {
         self.free_if(offset, |_| true, stamp, done).ok()
     }
 
+    /// Gives back the span at `offset` that [`Large::take`] handed out and
+    /// whose block never went live (committing its pages failed), with the
+    /// stamp the span had when it was taken: a stream may take memory it
+    /// freed while its own work on it still runs, and if that span came back
+    /// as safe, another stream could be handed those bytes before the
+    /// free's fence. The span's record keeps that stamp while it is live
+    /// (a take copies it to the pieces it cuts). `None` if no span was
+    /// handed out at `offset`.
+    pub fn untake(&mut self, offset: u64, done: impl Fn(Stamp) -> bool) -> Option<u64> {
+        let stamp = self.spans[*self.live.get(&offset)? as usize].stamp;
+        self.free(offset, stamp, done)
+    }
+
     /// [`Large::free`] of the span at `offset` if `fits(its size)`, with one
     /// lookup of the span: a caller checking the size it was told against
     /// the span's (a sized free) looks it up once, not once to check and
@@ -908,6 +921,35 @@ mod tests {
             .alloc(4096, 512, |st| st.is_safe() || st.slot() == 1)
             .unwrap();
         assert_eq!(c.offset, a.offset);
+        l.check_invariants();
+    }
+
+    /// A span taken back by the stream that freed it, then given back
+    /// untaken (its commit failed), is still guarded by that free's fence:
+    /// another stream is not handed it, the freeing stream is.
+    #[test]
+    fn an_untaken_span_keeps_its_stamp() {
+        let mut l = Large::new(1 << 30, 512);
+        let a = l.alloc(4096, 512, any).unwrap();
+        let guard = l.alloc(512, 512, any).unwrap();
+        l.free(a.offset, Stamp::new(1, 5), |_| false);
+        let stream = |slot: u16| move |st: Stamp| st.is_safe() || st.slot() == slot;
+        let c = l.alloc(4096, 512, stream(1)).unwrap();
+        assert_eq!(c.offset, a.offset);
+        assert_eq!(l.untake(c.offset, |_| false), Some(4096));
+        assert_eq!(
+            l.untake(c.offset, |_| false),
+            None,
+            "nothing live there any more"
+        );
+        l.check_invariants();
+        assert_ne!(l.alloc(4096, 512, stream(2)).unwrap().offset, a.offset);
+        assert_eq!(l.alloc(4096, 512, stream(1)).unwrap().offset, a.offset);
+        // A span from the fresh top goes back safe.
+        let top = l.alloc(8192, 512, any).unwrap();
+        l.untake(top.offset, |_| false).unwrap();
+        assert_eq!(l.alloc(8192, 512, stream(2)).unwrap().offset, top.offset);
+        assert!(l.size_of(guard.offset).is_some());
         l.check_invariants();
     }
 }
