@@ -103,10 +103,17 @@ impl<D: Driver> Commit<D> {
     }
 
     /// Waits until every free through `h` completed (single fences of the
-    /// streams involved, never the device).
+    /// streams involved, never the device, nor other streams' fences).
     pub(super) fn settle_fenced(&mut self, h: Fenced) -> Result<()> {
         while !self.settled(h) {
-            if !self.streams.wait_oldest(&self.res.driver)? {
+            // `settled` left only stamps not known complete, their fences
+            // recorded where recording worked.
+            let pending = self.pool.stamps(h).iter().next();
+            let waited = match pending {
+                Some(s) => self.streams.wait_for(&self.res.driver, s)?,
+                None => false,
+            };
+            if !waited {
                 return Err(Error::Unsupported(
                     "the work that last used this memory cannot be waited on (recording its fence failed); retry later",
                 ));
@@ -509,6 +516,53 @@ mod tests {
         c.add_live(off, len, 0, Backing::Pages).unwrap();
         c.add_live(off + len, 4096, 0, Backing::Pages).unwrap();
         freed_keeps_only_the_neighbours_page(&mut c, off, len);
+    }
+
+    /// A mapping that must go before a block of stream A can use its page
+    /// (its frees were on stream B, their fence pending) waits on B's
+    /// fence alone: not on a fence of stream C, whose work has nothing to
+    /// do with that memory (a long kernel there must not hold A up).
+    #[test]
+    fn making_room_waits_on_the_freeing_streams_fence_alone() {
+        use crate::commit::testing::{PAGE, commit, driver, finish};
+        let d = driver();
+        let streams: Vec<_> = (0..3).map(|_| d.create_stream().unwrap()).collect();
+        {
+            let mut c = commit(&d, 32, (32, 0));
+            let [a, b, cc] = [0, 1, 2].map(|i| c.streams.slot(streams[i]));
+            // Stream C's work on a block it freed is still running, its fence
+            // recorded; so is stream B's on page 0.
+            for (slot, page) in [(cc, 20), (b, 0)] {
+                c.add_live(page * PAGE, PAGE, slot, Backing::Pages).unwrap();
+                d.inner().hold(streams[slot as usize - 1]);
+                let stamp = c.streams.stamp(slot);
+                c.sub_live(page * PAGE, PAGE, stamp);
+                c.ensure_fence(stamp).unwrap();
+            }
+            assert_eq!(c.streams.pending_fences(), 2);
+            // Stream A needs page 0: its idle mapping goes, after B's fence.
+            let waits = d.counts().wait;
+            c.add_live(0, PAGE, a, Backing::Pages).unwrap();
+            assert_eq!(d.counts().wait - waits, 1, "one fence waited on");
+            assert_eq!(
+                c.streams.pending_fences(),
+                1,
+                "stream C's fence still pending"
+            );
+            assert!(
+                !c.streams.done(Stamp::new(cc, 1)),
+                "stream C's work is not done"
+            );
+            c.check_invariants();
+            c.sub_live(0, PAGE, c.streams.stamp(a));
+            for &s in &streams {
+                d.inner().complete(s);
+            }
+            c.poll();
+            c.trim();
+            assert_eq!(c.committed(), 0);
+        }
+        finish(&d, &streams);
     }
 
     /// Frees the block at `off` (`len` bytes), whose neighbour lives on its

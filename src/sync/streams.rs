@@ -165,6 +165,32 @@ impl<F> Streams<F> {
         Ok(any)
     }
 
+    /// Waits on the fence that covers `stamp` (and drops the older ones of
+    /// its stream, which completed before it): only that stream's work, not
+    /// the others'. Returns whether such a fence was recorded to wait on.
+    pub fn wait_for<D: Driver<Fence = F>>(&mut self, driver: &D, stamp: Stamp) -> Result<bool> {
+        if stamp.is_safe() {
+            return Ok(false);
+        }
+        let Some(s) = self.slots.get_mut(stamp.slot() as usize - 1) else {
+            return Ok(false);
+        };
+        let Some(n) = s
+            .fences
+            .iter()
+            .position(|(epoch, _)| *epoch >= stamp.epoch())
+        else {
+            return Ok(false);
+        };
+        driver.wait(&s.fences[n].1)?;
+        self.waits += 1;
+        s.completed = s.fences[n].0;
+        for (_, f) in s.fences.drain(..=n) {
+            driver.drop_fence(f);
+        }
+        Ok(true)
+    }
+
     /// Records a fence on every slot's stream and waits on each: the work
     /// queued on this arena's streams so far has completed afterwards. Used
     /// before giving back pages that live blocks still hold (sleep); it
