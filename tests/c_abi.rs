@@ -218,6 +218,16 @@ fn process_tag_unknown_tags_and_graph_holds() {
         let a = gpu_arena_alloc(3 << 20, 0, s);
         let b = gpu_arena_alloc(4096, 0, s);
         let outside = gpu_arena_alloc(4096, 0, core::ptr::null_mut());
+        // A wrong free of a held block is refused as the ordinary path
+        // would refuse it, and changes nothing.
+        assert_eq!(gpu_arena_free(a, 1 << 20, 0, s), -1, "another size");
+        assert!(
+            last_error().contains("size or alignment"),
+            "{}",
+            last_error()
+        );
+        assert_eq!(gpu_arena_free(a, 3 << 20, 1, s), -1, "another device");
+        assert_eq!(gpu_arena_free(a, 3 << 20, -1, s), -1, "a negative device");
         assert_eq!(gpu_arena_free(a, 3 << 20, 0, s), 0);
         assert_eq!(gpu_arena_free(a, 3 << 20, 0, s), -1, "double free refused");
         assert!(last_error().contains("already freed"), "{}", last_error());

@@ -323,13 +323,10 @@ fn alloc(size: u64, device: u32, stream: u64) -> R<u64> {
 fn free(ptr: u64, size: u64, device: u32, stream: u64) -> R<()> {
     use global::graph::Deferral;
     let ptr = DevicePtr::new(ptr);
-    match global::graph::defer_free(ptr) {
+    match global::graph::defer_free(ptr, device, (size > 0).then_some(size)) {
         Deferral::Deferred => return Ok(()),
-        Deferral::AlreadyFreed => {
-            return Err(py_err(Error::BadPointer {
-                addr: ptr,
-                kind: gpu_arena::error::BadPointer::DoubleFree,
-            }));
+        Deferral::Refused(kind) => {
+            return Err(py_err(Error::BadPointer { addr: ptr, kind }));
         }
         Deferral::NotHeld => {}
     }

@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::driver::{DevicePtr, Stream};
-use crate::error::{BadPointer, Error, Result};
+use crate::error::{Error, Result};
 use crate::global::graph::Deferral;
 use crate::global::{self, GlobalConfig, timing};
 
@@ -162,17 +162,13 @@ pub extern "C" fn gpu_arena_free(
     }
     let ptr = DevicePtr::from_ptr(ptr);
     guard(-1, || {
-        match global::graph::defer_free(ptr) {
+        let d = device(dev)?;
+        match global::graph::defer_free(ptr, d, (size > 0).then_some(size as u64)) {
             Deferral::NotHeld => {}
             Deferral::Deferred => return Ok(0),
-            Deferral::AlreadyFreed => {
-                return Err(Error::BadPointer {
-                    addr: ptr,
-                    kind: BadPointer::DoubleFree,
-                });
-            }
+            Deferral::Refused(kind) => return Err(Error::BadPointer { addr: ptr, kind }),
         }
-        let a = global::arena(device(dev)?)?;
+        let a = global::arena(d)?;
         let t = timing::enabled().then(timing::ticks);
         a.free(
             ptr,

@@ -27,7 +27,12 @@
 //! let id = graph::begin(0, Stream(7));
 //! let p = DevicePtr::new(0x1000);
 //! graph::note_alloc(0, Stream(7), p, 512);
-//! assert_eq!(graph::defer_free(p), graph::Deferral::Deferred, "freed during the capture");
+//! assert_eq!(
+//!     graph::defer_free(p, 0, Some(1024)),
+//!     graph::Deferral::Refused(gpu_arena::error::BadPointer::LayoutMismatch),
+//!     "not the size it was allocated with"
+//! );
+//! assert_eq!(graph::defer_free(p, 0, Some(512)), graph::Deferral::Deferred, "freed during the capture");
 //! graph::end(id);
 //! let held = graph::release(id);
 //! assert_eq!(held.len(), 1, "the deferred block is handed back to be freed");
@@ -38,7 +43,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::driver::{DevicePtr, Stream};
-use crate::error::Result;
+use crate::error::{BadPointer, Result};
 use crate::lock::lock;
 
 // How many holds are capturing (noting allocations) and alive (capturing
@@ -167,22 +172,35 @@ pub enum Deferral {
     NotHeld,
     /// A hold keeps the block: it stays allocated until the hold's release.
     Deferred,
-    /// The block's free was already deferred: a double free.
-    AlreadyFreed,
+    /// A hold keeps the block and the free is wrong, as the ordinary path
+    /// would refuse it: its free was already deferred (a double free), the
+    /// device is not the block's (foreign), or the size is not the one it
+    /// was allocated with. Nothing changed.
+    Refused(BadPointer),
 }
 
-/// Defers the free of `ptr` if a hold keeps it (see [`Deferral`]). One
-/// relaxed load when no hold is alive.
+/// Defers the free of `ptr`, allocated on `device` with `size` bytes
+/// (`None`: not given), if a hold keeps it (see [`Deferral`]). One relaxed
+/// load when no hold is alive.
 #[inline]
-pub fn defer_free(ptr: DevicePtr) -> Deferral {
+pub fn defer_free(ptr: DevicePtr, device: u32, size: Option<u64>) -> Deferral {
     if super::hot::HOT.alive.load(Ordering::Relaxed) == 0 {
         return Deferral::NotHeld;
     }
     let mut h = holds();
     for x in h.iter_mut() {
         if let Some(b) = x.blocks.get_mut(&ptr) {
-            if b.1 {
-                return Deferral::AlreadyFreed;
+            let refused = if b.1 {
+                Some(BadPointer::DoubleFree)
+            } else if x.device != device {
+                Some(BadPointer::Foreign)
+            } else if size.is_some_and(|s| s != b.0) {
+                Some(BadPointer::LayoutMismatch)
+            } else {
+                None
+            };
+            if let Some(kind) = refused {
+                return Deferral::Refused(kind);
             }
             b.1 = true;
             return Deferral::Deferred;
