@@ -178,9 +178,31 @@ def main():
             rows.append(f"| {w} | {a} | {' · '.join(cells)} |")
     table(["workload", "allocator",
            "stitched ranges reused / repaired / made (pages mapped anew), each repetition (sum over processes)"], rows)
+    first_repetition(runs, workloads)
     paired_time(runs, workloads)
     paired(runs, workloads)
     gpu_time(runs, workloads)
+
+
+def first_repetition(runs, workloads):
+    """Where repetition 1's extra time goes: gpu-arena's time in it over the default's (medians of
+    processes), the time its VMM calls took, and the allocator's own time (inside its calls, the VMM
+    calls included), per process: median (min-max)."""
+    rows = []
+    for w in workloads:
+        base = [p[0]["time_s"] for p in runs.get((w, "default"), []) if p]
+        for a in labels(runs, w):
+            procs = [p for p in runs.get((w, a), []) if p and p[0].get("calls") and p[0].get("us_per_call")]
+            if a == "default" or not procs or not base:
+                continue
+            extra = st.median(p[0]["time_s"] for p in procs) - st.median(base)
+            vmm = [p[0]["calls"]["vmm_nanos"] / 1e6 for p in procs]
+            own = [p[0]["us_per_call"] * (p[0]["allocs"] + p[0].get("frees", 0)) / 1e3 for p in procs]
+            rows.append(f"| {w} | {a} | {extra * 1e3:+.0f} | {rng(vmm, lambda v: f'{v:.0f}')} | "
+                        f"{rng(own, lambda v: f'{v:.0f}')} |")
+    if rows:
+        table(["workload", "allocator", "repetition 1: time over the default's, medians of processes (ms)",
+               "its VMM calls' time (ms)", "the allocator's own time in it, VMM calls included (ms)"], rows)
 
 
 def paired_time(runs, workloads):
