@@ -170,15 +170,18 @@ impl<D: Driver> Commit<D> {
             let (a, b) = self.span(off, len);
             self.clear_for_shared(a, b)
         };
+        // The handle counts as made from here (a create, its bytes in the
+        // shared budget), so that giving it back, here or later, gives back
+        // what was taken: a refused import leaves the budget as it was.
+        self.calls.create += 1;
+        if let Some(b) = &self.budget {
+            b.take(len);
+        }
         if let Err(e) = r {
             self.vmm_release(handle, len >> self.shift);
             return Err(e);
         }
-        self.calls.create += 1;
         let pages = len >> self.shift;
-        if let Some(b) = &self.budget {
-            b.take(len);
-        }
         let now = self.clock.now_ms();
         let u = self.pool.add_unit(handle, pages, true, now);
         self.shared_pages += pages;
@@ -279,5 +282,47 @@ mod tests {
             assert_eq!(c.committed(), 0);
         }
         finish(&d, &[s]);
+    }
+
+    /// An import refused before it was taken in (bad range, over the limit)
+    /// releases the handle and leaves the budget shared with other arenas
+    /// as it was: giving back what was never taken wrapped it, and every
+    /// arena sharing it then ran out of memory (found by review).
+    #[test]
+    fn a_refused_import_leaves_the_shared_budget_as_it_was() {
+        use crate::commit::Budget;
+        use crate::driver::Location;
+        use crate::error::Error;
+        let d = driver();
+        {
+            let mut c = commit(&d, 32, (32, 0));
+            let budget = std::sync::Arc::new(Budget::new(u64::MAX));
+            c.set_budget(budget.clone());
+            c.set_limit(4 * PAGE);
+            c.add_live(0, 3 * PAGE, 1, Backing::Pages).unwrap();
+            assert_eq!(budget.used(), 3 * PAGE);
+            let h = d
+                .create_shareable(2 * PAGE as usize, Location::Device(0))
+                .unwrap();
+            assert!(c.adopt(512, 2 * PAGE, h).is_err(), "not on a page boundary");
+            assert_eq!(budget.used(), 3 * PAGE);
+            let h = d
+                .create_shareable(2 * PAGE as usize, Location::Device(0))
+                .unwrap();
+            let e = c.adopt(8 * PAGE, 2 * PAGE, h).expect_err("over the limit");
+            assert!(matches!(e, Error::OutOfMemory(_)), "{e:?}");
+            assert_eq!(budget.used(), 3 * PAGE);
+            // Within the limit it is taken in, and counted once.
+            c.sub_live(0, 3 * PAGE, Stamp::SAFE);
+            c.trim();
+            assert_eq!(budget.used(), 0);
+            let h = d
+                .create_shareable(2 * PAGE as usize, Location::Device(0))
+                .unwrap();
+            c.adopt(8 * PAGE, 2 * PAGE, h).unwrap();
+            assert_eq!(budget.used(), 2 * PAGE);
+            c.check_invariants();
+        }
+        assert_eq!(d.leaks(), None);
     }
 }
