@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 pub struct GrowBuffer<'a, D: Driver> {
     arena: &'a SharedArena<D>,
     range: GrowRange,
+    /// The stream the memory was last used on, as the last
+    /// [`GrowBuffer::resize_on`] named it: dropped, the buffer gives its
+    /// pages back once that stream's work on them completed.
+    stream: Stream,
 }
 
 impl<D: Driver> core::fmt::Debug for GrowBuffer<'_, D> {
@@ -40,7 +44,11 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
     /// An empty buffer that can grow to `max` bytes (reserves address space only).
     pub fn with_max(arena: &'a SharedArena<D>, max: u64) -> Result<Self> {
         let range = arena.lock().reserve_grow(max)?;
-        Ok(GrowBuffer { arena, range })
+        Ok(GrowBuffer {
+            arena,
+            range,
+            stream: Stream::DEFAULT,
+        })
     }
 
     /// The base address; stable for the buffer's life.
@@ -71,9 +79,21 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
         self.resize_on(len, Stream::DEFAULT)
     }
 
-    /// [`GrowBuffer::resize`], with the memory last used on `stream`.
+    /// [`GrowBuffer::resize`], with the memory last used on `stream`; the
+    /// buffer's memory is taken to be used on `stream` from then on (see
+    /// [`GrowBuffer::free_on`]).
     pub fn resize_on(&mut self, len: u64, stream: Stream) -> Result<()> {
+        self.stream = stream;
         self.arena.lock().resize_grow(&mut self.range, len, stream)
+    }
+
+    /// Gives the buffer back, its memory last used on `stream`: its pages
+    /// go once that stream's work on them completed (no device
+    /// synchronization), never before. Dropping the buffer does the same
+    /// with the stream of the last [`GrowBuffer::resize_on`] (the default
+    /// stream if none).
+    pub fn free_on(mut self, stream: Stream) {
+        self.stream = stream;
     }
 
     /// The contents as a byte slice (host-visible kinds only).
@@ -108,6 +128,6 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
 
 impl<D: Driver> Drop for GrowBuffer<'_, D> {
     fn drop(&mut self) {
-        self.arena.lock().free_grow(&mut self.range);
+        self.arena.lock().free_grow(&mut self.range, self.stream);
     }
 }

@@ -80,6 +80,10 @@ pub struct Scratch<'a, D: Driver> {
     /// The range and its bump state; the arena takes it for the slow path.
     range: Cell<ScratchRange>,
     arena: &'a SharedArena<D>,
+    /// The stream the memory was last used on, as the last
+    /// [`Scratch::reset_on`] named it: dropped, the scratch arena gives its
+    /// pages back once that stream's work on them completed.
+    stream: Cell<Stream>,
 }
 
 /// A pointer handed out by [`Scratch::alloc_raw`], checked against resets.
@@ -183,6 +187,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
             host_visible: arena.host_visible(),
             range: Cell::new(range),
             arena,
+            stream: Cell::new(Stream::DEFAULT),
         })
     }
 
@@ -669,8 +674,11 @@ impl<'a, D: Driver> Scratch<'a, D> {
         self.reset_on(Stream::DEFAULT)
     }
 
-    /// [`Scratch::reset`], with the memory last used on `stream`.
+    /// [`Scratch::reset`], with the memory last used on `stream`; the
+    /// memory is taken to be used on `stream` from then on (see
+    /// [`Scratch::free_on`]).
     pub fn reset_on(&mut self, stream: Stream) {
+        self.stream.set(stream);
         let mut r = self.range.get();
         self.arena
             .lock()
@@ -721,9 +729,22 @@ unsafe fn fill<'s, T, F: FnMut(usize) -> T>(p: NonNull<T>, len: usize, mut f: F)
     unsafe { core::slice::from_raw_parts_mut(p.as_ptr(), len) }
 }
 
+impl<D: Driver> Scratch<'_, D> {
+    /// Gives the scratch arena back, its memory last used on `stream`: its
+    /// pages go once that stream's work on them completed (no device
+    /// synchronization), never before. Dropping it does the same with the
+    /// stream of the last [`Scratch::reset_on`] (the default stream if
+    /// none).
+    pub fn free_on(self, stream: Stream) {
+        self.stream.set(stream);
+    }
+}
+
 impl<D: Driver> Drop for Scratch<'_, D> {
     fn drop(&mut self) {
-        self.arena.lock().free_scratch(self.range.get());
+        self.arena
+            .lock()
+            .free_scratch(self.range.get(), self.stream.get());
     }
 }
 

@@ -5,7 +5,6 @@ use super::{Arena, ScratchCursor};
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
 use crate::policy::Policy;
-use crate::sync::Stamp;
 
 impl<D: Driver> Arena<D> {
     /// Bytes of the buffers region (scratch arenas and growable buffers)
@@ -58,9 +57,16 @@ impl<D: Driver> Arena<D> {
                 requested: max,
                 capacity,
             })?;
+        // Addresses whose last buffer's pages a stream's work may still use
+        // are passed over while others fit (their mappings would have to
+        // wait for that work before this buffer commits there); their
+        // fences were recorded at the free, and are polled here.
+        self.commit.poll();
+        let streams = &self.commit.streams;
         let a = self
             .buffers
-            .alloc(max, page, |_| true)
+            .alloc(max, page, |s| s.is_safe() || streams.done(s))
+            .or_else(|| self.buffers.alloc(max, page, |_| true))
             .ok_or(Error::AddressSpace {
                 requested: max,
                 reserved: self.buffers.capacity(),
@@ -102,14 +108,25 @@ impl<D: Driver> Arena<D> {
         self.commit.unpin(off, to - from, stamp);
     }
 
-    /// Releases the buffer at `base` whose committed prefix is `committed` bytes.
+    /// Releases the buffer at `base` whose committed prefix is `committed`
+    /// bytes, last used on `stream`: its pages go once that stream's work
+    /// on them completed, and its addresses carry the same stamp (pages
+    /// given back earlier, as a reset gives them, may still be mapped
+    /// there, waiting for that stream too).
     pub fn free_buffer(&mut self, base: DevicePtr, committed: u64, policy: Policy, stream: Stream) {
         if committed > 0 {
             // Allowed while asleep: the buffer's pages just will not be restored.
             self.release_buffer_range(base, 0, committed, stream);
         }
+        let slot = self.commit.streams.slot(stream);
+        let stamp = self.commit.streams.stamp(slot);
+        // A fence now, so that a later reservation can see the addresses
+        // free once the work completed (a failed record leaves them to be
+        // reused last).
+        let _ = self.commit.ensure_fence(stamp);
         let off = base.offset_from(self.base_ptr()) - self.buffers_start;
-        self.buffers.free(off, Stamp::SAFE, |_| true);
+        let streams = &self.commit.streams;
+        self.buffers.free(off, stamp, |s| streams.done(s));
         self.buffer_kinds.remove(&off);
         match policy {
             Policy::Scratch => {

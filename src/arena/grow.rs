@@ -81,21 +81,17 @@ impl<D: Driver> Arena<D> {
         Ok(())
     }
 
-    /// Gives `range` back: its length leaves the stats, its committed pages
-    /// go once the default stream's work on them completed, its addresses
-    /// return to the buffers region. The range is left empty (maximum 0),
-    /// and giving it back again does nothing.
-    pub fn free_grow(&mut self, range: &mut GrowRange) {
+    /// Gives `range` back, its memory last used on `stream`: its length
+    /// leaves the stats, its committed pages go once that stream's work on
+    /// them completed, its addresses return to the buffers region. The
+    /// range is left empty (maximum 0), and giving it back again does
+    /// nothing.
+    pub fn free_grow(&mut self, range: &mut GrowRange, stream: Stream) {
         if range.state.max == 0 {
             return;
         }
         self.account_buffer(Policy::Grow, range.state.len, 0);
-        self.free_buffer(
-            range.base,
-            range.state.committed,
-            Policy::Grow,
-            Stream::DEFAULT,
-        );
+        self.free_buffer(range.base, range.state.committed, Policy::Grow, stream);
         range.state = Grow::new(0);
     }
 }

@@ -259,15 +259,11 @@ impl<D: Driver> Arena<D> {
         b.reset();
     }
 
-    /// Gives `range` back (once): its committed pages go once the default
-    /// stream's work on them completed, its cursor is no longer tracked,
-    /// its addresses return to the buffers region.
-    pub fn free_scratch(&mut self, range: ScratchRange) {
-        self.free_buffer(
-            range.base,
-            range.bump.committed,
-            Policy::Scratch,
-            Stream::DEFAULT,
-        );
+    /// Gives `range` back (once), its memory last used on `stream`: its
+    /// committed pages go once that stream's work on them completed, its
+    /// cursor is no longer tracked, its addresses return to the buffers
+    /// region.
+    pub fn free_scratch(&mut self, range: ScratchRange, stream: Stream) {
+        self.free_buffer(range.base, range.bump.committed, Policy::Scratch, stream);
     }
 }

@@ -968,3 +968,84 @@ fn scratch_on_device_memory_serves_layouts_only() {
         scratch.committed_bytes()
     );
 }
+
+/// A scratch arena or a growable buffer whose memory a kernel on stream S
+/// still uses, given back (dropped after `reset_on(S)` / `resize_on(.., S)`,
+/// or by `free_on(S)`): the next one, used on another stream, gets neither
+/// those addresses nor those pages before S's fence, and waits for nothing
+/// (memory is plentiful). Until the fix (found by review) a drop gave
+/// everything back on the default stream: the next scratch arena got the
+/// same addresses and physical pages at once, or, with nothing retained,
+/// waited on S's kernel inside an ordinary allocation.
+#[test]
+fn scratch_and_grow_buffers_give_memory_back_on_the_stream_that_used_it() {
+    use gpu_arena::driver::{Driver, HostDriver};
+    use gpu_arena::{ArenaConfig, GrowBuffer, Kind, SharedArena};
+    const LEN: u64 = 4 << 20;
+    let overlap =
+        |a: DevicePtr, b: DevicePtr| a.addr() < b.addr() + LEN && b.addr() < a.addr() + LEN;
+    for (retain, how) in [
+        (8 << 20, "drop"),
+        (0, "drop"),
+        (8 << 20, "free_on"),
+        (0, "grow"),
+    ] {
+        let arena = SharedArena::new(
+            HostDriver::new().unwrap(),
+            Kind::Device(0),
+            ArenaConfig::default(),
+        )
+        .unwrap();
+        let s = arena.lock().driver().create_stream().unwrap();
+        let cfg = ScratchConfig {
+            max: 8 << 20,
+            retain,
+            ..ScratchConfig::default()
+        };
+        let old = if how == "grow" {
+            let mut g = GrowBuffer::with_max(&arena, 8 << 20).unwrap();
+            g.resize_on(LEN, s).unwrap();
+            let p = g.as_ptr();
+            arena.lock().driver().hold(s);
+            drop(g);
+            p
+        } else {
+            let mut sc = Scratch::with_config(&arena, cfg).unwrap();
+            let p = sc.alloc_raw(LEN, 512).unwrap().get(&sc).unwrap();
+            // SAFETY: host memory, just allocated.
+            unsafe { core::ptr::write_bytes(p.as_mut_ptr::<u8>(), 0xAB, LEN as usize) };
+            // A kernel on s works on it and has not finished.
+            arena.lock().driver().hold(s);
+            if how == "free_on" {
+                sc.free_on(s);
+            } else {
+                sc.reset_on(s);
+                drop(sc);
+            }
+            p
+        };
+        let sc = Scratch::with_config(&arena, cfg).unwrap();
+        let new = sc.alloc_raw(LEN, 512).unwrap().get(&sc).unwrap();
+        assert_eq!(
+            arena.stats().driver_calls.wait,
+            0,
+            "{how}, retain {retain}: a wait"
+        );
+        assert!(
+            !overlap(old, new),
+            "{how}, retain {retain}: memory last used on stream s handed out again before its \
+             fence: {old:#x} then {new:#x}"
+        );
+        // SAFETY: host memory, just allocated.
+        let first = unsafe { *new.as_ptr::<u8>() };
+        assert_ne!(first, 0xAB, "{how}: the same physical page");
+        drop(sc);
+        arena.lock().driver().complete(s);
+        arena.lock().trim();
+        assert_eq!(
+            arena.stats().committed,
+            0,
+            "{how}: everything goes back after the fence"
+        );
+    }
+}
