@@ -10,8 +10,9 @@ use crate::error::Result;
 
 impl GlobalArena {
     /// Puts the tags named in `tags` to sleep (see [`crate::arena::Arena::sleep`]):
-    /// their physical memory goes back, their addresses stay. Tags already
-    /// asleep are skipped. A name that is no tag of this device is refused
+    /// their physical memory goes back, their addresses stay. Shards
+    /// already asleep are skipped: a tag asleep costs nothing, and one that
+    /// a failed [`GlobalArena::wake`] left partly awake goes to sleep whole. A name that is no tag of this device is refused
     /// with [`Error::UnknownTag`](crate::Error::UnknownTag) before any tag
     /// sleeps. On another error, the tags slept so far stay asleep and the
     /// failing one is awake again (its shards that had slept are woken: a
@@ -33,15 +34,25 @@ impl GlobalArena {
         let mut total = SleepReport::default();
         // Every name is checked before any tag sleeps.
         for ta in self.named_tags(tags)? {
-            if ta.asleep.swap(true, Ordering::AcqRel) {
-                continue;
-            }
-            for (i, shard) in ta.shards.iter().enumerate() {
-                let r = shard.lock().sleep(mode, stream);
+            // The flag says whether any shard of the tag may be asleep: a
+            // wake that failed part way leaves some awake, holding memory,
+            // so each shard is asked, not the flag alone.
+            ta.asleep.store(true, Ordering::Release);
+            for shard in ta.shards.iter() {
+                let r = {
+                    let mut a = shard.lock();
+                    if a.is_asleep() {
+                        continue;
+                    }
+                    a.sleep(mode, stream)
+                };
                 match r {
                     Ok(r) => add(&mut total, r),
                     Err(e) => {
-                        let woken = ta.shards[..i]
+                        // Awake again, every shard (a wake of an awake one
+                        // does nothing), or flagged asleep if one cannot be.
+                        let woken = ta
+                            .shards
                             .iter()
                             .all(|s| self.retry_after_trim(|| s.lock().wake(stream)).is_ok());
                         if woken {
@@ -77,7 +88,9 @@ impl GlobalArena {
 
     /// Wakes the tags named in `tags` at the same addresses. Unknown names
     /// are refused as by [`GlobalArena::sleep`]. On error the failing tag
-    /// stays asleep.
+    /// stays flagged asleep, the shards woken before the failure awake: a
+    /// later `wake` wakes the others, a later `sleep` puts those back to
+    /// sleep.
     pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
         let mut total = SleepReport::default();
         for ta in self.named_tags(tags)? {

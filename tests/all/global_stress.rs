@@ -420,6 +420,69 @@ fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
     assert_eq!(driver.as_checked().unwrap().leaks(), None);
 }
 
+/// A wake that fails part way (the second shard runs out of memory) leaves
+/// the tag flagged asleep with its first shard awake and committed; a later
+/// sleep of the tag gives that memory back too, and a later wake wakes the
+/// rest. Until the fix (found by review) the sleep skipped the tag on its
+/// flag and reported success, keeping the memory.
+#[test]
+fn a_sleep_after_a_wake_that_failed_part_way_gives_everything_back() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        shards: 2,
+        thread_cache: 0,
+        background: false,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let tag = arena.tag("half-woken").unwrap();
+    // Threads take shards in turn: allocate from threads until both shards
+    // hold memory.
+    let mut kept = Vec::new();
+    for _ in 0..16 {
+        if arena.shards(tag).iter().all(|s| s.stats().live > 0) {
+            break;
+        }
+        kept.push(
+            std::thread::spawn(move || {
+                let _g = arena.tag_scope("half-woken").unwrap();
+                arena.alloc(6 << 20, 512, Stream::DEFAULT).unwrap()
+            })
+            .join()
+            .unwrap(),
+        );
+    }
+    let sh = arena.shards(tag);
+    assert!(
+        sh.iter().all(|s| s.stats().live > 0),
+        "both shards hold memory"
+    );
+    arena.trim();
+    let (c0, c1) = (sh[0].stats().committed, sh[1].stats().committed);
+    let discard = gpu_arena::SleepMode::Discard;
+    arena
+        .sleep(&["half-woken"], discard, Stream::DEFAULT)
+        .unwrap();
+    assert_eq!(arena.tag_stats(tag).committed, 0);
+    // Room for the first shard's pages only: the second one's wake fails.
+    arena.set_limit(c0 + c1 - 1);
+    assert!(arena.wake(&["half-woken"], Stream::DEFAULT).is_err());
+    arena.set_limit(u64::MAX);
+    assert!(arena.tag_arenas(tag).unwrap().is_asleep(), "flagged asleep");
+    assert!(!sh[0].lock().is_asleep() && sh[1].lock().is_asleep());
+    arena
+        .sleep(&["half-woken"], discard, Stream::DEFAULT)
+        .unwrap();
+    assert_eq!(arena.tag_stats(tag).committed, 0, "everything given back");
+    assert!(sh.iter().all(|s| s.lock().is_asleep()));
+    arena.wake(&["half-woken"], Stream::DEFAULT).unwrap();
+    assert!(sh.iter().all(|s| !s.lock().is_asleep()));
+    assert!(!arena.tag_arenas(tag).unwrap().is_asleep());
+    for p in kept {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+}
+
 #[test]
 fn the_background_reclaimer_gives_idle_memory_back_with_no_call() {
     let idle_after = |background: bool, wait_ms: u64| {
