@@ -47,6 +47,12 @@ pub struct GlobalConfig {
     /// Arenas per device; threads are spread over them round-robin.
     pub shards: u32,
     /// Bytes of small blocks one thread may keep cached (0 disables caching).
+    ///
+    /// Cached blocks count as handed out. So a second free of a block whose
+    /// address went into a cache since its first free looks like the free
+    /// of a live block, as in any allocator once an address is reused; it
+    /// is accepted and the block is later handed out twice. With caching
+    /// off (the default) such a free is refused as a double free.
     pub thread_cache: u64,
     /// Print peak live / peak committed per device at exit (and time the
     /// C ABI's allocation calls).
