@@ -141,9 +141,18 @@ impl<D: Driver> Commit<D> {
         let mut maps: MetaVec<u32> = MetaVec::new_in(std::alloc::System);
         for p in first..first + pages {
             let m = self.pages.map(p);
-            if m != NIL && maps.last() != Some(&m) {
-                maps.push(m);
+            if m == NIL || maps.last() == Some(&m) {
+                continue;
             }
+            // A mapping reaching past the range (one a refused undo left
+            // behind, then taken by this range and the next) stays: past the
+            // range it may back another range's live block. It goes when no
+            // range holds it.
+            let x = self.pool.map(m);
+            if x.first < first || x.first + x.pages > first + pages {
+                continue;
+            }
+            maps.push(m);
         }
         if !maps.iter().all(|&m| {
             let u = self.pool.map(m).unit;

@@ -850,6 +850,71 @@ mod tests {
     /// stitch region. A range made there later finds it like any idle
     /// mapping: it serves, or goes where it would reach past the range.
     /// Nothing is lost from the accounting and nothing leaks.
+    /// The leftover of a refused undo, its fences still pending, is kept by
+    /// a one-page range and reaches into the next range's page; when the
+    /// first range goes, the second range's live page stays mapped (found
+    /// by review: it was unmapped under the live block).
+    #[test]
+    fn a_leftover_mapping_reaching_into_another_range_stays_under_its_block() {
+        use crate::commit::testing::{PAGE, commit, driver};
+        let d = driver();
+        let s = d.create_stream().unwrap();
+        {
+            let mut c = commit(&d, 64, (32, 32));
+            let ss = c.streams.slot(s);
+            for b in 0..4 {
+                c.add_live(b * PAGE, PAGE, ss, Backing::Pages).unwrap();
+            }
+            c.add_live(8 * PAGE, 2 * PAGE, ss, Backing::Whole).unwrap();
+            for b in 0..4 {
+                c.sub_live(b * PAGE, PAGE, Stamp::SAFE);
+            }
+            // The two-page unit's free waits for work still running on s.
+            d.inner().hold(s);
+            c.sub_live(8 * PAGE, 2 * PAGE, c.streams.stamp(ss));
+            for nth in 1..=8 {
+                d.inject(Fault {
+                    op: Op::Create,
+                    nth,
+                    kind: FaultKind::OutOfMemory,
+                });
+            }
+            for nth in 1..=3 {
+                d.inject(Fault {
+                    op: Op::Unmap,
+                    nth,
+                    kind: FaultKind::DriverError,
+                });
+            }
+            assert!(matches!(
+                c.stitch_alloc(8 * PAGE, ss),
+                Err(Error::OutOfMemory(_))
+            ));
+            d.clear_faults();
+            let (region, _) = c.stitch_region();
+            let r0 = c.stitch_alloc(4 * PAGE, ss).unwrap();
+            let r1 = c.stitch_alloc(PAGE, ss).unwrap();
+            let r2 = c.stitch_alloc(PAGE, ss).unwrap();
+            assert_eq!((r0, r1, r2), (region, region + 4 * PAGE, region + 5 * PAGE));
+            // SAFETY: r2's page is live and host-visible.
+            unsafe { ((c.base() + r2) as *mut u64).write(0xfeed) };
+            c.stitch_free(r1, c.streams.stamp(ss)).unwrap();
+            d.inner().complete(s);
+            c.trim();
+            assert!(c.is_committed(r2, PAGE), "r2's live page stays mapped");
+            // SAFETY: as above.
+            assert_eq!(unsafe { ((c.base() + r2) as *const u64).read() }, 0xfeed);
+            c.check_invariants();
+            for r in [r2, r0] {
+                c.stitch_free(r, c.streams.stamp(ss)).unwrap();
+            }
+            c.trim();
+            c.check_invariants();
+            assert_eq!((c.live(), c.committed()), (0, 0));
+        }
+        finish(&d, &[s]);
+    }
+
     #[test]
     fn a_mapping_left_by_a_refused_undo_is_handled_by_the_next_range() {
         let d = Checked::new(HostDriver::new().unwrap());
