@@ -206,6 +206,8 @@ pub struct Arena<D: Driver> {
     tag: u32,
     /// Set while asleep: the pages were given back.
     sleeping: Option<Sleeping<D::Handle>>,
+    /// Set while [`Arena::place_again`] looks a second time.
+    placing_again: bool,
 }
 
 /// The fields of an [`Arena`] that every allocation and free reads or
@@ -367,6 +369,7 @@ impl<D: Driver> Arena<D> {
             scratch_cursors: MetaVec::new_in(std::alloc::System),
             tag: 0,
             sleeping: None,
+            placing_again: false,
         })
     }
 
@@ -527,35 +530,9 @@ impl<D: Driver> Arena<D> {
     /// (when `stitchable` and at least `stitch_min` bytes). Returns
     /// (offset, bytes).
     ///
-    /// Out of memory, it looks once more after a fence completed: one the
-    /// commit layer's out-of-memory ladder waited on, or else the oldest
-    /// pending one of each stream, waited on here (never the device). The
-    /// first look may have passed over spans freed on another stream whose
-    /// fence was pending, on pages committed already; the ladder below
-    /// only makes idle handles reusable.
+    /// Out of memory, it looks once more after a fence completed (see
+    /// [`Arena::place_again`]).
     fn place_block(
-        &mut self,
-        size: u64,
-        align: u64,
-        slot: u16,
-        stitchable: bool,
-    ) -> Result<(u64, u64)> {
-        let waits = self.commit.streams.waits;
-        match self.place_once(size, align, slot, stitchable) {
-            Err(oom @ Error::OutOfMemory(_)) => {
-                if self.commit.streams.waits != waits || self.commit.wait_oldest().unwrap_or(false)
-                {
-                    self.place_once(size, align, slot, stitchable)
-                } else {
-                    Err(oom)
-                }
-            }
-            r => r,
-        }
-    }
-
-    /// [`Arena::place_block`], one look.
-    fn place_once(
         &mut self,
         size: u64,
         align: u64,
@@ -648,14 +625,46 @@ impl<D: Driver> Arena<D> {
             requested: size,
             reserved: self.hot.blocks_size,
         })?;
+        let waits = self.commit.streams.waits;
         if let Err(e) = self.commit.add_live(a.offset, a.size, slot, backing) {
             // Back with the stamp the span had: a free of this stream whose
             // fence is pending may lie in it.
             let streams = &self.commit.streams;
             self.blocks.untake(a.offset, |s| streams.done(s));
-            return Err(self.live_in_report(e));
+            return self.place_again(e, waits, size, align, slot, stitchable);
         }
         Ok((a.offset, a.size))
+    }
+
+    /// After `e`, committing a placed block's pages, with `waits` fence
+    /// waits before it: out of memory, [`Arena::place_block`] looks once
+    /// more after a fence completed, one the commit layer's out-of-memory
+    /// ladder waited on, or else the oldest pending one of each stream,
+    /// waited on here (never the device). The first look may have passed
+    /// over spans freed on another stream whose fence was pending, on
+    /// pages committed already, which the ladder below cannot see (it
+    /// makes idle handles reusable).
+    #[cold]
+    #[inline(never)]
+    fn place_again(
+        &mut self,
+        e: Error,
+        waits: u64,
+        size: u64,
+        align: u64,
+        slot: u16,
+        stitchable: bool,
+    ) -> Result<(u64, u64)> {
+        if matches!(e, Error::OutOfMemory(_))
+            && !self.placing_again
+            && (self.commit.streams.waits != waits || self.commit.wait_oldest().unwrap_or(false))
+        {
+            self.placing_again = true;
+            let r = self.place_block(size, align, slot, stitchable);
+            self.placing_again = false;
+            return r;
+        }
+        Err(self.live_in_report(e))
     }
 
     /// The bytes a block of `size` bytes holds in a stitched range: its
