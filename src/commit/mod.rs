@@ -640,7 +640,7 @@ pub(crate) mod testing {
     use std::collections::BTreeMap;
 
     use super::{Commit, PageState};
-    use crate::driver::{Checked, Driver, HostConfig, HostDriver, Stream};
+    use crate::driver::{Checked, Driver, Fault, FaultKind, HostConfig, HostDriver, Op, Stream};
     use crate::sync::Clock;
 
     /// Live bytes per page, as the page table reports them.
@@ -690,6 +690,13 @@ pub(crate) mod testing {
     /// [`driver_with`] one device.
     pub(crate) fn driver() -> Checked<HostDriver> {
         driver_with(1)
+    }
+
+    /// Makes the next `n` calls of `op` on `d` fail with `kind`.
+    pub(crate) fn refuse(d: &Checked<HostDriver>, op: Op, kind: FaultKind, n: u64) {
+        for nth in 1..=n {
+            d.inject(Fault { op, nth, kind });
+        }
     }
 
     /// [`Commit::for_tests`] on `d`, its clock manual (nothing decays

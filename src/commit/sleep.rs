@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn a_wake_after_a_failed_one_whose_undo_was_refused_succeeds() {
         use crate::commit::Backing;
-        use crate::commit::testing::{PAGE, commit, driver, finish};
+        use crate::commit::testing::{PAGE, commit, driver, finish, refuse};
         use crate::driver::{Fault, FaultKind, Op};
         let d = driver();
         {
@@ -164,13 +164,7 @@ mod tests {
                 nth: 2,
                 kind: FaultKind::OutOfMemory,
             });
-            for nth in 1..=3 {
-                d.inject(Fault {
-                    op: Op::Unmap,
-                    nth,
-                    kind: FaultKind::DriverError,
-                });
-            }
+            refuse(&d, Op::Unmap, FaultKind::DriverError, 3);
             assert!(c.wake().is_err());
             d.clear_faults();
             assert!(c.is_asleep());

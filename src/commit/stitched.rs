@@ -872,20 +872,8 @@ mod tests {
             // The two-page unit's free waits for work still running on s.
             d.inner().hold(s);
             c.sub_live(8 * PAGE, 2 * PAGE, c.streams.stamp(ss));
-            for nth in 1..=8 {
-                d.inject(Fault {
-                    op: Op::Create,
-                    nth,
-                    kind: FaultKind::OutOfMemory,
-                });
-            }
-            for nth in 1..=3 {
-                d.inject(Fault {
-                    op: Op::Unmap,
-                    nth,
-                    kind: FaultKind::DriverError,
-                });
-            }
+            testing::refuse(&d, Op::Create, FaultKind::OutOfMemory, 8);
+            testing::refuse(&d, Op::Unmap, FaultKind::DriverError, 3);
             assert!(matches!(
                 c.stitch_alloc(8 * PAGE, ss),
                 Err(Error::OutOfMemory(_))
@@ -934,20 +922,8 @@ mod tests {
         // A range of 8 pages maps the idle units (6 pages), then the device
         // has no memory for a new handle: undone. The undo's first unmap
         // (the last mapping made) is refused three times.
-        for nth in 1..=8 {
-            d.inject(Fault {
-                op: Op::Create,
-                nth,
-                kind: FaultKind::OutOfMemory,
-            });
-        }
-        for nth in 1..=3 {
-            d.inject(Fault {
-                op: Op::Unmap,
-                nth,
-                kind: FaultKind::DriverError,
-            });
-        }
+        testing::refuse(&d, Op::Create, FaultKind::OutOfMemory, 8);
+        testing::refuse(&d, Op::Unmap, FaultKind::DriverError, 3);
         let before = (c.stitched_ranges(), c.live(), c.committed());
         assert!(matches!(
             c.stitch_alloc(8 * page, 0),
