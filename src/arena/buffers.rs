@@ -5,6 +5,7 @@ use super::{Arena, ScratchCursor};
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
 use crate::policy::Policy;
+use crate::sync::Stamp;
 
 impl<D: Driver> Arena<D> {
     /// Bytes of the buffers region (scratch arenas and growable buffers)
@@ -97,14 +98,14 @@ impl<D: Driver> Arena<D> {
         stream: Stream,
     ) -> Result<()> {
         self.awake()?;
-        self.release_buffer_range(base, from, to, stream);
+        let stamp = self.commit.streams.stamp_on(stream);
+        self.release_buffer_range(base, from, to, stamp);
         Ok(())
     }
 
-    fn release_buffer_range(&mut self, base: DevicePtr, from: u64, to: u64, stream: Stream) {
+    /// Gives back `from..to` of the buffer at `base`, freed with `stamp`.
+    fn release_buffer_range(&mut self, base: DevicePtr, from: u64, to: u64, stamp: Stamp) {
         let off = base.offset_from(self.base_ptr()) + from;
-        let slot = self.commit.streams.slot(stream);
-        let stamp = self.commit.streams.stamp(slot);
         self.commit.unpin(off, to - from, stamp);
     }
 
@@ -114,12 +115,11 @@ impl<D: Driver> Arena<D> {
     /// given back earlier, as a reset gives them, may still be mapped
     /// there, waiting for that stream too).
     pub fn free_buffer(&mut self, base: DevicePtr, committed: u64, policy: Policy, stream: Stream) {
+        let stamp = self.commit.streams.stamp_on(stream);
         if committed > 0 {
             // Allowed while asleep: the buffer's pages just will not be restored.
-            self.release_buffer_range(base, 0, committed, stream);
+            self.release_buffer_range(base, 0, committed, stamp);
         }
-        let slot = self.commit.streams.slot(stream);
-        let stamp = self.commit.streams.stamp(slot);
         // A fence now, so that a later reservation can see the addresses
         // free once the work completed (a failed record leaves them to be
         // reused last).

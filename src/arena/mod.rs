@@ -869,8 +869,7 @@ impl<D: Driver> Arena<D> {
                 return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
             }
         }
-        let slot = self.commit.streams.slot(stream);
-        let stamp = self.commit.streams.stamp(slot);
+        let stamp = self.commit.streams.stamp_on(stream);
         let bytes = self.commit.stitch_free(off, stamp)?;
         self.hot.frees += 1;
         self.hot.live -= bytes;

@@ -12,7 +12,8 @@ impl GlobalArena {
     /// Puts the tags named in `tags` to sleep (see [`crate::arena::Arena::sleep`]):
     /// their physical memory goes back, their addresses stay. Shards
     /// already asleep are skipped: a tag asleep costs nothing, and one that
-    /// a failed [`GlobalArena::wake`] left partly awake goes to sleep whole. A name that is no tag of this device is refused
+    /// a failed [`GlobalArena::wake`] left partly awake goes to sleep whole.
+    /// A name that is no tag of this device is refused
     /// with [`Error::UnknownTag`](crate::Error::UnknownTag) before any tag
     /// sleeps. On another error, the tags slept so far stay asleep and the
     /// failing one is awake again (its shards that had slept are woken: a

@@ -49,6 +49,19 @@ impl<F> Default for Streams<F> {
     }
 }
 
+impl<F> Slot<F> {
+    /// Waits on this stream's pending fence `n` (oldest first): the work
+    /// before it and before every older fence completed; drops those fences.
+    fn wait_through<D: Driver<Fence = F>>(&mut self, driver: &D, n: usize) -> Result<()> {
+        driver.wait(&self.fences[n].1)?;
+        self.completed = self.fences[n].0;
+        for (_, f) in self.fences.drain(..=n) {
+            driver.drop_fence(f);
+        }
+        Ok(())
+    }
+}
+
 impl<F> Streams<F> {
     /// No slots yet.
     pub fn new() -> Self {
@@ -77,6 +90,13 @@ impl<F> Streams<F> {
     /// The stream of a slot.
     pub fn stream(&self, slot: u16) -> Option<Stream> {
         self.slots.get(slot as usize - 1).map(|s| s.stream)
+    }
+
+    /// The stamp a free on `stream` gets now (registering the stream).
+    #[inline]
+    pub fn stamp_on(&mut self, stream: Stream) -> Stamp {
+        let slot = self.slot(stream);
+        self.stamp(slot)
     }
 
     /// The stamp a free on `slot` gets now.
@@ -153,12 +173,9 @@ impl<F> Streams<F> {
     pub fn wait_oldest<D: Driver<Fence = F>>(&mut self, driver: &D) -> Result<bool> {
         let mut any = false;
         for s in self.slots.iter_mut() {
-            if let Some((epoch, f)) = s.fences.first() {
-                driver.wait(f)?;
+            if !s.fences.is_empty() {
+                s.wait_through(driver, 0)?;
                 self.waits += 1;
-                s.completed = *epoch;
-                let (_, f) = s.fences.remove(0);
-                driver.drop_fence(f);
                 any = true;
             }
         }
@@ -182,12 +199,8 @@ impl<F> Streams<F> {
         else {
             return Ok(false);
         };
-        driver.wait(&s.fences[n].1)?;
+        s.wait_through(driver, n)?;
         self.waits += 1;
-        s.completed = s.fences[n].0;
-        for (_, f) in s.fences.drain(..=n) {
-            driver.drop_fence(f);
-        }
         Ok(true)
     }
 
