@@ -595,6 +595,15 @@ impl<D: Driver> Commit<D> {
             .map(|u| self.pool.unit(u).pages)
             .sum();
         assert_eq!(shared, self.shared_pages, "shared pages");
+        // An empty shared unit is never reused: it must be waiting to go.
+        for u in self.pool.unit_ids() {
+            if self.pool.unit(u).shared && self.pool.owner(u) == NIL {
+                assert!(
+                    self.shared_pending.contains(&u),
+                    "empty shared unit {u} not waiting to go back"
+                );
+            }
+        }
         assert!(
             self.asleep || self.committed() >= self.live,
             "committed >= live"
