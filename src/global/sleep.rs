@@ -7,6 +7,7 @@ use super::{GlobalArena, cache};
 use crate::arena::{SleepMode, SleepReport, obtain};
 use crate::driver::Stream;
 use crate::error::Result;
+use crate::lock::lock;
 
 impl GlobalArena {
     /// Puts the tags named in `tags` to sleep (see [`crate::arena::Arena::sleep`]):
@@ -19,7 +20,8 @@ impl GlobalArena {
     /// failing one is awake again (its shards that had slept are woken: a
     /// tag is never half asleep, some shards refusing the allocations that
     /// others serve). Frees into an asleep tag are served (see
-    /// [`crate::arena::Arena::sleep`]).
+    /// [`crate::arena::Arena::sleep`]). A sleep or wake of the same tag
+    /// from another thread waits for this one to finish with it.
     pub fn sleep(
         &'static self,
         tags: &[&str],
@@ -35,6 +37,7 @@ impl GlobalArena {
         let mut total = SleepReport::default();
         // Every name is checked before any tag sleeps.
         for ta in self.named_tags(tags)? {
+            let _cycle = lock(&ta.cycle);
             // The flag says whether any shard of the tag may be asleep: a
             // wake that failed part way leaves some awake, holding memory,
             // so each shard is asked, not the flag alone.
@@ -95,6 +98,7 @@ impl GlobalArena {
     pub fn wake(&self, tags: &[&str], stream: Stream) -> Result<SleepReport> {
         let mut total = SleepReport::default();
         for ta in self.named_tags(tags)? {
+            let _cycle = lock(&ta.cycle);
             if !ta.is_asleep() {
                 continue;
             }

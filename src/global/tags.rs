@@ -56,7 +56,11 @@ pub struct TagArenas {
     /// Each shard's reservation (base, size), apart from the shards so that
     /// routing a free reads no cache line a shard's owner writes.
     pub(super) ranges: Box<[(DevicePtr, u64)]>,
+    /// Whether any shard may be asleep (allocations read it first).
     pub(super) asleep: AtomicBool,
+    /// Held through a sleep or wake of the tag, so that one from another
+    /// thread waits: the flag then always says what the shards are.
+    pub(super) cycle: Mutex<()>,
 }
 
 impl TagArenas {
@@ -200,6 +204,7 @@ impl GlobalArena {
             shards: shards.into_boxed_slice(),
             ranges,
             asleep: AtomicBool::new(false),
+            cycle: Mutex::new(()),
         });
         Ok(())
     }

@@ -483,6 +483,84 @@ fn a_sleep_after_a_wake_that_failed_part_way_gives_everything_back() {
     }
 }
 
+/// Sleep and wake of one tag from two threads at once end in a tag whose
+/// flag says what its shards are: a wake ending last leaves every shard
+/// awake. Until the fix (found by review) a wake could clear the flag while
+/// a sleep on another thread was putting later shards to sleep; later
+/// wakes then skipped the tag on its flag, and the threads routed to those
+/// shards could never allocate again.
+#[test]
+fn sleep_and_wake_of_one_tag_from_two_threads_leave_it_whole() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        shards: 4,
+        thread_cache: 0,
+        background: false,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let tag = arena.tag("raced").unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..32 {
+        if arena.shards(tag).iter().all(|s| s.stats().live > 0) {
+            break;
+        }
+        kept.push(
+            std::thread::spawn(move || {
+                let _g = arena.tag_scope("raced").unwrap();
+                arena.alloc(1 << 20, 512, Stream::DEFAULT).unwrap()
+            })
+            .join()
+            .unwrap(),
+        );
+    }
+    let sh = arena.shards(tag);
+    assert!(
+        sh.iter().all(|s| s.stats().live > 0),
+        "every shard holds memory"
+    );
+    let discard = gpu_arena::SleepMode::Discard;
+    // Both threads go on for the same stretch, so that their calls overlap
+    // whatever the scheduler does at the start.
+    let until = std::time::Instant::now() + std::time::Duration::from_millis(300);
+    let sleeper = std::thread::spawn(move || {
+        let mut n = 0;
+        while std::time::Instant::now() < until {
+            n += (arena
+                .sleep(&["raced"], discard, Stream::DEFAULT)
+                .unwrap()
+                .bytes
+                > 0) as u32;
+        }
+        n
+    });
+    let waker = std::thread::spawn(move || {
+        let mut n = 0;
+        while std::time::Instant::now() < until {
+            n += (arena.wake(&["raced"], Stream::DEFAULT).unwrap().bytes > 0) as u32;
+        }
+        n
+    });
+    let (slept, woke) = (sleeper.join().unwrap(), waker.join().unwrap());
+    eprintln!("{slept} sleeps and {woke} wakes gave back or recommitted memory");
+    // Whatever the interleaving, the flag says whether a shard sleeps.
+    let flagged = arena.tag_arenas(tag).unwrap().is_asleep();
+    let sleeping = sh.iter().filter(|s| s.lock().is_asleep()).count();
+    assert!(
+        flagged || sleeping == 0,
+        "flagged awake, {sleeping} shards asleep"
+    );
+    arena.wake(&["raced"], Stream::DEFAULT).unwrap();
+    assert!(
+        sh.iter().all(|s| !s.lock().is_asleep()),
+        "every shard awake"
+    );
+    assert!(!arena.tag_arenas(tag).unwrap().is_asleep());
+    for p in kept {
+        arena.free(p, None, Stream::DEFAULT).unwrap();
+    }
+}
+
 #[test]
 fn the_background_reclaimer_gives_idle_memory_back_with_no_call() {
     let idle_after = |background: bool, wait_ms: u64| {
