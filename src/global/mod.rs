@@ -83,6 +83,10 @@ pub struct GlobalArena {
     /// Set once the reclaimer was started (or found not wanted, or failed
     /// to start): every call of [`arena`] asks, and must not take a lock.
     reclaimer_tried: AtomicBool,
+    /// Set (under `creating`) when the reclaimer was wanted and could not
+    /// start: the free path gives memory back instead, in tags made later
+    /// too.
+    reclaimer_failed: AtomicBool,
     /// The thread obtaining pinned host memory for offloads and what it
     /// was asked (see [`GlobalArena::prepare_offload_in_background`]); an
     /// offloading sleep and [`GlobalArena::destroy`] wait for it.
@@ -230,6 +234,7 @@ impl GlobalArena {
             reclaimer: Mutex::new(None),
             reclaimer_stop: AtomicBool::new(false),
             reclaimer_tried: AtomicBool::new(false),
+            reclaimer_failed: AtomicBool::new(false),
             stager: Mutex::new(stager::Stager::default()),
         };
         g.tag("default")?;
@@ -297,14 +302,33 @@ impl GlobalArena {
             })
             .ok();
         if slot.is_none() {
-            // No thread: the free path gives memory back instead.
             eprintln!(
                 "gpu-arena: the background reclaimer could not start; idle memory goes back on frees"
             );
-            for shard in self.tags().flat_map(|t| t.shards.iter()) {
-                shard.lock().set_reclaim_on_free(true);
-            }
+            self.reclaim_on_free_instead();
         }
+    }
+
+    /// With no reclaimer thread, the free path gives memory back (as the
+    /// configuration's `reclaim_on_free` says) in every tag: those made
+    /// already and, through the flag read by [`GlobalArena::create_tag`],
+    /// those made later. Under `creating`, so that no tag being made misses
+    /// both.
+    #[cold]
+    fn reclaim_on_free_instead(&self) {
+        let _creating = lock(&self.creating);
+        self.reclaimer_failed.store(true, Ordering::Release);
+        let on = self.config.arena.commit.reclaim_on_free;
+        for shard in self.tags().flat_map(|t| t.shards.iter()) {
+            shard.lock().set_reclaim_on_free(on);
+        }
+    }
+
+    /// Acts as if the reclaimer thread had failed to start (tests: a
+    /// thread cannot be made to fail on demand).
+    #[doc(hidden)]
+    pub fn simulate_reclaimer_failure(&self) {
+        self.reclaim_on_free_instead();
     }
 
     /// Stops the background reclaimer, if it runs, and waits for it.

@@ -178,8 +178,10 @@ impl GlobalArena {
         let mut arena_config = self.config.arena;
         arena_config.commit.limit = u64::MAX;
         // With a background reclaimer, freeing threads never give memory
-        // back themselves.
-        arena_config.commit.reclaim_on_free &= !self.config.background;
+        // back themselves (unless it could not start).
+        if !self.reclaimer_failed.load(Ordering::Acquire) {
+            arena_config.commit.reclaim_on_free &= !self.config.background;
+        }
         // What an engine tags, it loaded to stay and will put to sleep: few
         // large handles from its first allocation (sleep and wake cost per
         // handle).

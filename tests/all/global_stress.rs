@@ -561,6 +561,31 @@ fn sleep_and_wake_of_one_tag_from_two_threads_leave_it_whole() {
     }
 }
 
+/// Where the reclaimer thread cannot start, frees give idle memory back in
+/// every tag: those made before and those made after. Until the fix (found
+/// by review) tags made later kept memory idle until a trim.
+#[test]
+fn without_a_reclaimer_thread_tags_made_later_reclaim_on_free_too() {
+    let conf = GlobalConfig {
+        backend: Select::Host,
+        thread_cache: 0,
+        background: true,
+        ..GlobalConfig::default()
+    };
+    let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
+    let on_free = |tag: u32| {
+        arena
+            .shards(tag)
+            .iter()
+            .all(|s| s.lock().config().commit.reclaim_on_free)
+    };
+    assert!(!on_free(0), "the thread gives memory back, not the frees");
+    arena.simulate_reclaimer_failure();
+    assert!(on_free(0), "a tag made before");
+    let later = arena.tag("made-after-the-failure").unwrap();
+    assert!(on_free(later), "a tag made after");
+}
+
 #[test]
 fn the_background_reclaimer_gives_idle_memory_back_with_no_call() {
     let idle_after = |background: bool, wait_ms: u64| {
