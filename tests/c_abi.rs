@@ -160,6 +160,17 @@ fn process_tag_unknown_tags_and_graph_holds() {
     };
     // SAFETY: NUL-terminated strings throughout.
     unsafe {
+        // Choosing the process-wide tag opens no device, as choosing a
+        // thread's does not (it opened device 0, with the settings of the
+        // environment, before `gpu_arena_init` could give its own: found
+        // by review).
+        assert!(gpu_arena_set_process_tag(c"chosen-first".as_ptr()) >= 0);
+        assert_eq!(global::arenas().count(), 0, "no device opened");
+        assert_eq!(
+            global::process_tag(),
+            global::tag_index("chosen-first").unwrap()
+        );
+        assert!(gpu_arena_set_process_tag(c"default".as_ptr()) >= 0);
         assert_eq!(gpu_arena_init(c"backend:host,thread_cache:0".as_ptr()), 0);
         let arena = global::arena(0).unwrap();
         // Found again through the line of flags every call reads (once the

@@ -159,11 +159,12 @@ fn current_tag() -> R<String> {
 }
 
 /// Makes `name` the calling thread's tag (created on first use on every
-/// device with an arena) and, with `process`, the process-wide tag of
-/// threads that chose none. Returns what [`exit_tag`] restores.
+/// device with an arena; opens no device) and, with `process`, the
+/// process-wide tag of threads that chose none. Returns what [`exit_tag`]
+/// restores.
 #[pyfunction]
 fn enter_tag(name: &str, process: bool) -> R<(Option<u32>, Option<u32>)> {
-    let t = arena(0)?.tag(name).map_err(py_err)?;
+    let t = global::tag_index(name).map_err(py_err)?;
     for a in global::arenas() {
         a.tag(name).map_err(py_err)?;
     }

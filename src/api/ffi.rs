@@ -314,11 +314,17 @@ pub extern "C" fn gpu_arena_torch_free(
     }
 }
 
-fn cstr<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
+/// The string at `p` (refused with `what` where NULL), borrowed for the
+/// entry point's call.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string that stays valid and unchanged
+/// while the borrow `'a` is used: within the call that passed it.
+unsafe fn cstr<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
     if p.is_null() {
         return Err(Error::Config(what));
     }
-    // SAFETY: the caller passes a NUL-terminated string that outlives the call.
+    // SAFETY: the caller guarantees a NUL-terminated string valid for 'a.
     unsafe { CStr::from_ptr(p) }
         .to_str()
         .map_err(|_| Error::Config("string argument is not UTF-8"))
@@ -335,7 +341,9 @@ fn cstr<'a>(p: *const c_char, what: &'static str) -> Result<&'a str> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gpu_arena_set_tag(tag: *const c_char) -> c_int {
     guard(-1, || {
-        let name = cstr(tag, "tag must not be NULL")?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let name = unsafe { cstr(tag, "tag must not be NULL") }?;
         let t = global::tag_index(name)?;
         for a in global::arenas() {
             a.tag(name)?;
@@ -346,16 +354,19 @@ pub unsafe extern "C" fn gpu_arena_set_tag(tag: *const c_char) -> c_int {
 
 /// Makes `tag` the tag of every thread that has not chosen one with
 /// [`gpu_arena_set_tag`] (threads a framework starts on its own, such as
-/// PyTorch's autograd threads); created on first use. Returns the previous
-/// process-wide tag's index, or -1 with the last error set.
+/// PyTorch's autograd threads); created on first use. Opens no device, as
+/// [`gpu_arena_set_tag`]. Returns the previous process-wide tag's index, or
+/// -1 with the last error set.
 ///
 /// # Safety
 /// `tag` is a NUL-terminated string.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn gpu_arena_set_process_tag(tag: *const c_char) -> c_int {
     guard(-1, || {
-        let name = cstr(tag, "tag must not be NULL")?;
-        let t = global::arena(0)?.tag(name)?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let name = unsafe { cstr(tag, "tag must not be NULL") }?;
+        let t = global::tag_index(name)?;
         for a in global::arenas() {
             a.tag(name)?;
         }
@@ -388,8 +399,14 @@ pub extern "C" fn gpu_arena_graph_release(id: u64) -> i64 {
     guard(-1, || global::graph::release_and_free(id).map(|b| b as i64))
 }
 
-fn tag_list(tags: *const c_char) -> Result<Vec<&'static str>> {
-    let s: &'static str = cstr(tags, "tags must not be NULL")?;
+/// The comma-separated names of `tags`, borrowed for the call that passed
+/// them (nothing keeps them past it).
+///
+/// # Safety
+/// As [`cstr`].
+unsafe fn tag_list<'a>(tags: *const c_char) -> Result<Vec<&'a str>> {
+    // SAFETY: the caller's guarantee, passed on.
+    let s: &'a str = unsafe { cstr(tags, "tags must not be NULL") }?;
     Ok(s.split(',')
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -417,7 +434,10 @@ pub unsafe extern "C" fn gpu_arena_sleep(
             _ => return Err(Error::Config("mode must be 0 (discard) or 1 (offload)")),
         };
         let a = global::arena(device(dev)?)?;
-        a.sleep(&tag_list(tags)?, mode, Stream(stream as u64))?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let names = unsafe { tag_list(tags) }?;
+        a.sleep(&names, mode, Stream(stream as u64))?;
         Ok(0)
     })
 }
@@ -433,7 +453,10 @@ pub unsafe extern "C" fn gpu_arena_sleep(
 pub unsafe extern "C" fn gpu_arena_prepare_offload(dev: c_int, tags: *const c_char) -> c_int {
     guard(-1, || {
         let a = global::arena(device(dev)?)?;
-        a.prepare_offload(&tag_list(tags)?)?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let names = unsafe { tag_list(tags) }?;
+        a.prepare_offload(&names)?;
         Ok(0)
     })
 }
@@ -452,7 +475,10 @@ pub unsafe extern "C" fn gpu_arena_prepare_offload_background(
 ) -> c_int {
     guard(-1, || {
         let a = global::arena(device(dev)?)?;
-        a.prepare_offload_in_background(&tag_list(tags)?)?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let names = unsafe { tag_list(tags) }?;
+        a.prepare_offload_in_background(&names)?;
         Ok(0)
     })
 }
@@ -471,7 +497,10 @@ pub unsafe extern "C" fn gpu_arena_wake(
 ) -> c_int {
     guard(-1, || {
         let a = global::arena(device(dev)?)?;
-        a.wake(&tag_list(tags)?, Stream(stream as u64))?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let names = unsafe { tag_list(tags) }?;
+        a.wake(&names, Stream(stream as u64))?;
         Ok(0)
     })
 }
@@ -488,7 +517,10 @@ pub unsafe extern "C" fn gpu_arena_set_tag_limit(
 ) -> c_int {
     guard(-1, || {
         let a = global::arena(device(dev)?)?;
-        a.set_tag_limit(cstr(tag, "tag must not be NULL")?, limit)?;
+        // SAFETY: this entry point's caller passes a NUL-terminated string
+        // (its `# Safety`), read only during this call.
+        let name = unsafe { cstr(tag, "tag must not be NULL") }?;
+        a.set_tag_limit(name, limit)?;
         Ok(0)
     })
 }
