@@ -159,7 +159,14 @@ fn check_rules<D: Driver>(d: &D, backend: &'static str, physical: &dyn Fn() -> u
             && gd.as_ref().ok() == Some(&(2 * MIB)),
     );
 
-    // Reservations: 64 TiB succeeds, 128 TiB fails with out-of-memory.
+    // Reservations: 64 TiB succeeds, 128 TiB fails with out-of-memory. One
+    // backend at a time: two 64 TiB reservations at once do not fit in a
+    // process's 128 TiB of addresses (the host and checked-host runs
+    // failed this rule about one time in eight when they overlapped).
+    static HALF_THE_ADDRESSES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let one_at_a_time = HALF_THE_ADDRESSES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let res = d.reserve(64 * TIB, 0);
     let freed = res.as_ref().ok().map(|&va| {
         // SAFETY: exactly what reserve returned; nothing is mapped there.
@@ -186,6 +193,7 @@ fn check_rules<D: Driver>(d: &D, backend: &'static str, physical: &dyn Fn() -> u
         &outcome(&res),
         is_refusal(&res, ErrorKind::OutOfMemory),
     );
+    drop(one_at_a_time);
 
     // One 2-granule handle mapped at the head of a 4-granule reservation.
     let va = d.reserve(4 * g, 0).expect("reserve");
