@@ -1,8 +1,8 @@
 //! The host backend: the VMM rules on Linux memfd + mmap.
 //!
 //! - reservation = `mmap(PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE)`;
-//! - physical handle = a range of one sparse memfd (offsets are never reused,
-//!   so a handle is identified by its offset);
+//! - physical handle = a range of one sparse memfd (handle ids are never
+//!   reused; the ranges of handles given back are, by later creates);
 //! - map = `mmap(MAP_SHARED | MAP_FIXED)` of that range, with no access until
 //!   `set_access` (as on CUDA);
 //! - unmap = the range goes back to `PROT_NONE` anonymous reservation;
@@ -73,9 +73,9 @@ fn default_capacity() -> u64 {
     }
 }
 
-/// A physical handle of the host backend: its offset in the common backing
-/// memfd, or (shareable and imported handles) an id from the same counter
-/// naming a memfd of its own.
+/// A physical handle of the host backend: an id (never reused) naming a
+/// range of the common backing memfd, or (shareable and imported handles) a
+/// memfd of its own.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct HostHandle(pub u64);
 
@@ -96,11 +96,19 @@ struct StreamState {
 
 struct State {
     vm: VmState<HostHandle>,
+    /// Handle ids: never reused (a stale handle stays unknown).
+    next_id: u64,
+    /// End of the part of the common memfd ever handed out.
     next_offset: u64,
+    /// Common-memfd handles: their offset, by handle id.
+    offsets: MetaMap<u64, u64>,
+    /// Ranges of the common memfd given back (punched), sorted by offset,
+    /// coalesced: reused by later creates, so the 4 PiB file never runs out
+    /// while little is held.
+    holes: MetaVec<(u64, u64)>,
     streams: MetaVec<StreamState>,
-    /// Shareable and imported handles: their own memfd, by handle id. Their
-    /// ids come from the same counter as offsets of the common memfd, whose
-    /// range at that id stays an untouched hole.
+    /// Shareable and imported handles: their own memfd, by handle id (ids
+    /// from the same counter as the common memfd's handles).
     shared: MetaMap<u64, OwnedFd>,
 }
 
@@ -199,7 +207,10 @@ impl HostDriver {
                     true,
                     config.max_reservation,
                 ),
+                next_id: 0,
                 next_offset: 0,
+                offsets: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
+                holes: MetaVec::new_in(std::alloc::System),
                 streams,
                 shared: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
             }),
@@ -243,8 +254,25 @@ impl HostDriver {
         }
     }
 
-    fn protect(&self, va: u64, size: u64, rights: Rights) -> core::result::Result<(), ErrorKind> {
-        let (r, w) = rights.any();
+    /// Host-located memory is the CPU's only with a host descriptor (as on
+    /// CUDA); device-located memory is the CPU's whenever a device has rights
+    /// (the host backend's devices are the CPU).
+    fn protect(
+        &self,
+        va: u64,
+        size: u64,
+        rights: Rights,
+        host_located: bool,
+    ) -> core::result::Result<(), ErrorKind> {
+        let (r, w) = if host_located {
+            match rights.mode(Location::Host) {
+                AccessMode::None => (false, false),
+                AccessMode::Read => (true, false),
+                AccessMode::ReadWrite => (true, true),
+            }
+        } else {
+            rights.any()
+        };
         let prot = match (r, w) {
             (_, true) => libc::PROT_READ | libc::PROT_WRITE,
             (true, false) => libc::PROT_READ,
@@ -347,7 +375,9 @@ unsafe impl Driver for HostDriver {
     fn create(&self, size: usize, location: Location) -> Result<HostHandle> {
         let mut st = self.lock();
         self.may_create(&st, size as u64, location)?;
-        let h = Self::next_id(&mut st, size as u64, Call::Create)?;
+        let offset = Self::take_offset(&mut st, size as u64)?;
+        let h = Self::next_id(&mut st);
+        st.offsets.insert(h.0, offset);
         st.vm.add_handle(h, size as u64, location);
         Ok(h)
     }
@@ -360,7 +390,15 @@ unsafe impl Driver for HostDriver {
             .release(handle)
             .map_err(|r| host_err(Call::Release, r))?;
         if let (true, Some(size)) = (now, size) {
-            Self::give_back(self.fd, &mut st.shared, handle.0, size);
+            let st = &mut *st;
+            Self::give_back(
+                self.fd,
+                &mut st.shared,
+                &mut st.offsets,
+                &mut st.holes,
+                handle.0,
+                size,
+            );
         }
         Ok(())
     }
@@ -372,7 +410,18 @@ unsafe impl Driver for HostDriver {
             .map_err(|r| host_err(Call::Map, r))?;
         let (fd, file_offset) = match st.shared.get(&handle.0) {
             Some(own) => (own.as_raw_fd(), 0),
-            None => (self.fd, handle.0 as libc::off_t),
+            None => match st.offsets.get(&handle.0) {
+                Some(&offset) => (self.fd, offset as libc::off_t),
+                None => {
+                    // Unreachable: a live handle has a memfd or a range.
+                    let _ = st.vm.unmap(va, size as u64, |_, _| {});
+                    return Err(host_err(
+                        Call::Map,
+                        (ErrorKind::InvalidValue, Reason::UnknownHandle),
+                    )
+                    .into());
+                }
+            },
         };
         // SAFETY: VmState confirmed va..va+size is an unmapped range inside
         // one of our reservations, so MAP_FIXED replaces only our PROT_NONE
@@ -399,10 +448,10 @@ unsafe impl Driver for HostDriver {
     unsafe fn unmap(&self, va: u64, size: usize) -> Result<()> {
         let mut guard = self.lock();
         let st = &mut *guard;
-        let shared = &mut st.shared;
+        let (shared, offsets, holes) = (&mut st.shared, &mut st.offsets, &mut st.holes);
         let fd = self.fd;
         let give_back = |h: HostHandle, s: &crate::driver::rules::HandleState| {
-            Self::give_back(fd, shared, h.0, s.size);
+            Self::give_back(fd, shared, offsets, holes, h.0, s.size);
         };
         st.vm
             .unmap(va, size as u64, give_back)
@@ -425,12 +474,21 @@ unsafe impl Driver for HostDriver {
 
     unsafe fn set_access(&self, va: u64, size: usize, access: &[Access]) -> Result<()> {
         let mut st = self.lock();
-        let mut failed = false;
         st.vm
-            .set_access(va, size as u64, access, |m| {
-                failed |= self.protect(m.va, m.size, m.rights).is_err();
-            })
+            .set_access(va, size as u64, access, |_| {})
             .map_err(|r| host_err(Call::SetAccess, r))?;
+        // Validated: whole mappings tile va..va+size (no overflow).
+        let end = va + size as u64;
+        let mut at = va;
+        let mut failed = false;
+        while let Some(m) = st.vm.mapping_at(at).copied().filter(|_| at < end) {
+            let host_located = st
+                .vm
+                .handle(m.handle)
+                .is_some_and(|s| s.location == Location::Host);
+            failed |= self.protect(m.va, m.size, m.rights, host_located).is_err();
+            at = m.va + m.size;
+        }
         if failed {
             return Err(os_err(Call::SetAccess, ErrorKind::Other).into());
         }
@@ -485,9 +543,14 @@ unsafe impl Driver for HostDriver {
     fn create_stream(&self) -> Result<Stream> {
         let mut st = self.lock();
         if let Some(i) = st.streams.iter().skip(1).position(|s| !s.live) {
-            st.streams[i + 1] = StreamState {
+            // Keep the sequence numbers growing: fences of the destroyed
+            // stream (its work done) stay complete and never equal new ones.
+            let s = &mut st.streams[i + 1];
+            *s = StreamState {
                 live: true,
-                ..Default::default()
+                held: false,
+                recorded: s.recorded,
+                completed: s.recorded,
             };
             return Ok(Stream(i as u64 + 1));
         }
@@ -514,15 +577,19 @@ unsafe impl Driver for HostDriver {
     }
 
     unsafe fn copy(&self, dst: u64, src: u64, len: usize, _stream: Stream) -> Result<()> {
-        // SAFETY: the caller guarantees both ranges are valid, mapped with
-        // access, and do not overlap.
-        unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+        self.as_device(&[(dst, len), (src, len)], || {
+            // SAFETY: the caller guarantees both ranges are valid, mapped with
+            // access, and do not overlap.
+            unsafe { core::ptr::copy_nonoverlapping(src as *const u8, dst as *mut u8, len) };
+        });
         Ok(())
     }
 
     unsafe fn fill(&self, dst: u64, byte: u8, len: usize, _stream: Stream) -> Result<()> {
-        // SAFETY: the caller guarantees the range is mapped and writable.
-        unsafe { core::ptr::write_bytes(dst as *mut u8, byte, len) };
+        self.as_device(&[(dst, len)], || {
+            // SAFETY: the caller guarantees the range is mapped and writable.
+            unsafe { core::ptr::write_bytes(dst as *mut u8, byte, len) };
+        });
         Ok(())
     }
 
@@ -532,7 +599,7 @@ unsafe impl Driver for HostDriver {
         let Some(fd) = sealed_memfd(size) else {
             return Err(os_err(Call::Create, ErrorKind::OutOfMemory).into());
         };
-        let h = Self::next_id(&mut st, size as u64, Call::Create)?;
+        let h = Self::next_id(&mut st);
         st.shared.insert(h.0, fd);
         st.vm.add_handle(h, size as u64, location);
         Ok(h)
@@ -573,7 +640,7 @@ unsafe impl Driver for HostDriver {
         let own = fd
             .try_clone_to_owned()
             .map_err(|_| os_err(Call::Share, ErrorKind::Other))?;
-        let h = Self::next_id(&mut st, size as u64, Call::Share)?;
+        let h = Self::next_id(&mut st);
         st.shared.insert(h.0, own);
         st.vm.add_handle(h, size as u64, location);
         Ok(h)
@@ -581,24 +648,69 @@ unsafe impl Driver for HostDriver {
 }
 
 impl HostDriver {
+    /// Runs `work` (an emulated device copy or fill over `ranges`) with the
+    /// host-located mappings there opened to what their devices may do, then
+    /// gives them back the CPU's own rights. Under the lock, so no
+    /// `set_access` runs meanwhile.
+    fn as_device(&self, ranges: &[(u64, usize)], work: impl FnOnce()) {
+        let st = self.lock();
+        let reopen = |as_device: bool| {
+            for &(va, len) in ranges {
+                for m in st.vm.mappings_overlapping(va, len as u64) {
+                    if st
+                        .vm
+                        .handle(m.handle)
+                        .is_some_and(|s| s.location == Location::Host)
+                    {
+                        let _ = self.protect(m.va, m.size, m.rights, !as_device);
+                    }
+                }
+            }
+        };
+        reopen(true);
+        work();
+        reopen(false);
+    }
+
     /// Gives a released, unmapped handle's memory back: closes its own memfd
     /// (shareable and imported handles: the pages go when the last process
     /// lets go of them), or punches its range out of the common memfd.
-    fn give_back(fd: libc::c_int, shared: &mut MetaMap<u64, OwnedFd>, id: u64, size: u64) {
+    fn give_back(
+        fd: libc::c_int,
+        shared: &mut MetaMap<u64, OwnedFd>,
+        offsets: &mut MetaMap<u64, u64>,
+        holes: &mut MetaVec<(u64, u64)>,
+        id: u64,
+        size: u64,
+    ) {
         if shared.remove(&id).is_some() {
             // Dropping the OwnedFd closed it; never punch a shared file.
             return;
         }
+        let Some(offset) = offsets.remove(&id) else {
+            return;
+        };
         // SAFETY: the range belongs to a handle whose last mapping is gone and
         // which was released; punching frees its pages and touches nothing else.
         unsafe {
             libc::fallocate(
                 fd,
                 libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                id as libc::off_t,
+                offset as libc::off_t,
                 size as libc::off_t,
             )
         };
+        // The range is free for later creates (coalesced with its neighbours).
+        let at = holes.partition_point(|&(o, _)| o < offset);
+        holes.insert(at, (offset, size));
+        if at + 1 < holes.len() && holes[at].0 + holes[at].1 == holes[at + 1].0 {
+            holes[at].1 += holes[at + 1].1;
+            holes.remove(at + 1);
+        }
+        if at > 0 && holes[at - 1].0 + holes[at - 1].1 == holes[at].0 {
+            holes[at - 1].1 += holes[at].1;
+            holes.remove(at);
+        }
     }
 
     /// Whether a handle of `size` bytes at `location` may be created: the
@@ -608,20 +720,44 @@ impl HostDriver {
         st.vm
             .check_create(size, location)
             .map_err(|r| host_err(Call::Create, r))?;
-        if st.vm.physical_bytes() + size > self.config.capacity {
+        if st
+            .vm
+            .physical_bytes()
+            .checked_add(size)
+            .is_none_or(|total| total > self.config.capacity)
+        {
             return Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
         }
         Ok(())
     }
 
-    /// A fresh handle id of `size` bytes from the offset counter.
-    fn next_id(st: &mut State, size: u64, call: Call) -> Result<HostHandle> {
-        let id = st.next_offset;
-        if id + size > FILE_SIZE {
-            return Err(host_err(call, (ErrorKind::OutOfMemory, Reason::Exhausted)).into());
+    /// A fresh handle id (never reused).
+    fn next_id(st: &mut State) -> HostHandle {
+        let id = st.next_id;
+        st.next_id += 1;
+        HostHandle(id)
+    }
+
+    /// `size` bytes of the common memfd: the first given-back range that
+    /// fits, else fresh space at its end.
+    fn take_offset(st: &mut State, size: u64) -> Result<u64> {
+        if let Some(i) = st.holes.iter().position(|&(_, len)| len >= size) {
+            let (offset, len) = st.holes[i];
+            if len == size {
+                st.holes.remove(i);
+            } else {
+                st.holes[i] = (offset + size, len - size);
+            }
+            return Ok(offset);
         }
-        st.next_offset += size;
-        Ok(HostHandle(id))
+        let offset = st.next_offset;
+        match offset.checked_add(size) {
+            Some(end) if end <= FILE_SIZE => {
+                st.next_offset = end;
+                Ok(offset)
+            }
+            _ => Err(host_err(Call::Create, (ErrorKind::OutOfMemory, Reason::Exhausted)).into()),
+        }
     }
 
     /// Whether `handle` has a memfd of its own (created shareable or imported).

@@ -548,6 +548,14 @@ impl<H: Copy + Eq + Hash> VmState<H> {
         Ok(())
     }
 
+    /// The mappings overlapping `va..va + len`, by address.
+    pub fn mappings_overlapping(&self, va: u64, len: u64) -> &[Mapping<H>] {
+        let end = va.saturating_add(len);
+        let first = self.mappings.partition_point(|m| m.va + m.size <= va);
+        let last = self.mappings.partition_point(|m| m.va < end).max(first);
+        &self.mappings[first..last]
+    }
+
     /// The mapping containing `va`.
     pub fn mapping_at(&self, va: u64) -> Option<&Mapping<H>> {
         let i = self.mappings.partition_point(|m| m.va + m.size <= va);

@@ -1406,7 +1406,9 @@ fn check_bytes<D: Driver>(
                 &buf[..8],
                 context()
             );
-            if cpu_reads {
+            // Host-located memory is the CPU's only with a host descriptor.
+            let host_located = model.handles[mm.handle].location == Location::Host;
+            if cpu_reads && (!host_located || mm.mode(Location::Host) != AccessMode::None) {
                 // SAFETY: on a backend whose CPU reads device memory, a
                 // range readable by device 0 is readable by the CPU.
                 let direct = unsafe { ((mva + off) as *const [u8; BLOCK as usize]).read() };
