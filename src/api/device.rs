@@ -89,8 +89,15 @@ impl<'a, T: Pod, D: Driver> DeviceVec<'a, T, D> {
     }
 
     /// Copies `src` (exactly `len` elements) to the device; done on return.
+    /// Another length is refused with [`Error::BadCopy`].
     pub fn copy_from_host(&self, src: &[T]) -> Result<()> {
-        assert_eq!(src.len(), self.len, "copy_from_host: length mismatch");
+        if src.len() != self.len {
+            return Err(Error::BadCopy {
+                addr: self.ptr,
+                len: core::mem::size_of_val(src) as u64,
+                block: bytes_of::<T>(self.len)?,
+            });
+        }
         // SAFETY: the vector owns its block; the device work that used it
         // was synchronized by the caller (copies are on the default stream).
         unsafe { self.arena.lock().write(self.ptr, bytemuck::cast_slice(src)) }
@@ -140,5 +147,35 @@ impl<'a, T: Pod, D: Driver> DeviceBox<'a, T, D> {
     /// Overwrites the value on the device.
     pub fn set(&self, val: T) -> Result<()> {
         self.0.copy_from_host(core::slice::from_ref(&val))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::arena::{ArenaConfig, Kind};
+    use crate::driver::HostDriver;
+
+    /// Bad input is an error, not a panic ("Errors and bad input", DESIGN):
+    /// `copy_from_host` returns a `Result`, and a slice of the wrong length
+    /// is bad input.
+    #[test]
+    fn device_vec_refuses_a_copy_of_the_wrong_length() {
+        let arena = SharedArena::new(
+            HostDriver::new().unwrap(),
+            Kind::Device(0),
+            ArenaConfig::default(),
+        )
+        .unwrap();
+        let v = DeviceVec::from_slice(&arena, &[1u32, 2, 3]).unwrap();
+        let r =
+            std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| v.copy_from_host(&[9u32])));
+        assert!(
+            matches!(r, Ok(Err(Error::BadCopy { .. }))),
+            "panicked: {}",
+            r.is_err()
+        );
+        assert_eq!(v.to_vec().unwrap(), [1, 2, 3], "nothing copied");
     }
 }
