@@ -27,8 +27,9 @@ pub use crate::arena::SharedArena;
 // SAFETY: (1) blocks returned are valid for `layout.size()` bytes, aligned,
 // and host-accessible: allocation is refused unless the arena's memory is
 // host-visible; (2) a block stays valid until deallocated through the same
-// arena, since the arena only decommits pages without live bytes; (3) the
-// arena outlives the reference.
+// arena, since the arena only decommits pages without live bytes and each
+// live block pins the arena awake (`Arena::pin_host`: a sleep, which unmaps
+// every page, is refused meanwhile); (3) the arena outlives the reference.
 unsafe impl<D: Driver> Allocator for &SharedArena<D> {
     fn allocate(&self, layout: Layout) -> core::result::Result<NonNull<[u8]>, AllocError> {
         if !self.host_visible() {
@@ -40,10 +41,15 @@ unsafe impl<D: Driver> Allocator for &SharedArena<D> {
             let p = unsafe { NonNull::new_unchecked(dangling) };
             return Ok(NonNull::slice_from_raw_parts(p, 0));
         }
-        let ptr = self
-            .lock()
+        let mut a = self.lock();
+        let ptr = a
             .alloc(layout.size() as u64, layout.align() as u64)
             .map_err(|_| AllocError)?;
+        if a.pin_host().is_err() {
+            let _ = a.free(ptr);
+            return Err(AllocError);
+        }
+        drop(a);
         let p = NonNull::new(ptr.as_mut_ptr::<u8>()).ok_or(AllocError)?;
         Ok(NonNull::slice_from_raw_parts(p, layout.size()))
     }
@@ -52,10 +58,66 @@ unsafe impl<D: Driver> Allocator for &SharedArena<D> {
         if layout.size() == 0 {
             return;
         }
-        let r = self.lock().free(DevicePtr::from_ptr(ptr.as_ptr()));
+        let mut a = self.lock();
+        let r = a.free(DevicePtr::from_ptr(ptr.as_ptr()));
+        if r.is_ok() {
+            a.unpin_host();
+        }
         debug_assert!(
             r.is_ok(),
             "deallocate of a pointer this arena refused: {r:?}"
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+pub(crate) mod tests {
+    use allocator_api2::vec::Vec as AVec;
+
+    use crate::SharedArena;
+    use crate::arena::{ArenaConfig, Kind, SleepMode};
+    use crate::driver::{HostDriver, Stream};
+
+    /// Whether the CPU can read `len` bytes at `p` now, without touching
+    /// them from Rust: the kernel copies them into a pipe, or says EFAULT.
+    pub(crate) fn readable(p: *const u8, len: usize) -> bool {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` holds two descriptors for pipe(2) to fill.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: write(2) reads `p` in the kernel: an unmapped or
+        // inaccessible page gives EFAULT, never a fault in this process.
+        let n = unsafe { libc::write(fds[1], p.cast(), len) };
+        // SAFETY: both descriptors are ours and open.
+        unsafe {
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+        }
+        n == len as isize
+    }
+
+    /// A collection in a host-visible arena is safe code's to read at any
+    /// moment: a (safe) sleep must either be refused while it lives, or
+    /// leave its memory readable.
+    #[test]
+    fn a_live_allocator_api2_collection_survives_a_sleep() {
+        let arena = SharedArena::new(
+            HostDriver::new().unwrap(),
+            Kind::Device(0),
+            ArenaConfig::default(),
+        )
+        .unwrap();
+        let mut v: AVec<u64, _> = AVec::new_in(&arena);
+        v.extend(0..1024u64);
+        let slept = arena.lock().sleep(SleepMode::Offload, Stream::DEFAULT);
+        let ok = slept.is_err() || readable(v.as_ptr().cast(), 8);
+        if slept.is_ok() {
+            arena.lock().wake(Stream::DEFAULT).unwrap();
+        }
+        assert!(
+            ok,
+            "sleep {slept:?} unmapped the buffer of a live Vec: `v[0]` (safe) faults"
+        );
+        assert_eq!(v[1023], 1023);
     }
 }

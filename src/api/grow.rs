@@ -27,6 +27,10 @@ pub struct GrowBuffer<'a, D: Driver> {
     /// [`GrowBuffer::resize_on`] named it: dropped, the buffer gives its
     /// pages back once that stream's work on them completed.
     stream: Stream,
+    /// Whether this buffer pins its arena awake (`Arena::pin_host`): from
+    /// the first slice taken until it is dropped.
+    /// (Atomic, not a `Cell`: the buffer stays `Sync`.)
+    host_pinned: core::sync::atomic::AtomicBool,
 }
 
 impl<D: Driver> core::fmt::Debug for GrowBuffer<'_, D> {
@@ -48,6 +52,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
             arena,
             range,
             stream: Stream::DEFAULT,
+            host_pinned: core::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -99,8 +104,9 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
     /// The contents as a byte slice (host-visible kinds only).
     pub fn as_slice(&self) -> Result<&[u8]> {
         self.host()?;
-        // SAFETY: the first `len` bytes are committed and host-accessible;
-        // they live as long as `self`, and `&self` forbids a resize meanwhile.
+        // SAFETY: the first `len` bytes are committed and host-accessible
+        // (`host` pinned the arena awake: no sleep unmaps them); they live
+        // as long as `self`, and `&self` forbids a resize meanwhile.
         Ok(unsafe {
             core::slice::from_raw_parts(self.as_ptr().as_ptr::<u8>(), self.len() as usize)
         })
@@ -116,18 +122,68 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
     }
 
     fn host(&self) -> Result<()> {
-        if self.arena.host_visible() {
-            Ok(())
-        } else {
-            Err(Error::Unsupported(
+        if !self.arena.host_visible() {
+            return Err(Error::Unsupported(
                 "device memory: copy through the driver instead",
-            ))
+            ));
         }
+        // A slice may outlive this call: the arena stays awake (its pages
+        // mapped) until the buffer is dropped.
+        use core::sync::atomic::Ordering::Relaxed;
+        if !self.host_pinned.load(Relaxed) {
+            // Checked again under the arena's lock: one pin per buffer.
+            let mut a = self.arena.lock();
+            if !self.host_pinned.load(Relaxed) {
+                a.pin_host()?;
+                self.host_pinned.store(true, Relaxed);
+            }
+        }
+        Ok(())
     }
 }
 
 impl<D: Driver> Drop for GrowBuffer<'_, D> {
     fn drop(&mut self) {
-        self.arena.lock().free_grow(&mut self.range, self.stream);
+        let mut a = self.arena.lock();
+        a.free_grow(&mut self.range, self.stream);
+        if *self.host_pinned.get_mut() {
+            a.unpin_host();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::api::allocator::tests::readable;
+    use crate::arena::{ArenaConfig, Kind, SleepMode};
+    use crate::driver::HostDriver;
+
+    /// "Allocating in an asleep arena (or resizing, copying, exporting) is
+    /// refused" (`Arena::sleep`), and a slice of a growable buffer must be
+    /// readable memory: a resize within the committed page was served
+    /// while asleep, and `as_slice` handed out a slice of unmapped pages.
+    #[test]
+    fn grow_buffer_refuses_resizes_and_slices_while_asleep() {
+        let arena = SharedArena::new(
+            HostDriver::new().unwrap(),
+            Kind::Device(0),
+            ArenaConfig::default(),
+        )
+        .unwrap();
+        let mut g = GrowBuffer::with_max(&arena, 64 << 20).unwrap();
+        g.resize(4096).unwrap();
+        arena
+            .lock()
+            .sleep(SleepMode::Offload, Stream::DEFAULT)
+            .unwrap();
+        let resized = g.resize(8192);
+        let slice = g.as_slice().map(|s| (s.as_ptr(), s.len()));
+        if let Ok((p, len)) = slice {
+            assert!(readable(p, len), "as_slice while asleep: unmapped bytes");
+        }
+        assert!(matches!(resized, Err(Error::Asleep { .. })), "{resized:?}");
+        arena.lock().wake(Stream::DEFAULT).unwrap();
     }
 }

@@ -48,12 +48,12 @@ use core::alloc::Layout;
 use core::cell::Cell;
 use core::mem::MaybeUninit;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use core::sync::atomic::Ordering::Relaxed;
 
 use allocator_api2::alloc::{AllocError, Allocator};
 
 use crate::api::SharedArena;
-use crate::arena::{ScratchCursor, ScratchRange};
+use crate::arena::{ScratchCursor, ScratchRange, ScratchShared};
 use crate::driver::{DevicePtr, Driver, Stream};
 use crate::error::{Error, Result};
 
@@ -84,6 +84,9 @@ pub struct Scratch<'a, D: Driver> {
     /// [`Scratch::reset_on`] named it: dropped, the scratch arena gives its
     /// pages back once that stream's work on them completed.
     stream: Cell<Stream>,
+    /// Whether this scratch arena pins its arena awake (`Arena::pin_host`):
+    /// from its first typed value (a host reference) to the next reset.
+    host_pinned: Cell<bool>,
 }
 
 /// A pointer handed out by [`Scratch::alloc_raw`], checked against resets.
@@ -176,7 +179,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
             ));
         }
         // Made before locking: this may allocate on the global allocator.
-        let cursor = ScratchCursor::new(AtomicU64::new(0));
+        let cursor = ScratchCursor::new(ScratchShared::default());
         let mut a = arena.lock();
         let range = a.reserve_scratch(&config, &cursor)?;
         drop(a);
@@ -188,6 +191,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
             range: Cell::new(range),
             arena,
             stream: Cell::new(Stream::DEFAULT),
+            host_pinned: Cell::new(false),
         })
     }
 
@@ -274,7 +278,7 @@ impl<'a, D: Driver> Scratch<'a, D> {
         // (below 2^57), and `Layout` keeps `align - 1 + size` below 2^63.
         let start = cursor.wrapping_add(align - 1) & !(align - 1);
         let end = start.wrapping_add(size);
-        if size != 0 && end <= self.limit.get() {
+        if size != 0 && end <= self.limit.get() && !self.cursor.asleep.load(Relaxed) {
             self.cursor.store(end, Relaxed);
             Some(DevicePtr::new(start))
         } else {
@@ -401,6 +405,9 @@ impl<'a, D: Driver> Scratch<'a, D> {
         if !self.host_visible {
             return Err(Error::Unsupported(NOT_HOST));
         }
+        if !self.host_pinned.get() {
+            self.pin_host()?;
+        }
         self.try_alloc_layout(layout)
     }
 
@@ -411,7 +418,22 @@ impl<'a, D: Driver> Scratch<'a, D> {
         if !self.host_visible {
             not_host()
         }
+        if !self.host_pinned.get() {
+            if let Err(e) = self.pin_host() {
+                alloc_failed(e)
+            }
+        }
         self.alloc_layout(layout)
+    }
+
+    /// Pins the arena awake before the first host reference (see
+    /// `host_pinned`); refused while it sleeps.
+    #[cold]
+    #[inline(never)]
+    fn pin_host(&self) -> Result<()> {
+        self.arena.lock().pin_host()?;
+        self.host_pinned.set(true);
+        Ok(())
     }
 
     /// Allocates a `T` holding `val` and returns it; panics where memory
@@ -643,6 +665,11 @@ impl<'a, D: Driver> Scratch<'a, D> {
         if !self.host_visible {
             not_host()
         }
+        if !self.host_pinned.get() {
+            if let Err(e) = self.pin_host() {
+                alloc_failed(e)
+            }
+        }
         let len = self.allocated_bytes();
         let chunk = (len > 0).then(|| {
             // SAFETY: base..cursor is committed, host-visible memory of this
@@ -680,9 +707,13 @@ impl<'a, D: Driver> Scratch<'a, D> {
     pub fn reset_on(&mut self, stream: Stream) {
         self.stream.set(stream);
         let mut r = self.range.get();
-        self.arena
-            .lock()
-            .reset_scratch(&mut r, &self.cursor, stream);
+        let mut a = self.arena.lock();
+        a.reset_scratch(&mut r, &self.cursor, stream);
+        // `&mut self`: no host reference handed out before is alive.
+        if self.host_pinned.replace(false) {
+            a.unpin_host();
+        }
+        drop(a);
         self.store(r);
     }
 }
@@ -742,16 +773,19 @@ impl<D: Driver> Scratch<'_, D> {
 
 impl<D: Driver> Drop for Scratch<'_, D> {
     fn drop(&mut self) {
-        self.arena
-            .lock()
-            .free_scratch(self.range.get(), self.stream.get());
+        let mut a = self.arena.lock();
+        a.free_scratch(self.range.get(), self.stream.get());
+        if self.host_pinned.get() {
+            a.unpin_host();
+        }
     }
 }
 
 // SAFETY: (1) blocks are valid for their layout, aligned, and host-accessible:
 // allocation is refused on memory the CPU cannot touch; they stay committed
-// until `reset`, which needs `&mut Scratch` and so cannot happen while an
-// `&Scratch` allocator is in use. (2) `grow` and `shrink` keep a block in
+// and mapped until `reset`, which needs `&mut Scratch` and so cannot happen
+// while an `&Scratch` allocator is in use (the first one pins the arena
+// awake until then: no sleep unmaps them). (2) `grow` and `shrink` keep a block in
 // place only where it is the last one (it ends at the cursor), so it never
 // overlaps another; elsewhere they allocate anew and copy. (3) `deallocate`
 // takes back only the last block's bytes, which its owner gave up.
@@ -831,5 +865,83 @@ unsafe impl<D: Driver> Allocator for &Scratch<'_, D> {
         // SAFETY: new.size() <= old.size() readable bytes at ptr; q is fresh.
         unsafe { ptr::copy_nonoverlapping(ptr.as_ptr(), q.cast::<u8>().as_ptr(), new.size()) };
         Ok(q)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::api::allocator::tests::readable;
+    use crate::arena::{ArenaConfig, Kind, SleepMode};
+    use crate::driver::HostDriver;
+
+    /// "Allocating in an asleep arena is refused with `Error::Asleep`"
+    /// (`Arena::sleep`): the scratch arena's lock-free fast path never asks,
+    /// and hands out retained pages that the sleep unmapped (`alloc(7u64)`,
+    /// safe, then writes there and faults).
+    #[test]
+    fn scratch_fast_path_refuses_while_the_arena_sleeps() {
+        let arena = SharedArena::new(
+            HostDriver::new().unwrap(),
+            Kind::Device(0),
+            ArenaConfig::default(),
+        )
+        .unwrap();
+        let scratch = Scratch::with_capacity(&arena, 1 << 20).unwrap();
+        arena
+            .lock()
+            .sleep(SleepMode::Discard, Stream::DEFAULT)
+            .unwrap();
+        let r = scratch.try_alloc_layout(Layout::new::<u64>());
+        if let Ok(p) = r {
+            assert!(
+                readable(p.as_ptr(), 8),
+                "handed out {p:?} while asleep, in unmapped memory"
+            );
+        }
+        assert!(matches!(r, Err(Error::Asleep { .. })), "{r:?}");
+        arena.lock().wake(Stream::DEFAULT).unwrap();
+    }
+
+    fn arena() -> SharedArena<HostDriver> {
+        SharedArena::new(
+            HostDriver::new().unwrap(),
+            Kind::Device(0),
+            ArenaConfig::default(),
+        )
+        .unwrap()
+    }
+
+    /// A peak is a high-water mark: once a stats read reported it, it never
+    /// goes down (until `reset_peaks`). Dropping a scratch `Vec` (the last
+    /// block: its bytes go back at once) took it back down.
+    #[test]
+    fn scratch_peak_live_never_goes_down() {
+        let arena = arena();
+        let scratch = Scratch::with_capacity(&arena, 1 << 20).unwrap();
+        {
+            let mut v = allocator_api2::vec::Vec::<u8, _>::with_capacity_in(64 << 10, &scratch);
+            v.push(1);
+            assert_eq!(arena.stats().peak_live, 64 << 10);
+        }
+        let s = arena.stats();
+        assert_eq!(s.live, 0);
+        assert!(s.peak_live >= 64 << 10, "peak went down: {}", s.peak_live);
+    }
+
+    /// `Arena::note_peak`: "a scratch arena's bytes enter the peak when
+    /// another policy's allocation ... sees them". A block allocated while
+    /// 1 MiB of scratch is live makes 5 MiB live at once; the peak said 4.
+    #[test]
+    fn scratch_bytes_enter_the_peak_at_another_policys_allocation() {
+        let arena = arena();
+        let scratch = Scratch::with_capacity(&arena, 1 << 20).unwrap();
+        scratch.alloc_layout(Layout::from_size_align(1 << 20, 8).unwrap());
+        let p = arena.alloc(4 << 20, 256, Stream::DEFAULT).unwrap();
+        arena.free(p, Stream::DEFAULT).unwrap();
+        drop(scratch);
+        let peak = arena.stats().peak_live;
+        assert!(peak >= 5 << 20, "peak {peak} < 5 MiB live at once");
     }
 }

@@ -19,7 +19,11 @@ impl<D: Driver> Arena<D> {
     /// by its bump cursor: its live bytes are `cursor - base` at every
     /// moment. [`Arena::free_buffer`] forgets it.
     pub fn track_scratch(&mut self, base: DevicePtr, cursor: ScratchCursor) {
+        cursor
+            .asleep
+            .store(self.hot.asleep, core::sync::atomic::Ordering::Relaxed);
         self.scratch_cursors.push((base, cursor));
+        self.hot.scratch = true;
     }
 
     /// Bytes bumped in every tracked scratch arena now. O(scratch arenas).
@@ -134,6 +138,7 @@ impl<D: Driver> Arena<D> {
                 // The scratch arena still holds its cursor: dropping this
                 // clone never frees (no allocation under the arena's lock).
                 self.scratch_cursors.retain(|(b, _)| *b != base);
+                self.hot.scratch = !self.scratch_cursors.is_empty();
                 self.scratch.blocks -= 1
             }
             _ => self.grow.blocks -= 1,

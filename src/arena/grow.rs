@@ -59,6 +59,7 @@ impl<D: Driver> Arena<D> {
     /// or gives back (once `stream`'s work on them completed) the whole
     /// pages past it. On error the range is unchanged. May call the driver.
     pub fn resize_grow(&mut self, range: &mut GrowRange, len: u64, stream: Stream) -> Result<()> {
+        self.awake()?;
         match range.state.plan(len, self.page(), 0) {
             Resize::TooLarge => {
                 return Err(Error::GrowBeyondMax {

@@ -174,10 +174,27 @@ const MAX_ALIGN_PAGES: u64 = 512;
 /// fresh pages would do.
 const REMAP_WEIGHT: u64 = 4;
 
-/// A scratch arena's bump cursor (absolute address), shared with its arena
-/// so that the arena's stats count the bytes bumped without the scratch
-/// arena taking the lock on its fast path.
-pub type ScratchCursor = std::sync::Arc<core::sync::atomic::AtomicU64>;
+/// What a scratch arena shares with its arena: its bump cursor (absolute
+/// address; it derefs to it), so that the arena's stats count the bytes
+/// bumped without the scratch arena taking the lock on its fast path, and
+/// whether the arena sleeps, so that the fast path hands nothing out then.
+#[derive(Debug, Default)]
+pub struct ScratchShared {
+    /// The bump cursor (absolute address).
+    pub cursor: core::sync::atomic::AtomicU64,
+    /// Set while the arena sleeps (its pages are unmapped).
+    pub asleep: core::sync::atomic::AtomicBool,
+}
+
+impl core::ops::Deref for ScratchShared {
+    type Target = core::sync::atomic::AtomicU64;
+    fn deref(&self) -> &Self::Target {
+        &self.cursor
+    }
+}
+
+/// A scratch arena's [`ScratchShared`] state.
+pub type ScratchCursor = std::sync::Arc<ScratchShared>;
 
 /// One arena over one reservation (see the module docs).
 pub struct Arena<D: Driver> {
@@ -208,6 +225,11 @@ pub struct Arena<D: Driver> {
     sleeping: Option<Sleeping<D::Handle>>,
     /// Set while [`Arena::place_again`] looks a second time.
     placing_again: bool,
+    /// Safe handles of the api layer that may hold host references into
+    /// this arena's memory (allocator_api2 blocks, scratch arenas that
+    /// handed out typed values, growable buffers whose slices were taken):
+    /// a sleep, which unmaps every page, is refused while any is live.
+    host_refs: u64,
 }
 
 /// The fields of an [`Arena`] that every allocation and free reads or
@@ -235,6 +257,9 @@ struct Hot {
     max_align: u64,
     /// Set while asleep (`Arena::sleeping` holds what waking needs).
     asleep: bool,
+    /// Whether a scratch arena is tracked (its bumps are live bytes that
+    /// an allocation's peak must see), read here rather than in the list.
+    scratch: bool,
 }
 
 impl<D: Driver> core::fmt::Debug for Arena<D> {
@@ -359,6 +384,7 @@ impl<D: Driver> Arena<D> {
                 tails: config.tails,
                 max_align,
                 asleep: false,
+                scratch: false,
             },
             buffers_start,
             scratch: PolicyStats::default(),
@@ -370,6 +396,7 @@ impl<D: Driver> Arena<D> {
             tag: 0,
             sleeping: None,
             placing_again: false,
+            host_refs: 0,
         })
     }
 
@@ -491,6 +518,10 @@ impl<D: Driver> Arena<D> {
         self.hot.allocs += 1;
         self.hot.live += bytes;
         self.hot.peak_live = self.hot.peak_live.max(self.hot.live);
+        if self.hot.scratch {
+            // Scratch bytes live now are live beside this block.
+            self.note_peak();
+        }
         Ok(self.ptr_at(off))
     }
 

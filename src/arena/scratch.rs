@@ -186,6 +186,7 @@ impl<D: Driver> Arena<D> {
         size: u64,
         align: u64,
     ) -> Result<(DevicePtr, DevicePtr)> {
+        self.awake()?;
         let cursor = cursor.offset_from(range.base);
         let b = range.bump;
         let (start, end) = match b.place(cursor, size, align) {

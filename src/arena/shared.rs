@@ -90,12 +90,17 @@ impl<D: Driver> SharedArena<D> {
 
     /// See [`Arena::stats`].
     pub fn stats(&self) -> Stats {
-        self.lock().stats()
+        let mut a = self.lock();
+        // A peak a read reported stays (scratch bytes seen now included).
+        a.note_peak();
+        a.stats()
     }
 
     /// See [`Arena::snapshot`].
     pub fn snapshot(&self) -> Snapshot {
-        self.lock().snapshot()
+        let mut a = self.lock();
+        a.note_peak();
+        a.snapshot()
     }
 
     /// Gives the peer `device` at least `mode` on every committed page and

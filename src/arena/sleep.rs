@@ -60,6 +60,30 @@ impl<D: Driver> Arena<D> {
     fn set_sleeping(&mut self, sleeping: Option<Sleeping<D::Handle>>) {
         self.hot.asleep = sleeping.is_some();
         self.sleeping = sleeping;
+        self.tell_scratch_arenas();
+    }
+
+    /// Tells every scratch arena's lock-free fast path whether it may hand
+    /// memory out (not while asleep).
+    pub(super) fn tell_scratch_arenas(&self) {
+        for (_, c) in self.scratch_cursors.iter() {
+            c.asleep
+                .store(self.hot.asleep, core::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Registers a safe handle that may give the CPU references into this
+    /// arena's memory: sleeping is refused until [`Arena::unpin_host`].
+    /// Refused while asleep.
+    pub(crate) fn pin_host(&mut self) -> Result<()> {
+        self.awake()?;
+        self.host_refs += 1;
+        Ok(())
+    }
+
+    /// Ends a [`Arena::pin_host`].
+    pub(crate) fn unpin_host(&mut self) {
+        self.host_refs = self.host_refs.saturating_sub(1);
     }
 
     /// Gives every physical page back while every address stays reserved and
@@ -92,6 +116,11 @@ impl<D: Driver> Arena<D> {
     /// ```
     pub fn sleep(&mut self, mode: SleepMode, stream: Stream) -> Result<SleepReport> {
         self.awake()?;
+        if self.host_refs > 0 {
+            return Err(Error::Unsupported(
+                "safe host references into this arena are live (allocator_api2 blocks, scratch arenas' typed values, growable buffers' slices): drop them, or reset the scratch arenas, before sleeping",
+            ));
+        }
         if self.commit.has_live_shared() {
             return Err(Error::Unsupported(
                 "this arena holds shared or imported buffers: drop them before sleeping",
@@ -179,6 +208,7 @@ impl<D: Driver> Arena<D> {
             return Ok(SleepReport::default());
         };
         self.hot.asleep = false;
+        self.tell_scratch_arenas();
         let mut report = SleepReport::default();
         let t = std::time::Instant::now();
         match self.commit.wake() {
