@@ -3,7 +3,10 @@
 //!
 //! Three layers, as in cudarc:
 //! - [`sys`]: raw declarations, re-exported from `cudarc::driver::sys`
-//!   (loaded at run time, so the crate builds without the CUDA SDK);
+//!   (loaded at run time, so the crate builds without the CUDA SDK), and
+//!   [`entry`]: the entry points called, as cudarc declares them but with
+//!   the result a plain `int` (a code cudarc's enum lacks is then no
+//!   undefined behaviour);
 //! - [`result`]: one thin function per driver call, `CUresult` turned into
 //!   `Result<_, DriverError>`;
 //! - this module: [`CudaDriver`], which owns the device's retained primary
@@ -65,6 +68,7 @@ use crate::lock::lock;
 use crate::meta::{MetaMap, MetaVec};
 
 #[cfg(feature = "test-support")]
+pub mod entry;
 pub mod kernels;
 pub mod result;
 

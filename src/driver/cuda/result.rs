@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use crate::error::{Backend, Call, DriverError, cuda_code_kind};
 
-use super::sys;
+use super::{entry, sys};
 
 /// `Result` of this layer: the error is always a [`DriverError`].
 pub type CuResult<T> = core::result::Result<T, DriverError>;
@@ -44,8 +44,7 @@ pub const fn error(call: Call, code: i32) -> DriverError {
 
 /// `Ok(())` for `CUDA_SUCCESS`, else the error for `call`.
 #[inline]
-fn check(call: Call, r: sys::CUresult) -> CuResult<()> {
-    let code = r as i32;
+fn check(call: Call, code: c_int) -> CuResult<()> {
     if code == 0 {
         Ok(())
     } else {
@@ -53,50 +52,10 @@ fn check(call: Call, r: sys::CUresult) -> CuResult<()> {
     }
 }
 
-/// The driver entry points this backend calls. [`probe`] looks each one up
-/// so that a driver too old for VMM is refused with an error instead of a
-/// panic inside cudarc's loader on first use.
-pub const REQUIRED_SYMBOLS: &[&str] = &[
-    "cuInit",
-    "cuDriverGetVersion",
-    "cuDeviceGetCount",
-    "cuDeviceGet",
-    "cuDeviceGetAttribute",
-    "cuDeviceTotalMem_v2",
-    "cuDevicePrimaryCtxRetain",
-    "cuDevicePrimaryCtxRelease_v2",
-    "cuCtxGetCurrent",
-    "cuCtxSetCurrent",
-    "cuCtxPushCurrent_v2",
-    "cuCtxPopCurrent_v2",
-    "cuThreadExchangeStreamCaptureMode",
-    "cuMemGetAllocationGranularity",
-    "cuMemAddressReserve",
-    "cuMemAddressFree",
-    "cuMemCreate",
-    "cuMemRelease",
-    "cuMemMap",
-    "cuMemUnmap",
-    "cuMemSetAccess",
-    "cuMemGetAccess",
-    "cuMemExportToShareableHandle",
-    "cuMemImportFromShareableHandle",
-    "cuEventCreate",
-    "cuEventDestroy_v2",
-    "cuEventRecord",
-    "cuEventQuery",
-    "cuEventSynchronize",
-    "cuStreamCreate",
-    "cuStreamDestroy_v2",
-    "cuMemcpyAsync",
-    "cuMemsetD8Async",
-    "cuModuleLoadData",
-    "cuModuleUnload",
-    "cuModuleGetFunction",
-    "cuLaunchKernel",
-    "cuGetErrorName",
-    "cuGetErrorString",
-];
+/// The driver entry points this backend calls besides those of
+/// [`entry`] (whose [`entry::NAMES`] [`probe`] looks up too): the error
+/// texts, looked up on their own when first needed.
+const TEXT_SYMBOLS: &[&str] = &["cuGetErrorName", "cuGetErrorString"];
 
 /// Set once [`probe`] passed: from then on the driver library is loaded and
 /// [`error_name`] / [`error_string`] may look their entry points up.
@@ -161,7 +120,9 @@ pub enum ProbeError {
 }
 
 /// The presence probe: whether `libcuda` can be loaded and exports every
-/// entry point in [`REQUIRED_SYMBOLS`]. Never panics.
+/// entry point this backend calls ([`entry::NAMES`] and the error texts), so
+/// that a driver too old for VMM is refused with an error instead of a
+/// panic on first use. Never panics.
 ///
 /// This is the only function of this module that may be called first.
 pub fn probe() -> Result<(), ProbeError> {
@@ -174,7 +135,7 @@ pub fn probe() -> Result<(), ProbeError> {
     // SAFETY: the probe just loaded one of the same candidate names, so
     // `culib()` finds a library and does not panic.
     let lib = unsafe { sys::culib() };
-    for &name in REQUIRED_SYMBOLS {
+    for &name in entry::NAMES.iter().chain(TEXT_SYMBOLS) {
         // SAFETY: looking a symbol up does not call it; the pointer type is
         // never used to call anything.
         let found = unsafe { lib.get::<unsafe extern "C" fn()>(name.as_bytes()) };
@@ -199,7 +160,7 @@ pub fn probe() -> Result<(), ProbeError> {
 /// See the module docs.
 pub unsafe fn init() -> CuResult<()> {
     // SAFETY: flags 0 is the only documented value.
-    check(Call::Init, unsafe { sys::cuInit(0) })
+    check(Call::Init, unsafe { entry::cuInit(0) })
 }
 
 /// `cuDriverGetVersion`: e.g. 13000 for CUDA 13.0.
@@ -209,7 +170,7 @@ pub unsafe fn init() -> CuResult<()> {
 pub unsafe fn driver_version() -> CuResult<i32> {
     let mut v: c_int = 0;
     // SAFETY: `v` is a valid out-pointer.
-    check(Call::Init, unsafe { sys::cuDriverGetVersion(&mut v) })?;
+    check(Call::Init, unsafe { entry::cuDriverGetVersion(&mut v) })?;
     Ok(v)
 }
 
@@ -220,7 +181,7 @@ pub unsafe fn driver_version() -> CuResult<i32> {
 pub unsafe fn device_count() -> CuResult<i32> {
     let mut n: c_int = 0;
     // SAFETY: `n` is a valid out-pointer.
-    check(Call::Attribute, unsafe { sys::cuDeviceGetCount(&mut n) })?;
+    check(Call::Attribute, unsafe { entry::cuDeviceGetCount(&mut n) })?;
     Ok(n)
 }
 
@@ -232,7 +193,7 @@ pub unsafe fn device_get(ordinal: c_int) -> CuResult<sys::CUdevice> {
     let mut d: sys::CUdevice = 0;
     // SAFETY: `d` is a valid out-pointer; a bad ordinal is an error code.
     check(Call::Attribute, unsafe {
-        sys::cuDeviceGet(&mut d, ordinal)
+        entry::cuDeviceGet(&mut d, ordinal)
     })?;
     Ok(d)
 }
@@ -245,7 +206,7 @@ pub unsafe fn device_attribute(dev: sys::CUdevice, attr: sys::CUdevice_attribute
     let mut v: c_int = 0;
     // SAFETY: `v` is a valid out-pointer; `attr` is a declared enum value.
     check(Call::Attribute, unsafe {
-        sys::cuDeviceGetAttribute(&mut v, attr, dev)
+        entry::cuDeviceGetAttribute(&mut v, attr, dev)
     })?;
     Ok(v)
 }
@@ -258,7 +219,7 @@ pub unsafe fn device_total_mem(dev: sys::CUdevice) -> CuResult<usize> {
     let mut bytes: usize = 0;
     // SAFETY: `bytes` is a valid out-pointer.
     check(Call::Attribute, unsafe {
-        sys::cuDeviceTotalMem_v2(&mut bytes, dev)
+        entry::cuDeviceTotalMem_v2(&mut bytes, dev)
     })?;
     Ok(bytes)
 }
@@ -272,7 +233,7 @@ pub unsafe fn primary_ctx_retain(dev: sys::CUdevice) -> CuResult<sys::CUcontext>
     let mut ctx: sys::CUcontext = core::ptr::null_mut();
     // SAFETY: `ctx` is a valid out-pointer.
     check(Call::Init, unsafe {
-        sys::cuDevicePrimaryCtxRetain(&mut ctx, dev)
+        entry::cuDevicePrimaryCtxRetain(&mut ctx, dev)
     })?;
     Ok(ctx)
 }
@@ -284,7 +245,7 @@ pub unsafe fn primary_ctx_retain(dev: sys::CUdevice) -> CuResult<sys::CUcontext>
 pub unsafe fn primary_ctx_release(dev: sys::CUdevice) -> CuResult<()> {
     // SAFETY: the caller balances a retain.
     check(Call::Init, unsafe {
-        sys::cuDevicePrimaryCtxRelease_v2(dev)
+        entry::cuDevicePrimaryCtxRelease_v2(dev)
     })
 }
 
@@ -295,7 +256,7 @@ pub unsafe fn primary_ctx_release(dev: sys::CUdevice) -> CuResult<()> {
 pub unsafe fn ctx_get_current() -> CuResult<sys::CUcontext> {
     let mut ctx: sys::CUcontext = core::ptr::null_mut();
     // SAFETY: `ctx` is a valid out-pointer.
-    check(Call::Init, unsafe { sys::cuCtxGetCurrent(&mut ctx) })?;
+    check(Call::Init, unsafe { entry::cuCtxGetCurrent(&mut ctx) })?;
     Ok(ctx)
 }
 
@@ -310,7 +271,7 @@ pub unsafe fn exchange_capture_mode(
     let mut m = mode;
     // SAFETY: `m` is a valid in/out pointer.
     check(Call::Init, unsafe {
-        sys::cuThreadExchangeStreamCaptureMode(&mut m)
+        entry::cuThreadExchangeStreamCaptureMode(&mut m)
     })?;
     Ok(m)
 }
@@ -321,7 +282,7 @@ pub unsafe fn exchange_capture_mode(
 /// See the module docs; `ctx` is a live (retained) context.
 pub unsafe fn ctx_set_current(ctx: sys::CUcontext) -> CuResult<()> {
     // SAFETY: the caller keeps `ctx` alive.
-    check(Call::Init, unsafe { sys::cuCtxSetCurrent(ctx) })
+    check(Call::Init, unsafe { entry::cuCtxSetCurrent(ctx) })
 }
 
 /// `cuCtxPushCurrent(ctx)` on the calling thread.
@@ -330,7 +291,7 @@ pub unsafe fn ctx_set_current(ctx: sys::CUcontext) -> CuResult<()> {
 /// See the module docs; `ctx` is a live context; balanced by [`ctx_pop_current`].
 pub unsafe fn ctx_push_current(ctx: sys::CUcontext) -> CuResult<()> {
     // SAFETY: the caller keeps `ctx` alive and pops it again.
-    check(Call::Init, unsafe { sys::cuCtxPushCurrent_v2(ctx) })
+    check(Call::Init, unsafe { entry::cuCtxPushCurrent_v2(ctx) })
 }
 
 /// `cuCtxPopCurrent`, discarding the popped context.
@@ -340,7 +301,7 @@ pub unsafe fn ctx_push_current(ctx: sys::CUcontext) -> CuResult<()> {
 pub unsafe fn ctx_pop_current() -> CuResult<()> {
     let mut ctx: sys::CUcontext = core::ptr::null_mut();
     // SAFETY: `ctx` is a valid out-pointer.
-    check(Call::Init, unsafe { sys::cuCtxPopCurrent_v2(&mut ctx) })
+    check(Call::Init, unsafe { entry::cuCtxPopCurrent_v2(&mut ctx) })
 }
 
 /// `cuMemGetAllocationGranularity(prop, option)`.
@@ -354,7 +315,7 @@ pub unsafe fn mem_granularity(
     let mut g: usize = 0;
     // SAFETY: `g` is a valid out-pointer, `prop` a valid reference.
     check(Call::Granularity, unsafe {
-        sys::cuMemGetAllocationGranularity(&mut g, prop, option)
+        entry::cuMemGetAllocationGranularity(&mut g, prop, option)
     })?;
     Ok(g)
 }
@@ -367,7 +328,7 @@ pub unsafe fn mem_address_reserve(size: usize, align: usize) -> CuResult<sys::CU
     let mut ptr: sys::CUdeviceptr = 0;
     // SAFETY: `ptr` is a valid out-pointer; no address hint, flags 0.
     check(Call::Reserve, unsafe {
-        sys::cuMemAddressReserve(&mut ptr, size, align, 0, 0)
+        entry::cuMemAddressReserve(&mut ptr, size, align, 0, 0)
     })?;
     Ok(ptr)
 }
@@ -379,7 +340,7 @@ pub unsafe fn mem_address_reserve(size: usize, align: usize) -> CuResult<sys::CU
 pub unsafe fn mem_address_free(ptr: sys::CUdeviceptr, size: usize) -> CuResult<()> {
     // SAFETY: the caller guarantees nothing touches the range again.
     check(Call::FreeReservation, unsafe {
-        sys::cuMemAddressFree(ptr, size)
+        entry::cuMemAddressFree(ptr, size)
     })
 }
 
@@ -394,7 +355,7 @@ pub unsafe fn mem_create(
     let mut h: sys::CUmemGenericAllocationHandle = 0;
     // SAFETY: `h` is a valid out-pointer, `prop` a valid reference; flags 0.
     check(Call::Create, unsafe {
-        sys::cuMemCreate(&mut h, size, prop, 0)
+        entry::cuMemCreate(&mut h, size, prop, 0)
     })?;
     Ok(h)
 }
@@ -406,7 +367,7 @@ pub unsafe fn mem_create(
 /// crashes on stale or bogus handles, see `research/vmm-probe-h100.md`).
 pub unsafe fn mem_release(handle: sys::CUmemGenericAllocationHandle) -> CuResult<()> {
     // SAFETY: the caller guarantees the handle is live.
-    check(Call::Release, unsafe { sys::cuMemRelease(handle) })
+    check(Call::Release, unsafe { entry::cuMemRelease(handle) })
 }
 
 /// `cuMemMap(ptr, size, offset, handle, flags 0)`.
@@ -422,7 +383,7 @@ pub unsafe fn mem_map(
 ) -> CuResult<()> {
     // SAFETY: the caller guarantees a live handle and a reserved range.
     check(Call::Map, unsafe {
-        sys::cuMemMap(ptr, size, offset, handle, 0)
+        entry::cuMemMap(ptr, size, offset, handle, 0)
     })
 }
 
@@ -432,7 +393,7 @@ pub unsafe fn mem_map(
 /// See the module docs; nothing touches the range until it is mapped again.
 pub unsafe fn mem_unmap(ptr: sys::CUdeviceptr, size: usize) -> CuResult<()> {
     // SAFETY: the caller guarantees the range is no longer used.
-    check(Call::Unmap, unsafe { sys::cuMemUnmap(ptr, size) })
+    check(Call::Unmap, unsafe { entry::cuMemUnmap(ptr, size) })
 }
 
 /// `cuMemSetAccess(ptr, size, desc, desc.len())`.
@@ -446,7 +407,7 @@ pub unsafe fn mem_set_access(
 ) -> CuResult<()> {
     // SAFETY: `desc` points to `desc.len()` initialized descriptors.
     check(Call::SetAccess, unsafe {
-        sys::cuMemSetAccess(ptr, size, desc.as_ptr(), desc.len())
+        entry::cuMemSetAccess(ptr, size, desc.as_ptr(), desc.len())
     })
 }
 
@@ -461,7 +422,7 @@ pub unsafe fn mem_get_access(
     let mut flags: u64 = 0;
     // SAFETY: `flags` is a valid out-pointer, `location` a valid reference.
     check(Call::GetAccess, unsafe {
-        sys::cuMemGetAccess(&mut flags, location, ptr)
+        entry::cuMemGetAccess(&mut flags, location, ptr)
     })?;
     Ok(flags)
 }
@@ -476,7 +437,7 @@ pub unsafe fn mem_export_fd(handle: sys::CUmemGenericAllocationHandle) -> CuResu
     let mut fd: c_int = -1;
     // SAFETY: `fd` is a valid out-pointer for the int a POSIX-fd export writes.
     check(Call::Share, unsafe {
-        sys::cuMemExportToShareableHandle(
+        entry::cuMemExportToShareableHandle(
             (&raw mut fd).cast::<c_void>(),
             handle,
             sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
@@ -497,7 +458,7 @@ pub unsafe fn mem_import_fd(fd: c_int) -> CuResult<sys::CUmemGenericAllocationHa
     // SAFETY: `h` is a valid out-pointer; for POSIX descriptors the driver
     // takes the descriptor's value in place of the pointer.
     check(Call::Share, unsafe {
-        sys::cuMemImportFromShareableHandle(
+        entry::cuMemImportFromShareableHandle(
             &mut h,
             fd as isize as *mut c_void,
             sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
@@ -513,7 +474,9 @@ pub unsafe fn mem_import_fd(fd: c_int) -> CuResult<sys::CUmemGenericAllocationHa
 pub unsafe fn event_create(flags: c_uint) -> CuResult<sys::CUevent> {
     let mut ev: sys::CUevent = core::ptr::null_mut();
     // SAFETY: `ev` is a valid out-pointer.
-    check(Call::Record, unsafe { sys::cuEventCreate(&mut ev, flags) })?;
+    check(Call::Record, unsafe {
+        entry::cuEventCreate(&mut ev, flags)
+    })?;
     Ok(ev)
 }
 
@@ -523,7 +486,7 @@ pub unsafe fn event_create(flags: c_uint) -> CuResult<sys::CUevent> {
 /// See the module docs; `event` is live and never used again.
 pub unsafe fn event_destroy(event: sys::CUevent) -> CuResult<()> {
     // SAFETY: the caller gives up the event.
-    check(Call::Record, unsafe { sys::cuEventDestroy_v2(event) })
+    check(Call::Record, unsafe { entry::cuEventDestroy_v2(event) })
 }
 
 /// `cuEventRecord(event, stream)`.
@@ -532,7 +495,7 @@ pub unsafe fn event_destroy(event: sys::CUevent) -> CuResult<()> {
 /// See the module docs; `event` and `stream` are live (null = legacy stream).
 pub unsafe fn event_record(event: sys::CUevent, stream: sys::CUstream) -> CuResult<()> {
     // SAFETY: the caller guarantees both handles are live.
-    check(Call::Record, unsafe { sys::cuEventRecord(event, stream) })
+    check(Call::Record, unsafe { entry::cuEventRecord(event, stream) })
 }
 
 /// `cuEventQuery(event)`: `Ok(true)` when complete, `Ok(false)` on
@@ -542,7 +505,7 @@ pub unsafe fn event_record(event: sys::CUevent, stream: sys::CUstream) -> CuResu
 /// See the module docs; `event` is live.
 pub unsafe fn event_query(event: sys::CUevent) -> CuResult<bool> {
     // SAFETY: the caller guarantees the event is live.
-    let code = unsafe { sys::cuEventQuery(event) } as i32;
+    let code = unsafe { entry::cuEventQuery(event) };
     match code {
         0 => Ok(true),
         NOT_READY => Ok(false),
@@ -556,7 +519,7 @@ pub unsafe fn event_query(event: sys::CUevent) -> CuResult<bool> {
 /// See the module docs; `event` is live.
 pub unsafe fn event_synchronize(event: sys::CUevent) -> CuResult<()> {
     // SAFETY: the caller guarantees the event is live.
-    check(Call::Wait, unsafe { sys::cuEventSynchronize(event) })
+    check(Call::Wait, unsafe { entry::cuEventSynchronize(event) })
 }
 
 /// `cuStreamCreate(flags)`.
@@ -566,7 +529,9 @@ pub unsafe fn event_synchronize(event: sys::CUevent) -> CuResult<()> {
 pub unsafe fn stream_create(flags: c_uint) -> CuResult<sys::CUstream> {
     let mut s: sys::CUstream = core::ptr::null_mut();
     // SAFETY: `s` is a valid out-pointer.
-    check(Call::Stream, unsafe { sys::cuStreamCreate(&mut s, flags) })?;
+    check(Call::Stream, unsafe {
+        entry::cuStreamCreate(&mut s, flags)
+    })?;
     Ok(s)
 }
 
@@ -577,7 +542,7 @@ pub unsafe fn stream_create(flags: c_uint) -> CuResult<sys::CUstream> {
 /// and never used again.
 pub unsafe fn stream_destroy(stream: sys::CUstream) -> CuResult<()> {
     // SAFETY: the caller gives up the stream.
-    check(Call::Stream, unsafe { sys::cuStreamDestroy_v2(stream) })
+    check(Call::Stream, unsafe { entry::cuStreamDestroy_v2(stream) })
 }
 
 /// `cuMemcpyAsync(dst, src, len, stream)` (unified addressing).
@@ -593,7 +558,7 @@ pub unsafe fn memcpy_async(
 ) -> CuResult<()> {
     // SAFETY: the caller guarantees both ranges.
     check(Call::Copy, unsafe {
-        sys::cuMemcpyAsync(dst, src, len, stream)
+        entry::cuMemcpyAsync(dst, src, len, stream)
     })
 }
 
@@ -610,7 +575,7 @@ pub unsafe fn memset_d8_async(
 ) -> CuResult<()> {
     // SAFETY: the caller guarantees the range.
     check(Call::Copy, unsafe {
-        sys::cuMemsetD8Async(dst, byte, len, stream)
+        entry::cuMemsetD8Async(dst, byte, len, stream)
     })
 }
 
@@ -623,7 +588,7 @@ pub unsafe fn module_load_data(image: &CStr) -> CuResult<sys::CUmodule> {
     let mut m: sys::CUmodule = core::ptr::null_mut();
     // SAFETY: `m` is a valid out-pointer and the image is NUL-terminated.
     check(Call::Kernel, unsafe {
-        sys::cuModuleLoadData(&mut m, image.as_ptr().cast::<c_void>())
+        entry::cuModuleLoadData(&mut m, image.as_ptr().cast::<c_void>())
     })?;
     Ok(m)
 }
@@ -634,7 +599,7 @@ pub unsafe fn module_load_data(image: &CStr) -> CuResult<sys::CUmodule> {
 /// See the module docs; no function of the module is used afterwards.
 pub unsafe fn module_unload(module: sys::CUmodule) -> CuResult<()> {
     // SAFETY: the caller gives up the module.
-    check(Call::Kernel, unsafe { sys::cuModuleUnload(module) })
+    check(Call::Kernel, unsafe { entry::cuModuleUnload(module) })
 }
 
 /// `cuModuleGetFunction(module, name)`.
@@ -645,7 +610,7 @@ pub unsafe fn module_get_function(module: sys::CUmodule, name: &CStr) -> CuResul
     let mut f: sys::CUfunction = core::ptr::null_mut();
     // SAFETY: `f` is a valid out-pointer and `name` is NUL-terminated.
     check(Call::Kernel, unsafe {
-        sys::cuModuleGetFunction(&mut f, module, name.as_ptr())
+        entry::cuModuleGetFunction(&mut f, module, name.as_ptr())
     })?;
     Ok(f)
 }
@@ -665,7 +630,7 @@ pub unsafe fn launch_kernel(
 ) -> CuResult<()> {
     // SAFETY: the caller guarantees `params` matches the kernel's signature.
     check(Call::Kernel, unsafe {
-        sys::cuLaunchKernel(
+        entry::cuLaunchKernel(
             f,
             grid,
             1,
