@@ -60,6 +60,7 @@ impl<D: Driver> Arena<D> {
     /// pages past it. On error the range is unchanged. May call the driver.
     pub fn resize_grow(&mut self, range: &mut GrowRange, len: u64, stream: Stream) -> Result<()> {
         self.awake()?;
+        self.check_grow(range)?;
         match range.state.plan(len, self.page(), 0) {
             Resize::TooLarge => {
                 return Err(Error::GrowBeyondMax {
@@ -88,11 +89,31 @@ impl<D: Driver> Arena<D> {
     /// range is left empty (maximum 0), and giving it back again does
     /// nothing.
     pub fn free_grow(&mut self, range: &mut GrowRange, stream: Stream) {
-        if range.state.max == 0 {
+        if range.state.max == 0 || self.check_grow(range).is_err() {
             return;
         }
         self.account_buffer(Policy::Grow, range.state.len, 0);
-        self.free_buffer(range.base, range.state.committed, Policy::Grow, stream);
+        self.free_buffer(range.base, Policy::Grow, stream);
         range.state = Grow::new(0);
+    }
+
+    /// Whether `range` is a growable range of this arena (not another's).
+    fn check_grow(&self, range: &GrowRange) -> Result<()> {
+        if range.state.max == 0 {
+            return Ok(()); // given back: only `len` 0 fits, and changes nothing
+        }
+        match self.buffer(range.base)? {
+            (_, b)
+                if b.policy == Policy::Grow
+                    && !b.shared
+                    && b.committed == range.state.committed =>
+            {
+                Ok(())
+            }
+            _ => Err(Error::BadPointer {
+                addr: range.base,
+                kind: crate::error::BadPointer::Foreign,
+            }),
+        }
     }
 }

@@ -23,9 +23,14 @@ impl<D: Driver> Arena<D> {
             .commit
             .pin_shared(base.offset_from(self.base_ptr()), len)
         {
-            self.free_buffer(base, 0, Policy::Grow, Stream::DEFAULT);
+            self.free_buffer(base, Policy::Grow, Stream::DEFAULT);
             return Err(e);
         }
+        self.set_buffer_committed(
+            base.offset_from(self.base_ptr()) - self.buffers_start,
+            len,
+            true,
+        );
         self.account_buffer(Policy::Grow, 0, len);
         Ok(base)
     }
@@ -48,11 +53,18 @@ impl<D: Driver> Arena<D> {
     /// Releases a buffer made by [`Arena::reserve_shared_buffer`] or
     /// [`Arena::import_buffer`] (`len` as given there): its runs go back once
     /// `stream`'s work on them completed, and are never reused. Other
-    /// processes that imported them keep their memory.
+    /// processes that imported them keep their memory. A pointer that is
+    /// no such buffer of this arena (or another `len`) is left alone.
     pub fn free_shared_buffer(&mut self, base: DevicePtr, len: u64, stream: Stream) {
         let len = crate::driver::round_up(len, self.page()).unwrap_or(len);
+        let Ok((o, b)) = self.buffer(base) else {
+            return;
+        };
+        if !b.shared || b.committed != len {
+            return;
+        }
         self.account_buffer(Policy::Grow, len, 0);
-        self.free_buffer(base, len, Policy::Grow, stream);
+        self.release_buffer(base, o, b, stream);
     }
 
     /// Maps memory exported by another process: reserves `len` bytes of the
@@ -97,10 +109,11 @@ impl<D: Driver> Arena<D> {
                     self.commit.unpin(first + off, l, Stamp::SAFE);
                 }
                 self.commit.collect(false);
-                self.free_buffer(base, 0, Policy::Grow, Stream::DEFAULT);
+                self.free_buffer(base, Policy::Grow, Stream::DEFAULT);
                 return Err(e);
             }
         }
+        self.set_buffer_committed(first - self.buffers_start, len, true);
         self.account_buffer(Policy::Grow, 0, len);
         Ok(base)
     }

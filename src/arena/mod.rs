@@ -58,6 +58,7 @@ use crate::policy::slab::{Freed, Slabs};
 use crate::policy::{Policy, classes};
 use crate::stats::PolicyStats;
 use crate::sync::Stamp;
+use crate::sync::streams::{NO_SLOT, OVERFLOW};
 
 /// Which memory an arena hands out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -89,7 +90,8 @@ pub struct ArenaConfig {
     /// that no place in the blocks region could hold without a remap), one
     /// third scratch arenas and growable buffers.
     pub blocks_fraction: f64,
-    /// Quantum of large spans (a power of two; PyTorch rounds to 512 bytes).
+    /// Quantum of large spans (a power of two of at most 64 KiB, the
+    /// smallest slab, and at most the page; PyTorch rounds to 512 bytes).
     pub quantum: u64,
     /// Keep a slab that emptied while it is the last of its size class for
     /// its stream, so that the class's next object needs no new slab (on by
@@ -213,8 +215,9 @@ pub struct Arena<D: Driver> {
     config: ArenaConfig,
     /// The reservation fell back to a smaller size than configured.
     fallback: Option<u64>,
-    /// Policy of each buffer by offset in the buffers region.
-    buffer_kinds: MetaMap<u64, Policy>,
+    /// Each buffer by offset in the buffers region: its policy and
+    /// committed prefix (see [`buffers`](self::buffers)).
+    buffer_kinds: MetaMap<u64, buffers::BufferRec>,
     /// Each scratch arena's base and bump cursor (an absolute address the
     /// scratch arena stores on its lock-free fast path): its live bytes are
     /// `cursor - base`, read when stats are taken, so they never lag.
@@ -285,9 +288,15 @@ impl<D: Driver> Arena<D> {
                 "the driver's granularity must be a power of two of at most 1 GiB",
             ));
         }
-        if !config.quantum.is_power_of_two() || config.quantum > page {
+        // A slab's span is taken from the blocks region rounded to the
+        // quantum, and given back as the slab's own bytes: the smallest
+        // slab bounds the quantum.
+        if !config.quantum.is_power_of_two()
+            || config.quantum > page
+            || config.quantum > classes::slab_bytes(0)
+        {
             return Err(Error::Config(
-                "quantum must be a power of two no larger than the page",
+                "quantum must be a power of two no larger than the page nor than 64 KiB (a slab)",
             ));
         }
         if !(0.05..=0.95).contains(&config.blocks_fraction) {
@@ -833,8 +842,10 @@ impl<D: Driver> Arena<D> {
         }
         // Allowed while asleep: the block's pages are then neither
         // recommitted nor restored by the wake.
-        let slot = self.commit.streams.slot(stream);
-        let stamp = self.commit.streams.stamp(slot);
+        let (slot, stamp) = match self.commit.streams.slot(stream) {
+            NO_SLOT => self.overflow_free(ptr, stream),
+            slot => (slot, self.commit.streams.stamp(slot)),
+        };
         // One lookup: the slab policy says Foreign when no slab holds `off`.
         match self.slabs.free(off, slot, stamp, size) {
             Err(BadPointer::Foreign) => {}
@@ -886,6 +897,22 @@ impl<D: Driver> Arena<D> {
         Ok(())
     }
 
+    /// The slot and stamp of a free of `ptr` on a stream without a slot of
+    /// its own (see [`Streams::slot`](crate::sync::Streams::slot)): a fence
+    /// recorded now, and a slot no allocation has, so that the block waits
+    /// for that fence before any stream takes it. A free refused later
+    /// records none.
+    #[cold]
+    #[inline(never)]
+    fn overflow_free(&mut self, ptr: DevicePtr, stream: Stream) -> (u16, Stamp) {
+        let stamp = if self.block_size(ptr).is_some() {
+            self.commit.stamp_on(stream)
+        } else {
+            Stamp::SAFE
+        };
+        (OVERFLOW, stamp)
+    }
+
     /// Frees a block of a stitched range (see [`Arena::free_checked`]).
     fn free_stitched(
         &mut self,
@@ -900,7 +927,7 @@ impl<D: Driver> Arena<D> {
                 return Err(Self::bad(ptr, BadPointer::LayoutMismatch));
             }
         }
-        let stamp = self.commit.streams.stamp_on(stream);
+        let stamp = self.commit.stamp_on(stream);
         let bytes = self.commit.stitch_free(off, stamp)?;
         self.hot.frees += 1;
         self.hot.live -= bytes;
@@ -921,7 +948,10 @@ impl<D: Driver> Arena<D> {
             Some(_) => Some(o),
             None => self.buffers.containing(o).map(|(start, _)| start),
         };
-        match start.and_then(|s| self.buffer_kinds.get(&s)) {
+        match start
+            .and_then(|s| self.buffer_kinds.get(&s))
+            .map(|b| b.policy)
+        {
             Some(Policy::Scratch) => BadPointer::Scratch,
             _ => BadPointer::Foreign,
         }

@@ -113,8 +113,7 @@ impl<D: Driver> Arena<D> {
                     policy: self
                         .buffer_kinds
                         .get(&offset)
-                        .copied()
-                        .unwrap_or(Policy::Scratch),
+                        .map_or(Policy::Scratch, |b| b.policy),
                 })
             }
         });

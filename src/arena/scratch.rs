@@ -165,7 +165,7 @@ impl<D: Driver> Arena<D> {
         if config.capacity > 0 {
             let to = bump.min_commit(config.capacity);
             if let Err(e) = self.commit_buffer(base, 0, to) {
-                self.free_buffer(base, 0, Policy::Scratch, Stream::DEFAULT);
+                self.free_buffer(base, Policy::Scratch, Stream::DEFAULT);
                 return Err(e);
             }
             bump.committed = to;
@@ -265,6 +265,6 @@ impl<D: Driver> Arena<D> {
     /// cursor is no longer tracked, its addresses return to the buffers
     /// region.
     pub fn free_scratch(&mut self, range: ScratchRange, stream: Stream) {
-        self.free_buffer(range.base, range.bump.committed, Policy::Scratch, stream);
+        self.free_buffer(range.base, Policy::Scratch, stream);
     }
 }

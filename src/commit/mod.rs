@@ -351,6 +351,12 @@ impl<D: Driver> Commit<D> {
         self.streams.wait_oldest(&self.res.driver)
     }
 
+    /// The stamp a free on `stream` gets now (see
+    /// [`Streams::stamp_for`](crate::sync::Streams::stamp_for)).
+    pub fn stamp_on(&mut self, stream: crate::driver::Stream) -> Stamp {
+        self.streams.stamp_for(&self.res.driver, stream)
+    }
+
     /// Records a fence covering `stamp` if none was recorded yet.
     pub fn ensure_fence(&mut self, stamp: Stamp) -> Result<()> {
         self.streams.ensure_fence(&self.res.driver, stamp)

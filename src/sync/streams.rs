@@ -17,6 +17,9 @@ use crate::sync::Stamp;
 
 struct Slot<F> {
     stream: Stream,
+    /// The overflow slot ([`OVERFLOW`]): its fences are of many streams,
+    /// one per free, each closing its own epoch.
+    shared: bool,
     /// Epoch stamped on frees now. Invariant: `completed < open`.
     open: u64,
     /// Every epoch `<= completed` is done.
@@ -24,6 +27,19 @@ struct Slot<F> {
     /// Fences recorded and not yet seen complete, oldest first: (epoch closed, fence).
     fences: MetaVec<(u64, F)>,
 }
+
+/// Most streams with a slot of their own (stamps keep a slot in 16 bits,
+/// and slot 0 is no stream's).
+pub const MAX_SLOTS: usize = u16::MAX as usize - 1;
+/// The slot of frees on streams seen after [`MAX_SLOTS`] others: each
+/// such free records a fence on its stream at once and closes an epoch of
+/// this slot, so no allocation counts as ordered after it.
+pub const OVERFLOW: u16 = u16::MAX;
+/// The stream value the overflow slot holds: no stream has it.
+const NO_STREAM: Stream = Stream(u64::MAX);
+/// The slot an allocation on a stream past [`MAX_SLOTS`] gets: no stamp
+/// has it, so the allocation takes only memory whose fences completed.
+pub const NO_SLOT: u16 = 0;
 
 /// The stream slots of one arena.
 pub struct Streams<F> {
@@ -53,7 +69,11 @@ impl<F> Slot<F> {
     /// Waits on this stream's pending fence `n` (oldest first): the work
     /// before it and before every older fence completed; drops those fences.
     fn wait_through<D: Driver<Fence = F>>(&mut self, driver: &D, n: usize) -> Result<()> {
-        driver.wait(&self.fences[n].1)?;
+        // The overflow slot's fences are of different streams: each one.
+        let first = if self.shared { 0 } else { n };
+        for i in first..=n {
+            driver.wait(&self.fences[i].1)?;
+        }
         self.completed = self.fences[n].0;
         for (_, f) in self.fences.drain(..=n) {
             driver.drop_fence(f);
@@ -72,14 +92,28 @@ impl<F> Streams<F> {
         }
     }
 
-    /// The slot of `stream` (1-based), registering it on first sight.
+    /// The slot of `stream` (1-based), registering it on first sight;
+    /// [`NO_SLOT`] once [`MAX_SLOTS`] other streams have one. (The
+    /// overflow slot, past those, holds a stream value no stream has: the
+    /// look finds it for none.)
     #[inline]
     pub fn slot(&mut self, stream: Stream) -> u16 {
         if let Some(i) = self.slots.iter().position(|s| s.stream == stream) {
             return i as u16 + 1;
         }
+        self.register(stream)
+    }
+
+    /// [`Streams::slot`] of a stream seen for the first time.
+    #[cold]
+    #[inline(never)]
+    fn register(&mut self, stream: Stream) -> u16 {
+        if self.slots.len() >= MAX_SLOTS {
+            return NO_SLOT;
+        }
         self.slots.push(Slot {
             stream,
+            shared: false,
             open: 1,
             completed: 0,
             fences: MetaVec::new_in(std::alloc::System),
@@ -92,17 +126,50 @@ impl<F> Streams<F> {
         self.slots.get(slot as usize - 1).map(|s| s.stream)
     }
 
-    /// The stamp a free on `stream` gets now (registering the stream).
-    #[inline]
-    pub fn stamp_on(&mut self, stream: Stream) -> Stamp {
-        let slot = self.slot(stream);
-        self.stamp(slot)
-    }
-
-    /// The stamp a free on `slot` gets now.
+    /// The stamp a free on `slot` gets now (a slot [`Streams::slot`]
+    /// gave, not [`NO_SLOT`]: see [`Streams::stamp_for`]).
     #[inline]
     pub fn stamp(&self, slot: u16) -> Stamp {
         Stamp::new(slot, self.slots[slot as usize - 1].open)
+    }
+
+    /// The stamp a free on `stream` gets now, registering the stream; for
+    /// a stream without a slot of its own, a fence recorded on it now
+    /// under [`OVERFLOW`] (a stamp never done if that record fails).
+    pub fn stamp_for<D: Driver<Fence = F>>(&mut self, driver: &D, stream: Stream) -> Stamp {
+        let slot = self.slot(stream);
+        if slot != NO_SLOT {
+            return self.stamp(slot);
+        }
+        self.overflow_stamp(driver, stream)
+    }
+
+    /// [`Streams::stamp_for`] of a stream without a slot of its own.
+    #[cold]
+    pub fn overflow_stamp<D: Driver<Fence = F>>(&mut self, driver: &D, stream: Stream) -> Stamp {
+        if self.slots.len() == MAX_SLOTS {
+            self.slots.push(Slot {
+                // No stream's value (a stream is a driver's pointer or a
+                // small constant): never found by `slot`, never recorded on.
+                stream: NO_STREAM,
+                shared: true,
+                open: 1,
+                completed: 0,
+                fences: MetaVec::new_in(std::alloc::System),
+            });
+        }
+        let s = &mut self.slots[OVERFLOW as usize - 1];
+        match driver.record(stream) {
+            Ok(f) => {
+                self.recorded += 1;
+                let epoch = s.open;
+                s.fences.push((epoch, f));
+                s.open += 1;
+                Stamp::new(OVERFLOW, epoch)
+            }
+            // No fence: the memory is never reused elsewhere nor given back.
+            Err(_) => Stamp::new(OVERFLOW, (1 << 48) - 1),
+        }
     }
 
     /// Whether the work before `stamp` has completed (as last polled).
@@ -140,7 +207,7 @@ impl<F> Streams<F> {
         let Some(s) = self.slots.get_mut(stamp.slot() as usize - 1) else {
             return Ok(());
         };
-        if s.open == stamp.epoch() {
+        if s.open == stamp.epoch() && !s.shared {
             let f = driver.record(s.stream)?;
             self.recorded += 1;
             s.fences.push((s.open, f));
@@ -210,6 +277,14 @@ impl<F> Streams<F> {
     /// waits on those streams' fences only, never on the device.
     pub fn quiesce<D: Driver<Fence = F>>(&mut self, driver: &D) -> Result<()> {
         for s in self.slots.iter_mut() {
+            if s.shared {
+                // Streams without a slot: the fences of their frees.
+                if let Some(n) = s.fences.len().checked_sub(1) {
+                    s.wait_through(driver, n)?;
+                    self.waits += 1;
+                }
+                continue;
+            }
             let f = driver.record(s.stream)?;
             self.recorded += 1;
             driver.wait(&f)?;

@@ -2,6 +2,7 @@
 
 mod arena_api;
 mod arena_model;
+mod arena_refusals;
 mod bad_input;
 mod commit_engine;
 mod common;

@@ -159,7 +159,7 @@ fn grant_covers_committed_and_later_pages_and_revoke_takes_it_back() {
         a.free(large).unwrap();
         a.free(later).unwrap();
         a.free(again).unwrap();
-        a.free_buffer(buf, 16 << 20, Policy::Grow, Stream::DEFAULT);
+        a.free_buffer(buf, Policy::Grow, Stream::DEFAULT);
         invariants(&a);
     }
     assert!(d.leaks().is_none(), "{:?}", d.leaks());
@@ -954,7 +954,7 @@ mod cuda {
         for p in [before, later, again] {
             a.free(p).unwrap();
         }
-        a.free_buffer(buf, 8 << 20, Policy::Grow, Stream::DEFAULT);
+        a.free_buffer(buf, Policy::Grow, Stream::DEFAULT);
     }
 
     #[test]
