@@ -48,8 +48,8 @@ SOURCES = {
               "then the whole bench once: `docs/bench/h200-20261130-420072a`), that of `3f48d69` (twelve runs, "
               "the bench pinned to one CPU or not: `docs/bench/h200-sleep-affinity-20261130`) and that of "
               "`5c14453` (four runs whose notes give the driver's speed: `docs/bench/h200-20261130-5c14453`)"),
-    "tests": ("bench/h200-20261130-a821cf3/tests.log", None,
-              "One H200, the tests of `a821cf3`, `tests/all` and `tests/ipc_two_process` on CUDA"),
+    "tests": ("bench/h200-20261130-c8dd3ca/tests.log", None,
+              "One H200, the tests of `c8dd3ca`, `tests/all` and `tests/ipc_two_process` on CUDA"),
 }
 
 
