@@ -67,8 +67,8 @@ use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result}
 use crate::lock::lock;
 use crate::meta::{MetaMap, MetaVec};
 
-#[cfg(feature = "test-support")]
 pub mod entry;
+#[cfg(feature = "test-support")]
 pub mod kernels;
 pub mod result;
 
