@@ -72,41 +72,19 @@ unsafe impl<D: Driver> Allocator for &SharedArena<D> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-pub(crate) mod tests {
+mod tests {
     use allocator_api2::vec::Vec as AVec;
 
-    use crate::SharedArena;
-    use crate::arena::{ArenaConfig, Kind, SleepMode};
-    use crate::driver::{HostDriver, Stream};
-
-    /// Whether the CPU can read `len` bytes at `p` now, without touching
-    /// them from Rust: the kernel copies them into a pipe, or says EFAULT.
-    pub(crate) fn readable(p: *const u8, len: usize) -> bool {
-        let mut fds = [0; 2];
-        // SAFETY: `fds` holds two descriptors for pipe(2) to fill.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: write(2) reads `p` in the kernel: an unmapped or
-        // inaccessible page gives EFAULT, never a fault in this process.
-        let n = unsafe { libc::write(fds[1], p.cast(), len) };
-        // SAFETY: both descriptors are ours and open.
-        unsafe {
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-        }
-        n == len as isize
-    }
+    use crate::api::testing::{host_arena, readable};
+    use crate::arena::SleepMode;
+    use crate::driver::Stream;
 
     /// A collection in a host-visible arena is safe code's to read at any
     /// moment: a (safe) sleep must either be refused while it lives, or
     /// leave its memory readable.
     #[test]
     fn a_live_allocator_api2_collection_survives_a_sleep() {
-        let arena = SharedArena::new(
-            HostDriver::new().unwrap(),
-            Kind::Device(0),
-            ArenaConfig::default(),
-        )
-        .unwrap();
+        let arena = host_arena();
         let mut v: AVec<u64, _> = AVec::new_in(&arena);
         v.extend(0..1024u64);
         let slept = arena.lock().sleep(SleepMode::Offload, Stream::DEFAULT);

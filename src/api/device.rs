@@ -154,20 +154,14 @@ impl<'a, T: Pod, D: Driver> DeviceBox<'a, T, D> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::arena::{ArenaConfig, Kind};
-    use crate::driver::HostDriver;
+    use crate::api::testing::host_arena;
 
     /// Bad input is an error, not a panic ("Errors and bad input", DESIGN):
     /// `copy_from_host` returns a `Result`, and a slice of the wrong length
     /// is bad input.
     #[test]
     fn device_vec_refuses_a_copy_of_the_wrong_length() {
-        let arena = SharedArena::new(
-            HostDriver::new().unwrap(),
-            Kind::Device(0),
-            ArenaConfig::default(),
-        )
-        .unwrap();
+        let arena = host_arena();
         let v = DeviceVec::from_slice(&arena, &[1u32, 2, 3]).unwrap();
         let r =
             std::panic::catch_unwind(core::panic::AssertUnwindSafe(|| v.copy_from_host(&[9u32])));

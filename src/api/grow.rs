@@ -156,9 +156,8 @@ impl<D: Driver> Drop for GrowBuffer<'_, D> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::api::allocator::tests::readable;
-    use crate::arena::{ArenaConfig, Kind, SleepMode};
-    use crate::driver::HostDriver;
+    use crate::api::testing::{host_arena, readable};
+    use crate::arena::SleepMode;
 
     /// "Allocating in an asleep arena (or resizing, copying, exporting) is
     /// refused" (`Arena::sleep`), and a slice of a growable buffer must be
@@ -166,12 +165,7 @@ mod tests {
     /// while asleep, and `as_slice` handed out a slice of unmapped pages.
     #[test]
     fn grow_buffer_refuses_resizes_and_slices_while_asleep() {
-        let arena = SharedArena::new(
-            HostDriver::new().unwrap(),
-            Kind::Device(0),
-            ArenaConfig::default(),
-        )
-        .unwrap();
+        let arena = host_arena();
         let mut g = GrowBuffer::with_max(&arena, 64 << 20).unwrap();
         g.resize(4096).unwrap();
         arena

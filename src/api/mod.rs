@@ -9,6 +9,8 @@ pub mod global_alloc;
 pub mod grow;
 pub mod ipc;
 pub mod scratch;
+#[cfg(test)]
+mod testing;
 
 pub use allocator::SharedArena;
 pub use device::{DeviceBox, DeviceVec};

@@ -872,9 +872,8 @@ unsafe impl<D: Driver> Allocator for &Scratch<'_, D> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::api::allocator::tests::readable;
-    use crate::arena::{ArenaConfig, Kind, SleepMode};
-    use crate::driver::HostDriver;
+    use crate::api::testing::{host_arena, readable};
+    use crate::arena::SleepMode;
 
     /// "Allocating in an asleep arena is refused with `Error::Asleep`"
     /// (`Arena::sleep`): the scratch arena's lock-free fast path never asks,
@@ -882,12 +881,7 @@ mod tests {
     /// safe, then writes there and faults).
     #[test]
     fn scratch_fast_path_refuses_while_the_arena_sleeps() {
-        let arena = SharedArena::new(
-            HostDriver::new().unwrap(),
-            Kind::Device(0),
-            ArenaConfig::default(),
-        )
-        .unwrap();
+        let arena = host_arena();
         let scratch = Scratch::with_capacity(&arena, 1 << 20).unwrap();
         arena
             .lock()
@@ -904,21 +898,12 @@ mod tests {
         arena.lock().wake(Stream::DEFAULT).unwrap();
     }
 
-    fn arena() -> SharedArena<HostDriver> {
-        SharedArena::new(
-            HostDriver::new().unwrap(),
-            Kind::Device(0),
-            ArenaConfig::default(),
-        )
-        .unwrap()
-    }
-
     /// A peak is a high-water mark: once a stats read reported it, it never
     /// goes down (until `reset_peaks`). Dropping a scratch `Vec` (the last
     /// block: its bytes go back at once) took it back down.
     #[test]
     fn scratch_peak_live_never_goes_down() {
-        let arena = arena();
+        let arena = host_arena();
         let scratch = Scratch::with_capacity(&arena, 1 << 20).unwrap();
         {
             let mut v = allocator_api2::vec::Vec::<u8, _>::with_capacity_in(64 << 10, &scratch);
@@ -935,7 +920,7 @@ mod tests {
     /// 1 MiB of scratch is live makes 5 MiB live at once; the peak said 4.
     #[test]
     fn scratch_bytes_enter_the_peak_at_another_policys_allocation() {
-        let arena = arena();
+        let arena = host_arena();
         let scratch = Scratch::with_capacity(&arena, 1 << 20).unwrap();
         scratch.alloc_layout(Layout::from_size_align(1 << 20, 8).unwrap());
         let p = arena.alloc(4 << 20, 256, Stream::DEFAULT).unwrap();

@@ -420,6 +420,36 @@ fn a_failed_sleep_leaves_the_tag_awake_not_half_asleep() {
     assert_eq!(driver.as_checked().unwrap().leaks(), None);
 }
 
+/// Tag `name` of `arena`, made, with a block of `bytes` in each of its
+/// shards: threads take shards in turn, so blocks are allocated from new
+/// threads until every shard holds one. Returns the tag and the blocks.
+fn memory_in_every_shard(
+    arena: &'static GlobalArena,
+    name: &'static str,
+    bytes: u64,
+) -> (u32, Vec<DevicePtr>) {
+    let tag = arena.tag(name).unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..64 {
+        if arena.shards(tag).iter().all(|s| s.stats().live > 0) {
+            break;
+        }
+        kept.push(
+            std::thread::spawn(move || {
+                let _g = arena.tag_scope(name).unwrap();
+                arena.alloc(bytes, 512, Stream::DEFAULT).unwrap()
+            })
+            .join()
+            .unwrap(),
+        );
+    }
+    assert!(
+        arena.shards(tag).iter().all(|s| s.stats().live > 0),
+        "every shard holds memory"
+    );
+    (tag, kept)
+}
+
 /// A wake that fails part way (the second shard runs out of memory) leaves
 /// the tag flagged asleep with its first shard awake and committed; a later
 /// sleep of the tag gives that memory back too, and a later wake wakes the
@@ -435,28 +465,8 @@ fn a_sleep_after_a_wake_that_failed_part_way_gives_everything_back() {
         ..GlobalConfig::default()
     };
     let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
-    let tag = arena.tag("half-woken").unwrap();
-    // Threads take shards in turn: allocate from threads until both shards
-    // hold memory.
-    let mut kept = Vec::new();
-    for _ in 0..16 {
-        if arena.shards(tag).iter().all(|s| s.stats().live > 0) {
-            break;
-        }
-        kept.push(
-            std::thread::spawn(move || {
-                let _g = arena.tag_scope("half-woken").unwrap();
-                arena.alloc(6 << 20, 512, Stream::DEFAULT).unwrap()
-            })
-            .join()
-            .unwrap(),
-        );
-    }
+    let (tag, kept) = memory_in_every_shard(arena, "half-woken", 6 << 20);
     let sh = arena.shards(tag);
-    assert!(
-        sh.iter().all(|s| s.stats().live > 0),
-        "both shards hold memory"
-    );
     arena.trim();
     let (c0, c1) = (sh[0].stats().committed, sh[1].stats().committed);
     let discard = gpu_arena::SleepMode::Discard;
@@ -499,26 +509,8 @@ fn sleep_and_wake_of_one_tag_from_two_threads_leave_it_whole() {
         ..GlobalConfig::default()
     };
     let arena: &'static GlobalArena = GlobalArena::leak(0, conf).unwrap();
-    let tag = arena.tag("raced").unwrap();
-    let mut kept = Vec::new();
-    for _ in 0..32 {
-        if arena.shards(tag).iter().all(|s| s.stats().live > 0) {
-            break;
-        }
-        kept.push(
-            std::thread::spawn(move || {
-                let _g = arena.tag_scope("raced").unwrap();
-                arena.alloc(1 << 20, 512, Stream::DEFAULT).unwrap()
-            })
-            .join()
-            .unwrap(),
-        );
-    }
+    let (tag, kept) = memory_in_every_shard(arena, "raced", 1 << 20);
     let sh = arena.shards(tag);
-    assert!(
-        sh.iter().all(|s| s.stats().live > 0),
-        "every shard holds memory"
-    );
     let discard = gpu_arena::SleepMode::Discard;
     // Both threads go on for the same stretch, so that their calls overlap
     // whatever the scheduler does at the start.
