@@ -1,8 +1,7 @@
 //! What the api layer's unit tests share: a host arena, and a way to ask
 //! whether memory is readable without faulting.
 
-use crate::SharedArena;
-use crate::arena::{ArenaConfig, Kind};
+use crate::arena::{ArenaConfig, Kind, SharedArena};
 use crate::driver::HostDriver;
 
 /// A shared arena on a fresh host backend, default settings.
