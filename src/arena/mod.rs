@@ -900,8 +900,9 @@ impl<D: Driver> Arena<D> {
     /// The slot and stamp of a free of `ptr` on a stream without a slot of
     /// its own (see [`Streams::slot`](crate::sync::Streams::slot)): a fence
     /// recorded now, and a slot no allocation has, so that the block waits
-    /// for that fence before any stream takes it. A free refused later
-    /// records none.
+    /// for that fence before any stream takes it. A pointer that is no
+    /// block records none; a free refused later for its size has recorded
+    /// one, which is polled and dropped as any other.
     #[cold]
     #[inline(never)]
     fn overflow_free(&mut self, ptr: DevicePtr, stream: Stream) -> (u16, Stamp) {

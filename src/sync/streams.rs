@@ -35,7 +35,8 @@ pub const MAX_SLOTS: usize = u16::MAX as usize - 1;
 /// such free records a fence on its stream at once and closes an epoch of
 /// this slot, so no allocation counts as ordered after it.
 pub const OVERFLOW: u16 = u16::MAX;
-/// The stream value the overflow slot holds: no stream has it.
+/// The stream value the overflow slot holds (a placeholder: `slot` never
+/// matches the overflow slot).
 const NO_STREAM: Stream = Stream(u64::MAX);
 /// The slot an allocation on a stream past [`MAX_SLOTS`] gets: no stamp
 /// has it, so the allocation takes only memory whose fences completed.
@@ -44,6 +45,9 @@ pub const NO_SLOT: u16 = 0;
 /// The stream slots of one arena.
 pub struct Streams<F> {
     slots: MetaVec<Slot<F>>,
+    /// Streams seen after [`MAX_SLOTS`] others (no slot of their own):
+    /// [`Streams::quiesce`] waits on their work too.
+    unslotted: MetaVec<Stream>,
     /// Fences recorded (driver calls), for stats.
     pub recorded: u64,
     /// Waits on single fences (OOM last resort), for stats.
@@ -87,19 +91,22 @@ impl<F> Streams<F> {
     pub fn new() -> Self {
         Streams {
             slots: MetaVec::new_in(std::alloc::System),
+            unslotted: MetaVec::new_in(std::alloc::System),
             recorded: 0,
             waits: 0,
         }
     }
 
     /// The slot of `stream` (1-based), registering it on first sight;
-    /// [`NO_SLOT`] once [`MAX_SLOTS`] other streams have one. (The
-    /// overflow slot, past those, holds a stream value no stream has: the
-    /// look finds it for none.)
+    /// [`NO_SLOT`] once [`MAX_SLOTS`] other streams have one (such a
+    /// stream is remembered for [`Streams::quiesce`]). The overflow slot,
+    /// past those, is no stream's: the look passes over it.
     #[inline]
     pub fn slot(&mut self, stream: Stream) -> u16 {
         if let Some(i) = self.slots.iter().position(|s| s.stream == stream) {
-            return i as u16 + 1;
+            if i + 1 != OVERFLOW as usize {
+                return i as u16 + 1;
+            }
         }
         self.register(stream)
     }
@@ -109,6 +116,9 @@ impl<F> Streams<F> {
     #[inline(never)]
     fn register(&mut self, stream: Stream) -> u16 {
         if self.slots.len() >= MAX_SLOTS {
+            if !self.unslotted.contains(&stream) {
+                self.unslotted.push(stream);
+            }
             return NO_SLOT;
         }
         self.slots.push(Slot {
@@ -149,8 +159,8 @@ impl<F> Streams<F> {
     pub fn overflow_stamp<D: Driver<Fence = F>>(&mut self, driver: &D, stream: Stream) -> Stamp {
         if self.slots.len() == MAX_SLOTS {
             self.slots.push(Slot {
-                // No stream's value (a stream is a driver's pointer or a
-                // small constant): never found by `slot`, never recorded on.
+                // Never found by `slot` (it passes over the shared slot),
+                // never recorded on.
                 stream: NO_STREAM,
                 shared: true,
                 open: 1,
@@ -295,6 +305,14 @@ impl<F> Streams<F> {
             for (_, f) in s.fences.drain(..) {
                 driver.drop_fence(f);
             }
+        }
+        // Streams without a slot: their allocations' work too.
+        for &stream in self.unslotted.iter() {
+            let f = driver.record(stream)?;
+            self.recorded += 1;
+            driver.wait(&f)?;
+            self.waits += 1;
+            driver.drop_fence(f);
         }
         Ok(())
     }
