@@ -207,8 +207,9 @@ impl<D: Driver> Arena<D> {
         let Some(sleeping) = self.sleeping.take() else {
             return Ok(SleepReport::default());
         };
+        // Scratch arenas' lock-free fast paths are told only once the pages
+        // are back and restored (end of this call).
         self.hot.asleep = false;
-        self.tell_scratch_arenas();
         let mut report = SleepReport::default();
         let t = std::time::Instant::now();
         match self.commit.wake() {
@@ -235,6 +236,7 @@ impl<D: Driver> Arena<D> {
             }
             report.copy_seconds = t.elapsed().as_secs_f64();
         }
+        self.tell_scratch_arenas();
         Ok(report)
     }
 }
