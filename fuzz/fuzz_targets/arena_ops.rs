@@ -170,6 +170,9 @@ fuzz_target!(|actions: Vec<Action>| {
         let mut scratch_live: Vec<(ScratchPtr, u64, u64)> = Vec::new();
         let mut stale: Option<ScratchPtr> = None;
         let mut grow = GrowBuffer::with_max(&arena, 16 * PAGE).expect("grow buffer");
+        // Whether a slice of `grow` was taken since its last resize: the
+        // arena then refuses to sleep (the slice may still be read).
+        let mut grow_sliced = false;
         let grow_id = 0;
         let mut blocks: Vec<Block> = Vec::new();
         let mut freed: Vec<DevicePtr> = Vec::new();
@@ -316,6 +319,7 @@ fuzz_target!(|actions: Vec<Action>| {
                     let len = u64::from(len) % (17 * PAGE);
                     let old = grow.len();
                     let r = grow.resize_on(len, streams[usize::from(stream) % STREAMS]);
+                    grow_sliced = false;
                     if len > grow.max() {
                         assert!(matches!(r, Err(Error::GrowBeyondMax { .. })), "{r:?}");
                         continue;
@@ -330,6 +334,7 @@ fuzz_target!(|actions: Vec<Action>| {
                     }
                     assert_eq!(grow.committed(), len.div_ceil(PAGE) * PAGE);
                     let s = grow.as_mut_slice().expect("host-visible");
+                    grow_sliced = true;
                     let keep = old.min(len) as usize;
                     assert!(
                         s[..keep].iter().all(|&b| b == tag(grow_id)),
@@ -371,6 +376,16 @@ fuzz_target!(|actions: Vec<Action>| {
                         SleepMode::Discard
                     };
                     let live = arena.stats().live;
+                    if grow_sliced {
+                        // A slice may live: refused, nothing changed; a
+                        // resize (no slice can live through it) lifts it.
+                        let before = arena.stats();
+                        let r = arena.lock().sleep(mode, stream);
+                        assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
+                        assert_eq!(arena.stats(), before, "a refused sleep");
+                        grow.resize_on(grow.len(), stream).expect("same length");
+                        grow_sliced = false;
+                    }
                     arena.lock().sleep(mode, stream).expect("sleep");
                     assert_eq!(arena.stats().committed, 0);
                     assert!(matches!(
@@ -404,6 +419,7 @@ fuzz_target!(|actions: Vec<Action>| {
                         }
                         let s = grow.as_mut_slice().expect("host-visible");
                         s.fill(tag(grow_id));
+                        grow_sliced = true;
                     }
                 }
             }

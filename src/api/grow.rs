@@ -28,7 +28,8 @@ pub struct GrowBuffer<'a, D: Driver> {
     /// pages back once that stream's work on them completed.
     stream: Stream,
     /// Whether this buffer pins its arena awake (`Arena::pin_host`): from
-    /// the first slice taken until it is dropped.
+    /// a slice taken until the next resize (`&mut self`: no slice lives
+    /// then) or the drop.
     /// (Atomic, not a `Cell`: the buffer stays `Sync`.)
     host_pinned: core::sync::atomic::AtomicBool,
 }
@@ -89,7 +90,13 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
     /// [`GrowBuffer::free_on`]).
     pub fn resize_on(&mut self, len: u64, stream: Stream) -> Result<()> {
         self.stream = stream;
-        self.arena.lock().resize_grow(&mut self.range, len, stream)
+        let mut a = self.arena.lock();
+        // `&mut self`: no slice taken before lives now, so the arena may
+        // sleep again.
+        if core::mem::take(self.host_pinned.get_mut()) {
+            a.unpin_host();
+        }
+        a.resize_grow(&mut self.range, len, stream)
     }
 
     /// Gives the buffer back, its memory last used on `stream`: its pages
@@ -101,7 +108,9 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
         self.stream = stream;
     }
 
-    /// The contents as a byte slice (host-visible kinds only).
+    /// The contents as a byte slice (host-visible kinds only). Until the
+    /// next resize (or the drop) the arena refuses to sleep: a sleep would
+    /// unmap the slice's bytes.
     pub fn as_slice(&self) -> Result<&[u8]> {
         self.host()?;
         // SAFETY: the first `len` bytes are committed and host-accessible
@@ -128,7 +137,7 @@ impl<'a, D: Driver> GrowBuffer<'a, D> {
             ));
         }
         // A slice may outlive this call: the arena stays awake (its pages
-        // mapped) until the buffer is dropped.
+        // mapped) until the next resize or the drop.
         use core::sync::atomic::Ordering::Relaxed;
         if !self.host_pinned.load(Relaxed) {
             // Checked again under the arena's lock: one pin per buffer.
@@ -179,5 +188,22 @@ mod tests {
         }
         assert!(matches!(resized, Err(Error::Asleep { .. })), "{resized:?}");
         arena.lock().wake(Stream::DEFAULT).unwrap();
+    }
+
+    /// A slice taken keeps the arena awake only while it may live: the
+    /// next resize (`&mut self`) lets the arena sleep again, so a
+    /// long-lived buffer read once does not block every later sleep.
+    #[test]
+    fn a_resize_after_a_slice_lets_the_arena_sleep_again() {
+        let arena = host_arena();
+        let mut g = GrowBuffer::with_max(&arena, 64 << 20).unwrap();
+        g.resize(4096).unwrap();
+        assert_eq!(g.as_slice().unwrap().len(), 4096);
+        let sleep = || arena.lock().sleep(SleepMode::Offload, Stream::DEFAULT);
+        assert!(sleep().is_err(), "a slice may still live");
+        g.resize(8192).unwrap();
+        sleep().unwrap();
+        arena.lock().wake(Stream::DEFAULT).unwrap();
+        assert_eq!(g.as_slice().unwrap().len(), 8192);
     }
 }
