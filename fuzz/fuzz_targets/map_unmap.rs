@@ -88,6 +88,10 @@ struct Handle {
     mappings: u32,
     /// The byte every byte of the handle holds, once written.
     pattern: Option<u8>,
+    /// Host-located: the CPU may not read it (only devices are granted
+    /// access here, and host memory is the CPU's only with a host
+    /// descriptor, as on the H100), so it is read through a driver copy.
+    host: bool,
 }
 
 struct Mapping {
@@ -147,10 +151,12 @@ fn dev(mode: AccessMode) -> [Access; 1] {
 }
 
 /// Every readable mapping shows its handle's pattern (sampled every 4 KiB,
-/// and at both ends).
-fn check_all(s: &Shadow) {
+/// and at both ends): read by the CPU, or through a driver copy where the
+/// CPU may not read it (host-located handles).
+fn check_all(d: &Under, s: &Shadow) {
     for (&va, m) in &s.mappings {
-        let Some(want) = s.handles[&m.handle].pattern else {
+        let h = &s.handles[&m.handle];
+        let Some(want) = h.pattern else {
             continue;
         };
         if m.mode == AccessMode::None {
@@ -159,9 +165,21 @@ fn check_all(s: &Shadow) {
         let mut at = 0;
         while at < m.size {
             for off in [at, at + 4095] {
-                // SAFETY: va..va+size is mapped and readable (the shadow and
-                // the checked driver agree on it at every step).
-                let got = unsafe { ((va + off) as *const u8).read_volatile() };
+                let got = if h.host {
+                    let mut b = 0u8;
+                    // SAFETY: va+off is mapped and readable by device 0 (the
+                    // shadow and the checked driver agree on it at every
+                    // step); `b` is one writable byte outside every
+                    // reservation.
+                    unsafe { d.copy(&raw mut b as u64, va + off, 1, Stream::DEFAULT) }
+                        .expect("copy");
+                    b
+                } else {
+                    // SAFETY: va..va+size is mapped and readable (the shadow
+                    // and the checked driver agree on it at every step), and
+                    // device-located memory is the CPU's on the host backend.
+                    unsafe { ((va + off) as *const u8).read_volatile() }
+                };
                 assert_eq!(
                     got, want,
                     "mapping {va:#x} of handle {} at +{off:#x}: {got:#x}, want {want:#x}",
@@ -247,6 +265,7 @@ fn run(actions: &[Action]) {
                                 released: false,
                                 mappings: 0,
                                 pattern: None,
+                                host,
                             },
                         );
                     }
@@ -402,9 +421,9 @@ fn run(actions: &[Action]) {
                 let m = &s.mappings[&va];
                 fill(&d, va, m.size, byte);
                 s.handles.get_mut(&m.handle).expect("handle").pattern = Some(byte);
-                check_all(&s);
+                check_all(&d, &s);
             }
-            Action::Check => check_all(&s),
+            Action::Check => check_all(&d, &s),
             Action::Inject {
                 op,
                 nth,
@@ -446,7 +465,7 @@ fn run(actions: &[Action]) {
     }
 
     // Give everything back.
-    check_all(&s);
+    check_all(&d, &s);
     d.clear_faults();
     d.inner().clear_faults();
     let vas: Vec<u64> = s.mappings.keys().copied().collect();
