@@ -649,26 +649,14 @@ unsafe impl Driver for HostDriver {
 
 impl HostDriver {
     /// Runs `work` (an emulated device copy or fill over `ranges`) with the
-    /// host-located mappings there that the CPU may not write opened to
-    /// what their devices may do, then gives them back the CPU's own
-    /// rights: under the lock, so that no `set_access` runs meanwhile.
-    /// Where every mapping there is the CPU's already (device-located
-    /// memory, host memory with host rights: the usual case, offload stages
-    /// included), `work` runs without the lock.
+    /// host-located mappings there opened to what their devices may do, then
+    /// gives them back the CPU's own rights. Under the lock, so no
+    /// `set_access` runs meanwhile; where no mapping there is closed to the
+    /// CPU (device-located memory, host memory with host rights: the usual
+    /// case), `work` runs without it.
     fn as_device(&self, ranges: &[(u64, usize)], work: impl FnOnce()) {
         let st = self.lock();
-        let host_located = |m: &crate::driver::rules::Mapping<HostHandle>| {
-            st.vm
-                .handle(m.handle)
-                .is_some_and(|s| s.location == Location::Host)
-        };
-        let closed = ranges.iter().any(|&(va, len)| {
-            st.vm
-                .mappings_overlapping(va, len as u64)
-                .iter()
-                .any(|m| host_located(m) && m.rights.mode(Location::Host) != AccessMode::ReadWrite)
-        });
-        if !closed {
+        if !Self::closed_to_cpu(&st.vm, ranges) {
             // No lock held through a copy of gigabytes: other driver calls
             // go on meanwhile.
             drop(st);
@@ -678,7 +666,11 @@ impl HostDriver {
         let reopen = |as_device: bool| {
             for &(va, len) in ranges {
                 for m in st.vm.mappings_overlapping(va, len as u64) {
-                    if host_located(m) {
+                    if st
+                        .vm
+                        .handle(m.handle)
+                        .is_some_and(|s| s.location == Location::Host)
+                    {
                         let _ = self.protect(m.va, m.size, m.rights, !as_device);
                     }
                 }
@@ -687,6 +679,19 @@ impl HostDriver {
         reopen(true);
         work();
         reopen(false);
+    }
+
+    /// Whether a host-located mapping over `ranges` is closed to the CPU's
+    /// writes (only then must a copy or fill open it, under the lock).
+    #[inline(never)]
+    fn closed_to_cpu(vm: &VmState<HostHandle>, ranges: &[(u64, usize)]) -> bool {
+        ranges.iter().any(|&(va, len)| {
+            vm.mappings_overlapping(va, len as u64).iter().any(|m| {
+                vm.handle(m.handle)
+                    .is_some_and(|s| s.location == Location::Host)
+                    && m.rights.mode(Location::Host) != AccessMode::ReadWrite
+            })
+        })
     }
 
     /// Gives a released, unmapped handle's memory back: closes its own memfd
