@@ -16,6 +16,66 @@ pub(crate) fn meta_box<T>(value: T) -> MetaBox<T> {
 pub(crate) type MetaMap<K, V> =
     hashbrown::HashMap<K, V, foldhash::fast::FixedState, std::alloc::System>;
 
+/// The free ranges `(start, len)` of one space (the stitch region's pages,
+/// the host backend's file), sorted and merged: taken first fit, given
+/// back merged with the ranges beside them.
+#[derive(Debug)]
+pub(crate) struct Holes {
+    list: MetaVec<(u64, u64)>,
+}
+
+impl Holes {
+    /// No free range.
+    pub(crate) fn new() -> Self {
+        Holes {
+            list: MetaVec::new_in(std::alloc::System),
+        }
+    }
+
+    /// `len` from the first free range that holds it: its start.
+    pub(crate) fn take(&mut self, len: u64) -> Option<u64> {
+        let i = self.list.iter().position(|&(_, n)| n >= len)?;
+        let (start, n) = self.list[i];
+        if n == len {
+            self.list.remove(i);
+        } else {
+            self.list[i] = (start + len, n - len);
+        }
+        Some(start)
+    }
+
+    /// Gives `start..start + len` back (no part of it free now), merged
+    /// with the free ranges next to it.
+    pub(crate) fn give(&mut self, start: u64, len: u64) {
+        let i = self.list.partition_point(|&(s, _)| s < start);
+        self.list.insert(i, (start, len));
+        if i + 1 < self.list.len() && self.list[i].0 + self.list[i].1 == self.list[i + 1].0 {
+            self.list[i].1 += self.list[i + 1].1;
+            self.list.remove(i + 1);
+        }
+        if i > 0 && self.list[i - 1].0 + self.list[i - 1].1 == self.list[i].0 {
+            self.list[i - 1].1 += self.list[i].1;
+            self.list.remove(i);
+        }
+    }
+
+    /// Removes the last free range if it ends at `end` (a space's top):
+    /// its start.
+    pub(crate) fn pop_ending_at(&mut self, end: u64) -> Option<u64> {
+        let &(start, len) = self.list.last()?;
+        (start + len == end).then(|| {
+            self.list.pop();
+            start
+        })
+    }
+
+    /// The free ranges, in address order.
+    #[cfg(any(test, feature = "invariant-checks"))]
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.list.iter().copied()
+    }
+}
+
 /// Keys per leaf of a [`SparseIndex`].
 const LEAF_SHIFT: u32 = 12;
 const LEAF: usize = 1 << LEAF_SHIFT;

@@ -17,7 +17,7 @@
 
 use super::config::RangeOrder;
 use super::pool::GroupId;
-use crate::meta::{MetaMap, MetaVec};
+use crate::meta::{Holes, MetaMap, MetaVec};
 
 /// The tail of a stitched range's block, kept in the range's record (see
 /// [`tails`](super::tails), which changes it).
@@ -118,8 +118,8 @@ pub struct Stitch {
     pages: u64,
     /// Pages handed out from the region's start at least once.
     top: u64,
-    /// Free runs below `top`: (first page, pages), sorted, never adjacent.
-    holes: MetaVec<(u64, u64)>,
+    /// Free runs below `top` (first page, pages).
+    holes: Holes,
     ranges: MetaVec<Range>,
     spare: MetaVec<u32>,
     by_first: MetaMap<u64, u32>,
@@ -141,7 +141,7 @@ impl Stitch {
             first,
             pages,
             top: 0,
-            holes: MetaVec::new_in(std::alloc::System),
+            holes: Holes::new(),
             ranges: MetaVec::new_in(std::alloc::System),
             spare: MetaVec::new_in(std::alloc::System),
             by_first: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
@@ -468,13 +468,7 @@ impl Stitch {
     }
 
     fn take_va(&mut self, pages: u64) -> Option<u64> {
-        if let Some(i) = self.holes.iter().position(|&(_, n)| n >= pages) {
-            let (f, n) = self.holes[i];
-            if n == pages {
-                self.holes.remove(i);
-            } else {
-                self.holes[i] = (f + pages, n - pages);
-            }
+        if let Some(f) = self.holes.take(pages) {
             return Some(f);
         }
         if self.top + pages > self.pages {
@@ -486,25 +480,11 @@ impl Stitch {
     }
 
     fn give_va(&mut self, first: u64, pages: u64) {
-        let i = self.holes.partition_point(|&(f, _)| f < first);
-        self.holes.insert(i, (first, pages));
-        // Merge with the next and the previous hole.
-        if i + 1 < self.holes.len() && self.holes[i].0 + self.holes[i].1 == self.holes[i + 1].0 {
-            self.holes[i].1 += self.holes[i + 1].1;
-            self.holes.remove(i + 1);
-        }
-        let mut j = i;
-        if i > 0 && self.holes[i - 1].0 + self.holes[i - 1].1 == self.holes[i].0 {
-            self.holes[i - 1].1 += self.holes[i].1;
-            self.holes.remove(i);
-            j = i - 1;
-        }
-        // A hole reaching the top lowers it.
-        if let Some(&(f, n)) = self.holes.get(j) {
-            if f + n == self.first + self.top && j + 1 == self.holes.len() {
-                self.top = f - self.first;
-                self.holes.pop();
-            }
+        self.holes.give(first, pages);
+        // A hole reaching the top lowers it (only the one just given can:
+        // every earlier one that reached it lowered it then).
+        if let Some(f) = self.holes.pop_ending_at(self.first + self.top) {
+            self.top = f - self.first;
         }
     }
 
@@ -517,7 +497,7 @@ impl Stitch {
             .filter(|r| r.used)
             .map(|r| (r.first, r.pages))
             .collect();
-        spans.extend(self.holes.iter().copied());
+        spans.extend(self.holes.iter());
         spans.sort_unstable();
         let mut at = self.first;
         for (f, n) in spans {

@@ -33,7 +33,7 @@ use crate::driver::rules::{Refusal, Rights, VmState};
 use crate::driver::{Access, AccessMode, Capabilities, Driver, Location, Stream};
 use crate::error::{Backend, Call, DriverError, Error, ErrorKind, Reason, Result};
 use crate::lock::lock;
-use crate::meta::{MetaMap, MetaVec};
+use crate::meta::{Holes, MetaMap, MetaVec};
 
 /// Settings of the host backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ struct State {
     /// Ranges of the common memfd given back (punched), sorted by offset,
     /// coalesced: reused by later creates, so the 4 PiB file never runs out
     /// while little is held.
-    holes: MetaVec<(u64, u64)>,
+    holes: Holes,
     streams: MetaVec<StreamState>,
     /// Shareable and imported handles: their own memfd, by handle id (ids
     /// from the same counter as the common memfd's handles).
@@ -210,7 +210,7 @@ impl HostDriver {
                 next_id: 0,
                 next_offset: 0,
                 offsets: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
-                holes: MetaVec::new_in(std::alloc::System),
+                holes: Holes::new(),
                 streams,
                 shared: MetaMap::with_hasher_in(Default::default(), std::alloc::System),
             }),
@@ -701,7 +701,7 @@ impl HostDriver {
         fd: libc::c_int,
         shared: &mut MetaMap<u64, OwnedFd>,
         offsets: &mut MetaMap<u64, u64>,
-        holes: &mut MetaVec<(u64, u64)>,
+        holes: &mut Holes,
         id: u64,
         size: u64,
     ) {
@@ -722,17 +722,8 @@ impl HostDriver {
                 size as libc::off_t,
             )
         };
-        // The range is free for later creates (coalesced with its neighbours).
-        let at = holes.partition_point(|&(o, _)| o < offset);
-        holes.insert(at, (offset, size));
-        if at + 1 < holes.len() && holes[at].0 + holes[at].1 == holes[at + 1].0 {
-            holes[at].1 += holes[at + 1].1;
-            holes.remove(at + 1);
-        }
-        if at > 0 && holes[at - 1].0 + holes[at - 1].1 == holes[at].0 {
-            holes[at - 1].1 += holes[at].1;
-            holes.remove(at);
-        }
+        // The range is free for later creates.
+        holes.give(offset, size);
     }
 
     /// Whether a handle of `size` bytes at `location` may be created: the
@@ -763,13 +754,7 @@ impl HostDriver {
     /// `size` bytes of the common memfd: the first given-back range that
     /// fits, else fresh space at its end.
     fn take_offset(st: &mut State, size: u64) -> Result<u64> {
-        if let Some(i) = st.holes.iter().position(|&(_, len)| len >= size) {
-            let (offset, len) = st.holes[i];
-            if len == size {
-                st.holes.remove(i);
-            } else {
-                st.holes[i] = (offset + size, len - size);
-            }
+        if let Some(offset) = st.holes.take(size) {
             return Ok(offset);
         }
         let offset = st.next_offset;
